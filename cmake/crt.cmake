@@ -1,0 +1,31 @@
+# Locate (and, the first time, build) the AWS CRT C libraries from the pinned awscrt sdist.
+#
+# cmake/crt_cache.py downloads the sdist with pip in hash-checking mode, builds its crt/
+# libraries as static -fPIC archives and installs them into a cache outside the build tree
+# ($S3TORCH_CRT_CACHE, else ~/.cache/s3torch), so rebuilding the extension never rebuilds
+# the CRT. S3TORCH_CRT_PREFIX points at an existing install instead.
+
+if(NOT S3TORCH_CRT_PREFIX AND DEFINED ENV{S3TORCH_CRT_PREFIX})
+  set(S3TORCH_CRT_PREFIX "$ENV{S3TORCH_CRT_PREFIX}")
+endif()
+
+if(NOT S3TORCH_CRT_PREFIX)
+  find_package(Python COMPONENTS Interpreter REQUIRED)
+  message(STATUS "s3torch: locating the AWS CRT libraries (first build compiles them: ~2-3 minutes)")
+  execute_process(
+    COMMAND "${Python_EXECUTABLE}" "${CMAKE_CURRENT_LIST_DIR}/crt_cache.py"
+            --c-compiler "${CMAKE_C_COMPILER}" --build-type Release
+    OUTPUT_VARIABLE _crt_out
+    RESULT_VARIABLE _crt_rc
+    OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT _crt_rc EQUAL 0)
+    message(FATAL_ERROR "s3torch: building the AWS CRT libraries failed (see the output above)")
+  endif()
+  string(REGEX REPLACE ".*\n" "" S3TORCH_CRT_PREFIX "${_crt_out}")
+endif()
+message(STATUS "s3torch: AWS CRT libraries from ${S3TORCH_CRT_PREFIX}")
+
+list(PREPEND CMAKE_PREFIX_PATH "${S3TORCH_CRT_PREFIX}")
+list(PREPEND CMAKE_MODULE_PATH "${S3TORCH_CRT_PREFIX}/lib/cmake")
+set(CMAKE_FIND_PACKAGE_PREFER_CONFIG ON)
+find_package(aws-c-s3 REQUIRED CONFIG)

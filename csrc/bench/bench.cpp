@@ -1,0 +1,115 @@
+// s3torch-bench: drive the C++ core directly (no Python) and report throughput and CPU cost.
+//
+//   s3torch-bench --endpoint http://127.0.0.1:8088 --bucket b --key k [--op get|put]
+//                 [--size BYTES] [--concurrency N] [--repeat R] [--part-size BYTES]
+//                 [--access-key K --secret-key S | --anonymous]
+//
+// get: N concurrent GETs of the object (or of `--size` bytes of it) into N preallocated
+//      buffers, R times. put: N concurrent PUTs of `--size` bytes from memory to key.i.
+// Prints one JSON object: bytes, seconds, GB/s, CPU seconds (user+sys of this process) and
+// CPU-s/GB.
+#include "s3torch/client.h"
+#include "s3torch/get.h"
+#include "s3torch/objects.h"
+#include "s3torch/put.h"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+using namespace s3torch;
+
+namespace {
+
+double cpu_seconds() {
+    rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+[[noreturn]] void usage(const char *why) {
+    std::fprintf(stderr, "s3torch-bench: %s\nsee the header of csrc/bench/bench.cpp for usage\n", why);
+    std::exit(2);
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    ClientConfig cfg;
+    std::string bucket, key, op = "get";
+    uint64_t size = 0;
+    int concurrency = 1, repeat = 1;
+    cfg.credentials.kind = CredentialsKind::Default;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        auto val = [&]() -> std::string {
+            if (i + 1 >= argc) usage(("missing value for " + a).c_str());
+            return argv[++i];
+        };
+        if (a == "--endpoint") cfg.endpoint = val();
+        else if (a == "--region") cfg.region = val();
+        else if (a == "--bucket") bucket = val();
+        else if (a == "--key") key = val();
+        else if (a == "--op") op = val();
+        else if (a == "--size") size = std::strtoull(val().c_str(), nullptr, 10);
+        else if (a == "--concurrency") concurrency = std::atoi(val().c_str());
+        else if (a == "--repeat") repeat = std::atoi(val().c_str());
+        else if (a == "--part-size") cfg.part_size = std::strtoull(val().c_str(), nullptr, 10);
+        else if (a == "--throughput-gbps") cfg.throughput_target_gbps = std::atof(val().c_str());
+        else if (a == "--anonymous") cfg.credentials.kind = CredentialsKind::Anonymous;
+        else if (a == "--access-key") {
+            cfg.credentials.kind = CredentialsKind::Static;
+            cfg.credentials.access_key_id = val();
+        } else if (a == "--secret-key") cfg.credentials.secret_access_key = val();
+        else if (a == "--path-style") cfg.force_path_style = true;
+        else usage(("unknown argument " + a).c_str());
+    }
+    if (bucket.empty() || key.empty()) usage("--bucket and --key are required");
+    if (concurrency < 1 || repeat < 1) usage("--concurrency and --repeat must be >= 1");
+    try {
+        auto client = Client::create(cfg);
+        if (op == "get" && size == 0) size = head_object(client, bucket, key).size;
+        if (size == 0) usage("--size is required for put (and must be > 0)");
+        std::vector<std::vector<uint8_t>> bufs(concurrency, std::vector<uint8_t>(size));
+        for (auto &b : bufs) std::memset(b.data(), 0x5a, b.size());  // fault the pages in up front
+        double cpu0 = cpu_seconds();
+        auto t0 = std::chrono::steady_clock::now();
+        uint64_t total = 0;
+        for (int r = 0; r < repeat; ++r) {
+            std::vector<std::shared_ptr<Transfer>> ts;
+            for (int c = 0; c < concurrency; ++c) {
+                if (op == "get") {
+                    std::optional<ByteRange> range;
+                    ts.push_back(GetInto::start_get(client, bucket, key, range, bufs[c].data(), bufs[c].size()));
+                } else if (op == "put") {
+                    ts.push_back(start_put(client, bucket, key + "." + std::to_string(c), bufs[c].data(), size));
+                } else {
+                    usage("--op must be get or put");
+                }
+            }
+            for (auto &t : ts) {
+                t->wait();
+                t->raise_if_failed();
+                total += size;
+            }
+        }
+        double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        double cpu = cpu_seconds() - cpu0;
+        double gb = total / 1e9;
+        std::printf(
+            "{\"tool\": \"s3torch-bench\", \"op\": \"%s\", \"bytes\": %llu, \"concurrency\": %d, \"repeat\": %d, "
+            "\"part_size\": %llu, \"seconds\": %.4f, \"gbps\": %.4f, \"cpu_seconds\": %.4f, \"cpu_s_per_gb\": %.4f}\n",
+            op.c_str(), static_cast<unsigned long long>(total), concurrency, repeat,
+            static_cast<unsigned long long>(cfg.part_size), secs, gb / secs, cpu, cpu / gb);
+    } catch (const S3Error &e) {
+        std::fprintf(stderr, "s3torch-bench: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,84 @@
+#include "exceptions.h"
+
+#include "s3torch/errors.h"
+
+namespace s3torch_py {
+
+namespace py = pybind11;
+using s3torch::ErrorKind;
+using s3torch::S3Error;
+
+namespace {
+
+// Exception classes, created once at import; owned by the module (leaked references).
+PyObject *g_base = nullptr;
+PyObject *g_not_found = nullptr;
+PyObject *g_permission = nullptr;
+PyObject *g_timeout = nullptr;
+PyObject *g_invalid = nullptr;
+PyObject *g_cancelled = nullptr;
+
+PyObject *make_class(py::module_ &m, const char *name, PyObject *builtin, const char *doc) {
+    std::string qual = std::string("s3torch._crt.") + name;
+    PyObject *bases = builtin ? PyTuple_Pack(2, g_base, builtin) : PyTuple_Pack(1, g_base);
+    PyObject *cls = PyErr_NewExceptionWithDoc(qual.c_str(), doc, bases, nullptr);
+    Py_DECREF(bases);
+    if (!cls) throw py::error_already_set();
+    m.add_object(name, py::reinterpret_borrow<py::object>(cls));
+    return cls;
+}
+
+void raise(const S3Error &e) {
+    PyObject *cls = g_base;
+    switch (e.kind) {
+        case ErrorKind::NotFound: cls = g_not_found; break;
+        case ErrorKind::AccessDenied: cls = g_permission; break;
+        case ErrorKind::Timeout: cls = g_timeout; break;
+        case ErrorKind::InvalidArgument: cls = g_invalid; break;
+        case ErrorKind::Cancelled: cls = g_cancelled; break;
+        case ErrorKind::Generic: break;
+    }
+    py::object exc = py::reinterpret_steal<py::object>(PyObject_CallFunction(cls, "s", e.what()));
+    if (!exc) throw py::error_already_set();
+    auto set = [&](const char *name, py::object v) { PyObject_SetAttrString(exc.ptr(), name, v.ptr()); };
+    auto str_or_none = [](const std::string &s) -> py::object {
+        return s.empty() ? py::none() : py::object(py::str(s));
+    };
+    set("code", str_or_none(e.s3_code));
+    set("s3_message", str_or_none(e.s3_message));
+    set("http_status", e.http_status ? py::object(py::int_(e.http_status)) : py::none());
+    set("request_id", str_or_none(e.request_id));
+    set("crt_error", e.crt_error_name.empty() ? py::none() : py::object(py::str(e.crt_error_name)));
+    set("operation", str_or_none(e.context.operation));
+    set("bucket", str_or_none(e.context.bucket));
+    set("key", str_or_none(e.context.key));
+    PyErr_SetObject(cls, exc.ptr());
+}
+
+}  // namespace
+
+void register_exceptions(py::module_ &m) {
+    g_base = PyErr_NewExceptionWithDoc(
+        "s3torch._crt.S3Exception",
+        "Base of every error s3torch raises for S3. Attributes: code, s3_message, http_status, request_id, "
+        "crt_error, operation, bucket, key (None when not known).",
+        PyExc_Exception, nullptr);
+    if (!g_base) throw py::error_already_set();
+    m.add_object("S3Exception", py::reinterpret_borrow<py::object>(g_base));
+    g_not_found = make_class(m, "S3NotFoundError", PyExc_FileNotFoundError, "The bucket or key does not exist.");
+    g_permission = make_class(m, "S3PermissionError", PyExc_PermissionError,
+                              "Access denied, or the credentials are missing or wrong.");
+    g_timeout = make_class(m, "S3TimeoutError", PyExc_TimeoutError, "The endpoint did not answer in time.");
+    g_invalid = make_class(m, "S3InvalidArgumentError", PyExc_ValueError,
+                           "A bad argument or configuration, caught before or by the request.");
+    g_cancelled = make_class(m, "S3CancelledError", nullptr, "The transfer was cancelled.");
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const S3Error &e) {
+            raise(e);
+        }
+    });
+}
+
+}  // namespace s3torch_py

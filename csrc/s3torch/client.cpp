@@ -1,0 +1,215 @@
+#include "s3torch/client.h"
+
+#include "s3torch/credentials.h"
+#include "s3torch/errors.h"
+#include "s3torch/runtime.h"
+
+#include <aws/auth/credentials.h>
+#include <aws/auth/signing_config.h>
+#include <aws/io/tls_channel_handler.h>
+#include <aws/s3/s3_client.h>
+
+#include <condition_variable>
+#include <set>
+
+namespace s3torch {
+
+namespace {
+
+// Every live Client, for prepare_fork(). Guarded by g_clients_mu.
+std::mutex g_clients_mu;
+std::set<Client *> g_clients;
+
+// Completion of an aws_s3_client's asynchronous shutdown. Heap-allocated: the callback
+// may fire after the Client is gone. Owns the objects the aws_s3_client used.
+struct ShutdownState {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    bool waited = false;  // a thread waits on it and frees it; else the callback frees it
+    aws_credentials_provider *credentials = nullptr;
+    aws_tls_ctx *tls_ctx = nullptr;
+    std::shared_ptr<Runtime> runtime;
+    std::unique_ptr<aws_signing_config_aws> signing;
+};
+
+void on_client_shutdown(void *user_data) {
+    auto *st = static_cast<ShutdownState *>(user_data);
+    aws_credentials_provider_release(st->credentials);
+    if (st->tls_ctx) aws_tls_ctx_release(st->tls_ctx);
+    st->credentials = nullptr;
+    st->tls_ctx = nullptr;
+    std::unique_lock<std::mutex> lock(st->mu);
+    st->done = true;
+    if (!st->waited) {
+        lock.unlock();
+        // The runtime outlives every client (it is only torn down by Runtime::shutdown when
+        // no client holds it), so dropping this reference here never destroys it.
+        delete st;
+        return;
+    }
+    st->cv.notify_all();
+}
+
+}  // namespace
+
+std::shared_ptr<Client> Client::create(ClientConfig config) {
+    return std::shared_ptr<Client>(new Client(std::move(config)));
+}
+
+Client::Client(ClientConfig config) : config_(std::move(config)) {
+    endpoint_ = validate_config(config_);
+    std::lock_guard<std::mutex> lock(g_clients_mu);
+    g_clients.insert(this);
+}
+
+Client::~Client() {
+    {
+        std::lock_guard<std::mutex> lock(g_clients_mu);
+        g_clients.erase(this);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    // May run on a CRT thread (the last transfer let go of us there): never wait here.
+    release_locked(false);
+}
+
+aws_s3_client *Client::ensure_locked() {
+    if (client_) return client_;
+    runtime_ = Runtime::acquire();
+    aws_allocator *alloc = runtime_->allocator();
+
+    if (endpoint_.tls || config_.credentials.kind == CredentialsKind::Default ||
+        config_.credentials.kind == CredentialsKind::Profile) {
+        aws_tls_ctx_options tls_options;
+        aws_tls_ctx_options_init_default_client(&tls_options, alloc);
+        if (!config_.ca_file.empty() &&
+            aws_tls_ctx_options_override_default_trust_store_from_path(&tls_options, nullptr,
+                                                                        config_.ca_file.c_str())) {
+            int err = aws_last_error();
+            aws_tls_ctx_options_clean_up(&tls_options);
+            throw_invalid("cannot use CA file '" + config_.ca_file + "': " + crt_error_name(err));
+        }
+        tls_ctx_ = aws_tls_client_ctx_new(alloc, &tls_options);
+        aws_tls_ctx_options_clean_up(&tls_options);
+        if (!tls_ctx_) throw error_from_crt(aws_last_error(), {"CreateTlsContext", "", ""});
+    }
+
+    try {
+        credentials_ = make_credentials_provider(config_.credentials, runtime_->bootstrap(), tls_ctx_);
+    } catch (...) {
+        if (tls_ctx_) aws_tls_ctx_release(tls_ctx_);
+        tls_ctx_ = nullptr;
+        throw;
+    }
+
+    signing_.reset(new aws_signing_config_aws());
+    aws_s3_init_default_signing_config(
+        signing_.get(), aws_byte_cursor_from_array(config_.region.data(), config_.region.size()), credentials_);
+    signing_->flags.use_double_uri_encode = false;
+
+    aws_tls_connection_options tls_conn;
+    AWS_ZERO_STRUCT(tls_conn);
+    if (tls_ctx_) aws_tls_connection_options_init_from_ctx(&tls_conn, tls_ctx_);
+
+    aws_s3_client_config cc;
+    AWS_ZERO_STRUCT(cc);
+    cc.region = aws_byte_cursor_from_array(config_.region.data(), config_.region.size());
+    cc.client_bootstrap = runtime_->bootstrap();
+    cc.tls_mode = endpoint_.tls ? AWS_MR_TLS_ENABLED : AWS_MR_TLS_DISABLED;
+    cc.tls_connection_options = tls_ctx_ && endpoint_.tls ? &tls_conn : nullptr;
+    cc.signing_config = signing_.get();
+    cc.part_size = config_.part_size;
+    cc.throughput_target_gbps = config_.throughput_target_gbps;
+    cc.memory_limit_in_bytes = config_.memory_limit_bytes;
+    cc.retry_config.max_retries = config_.max_attempts > 1 ? config_.max_attempts - 1 : 0;
+    if (config_.max_attempts == 1) cc.retry_config.retry_mode = AWS_S3_RETRY_MODE_NONE;
+    // Exponential backoff with full jitter from a 50 ms base (the CRT's is 500 ms): a
+    // misconfigured endpoint then fails in seconds, not minutes, at the default 10 attempts.
+    cc.retry_config.backoff_scale_factor_ms = 50;
+    cc.retry_config.max_backoff_secs = 20;
+    cc.connect_timeout_ms = config_.connect_timeout_ms;
+    cc.enable_s3express = config_.s3express;
+    // Back-pressure is on for the client, but only streaming GETs use a bounded window:
+    // every other GET opens its window fully as soon as it is created.
+    cc.enable_read_backpressure = true;
+    cc.initial_read_window = 1;
+
+    auto *st = new ShutdownState();
+    cc.shutdown_callback = on_client_shutdown;
+    cc.shutdown_callback_user_data = st;
+    client_ = aws_s3_client_new(alloc, &cc);
+    if (tls_ctx_) aws_tls_connection_options_clean_up(&tls_conn);
+    if (!client_) {
+        int err = aws_last_error();
+        delete st;
+        aws_credentials_provider_release(credentials_);
+        credentials_ = nullptr;
+        if (tls_ctx_) aws_tls_ctx_release(tls_ctx_);
+        tls_ctx_ = nullptr;
+        throw error_from_crt(err, {"CreateS3Client", "", ""});
+    }
+    // The shutdown state takes ownership at release time; remember it through the
+    // user-data pointer we gave the CRT.
+    shutdown_state_ = st;
+    return client_;
+}
+
+void Client::release_locked(bool wait) {
+    if (!client_) return;
+    auto *st = static_cast<ShutdownState *>(shutdown_state_);
+    st->credentials = credentials_;
+    st->tls_ctx = tls_ctx_;
+    st->runtime = std::move(runtime_);
+    st->signing = std::move(signing_);
+    credentials_ = nullptr;
+    tls_ctx_ = nullptr;
+    shutdown_state_ = nullptr;
+    aws_s3_client *c = client_;
+    client_ = nullptr;
+    if (wait) {
+        std::unique_lock<std::mutex> lock(st->mu);
+        st->waited = true;
+        lock.unlock();
+        aws_s3_client_release(c);
+        lock.lock();
+        st->cv.wait(lock, [&] { return st->done; });
+        lock.unlock();
+        delete st;
+    } else {
+        aws_s3_client_release(c);
+    }
+}
+
+aws_s3_meta_request *Client::make_meta_request(aws_s3_meta_request_options &options, bool express) {
+    std::lock_guard<std::mutex> lock(mu_);
+    aws_s3_client *c = ensure_locked();
+    std::unique_ptr<aws_signing_config_aws> express_signing;
+    if (express) {
+        express_signing.reset(new aws_signing_config_aws(*signing_));
+        express_signing->algorithm = AWS_SIGNING_ALGORITHM_V4_S3EXPRESS;
+        options.signing_config = express_signing.get();
+    }
+    aws_s3_meta_request *mr = aws_s3_client_make_meta_request(c, &options);
+    if (mr) in_flight_.fetch_add(1);
+    return mr;
+}
+
+void Client::transfer_finished() { in_flight_.fetch_sub(1); }
+
+bool Client::suspend() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (in_flight_.load() != 0) return false;
+    release_locked(true);
+    return true;
+}
+
+bool Client::prepare_fork() {
+    std::lock_guard<std::mutex> lock(g_clients_mu);
+    for (Client *c : g_clients)
+        if (c->in_flight() != 0) return false;
+    for (Client *c : g_clients)
+        if (!c->suspend()) return false;
+    return Runtime::shutdown();
+}
+
+}  // namespace s3torch

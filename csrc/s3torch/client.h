@@ -1,0 +1,70 @@
+// Client: one aws_s3_client (connection pools, part-buffer pool, retry strategy) per
+// configuration, created lazily and released before fork().
+//
+// Threads: any caller thread may start transfers; the CRT's event-loop threads run the
+// callbacks of every Transfer. `mu_` guards the lazily built CRT objects below; transfers take
+// a reference to the aws_s3_client when they start, so `suspend()` (fork) only tears down a
+// client with no transfer in flight.
+#pragma once
+
+#include "s3torch/config.h"
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+struct aws_s3_client;
+struct aws_credentials_provider;
+struct aws_tls_ctx;
+struct aws_s3_meta_request;
+struct aws_s3_meta_request_options;
+struct aws_signing_config_aws;
+
+namespace s3torch {
+
+class Runtime;
+
+class Client : public std::enable_shared_from_this<Client> {
+  public:
+    // Validates `config` (throws S3Error InvalidArgument); creates no CRT objects yet.
+    static std::shared_ptr<Client> create(ClientConfig config);
+    ~Client();
+    Client(const Client &) = delete;
+    Client &operator=(const Client &) = delete;
+
+    const ClientConfig &config() const { return config_; }
+    const Endpoint &endpoint() const { return endpoint_; }
+
+    // Create a meta request on the lazily created aws_s3_client. Counts it in flight until
+    // `transfer_finished()`. Returns nullptr with aws_last_error() set on failure.
+    aws_s3_meta_request *make_meta_request(aws_s3_meta_request_options &options, bool express);
+    void transfer_finished();
+    int64_t in_flight() const { return in_flight_.load(); }
+
+    // Release the aws_s3_client and wait for its shutdown, if nothing is in flight. Used
+    // before fork(); the next request builds a new one. Returns false if transfers are running.
+    bool suspend();
+
+    // Suspend every live client, then shut the runtime down and join CRT threads.
+    // Returns false (and leaves things running) if any transfer is in flight.
+    static bool prepare_fork();
+
+  private:
+    explicit Client(ClientConfig config);
+    aws_s3_client *ensure_locked();
+    void release_locked(bool wait);
+
+    ClientConfig config_;
+    Endpoint endpoint_;
+    std::mutex mu_;  // guards the fields below
+    std::shared_ptr<Runtime> runtime_;
+    aws_s3_client *client_ = nullptr;
+    aws_credentials_provider *credentials_ = nullptr;
+    aws_tls_ctx *tls_ctx_ = nullptr;
+    std::unique_ptr<aws_signing_config_aws> signing_;
+    void *shutdown_state_ = nullptr;  // ShutdownState of client_, see client.cpp
+    std::atomic<int64_t> in_flight_{0};
+};
+
+}  // namespace s3torch

@@ -1,0 +1,64 @@
+#include "s3torch/credentials.h"
+
+#include "s3torch/errors.h"
+
+#include <aws/auth/credentials.h>
+#include <aws/common/byte_buf.h>
+
+namespace s3torch {
+
+aws_credentials_provider *make_credentials_provider(
+    const CredentialsConfig &cfg, aws_client_bootstrap *bootstrap, aws_tls_ctx *tls_ctx) {
+    aws_allocator *alloc = aws_default_allocator();
+    aws_credentials_provider *provider = nullptr;
+    switch (cfg.kind) {
+        case CredentialsKind::Static: {
+            aws_credentials_provider_static_options o;
+            AWS_ZERO_STRUCT(o);
+            o.access_key_id = aws_byte_cursor_from_array(cfg.access_key_id.data(), cfg.access_key_id.size());
+            o.secret_access_key =
+                aws_byte_cursor_from_array(cfg.secret_access_key.data(), cfg.secret_access_key.size());
+            o.session_token = aws_byte_cursor_from_array(cfg.session_token.data(), cfg.session_token.size());
+            provider = aws_credentials_provider_new_static(alloc, &o);
+            break;
+        }
+        case CredentialsKind::Anonymous: {
+            aws_credentials_provider_shutdown_options o;
+            AWS_ZERO_STRUCT(o);
+            provider = aws_credentials_provider_new_anonymous(alloc, &o);
+            break;
+        }
+        case CredentialsKind::Environment: {
+            aws_credentials_provider_environment_options o;
+            AWS_ZERO_STRUCT(o);
+            provider = aws_credentials_provider_new_environment(alloc, &o);
+            break;
+        }
+        case CredentialsKind::Profile: {
+            aws_credentials_provider_profile_options o;
+            AWS_ZERO_STRUCT(o);
+            o.profile_name_override = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
+            o.bootstrap = bootstrap;
+            o.tls_ctx = tls_ctx;
+            provider = aws_credentials_provider_new_profile(alloc, &o);
+            if (!provider)
+                throw_invalid("cannot load AWS profile '" + cfg.profile +
+                              "' from ~/.aws/credentials or ~/.aws/config (or AWS_SHARED_CREDENTIALS_FILE / "
+                              "AWS_CONFIG_FILE): does it exist and have keys?");
+            break;
+        }
+        case CredentialsKind::Default: {
+            aws_credentials_provider_chain_default_options o;
+            AWS_ZERO_STRUCT(o);
+            o.bootstrap = bootstrap;
+            o.tls_ctx = tls_ctx;
+            o.profile_name_override = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
+            provider = aws_credentials_provider_new_chain_default(alloc, &o);
+            break;
+        }
+    }
+    if (!provider) throw error_from_crt(aws_last_error(), {"CreateCredentialsProvider", "", ""});
+    return provider;
+}
+
+}  // namespace s3torch

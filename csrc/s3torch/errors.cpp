@@ -1,0 +1,147 @@
+#include "s3torch/errors.h"
+
+#include "s3torch/xml.h"
+
+#include <aws/auth/auth.h>
+#include <aws/common/error.h>
+#include <aws/http/http.h>
+#include <aws/io/io.h>
+#include <aws/s3/s3.h>
+
+#include <cstring>
+
+namespace s3torch {
+
+namespace {
+
+std::string describe(const ErrorContext &ctx) {
+    std::string where;
+    if (!ctx.bucket.empty()) {
+        where = "s3://" + ctx.bucket;
+        if (!ctx.key.empty()) where += "/" + ctx.key;
+    }
+    std::string out = ctx.operation.empty() ? std::string() : ctx.operation;
+    if (!where.empty()) out += (out.empty() ? "" : " ") + where;
+    return out;
+}
+
+bool is_timeout(int code) {
+    switch (code) {
+        case AWS_IO_SOCKET_TIMEOUT:
+        case AWS_ERROR_HTTP_RESPONSE_FIRST_BYTE_TIMEOUT:
+        case AWS_ERROR_HTTP_CHANNEL_THROUGHPUT_FAILURE:
+        case AWS_IO_TLS_NEGOTIATION_TIMEOUT:
+        case AWS_ERROR_HTTP_CONNECTION_MANAGER_ACQUISITION_TIMEOUT:
+            return true;
+        default:
+            return false;
+    }
+}
+
+bool is_auth_failure(int code) {
+    const char *name = aws_error_name(code);
+    return name != nullptr && (std::strstr(name, "CREDENTIALS") != nullptr ||
+                               std::strstr(name, "AWS_AUTH_SIGNING") != nullptr);
+}
+
+ErrorKind kind_for_s3(const std::string &code, int status) {
+    if (code == "NoSuchKey" || code == "NoSuchBucket" || code == "NoSuchUpload" || code == "NotFound" ||
+        (code.empty() && status == 404))
+        return ErrorKind::NotFound;
+    if (code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" ||
+        code == "ExpiredToken" || code == "InvalidToken" || code == "AllAccessDisabled" ||
+        status == 403 || status == 401)
+        return ErrorKind::AccessDenied;
+    if (code == "RequestTimeout" || status == 408) return ErrorKind::Timeout;
+    return ErrorKind::Generic;
+}
+
+const char *hint_for(ErrorKind kind, const std::string &code) {
+    switch (kind) {
+        case ErrorKind::NotFound:
+            if (code == "NoSuchBucket") return "check the bucket name and the endpoint/region";
+            return "check the bucket and key (list the prefix to see what exists)";
+        case ErrorKind::AccessDenied:
+            return "check the credentials (keys, profile, AWS_* environment) and the bucket policy";
+        case ErrorKind::Timeout:
+            return "the endpoint did not answer in time; check the endpoint and network, or raise max_attempts";
+        default:
+            return nullptr;
+    }
+}
+
+}  // namespace
+
+S3Error::S3Error(ErrorKind k, const std::string &message, ErrorContext ctx)
+    : std::runtime_error(message), kind(k), context(std::move(ctx)) {}
+
+void throw_invalid(const std::string &message, const ErrorContext &ctx) {
+    std::string where = describe(ctx);
+    throw S3Error(ErrorKind::InvalidArgument, where.empty() ? message : where + ": " + message, ctx);
+}
+
+std::string crt_error_name(int crt_error) {
+    const char *name = aws_error_name(crt_error);
+    return name ? name : "UNKNOWN";
+}
+
+S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
+    ErrorKind kind = ErrorKind::Generic;
+    if (is_timeout(crt_error)) kind = ErrorKind::Timeout;
+    else if (is_auth_failure(crt_error)) kind = ErrorKind::AccessDenied;
+    else if (crt_error == AWS_ERROR_S3_CANCELED) kind = ErrorKind::Cancelled;
+    else if (crt_error == AWS_ERROR_SHORT_BUFFER || crt_error == AWS_ERROR_INVALID_ARGUMENT)
+        kind = ErrorKind::InvalidArgument;
+    std::string msg = describe(ctx);
+    if (!msg.empty()) msg += ": ";
+    msg += crt_error_name(crt_error) + " (" + aws_error_str(crt_error) + ")";
+    const char *hint = hint_for(kind, "");
+    if (crt_error == AWS_IO_SOCKET_CONNECTION_REFUSED || crt_error == AWS_IO_DNS_INVALID_NAME ||
+        crt_error == AWS_IO_DNS_QUERY_FAILED)
+        hint = "nothing answers at the endpoint; check the endpoint URL and that the server is running";
+    if (hint) msg += "; " + std::string(hint);
+    S3Error err(kind, msg, ctx);
+    err.crt_error = crt_error;
+    err.crt_error_name = crt_error_name(crt_error);
+    return err;
+}
+
+S3Error error_from_result(
+    int crt_error,
+    int http_status,
+    const std::string &error_body,
+    const std::string &request_id,
+    const std::string &failed_operation,
+    const ErrorContext &ctx) {
+    if (http_status == 0 && crt_error != AWS_ERROR_S3_INVALID_RESPONSE_STATUS) {
+        return error_from_crt(crt_error, ctx);
+    }
+    std::string code, message;
+    if (!error_body.empty()) {
+        code = xml_first_text(error_body, "Code");
+        message = xml_first_text(error_body, "Message");
+    }
+    if (code.empty() && http_status == 404) code = "NotFound";
+    if (code.empty() && http_status == 403) code = "AccessDenied";
+    ErrorKind kind = kind_for_s3(code, http_status);
+    std::string msg = describe(ctx);
+    if (!failed_operation.empty() && failed_operation != ctx.operation)
+        msg += " (" + failed_operation + ")";
+    if (!msg.empty()) msg += ": ";
+    msg += code.empty() ? ("HTTP " + std::to_string(http_status)) : code;
+    if (!message.empty()) msg += ": " + message;
+    msg += " (HTTP " + std::to_string(http_status);
+    if (!request_id.empty()) msg += ", request id " + request_id;
+    msg += ")";
+    if (const char *hint = hint_for(kind, code)) msg += "; " + std::string(hint);
+    S3Error err(kind, msg, ctx);
+    err.s3_code = code;
+    err.s3_message = message;
+    err.request_id = request_id;
+    err.http_status = http_status;
+    err.crt_error = crt_error;
+    err.crt_error_name = crt_error_name(crt_error);
+    return err;
+}
+
+}  // namespace s3torch

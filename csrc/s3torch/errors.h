@@ -1,0 +1,64 @@
+// Typed errors of the s3torch core.
+//
+// Every failure the core reports is an S3Error: a CRT error code, an S3 error response
+// (code, message, HTTP status, request id), or a bad argument caught before any request.
+// `kind` is the one classification the bindings use to pick an exception type, so the
+// mapping from CRT/S3 conditions to kinds lives here and nowhere else.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+struct aws_s3_meta_request_result;
+struct aws_http_headers;
+
+namespace s3torch {
+
+enum class ErrorKind {
+    Generic,          // any other S3 or transport failure
+    NotFound,         // NoSuchKey, NoSuchBucket, 404
+    AccessDenied,     // 403, bad or missing credentials
+    Timeout,          // socket / first-byte / throughput timeouts
+    InvalidArgument,  // caught before a request was made (bad config, short buffer, ...)
+    Cancelled,        // the caller cancelled (KeyboardInterrupt, abort)
+};
+
+struct ErrorContext {
+    std::string operation;  // "GetObject", "PutObject", ...
+    std::string bucket;
+    std::string key;
+};
+
+class S3Error : public std::runtime_error {
+  public:
+    S3Error(ErrorKind kind, const std::string &message, ErrorContext ctx = {});
+
+    ErrorKind kind;
+    ErrorContext context;
+    std::string s3_code;     // S3 error code from the response body, e.g. "NoSuchKey"
+    std::string s3_message;  // S3 error message from the response body
+    std::string request_id;  // x-amz-request-id
+    int http_status = 0;
+    int crt_error = 0;       // aws_last_error()-style code, 0 when none
+    std::string crt_error_name;
+};
+
+// Raise an InvalidArgument error naming the bucket/key.
+[[noreturn]] void throw_invalid(const std::string &message, const ErrorContext &ctx = {});
+
+// Build the error for a failed meta request from its result (error code, status, headers, body).
+S3Error error_from_result(
+    int crt_error,
+    int http_status,
+    const std::string &error_body,
+    const std::string &request_id,
+    const std::string &failed_operation,
+    const ErrorContext &ctx);
+
+// Build the error for a bare CRT error code (no HTTP response).
+S3Error error_from_crt(int crt_error, const ErrorContext &ctx);
+
+// Name of a CRT error code, e.g. "AWS_IO_SOCKET_TIMEOUT".
+std::string crt_error_name(int crt_error);
+
+}  // namespace s3torch

@@ -1,0 +1,48 @@
+// Object metadata operations: HEAD, ListObjectsV2, DELETE, COPY.
+#pragma once
+
+#include "s3torch/transfer.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace s3torch {
+
+struct ObjectInfo {
+    std::string key;
+    uint64_t size = 0;
+    std::string etag;
+    std::string last_modified;  // as the server sent it (HTTP date for HEAD, ISO 8601 in lists)
+    std::string storage_class;
+};
+
+struct ListPage {
+    std::vector<ObjectInfo> objects;
+    std::vector<std::string> common_prefixes;
+    std::string next_continuation_token;  // "" when this is the last page
+    bool is_truncated = false;
+};
+
+ObjectInfo head_object(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key);
+
+// Start the operations; wait on the returned request, then call the matching result function.
+std::shared_ptr<SimpleRequest> start_head(std::shared_ptr<Client> client, const std::string &bucket,
+                                          const std::string &key);
+ObjectInfo head_result(SimpleRequest &req);
+
+std::shared_ptr<SimpleRequest> start_list(std::shared_ptr<Client> client, const std::string &bucket,
+                                          const std::string &prefix, const std::string &delimiter, int max_keys,
+                                          const std::string &continuation_token, const std::string &start_after);
+ListPage list_result(SimpleRequest &req);
+
+std::shared_ptr<SimpleRequest> start_delete(std::shared_ptr<Client> client, const std::string &bucket,
+                                            const std::string &key);
+
+// Server-side copy; multipart (UploadPartCopy) for large objects.
+std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const std::string &src_bucket,
+                                          const std::string &src_key, const std::string &dst_bucket,
+                                          const std::string &dst_key);
+
+}  // namespace s3torch

@@ -1,0 +1,236 @@
+#include "s3torch/put.h"
+
+#include "s3torch/client.h"
+#include "s3torch/request.h"
+
+#include <aws/http/request_response.h>
+#include <aws/io/future.h>
+#include <aws/io/stream.h>
+#include <aws/s3/s3_client.h>
+
+namespace s3torch {
+
+namespace {
+
+Headers put_headers(const PutOptions &opts) {
+    Headers h;
+    if (!opts.storage_class.empty()) h.emplace_back("x-amz-storage-class", opts.storage_class);
+    if (!opts.content_type.empty()) h.emplace_back("Content-Type", opts.content_type);
+    return h;
+}
+
+std::string header_lines(const Headers &h) {
+    std::string out;
+    for (const auto &kv : h) out += kv.first + ": " + kv.second + "\n";
+    return out;
+}
+
+void check_names(const ErrorContext &ctx) {
+    if (ctx.bucket.empty()) throw_invalid("bucket name is empty", ctx);
+    if (ctx.key.empty()) throw_invalid("key is empty", ctx);
+}
+
+// Multipart PUT of memory through a body stream (the CRT copies each part into its pool).
+class PutFromMemory : public Transfer {
+  public:
+    static std::shared_ptr<PutFromMemory> start_put(std::shared_ptr<Client> client, ErrorContext ctx,
+                                                    const void *data, size_t len, const PutOptions &opts) {
+        std::shared_ptr<PutFromMemory> t(new PutFromMemory(client, ctx));
+        Address addr = address_of(client->config(), client->endpoint(), ctx.bucket, ctx.key);
+        Headers headers = put_headers(opts);
+        headers.emplace_back("Content-Length", std::to_string(len));
+        aws_http_message *msg = make_message("PUT", addr, headers);
+        aws_byte_cursor cur = aws_byte_cursor_from_array(data, len);
+        aws_input_stream *body = aws_input_stream_new_from_cursor(aws_default_allocator(), &cur);
+        aws_http_message_set_body_stream(msg, body);
+        aws_input_stream_release(body);
+        aws_s3_meta_request_options o;
+        AWS_ZERO_STRUCT(o);
+        o.type = AWS_S3_META_REQUEST_TYPE_PUT_OBJECT;
+        o.message = msg;
+        try {
+            t->start(o, addr);
+        } catch (...) {
+            aws_http_message_release(msg);
+            throw;
+        }
+        aws_http_message_release(msg);
+        return t;
+    }
+
+  protected:
+    using Transfer::Transfer;
+};
+
+}  // namespace
+
+std::shared_ptr<Transfer> start_put(std::shared_ptr<Client> client, const std::string &bucket,
+                                    const std::string &key, const void *data, size_t len, const PutOptions &opts) {
+    ErrorContext ctx{"PutObject", bucket, key};
+    check_names(ctx);
+    if (len <= client->config().part_size) {
+        Address addr = address_of(client->config(), client->endpoint(), bucket, key);
+        static const char kEmpty = 0;
+        return SimpleRequest::start_request(client, ctx, "PUT", "PutObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT,
+                                            len ? data : &kEmpty, len, header_lines(put_headers(opts)));
+    }
+    return PutFromMemory::start_put(client, ctx, data, len, opts);
+}
+
+std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> client, const std::string &bucket,
+                                                   const std::string &key, const PutOptions &opts) {
+    ErrorContext ctx{"PutObject", bucket, key};
+    std::shared_ptr<PutStream> t(new PutStream(client, ctx));
+    Address addr = address_of(client->config(), client->endpoint(), bucket, key);
+    aws_http_message *msg = make_message("PUT", addr, put_headers(opts));
+    aws_s3_meta_request_options o;
+    AWS_ZERO_STRUCT(o);
+    o.type = AWS_S3_META_REQUEST_TYPE_PUT_OBJECT;
+    o.message = msg;
+    o.send_using_async_writes = true;
+    try {
+        t->start(o, addr);
+    } catch (...) {
+        aws_http_message_release(msg);
+        throw;
+    }
+    aws_http_message_release(msg);
+    return t;
+}
+
+PutStream::~PutStream() {
+    if (future_) aws_future_void_release(future_);
+}
+
+void PutStream::write_begin(const void *data, size_t len, bool eof) {
+    aws_s3_meta_request *mr = acquire_meta_request();
+    if (!mr) {
+        // Finished already: that can only be a failure (we have not sent eof yet).
+        wait();
+        raise_if_failed();
+        throw S3Error(ErrorKind::Generic, "upload already finished", ctx_);
+    }
+    future_ = aws_s3_meta_request_write(mr, aws_byte_cursor_from_array(data, len), eof);
+    aws_s3_meta_request_release(mr);
+}
+
+bool PutStream::write_wait(int64_t timeout_ms) {
+    if (!future_) return true;
+    uint64_t ns = timeout_ms < 0 ? UINT64_MAX : static_cast<uint64_t>(timeout_ms) * 1000000ull;
+    if (!aws_future_void_wait(future_, ns)) return false;
+    int err = aws_future_void_get_error(future_);
+    aws_future_void_release(future_);
+    future_ = nullptr;
+    if (err) {
+        // The meta request is guaranteed to finish soon; report its error (more precise).
+        wait();
+        raise_if_failed();
+        throw error_from_crt(err, ctx_);
+    }
+    return true;
+}
+
+Upload::Upload(std::shared_ptr<Client> client, std::string bucket, std::string key, PutOptions opts)
+    : client_(std::move(client)), bucket_(std::move(bucket)), key_(std::move(key)), opts_(std::move(opts)),
+      ctx_{"PutObject", bucket_, key_} {
+    check_names(ctx_);
+}
+
+Upload::~Upload() {
+    if (!closed_) {
+        try {
+            abort();
+        } catch (...) {
+        }
+    }
+}
+
+bool Upload::write_begin(const void *data, size_t len) {
+    if (closed_) throw_invalid("write to a closed upload", ctx_);
+    if (phase_ != Phase::Idle) throw_invalid("previous write still in progress", ctx_);
+    written_ += len;
+    if (!stream_) {
+        if (pending_.size() + len <= client_->config().part_size) {
+            pending_.append(static_cast<const char *>(data), len);
+            return true;
+        }
+        // More than one part: switch to a multipart upload, first handing over what we held.
+        stream_ = PutStream::start_stream(client_, bucket_, key_, opts_);
+        if (!pending_.empty()) {
+            stream_->write_begin(pending_.data(), pending_.size(), false);
+            stream_->write_wait(-1);
+            pending_.clear();
+            pending_.shrink_to_fit();
+        }
+    }
+    stream_->write_begin(data, len, false);
+    phase_ = Phase::Writing;
+    return false;
+}
+
+void Upload::complete_begin() {
+    if (closed_) throw_invalid("upload already closed", ctx_);
+    if (phase_ == Phase::Writing) throw_invalid("previous write still in progress", ctx_);
+    phase_ = Phase::Completing;
+    if (stream_) {
+        stream_->write_begin(nullptr, 0, true);
+    } else {
+        single_ = start_put(client_, bucket_, key_, pending_.data(), pending_.size(), opts_);
+    }
+}
+
+bool Upload::wait_step(int64_t timeout_ms) {
+    try {
+        if (phase_ == Phase::Writing) {
+            if (!stream_->write_wait(timeout_ms)) return false;
+            phase_ = Phase::Idle;
+            return true;
+        }
+        if (phase_ == Phase::Completing) {
+            if (stream_) {
+                if (!stream_->write_wait(timeout_ms)) return false;
+                if (!stream_->wait_for(timeout_ms)) return false;
+                stream_->raise_if_failed();
+            } else {
+                if (!single_->wait_for(timeout_ms)) return false;
+                single_->raise_if_failed();
+            }
+            phase_ = Phase::Done;
+            closed_ = true;
+            pending_.clear();
+            return true;
+        }
+        return true;
+    } catch (...) {
+        // A failed upload is over: the CRT has aborted the multipart upload.
+        closed_ = true;
+        phase_ = Phase::Done;
+        throw;
+    }
+}
+
+std::string Upload::etag() {
+    if (stream_) return stream_->header("etag");
+    if (single_) return single_->header("etag");
+    return std::string();
+}
+
+void Upload::abort() {
+    closed_ = true;
+    phase_ = Phase::Done;
+    pending_.clear();
+    if (stream_) {
+        stream_->cancel();
+        try {
+            stream_->write_wait(-1);  // the pending write future completes once cancelled
+        } catch (const S3Error &) {
+        }
+        stream_->wait();
+    }
+    if (single_) {
+        single_->cancel();
+        single_->wait();
+    }
+}
+
+}  // namespace s3torch

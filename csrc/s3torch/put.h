@@ -1,0 +1,82 @@
+// PUT: an object from caller memory in one call, or a streaming upload fed buffer by buffer.
+#pragma once
+
+#include "s3torch/transfer.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+struct aws_future_void;
+
+namespace s3torch {
+
+struct PutOptions {
+    std::string storage_class;  // x-amz-storage-class, "" for the bucket default
+    std::string content_type;
+};
+
+// PUT of `len` bytes at `data`, which must stay valid until done(). Objects up to the part
+// size go as one PutObject sent straight from that memory; larger ones as a multipart upload.
+std::shared_ptr<Transfer> start_put(std::shared_ptr<Client> client, const std::string &bucket,
+                                    const std::string &key, const void *data, size_t len,
+                                    const PutOptions &opts = {});
+
+// The multipart meta request behind an Upload (aws-c-s3 async writes).
+class PutStream : public Transfer {
+  public:
+    static std::shared_ptr<PutStream> start_stream(std::shared_ptr<Client> client, const std::string &bucket,
+                                                   const std::string &key, const PutOptions &opts);
+    // Hand `len` bytes (which must stay valid until write_wait() returns true) to the CRT.
+    void write_begin(const void *data, size_t len, bool eof);
+    // Wait up to timeout_ms (< 0: forever) for the last write_begin; true when it is done.
+    // Throws the transfer's error if the write failed.
+    bool write_wait(int64_t timeout_ms);
+    ~PutStream() override;
+
+  protected:
+    using Transfer::Transfer;
+
+  private:
+    aws_future_void *future_ = nullptr;  // caller thread only
+};
+
+// A streaming upload. Data is buffered in memory until it exceeds one part; an object that
+// never does is sent as a single PutObject on complete(). Otherwise a multipart upload starts
+// and parts upload concurrently as they fill. abort() (or a failure) aborts the multipart
+// upload so no parts stay behind. Methods are for one caller thread at a time.
+class Upload {
+  public:
+    Upload(std::shared_ptr<Client> client, std::string bucket, std::string key, PutOptions opts);
+    ~Upload();
+
+    // Either buffers the bytes (returns true: done) or starts handing them to the CRT
+    // (returns false: call wait_step() until it returns true; `data` must stay valid till then).
+    bool write_begin(const void *data, size_t len);
+    // Start finishing the upload; then wait_step() until true, then etag().
+    void complete_begin();
+    bool wait_step(int64_t timeout_ms);
+    std::string etag();
+    // Cancel; blocks until the CRT has aborted the multipart upload.
+    void abort();
+
+    uint64_t bytes_written() const { return written_; }
+    bool closed() const { return closed_; }
+    const ErrorContext &context() const { return ctx_; }
+
+  private:
+    enum class Phase { Idle, Writing, Completing, Done };
+    std::shared_ptr<Client> client_;
+    std::string bucket_, key_;
+    PutOptions opts_;
+    ErrorContext ctx_;
+    std::string pending_;  // bytes not yet given to the CRT (single-PUT case, first part)
+    std::shared_ptr<PutStream> stream_;
+    std::shared_ptr<Transfer> single_;
+    Phase phase_ = Phase::Idle;
+    bool completing_ = false;  // after complete_begin: the eof write is next / in progress
+    uint64_t written_ = 0;
+    bool closed_ = false;
+};
+
+}  // namespace s3torch

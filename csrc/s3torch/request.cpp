@@ -1,0 +1,90 @@
+#include "s3torch/request.h"
+
+#include "s3torch/errors.h"
+
+#include <aws/common/byte_buf.h>
+#include <aws/common/uri.h>
+#include <aws/http/request_response.h>
+
+#include <cctype>
+
+namespace s3torch {
+
+namespace {
+
+std::string encode(const std::string &in, bool path) {
+    aws_byte_buf buf;
+    aws_byte_buf_init(&buf, aws_default_allocator(), in.size() * 3 + 1);
+    aws_byte_cursor cur = aws_byte_cursor_from_array(in.data(), in.size());
+    int rc = path ? aws_byte_buf_append_encoding_uri_path(&buf, &cur)
+                  : aws_byte_buf_append_encoding_uri_param(&buf, &cur);
+    std::string out = rc == AWS_OP_SUCCESS ? std::string(reinterpret_cast<char *>(buf.buffer), buf.len) : in;
+    aws_byte_buf_clean_up(&buf);
+    return out;
+}
+
+bool is_ip_or_localhost(const std::string &host) {
+    if (host == "localhost" || host.find(':') != std::string::npos) return true;
+    for (char c : host)
+        if (!(std::isdigit(static_cast<unsigned char>(c)) || c == '.')) return false;
+    return true;
+}
+
+}  // namespace
+
+std::string encode_path(const std::string &key) { return encode(key, true); }
+std::string encode_param(const std::string &value) { return encode(value, false); }
+
+bool use_path_style(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket) {
+    if (config.force_path_style) return true;
+    // A bucket cannot be a DNS label of an IP address or localhost; and with TLS a dotted
+    // bucket name breaks the wildcard certificate. Both fall back to path-style.
+    if (endpoint.custom && is_ip_or_localhost(endpoint.host)) return true;
+    if (endpoint.tls && bucket.find('.') != std::string::npos) return true;
+    return false;
+}
+
+Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
+                   const std::string &key, const std::string &query) {
+    Address a;
+    bool path_style = use_path_style(config, endpoint, bucket);
+    bool express = !endpoint.custom && bucket.size() > 6 && bucket.compare(bucket.size() - 6, 6, "--x-s3") == 0;
+    Endpoint ep = endpoint;
+    if (express) {
+        // Directory bucket "name--azid--x-s3": served by s3express-<azid>.<region>.amazonaws.com.
+        std::string base = bucket.substr(0, bucket.size() - 6);
+        size_t sep = base.rfind("--");
+        std::string azid = sep == std::string::npos ? std::string() : base.substr(sep + 2);
+        ep.host = "s3express-" + azid + "." + config.region + ".amazonaws.com";
+        path_style = false;
+    }
+    a.host = path_style ? ep.authority() : bucket + "." + ep.authority();
+    a.path = "/";
+    if (path_style) a.path += encode_path(bucket) + (key.empty() && query.empty() ? "" : "/");
+    a.path += encode_path(key);
+    if (!query.empty()) a.path += "?" + query;
+    a.endpoint_uri = std::string(ep.tls ? "https://" : "http://") + a.host;
+    return a;
+}
+
+aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers) {
+    aws_http_message *msg = aws_http_message_new_request(aws_default_allocator());
+    if (!msg) throw error_from_crt(aws_last_error(), {});
+    aws_http_message_set_request_method(msg, aws_byte_cursor_from_c_str(method));
+    aws_http_message_set_request_path(msg, aws_byte_cursor_from_array(addr.path.data(), addr.path.size()));
+    aws_http_header host;
+    AWS_ZERO_STRUCT(host);
+    host.name = aws_byte_cursor_from_c_str("Host");
+    host.value = aws_byte_cursor_from_array(addr.host.data(), addr.host.size());
+    aws_http_message_add_header(msg, host);
+    for (const auto &kv : headers) {
+        aws_http_header h;
+        AWS_ZERO_STRUCT(h);
+        h.name = aws_byte_cursor_from_array(kv.first.data(), kv.first.size());
+        h.value = aws_byte_cursor_from_array(kv.second.data(), kv.second.size());
+        aws_http_message_add_header(msg, h);
+    }
+    return msg;
+}
+
+}  // namespace s3torch

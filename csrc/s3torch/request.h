@@ -1,0 +1,37 @@
+// Addressing and HTTP messages: where a (bucket, key) lives on the endpoint and the
+// request that reaches it.
+#pragma once
+
+#include "s3torch/config.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+struct aws_http_message;
+
+namespace s3torch {
+
+struct Address {
+    std::string host;         // Host header / endpoint authority, e.g. "bucket.s3.us-east-1.amazonaws.com"
+    std::string path;         // URI-encoded path with query, e.g. "/bucket/a%20b?uploads"
+    std::string endpoint_uri; // scheme://authority, passed to the meta request
+};
+
+// URI-encode a key as a path (keeps '/').
+std::string encode_path(const std::string &key);
+// URI-encode a query parameter value.
+std::string encode_param(const std::string &value);
+
+// Whether requests for this endpoint/bucket use path-style addressing.
+bool use_path_style(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket);
+
+Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
+                   const std::string &key, const std::string &query = "");
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// A new request message (caller owns it). Adds Host; `headers` are added as given.
+aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers = {});
+
+}  // namespace s3torch

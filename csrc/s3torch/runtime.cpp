@@ -1,0 +1,81 @@
+#include "s3torch/runtime.h"
+
+#include "s3torch/errors.h"
+
+#include <aws/auth/auth.h>
+#include <aws/common/thread.h>
+#include <aws/io/channel_bootstrap.h>
+#include <aws/io/event_loop.h>
+#include <aws/io/host_resolver.h>
+#include <aws/s3/s3.h>
+
+#include <unistd.h>
+
+namespace s3torch {
+
+namespace {
+
+// Guards g_runtime and g_pid. The runtime itself is immutable once built.
+std::mutex g_mutex;
+std::shared_ptr<Runtime> g_runtime;
+pid_t g_pid = 0;
+bool g_library_initialized = false;
+
+}  // namespace
+
+Runtime::Runtime() : allocator_(aws_default_allocator()) {
+    if (!g_library_initialized) {
+        aws_s3_library_init(allocator_);
+        g_library_initialized = true;
+    }
+    elg_ = aws_event_loop_group_new_default(allocator_, 0, nullptr);
+    if (!elg_) throw error_from_crt(aws_last_error(), {"CreateEventLoopGroup", "", ""});
+    aws_host_resolver_default_options resolver_options;
+    AWS_ZERO_STRUCT(resolver_options);
+    resolver_options.el_group = elg_;
+    resolver_options.max_entries = 64;
+    resolver_ = aws_host_resolver_new_default(allocator_, &resolver_options);
+    if (!resolver_) throw error_from_crt(aws_last_error(), {"CreateHostResolver", "", ""});
+    aws_client_bootstrap_options bootstrap_options;
+    AWS_ZERO_STRUCT(bootstrap_options);
+    bootstrap_options.event_loop_group = elg_;
+    bootstrap_options.host_resolver = resolver_;
+    bootstrap_ = aws_client_bootstrap_new(allocator_, &bootstrap_options);
+    if (!bootstrap_) throw error_from_crt(aws_last_error(), {"CreateBootstrap", "", ""});
+}
+
+Runtime::~Runtime() {
+    aws_client_bootstrap_release(bootstrap_);
+    aws_host_resolver_release(resolver_);
+    aws_event_loop_group_release(elg_);
+}
+
+std::shared_ptr<Runtime> Runtime::acquire() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    pid_t pid = getpid();
+    if (g_runtime && g_pid != pid) {
+        // Inherited across fork() without a teardown: its threads do not exist here.
+        // Abandon it (never touch or free it) and build our own.
+        new std::shared_ptr<Runtime>(std::move(g_runtime));
+        g_runtime.reset();
+    }
+    if (!g_runtime) {
+        g_runtime.reset(new Runtime());
+        g_pid = pid;
+    }
+    return g_runtime;
+}
+
+bool Runtime::shutdown() {
+    std::unique_lock<std::mutex> lock(g_mutex);
+    if (!g_runtime) return true;
+    if (g_pid != getpid()) return false;
+    if (g_runtime.use_count() > 1) return false;  // a client still uses it
+    g_runtime.reset();
+    lock.unlock();
+    // Event loop threads stop asynchronously after the last release; wait for them.
+    aws_thread_join_all_managed();
+    return true;
+}
+
+}  // namespace s3torch

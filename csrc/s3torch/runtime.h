@@ -1,0 +1,43 @@
+// The process-wide CRT runtime: library init, event loop group, host resolver, bootstrap.
+//
+// Created lazily on first use and owned by this module. It belongs to the process that
+// created it: CRT threads do not survive fork(), so `shutdown()` (called before fork by the
+// bindings' at-fork hook, after every client has released its aws_s3_client) tears it down
+// and joins every CRT-managed thread; the next `acquire()`, in parent or child, builds a
+// fresh one. A runtime inherited by a child without that teardown is abandoned, never used.
+#pragma once
+
+#include <memory>
+#include <mutex>
+
+struct aws_allocator;
+struct aws_event_loop_group;
+struct aws_host_resolver;
+struct aws_client_bootstrap;
+
+namespace s3torch {
+
+class Runtime {
+  public:
+    // The runtime of this process, created on first call. Thread-safe.
+    static std::shared_ptr<Runtime> acquire();
+    // Tear down the current runtime if nothing else holds it, and join all CRT threads.
+    // Returns false if a client still holds it (the caller left it running).
+    static bool shutdown();
+
+    ~Runtime();
+    Runtime(const Runtime &) = delete;
+    Runtime &operator=(const Runtime &) = delete;
+
+    aws_allocator *allocator() const { return allocator_; }
+    aws_client_bootstrap *bootstrap() const { return bootstrap_; }
+
+  private:
+    Runtime();
+    aws_allocator *allocator_;
+    aws_event_loop_group *elg_ = nullptr;
+    aws_host_resolver *resolver_ = nullptr;
+    aws_client_bootstrap *bootstrap_ = nullptr;
+};
+
+}  // namespace s3torch

@@ -1,0 +1,247 @@
+#include "s3torch/transfer.h"
+
+#include "s3torch/client.h"
+#include "s3torch/request.h"
+
+#include <aws/common/uri.h>
+#include <aws/http/request_response.h>
+#include <aws/s3/s3_client.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+
+namespace s3torch {
+
+Transfer::Transfer(std::shared_ptr<Client> client, ErrorContext ctx)
+    : client_(std::move(client)), ctx_(std::move(ctx)) {}
+
+Transfer::~Transfer() = default;
+
+void Transfer::start(aws_s3_meta_request_options &options, const Address &addr) {
+    want_body_ = options.recv_buffer == nullptr;
+    options.user_data = this;
+    options.headers_callback = s_on_headers;
+    if (want_body_) options.body_callback_ex = s_on_body;
+    options.finish_callback = s_on_finish;
+    options.shutdown_callback = s_on_shutdown;
+
+    aws_uri uri;
+    aws_byte_cursor uri_cur = aws_byte_cursor_from_array(addr.endpoint_uri.data(), addr.endpoint_uri.size());
+    if (aws_uri_init_parse(&uri, aws_default_allocator(), &uri_cur))
+        throw_invalid("cannot parse endpoint '" + addr.endpoint_uri + "'", ctx_);
+    options.endpoint = &uri;
+
+    bool express = addr.host.find(".s3express-") != std::string::npos;
+    self_ = shared_from_this();
+    aws_s3_meta_request *mr = client_->make_meta_request(options, express);
+    aws_uri_clean_up(&uri);
+    if (!mr) {
+        int err = aws_last_error();
+        self_.reset();
+        throw error_from_crt(err, ctx_);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!finished_) mr_ = mr;
+    else aws_s3_meta_request_release(mr);  // finished before we got here
+}
+
+aws_s3_meta_request *Transfer::acquire_meta_request() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return mr_ ? aws_s3_meta_request_acquire(mr_) : nullptr;
+}
+
+void Transfer::increment_read_window(uint64_t bytes) {
+    if (aws_s3_meta_request *mr = acquire_meta_request()) {
+        aws_s3_meta_request_increment_read_window(mr, bytes);
+        aws_s3_meta_request_release(mr);
+    }
+}
+
+bool Transfer::wait_for(int64_t timeout_ms) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (timeout_ms < 0) {
+        cv_.wait(lock, [&] { return finished_; });
+        return true;
+    }
+    return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return finished_; });
+}
+
+bool Transfer::done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return finished_;
+}
+
+void Transfer::cancel() {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        cancelled_ = true;
+    }
+    if (aws_s3_meta_request *mr = acquire_meta_request()) {
+        aws_s3_meta_request_cancel(mr);
+        aws_s3_meta_request_release(mr);
+    }
+}
+
+bool Transfer::failed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return finished_ && error_code_ != 0;
+}
+
+void Transfer::raise_if_failed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!finished_ || error_code_ == 0) return;
+    if (cancelled_ && error_code_ == AWS_ERROR_S3_CANCELED) {
+        S3Error err(ErrorKind::Cancelled, ctx_.operation + " s3://" + ctx_.bucket + "/" + ctx_.key + ": cancelled",
+                    ctx_);
+        err.crt_error = error_code_;
+        err.crt_error_name = crt_error_name(error_code_);
+        throw err;
+    }
+    throw error_from_result(error_code_, status_, error_body_, request_id_, failed_operation_, ctx_);
+}
+
+std::string Transfer::header(const std::string &name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string want = name;
+    std::transform(want.begin(), want.end(), want.begin(), [](unsigned char c) { return std::tolower(c); });
+    want += ": ";
+    size_t pos = 0;
+    while (pos < headers_.size()) {
+        size_t eol = headers_.find('\n', pos);
+        if (eol == std::string::npos) eol = headers_.size();
+        if (headers_.compare(pos, want.size(), want) == 0)
+            return headers_.substr(pos + want.size(), eol - pos - want.size());
+        pos = eol + 1;
+    }
+    return std::string();
+}
+
+int Transfer::response_status() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+}
+
+int Transfer::on_body(const aws_byte_cursor &, uint64_t, void *) { return 0; }
+
+int Transfer::s_on_headers(aws_s3_meta_request *, const aws_http_headers *headers, int status, void *ud) {
+    auto *t = static_cast<Transfer *>(ud);
+    std::string lines;
+    size_t n = aws_http_headers_count(headers);
+    for (size_t i = 0; i < n; ++i) {
+        aws_http_header h;
+        if (aws_http_headers_get_index(headers, i, &h)) continue;
+        std::string name(reinterpret_cast<const char *>(h.name.ptr), h.name.len);
+        std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+        lines += name + ": " + std::string(reinterpret_cast<const char *>(h.value.ptr), h.value.len) + "\n";
+    }
+    std::lock_guard<std::mutex> lock(t->mu_);
+    if (status >= 200 && status < 300) {
+        t->headers_ = std::move(lines);
+        t->status_ = status;
+    }
+    return AWS_OP_SUCCESS;
+}
+
+int Transfer::s_on_body(aws_s3_meta_request *, const aws_byte_cursor *body,
+                        const aws_s3_meta_request_receive_body_extra_info info, void *ud) {
+    auto *t = static_cast<Transfer *>(ud);
+    int err = t->on_body(*body, info.range_start, info.ticket);
+    if (err) return aws_raise_error(err);
+    return AWS_OP_SUCCESS;
+}
+
+void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_result *result, void *ud) {
+    auto *t = static_cast<Transfer *>(ud);
+    std::string body, request_id, op;
+    if (result->error_response_body)
+        body.assign(reinterpret_cast<const char *>(result->error_response_body->buffer),
+                    result->error_response_body->len);
+    if (result->error_response_headers) {
+        aws_byte_cursor v;
+        if (aws_http_headers_get(result->error_response_headers, aws_byte_cursor_from_c_str("x-amz-request-id"),
+                                 &v) == AWS_OP_SUCCESS)
+            request_id.assign(reinterpret_cast<const char *>(v.ptr), v.len);
+    }
+    if (result->error_response_operation_name)
+        op.assign(reinterpret_cast<const char *>(aws_string_bytes(result->error_response_operation_name)),
+                  result->error_response_operation_name->len);
+    aws_s3_meta_request *to_release = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(t->mu_);
+        t->error_code_ = result->error_code;
+        if (result->error_code != 0) {
+            t->status_ = result->response_status;
+            t->error_body_ = std::move(body);
+            t->request_id_ = std::move(request_id);
+            t->failed_operation_ = std::move(op);
+        } else if (t->status_ == 0) {
+            t->status_ = result->response_status;
+        }
+        to_release = t->mr_;
+        t->mr_ = nullptr;
+        t->finished_ = true;
+        t->on_finished_locked();
+    }
+    t->cv_.notify_all();
+    if (to_release) aws_s3_meta_request_release(to_release);
+}
+
+void Transfer::s_on_shutdown(void *ud) {
+    auto *t = static_cast<Transfer *>(ud);
+    // Everything the CRT will ever call on us is done: let go of ourselves. Hold the client
+    // until after the Transfer is gone so in-flight accounting stays exact.
+    std::shared_ptr<Client> client = t->client_;
+    std::shared_ptr<Transfer> self = std::move(t->self_);
+    self.reset();
+    client->transfer_finished();
+}
+
+std::shared_ptr<SimpleRequest> SimpleRequest::start_request(
+    std::shared_ptr<Client> client, ErrorContext ctx, const char *method, const std::string &operation,
+    const Address &addr, int meta_request_type, const void *body, size_t body_len,
+    const std::string &extra_headers, const std::string &copy_source_uri) {
+    std::shared_ptr<SimpleRequest> req(new SimpleRequest(std::move(client), std::move(ctx)));
+    Headers headers;
+    size_t pos = 0;
+    while (pos < extra_headers.size()) {
+        size_t eol = extra_headers.find('\n', pos);
+        if (eol == std::string::npos) eol = extra_headers.size();
+        std::string line = extra_headers.substr(pos, eol - pos);
+        size_t colon = line.find(": ");
+        if (colon != std::string::npos) headers.emplace_back(line.substr(0, colon), line.substr(colon + 2));
+        pos = eol + 1;
+    }
+    if (body) headers.emplace_back("Content-Length", std::to_string(body_len));
+    aws_http_message *msg = make_message(method, addr, headers);
+    aws_s3_meta_request_options o;
+    AWS_ZERO_STRUCT(o);
+    o.type = static_cast<aws_s3_meta_request_type>(meta_request_type);
+    if (o.type == AWS_S3_META_REQUEST_TYPE_DEFAULT)
+        o.operation_name = aws_byte_cursor_from_array(operation.data(), operation.size());
+    o.message = msg;
+    if (body) o.request_body = aws_byte_cursor_from_array(body, body_len);
+    if (!copy_source_uri.empty())
+        o.copy_source_uri = aws_byte_cursor_from_array(copy_source_uri.data(), copy_source_uri.size());
+    try {
+        req->start(o, addr);
+    } catch (...) {
+        aws_http_message_release(msg);
+        throw;
+    }
+    aws_http_message_release(msg);
+    return req;
+}
+
+int SimpleRequest::on_body(const aws_byte_cursor &body, uint64_t, void *) {
+    std::lock_guard<std::mutex> lock(mu_);
+    body_.append(reinterpret_cast<const char *>(body.ptr), body.len);
+    return 0;
+}
+
+std::string SimpleRequest::body() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return body_;
+}
+
+}  // namespace s3torch

@@ -1,0 +1,110 @@
+// Transfer: the lifetime of one aws-c-s3 meta request, seen from the caller.
+//
+// Threads: the caller starts it and waits on it; CRT event-loop threads run the callbacks
+// (headers, body, finish, shutdown). Callbacks never run Python and never block: they store
+// results under `mu_` and signal `cv_`.
+//
+// Lifetime: `start()` keeps the Transfer alive (`self_`) until the meta request's shutdown
+// callback, so callbacks never see a dangling pointer even if the caller lets go early.
+// The meta request itself is released as soon as it finishes. A caller that owns memory the
+// CRT writes into (recv_buffer) must keep it valid until `done()`.
+#pragma once
+
+#include "s3torch/errors.h"
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+struct aws_s3_meta_request;
+struct aws_s3_meta_request_options;
+struct aws_s3_meta_request_result;
+struct aws_http_headers;
+struct aws_byte_cursor;
+struct aws_s3_meta_request_receive_body_extra_info;
+
+namespace s3torch {
+
+class Client;
+struct Address;
+
+class Transfer : public std::enable_shared_from_this<Transfer> {
+  public:
+    virtual ~Transfer();
+    Transfer(const Transfer &) = delete;
+    Transfer &operator=(const Transfer &) = delete;
+
+    // Block until the meta request finished, or `timeout_ms` (< 0: forever). True if finished.
+    bool wait_for(int64_t timeout_ms);
+    void wait() { wait_for(-1); }
+    bool done();
+    // Ask the CRT to stop; the transfer then finishes with a Cancelled error.
+    void cancel();
+    // After done(): throw the S3Error this transfer failed with, if any.
+    void raise_if_failed();
+    bool failed();
+    const ErrorContext &context() const { return ctx_; }
+
+    // Response headers of the (first) successful response, lower-cased names.
+    std::string header(const std::string &name);
+    int response_status();
+
+  protected:
+    Transfer(std::shared_ptr<Client> client, ErrorContext ctx);
+
+    // Fill in callbacks and user data, create the meta request for `addr`. Throws on failure.
+    void start(aws_s3_meta_request_options &options, const Address &addr);
+    // A new reference to the meta request (release it), or nullptr once finished.
+    aws_s3_meta_request *acquire_meta_request();
+    // Open the read window by `bytes` (saturating), if still running.
+    void increment_read_window(uint64_t bytes);
+
+    // Hooks, on CRT threads. on_body returns an aws error code to cancel, 0 to go on.
+    virtual int on_body(const aws_byte_cursor &body, uint64_t range_start, void *ticket);
+    // Under mu_, just before waiters are woken.
+    virtual void on_finished_locked() {}
+
+    std::shared_ptr<Client> client_;
+    ErrorContext ctx_;
+    std::mutex mu_;  // guards everything below and subclass state marked "mu_"
+    std::condition_variable cv_;
+    bool finished_ = false;
+    bool cancelled_ = false;
+    int error_code_ = 0;
+    int status_ = 0;
+    std::string error_body_;
+    std::string request_id_;
+    std::string failed_operation_;
+    std::string headers_;  // "name: value\n" lines, names lower-cased
+
+  private:
+    static int s_on_headers(aws_s3_meta_request *, const aws_http_headers *, int, void *);
+    static int s_on_body(aws_s3_meta_request *, const aws_byte_cursor *,
+                         const aws_s3_meta_request_receive_body_extra_info, void *);
+    static void s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_result *, void *);
+    static void s_on_shutdown(void *);
+
+    aws_s3_meta_request *mr_ = nullptr;  // mu_; our reference, dropped at finish
+    std::shared_ptr<Transfer> self_;     // set by start(), dropped at shutdown
+    bool want_body_ = false;
+};
+
+// A request that is not a GET/PUT of an object body (HEAD, list, delete, copy, a small PUT
+// from memory): collects the response body in memory.
+class SimpleRequest : public Transfer {
+  public:
+    static std::shared_ptr<SimpleRequest> start_request(
+        std::shared_ptr<Client> client, ErrorContext ctx, const char *method, const std::string &operation,
+        const Address &addr, int meta_request_type, const void *body = nullptr, size_t body_len = 0,
+        const std::string &extra_headers = "", const std::string &copy_source_uri = "");
+    std::string body();
+
+  protected:
+    using Transfer::Transfer;
+    int on_body(const aws_byte_cursor &body, uint64_t range_start, void *ticket) override;
+    std::string body_;  // mu_
+};
+
+}  // namespace s3torch

@@ -1,0 +1,99 @@
+#include "s3torch/xml.h"
+
+#include <aws/common/byte_buf.h>
+#include <aws/common/xml_parser.h>
+
+#include <vector>
+
+namespace s3torch {
+
+namespace {
+
+struct WalkState {
+    const std::function<void(const std::string &, const std::string &)> *visit;
+    std::vector<std::string> path;
+};
+
+std::string join(const std::vector<std::string> &parts) {
+    std::string out;
+    for (size_t i = 0; i < parts.size(); ++i) {
+        if (i) out += '/';
+        out += parts[i];
+    }
+    return out;
+}
+
+int on_node(struct aws_xml_node *node, void *user_data) {
+    auto *st = static_cast<WalkState *>(user_data);
+    aws_byte_cursor name = aws_xml_node_get_name(node);
+    st->path.emplace_back(reinterpret_cast<const char *>(name.ptr), name.len);
+    // aws_xml_node_as_body and aws_xml_node_traverse are mutually exclusive on a node, so
+    // take the raw (still escaped) body: a leaf's raw body has no '<' (a '<' in text is
+    // escaped as &lt;); a container's body is parsed again as a document of its children.
+    aws_byte_cursor raw;
+    AWS_ZERO_STRUCT(raw);
+    if (aws_xml_node_as_body(node, &raw) == AWS_OP_SUCCESS) {
+        std::string body(reinterpret_cast<const char *>(raw.ptr), raw.len);
+        if (body.find('<') == std::string::npos) {
+            aws_byte_buf text;
+            aws_byte_buf_init(&text, aws_default_allocator(), body.size() + 1);
+            if (aws_byte_buf_append_unescaped_xml(aws_default_allocator(), raw, &text) == AWS_OP_SUCCESS) {
+                (*st->visit)(join(st->path), std::string(reinterpret_cast<const char *>(text.buffer), text.len));
+            } else {
+                (*st->visit)(join(st->path), body);
+            }
+            aws_byte_buf_clean_up(&text);
+        } else {
+            (*st->visit)(join(st->path), std::string());
+            std::string wrapped = "<r>" + body + "</r>";
+            aws_xml_parser_options opts;
+            AWS_ZERO_STRUCT(opts);
+            opts.doc = aws_byte_cursor_from_array(wrapped.data(), wrapped.size());
+            opts.on_root_encountered = [](struct aws_xml_node *root, void *ud) -> int {
+                return aws_xml_node_traverse(root, on_node, ud);
+            };
+            opts.user_data = st;
+            aws_xml_parse(aws_default_allocator(), &opts);
+        }
+    }
+    st->path.pop_back();
+    return AWS_OP_SUCCESS;
+}
+
+}  // namespace
+
+bool xml_walk(const std::string &doc,
+              const std::function<void(const std::string &, const std::string &)> &visit) {
+    WalkState st{&visit, {}};
+    aws_xml_parser_options opts;
+    AWS_ZERO_STRUCT(opts);
+    opts.doc = aws_byte_cursor_from_array(doc.data(), doc.size());
+    opts.on_root_encountered = [](struct aws_xml_node *root, void *ud) -> int {
+        auto *s = static_cast<WalkState *>(ud);
+        aws_byte_cursor name = aws_xml_node_get_name(root);
+        s->path.emplace_back(reinterpret_cast<const char *>(name.ptr), name.len);
+        int rc = aws_xml_node_traverse(root, on_node, ud);
+        s->path.pop_back();
+        return rc;
+    };
+    opts.user_data = &st;
+    return aws_xml_parse(aws_default_allocator(), &opts) == AWS_OP_SUCCESS;
+}
+
+std::string xml_first_text(const std::string &doc, const char *name) {
+    std::string found;
+    bool done = false;
+    std::string want = name;
+    xml_walk(doc, [&](const std::string &path, const std::string &text) {
+        if (done) return;
+        size_t slash = path.rfind('/');
+        std::string leaf = slash == std::string::npos ? path : path.substr(slash + 1);
+        if (leaf == want && !text.empty()) {
+            found = text;
+            done = true;
+        }
+    });
+    return found;
+}
+
+}  // namespace s3torch

@@ -1,0 +1,157 @@
+"""S3Client: the Python face of the native core.
+
+Policy lives here, transfers in C++. The native client is created lazily, once per process:
+an ``S3Client`` used in a fork()ed child (a DataLoader worker) builds its own, and pickling
+an ``S3Client`` carries only its configuration.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+from . import _crt
+from ._config import S3ClientConfig
+
+Buffer = Any  # an object with the buffer protocol, or a tensor with __dlpack__
+
+# Native clients inherited from a parent process are never touched again (their CRT threads
+# do not exist in the child); they are kept here so their destructors never run.
+_abandoned: List[Any] = []
+
+
+def _before_fork() -> None:
+    # Stop CRT threads so the child starts clean. If a transfer is in flight somewhere,
+    # prepare_fork leaves everything running (returns False); the child then still never
+    # uses inherited clients.
+    try:
+        _crt.prepare_fork()
+    except Exception:  # never let a fork fail because of us
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork)
+
+
+class S3Client:
+    """A client for one region/endpoint and configuration.
+
+    Args:
+        region: AWS region (or the region your S3-compatible server expects).
+        endpoint: ``http(s)://host[:port]``; default ``$AWS_ENDPOINT_URL_S3``,
+            ``$AWS_ENDPOINT_URL``, else AWS's endpoint for the region.
+        s3client_config: an :class:`S3ClientConfig`.
+    """
+
+    def __init__(
+        self,
+        region: str,
+        endpoint: Optional[str] = None,
+        s3client_config: Optional[S3ClientConfig] = None,
+    ) -> None:
+        self._region = region
+        self._endpoint = endpoint or ""
+        self._config = s3client_config or S3ClientConfig()
+        self._native: Optional[_crt.NativeClient] = None
+        self._pid = -1
+        self._lock = threading.Lock()
+        # Validate now, in the caller's process, so bad configuration fails at construction.
+        self._get_native()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def _get_native(self) -> _crt.NativeClient:
+        native, pid = self._native, os.getpid()
+        if native is not None and self._pid == pid:
+            return native
+        with self._lock:
+            if self._native is not None and self._pid != pid:
+                _abandoned.append(self._native)
+                self._native = None
+            if self._native is None:
+                self._native = _crt.NativeClient(
+                    region=self._region, endpoint=self._endpoint, **self._config.native_kwargs())
+                self._pid = pid
+            return self._native
+
+    def __getstate__(self) -> dict:
+        return {"region": self._region, "endpoint": self._endpoint, "config": self._config}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["region"], state["endpoint"] or None, state["config"])  # type: ignore[misc]
+
+    @property
+    def region(self) -> str:
+        return self._region
+
+    @property
+    def endpoint(self) -> Optional[str]:
+        return self._endpoint or None
+
+    @property
+    def s3client_config(self) -> S3ClientConfig:
+        return self._config
+
+    # --- GET ------------------------------------------------------------------------------
+    def get_into(self, bucket: str, key: str, buffer: Buffer,
+                 offset: Optional[int] = None, length: Optional[int] = None) -> int:
+        """GET the object (or ``length`` bytes from ``offset``) straight into ``buffer``;
+        returns the number of bytes written. The GIL is released while it runs."""
+        return self._get_native().get_into(bucket, key, buffer, offset, length)
+
+    def start_get_into(self, bucket: str, key: str, buffer: Buffer,
+                       offset: Optional[int] = None, length: Optional[int] = None) -> "_crt.GetHandle":
+        """Start a GET into ``buffer`` and return a handle (``wait()``, ``done()``, ``cancel()``)."""
+        return self._get_native().start_get_into(bucket, key, buffer, offset, length)
+
+    def get_into_many(self, bucket: str,
+                      items: Sequence[Tuple[str, Optional[int], Optional[int], Buffer]]) -> List[int]:
+        """Run many GETs at once, each ``(key, offset, length, buffer)``; returns bytes per item."""
+        return self._get_native().get_into_many(bucket, list(items))
+
+    def get_stream(self, bucket: str, key: str, offset: Optional[int] = None,
+                   length: Optional[int] = None, read_ahead: int = 0) -> Iterator[memoryview]:
+        """Yield the object as read-only memoryviews over the CRT's part buffers (no copy).
+
+        At most about ``read_ahead`` bytes (default: the config's stream_read_ahead_bytes)
+        are buffered ahead of the consumer."""
+        stream = self._get_native().get_stream(bucket, key, offset, length, read_ahead)
+        try:
+            while True:
+                chunk = stream.next_chunk()
+                if chunk is None:
+                    return
+                yield memoryview(chunk)
+        finally:
+            stream.close()
+
+    # --- PUT ------------------------------------------------------------------------------
+    def put(self, bucket: str, key: str, data: Buffer, storage_class: str = "") -> Optional[str]:
+        """PUT ``data`` as the whole object; returns the ETag when the server gives one."""
+        return self._get_native().put(bucket, key, data, storage_class) or None
+
+    def upload(self, bucket: str, key: str, storage_class: str = "") -> "_crt.Upload":
+        """A streaming upload: ``write(buffer)`` ..., then ``complete()`` or ``abort()``."""
+        return self._get_native().upload(bucket, key, storage_class)
+
+    # --- metadata -------------------------------------------------------------------------
+    def head_object(self, bucket: str, key: str) -> "_crt.ObjectInfo":
+        return self._get_native().head(bucket, key)
+
+    def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "",
+                     max_keys: int = 1000) -> Iterator["_crt.ListPage"]:
+        """Yield ListObjectsV2 pages, following continuation tokens."""
+        native = self._get_native()
+        token = ""
+        while True:
+            page = native.list_objects(bucket, prefix, delimiter, max_keys, token)
+            yield page
+            if not page.is_truncated or not page.next_continuation_token:
+                return
+            token = page.next_continuation_token
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        self._get_native().delete_object(bucket, key)
+
+    def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> None:
+        self._get_native().copy_object(src_bucket, src_key, dst_bucket, dst_key)

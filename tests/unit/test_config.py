@@ -1,0 +1,107 @@
+"""Configuration is validated before any request, with messages that say what to do."""
+from __future__ import annotations
+
+import pytest
+
+from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError
+from s3torch import _crt
+
+
+@pytest.mark.parametrize(
+    "endpoint, fragment",
+    [
+        ("ftp://127.0.0.1:9000", "scheme"),
+        ("127.0.0.1:9000", "scheme"),
+        ("http://", "no host"),
+        ("http://host:99999", "port"),
+        ("http://host:abc", "port"),
+        ("http://host:9000/some/path", "path"),
+        ("http://ho st:9000", "invalid character"),
+        ("http://user@host", "user info"),
+    ],
+)
+def test_malformed_endpoint(endpoint: str, fragment: str) -> None:
+    with pytest.raises(S3InvalidArgumentError, match=fragment) as ei:
+        S3Client("us-east-1", endpoint=endpoint)
+    assert isinstance(ei.value, ValueError)
+    assert endpoint in str(ei.value)
+
+
+@pytest.mark.parametrize("region", ["", "US-EAST-1", "us east 1", "us--east-1", "-us", "us_east_1"])
+def test_bad_region(region: str) -> None:
+    with pytest.raises(S3InvalidArgumentError, match="region"):
+        S3Client(region, endpoint="http://127.0.0.1:1")
+
+
+def test_good_endpoints_and_regions() -> None:
+    for ep in ["http://127.0.0.1:9000", "https://s3.example.com", "http://[::1]:9000", "http://localhost:80/"]:
+        S3Client("us-east-1", endpoint=ep)
+    for region in ["us-east-1", "eu-central-2", "us-gov-west-1", "auto"]:
+        S3Client(region, endpoint="http://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("part_size", [0, 5 * 1024 * 1024 - 1, 5 * 1024**3 + 1])
+def test_part_size_out_of_range(part_size: int) -> None:
+    with pytest.raises(ValueError, match="part_size"):
+        S3ClientConfig(part_size=part_size)
+    # The native layer refuses too, for callers that bypass the dataclass.
+    with pytest.raises(S3InvalidArgumentError, match="part_size"):
+        _crt.NativeClient("us-east-1", endpoint="http://127.0.0.1:1", part_size=part_size)
+
+
+@pytest.mark.parametrize("attempts", [0, 65])
+def test_max_attempts_out_of_range(attempts: int) -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        S3ClientConfig(max_attempts=attempts)
+    with pytest.raises(S3InvalidArgumentError, match="max_attempts"):
+        _crt.NativeClient("us-east-1", endpoint="http://127.0.0.1:1", max_attempts=attempts)
+
+
+def test_config_type_errors() -> None:
+    with pytest.raises(TypeError):
+        S3ClientConfig(part_size=8.5 * 1024 * 1024)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="throughput"):
+        S3ClientConfig(throughput_target_gbps=0)
+    with pytest.raises(ValueError, match="both"):
+        S3ClientConfig(access_key_id="x")
+    with pytest.raises(ValueError, match="memory_limit"):
+        S3ClientConfig(memory_limit_bytes=1024)
+
+
+def test_defaults_match_s3torchconnector() -> None:
+    c = S3ClientConfig()
+    assert c.throughput_target_gbps == 10.0
+    assert c.part_size == 8 * 1024 * 1024
+    assert c.unsigned is False and c.force_path_style is False
+    assert c.max_attempts == 10 and c.profile is None
+
+
+def test_unknown_credentials_kind() -> None:
+    with pytest.raises(S3InvalidArgumentError, match="credentials"):
+        _crt.NativeClient("us-east-1", endpoint="http://127.0.0.1:1", credentials="magic")
+
+
+def test_missing_profile_is_reported(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    client = S3Client("us-east-1", endpoint="http://127.0.0.1:1",
+                      s3client_config=S3ClientConfig(profile="does-not-exist"))
+    with pytest.raises(S3InvalidArgumentError, match="does-not-exist"):
+        client.head_object("b", "k")
+
+
+def test_endpoint_from_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4567")
+    native = _crt.NativeClient("us-east-1")
+    assert native.endpoint == "http://127.0.0.1:4567"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "not a url")
+    with pytest.raises(S3InvalidArgumentError, match="not a url"):
+        _crt.NativeClient("us-east-1")
+
+
+def test_exception_hierarchy() -> None:
+    assert issubclass(_crt.S3NotFoundError, FileNotFoundError)
+    assert issubclass(_crt.S3NotFoundError, _crt.S3Exception)
+    assert issubclass(_crt.S3PermissionError, PermissionError)
+    assert issubclass(_crt.S3TimeoutError, TimeoutError)
+    assert issubclass(_crt.S3InvalidArgumentError, ValueError)
