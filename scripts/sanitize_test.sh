@@ -14,4 +14,5 @@ cp -r python/s3torch "$pkg/" && cp build/asan/_crt*.so "$pkg/s3torch/"
 # Python does not link libstdc++: preload it with libasan so ASan can intercept C++ throws.
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
-PYTHONPATH="$pkg" python -m pytest -p no:cacheprovider "${@:-tests/integration -k seaweed or fork or pickle}"
+if [ $# -eq 0 ]; then set -- tests/integration -k "seaweed or fork or pickle"; fi
+PYTHONPATH="$pkg" python -m pytest -p no:cacheprovider "$@"
