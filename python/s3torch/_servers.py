@@ -75,7 +75,7 @@ class _Server:
             except ProcessLookupError:
                 pass
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=3)  # the data is temporary: no need for a long grace period
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)

@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 import pickle
 import socket
+import threading
 import time
 
 import pytest
@@ -114,3 +115,23 @@ def test_unreachable_endpoint_fails_fast() -> None:
         client.get_into(BUCKET, "k", bytearray(10))
     assert time.monotonic() - t0 < 15
     assert "CONNECTION_REFUSED" in str(ei.value) and "endpoint" in str(ei.value)
+
+
+def test_keyboard_interrupt_cancels_a_transfer(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    import _thread
+
+    client = make_client(seaweed)
+    size = 100 * 1024 * 1024
+    client.put(BUCKET, prefix + "big", bytearray(size))
+    buf = bytearray(size)
+    timer = threading.Timer(0.05, _thread.interrupt_main)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(50):  # each GET takes well over 50 ms on this server
+            client.get_into(BUCKET, prefix + "big", buf)
+    timer.join()
+    assert time.monotonic() - t0 < 20
+    # The cancelled transfer is gone and the client still works.
+    assert client._get_native().in_flight == 0
+    assert client.get_into(BUCKET, prefix + "big", buf) == size
