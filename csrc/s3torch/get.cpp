@@ -14,8 +14,7 @@ std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, cons
                                             const std::string &key, std::optional<ByteRange> range, void *dest,
                                             size_t capacity) {
     ErrorContext ctx{"GetObject", bucket, key};
-    if (bucket.empty()) throw_invalid("bucket name is empty", ctx);
-    if (key.empty()) throw_invalid("key is empty", ctx);
+    require_names(ctx);
     if (range) {
         if (range->length == 0) throw_invalid("range length must be > 0", ctx);
         if (capacity < range->length)
@@ -44,23 +43,12 @@ std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, cons
         t->recv_->capacity = capacity;
     }
     Headers headers;
-    if (range)
-        headers.emplace_back("Range", "bytes=" + std::to_string(range->start) + "-" +
-                                          std::to_string(range->start + range->length - 1));
-    Address addr = address_of(client->config(), client->endpoint(), bucket, key);
-    aws_http_message *msg = make_message("GET", addr, headers);
+    if (range) add_range_header(headers, range->start, range->length);
     aws_s3_meta_request_options o;
     AWS_ZERO_STRUCT(o);
     o.type = AWS_S3_META_REQUEST_TYPE_GET_OBJECT;
-    o.message = msg;
     o.recv_buffer = t->recv_.get();
-    try {
-        t->start(o, addr);
-    } catch (...) {
-        aws_http_message_release(msg);
-        throw;
-    }
-    aws_http_message_release(msg);
+    t->start(o, "GET", address_of(client->config(), client->endpoint(), bucket, key), headers);
     // Not a streaming GET: open the read window fully (saturating) so every part may fly.
     t->increment_read_window(UINT64_MAX);
     return t;

@@ -20,28 +20,16 @@ std::shared_ptr<GetStream> GetStream::start_stream(std::shared_ptr<Client> clien
                                                    const std::string &key, std::optional<ByteRange> range,
                                                    uint64_t read_ahead) {
     ErrorContext ctx{"GetObject", bucket, key};
-    if (bucket.empty()) throw_invalid("bucket name is empty", ctx);
-    if (key.empty()) throw_invalid("key is empty", ctx);
+    require_names(ctx);
     if (range && range->length == 0) throw_invalid("range length must be > 0", ctx);
     if (read_ahead == 0) read_ahead = client->config().stream_read_ahead_bytes;
     std::shared_ptr<GetStream> t(new GetStream(client, ctx));
     Headers headers;
-    if (range)
-        headers.emplace_back("Range", "bytes=" + std::to_string(range->start) + "-" +
-                                          std::to_string(range->start + range->length - 1));
-    Address addr = address_of(client->config(), client->endpoint(), bucket, key);
-    aws_http_message *msg = make_message("GET", addr, headers);
+    if (range) add_range_header(headers, range->start, range->length);
     aws_s3_meta_request_options o;
     AWS_ZERO_STRUCT(o);
     o.type = AWS_S3_META_REQUEST_TYPE_GET_OBJECT;
-    o.message = msg;
-    try {
-        t->start(o, addr);
-    } catch (...) {
-        aws_http_message_release(msg);
-        throw;
-    }
-    aws_http_message_release(msg);
+    t->start(o, "GET", address_of(client->config(), client->endpoint(), bucket, key), headers);
     t->increment_read_window(read_ahead);
     return t;
 }

@@ -10,19 +10,10 @@
 
 namespace s3torch {
 
-namespace {
-
-void check_bucket(const ErrorContext &ctx) {
-    if (ctx.bucket.empty()) throw_invalid("bucket name is empty", ctx);
-}
-
-}  // namespace
-
 std::shared_ptr<SimpleRequest> start_head(std::shared_ptr<Client> client, const std::string &bucket,
                                           const std::string &key) {
     ErrorContext ctx{"HeadObject", bucket, key};
-    check_bucket(ctx);
-    if (key.empty()) throw_invalid("key is empty", ctx);
+    require_names(ctx);
     Address addr = address_of(client->config(), client->endpoint(), bucket, key);
     return SimpleRequest::start_request(client, ctx, "HEAD", "HeadObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT);
 }
@@ -50,7 +41,7 @@ std::shared_ptr<SimpleRequest> start_list(std::shared_ptr<Client> client, const 
                                           const std::string &prefix, const std::string &delimiter, int max_keys,
                                           const std::string &continuation_token, const std::string &start_after) {
     ErrorContext ctx{"ListObjectsV2", bucket, prefix};
-    check_bucket(ctx);
+    require_names(ctx, false);
     if (max_keys < 1 || max_keys > 1000) throw_invalid("max_keys must be between 1 and 1000", ctx);
     // Query parameters in the canonical (sorted) order SigV4 uses.
     std::string q;
@@ -104,8 +95,7 @@ ListPage list_result(SimpleRequest &req) {
 std::shared_ptr<SimpleRequest> start_delete(std::shared_ptr<Client> client, const std::string &bucket,
                                             const std::string &key) {
     ErrorContext ctx{"DeleteObject", bucket, key};
-    check_bucket(ctx);
-    if (key.empty()) throw_invalid("key is empty", ctx);
+    require_names(ctx);
     Address addr = address_of(client->config(), client->endpoint(), bucket, key);
     return SimpleRequest::start_request(client, ctx, "DELETE", "DeleteObject", addr,
                                         AWS_S3_META_REQUEST_TYPE_DEFAULT);
@@ -115,16 +105,15 @@ std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const 
                                           const std::string &src_key, const std::string &dst_bucket,
                                           const std::string &dst_key) {
     ErrorContext ctx{"CopyObject", dst_bucket, dst_key};
-    check_bucket(ctx);
+    require_names(ctx);
     if (src_bucket.empty() || src_key.empty()) throw_invalid("copy source bucket and key must be set", ctx);
-    if (dst_key.empty()) throw_invalid("key is empty", ctx);
     Address addr = address_of(client->config(), client->endpoint(), dst_bucket, dst_key);
     std::string source = encode_path(src_bucket + "/" + src_key);
     Address src = address_of(client->config(), client->endpoint(), src_bucket, src_key);
     // x-amz-copy-source names the source; copy_source_uri lets the CRT HEAD it for its size
     // (to choose single CopyObject or multipart UploadPartCopy).
     return SimpleRequest::start_request(client, ctx, "PUT", "CopyObject", addr, AWS_S3_META_REQUEST_TYPE_COPY_OBJECT,
-                                        nullptr, 0, "x-amz-copy-source: " + source + "\n",
+                                        nullptr, 0, {{"x-amz-copy-source", source}},
                                         src.endpoint_uri + src.path);
 }
 

@@ -19,42 +19,23 @@ Headers put_headers(const PutOptions &opts) {
     return h;
 }
 
-std::string header_lines(const Headers &h) {
-    std::string out;
-    for (const auto &kv : h) out += kv.first + ": " + kv.second + "\n";
-    return out;
-}
-
-void check_names(const ErrorContext &ctx) {
-    if (ctx.bucket.empty()) throw_invalid("bucket name is empty", ctx);
-    if (ctx.key.empty()) throw_invalid("key is empty", ctx);
-}
-
 // Multipart PUT of memory through a body stream (the CRT copies each part into its pool).
 class PutFromMemory : public Transfer {
   public:
     static std::shared_ptr<PutFromMemory> start_put(std::shared_ptr<Client> client, ErrorContext ctx,
                                                     const void *data, size_t len, const PutOptions &opts) {
         std::shared_ptr<PutFromMemory> t(new PutFromMemory(client, ctx));
-        Address addr = address_of(client->config(), client->endpoint(), ctx.bucket, ctx.key);
         Headers headers = put_headers(opts);
         headers.emplace_back("Content-Length", std::to_string(len));
-        aws_http_message *msg = make_message("PUT", addr, headers);
         aws_byte_cursor cur = aws_byte_cursor_from_array(data, len);
-        aws_input_stream *body = aws_input_stream_new_from_cursor(aws_default_allocator(), &cur);
-        aws_http_message_set_body_stream(msg, body);
-        aws_input_stream_release(body);
+        std::unique_ptr<aws_input_stream, void (*)(aws_input_stream *)> body(
+            aws_input_stream_new_from_cursor(aws_default_allocator(), &cur),
+            [](aws_input_stream *b) { aws_input_stream_release(b); });
         aws_s3_meta_request_options o;
         AWS_ZERO_STRUCT(o);
         o.type = AWS_S3_META_REQUEST_TYPE_PUT_OBJECT;
-        o.message = msg;
-        try {
-            t->start(o, addr);
-        } catch (...) {
-            aws_http_message_release(msg);
-            throw;
-        }
-        aws_http_message_release(msg);
+        t->start(o, "PUT", address_of(client->config(), client->endpoint(), ctx.bucket, ctx.key), headers,
+                 body.get());
         return t;
     }
 
@@ -67,12 +48,12 @@ class PutFromMemory : public Transfer {
 std::shared_ptr<Transfer> start_put(std::shared_ptr<Client> client, const std::string &bucket,
                                     const std::string &key, const void *data, size_t len, const PutOptions &opts) {
     ErrorContext ctx{"PutObject", bucket, key};
-    check_names(ctx);
+    require_names(ctx);
     if (len <= client->config().part_size) {
         Address addr = address_of(client->config(), client->endpoint(), bucket, key);
         static const char kEmpty = 0;
         return SimpleRequest::start_request(client, ctx, "PUT", "PutObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT,
-                                            len ? data : &kEmpty, len, header_lines(put_headers(opts)));
+                                            len ? data : &kEmpty, len, put_headers(opts));
     }
     return PutFromMemory::start_put(client, ctx, data, len, opts);
 }
@@ -81,20 +62,11 @@ std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> clien
                                                    const std::string &key, const PutOptions &opts) {
     ErrorContext ctx{"PutObject", bucket, key};
     std::shared_ptr<PutStream> t(new PutStream(client, ctx));
-    Address addr = address_of(client->config(), client->endpoint(), bucket, key);
-    aws_http_message *msg = make_message("PUT", addr, put_headers(opts));
     aws_s3_meta_request_options o;
     AWS_ZERO_STRUCT(o);
     o.type = AWS_S3_META_REQUEST_TYPE_PUT_OBJECT;
-    o.message = msg;
     o.send_using_async_writes = true;
-    try {
-        t->start(o, addr);
-    } catch (...) {
-        aws_http_message_release(msg);
-        throw;
-    }
-    aws_http_message_release(msg);
+    t->start(o, "PUT", address_of(client->config(), client->endpoint(), bucket, key), put_headers(opts));
     return t;
 }
 
@@ -133,7 +105,7 @@ bool PutStream::write_wait(int64_t timeout_ms) {
 Upload::Upload(std::shared_ptr<Client> client, std::string bucket, std::string key, PutOptions opts)
     : client_(std::move(client)), bucket_(std::move(bucket)), key_(std::move(key)), opts_(std::move(opts)),
       ctx_{"PutObject", bucket_, key_} {
-    check_names(ctx_);
+    require_names(ctx_);
 }
 
 Upload::~Upload() {

@@ -67,6 +67,15 @@ Address address_of(const ClientConfig &config, const Endpoint &endpoint, const s
     return a;
 }
 
+void require_names(const ErrorContext &ctx, bool need_key) {
+    if (ctx.bucket.empty()) throw_invalid("bucket name is empty", ctx);
+    if (need_key && ctx.key.empty()) throw_invalid("key is empty", ctx);
+}
+
+void add_range_header(Headers &headers, uint64_t start, uint64_t length) {
+    headers.emplace_back("Range", "bytes=" + std::to_string(start) + "-" + std::to_string(start + length - 1));
+}
+
 aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers) {
     aws_http_message *msg = aws_http_message_new_request(aws_default_allocator());
     if (!msg) throw error_from_crt(aws_last_error(), {});

@@ -31,6 +31,14 @@ Address address_of(const ClientConfig &config, const Endpoint &endpoint, const s
 
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
+struct ErrorContext;
+
+// Throw InvalidArgument if the context's bucket (or, when `need_key`, key) is empty.
+void require_names(const ErrorContext &ctx, bool need_key = true);
+
+// "Range: bytes=a-b" for [start, start + length).
+void add_range_header(Headers &headers, uint64_t start, uint64_t length);
+
 // A new request message (caller owns it). Adds Host; `headers` are added as given.
 aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers = {});
 

@@ -18,7 +18,13 @@ Transfer::Transfer(std::shared_ptr<Client> client, ErrorContext ctx)
 
 Transfer::~Transfer() = default;
 
-void Transfer::start(aws_s3_meta_request_options &options, const Address &addr) {
+void Transfer::start(aws_s3_meta_request_options &options, const char *method, const Address &addr,
+                     const Headers &headers, aws_input_stream *body) {
+    // The meta request takes its own reference to the message; ours ends with this scope.
+    std::unique_ptr<aws_http_message, void (*)(aws_http_message *)> msg(
+        make_message(method, addr, headers), [](aws_http_message *m) { aws_http_message_release(m); });
+    if (body) aws_http_message_set_body_stream(msg.get(), body);
+    options.message = msg.get();
     want_body_ = options.recv_buffer == nullptr;
     options.user_data = this;
     options.headers_callback = s_on_headers;
@@ -200,36 +206,18 @@ void Transfer::s_on_shutdown(void *ud) {
 std::shared_ptr<SimpleRequest> SimpleRequest::start_request(
     std::shared_ptr<Client> client, ErrorContext ctx, const char *method, const std::string &operation,
     const Address &addr, int meta_request_type, const void *body, size_t body_len,
-    const std::string &extra_headers, const std::string &copy_source_uri) {
+    Headers headers, const std::string &copy_source_uri) {
     std::shared_ptr<SimpleRequest> req(new SimpleRequest(std::move(client), std::move(ctx)));
-    Headers headers;
-    size_t pos = 0;
-    while (pos < extra_headers.size()) {
-        size_t eol = extra_headers.find('\n', pos);
-        if (eol == std::string::npos) eol = extra_headers.size();
-        std::string line = extra_headers.substr(pos, eol - pos);
-        size_t colon = line.find(": ");
-        if (colon != std::string::npos) headers.emplace_back(line.substr(0, colon), line.substr(colon + 2));
-        pos = eol + 1;
-    }
     if (body) headers.emplace_back("Content-Length", std::to_string(body_len));
-    aws_http_message *msg = make_message(method, addr, headers);
     aws_s3_meta_request_options o;
     AWS_ZERO_STRUCT(o);
     o.type = static_cast<aws_s3_meta_request_type>(meta_request_type);
     if (o.type == AWS_S3_META_REQUEST_TYPE_DEFAULT)
         o.operation_name = aws_byte_cursor_from_array(operation.data(), operation.size());
-    o.message = msg;
     if (body) o.request_body = aws_byte_cursor_from_array(body, body_len);
     if (!copy_source_uri.empty())
         o.copy_source_uri = aws_byte_cursor_from_array(copy_source_uri.data(), copy_source_uri.size());
-    try {
-        req->start(o, addr);
-    } catch (...) {
-        aws_http_message_release(msg);
-        throw;
-    }
-    aws_http_message_release(msg);
+    req->start(o, method, addr, headers);
     return req;
 }
 

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "s3torch/errors.h"
+#include "s3torch/request.h"
 
 #include <condition_variable>
 #include <cstdint>
@@ -24,6 +25,7 @@ struct aws_s3_meta_request_result;
 struct aws_http_headers;
 struct aws_byte_cursor;
 struct aws_s3_meta_request_receive_body_extra_info;
+struct aws_input_stream;
 
 namespace s3torch {
 
@@ -54,8 +56,10 @@ class Transfer : public std::enable_shared_from_this<Transfer> {
   protected:
     Transfer(std::shared_ptr<Client> client, ErrorContext ctx);
 
-    // Fill in callbacks and user data, create the meta request for `addr`. Throws on failure.
-    void start(aws_s3_meta_request_options &options, const Address &addr);
+    // Build the request (`method` on `addr` with `headers`), fill in callbacks and user data,
+    // and create the meta request of `options.type`. Throws S3Error on failure.
+    void start(aws_s3_meta_request_options &options, const char *method, const Address &addr,
+               const Headers &headers = {}, aws_input_stream *body = nullptr);
     // A new reference to the meta request (release it), or nullptr once finished.
     aws_s3_meta_request *acquire_meta_request();
     // Open the read window by `bytes` (saturating), if still running.
@@ -98,7 +102,7 @@ class SimpleRequest : public Transfer {
     static std::shared_ptr<SimpleRequest> start_request(
         std::shared_ptr<Client> client, ErrorContext ctx, const char *method, const std::string &operation,
         const Address &addr, int meta_request_type, const void *body = nullptr, size_t body_len = 0,
-        const std::string &extra_headers = "", const std::string &copy_source_uri = "");
+        Headers headers = {}, const std::string &copy_source_uri = "");
     std::string body();
 
   protected:
