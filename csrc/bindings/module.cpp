@@ -12,6 +12,8 @@
 
 #include <pybind11/stl.h>
 
+#include <cstdlib>
+#include <new>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -175,6 +177,32 @@ class UploadHandle {
     std::unique_ptr<Upload> u_;
 };
 
+// Uninitialised, page-aligned host memory with the buffer protocol: destinations for GETs
+// that need no zero-filling first (bytearray(n) would write every page once before the
+// download writes it again).
+class HostBuffer {
+  public:
+    explicit HostBuffer(size_t n) : size_(n) {
+        if (n == 0) return;
+        void *p = nullptr;
+        if (posix_memalign(&p, 4096, n) != 0) throw std::bad_alloc();
+        data_ = p;
+    }
+    ~HostBuffer() { std::free(data_); }
+    HostBuffer(const HostBuffer &) = delete;
+    HostBuffer &operator=(const HostBuffer &) = delete;
+    py::buffer_info info() {
+        static uint8_t empty = 0;
+        return py::buffer_info(data_ ? data_ : &empty, 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(size_)}, {1}, /*readonly=*/false);
+    }
+    size_t size() const { return size_; }
+
+  private:
+    void *data_ = nullptr;
+    size_t size_;
+};
+
 // ---- The client.
 
 class NativeClient {
@@ -255,6 +283,39 @@ class NativeClient {
             }
             throw;
         }
+    }
+
+    // GET into a new bytes object (filled before Python ever sees it): one copy fewer than
+    // GET into a buffer + bytes(buffer). `length` None: to the end of the object, which
+    // needs the size (`size_hint`, else a HEAD).
+    py::bytes get_bytes(const std::string &bucket, const std::string &key, uint64_t offset,
+                        std::optional<uint64_t> length, std::optional<uint64_t> size_hint) {
+        uint64_t n;
+        if (length) {
+            n = *length;
+        } else {
+            uint64_t size = size_hint ? *size_hint : head(bucket, key).size;
+            n = size > offset ? size - offset : 0;
+        }
+        if (n == 0) return py::bytes();
+        PyObject *raw = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(n));
+        if (!raw) throw py::error_already_set();
+        py::object holder = py::reinterpret_steal<py::object>(raw);
+        char *dst = PyBytes_AS_STRING(raw);
+        std::shared_ptr<GetInto> t;
+        {
+            py::gil_scoped_release nogil;
+            t = GetInto::start_get(client_, bucket, key, ByteRange{offset, n}, dst, n);
+        }
+        wait_transfer(*t);
+        t->raise_if_failed();
+        size_t got = t->bytes_received();
+        if (got != n) {
+            PyObject *obj = holder.release().ptr();
+            if (_PyBytes_Resize(&obj, static_cast<py::ssize_t>(got)) != 0) throw py::error_already_set();
+            holder = py::reinterpret_steal<py::object>(obj);
+        }
+        return py::reinterpret_steal<py::bytes>(holder.release());
     }
 
     std::unique_ptr<StreamHandle> get_stream(const std::string &bucket, const std::string &key,
@@ -339,6 +400,17 @@ PYBIND11_MODULE(_crt, m) {
         .def_readonly("etag", &ObjectInfo::etag)
         .def_readonly("last_modified", &ObjectInfo::last_modified)
         .def_readonly("storage_class", &ObjectInfo::storage_class)
+        .def(py::pickle(
+            [](const ObjectInfo &o) { return py::make_tuple(o.key, o.size, o.etag, o.last_modified, o.storage_class); },
+            [](py::tuple t) {
+                ObjectInfo o;
+                o.key = t[0].cast<std::string>();
+                o.size = t[1].cast<uint64_t>();
+                o.etag = t[2].cast<std::string>();
+                o.last_modified = t[3].cast<std::string>();
+                o.storage_class = t[4].cast<std::string>();
+                return o;
+            }))
         .def("__repr__", [](const ObjectInfo &o) {
             return "ObjectInfo(key=" + std::string(py::repr(py::str(o.key))) + ", size=" + std::to_string(o.size) +
                    ", etag=" + std::string(py::repr(py::str(o.etag))) + ")";
@@ -346,9 +418,16 @@ PYBIND11_MODULE(_crt, m) {
 
     py::class_<ListPage>(m, "ListPage")
         .def_readonly("objects", &ListPage::objects)
+        .def_readonly("object_info", &ListPage::objects)
         .def_readonly("common_prefixes", &ListPage::common_prefixes)
         .def_readonly("next_continuation_token", &ListPage::next_continuation_token)
         .def_readonly("is_truncated", &ListPage::is_truncated);
+
+    py::class_<HostBuffer>(m, "HostBuffer", py::buffer_protocol(),
+                           "Uninitialised page-aligned host memory (writable buffer protocol).")
+        .def(py::init<size_t>(), py::arg("size"))
+        .def_buffer(&HostBuffer::info)
+        .def("__len__", &HostBuffer::size);
 
     py::class_<GetHandle>(m, "GetHandle")
         .def("wait", &GetHandle::wait, "Block (GIL released) until done; returns the bytes received.")
@@ -390,6 +469,8 @@ PYBIND11_MODULE(_crt, m) {
         .def("start_get_into", &NativeClient::start_get_into, py::arg("bucket"), py::arg("key"), py::arg("buffer"),
              py::arg("offset") = py::none(), py::arg("length") = py::none())
         .def("get_into_many", &NativeClient::get_into_many, py::arg("bucket"), py::arg("items"))
+        .def("get_bytes", &NativeClient::get_bytes, py::arg("bucket"), py::arg("key"), py::arg("offset") = 0,
+             py::arg("length") = py::none(), py::arg("size_hint") = py::none())
         .def("get_stream", &NativeClient::get_stream, py::arg("bucket"), py::arg("key"),
              py::arg("offset") = py::none(), py::arg("length") = py::none(), py::arg("read_ahead") = 0)
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),

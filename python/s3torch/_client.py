@@ -12,6 +12,9 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from . import _crt
 from ._config import S3ClientConfig
+from .s3reader import S3Reader
+from .s3reader.constructor import ReaderConstructor, S3ReaderConstructor
+from .s3writer import S3Writer
 
 Buffer = Any  # an object with the buffer protocol, or a tensor with __dlpack__
 
@@ -91,6 +94,19 @@ class S3Client:
     @property
     def s3client_config(self) -> S3ClientConfig:
         return self._config
+
+    # --- streams (s3torchconnector's S3Client surface) ------------------------------------
+    def get_object(self, bucket: str, key: str, object_info: Optional["_crt.ObjectInfo"] = None,
+                   reader_constructor: Optional[ReaderConstructor] = None) -> S3Reader:
+        """A seekable reader over the object; nothing is fetched until the first read.
+        ``object_info`` (e.g. from a listing) saves the HEAD request for its size."""
+        constructor = reader_constructor or S3ReaderConstructor.default()
+        native = self._get_native()
+        return constructor(bucket, key, native, lambda: native.head(bucket, key), object_info)
+
+    def put_object(self, bucket: str, key: str, storage_class: Optional[str] = None) -> S3Writer:
+        """A writer that uploads the object; ``close()`` completes it."""
+        return S3Writer(self._get_native().upload(bucket, key, storage_class or ""), bucket, key)
 
     # --- GET ------------------------------------------------------------------------------
     def get_into(self, bucket: str, key: str, buffer: Buffer,

@@ -1,0 +1,31 @@
+"""S3Checkpoint: readers and writers for torch.save / torch.load to s3:// URIs."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ._client import S3Client
+from ._config import S3ClientConfig
+from ._uri import parse_s3_uri
+from .s3reader import S3Reader
+from .s3reader.constructor import ReaderConstructor
+from .s3writer import S3Writer
+
+
+class S3Checkpoint:
+    """``torch.save(obj, checkpoint.writer(uri))`` and ``torch.load(checkpoint.reader(uri))``."""
+
+    def __init__(self, region: str, endpoint: Optional[str] = None,
+                 s3client_config: Optional[S3ClientConfig] = None,
+                 reader_constructor: Optional[ReaderConstructor] = None) -> None:
+        self.region = region
+        self.endpoint = endpoint
+        self._client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
+        self._reader_constructor = reader_constructor
+
+    def reader(self, s3_uri: str) -> S3Reader:
+        bucket, key = parse_s3_uri(s3_uri, need_key=True)
+        return self._client.get_object(bucket, key, reader_constructor=self._reader_constructor)
+
+    def writer(self, s3_uri: str) -> S3Writer:
+        bucket, key = parse_s3_uri(s3_uri, need_key=True)
+        return self._client.put_object(bucket, key)

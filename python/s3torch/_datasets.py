@@ -1,0 +1,208 @@
+"""S3MapDataset and S3IterableDataset over objects under a prefix or from a list of URIs."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch.utils.data
+
+from . import _crt
+from ._client import S3Client
+from ._config import S3ClientConfig
+from ._uri import parse_s3_uri
+from .s3reader import S3Reader
+from .s3reader.constructor import ReaderConstructor
+
+log = logging.getLogger("s3torch")
+
+# (bucket, key, ObjectInfo from the listing or None)
+_Entry = Tuple[str, str, Optional["_crt.ObjectInfo"]]
+LARGE_LISTING = 10_000
+
+
+def identity(reader: S3Reader) -> S3Reader:
+    return reader
+
+
+def _list_prefix(client: S3Client, uri: str) -> Iterator[_Entry]:
+    bucket, prefix = parse_s3_uri(uri)
+    for page in client.list_objects(bucket, prefix):
+        for info in page.object_info:
+            if info.key.endswith("/") and info.size == 0:
+                continue  # a "directory" marker, not data
+            yield bucket, info.key, info
+
+
+def _from_uris(uris: Union[str, Iterable[str]]) -> List[_Entry]:
+    if isinstance(uris, str):
+        uris = [uris]
+    return [(*parse_s3_uri(u, need_key=True), None) for u in uris]
+
+
+class _PrefixSource:
+    """Lists a prefix (picklable, for spawn-started workers)."""
+
+    def __init__(self, uri: str) -> None:
+        parse_s3_uri(uri)  # fail now on a bad URI, not at first access
+        self.uri = uri
+
+    def __call__(self, client: S3Client) -> Iterator[_Entry]:
+        return _list_prefix(client, self.uri)
+
+
+class _ObjectsSource:
+    def __init__(self, uris: Union[str, Iterable[str]]) -> None:
+        self.entries = _from_uris(uris)
+
+    def __call__(self, client: S3Client) -> List[_Entry]:
+        return self.entries
+
+
+def _apply(transform: Callable[[S3Reader], Any], reader: S3Reader) -> Any:
+    try:
+        return transform(reader)
+    except Exception as e:
+        if hasattr(e, "add_note"):
+            e.add_note(f"s3torch: raised by the dataset transform for {reader.uri}")
+        raise
+
+
+class _Base:
+    def __init__(self, region: str, *, endpoint: Optional[str], transform: Callable[[S3Reader], Any],
+                 s3client_config: Optional[S3ClientConfig], reader_constructor: Optional[ReaderConstructor]) -> None:
+        self._region = region
+        self._endpoint = endpoint
+        self._transform = transform
+        self._config = s3client_config
+        self._reader_constructor = reader_constructor
+        self._client: Optional[S3Client] = None
+
+    @property
+    def region(self) -> str:
+        return self._region
+
+    @property
+    def endpoint(self) -> Optional[str]:
+        return self._endpoint
+
+    def _get_client(self) -> S3Client:
+        # S3Client itself is per-process safe; this only delays creating it until first use.
+        if self._client is None:
+            self._client = S3Client(self._region, endpoint=self._endpoint, s3client_config=self._config)
+        return self._client
+
+    def _reader(self, entry: _Entry) -> S3Reader:
+        bucket, key, info = entry
+        return self._get_client().get_object(bucket, key, object_info=info,
+                                             reader_constructor=self._reader_constructor)
+
+
+class S3MapDataset(torch.utils.data.Dataset, _Base):
+    """Random access to objects. With ``from_prefix``, the prefix is listed once, on the first
+    ``len()`` or item access (a log line reports large listings)."""
+
+    def __init__(self, get_entries: Callable[[S3Client], Iterable[_Entry]], region: str, *,
+                 endpoint: Optional[str] = None, transform: Callable[[S3Reader], Any] = identity,
+                 s3client_config: Optional[S3ClientConfig] = None,
+                 reader_constructor: Optional[ReaderConstructor] = None, source: str = "") -> None:
+        _Base.__init__(self, region, endpoint=endpoint, transform=transform, s3client_config=s3client_config,
+                       reader_constructor=reader_constructor)
+        self._get_entries = get_entries
+        self._entries: Optional[List[_Entry]] = None
+        self._source = source
+
+    @classmethod
+    def from_prefix(cls, s3_uri: str, *, region: str, endpoint: Optional[str] = None,
+                    transform: Callable[[S3Reader], Any] = identity,
+                    s3client_config: Optional[S3ClientConfig] = None,
+                    reader_constructor: Optional[ReaderConstructor] = None) -> "S3MapDataset":
+        return cls(_PrefixSource(s3_uri), region, endpoint=endpoint, transform=transform,
+                   s3client_config=s3client_config, reader_constructor=reader_constructor, source=s3_uri)
+
+    @classmethod
+    def from_objects(cls, object_uris: Union[str, Iterable[str]], *, region: str, endpoint: Optional[str] = None,
+                     transform: Callable[[S3Reader], Any] = identity,
+                     s3client_config: Optional[S3ClientConfig] = None,
+                     reader_constructor: Optional[ReaderConstructor] = None) -> "S3MapDataset":
+        return cls(_ObjectsSource(object_uris), region, endpoint=endpoint, transform=transform,
+                   s3client_config=s3client_config, reader_constructor=reader_constructor)
+
+    @property
+    def _dataset_entries(self) -> List[_Entry]:
+        if self._entries is None:
+            t0 = time.monotonic()
+            self._entries = list(self._get_entries(self._get_client()))
+            if len(self._entries) >= LARGE_LISTING:
+                log.info("s3torch: listed %d objects under %s in %.1fs", len(self._entries), self._source,
+                         time.monotonic() - t0)
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self._dataset_entries)
+
+    def __getitem__(self, i: int) -> Any:
+        entries = self._dataset_entries
+        return _apply(self._transform, self._reader(entries[i]))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_client"] = None  # rebuilt per process from the configuration
+        return state
+
+
+class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
+    """Streams objects in listing order. With ``enable_sharding``, each object goes to exactly
+    one (distributed rank, DataLoader worker) pair."""
+
+    def __init__(self, get_entries: Callable[[S3Client], Iterable[_Entry]], region: str, *,
+                 endpoint: Optional[str] = None, transform: Callable[[S3Reader], Any] = identity,
+                 s3client_config: Optional[S3ClientConfig] = None,
+                 reader_constructor: Optional[ReaderConstructor] = None, enable_sharding: bool = False) -> None:
+        _Base.__init__(self, region, endpoint=endpoint, transform=transform, s3client_config=s3client_config,
+                       reader_constructor=reader_constructor)
+        self._get_entries = get_entries
+        self.enable_sharding = enable_sharding
+
+    @classmethod
+    def from_prefix(cls, s3_uri: str, *, region: str, endpoint: Optional[str] = None,
+                    transform: Callable[[S3Reader], Any] = identity,
+                    s3client_config: Optional[S3ClientConfig] = None,
+                    reader_constructor: Optional[ReaderConstructor] = None,
+                    enable_sharding: bool = False) -> "S3IterableDataset":
+        return cls(_PrefixSource(s3_uri), region, endpoint=endpoint, transform=transform,
+                   s3client_config=s3client_config, reader_constructor=reader_constructor,
+                   enable_sharding=enable_sharding)
+
+    @classmethod
+    def from_objects(cls, object_uris: Union[str, Iterable[str]], *, region: str, endpoint: Optional[str] = None,
+                     transform: Callable[[S3Reader], Any] = identity,
+                     s3client_config: Optional[S3ClientConfig] = None,
+                     reader_constructor: Optional[ReaderConstructor] = None,
+                     enable_sharding: bool = False) -> "S3IterableDataset":
+        return cls(_ObjectsSource(object_uris), region, endpoint=endpoint, transform=transform,
+                   s3client_config=s3client_config, reader_constructor=reader_constructor,
+                   enable_sharding=enable_sharding)
+
+    def _shard(self) -> Tuple[int, int]:
+        """(index, count) of this consumer among all (rank, worker) pairs."""
+        if not self.enable_sharding:
+            return 0, 1
+        rank, world = 0, 1
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        info = torch.utils.data.get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * nworkers + wid, world * nworkers
+
+    def __iter__(self) -> Iterator[Any]:
+        index, count = self._shard()
+        for i, entry in enumerate(self._get_entries(self._get_client())):
+            if i % count == index:
+                yield _apply(self._transform, self._reader(entry))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state

@@ -1,0 +1,16 @@
+"""Reader strategies over S3 objects (see S3ReaderConstructor)."""
+from .constructor import S3ReaderConstructor
+from .dcp_optimized import DCPOptimizedS3Reader, ItemRange, RangeGroup
+from .ranged import RangedS3Reader
+from .s3reader import S3Reader
+from .sequential import SequentialS3Reader
+
+__all__ = [
+    "S3Reader",
+    "S3ReaderConstructor",
+    "SequentialS3Reader",
+    "RangedS3Reader",
+    "DCPOptimizedS3Reader",
+    "ItemRange",
+    "RangeGroup",
+]

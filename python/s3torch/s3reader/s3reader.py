@@ -1,0 +1,126 @@
+"""S3Reader: the read-only, seekable binary stream over one S3 object.
+
+Subclasses differ in how they fetch (the whole object at once, byte ranges on demand, or
+pre-planned DCP item ranges); position, argument checking and the io.BufferedIOBase surface
+live here once.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Callable, Optional
+
+from .._crt import ObjectInfo
+
+GetObjectInfo = Callable[[], ObjectInfo]
+
+
+def _check_size(size: Optional[int]) -> Optional[int]:
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"read size must be an int or None, got {type(size).__name__}")
+    return None if size < 0 else size
+
+
+class S3Reader(io.BufferedIOBase):
+    """A read-only, seekable stream over ``s3://bucket/key``. Not thread-safe."""
+
+    def __init__(self, bucket: str, key: str, get_object_info: GetObjectInfo) -> None:
+        super().__init__()
+        self._bucket = bucket
+        self._key = key
+        self._get_object_info = get_object_info
+        self._info: Optional[ObjectInfo] = None
+        self._pos = 0
+
+    # --- identity -------------------------------------------------------------------------
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self._bucket}/{self._key}"
+
+    def get_object_info(self) -> ObjectInfo:
+        """HEAD of the object, fetched once, lazily (or given by a listing)."""
+        if self._info is None:
+            self._info = self._get_object_info()
+        return self._info
+
+    @property
+    def _size(self) -> int:
+        return int(self.get_object_info().size)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.uri} pos={self._pos}{' closed' if self.closed else ''}>"
+
+    # --- io surface -----------------------------------------------------------------------
+    def readable(self) -> bool:
+        self._check_open()
+        return True
+
+    def seekable(self) -> bool:
+        self._check_open()
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        self._check_open()
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"seek offset must be an int, got {type(offset).__name__}")
+        if whence == io.SEEK_SET:
+            new = offset
+        elif whence == io.SEEK_CUR:
+            new = self._pos + offset
+        elif whence == io.SEEK_END:
+            new = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence!r} (use io.SEEK_SET, SEEK_CUR or SEEK_END)")
+        if new < 0:
+            raise ValueError(f"{self.uri}: seek to negative position {new}")
+        self._pos = new
+        return new
+
+    def read(self, size: Optional[int] = None) -> bytes:
+        self._check_open()
+        n = _check_size(size)
+        return self._read(n)
+
+    def read1(self, size: Optional[int] = -1) -> bytes:
+        return self.read(size)
+
+    def readinto(self, buf: Any) -> int:
+        self._check_open()
+        mv = memoryview(buf)
+        if mv.readonly:
+            raise TypeError(f"{self.uri}: readinto needs a writable buffer")
+        return self._readinto(mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv)
+
+    def readinto1(self, buf: Any) -> int:
+        return self.readinto(buf)
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed reader for {self.uri}")
+
+    # --- the fetch strategy ---------------------------------------------------------------
+    def _read(self, size: Optional[int]) -> bytes:
+        """Read `size` bytes (None: to the end) at self._pos and advance."""
+        raise NotImplementedError
+
+    def _readinto(self, mv: memoryview) -> int:
+        raise NotImplementedError

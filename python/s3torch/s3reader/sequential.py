@@ -1,0 +1,54 @@
+"""Sequential reader: the whole object, fetched once with parallel ranged GETs straight into
+one buffer, then served from memory."""
+from __future__ import annotations
+
+from typing import Optional
+
+from .. import _crt
+from .s3reader import GetObjectInfo, S3Reader
+
+
+class SequentialS3Reader(S3Reader):
+    def __init__(self, bucket: str, key: str, get_object_info: GetObjectInfo,
+                 native: "_crt.NativeClient", object_info: Optional["_crt.ObjectInfo"] = None) -> None:
+        super().__init__(bucket, key, get_object_info)
+        self._native = native
+        self._info = object_info
+        self._data: Optional[memoryview] = None
+
+    def _load(self) -> memoryview:
+        if self._data is None:
+            size = self._size
+            buf = _crt.HostBuffer(size)
+            got = self._native.get_into(self._bucket, self._key, buf) if size else 0
+            if got != size:
+                raise _crt.S3Exception(
+                    f"GetObject {self.uri}: expected {size} bytes, got {got} (object changed while reading?)")
+            self._data = memoryview(buf)
+        return self._data
+
+    def _read(self, size: Optional[int]) -> bytes:
+        if self._data is None and self._pos == 0 and size is None:
+            # Whole object, first read: straight into the bytes object we return.
+            data = self._native.get_bytes(self._bucket, self._key, 0, None,
+                                          self._info.size if self._info is not None else None)
+            self._data = memoryview(data)  # later reads and seeks are served from it
+            self._pos = len(data)
+            return data
+        data = self._load()
+        start = min(self._pos, len(data))
+        end = len(data) if size is None else min(len(data), start + size)
+        self._pos = end if end > start else self._pos
+        return bytes(data[start:end])
+
+    def _readinto(self, mv: memoryview) -> int:
+        data = self._load()
+        start = min(self._pos, len(data))
+        n = min(len(mv), len(data) - start)
+        mv[:n] = data[start : start + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._data = None
+        super().close()

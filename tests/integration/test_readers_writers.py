@@ -1,0 +1,212 @@
+"""Readers against io.BytesIO (property tests), writers, and their bad inputs, on both servers."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from s3torch import S3Client, S3ReaderConstructor
+from s3torch.s3reader import ItemRange
+from tests.conftest import BUCKET
+
+SIZES = [0, 1, 1000, 70_001, 3 * 1024 * 1024 + 11]
+CONSTRUCTORS = {
+    "sequential": S3ReaderConstructor.sequential(),
+    "default": S3ReaderConstructor.default(),
+    "range_8MiB": S3ReaderConstructor.range_based(),
+    "range_4KiB": S3ReaderConstructor.range_based(buffer_size=4096),
+    "range_unbuffered": S3ReaderConstructor.range_based(buffer_size=0),
+}
+
+
+@pytest.fixture(scope="module")
+def objects(request: pytest.FixtureRequest) -> dict:
+    """One set of objects per server, uploaded once."""
+    return {}
+
+
+def _ensure_objects(client: S3Client, server, cache: dict) -> dict:  # type: ignore[no-untyped-def]
+    key = server.endpoint
+    if key not in cache:
+        out = {}
+        for n in SIZES:
+            data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+            k = f"readers/obj-{n}"
+            client.put(BUCKET, k, data)
+            out[n] = (k, data)
+        cache[key] = out
+    return cache[key]
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.one_of(st.none(), st.integers(-1, 5 * 1024 * 1024))),
+        st.tuples(st.just("readinto"), st.integers(0, 5 * 1024 * 1024)),
+        st.tuples(st.just("seek"), st.integers(0, 4 * 1024 * 1024), st.sampled_from([0, 1, 2])),
+        st.tuples(st.just("tell")),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@pytest.mark.parametrize("kind", list(CONSTRUCTORS))
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.sampled_from(SIZES), script=ops)
+def test_reader_matches_bytesio(client: S3Client, server, objects: dict, kind: str, size: int, script) -> None:  # type: ignore[no-untyped-def]
+    key, data = _ensure_objects(client, server, objects)[size]
+    oracle = io.BytesIO(data)
+    reader = client.get_object(BUCKET, key, reader_constructor=CONSTRUCTORS[kind])
+    assert reader.bucket == BUCKET and reader.key == key
+    for op in script:
+        if op[0] == "read":
+            assert reader.read(op[1]) == oracle.read(op[1])
+        elif op[0] == "readinto":
+            a, b = bytearray(op[1]), bytearray(op[1])
+            assert reader.readinto(a) == oracle.readinto(b)
+            assert a == b
+        elif op[0] == "seek":
+            off, whence = op[1], op[2]
+            if whence == 2:
+                off = -min(off, len(data))  # SEEK_END with a non-positive offset
+            elif whence == 1:
+                off = off - oracle.tell() // 2
+                if oracle.tell() + off < 0:
+                    off = -oracle.tell()
+            assert reader.seek(off, whence) == oracle.seek(off, whence)
+        assert reader.tell() == oracle.tell()
+    reader.close()
+    assert reader.closed
+
+
+def test_reader_surface(client: S3Client, prefix: str) -> None:
+    client.put(BUCKET, prefix + "s", b"0123456789")
+    r = client.get_object(BUCKET, prefix + "s")
+    assert r.readable() and r.seekable() and not r.writable()
+    assert r.read1(3) == b"012"
+    buf = bytearray(3)
+    assert r.readinto1(buf) == 3 and buf == b"345"
+    assert r.get_object_info().size == 10
+    assert r.read() == b"6789" and r.read() == b""
+    assert r.seek(-2, io.SEEK_END) == 8 and r.read() == b"89"
+    # numpy and tensor destinations for readinto
+    r.seek(0)
+    arr = np.zeros(4, dtype=np.uint8)
+    assert r.readinto(arr) == 4 and arr.tobytes() == b"0123"
+    with r:
+        pass
+    assert r.closed
+
+
+def test_reader_bad_inputs(client: S3Client, prefix: str) -> None:
+    client.put(BUCKET, prefix + "b", b"abc")
+    r = client.get_object(BUCKET, prefix + "b")
+    with pytest.raises(ValueError, match="negative"):
+        r.seek(-1)
+    with pytest.raises(ValueError, match="negative"):
+        r.seek(-10, io.SEEK_END)
+    with pytest.raises(TypeError):
+        r.seek(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        r.read(2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        r.seek(0, 7)
+    with pytest.raises(TypeError):
+        r.readinto(b"read-only")
+    r.close()
+    with pytest.raises(ValueError, match="closed"):
+        r.read()
+    with pytest.raises(ValueError, match="closed"):
+        r.seek(0)
+    missing = client.get_object(BUCKET, prefix + "missing")  # lazy: no request yet
+    with pytest.raises(FileNotFoundError, match="missing"):
+        missing.read()
+
+
+def test_dcp_optimized_reader(client: S3Client, prefix: str) -> None:
+    data = np.random.default_rng(1).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    key = prefix + "distcp"
+    client.put(BUCKET, key, data)
+    ranges = [ItemRange(0, 100), ItemRange(150, 1000), ItemRange(90_000, 120_000), ItemRange(150_000, 200_000)]
+    ctor = S3ReaderConstructor.dcp_optimized(max_gap_size=1000)
+    ctor.set_item_ranges_by_file({key: ranges})
+    r = client.get_object(BUCKET, key, reader_constructor=ctor)
+    for it in ranges:
+        r.seek(it.start)
+        half = (it.end - it.start) // 2
+        assert r.read(half) == data[it.start : it.start + half]
+        buf = bytearray(it.end - it.start - half)
+        assert r.readinto(buf) == len(buf) and bytes(buf) == data[it.start + half : it.end]
+        r.seek(it.start)  # back within the current item is fine
+        assert r.read(1) == data[it.start : it.start + 1]
+    with pytest.raises(ValueError, match="earlier item") as ei:
+        r.seek(0)
+        r.read(10)
+    assert "S3ReaderConstructor.default()" in str(ei.value)
+    r2 = client.get_object(BUCKET, key, reader_constructor=ctor)
+    r2.seek(120)  # in the gap between items
+    with pytest.raises(ValueError, match="outside the planned item ranges"):
+        r2.read(5)
+    with pytest.raises(ValueError, match="whole file"):
+        client.get_object(BUCKET, key, reader_constructor=ctor).read()
+    with pytest.raises(TypeError):
+        client.get_object(BUCKET, key, reader_constructor=ctor).seek(0, io.SEEK_END)
+    # Unplanned files get the generic reader.
+    client.put(BUCKET, prefix + ".metadata", b"meta")
+    assert client.get_object(BUCKET, prefix + ".metadata", reader_constructor=ctor).read() == b"meta"
+
+
+def test_dcp_reader_reports_truncated_object(client: S3Client, prefix: str) -> None:
+    key = prefix + "short"
+    client.put(BUCKET, key, b"x" * 100)
+    ctor = S3ReaderConstructor.dcp_optimized()
+    ctor.set_item_ranges_by_file({key: [ItemRange(0, 50), ItemRange(60, 200)]})
+    r = client.get_object(BUCKET, key, reader_constructor=ctor)
+    with pytest.raises(Exception, match="truncated"):
+        r.read(10)
+
+
+@pytest.mark.parametrize("size", [0, 5, 8 * 1024 * 1024 + 3])
+def test_writer_round_trip(client: S3Client, prefix: str, size: int) -> None:
+    torch = pytest.importorskip("torch")
+    t = torch.arange(size // 4 + 1, dtype=torch.int32)
+    raw = t.numpy().tobytes()[:size]
+    key = prefix + f"w{size}"
+    with client.put_object(BUCKET, key) as w:
+        assert w.writable() and not w.readable()
+        half = size // 2
+        # bytes, memoryview of a tensor, bytearray and a numpy array all go in as-is
+        assert w.write(raw[:half]) == half
+        mv = memoryview(t.numpy()).cast("B")[half:size]
+        assert w.write(mv) == size - half
+        w.write(bytearray())
+        w.write(np.zeros(0, dtype=np.uint8))
+        assert w.tell() == size
+        w.flush()
+    assert w.closed
+    assert client.get_object(BUCKET, key).read() == raw
+    with pytest.raises(ValueError, match="closed"):
+        w.write(b"x")
+
+
+def test_writer_aborts_on_exception(client: S3Client, prefix: str, server) -> None:  # type: ignore[no-untyped-def]
+    key = prefix + "aborted"
+    with pytest.raises(RuntimeError):
+        with client.put_object(BUCKET, key) as w:
+            w.write(b"a" * (9 * 1024 * 1024))  # multipart upload under way
+            raise RuntimeError("training crashed")
+    with pytest.raises(FileNotFoundError):
+        client.head_object(BUCKET, key)
+    ups = server.boto3_client().list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", [])
+    assert ups == []
+
+
+def test_writer_dropped_without_close_writes_nothing(client: S3Client, prefix: str) -> None:
+    w = client.put_object(BUCKET, prefix + "dropped")
+    w.write(b"data")
+    del w
+    with pytest.raises(FileNotFoundError):
+        client.head_object(BUCKET, prefix + "dropped")
