@@ -72,7 +72,7 @@ class _ObjectsDataset:
 
 
 def test_dataloader_fork_workers_each_use_their_own_client(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    torch = pytest.importorskip("torch")
+    import torch
     from torch.utils.data import DataLoader
 
     client = make_client(seaweed)
