@@ -4,6 +4,7 @@
 #include "buffers.h"
 #include "exceptions.h"
 
+#include "s3torch/checksum.h"
 #include "s3torch/client.h"
 #include "s3torch/get.h"
 #include "s3torch/get_stream.h"
@@ -488,6 +489,15 @@ PYBIND11_MODULE(_crt, m) {
         .def_property_readonly("endpoint", [](const NativeClient &c) { return c.config().endpoint; })
         .def_property_readonly("part_size", [](const NativeClient &c) { return c.config().part_size; });
 
+    m.def(
+        "crc32",
+        [](py::handle data, uint32_t previous) {
+            auto buf = HeldBuffer::acquire(data, false, {"crc32", "", ""});
+            py::gil_scoped_release nogil;
+            return s3torch::crc32(buf->data(), buf->size(), previous);
+        },
+        py::arg("data"), py::arg("previous") = 0,
+        "CRC32 (zip polynomial) of a buffer or tensor, hardware-accelerated; GIL released.");
     m.def(
         "prepare_fork",
         [] {

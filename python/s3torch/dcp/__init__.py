@@ -1,0 +1,26 @@
+"""torch.distributed.checkpoint on S3: storage writer and reader, file system, prefix strategies."""
+from ._parallel_load import CheckpointCorruptError
+from .s3_file_system import S3FileSystem
+from .s3_prefix_strategy import (
+    BinaryPrefixStrategy,
+    DefaultPrefixStrategy,
+    HexPrefixStrategy,
+    NumericPrefixStrategy,
+    RoundRobinPrefixStrategy,
+    S3PrefixStrategyBase,
+)
+from .s3_storage_reader import S3StorageReader
+from .s3_storage_writer import S3StorageWriter
+
+__all__ = [
+    "S3FileSystem",
+    "S3StorageReader",
+    "S3StorageWriter",
+    "S3PrefixStrategyBase",
+    "DefaultPrefixStrategy",
+    "RoundRobinPrefixStrategy",
+    "NumericPrefixStrategy",
+    "BinaryPrefixStrategy",
+    "HexPrefixStrategy",
+    "CheckpointCorruptError",
+]

@@ -1,0 +1,354 @@
+"""torch.distributed.checkpoint on S3: round trips, interchange with torch's FileSystemWriter
+format and s3torchconnector, resharding across world sizes, async save, bad inputs."""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as tmp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+from s3torch import S3ReaderConstructor
+from s3torch._servers import REGION
+from s3torch.dcp import (
+    BinaryPrefixStrategy,
+    CheckpointCorruptError,
+    HexPrefixStrategy,
+    RoundRobinPrefixStrategy,
+    S3FileSystem,
+    S3StorageReader,
+    S3StorageWriter,
+)
+from tests.conftest import BUCKET, make_client
+
+READERS = {
+    "parallel": None,
+    "dcp_optimized": S3ReaderConstructor.dcp_optimized(),
+    "sequential": S3ReaderConstructor.sequential(),
+    "range_based": S3ReaderConstructor.range_based(),
+}
+
+
+def state_dict() -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "fp32": torch.randn(300, 257, generator=g),
+        "bf16": torch.randn(128, 64, generator=g).to(torch.bfloat16),
+        "fp16": torch.randn(1000, generator=g).to(torch.float16),
+        "int64": torch.arange(50_000),
+        "bool": torch.rand(999, generator=g) > 0.5,
+        "non_contiguous": torch.randn(120, 80, generator=g).t(),
+        "scalar": torch.tensor(3.25),
+        "empty": torch.empty(0, 5),
+        "nested": {"layer": {"w": torch.randn(64, 64, generator=g)}, "meta": {"step": 7, "name": "run-1"}},
+        "blob": b"\x00raw bytes\xff",
+        "lr": 0.001,
+    }
+
+
+def empty_like_sd(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = torch.zeros_like(v.contiguous()) if k != "non_contiguous" else torch.zeros(120, 80).t()
+        elif isinstance(v, dict):
+            out[k] = empty_like_sd(v)
+        elif isinstance(v, bytes):
+            out[k] = b""
+        else:
+            out[k] = type(v)()
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+            assert torch.equal(a[k], b[k]), k
+        elif isinstance(a[k], dict):
+            assert_same(a[k], b[k])
+        else:
+            assert a[k] == b[k], k
+
+
+def writer(server, path: str, **kw) -> S3StorageWriter:  # type: ignore[no-untyped-def]
+    return S3StorageWriter(REGION, path, s3client_config=make_client(server).s3client_config,
+                           endpoint=server.endpoint, **kw)
+
+
+def reader(server, path: str, **kw) -> S3StorageReader:  # type: ignore[no-untyped-def]
+    return S3StorageReader(REGION, path, s3client_config=make_client(server).s3client_config,
+                           endpoint=server.endpoint, **kw)
+
+
+@pytest.mark.parametrize("kind", list(READERS))
+def test_round_trip_every_reader(server, prefix: str, kind: str) -> None:  # type: ignore[no-untyped-def]
+    sd = state_dict()
+    path = f"s3://{BUCKET}/{prefix}ckpt"
+    dcp.save(sd, storage_writer=writer(server, path, thread_count=2))
+    out = empty_like_sd(sd)
+    r = reader(server, path, reader_constructor=READERS[kind])
+    dcp.load(out, storage_reader=r)
+    assert_same(sd, out)
+    if kind == "parallel":
+        # The large contiguous tensors landed straight in their destinations.
+        assert r.last_load_stats["direct"] >= 2 and r.last_load_stats["fallback"] == 0, r.last_load_stats
+
+
+def test_layout_and_metadata_written_last_by_one_put(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    path = f"s3://{BUCKET}/{prefix}c"
+    dcp.save({"a": torch.ones(10)}, storage_writer=writer(seaweed, path, thread_count=1))
+    keys = sorted(o.key for p in client.list_objects(BUCKET, prefix) for o in p.object_info)
+    assert keys == [f"{prefix}c/.metadata", f"{prefix}c/__0_0.distcp"]  # no .metadata.tmp left behind
+
+
+@pytest.mark.parametrize("strategy, expected", [
+    (RoundRobinPrefixStrategy(["shard1", "shard2"], epoch_num=5), "shard1/epoch_5/__0_0.distcp"),
+    (BinaryPrefixStrategy(epoch_num=1, min_prefix_len=10), "0000000000/epoch_1/__0_0.distcp"),
+    (HexPrefixStrategy(min_prefix_length=4), "0000/__0_0.distcp"),
+])
+def test_prefix_strategies(seaweed, prefix: str, strategy, expected: str) -> None:  # type: ignore[no-untyped-def]
+    path = f"s3://{BUCKET}/{prefix}p"
+    sd = {"w": torch.randn(100, 100)}
+    dcp.save(sd, storage_writer=writer(seaweed, path, prefix_strategy=strategy))
+    keys = {o.key for p in make_client(seaweed).list_objects(BUCKET, prefix) for o in p.object_info}
+    assert f"{prefix}p/{expected}" in keys
+    out = {"w": torch.zeros(100, 100)}
+    dcp.load(out, storage_reader=reader(seaweed, path))
+    assert torch.equal(out["w"], sd["w"])
+    assert BinaryPrefixStrategy(min_prefix_len=10).generate_prefix(2) == "0100000000/__2_"
+    assert HexPrefixStrategy(min_prefix_length=4).generate_prefix(15) == "f000/__15_"
+
+
+def test_torch_filesystemwriter_checkpoint_loads_from_s3(seaweed, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sd = state_dict()
+    dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path / "ck"), thread_count=2))
+    client = make_client(seaweed)
+    for f in (tmp_path / "ck").iterdir():  # upload the directory as-is
+        client.put(BUCKET, f"{prefix}ck/{f.name}", f.read_bytes())
+    for kind in ["parallel", "dcp_optimized"]:
+        out = empty_like_sd(sd)
+        dcp.load(out, storage_reader=reader(seaweed, f"s3://{BUCKET}/{prefix}ck", reader_constructor=READERS[kind]))
+        assert_same(sd, out)
+
+
+def test_s3torch_checkpoint_loads_with_torch_filesystemreader(seaweed, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sd = state_dict()
+    dcp.save(sd, storage_writer=writer(seaweed, f"s3://{BUCKET}/{prefix}ck", thread_count=3))
+    client = make_client(seaweed)
+    (tmp_path / "dl").mkdir()
+    for page in client.list_objects(BUCKET, prefix + "ck/"):
+        for o in page.object_info:
+            (tmp_path / "dl" / o.key.rsplit("/", 1)[1]).write_bytes(client.get_object(BUCKET, o.key).read())
+    out = empty_like_sd(sd)
+    dcp.load(out, storage_reader=FileSystemReader(str(tmp_path / "dl")))
+    assert_same(sd, out)
+
+
+def _s3tc_env(seaweed, monkeypatch):  # type: ignore[no-untyped-def]
+    from s3torch._servers import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    import s3torchconnector
+    from s3torchconnector._s3client import S3Client as TcClient
+    from s3torchconnector.dcp import S3FileSystem as TcFS
+
+    cfg = s3torchconnector.S3ClientConfig(force_path_style=True)
+    return TcFS(REGION, s3_client=TcClient(REGION, endpoint=seaweed.endpoint, s3client_config=cfg))
+
+
+def test_interchange_with_s3torchconnector(seaweed, prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from s3torchconnector.dcp import S3StorageReader as TcReader
+    from s3torchconnector.dcp import S3StorageWriter as TcWriter
+
+    sd = state_dict()
+    del sd["empty"]  # not part of the interchange: s3torchconnector's reader rejects empty ranges
+    tc_fs = _s3tc_env(seaweed, monkeypatch)
+    # s3torchconnector writes, s3torch reads.
+    w = TcWriter(REGION, f"s3://{BUCKET}/{prefix}tc")
+    w.fs = tc_fs
+    dcp.save(sd, storage_writer=w)
+    out = empty_like_sd(sd)
+    dcp.load(out, storage_reader=reader(seaweed, f"s3://{BUCKET}/{prefix}tc"))
+    assert_same(sd, out)
+    # s3torch writes, s3torchconnector reads.
+    dcp.save(sd, storage_writer=writer(seaweed, f"s3://{BUCKET}/{prefix}ours"))
+    r = TcReader(REGION, f"s3://{BUCKET}/{prefix}ours")
+    r.fs = tc_fs
+    out = empty_like_sd(sd)
+    dcp.load(out, storage_reader=r)
+    assert_same(sd, out)
+
+
+# --- resharding: world size 2 <-> 1 with gloo on loopback ---------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+FULL_SHAPE = (64, 48)
+
+
+def _full() -> torch.Tensor:
+    return torch.arange(FULL_SHAPE[0] * FULL_SHAPE[1], dtype=torch.float32).reshape(FULL_SHAPE)
+
+
+def _dist_worker(rank: int, world: int, port: int, mode: str, path: str, kw: dict) -> None:
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        if mode == "save":
+            sd = {"rows": distribute_tensor(_full(), mesh, [Shard(0)]),
+                  "cols": distribute_tensor(_full() * 2, mesh, [Shard(1)])}
+            dcp.save(sd, storage_writer=S3StorageWriter(REGION, path, **kw))
+        else:
+            sd = {"rows": distribute_tensor(torch.zeros(FULL_SHAPE), mesh, [Shard(0)]),
+                  "cols": distribute_tensor(torch.zeros(FULL_SHAPE), mesh, [Shard(1)])}
+            dcp.load(sd, storage_reader=S3StorageReader(REGION, path, **kw))
+            assert torch.equal(sd["rows"].full_tensor(), _full())
+            assert torch.equal(sd["cols"].full_tensor(), _full() * 2)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_reshard_world_2_to_1_and_1_to_2(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    kw = {"s3client_config": make_client(seaweed).s3client_config, "endpoint": seaweed.endpoint}
+    path2 = f"s3://{BUCKET}/{prefix}ws2"
+    tmp.spawn(_dist_worker, args=(2, _free_port(), "save", path2, kw), nprocs=2, join=True)
+    out = {"rows": torch.zeros(FULL_SHAPE), "cols": torch.zeros(FULL_SHAPE)}
+    dcp.load(out, storage_reader=S3StorageReader(REGION, path2, **kw))
+    assert torch.equal(out["rows"], _full()) and torch.equal(out["cols"], _full() * 2)
+
+    path1 = f"s3://{BUCKET}/{prefix}ws1"
+    dcp.save({"rows": _full(), "cols": _full() * 2}, storage_writer=S3StorageWriter(REGION, path1, **kw))
+    tmp.spawn(_dist_worker, args=(2, _free_port(), "load", path1, kw), nprocs=2, join=True)
+
+
+def test_async_save(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    sd = state_dict()
+    path = f"s3://{BUCKET}/{prefix}async"
+    expected = state_dict()
+    fut = dcp.async_save(sd, storage_writer=writer(seaweed, path), no_dist=True)
+    sd["fp32"].add_(1)  # training goes on: the staged copy is what gets saved
+    fut.result(timeout=120)
+    out = empty_like_sd(sd)
+    dcp.load(out, storage_reader=reader(seaweed, path))
+    assert_same(expected, out)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+def test_bad_paths() -> None:
+    for bad in ["/local/dir", "http://bucket/x", "s3://"]:
+        with pytest.raises(ValueError):
+            S3StorageWriter(REGION, bad)
+        with pytest.raises(ValueError):
+            S3StorageReader(REGION, bad)
+    assert S3FileSystem.validate_checkpoint_id("s3://b/p")
+    assert not S3FileSystem.validate_checkpoint_id("/tmp/p")
+
+
+def test_missing_checkpoint(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    # DCP wraps storage errors in a CheckpointException; the cause is named in its text.
+    with pytest.raises(CheckpointException) as ei:
+        dcp.load({"a": torch.zeros(1)}, storage_reader=reader(seaweed, f"s3://{BUCKET}/{prefix}nothing"))
+    text = str(ei.value)
+    assert f"no DCP checkpoint at s3://{BUCKET}/{prefix}nothing: its metadata object does not exist" in text
+
+
+def _corrupt(seaweed, prefix: str, mutate) -> str:  # type: ignore[no-untyped-def]
+    path = f"s3://{BUCKET}/{prefix}bad"
+    dcp.save({"w": torch.randn(256, 256)}, storage_writer=writer(seaweed, path))
+    client = make_client(seaweed)
+    key = f"{prefix}bad/__0_0.distcp"
+    data = bytearray(client.get_object(BUCKET, key).read())
+    client.put(BUCKET, key, bytes(mutate(data)))
+    return path
+
+
+def test_truncated_distcp_is_reported(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    path = _corrupt(seaweed, prefix, lambda d: d[: len(d) // 2])
+    with pytest.raises(CheckpointException) as ei:
+        dcp.load({"w": torch.zeros(256, 256)}, storage_reader=reader(seaweed, path))
+    assert "__0_0.distcp" in str(ei.value) and "item w" in str(ei.value)
+
+
+def test_corrupt_distcp_fails_its_checksum(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    def flip(d: bytearray) -> bytearray:
+        d[len(d) // 2] ^= 0xFF  # one byte inside the tensor data
+        return d
+
+    path = _corrupt(seaweed, prefix, flip)
+    with pytest.raises(CheckpointException) as ei:
+        dcp.load({"w": torch.zeros(256, 256)}, storage_reader=reader(seaweed, path))
+    assert "CRC32" in str(ei.value) and "item w" in str(ei.value)
+    assert issubclass(CheckpointCorruptError, Exception)
+
+
+def test_shape_mismatch_is_reported(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    path = f"s3://{BUCKET}/{prefix}shape"
+    dcp.save({"w": torch.randn(10, 10)}, storage_writer=writer(seaweed, path))
+    with pytest.raises(CheckpointException, match="Size mismatch.*w"):
+        dcp.load({"w": torch.zeros(10, 11)}, storage_reader=reader(seaweed, path))
+
+
+def test_overwrite_false_refuses_before_writing(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    path = f"s3://{BUCKET}/{prefix}once"
+    dcp.save({"w": torch.ones(3)}, storage_writer=writer(seaweed, path))
+    client = make_client(seaweed)
+    before = {o.key: o.etag for p in client.list_objects(BUCKET, prefix) for o in p.object_info}
+    with pytest.raises(CheckpointException, match="already exists"):
+        dcp.save({"w": torch.zeros(3), "x": torch.zeros(5)}, storage_writer=writer(seaweed, path, overwrite=False))
+    after = {o.key: o.etag for p in client.list_objects(BUCKET, prefix) for o in p.object_info}
+    assert before == after
+
+
+class _FailingPlanner(DefaultSavePlanner):
+    """Fails while the third tensor is being written, as a crashing save would."""
+
+    calls = 0
+
+    def resolve_data(self, write_item):  # type: ignore[no-untyped-def]
+        type(self).calls += 1
+        if type(self).calls == 3:
+            raise RuntimeError("device lost mid-save")
+        return super().resolve_data(write_item)
+
+
+def test_failed_save_leaves_no_metadata_and_no_uploads(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    path = f"s3://{BUCKET}/{prefix}failed"
+    sd = {f"t{i}": torch.randn(1024, 1024) for i in range(5)}  # 4 MiB each: a multipart upload is under way
+    _FailingPlanner.calls = 0
+    with pytest.raises(CheckpointException, match="device lost"):
+        dcp.save(sd, storage_writer=writer(seaweed, path), planner=_FailingPlanner())
+    keys = [o.key for p in make_client(seaweed).list_objects(BUCKET, prefix) for o in p.object_info]
+    assert keys == []  # no .metadata, no half-written .distcp
+    ups = seaweed.boto3_client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])
+    assert ups == []
+
+
+def test_writer_accepts_filesystemwriter_options(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    w = writer(seaweed, f"s3://{BUCKET}/{prefix}opts", single_file_per_rank=False, sync_files=True,
+               per_thread_copy_ahead=0, cache_staged_state_dict=False, overwrite=True)
+    assert w.sync_files is False  # never fsync/os.sync for S3
+    dcp.save({"a": torch.ones(2), "b": torch.zeros(3)}, storage_writer=w)
+    keys = {o.key for p in make_client(seaweed).list_objects(BUCKET, prefix) for o in p.object_info}
+    assert {f"{prefix}opts/__0_0.distcp", f"{prefix}opts/__0_1.distcp"} <= keys
+    with pytest.raises(TypeError, match="unexpected"):
+        writer(seaweed, f"s3://{BUCKET}/{prefix}x", no_such_option=1)
