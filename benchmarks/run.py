@@ -1,0 +1,402 @@
+"""s3torch benchmark harness: every scenario runs s3torch and its peers against the same local
+server in the same run, and reports ratios.
+
+    python benchmarks/run.py [--quick] [--scenarios get,put,...] [--repeat 3] [--s3-like]
+
+Starts what it needs on 127.0.0.1 (nginx for reads, SeaweedFS for writes), installs the
+pinned peers (benchmarks/requirements.txt) into benchmarks/.venv (which sees the system
+site-packages, where torch and s3torch are installed), runs each (scenario, peer) in a fresh
+process ``--repeat`` times, and writes results.json, results.md and one PNG chart per scenario
+to ``--out``. A peer or server that cannot run is reported with the reason; servers are always
+stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from scenarios import BY_NAME, SCENARIOS, Scenario  # noqa: E402
+
+VENV = HERE / ".venv"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- environment -------------------------------------------------------------------------
+
+def ensure_venv(install: bool) -> str:
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        log(f"creating {VENV} (sees system site-packages: torch, s3torch)")
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
+    if install:
+        log("installing pinned peers from benchmarks/requirements.txt")
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(HERE / "requirements.txt"),
+                            "torch==" + _torch_version()], capture_output=True, text=True)
+        if r.returncode != 0:
+            log("peer install failed (rows needing them will say so):\n" + r.stderr[-2000:])
+    return str(py)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
+def versions(py: str) -> Dict[str, str]:
+    code = ("import importlib.metadata as m, json\nout={}\n"
+            "for p in ['torch','s3torch','s3torchconnector','s3torchconnectorclient','boto3','s3fs',"
+            "'multi-storage-client','matplotlib']:\n"
+            "    try: out[p]=m.version(p)\n    except Exception: out[p]=None\nprint(json.dumps(out))")
+    r = subprocess.run([py, "-c", code], capture_output=True, text=True)
+    return json.loads(r.stdout) if r.returncode == 0 else {}
+
+
+def machine() -> Dict[str, Any]:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem / 2**30, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+# --- servers -----------------------------------------------------------------------------
+
+class Nginx:
+    """nginx serving ROOT as path-style S3 GET/HEAD (Range, ETag), loopback only."""
+
+    def __init__(self, root: Path, s3_like: bool) -> None:
+        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if exe is None:
+            log("nginx not found: installing it from Debian's packages")
+            subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                           "--no-install-recommends nginx", shell=True, check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if exe is None:
+            raise RuntimeError("nginx is not installed and could not be installed (apt-get install nginx)")
+        self.dir = Path(tempfile.mkdtemp(prefix="s3torch-nginx-"))
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        rate = "limit_rate 90m;" if s3_like else ""
+        (self.dir / "tmp").mkdir()
+        conf = f"""worker_processes 2; daemon on; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; sendfile_max_chunk 4m;
+  keepalive_requests 1000000; keepalive_timeout 300s; types {{ }} default_type application/octet-stream;
+  client_body_temp_path {self.dir}/tmp/b; proxy_temp_path {self.dir}/tmp/p; fastcgi_temp_path {self.dir}/tmp/f;
+  uwsgi_temp_path {self.dir}/tmp/u; scgi_temp_path {self.dir}/tmp/s;
+  server {{
+    listen 127.0.0.1:{self.port}; root {root}; etag on; {rate}
+    location / {{ limit_except GET {{ deny all; }} error_page 404 = @nosuchkey; }}
+    location @nosuchkey {{ default_type application/xml;
+      return 404 '<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>'; }}
+  }}
+}}
+"""
+        (self.dir / "nginx.conf").write_text(conf)
+        subprocess.run([exe, "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
+                       check=True)
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        try:
+            pid = int((self.dir / "nginx.pid").read_text())
+            os.kill(pid, signal.SIGQUIT)
+            for _ in range(50):
+                try:
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                except ProcessLookupError:
+                    break
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- data --------------------------------------------------------------------------------
+
+def write_random(path: Path, n: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(8 << 20)
+    with open(path, "wb") as f:
+        left = n
+        while left:
+            f.write(block[: min(left, len(block))])
+            left -= min(left, len(block))
+
+
+def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[str, Any]:
+    """Files under root/bench served by nginx; returns context keys for the runner."""
+    bench = root / "bench"
+    if sc.name in ("get", "ranged"):
+        n = sizes["object_bytes"]
+        key = f"obj-{n}"
+        if not (bench / key).exists():
+            write_random(bench / key, n)
+        return {"key": key}
+    if sc.name.startswith("dataset"):
+        count, n = sizes["objects"], sizes["object_bytes"]
+        keys = [f"ds-{n}/{i:06d}" for i in range(count)]
+        d = bench / f"ds-{n}"
+        if not d.exists() or len(os.listdir(d)) < count:
+            d.mkdir(parents=True, exist_ok=True)
+            payload = os.urandom(n)
+            for k in keys:
+                (bench / k).write_bytes(payload)
+        return {"keys": keys}
+    if sc.name == "ckpt_load":
+        import torch
+
+        key = f"ckpt-{sizes['state_bytes']}.pt"
+        if not (bench / key).exists():
+            per = sizes["state_bytes"] // 8
+            bench.mkdir(parents=True, exist_ok=True)
+            torch.save({f"t{i}": torch.full((per // 4,), float(i)) for i in range(8)}, bench / key)
+        return {"key": key}
+    if sc.name == "dcp_load":
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import FileSystemWriter
+
+        from s3torch.demo import build_model
+
+        key = f"dcp-{sizes['layers']}-{sizes['d_model']}-{sizes['vocab']}"
+        if not (bench / key / ".metadata").exists():
+            sd = build_model(sizes["layers"], sizes["d_model"], sizes["vocab"], 0).state_dict()
+            import warnings
+
+            warnings.filterwarnings("ignore")
+            dcp.save(sd, storage_writer=FileSystemWriter(str(bench / key), sync_files=False))  # torch's own format
+        return {"key": key}
+    return {}
+
+
+# --- running and reporting ---------------------------------------------------------------
+
+def run_one(py: str, ctx: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    try:
+        r = subprocess.run([py, str(HERE / "runner.py"), json.dumps(ctx)], capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        return {"error": f"runner exited {r.returncode}: {(r.stderr or r.stdout).strip().splitlines()[-1:]}"}
+    return json.loads(lines[-1])
+
+
+def summarize(sc: Scenario, peer: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"peer": peer, "error": runs[0].get("error", "no run") if runs else "not run"}
+    per_gb = sc.unit == "GB/s"
+
+    def rate(r: Dict[str, Any]) -> float:
+        return (r["units"] / 1e9 if per_gb else r["units"]) / r["seconds"]
+
+    def cpu(r: Dict[str, Any]) -> float:  # CPU-s per GB, or per 1000 objects
+        return r["cpu_seconds"] / (r["units"] / 1e9 if per_gb else r["units"] / 1000)
+
+    rates = [rate(r) for r in ok]
+    cpus = [cpu(r) for r in ok]
+    rss = [r["peak_rss_above_baseline"] for r in ok]
+    out = {"peer": peer, "runs": len(ok), "rate_median": statistics.median(rates), "rate_min": min(rates),
+           "rate_max": max(rates), "cpu_median": statistics.median(cpus), "cpu_min": min(cpus), "cpu_max": max(cpus),
+           "peak_rss_above_baseline_mb": statistics.median(rss) / 1e6, "raw": ok}
+    if ok[0].get("state_bytes"):
+        out["peak_rss_over_state"] = statistics.median(r["peak_rss"] for r in ok) / ok[0]["state_bytes"]
+    if len(ok) < len(runs):
+        out["failed_runs"] = [r.get("error") for r in runs if "error" in r]
+    return out
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    lines = [f"# s3torch benchmarks ({results['date']})", "",
+             f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
+             f"{results['machine']['memory_gib']} GiB. Command: `{results['command']}`. "
+             f"Median of {results['repeat']} runs (min-max); ratios are peer / s3torch (rate) and "
+             "peer / s3torch (CPU).", ""]
+    for sc_res in results["scenarios"]:
+        sc = BY_NAME[sc_res["name"]]
+        cpu_unit = "CPU-s/GB" if sc.unit == "GB/s" else "CPU-s/1000 obj"
+        lines += [f"## {sc.title} ({sc_res['server']}; {sc_res['sizes']})", "",
+                  f"| peer | {sc.unit} | rate vs s3torch | {cpu_unit} | CPU vs s3torch | peak RSS above baseline |",
+                  "|---|---|---|---|---|---|"]
+        if sc_res.get("error"):
+            lines += [f"| (all) | could not run: {sc_res['error']} | | | | |", ""]
+            continue
+        base = next((p for p in sc_res["peers"] if p["peer"] == "s3torch" and "error" not in p), None)
+        for p in sc_res["peers"]:
+            if "error" in p:
+                lines.append(f"| {p['peer']} | could not run: {p['error']} | | | | |")
+                continue
+            rr = f"{p['rate_median'] / base['rate_median']:.2f}x" if base else "-"
+            cr = f"{p['cpu_median'] / base['cpu_median']:.2f}x" if base and base["cpu_median"] else "-"
+            extra = f" ({p['peak_rss_over_state']:.2f}x state)" if "peak_rss_over_state" in p else ""
+            lines.append(f"| {p['peer']} | {p['rate_median']:.3f} ({p['rate_min']:.3f}-{p['rate_max']:.3f}) | {rr} | "
+                         f"{p['cpu_median']:.2f} | {cr} | {p['peak_rss_above_baseline_mb']:.0f} MB{extra} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def charts(results: Dict[str, Any], out: Path, py: str) -> None:
+    code = f"""
+import json, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+res = json.load(open({str(out / 'results.json')!r}))
+for sc in res["scenarios"]:
+    peers = [p for p in sc.get("peers", []) if "error" not in p]
+    if not peers: continue
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 + 0.45 * len(peers)))
+    names = [p["peer"] for p in peers]
+    for ax, key, label in ((axes[0], "rate", sc["unit"]), (axes[1], "cpu", "CPU-s per " + ("GB" if sc["unit"] == "GB/s" else "1000 objects"))):
+        med = [p[key + "_median"] for p in peers]
+        err = [[m - p[key + "_min"] for m, p in zip(med, peers)], [p[key + "_max"] - m for m, p in zip(med, peers)]]
+        colors = ["tab:green" if n.startswith("s3torch") else "tab:gray" for n in names]
+        ax.barh(names, med, xerr=err, color=colors)
+        ax.set_xlabel(label); ax.invert_yaxis()
+    fig.suptitle(sc["title"]); fig.tight_layout()
+    fig.savefig({str(out)!r} + "/" + sc["name"] + ".png", dpi=90)
+"""
+    r = subprocess.run([py, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        log("charts not drawn: " + (r.stderr.strip().splitlines() or ["?"])[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, one run each (under 3 minutes)")
+    ap.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
+    ap.add_argument("--peers", default="", help="comma-separated subset of peers (default: all)")
+    ap.add_argument("--repeat", type=int, default=None, help="runs per peer (default 3, --quick 1)")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--s3-like", action="store_true", help="cap nginx at ~90 MB/s per connection, like S3")
+    ap.add_argument("--no-install", action="store_true", help="do not pip install the peers")
+    ap.add_argument("--timeout", type=float, default=600)
+    args = ap.parse_args()
+    repeat = args.repeat or (1 if args.quick else 3)
+    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [w for w in wanted if w not in BY_NAME]
+    if unknown:
+        ap.error(f"unknown scenarios {unknown}; known: {[s.name for s in SCENARIOS]}")
+    peer_filter = {p for p in args.peers.split(",") if p}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+
+    py = ensure_venv(not args.no_install)
+    import s3torch
+
+    bench_exe = str(Path(s3torch.__file__).parent / "bin" / "s3torch-bench")
+    results: Dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "machine": machine(),
+        "versions": versions(py), "repeat": repeat, "quick": args.quick, "s3_like": args.s3_like, "scenarios": []}
+
+    www = Path(tempfile.mkdtemp(prefix="s3torch-bench-www-"))
+    nginx: Optional[Nginx] = None
+    weed = None
+    nginx_error = weed_error = None
+    try:
+        if any(BY_NAME[w].server == "nginx" for w in wanted):
+            try:
+                nginx = Nginx(www, args.s3_like)
+                log(f"nginx at {nginx.endpoint}")
+            except Exception as e:
+                nginx_error = f"nginx: {e}"
+                log(nginx_error)
+        if any(BY_NAME[w].server == "seaweed" for w in wanted):
+            try:
+                from s3torch._servers import SeaweedFS
+
+                weed = SeaweedFS(buckets=("bench",))
+                log(f"SeaweedFS at {weed.endpoint}")
+            except Exception as e:
+                weed_error = f"SeaweedFS: {e}"
+                log(weed_error)
+        from s3torch._servers import ACCESS_KEY, SECRET_KEY
+
+        for name in wanted:
+            sc = BY_NAME[name]
+            sizes = sc.quick if args.quick else sc.sizes
+            sc_res: Dict[str, Any] = {"name": sc.name, "title": sc.title, "server": sc.server, "unit": sc.unit,
+                                      "sizes": sizes, "peers": []}
+            results["scenarios"].append(sc_res)
+            server = nginx if sc.server == "nginx" else weed
+            if server is None:
+                sc_res["error"] = nginx_error if sc.server == "nginx" else weed_error
+                continue
+            ctx: Dict[str, Any] = {"scenario": sc.name, "server": sc.server, "endpoint": server.endpoint,
+                                   "bucket": "bench", "access_key": ACCESS_KEY, "secret_key": SECRET_KEY,
+                                   "bench_exe": bench_exe, **sizes}
+            try:
+                if sc.server == "nginx":
+                    log(f"{sc.name}: preparing data")
+                    ctx.update(prepare_nginx_data(www, sc, sizes))
+            except Exception as e:
+                sc_res["error"] = f"data preparation failed: {e}"
+                continue
+            for peer in sc.peers:
+                if peer_filter and peer not in peer_filter:
+                    continue
+                runs = []
+                for i in range(repeat):
+                    r = run_one(py, {**ctx, "peer": peer}, args.timeout)
+                    runs.append(r)
+                    if "error" in r:
+                        log(f"{sc.name} / {peer}: {r['error']}")
+                        break
+                s = summarize(sc, peer, runs)
+                sc_res["peers"].append(s)
+                if "error" not in s:
+                    log(f"{sc.name} / {peer}: {s['rate_median']:.3f} {sc.unit}, {s['cpu_median']:.2f} CPU-s per unit")
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+    finally:
+        if weed is not None:
+            weed.stop()
+        if nginx is not None:
+            nginx.stop()
+        shutil.rmtree(www, ignore_errors=True)
+    results["elapsed_seconds"] = round(time.monotonic() - t_start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown(results))
+    charts(results, out, py)
+    log(f"done in {results['elapsed_seconds']}s: {out / 'results.md'}")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

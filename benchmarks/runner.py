@@ -1,0 +1,411 @@
+"""Run one (scenario, peer) measurement in this fresh process and print one JSON line.
+
+Everything a peer needs (imports, clients, destination memory, source data) is set up first;
+then wall time, CPU seconds (user+sys of this process and its children, all threads) and RSS
+are taken around the operation alone. ``peak_rss_above_baseline`` is the peak resident set
+minus the resident set just before the operation (destination memory included in the
+baseline when it is preallocated).
+
+    python benchmarks/runner.py '<json context>'
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from typing import Any, Callable, Dict
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds() -> float:
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --- clients per peer -------------------------------------------------------------------
+
+def s3torch_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    from s3torch import S3Client, S3ClientConfig
+
+    if ctx["server"] == "nginx":
+        cfg = S3ClientConfig(unsigned=True, force_path_style=True)
+    else:
+        cfg = S3ClientConfig(force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"])
+    return S3Client("us-east-1", endpoint=ctx["endpoint"], s3client_config=cfg)
+
+
+def s3tc_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    from s3torchconnector import S3ClientConfig
+    from s3torchconnector._s3client import S3Client
+
+    if ctx["server"] == "nginx":
+        cfg = S3ClientConfig(unsigned=True, force_path_style=True)
+    else:
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = ctx["access_key"], ctx["secret_key"]
+        cfg = S3ClientConfig(force_path_style=True)
+    return S3Client("us-east-1", endpoint=ctx["endpoint"], s3client_config=cfg)
+
+
+def boto3_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    if ctx["server"] == "nginx":
+        return boto3.client("s3", endpoint_url=ctx["endpoint"], region_name="us-east-1",
+                            config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"},
+                                          max_pool_connections=32))
+    return boto3.client("s3", endpoint_url=ctx["endpoint"], region_name="us-east-1",
+                        aws_access_key_id=ctx["access_key"], aws_secret_access_key=ctx["secret_key"],
+                        config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))
+
+
+def _map_len(reader):  # type: ignore[no-untyped-def]
+    return len(reader.read())
+
+
+# --- scenarios: setup returns the operation; the operation returns the units it moved ----
+
+def setup_get(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    b, k, n = ctx["bucket"], ctx["key"], ctx["object_bytes"]
+    if peer == "curl":
+        url = f"{ctx['endpoint']}/{b}/{k}"
+        return lambda: (subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True), n)[1]
+    if peer == "s3torch-bench":
+        exe = ctx["bench_exe"]
+        cmd = [exe, "--endpoint", ctx["endpoint"], "--bucket", b, "--key", k, "--anonymous", "--op", "get"]
+        return lambda: (subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL), n)[1]
+    if peer == "s3torch":
+        c = s3torch_client(ctx)
+        return lambda: len(c.get_object(b, k).read())
+    if peer == "s3torch-tensor":
+        import torch
+
+        c = s3torch_client(ctx)
+        dst = torch.empty(n, dtype=torch.uint8)
+        dst.fill_(0)  # fault the pages in before measuring
+        return lambda: c.get_into(b, k, dst)
+    if peer == "s3torchconnector":
+        c = s3tc_client(ctx)
+        return lambda: len(c.get_object(b, k).read())
+    if peer == "boto3":
+        c = boto3_client(ctx)
+        return lambda: len(c.get_object(Bucket=b, Key=k)["Body"].read())
+    if peer == "boto3-transfer":
+        c = boto3_client(ctx)
+
+        def op() -> float:
+            f = io.BytesIO()
+            c.download_fileobj(b, k, f)
+            return f.tell()
+        return op
+    raise KeyError(peer)
+
+
+def setup_ranged(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    import random
+
+    b, k, n, reads, rb = ctx["bucket"], ctx["key"], ctx["object_bytes"], ctx["reads"], ctx["read_bytes"]
+    offs = [random.Random(i).randrange(0, n - rb) for i in range(reads)]
+    buf = bytearray(rb)
+    if peer in ("s3torch", "s3torchconnector"):
+        if peer == "s3torch":
+            from s3torch import S3ReaderConstructor
+
+            c = s3torch_client(ctx)
+        else:
+            from s3torchconnector import S3ReaderConstructor
+
+            c = s3tc_client(ctx)
+        r = c.get_object(b, k, reader_constructor=S3ReaderConstructor.range_based(buffer_size=0))
+        r.seek(0, 2)  # learn the size before measuring
+
+        def op() -> float:
+            total = 0
+            for o in offs:
+                r.seek(o)
+                total += r.readinto(buf)
+            return total
+        return op
+    if peer == "boto3":
+        c = boto3_client(ctx)
+
+        def op2() -> float:
+            total = 0
+            for o in offs:
+                total += len(c.get_object(Bucket=b, Key=k, Range=f"bytes={o}-{o + rb - 1}")["Body"].read())
+            return total
+        return op2
+    raise KeyError(peer)
+
+
+def setup_put(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    b, n = ctx["bucket"], ctx["object_bytes"]
+    key = f"bench/put-{peer}-{os.getpid()}"
+    if peer == "s3torch-bench":
+        cmd = [ctx["bench_exe"], "--endpoint", ctx["endpoint"], "--bucket", b, "--key", key, "--op", "put",
+               "--size", str(n), "--access-key", ctx["access_key"], "--secret-key", ctx["secret_key"]]
+        return lambda: (subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL), n)[1]
+    data = os.urandom(1 << 20) * (n >> 20)
+    if peer == "s3torch":
+        c = s3torch_client(ctx)
+        return lambda: (c.put(b, key, data), n)[1]
+    if peer == "s3torch-writer":
+        c = s3torch_client(ctx)
+
+        def op() -> float:
+            with c.put_object(b, key) as w:
+                w.write(data)
+            return n
+        return op
+    if peer == "s3torchconnector":
+        c = s3tc_client(ctx)
+
+        def op2() -> float:
+            w = c.put_object(b, key)
+            w.write(data)
+            w.close()
+            return n
+        return op2
+    if peer == "boto3-transfer":
+        c = boto3_client(ctx)
+        return lambda: (c.upload_fileobj(io.BytesIO(data), b, key), n)[1]
+    raise KeyError(peer)
+
+
+def setup_dataset(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    from torch.utils.data import DataLoader
+
+    uris = [f"s3://{ctx['bucket']}/{k}" for k in ctx["keys"]]
+    if peer == "s3torch":
+        from s3torch import S3ClientConfig, S3MapDataset
+
+        ds = S3MapDataset.from_objects(uris, region="us-east-1", endpoint=ctx["endpoint"], transform=_map_len,
+                                       s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+    elif peer == "s3torchconnector":
+        from s3torchconnector import S3ClientConfig, S3MapDataset
+
+        ds = S3MapDataset.from_objects(uris, region="us-east-1", endpoint=ctx["endpoint"], transform=_map_len,
+                                       s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+    else:
+        raise KeyError(peer)
+    workers = ctx["workers"]
+
+    def op() -> float:
+        loader = DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context="fork" if workers else None)
+        count = 0
+        for n in loader:
+            assert n == ctx["object_bytes"]
+            count += 1
+        return count
+    return op
+
+
+def _ckpt_obj(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    import torch
+
+    per = ctx["state_bytes"] // 8
+    return {f"t{i}": torch.full((per // 4,), float(i)) for i in range(8)}
+
+
+def setup_ckpt_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    import torch
+
+    sd = _ckpt_obj(ctx)
+    b, key = ctx["bucket"], f"bench/ckpt-{peer}-{os.getpid()}.pt"
+    n = sum(t.numel() * 4 for t in sd.values())
+    if peer in ("s3torch", "s3torchconnector"):
+        if peer == "s3torch":
+            from s3torch import S3Checkpoint, S3ClientConfig
+
+            ck = S3Checkpoint("us-east-1", endpoint=ctx["endpoint"], s3client_config=S3ClientConfig(
+                force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]))
+        else:
+            from s3torchconnector import S3Checkpoint, S3ClientConfig
+
+            os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = ctx["access_key"], ctx["secret_key"]
+            ck = S3Checkpoint("us-east-1", endpoint=ctx["endpoint"], s3client_config=S3ClientConfig(force_path_style=True))
+
+        def op() -> float:
+            with ck.writer(f"s3://{b}/{key}") as w:
+                torch.save(sd, w)
+            return n
+        return op
+    if peer == "boto3-transfer":
+        c = boto3_client(ctx)
+
+        def op2() -> float:
+            f = io.BytesIO()
+            torch.save(sd, f)
+            f.seek(0)
+            c.upload_fileobj(f, b, key)
+            return n
+        return op2
+    raise KeyError(peer)
+
+
+def setup_ckpt_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    import torch
+
+    b, key, n = ctx["bucket"], ctx["key"], ctx["state_bytes"]
+    if peer in ("s3torch", "s3torchconnector"):
+        if peer == "s3torch":
+            from s3torch import S3Checkpoint, S3ClientConfig
+        else:
+            from s3torchconnector import S3Checkpoint, S3ClientConfig
+        ck = S3Checkpoint("us-east-1", endpoint=ctx["endpoint"],
+                          s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+
+        def op() -> float:
+            with ck.reader(f"s3://{b}/{key}") as r:
+                sd = torch.load(r, weights_only=True)
+            return sum(t.numel() * 4 for t in sd.values())
+        return op
+    if peer == "boto3-transfer":
+        c = boto3_client(ctx)
+
+        def op2() -> float:
+            f = io.BytesIO()
+            c.download_fileobj(b, key, f)
+            f.seek(0)
+            sd = torch.load(f, weights_only=True)
+            return sum(t.numel() * 4 for t in sd.values())
+        return op2
+    raise KeyError(peer)
+
+
+def _model_sd(ctx: Dict[str, Any], seed: int):  # type: ignore[no-untyped-def]
+    from s3torch.demo import build_model
+
+    return build_model(ctx["layers"], ctx["d_model"], ctx["vocab"], seed).state_dict()
+
+
+def _msc_config(ctx: Dict[str, Any]) -> None:
+    import json as _json
+    import tempfile
+
+    cfg = {"profiles": {"bench": {
+        "storage_provider": {"type": "s3", "options": {
+            "base_path": ctx["bucket"], "endpoint_url": ctx["endpoint"], "region_name": "us-east-1"}},
+        "credentials_provider": {"type": "S3Credentials", "options": {
+            "access_key": ctx.get("access_key") or "x", "secret_key": ctx.get("secret_key") or "x"}}}}}
+    path = os.path.join(tempfile.mkdtemp(), "msc.json")
+    with open(path, "w") as f:
+        _json.dump(cfg, f)
+    os.environ["MSC_CONFIG"] = path
+
+
+def setup_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    import torch.distributed.checkpoint as dcp
+
+    sd = _model_sd(ctx, 0)
+    n = sum(t.numel() * t.element_size() for t in sd.values())
+    b = ctx["bucket"]
+    path = f"s3://{b}/bench/dcp-{peer}-{os.getpid()}"
+    if peer == "s3torch":
+        from s3torch import S3ClientConfig
+        from s3torch.dcp import S3StorageWriter
+
+        w = S3StorageWriter("us-east-1", path, endpoint=ctx["endpoint"], s3client_config=S3ClientConfig(
+            force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]))
+    elif peer == "s3torchconnector":
+        from s3torchconnector.dcp import S3FileSystem, S3StorageWriter
+
+        w = S3StorageWriter("us-east-1", path)
+        w.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx))
+    elif peer == "fsspec-s3fs":
+        from torch.distributed.checkpoint import FsspecWriter
+
+        w = FsspecWriter(path, key=ctx["access_key"], secret=ctx["secret_key"],
+                         client_kwargs={"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"})
+    elif peer == "msc":
+        _msc_config(ctx)
+        from multistorageclient.contrib.torch.dcp import MultiStorageFileSystemWriter  # type: ignore
+
+        w = MultiStorageFileSystemWriter(f"msc://bench/bench/dcp-msc-{os.getpid()}")
+    else:
+        raise KeyError(peer)
+    return lambda: (dcp.save(sd, storage_writer=w), n)[1]
+
+
+def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    import torch.distributed.checkpoint as dcp
+
+    sd = _model_sd(ctx, 1)  # destination, preallocated (counted in the RSS baseline)
+    n = sum(t.numel() * t.element_size() for t in sd.values())
+    path = f"s3://{ctx['bucket']}/{ctx['key']}"
+    if peer == "s3torch":
+        from s3torch import S3ClientConfig
+        from s3torch.dcp import S3StorageReader
+
+        r = S3StorageReader("us-east-1", path, endpoint=ctx["endpoint"],
+                            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+    elif peer == "s3torchconnector":
+        from s3torchconnector.dcp import S3FileSystem, S3StorageReader
+
+        r = S3StorageReader("us-east-1", path)
+        r.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx), reader_constructor=r.fs._reader_constructor) \
+            if hasattr(r.fs, "_reader_constructor") else S3FileSystem("us-east-1", s3_client=s3tc_client(ctx))
+    elif peer == "fsspec-s3fs":
+        from torch.distributed.checkpoint import FsspecReader
+
+        r = FsspecReader(path, anon=True, client_kwargs={"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"})
+    elif peer == "msc":
+        _msc_config(ctx)
+        from multistorageclient.contrib.torch.dcp import MultiStorageFileSystemReader  # type: ignore
+
+        r = MultiStorageFileSystemReader(f"msc://bench/{ctx['key']}")
+    else:
+        raise KeyError(peer)
+
+    def op() -> float:
+        dcp.load(sd, storage_reader=r)
+        return n
+    ctx["_state_bytes"] = n
+    return op
+
+
+SETUPS = {"get": setup_get, "ranged": setup_ranged, "put": setup_put, "dataset0": setup_dataset,
+          "dataset2": setup_dataset, "ckpt_save": setup_ckpt_save, "ckpt_load": setup_ckpt_load,
+          "dcp_save": setup_dcp_save, "dcp_load": setup_dcp_load}
+
+
+def main() -> None:
+    ctx = json.loads(sys.argv[1])
+    out: Dict[str, Any] = {"scenario": ctx["scenario"], "peer": ctx["peer"]}
+    try:
+        op = SETUPS[ctx["scenario"]](ctx, ctx["peer"])
+        base_rss = rss_bytes()
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        units = op()
+        t1, c1 = time.perf_counter(), cpu_seconds()
+        out.update(seconds=t1 - t0, units=float(units), cpu_seconds=c1 - c0, baseline_rss=base_rss,
+                   peak_rss_above_baseline=max(0, peak_rss_bytes() - base_rss), peak_rss=peak_rss_bytes(),
+                   state_bytes=ctx.get("_state_bytes"))
+    except Exception as e:  # reported as a row that could not run, with the reason
+        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""One configuration per scenario: what it measures, against which server, with which peers,
+at default and --quick sizes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    server: str  # "nginx" (reads) or "seaweed" (writes)
+    unit: str  # "GB/s" or "objects/s"
+    peers: List[str]
+    sizes: Dict[str, int] = field(default_factory=dict)
+    quick: Dict[str, int] = field(default_factory=dict)
+
+
+SCENARIOS: List[Scenario] = [
+    Scenario("get", "GET of one object into memory", "nginx", "GB/s",
+             ["curl", "s3torch-bench", "s3torch", "s3torch-tensor", "s3torchconnector", "boto3", "boto3-transfer"],
+             {"object_bytes": 1024 * MiB}, {"object_bytes": 256 * MiB}),
+    Scenario("ranged", "Random 1 MiB ranged reads", "nginx", "GB/s",
+             ["s3torch", "s3torchconnector", "boto3"],
+             {"object_bytes": 1024 * MiB, "reads": 200, "read_bytes": MiB},
+             {"object_bytes": 256 * MiB, "reads": 40, "read_bytes": MiB}),
+    Scenario("put", "PUT of one object from memory", "seaweed", "GB/s",
+             ["s3torch-bench", "s3torch", "s3torch-writer", "s3torchconnector", "boto3-transfer"],
+             {"object_bytes": 1024 * MiB}, {"object_bytes": 128 * MiB}),
+    Scenario("dataset0", "100 KiB objects through a map dataset, DataLoader(num_workers=0)", "nginx", "objects/s",
+             ["s3torch", "s3torchconnector"], {"objects": 10_000, "object_bytes": 100 * 1024, "workers": 0},
+             {"objects": 1_000, "object_bytes": 100 * 1024, "workers": 0}),
+    Scenario("dataset2", "100 KiB objects through a map dataset, DataLoader(num_workers=2)", "nginx", "objects/s",
+             ["s3torch", "s3torchconnector"], {"objects": 10_000, "object_bytes": 100 * 1024, "workers": 2},
+             {"objects": 1_000, "object_bytes": 100 * 1024, "workers": 2}),
+    Scenario("ckpt_save", "torch.save through checkpoint helpers", "seaweed", "GB/s",
+             ["s3torch", "s3torchconnector", "boto3-transfer"], {"state_bytes": 512 * MiB}, {"state_bytes": 96 * MiB}),
+    Scenario("ckpt_load", "torch.load through checkpoint helpers", "nginx", "GB/s",
+             ["s3torch", "s3torchconnector", "boto3-transfer"], {"state_bytes": 512 * MiB}, {"state_bytes": 96 * MiB}),
+    Scenario("dcp_save", "DCP save of a transformer state dict", "seaweed", "GB/s",
+             ["s3torch", "s3torchconnector", "fsspec-s3fs", "msc"],
+             {"layers": 14, "d_model": 1024, "vocab": 32000}, {"layers": 2, "d_model": 512, "vocab": 8000}),
+    Scenario("dcp_load", "DCP load of a transformer state dict", "nginx", "GB/s",
+             ["s3torch", "s3torchconnector", "fsspec-s3fs", "msc"],
+             {"layers": 14, "d_model": 1024, "vocab": 32000}, {"layers": 2, "d_model": 512, "vocab": 8000}),
+]
+
+BY_NAME = {s.name: s for s in SCENARIOS}
