@@ -204,6 +204,14 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
 
 # --- running and reporting ---------------------------------------------------------------
 
+def warm_up(weed) -> None:  # type: ignore[no-untyped-def]
+    """SeaweedFS allocates volumes on the first writes; do them before anything is measured."""
+    s3 = weed.boto3_client()
+    blob = os.urandom(16 << 20)
+    for i in range(4):
+        s3.put_object(Bucket="bench", Key=f"warmup/{i}", Body=blob)
+
+
 def run_one(py: str, ctx: Dict[str, Any], timeout: float) -> Dict[str, Any]:
     try:
         r = subprocess.run([py, str(HERE / "runner.py"), json.dumps(ctx)], capture_output=True, text=True,
@@ -326,6 +334,7 @@ def main() -> int:
         "versions": versions(py), "repeat": repeat, "quick": args.quick, "s3_like": args.s3_like, "scenarios": []}
 
     www = Path(tempfile.mkdtemp(prefix="s3torch-bench-www-"))
+    os.chmod(www, 0o755)  # nginx's workers run unprivileged
     nginx: Optional[Nginx] = None
     weed = None
     nginx_error = weed_error = None
@@ -368,17 +377,20 @@ def main() -> int:
             except Exception as e:
                 sc_res["error"] = f"data preparation failed: {e}"
                 continue
-            for peer in sc.peers:
-                if peer_filter and peer not in peer_filter:
-                    continue
-                runs = []
-                for i in range(repeat):
+            peers = [p for p in sc.peers if not peer_filter or p in peer_filter]
+            if sc.server == "seaweed":
+                warm_up(weed)
+            runs: Dict[str, List[Dict[str, Any]]] = {p: [] for p in peers}
+            for i in range(repeat):  # interleaved, so drift on a shared machine hits every peer alike
+                for peer in peers:
+                    if runs[peer] and "error" in runs[peer][-1]:
+                        continue
                     r = run_one(py, {**ctx, "peer": peer}, args.timeout)
-                    runs.append(r)
+                    runs[peer].append(r)
                     if "error" in r:
                         log(f"{sc.name} / {peer}: {r['error']}")
-                        break
-                s = summarize(sc, peer, runs)
+            for peer in peers:
+                s = summarize(sc, peer, runs[peer])
                 sc_res["peers"].append(s)
                 if "error" not in s:
                     log(f"{sc.name} / {peer}: {s['rate_median']:.3f} {sc.unit}, {s['cpu_median']:.2f} CPU-s per unit")

@@ -80,6 +80,13 @@ def boto3_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
                         config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))
 
 
+def _bench(cmd: list) -> Dict[str, float]:
+    """The C++ harness times its transfers itself (process start and buffer set-up excluded)."""
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    j = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"units": j["bytes"], "seconds": j["seconds"], "cpu_seconds": j["cpu_seconds"]}
+
+
 def _map_len(reader):  # type: ignore[no-untyped-def]
     return len(reader.read())
 
@@ -94,7 +101,7 @@ def setup_get(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     if peer == "s3torch-bench":
         exe = ctx["bench_exe"]
         cmd = [exe, "--endpoint", ctx["endpoint"], "--bucket", b, "--key", k, "--anonymous", "--op", "get"]
-        return lambda: (subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL), n)[1]
+        return lambda: _bench(cmd)
     if peer == "s3torch":
         c = s3torch_client(ctx)
         return lambda: len(c.get_object(b, k).read())
@@ -165,7 +172,7 @@ def setup_put(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     if peer == "s3torch-bench":
         cmd = [ctx["bench_exe"], "--endpoint", ctx["endpoint"], "--bucket", b, "--key", key, "--op", "put",
                "--size", str(n), "--access-key", ctx["access_key"], "--secret-key", ctx["secret_key"]]
-        return lambda: (subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL), n)[1]
+        return lambda: _bench(cmd)
     data = os.urandom(1 << 20) * (n >> 20)
     if peer == "s3torch":
         c = s3torch_client(ctx)
@@ -334,13 +341,13 @@ def setup_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         w = S3StorageWriter("us-east-1", path)
         w.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx))
     elif peer == "fsspec-s3fs":
-        from torch.distributed.checkpoint import FsspecWriter
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
         w = FsspecWriter(path, key=ctx["access_key"], secret=ctx["secret_key"],
                          client_kwargs={"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"})
     elif peer == "msc":
         _msc_config(ctx)
-        from multistorageclient.contrib.torch.dcp import MultiStorageFileSystemWriter  # type: ignore
+        from multistorageclient.contrib.torch import MultiStorageFileSystemWriter  # type: ignore
 
         w = MultiStorageFileSystemWriter(f"msc://bench/bench/dcp-msc-{os.getpid()}")
     else:
@@ -367,12 +374,12 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         r.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx), reader_constructor=r.fs._reader_constructor) \
             if hasattr(r.fs, "_reader_constructor") else S3FileSystem("us-east-1", s3_client=s3tc_client(ctx))
     elif peer == "fsspec-s3fs":
-        from torch.distributed.checkpoint import FsspecReader
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
         r = FsspecReader(path, anon=True, client_kwargs={"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"})
     elif peer == "msc":
         _msc_config(ctx)
-        from multistorageclient.contrib.torch.dcp import MultiStorageFileSystemReader  # type: ignore
+        from multistorageclient.contrib.torch import MultiStorageFileSystemReader  # type: ignore
 
         r = MultiStorageFileSystemReader(f"msc://bench/{ctx['key']}")
     else:
@@ -399,7 +406,8 @@ def main() -> None:
         c0, t0 = cpu_seconds(), time.perf_counter()
         units = op()
         t1, c1 = time.perf_counter(), cpu_seconds()
-        out.update(seconds=t1 - t0, units=float(units), cpu_seconds=c1 - c0, baseline_rss=base_rss,
+        own = units if isinstance(units, dict) else {"units": units, "seconds": t1 - t0, "cpu_seconds": c1 - c0}
+        out.update(seconds=own["seconds"], units=float(own["units"]), cpu_seconds=own["cpu_seconds"], baseline_rss=base_rss,
                    peak_rss_above_baseline=max(0, peak_rss_bytes() - base_rss), peak_rss=peak_rss_bytes(),
                    state_bytes=ctx.get("_state_bytes"))
     except Exception as e:  # reported as a row that could not run, with the reason

@@ -14,6 +14,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <optional>
 #include <string>
@@ -291,6 +292,7 @@ class NativeClient {
     // needs the size (`size_hint`, else a HEAD).
     py::bytes get_bytes(const std::string &bucket, const std::string &key, uint64_t offset,
                         std::optional<uint64_t> length, std::optional<uint64_t> size_hint) {
+        if (!length && !size_hint && offset == 0) return get_whole_unknown_size(bucket, key);
         uint64_t n;
         if (length) {
             n = *length;
@@ -316,6 +318,47 @@ class NativeClient {
             if (_PyBytes_Resize(&obj, static_cast<py::ssize_t>(got)) != 0) throw py::error_already_set();
             holder = py::reinterpret_steal<py::object>(obj);
         }
+        return py::reinterpret_steal<py::bytes>(holder.release());
+    }
+
+    // The whole object without knowing its size and without a HEAD: GET the first part into
+    // scratch memory; small objects (the common case for datasets) are done in that one
+    // request; otherwise the rest lands straight in the result.
+    py::bytes get_whole_unknown_size(const std::string &bucket, const std::string &key) {
+        const uint64_t first = client_->config().part_size;
+        std::unique_ptr<uint8_t, decltype(&std::free)> scratch(static_cast<uint8_t *>(std::malloc(first)), &std::free);
+        if (!scratch) throw std::bad_alloc();
+        std::shared_ptr<GetInto> t;
+        {
+            py::gil_scoped_release nogil;
+            t = GetInto::start_get(client_, bucket, key, ByteRange{0, first}, scratch.get(), first);
+        }
+        wait_transfer(*t);
+        try {
+            t->raise_if_failed();
+        } catch (const S3Error &e) {
+            if (e.http_status == 416) return py::bytes();  // any non-empty object satisfies bytes=0-
+            throw;
+        }
+        size_t got = t->bytes_received();
+        uint64_t total = t->object_size();
+        if (total <= got) return py::bytes(reinterpret_cast<const char *>(scratch.get()), got);
+        PyObject *raw = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(total));
+        if (!raw) throw py::error_already_set();
+        py::object holder = py::reinterpret_steal<py::object>(raw);
+        char *dst = PyBytes_AS_STRING(raw);
+        std::memcpy(dst, scratch.get(), got);
+        scratch.reset();
+        std::shared_ptr<GetInto> rest;
+        {
+            py::gil_scoped_release nogil;
+            rest = GetInto::start_get(client_, bucket, key, ByteRange{got, total - got}, dst + got, total - got);
+        }
+        wait_transfer(*rest);
+        rest->raise_if_failed();
+        if (rest->bytes_received() != total - got)
+            throw S3Error(ErrorKind::Generic, "GetObject s3://" + bucket + "/" + key +
+                                                  ": the object changed size while being read", {"GetObject", bucket, key});
         return py::reinterpret_steal<py::bytes>(holder.release());
     }
 

@@ -124,8 +124,9 @@ def test_streaming_get_bounded_read_ahead(client: S3Client, prefix: str) -> None
     finally:
         stream.close()
     assert bytes(out) == data
-    # The window is read_ahead; aws-c-s3 may deliver one more part after it closes.
-    assert peak <= read_ahead + 2 * PART, peak
+    # The window is read_ahead; aws-c-s3 may deliver parts already in flight after it closes
+    # (body_callback_ex). Bounded means: far below the 96 MiB object, whatever the pace.
+    assert peak <= read_ahead + 4 * PART, peak
 
 
 def test_streaming_get_range(client: S3Client, prefix: str) -> None:
@@ -305,19 +306,21 @@ def test_gil_released_during_transfer(client: S3Client, prefix: str) -> None:
 
     t = threading.Thread(target=spin)
     t.start()
+    buf = bytearray(size)
     try:
         before = ticks
         client.put(BUCKET, key, data)
         during_put = ticks - before
-        before = ticks
-        buf = bytearray(size)
-        client.get_into(BUCKET, key, buf)
+        before, t0 = ticks, time.monotonic()
+        while time.monotonic() - t0 < 0.3:  # GETs are fast: repeat them for a measurable span
+            client.get_into(BUCKET, key, buf)
         during_get = ticks - before
     finally:
         stop.set()
         t.join()
     assert bytes(buf) == data
-    assert during_put > 5 and during_get > 5, (during_put, during_get)
+    # A held GIL would allow at most one tick per call; the spinner gets ~1 per millisecond.
+    assert during_put > 5 and during_get > 20, (during_put, during_get)
 
 
 def test_torch_tensor_via_dlpack(client: S3Client, prefix: str) -> None:
