@@ -166,7 +166,7 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
         if not (bench / key).exists():
             write_random(bench / key, n)
         return {"key": key}
-    if sc.name.startswith("dataset"):
+    if sc.name.startswith("dataset") or sc.name == "iterable":
         count, n = sizes["objects"], sizes["object_bytes"]
         keys = [f"ds-{n}/{i:06d}" for i in range(count)]
         d = bench / f"ds-{n}"
@@ -214,7 +214,7 @@ def warm_up(weed) -> None:  # type: ignore[no-untyped-def]
 
 def run_one(py: str, ctx: Dict[str, Any], timeout: float) -> Dict[str, Any]:
     try:
-        r = subprocess.run([py, str(HERE / "runner.py"), json.dumps(ctx)], capture_output=True, text=True,
+        r = subprocess.run([py, str(HERE / "runner.py")], input=json.dumps(ctx), capture_output=True, text=True,
                            timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}

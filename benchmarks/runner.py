@@ -6,7 +6,7 @@ are taken around the operation alone. ``peak_rss_above_baseline`` is the peak re
 minus the resident set just before the operation (destination memory included in the
 baseline when it is preallocated).
 
-    python benchmarks/runner.py '<json context>'
+    python benchmarks/runner.py < context.json
 """
 from __future__ import annotations
 
@@ -115,6 +115,14 @@ def setup_get(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     if peer == "s3torchconnector":
         c = s3tc_client(ctx)
         return lambda: len(c.get_object(b, k).read())
+    if peer in ("s3torch-readinto", "s3torchconnector-readinto"):
+        c = s3torch_client(ctx) if peer.startswith("s3torch-") else s3tc_client(ctx)
+        buf = bytearray(n)  # preallocated (and faulted in) before measuring
+
+        def readinto() -> float:
+            r = c.get_object(b, k)
+            return r.readinto(buf)
+        return readinto
     if peer == "boto3":
         c = boto3_client(ctx)
         return lambda: len(c.get_object(Bucket=b, Key=k)["Body"].read())
@@ -205,17 +213,14 @@ def setup_dataset(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
     uris = [f"s3://{ctx['bucket']}/{k}" for k in ctx["keys"]]
     if peer == "s3torch":
-        from s3torch import S3ClientConfig, S3MapDataset
-
-        ds = S3MapDataset.from_objects(uris, region="us-east-1", endpoint=ctx["endpoint"], transform=_map_len,
-                                       s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+        import s3torch as mod
     elif peer == "s3torchconnector":
-        from s3torchconnector import S3ClientConfig, S3MapDataset
-
-        ds = S3MapDataset.from_objects(uris, region="us-east-1", endpoint=ctx["endpoint"], transform=_map_len,
-                                       s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+        import s3torchconnector as mod  # type: ignore[no-redef]
     else:
         raise KeyError(peer)
+    cls = mod.S3IterableDataset if ctx.get("iterable") else mod.S3MapDataset
+    ds = cls.from_objects(uris, region="us-east-1", endpoint=ctx["endpoint"], transform=_map_len,
+                          s3client_config=mod.S3ClientConfig(unsigned=True, force_path_style=True))
     workers = ctx["workers"]
 
     def op() -> float:
@@ -393,12 +398,12 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
 
 SETUPS = {"get": setup_get, "ranged": setup_ranged, "put": setup_put, "dataset0": setup_dataset,
-          "dataset2": setup_dataset, "ckpt_save": setup_ckpt_save, "ckpt_load": setup_ckpt_load,
+          "dataset2": setup_dataset, "iterable": setup_dataset, "ckpt_save": setup_ckpt_save, "ckpt_load": setup_ckpt_load,
           "dcp_save": setup_dcp_save, "dcp_load": setup_dcp_load}
 
 
 def main() -> None:
-    ctx = json.loads(sys.argv[1])
+    ctx = json.loads(sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read())
     out: Dict[str, Any] = {"scenario": ctx["scenario"], "peer": ctx["peer"]}
     try:
         op = SETUPS[ctx["scenario"]](ctx, ctx["peer"])

@@ -21,7 +21,8 @@ class Scenario:
 
 SCENARIOS: List[Scenario] = [
     Scenario("get", "GET of one object into memory", "nginx", "GB/s",
-             ["curl", "s3torch-bench", "s3torch", "s3torch-tensor", "s3torchconnector", "boto3", "boto3-transfer"],
+             ["curl", "s3torch-bench", "s3torch", "s3torch-readinto", "s3torch-tensor", "s3torchconnector",
+              "s3torchconnector-readinto", "boto3", "boto3-transfer"],
              {"object_bytes": 1024 * MiB}, {"object_bytes": 256 * MiB}),
     Scenario("ranged", "Random 1 MiB ranged reads", "nginx", "GB/s",
              ["s3torch", "s3torchconnector", "boto3"],
@@ -36,6 +37,10 @@ SCENARIOS: List[Scenario] = [
     Scenario("dataset2", "100 KiB objects through a map dataset, DataLoader(num_workers=2)", "nginx", "objects/s",
              ["s3torch", "s3torchconnector"], {"objects": 10_000, "object_bytes": 100 * 1024, "workers": 2},
              {"objects": 1_000, "object_bytes": 100 * 1024, "workers": 2}),
+    Scenario("iterable", "100 KiB objects through S3IterableDataset, DataLoader(num_workers=0)", "nginx",
+             "objects/s", ["s3torch", "s3torchconnector"],
+             {"objects": 1_000, "object_bytes": 100 * 1024, "workers": 0, "iterable": 1},
+             {"objects": 1_000, "object_bytes": 100 * 1024, "workers": 0, "iterable": 1}),
     Scenario("ckpt_save", "torch.save through checkpoint helpers", "seaweed", "GB/s",
              ["s3torch", "s3torchconnector", "boto3-transfer"], {"state_bytes": 512 * MiB}, {"state_bytes": 96 * MiB}),
     Scenario("ckpt_load", "torch.load through checkpoint helpers", "nginx", "GB/s",

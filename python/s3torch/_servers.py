@@ -10,6 +10,7 @@ manager. Nothing here reaches beyond loopback.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -60,6 +61,12 @@ class _Server:
     endpoint: str
     _proc: Optional[subprocess.Popen] = None
     _dir: Optional[str] = None
+
+    def _register_cleanup(self) -> None:
+        # A safety net: whatever happens to the caller, the server does not outlive this
+        # process (only the process that started it stops it, never a forked child).
+        owner = os.getpid()
+        atexit.register(lambda: self.stop() if os.getpid() == owner else None)
 
     def __enter__(self) -> "_Server":
         return self
@@ -158,6 +165,7 @@ class SeaweedFS(_Server):
         with open(log, "wb") as out:
             self._proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._register_cleanup()
         try:
             _wait_http(self.endpoint + "/", startup_timeout, self._proc, log)
             for b in buckets:  # -bucket creates them shortly after S3 answers
@@ -207,6 +215,7 @@ class MotoServer(_Server):
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True)
+        self._register_cleanup()
         try:
             _wait_http(self.endpoint + "/moto-api/", startup_timeout, self._proc, log)
         except BaseException:

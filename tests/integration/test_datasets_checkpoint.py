@@ -42,7 +42,7 @@ def _collect(loader) -> collections.Counter:  # type: ignore[no-untyped-def]
     return seen
 
 
-@pytest.mark.parametrize("workers, ctx", [(0, None), (2, "fork"), (2, "spawn")])
+@pytest.mark.parametrize("workers, ctx", [(0, None), (2, "fork"), (2, "spawn"), (2, "forkserver")])
 def test_map_dataset_in_dataloader(seaweed, dataset_prefix: str, workers: int, ctx) -> None:  # type: ignore[no-untyped-def]
     ds = S3MapDataset.from_prefix(dataset_prefix, region=REGION, endpoint=seaweed.endpoint,
                                   transform=read_item, s3client_config=_cfg(seaweed))

@@ -191,22 +191,43 @@ class ParallelLoader:
                     staged += nb
                 batch.append(it)
                 i += 1
-            reqs = []
-            for it in batch:
-                assert it.layout is not None and it.dest is not None
-                nb = it.sub[1] - it.sub[0]
-                reqs.append((it.key, it.offset + it.layout.data_offset + it.sub[0], nb, _view_bytes(it.dest)))
-            nonempty = [(r, it) for r, it in zip(reqs, batch) if r[2] > 0]
-            got = self._get_many([r for r, _ in nonempty], [it for _, it in nonempty])
-            for (r, it), n in zip(nonempty, got):
-                if n != r[2]:
-                    raise self._err(it, f"expected {r[2]} tensor bytes, the file has {n} (truncated?)")
-                self.bytes_read += n
-            for it in batch:
-                if it.full and self.verify:
-                    self._check_crc(it, _view_bytes(it.dest))
-                self.stats["direct" if it.dest is it.target else "staged"] += 1
-                self._finish(it, planner)
+            # Start every GET of the batch, then take them in order: checking one tensor's CRC
+            # overlaps with the transfers still running.
+            handles = []
+            try:
+                for it in batch:
+                    assert it.layout is not None and it.dest is not None
+                    nb = it.sub[1] - it.sub[0]
+                    if nb == 0:
+                        handles.append(None)
+                        continue
+                    start = it.offset + it.layout.data_offset + it.sub[0]
+                    try:
+                        handles.append(self.native.start_get_into(self.bucket, it.key, _view_bytes(it.dest), start, nb))
+                    except _crt.S3Exception as e:
+                        raise self._err(it, f"cannot read its bytes: {e}") from e
+                for it, h in zip(batch, handles):
+                    nb = it.sub[1] - it.sub[0]
+                    if h is not None:
+                        try:
+                            n = h.wait()
+                        except _crt.S3Exception as e:
+                            hint = " (the file is shorter than the checkpoint metadata says: truncated?)" \
+                                if e.http_status == 416 else ""
+                            raise self._err(it, f"cannot read its bytes: {e}{hint}") from e
+                        if n != nb:
+                            raise self._err(it, f"expected {nb} tensor bytes, the file has {n} (truncated?)")
+                        self.bytes_read += n
+                    if it.full and self.verify:
+                        self._check_crc(it, _view_bytes(it.dest))
+                    self.stats["direct" if it.dest is it.target else "staged"] += 1
+                    self._finish(it, planner)
+            finally:
+                # On failure, stop what is still running. (Each handle holds its destination
+                # until the CRT is done with it, so no memory is released under a transfer.)
+                for h in handles:
+                    if h is not None and not h.done():
+                        h.cancel()
 
         # Everything else: the record through torch.load, exactly as torch's reader does.
         for it in tensors:
