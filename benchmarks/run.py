@@ -292,7 +292,7 @@ for sc in res["scenarios"]:
     for ax, key, label in ((axes[0], "rate", sc["unit"]), (axes[1], "cpu", "CPU-s per " + ("GB" if sc["unit"] == "GB/s" else "1000 objects"))):
         med = [p[key + "_median"] for p in peers]
         err = [[m - p[key + "_min"] for m, p in zip(med, peers)], [p[key + "_max"] - m for m, p in zip(med, peers)]]
-        colors = ["tab:green" if n.startswith("s3torch") else "tab:gray" for n in names]
+        colors = ["tab:green" if n == "s3torch" or n.startswith("s3torch-") else "tab:gray" for n in names]
         ax.barh(names, med, xerr=err, color=colors)
         ax.set_xlabel(label); ax.invert_yaxis()
     fig.suptitle(sc["title"]); fig.tight_layout()

@@ -371,7 +371,8 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from s3torch.dcp import S3StorageReader
 
         r = S3StorageReader("us-east-1", path, endpoint=ctx["endpoint"],
-                            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+                            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True),
+                            verify_checksums=os.environ.get("BENCH_DCP_VERIFY", "1") == "1")
     elif peer == "s3torchconnector":
         from s3torchconnector.dcp import S3FileSystem, S3StorageReader
 

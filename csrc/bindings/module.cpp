@@ -13,8 +13,6 @@
 
 #include <pybind11/stl.h>
 
-#include <sys/mman.h>
-
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -31,20 +29,6 @@ using s3torch_py::HeldBuffer;
 namespace {
 
 constexpr int64_t kWaitSliceMs = 100;
-constexpr size_t kHugePage = 2u << 20;
-
-// Fresh destination memory is faulted in by the CRT's writes, 4 KiB at a time, from several
-// threads. For large buffers, ask for transparent huge pages (512x fewer faults); advice
-// only: harmless where THP is off.
-void advise_huge(void *p, size_t n) {
-    uintptr_t start = (reinterpret_cast<uintptr_t>(p) + kHugePage - 1) & ~(uintptr_t)(kHugePage - 1);
-    uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(uintptr_t)(kHugePage - 1);
-    if (end > start) madvise(reinterpret_cast<void *>(start), end - start, MADV_HUGEPAGE);
-}
-
-// Run `step(timeout_ms) -> bool done` with the GIL released, checking for signals
-// (KeyboardInterrupt) between slices. On a signal, `on_interrupt` runs (GIL released) and
-// the Python exception propagates.
 template <class Step, class OnInterrupt>
 void wait_interruptible(Step &&step, OnInterrupt &&on_interrupt) {
     for (;;) {
@@ -200,9 +184,8 @@ class HostBuffer {
     explicit HostBuffer(size_t n) : size_(n) {
         if (n == 0) return;
         void *p = nullptr;
-        if (posix_memalign(&p, n >= kHugePage ? kHugePage : 4096, n) != 0) throw std::bad_alloc();
+        if (posix_memalign(&p, 4096, n) != 0) throw std::bad_alloc();
         data_ = p;
-        if (n >= kHugePage) advise_huge(p, n);
     }
     ~HostBuffer() { std::free(data_); }
     HostBuffer(const HostBuffer &) = delete;
@@ -319,7 +302,6 @@ class NativeClient {
         if (!raw) throw py::error_already_set();
         py::object holder = py::reinterpret_steal<py::object>(raw);
         char *dst = PyBytes_AS_STRING(raw);
-        advise_huge(dst, n);
         std::shared_ptr<GetInto> t;
         {
             py::gil_scoped_release nogil;
@@ -362,7 +344,6 @@ class NativeClient {
         if (!raw) throw py::error_already_set();
         py::object holder = py::reinterpret_steal<py::object>(raw);
         char *dst = PyBytes_AS_STRING(raw);
-        advise_huge(dst, total);
         std::memcpy(dst, scratch.get(), got);
         scratch.reset();
         std::shared_ptr<GetInto> rest;

@@ -2,10 +2,90 @@
 
 #include <aws/checksums/crc.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace s3torch {
 
+#if defined(__x86_64__)
+namespace {
+
+// x * x^a mod P for the two halves of x (constants in k), plus the next data block.
+__attribute__((target("pclmul,sse4.1"))) inline __m128i fold(__m128i x, __m128i k, __m128i data) {
+    __m128i lo = _mm_clmulepi64_si128(x, k, 0x00);
+    __m128i hi = _mm_clmulepi64_si128(x, k, 0x11);
+    return _mm_xor_si128(_mm_xor_si128(lo, hi), data);
+}
+
+// CRC32 (reflected 0x04C11DB7, the zip/gzip polynomial) by carry-less multiplication:
+// fold 64 bytes at a time with PCLMULQDQ, then reduce 128 -> 32 bits (Barrett). The method
+// and constants are the standard ones for this polynomial (x^(4*128+-32) mod P, x^(128+-32)
+// mod P, x^64 mod P, and mu = x^64 / P). `crc` is the raw register (no pre/post inversion);
+// len >= 64 and a multiple of 16.
+__attribute__((target("pclmul,sse4.1"))) uint32_t crc32_fold(uint32_t crc, const uint8_t *p, size_t len) {
+    const __m128i k1k2 = _mm_set_epi64x(0x1c6e41596LL, 0x154442bd4LL);
+    const __m128i k3k4 = _mm_set_epi64x(0x0ccaa009eLL, 0x1751997d0LL);
+    const __m128i k5 = _mm_set_epi64x(0, 0x163cd6124LL);
+    const __m128i poly_mu = _mm_set_epi64x(0x1f7011641LL, 0x1db710641LL);
+    const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
+
+    __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
+    __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p + 16));
+    __m128i x2 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p + 32));
+    __m128i x3 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p + 48));
+    x0 = _mm_xor_si128(x0, _mm_cvtsi32_si128(static_cast<int>(crc)));
+    p += 64;
+    len -= 64;
+    while (len >= 64) {
+        x0 = fold(x0, k1k2, _mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+        x1 = fold(x1, k1k2, _mm_loadu_si128(reinterpret_cast<const __m128i *>(p + 16)));
+        x2 = fold(x2, k1k2, _mm_loadu_si128(reinterpret_cast<const __m128i *>(p + 32)));
+        x3 = fold(x3, k1k2, _mm_loadu_si128(reinterpret_cast<const __m128i *>(p + 48)));
+        p += 64;
+        len -= 64;
+    }
+    __m128i x = fold(x0, k3k4, x1);
+    x = fold(x, k3k4, x2);
+    x = fold(x, k3k4, x3);
+    while (len >= 16) {
+        x = fold(x, k3k4, _mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+        p += 16;
+        len -= 16;
+    }
+    // 128 -> 64 bits
+    __m128i t = _mm_clmulepi64_si128(x, k3k4, 0x10);
+    x = _mm_xor_si128(t, _mm_srli_si128(x, 8));
+    // 64 -> 32 bits
+    t = _mm_srli_si128(x, 4);
+    x = _mm_clmulepi64_si128(_mm_and_si128(x, mask32), k5, 0x00);
+    x = _mm_xor_si128(x, t);
+    // Barrett reduction
+    t = x;
+    x = _mm_clmulepi64_si128(_mm_and_si128(x, mask32), poly_mu, 0x10);
+    x = _mm_clmulepi64_si128(_mm_and_si128(x, mask32), poly_mu, 0x00);
+    x = _mm_xor_si128(x, t);
+    return static_cast<uint32_t>(_mm_extract_epi32(x, 1));
+}
+
+bool have_pclmul() {
+    static const bool ok = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+    return ok;
+}
+
+}  // namespace
+#endif
+
 uint32_t crc32(const void *data, size_t len, uint32_t previous) {
-    return aws_checksums_crc32_ex(static_cast<const uint8_t *>(data), len, previous);
+    const uint8_t *p = static_cast<const uint8_t *>(data);
+#if defined(__x86_64__)
+    if (len >= 64 && have_pclmul()) {
+        size_t bulk = len & ~static_cast<size_t>(15);
+        uint32_t reg = crc32_fold(~previous, p, bulk);
+        return aws_checksums_crc32_ex(p + bulk, len - bulk, ~reg);
+    }
+#endif
+    return aws_checksums_crc32_ex(p, len, previous);
 }
 
 }  // namespace s3torch

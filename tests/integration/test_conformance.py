@@ -162,7 +162,10 @@ def test_abort_leaves_no_upload_behind(client: S3Client, prefix: str, server) ->
     s3 = server.boto3_client()
     key = prefix + "aborted"
     up = client.upload(BUCKET, key)
-    up.write(payload(3 * PART, 6))  # multipart upload started, parts sent
+    up.write(payload(3 * PART, 6))  # multipart upload started, parts handed to the CRT
+    deadline = time.monotonic() + 10  # CreateMultipartUpload may still be on its way
+    while not _uploads_for(s3, key) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _uploads_for(s3, key), "a multipart upload should be in progress"
     up.abort()
     assert up.closed

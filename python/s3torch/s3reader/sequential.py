@@ -7,6 +7,10 @@ from typing import Optional
 from .. import _crt
 from .s3reader import GetObjectInfo, S3Reader
 
+# readinto of at least this many bytes, before the object is buffered, goes straight into
+# the caller's buffer.
+DIRECT_READINTO_BYTES = 1 << 20
+
 
 class SequentialS3Reader(S3Reader):
     def __init__(self, bucket: str, key: str, get_object_info: GetObjectInfo,
@@ -42,6 +46,19 @@ class SequentialS3Reader(S3Reader):
         return bytes(data[start:end])
 
     def _readinto(self, mv: memoryview) -> int:
+        if self._data is None and len(mv) >= DIRECT_READINTO_BYTES:
+            # A large read before anything is buffered: GET straight into the caller's memory
+            # (no buffer of our own, no copy). The object is buffered only if reads go on.
+            if self._info is not None and self._pos >= self._info.size:
+                return 0
+            try:
+                got = self._native.get_into(self._bucket, self._key, mv, self._pos, len(mv))
+            except _crt.S3Exception as e:
+                if e.http_status == 416:  # at or past the end of the object
+                    return 0
+                raise
+            self._pos += got
+            return got
         data = self._load()
         start = min(self._pos, len(data))
         n = min(len(mv), len(data) - start)
