@@ -181,7 +181,8 @@ class ParallelLoader:
         # Staging tensors count against the in-flight budget; direct ones cost no memory.
         i = 0
         while i < len(fetch):
-            batch, staged = [], 0
+            batch: List[_Item] = []
+            staged = 0
             while i < len(fetch) and len(batch) < BATCH:
                 it = fetch[i]
                 nb = it.sub[1] - it.sub[0]
@@ -193,7 +194,7 @@ class ParallelLoader:
                 i += 1
             # Start every GET of the batch, then take them in order: checking one tensor's CRC
             # overlaps with the transfers still running.
-            handles = []
+            handles: List[Optional[Any]] = []
             try:
                 for it in batch:
                     assert it.layout is not None and it.dest is not None
@@ -218,6 +219,7 @@ class ParallelLoader:
                         if n != nb:
                             raise self._err(it, f"expected {nb} tensor bytes, the file has {n} (truncated?)")
                         self.bytes_read += n
+                    assert it.dest is not None
                     if it.full and self.verify:
                         self._check_crc(it, _view_bytes(it.dest))
                     self.stats["direct" if it.dest is it.target else "staged"] += 1

@@ -33,6 +33,8 @@ DEFAULT_MAX_INFLIGHT_BYTES = 1 << 30
 
 
 class S3StorageReader(FileSystemReader):
+    fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
+
     """Read DCP checkpoints from ``s3://bucket/prefix``.
 
     Args:
@@ -64,7 +66,7 @@ class S3StorageReader(FileSystemReader):
         self.reader_constructor = reader_constructor
         self.max_inflight_bytes = int(max_inflight_bytes)
         self.verify_checksums = verify_checksums
-        self._progress = Progress("DCP load from", self.path, progress)
+        self._progress = Progress("DCP load from", str(self.path), progress)
         self.last_load_stats: Dict[str, int] = {}
 
     @classmethod
@@ -97,11 +99,11 @@ class S3StorageReader(FileSystemReader):
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
         if self.reader_constructor is not None:
-            fut = super().read_data(plan, planner)
+            generic = super().read_data(plan, planner)
             for r in plan.items:
                 self._progress.add(self.storage_data[r.storage_index].length)
             self._progress.done()
-            return fut
+            return generic
         bucket, _ = parse_s3_uri(self.path)
         work: List[Tuple[Any, str, int, int]] = []
         for r in plan.items:

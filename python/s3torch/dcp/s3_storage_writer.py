@@ -31,6 +31,8 @@ _METADATA = ".metadata"
 
 
 class S3StorageWriter(FileSystemWriter):
+    fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
+
     """Write DCP checkpoints to ``s3://bucket/prefix``.
 
     Args:
@@ -62,7 +64,7 @@ class S3StorageWriter(FileSystemWriter):
         self.path = self.fs.init_path(path)
         self.region = region
         self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
-        self._progress = Progress("DCP save to", self.path, progress)
+        self._progress = Progress("DCP save to", str(self.path), progress)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import IO, Any, Dict, Optional, Union, cast
 
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -39,7 +39,7 @@ class S3LightningCheckpoint(CheckpointIO):
             raise TypeError(f"S3LightningCheckpoint.save_checkpoint takes no storage_options, got {storage_options!r}")
         bucket, key = parse_s3_uri(_uri(path), need_key=True)
         with self._client.put_object(bucket, key) as writer:  # aborted, not completed, if torch.save fails
-            torch.save(checkpoint, writer)
+            torch.save(checkpoint, cast(IO[bytes], writer))
 
     def load_checkpoint(self, path: Union[str, Path], map_location: Optional[Any] = None,
                         weights_only: Optional[bool] = None) -> Dict[str, Any]:
@@ -47,7 +47,7 @@ class S3LightningCheckpoint(CheckpointIO):
         with self._client.get_object(bucket, key, reader_constructor=self._reader_constructor) as reader:
             # Lightning checkpoints hold optimizer state and hyperparameters: full unpickling
             # unless the caller asks for weights only.
-            return torch.load(reader, map_location=map_location,
+            return torch.load(cast(IO[bytes], reader), map_location=map_location,
                               weights_only=bool(weights_only) if weights_only is not None else False)
 
     def remove_checkpoint(self, path: Union[str, Path]) -> None:

@@ -34,11 +34,11 @@ class SequentialS3Reader(S3Reader):
     def _read(self, size: Optional[int]) -> bytes:
         if self._data is None and self._pos == 0 and size is None:
             # Whole object, first read: straight into the bytes object we return.
-            data = self._native.get_bytes(self._bucket, self._key, 0, None,
-                                          self._info.size if self._info is not None else None)
-            self._data = memoryview(data)  # later reads and seeks are served from it
-            self._pos = len(data)
-            return data
+            whole = self._native.get_bytes(self._bucket, self._key, 0, None,
+                                           self._info.size if self._info is not None else None)
+            self._data = memoryview(whole)  # later reads and seeks are served from it
+            self._pos = len(whole)
+            return whole
         data = self._load()
         start = min(self._pos, len(data))
         end = len(data) if size is None else min(len(data), start + size)
