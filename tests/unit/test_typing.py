@@ -8,9 +8,13 @@ import sys
 import s3torch
 
 
-def test_mypy_clean() -> None:
-    pkg = os.path.dirname(s3torch.__file__)
-    r = subprocess.run([sys.executable, "-m", "mypy", "--ignore-missing-imports", "--python-version",
-                        f"{sys.version_info.major}.{sys.version_info.minor}", "--no-incremental", pkg],
-                       capture_output=True, text=True, timeout=300)
+def test_mypy_clean(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Package mode finds the package under test where Python imports it from (PEP 561).
+    root = os.path.dirname(os.path.dirname(s3torch.__file__))
+    env = dict(os.environ)
+    if "site-packages" not in root:  # a source tree on PYTHONPATH, not an installed package
+        env["MYPYPATH"] = root
+    r = subprocess.run([sys.executable, "-m", "mypy", "--ignore-missing-imports", "--no-incremental",
+                        "--cache-dir", str(tmp_path / "cache"), "-p", "s3torch"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr

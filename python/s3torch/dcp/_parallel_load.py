@@ -70,6 +70,14 @@ class ParallelLoader:
         where = f"s3://{self.bucket}/{it.key} item {idx.fqn}" + (f" at {list(idx.offset)}" if idx.offset else "")
         return CheckpointCorruptError(f"{where}: {msg}")
 
+    def _read_error(self, it: _Item, e: "_crt.S3Exception") -> Exception:
+        """The error to raise for a failed read of an item: access and timeout errors as they
+        are, anything else named after the item it hit."""
+        if isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError)):
+            return e
+        hint = " (the file is shorter than the checkpoint metadata says: truncated?)" if e.http_status == 416 else ""
+        return self._err(it, f"cannot read its bytes: {e}{hint}")
+
     def _get_many(self, reqs: List[Tuple[str, int, int, Any]], owners: List[_Item]) -> List[int]:
         """get_into_many, with failures that name the item whose bytes could not be read."""
         if not reqs:
@@ -78,10 +86,12 @@ class ParallelLoader:
             return self.native.get_into_many(self.bucket, reqs)
         except _crt.S3Exception as e:
             culprit = next((it for (key, off, n, _), it in zip(reqs, owners) if key == e.key), None)
-            if culprit is None or isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError)):
+            if culprit is None:
                 raise
-            hint = " (the file is shorter than the checkpoint metadata says: truncated?)" if e.http_status == 416 else ""
-            raise self._err(culprit, f"cannot read its bytes: {e}{hint}") from e
+            err = self._read_error(culprit, e)
+            if err is e:
+                raise
+            raise err from e
 
     # --- 1. probe ------------------------------------------------------------------------
     def _probe(self, items: List[_Item]) -> None:
@@ -206,16 +216,20 @@ class ParallelLoader:
                     try:
                         handles.append(self.native.start_get_into(self.bucket, it.key, _view_bytes(it.dest), start, nb))
                     except _crt.S3Exception as e:
-                        raise self._err(it, f"cannot read its bytes: {e}") from e
+                        err = self._read_error(it, e)
+                        if err is e:
+                            raise
+                        raise err from e
                 for it, h in zip(batch, handles):
                     nb = it.sub[1] - it.sub[0]
                     if h is not None:
                         try:
                             n = h.wait()
                         except _crt.S3Exception as e:
-                            hint = " (the file is shorter than the checkpoint metadata says: truncated?)" \
-                                if e.http_status == 416 else ""
-                            raise self._err(it, f"cannot read its bytes: {e}{hint}") from e
+                            err = self._read_error(it, e)
+                            if err is e:
+                                raise
+                            raise err from e
                         if n != nb:
                             raise self._err(it, f"expected {nb} tensor bytes, the file has {n} (truncated?)")
                         self.bytes_read += n
