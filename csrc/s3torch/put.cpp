@@ -66,8 +66,63 @@ std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> clien
     AWS_ZERO_STRUCT(o);
     o.type = AWS_S3_META_REQUEST_TYPE_PUT_OBJECT;
     o.send_using_async_writes = true;
+    o.on_error_resume_token = s_on_error_token;
+    o.telemetry_callback = s_on_telemetry;
     t->start(o, "PUT", address_of(client->config(), client->endpoint(), bucket, key), put_headers(opts));
     return t;
+}
+
+void PutStream::s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *token, int,
+                                 void *user_data) {
+    if (!token) return;
+    auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
+    aws_byte_cursor id = aws_s3_meta_request_resume_token_upload_id(token);
+    std::string encoded = encode_param(std::string(reinterpret_cast<const char *>(id.ptr), id.len));
+    std::lock_guard<std::mutex> lock(self->mu_);
+    if (self->upload_id_.empty()) self->upload_id_ = encoded;
+}
+
+void PutStream::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *metrics, void *user_data) {
+    // Every UploadPart request carries "uploadId=<id>" in its query: remember it, so an
+    // abort can be retried by us if the CRT's single attempt fails.
+    auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
+    {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        if (!self->upload_id_.empty()) return;
+    }
+    const aws_string *pq = nullptr;
+    aws_s3_request_metrics_get_request_path_query(metrics, &pq);
+    if (!pq) return;
+    std::string q(reinterpret_cast<const char *>(aws_string_bytes(pq)), pq->len);
+    size_t at = q.find("uploadId=");
+    if (at == std::string::npos) return;
+    size_t end = q.find('&', at);
+    std::string id = q.substr(at + 9, end == std::string::npos ? std::string::npos : end - at - 9);
+    std::lock_guard<std::mutex> lock(self->mu_);
+    if (self->upload_id_.empty()) self->upload_id_ = id;
+}
+
+std::string PutStream::upload_id() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return upload_id_;
+}
+
+void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
+                            const std::string &upload_id) {
+    ErrorContext ctx{"AbortMultipartUpload", bucket, key};
+    Address addr = address_of(client->config(), client->endpoint(), bucket, key, "uploadId=" + upload_id);
+    for (int attempt = 1;; ++attempt) {
+        auto req = SimpleRequest::start_request(client, ctx, "DELETE", "AbortMultipartUpload", addr,
+                                                AWS_S3_META_REQUEST_TYPE_DEFAULT);
+        req->wait();
+        try {
+            req->raise_if_failed();
+            return;
+        } catch (const S3Error &e) {
+            if (e.kind == ErrorKind::NotFound) return;  // already gone
+            if (attempt >= 4 || e.kind == ErrorKind::AccessDenied) throw;
+        }
+    }
 }
 
 PutStream::~PutStream() {
@@ -174,9 +229,20 @@ bool Upload::wait_step(int64_t timeout_ms) {
         }
         return true;
     } catch (...) {
-        // A failed upload is over: the CRT has aborted the multipart upload.
+        // A failed upload is over. The CRT sent one AbortMultipartUpload; make sure it took.
         closed_ = true;
         phase_ = Phase::Done;
+        if (stream_) {
+            stream_->wait();
+            std::string upload_id = stream_->upload_id();
+            if (!upload_id.empty()) {
+                try {
+                    abort_multipart_upload(client_, bucket_, key_, upload_id);
+                } catch (const S3Error &) {
+                    // the original error is the one to report
+                }
+            }
+        }
         throw;
     }
 }
@@ -192,12 +258,16 @@ void Upload::abort() {
     phase_ = Phase::Done;
     pending_.clear();
     if (stream_) {
-        stream_->cancel();
+        stream_->cancel();  // the CRT aborts the multipart upload, once
         try {
             stream_->write_wait(-1);  // the pending write future completes once cancelled
         } catch (const S3Error &) {
         }
         stream_->wait();
+        // Make sure: a 5xx on the CRT's one abort would leave the parts behind. Usually this
+        // answers NoSuchUpload (already aborted), which counts as done.
+        std::string upload_id = stream_->upload_id();
+        if (!upload_id.empty()) abort_multipart_upload(client_, bucket_, key_, upload_id);
     }
     if (single_) {
         single_->cancel();

@@ -8,6 +8,9 @@
 #include <string>
 
 struct aws_future_void;
+struct aws_s3_meta_request;
+struct aws_s3_meta_request_resume_token;
+struct aws_s3_request_metrics;
 
 namespace s3torch {
 
@@ -32,14 +35,26 @@ class PutStream : public Transfer {
     // Wait up to timeout_ms (< 0: forever) for the last write_begin; true when it is done.
     // Throws the transfer's error if the write failed.
     bool write_wait(int64_t timeout_ms);
+    // The multipart upload id, URI-encoded as it appears in request queries; "" until a part
+    // request or a failure report has shown it.
+    std::string upload_id();
     ~PutStream() override;
 
   protected:
     using Transfer::Transfer;
 
   private:
+    static void s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *, int, void *);
+    static void s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *, void *);
     aws_future_void *future_ = nullptr;  // caller thread only
+    std::string upload_id_;              // mu_, URI-encoded
 };
+
+// AbortMultipartUpload, retried: the CRT sends one abort after a failure or cancel and does
+// not retry it, so a transient 5xx there would leave parts behind. NoSuchUpload counts as done.
+// `upload_id` URI-encoded.
+void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
+                            const std::string &upload_id);
 
 // A streaming upload. Data is buffered in memory until it exceeds one part; an object that
 // never does is sent as a single PutObject on complete(). Otherwise a multipart upload starts

@@ -3,6 +3,7 @@
 #include "s3torch/errors.h"
 
 #include <aws/auth/auth.h>
+#include <aws/common/logging.h>
 #include <aws/common/thread.h>
 #include <aws/io/channel_bootstrap.h>
 #include <aws/io/event_loop.h>
@@ -10,6 +11,10 @@
 #include <aws/s3/s3.h>
 
 #include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 namespace s3torch {
 
@@ -23,9 +28,31 @@ bool g_library_initialized = false;
 
 }  // namespace
 
+namespace {
+
+// CRT logging for diagnosis: S3TORCH_CRT_LOG=error|warn|info|debug|trace, to
+// $S3TORCH_CRT_LOG_FILE or stderr. Set once per process; off by default.
+void init_logging(aws_allocator *alloc) {
+    const char *level = std::getenv("S3TORCH_CRT_LOG");
+    if (!level || !*level) return;
+    static aws_logger logger;
+    aws_logger_standard_options opts;
+    AWS_ZERO_STRUCT(opts);
+    std::string l = level;
+    opts.level = l == "trace" ? AWS_LL_TRACE : l == "debug" ? AWS_LL_DEBUG : l == "info" ? AWS_LL_INFO
+               : l == "warn" ? AWS_LL_WARN : AWS_LL_ERROR;
+    const char *file = std::getenv("S3TORCH_CRT_LOG_FILE");
+    if (file && *file) opts.filename = file;
+    else opts.file = stderr;
+    if (aws_logger_init_standard(&logger, alloc, &opts) == AWS_OP_SUCCESS) aws_logger_set(&logger);
+}
+
+}  // namespace
+
 Runtime::Runtime() : allocator_(aws_default_allocator()) {
     if (!g_library_initialized) {
         aws_s3_library_init(allocator_);
+        init_logging(allocator_);
         g_library_initialized = true;
     }
     elg_ = aws_event_loop_group_new_default(allocator_, 0, nullptr);
