@@ -87,14 +87,14 @@ def main(argv: "list[str] | None" = None) -> int:
         path = f"s3://{bucket}/demo/{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
         dcp.save(state, storage_writer=S3StorageWriter(args.region, path, s3client_config=cfg, endpoint=endpoint,
-                                                       thread_count=2))
+                                                       thread_count=2, progress=True))
         save_s = time.perf_counter() - t0
         print(f"DCP save to {path}: {save_s:.2f}s, {nbytes / 1e9 / save_s:.2f} GB/s", flush=True)
 
         fresh = build_model(args.layers, args.d_model, args.vocab, seed=1)  # different weights
         restored = fresh.state_dict()
         t0 = time.perf_counter()
-        reader = S3StorageReader(args.region, path, s3client_config=cfg, endpoint=endpoint)
+        reader = S3StorageReader(args.region, path, s3client_config=cfg, endpoint=endpoint, progress=True)
         dcp.load(restored, storage_reader=reader)
         load_s = time.perf_counter() - t0
         print(f"DCP load into a fresh model: {load_s:.2f}s, {nbytes / 1e9 / load_s:.2f} GB/s "
