@@ -139,13 +139,6 @@ class DCPOptimizedS3Reader(S3Reader):
             raise TypeError("the DCP-optimized reader supports SEEK_SET and SEEK_CUR only")
         return super().seek(offset, whence)
 
-    def item_view(self, start: int, end: int) -> memoryview:
-        """Zero-copy view of item bytes [start, end) (for the DCP storage reader)."""
-        self._check_open()
-        view = self._view(start, end - start)
-        self._pos = end
-        return view
-
     def close(self) -> None:
         self._group_buf = None
         super().close()
