@@ -377,8 +377,9 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from s3torchconnector.dcp import S3FileSystem, S3StorageReader
 
         r = S3StorageReader("us-east-1", path)
-        r.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx), reader_constructor=r.fs._reader_constructor) \
-            if hasattr(r.fs, "_reader_constructor") else S3FileSystem("us-east-1", s3_client=s3tc_client(ctx))
+        # Same endpoint-aware client; keep the reader's own (dcp_optimized) constructor, which
+        # prepare_local_plan fills with item ranges.
+        r.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx), reader_constructor=r.fs._reader_constructor)
     elif peer == "fsspec-s3fs":
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 

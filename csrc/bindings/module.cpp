@@ -29,6 +29,10 @@ using s3torch_py::HeldBuffer;
 namespace {
 
 constexpr int64_t kWaitSliceMs = 100;
+
+// Run `step(timeout_ms) -> bool done` with the GIL released, checking for signals
+// (KeyboardInterrupt) between slices. On a signal, `on_interrupt` runs (GIL released) and
+// the Python exception propagates.
 template <class Step, class OnInterrupt>
 void wait_interruptible(Step &&step, OnInterrupt &&on_interrupt) {
     for (;;) {
@@ -202,6 +206,15 @@ class HostBuffer {
     size_t size_;
 };
 
+// A new bytes object of `n` bytes, not yet filled; `*dst` points at its storage. Filling it
+// before Python sees it is the one sanctioned way to write into a bytes object.
+py::object new_bytes(size_t n, char **dst) {
+    PyObject *raw = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(n));
+    if (!raw) throw py::error_already_set();
+    *dst = PyBytes_AS_STRING(raw);
+    return py::reinterpret_steal<py::object>(raw);
+}
+
 // ---- The client.
 
 class NativeClient {
@@ -284,6 +297,18 @@ class NativeClient {
         }
     }
 
+    // GET `range` into memory the caller owns and keeps alive; waits with the GIL released
+    // and returns the finished transfer (its error not yet raised).
+    std::shared_ptr<GetInto> get_raw(const std::string &bucket, const std::string &key, ByteRange range, void *dst) {
+        std::shared_ptr<GetInto> t;
+        {
+            py::gil_scoped_release nogil;
+            t = GetInto::start_get(client_, bucket, key, range, dst, range.length);
+        }
+        wait_transfer(*t);
+        return t;
+    }
+
     // GET into a new bytes object (filled before Python ever sees it): one copy fewer than
     // GET into a buffer + bytes(buffer). `length` None: to the end of the object, which
     // needs the size (`size_hint`, else a HEAD).
@@ -298,16 +323,9 @@ class NativeClient {
             n = size > offset ? size - offset : 0;
         }
         if (n == 0) return py::bytes();
-        PyObject *raw = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(n));
-        if (!raw) throw py::error_already_set();
-        py::object holder = py::reinterpret_steal<py::object>(raw);
-        char *dst = PyBytes_AS_STRING(raw);
-        std::shared_ptr<GetInto> t;
-        {
-            py::gil_scoped_release nogil;
-            t = GetInto::start_get(client_, bucket, key, ByteRange{offset, n}, dst, n);
-        }
-        wait_transfer(*t);
+        char *dst = nullptr;
+        py::object holder = new_bytes(n, &dst);
+        auto t = get_raw(bucket, key, ByteRange{offset, n}, dst);
         t->raise_if_failed();
         size_t got = t->bytes_received();
         if (got != n) {
@@ -325,12 +343,7 @@ class NativeClient {
         const uint64_t first = client_->config().part_size;
         std::unique_ptr<uint8_t, decltype(&std::free)> scratch(static_cast<uint8_t *>(std::malloc(first)), &std::free);
         if (!scratch) throw std::bad_alloc();
-        std::shared_ptr<GetInto> t;
-        {
-            py::gil_scoped_release nogil;
-            t = GetInto::start_get(client_, bucket, key, ByteRange{0, first}, scratch.get(), first);
-        }
-        wait_transfer(*t);
+        auto t = get_raw(bucket, key, ByteRange{0, first}, scratch.get());
         try {
             t->raise_if_failed();
         } catch (const S3Error &e) {
@@ -340,18 +353,11 @@ class NativeClient {
         size_t got = t->bytes_received();
         uint64_t total = t->object_size();
         if (total <= got) return py::bytes(reinterpret_cast<const char *>(scratch.get()), got);
-        PyObject *raw = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(total));
-        if (!raw) throw py::error_already_set();
-        py::object holder = py::reinterpret_steal<py::object>(raw);
-        char *dst = PyBytes_AS_STRING(raw);
+        char *dst = nullptr;
+        py::object holder = new_bytes(total, &dst);
         std::memcpy(dst, scratch.get(), got);
         scratch.reset();
-        std::shared_ptr<GetInto> rest;
-        {
-            py::gil_scoped_release nogil;
-            rest = GetInto::start_get(client_, bucket, key, ByteRange{got, total - got}, dst + got, total - got);
-        }
-        wait_transfer(*rest);
+        auto rest = get_raw(bucket, key, ByteRange{got, total - got}, dst + got);
         rest->raise_if_failed();
         if (rest->bytes_received() != total - got)
             throw S3Error(ErrorKind::Generic, "GetObject s3://" + bucket + "/" + key +

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 import torch
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
@@ -70,13 +70,13 @@ class ParallelLoader:
         where = f"s3://{self.bucket}/{it.key} item {idx.fqn}" + (f" at {list(idx.offset)}" if idx.offset else "")
         return CheckpointCorruptError(f"{where}: {msg}")
 
-    def _read_error(self, it: _Item, e: "_crt.S3Exception") -> Exception:
-        """The error to raise for a failed read of an item: access and timeout errors as they
-        are, anything else named after the item it hit."""
+    def _raise_read_error(self, it: _Item, e: "_crt.S3Exception") -> NoReturn:
+        """Raise for a failed read of an item: access and timeout errors as they are,
+        anything else named after the item it hit. Call from the handler of `e`."""
         if isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError)):
-            return e
+            raise e
         hint = " (the file is shorter than the checkpoint metadata says: truncated?)" if e.http_status == 416 else ""
-        return self._err(it, f"cannot read its bytes: {e}{hint}")
+        raise self._err(it, f"cannot read its bytes: {e}{hint}") from e
 
     def _get_many(self, reqs: List[Tuple[str, int, int, Any]], owners: List[_Item]) -> List[int]:
         """get_into_many, with failures that name the item whose bytes could not be read."""
@@ -88,10 +88,7 @@ class ParallelLoader:
             culprit = next((it for (key, off, n, _), it in zip(reqs, owners) if key == e.key), None)
             if culprit is None:
                 raise
-            err = self._read_error(culprit, e)
-            if err is e:
-                raise
-            raise err from e
+            self._raise_read_error(culprit, e)
 
     # --- 1. probe ------------------------------------------------------------------------
     def _probe(self, items: List[_Item]) -> None:
@@ -216,25 +213,19 @@ class ParallelLoader:
                     try:
                         handles.append(self.native.start_get_into(self.bucket, it.key, _view_bytes(it.dest), start, nb))
                     except _crt.S3Exception as e:
-                        err = self._read_error(it, e)
-                        if err is e:
-                            raise
-                        raise err from e
+                        self._raise_read_error(it, e)
                 for it, h in zip(batch, handles):
                     nb = it.sub[1] - it.sub[0]
                     if h is not None:
                         try:
                             n = h.wait()
                         except _crt.S3Exception as e:
-                            err = self._read_error(it, e)
-                            if err is e:
-                                raise
-                            raise err from e
+                            self._raise_read_error(it, e)
                         if n != nb:
                             raise self._err(it, f"expected {nb} tensor bytes, the file has {n} (truncated?)")
                         self.bytes_read += n
                     assert it.dest is not None
-                    if it.full and self.verify:
+                    if it.full:
                         self._check_crc(it, _view_bytes(it.dest))
                     self.stats["direct" if it.dest is it.target else "staged"] += 1
                     self._finish(it, planner)
