@@ -8,6 +8,10 @@
 #include <aws/io/stream.h>
 #include <aws/s3/s3_client.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
 namespace s3torch {
 
 namespace {
@@ -68,8 +72,30 @@ std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> clien
     o.send_using_async_writes = true;
     o.on_error_resume_token = s_on_error_token;
     o.telemetry_callback = s_on_telemetry;
+    o.progress_callback = s_on_progress;
     t->start(o, "PUT", address_of(client->config(), client->endpoint(), bucket, key), put_headers(opts));
     return t;
+}
+
+void PutStream::s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress,
+                              void *user_data) {
+    // For an upload, progress is reported as each part's upload succeeds.
+    auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
+    {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        self->uploaded_ += progress->bytes_transferred;
+    }
+    self->cv_.notify_all();
+}
+
+bool PutStream::backlog_wait(uint64_t max_bytes, int64_t timeout_ms) {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto ok = [&] { return finished_ || handed_ <= uploaded_ + max_bytes; };
+    if (timeout_ms < 0) {
+        cv_.wait(lock, ok);
+        return true;
+    }
+    return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ok);
 }
 
 void PutStream::s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *token, int,
@@ -137,6 +163,10 @@ void PutStream::write_begin(const void *data, size_t len, bool eof) {
         raise_if_failed();
         throw S3Error(ErrorKind::Generic, "upload already finished", ctx_);
     }
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        handed_ += len;
+    }
     future_ = aws_s3_meta_request_write(mr, aws_byte_cursor_from_array(data, len), eof);
     aws_s3_meta_request_release(mr);
 }
@@ -161,6 +191,10 @@ Upload::Upload(std::shared_ptr<Client> client, std::string bucket, std::string k
     : client_(std::move(client)), bucket_(std::move(bucket)), key_(std::move(key)), opts_(std::move(opts)),
       ctx_{"PutObject", bucket_, key_} {
     require_names(ctx_);
+    // aws-c-s3 opens about one connection per 0.4 Gbps of throughput target.
+    const ClientConfig &cfg = client_->config();
+    uint64_t parts = static_cast<uint64_t>(std::ceil(cfg.throughput_target_gbps / 0.4)) + 4;
+    window_ = std::max<uint64_t>(parts, 8) * cfg.part_size;
 }
 
 Upload::~Upload() {
@@ -210,6 +244,7 @@ bool Upload::wait_step(int64_t timeout_ms) {
     try {
         if (phase_ == Phase::Writing) {
             if (!stream_->write_wait(timeout_ms)) return false;
+            if (!stream_->backlog_wait(window_, timeout_ms)) return false;
             phase_ = Phase::Idle;
             return true;
         }

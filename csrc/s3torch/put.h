@@ -9,6 +9,7 @@
 
 struct aws_future_void;
 struct aws_s3_meta_request;
+struct aws_s3_meta_request_progress;
 struct aws_s3_meta_request_resume_token;
 struct aws_s3_request_metrics;
 
@@ -35,6 +36,9 @@ class PutStream : public Transfer {
     // Wait up to timeout_ms (< 0: forever) for the last write_begin; true when it is done.
     // Throws the transfer's error if the write failed.
     bool write_wait(int64_t timeout_ms);
+    // Wait up to timeout_ms (< 0: forever) until at most `max_bytes` of what was written is
+    // not yet uploaded (or the upload has finished). True when that holds.
+    bool backlog_wait(uint64_t max_bytes, int64_t timeout_ms);
     // The multipart upload id, URI-encoded as it appears in request queries; "" until a part
     // request or a failure report has shown it.
     std::string upload_id();
@@ -46,7 +50,10 @@ class PutStream : public Transfer {
   private:
     static void s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *, int, void *);
     static void s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *, void *);
+    static void s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *, void *);
     aws_future_void *future_ = nullptr;  // caller thread only
+    uint64_t handed_ = 0;                // mu_: bytes given to the CRT
+    uint64_t uploaded_ = 0;              // mu_: bytes of parts the server acknowledged
     std::string upload_id_;              // mu_, URI-encoded
 };
 
@@ -58,8 +65,11 @@ void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &b
 
 // A streaming upload. Data is buffered in memory until it exceeds one part; an object that
 // never does is sent as a single PutObject on complete(). Otherwise a multipart upload starts
-// and parts upload concurrently as they fill. abort() (or a failure) aborts the multipart
-// upload so no parts stay behind. Methods are for one caller thread at a time.
+// and parts upload concurrently as they fill. A write returns once its bytes are copied into
+// part buffers *and* no more than upload_window() bytes are waiting to be uploaded, so memory
+// stays bounded however fast the caller writes, and the CRT's part-buffer pool reuses the same
+// few buffers instead of touching fresh memory for every part. abort() (or a failure) aborts
+// the multipart upload so no parts stay behind. Methods are for one caller thread at a time.
 class Upload {
   public:
     Upload(std::shared_ptr<Client> client, std::string bucket, std::string key, PutOptions opts);
@@ -76,6 +86,9 @@ class Upload {
     void abort();
 
     uint64_t bytes_written() const { return written_; }
+    // Bytes written but not yet uploaded that a write may leave behind: enough parts to keep
+    // every connection the throughput target calls for busy, plus a few being filled.
+    uint64_t upload_window() const { return window_; }
     bool closed() const { return closed_; }
     const ErrorContext &context() const { return ctx_; }
 
@@ -91,6 +104,7 @@ class Upload {
     Phase phase_ = Phase::Idle;
     bool completing_ = false;  // after complete_begin: the eof write is next / in progress
     uint64_t written_ = 0;
+    uint64_t window_ = 0;
     bool closed_ = false;
 };
 

@@ -5,6 +5,7 @@
 #include <aws/auth/auth.h>
 #include <aws/common/logging.h>
 #include <aws/common/thread.h>
+#include <aws/io/channel.h>
 #include <aws/io/channel_bootstrap.h>
 #include <aws/io/event_loop.h>
 #include <aws/io/host_resolver.h>
@@ -53,6 +54,11 @@ Runtime::Runtime() : allocator_(aws_default_allocator()) {
     if (!g_library_initialized) {
         aws_s3_library_init(allocator_);
         init_logging(allocator_);
+        // Channel messages (and so socket reads and writes) of 256 KiB instead of 16 KiB: the
+        // same setting aws-crt-java uses. Measured on a 2-core machine against a local server:
+        // about 25% less CPU per GB for both GET and PUT. Our CRT copy is private to this
+        // module (its symbols are hidden), so no other CRT user in the process is affected.
+        g_aws_channel_max_fragment_size = 256 * 1024;
         g_library_initialized = true;
     }
     elg_ = aws_event_loop_group_new_default(allocator_, 0, nullptr);

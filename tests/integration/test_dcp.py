@@ -142,9 +142,14 @@ def test_torch_filesystemwriter_checkpoint_loads_from_s3(seaweed, prefix: str, t
         assert_same(sd, out)
 
 
-def test_s3torch_checkpoint_loads_with_torch_filesystemreader(seaweed, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("threads", [1, 3])
+def test_s3torch_checkpoint_loads_with_torch_filesystemreader(seaweed, prefix: str, tmp_path: Path,
+                                                              threads: int) -> None:  # type: ignore[no-untyped-def]
+    from s3torch.dcp import _torch_save
+
+    assert _torch_save.fast_path_enabled()  # s3torch writes the tensor records itself on this torch
     sd = state_dict()
-    dcp.save(sd, storage_writer=writer(seaweed, f"s3://{BUCKET}/{prefix}ck", thread_count=3))
+    dcp.save(sd, storage_writer=writer(seaweed, f"s3://{BUCKET}/{prefix}ck", thread_count=threads))
     client = make_client(seaweed)
     (tmp_path / "dl").mkdir()
     for page in client.list_objects(BUCKET, prefix + "ck/"):
@@ -153,6 +158,12 @@ def test_s3torch_checkpoint_loads_with_torch_filesystemreader(seaweed, prefix: s
     out = empty_like_sd(sd)
     dcp.load(out, storage_reader=FileSystemReader(str(tmp_path / "dl")))
     assert_same(sd, out)
+    # Byte for byte what torch's own FileSystemWriter writes for the same state dict.
+    dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path / "fs"), thread_count=threads))
+    distcp = sorted(p.name for p in (tmp_path / "fs").glob("*.distcp"))
+    assert distcp == sorted(p.name for p in (tmp_path / "dl").glob("*.distcp")) and len(distcp) == threads
+    for name in distcp:
+        assert (tmp_path / "dl" / name).read_bytes() == (tmp_path / "fs" / name).read_bytes(), name
 
 
 def _s3tc_env(seaweed, monkeypatch):  # type: ignore[no-untyped-def]
@@ -341,16 +352,33 @@ class _FailingPlanner(DefaultSavePlanner):
         return super().resolve_data(write_item)
 
 
-def test_failed_save_leaves_no_metadata_and_no_uploads(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("threads", [1, 3])
+def test_failed_save_leaves_no_metadata_and_no_uploads(seaweed, prefix: str, threads: int) -> None:  # type: ignore[no-untyped-def]
+    # With several writer threads the failure happens in one of them; it still fails the save
+    # (torch's own loop would lose it with its thread) and every upload is aborted.
     path = f"s3://{BUCKET}/{prefix}failed"
     sd = {f"t{i}": torch.randn(1024, 1024) for i in range(5)}  # 4 MiB each: a multipart upload is under way
     _FailingPlanner.calls = 0
     with pytest.raises(CheckpointException, match="device lost"):
-        dcp.save(sd, storage_writer=writer(seaweed, path), planner=_FailingPlanner())
+        dcp.save(sd, storage_writer=writer(seaweed, path, thread_count=threads), planner=_FailingPlanner())
     keys = [o.key for p in make_client(seaweed).list_objects(BUCKET, prefix) for o in p.object_info]
     assert keys == []  # no .metadata, no half-written .distcp
     ups = seaweed.boto3_client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])
     assert ups == []
+
+
+@pytest.mark.filterwarnings("ignore:Detected an existing checkpoint")
+def test_failed_overwrite_leaves_nothing_loadable(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    path = f"s3://{BUCKET}/{prefix}again"
+    dcp.save({f"t{i}": torch.zeros(1024, 1024) for i in range(5)}, storage_writer=writer(seaweed, path))
+    _FailingPlanner.calls = 0
+    with pytest.raises(CheckpointException, match="device lost"):
+        dcp.save({f"t{i}": torch.ones(1024, 1024) for i in range(5)}, storage_writer=writer(seaweed, path),
+                 planner=_FailingPlanner())
+    # The old metadata was removed before any data was replaced: nothing at this path loads,
+    # rather than a mix of old and new tensors.
+    with pytest.raises(CheckpointException, match="no DCP checkpoint"):
+        dcp.load({f"t{i}": torch.empty(1024, 1024) for i in range(5)}, storage_reader=reader(seaweed, path))
 
 
 def test_writer_accepts_filesystemwriter_options(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]

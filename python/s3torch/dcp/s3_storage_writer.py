@@ -1,18 +1,24 @@
 """S3StorageWriter: torch's FileSystemWriter format, written to S3.
 
-Each ``.distcp`` file streams into a multipart upload (parts in flight while torch.save keeps
-writing; tensor memory is handed to the CRT without a Python-side copy; at most one part is
-buffered per file, so memory stays bounded). Files are byte-compatible with torch's
-``FileSystemWriter``. ``.metadata`` is written last, by one PUT (atomic on S3): never by
-copy+delete, so a checkpoint is loadable only once complete. A failed save aborts its
-uploads and writes no ``.metadata``.
+Each ``.distcp`` file streams into a multipart upload with parts in flight while the next
+tensors are serialised. Tensor bytes reach the CRT without a Python-side copy, and a write
+waits while more than a window of parts (enough for the throughput target) is waiting to be
+uploaded, so memory stays bounded whatever the checkpoint size. Tensor records are written
+by s3torch (``_torch_save``): the same bytes as ``torch.save``, with the native CRC-32.
+Files are byte-identical to torch's ``FileSystemWriter`` output. ``.metadata`` is written
+last, by one PUT (atomic on S3), never by copy+delete, so a checkpoint is loadable only once
+complete. Overwriting a checkpoint in place removes its old metadata before any data is
+replaced. A failed save aborts its uploads, removes the files it completed, and writes no
+``.metadata``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import pickle
-from typing import Any, List, Optional
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, List, Optional, Tuple
 
 from torch.distributed.checkpoint.filesystem import FileSystemWriter, _StoragePrefix
 from torch.distributed.checkpoint.metadata import Metadata
@@ -22,11 +28,13 @@ from torch.futures import Future
 
 from .._config import S3ClientConfig
 from .._uri import parse_s3_uri
+from . import _torch_save
 from ._progress import Progress
 from .s3_file_system import S3FileSystem, _s
 from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
 
 log = logging.getLogger("s3torch.dcp")
+_File = Tuple[Any, str, List[Any]]  # (path, file name, write items)
 _METADATA = ".metadata"
 
 
@@ -70,9 +78,20 @@ class S3StorageWriter(FileSystemWriter):
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
         return S3FileSystem.validate_checkpoint_id(checkpoint_id)
 
+    def _metadata_name(self) -> str:
+        return f"__{self.rank}{_METADATA}" if not self.use_collectives and self.rank is not None else _METADATA
+
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         self._progress.start()
         plan = super().prepare_local_plan(plan)  # refuses an existing checkpoint if overwrite=False
+        # Overwriting in place: take the old checkpoint's metadata away before any data object
+        # is replaced. Otherwise a save that fails halfway would leave the old metadata over a
+        # mix of old and new data files: a checkpoint that loads, wrongly. Every rank does this
+        # before the plans are gathered, so it is done before any rank writes data.
+        metadata = self.fs.concat_path(self.path, self._metadata_name())
+        if self.fs.exists(metadata):
+            log.info("s3torch: overwriting the checkpoint at %s: removing its metadata first", self.path)
+            self.fs.rm_file(metadata)
         if self.rank is not None and not self.use_collectives:
             plan = dataclasses.replace(plan, storage_data=_StoragePrefix(self.prefix_strategy.generate_prefix(self.rank)))
         return plan
@@ -86,10 +105,129 @@ class S3StorageWriter(FileSystemWriter):
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
         self._progress.start()
-        fut = super().write_data(plan, planner)
+        if self._can_write_fast():
+            results = self._write_files(plan, planner)
+            fut: "Future[List[WriteResult]]" = Future()
+            fut.set_result(results)
+        else:
+            fut = super().write_data(plan, planner)
         for wr in fut.value():
             self._progress.add(wr.size_in_bytes)
         return fut
+
+    # --- the file-writing loop ---------------------------------------------------------------
+    # torch's FileSystemWriter.write_data, with two changes: tensors are written by
+    # _torch_save.save_tensor (torch.save's bytes, a faster checksum), and an error in any
+    # writer thread fails the save (and aborts every upload still open) instead of being lost
+    # with its thread. Files, names, item order and offsets are the same as torch's. Used
+    # when the save is plain torch.save records with no stream extensions; otherwise torch's
+    # own loop runs.
+
+    def _can_write_fast(self) -> bool:
+        try:
+            from torch.distributed.checkpoint.filesystem import SerializationFormat
+
+            fmt_ok = getattr(self, "serialization_format", SerializationFormat.TORCH_SAVE) == SerializationFormat.TORCH_SAVE
+        except ImportError:
+            fmt_ok = True
+        transforms = getattr(self, "transforms", None)
+        return fmt_ok and transforms is not None and not getattr(transforms, "extensions", None) and \
+            _torch_save.fast_path_enabled()
+
+    def _write_files(self, plan: SavePlan, planner: SavePlanner) -> List[WriteResult]:
+        from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, _split_by_size_and_type
+
+        prefix = plan.storage_data.prefix
+        files: List[_File] = []
+        buckets = _split_by_size_and_type(self.thread_count, plan.items) if self.single_file_per_rank \
+            else [[item] for item in plan.items]
+        for i, bucket in enumerate(buckets):
+            name = f"{prefix}{i}{DEFAULT_SUFFIX}"
+            files.append((self.fs.concat_path(self.path, name), name, bucket))
+        written: List[Any] = []  # paths of files completed by this save
+        try:
+            return self._write_files_in_threads(planner, files, written)
+        except BaseException:
+            # Nothing of a failed save stays behind: files still open were aborted by their
+            # writers; remove those already completed (best effort).
+            for path in written:
+                try:
+                    self.fs.rm_file(path)
+                except Exception as e:
+                    log.warning("s3torch: could not remove %s after the failed save: %s", path, e)
+            raise
+
+    def _write_files_in_threads(self, planner: SavePlanner, files: List[_File], written: List[Any]) -> List[WriteResult]:
+        if self.thread_count == 1 or len(files) <= 1:
+            return [wr for f in files for wr in self._write_file(planner, *f, written=written)]
+        lock = threading.Lock()
+        queue = list(reversed(files))
+        failed: List[BaseException] = []
+
+        def worker() -> List[WriteResult]:
+            out: List[WriteResult] = []
+            while True:
+                with lock:
+                    if failed or not queue:
+                        return out
+                    f = queue.pop()
+                try:
+                    out += self._write_file(planner, *f, written=written)
+                except BaseException as e:
+                    with lock:
+                        failed.append(e)
+                    raise
+
+        with ThreadPoolExecutor(max_workers=min(self.thread_count, len(files)), thread_name_prefix="s3torch-dcp") as ex:
+            futures = [ex.submit(worker) for _ in range(min(self.thread_count, len(files)))]
+            results: List[WriteResult] = []
+            errors = []
+            for f in futures:
+                try:
+                    results += f.result()
+                except BaseException as e:
+                    errors.append(e)
+        if errors:
+            raise errors[0]
+        return results
+
+    def _write_file(self, planner: SavePlanner, path: Any, file_name: str, items: List[Any],
+                    written: List[Any]) -> List[WriteResult]:
+        import torch
+        from torch.distributed.checkpoint.filesystem import (_item_size, _OverlappingCpuLoader, _SerialCpuLoader,
+                                                             _StorageInfo)
+        from torch.distributed.checkpoint.planner import WriteItemType
+
+        loader: Any
+        if self.thread_count == 1 and torch.cuda.is_available() and self.per_thread_copy_ahead > 0:
+            loader = _OverlappingCpuLoader(planner.resolve_data, inflight_threshhold=self.per_thread_copy_ahead)
+        else:
+            loader = _SerialCpuLoader(planner.resolve_data)
+        for wi in items:
+            if wi.type != WriteItemType.BYTE_IO:
+                loader.add(_item_size(wi), wi)
+        loader.start_loading()
+        results: List[WriteResult] = []
+
+        def result(wi: Any, offset: int, length: int) -> WriteResult:
+            return WriteResult(index=wi.index, size_in_bytes=length,
+                               storage_data=_StorageInfo(file_name, offset, length, transform_descriptors=None))
+
+        with self.fs.create_stream(path, "wb") as stream:
+            for wi in items:
+                if wi.type == WriteItemType.BYTE_IO:
+                    offset = stream.tell()
+                    data: Any = planner.resolve_data(wi)  # an io.BytesIO
+                    stream.write(data.getbuffer())
+                    results.append(result(wi, offset, stream.tell() - offset))
+            for tensor, wi in loader.values():
+                if not tensor.is_cpu:
+                    raise AssertionError("Tensor must be on CPU")
+                offset = stream.tell()
+                _torch_save.save_tensor(tensor, stream)
+                results.append(result(wi, offset, stream.tell() - offset))
+        written.append(path)  # list.append is atomic: safe from several writer threads
+        return results
 
     def finish(self, metadata: Metadata, results: List[List[WriteResult]]) -> None:
         from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION
@@ -100,10 +238,7 @@ class S3StorageWriter(FileSystemWriter):
             storage_md.update({wr.index: wr.storage_data for wr in wr_list})
         metadata.storage_data = storage_md
         metadata.storage_meta = self.storage_meta()
-        if not self.use_collectives and self.rank is not None:
-            name = f"__{self.rank}{_METADATA}"
-        else:
-            name = _METADATA
+        name = self._metadata_name()
         # One PUT, last: the checkpoint becomes visible atomically, and only when complete.
         with self.fs.create_stream(self.fs.concat_path(self.path, name), "wb") as stream:
             pickle.dump(metadata, stream)
