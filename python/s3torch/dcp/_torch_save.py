@@ -129,14 +129,30 @@ class _Archive:
         self._flush()
 
 
-def _write_archive(tensor: torch.Tensor, write: Any, sid_prefix: bytes) -> int:
+_EXPECTED_RECORDS = ["data.pkl", ".format_version", ".storage_alignment", "byteorder", "data/0"]
+
+
+def _records(tensor: torch.Tensor) -> List[Tuple[str, Any, int]]:
+    """What torch.save would put in the archive, or _Unsupported."""
     from torch.serialization import DEFAULT_PROTOCOL, _save
-    from torch.utils.serialization import config
 
     rec = _Recorder()
     _save(tensor, rec, pickle, DEFAULT_PROTOCOL, False)
+    # One tensor, one storage: the layout the first-use check compared with torch.save (the
+    # serialization id's first half hashes these names).
+    if [r[0] for r in rec.records] != _EXPECTED_RECORDS:
+        raise _Unsupported(f"records {[r[0] for r in rec.records]}")
+    if rec.records[-1][2] >= _SMALL_RECORD_LIMIT:
+        raise _Unsupported("a record of 4 GiB or more")
+    return rec.records
+
+
+def _write_archive(tensor: torch.Tensor, write: Any, sid_prefix: bytes,
+                   records: Optional[List[Tuple[str, Any, int]]] = None) -> int:
+    from torch.utils.serialization import config
+
     archive = _Archive(write, int(config.save.storage_alignment))
-    for name, data, nbytes in rec.records:
+    for name, data, nbytes in records if records is not None else _records(tensor):
         if isinstance(data, str):
             data = data.encode()
         if isinstance(data, (bytes, bytearray)):
@@ -200,12 +216,17 @@ def save_tensor(tensor: torch.Tensor, stream: Any) -> None:
     from torch.serialization import _serialization_tls
     from torch.utils.serialization import config
 
-    storage = tensor.untyped_storage()
-    if (not _check() or getattr(_serialization_tls, "skip_data", False) or storage.nbytes() >= _SMALL_RECORD_LIMIT
-            or not config.save.compute_crc32 or tensor.device.type != "cpu"):
+    records = None
+    if (_check() and not getattr(_serialization_tls, "skip_data", False) and config.save.compute_crc32
+            and tensor.device.type == "cpu" and tensor.untyped_storage().nbytes() < _SMALL_RECORD_LIMIT):
+        try:
+            records = _records(tensor)
+        except _Unsupported:
+            pass
+    if records is None:
         torch.save(tensor, stream)
-        return
-    _write_archive(tensor, stream.write, _State.sid_prefix)
+    else:
+        _write_archive(tensor, stream.write, _State.sid_prefix, records)
 
 
 def fast_path_enabled() -> bool:
