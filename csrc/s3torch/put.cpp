@@ -224,9 +224,20 @@ bool Upload::write_begin(const void *data, size_t len) {
             pending_.shrink_to_fit();
         }
     }
-    stream_->write_begin(data, len, false);
+    // Hand the bytes over a part at a time, so the upload window also bounds one huge write
+    // (the CRT would otherwise copy all of it into part buffers ahead of the uploads).
+    slice_ = static_cast<const uint8_t *>(data);
+    slice_left_ = len;
+    send_slice();
     phase_ = Phase::Writing;
     return false;
+}
+
+void Upload::send_slice() {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(slice_left_, client_->config().part_size));
+    stream_->write_begin(slice_, n, false);
+    slice_ += n;
+    slice_left_ -= n;
 }
 
 void Upload::complete_begin() {
@@ -243,8 +254,12 @@ void Upload::complete_begin() {
 bool Upload::wait_step(int64_t timeout_ms) {
     try {
         if (phase_ == Phase::Writing) {
-            if (!stream_->write_wait(timeout_ms)) return false;
-            if (!stream_->backlog_wait(window_, timeout_ms)) return false;
+            for (;;) {
+                if (!stream_->write_wait(timeout_ms)) return false;
+                if (!stream_->backlog_wait(window_, timeout_ms)) return false;
+                if (slice_left_ == 0) break;
+                send_slice();
+            }
             phase_ = Phase::Idle;
             return true;
         }
@@ -292,6 +307,7 @@ void Upload::abort() {
     closed_ = true;
     phase_ = Phase::Done;
     pending_.clear();
+    slice_left_ = 0;
     if (stream_) {
         stream_->cancel();  // the CRT aborts the multipart upload, once
         try {

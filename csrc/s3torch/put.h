@@ -103,8 +103,11 @@ class Upload {
     std::shared_ptr<Transfer> single_;
     Phase phase_ = Phase::Idle;
     bool completing_ = false;  // after complete_begin: the eof write is next / in progress
+    void send_slice();
     uint64_t written_ = 0;
     uint64_t window_ = 0;
+    const uint8_t *slice_ = nullptr;  // the rest of the current write, handed over a part at a time
+    uint64_t slice_left_ = 0;
     bool closed_ = false;
 };
 
