@@ -21,7 +21,7 @@ import struct
 import sys
 import threading
 import zlib
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 import torch
 
@@ -147,12 +147,11 @@ def _records(tensor: torch.Tensor) -> List[Tuple[str, Any, int]]:
     return rec.records
 
 
-def _write_archive(tensor: torch.Tensor, write: Any, sid_prefix: bytes,
-                   records: Optional[List[Tuple[str, Any, int]]] = None) -> int:
+def _write_archive(records: List[Tuple[str, Any, int]], write: Any, sid_prefix: bytes) -> int:
     from torch.utils.serialization import config
 
     archive = _Archive(write, int(config.save.storage_alignment))
-    for name, data, nbytes in records if records is not None else _records(tensor):
+    for name, data, nbytes in records:
         if isinstance(data, str):
             data = data.encode()
         if isinstance(data, (bytes, bytearray)):
@@ -200,7 +199,7 @@ def _check() -> bool:
                        torch.arange(12, dtype=torch.int64).reshape(3, 4).t(), torch.ones(5, dtype=torch.bfloat16)[1:4]]
             for t in samples:
                 out = io.BytesIO()
-                _write_archive(t, lambda b: out.write(_as_bytes(b)), prefix)
+                _write_archive(_records(t), lambda b: out.write(_as_bytes(b)), prefix)
                 if out.getvalue() != _reference(t):
                     raise _Unsupported(f"archive of {tuple(t.shape)} {t.dtype} differs from torch.save's")
             _State.sid_prefix = prefix
@@ -218,15 +217,15 @@ def save_tensor(tensor: torch.Tensor, stream: Any) -> None:
 
     records = None
     if (_check() and not getattr(_serialization_tls, "skip_data", False) and config.save.compute_crc32
-            and tensor.device.type == "cpu" and tensor.untyped_storage().nbytes() < _SMALL_RECORD_LIMIT):
+            and tensor.device.type == "cpu"):
         try:
-            records = _records(tensor)
+            records = _records(tensor)  # also refuses records of 4 GiB or more
         except _Unsupported:
             pass
     if records is None:
         torch.save(tensor, stream)
     else:
-        _write_archive(tensor, stream.write, _State.sid_prefix, records)
+        _write_archive(records, stream.write, _State.sid_prefix)
 
 
 def fast_path_enabled() -> bool:
