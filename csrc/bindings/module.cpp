@@ -78,7 +78,9 @@ class GetHandle {
   public:
     GetHandle(std::shared_ptr<GetInto> t, std::unique_ptr<HeldBuffer> buf) : t_(std::move(t)), buf_(std::move(buf)) {}
     ~GetHandle() {
-        if (t_ && !t_->done()) {
+        // In a fork()ed child the transfer is the parent's: it never runs here, so neither
+        // cancel nor wait (done() is false there).
+        if (t_ && !t_->foreign() && !t_->done()) {
             py::gil_scoped_release nogil;
             t_->cancel();
             t_->wait();
@@ -134,7 +136,7 @@ class StreamHandle {
     }
     uint64_t buffered_bytes() { return s_ ? s_->buffered_bytes() : 0; }
     void close() {
-        if (s_ && !s_->done()) {
+        if (s_ && !s_->foreign() && !s_->done()) {
             py::gil_scoped_release nogil;
             s_->cancel();
             s_->wait();

@@ -9,6 +9,8 @@
 #include <aws/io/tls_channel_handler.h>
 #include <aws/s3/s3_client.h>
 
+#include <unistd.h>
+
 #include <condition_variable>
 #include <set>
 
@@ -69,11 +71,26 @@ Client::~Client() {
         g_clients.erase(this);
     }
     std::lock_guard<std::mutex> lock(mu_);
+    abandon_if_foreign_locked();
     // May run on a CRT thread (the last transfer let go of us there): never wait here.
     release_locked(false);
 }
 
+void Client::abandon_if_foreign_locked() {
+    if (!client_ || pid_ == getpid()) return;
+    // Built by the parent of this fork()ed child and never suspended: its threads are gone and
+    // its locks may be held forever. Releasing anything would touch them; leak it all.
+    new std::shared_ptr<Runtime>(std::move(runtime_));
+    (void)signing_.release();
+    client_ = nullptr;
+    credentials_ = nullptr;
+    tls_ctx_ = nullptr;
+    shutdown_state_ = nullptr;
+    in_flight_.store(0);  // the parent's transfers are not ours
+}
+
 aws_s3_client *Client::ensure_locked() {
+    abandon_if_foreign_locked();
     if (client_) return client_;
     runtime_ = Runtime::acquire();
     aws_allocator *alloc = runtime_->allocator();
@@ -151,6 +168,7 @@ aws_s3_client *Client::ensure_locked() {
     // The shutdown state takes ownership at release time; remember it through the
     // user-data pointer we gave the CRT.
     shutdown_state_ = st;
+    pid_ = getpid();
     return client_;
 }
 
@@ -198,17 +216,25 @@ void Client::transfer_finished() { in_flight_.fetch_sub(1); }
 
 bool Client::suspend() {
     std::lock_guard<std::mutex> lock(mu_);
+    abandon_if_foreign_locked();
     if (in_flight_.load() != 0) return false;
     release_locked(true);
     return true;
 }
 
 bool Client::prepare_fork() {
-    std::lock_guard<std::mutex> lock(g_clients_mu);
-    for (Client *c : g_clients)
-        if (c->in_flight() != 0) return false;
-    for (Client *c : g_clients)
-        if (!c->suspend()) return false;
+    {
+        std::lock_guard<std::mutex> lock(g_clients_mu);
+        for (Client *c : g_clients) {
+            std::lock_guard<std::mutex> client_lock(c->mu_);
+            c->abandon_if_foreign_locked();  // this process is itself a child forked mid-transfer
+        }
+        for (Client *c : g_clients)
+            if (c->in_flight() != 0) return false;
+        for (Client *c : g_clients)
+            if (!c->suspend()) return false;
+    }
+    // Not under g_clients_mu: a Client destroyed on a CRT thread meanwhile takes it.
     return Runtime::shutdown();
 }
 

@@ -5,9 +5,15 @@
 // callbacks of every Transfer. `mu_` guards the lazily built CRT objects below; transfers take
 // a reference to the aws_s3_client when they start, so `suspend()` (fork) only tears down a
 // client with no transfer in flight.
+//
+// fork(): CRT objects belong to the process that built them. A Client used in a forked child
+// whose parent did not suspend it (transfers were in flight) leaks the parent's objects,
+// untouched, and builds its own; destroyed in such a child, it frees nothing of the CRT.
 #pragma once
 
 #include "s3torch/config.h"
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <memory>
@@ -54,6 +60,8 @@ class Client : public std::enable_shared_from_this<Client> {
     explicit Client(ClientConfig config);
     aws_s3_client *ensure_locked();
     void release_locked(bool wait);
+    // In a fork()ed child: forget (leak) the CRT objects built by the parent.
+    void abandon_if_foreign_locked();
 
     ClientConfig config_;
     Endpoint endpoint_;
@@ -64,6 +72,7 @@ class Client : public std::enable_shared_from_this<Client> {
     aws_tls_ctx *tls_ctx_ = nullptr;
     std::unique_ptr<aws_signing_config_aws> signing_;
     void *shutdown_state_ = nullptr;  // ShutdownState of client_, see client.cpp
+    pid_t pid_ = 0;                   // the process that built client_
     std::atomic<int64_t> in_flight_{0};
 };
 

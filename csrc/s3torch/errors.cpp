@@ -9,6 +9,7 @@
 #include <aws/s3/s3.h>
 
 #include <cstring>
+#include <unistd.h>
 
 namespace s3torch {
 
@@ -78,6 +79,13 @@ S3Error::S3Error(ErrorKind k, const std::string &message, ErrorContext ctx)
 void throw_invalid(const std::string &message, const ErrorContext &ctx) {
     std::string where = describe(ctx);
     throw S3Error(ErrorKind::InvalidArgument, where.empty() ? message : where + ": " + message, ctx);
+}
+
+void throw_forked(const ErrorContext &ctx, long owner_pid) {
+    throw_invalid("this transfer was started in process " + std::to_string(owner_pid) +
+                      " and cannot be used in a fork()ed child (process " + std::to_string(static_cast<long>(getpid())) +
+                      "); start it again here",
+                  ctx);
 }
 
 std::string crt_error_name(int crt_error) {

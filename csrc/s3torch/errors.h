@@ -46,6 +46,10 @@ class S3Error : public std::runtime_error {
 // Raise an InvalidArgument error naming the bucket/key.
 [[noreturn]] void throw_invalid(const std::string &message, const ErrorContext &ctx = {});
 
+// Raise the error for a transfer used in a process other than the one that started it (a
+// fork()ed child): its CRT threads do not exist there, so it would never finish.
+[[noreturn]] void throw_forked(const ErrorContext &ctx, long owner_pid);
+
 // Build the error for a failed meta request from its result (error code, status, headers, body).
 S3Error error_from_result(
     int crt_error,

@@ -12,6 +12,11 @@
 namespace s3torch {
 
 Chunk::~Chunk() {
+    if (stream_ && stream_->foreign()) {
+        // A chunk inherited by a fork()ed child: its buffer pool belongs to the parent's CRT.
+        new std::shared_ptr<GetStream>(std::move(stream_));  // leaked, never released here
+        return;
+    }
     if (ticket_) aws_s3_buffer_ticket_release(ticket_);
     if (stream_) stream_->release_bytes(size_);
 }
@@ -35,6 +40,7 @@ std::shared_ptr<GetStream> GetStream::start_stream(std::shared_ptr<Client> clien
 }
 
 GetStream::~GetStream() {
+    if (foreign()) return;  // a fork()ed child: the tickets belong to the parent's CRT
     // Chunks never handed out still hold tickets.
     for (auto &p : queue_)
         if (p.ticket) aws_s3_buffer_ticket_release(p.ticket);
@@ -60,6 +66,7 @@ int GetStream::on_body(const aws_byte_cursor &body, uint64_t range_start, void *
 
 std::unique_ptr<Chunk> GetStream::next(int64_t timeout_ms, bool *timed_out) {
     *timed_out = false;
+    if (foreign()) throw_forked(ctx_, pid_);
     std::unique_lock<std::mutex> lock(mu_);
     auto ready = [&] { return !queue_.empty() || finished_; };
     if (timeout_ms < 0) {
@@ -86,15 +93,17 @@ std::unique_ptr<Chunk> GetStream::next(int64_t timeout_ms, bool *timed_out) {
     c->data_ = c->owned_.empty() ? p.data : reinterpret_cast<const uint8_t *>(c->owned_.data());
     c->size_ = p.size;
     c->offset_ = p.offset;
+    lock.unlock();
+    // The window opens as chunks are handed out, not as they are released: a consumer may
+    // hold the chunk it has while it asks for the next (a for loop's variable does), and
+    // with a read-ahead smaller than a part, waiting for that release would never end.
+    if (c->size_) increment_read_window(c->size_);
     return c;
 }
 
 void GetStream::release_bytes(size_t n) {
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        buffered_ -= n;
-    }
-    if (n) increment_read_window(n);
+    std::lock_guard<std::mutex> lock(mu_);
+    buffered_ -= n;
 }
 
 uint64_t GetStream::buffered_bytes() {

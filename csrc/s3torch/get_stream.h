@@ -2,8 +2,9 @@
 // buffer kept alive by its buffer ticket until the consumer releases the chunk.
 //
 // Back-pressure: the meta request's read window starts at `read_ahead` bytes and grows only
-// as the consumer releases chunks, so a slow consumer holds at most about read_ahead bytes
-// (plus parts already in flight when the window closed) however large the object is.
+// as the consumer takes chunks, so at most about read_ahead bytes (plus parts already in
+// flight when the window closed) wait ahead of a slow consumer however large the object is,
+// besides the chunks the consumer itself still holds.
 #pragma once
 
 #include "s3torch/get.h"
@@ -20,8 +21,8 @@ namespace s3torch {
 
 class GetStream;
 
-// One delivered piece of the object. Releases its ticket (and opens the read window by its
-// length) when destroyed.
+// One delivered piece of the object. Releases its ticket (and its count in buffered bytes)
+// when destroyed.
 class Chunk {
   public:
     ~Chunk();

@@ -208,6 +208,7 @@ Upload::~Upload() {
 
 bool Upload::write_begin(const void *data, size_t len) {
     if (closed_) throw_invalid("write to a closed upload", ctx_);
+    if (foreign()) throw_forked(ctx_, pid_);
     if (phase_ != Phase::Idle) throw_invalid("previous write still in progress", ctx_);
     written_ += len;
     if (!stream_) {
@@ -242,6 +243,7 @@ void Upload::send_slice() {
 
 void Upload::complete_begin() {
     if (closed_) throw_invalid("upload already closed", ctx_);
+    if (foreign()) throw_forked(ctx_, pid_);
     if (phase_ == Phase::Writing) throw_invalid("previous write still in progress", ctx_);
     phase_ = Phase::Completing;
     if (stream_) {
@@ -252,6 +254,7 @@ void Upload::complete_begin() {
 }
 
 bool Upload::wait_step(int64_t timeout_ms) {
+    if (foreign()) throw_forked(ctx_, pid_);
     try {
         if (phase_ == Phase::Writing) {
             for (;;) {
@@ -306,6 +309,12 @@ std::string Upload::etag() {
 void Upload::abort() {
     closed_ = true;
     phase_ = Phase::Done;
+    if (foreign()) {
+        // A fork()ed child: the parent's CRT owns the transfers. Leave them to it, untouched.
+        new std::shared_ptr<PutStream>(std::move(stream_));
+        new std::shared_ptr<Transfer>(std::move(single_));
+        return;
+    }
     pending_.clear();
     slice_left_ = 0;
     if (stream_) {

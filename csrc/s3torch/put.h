@@ -91,10 +91,14 @@ class Upload {
     uint64_t upload_window() const { return window_; }
     bool closed() const { return closed_; }
     const ErrorContext &context() const { return ctx_; }
+    // True in a fork()ed child: the upload belongs to the parent's CRT; writing or completing
+    // throws, and abort() only marks it closed (the parent still owns the multipart upload).
+    bool foreign() const { return pid_ != getpid(); }
 
   private:
     enum class Phase { Idle, Writing, Completing, Done };
     std::shared_ptr<Client> client_;
+    const pid_t pid_ = getpid();
     std::string bucket_, key_;
     PutOptions opts_;
     ErrorContext ctx_;

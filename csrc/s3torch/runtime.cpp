@@ -13,9 +13,11 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 namespace s3torch {
 
@@ -46,6 +48,26 @@ void init_logging(aws_allocator *alloc) {
     if (file && *file) opts.filename = file;
     else opts.file = stderr;
     if (aws_logger_init_standard(&logger, alloc, &opts) == AWS_OP_SUCCESS) aws_logger_set(&logger);
+}
+
+// aws-c-common's bookkeeping of its threads (private API of the pinned CRT version; see
+// abandon_inherited_runtime_locked).
+extern "C" {
+void aws_thread_initialize_thread_management(void);
+size_t aws_thread_get_managed_thread_count(void);
+}
+
+// A runtime inherited across fork() without a teardown (transfers were in flight in the
+// parent): its threads do not exist here. Abandon it, never touching or freeing it, and make
+// aws-c-common forget the parent's threads: its list of finished threads awaiting a join
+// would otherwise be joined by the next CRT thread to exit here (pthread_join on a thread of
+// another process: a crash), and its count of live ones would make joining all threads wait
+// forever. Called with g_mutex held, in the child, before any CRT thread exists here.
+void abandon_inherited_runtime_locked() {
+    new std::shared_ptr<Runtime>(std::move(g_runtime));
+    g_runtime.reset();
+    aws_thread_initialize_thread_management();  // empties the pending-join list (leaks it)
+    for (size_t n = aws_thread_get_managed_thread_count(); n > 0; --n) aws_thread_decrement_unjoined_count();
 }
 
 }  // namespace
@@ -86,12 +108,7 @@ Runtime::~Runtime() {
 std::shared_ptr<Runtime> Runtime::acquire() {
     std::lock_guard<std::mutex> lock(g_mutex);
     pid_t pid = getpid();
-    if (g_runtime && g_pid != pid) {
-        // Inherited across fork() without a teardown: its threads do not exist here.
-        // Abandon it (never touch or free it) and build our own.
-        new std::shared_ptr<Runtime>(std::move(g_runtime));
-        g_runtime.reset();
-    }
+    if (g_runtime && g_pid != pid) abandon_inherited_runtime_locked();
     if (!g_runtime) {
         g_runtime.reset(new Runtime());
         g_pid = pid;
@@ -102,8 +119,20 @@ std::shared_ptr<Runtime> Runtime::acquire() {
 bool Runtime::shutdown() {
     std::unique_lock<std::mutex> lock(g_mutex);
     if (!g_runtime) return true;
-    if (g_pid != getpid()) return false;
-    if (g_runtime.use_count() > 1) return false;  // a client still uses it
+    if (g_pid != getpid()) {
+        abandon_inherited_runtime_locked();
+        return true;  // nothing of the CRT runs in this process
+    }
+    // Clients released without waiting (a destructor) hold the runtime until the CRT has shut
+    // their aws_s3_client down, which takes milliseconds: wait for those, up to a bound. Any
+    // other holder is a client that was not suspended.
+    for (int i = 0; g_runtime.use_count() > 1; ++i) {
+        if (i == 5000) return false;
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        lock.lock();
+        if (!g_runtime) return true;
+    }
     g_runtime.reset();
     lock.unlock();
     // Event loop threads stop asynchronously after the last release; wait for them.

@@ -4,7 +4,8 @@
 // created it: CRT threads do not survive fork(), so `shutdown()` (called before fork by the
 // bindings' at-fork hook, after every client has released its aws_s3_client) tears it down
 // and joins every CRT-managed thread; the next `acquire()`, in parent or child, builds a
-// fresh one. A runtime inherited by a child without that teardown is abandoned, never used.
+// fresh one. A runtime inherited by a child without that teardown is abandoned, never used,
+// and the CRT's bookkeeping of the parent's threads is reset in the child.
 #pragma once
 
 #include <memory>
@@ -21,8 +22,10 @@ class Runtime {
   public:
     // The runtime of this process, created on first call. Thread-safe.
     static std::shared_ptr<Runtime> acquire();
-    // Tear down the current runtime if nothing else holds it, and join all CRT threads.
-    // Returns false if a client still holds it (the caller left it running).
+    // Tear down the current runtime if nothing else holds it (after waiting up to 5 s for
+    // clients still shutting down to let go), and join all CRT threads. Returns false if a
+    // client still holds it (the caller left it running). In a fork()ed child holding a
+    // runtime inherited from its parent, abandons that one and returns true.
     static bool shutdown();
 
     ~Runtime();

@@ -65,6 +65,7 @@ void Transfer::increment_read_window(uint64_t bytes) {
 }
 
 bool Transfer::wait_for(int64_t timeout_ms) {
+    if (foreign()) throw_forked(ctx_, pid_);
     std::unique_lock<std::mutex> lock(mu_);
     if (timeout_ms < 0) {
         cv_.wait(lock, [&] { return finished_; });
@@ -74,11 +75,13 @@ bool Transfer::wait_for(int64_t timeout_ms) {
 }
 
 bool Transfer::done() {
+    if (foreign()) return false;  // never finishes here (and its lock may be held by a thread that is gone)
     std::lock_guard<std::mutex> lock(mu_);
     return finished_;
 }
 
 void Transfer::cancel() {
+    if (foreign()) return;  // nothing runs it here
     {
         std::lock_guard<std::mutex> lock(mu_);
         cancelled_ = true;

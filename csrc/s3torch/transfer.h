@@ -8,7 +8,15 @@
 // callback, so callbacks never see a dangling pointer even if the caller lets go early.
 // The meta request itself is released as soon as it finishes. A caller that owns memory the
 // CRT writes into (recv_buffer) must keep it valid until `done()`.
+//
+// fork(): a Transfer belongs to the process that started it. In a forked child (where its CRT
+// threads do not exist and its locks may be held by threads that are gone) it is `foreign()`:
+// waiting on it throws, cancelling it does nothing, and nothing that owns it may free CRT
+// state through it; it is leaked instead.
 #pragma once
+
+#include <sys/types.h>
+#include <unistd.h>
 
 #include "s3torch/errors.h"
 #include "s3torch/request.h"
@@ -48,6 +56,9 @@ class Transfer : public std::enable_shared_from_this<Transfer> {
     void raise_if_failed();
     bool failed();
     const ErrorContext &context() const { return ctx_; }
+    // True in any process but the one that started it (a fork()ed child).
+    bool foreign() const { return pid_ != getpid(); }
+    pid_t owner_pid() const { return pid_; }
 
     // Response headers of the (first) successful response, lower-cased names.
     std::string header(const std::string &name);
@@ -72,6 +83,7 @@ class Transfer : public std::enable_shared_from_this<Transfer> {
 
     std::shared_ptr<Client> client_;
     ErrorContext ctx_;
+    const pid_t pid_ = getpid();
     std::mutex mu_;  // guards everything below and subclass state marked "mu_"
     std::condition_variable cv_;
     bool finished_ = false;

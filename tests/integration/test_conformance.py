@@ -129,6 +129,18 @@ def test_streaming_get_bounded_read_ahead(client: S3Client, prefix: str) -> None
     assert peak <= read_ahead + 4 * PART, peak
 
 
+def test_streaming_get_read_ahead_below_a_part_in_a_for_loop(client: S3Client, prefix: str) -> None:
+    # A for loop holds the chunk it has while it asks for the next one; with a read-ahead
+    # smaller than a part, the stream must still go on (it once waited for that release).
+    data = payload(3 * PART + 5, 7)
+    key = prefix + "stream-small-window"
+    client.put(BUCKET, key, data)
+    out = bytearray()
+    for chunk in client.get_stream(BUCKET, key, read_ahead=64 * 1024):
+        out += chunk
+    assert bytes(out) == data
+
+
 def test_streaming_get_range(client: S3Client, prefix: str) -> None:
     data = payload(2 * PART + 77, 4)
     key = prefix + "stream-range"

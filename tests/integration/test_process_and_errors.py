@@ -139,3 +139,95 @@ def test_keyboard_interrupt_cancels_a_transfer(seaweed, prefix: str) -> None:  #
         time.sleep(0.01)
     assert client._get_native().in_flight == 0
     assert client.get_into(BUCKET, prefix + "big", buf) == size
+
+
+def _fork_and_wait(child, timeout_s: int = 60) -> tuple:  # type: ignore[no-untyped-def]
+    """Run ``child()`` in an os.fork()ed process; return (exit status, what it wrote).
+
+    The child leaves with os._exit (never through pytest) and is killed by SIGALRM if it
+    hangs, so a hang shows up as a failure, not a stuck suite."""
+    import signal
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(r)
+        code = 1
+        try:
+            signal.alarm(timeout_s)
+            out = child()
+            os.write(w, repr(out).encode())
+            code = 0
+        except BaseException as e:  # report it to the parent
+            os.write(w, ("child raised " + repr(e)).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return status, text
+
+
+def test_fork_while_transfers_are_in_flight(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Forking while a GET stream and a multipart upload are running (so the at-fork hook
+    cannot stop the CRT): the child must not hang or crash when it drops or touches the
+    parent's transfers, its inherited clients and readers must work, and it must be able to
+    fork again."""
+    import gc
+
+    from s3torch import S3InvalidArgumentError
+
+    client = make_client(seaweed)
+    big = os.urandom(24 << 20)
+    client.put(BUCKET, prefix + "big", big)
+    client.put(BUCKET, prefix + "small", b"small")
+    reader = client.get_object(BUCKET, prefix + "small")  # made in the parent, used in the child
+
+    stream = client.get_stream(BUCKET, prefix + "big", read_ahead=1 << 20)
+    first = next(stream)
+    head = bytes(first)
+    first.release()  # the GET goes on until about read_ahead bytes wait: still in flight
+    del first
+    writer = client.put_object(BUCKET, prefix + "up")
+    writer.write(big[: 20 << 20])  # a multipart upload under way, not completed
+    assert client._get_native().in_flight >= 2
+
+    def child() -> list:
+        out = []
+        # The parent's transfers do not run here: using them raises instead of hanging.
+        with pytest.raises(S3InvalidArgumentError, match="fork"):
+            next(stream)
+        with pytest.raises(S3InvalidArgumentError, match="fork"):
+            writer.write(b"more")
+        out.append("refused")
+        # The inherited client and a reader made in the parent work here.
+        out.append(reader.read())
+        buf = bytearray(5)
+        client.get_into(BUCKET, prefix + "small", buf)
+        out.append(bytes(buf))
+        # And so does forking again from here (the CRT's thread bookkeeping was reset).
+        status, text = _fork_and_wait(lambda: bytes(client.get_object(BUCKET, prefix + "small").read()), 30)
+        out.append((status, text))
+        return out
+
+    status, text = _fork_and_wait(child)
+    assert status == 0, text
+    assert text == repr(["refused", b"small", b"small", (0, repr(b"small"))])
+
+    def drop_everything() -> str:
+        # Dropping the parent's handles (a gc of garbage inherited from the parent) frees
+        # nothing of the parent's CRT: no hang, no crash.
+        nonlocal stream, writer
+        del stream, writer
+        gc.collect()
+        return "ok"
+
+    status, text = _fork_and_wait(drop_everything)
+    assert status == 0, text
+
+    # The parent's transfers were never disturbed by the children.
+    assert head + b"".join(bytes(c) for c in stream) == big
+    writer.write(big[20 << 20:])
+    writer.close()
+    assert client.get_object(BUCKET, prefix + "up").read() == big
