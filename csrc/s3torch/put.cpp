@@ -146,7 +146,10 @@ void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &b
             return;
         } catch (const S3Error &e) {
             if (e.kind == ErrorKind::NotFound) return;  // already gone
-            if (attempt >= 4 || e.kind == ErrorKind::AccessDenied) throw;
+            // Again only after a server error: a transport failure already went through the
+            // client's own retries (a server that is gone would otherwise hold an abort, and a
+            // writer's __del__, for minutes).
+            if (attempt >= 4 || e.http_status < 500) throw;
         }
     }
 }
