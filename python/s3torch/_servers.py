@@ -50,6 +50,17 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> N
     raise TimeoutError(f"server at {url} did not answer in {timeout:.0f}s; log {log}:\n{_tail(log)}")
 
 
+def _dies_with_us(cmd: list) -> list:
+    """``cmd`` run so that the kernel kills it if this process dies without cleaning up
+    (SIGKILL, a CI timeout's SIGTERM): util-linux's ``setpriv --pdeathsig`` where present.
+    The signal comes when the thread that started the server exits, so start servers from
+    a thread that lives as long as they should (the main thread, as tests and the demo do)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return cmd
+    return [setpriv, "--pdeathsig", "KILL", *cmd]
+
+
 def _tail(path: Path, n: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -164,7 +175,8 @@ class SeaweedFS(_Server):
             cmd.append("-bucket=" + ",".join(buckets))
         with open(log, "wb") as out:
             self._proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                _dies_with_us(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
         self._register_cleanup()
         try:
             _wait_http(self.endpoint + "/", startup_timeout, self._proc, log)
@@ -212,7 +224,7 @@ class MotoServer(_Server):
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         with open(log, "wb") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                _dies_with_us([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True)
         self._register_cleanup()
