@@ -231,3 +231,29 @@ def test_fork_while_transfers_are_in_flight(seaweed, prefix: str) -> None:  # ty
     writer.write(big[20 << 20:])
     writer.close()
     assert client.get_object(BUCKET, prefix + "up").read() == big
+
+
+def test_interrupted_multipart_put_leaves_nothing_behind(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    import _thread
+
+    client = make_client(seaweed)
+    s3 = seaweed.boto3_client()
+    data = bytearray(os.urandom(1 << 20)) * 48  # 48 MiB: a multipart upload of 6 parts
+    attempted = []
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt) as ei:
+        for i in range(100):  # each PUT takes well over 0.3 s on this server
+            attempted.append(f"{prefix}put-{i}")
+            client.put(BUCKET, attempted[-1], data)
+    timer.join()
+    in_put = ei.traceback[-1].name == "put"  # raised while the native PUT was waiting
+    completed = attempted[:-1] if in_put else attempted
+    if in_put:
+        # The interrupted PUT left no object behind.
+        with pytest.raises(FileNotFoundError):
+            client.head_object(BUCKET, attempted[-1])
+    # No multipart upload stays behind, and every completed PUT is whole.
+    assert s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", []) == []
+    for key in completed:
+        assert client.head_object(BUCKET, key).size == len(data)
