@@ -155,7 +155,7 @@ void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &b
 }
 
 PutStream::~PutStream() {
-    if (future_) aws_future_void_release(future_);
+    if (future_ && !foreign()) aws_future_void_release(future_);  // a fork()ed child leaks it
 }
 
 void PutStream::write_begin(const void *data, size_t len, bool eof) {
