@@ -238,22 +238,23 @@ def test_interrupted_multipart_put_leaves_nothing_behind(seaweed, prefix: str) -
 
     client = make_client(seaweed)
     s3 = seaweed.boto3_client()
-    data = bytearray(os.urandom(1 << 20)) * 48  # 48 MiB: a multipart upload of 6 parts
+    data = bytearray(os.urandom(1 << 20)) * 96  # 96 MiB: a multipart upload of 12 parts
     attempted = []
-    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer = threading.Timer(0.2, _thread.interrupt_main)
     timer.start()
-    with pytest.raises(KeyboardInterrupt) as ei:
-        for i in range(100):  # each PUT takes well over 0.3 s on this server
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(100):  # each PUT takes well over 0.2 s on this server
             attempted.append(f"{prefix}put-{i}")
             client.put(BUCKET, attempted[-1], data)
     timer.join()
-    in_put = ei.traceback[-1].name == "put"  # raised while the native PUT was waiting
-    completed = attempted[:-1] if in_put else attempted
-    if in_put:
-        # The interrupted PUT left no object behind.
-        with pytest.raises(FileNotFoundError):
-            client.head_object(BUCKET, attempted[-1])
-    # No multipart upload stays behind, and every completed PUT is whole.
+    # No multipart upload stays behind, and every key is either absent or whole: only the
+    # interrupted PUT may be absent (an interrupt that lands while CompleteMultipartUpload is
+    # already on its way cannot take the object back, so it may be whole too).
     assert s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", []) == []
-    for key in completed:
+    for key in attempted[:-1]:
         assert client.head_object(BUCKET, key).size == len(data)
+    try:
+        size = client.head_object(BUCKET, attempted[-1]).size
+    except FileNotFoundError:
+        size = None
+    assert size in (None, len(data))
