@@ -157,14 +157,14 @@ class UploadHandle {
             u_->abort();
         }
     }
-    size_t write(py::handle data) {
-        auto buf = HeldBuffer::acquire(data, false, u_->context());
-        if (buf->size() == 0) return 0;
-        bool done = u_->write_begin(buf->data(), buf->size());
+    size_t write(py::handle data) { return write_buffer(*HeldBuffer::acquire(data, false, u_->context())); }
+    size_t write_buffer(HeldBuffer &buf) {
+        if (buf.size() == 0) return 0;
+        bool done = u_->write_begin(buf.data(), buf.size());
         if (!done) {
             wait_interruptible([&](int64_t ms) { return u_->wait_step(ms); }, [&] { u_->abort(); });
         }
-        return buf->size();
+        return buf.size();
     }
     std::string complete() {
         u_->complete_begin();
@@ -403,19 +403,10 @@ class NativeClient {
     // failure so no parts stay behind.
     std::string put_multipart(const std::string &bucket, const std::string &key, HeldBuffer &buf,
                               const PutOptions &opts) {
-        std::unique_ptr<Upload> u(new Upload(client_, bucket, key, opts));
-        auto step = [&](int64_t ms) { return u->wait_step(ms); };
-        auto on_interrupt = [&] { u->abort(); };
-        try {
-            if (!u->write_begin(buf.data(), buf.size())) wait_interruptible(step, on_interrupt);
-            u->complete_begin();
-            wait_interruptible(step, on_interrupt);
-        } catch (...) {
-            py::gil_scoped_release nogil;
-            u.reset();  // aborts the multipart upload if it is not over yet
-            throw;
-        }
-        return u->etag();
+        // The handle aborts the multipart upload if this fails or is interrupted.
+        UploadHandle u(std::unique_ptr<Upload>(new Upload(client_, bucket, key, opts)));
+        u.write_buffer(buf);
+        return u.complete();
     }
 
     std::unique_ptr<UploadHandle> upload(const std::string &bucket, const std::string &key,

@@ -216,7 +216,6 @@ void Client::transfer_finished() { in_flight_.fetch_sub(1); }
 
 bool Client::suspend() {
     std::lock_guard<std::mutex> lock(mu_);
-    abandon_if_foreign_locked();
     if (in_flight_.load() != 0) return false;
     release_locked(true);
     return true;

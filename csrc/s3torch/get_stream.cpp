@@ -12,11 +12,7 @@
 namespace s3torch {
 
 Chunk::~Chunk() {
-    if (stream_ && stream_->foreign()) {
-        // A chunk inherited by a fork()ed child: its buffer pool belongs to the parent's CRT.
-        new std::shared_ptr<GetStream>(std::move(stream_));  // leaked, never released here
-        return;
-    }
+    if (stream_ && stream_->foreign()) return;  // a fork()ed child: the ticket is the parent's CRT's
     if (ticket_) aws_s3_buffer_ticket_release(ticket_);
     if (stream_) stream_->release_bytes(size_);
 }

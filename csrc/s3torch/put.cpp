@@ -312,12 +312,7 @@ std::string Upload::etag() {
 void Upload::abort() {
     closed_ = true;
     phase_ = Phase::Done;
-    if (foreign()) {
-        // A fork()ed child: the parent's CRT owns the transfers. Leave them to it, untouched.
-        new std::shared_ptr<PutStream>(std::move(stream_));
-        new std::shared_ptr<Transfer>(std::move(single_));
-        return;
-    }
+    if (foreign()) return;  // a fork()ed child: the parent's CRT owns the transfers; leave them be
     pending_.clear();
     slice_left_ = 0;
     if (stream_) {

@@ -11,8 +11,8 @@
 //
 // fork(): a Transfer belongs to the process that started it. In a forked child (where its CRT
 // threads do not exist and its locks may be held by threads that are gone) it is `foreign()`:
-// waiting on it throws, cancelling it does nothing, and nothing that owns it may free CRT
-// state through it; it is leaked instead.
+// waiting on it throws, cancelling it does nothing, and destroying it (or what holds it) frees
+// nothing of the CRT.
 #pragma once
 
 #include <sys/types.h>
@@ -58,7 +58,6 @@ class Transfer : public std::enable_shared_from_this<Transfer> {
     const ErrorContext &context() const { return ctx_; }
     // True in any process but the one that started it (a fork()ed child).
     bool foreign() const { return pid_ != getpid(); }
-    pid_t owner_pid() const { return pid_; }
 
     // Response headers of the (first) successful response, lower-cased names.
     std::string header(const std::string &name);

@@ -18,10 +18,6 @@ from .s3writer import S3Writer
 
 Buffer = Any  # an object with the buffer protocol, or a tensor with __dlpack__
 
-# Native clients inherited from a parent process are never touched again (their CRT threads
-# do not exist in the child); they are kept here so their destructors never run.
-_abandoned: List[Any] = []
-
 
 def _before_fork() -> None:
     # Stop CRT threads so the child starts clean. If a transfer is in flight somewhere,
@@ -68,8 +64,9 @@ class S3Client:
         if native is not None and self._pid == pid:
             return native
         with self._lock:
-            if self._native is not None and self._pid != pid:
-                _abandoned.append(self._native)
+            if self._pid != pid:
+                # Inherited from the parent of this fork()ed child: build our own. Dropping the
+                # parent's is safe; the core never touches its CRT state in this process.
                 self._native = None
             if self._native is None:
                 self._native = _crt.NativeClient(
