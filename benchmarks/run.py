@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scenarios import BY_NAME, SCENARIOS, Scenario  # noqa: E402
+from scenarios import BY_NAME, SCENARIOS, Scenario, bf16_shapes  # noqa: E402
 
 VENV = HERE / ".venv"
 
@@ -86,8 +86,13 @@ def machine() -> Dict[str, Any]:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem / 2**30, 1),
-            "kernel": platform.release(), "python": platform.python_version()}
+    out = {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem / 2**30, 1),
+           "kernel": platform.release(), "python": platform.python_version()}
+    if _cuda_available():
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
 
 
 # --- servers -----------------------------------------------------------------------------
@@ -199,10 +204,31 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
             warnings.filterwarnings("ignore")
             dcp.save(sd, storage_writer=FileSystemWriter(str(bench / key), sync_files=False))  # torch's own format
         return {"key": key}
+    if sc.name in ("dcp_load_cuda", "dcp_load_staged"):
+        import warnings
+
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import FileSystemWriter
+
+        key = f"dcp-bf16-{sizes['layers']}-{sizes['d_model']}"
+        if not (bench / key / ".metadata").exists():
+            # Cheap to make (the content does not change a read's speed), distinct per tensor.
+            sd = {k: torch.full(s, (i % 97) / 97, dtype=torch.bfloat16)
+                  for i, (k, s) in enumerate(bf16_shapes(sizes["layers"], sizes["d_model"]).items())}
+            warnings.filterwarnings("ignore")
+            dcp.save(sd, storage_writer=FileSystemWriter(str(bench / key), sync_files=False))  # torch's own format
+        return {"key": key}
     return {}
 
 
 # --- running and reporting ---------------------------------------------------------------
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
 
 def warm_up(weed) -> None:  # type: ignore[no-untyped-def]
     """SeaweedFS allocates volumes on the first writes; do them before anything is measured."""
@@ -252,7 +278,8 @@ def summarize(sc: Scenario, peer: str, runs: List[Dict[str, Any]]) -> Dict[str, 
 def markdown(results: Dict[str, Any]) -> str:
     lines = [f"# s3torch benchmarks ({results['date']})", "",
              f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
-             f"{results['machine']['memory_gib']} GiB. Command: `{results['command']}`. "
+             f"{results['machine']['memory_gib']} GiB"
+             + (f", {results['machine']['gpu']}" if results["machine"].get("gpu") else "") + ". Command: `{results['command']}`. "
              f"Median of {results['repeat']} runs (min-max); ratios are peer / s3torch (rate) and "
              "peer / s3torch (CPU).", ""]
     for sc_res in results["scenarios"]:
@@ -313,6 +340,8 @@ def main() -> int:
     ap.add_argument("--s3-like", action="store_true", help="cap nginx at ~90 MB/s per connection, like S3")
     ap.add_argument("--no-install", action="store_true", help="do not pip install the peers")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--python", default=None,
+                    help="run the peers with this interpreter instead of benchmarks/.venv (implies --no-install)")
     args = ap.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -324,7 +353,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
 
-    py = ensure_venv(not args.no_install)
+    py = args.python or ensure_venv(not args.no_install)
     import s3torch
 
     bench_exe = str(Path(s3torch.__file__).parent / "bin" / "s3torch-bench")
@@ -364,6 +393,10 @@ def main() -> int:
                                       "sizes": sizes, "peers": []}
             results["scenarios"].append(sc_res)
             server = nginx if sc.server == "nginx" else weed
+            if sc.needs_cuda and not _cuda_available():
+                sc_res["error"] = "needs CUDA (torch.cuda.is_available() is False here)"
+                log(f"{sc.name}: {sc_res['error']}")
+                continue
             if server is None:
                 sc_res["error"] = nginx_error if sc.server == "nginx" else weed_error
                 continue

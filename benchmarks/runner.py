@@ -38,7 +38,24 @@ def cpu_seconds() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS. Without this the peak
+    includes what came before the operation, even the parent's RSS at fork: Linux carries
+    ru_maxrss across fork and exec, so a harness that prepared gigabytes of data would
+    show them in every runner's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -399,9 +416,57 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     return op
 
 
+_DESTS = {"dcp_load_cuda": {"s3torch": "cuda", "s3torch-pinned": "pinned", "s3torchconnector": "cuda",
+                            "s3torch-cpu": "cpu"},
+          "dcp_load_staged": {"s3torch": "transposed", "s3torch-direct": "cpu", "s3torchconnector": "transposed"}}
+
+
+def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """DCP load of the bf16 checkpoint into destinations of the kind the peer's row names."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from scenarios import bf16_shapes
+
+    kind = _DESTS[ctx["scenario"]][peer]
+
+    def dest(shape: tuple) -> "torch.Tensor":
+        if kind == "cuda":
+            return torch.zeros(shape, dtype=torch.bfloat16, device="cuda")
+        if kind == "transposed" and len(shape) == 2:
+            return torch.zeros(shape[::-1], dtype=torch.bfloat16).t()
+        t = torch.zeros(shape, dtype=torch.bfloat16)
+        return t.pin_memory() if kind == "pinned" else t
+
+    sd = {k: dest(s) for k, s in bf16_shapes(ctx["layers"], ctx["d_model"]).items()}
+    if kind == "cuda":
+        torch.cuda.synchronize()
+    n = sum(t.numel() * t.element_size() for t in sd.values())
+    path = f"s3://{ctx['bucket']}/{ctx['key']}"
+    if peer.startswith("s3torch") and peer != "s3torchconnector":
+        from s3torch import S3ClientConfig
+        from s3torch.dcp import S3StorageReader
+
+        r = S3StorageReader("us-east-1", path, endpoint=ctx["endpoint"],
+                            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+    else:
+        from s3torchconnector.dcp import S3FileSystem, S3StorageReader as TcReader
+
+        r = TcReader("us-east-1", path)
+        r.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx), reader_constructor=r.fs._reader_constructor)
+
+    def op() -> float:
+        dcp.load(sd, storage_reader=r)
+        if kind == "cuda":
+            torch.cuda.synchronize()
+        return n
+    ctx["_state_bytes"] = n
+    return op
+
+
 SETUPS = {"get": setup_get, "ranged": setup_ranged, "put": setup_put, "dataset0": setup_dataset,
           "dataset2": setup_dataset, "iterable": setup_dataset, "ckpt_save": setup_ckpt_save, "ckpt_load": setup_ckpt_load,
-          "dcp_save": setup_dcp_save, "dcp_load": setup_dcp_load}
+          "dcp_save": setup_dcp_save, "dcp_load": setup_dcp_load, "dcp_load_cuda": setup_dcp_load_into,
+          "dcp_load_staged": setup_dcp_load_into}
 
 
 def main() -> None:
@@ -409,6 +474,7 @@ def main() -> None:
     out: Dict[str, Any] = {"scenario": ctx["scenario"], "peer": ctx["peer"]}
     try:
         op = SETUPS[ctx["scenario"]](ctx, ctx["peer"])
+        reset_peak_rss()
         base_rss = rss_bytes()
         c0, t0 = cpu_seconds(), time.perf_counter()
         units = op()

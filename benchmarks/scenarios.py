@@ -17,6 +17,7 @@ class Scenario:
     peers: List[str]
     sizes: Dict[str, int] = field(default_factory=dict)
     quick: Dict[str, int] = field(default_factory=dict)
+    needs_cuda: bool = False  # reported as not run where torch.cuda.is_available() is False
 
 
 SCENARIOS: List[Scenario] = [
@@ -51,6 +52,25 @@ SCENARIOS: List[Scenario] = [
     Scenario("dcp_load", "DCP load of a transformer state dict", "nginx", "GB/s",
              ["s3torch", "s3torchconnector", "fsspec-s3fs", "msc"],
              {"layers": 14, "d_model": 1024, "vocab": 32000}, {"layers": 2, "d_model": 512, "vocab": 8000}),
+    # A bf16 checkpoint written by torch's FileSystemWriter (per layer: up (4d, d), down (d, 4d),
+    # norm (d,)); destinations per peer: "s3torch" and "s3torchconnector" load into CUDA
+    # tensors, "s3torch-pinned" into pinned CPU memory, "s3torch-cpu" into plain CPU memory.
+    Scenario("dcp_load_cuda", "DCP load of a bf16 checkpoint into a CUDA state dict", "nginx", "GB/s",
+             ["s3torch", "s3torch-pinned", "s3torchconnector", "s3torch-cpu"],
+             {"layers": 16, "d_model": 4096}, {"layers": 2, "d_model": 1024}, needs_cuda=True),
+    # The staging ring on CPU: "s3torch" and "s3torchconnector" load into transposed views
+    # (nothing can land in place), "s3torch-direct" into contiguous tensors.
+    Scenario("dcp_load_staged", "DCP load into transposed CPU destinations (staging ring)", "nginx", "GB/s",
+             ["s3torch", "s3torch-direct", "s3torchconnector"],
+             {"layers": 4, "d_model": 4096}, {"layers": 1, "d_model": 1024}),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def bf16_shapes(layers: int, d: int) -> Dict[str, tuple]:
+    """The tensors of the dcp_load_cuda / dcp_load_staged checkpoints."""
+    out: Dict[str, tuple] = {}
+    for i in range(layers):
+        out[f"l{i}.up"], out[f"l{i}.down"], out[f"l{i}.norm"] = (4 * d, d), (d, 4 * d), (d,)
+    return out

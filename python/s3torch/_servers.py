@@ -196,11 +196,16 @@ class SeaweedFS(_Server):
         self._ports = []
 
     def _wait_bucket(self, bucket: str, timeout: float) -> None:
-        s3 = self.boto3_client()
+        # Through s3torch itself, so starting a server needs no boto3.
+        from ._client import S3Client
+        from ._config import S3ClientConfig
+
+        native = S3Client(REGION, endpoint=self.endpoint, s3client_config=S3ClientConfig(
+            force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, max_attempts=1))._get_native()
         deadline = time.monotonic() + timeout
         while True:
             try:
-                s3.head_bucket(Bucket=bucket)
+                native.list_objects(bucket, max_keys=1)
                 return
             except Exception:
                 if time.monotonic() > deadline:

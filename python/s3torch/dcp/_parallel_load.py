@@ -3,32 +3,52 @@
 1. Probe: for every tensor record, the first and last few KiB (whole record when small) in
    one batch of concurrent ranged GETs; parse where the raw tensor bytes sit (_record.locate).
 2. Fetch: for each tensor whose destination (``planner.resolve_tensor``) is contiguous CPU
-   memory of the stored dtype, a ranged GET of exactly its bytes lands *in the destination*;
-   otherwise into a staging tensor (pinned when CUDA is available), then one copy. Records
-   that cannot be placed directly go through ``torch.load`` as torch itself would.
-   Staging memory in flight is bounded by ``max_inflight_bytes``.
-3. Verify the CRC32 the record carries for every fully fetched tensor, then commit.
+   memory of the stored dtype, a ranged GET of exactly its bytes lands *in the destination*.
+   Every other destination (CUDA, non-contiguous, a permuted stored layout) is fed through
+   the staging ring (_staging): slot-sized GETs into a fixed block of host memory, each slot
+   copied to its block of the destination as it lands. Records that cannot be placed this
+   way go through ``torch.load`` as torch itself would.
+3. Verify the CRC32 the record carries for every fully fetched tensor (for staged tensors,
+   chained over the slots as they land), then commit.
 
 Byte items go through ``planner.load_bytes``. Every failure names the object and the item.
 """
 from __future__ import annotations
 
+import functools
 import io
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, NoReturn, Optional, Tuple
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlanner, ReadItem
 
 from .. import _crt
+from .._crc import crc32_combine
+from ._errors import CheckpointCorruptError, read_error
 from ._record import HEAD_BYTES, TAIL_BYTES, TensorLayout, locate
+from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, RingLoad, StagedTensor, borrow_ring, land
 
 SMALL_RECORD = 64 * 1024  # fetched whole in the probe
 BATCH = 256  # requests started per get_into_many call
+CRC_THREADS = min(4, os.cpu_count() or 1)  # CRC32 at ~10 GB/s a thread keeps up with the network
+CRC_PIECE = 32 << 20  # a large tensor's CRC is computed in pieces of this size, in parallel
 
 
-class CheckpointCorruptError(_crt.S3Exception):
-    """A checkpoint file's bytes do not match its metadata (truncated, corrupt, wrong shape)."""
+def crc32_on(pool: ThreadPoolExecutor, data: torch.Tensor) -> Callable[[], int]:
+    """Start the CRC32 of a flat uint8 tensor on the pool, in pieces; call the result to
+    wait for them and combine."""
+    n = data.numel()
+    parts = [(pool.submit(_crt.crc32, data[a : a + CRC_PIECE]), min(CRC_PIECE, n - a)) for a in range(0, n, CRC_PIECE)]
+
+    def result() -> int:
+        crc = 0
+        for f, length in parts:
+            crc = crc32_combine(crc, f.result(), length)
+        return crc
+    return result
 
 
 @dataclass
@@ -41,11 +61,12 @@ class _Item:
     tail: Any = None
     layout: Optional[TensorLayout] = None
     target: Optional[torch.Tensor] = None
-    dest: Optional[torch.Tensor] = None  # where the GET lands (target, or a staging tensor)
+    # Where the stored bytes go, in row-major order: the target itself, or a permuted view of
+    # it when the stored tensor is dense but permuted (a saved transpose). None: fallback.
+    dst: Optional[torch.Tensor] = None
+    direct: bool = False  # dst is contiguous CPU memory: the GET lands in it, no staging
     sub: Tuple[int, int] = (0, 0)  # byte range of the stored data to fetch, relative to data start
     full: bool = True  # sub covers the whole stored tensor (so its CRC can be checked)
-    strided: bool = False  # dest holds the raw storage of a permuted tensor: as_strided, then copy
-    post: List[Any] = field(default_factory=list)
 
 
 def _view_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -54,29 +75,37 @@ def _view_bytes(t: torch.Tensor) -> torch.Tensor:
     return flat.view(torch.uint8) if flat.numel() else flat
 
 
+def _storage_order(L: TensorLayout) -> Optional[List[int]]:
+    """The permutation of dimensions that makes a dense but permuted stored tensor contiguous
+    (its storage holds that permuted view in row-major order), or None if it is not dense."""
+    perm = sorted(range(len(L.size)), key=lambda d: -L.stride[d])
+    expected = 1
+    for d in reversed(perm):
+        if L.size[d] != 1 and L.stride[d] != expected:
+            return None
+        expected *= L.size[d]
+    return perm
+
+
 class ParallelLoader:
-    def __init__(self, native: "_crt.NativeClient", bucket: str, verify: bool, max_inflight_bytes: int,
-                 pin: bool) -> None:
-        self.native, self.bucket = native, bucket
-        self.verify, self.max_inflight, self.pin = verify, max_inflight_bytes, pin
+    def __init__(self, native: "_crt.NativeClient", bucket: str, verify: bool, ring_bytes: int = DEFAULT_RING_BYTES,
+                 slot_bytes: int = DEFAULT_SLOT_BYTES, force_staging: bool = False) -> None:
+        self.native, self.bucket, self.verify = native, bucket, verify
+        self.ring_bytes, self.slot_bytes = ring_bytes, slot_bytes
+        self.force_staging = force_staging  # tests: every tensor through the ring, CPU ones too
         self.bytes_read = 0
-        # How each tensor was placed: "direct" (GET into the destination), "staged" (GET into
-        # a staging tensor, one copy), "small" (copied out of a whole-record probe),
-        # "fallback" (torch.load of the record).
+        # How each tensor was placed: "direct" (GET into the destination), "staged" (through
+        # the staging ring), "small" (copied out of a whole-record probe), "fallback"
+        # (torch.load of the record).
         self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "small": 0, "fallback": 0}
+        self.ring_slot_uses = 0
+
+    def _where(self, it: _Item) -> str:
+        idx = it.req.storage_index
+        return f"s3://{self.bucket}/{it.key} item {idx.fqn}" + (f" at {list(idx.offset)}" if idx.offset else "")
 
     def _err(self, it: _Item, msg: str) -> CheckpointCorruptError:
-        idx = it.req.storage_index
-        where = f"s3://{self.bucket}/{it.key} item {idx.fqn}" + (f" at {list(idx.offset)}" if idx.offset else "")
-        return CheckpointCorruptError(f"{where}: {msg}")
-
-    def _raise_read_error(self, it: _Item, e: "_crt.S3Exception") -> NoReturn:
-        """Raise for a failed read of an item: access and timeout errors as they are,
-        anything else named after the item it hit. Call from the handler of `e`."""
-        if isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError)):
-            raise e
-        hint = " (the file is shorter than the checkpoint metadata says: truncated?)" if e.http_status == 416 else ""
-        raise self._err(it, f"cannot read its bytes: {e}{hint}") from e
+        return CheckpointCorruptError(f"{self._where(it)}: {msg}")
 
     def _get_many(self, reqs: List[Tuple[str, int, int, Any]], owners: List[_Item]) -> List[int]:
         """get_into_many, with failures that name the item whose bytes could not be read."""
@@ -88,7 +117,7 @@ class ParallelLoader:
             culprit = next((it for (key, off, n, _), it in zip(reqs, owners) if key == e.key), None)
             if culprit is None:
                 raise
-            self._raise_read_error(culprit, e)
+            raise read_error(self._where(culprit), e) from e
 
     # --- 1. probe ------------------------------------------------------------------------
     def _probe(self, items: List[_Item]) -> None:
@@ -134,28 +163,29 @@ class ParallelLoader:
         size, offs = L.size, tuple(int(x) for x in req.storage_offsets)
         if len(offs) != len(size) or any(o + n > s for o, n, s in zip(offs, want, size)):
             raise self._err(it, f"read of {want} at {offs} is outside the stored tensor {size}")
+        full = offs == (0,) * len(size) and want == size
+        numel = it.target.numel()
+        if not L.is_contiguous():
+            # Dense but permuted (e.g. a saved transpose): the storage holds a permutation of
+            # the tensor in row-major order; stream it into the same permutation of the target.
+            perm = _storage_order(L)
+            if not full or perm is None or L.storage_offset or L.data_len != numel * L.itemsize:
+                return  # a slice of a permuted tensor, or a storage with more in it: fallback
+            it.dst, it.sub, it.full = it.target.permute(perm), (0, L.data_len), True
+            return
         row = L.itemsize
         for s in size[1:]:
             row *= s
-        full = offs == (0,) * len(size) and want == size
-        if not L.is_contiguous():
-            if not full:
-                return  # a slice of a permuted tensor: fallback
-            # Dense but permuted (e.g. a saved transpose): fetch the storage, view it with the
-            # stored strides, copy once into the destination.
-            it.strided, it.sub, it.full = True, (0, L.data_len), True
-            it.dest = torch.empty(L.data_len, dtype=torch.uint8, pin_memory=self.pin)
-            return
         dim0_slice = len(size) > 0 and all(o == 0 for o in offs[1:]) and want[1:] == size[1:]
         if not (full or dim0_slice):
             return  # a general N-d slice: fallback narrows after torch.load
         base = L.storage_offset * L.itemsize
         start = base + (offs[0] * row if len(size) else 0)
-        nbytes = it.target.numel() * L.itemsize
+        nbytes = numel * L.itemsize
         it.sub, it.full = (start, start + nbytes), full and base == 0 and nbytes == L.data_len
         t = it.target
-        direct = t.device.type == "cpu" and t.is_contiguous() and not t.is_sparse
-        it.dest = t if direct else torch.empty(t.shape, dtype=t.dtype, pin_memory=self.pin)
+        it.dst = t
+        it.direct = not self.force_staging and t.device.type == "cpu" and t.is_contiguous() and not t.is_sparse
 
     # --- the load ------------------------------------------------------------------------
     def load(self, plan_items: List[Tuple[ReadItem, str, int, int]], planner: LoadPlanner) -> None:
@@ -168,67 +198,72 @@ class ParallelLoader:
         for it in tensors:
             self._plan_tensor(it, planner)
 
-        # Small records are already here: copy their tensor bytes out of the probe buffer.
-        fetch: List[_Item] = []
+        direct: List[_Item] = []
+        staged: List[_Item] = []
         for it in tensors:
-            if it.dest is None:
+            if it.dst is None:
                 continue
-            if it.head is it.tail and it.layout is not None:  # whole record in memory
+            if it.head is it.tail and it.layout is not None:  # whole record in memory: copy it out
                 a, b = it.layout.data_offset + it.sub[0], it.layout.data_offset + it.sub[1]
                 if it.full:
                     self._check_crc(it, it.head[it.layout.data_offset : it.layout.data_offset + it.layout.data_len])
                 if b > a:
-                    _view_bytes(it.dest).copy_(torch.frombuffer(it.head[a:b], dtype=torch.uint8))
+                    land(it.dst, torch.frombuffer(it.head[a:b], dtype=torch.uint8))
                 self.stats["small"] += 1
-                self._finish(it, planner)
+                planner.commit_tensor(it.req, it.target)
             else:
-                fetch.append(it)
+                (direct if it.direct else staged).append(it)
+        # CRC32s run on worker threads (crc32 releases the GIL) while the transfers go on.
+        pool = ThreadPoolExecutor(CRC_THREADS, thread_name_prefix="s3torch-crc") if self.verify else None
+        try:
+            self._load_direct(direct, planner, pool)
+            self._load_staged(staged, planner, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
-        # Large tensors: all GETs in flight at once, each straight into its destination.
-        # Staging tensors count against the in-flight budget; direct ones cost no memory.
-        i = 0
-        while i < len(fetch):
-            batch: List[_Item] = []
-            staged = 0
-            while i < len(fetch) and len(batch) < BATCH:
-                it = fetch[i]
-                nb = it.sub[1] - it.sub[0]
-                if it.dest is not it.target:
-                    if batch and staged + nb > self.max_inflight:
-                        break
-                    staged += nb
-                batch.append(it)
-                i += 1
-            # Start every GET of the batch, then take them in order: checking one tensor's CRC
-            # overlaps with the transfers still running.
+        # Everything else: the record through torch.load, exactly as torch's reader does.
+        for it in tensors:
+            if it.dst is None:
+                self._fallback(it, planner)
+
+    def _load_direct(self, items: List[_Item], planner: LoadPlanner, pool: Optional[ThreadPoolExecutor]) -> None:
+        """GETs straight into contiguous CPU destinations, a batch in flight at a time."""
+        for i in range(0, len(items), BATCH):
+            batch = items[i : i + BATCH]
+            # Start every GET of the batch, then take them in order: each tensor's CRC is
+            # computed on the pool while the transfers still running go on.
             handles: List[Optional[Any]] = []
+            checks: List[Tuple[_Item, Optional[Callable[[], int]]]] = []
             try:
                 for it in batch:
-                    assert it.layout is not None and it.dest is not None
+                    assert it.layout is not None and it.dst is not None
                     nb = it.sub[1] - it.sub[0]
                     if nb == 0:
                         handles.append(None)
                         continue
                     start = it.offset + it.layout.data_offset + it.sub[0]
                     try:
-                        handles.append(self.native.start_get_into(self.bucket, it.key, _view_bytes(it.dest), start, nb))
+                        handles.append(self.native.start_get_into(self.bucket, it.key, _view_bytes(it.dst), start, nb))
                     except _crt.S3Exception as e:
-                        self._raise_read_error(it, e)
+                        raise read_error(self._where(it), e) from e
                 for it, h in zip(batch, handles):
                     nb = it.sub[1] - it.sub[0]
                     if h is not None:
                         try:
                             n = h.wait()
                         except _crt.S3Exception as e:
-                            self._raise_read_error(it, e)
+                            raise read_error(self._where(it), e) from e
                         if n != nb:
                             raise self._err(it, f"expected {nb} tensor bytes, the file has {n} (truncated?)")
                         self.bytes_read += n
-                    assert it.dest is not None
-                    if it.full:
-                        self._check_crc(it, _view_bytes(it.dest))
-                    self.stats["direct" if it.dest is it.target else "staged"] += 1
-                    self._finish(it, planner)
+                    assert it.dst is not None
+                    checks.append((it, crc32_on(pool, _view_bytes(it.dst)) if it.full and pool else None))
+                for it, crc in checks:
+                    if crc is not None:
+                        self._check_crc_value(it, crc())
+                    self.stats["direct"] += 1
+                    planner.commit_tensor(it.req, it.target)
             finally:
                 # On failure, stop what is still running. (Each handle holds its destination
                 # until the CRT is done with it, so no memory is released under a transfer.)
@@ -236,33 +271,40 @@ class ParallelLoader:
                     if h is not None and not h.done():
                         h.cancel()
 
-        # Everything else: the record through torch.load, exactly as torch's reader does.
-        for it in tensors:
-            if it.dest is None:
-                self._fallback(it, planner)
+    def _load_staged(self, items: List[_Item], planner: LoadPlanner, pool: Optional[ThreadPoolExecutor]) -> None:
+        """Everything else through the staging ring (page-locked when any target is on CUDA)."""
+        if not items:
+            return
+        work: List[StagedTensor] = []
+        for it in items:
+            assert it.layout is not None and it.dst is not None
+            done = functools.partial(self._staged_done, it, planner)
+            crc = it.layout.crc32 if it.full else None
+            work.append(StagedTensor(it.key, it.offset + it.layout.data_offset + it.sub[0], it.sub[1] - it.sub[0],
+                                     it.dst, crc, self._where(it), done))
+        pinned = any(it.dst is not None and it.dst.device.type == "cuda" for it in items)
+        with borrow_ring(self.ring_bytes, self.slot_bytes, pinned) as ring:
+            uses = ring.uses
+            run = RingLoad(self.native, self.bucket, ring, pool)
+            try:
+                run.run(work)
+            finally:
+                self.bytes_read += run.bytes_read
+                self.ring_slot_uses += ring.uses - uses
+
+    def _staged_done(self, it: _Item, planner: LoadPlanner) -> None:
+        self.stats["staged"] += 1
+        planner.commit_tensor(it.req, it.target)
 
     def _check_crc(self, it: _Item, data: Any) -> None:
-        if not self.verify or it.layout is None:
-            return
-        got = _crt.crc32(data)
+        if self.verify:
+            self._check_crc_value(it, _crt.crc32(data))
+
+    def _check_crc_value(self, it: _Item, got: int) -> None:
+        assert it.layout is not None
         if got != it.layout.crc32:
             raise self._err(it, f"tensor bytes fail their CRC32 check (stored {it.layout.crc32:#010x}, "
                                 f"read {got:#010x}): the checkpoint file is corrupt")
-
-    def _finish(self, it: _Item, planner: LoadPlanner) -> None:
-        assert it.target is not None and it.dest is not None
-        if it.strided:
-            L = it.layout
-            assert L is not None
-            src = it.dest.view(L.dtype) if L.data_len else torch.empty(0, dtype=L.dtype)
-            try:
-                view = torch.as_strided(src, L.size, L.stride, L.storage_offset)
-            except RuntimeError as e:
-                raise self._err(it, f"stored strides do not fit its storage ({e}): the checkpoint file is corrupt")
-            it.target.copy_(view)
-        elif it.dest is not it.target:
-            it.target.copy_(it.dest, non_blocking=it.target.device.type == "cuda")
-        planner.commit_tensor(it.req, it.target)
 
     def _fallback(self, it: _Item, planner: LoadPlanner) -> None:
         from torch.distributed._shard._utils import narrow_tensor_by_index

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
@@ -25,16 +24,13 @@ from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
 from ._parallel_load import ParallelLoader
 from ._progress import Progress
+from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, check_ring_size
 from .s3_file_system import S3FileSystem, _s
 
 log = logging.getLogger("s3torch.dcp")
 
-DEFAULT_MAX_INFLIGHT_BYTES = 1 << 30
-
 
 class S3StorageReader(FileSystemReader):
-    fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
-
     """Read DCP checkpoints from ``s3://bucket/prefix``.
 
     Args:
@@ -44,16 +40,29 @@ class S3StorageReader(FileSystemReader):
             through that reader strategy with torch's own per-file loop.
         thread_count: accepted for compatibility; the parallel loader's concurrency comes
             from the CRT (the number of requests in flight), not from Python threads.
-        max_inflight_bytes: staging memory (for destinations that cannot take the bytes
-            directly: non-contiguous, GPU) in flight at once (default 1 GiB).
+        staging_bytes: size of the staging ring (default 256 MiB), the host memory through
+            which bytes reach destinations that cannot take a GET directly: CUDA tensors,
+            non-contiguous views, transposed stored tensors. Page-locked when it feeds a
+            GPU. Allocated once per process and reused by later loads; this is the only
+            staging memory a load holds, whatever the checkpoint's size.
+            ``s3torch.dcp.release_staging_memory()`` frees idle rings.
+        staging_slot_bytes: the ring's slot size (default 8 MiB, a multiple of 64): each slot
+            is one ranged GET and one copy to the destination.
         verify_checksums: check each fully read tensor against the CRC32 its record carries.
         progress: log one line (bytes, seconds, GB/s) per load.
+
+    When ``dcp.load`` returns, CUDA destinations are safe to use on each device's current
+    stream without a synchronize: the current stream waits for the staging copies.
     """
+
+    fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
 
     def __init__(self, region: str, path: str, s3client_config: Optional[S3ClientConfig] = None,
                  reader_constructor: Optional[ReaderConstructor] = None, thread_count: int = 1,
-                 endpoint: Optional[str] = None, max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
-                 verify_checksums: bool = True, progress: bool = False) -> None:
+                 endpoint: Optional[str] = None, staging_bytes: int = DEFAULT_RING_BYTES,
+                 staging_slot_bytes: int = DEFAULT_SLOT_BYTES, verify_checksums: bool = True,
+                 progress: bool = False) -> None:
+        check_ring_size(staging_bytes, staging_slot_bytes)
         path = _s(path)
         parse_s3_uri(path)
         super().__init__(path)
@@ -64,7 +73,8 @@ class S3StorageReader(FileSystemReader):
         self.sync_files = False
         self.thread_count = thread_count
         self.reader_constructor = reader_constructor
-        self.max_inflight_bytes = int(max_inflight_bytes)
+        self.staging_bytes, self.staging_slot_bytes = staging_bytes, staging_slot_bytes
+        self._force_staging = False  # tests: every tensor through the ring
         self.verify_checksums = verify_checksums
         self._progress = Progress("DCP load from", str(self.path), progress)
         self.last_load_stats: Dict[str, int] = {}
@@ -113,10 +123,10 @@ class S3StorageReader(FileSystemReader):
                     f"{self.path}: stream transforms {info.transform_descriptors} are not supported by the parallel "
                     "loader; pass reader_constructor=S3ReaderConstructor.default()")
             work.append((r, self._key(info.relative_path), info.offset, info.length))
-        loader = ParallelLoader(self.fs.client._get_native(), bucket, self.verify_checksums, self.max_inflight_bytes,
-                                pin=torch.cuda.is_available())
+        loader = ParallelLoader(self.fs.client._get_native(), bucket, self.verify_checksums, self.staging_bytes,
+                                self.staging_slot_bytes, force_staging=self._force_staging)
         loader.load(work, planner)
-        self.last_load_stats = dict(loader.stats)
+        self.last_load_stats = dict(loader.stats, ring_slot_uses=loader.ring_slot_uses)
         self._progress.add(loader.bytes_read)
         self._progress.done()
         fut: Future = Future()

@@ -1,0 +1,365 @@
+"""The staging ring: bounded host memory through which tensor bytes reach destinations that
+cannot take a GET directly (CUDA tensors, non-contiguous views, permuted stored layouts).
+
+A ring is one block of host memory (page-locked when it feeds CUDA devices) cut into equal
+slots. ``RingLoad`` moves each staged tensor as a series of slot-sized ranged GETs into free
+slots; as a slot lands, its CRC32 is computed (on worker threads, combined per tensor in
+byte order) and its bytes are copied to the matching block of the destination (for CUDA: one asynchronous host-to-device copy on a side
+stream of the destination's device, followed by a CUDA event that returns the slot to the
+ring once the copy has read it). GETs for later slots are in flight while earlier slots
+copy, so memory stays at the ring's size whatever the checkpoint's.
+
+Who owns what: a ring belongs to one load at a time (``borrow_ring``); between loads it waits
+in a per-process pool, so the page-locking cost is paid once per process, not per load. Only
+the loading thread touches a ring and its ``RingLoad``; the CRT writes into a slot only
+between the start of its GET and the end of that GET's wait.
+
+Stream semantics: copies into a device's tensors run on a side stream that first waits for
+the device's current stream (so work already queued on the destinations finishes first).
+Before a tensor is committed, and when the load ends, the current stream waits for the side
+stream: the destinations are safe to use on the current stream without a synchronize.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from .. import _crt
+from .._crc import crc32_combine
+from ._errors import CheckpointCorruptError, StagingError, read_error
+
+MiB = 1024 * 1024
+DEFAULT_RING_BYTES = 256 * MiB
+DEFAULT_SLOT_BYTES = 8 * MiB
+SLOT_ALIGN = 64  # slot sizes are multiples of this: every dtype's element divides it
+
+
+def check_ring_size(ring_bytes: int, slot_bytes: int) -> None:
+    """Raise ValueError unless the sizes make a ring of at least one slot."""
+    for name, v in (("staging_bytes", ring_bytes), ("staging_slot_bytes", slot_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if slot_bytes < SLOT_ALIGN or slot_bytes % SLOT_ALIGN:
+        raise ValueError(f"staging_slot_bytes must be a positive multiple of {SLOT_ALIGN}, got {slot_bytes}")
+    if ring_bytes < slot_bytes:
+        raise ValueError(f"staging_bytes ({ring_bytes}) is too small for one slot of staging_slot_bytes "
+                         f"({slot_bytes}): make the ring at least one slot")
+
+
+class StagingRing:
+    """``ring_bytes // slot_bytes`` slots of ``slot_bytes`` host memory, pinned if asked.
+
+    Slots are allocated when a load first needs them (a load smaller than the ring takes
+    only what it needs), by a background thread that ``prepare`` starts: page-locking
+    memory is slow (a few GB/s), and this way it overlaps with the GETs into the slots that
+    are already there instead of delaying the first of them."""
+
+    def __init__(self, ring_bytes: int, slot_bytes: int, pinned: bool) -> None:
+        check_ring_size(ring_bytes, slot_bytes)
+        self.slot_bytes, self.pinned = slot_bytes, pinned
+        self.nslots = ring_bytes // slot_bytes
+        # memory[i] is written once, by the allocating thread, before ready[i] is set.
+        self.memory: List[Optional[torch.Tensor]] = [None] * self.nslots
+        self._ready = [threading.Event() for _ in range(self.nslots)]
+        self._planned = 0  # slots [0, _planned) are allocated or being allocated
+        self._alloc_error: Optional[BaseException] = None
+        self.free: Deque[int] = deque(range(self.nslots))  # slots no GET, copy or CRC is using
+        self.uses = 0  # slot fills since the ring was made (tests read slot reuse from it)
+
+    @property
+    def nbytes(self) -> int:
+        return self.nslots * self.slot_bytes
+
+    def prepare(self, nbytes: int) -> None:
+        """Start allocating the slots a load of ``nbytes`` staged bytes will use."""
+        want = min(self.nslots, -(-nbytes // self.slot_bytes))
+        if want <= self._planned:
+            return
+        first, self._planned = self._planned, want
+        threading.Thread(target=self._allocate, args=(first, want), name="s3torch-ring-alloc", daemon=True).start()
+
+    def _allocate(self, first: int, end: int) -> None:
+        for i in range(first, end):
+            try:
+                if self._alloc_error is None:
+                    self.memory[i] = self._new_slot()
+            except BaseException as e:  # reported by slot() on the loading thread
+                self._alloc_error = e
+            self._ready[i].set()
+
+    def _new_slot(self) -> torch.Tensor:
+        return torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=self.pinned)
+
+    def slot(self, i: int, n: int) -> torch.Tensor:
+        m = self.memory[i]
+        if m is None:
+            if i < self._planned:
+                self._ready[i].wait()
+                m = self.memory[i]
+                if m is None:
+                    raise StagingError(f"cannot allocate the staging ring's memory: {self._alloc_error}")
+            else:
+                m = self.memory[i] = self._new_slot()
+                self._ready[i].set()
+        return m[:n]
+
+
+# Rings waiting between loads, per process (a fork()ed child never reuses the parent's
+# page-locked memory): at most one idle ring per (size, slot size, pinned).
+_pool_lock = threading.Lock()
+_pool: Dict[Tuple[int, int, int, bool], StagingRing] = {}
+
+
+@contextmanager
+def borrow_ring(ring_bytes: int, slot_bytes: int, pinned: bool) -> Iterator[StagingRing]:
+    """A ring for one load: from the pool when one is idle, else a new one; returned after."""
+    key = (os.getpid(), ring_bytes, slot_bytes, pinned)
+    with _pool_lock:
+        ring = _pool.pop(key, None)
+    if ring is None:
+        ring = StagingRing(ring_bytes, slot_bytes, pinned)
+    try:
+        yield ring
+    finally:
+        assert len(ring.free) == ring.nslots, "a load returned its ring with slots still in use"
+        with _pool_lock:
+            _pool.setdefault(key, ring)
+
+
+def release_staging_memory() -> None:
+    """Free the idle staging rings of this process (their page-locked memory included)."""
+    with _pool_lock:
+        _pool.clear()
+
+
+def blocks(dst: torch.Tensor, limit: int) -> Iterator[torch.Tensor]:
+    """Views of ``dst`` that cover its elements in row-major order, each at most ``limit``
+    bytes (limit >= the element size): whole runs along the outermost dimension that fits."""
+    if dst.dim() == 0:
+        dst = dst.unsqueeze(0)
+    if dst.numel() * dst.element_size() <= limit:
+        if dst.numel():
+            yield dst
+        return
+    inner = dst[0].numel() * dst.element_size()
+    if inner <= limit:
+        step = limit // inner
+        for i in range(0, dst.shape[0], step):
+            yield dst[i : i + step]
+    else:
+        for i in range(dst.shape[0]):
+            yield from blocks(dst[i], limit)
+
+
+def land(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool = False) -> None:
+    """Copy raw bytes ``src`` (uint8, host) into the view ``dst`` (same element count)."""
+    dst.copy_(src.view(dst.dtype).view(dst.shape), non_blocking=non_blocking)
+
+
+@dataclass
+class StagedTensor:
+    """One tensor to move through the ring: ``nbytes`` stored bytes at ``start`` in ``key``,
+    landing in row-major order in ``dst`` (a view of the destination)."""
+
+    key: str
+    start: int
+    nbytes: int
+    dst: torch.Tensor
+    crc32: Optional[int]  # expected CRC32 of the bytes, or None when they are a part of the record
+    where: str  # "s3://bucket/key item fqn", for errors
+    on_done: Callable[[], None]  # called once every byte is copied (or queued on the device)
+    landed: int = 0
+    parts: List[Tuple["Future[int]", int]] = field(default_factory=list)  # (CRC32 of a slot, its length)
+
+
+@dataclass
+class _Fill:
+    slot: int
+    handle: Any
+    t: StagedTensor
+    dst: torch.Tensor
+    n: int
+
+
+@dataclass
+class _Busy:
+    """A landed slot that is still being read: by a queued CUDA copy (``event``) and/or the
+    CRC worker (``crc``). It returns to the ring when both are done."""
+
+    slot: int
+    event: Any = None
+    crc: Optional["Future[int]"] = None
+
+    def done(self) -> bool:
+        return (self.event is None or self.event.query()) and (self.crc is None or self.crc.done())
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        if self.crc is not None:
+            self.crc.result()
+
+
+class RingLoad:
+    """Moves StagedTensors through a ring (see the module docstring).
+
+    Threads: the loading thread runs everything here except the CRC32s of the slots, which
+    ``crc_pool``'s threads compute while the loading thread goes on starting GETs and copies
+    (crc32 releases the GIL); a tensor's slot CRCs are combined in byte order when its last
+    slot lands. No pool: no verification."""
+
+    def __init__(self, native: "_crt.NativeClient", bucket: str, ring: StagingRing,
+                 crc_pool: Optional[ThreadPoolExecutor]) -> None:
+        self.native, self.bucket, self.ring, self._crc_pool = native, bucket, ring, crc_pool
+        self.bytes_read = 0
+        self._fetching: Deque[_Fill] = deque()  # GETs in flight, oldest first
+        self._busy: Deque[_Busy] = deque()  # landed slots still being read, oldest first
+        self._side: Dict[torch.device, Any] = {}  # device -> side stream
+        self._events: Dict[Tuple[int, torch.device], Any] = {}  # (slot, device) -> its copy's CUDA event
+
+    # --- streams -------------------------------------------------------------------------
+    def _stream(self, dev: torch.device) -> Any:
+        s = self._side.get(dev)
+        if s is None:
+            s = torch.cuda.Stream(device=dev)
+            s.wait_stream(torch.cuda.current_stream(dev))
+            self._side[dev] = s
+        return s
+
+    # --- the pipeline --------------------------------------------------------------------
+    def run(self, tensors: List[StagedTensor]) -> None:
+        ring = self.ring
+        ring.prepare(sum(t.nbytes for t in tensors))
+        try:
+            for t in tensors:
+                if t.nbytes == 0:
+                    t.on_done()
+                    continue
+                pos = t.start
+                for dst in blocks(t.dst, ring.slot_bytes):
+                    n = dst.numel() * dst.element_size()
+                    slot = self._take_slot()
+                    view = ring.slot(slot, n)
+                    ring.uses += 1
+                    try:
+                        h = self.native.start_get_into(self.bucket, t.key, view, pos, n)
+                    except _crt.S3Exception as e:
+                        ring.free.append(slot)
+                        raise read_error(t.where, e) from e
+                    self._fetching.append(_Fill(slot, h, t, dst, n))
+                    pos += n
+            while self._fetching:
+                self._land_oldest()
+            while self._busy:
+                self._reap(block=True)
+            for dev, s in self._side.items():
+                torch.cuda.current_stream(dev).wait_stream(s)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _take_slot(self) -> int:
+        ring = self.ring
+        while not ring.free:
+            self._reap(block=False)
+            if ring.free:
+                break
+            if self._busy and not (self._fetching and self._fetching[0].handle.done()):
+                self._reap(block=True)  # a copy or CRC of one slot: far shorter than a GET
+            else:
+                self._land_oldest()
+        return ring.free.popleft()
+
+    def _reap(self, block: bool) -> None:
+        """Return the slots nothing reads any more (block: wait for the oldest)."""
+        while self._busy:
+            b = self._busy[0]
+            if not b.done():
+                if not block:
+                    return
+                b.wait()
+                block = False
+            self._busy.popleft()
+            self.ring.free.append(b.slot)
+
+    def _land_oldest(self) -> None:
+        f = self._fetching.popleft()
+        t = f.t
+        busy = _Busy(f.slot)
+        try:
+            try:
+                got = f.handle.wait()
+            except _crt.S3Exception as e:
+                raise read_error(t.where, e) from e
+            if got != f.n:
+                raise CheckpointCorruptError(f"{t.where}: expected {t.nbytes} tensor bytes, the file has "
+                                             f"{t.landed + got} (truncated?)")
+            self.bytes_read += got
+            src = self.ring.slot(f.slot, f.n)
+            if self._crc_pool is not None and t.crc32 is not None:
+                busy.crc = self._crc_pool.submit(_crt.crc32, src)
+                t.parts.append((busy.crc, got))
+            t.landed += got
+            busy.event = self._copy(t, f.slot, f.dst, src)
+        except BaseException:
+            self._busy.append(busy)  # _abandon waits for what still reads the slot
+            raise
+        self._busy.append(busy)
+        if t.landed == t.nbytes:
+            if t.parts:
+                crc = 0
+                for part, n in t.parts:
+                    crc = crc32_combine(crc, part.result(), n)
+                t.parts.clear()
+                if crc != t.crc32:
+                    raise CheckpointCorruptError(f"{t.where}: tensor bytes fail their CRC32 check (stored "
+                                                 f"{t.crc32:#010x}, read {crc:#010x}): the checkpoint file is corrupt")
+            if busy.event is not None:
+                torch.cuda.current_stream(f.dst.device).wait_event(busy.event)
+            t.on_done()
+
+    def _copy(self, t: StagedTensor, slot: int, dst: torch.Tensor, src: torch.Tensor) -> Optional[Any]:
+        """Queue (CUDA) or do (host) the copy of a landed slot; the CUDA event marks its end."""
+        try:
+            if dst.device.type != "cuda":
+                land(dst, src)
+                return None
+            s = self._stream(dst.device)
+            with torch.cuda.stream(s):
+                land(dst, src, non_blocking=self.ring.pinned)
+            ev = self._events.get((slot, dst.device))
+            if ev is None:  # one event per slot and device, re-recorded each time the slot is used
+                ev = self._events[(slot, dst.device)] = torch.cuda.Event()
+            ev.record(s)
+            return ev
+        except RuntimeError as e:  # torch.OutOfMemoryError and CUDA errors among them
+            raise StagingError(f"{t.where}: copying its bytes into the destination on {dst.device} failed: "
+                               f"{type(e).__name__}: {e}") from e
+
+    def _abandon(self) -> None:
+        """After an error: stop every GET, wait until nothing reads or writes a slot, return
+        every slot to the ring. Errors met on the way are secondary and dropped."""
+        for f in self._fetching:
+            f.handle.cancel()
+        while self._fetching:
+            f = self._fetching.popleft()
+            try:
+                f.handle.wait()
+            except _crt.S3Exception:
+                pass
+            self.ring.free.append(f.slot)
+        while self._busy:
+            b = self._busy.popleft()
+            try:
+                b.wait()
+            except Exception:
+                pass
+            self.ring.free.append(b.slot)
+

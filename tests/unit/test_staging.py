@@ -1,0 +1,306 @@
+"""The staging ring without a server: RingLoad over an in-memory fake of the native client, so
+every slot size, shape, dtype and failure point can be driven exactly. The same ring under
+real DCP loads is in tests/integration/test_staging.py; on CUDA in tests/gpu/."""
+from __future__ import annotations
+
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from s3torch import _crt
+from s3torch.dcp import CheckpointCorruptError, StagingError
+from s3torch.dcp._staging import (
+    RingLoad,
+    StagedTensor,
+    StagingRing,
+    blocks,
+    borrow_ring,
+    check_ring_size,
+    release_staging_memory,
+)
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+          torch.int8, torch.uint8, torch.bool, torch.complex64]
+
+
+class _Handle:
+    def __init__(self, n: int, error: Optional[BaseException]) -> None:
+        self.n, self.error, self.cancelled, self.waited = n, error, False, False
+
+    def wait(self) -> int:
+        self.waited = True
+        if self.error is not None:
+            raise self.error
+        if self.cancelled:
+            raise _crt.S3CancelledError("cancelled")
+        return self.n
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeNative:
+    """start_get_into copies from in-memory objects at once; records every destination
+    address; can fail the k-th GET (at start or at wait) or return a short read."""
+
+    def __init__(self, objects: Dict[str, bytes]) -> None:
+        self.objects = objects
+        self.addresses: List[int] = []
+        self.fail_at: Optional[int] = None
+        self.fail_on_start = False
+        self.short_at: Optional[int] = None
+        self.handles: List[_Handle] = []
+
+    def start_get_into(self, bucket: str, key: str, buf: torch.Tensor, offset: int, length: int) -> _Handle:
+        k = len(self.addresses)
+        self.addresses.append(buf.data_ptr())
+        err = None
+        if self.fail_at == k:
+            err = _crt.S3Exception(f"injected failure of GET {k}")
+            if self.fail_on_start:
+                raise err
+        data = self.objects[key][offset : offset + length]
+        if self.short_at == k:
+            data = data[: len(data) // 2]
+        if data:
+            buf[: len(data)].copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        h = _Handle(len(data), err)
+        self.handles.append(h)
+        return h
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    c = t.contiguous().reshape(-1)
+    return c.view(torch.uint8).numpy().tobytes() if c.numel() else b""
+
+
+def _staged(key: str, src: torch.Tensor, dst: torch.Tensor, done: List[str], start: int = 0) -> StagedTensor:
+    raw = _raw(src)
+    return StagedTensor(key, start, len(raw), dst, zlib.crc32(raw), f"s3://b/{key} item {key}",
+                        lambda: done.append(key))
+
+
+def _random(shape: List[int], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.bool:
+        return torch.rand(shape, generator=g) > 0.5
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(shape, generator=g).to(dtype)
+    return torch.randint(-100 if dtype != torch.uint8 else 0, 100, shape, generator=g).to(dtype)
+
+
+POOL = ThreadPoolExecutor(2)
+
+
+def _run(objects: Dict[str, bytes], tensors: List[StagedTensor], nslots: int, slot: int) -> FakeNative:
+    native = FakeNative(objects)
+    ring = StagingRing(nslots * slot, slot, pinned=False)
+    RingLoad(native, "b", ring, POOL).run(tensors)
+    assert len(ring.free) == ring.nslots
+    return native
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.lists(st.integers(0, 9), min_size=0, max_size=4),
+    dtype=st.sampled_from(DTYPES),
+    slot=st.sampled_from([64, 128, 192, 512, 4096]),
+    nslots=st.integers(1, 4),
+    layout=st.sampled_from(["contiguous", "transposed", "strided"]),
+)
+def test_ring_lands_every_byte(shape: List[int], dtype: torch.dtype, slot: int, nslots: int, layout: str) -> None:
+    """Tensors smaller than, equal to and many times a slot, into contiguous, transposed and
+    strided destinations, byte-exact."""
+    src = _random(shape, dtype, seed=len(shape) * 31 + slot)
+    if layout == "transposed" and src.dim() >= 2:
+        dst = torch.zeros(list(reversed(shape)), dtype=dtype).t() if src.dim() == 2 else \
+            torch.zeros(shape[::-1], dtype=dtype).permute(*reversed(range(src.dim())))
+    elif layout == "strided" and src.dim() >= 1:
+        dst = torch.zeros(shape[:-1] + [shape[-1] * 2], dtype=dtype)[..., ::2]
+    else:
+        dst = torch.zeros(shape, dtype=dtype)
+    assert dst.shape == src.shape
+    done: List[str] = []
+    _run({"k": b"pad" + _raw(src)}, [_staged("k", src, dst, done, start=3)], nslots, slot)
+    assert torch.equal(dst, src) and done == ["k"]
+
+
+def test_exact_multiple_and_many_tensors_share_the_ring() -> None:
+    slot = 256
+    tensors = {f"t{i}": _random([n], torch.float32, i) for i, n in enumerate([64, 1, 640, 63, 65, 0, 1000])}
+    objects = {k: _raw(v) for k, v in tensors.items()}
+    dsts = {k: torch.zeros_like(v) for k, v in tensors.items()}
+    done: List[str] = []
+    native = _run(objects, [_staged(k, tensors[k], dsts[k], done) for k in tensors], 3, slot)
+    for k in tensors:
+        assert torch.equal(dsts[k], tensors[k]), k
+    assert sorted(done) == sorted(tensors)  # each committed once, the empty one too
+    assert [k for k in done if k != "t5"] == [k for k in tensors if k != "t5"]  # in order
+    expected = sum(-(-v.numel() * 4 // slot) for v in tensors.values())
+    assert len(native.addresses) == expected
+
+
+def test_slots_are_reused_in_ring_order() -> None:
+    slot, nslots = 128, 3
+    src = _random([32 * 10], torch.float32, 0)  # 10 slots' worth
+    dst = torch.zeros_like(src)
+    native = FakeNative({"k": _raw(src)})
+    ring = StagingRing(nslots * slot, slot, pinned=False)
+    RingLoad(native, "b", ring, POOL).run([_staged("k", src, dst, [])])
+    slot_of = {ring.slot(i, 1).data_ptr(): i for i in range(nslots)}
+    order = [slot_of[a] for a in native.addresses]
+    assert order == [0, 1, 2] * 3 + [0]
+    assert ring.uses == 10 and torch.equal(dst, src)
+
+
+def test_a_ring_of_one_slot() -> None:
+    src = _random([7, 33], torch.bfloat16, 1)
+    dst = torch.zeros(33, 7, dtype=torch.bfloat16).t()
+    native = _run({"k": _raw(src)}, [_staged("k", src, dst, [])], 1, 64)
+    assert torch.equal(dst, src) and len(set(native.addresses)) == 1
+
+
+@pytest.mark.parametrize("where", ["wait", "start"])
+def test_error_mid_load_returns_every_slot(where: str) -> None:
+    slot, nslots = 64, 4
+    srcs = {f"t{i}": _random([160], torch.float32, i) for i in range(3)}  # 10 slots each
+    native = FakeNative({k: _raw(v) for k, v in srcs.items()})
+    native.fail_at, native.fail_on_start = 13, where == "start"
+    ring = StagingRing(nslots * slot, slot, pinned=False)
+    with pytest.raises(CheckpointCorruptError, match=r"s3://b/t1 item t1: cannot read its bytes: injected"):
+        RingLoad(native, "b", ring, POOL).run(
+            [_staged(k, v, torch.zeros_like(v), []) for k, v in srcs.items()])
+    assert len(ring.free) == nslots  # every slot back
+    # Nothing still writes into a slot: every GET was waited for (the ones in flight cancelled).
+    assert all(h.waited for h in native.handles)
+
+
+def test_access_errors_pass_through_unchanged() -> None:
+    src = _random([64], torch.float32, 0)
+    native = FakeNative({"k": _raw(src)})
+    native.fail_at = 0
+    orig = native.start_get_into
+
+    def denied(*a: Any) -> Any:
+        h = orig(*a)
+        h.error = _crt.S3PermissionError("access denied")
+        return h
+    native.start_get_into = denied  # type: ignore[method-assign]
+    ring = StagingRing(128, 64, pinned=False)
+    with pytest.raises(_crt.S3PermissionError, match="access denied"):
+        RingLoad(native, "b", ring, POOL).run([_staged("k", src, torch.zeros_like(src), [])])
+    assert len(ring.free) == ring.nslots
+
+
+def test_crc_mismatch_names_the_item() -> None:
+    src = _random([100], torch.float32, 0)
+    raw = bytearray(_raw(src))
+    raw[250] ^= 1
+    ring = StagingRing(256, 64, pinned=False)
+    done: List[str] = []
+    t = _staged("k", src, torch.zeros_like(src), done)
+    with pytest.raises(CheckpointCorruptError, match=r"s3://b/k item k: tensor bytes fail their CRC32 check"):
+        RingLoad(FakeNative({"k": bytes(raw)}), "b", ring, POOL).run([t])
+    assert done == [] and len(ring.free) == ring.nslots
+    # verify=False loads the bytes as they are
+    dst = torch.zeros_like(src)
+    RingLoad(FakeNative({"k": bytes(raw)}), "b", ring, None).run([_staged("k", src, dst, done)])
+    assert done == ["k"] and not torch.equal(dst, src)
+
+
+def test_short_read_names_the_item() -> None:
+    src = _random([100], torch.float32, 0)
+    native = FakeNative({"k": _raw(src)})
+    native.short_at = 2
+    ring = StagingRing(128, 64, pinned=False)
+    with pytest.raises(CheckpointCorruptError, match=r"item k: expected 400 tensor bytes, the file has 160"):
+        RingLoad(native, "b", ring, POOL).run([_staged("k", src, torch.zeros_like(src), [])])
+    assert len(ring.free) == ring.nslots
+
+
+def test_a_failing_copy_is_a_staging_error() -> None:
+    src = _random([100], torch.float32, 0)
+    dst = torch.zeros(100, dtype=torch.float32)
+    t = _staged("k", src, dst, [])
+
+    def boom(*a: Any, **k: Any) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    import s3torch.dcp._staging as staging
+
+    orig = staging.land
+    staging.land = boom  # type: ignore[assignment]
+    try:
+        ring = StagingRing(128, 64, pinned=False)
+        with pytest.raises(StagingError, match=r"s3://b/k item k: copying its bytes into the destination on cpu "
+                                               r"failed: RuntimeError: CUDA error"):
+            RingLoad(FakeNative({"k": _raw(src)}), "b", ring, POOL).run([t])
+        assert len(ring.free) == ring.nslots
+    finally:
+        staging.land = orig  # type: ignore[assignment]
+
+
+def test_blocks_cover_in_row_major_order() -> None:
+    t = torch.arange(2 * 3 * 50, dtype=torch.float32).reshape(2, 3, 50)
+    got = list(blocks(t, 64))  # a row of 50 floats (200 B) is larger than a block
+    assert all(b.numel() * 4 <= 64 for b in got)
+    assert torch.equal(torch.cat([b.reshape(-1) for b in got]), t.reshape(-1))
+    assert [b.shape for b in blocks(torch.zeros(10, 4), 48)] == [torch.Size([3, 4])] * 3 + [torch.Size([1, 4])]
+    assert [b.shape for b in blocks(torch.tensor(1.5), 64)] == [torch.Size([1])]
+    assert list(blocks(torch.zeros(0, 3), 64)) == []
+
+
+def test_crc32_combine_matches_zlib() -> None:
+    import os
+    import random
+
+    from s3torch._crc import crc32_combine
+
+    rnd = random.Random(0)
+    for _ in range(300):
+        a, b = os.urandom(rnd.randint(0, 5000)), os.urandom(rnd.randint(0, 5000))
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    big = os.urandom(1 << 20)
+    assert crc32_combine(zlib.crc32(big), zlib.crc32(b"x"), 1) == zlib.crc32(big + b"x")
+
+
+def test_pieced_crc_of_a_tensor() -> None:
+    from s3torch.dcp import _parallel_load as pl
+
+    data = torch.randint(0, 256, (3 * 1024 * 1024 + 17,), dtype=torch.uint8)
+    old = pl.CRC_PIECE
+    pl.CRC_PIECE = 1 << 20  # several pieces
+    try:
+        assert pl.crc32_on(POOL, data)() == zlib.crc32(data.numpy().tobytes())
+    finally:
+        pl.CRC_PIECE = old
+
+
+def test_ring_sizes_are_checked() -> None:
+    with pytest.raises(ValueError, match="too small for one slot"):
+        check_ring_size(1000, 4096)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        check_ring_size(4096, 100)
+    with pytest.raises(TypeError):
+        check_ring_size(4096.0, 64)  # type: ignore[arg-type]
+    ring = StagingRing(1000, 64, pinned=False)
+    assert ring.nslots == 15 and ring.nbytes == 960
+
+
+def test_rings_are_pooled_per_process() -> None:
+    release_staging_memory()
+    with borrow_ring(4096, 64, False) as a:
+        with borrow_ring(4096, 64, False) as b:  # a second load at the same time gets its own
+            assert a is not b
+    with borrow_ring(4096, 64, False) as c:
+        assert c is a or c is b  # reused, not reallocated
+    release_staging_memory()
+    with borrow_ring(4096, 64, False) as d:
+        assert d is not a and d is not b
