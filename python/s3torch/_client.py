@@ -69,8 +69,7 @@ class S3Client:
                 # parent's is safe; the core never touches its CRT state in this process.
                 self._native = None
             if self._native is None:
-                self._native = _crt.NativeClient(
-                    region=self._region, endpoint=self._endpoint, **self._config.native_kwargs())
+                self._native = _crt.NativeClient(self._config.native_config(self._region, self._endpoint))
                 self._pid = pid
             return self._native
 

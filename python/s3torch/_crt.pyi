@@ -79,26 +79,34 @@ class Upload:
     @property
     def closed(self) -> bool: ...
 
+class ClientConfig:
+    """Every field, default and limit of the native client's configuration
+    (csrc/s3torch/config.h); validate() and NativeClient check the values."""
+
+    def __init__(self, **kwargs: Any) -> None: ...
+    def validate(self) -> None: ...
+    @staticmethod
+    def fields() -> List[str]: ...
+    region: str
+    endpoint: str
+    throughput_target_gbps: float
+    part_size: int
+    unsigned: bool
+    force_path_style: bool
+    max_attempts: int
+    profile: str
+    memory_limit_bytes: int
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    credentials: str
+    ca_file: str
+    s3express: bool
+    stream_read_ahead_bytes: int
+    connect_timeout_ms: int
+
 class NativeClient:
-    def __init__(
-        self,
-        region: str,
-        endpoint: str = "",
-        force_path_style: bool = False,
-        part_size: int = 8388608,
-        throughput_target_gbps: float = 10.0,
-        max_attempts: int = 10,
-        memory_limit_bytes: int = 0,
-        credentials: str = "default",
-        access_key_id: str = "",
-        secret_access_key: str = "",
-        session_token: str = "",
-        profile: str = "",
-        ca_file: str = "",
-        s3express: bool = False,
-        stream_read_ahead_bytes: int = 0,
-        connect_timeout_ms: int = 0,
-    ) -> None: ...
+    def __init__(self, config: ClientConfig) -> None: ...
     def get_into(self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None,
                  length: Optional[int] = None) -> int: ...
     def start_get_into(self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None,
