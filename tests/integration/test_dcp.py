@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 from s3torch import S3ReaderConstructor
-from s3torch._servers import REGION
+from s3torch._servers import REGION, free_port
 from s3torch.dcp import (
     BinaryPrefixStrategy,
     CheckpointCorruptError,
@@ -204,12 +203,6 @@ def test_interchange_with_s3torchconnector(seaweed, prefix: str, monkeypatch) ->
 
 # --- resharding: world size 2 <-> 1 with gloo on loopback ---------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 FULL_SHAPE = (64, 48)
 
 
@@ -251,14 +244,14 @@ def _dist_worker(rank: int, world: int, port: int, mode: str, path: str, kw: dic
 def test_reshard_world_2_to_1_and_1_to_2(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
     kw = {"s3client_config": make_client(seaweed).s3client_config, "endpoint": seaweed.endpoint}
     path2 = f"s3://{BUCKET}/{prefix}ws2"
-    tmp.spawn(_dist_worker, args=(2, _free_port(), "save", path2, kw), nprocs=2, join=True)
+    tmp.spawn(_dist_worker, args=(2, free_port(), "save", path2, kw), nprocs=2, join=True)
     out = {"rows": torch.zeros(FULL_SHAPE), "cols": torch.zeros(FULL_SHAPE)}
     dcp.load(out, storage_reader=S3StorageReader(REGION, path2, **kw))
     assert torch.equal(out["rows"], _full()) and torch.equal(out["cols"], _full() * 2)
 
     path1 = f"s3://{BUCKET}/{prefix}ws1"
     dcp.save({"rows": _full(), "cols": _full() * 2}, storage_writer=S3StorageWriter(REGION, path1, **kw))
-    tmp.spawn(_dist_worker, args=(2, _free_port(), "load", path1, kw), nprocs=2, join=True)
+    tmp.spawn(_dist_worker, args=(2, free_port(), "load", path1, kw), nprocs=2, join=True)
 
 
 def test_async_save(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]

@@ -27,10 +27,10 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from .._config import S3ClientConfig
-from .._uri import parse_s3_uri
+from .._uri import parse_s3_uri, s3_path
 from . import _torch_save
 from ._progress import Progress
-from .s3_file_system import S3FileSystem, _s
+from .s3_file_system import S3FileSystem
 from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
 
 log = logging.getLogger("s3torch.dcp")
@@ -39,8 +39,6 @@ _METADATA = ".metadata"
 
 
 class S3StorageWriter(FileSystemWriter):
-    fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
-
     """Write DCP checkpoints to ``s3://bucket/prefix``.
 
     Args:
@@ -54,10 +52,12 @@ class S3StorageWriter(FileSystemWriter):
             ``sync_files`` is accepted and ignored (S3 objects are durable once written).
     """
 
+    fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
+
     def __init__(self, region: str, path: str, s3client_config: Optional[S3ClientConfig] = None,
                  prefix_strategy: Optional[S3PrefixStrategyBase] = None, thread_count: int = 1,
                  endpoint: Optional[str] = None, progress: bool = False, **kwargs: Any) -> None:
-        path = _s(path)
+        path = s3_path(path)
         parse_s3_uri(path)
         kwargs.pop("sync_files", None)  # an fsync fallback would os.sync() the whole machine
         known = {"single_file_per_rank", "per_thread_copy_ahead", "cache_staged_state_dict", "overwrite",

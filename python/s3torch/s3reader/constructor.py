@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Union
 
 from .. import _crt
+from .._checks import is_int, is_number
 from .dcp_optimized import DEFAULT_MAX_GAP_SIZE, DCPOptimizedS3Reader, ItemRange
 from .ranged import RangedS3Reader
 from .s3reader import GetObjectInfo, S3Reader
@@ -27,8 +28,7 @@ class RangeBasedConstructor(ReaderConstructor):
     kind = "range_based"
 
     def __init__(self, buffer_size: Optional[int] = None) -> None:
-        if buffer_size is not None and (isinstance(buffer_size, bool) or not isinstance(buffer_size, int)
-                                        or buffer_size < 0):
+        if buffer_size is not None and (not is_int(buffer_size) or buffer_size < 0):
             raise ValueError(f"buffer_size must be None or a non-negative int, got {buffer_size!r}")
         self.buffer_size = buffer_size
 
@@ -43,7 +43,7 @@ class DCPOptimizedConstructor(ReaderConstructor):
     kind = "dcp_optimized"
 
     def __init__(self, max_gap_size: Union[int, float] = DEFAULT_MAX_GAP_SIZE) -> None:
-        if isinstance(max_gap_size, bool) or not isinstance(max_gap_size, (int, float)) or max_gap_size < 0:
+        if not is_number(max_gap_size) or max_gap_size < 0:
             raise ValueError(f"max_gap_size must be a non-negative number, got {max_gap_size!r}")
         self.max_gap_size = max_gap_size
         self._ranges: Dict[str, List[ItemRange]] = {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from .. import _crt
+from .._checks import is_number
 from .s3reader import GetObjectInfo, S3Reader
 
 DEFAULT_MAX_GAP_SIZE = 32 * 1024 * 1024
@@ -69,7 +70,7 @@ class DCPOptimizedS3Reader(S3Reader):
     def __init__(self, bucket: str, key: str, get_object_info: GetObjectInfo, native: "_crt.NativeClient",
                  item_ranges: Sequence[ItemRange], max_gap_size: float = DEFAULT_MAX_GAP_SIZE) -> None:
         super().__init__(bucket, key, get_object_info)
-        if not isinstance(max_gap_size, (int, float)) or isinstance(max_gap_size, bool) or max_gap_size < 0:
+        if not is_number(max_gap_size) or max_gap_size < 0:
             raise ValueError(f"max_gap_size must be a non-negative number, got {max_gap_size!r}")
         self._native = native
         self._groups = coalesce(list(item_ranges), max_gap_size)

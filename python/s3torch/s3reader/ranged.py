@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .. import _crt
+from .._checks import is_int
 from .s3reader import GetObjectInfo, S3Reader
 
 DEFAULT_BUFFER_SIZE = 8 * 1024 * 1024
@@ -18,7 +19,7 @@ class RangedS3Reader(S3Reader):
         super().__init__(bucket, key, get_object_info)
         if buffer_size is None:
             buffer_size = DEFAULT_BUFFER_SIZE
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 0:
+        if not is_int(buffer_size) or buffer_size < 0:
             raise ValueError(f"buffer_size must be a non-negative int, got {buffer_size!r}")
         self._native = native
         self._info = object_info
