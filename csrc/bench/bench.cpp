@@ -106,7 +106,8 @@ int main(int argc, char **argv) {
             } else {
                 std::vector<std::unique_ptr<Upload>> ups;
                 for (int c = 0; c < concurrency; ++c) {
-                    ups.push_back(std::make_unique<Upload>(client, bucket, key + "." + std::to_string(c), PutOptions{}));
+                    ups.push_back(
+                        std::make_unique<Upload>(client, bucket, key + "." + std::to_string(c), PutOptions{}));
                     ups.back()->put_begin(bufs[c].data(), size);
                 }
                 // Each Upload hands its parts over as its window allows: step them in turn.

@@ -25,8 +25,7 @@ namespace {
 
 using namespace s3torch;
 
-std::optional<ByteRange> make_range(std::optional<uint64_t> offset, std::optional<uint64_t> length,
-                                    size_t capacity) {
+std::optional<ByteRange> make_range(std::optional<uint64_t> offset, std::optional<uint64_t> length, size_t capacity) {
     if (!offset && !length) return std::nullopt;
     return ByteRange{offset.value_or(0), length ? *length : capacity};
 }
@@ -248,8 +247,8 @@ void register_client(py::module_ &m) {
         .def("get_into_many", &NativeClient::get_into_many, py::arg("bucket"), py::arg("items"))
         .def("get_bytes", &NativeClient::get_bytes, py::arg("bucket"), py::arg("key"), py::arg("offset") = 0,
              py::arg("length") = py::none(), py::arg("size_hint") = py::none())
-        .def("get_stream", &NativeClient::get_stream, py::arg("bucket"), py::arg("key"),
-             py::arg("offset") = py::none(), py::arg("length") = py::none(), py::arg("read_ahead") = 0)
+        .def("get_stream", &NativeClient::get_stream, py::arg("bucket"), py::arg("key"), py::arg("offset") = py::none(),
+             py::arg("length") = py::none(), py::arg("read_ahead") = 0)
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),
              py::arg("storage_class") = "")
         .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "")

@@ -66,10 +66,10 @@ void register_config(py::module_ &m) {
                                  "Configuration of a NativeClient: every field with its default; keyword arguments "
                                  "set fields. validate() (and NativeClient) check the values.");
     cls.def(py::init([](py::kwargs kwargs) {
-                ClientConfig c;
-                for (auto item : kwargs) set_field(c, item.first.cast<std::string>(), item.second);
-                return c;
-            }))
+           ClientConfig c;
+           for (auto item : kwargs) set_field(c, item.first.cast<std::string>(), item.second);
+           return c;
+       }))
         .def("validate", &ClientConfig::validate,
              "Raise S3InvalidArgumentError (a ValueError) naming the first field out of its limits.")
         .def_static(
@@ -82,9 +82,9 @@ void register_config(py::module_ &m) {
                 };
             },
             "The fields' names, in declaration order.");
-#define S3TORCH_BIND_FIELD(type, name, py_name, default_value, min, max, doc)                                    \
-    cls.def_property(                                                                                            \
-        py_name, [](const ClientConfig &c) { return c.name; },                                                   \
+#define S3TORCH_BIND_FIELD(type, name, py_name, default_value, min, max, doc) \
+    cls.def_property(                                                         \
+        py_name, [](const ClientConfig &c) { return c.name; },                \
         [](ClientConfig &c, py::handle v) { c.name = from_python<type>(v, py_name, min, max); }, doc);
     S3TORCH_CLIENT_CONFIG_FIELDS(S3TORCH_BIND_FIELD)
 #undef S3TORCH_BIND_FIELD

@@ -101,9 +101,8 @@ aws_s3_client *Client::ensure_locked() {
     if (endpoint_.tls || credentials == CredentialsKind::Default || credentials == CredentialsKind::Profile) {
         aws_tls_ctx_options tls_options;
         aws_tls_ctx_options_init_default_client(&tls_options, alloc);
-        if (!config_.ca_file.empty() &&
-            aws_tls_ctx_options_override_default_trust_store_from_path(&tls_options, nullptr,
-                                                                        config_.ca_file.c_str())) {
+        if (!config_.ca_file.empty() && aws_tls_ctx_options_override_default_trust_store_from_path(
+                                            &tls_options, nullptr, config_.ca_file.c_str())) {
             int err = aws_last_error();
             aws_tls_ctx_options_clean_up(&tls_options);
             throw_invalid("cannot use CA file '" + config_.ca_file + "': " + crt_error_name(err));

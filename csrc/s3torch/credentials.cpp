@@ -7,8 +7,8 @@
 
 namespace s3torch {
 
-aws_credentials_provider *make_credentials_provider(
-    const ClientConfig &cfg, aws_client_bootstrap *bootstrap, aws_tls_ctx *tls_ctx) {
+aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
+                                                    aws_tls_ctx *tls_ctx) {
     aws_allocator *alloc = aws_default_allocator();
     aws_credentials_provider *provider = nullptr;
     switch (cfg.credentials_kind()) {

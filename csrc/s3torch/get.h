@@ -19,8 +19,8 @@ class GetInto : public Transfer {
     // Start the GET. `dest` must stay valid and unaliased until done(); its size must hold the
     // range (or the whole object). Throws S3Error InvalidArgument for a bad range or buffer.
     static std::shared_ptr<GetInto> start_get(std::shared_ptr<Client> client, const std::string &bucket,
-                                              const std::string &key, std::optional<ByteRange> range,
-                                              void *dest, size_t capacity);
+                                              const std::string &key, std::optional<ByteRange> range, void *dest,
+                                              size_t capacity);
     // The first `capacity` (> 0) bytes of the whole object, as one ranged GET: the probe of the
     // whole-object strategy (WholeObjectGet, and start_get of a buffer smaller than a part).
     // Every non-empty object satisfies "bytes=0-", so a 416 answer means the object is empty:

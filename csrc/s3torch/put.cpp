@@ -60,8 +60,7 @@ std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> clien
     return t;
 }
 
-void PutStream::s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress,
-                              void *user_data) {
+void PutStream::s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress, void *user_data) {
     // For an upload, progress is reported as each part's upload succeeds.
     auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
     {
@@ -81,8 +80,7 @@ bool PutStream::backlog_wait(uint64_t max_bytes, int64_t timeout_ms) {
     return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ok);
 }
 
-void PutStream::s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *token, int,
-                                 void *user_data) {
+void PutStream::s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *token, int, void *user_data) {
     if (!token) return;
     auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
     aws_byte_cursor id = aws_s3_meta_request_resume_token_upload_id(token);
@@ -167,7 +165,10 @@ bool PutStream::write_wait(int64_t timeout_ms) {
 }
 
 Upload::Upload(std::shared_ptr<Client> client, std::string bucket, std::string key, PutOptions opts)
-    : client_(std::move(client)), bucket_(std::move(bucket)), key_(std::move(key)), opts_(std::move(opts)),
+    : client_(std::move(client)),
+      bucket_(std::move(bucket)),
+      key_(std::move(key)),
+      opts_(std::move(opts)),
       ctx_{"PutObject", bucket_, key_} {
     require_names(ctx_);
     const ClientConfig &cfg = client_->config();

@@ -16,8 +16,8 @@ std::string encode(const std::string &in, bool path) {
     aws_byte_buf buf;
     aws_byte_buf_init(&buf, aws_default_allocator(), in.size() * 3 + 1);
     aws_byte_cursor cur = aws_byte_cursor_from_array(in.data(), in.size());
-    int rc = path ? aws_byte_buf_append_encoding_uri_path(&buf, &cur)
-                  : aws_byte_buf_append_encoding_uri_param(&buf, &cur);
+    int rc =
+        path ? aws_byte_buf_append_encoding_uri_path(&buf, &cur) : aws_byte_buf_append_encoding_uri_param(&buf, &cur);
     std::string out = rc == AWS_OP_SUCCESS ? std::string(reinterpret_cast<char *>(buf.buffer), buf.len) : in;
     aws_byte_buf_clean_up(&buf);
     return out;
@@ -74,8 +74,8 @@ void require_names(const ErrorContext &ctx, bool need_key) {
 }
 
 void add_range_header(Headers &headers, const ByteRange &range) {
-    headers.emplace_back("Range", "bytes=" + std::to_string(range.start) + "-" +
-                                      std::to_string(range.start + range.length - 1));
+    headers.emplace_back("Range",
+                         "bytes=" + std::to_string(range.start) + "-" + std::to_string(range.start + range.length - 1));
 }
 
 aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers) {

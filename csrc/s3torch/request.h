@@ -14,9 +14,9 @@ struct aws_http_message;
 namespace s3torch {
 
 struct Address {
-    std::string host;         // Host header / endpoint authority, e.g. "bucket.s3.us-east-1.amazonaws.com"
-    std::string path;         // URI-encoded path with query, e.g. "/bucket/a%20b?uploads"
-    std::string endpoint_uri; // scheme://authority, passed to the meta request
+    std::string host;          // Host header / endpoint authority, e.g. "bucket.s3.us-east-1.amazonaws.com"
+    std::string path;          // URI-encoded path with query, e.g. "/bucket/a%20b?uploads"
+    std::string endpoint_uri;  // scheme://authority, passed to the meta request
 };
 
 // URI-encode a key as a path (keeps '/').

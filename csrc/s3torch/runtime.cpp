@@ -48,8 +48,11 @@ void init_logging(aws_allocator *alloc) {
     aws_logger_standard_options opts;
     AWS_ZERO_STRUCT(opts);
     std::string l = level;
-    opts.level = l == "trace" ? AWS_LL_TRACE : l == "debug" ? AWS_LL_DEBUG : l == "info" ? AWS_LL_INFO
-               : l == "warn" ? AWS_LL_WARN : AWS_LL_ERROR;
+    opts.level = l == "trace"   ? AWS_LL_TRACE
+                 : l == "debug" ? AWS_LL_DEBUG
+                 : l == "info"  ? AWS_LL_INFO
+                 : l == "warn"  ? AWS_LL_WARN
+                                : AWS_LL_ERROR;
     const char *file = std::getenv("S3TORCH_CRT_LOG_FILE");
     if (file && *file) opts.filename = file;
     else opts.file = stderr;

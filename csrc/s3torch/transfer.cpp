@@ -175,8 +175,8 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
                     result->error_response_body->len);
     if (result->error_response_headers) {
         aws_byte_cursor v;
-        if (aws_http_headers_get(result->error_response_headers, aws_byte_cursor_from_c_str("x-amz-request-id"),
-                                 &v) == AWS_OP_SUCCESS)
+        if (aws_http_headers_get(result->error_response_headers, aws_byte_cursor_from_c_str("x-amz-request-id"), &v) ==
+            AWS_OP_SUCCESS)
             request_id.assign(reinterpret_cast<const char *>(v.ptr), v.len);
     }
     if (result->error_response_operation_name)
@@ -213,10 +213,11 @@ void Transfer::s_on_shutdown(void *ud) {
     client->transfer_finished();
 }
 
-std::shared_ptr<SimpleRequest> SimpleRequest::start_request(
-    std::shared_ptr<Client> client, ErrorContext ctx, const char *method, const std::string &operation,
-    const Address &addr, int meta_request_type, const void *body, size_t body_len,
-    Headers headers, const std::string &copy_source_uri) {
+std::shared_ptr<SimpleRequest> SimpleRequest::start_request(std::shared_ptr<Client> client, ErrorContext ctx,
+                                                            const char *method, const std::string &operation,
+                                                            const Address &addr, int meta_request_type,
+                                                            const void *body, size_t body_len, Headers headers,
+                                                            const std::string &copy_source_uri) {
     std::shared_ptr<SimpleRequest> req(new SimpleRequest(std::move(client), std::move(ctx)));
     if (body) headers.emplace_back("Content-Length", std::to_string(body_len));
     aws_s3_meta_request_options o;

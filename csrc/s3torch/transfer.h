@@ -109,10 +109,11 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
 // part from memory): collects the response body in memory.
 class SimpleRequest : public Transfer {
   public:
-    static std::shared_ptr<SimpleRequest> start_request(
-        std::shared_ptr<Client> client, ErrorContext ctx, const char *method, const std::string &operation,
-        const Address &addr, int meta_request_type, const void *body = nullptr, size_t body_len = 0,
-        Headers headers = {}, const std::string &copy_source_uri = "");
+    static std::shared_ptr<SimpleRequest> start_request(std::shared_ptr<Client> client, ErrorContext ctx,
+                                                        const char *method, const std::string &operation,
+                                                        const Address &addr, int meta_request_type,
+                                                        const void *body = nullptr, size_t body_len = 0,
+                                                        Headers headers = {}, const std::string &copy_source_uri = "");
     std::string body();
 
   protected:
