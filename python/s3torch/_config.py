@@ -1,5 +1,6 @@
 """Client configuration: the fields and defaults of s3torchconnector's ``S3ClientConfig``,
 plus s3torch's own (endpoint, credentials, memory limit, CA file, ...)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields

@@ -1,4 +1,5 @@
 """s3:// URIs."""
+
 from __future__ import annotations
 
 import os

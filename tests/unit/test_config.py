@@ -1,12 +1,12 @@
 """Configuration is validated before any request, with messages that say what to do."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 
-from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError
-from s3torch import _crt
+from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError, _crt
 
 
 @pytest.mark.parametrize(
@@ -111,8 +111,9 @@ def test_unknown_credentials_kind() -> None:
 def test_missing_profile_is_reported(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    client = S3Client("us-east-1", endpoint="http://127.0.0.1:1",
-                      s3client_config=S3ClientConfig(profile="does-not-exist"))
+    client = S3Client(
+        "us-east-1", endpoint="http://127.0.0.1:1", s3client_config=S3ClientConfig(profile="does-not-exist")
+    )
     with pytest.raises(S3InvalidArgumentError, match="does-not-exist"):
         client.head_object("b", "k")
 

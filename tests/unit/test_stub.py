@@ -1,5 +1,6 @@
 """The hand-written _crt.pyi must match the compiled module: same public names, same
 members per class, same parameter names (and defaults) per function."""
+
 from __future__ import annotations
 
 import ast

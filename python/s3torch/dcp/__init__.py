@@ -1,4 +1,5 @@
 """torch.distributed.checkpoint on S3: storage writer and reader, file system, prefix strategies."""
+
 from ._parallel_load import CheckpointCorruptError
 from .s3_file_system import S3FileSystem
 from .s3_prefix_strategy import (

@@ -1,4 +1,5 @@
 """S3FileSystem: torch.distributed.checkpoint's FileSystemBase over S3."""
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,14 @@ _s = s3_path
 
 
 class S3FileSystem(FileSystemBase):
-    def __init__(self, region: str, s3_client: Optional[S3Client] = None,
-                 s3client_config: Optional[S3ClientConfig] = None,
-                 reader_constructor: Optional[ReaderConstructor] = None, endpoint: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        region: str,
+        s3_client: Optional[S3Client] = None,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+        endpoint: Optional[str] = None,
+    ) -> None:
         self.region = region
         self._client = s3_client or S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
         self._reader_constructor = reader_constructor
@@ -96,4 +102,6 @@ class S3FileSystem(FileSystemBase):
         bucket, prefix = parse_s3_uri(s3_path(path))
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        return [f"s3://{bucket}/{o.key}" for page in self._client.list_objects(bucket, prefix) for o in page.object_info]
+        return [
+            f"s3://{bucket}/{o.key}" for page in self._client.list_objects(bucket, prefix) for o in page.object_info
+        ]

@@ -1,4 +1,5 @@
 """S3ReaderConstructor: named constructors for the reader strategies."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Union
@@ -16,8 +17,14 @@ class ReaderConstructor:
 
     kind = "sequential"
 
-    def __call__(self, bucket: str, key: str, native: "_crt.NativeClient", get_object_info: GetObjectInfo,
-                 object_info: Optional["_crt.ObjectInfo"] = None) -> S3Reader:
+    def __call__(
+        self,
+        bucket: str,
+        key: str,
+        native: "_crt.NativeClient",
+        get_object_info: GetObjectInfo,
+        object_info: Optional["_crt.ObjectInfo"] = None,
+    ) -> S3Reader:
         return SequentialS3Reader(bucket, key, get_object_info, native, object_info)
 
     def __repr__(self) -> str:
@@ -32,8 +39,14 @@ class RangeBasedConstructor(ReaderConstructor):
             raise ValueError(f"buffer_size must be None or a non-negative int, got {buffer_size!r}")
         self.buffer_size = buffer_size
 
-    def __call__(self, bucket: str, key: str, native: "_crt.NativeClient", get_object_info: GetObjectInfo,
-                 object_info: Optional["_crt.ObjectInfo"] = None) -> S3Reader:
+    def __call__(
+        self,
+        bucket: str,
+        key: str,
+        native: "_crt.NativeClient",
+        get_object_info: GetObjectInfo,
+        object_info: Optional["_crt.ObjectInfo"] = None,
+    ) -> S3Reader:
         return RangedS3Reader(bucket, key, get_object_info, native, self.buffer_size, object_info)
 
 
@@ -52,8 +65,14 @@ class DCPOptimizedConstructor(ReaderConstructor):
         """Sorted item ranges per object key (keys are the objects' S3 keys)."""
         self._ranges = {k: sorted(v, key=lambda r: r.start) for k, v in ranges.items()}
 
-    def __call__(self, bucket: str, key: str, native: "_crt.NativeClient", get_object_info: GetObjectInfo,
-                 object_info: Optional["_crt.ObjectInfo"] = None) -> S3Reader:
+    def __call__(
+        self,
+        bucket: str,
+        key: str,
+        native: "_crt.NativeClient",
+        get_object_info: GetObjectInfo,
+        object_info: Optional["_crt.ObjectInfo"] = None,
+    ) -> S3Reader:
         ranges = self._ranges.get(key)
         if ranges is None:
             # Not planned (e.g. the .metadata file): the generic reader serves it.

@@ -4,6 +4,7 @@ Subclasses differ in how they fetch (the whole object at once, byte ranges on de
 pre-planned DCP item ranges); position, argument checking and the io.BufferedIOBase surface
 live here once.
 """
+
 from __future__ import annotations
 
 import io
