@@ -7,7 +7,9 @@ namespace s3torch_py {
 
 namespace {
 
+// How long a wait holds off signal checks (KeyboardInterrupt is noticed within this).
 constexpr int64_t kWaitSliceMs = 100;
+constexpr size_t kPageSize = 4096;  // HostBuffer's alignment
 
 // Run `step(timeout_ms) -> bool done` with the GIL released, checking for signals
 // (KeyboardInterrupt) between slices. On a signal, `on_interrupt` runs (GIL released) and
@@ -116,7 +118,7 @@ void UploadHandle::abort() {
 HostBuffer::HostBuffer(size_t n) : size_(n) {
     if (n == 0) return;
     void *p = nullptr;
-    if (posix_memalign(&p, 4096, n) != 0) throw std::bad_alloc();
+    if (posix_memalign(&p, kPageSize, n) != 0) throw std::bad_alloc();
     data_ = p;
 }
 

@@ -145,7 +145,7 @@ CredentialsKind ClientConfig::credentials_kind() const {
 
 Endpoint resolve_config(ClientConfig &c) {
     c.validate();
-    if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = 4 * c.part_size;
+    if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = kDefaultReadAheadParts * c.part_size;
 
     std::string url = c.endpoint;
     if (url.empty()) {

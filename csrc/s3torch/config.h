@@ -17,6 +17,7 @@ constexpr uint64_t kMinPartSize = 5 * kMiB;     // S3's smallest part (but the l
 constexpr uint64_t kMaxPartSize = 5 * kGiB;     // S3's largest part
 constexpr uint64_t kMinMemoryLimit = 1 * kGiB;  // aws-c-s3 refuses a smaller buffer pool
 constexpr double kMaxThroughputGbps = 1000.0;
+constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: this many parts
 
 // X(type, name, python_name, default, min, max, doc), one line per field. `min`/`max` bound
 // integer fields inclusively (0, 0 for strings and flags); the few rules a range cannot say
