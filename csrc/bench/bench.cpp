@@ -110,11 +110,13 @@ int main(int argc, char **argv) {
                         std::make_unique<Upload>(client, bucket, key + "." + std::to_string(c), PutOptions{}));
                     ups.back()->put_begin(bufs[c].data(), size);
                 }
-                // Each Upload hands its parts over as its window allows: step them in turn.
+                // Each Upload hands its parts over as its window allows: step them in turn (one
+                // alone just waits, as put() does).
+                const int64_t step_ms = ups.size() == 1 ? -1 : kStepMs;
                 for (size_t left = ups.size(); left > 0;) {
                     left = 0;
                     for (auto &u : ups)
-                        if (!u->closed() && !u->wait_step(kStepMs)) ++left;
+                        if (!u->closed() && !u->wait_step(step_ms)) ++left;
                 }
                 total += size * ups.size();
             }
