@@ -7,6 +7,7 @@ Against nginx (shared/servers/nginx_up.sh), which ignores signatures: requests g
 The whole-process cost (interpreter start and import included) is what `/usr/bin/time`
 reports around this command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--into", choices=["bytearray", "tensor"], default="bytearray")
     args = ap.parse_args()
-    client = S3Client("us-east-1", endpoint=args.endpoint,
-                      s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+    client = S3Client(
+        "us-east-1", endpoint=args.endpoint, s3client_config=S3ClientConfig(unsigned=True, force_path_style=True)
+    )
     size = client.head_object(args.bucket, args.key).size
     if args.into == "tensor":
         import torch
@@ -50,9 +52,19 @@ def main() -> None:
         runs.append({"seconds": t1 - t0, "gbps": size / 1e9 / (t1 - t0), "cpu_s_per_gb": (c1 - c0) / (size / 1e9)})
     runs.sort(key=lambda r: r["gbps"])
     med = runs[len(runs) // 2]
-    print(json.dumps({"tool": "s3torch-python", "into": args.into, "bytes": size, "runs": runs,
-                      "median_gbps": med["gbps"], "median_cpu_s_per_gb": med["cpu_s_per_gb"],
-                      "pid": os.getpid()}))
+    print(
+        json.dumps(
+            {
+                "tool": "s3torch-python",
+                "into": args.into,
+                "bytes": size,
+                "runs": runs,
+                "median_gbps": med["gbps"],
+                "median_cpu_s_per_gb": med["cpu_s_per_gb"],
+                "pid": os.getpid(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

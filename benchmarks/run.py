@@ -10,6 +10,7 @@ process ``--repeat`` times, and writes results.json, results.md and one PNG char
 to ``--out``. A peer or server that cannot run is reported with the reason; servers are always
 stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from scenarios import BY_NAME, SCENARIOS, Scenario, bf16_shapes  # noqa: E402
 
+from s3torch._servers import free_port  # noqa: E402
+
 VENV = HERE / ".venv"
 
 
@@ -39,13 +41,8 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --- environment -------------------------------------------------------------------------
+
 
 def ensure_venv(install: bool) -> str:
     py = VENV / "bin" / "python"
@@ -54,8 +51,11 @@ def ensure_venv(install: bool) -> str:
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
     if install:
         log("installing pinned peers from benchmarks/requirements.txt")
-        r = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(HERE / "requirements.txt"),
-                            "torch==" + _torch_version()], capture_output=True, text=True)
+        r = subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "-r", str(HERE / "requirements.txt"), "torch==" + _torch_version()],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             log("peer install failed (rows needing them will say so):\n" + r.stderr[-2000:])
     return str(py)
@@ -68,10 +68,12 @@ def _torch_version() -> str:
 
 
 def versions(py: str) -> Dict[str, str]:
-    code = ("import importlib.metadata as m, json\nout={}\n"
-            "for p in ['torch','s3torch','s3torchconnector','s3torchconnectorclient','boto3','s3fs',"
-            "'multi-storage-client','matplotlib']:\n"
-            "    try: out[p]=m.version(p)\n    except Exception: out[p]=None\nprint(json.dumps(out))")
+    code = (
+        "import importlib.metadata as m, json\nout={}\n"
+        "for p in ['torch','s3torch','s3torchconnector','s3torchconnectorclient','boto3','s3fs',"
+        "'multi-storage-client','matplotlib']:\n"
+        "    try: out[p]=m.version(p)\n    except Exception: out[p]=None\nprint(json.dumps(out))"
+    )
     r = subprocess.run([py, "-c", code], capture_output=True, text=True)
     return json.loads(r.stdout) if r.returncode == 0 else {}
 
@@ -86,8 +88,13 @@ def machine() -> Dict[str, Any]:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    out = {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem / 2**30, 1),
-           "kernel": platform.release(), "python": platform.python_version()}
+    out = {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
     if _cuda_available():
         import torch
 
@@ -97,6 +104,13 @@ def machine() -> Dict[str, Any]:
 
 # --- servers -----------------------------------------------------------------------------
 
+
+_NO_SUCH_KEY = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code>'
+    "<Message>The specified key does not exist.</Message></Error>"
+)
+
+
 class Nginx:
     """nginx serving ROOT as path-style S3 GET/HEAD (Range, ETag), loopback only."""
 
@@ -104,9 +118,14 @@ class Nginx:
         exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if exe is None:
             log("nginx not found: installing it from Debian's packages")
-            subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                           "--no-install-recommends nginx", shell=True, check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                "--no-install-recommends nginx",
+                shell=True,
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if exe is None:
             raise RuntimeError("nginx is not installed and could not be installed (apt-get install nginx)")
@@ -126,13 +145,15 @@ http {{
     listen 127.0.0.1:{self.port}; root {root}; etag on; {rate}
     location / {{ limit_except GET {{ deny all; }} error_page 404 = @nosuchkey; }}
     location @nosuchkey {{ default_type application/xml;
-      return 404 '<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>'; }}
+      return 404 '{_NO_SUCH_KEY}'; }}
   }}
 }}
 """
         (self.dir / "nginx.conf").write_text(conf)
-        subprocess.run([exe, "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
-                       check=True)
+        subprocess.run(
+            [exe, "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
+            check=True,
+        )
         time.sleep(0.3)
 
     def stop(self) -> None:
@@ -151,6 +172,7 @@ http {{
 
 
 # --- data --------------------------------------------------------------------------------
+
 
 def write_random(path: Path, n: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,8 +236,10 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
         key = f"dcp-bf16-{sizes['layers']}-{sizes['d_model']}"
         if not (bench / key / ".metadata").exists():
             # Cheap to make (the content does not change a read's speed), distinct per tensor.
-            sd = {k: torch.full(s, (i % 97) / 97, dtype=torch.bfloat16)
-                  for i, (k, s) in enumerate(bf16_shapes(sizes["layers"], sizes["d_model"]).items())}
+            sd = {
+                k: torch.full(s, (i % 97) / 97, dtype=torch.bfloat16)
+                for i, (k, s) in enumerate(bf16_shapes(sizes["layers"], sizes["d_model"]).items())
+            }
             warnings.filterwarnings("ignore")
             dcp.save(sd, storage_writer=FileSystemWriter(str(bench / key), sync_files=False))  # torch's own format
         return {"key": key}
@@ -223,6 +247,7 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
 
 
 # --- running and reporting ---------------------------------------------------------------
+
 
 def _cuda_available() -> bool:
     import torch
@@ -240,11 +265,12 @@ def warm_up(weed) -> None:  # type: ignore[no-untyped-def]
 
 def run_one(py: str, ctx: Dict[str, Any], timeout: float) -> Dict[str, Any]:
     try:
-        r = subprocess.run([py, str(HERE / "runner.py")], input=json.dumps(ctx), capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(
+            [py, str(HERE / "runner.py")], input=json.dumps(ctx), capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
-    lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"error": f"runner exited {r.returncode}: {(r.stderr or r.stdout).strip().splitlines()[-1:]}"}
     return json.loads(lines[-1])
@@ -265,9 +291,18 @@ def summarize(sc: Scenario, peer: str, runs: List[Dict[str, Any]]) -> Dict[str, 
     rates = [rate(r) for r in ok]
     cpus = [cpu(r) for r in ok]
     rss = [r["peak_rss_above_baseline"] for r in ok]
-    out = {"peer": peer, "runs": len(ok), "rate_median": statistics.median(rates), "rate_min": min(rates),
-           "rate_max": max(rates), "cpu_median": statistics.median(cpus), "cpu_min": min(cpus), "cpu_max": max(cpus),
-           "peak_rss_above_baseline_mb": statistics.median(rss) / 1e6, "raw": ok}
+    out = {
+        "peer": peer,
+        "runs": len(ok),
+        "rate_median": statistics.median(rates),
+        "rate_min": min(rates),
+        "rate_max": max(rates),
+        "cpu_median": statistics.median(cpus),
+        "cpu_min": min(cpus),
+        "cpu_max": max(cpus),
+        "peak_rss_above_baseline_mb": statistics.median(rss) / 1e6,
+        "raw": ok,
+    }
     if ok[0].get("state_bytes"):
         out["peak_rss_over_state"] = statistics.median(r["peak_rss"] for r in ok) / ok[0]["state_bytes"]
     if len(ok) < len(runs):
@@ -276,18 +311,26 @@ def summarize(sc: Scenario, peer: str, runs: List[Dict[str, Any]]) -> Dict[str, 
 
 
 def markdown(results: Dict[str, Any]) -> str:
-    lines = [f"# s3torch benchmarks ({results['date']})", "",
-             f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
-             f"{results['machine']['memory_gib']} GiB"
-             + (f", {results['machine']['gpu']}" if results["machine"].get("gpu") else "") + ". Command: `{results['command']}`. "
-             f"Median of {results['repeat']} runs (min-max); ratios are peer / s3torch (rate) and "
-             "peer / s3torch (CPU).", ""]
+    lines = [
+        f"# s3torch benchmarks ({results['date']})",
+        "",
+        f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
+        f"{results['machine']['memory_gib']} GiB"
+        + (f", {results['machine']['gpu']}" if results["machine"].get("gpu") else "")
+        + ". Command: `{results['command']}`. "
+        f"Median of {results['repeat']} runs (min-max); ratios are peer / s3torch (rate) and "
+        "peer / s3torch (CPU).",
+        "",
+    ]
     for sc_res in results["scenarios"]:
         sc = BY_NAME[sc_res["name"]]
         cpu_unit = "CPU-s/GB" if sc.unit == "GB/s" else "CPU-s/1000 obj"
-        lines += [f"## {sc.title} ({sc_res['server']}; {sc_res['sizes']})", "",
-                  f"| peer | {sc.unit} | rate vs s3torch | {cpu_unit} | CPU vs s3torch | peak RSS above baseline |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {sc.title} ({sc_res['server']}; {sc_res['sizes']})",
+            "",
+            f"| peer | {sc.unit} | rate vs s3torch | {cpu_unit} | CPU vs s3torch | peak RSS above baseline |",
+            "|---|---|---|---|---|---|",
+        ]
         if sc_res.get("error"):
             lines += [f"| (all) | could not run: {sc_res['error']} | | | | |", ""]
             continue
@@ -299,8 +342,10 @@ def markdown(results: Dict[str, Any]) -> str:
             rr = f"{p['rate_median'] / base['rate_median']:.2f}x" if base else "-"
             cr = f"{p['cpu_median'] / base['cpu_median']:.2f}x" if base and base["cpu_median"] else "-"
             extra = f" ({p['peak_rss_over_state']:.2f}x state)" if "peak_rss_over_state" in p else ""
-            lines.append(f"| {p['peer']} | {p['rate_median']:.3f} ({p['rate_min']:.3f}-{p['rate_max']:.3f}) | {rr} | "
-                         f"{p['cpu_median']:.2f} | {cr} | {p['peak_rss_above_baseline_mb']:.0f} MB{extra} |")
+            lines.append(
+                f"| {p['peer']} | {p['rate_median']:.3f} ({p['rate_min']:.3f}-{p['rate_max']:.3f}) | {rr} | "
+                f"{p['cpu_median']:.2f} | {cr} | {p['peak_rss_above_baseline_mb']:.0f} MB{extra} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -310,13 +355,14 @@ def charts(results: Dict[str, Any], out: Path, py: str) -> None:
 import json, matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-res = json.load(open({str(out / 'results.json')!r}))
+res = json.load(open({str(out / "results.json")!r}))
 for sc in res["scenarios"]:
     peers = [p for p in sc.get("peers", []) if "error" not in p]
     if not peers: continue
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 + 0.45 * len(peers)))
     names = [p["peer"] for p in peers]
-    for ax, key, label in ((axes[0], "rate", sc["unit"]), (axes[1], "cpu", "CPU-s per " + ("GB" if sc["unit"] == "GB/s" else "1000 objects"))):
+    per = "GB" if sc["unit"] == "GB/s" else "1000 objects"
+    for ax, key, label in ((axes[0], "rate", sc["unit"]), (axes[1], "cpu", "CPU-s per " + per)):
         med = [p[key + "_median"] for p in peers]
         err = [[m - p[key + "_min"] for m, p in zip(med, peers)], [p[key + "_max"] - m for m, p in zip(med, peers)]]
         colors = ["tab:green" if n == "s3torch" or n.startswith("s3torch-") else "tab:gray" for n in names]
@@ -340,8 +386,11 @@ def main() -> int:
     ap.add_argument("--s3-like", action="store_true", help="cap nginx at ~90 MB/s per connection, like S3")
     ap.add_argument("--no-install", action="store_true", help="do not pip install the peers")
     ap.add_argument("--timeout", type=float, default=600)
-    ap.add_argument("--python", default=None,
-                    help="run the peers with this interpreter instead of benchmarks/.venv (implies --no-install)")
+    ap.add_argument(
+        "--python",
+        default=None,
+        help="run the peers with this interpreter instead of benchmarks/.venv (implies --no-install)",
+    )
     args = ap.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -359,8 +408,14 @@ def main() -> int:
     bench_exe = str(Path(s3torch.__file__).parent / "bin" / "s3torch-bench")
     results: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "machine": machine(),
-        "versions": versions(py), "repeat": repeat, "quick": args.quick, "s3_like": args.s3_like, "scenarios": []}
+        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "versions": versions(py),
+        "repeat": repeat,
+        "quick": args.quick,
+        "s3_like": args.s3_like,
+        "scenarios": [],
+    }
 
     www = Path(tempfile.mkdtemp(prefix="s3torch-bench-www-"))
     os.chmod(www, 0o755)  # nginx's workers run unprivileged
@@ -389,8 +444,14 @@ def main() -> int:
         for name in wanted:
             sc = BY_NAME[name]
             sizes = sc.quick if args.quick else sc.sizes
-            sc_res: Dict[str, Any] = {"name": sc.name, "title": sc.title, "server": sc.server, "unit": sc.unit,
-                                      "sizes": sizes, "peers": []}
+            sc_res: Dict[str, Any] = {
+                "name": sc.name,
+                "title": sc.title,
+                "server": sc.server,
+                "unit": sc.unit,
+                "sizes": sizes,
+                "peers": [],
+            }
             results["scenarios"].append(sc_res)
             server = nginx if sc.server == "nginx" else weed
             if sc.needs_cuda and not _cuda_available():
@@ -400,9 +461,16 @@ def main() -> int:
             if server is None:
                 sc_res["error"] = nginx_error if sc.server == "nginx" else weed_error
                 continue
-            ctx: Dict[str, Any] = {"scenario": sc.name, "server": sc.server, "endpoint": server.endpoint,
-                                   "bucket": "bench", "access_key": ACCESS_KEY, "secret_key": SECRET_KEY,
-                                   "bench_exe": bench_exe, **sizes}
+            ctx: Dict[str, Any] = {
+                "scenario": sc.name,
+                "server": sc.server,
+                "endpoint": server.endpoint,
+                "bucket": "bench",
+                "access_key": ACCESS_KEY,
+                "secret_key": SECRET_KEY,
+                "bench_exe": bench_exe,
+                **sizes,
+            }
             try:
                 if sc.server == "nginx":
                     log(f"{sc.name}: preparing data")
@@ -414,7 +482,7 @@ def main() -> int:
             if sc.server == "seaweed":
                 warm_up(weed)
             runs: Dict[str, List[Dict[str, Any]]] = {p: [] for p in peers}
-            for i in range(repeat):  # interleaved, so drift on a shared machine hits every peer alike
+            for _ in range(repeat):  # interleaved, so drift on a shared machine hits every peer alike
                 for peer in peers:
                     if runs[peer] and "error" in runs[peer][-1]:
                         continue

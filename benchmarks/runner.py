@@ -8,6 +8,7 @@ baseline when it is preallocated).
 
     python benchmarks/runner.py < context.json
 """
+
 from __future__ import annotations
 
 import io
@@ -61,13 +62,16 @@ def peak_rss_bytes() -> int:
 
 # --- clients per peer -------------------------------------------------------------------
 
+
 def s3torch_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
     from s3torch import S3Client, S3ClientConfig
 
     if ctx["server"] == "nginx":
         cfg = S3ClientConfig(unsigned=True, force_path_style=True)
     else:
-        cfg = S3ClientConfig(force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"])
+        cfg = S3ClientConfig(
+            force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]
+        )
     return S3Client("us-east-1", endpoint=ctx["endpoint"], s3client_config=cfg)
 
 
@@ -89,12 +93,20 @@ def boto3_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
     from botocore.config import Config
 
     if ctx["server"] == "nginx":
-        return boto3.client("s3", endpoint_url=ctx["endpoint"], region_name="us-east-1",
-                            config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"},
-                                          max_pool_connections=32))
-    return boto3.client("s3", endpoint_url=ctx["endpoint"], region_name="us-east-1",
-                        aws_access_key_id=ctx["access_key"], aws_secret_access_key=ctx["secret_key"],
-                        config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))
+        return boto3.client(
+            "s3",
+            endpoint_url=ctx["endpoint"],
+            region_name="us-east-1",
+            config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}, max_pool_connections=32),
+        )
+    return boto3.client(
+        "s3",
+        endpoint_url=ctx["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=ctx["access_key"],
+        aws_secret_access_key=ctx["secret_key"],
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=32),
+    )
 
 
 def _bench(cmd: list) -> Dict[str, float]:
@@ -109,6 +121,7 @@ def _map_len(reader):  # type: ignore[no-untyped-def]
 
 
 # --- scenarios: setup returns the operation; the operation returns the units it moved ----
+
 
 def setup_get(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     b, k, n = ctx["bucket"], ctx["key"], ctx["object_bytes"]
@@ -139,6 +152,7 @@ def setup_get(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         def readinto() -> float:
             r = c.get_object(b, k)
             return r.readinto(buf)
+
         return readinto
     if peer == "boto3":
         c = boto3_client(ctx)
@@ -150,6 +164,7 @@ def setup_get(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             f = io.BytesIO()
             c.download_fileobj(b, k, f)
             return f.tell()
+
         return op
     raise KeyError(peer)
 
@@ -178,6 +193,7 @@ def setup_ranged(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
                 r.seek(o)
                 total += r.readinto(buf)
             return total
+
         return op
     if peer == "boto3":
         c = boto3_client(ctx)
@@ -187,6 +203,7 @@ def setup_ranged(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             for o in offs:
                 total += len(c.get_object(Bucket=b, Key=k, Range=f"bytes={o}-{o + rb - 1}")["Body"].read())
             return total
+
         return op2
     raise KeyError(peer)
 
@@ -195,8 +212,23 @@ def setup_put(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     b, n = ctx["bucket"], ctx["object_bytes"]
     key = f"bench/put-{peer}-{os.getpid()}"
     if peer == "s3torch-bench":
-        cmd = [ctx["bench_exe"], "--endpoint", ctx["endpoint"], "--bucket", b, "--key", key, "--op", "put",
-               "--size", str(n), "--access-key", ctx["access_key"], "--secret-key", ctx["secret_key"]]
+        cmd = [
+            ctx["bench_exe"],
+            "--endpoint",
+            ctx["endpoint"],
+            "--bucket",
+            b,
+            "--key",
+            key,
+            "--op",
+            "put",
+            "--size",
+            str(n),
+            "--access-key",
+            ctx["access_key"],
+            "--secret-key",
+            ctx["secret_key"],
+        ]
         return lambda: _bench(cmd)
     data = os.urandom(1 << 20) * (n >> 20)
     if peer == "s3torch":
@@ -209,6 +241,7 @@ def setup_put(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             with c.put_object(b, key) as w:
                 w.write(data)
             return n
+
         return op
     if peer == "s3torchconnector":
         c = s3tc_client(ctx)
@@ -218,6 +251,7 @@ def setup_put(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             w.write(data)
             w.close()
             return n
+
         return op2
     if peer == "boto3-transfer":
         c = boto3_client(ctx)
@@ -236,17 +270,25 @@ def setup_dataset(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     else:
         raise KeyError(peer)
     cls = mod.S3IterableDataset if ctx.get("iterable") else mod.S3MapDataset
-    ds = cls.from_objects(uris, region="us-east-1", endpoint=ctx["endpoint"], transform=_map_len,
-                          s3client_config=mod.S3ClientConfig(unsigned=True, force_path_style=True))
+    ds = cls.from_objects(
+        uris,
+        region="us-east-1",
+        endpoint=ctx["endpoint"],
+        transform=_map_len,
+        s3client_config=mod.S3ClientConfig(unsigned=True, force_path_style=True),
+    )
     workers = ctx["workers"]
 
     def op() -> float:
-        loader = DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context="fork" if workers else None)
+        loader = DataLoader(
+            ds, batch_size=None, num_workers=workers, multiprocessing_context="fork" if workers else None
+        )
         count = 0
         for n in loader:
             assert n == ctx["object_bytes"]
             count += 1
         return count
+
     return op
 
 
@@ -267,18 +309,26 @@ def setup_ckpt_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         if peer == "s3torch":
             from s3torch import S3Checkpoint, S3ClientConfig
 
-            ck = S3Checkpoint("us-east-1", endpoint=ctx["endpoint"], s3client_config=S3ClientConfig(
-                force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]))
+            ck = S3Checkpoint(
+                "us-east-1",
+                endpoint=ctx["endpoint"],
+                s3client_config=S3ClientConfig(
+                    force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]
+                ),
+            )
         else:
             from s3torchconnector import S3Checkpoint, S3ClientConfig
 
             os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = ctx["access_key"], ctx["secret_key"]
-            ck = S3Checkpoint("us-east-1", endpoint=ctx["endpoint"], s3client_config=S3ClientConfig(force_path_style=True))
+            ck = S3Checkpoint(
+                "us-east-1", endpoint=ctx["endpoint"], s3client_config=S3ClientConfig(force_path_style=True)
+            )
 
         def op() -> float:
             with ck.writer(f"s3://{b}/{key}") as w:
                 torch.save(sd, w)
             return n
+
         return op
     if peer == "boto3-transfer":
         c = boto3_client(ctx)
@@ -289,6 +339,7 @@ def setup_ckpt_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             f.seek(0)
             c.upload_fileobj(f, b, key)
             return n
+
         return op2
     raise KeyError(peer)
 
@@ -296,19 +347,21 @@ def setup_ckpt_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 def setup_ckpt_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     import torch
 
-    b, key, n = ctx["bucket"], ctx["key"], ctx["state_bytes"]
+    b, key = ctx["bucket"], ctx["key"]
     if peer in ("s3torch", "s3torchconnector"):
         if peer == "s3torch":
             from s3torch import S3Checkpoint, S3ClientConfig
         else:
             from s3torchconnector import S3Checkpoint, S3ClientConfig
-        ck = S3Checkpoint("us-east-1", endpoint=ctx["endpoint"],
-                          s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+        ck = S3Checkpoint(
+            "us-east-1", endpoint=ctx["endpoint"], s3client_config=S3ClientConfig(unsigned=True, force_path_style=True)
+        )
 
         def op() -> float:
             with ck.reader(f"s3://{b}/{key}") as r:
                 sd = torch.load(r, weights_only=True)
             return sum(t.numel() * 4 for t in sd.values())
+
         return op
     if peer == "boto3-transfer":
         c = boto3_client(ctx)
@@ -319,6 +372,7 @@ def setup_ckpt_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             f.seek(0)
             sd = torch.load(f, weights_only=True)
             return sum(t.numel() * 4 for t in sd.values())
+
         return op2
     raise KeyError(peer)
 
@@ -333,11 +387,24 @@ def _msc_config(ctx: Dict[str, Any]) -> None:
     import json as _json
     import tempfile
 
-    cfg = {"profiles": {"bench": {
-        "storage_provider": {"type": "s3", "options": {
-            "base_path": ctx["bucket"], "endpoint_url": ctx["endpoint"], "region_name": "us-east-1"}},
-        "credentials_provider": {"type": "S3Credentials", "options": {
-            "access_key": ctx.get("access_key") or "x", "secret_key": ctx.get("secret_key") or "x"}}}}}
+    cfg = {
+        "profiles": {
+            "bench": {
+                "storage_provider": {
+                    "type": "s3",
+                    "options": {
+                        "base_path": ctx["bucket"],
+                        "endpoint_url": ctx["endpoint"],
+                        "region_name": "us-east-1",
+                    },
+                },
+                "credentials_provider": {
+                    "type": "S3Credentials",
+                    "options": {"access_key": ctx.get("access_key") or "x", "secret_key": ctx.get("secret_key") or "x"},
+                },
+            }
+        }
+    }
     path = os.path.join(tempfile.mkdtemp(), "msc.json")
     with open(path, "w") as f:
         _json.dump(cfg, f)
@@ -355,8 +422,14 @@ def setup_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from s3torch import S3ClientConfig
         from s3torch.dcp import S3StorageWriter
 
-        w = S3StorageWriter("us-east-1", path, endpoint=ctx["endpoint"], s3client_config=S3ClientConfig(
-            force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]))
+        w = S3StorageWriter(
+            "us-east-1",
+            path,
+            endpoint=ctx["endpoint"],
+            s3client_config=S3ClientConfig(
+                force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]
+            ),
+        )
     elif peer == "s3torchconnector":
         from s3torchconnector.dcp import S3FileSystem, S3StorageWriter
 
@@ -365,8 +438,12 @@ def setup_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     elif peer == "fsspec-s3fs":
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
-        w = FsspecWriter(path, key=ctx["access_key"], secret=ctx["secret_key"],
-                         client_kwargs={"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"})
+        w = FsspecWriter(
+            path,
+            key=ctx["access_key"],
+            secret=ctx["secret_key"],
+            client_kwargs={"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"},
+        )
     elif peer == "msc":
         _msc_config(ctx)
         from multistorageclient.contrib.torch import MultiStorageFileSystemWriter  # type: ignore
@@ -387,9 +464,13 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from s3torch import S3ClientConfig
         from s3torch.dcp import S3StorageReader
 
-        r = S3StorageReader("us-east-1", path, endpoint=ctx["endpoint"],
-                            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True),
-                            verify_checksums=os.environ.get("BENCH_DCP_VERIFY", "1") == "1")
+        r = S3StorageReader(
+            "us-east-1",
+            path,
+            endpoint=ctx["endpoint"],
+            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True),
+            verify_checksums=os.environ.get("BENCH_DCP_VERIFY", "1") == "1",
+        )
     elif peer == "s3torchconnector":
         from s3torchconnector.dcp import S3FileSystem, S3StorageReader
 
@@ -412,13 +493,15 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     def op() -> float:
         dcp.load(sd, storage_reader=r)
         return n
+
     ctx["_state_bytes"] = n
     return op
 
 
-_DESTS = {"dcp_load_cuda": {"s3torch": "cuda", "s3torch-pinned": "pinned", "s3torchconnector": "cuda",
-                            "s3torch-cpu": "cpu"},
-          "dcp_load_staged": {"s3torch": "transposed", "s3torch-direct": "cpu", "s3torchconnector": "transposed"}}
+_DESTS = {
+    "dcp_load_cuda": {"s3torch": "cuda", "s3torch-pinned": "pinned", "s3torchconnector": "cuda", "s3torch-cpu": "cpu"},
+    "dcp_load_staged": {"s3torch": "transposed", "s3torch-direct": "cpu", "s3torchconnector": "transposed"},
+}
 
 
 def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
@@ -446,10 +529,15 @@ def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from s3torch import S3ClientConfig
         from s3torch.dcp import S3StorageReader
 
-        r = S3StorageReader("us-east-1", path, endpoint=ctx["endpoint"],
-                            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+        r = S3StorageReader(
+            "us-east-1",
+            path,
+            endpoint=ctx["endpoint"],
+            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True),
+        )
     else:
-        from s3torchconnector.dcp import S3FileSystem, S3StorageReader as TcReader
+        from s3torchconnector.dcp import S3FileSystem
+        from s3torchconnector.dcp import S3StorageReader as TcReader
 
         r = TcReader("us-east-1", path)
         r.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx), reader_constructor=r.fs._reader_constructor)
@@ -459,14 +547,25 @@ def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         if kind == "cuda":
             torch.cuda.synchronize()
         return n
+
     ctx["_state_bytes"] = n
     return op
 
 
-SETUPS = {"get": setup_get, "ranged": setup_ranged, "put": setup_put, "dataset0": setup_dataset,
-          "dataset2": setup_dataset, "iterable": setup_dataset, "ckpt_save": setup_ckpt_save, "ckpt_load": setup_ckpt_load,
-          "dcp_save": setup_dcp_save, "dcp_load": setup_dcp_load, "dcp_load_cuda": setup_dcp_load_into,
-          "dcp_load_staged": setup_dcp_load_into}
+SETUPS = {
+    "get": setup_get,
+    "ranged": setup_ranged,
+    "put": setup_put,
+    "dataset0": setup_dataset,
+    "dataset2": setup_dataset,
+    "iterable": setup_dataset,
+    "ckpt_save": setup_ckpt_save,
+    "ckpt_load": setup_ckpt_load,
+    "dcp_save": setup_dcp_save,
+    "dcp_load": setup_dcp_load,
+    "dcp_load_cuda": setup_dcp_load_into,
+    "dcp_load_staged": setup_dcp_load_into,
+}
 
 
 def main() -> None:
@@ -480,9 +579,15 @@ def main() -> None:
         units = op()
         t1, c1 = time.perf_counter(), cpu_seconds()
         own = units if isinstance(units, dict) else {"units": units, "seconds": t1 - t0, "cpu_seconds": c1 - c0}
-        out.update(seconds=own["seconds"], units=float(own["units"]), cpu_seconds=own["cpu_seconds"], baseline_rss=base_rss,
-                   peak_rss_above_baseline=max(0, peak_rss_bytes() - base_rss), peak_rss=peak_rss_bytes(),
-                   state_bytes=ctx.get("_state_bytes"))
+        out.update(
+            seconds=own["seconds"],
+            units=float(own["units"]),
+            cpu_seconds=own["cpu_seconds"],
+            baseline_rss=base_rss,
+            peak_rss_above_baseline=max(0, peak_rss_bytes() - base_rss),
+            peak_rss=peak_rss_bytes(),
+            state_bytes=ctx.get("_state_bytes"),
+        )
     except Exception as e:  # reported as a row that could not run, with the reason
         out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     print(json.dumps(out), flush=True)

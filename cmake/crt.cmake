@@ -5,6 +5,13 @@
 # ($S3TORCH_CRT_CACHE, else ~/.cache/s3torch), so rebuilding the extension never rebuilds
 # the CRT. S3TORCH_CRT_PREFIX points at an existing install instead.
 
+# The pinned awscrt release (AWSCRT_VERSION in crt_cache.py), for crt_compat.cpp's build-time check.
+file(STRINGS "${CMAKE_CURRENT_LIST_DIR}/crt_cache.py" _awscrt_pin REGEX "^AWSCRT_VERSION = ")
+string(REGEX REPLACE "^AWSCRT_VERSION = \"([^\"]+)\".*" "\\1" S3TORCH_AWSCRT_VERSION "${_awscrt_pin}")
+if(NOT S3TORCH_AWSCRT_VERSION)
+  message(FATAL_ERROR "s3torch: cannot read AWSCRT_VERSION from cmake/crt_cache.py")
+endif()
+
 if(NOT S3TORCH_CRT_PREFIX AND DEFINED ENV{S3TORCH_CRT_PREFIX})
   set(S3TORCH_CRT_PREFIX "$ENV{S3TORCH_CRT_PREFIX}")
 endif()

@@ -17,6 +17,7 @@ A file lock makes concurrent builds (two ``pip install`` runs) wait for each oth
 Cache root: ``$S3TORCH_CRT_CACHE``, else ``$XDG_CACHE_HOME/s3torch``, else ``~/.cache/s3torch``.
 Nothing from the sdist is vendored into the repository.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,7 @@ def cache_root() -> Path:
 
 def cache_key(c_compiler: str, build_type: str) -> str:
     h = hashlib.sha256(
-        f"{AWSCRT_VERSION}|{AWSCRT_SHA256}|{RECIPE_VERSION}|{c_compiler}|{build_type}|"
-        f"{os.uname().machine}".encode()
+        f"{AWSCRT_VERSION}|{AWSCRT_SHA256}|{RECIPE_VERSION}|{c_compiler}|{build_type}|{os.uname().machine}".encode()
     ).hexdigest()[:12]
     return f"awscrt-{AWSCRT_VERSION}-{build_type.lower()}-{h}"
 
@@ -76,8 +76,19 @@ def download_sdist(dest: Path) -> Path:
         req = Path(tmp) / "requirements.txt"
         req.write_text(f"awscrt=={AWSCRT_VERSION} --hash=sha256:{AWSCRT_SHA256}\n")
         cmd = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--no-binary", ":all:", "--require-hashes", "-r", str(req), "-d", str(dest),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--require-hashes",
+            "-r",
+            str(req),
+            "-d",
+            str(dest),
         ]
         log("downloading awscrt sdist: " + " ".join(cmd))
         subprocess.run(cmd, check=True, stdout=sys.stderr)
@@ -98,7 +109,7 @@ def extract_crt(sdist: Path, src: Path) -> Path:
     with tarfile.open(sdist) as tf:
         members = [m for m in tf.getmembers() if m.name.startswith(prefix)]
         for m in members:
-            m.name = m.name[len(prefix):]
+            m.name = m.name[len(prefix) :]
         tf.extractall(src, members=[m for m in members if m.name], filter="data")
     return src
 
@@ -110,7 +121,11 @@ def build(src: Path, build_dir: Path, install: Path, c_compiler: str, build_type
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
     cmake = os.environ.get("CMAKE_COMMAND") or shutil.which("cmake") or "cmake"
     cfg = [
-        cmake, "-S", str(src), "-B", str(build_dir),
+        cmake,
+        "-S",
+        str(src),
+        "-B",
+        str(build_dir),
         f"-DCMAKE_INSTALL_PREFIX={install}",
         f"-DCMAKE_BUILD_TYPE={build_type}",
         "-DBUILD_SHARED_LIBS=OFF",
@@ -128,8 +143,7 @@ def build(src: Path, build_dir: Path, install: Path, c_compiler: str, build_type
     log("configuring: " + " ".join(cfg))
     subprocess.run(cfg, check=True, env=env, stdout=sys.stderr)
     log("building (once; later builds reuse the cache)")
-    subprocess.run([cmake, "--build", str(build_dir), "--target", "install"],
-                   check=True, env=env, stdout=sys.stderr)
+    subprocess.run([cmake, "--build", str(build_dir), "--target", "install"], check=True, env=env, stdout=sys.stderr)
 
 
 def ensure(c_compiler: str, build_type: str) -> Path:

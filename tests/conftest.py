@@ -1,5 +1,6 @@
 """Shared fixtures: real S3 servers on 127.0.0.1 (SeaweedFS and moto), started once per
 session and stopped at the end. No test needs credentials or reaches beyond loopback."""
+
 from __future__ import annotations
 
 import os

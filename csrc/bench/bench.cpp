@@ -5,7 +5,10 @@
 //                 [--access-key K --secret-key S | --anonymous]
 //
 // get: N concurrent GETs of the object (or of `--size` bytes of it) into N preallocated
-//      buffers, R times. put: N concurrent PUTs of `--size` bytes from memory to key.i.
+//      buffers, R times, through GetInto (the path of the library's get_into).
+// put: N concurrent PUTs of `--size` bytes from memory to key.i, R times, through Upload's
+//      put_begin (the path of the library's put(): one PutObject up to a part, else the
+//      windowed multipart upload).
 // Prints one JSON object: bytes, seconds, GB/s, CPU seconds (user+sys of this process) and
 // CPU-s/GB.
 #include "s3torch/client.h"
@@ -33,6 +36,8 @@ double cpu_seconds() {
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
+constexpr int64_t kStepMs = 1;  // how long one upload's wait_step may block while others wait
+
 [[noreturn]] void usage(const char *why) {
     std::fprintf(stderr, "s3torch-bench: %s\nsee the header of csrc/bench/bench.cpp for usage\n", why);
     std::exit(2);
@@ -45,7 +50,6 @@ int main(int argc, char **argv) {
     std::string bucket, key, op = "get";
     uint64_t size = 0;
     int concurrency = 1, repeat = 1;
-    cfg.credentials.kind = CredentialsKind::Default;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto val = [&]() -> std::string {
@@ -62,11 +66,9 @@ int main(int argc, char **argv) {
         else if (a == "--repeat") repeat = std::atoi(val().c_str());
         else if (a == "--part-size") cfg.part_size = std::strtoull(val().c_str(), nullptr, 10);
         else if (a == "--throughput-gbps") cfg.throughput_target_gbps = std::atof(val().c_str());
-        else if (a == "--anonymous") cfg.credentials.kind = CredentialsKind::Anonymous;
-        else if (a == "--access-key") {
-            cfg.credentials.kind = CredentialsKind::Static;
-            cfg.credentials.access_key_id = val();
-        } else if (a == "--secret-key") cfg.credentials.secret_access_key = val();
+        else if (a == "--anonymous") cfg.unsigned_requests = true;
+        else if (a == "--access-key") cfg.access_key_id = val();
+        else if (a == "--secret-key") cfg.secret_access_key = val();
         else if (a == "--path-style") cfg.force_path_style = true;
         else usage(("unknown argument " + a).c_str());
     }
@@ -90,22 +92,33 @@ int main(int argc, char **argv) {
         double cpu0 = cpu_seconds();
         auto t0 = std::chrono::steady_clock::now();
         uint64_t total = 0;
+        if (op != "get" && op != "put") usage("--op must be get or put");
         for (int r = 0; r < repeat; ++r) {
-            std::vector<std::shared_ptr<Transfer>> ts;
-            for (int c = 0; c < concurrency; ++c) {
-                if (op == "get") {
-                    std::optional<ByteRange> range;
-                    ts.push_back(GetInto::start_get(client, bucket, key, range, bufs[c].data(), bufs[c].size()));
-                } else if (op == "put") {
-                    ts.push_back(start_put(client, bucket, key + "." + std::to_string(c), bufs[c].data(), size));
-                } else {
-                    usage("--op must be get or put");
+            if (op == "get") {
+                std::vector<std::shared_ptr<GetInto>> gets;
+                for (int c = 0; c < concurrency; ++c)
+                    gets.push_back(GetInto::start_get(client, bucket, key, std::nullopt, bufs[c].data(), size));
+                for (auto &g : gets) {
+                    g->wait();
+                    g->raise_if_failed();
+                    total += g->bytes_received();
                 }
-            }
-            for (auto &t : ts) {
-                t->wait();
-                t->raise_if_failed();
-                total += size;
+            } else {
+                std::vector<std::unique_ptr<Upload>> ups;
+                for (int c = 0; c < concurrency; ++c) {
+                    ups.push_back(
+                        std::make_unique<Upload>(client, bucket, key + "." + std::to_string(c), PutOptions{}));
+                    ups.back()->put_begin(bufs[c].data(), size);
+                }
+                // Each Upload hands its parts over as its window allows: step them in turn (one
+                // alone just waits, as put() does).
+                const int64_t step_ms = ups.size() == 1 ? -1 : kStepMs;
+                for (size_t left = ups.size(); left > 0;) {
+                    left = 0;
+                    for (auto &u : ups)
+                        if (!u->closed() && !u->wait_step(step_ms)) ++left;
+                }
+                total += size * ups.size();
             }
         }
         double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -37,7 +37,6 @@ constexpr int32_t kDLROCMHost = 11;
 
 std::string type_name(py::handle obj) { return py::str(py::type::handle_of(obj).attr("__name__")); }
 
-
 }  // namespace
 
 std::unique_ptr<HeldBuffer> HeldBuffer::acquire(py::handle obj, bool writable, const s3torch::ErrorContext &ctx) {
@@ -92,10 +91,11 @@ std::unique_ptr<HeldBuffer> HeldBuffer::acquire(py::handle obj, bool writable, c
         hb->size_ = static_cast<size_t>(count * (elem_bits / 8));
         return hb;
     }
-    s3torch::throw_invalid("expected a buffer (bytes-like object such as bytearray, memoryview, numpy array) or a "
-                         "tensor supporting __dlpack__, got " +
-                               type_name(obj),
-                           ctx);
+    s3torch::throw_invalid(
+        "expected a buffer (bytes-like object such as bytearray, memoryview, numpy array) or a "
+        "tensor supporting __dlpack__, got " +
+            type_name(obj),
+        ctx);
 }
 
 HeldBuffer::~HeldBuffer() {

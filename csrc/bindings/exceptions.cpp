@@ -1,10 +1,17 @@
-#include "exceptions.h"
+// The one place where core errors become Python exceptions.
+//
+//   S3Exception                      base, with .code .http_status .request_id .bucket .key
+//   ├── S3NotFoundError              also FileNotFoundError   (NoSuchKey, NoSuchBucket, 404)
+//   ├── S3PermissionError            also PermissionError     (403, bad credentials)
+//   ├── S3TimeoutError               also TimeoutError
+//   ├── S3InvalidArgumentError       also ValueError          (bad config, range, buffer)
+//   └── S3CancelledError             the transfer was cancelled (abort, KeyboardInterrupt)
+#include "bindings.h"
 
 #include "s3torch/errors.h"
 
 namespace s3torch_py {
 
-namespace py = pybind11;
 using s3torch::ErrorKind;
 using s3torch::S3Error;
 

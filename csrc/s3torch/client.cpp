@@ -9,14 +9,17 @@
 #include <aws/io/tls_channel_handler.h>
 #include <aws/s3/s3_client.h>
 
-#include <unistd.h>
-
 #include <condition_variable>
 #include <set>
 
 namespace s3torch {
 
 namespace {
+
+// Retries: exponential backoff with full jitter from a 50 ms base (the CRT's is 500 ms), so a
+// misconfigured endpoint fails in seconds, not minutes, at the default 10 attempts.
+constexpr uint32_t kRetryBackoffBaseMs = 50;
+constexpr uint32_t kRetryMaxBackoffSecs = 20;
 
 // Every live Client, for prepare_fork(). Guarded by g_clients_mu.
 std::mutex g_clients_mu;
@@ -33,6 +36,7 @@ struct ShutdownState {
     aws_tls_ctx *tls_ctx = nullptr;
     std::shared_ptr<Runtime> runtime;
     std::unique_ptr<aws_signing_config_aws> signing;
+    ~ShutdownState() { Runtime::release(std::move(runtime)); }
 };
 
 void on_client_shutdown(void *user_data) {
@@ -45,9 +49,7 @@ void on_client_shutdown(void *user_data) {
     st->done = true;
     if (!st->waited) {
         lock.unlock();
-        // The runtime outlives every client (it is only torn down by Runtime::shutdown when
-        // no client holds it), so dropping this reference here never destroys it.
-        delete st;
+        delete st;  // wakes a Runtime::shutdown() waiting for this client to let go
         return;
     }
     st->cv.notify_all();
@@ -60,7 +62,7 @@ std::shared_ptr<Client> Client::create(ClientConfig config) {
 }
 
 Client::Client(ClientConfig config) : config_(std::move(config)) {
-    endpoint_ = validate_config(config_);
+    endpoint_ = resolve_config(config_);
     std::lock_guard<std::mutex> lock(g_clients_mu);
     g_clients.insert(this);
 }
@@ -77,7 +79,7 @@ Client::~Client() {
 }
 
 void Client::abandon_if_foreign_locked() {
-    if (!client_ || pid_ == getpid()) return;
+    if (!client_ || !owner_.foreign()) return;
     // Built by the parent of this fork()ed child and never suspended: its threads are gone and
     // its locks may be held forever. Releasing anything would touch them; leak it all.
     new std::shared_ptr<Runtime>(std::move(runtime_));
@@ -95,13 +97,12 @@ aws_s3_client *Client::ensure_locked() {
     runtime_ = Runtime::acquire();
     aws_allocator *alloc = runtime_->allocator();
 
-    if (endpoint_.tls || config_.credentials.kind == CredentialsKind::Default ||
-        config_.credentials.kind == CredentialsKind::Profile) {
+    CredentialsKind credentials = config_.credentials_kind();
+    if (endpoint_.tls || credentials == CredentialsKind::Default || credentials == CredentialsKind::Profile) {
         aws_tls_ctx_options tls_options;
         aws_tls_ctx_options_init_default_client(&tls_options, alloc);
-        if (!config_.ca_file.empty() &&
-            aws_tls_ctx_options_override_default_trust_store_from_path(&tls_options, nullptr,
-                                                                        config_.ca_file.c_str())) {
+        if (!config_.ca_file.empty() && aws_tls_ctx_options_override_default_trust_store_from_path(
+                                            &tls_options, nullptr, config_.ca_file.c_str())) {
             int err = aws_last_error();
             aws_tls_ctx_options_clean_up(&tls_options);
             throw_invalid("cannot use CA file '" + config_.ca_file + "': " + crt_error_name(err));
@@ -112,7 +113,7 @@ aws_s3_client *Client::ensure_locked() {
     }
 
     try {
-        credentials_ = make_credentials_provider(config_.credentials, runtime_->bootstrap(), tls_ctx_);
+        credentials_ = make_credentials_provider(config_, runtime_->bootstrap(), tls_ctx_);
     } catch (...) {
         if (tls_ctx_) aws_tls_ctx_release(tls_ctx_);
         tls_ctx_ = nullptr;
@@ -140,10 +141,8 @@ aws_s3_client *Client::ensure_locked() {
     cc.memory_limit_in_bytes = config_.memory_limit_bytes;
     cc.retry_config.max_retries = config_.max_attempts > 1 ? config_.max_attempts - 1 : 0;
     if (config_.max_attempts == 1) cc.retry_config.retry_mode = AWS_S3_RETRY_MODE_NONE;
-    // Exponential backoff with full jitter from a 50 ms base (the CRT's is 500 ms): a
-    // misconfigured endpoint then fails in seconds, not minutes, at the default 10 attempts.
-    cc.retry_config.backoff_scale_factor_ms = 50;
-    cc.retry_config.max_backoff_secs = 20;
+    cc.retry_config.backoff_scale_factor_ms = kRetryBackoffBaseMs;
+    cc.retry_config.max_backoff_secs = kRetryMaxBackoffSecs;
     cc.connect_timeout_ms = config_.connect_timeout_ms;
     cc.enable_s3express = config_.s3express;
     // Back-pressure is on for the client, but only streaming GETs use a bounded window:
@@ -168,7 +167,7 @@ aws_s3_client *Client::ensure_locked() {
     // The shutdown state takes ownership at release time; remember it through the
     // user-data pointer we gave the CRT.
     shutdown_state_ = st;
-    pid_ = getpid();
+    owner_ = ProcessOwner();
     return client_;
 }
 

@@ -12,8 +12,7 @@
 #pragma once
 
 #include "s3torch/config.h"
-
-#include <sys/types.h>
+#include "s3torch/fork.h"
 
 #include <atomic>
 #include <memory>
@@ -72,7 +71,7 @@ class Client : public std::enable_shared_from_this<Client> {
     aws_tls_ctx *tls_ctx_ = nullptr;
     std::unique_ptr<aws_signing_config_aws> signing_;
     void *shutdown_state_ = nullptr;  // ShutdownState of client_, see client.cpp
-    pid_t pid_ = 0;                   // the process that built client_
+    ProcessOwner owner_;              // the process that built client_
     std::atomic<int64_t> in_flight_{0};
 };
 

@@ -4,6 +4,7 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <type_traits>
 
 namespace s3torch {
 
@@ -87,29 +88,64 @@ Endpoint parse_endpoint(const std::string &url) {
     return ep;
 }
 
+// The range of an integer field; strings, flags and floats have none here.
+template <class T>
+void check_range(const T &value, const char *field, uint64_t min, uint64_t max) {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+        uint64_t v = value;
+        if (v < min || v > max) throw_out_of_range(field, min, max, std::to_string(v));
+    }
+}
+
 }  // namespace
 
-Endpoint validate_config(ClientConfig &c) {
-    if (!valid_region(c.region))
-        throw_invalid("invalid region '" + c.region +
+[[noreturn]] void throw_out_of_range(const char *field, uint64_t min, uint64_t max, const std::string &got) {
+    throw_invalid(std::string(field) + " must be between " + std::to_string(min) + " and " + std::to_string(max) +
+                  ", got " + got);
+}
+
+void ClientConfig::validate() const {
+#define S3TORCH_CHECK_RANGE(type, name, py_name, default_value, min, max, doc) check_range(name, py_name, min, max);
+    S3TORCH_CLIENT_CONFIG_FIELDS(S3TORCH_CHECK_RANGE)
+#undef S3TORCH_CHECK_RANGE
+    if (!valid_region(region))
+        throw_invalid("invalid region '" + region +
                       "': use a region name such as us-east-1 (lowercase letters, digits, dashes)");
-    if (c.part_size < kMinPartSize || c.part_size > kMaxPartSize)
-        throw_invalid("part_size " + std::to_string(c.part_size) + " out of range: must be between 5 MiB (" +
-                      std::to_string(kMinPartSize) + ") and 5 GiB (" + std::to_string(kMaxPartSize) + ") bytes");
-    if (!(c.throughput_target_gbps > 0.0) || c.throughput_target_gbps > 1000.0)
-        throw_invalid("throughput_target_gbps must be in (0, 1000], got " + std::to_string(c.throughput_target_gbps));
-    if (c.max_attempts < 1 || c.max_attempts > kMaxAttemptsLimit)
-        throw_invalid("max_attempts must be between 1 and " + std::to_string(kMaxAttemptsLimit) + ", got " +
-                      std::to_string(c.max_attempts));
-    if (c.memory_limit_bytes != 0 && c.memory_limit_bytes < 1 * kGiB)
+    if (!endpoint.empty()) parse_endpoint(endpoint);
+    if (!(throughput_target_gbps > 0.0) || throughput_target_gbps > kMaxThroughputGbps)
+        throw_invalid("throughput_target_gbps must be in (0, 1000], got " + std::to_string(throughput_target_gbps));
+    if (memory_limit_bytes != 0 && memory_limit_bytes < kMinMemoryLimit)
         throw_invalid("memory_limit_bytes must be 0 (automatic) or at least 1 GiB, got " +
-                      std::to_string(c.memory_limit_bytes));
-    if (c.credentials.kind == CredentialsKind::Static &&
-        (c.credentials.access_key_id.empty() || c.credentials.secret_access_key.empty()))
+                      std::to_string(memory_limit_bytes));
+    if (access_key_id.empty() != secret_access_key.empty())
+        throw_invalid("set both access_key_id and secret_access_key, or neither");
+    if (unsigned_requests && !access_key_id.empty())
+        throw_invalid("unsigned requests cannot be combined with access keys");
+    CredentialsKind kind = credentials_kind();
+    if (kind == CredentialsKind::Static && access_key_id.empty())
         throw_invalid("static credentials need both an access key id and a secret access key");
-    if (c.credentials.kind == CredentialsKind::Profile && c.credentials.profile.empty())
-        throw_invalid("profile credentials need a profile name");
-    if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = 4 * c.part_size;
+    if (kind == CredentialsKind::Profile && profile.empty()) throw_invalid("profile credentials need a profile name");
+}
+
+CredentialsKind ClientConfig::credentials_kind() const {
+    if (credentials.empty()) {
+        if (unsigned_requests) return CredentialsKind::Anonymous;
+        if (!access_key_id.empty()) return CredentialsKind::Static;
+        if (!profile.empty()) return CredentialsKind::Profile;
+        return CredentialsKind::Default;
+    }
+    if (credentials == "default") return CredentialsKind::Default;
+    if (credentials == "static") return CredentialsKind::Static;
+    if (credentials == "environment") return CredentialsKind::Environment;
+    if (credentials == "profile") return CredentialsKind::Profile;
+    if (credentials == "anonymous") return CredentialsKind::Anonymous;
+    throw_invalid("credentials must be one of 'default', 'static', 'environment', 'profile', 'anonymous', got '" +
+                  credentials + "'");
+}
+
+Endpoint resolve_config(ClientConfig &c) {
+    c.validate();
+    if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = kDefaultReadAheadParts * c.part_size;
 
     std::string url = c.endpoint;
     if (url.empty()) {

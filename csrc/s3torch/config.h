@@ -1,4 +1,9 @@
-// Client configuration, validated once on construction of a Client.
+// Client configuration: every field, its default, its limits and its documentation, once.
+//
+// S3TORCH_CLIENT_CONFIG_FIELDS is the single list. It declares the members of ClientConfig,
+// drives validate()'s range checks and messages, and the binding builds the Python class
+// s3torch._crt.ClientConfig from it (csrc/bindings/config.cpp). Adding a field is one line
+// here plus its spelling in python/s3torch/_config.py (and the stub, which a test checks).
 #pragma once
 
 #include <cstdint>
@@ -8,54 +13,78 @@ namespace s3torch {
 
 constexpr uint64_t kMiB = 1024ull * 1024ull;
 constexpr uint64_t kGiB = 1024ull * kMiB;
-constexpr uint64_t kMinPartSize = 5 * kMiB;
-constexpr uint64_t kMaxPartSize = 5 * kGiB;
-constexpr uint32_t kMaxAttemptsLimit = 64;
+constexpr uint64_t kMinPartSize = 5 * kMiB;     // S3's smallest part (but the last)
+constexpr uint64_t kMaxPartSize = 5 * kGiB;     // S3's largest part
+constexpr uint64_t kMinMemoryLimit = 1 * kGiB;  // aws-c-s3 refuses a smaller buffer pool
+constexpr double kMaxThroughputGbps = 1000.0;
+constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: this many parts
+
+// X(type, name, python_name, default, min, max, doc), one line per field. `min`/`max` bound
+// integer fields inclusively (0, 0 for strings and flags); the few rules a range cannot say
+// (a float's open lower bound, "0 or at least 1 GiB", credentials) are in validate().
+#define S3TORCH_CLIENT_CONFIG_FIELDS(X)                                                                        \
+    X(std::string, region, "region", "us-east-1", 0, 0,                                                        \
+      "AWS region, or the one an S3-compatible server expects (lowercase letters, digits, dashes)")            \
+    X(std::string, endpoint, "endpoint", "", 0, 0,                                                             \
+      "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region")      \
+    X(double, throughput_target_gbps, "throughput_target_gbps", 10.0, 0, 0,                                    \
+      "aws-c-s3 sizes its connection pool for this, in (0, 1000]")                                             \
+    X(uint64_t, part_size, "part_size", 8 * ::s3torch::kMiB, ::s3torch::kMinPartSize, ::s3torch::kMaxPartSize, \
+      "part size in bytes of multipart uploads and ranged GETs")                                               \
+    X(bool, unsigned_requests, "unsigned", false, 0, 0, "send unsigned requests (public buckets)")             \
+    X(bool, force_path_style, "force_path_style", false, 0, 0,                                                 \
+      "address buckets as endpoint/bucket/key (IP-address and localhost endpoints always are)")                \
+    X(uint32_t, max_attempts, "max_attempts", 10, 1, 64, "attempts per request, the first try included")       \
+    X(std::string, profile, "profile", "", 0, 0, "named profile from ~/.aws/credentials and ~/.aws/config")    \
+    X(uint64_t, memory_limit_bytes, "memory_limit_bytes", 0, 0, 1ull << 60,                                    \
+      "cap on aws-c-s3's part-buffer pool (0: automatic; else at least 1 GiB)")                                \
+    X(std::string, access_key_id, "access_key_id", "", 0, 0, "static credentials: access key id")              \
+    X(std::string, secret_access_key, "secret_access_key", "", 0, 0, "static credentials: secret access key")  \
+    X(std::string, session_token, "session_token", "", 0, 0, "static credentials: session token")              \
+    X(std::string, credentials, "credentials", "", 0, 0,                                                       \
+      "provider: default, static, environment, profile or anonymous; empty: from the fields above")            \
+    X(std::string, ca_file, "ca_file", "", 0, 0, "PEM bundle to trust for a private TLS endpoint")             \
+    X(bool, s3express, "s3express", false, 0, 0, "enable S3 Express One Zone (directory buckets)")             \
+    X(uint64_t, stream_read_ahead_bytes, "stream_read_ahead_bytes", 0, 0, 1ull << 48,                          \
+      "read-ahead window of streaming GETs (0: 4 x part size)")                                                \
+    X(uint32_t, connect_timeout_ms, "connect_timeout_ms", 0, 0, 1ull << 31, "TCP connect timeout (0: the CRT's)")
 
 enum class CredentialsKind {
     Default,      // the default provider chain: environment, profile, web identity, ECS, IMDS
-    Static,       // access_key_id / secret_access_key / session_token below
+    Static,       // access_key_id / secret_access_key / session_token
     Environment,  // AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN only
     Profile,      // a named profile from ~/.aws/credentials and ~/.aws/config
     Anonymous,    // unsigned requests (public buckets, test servers)
 };
 
-struct CredentialsConfig {
-    CredentialsKind kind = CredentialsKind::Default;
-    std::string access_key_id;
-    std::string secret_access_key;
-    std::string session_token;
-    std::string profile;  // Profile (and Default, as the chain's profile) name
+struct ClientConfig {
+#define S3TORCH_DECLARE_FIELD(type, name, py_name, default_value, min, max, doc) type name = default_value;
+    S3TORCH_CLIENT_CONFIG_FIELDS(S3TORCH_DECLARE_FIELD)
+#undef S3TORCH_DECLARE_FIELD
+
+    // Check every field on its own and together, without looking at the environment. Throws
+    // S3Error(InvalidArgument) with a message that names the field and what is allowed.
+    void validate() const;
+    // The credentials provider these fields select (`credentials`, else unsigned, keys,
+    // profile, in that order). Call after validate().
+    CredentialsKind credentials_kind() const;
 };
 
-struct ClientConfig {
-    std::string region = "us-east-1";
-    // "" means AWS's endpoint for the region, or $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL.
-    std::string endpoint;
-    bool force_path_style = false;
-    uint64_t part_size = 8 * kMiB;
-    double throughput_target_gbps = 10.0;
-    uint32_t max_attempts = 10;
-    uint64_t memory_limit_bytes = 0;  // 0: the CRT's default for the throughput target
-    CredentialsConfig credentials;
-    std::string ca_file;  // PEM bundle for private TLS endpoints
-    bool s3express = false;
-    // Read-ahead window of streaming GETs, bytes (0: 4 x part size).
-    uint64_t stream_read_ahead_bytes = 0;
-    uint32_t connect_timeout_ms = 0;  // 0: CRT default
-};
+// "<field> must be between <min> and <max>, got <got>": the one message for a value out of
+// a field's range, also used by the binding for Python ints that do not fit the field's type.
+[[noreturn]] void throw_out_of_range(const char *field, uint64_t min, uint64_t max, const std::string &got);
 
 // A parsed endpoint: scheme, host (no brackets), port (0 = scheme default).
 struct Endpoint {
     bool tls = true;
     std::string host;
     uint32_t port = 0;
-    bool custom = false;  // given by the user/environment, not derived from the region
+    bool custom = false;            // given by the user/environment, not derived from the region
     std::string authority() const;  // host[:port]
 };
 
-// Validate `config` and resolve its endpoint. Throws S3Error(InvalidArgument) with a message
-// that says what is wrong and what is allowed.
-Endpoint validate_config(ClientConfig &config);
+// validate() `config`, then resolve what it leaves open: the endpoint (from the environment
+// if not given; written back into config.endpoint) and the streaming read-ahead (0: 4 parts).
+Endpoint resolve_config(ClientConfig &config);
 
 }  // namespace s3torch

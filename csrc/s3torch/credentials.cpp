@@ -7,11 +7,11 @@
 
 namespace s3torch {
 
-aws_credentials_provider *make_credentials_provider(
-    const CredentialsConfig &cfg, aws_client_bootstrap *bootstrap, aws_tls_ctx *tls_ctx) {
+aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
+                                                    aws_tls_ctx *tls_ctx) {
     aws_allocator *alloc = aws_default_allocator();
     aws_credentials_provider *provider = nullptr;
-    switch (cfg.kind) {
+    switch (cfg.credentials_kind()) {
         case CredentialsKind::Static: {
             aws_credentials_provider_static_options o;
             AWS_ZERO_STRUCT(o);

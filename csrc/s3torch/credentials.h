@@ -1,4 +1,4 @@
-// Credentials providers from a CredentialsConfig.
+// Credentials providers from a ClientConfig.
 #pragma once
 
 #include "s3torch/config.h"
@@ -11,7 +11,7 @@ namespace s3torch {
 
 // A new provider (caller owns one reference). Throws S3Error on failure, e.g. a named profile
 // that does not exist.
-aws_credentials_provider *make_credentials_provider(
-    const CredentialsConfig &cfg, aws_client_bootstrap *bootstrap, aws_tls_ctx *tls_ctx);
+aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
+                                                    aws_tls_ctx *tls_ctx);
 
 }  // namespace s3torch

@@ -8,8 +8,8 @@
 #include <aws/io/io.h>
 #include <aws/s3/s3.h>
 
-#include <cstring>
 #include <unistd.h>
+#include <cstring>
 
 namespace s3torch {
 
@@ -32,17 +32,15 @@ bool is_timeout(int code) {
         case AWS_ERROR_HTTP_RESPONSE_FIRST_BYTE_TIMEOUT:
         case AWS_ERROR_HTTP_CHANNEL_THROUGHPUT_FAILURE:
         case AWS_IO_TLS_NEGOTIATION_TIMEOUT:
-        case AWS_ERROR_HTTP_CONNECTION_MANAGER_ACQUISITION_TIMEOUT:
-            return true;
-        default:
-            return false;
+        case AWS_ERROR_HTTP_CONNECTION_MANAGER_ACQUISITION_TIMEOUT: return true;
+        default: return false;
     }
 }
 
 bool is_auth_failure(int code) {
     const char *name = aws_error_name(code);
-    return name != nullptr && (std::strstr(name, "CREDENTIALS") != nullptr ||
-                               std::strstr(name, "AWS_AUTH_SIGNING") != nullptr);
+    return name != nullptr &&
+           (std::strstr(name, "CREDENTIALS") != nullptr || std::strstr(name, "AWS_AUTH_SIGNING") != nullptr);
 }
 
 ErrorKind kind_for_s3(const std::string &code, int status) {
@@ -50,8 +48,8 @@ ErrorKind kind_for_s3(const std::string &code, int status) {
         (code.empty() && status == 404))
         return ErrorKind::NotFound;
     if (code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" ||
-        code == "ExpiredToken" || code == "InvalidToken" || code == "AllAccessDisabled" ||
-        status == 403 || status == 401)
+        code == "ExpiredToken" || code == "InvalidToken" || code == "AllAccessDisabled" || status == 403 ||
+        status == 401)
         return ErrorKind::AccessDenied;
     if (code == "RequestTimeout" || status == 408) return ErrorKind::Timeout;
     return ErrorKind::Generic;
@@ -66,8 +64,7 @@ const char *hint_for(ErrorKind kind, const std::string &code) {
             return "check the credentials (keys, profile, AWS_* environment) and the bucket policy";
         case ErrorKind::Timeout:
             return "the endpoint did not answer in time; check the endpoint and network, or raise max_attempts";
-        default:
-            return nullptr;
+        default: return nullptr;
     }
 }
 
@@ -83,8 +80,8 @@ void throw_invalid(const std::string &message, const ErrorContext &ctx) {
 
 void throw_forked(const ErrorContext &ctx, long owner_pid) {
     throw_invalid("this transfer was started in process " + std::to_string(owner_pid) +
-                      " and cannot be used in a fork()ed child (process " + std::to_string(static_cast<long>(getpid())) +
-                      "); start it again here",
+                      " and cannot be used in a fork()ed child (process " +
+                      std::to_string(static_cast<long>(getpid())) + "); start it again here",
                   ctx);
 }
 
@@ -114,13 +111,8 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
     return err;
 }
 
-S3Error error_from_result(
-    int crt_error,
-    int http_status,
-    const std::string &error_body,
-    const std::string &request_id,
-    const std::string &failed_operation,
-    const ErrorContext &ctx) {
+S3Error error_from_result(int crt_error, int http_status, const std::string &error_body, const std::string &request_id,
+                          const std::string &failed_operation, const ErrorContext &ctx) {
     if (http_status == 0 && crt_error != AWS_ERROR_S3_INVALID_RESPONSE_STATUS) {
         return error_from_crt(crt_error, ctx);
     }
@@ -133,8 +125,7 @@ S3Error error_from_result(
     if (code.empty() && http_status == 403) code = "AccessDenied";
     ErrorKind kind = kind_for_s3(code, http_status);
     std::string msg = describe(ctx);
-    if (!failed_operation.empty() && failed_operation != ctx.operation)
-        msg += " (" + failed_operation + ")";
+    if (!failed_operation.empty() && failed_operation != ctx.operation) msg += " (" + failed_operation + ")";
     if (!msg.empty()) msg += ": ";
     msg += code.empty() ? ("HTTP " + std::to_string(http_status)) : code;
     if (!message.empty()) msg += ": " + message;

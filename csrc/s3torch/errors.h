@@ -39,7 +39,7 @@ class S3Error : public std::runtime_error {
     std::string s3_message;  // S3 error message from the response body
     std::string request_id;  // x-amz-request-id
     int http_status = 0;
-    int crt_error = 0;       // aws_last_error()-style code, 0 when none
+    int crt_error = 0;  // aws_last_error()-style code, 0 when none
     std::string crt_error_name;
 };
 
@@ -51,13 +51,8 @@ class S3Error : public std::runtime_error {
 [[noreturn]] void throw_forked(const ErrorContext &ctx, long owner_pid);
 
 // Build the error for a failed meta request from its result (error code, status, headers, body).
-S3Error error_from_result(
-    int crt_error,
-    int http_status,
-    const std::string &error_body,
-    const std::string &request_id,
-    const std::string &failed_operation,
-    const ErrorContext &ctx);
+S3Error error_from_result(int crt_error, int http_status, const std::string &error_body, const std::string &request_id,
+                          const std::string &failed_operation, const ErrorContext &ctx);
 
 // Build the error for a bare CRT error code (no HTTP response).
 S3Error error_from_crt(int crt_error, const ErrorContext &ctx);

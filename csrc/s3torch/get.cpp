@@ -3,16 +3,30 @@
 #include "s3torch/client.h"
 #include "s3torch/request.h"
 
-#include <aws/http/request_response.h>
 #include <aws/s3/s3_client.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <new>
 
 namespace s3torch {
+
+namespace {
+
+constexpr int kHttpRangeNotSatisfiable = 416;
+
+}  // namespace
 
 std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, const std::string &bucket,
                                             const std::string &key, std::optional<ByteRange> range, void *dest,
                                             size_t capacity) {
+    if (!range && capacity < client->config().part_size) {
+        // aws-c-s3 would discover the size with a partNumber=1 GET, whose error responses
+        // some servers answer oddly; the ranged probe behaves the same everywhere.
+        auto t = start_probe(std::move(client), bucket, key, dest, capacity);
+        t->must_fit_ = capacity;
+        return t;
+    }
     ErrorContext ctx{"GetObject", bucket, key};
     require_names(ctx);
     if (range) {
@@ -22,40 +36,37 @@ std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, cons
                               std::to_string(range->length) + " bytes",
                           ctx);
     }
-    if (capacity == 0 && range) throw_invalid("destination buffer is empty", ctx);
-    std::shared_ptr<GetInto> t(new GetInto(client, ctx));
-    t->recv_.reset(new aws_byte_buf());
-    t->recv_->buffer = static_cast<uint8_t *>(dest);
-    t->recv_->capacity = range ? static_cast<size_t>(range->length) : capacity;
-    t->recv_->len = 0;
-    t->recv_->allocator = nullptr;
-
-    if (!range && capacity < client->config().part_size) {
-        // aws-c-s3 would discover the size with a partNumber=1 GET, whose error responses
-        // some servers answer oddly; a ranged first GET behaves the same everywhere.
-        t->whole_object_as_range_ = true;
-        t->user_capacity_ = capacity;
-        if (capacity == 0) {
-            t->recv_->buffer = t->scratch_;
-            capacity = 1;
-        }
-        range = ByteRange{0, capacity};
-        t->recv_->capacity = capacity;
-    }
-    Headers headers;
-    if (range) add_range_header(headers, range->start, range->length);
-    aws_s3_meta_request_options o;
-    AWS_ZERO_STRUCT(o);
-    o.type = AWS_S3_META_REQUEST_TYPE_GET_OBJECT;
-    o.recv_buffer = t->recv_.get();
-    t->start(o, "GET", address_of(client->config(), client->endpoint(), bucket, key), headers);
-    // Not a streaming GET: open the read window fully (saturating) so every part may fly.
-    t->increment_read_window(UINT64_MAX);
+    std::shared_ptr<GetInto> t(new GetInto(std::move(client), ctx));
+    t->launch(range, dest, range ? static_cast<size_t>(range->length) : capacity);
     return t;
 }
 
+std::shared_ptr<GetInto> GetInto::start_probe(std::shared_ptr<Client> client, const std::string &bucket,
+                                              const std::string &key, void *dest, size_t capacity) {
+    ErrorContext ctx{"GetObject", bucket, key};
+    require_names(ctx);
+    std::shared_ptr<GetInto> t(new GetInto(std::move(client), ctx));
+    t->probe_ = true;
+    if (capacity == 0) {  // a zero-length destination: ask for one byte, to learn the size
+        dest = t->scratch_;
+        capacity = 1;
+    }
+    t->launch(ByteRange{0, capacity}, dest, capacity);
+    return t;
+}
+
+void GetInto::launch(const std::optional<ByteRange> &range, void *dest, size_t capacity) {
+    recv_.reset(new aws_byte_buf());
+    recv_->buffer = static_cast<uint8_t *>(dest);
+    recv_->capacity = capacity;
+    recv_->len = 0;
+    recv_->allocator = nullptr;
+    // Not a streaming GET: open the read window fully (saturating) so every part may fly.
+    start_get_object(range, recv_.get(), UINT64_MAX);
+}
+
 void GetInto::on_finished_locked() {
-    if (whole_object_as_range_ && error_code_ == AWS_ERROR_S3_INVALID_RESPONSE_STATUS && status_ == 416) {
+    if (probe_ && error_code_ == AWS_ERROR_S3_INVALID_RESPONSE_STATUS && status_ == kHttpRangeNotSatisfiable) {
         // Every non-empty object satisfies a range starting at 0: the object is empty.
         error_code_ = 0;
         status_ = 200;
@@ -67,14 +78,16 @@ void GetInto::on_finished_locked() {
 
 size_t GetInto::bytes_received() {
     size_t got;
+    bool empty;
     {
         std::lock_guard<std::mutex> lock(mu_);
         got = received_;
+        empty = empty_object_;
     }
-    if (whole_object_as_range_ && !empty_object_) {
+    if (must_fit_ && !empty) {
         uint64_t size = object_size();
-        if (size > user_capacity_)
-            throw_invalid("destination buffer holds " + std::to_string(user_capacity_) + " bytes but the object is " +
+        if (size > *must_fit_)
+            throw_invalid("destination buffer holds " + std::to_string(*must_fit_) + " bytes but the object is " +
                               std::to_string(size) + " bytes",
                           ctx_);
     }
@@ -82,12 +95,57 @@ size_t GetInto::bytes_received() {
 }
 
 uint64_t GetInto::object_size() {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (empty_object_) return 0;
+    }
     std::string cr = header("content-range");  // "bytes a-b/size"
     size_t slash = cr.rfind('/');
     if (slash != std::string::npos && slash + 1 < cr.size() && cr[slash + 1] != '*')
         return std::strtoull(cr.c_str() + slash + 1, nullptr, 10);
     std::string cl = header("content-length");
     return cl.empty() ? 0 : std::strtoull(cl.c_str(), nullptr, 10);
+}
+
+WholeObjectGet::WholeObjectGet(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key)
+    : client_(std::move(client)), bucket_(bucket), key_(key), scratch_(nullptr, &std::free) {
+    const uint64_t first = client_->config().part_size;
+    scratch_.reset(static_cast<uint8_t *>(std::malloc(first)));
+    if (!scratch_) throw std::bad_alloc();
+    probe_ = GetInto::start_probe(client_, bucket_, key_, scratch_.get(), first);
+}
+
+WholeObjectGet::~WholeObjectGet() {
+    // The caller's memory (rest_) and our scratch (probe_) must outlive the CRT's writes.
+    if (rest_) rest_->cancel_and_wait();
+    if (probe_) probe_->cancel_and_wait();
+}
+
+uint64_t WholeObjectGet::size() {
+    probe_->raise_if_failed();
+    return probe_->object_size();
+}
+
+size_t WholeObjectGet::first_size() { return probe_->bytes_received(); }
+
+Transfer &WholeObjectGet::start_rest(void *dest) {
+    size_t got = first_size();
+    uint64_t total = size();
+    std::memcpy(dest, scratch_.get(), got);
+    scratch_.reset();
+    probe_.reset();
+    rest_len_ = total - got;
+    rest_ = GetInto::start_get(client_, bucket_, key_, ByteRange{got, rest_len_}, static_cast<uint8_t *>(dest) + got,
+                               rest_len_);
+    return *rest_;
+}
+
+void WholeObjectGet::finish() {
+    rest_->raise_if_failed();
+    if (rest_->bytes_received() != rest_len_)
+        throw S3Error(ErrorKind::Generic,
+                      "GetObject s3://" + bucket_ + "/" + key_ + ": the object changed size while being read",
+                      rest_->context());
 }
 
 }  // namespace s3torch

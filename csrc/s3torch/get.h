@@ -14,18 +14,20 @@
 
 namespace s3torch {
 
-struct ByteRange {
-    uint64_t start = 0;
-    uint64_t length = 0;  // > 0
-};
-
 class GetInto : public Transfer {
   public:
     // Start the GET. `dest` must stay valid and unaliased until done(); its size must hold the
     // range (or the whole object). Throws S3Error InvalidArgument for a bad range or buffer.
     static std::shared_ptr<GetInto> start_get(std::shared_ptr<Client> client, const std::string &bucket,
-                                              const std::string &key, std::optional<ByteRange> range,
-                                              void *dest, size_t capacity);
+                                              const std::string &key, std::optional<ByteRange> range, void *dest,
+                                              size_t capacity);
+    // The first `capacity` (> 0) bytes of the whole object, as one ranged GET: the probe of the
+    // whole-object strategy (WholeObjectGet, and start_get of a buffer smaller than a part).
+    // Every non-empty object satisfies "bytes=0-", so a 416 answer means the object is empty:
+    // the probe then succeeds with 0 bytes and object_size() 0. A larger object is no error
+    // here; object_size() says how large.
+    static std::shared_ptr<GetInto> start_probe(std::shared_ptr<Client> client, const std::string &bucket,
+                                                const std::string &key, void *dest, size_t capacity);
     // After a successful finish: bytes written at the start of dest. Throws InvalidArgument if
     // a whole-object GET found the object larger than the buffer.
     size_t bytes_received();
@@ -38,14 +40,50 @@ class GetInto : public Transfer {
     void on_finished_locked() override;
 
   private:
+    // Start the GET of `range` (else the whole object) into `capacity` bytes at `dest`.
+    void launch(const std::optional<ByteRange> &range, void *dest, size_t capacity);
     std::unique_ptr<aws_byte_buf> recv_;
     size_t received_ = 0;  // mu_
-    // A whole-object GET into a buffer smaller than a part is sent as the range
-    // [0, capacity); the object must then turn out to fit (checked in bytes_received).
-    bool whole_object_as_range_ = false;
-    size_t user_capacity_ = 0;
+    bool probe_ = false;   // a start_probe() GET: 416 means an empty object
+    // start_get() of a whole object as a probe: the object must fit the caller's buffer of
+    // this many bytes (checked in bytes_received).
+    std::optional<size_t> must_fit_;
     bool empty_object_ = false;  // mu_
-    uint8_t scratch_[1] = {0};  // stands in for a zero-length destination
+    uint8_t scratch_[1] = {0};   // stands in for a zero-length destination
+};
+
+// The whole object without knowing its size and without a HEAD: the one whole-object strategy
+// of the core. A probe of the first part into scratch memory tells the size (small objects, the
+// common case for datasets, are done in that one request); a larger object gets memory of its
+// full size from the caller, the first part is copied there and the rest is fetched straight
+// into it. The caller waits on probe() and rest() (so it can release its own locks meanwhile).
+// Keep the memory given to start_rest() valid until this object is destroyed.
+class WholeObjectGet {
+  public:
+    // Starts the probe.
+    WholeObjectGet(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key);
+    ~WholeObjectGet();
+    WholeObjectGet(const WholeObjectGet &) = delete;
+    WholeObjectGet &operator=(const WholeObjectGet &) = delete;
+
+    Transfer &probe() { return *probe_; }
+    // After the probe finished: the object's size (0 for an empty object). Throws its error.
+    uint64_t size();
+    // The bytes the probe got: all of the object when size() <= first_size().
+    const uint8_t *first() const { return scratch_.get(); }
+    size_t first_size();
+    // For an object larger than the probe: `dest` holds size() bytes. Copies the first part
+    // there and starts the GET of the rest; wait on the returned transfer, then finish().
+    Transfer &start_rest(void *dest);
+    // After the rest finished: throws its error, or if the object changed size meanwhile.
+    void finish();
+
+  private:
+    std::shared_ptr<Client> client_;
+    std::string bucket_, key_;
+    std::unique_ptr<uint8_t, void (*)(void *)> scratch_;
+    std::shared_ptr<GetInto> probe_, rest_;
+    uint64_t rest_len_ = 0;
 };
 
 }  // namespace s3torch

@@ -25,13 +25,7 @@ std::shared_ptr<GetStream> GetStream::start_stream(std::shared_ptr<Client> clien
     if (range && range->length == 0) throw_invalid("range length must be > 0", ctx);
     if (read_ahead == 0) read_ahead = client->config().stream_read_ahead_bytes;
     std::shared_ptr<GetStream> t(new GetStream(client, ctx));
-    Headers headers;
-    if (range) add_range_header(headers, range->start, range->length);
-    aws_s3_meta_request_options o;
-    AWS_ZERO_STRUCT(o);
-    o.type = AWS_S3_META_REQUEST_TYPE_GET_OBJECT;
-    t->start(o, "GET", address_of(client->config(), client->endpoint(), bucket, key), headers);
-    t->increment_read_window(read_ahead);
+    t->start_get_object(range, nullptr, read_ahead);
     return t;
 }
 
@@ -62,7 +56,7 @@ int GetStream::on_body(const aws_byte_cursor &body, uint64_t range_start, void *
 
 std::unique_ptr<Chunk> GetStream::next(int64_t timeout_ms, bool *timed_out) {
     *timed_out = false;
-    if (foreign()) throw_forked(ctx_, pid_);
+    require_owner(ctx_);
     std::unique_lock<std::mutex> lock(mu_);
     auto ready = [&] { return !queue_.empty() || finished_; };
     if (timeout_ms < 0) {

@@ -51,8 +51,7 @@ std::shared_ptr<SimpleRequest> start_list(std::shared_ptr<Client> client, const 
     if (!prefix.empty()) q += "&prefix=" + encode_param(prefix);
     if (!start_after.empty()) q += "&start-after=" + encode_param(start_after);
     Address addr = address_of(client->config(), client->endpoint(), bucket, "", q);
-    return SimpleRequest::start_request(client, ctx, "GET", "ListObjectsV2", addr,
-                                        AWS_S3_META_REQUEST_TYPE_DEFAULT);
+    return SimpleRequest::start_request(client, ctx, "GET", "ListObjectsV2", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT);
 }
 
 ListPage list_result(SimpleRequest &req) {
@@ -97,8 +96,7 @@ std::shared_ptr<SimpleRequest> start_delete(std::shared_ptr<Client> client, cons
     ErrorContext ctx{"DeleteObject", bucket, key};
     require_names(ctx);
     Address addr = address_of(client->config(), client->endpoint(), bucket, key);
-    return SimpleRequest::start_request(client, ctx, "DELETE", "DeleteObject", addr,
-                                        AWS_S3_META_REQUEST_TYPE_DEFAULT);
+    return SimpleRequest::start_request(client, ctx, "DELETE", "DeleteObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT);
 }
 
 std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const std::string &src_bucket,
@@ -113,8 +111,7 @@ std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const 
     // x-amz-copy-source names the source; copy_source_uri lets the CRT HEAD it for its size
     // (to choose single CopyObject or multipart UploadPartCopy).
     return SimpleRequest::start_request(client, ctx, "PUT", "CopyObject", addr, AWS_S3_META_REQUEST_TYPE_COPY_OBJECT,
-                                        nullptr, 0, {{"x-amz-copy-source", source}},
-                                        src.endpoint_uri + src.path);
+                                        nullptr, 0, {{"x-amz-copy-source", source}}, src.endpoint_uri + src.path);
 }
 
 }  // namespace s3torch

@@ -1,11 +1,11 @@
 #include "s3torch/put.h"
 
 #include "s3torch/client.h"
+#include "s3torch/crt_compat.h"
 #include "s3torch/request.h"
 
 #include <aws/http/request_response.h>
 #include <aws/io/future.h>
-#include <aws/io/stream.h>
 #include <aws/s3/s3_client.h>
 
 #include <algorithm>
@@ -23,44 +23,27 @@ Headers put_headers(const PutOptions &opts) {
     return h;
 }
 
-// Multipart PUT of memory through a body stream (the CRT copies each part into its pool).
-class PutFromMemory : public Transfer {
-  public:
-    static std::shared_ptr<PutFromMemory> start_put(std::shared_ptr<Client> client, ErrorContext ctx,
-                                                    const void *data, size_t len, const PutOptions &opts) {
-        std::shared_ptr<PutFromMemory> t(new PutFromMemory(client, ctx));
-        Headers headers = put_headers(opts);
-        headers.emplace_back("Content-Length", std::to_string(len));
-        aws_byte_cursor cur = aws_byte_cursor_from_array(data, len);
-        std::unique_ptr<aws_input_stream, void (*)(aws_input_stream *)> body(
-            aws_input_stream_new_from_cursor(aws_default_allocator(), &cur),
-            [](aws_input_stream *b) { aws_input_stream_release(b); });
-        aws_s3_meta_request_options o;
-        AWS_ZERO_STRUCT(o);
-        o.type = AWS_S3_META_REQUEST_TYPE_PUT_OBJECT;
-        t->start(o, "PUT", address_of(client->config(), client->endpoint(), ctx.bucket, ctx.key), headers,
-                 body.get());
-        return t;
-    }
+// aws-c-s3 opens about one connection per this many Gbps of throughput target.
+constexpr double kGbpsPerConnection = 0.4;
+// Parts an Upload lets wait beside those in flight (being filled, or queued behind them).
+constexpr uint64_t kExtraWindowParts = 4;
+// The window is never smaller than this many parts.
+constexpr uint64_t kMinWindowParts = 8;
+// Attempts of our own AbortMultipartUpload (after a server error only).
+constexpr int kAbortAttempts = 4;
 
-  protected:
-    using Transfer::Transfer;
-};
+// One PutObject of `len` bytes sent straight from `data` (valid until it finishes).
+std::shared_ptr<Transfer> start_single_put(std::shared_ptr<Client> client, const std::string &bucket,
+                                           const std::string &key, const void *data, size_t len,
+                                           const PutOptions &opts) {
+    ErrorContext ctx{"PutObject", bucket, key};
+    Address addr = address_of(client->config(), client->endpoint(), bucket, key);
+    static const char kEmpty = 0;
+    return SimpleRequest::start_request(client, ctx, "PUT", "PutObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT,
+                                        len ? data : &kEmpty, len, put_headers(opts));
+}
 
 }  // namespace
-
-std::shared_ptr<Transfer> start_put(std::shared_ptr<Client> client, const std::string &bucket,
-                                    const std::string &key, const void *data, size_t len, const PutOptions &opts) {
-    ErrorContext ctx{"PutObject", bucket, key};
-    require_names(ctx);
-    if (len <= client->config().part_size) {
-        Address addr = address_of(client->config(), client->endpoint(), bucket, key);
-        static const char kEmpty = 0;
-        return SimpleRequest::start_request(client, ctx, "PUT", "PutObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT,
-                                            len ? data : &kEmpty, len, put_headers(opts));
-    }
-    return PutFromMemory::start_put(client, ctx, data, len, opts);
-}
 
 std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> client, const std::string &bucket,
                                                    const std::string &key, const PutOptions &opts) {
@@ -77,8 +60,7 @@ std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> clien
     return t;
 }
 
-void PutStream::s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress,
-                              void *user_data) {
+void PutStream::s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress, void *user_data) {
     // For an upload, progress is reported as each part's upload succeeds.
     auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
     {
@@ -98,8 +80,7 @@ bool PutStream::backlog_wait(uint64_t max_bytes, int64_t timeout_ms) {
     return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ok);
 }
 
-void PutStream::s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *token, int,
-                                 void *user_data) {
+void PutStream::s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *token, int, void *user_data) {
     if (!token) return;
     auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
     aws_byte_cursor id = aws_s3_meta_request_resume_token_upload_id(token);
@@ -109,21 +90,14 @@ void PutStream::s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resu
 }
 
 void PutStream::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *metrics, void *user_data) {
-    // Every UploadPart request carries "uploadId=<id>" in its query: remember it, so an
-    // abort can be retried by us if the CRT's single attempt fails.
+    // Remember the upload id, so an abort can be retried by us if the CRT's single attempt fails.
     auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
     {
         std::lock_guard<std::mutex> lock(self->mu_);
         if (!self->upload_id_.empty()) return;
     }
-    const aws_string *pq = nullptr;
-    aws_s3_request_metrics_get_request_path_query(metrics, &pq);
-    if (!pq) return;
-    std::string q(reinterpret_cast<const char *>(aws_string_bytes(pq)), pq->len);
-    size_t at = q.find("uploadId=");
-    if (at == std::string::npos) return;
-    size_t end = q.find('&', at);
-    std::string id = q.substr(at + 9, end == std::string::npos ? std::string::npos : end - at - 9);
+    std::string id = crt_compat::upload_id_from_metrics(metrics);
+    if (id.empty()) return;
     std::lock_guard<std::mutex> lock(self->mu_);
     if (self->upload_id_.empty()) self->upload_id_ = id;
 }
@@ -149,7 +123,7 @@ void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &b
             // Again only after a server error: a transport failure already went through the
             // client's own retries (a server that is gone would otherwise hold an abort, and a
             // writer's __del__, for minutes).
-            if (attempt >= 4 || e.http_status < 500) throw;
+            if (attempt >= kAbortAttempts || e.http_status < 500) throw;
         }
     }
 }
@@ -191,13 +165,15 @@ bool PutStream::write_wait(int64_t timeout_ms) {
 }
 
 Upload::Upload(std::shared_ptr<Client> client, std::string bucket, std::string key, PutOptions opts)
-    : client_(std::move(client)), bucket_(std::move(bucket)), key_(std::move(key)), opts_(std::move(opts)),
+    : client_(std::move(client)),
+      bucket_(std::move(bucket)),
+      key_(std::move(key)),
+      opts_(std::move(opts)),
       ctx_{"PutObject", bucket_, key_} {
     require_names(ctx_);
-    // aws-c-s3 opens about one connection per 0.4 Gbps of throughput target.
     const ClientConfig &cfg = client_->config();
-    uint64_t parts = static_cast<uint64_t>(std::ceil(cfg.throughput_target_gbps / 0.4)) + 4;
-    window_ = std::max<uint64_t>(parts, 8) * cfg.part_size;
+    uint64_t connections = static_cast<uint64_t>(std::ceil(cfg.throughput_target_gbps / kGbpsPerConnection));
+    window_ = std::max<uint64_t>(connections + kExtraWindowParts, kMinWindowParts) * cfg.part_size;
 }
 
 Upload::~Upload() {
@@ -211,7 +187,7 @@ Upload::~Upload() {
 
 bool Upload::write_begin(const void *data, size_t len) {
     if (closed_) throw_invalid("write to a closed upload", ctx_);
-    if (foreign()) throw_forked(ctx_, pid_);
+    require_owner(ctx_);
     if (phase_ != Phase::Idle) throw_invalid("previous write still in progress", ctx_);
     written_ += len;
     if (!stream_) {
@@ -237,6 +213,19 @@ bool Upload::write_begin(const void *data, size_t len) {
     return false;
 }
 
+void Upload::put_begin(const void *data, size_t len) {
+    if (closed_ || written_ != 0 || phase_ != Phase::Idle) throw_invalid("put_begin on an upload already in use", ctx_);
+    require_owner(ctx_);
+    if (len <= client_->config().part_size) {
+        written_ = len;
+        phase_ = Phase::Completing;
+        single_ = start_single_put(client_, bucket_, key_, data, len, opts_);
+        return;
+    }
+    write_begin(data, len);  // more than a part: the multipart upload, never done at once
+    complete_after_write_ = true;
+}
+
 void Upload::send_slice() {
     size_t n = static_cast<size_t>(std::min<uint64_t>(slice_left_, client_->config().part_size));
     stream_->write_begin(slice_, n, false);
@@ -246,18 +235,18 @@ void Upload::send_slice() {
 
 void Upload::complete_begin() {
     if (closed_) throw_invalid("upload already closed", ctx_);
-    if (foreign()) throw_forked(ctx_, pid_);
+    require_owner(ctx_);
     if (phase_ == Phase::Writing) throw_invalid("previous write still in progress", ctx_);
     phase_ = Phase::Completing;
     if (stream_) {
         stream_->write_begin(nullptr, 0, true);
     } else {
-        single_ = start_put(client_, bucket_, key_, pending_.data(), pending_.size(), opts_);
+        single_ = start_single_put(client_, bucket_, key_, pending_.data(), pending_.size(), opts_);
     }
 }
 
 bool Upload::wait_step(int64_t timeout_ms) {
-    if (foreign()) throw_forked(ctx_, pid_);
+    require_owner(ctx_);
     try {
         if (phase_ == Phase::Writing) {
             for (;;) {
@@ -267,7 +256,9 @@ bool Upload::wait_step(int64_t timeout_ms) {
                 send_slice();
             }
             phase_ = Phase::Idle;
-            return true;
+            if (!complete_after_write_) return true;
+            complete_after_write_ = false;
+            complete_begin();
         }
         if (phase_ == Phase::Completing) {
             if (stream_) {

@@ -1,4 +1,4 @@
-// PUT: an object from caller memory in one call, or a streaming upload fed buffer by buffer.
+// PUT: a streaming upload fed buffer by buffer, or a whole object from caller memory (Upload).
 #pragma once
 
 #include "s3torch/transfer.h"
@@ -19,12 +19,6 @@ struct PutOptions {
     std::string storage_class;  // x-amz-storage-class, "" for the bucket default
     std::string content_type;
 };
-
-// PUT of `len` bytes at `data`, which must stay valid until done(). Objects up to the part
-// size go as one PutObject sent straight from that memory; larger ones as a multipart upload.
-std::shared_ptr<Transfer> start_put(std::shared_ptr<Client> client, const std::string &bucket,
-                                    const std::string &key, const void *data, size_t len,
-                                    const PutOptions &opts = {});
 
 // The multipart meta request behind an Upload (aws-c-s3 async writes).
 class PutStream : public Transfer {
@@ -57,20 +51,23 @@ class PutStream : public Transfer {
     std::string upload_id_;              // mu_, URI-encoded
 };
 
-// AbortMultipartUpload, retried: the CRT sends one abort after a failure or cancel and does
-// not retry it, so a transient 5xx there would leave parts behind. NoSuchUpload counts as done.
-// `upload_id` URI-encoded.
+// AbortMultipartUpload, retried (kAbortAttempts in all): the CRT sends one abort after a
+// failure or cancel and does not retry it, so a transient 5xx there would leave parts behind.
+// NoSuchUpload counts as done. `upload_id` URI-encoded.
 void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
                             const std::string &upload_id);
 
 // A streaming upload. Data is buffered in memory until it exceeds one part; an object that
 // never does is sent as a single PutObject on complete(). Otherwise a multipart upload starts
 // and parts upload concurrently as they fill. A write returns once its bytes are copied into
-// part buffers *and* no more than upload_window() bytes are waiting to be uploaded, so memory
+// part buffers *and* no more than the upload window of bytes are waiting to be uploaded, so memory
 // stays bounded however fast the caller writes, and the CRT's part-buffer pool reuses the same
 // few buffers instead of touching fresh memory for every part. abort() (or a failure) aborts
 // the multipart upload so no parts stay behind. Methods are for one caller thread at a time.
-class Upload {
+//
+// fork(): an Upload belongs to the process that made it (fork.h); in a fork()ed child writing
+// or completing throws, and abort() only marks it closed (the parent owns the upload).
+class Upload : public ProcessOwner {
   public:
     Upload(std::shared_ptr<Client> client, std::string bucket, std::string key, PutOptions opts);
     ~Upload();
@@ -80,25 +77,22 @@ class Upload {
     bool write_begin(const void *data, size_t len);
     // Start finishing the upload; then wait_step() until true, then etag().
     void complete_begin();
+    // The whole object at once, on a fresh Upload: `len` bytes at `data` (valid until
+    // wait_step() returns true), then complete. Up to a part goes as one PutObject sent straight
+    // from that memory; more as the multipart upload, a part at a time through the window.
+    void put_begin(const void *data, size_t len);
     bool wait_step(int64_t timeout_ms);
     std::string etag();
     // Cancel; blocks until the CRT has aborted the multipart upload.
     void abort();
 
     uint64_t bytes_written() const { return written_; }
-    // Bytes written but not yet uploaded that a write may leave behind: enough parts to keep
-    // every connection the throughput target calls for busy, plus a few being filled.
-    uint64_t upload_window() const { return window_; }
     bool closed() const { return closed_; }
     const ErrorContext &context() const { return ctx_; }
-    // True in a fork()ed child: the upload belongs to the parent's CRT; writing or completing
-    // throws, and abort() only marks it closed (the parent still owns the multipart upload).
-    bool foreign() const { return pid_ != getpid(); }
 
   private:
     enum class Phase { Idle, Writing, Completing, Done };
     std::shared_ptr<Client> client_;
-    const pid_t pid_ = getpid();
     std::string bucket_, key_;
     PutOptions opts_;
     ErrorContext ctx_;
@@ -106,9 +100,11 @@ class Upload {
     std::shared_ptr<PutStream> stream_;
     std::shared_ptr<Transfer> single_;
     Phase phase_ = Phase::Idle;
-    bool completing_ = false;  // after complete_begin: the eof write is next / in progress
+    bool complete_after_write_ = false;  // put_begin(): complete_begin() once the write is in
     void send_slice();
     uint64_t written_ = 0;
+    // Bytes written but not yet uploaded that a write may leave behind: enough parts to keep
+    // every connection the throughput target calls for busy, plus a few being filled.
     uint64_t window_ = 0;
     const uint8_t *slice_ = nullptr;  // the rest of the current write, handed over a part at a time
     uint64_t slice_left_ = 0;

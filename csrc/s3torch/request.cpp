@@ -16,8 +16,8 @@ std::string encode(const std::string &in, bool path) {
     aws_byte_buf buf;
     aws_byte_buf_init(&buf, aws_default_allocator(), in.size() * 3 + 1);
     aws_byte_cursor cur = aws_byte_cursor_from_array(in.data(), in.size());
-    int rc = path ? aws_byte_buf_append_encoding_uri_path(&buf, &cur)
-                  : aws_byte_buf_append_encoding_uri_param(&buf, &cur);
+    int rc =
+        path ? aws_byte_buf_append_encoding_uri_path(&buf, &cur) : aws_byte_buf_append_encoding_uri_param(&buf, &cur);
     std::string out = rc == AWS_OP_SUCCESS ? std::string(reinterpret_cast<char *>(buf.buffer), buf.len) : in;
     aws_byte_buf_clean_up(&buf);
     return out;
@@ -30,11 +30,7 @@ bool is_ip_or_localhost(const std::string &host) {
     return true;
 }
 
-}  // namespace
-
-std::string encode_path(const std::string &key) { return encode(key, true); }
-std::string encode_param(const std::string &value) { return encode(value, false); }
-
+// Whether requests for this endpoint/bucket use path-style addressing.
 bool use_path_style(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket) {
     if (config.force_path_style) return true;
     // A bucket cannot be a DNS label of an IP address or localhost; and with TLS a dotted
@@ -43,6 +39,11 @@ bool use_path_style(const ClientConfig &config, const Endpoint &endpoint, const 
     if (endpoint.tls && bucket.find('.') != std::string::npos) return true;
     return false;
 }
+
+}  // namespace
+
+std::string encode_path(const std::string &key) { return encode(key, true); }
+std::string encode_param(const std::string &value) { return encode(value, false); }
 
 Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
                    const std::string &key, const std::string &query) {
@@ -72,8 +73,9 @@ void require_names(const ErrorContext &ctx, bool need_key) {
     if (need_key && ctx.key.empty()) throw_invalid("key is empty", ctx);
 }
 
-void add_range_header(Headers &headers, uint64_t start, uint64_t length) {
-    headers.emplace_back("Range", "bytes=" + std::to_string(start) + "-" + std::to_string(start + length - 1));
+void add_range_header(Headers &headers, const ByteRange &range) {
+    headers.emplace_back("Range",
+                         "bytes=" + std::to_string(range.start) + "-" + std::to_string(range.start + range.length - 1));
 }
 
 aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers) {

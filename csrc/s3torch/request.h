@@ -4,6 +4,7 @@
 
 #include "s3torch/config.h"
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,18 +14,15 @@ struct aws_http_message;
 namespace s3torch {
 
 struct Address {
-    std::string host;         // Host header / endpoint authority, e.g. "bucket.s3.us-east-1.amazonaws.com"
-    std::string path;         // URI-encoded path with query, e.g. "/bucket/a%20b?uploads"
-    std::string endpoint_uri; // scheme://authority, passed to the meta request
+    std::string host;          // Host header / endpoint authority, e.g. "bucket.s3.us-east-1.amazonaws.com"
+    std::string path;          // URI-encoded path with query, e.g. "/bucket/a%20b?uploads"
+    std::string endpoint_uri;  // scheme://authority, passed to the meta request
 };
 
 // URI-encode a key as a path (keeps '/').
 std::string encode_path(const std::string &key);
 // URI-encode a query parameter value.
 std::string encode_param(const std::string &value);
-
-// Whether requests for this endpoint/bucket use path-style addressing.
-bool use_path_style(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket);
 
 Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
                    const std::string &key, const std::string &query = "");
@@ -36,8 +34,13 @@ struct ErrorContext;
 // Throw InvalidArgument if the context's bucket (or, when `need_key`, key) is empty.
 void require_names(const ErrorContext &ctx, bool need_key = true);
 
+struct ByteRange {
+    uint64_t start = 0;
+    uint64_t length = 0;  // > 0
+};
+
 // "Range: bytes=a-b" for [start, start + length).
-void add_range_header(Headers &headers, uint64_t start, uint64_t length);
+void add_range_header(Headers &headers, const ByteRange &range);
 
 // A new request message (caller owns it). Adds Host; `headers` are added as given.
 aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers = {});

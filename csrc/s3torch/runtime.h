@@ -22,11 +22,14 @@ class Runtime {
   public:
     // The runtime of this process, created on first call. Thread-safe.
     static std::shared_ptr<Runtime> acquire();
-    // Tear down the current runtime if nothing else holds it (after waiting up to 5 s for
+    // Tear down the current runtime if nothing else holds it (after waiting, a bounded time, for
     // clients still shutting down to let go), and join all CRT threads. Returns false if a
     // client still holds it (the caller left it running). In a fork()ed child holding a
     // runtime inherited from its parent, abandons that one and returns true.
     static bool shutdown();
+    // Drop a reference to the runtime that a client held past its own lifetime (the CRT's
+    // shutdown callback of its aws_s3_client), waking a shutdown() that waits for it.
+    static void release(std::shared_ptr<Runtime> &&runtime);
 
     ~Runtime();
     Runtime(const Runtime &) = delete;

@@ -19,11 +19,10 @@ Transfer::Transfer(std::shared_ptr<Client> client, ErrorContext ctx)
 Transfer::~Transfer() = default;
 
 void Transfer::start(aws_s3_meta_request_options &options, const char *method, const Address &addr,
-                     const Headers &headers, aws_input_stream *body) {
+                     const Headers &headers) {
     // The meta request takes its own reference to the message; ours ends with this scope.
     std::unique_ptr<aws_http_message, void (*)(aws_http_message *)> msg(
         make_message(method, addr, headers), [](aws_http_message *m) { aws_http_message_release(m); });
-    if (body) aws_http_message_set_body_stream(msg.get(), body);
     options.message = msg.get();
     want_body_ = options.recv_buffer == nullptr;
     options.user_data = this;
@@ -52,6 +51,18 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
     else aws_s3_meta_request_release(mr);  // finished before we got here
 }
 
+void Transfer::start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer,
+                                uint64_t read_window) {
+    Headers headers;
+    if (range) add_range_header(headers, *range);
+    aws_s3_meta_request_options o;
+    AWS_ZERO_STRUCT(o);
+    o.type = AWS_S3_META_REQUEST_TYPE_GET_OBJECT;
+    o.recv_buffer = recv_buffer;
+    start(o, "GET", address_of(client_->config(), client_->endpoint(), ctx_.bucket, ctx_.key), headers);
+    increment_read_window(read_window);
+}
+
 aws_s3_meta_request *Transfer::acquire_meta_request() {
     std::lock_guard<std::mutex> lock(mu_);
     return mr_ ? aws_s3_meta_request_acquire(mr_) : nullptr;
@@ -65,7 +76,7 @@ void Transfer::increment_read_window(uint64_t bytes) {
 }
 
 bool Transfer::wait_for(int64_t timeout_ms) {
-    if (foreign()) throw_forked(ctx_, pid_);
+    require_owner(ctx_);
     std::unique_lock<std::mutex> lock(mu_);
     if (timeout_ms < 0) {
         cv_.wait(lock, [&] { return finished_; });
@@ -92,9 +103,10 @@ void Transfer::cancel() {
     }
 }
 
-bool Transfer::failed() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return finished_ && error_code_ != 0;
+void Transfer::cancel_and_wait() {
+    if (foreign() || done()) return;
+    cancel();
+    wait();
 }
 
 void Transfer::raise_if_failed() {
@@ -124,11 +136,6 @@ std::string Transfer::header(const std::string &name) {
         pos = eol + 1;
     }
     return std::string();
-}
-
-int Transfer::response_status() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return status_;
 }
 
 int Transfer::on_body(const aws_byte_cursor &, uint64_t, void *) { return 0; }
@@ -168,8 +175,8 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
                     result->error_response_body->len);
     if (result->error_response_headers) {
         aws_byte_cursor v;
-        if (aws_http_headers_get(result->error_response_headers, aws_byte_cursor_from_c_str("x-amz-request-id"),
-                                 &v) == AWS_OP_SUCCESS)
+        if (aws_http_headers_get(result->error_response_headers, aws_byte_cursor_from_c_str("x-amz-request-id"), &v) ==
+            AWS_OP_SUCCESS)
             request_id.assign(reinterpret_cast<const char *>(v.ptr), v.len);
     }
     if (result->error_response_operation_name)
@@ -206,10 +213,11 @@ void Transfer::s_on_shutdown(void *ud) {
     client->transfer_finished();
 }
 
-std::shared_ptr<SimpleRequest> SimpleRequest::start_request(
-    std::shared_ptr<Client> client, ErrorContext ctx, const char *method, const std::string &operation,
-    const Address &addr, int meta_request_type, const void *body, size_t body_len,
-    Headers headers, const std::string &copy_source_uri) {
+std::shared_ptr<SimpleRequest> SimpleRequest::start_request(std::shared_ptr<Client> client, ErrorContext ctx,
+                                                            const char *method, const std::string &operation,
+                                                            const Address &addr, int meta_request_type,
+                                                            const void *body, size_t body_len, Headers headers,
+                                                            const std::string &copy_source_uri) {
     std::shared_ptr<SimpleRequest> req(new SimpleRequest(std::move(client), std::move(ctx)));
     if (body) headers.emplace_back("Content-Length", std::to_string(body_len));
     aws_s3_meta_request_options o;

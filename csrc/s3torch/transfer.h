@@ -9,22 +9,20 @@
 // The meta request itself is released as soon as it finishes. A caller that owns memory the
 // CRT writes into (recv_buffer) must keep it valid until `done()`.
 //
-// fork(): a Transfer belongs to the process that started it. In a forked child (where its CRT
-// threads do not exist and its locks may be held by threads that are gone) it is `foreign()`:
-// waiting on it throws, cancelling it does nothing, and destroying it (or what holds it) frees
-// nothing of the CRT.
+// fork(): a Transfer belongs to the process that started it (fork.h). In a forked child it is
+// `foreign()`: waiting on it throws, cancelling it does nothing, and destroying it (or what
+// holds it) frees nothing of the CRT.
 #pragma once
 
-#include <sys/types.h>
-#include <unistd.h>
-
 #include "s3torch/errors.h"
+#include "s3torch/fork.h"
 #include "s3torch/request.h"
 
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 struct aws_s3_meta_request;
@@ -32,15 +30,15 @@ struct aws_s3_meta_request_options;
 struct aws_s3_meta_request_result;
 struct aws_http_headers;
 struct aws_byte_cursor;
+struct aws_byte_buf;
 struct aws_s3_meta_request_receive_body_extra_info;
-struct aws_input_stream;
 
 namespace s3torch {
 
 class Client;
 struct Address;
 
-class Transfer : public std::enable_shared_from_this<Transfer> {
+class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOwner {
   public:
     virtual ~Transfer();
     Transfer(const Transfer &) = delete;
@@ -52,16 +50,15 @@ class Transfer : public std::enable_shared_from_this<Transfer> {
     bool done();
     // Ask the CRT to stop; the transfer then finishes with a Cancelled error.
     void cancel();
+    // For an owner letting go early: cancel and wait until the CRT is done with the transfer's
+    // memory. Nothing to do if it has finished, or in a fork()ed child (it never runs there).
+    void cancel_and_wait();
     // After done(): throw the S3Error this transfer failed with, if any.
     void raise_if_failed();
-    bool failed();
     const ErrorContext &context() const { return ctx_; }
-    // True in any process but the one that started it (a fork()ed child).
-    bool foreign() const { return pid_ != getpid(); }
 
     // Response headers of the (first) successful response, lower-cased names.
     std::string header(const std::string &name);
-    int response_status();
 
   protected:
     Transfer(std::shared_ptr<Client> client, ErrorContext ctx);
@@ -69,7 +66,10 @@ class Transfer : public std::enable_shared_from_this<Transfer> {
     // Build the request (`method` on `addr` with `headers`), fill in callbacks and user data,
     // and create the meta request of `options.type`. Throws S3Error on failure.
     void start(aws_s3_meta_request_options &options, const char *method, const Address &addr,
-               const Headers &headers = {}, aws_input_stream *body = nullptr);
+               const Headers &headers = {});
+    // Start the GetObject meta request of ctx_ (`range`, else the whole object), writing into
+    // `recv_buffer` if given (else through on_body), with a read window of `read_window` bytes.
+    void start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer, uint64_t read_window);
     // A new reference to the meta request (release it), or nullptr once finished.
     aws_s3_meta_request *acquire_meta_request();
     // Open the read window by `bytes` (saturating), if still running.
@@ -82,7 +82,6 @@ class Transfer : public std::enable_shared_from_this<Transfer> {
 
     std::shared_ptr<Client> client_;
     ErrorContext ctx_;
-    const pid_t pid_ = getpid();
     std::mutex mu_;  // guards everything below and subclass state marked "mu_"
     std::condition_variable cv_;
     bool finished_ = false;
@@ -106,14 +105,15 @@ class Transfer : public std::enable_shared_from_this<Transfer> {
     bool want_body_ = false;
 };
 
-// A request that is not a GET/PUT of an object body (HEAD, list, delete, copy, a small PUT
-// from memory): collects the response body in memory.
+// A request that is not a GET/PUT of an object body (HEAD, list, delete, copy, a PUT of one
+// part from memory): collects the response body in memory.
 class SimpleRequest : public Transfer {
   public:
-    static std::shared_ptr<SimpleRequest> start_request(
-        std::shared_ptr<Client> client, ErrorContext ctx, const char *method, const std::string &operation,
-        const Address &addr, int meta_request_type, const void *body = nullptr, size_t body_len = 0,
-        Headers headers = {}, const std::string &copy_source_uri = "");
+    static std::shared_ptr<SimpleRequest> start_request(std::shared_ptr<Client> client, ErrorContext ctx,
+                                                        const char *method, const std::string &operation,
+                                                        const Address &addr, int meta_request_type,
+                                                        const void *body = nullptr, size_t body_len = 0,
+                                                        Headers headers = {}, const std::string &copy_source_uri = "");
     std::string body();
 
   protected:

@@ -62,8 +62,7 @@ int on_node(struct aws_xml_node *node, void *user_data) {
 
 }  // namespace
 
-bool xml_walk(const std::string &doc,
-              const std::function<void(const std::string &, const std::string &)> &visit) {
+bool xml_walk(const std::string &doc, const std::function<void(const std::string &, const std::string &)> &visit) {
     WalkState st{&visit, {}};
     aws_xml_parser_options opts;
     AWS_ZERO_STRUCT(opts);

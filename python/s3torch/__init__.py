@@ -3,6 +3,9 @@
 The transfers run in a C++ core on aws-c-s3 (``s3torch._crt``); this package is the policy
 and the public API, which mirrors s3torchconnector's: switching is a change of import.
 """
+
+from ._client import S3Client
+from ._config import S3ClientConfig
 from ._crt import (
     S3CancelledError,
     S3Exception,
@@ -11,8 +14,6 @@ from ._crt import (
     S3PermissionError,
     S3TimeoutError,
 )
-from ._client import S3Client
-from ._config import S3ClientConfig
 from ._uri import parse_s3_uri
 from .s3reader import S3Reader, S3ReaderConstructor
 from .s3writer import S3Writer

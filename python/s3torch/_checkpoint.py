@@ -1,4 +1,5 @@
 """S3Checkpoint: readers and writers for torch.save / torch.load to s3:// URIs."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -14,9 +15,13 @@ from .s3writer import S3Writer
 class S3Checkpoint:
     """``torch.save(obj, checkpoint.writer(uri))`` and ``torch.load(checkpoint.reader(uri))``."""
 
-    def __init__(self, region: str, endpoint: Optional[str] = None,
-                 s3client_config: Optional[S3ClientConfig] = None,
-                 reader_constructor: Optional[ReaderConstructor] = None) -> None:
+    def __init__(
+        self,
+        region: str,
+        endpoint: Optional[str] = None,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+    ) -> None:
         self.region = region
         self.endpoint = endpoint
         self._client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config)

@@ -4,6 +4,7 @@ Policy lives here, transfers in C++. The native client is created lazily, once p
 an ``S3Client`` used in a fork()ed child (a DataLoader worker) builds its own, and pickling
 an ``S3Client`` carries only its configuration.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,7 @@ class S3Client:
                 # parent's is safe; the core never touches its CRT state in this process.
                 self._native = None
             if self._native is None:
-                self._native = _crt.NativeClient(
-                    region=self._region, endpoint=self._endpoint, **self._config.native_kwargs())
+                self._native = _crt.NativeClient(self._config.native_config(self._region, self._endpoint))
                 self._pid = pid
             return self._native
 
@@ -93,8 +93,13 @@ class S3Client:
         return self._config
 
     # --- streams (s3torchconnector's S3Client surface) ------------------------------------
-    def get_object(self, bucket: str, key: str, object_info: Optional["_crt.ObjectInfo"] = None,
-                   reader_constructor: Optional[ReaderConstructor] = None) -> S3Reader:
+    def get_object(
+        self,
+        bucket: str,
+        key: str,
+        object_info: Optional["_crt.ObjectInfo"] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+    ) -> S3Reader:
         """A seekable reader over the object; nothing is fetched until the first read.
         ``object_info`` (e.g. from a listing) saves the HEAD request for its size."""
         constructor = reader_constructor or S3ReaderConstructor.default()
@@ -106,24 +111,28 @@ class S3Client:
         return S3Writer(self._get_native().upload(bucket, key, storage_class or ""), bucket, key)
 
     # --- GET ------------------------------------------------------------------------------
-    def get_into(self, bucket: str, key: str, buffer: Buffer,
-                 offset: Optional[int] = None, length: Optional[int] = None) -> int:
+    def get_into(
+        self, bucket: str, key: str, buffer: Buffer, offset: Optional[int] = None, length: Optional[int] = None
+    ) -> int:
         """GET the object (or ``length`` bytes from ``offset``) straight into ``buffer``;
         returns the number of bytes written. The GIL is released while it runs."""
         return self._get_native().get_into(bucket, key, buffer, offset, length)
 
-    def start_get_into(self, bucket: str, key: str, buffer: Buffer,
-                       offset: Optional[int] = None, length: Optional[int] = None) -> "_crt.GetHandle":
+    def start_get_into(
+        self, bucket: str, key: str, buffer: Buffer, offset: Optional[int] = None, length: Optional[int] = None
+    ) -> "_crt.GetHandle":
         """Start a GET into ``buffer`` and return a handle (``wait()``, ``done()``, ``cancel()``)."""
         return self._get_native().start_get_into(bucket, key, buffer, offset, length)
 
-    def get_into_many(self, bucket: str,
-                      items: Sequence[Tuple[str, Optional[int], Optional[int], Buffer]]) -> List[int]:
+    def get_into_many(
+        self, bucket: str, items: Sequence[Tuple[str, Optional[int], Optional[int], Buffer]]
+    ) -> List[int]:
         """Run many GETs at once, each ``(key, offset, length, buffer)``; returns bytes per item."""
         return self._get_native().get_into_many(bucket, list(items))
 
-    def get_stream(self, bucket: str, key: str, offset: Optional[int] = None,
-                   length: Optional[int] = None, read_ahead: int = 0) -> Iterator[memoryview]:
+    def get_stream(
+        self, bucket: str, key: str, offset: Optional[int] = None, length: Optional[int] = None, read_ahead: int = 0
+    ) -> Iterator[memoryview]:
         """Yield the object as read-only memoryviews over the CRT's part buffers (no copy).
 
         At most about ``read_ahead`` bytes (default: the config's stream_read_ahead_bytes)
@@ -151,8 +160,9 @@ class S3Client:
     def head_object(self, bucket: str, key: str) -> "_crt.ObjectInfo":
         return self._get_native().head(bucket, key)
 
-    def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "",
-                     max_keys: int = 1000) -> Iterator["_crt.ListPage"]:
+    def list_objects(
+        self, bucket: str, prefix: str = "", delimiter: str = "", max_keys: int = 1000
+    ) -> Iterator["_crt.ListPage"]:
         """Yield ListObjectsV2 pages, following continuation tokens."""
         native = self._get_native()
         token = ""

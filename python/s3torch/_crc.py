@@ -6,6 +6,7 @@ A CRC-32 is a remainder modulo the polynomial P over GF(2). For bytes A followed
 in CRC-32's reflected bit order; x^(8n) comes from precomputed x^(2^k), and is cached per n
 (the pieces of a load are mostly one size, so each combine is one multiplication).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

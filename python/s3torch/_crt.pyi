@@ -1,5 +1,6 @@
 """Type stub of the native module s3torch._crt (checked against the module by
 tests/unit/test_stub.py)."""
+
 from typing import Any, List, Optional, Sequence, Tuple
 
 AWSCRT_VERSION: str
@@ -79,41 +80,61 @@ class Upload:
     @property
     def closed(self) -> bool: ...
 
+class ClientConfig:
+    """Every field, default and limit of the native client's configuration
+    (csrc/s3torch/config.h); validate() and NativeClient check the values."""
+
+    def __init__(self, **kwargs: Any) -> None: ...
+    def validate(self) -> None: ...
+    @staticmethod
+    def fields() -> List[str]: ...
+    region: str
+    endpoint: str
+    throughput_target_gbps: float
+    part_size: int
+    unsigned: bool
+    force_path_style: bool
+    max_attempts: int
+    profile: str
+    memory_limit_bytes: int
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    credentials: str
+    ca_file: str
+    s3express: bool
+    stream_read_ahead_bytes: int
+    connect_timeout_ms: int
+
 class NativeClient:
-    def __init__(
-        self,
-        region: str,
-        endpoint: str = "",
-        force_path_style: bool = False,
-        part_size: int = 8388608,
-        throughput_target_gbps: float = 10.0,
-        max_attempts: int = 10,
-        memory_limit_bytes: int = 0,
-        credentials: str = "default",
-        access_key_id: str = "",
-        secret_access_key: str = "",
-        session_token: str = "",
-        profile: str = "",
-        ca_file: str = "",
-        s3express: bool = False,
-        stream_read_ahead_bytes: int = 0,
-        connect_timeout_ms: int = 0,
-    ) -> None: ...
-    def get_into(self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None,
-                 length: Optional[int] = None) -> int: ...
-    def start_get_into(self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None,
-                       length: Optional[int] = None) -> GetHandle: ...
-    def get_into_many(self, bucket: str,
-                      items: Sequence[Tuple[str, Optional[int], Optional[int], Any]]) -> List[int]: ...
-    def get_bytes(self, bucket: str, key: str, offset: int = 0, length: Optional[int] = None,
-                  size_hint: Optional[int] = None) -> bytes: ...
-    def get_stream(self, bucket: str, key: str, offset: Optional[int] = None, length: Optional[int] = None,
-                   read_ahead: int = 0) -> GetStream: ...
+    def __init__(self, config: ClientConfig) -> None: ...
+    def get_into(
+        self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None, length: Optional[int] = None
+    ) -> int: ...
+    def start_get_into(
+        self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None, length: Optional[int] = None
+    ) -> GetHandle: ...
+    def get_into_many(
+        self, bucket: str, items: Sequence[Tuple[str, Optional[int], Optional[int], Any]]
+    ) -> List[int]: ...
+    def get_bytes(
+        self, bucket: str, key: str, offset: int = 0, length: Optional[int] = None, size_hint: Optional[int] = None
+    ) -> bytes: ...
+    def get_stream(
+        self, bucket: str, key: str, offset: Optional[int] = None, length: Optional[int] = None, read_ahead: int = 0
+    ) -> GetStream: ...
     def put(self, bucket: str, key: str, data: Any, storage_class: str = "") -> str: ...
     def upload(self, bucket: str, key: str, storage_class: str = "") -> Upload: ...
     def head(self, bucket: str, key: str) -> ObjectInfo: ...
-    def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "", max_keys: int = 1000,
-                     continuation_token: str = "", start_after: str = "") -> ListPage: ...
+    def list_objects(
+        self,
+        bucket: str,
+        prefix: str = "",
+        delimiter: str = "",
+        max_keys: int = 1000,
+        continuation_token: str = "",
+        start_after: str = "",
+    ) -> ListPage: ...
     def delete_object(self, bucket: str, key: str) -> None: ...
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> None: ...
     @property

@@ -1,9 +1,10 @@
 """S3MapDataset and S3IterableDataset over objects under a prefix or from a list of URIs."""
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch.utils.data
 
@@ -69,8 +70,15 @@ def _apply(transform: Callable[[S3Reader], Any], reader: S3Reader) -> Any:
 
 
 class _Base:
-    def __init__(self, region: str, *, endpoint: Optional[str], transform: Callable[[S3Reader], Any],
-                 s3client_config: Optional[S3ClientConfig], reader_constructor: Optional[ReaderConstructor]) -> None:
+    def __init__(
+        self,
+        region: str,
+        *,
+        endpoint: Optional[str],
+        transform: Callable[[S3Reader], Any],
+        s3client_config: Optional[S3ClientConfig],
+        reader_constructor: Optional[ReaderConstructor],
+    ) -> None:
         self._region = region
         self._endpoint = endpoint
         self._transform = transform
@@ -94,39 +102,76 @@ class _Base:
 
     def _reader(self, entry: _Entry) -> S3Reader:
         bucket, key, info = entry
-        return self._get_client().get_object(bucket, key, object_info=info,
-                                             reader_constructor=self._reader_constructor)
+        return self._get_client().get_object(bucket, key, object_info=info, reader_constructor=self._reader_constructor)
 
 
 class S3MapDataset(torch.utils.data.Dataset, _Base):
     """Random access to objects. With ``from_prefix``, the prefix is listed once, on the first
     ``len()`` or item access (a log line reports large listings)."""
 
-    def __init__(self, get_entries: Callable[[S3Client], Iterable[_Entry]], region: str, *,
-                 endpoint: Optional[str] = None, transform: Callable[[S3Reader], Any] = identity,
-                 s3client_config: Optional[S3ClientConfig] = None,
-                 reader_constructor: Optional[ReaderConstructor] = None, source: str = "") -> None:
-        _Base.__init__(self, region, endpoint=endpoint, transform=transform, s3client_config=s3client_config,
-                       reader_constructor=reader_constructor)
+    def __init__(
+        self,
+        get_entries: Callable[[S3Client], Iterable[_Entry]],
+        region: str,
+        *,
+        endpoint: Optional[str] = None,
+        transform: Callable[[S3Reader], Any] = identity,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+        source: str = "",
+    ) -> None:
+        _Base.__init__(
+            self,
+            region,
+            endpoint=endpoint,
+            transform=transform,
+            s3client_config=s3client_config,
+            reader_constructor=reader_constructor,
+        )
         self._get_entries = get_entries
         self._entries: Optional[List[_Entry]] = None
         self._source = source
 
     @classmethod
-    def from_prefix(cls, s3_uri: str, *, region: str, endpoint: Optional[str] = None,
-                    transform: Callable[[S3Reader], Any] = identity,
-                    s3client_config: Optional[S3ClientConfig] = None,
-                    reader_constructor: Optional[ReaderConstructor] = None) -> "S3MapDataset":
-        return cls(_PrefixSource(s3_uri), region, endpoint=endpoint, transform=transform,
-                   s3client_config=s3client_config, reader_constructor=reader_constructor, source=s3_uri)
+    def from_prefix(
+        cls,
+        s3_uri: str,
+        *,
+        region: str,
+        endpoint: Optional[str] = None,
+        transform: Callable[[S3Reader], Any] = identity,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+    ) -> "S3MapDataset":
+        return cls(
+            _PrefixSource(s3_uri),
+            region,
+            endpoint=endpoint,
+            transform=transform,
+            s3client_config=s3client_config,
+            reader_constructor=reader_constructor,
+            source=s3_uri,
+        )
 
     @classmethod
-    def from_objects(cls, object_uris: Union[str, Iterable[str]], *, region: str, endpoint: Optional[str] = None,
-                     transform: Callable[[S3Reader], Any] = identity,
-                     s3client_config: Optional[S3ClientConfig] = None,
-                     reader_constructor: Optional[ReaderConstructor] = None) -> "S3MapDataset":
-        return cls(_ObjectsSource(object_uris), region, endpoint=endpoint, transform=transform,
-                   s3client_config=s3client_config, reader_constructor=reader_constructor)
+    def from_objects(
+        cls,
+        object_uris: Union[str, Iterable[str]],
+        *,
+        region: str,
+        endpoint: Optional[str] = None,
+        transform: Callable[[S3Reader], Any] = identity,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+    ) -> "S3MapDataset":
+        return cls(
+            _ObjectsSource(object_uris),
+            region,
+            endpoint=endpoint,
+            transform=transform,
+            s3client_config=s3client_config,
+            reader_constructor=reader_constructor,
+        )
 
     @property
     def _dataset_entries(self) -> List[_Entry]:
@@ -134,8 +179,12 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
             t0 = time.monotonic()
             self._entries = list(self._get_entries(self._get_client()))
             if len(self._entries) >= LARGE_LISTING:
-                log.info("s3torch: listed %d objects under %s in %.1fs", len(self._entries), self._source,
-                         time.monotonic() - t0)
+                log.info(
+                    "s3torch: listed %d objects under %s in %.1fs",
+                    len(self._entries),
+                    self._source,
+                    time.monotonic() - t0,
+                )
         return self._entries
 
     def __len__(self) -> int:
@@ -155,34 +204,71 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
     """Streams objects in listing order. With ``enable_sharding``, each object goes to exactly
     one (distributed rank, DataLoader worker) pair."""
 
-    def __init__(self, get_entries: Callable[[S3Client], Iterable[_Entry]], region: str, *,
-                 endpoint: Optional[str] = None, transform: Callable[[S3Reader], Any] = identity,
-                 s3client_config: Optional[S3ClientConfig] = None,
-                 reader_constructor: Optional[ReaderConstructor] = None, enable_sharding: bool = False) -> None:
-        _Base.__init__(self, region, endpoint=endpoint, transform=transform, s3client_config=s3client_config,
-                       reader_constructor=reader_constructor)
+    def __init__(
+        self,
+        get_entries: Callable[[S3Client], Iterable[_Entry]],
+        region: str,
+        *,
+        endpoint: Optional[str] = None,
+        transform: Callable[[S3Reader], Any] = identity,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+        enable_sharding: bool = False,
+    ) -> None:
+        _Base.__init__(
+            self,
+            region,
+            endpoint=endpoint,
+            transform=transform,
+            s3client_config=s3client_config,
+            reader_constructor=reader_constructor,
+        )
         self._get_entries = get_entries
         self.enable_sharding = enable_sharding
 
     @classmethod
-    def from_prefix(cls, s3_uri: str, *, region: str, endpoint: Optional[str] = None,
-                    transform: Callable[[S3Reader], Any] = identity,
-                    s3client_config: Optional[S3ClientConfig] = None,
-                    reader_constructor: Optional[ReaderConstructor] = None,
-                    enable_sharding: bool = False) -> "S3IterableDataset":
-        return cls(_PrefixSource(s3_uri), region, endpoint=endpoint, transform=transform,
-                   s3client_config=s3client_config, reader_constructor=reader_constructor,
-                   enable_sharding=enable_sharding)
+    def from_prefix(
+        cls,
+        s3_uri: str,
+        *,
+        region: str,
+        endpoint: Optional[str] = None,
+        transform: Callable[[S3Reader], Any] = identity,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+        enable_sharding: bool = False,
+    ) -> "S3IterableDataset":
+        return cls(
+            _PrefixSource(s3_uri),
+            region,
+            endpoint=endpoint,
+            transform=transform,
+            s3client_config=s3client_config,
+            reader_constructor=reader_constructor,
+            enable_sharding=enable_sharding,
+        )
 
     @classmethod
-    def from_objects(cls, object_uris: Union[str, Iterable[str]], *, region: str, endpoint: Optional[str] = None,
-                     transform: Callable[[S3Reader], Any] = identity,
-                     s3client_config: Optional[S3ClientConfig] = None,
-                     reader_constructor: Optional[ReaderConstructor] = None,
-                     enable_sharding: bool = False) -> "S3IterableDataset":
-        return cls(_ObjectsSource(object_uris), region, endpoint=endpoint, transform=transform,
-                   s3client_config=s3client_config, reader_constructor=reader_constructor,
-                   enable_sharding=enable_sharding)
+    def from_objects(
+        cls,
+        object_uris: Union[str, Iterable[str]],
+        *,
+        region: str,
+        endpoint: Optional[str] = None,
+        transform: Callable[[S3Reader], Any] = identity,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+        enable_sharding: bool = False,
+    ) -> "S3IterableDataset":
+        return cls(
+            _ObjectsSource(object_uris),
+            region,
+            endpoint=endpoint,
+            transform=transform,
+            s3client_config=s3client_config,
+            reader_constructor=reader_constructor,
+            enable_sharding=enable_sharding,
+        )
 
     def _shard(self) -> Tuple[int, int]:
         """(index, count) of this consumer among all (rank, worker) pairs."""

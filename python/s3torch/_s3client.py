@@ -1,4 +1,5 @@
 """Compatibility path: s3torchconnector users import the client from here."""
+
 from ._client import S3Client
 from ._config import S3ClientConfig
 

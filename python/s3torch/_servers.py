@@ -8,6 +8,7 @@ manager. Nothing here reaches beyond loopback.
   bucket semantics (no auto-created buckets, no deleting non-empty buckets).
 - :class:`MotoServer`: ``moto[server]``'s ThreadedMotoServer in a child process.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -152,31 +153,65 @@ class SeaweedFS(_Server):
             '"actions":["Admin","Read","Write","List","Tagging"]}]}' % (ACCESS_KEY, SECRET_KEY)
         )
         self._ports: list = []
-        p = {name: free_port() for name in (
-            "s3", "s3g", "master", "masterg", "volume", "volumeg", "filer", "filerg", "debug", "s3debug",
-            "admin", "adming")}
+        p = {
+            name: free_port()
+            for name in (
+                "s3",
+                "s3g",
+                "master",
+                "masterg",
+                "volume",
+                "volumeg",
+                "filer",
+                "filerg",
+                "debug",
+                "s3debug",
+                "admin",
+                "adming",
+            )
+        }
         self._ports = list(p.values())
         self.s3_port = p["s3"]
         self.endpoint = f"http://127.0.0.1:{p['s3']}"
         log = Path(self._dir) / "weed.log"
         cmd = [
-            _weed_binary(), f"-logdir={self._dir}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-s3.allowDeleteBucketNotEmpty=false", "-s3.autoCreateBucket=false",
-            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3g']}", f"-s3.config={cfg}",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['masterg']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volumeg']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filerg']}",
-            f"-debug.port={p['debug']}", f"-s3.debug.port={p['s3debug']}",
-            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['adming']}",
+            _weed_binary(),
+            f"-logdir={self._dir}",
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-s3.allowDeleteBucketNotEmpty=false",
+            "-s3.autoCreateBucket=false",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3g']}",
+            f"-s3.config={cfg}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['masterg']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volumeg']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filerg']}",
+            f"-debug.port={p['debug']}",
+            f"-s3.debug.port={p['s3debug']}",
+            f"-admin.port={p['admin']}",
+            f"-admin.port.grpc={p['adming']}",
         ]
         if buckets:
             cmd.append("-bucket=" + ",".join(buckets))
         with open(log, "wb") as out:
             self._proc = subprocess.Popen(
-                _dies_with_us(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                _dies_with_us(cmd),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._register_cleanup()
         try:
             _wait_http(self.endpoint + "/", startup_timeout, self._proc, log)
@@ -200,8 +235,13 @@ class SeaweedFS(_Server):
         from ._client import S3Client
         from ._config import S3ClientConfig
 
-        native = S3Client(REGION, endpoint=self.endpoint, s3client_config=S3ClientConfig(
-            force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, max_attempts=1))._get_native()
+        native = S3Client(
+            REGION,
+            endpoint=self.endpoint,
+            s3client_config=S3ClientConfig(
+                force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, max_attempts=1
+            ),
+        )._get_native()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -230,8 +270,12 @@ class MotoServer(_Server):
         with open(log, "wb") as out:
             self._proc = subprocess.Popen(
                 _dies_with_us([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True)
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         self._register_cleanup()
         try:
             _wait_http(self.endpoint + "/moto-api/", startup_timeout, self._proc, log)

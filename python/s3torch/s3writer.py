@@ -6,6 +6,7 @@ keep writing. ``close()`` completes the upload (the object appears atomically th
 a ``with`` block by an exception, or dropping an unclosed writer, aborts it: no object and no
 orphaned parts.
 """
+
 from __future__ import annotations
 
 import io
@@ -70,8 +71,9 @@ class S3Writer(io.BufferedIOBase):
             finally:
                 super().close()
 
-    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
         if exc_type is not None:
             self.abort()
         else:

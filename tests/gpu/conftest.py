@@ -10,6 +10,7 @@ GPU machine with::
 counterparts, which CI runs, are tests/unit/test_staging.py and
 tests/integration/test_staging.py.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """DCP loads into CUDA state dicts through the pinned staging ring, and saves from them,
 byte-exact against the saved tensors (SeaweedFS on loopback)."""
+
 from __future__ import annotations
 
 import pytest
@@ -135,8 +136,10 @@ def test_corrupt_bytes_into_cuda_name_the_item(seaweed, prefix: str) -> None:  #
     data[len(data) // 2] ^= 0xFF
     client.put(BUCKET, key, bytes(data))
     with pytest.raises(CheckpointException) as ei:
-        dcp.load({"w": torch.zeros(512, 512, device=DEV)},
-                 storage_reader=reader(seaweed, path, staging_bytes=1 << 20, staging_slot_bytes=64 << 10))
+        dcp.load(
+            {"w": torch.zeros(512, 512, device=DEV)},
+            storage_reader=reader(seaweed, path, staging_bytes=1 << 20, staging_slot_bytes=64 << 10),
+        )
     assert "CRC32" in str(ei.value) and "item w" in str(ei.value)
     for ring in _staging._pool.values():
         assert len(ring.free) == ring.nslots
@@ -153,16 +156,24 @@ def test_reshard_saved_by_2_ranks_loads_into_one_cuda_rank(seaweed, prefix: str)
 
 def test_save_from_cuda_state_dict_round_trips(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
     src = _source()
-    cuda_sd = {k: (v.to(DEV) if isinstance(v, torch.Tensor) else {kk: vv.to(DEV) for kk, vv in v.items()})
-               for k, v in src.items()}
+    cuda_sd = {
+        k: (v.to(DEV) if isinstance(v, torch.Tensor) else {kk: vv.to(DEV) for kk, vv in v.items()})
+        for k, v in src.items()
+    }
     path = f"s3://{BUCKET}/{prefix}from-cuda"
     dcp.save(cuda_sd, storage_writer=writer(seaweed, path, thread_count=2))
     out = _cuda_dest(src)
     dcp.load(out, storage_reader=reader(seaweed, path))
     _assert_exact(src, out)
     # and into CPU memory, the direct path
-    cpu = {k: (torch.zeros_like(v.contiguous()) if isinstance(v, torch.Tensor) else
-               {kk: torch.zeros_like(vv) for kk, vv in v.items()}) for k, v in src.items()}
+    cpu = {
+        k: (
+            torch.zeros_like(v.contiguous())
+            if isinstance(v, torch.Tensor)
+            else {kk: torch.zeros_like(vv) for kk, vv in v.items()}
+        )
+        for k, v in src.items()
+    }
     dcp.load(cpu, storage_reader=reader(seaweed, path))
     for k, v in src.items():
         if isinstance(v, torch.Tensor):

@@ -1,7 +1,7 @@
 """The conformance suite: every test runs against SeaweedFS and moto (see conftest.server)."""
+
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -340,6 +340,7 @@ def test_gil_released_during_transfer(client: S3Client, prefix: str) -> None:
 
 def test_torch_tensor_via_dlpack(client: S3Client, prefix: str) -> None:
     import torch
+
     t = torch.arange(300_000, dtype=torch.float32)
     key = prefix + "tensor"
     client.put(BUCKET, key, t)

@@ -1,4 +1,5 @@
 """Datasets through DataLoader, checkpoints of real modules, and bad inputs (SeaweedFS)."""
+
 from __future__ import annotations
 
 import collections
@@ -44,8 +45,9 @@ def _collect(loader) -> collections.Counter:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("workers, ctx", [(0, None), (2, "fork"), (2, "spawn"), (2, "forkserver")])
 def test_map_dataset_in_dataloader(seaweed, dataset_prefix: str, workers: int, ctx) -> None:  # type: ignore[no-untyped-def]
-    ds = S3MapDataset.from_prefix(dataset_prefix, region=REGION, endpoint=seaweed.endpoint,
-                                  transform=read_item, s3client_config=_cfg(seaweed))
+    ds = S3MapDataset.from_prefix(
+        dataset_prefix, region=REGION, endpoint=seaweed.endpoint, transform=read_item, s3client_config=_cfg(seaweed)
+    )
     assert len(ds) == N_OBJECTS
     loader = DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context=ctx, shuffle=True)
     assert _collect(loader) == collections.Counter(_expected().keys())
@@ -54,9 +56,14 @@ def test_map_dataset_in_dataloader(seaweed, dataset_prefix: str, workers: int, c
 @pytest.mark.parametrize("workers, ctx", [(0, None), (2, "fork"), (2, "spawn")])
 @pytest.mark.parametrize("sharding", [True, False])
 def test_iterable_dataset_in_dataloader(seaweed, dataset_prefix: str, workers: int, ctx, sharding: bool) -> None:  # type: ignore[no-untyped-def]
-    ds = S3IterableDataset.from_prefix(dataset_prefix, region=REGION, endpoint=seaweed.endpoint,
-                                       transform=read_item, s3client_config=_cfg(seaweed),
-                                       enable_sharding=sharding)
+    ds = S3IterableDataset.from_prefix(
+        dataset_prefix,
+        region=REGION,
+        endpoint=seaweed.endpoint,
+        transform=read_item,
+        s3client_config=_cfg(seaweed),
+        enable_sharding=sharding,
+    )
     loader = DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context=ctx)
     seen = _collect(loader)
     copies = 1 if sharding or workers == 0 else workers  # unsharded: every worker sees every object
@@ -64,8 +71,9 @@ def test_iterable_dataset_in_dataloader(seaweed, dataset_prefix: str, workers: i
 
 
 def test_map_dataset_with_distributed_sampler(seaweed, dataset_prefix: str) -> None:  # type: ignore[no-untyped-def]
-    ds = S3MapDataset.from_prefix(dataset_prefix, region=REGION, endpoint=seaweed.endpoint,
-                                  transform=read_item, s3client_config=_cfg(seaweed))
+    ds = S3MapDataset.from_prefix(
+        dataset_prefix, region=REGION, endpoint=seaweed.endpoint, transform=read_item, s3client_config=_cfg(seaweed)
+    )
     seen: collections.Counter = collections.Counter()
     for rank in range(2):
         sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3)
@@ -80,8 +88,14 @@ def test_iterable_sharding_across_ranks_and_workers(seaweed, dataset_prefix: str
         monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
         monkeypatch.setattr(torch.distributed, "get_rank", lambda r=rank: r)
         monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
-        ds = S3IterableDataset.from_prefix(dataset_prefix, region=REGION, endpoint=seaweed.endpoint,
-                                           transform=read_item, s3client_config=_cfg(seaweed), enable_sharding=True)
+        ds = S3IterableDataset.from_prefix(
+            dataset_prefix,
+            region=REGION,
+            endpoint=seaweed.endpoint,
+            transform=read_item,
+            s3client_config=_cfg(seaweed),
+            enable_sharding=True,
+        )
         seen += _collect(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork"))
     assert seen == collections.Counter(_expected().keys())
 
@@ -89,13 +103,15 @@ def test_iterable_sharding_across_ranks_and_workers(seaweed, dataset_prefix: str
 def test_from_objects_and_reader_constructors(seaweed, dataset_prefix: str) -> None:  # type: ignore[no-untyped-def]
     uris = [dataset_prefix + "003.bin", dataset_prefix + "007.bin"]
     for ctor in [None, S3ReaderConstructor.sequential(), S3ReaderConstructor.range_based(buffer_size=4)]:
-        ds = S3MapDataset.from_objects(uris, region=REGION, endpoint=seaweed.endpoint,
-                                       s3client_config=_cfg(seaweed), reader_constructor=ctor)
+        ds = S3MapDataset.from_objects(
+            uris, region=REGION, endpoint=seaweed.endpoint, s3client_config=_cfg(seaweed), reader_constructor=ctor
+        )
         item = ds[1]
         assert item.bucket == BUCKET and item.key == "ds/images/007.bin"
         assert item.read() == _expected()["ds/images/007.bin"]
-    it = S3IterableDataset.from_objects(uris[0], region=REGION, endpoint=seaweed.endpoint,
-                                        s3client_config=_cfg(seaweed))
+    it = S3IterableDataset.from_objects(
+        uris[0], region=REGION, endpoint=seaweed.endpoint, s3client_config=_cfg(seaweed)
+    )
     assert [r.key for r in it] == ["ds/images/003.bin"]
 
 
@@ -105,8 +121,13 @@ def _failing_transform(reader):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_transform_error_names_the_object(seaweed, dataset_prefix: str, workers: int) -> None:  # type: ignore[no-untyped-def]
-    ds = S3MapDataset.from_prefix(dataset_prefix, region=REGION, endpoint=seaweed.endpoint,
-                                  transform=_failing_transform, s3client_config=_cfg(seaweed))
+    ds = S3MapDataset.from_prefix(
+        dataset_prefix,
+        region=REGION,
+        endpoint=seaweed.endpoint,
+        transform=_failing_transform,
+        s3client_config=_cfg(seaweed),
+    )
     loader = DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context="fork" if workers else None)
     it = iter(loader)
     try:
@@ -128,14 +149,16 @@ def test_bad_dataset_uris(uri: str) -> None:
 
 
 def test_checkpoint_round_trip_of_a_module(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.LayerNorm(128),
-                                torch.nn.Linear(128, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.LayerNorm(128), torch.nn.Linear(128, 10)
+    )
     ckpt = S3Checkpoint(REGION, endpoint=seaweed.endpoint, s3client_config=_cfg(seaweed))
     uri = f"s3://{BUCKET}/{prefix}model.ckpt"
     with ckpt.writer(uri) as writer:
         torch.save(model.state_dict(), writer)
-    fresh = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.LayerNorm(128),
-                                torch.nn.Linear(128, 10))
+    fresh = torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.LayerNorm(128), torch.nn.Linear(128, 10)
+    )
     with ckpt.reader(uri) as reader:
         fresh.load_state_dict(torch.load(reader, weights_only=True))
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):

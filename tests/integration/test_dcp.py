@@ -1,10 +1,9 @@
 """torch.distributed.checkpoint on S3: round trips, interchange with torch's FileSystemWriter
 format and s3torchconnector, resharding across world sizes, async save, bad inputs."""
+
 from __future__ import annotations
 
 import os
-import pickle
-import socket
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 from s3torch import S3ReaderConstructor
-from s3torch._servers import REGION
+from s3torch._servers import REGION, free_port
 from s3torch.dcp import (
     BinaryPrefixStrategy,
     CheckpointCorruptError,
@@ -81,13 +80,15 @@ def assert_same(a: dict, b: dict) -> None:
 
 
 def writer(server, path: str, **kw) -> S3StorageWriter:  # type: ignore[no-untyped-def]
-    return S3StorageWriter(REGION, path, s3client_config=make_client(server).s3client_config,
-                           endpoint=server.endpoint, **kw)
+    return S3StorageWriter(
+        REGION, path, s3client_config=make_client(server).s3client_config, endpoint=server.endpoint, **kw
+    )
 
 
 def reader(server, path: str, **kw) -> S3StorageReader:  # type: ignore[no-untyped-def]
-    return S3StorageReader(REGION, path, s3client_config=make_client(server).s3client_config,
-                           endpoint=server.endpoint, **kw)
+    return S3StorageReader(
+        REGION, path, s3client_config=make_client(server).s3client_config, endpoint=server.endpoint, **kw
+    )
 
 
 @pytest.mark.parametrize("kind", list(READERS))
@@ -112,11 +113,14 @@ def test_layout_and_metadata_written_last_by_one_put(seaweed, prefix: str) -> No
     assert keys == [f"{prefix}c/.metadata", f"{prefix}c/__0_0.distcp"]  # no .metadata.tmp left behind
 
 
-@pytest.mark.parametrize("strategy, expected", [
-    (RoundRobinPrefixStrategy(["shard1", "shard2"], epoch_num=5), "shard1/epoch_5/__0_0.distcp"),
-    (BinaryPrefixStrategy(epoch_num=1, min_prefix_len=10), "0000000000/epoch_1/__0_0.distcp"),
-    (HexPrefixStrategy(min_prefix_length=4), "0000/__0_0.distcp"),
-])
+@pytest.mark.parametrize(
+    "strategy, expected",
+    [
+        (RoundRobinPrefixStrategy(["shard1", "shard2"], epoch_num=5), "shard1/epoch_5/__0_0.distcp"),
+        (BinaryPrefixStrategy(epoch_num=1, min_prefix_len=10), "0000000000/epoch_1/__0_0.distcp"),
+        (HexPrefixStrategy(min_prefix_length=4), "0000/__0_0.distcp"),
+    ],
+)
 def test_prefix_strategies(seaweed, prefix: str, strategy, expected: str) -> None:  # type: ignore[no-untyped-def]
     path = f"s3://{BUCKET}/{prefix}p"
     sd = {"w": torch.randn(100, 100)}
@@ -143,8 +147,9 @@ def test_torch_filesystemwriter_checkpoint_loads_from_s3(seaweed, prefix: str, t
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_s3torch_checkpoint_loads_with_torch_filesystemreader(seaweed, prefix: str, tmp_path: Path,
-                                                              threads: int) -> None:  # type: ignore[no-untyped-def]
+def test_s3torch_checkpoint_loads_with_torch_filesystemreader(
+    seaweed, prefix: str, tmp_path: Path, threads: int
+) -> None:  # type: ignore[no-untyped-def]
     from s3torch.dcp import _torch_save
 
     assert _torch_save.fast_path_enabled()  # s3torch writes the tensor records itself on this torch
@@ -204,12 +209,6 @@ def test_interchange_with_s3torchconnector(seaweed, prefix: str, monkeypatch) ->
 
 # --- resharding: world size 2 <-> 1 with gloo on loopback ---------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 FULL_SHAPE = (64, 48)
 
 
@@ -226,12 +225,16 @@ def _dist_worker(rank: int, world: int, port: int, mode: str, path: str, kw: dic
     try:
         mesh = init_device_mesh("cpu", (world,))
         if mode == "save":
-            sd = {"rows": distribute_tensor(_full(), mesh, [Shard(0)]),
-                  "cols": distribute_tensor(_full() * 2, mesh, [Shard(1)])}
+            sd = {
+                "rows": distribute_tensor(_full(), mesh, [Shard(0)]),
+                "cols": distribute_tensor(_full() * 2, mesh, [Shard(1)]),
+            }
             dcp.save(sd, storage_writer=S3StorageWriter(REGION, path, **kw))
         else:
-            sd = {"rows": distribute_tensor(torch.zeros(FULL_SHAPE), mesh, [Shard(0)]),
-                  "cols": distribute_tensor(torch.zeros(FULL_SHAPE), mesh, [Shard(1)])}
+            sd = {
+                "rows": distribute_tensor(torch.zeros(FULL_SHAPE), mesh, [Shard(0)]),
+                "cols": distribute_tensor(torch.zeros(FULL_SHAPE), mesh, [Shard(1)]),
+            }
             dcp.load(sd, storage_reader=S3StorageReader(REGION, path, **kw))
             assert torch.equal(sd["rows"].full_tensor(), _full())
             assert torch.equal(sd["cols"].full_tensor(), _full() * 2)
@@ -251,14 +254,14 @@ def _dist_worker(rank: int, world: int, port: int, mode: str, path: str, kw: dic
 def test_reshard_world_2_to_1_and_1_to_2(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
     kw = {"s3client_config": make_client(seaweed).s3client_config, "endpoint": seaweed.endpoint}
     path2 = f"s3://{BUCKET}/{prefix}ws2"
-    tmp.spawn(_dist_worker, args=(2, _free_port(), "save", path2, kw), nprocs=2, join=True)
+    tmp.spawn(_dist_worker, args=(2, free_port(), "save", path2, kw), nprocs=2, join=True)
     out = {"rows": torch.zeros(FULL_SHAPE), "cols": torch.zeros(FULL_SHAPE)}
     dcp.load(out, storage_reader=S3StorageReader(REGION, path2, **kw))
     assert torch.equal(out["rows"], _full()) and torch.equal(out["cols"], _full() * 2)
 
     path1 = f"s3://{BUCKET}/{prefix}ws1"
     dcp.save({"rows": _full(), "cols": _full() * 2}, storage_writer=S3StorageWriter(REGION, path1, **kw))
-    tmp.spawn(_dist_worker, args=(2, _free_port(), "load", path1, kw), nprocs=2, join=True)
+    tmp.spawn(_dist_worker, args=(2, free_port(), "load", path1, kw), nprocs=2, join=True)
 
 
 def test_async_save(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -274,6 +277,7 @@ def test_async_save(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-de
 
 
 # --- bad input ---------------------------------------------------------------------------
+
 
 def test_bad_paths() -> None:
     for bad in ["/local/dir", "http://bucket/x", "s3://"]:
@@ -373,8 +377,11 @@ def test_failed_overwrite_leaves_nothing_loadable(seaweed, prefix: str) -> None:
     dcp.save({f"t{i}": torch.zeros(1024, 1024) for i in range(5)}, storage_writer=writer(seaweed, path))
     _FailingPlanner.calls = 0
     with pytest.raises(CheckpointException, match="device lost"):
-        dcp.save({f"t{i}": torch.ones(1024, 1024) for i in range(5)}, storage_writer=writer(seaweed, path),
-                 planner=_FailingPlanner())
+        dcp.save(
+            {f"t{i}": torch.ones(1024, 1024) for i in range(5)},
+            storage_writer=writer(seaweed, path),
+            planner=_FailingPlanner(),
+        )
     # The old metadata was removed before any data was replaced: nothing at this path loads,
     # rather than a mix of old and new tensors.
     with pytest.raises(CheckpointException, match="no DCP checkpoint"):
@@ -382,8 +389,15 @@ def test_failed_overwrite_leaves_nothing_loadable(seaweed, prefix: str) -> None:
 
 
 def test_writer_accepts_filesystemwriter_options(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    w = writer(seaweed, f"s3://{BUCKET}/{prefix}opts", single_file_per_rank=False, sync_files=True,
-               per_thread_copy_ahead=0, cache_staged_state_dict=False, overwrite=True)
+    w = writer(
+        seaweed,
+        f"s3://{BUCKET}/{prefix}opts",
+        single_file_per_rank=False,
+        sync_files=True,
+        per_thread_copy_ahead=0,
+        cache_staged_state_dict=False,
+        overwrite=True,
+    )
     assert w.sync_files is False  # never fsync/os.sync for S3
     dcp.save({"a": torch.ones(2), "b": torch.zeros(3)}, storage_writer=w)
     keys = {o.key for p in make_client(seaweed).list_objects(BUCKET, prefix) for o in p.object_info}

@@ -1,10 +1,10 @@
 """Lightning Trainer.fit for one epoch saving to S3, then resuming from S3 (SeaweedFS)."""
+
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
-
-import lightning.pytorch as pl
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from s3torch._servers import REGION
@@ -36,8 +36,15 @@ def test_fit_save_and_resume_from_s3(seaweed, prefix: str, use_async: bool, tmp_
     plugin = AsyncCheckpointIO(io) if use_async else io
     uri = f"s3://{BUCKET}/{prefix}epoch1.ckpt"
     model = TinyModel()
-    trainer = pl.Trainer(max_epochs=1, plugins=[plugin], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        plugins=[plugin],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model)
     trainer.save_checkpoint(uri)
     trainer.strategy.checkpoint_io.teardown()  # AsyncCheckpointIO: waits for the upload
@@ -45,10 +52,19 @@ def test_fit_save_and_resume_from_s3(seaweed, prefix: str, use_async: bool, tmp_
     assert info.size > 0
 
     resumed = TinyModel()
-    trainer2 = pl.Trainer(max_epochs=2, plugins=[S3LightningCheckpoint(
-        REGION, endpoint=seaweed.endpoint, s3client_config=make_client(seaweed).s3client_config)],
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path)
+    trainer2 = pl.Trainer(
+        max_epochs=2,
+        plugins=[
+            S3LightningCheckpoint(
+                REGION, endpoint=seaweed.endpoint, s3client_config=make_client(seaweed).s3client_config
+            )
+        ],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer2.fit(resumed, ckpt_path=uri)
     assert trainer2.current_epoch == 2  # resumed after epoch 1 and ran one more
     loaded = io.load_checkpoint(uri)

@@ -1,4 +1,5 @@
 """Fork safety, pickling, credentials and unreachable endpoints."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -72,7 +73,6 @@ class _ObjectsDataset:
 
 
 def test_dataloader_fork_workers_each_use_their_own_client(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    import torch
     from torch.utils.data import DataLoader
 
     client = make_client(seaweed)
@@ -98,8 +98,9 @@ def test_wrong_credentials_are_permission_errors(seaweed) -> None:  # type: igno
 
 
 def test_unsigned_requests_are_refused_by_an_authenticated_server(seaweed) -> None:  # type: ignore[no-untyped-def]
-    anon = S3Client(REGION, endpoint=seaweed.endpoint,
-                    s3client_config=S3ClientConfig(unsigned=True, force_path_style=True))
+    anon = S3Client(
+        REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(unsigned=True, force_path_style=True)
+    )
     with pytest.raises(PermissionError):
         anon.head_object(BUCKET, "any")
 
@@ -108,8 +109,11 @@ def test_unreachable_endpoint_fails_fast() -> None:
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = S3Client(REGION, endpoint=f"http://127.0.0.1:{port}",
-                      s3client_config=S3ClientConfig(access_key_id="a", secret_access_key="b", max_attempts=2))
+    client = S3Client(
+        REGION,
+        endpoint=f"http://127.0.0.1:{port}",
+        s3client_config=S3ClientConfig(access_key_id="a", secret_access_key="b", max_attempts=2),
+    )
     t0 = time.monotonic()
     with pytest.raises(S3Exception) as ei:
         client.get_into(BUCKET, "k", bytearray(10))
@@ -228,7 +232,7 @@ def test_fork_while_transfers_are_in_flight(seaweed, prefix: str) -> None:  # ty
 
     # The parent's transfers were never disturbed by the children.
     assert head + b"".join(bytes(c) for c in stream) == big
-    writer.write(big[20 << 20:])
+    writer.write(big[20 << 20 :])
     writer.close()
     assert client.get_object(BUCKET, prefix + "up").read() == big
 

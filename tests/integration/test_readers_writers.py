@@ -1,4 +1,5 @@
 """Readers against io.BytesIO (property tests), writers, and their bad inputs, on both servers."""
+
 from __future__ import annotations
 
 import io
@@ -172,6 +173,7 @@ def test_dcp_reader_reports_truncated_object(client: S3Client, prefix: str) -> N
 @pytest.mark.parametrize("size", [0, 5, 8 * 1024 * 1024 + 3])
 def test_writer_round_trip(client: S3Client, prefix: str, size: int) -> None:
     import torch
+
     t = torch.arange(size // 4 + 1, dtype=torch.int32)
     raw = t.numpy().tobytes()[:size]
     key = prefix + f"w{size}"
@@ -239,8 +241,12 @@ def test_writer_memory_is_bounded_by_the_upload_window(seaweed, prefix: str, mod
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _BOUNDED_WRITER, seaweed.endpoint, BUCKET, prefix + "bounded", mode],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _BOUNDED_WRITER, seaweed.endpoint, BUCKET, prefix + "bounded", mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     grew = int(out.stdout.strip().splitlines()[-1])
     assert grew < 90 * 2**20, f"peak RSS grew by {grew / 2**20:.0f} MiB while writing 768 MiB"

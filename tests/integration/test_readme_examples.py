@@ -6,6 +6,7 @@ environment, as they would for a real user (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
 Differences, each forced by this machine and not by the API: torchvision cannot be installed
 beside the CPU torch here, so `torchvision.models.resnet18()` is a small torch.nn model.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -33,8 +34,9 @@ def aws_env(readme_objects, monkeypatch):  # type: ignore[no-untyped-def]
 
 
 def small_model() -> torch.nn.Module:  # stands in for torchvision.models.resnet18()
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
-                               torch.nn.Linear(8 * 30 * 30, 10))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(8 * 30 * 30, 10)
+    )
 
 
 def test_sample_examples_datasets(aws_env) -> None:  # type: ignore[no-untyped-def]
@@ -129,22 +131,14 @@ def test_reader_configurations(aws_env) -> None:  # type: ignore[no-untyped-def]
     reader_constructor = S3ReaderConstructor.range_based(
         buffer_size=0  # No buffer, for direct transfer
     )
-    s3reader = s3_client.get_object(
-        bucket=BUCKET_NAME,
-        key=OBJECT_NAME,
-        reader_constructor=reader_constructor
-    )
+    s3reader = s3_client.get_object(bucket=BUCKET_NAME, key=OBJECT_NAME, reader_constructor=reader_constructor)
 
     buffer = bytearray(10 * 1024 * 1024)  # 10MB buffer
-    s3reader.seek(100 * 1024 * 1024)   # Skip to 100MB offset
+    s3reader.seek(100 * 1024 * 1024)  # Skip to 100MB offset
     bytes_read = s3reader.readinto(buffer)  # Direct read into buffer
     assert bytes_read == 10 * 1024 * 1024 and buffer == b"x" * bytes_read
 
-    dataset = S3MapDataset.from_prefix(
-        DATASET_URI,
-        region=REGION,
-        reader_constructor=S3ReaderConstructor.sequential()
-    )
+    dataset = S3MapDataset.from_prefix(DATASET_URI, region=REGION, reader_constructor=S3ReaderConstructor.sequential())
 
     contents = []
     for item in dataset:

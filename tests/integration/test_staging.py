@@ -2,6 +2,7 @@
 directly (non-contiguous CPU views here; CUDA tensors in tests/gpu/) stream through a fixed
 ring of slots. Also run with every tensor forced through the ring, so the path CUDA loads
 take is exercised on every CI run without a GPU."""
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,20 @@ def test_forced_staging_round_trip(seaweed, prefix: str, slot: int) -> None:  # 
 
 def test_non_contiguous_destinations_stream_through_the_ring(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
     g = torch.Generator().manual_seed(3)
-    sd = {"w": torch.randn(300, 200, generator=g), "saved_t": torch.randn(300, 150, generator=g).t(),
-          "cube": torch.randn(6, 60, 80, generator=g), "i": torch.arange(14000).reshape(140, 100)}
+    sd = {
+        "w": torch.randn(300, 200, generator=g),
+        "saved_t": torch.randn(300, 150, generator=g).t(),
+        "cube": torch.randn(6, 60, 80, generator=g),
+        "i": torch.arange(14000).reshape(140, 100),
+    }
     path = f"s3://{BUCKET}/{prefix}nc"
     dcp.save(sd, storage_writer=writer(seaweed, path))
-    out = {"w": torch.zeros(200, 300).t(),  # transposed destination
-           "saved_t": torch.zeros(150, 300),  # contiguous destination of a stored transpose
-           "cube": torch.zeros(6, 80, 60).transpose(1, 2),
-           "i": torch.zeros(140, 200, dtype=torch.int64)[:, ::2]}  # strided view
+    out = {
+        "w": torch.zeros(200, 300).t(),  # transposed destination
+        "saved_t": torch.zeros(150, 300),  # contiguous destination of a stored transpose
+        "cube": torch.zeros(6, 80, 60).transpose(1, 2),
+        "i": torch.zeros(140, 200, dtype=torch.int64)[:, ::2],
+    }  # strided view
     r = reader(seaweed, path, staging_bytes=64 * 1024, staging_slot_bytes=16 * 1024)
     dcp.load(out, storage_reader=r)
     for k in sd:
@@ -116,10 +123,24 @@ def test_staged_1gib_load_stays_within_the_ring(seaweed, prefix: str) -> None:  
     dcp.save(sd, storage_writer=writer(seaweed, path, thread_count=2))
     del sd
     ring = 256 * MiB
-    arg = json.dumps({"shapes": shapes, "path": path, "endpoint": seaweed.endpoint, "region": REGION,
-                      "ak": ACCESS_KEY, "sk": SECRET_KEY, "ring": ring})
-    res = subprocess.run([sys.executable, "-c", _RSS_CHILD, arg], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"})
+    arg = json.dumps(
+        {
+            "shapes": shapes,
+            "path": path,
+            "endpoint": seaweed.endpoint,
+            "region": REGION,
+            "ak": ACCESS_KEY,
+            "sk": SECRET_KEY,
+            "ring": ring,
+        }
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, arg],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["ok"] and got["stats"]["staged"] == 8, got

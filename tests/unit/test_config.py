@@ -1,10 +1,12 @@
 """Configuration is validated before any request, with messages that say what to do."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
-from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError
-from s3torch import _crt
+from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError, _crt
 
 
 @pytest.mark.parametrize(
@@ -46,7 +48,7 @@ def test_part_size_out_of_range(part_size: int) -> None:
         S3ClientConfig(part_size=part_size)
     # The native layer refuses too, for callers that bypass the dataclass.
     with pytest.raises(S3InvalidArgumentError, match="part_size"):
-        _crt.NativeClient("us-east-1", endpoint="http://127.0.0.1:1", part_size=part_size)
+        _crt.NativeClient(_crt.ClientConfig(endpoint="http://127.0.0.1:1", part_size=part_size))
 
 
 @pytest.mark.parametrize("attempts", [0, 65])
@@ -54,12 +56,22 @@ def test_max_attempts_out_of_range(attempts: int) -> None:
     with pytest.raises(ValueError, match="max_attempts"):
         S3ClientConfig(max_attempts=attempts)
     with pytest.raises(S3InvalidArgumentError, match="max_attempts"):
-        _crt.NativeClient("us-east-1", endpoint="http://127.0.0.1:1", max_attempts=attempts)
+        _crt.NativeClient(_crt.ClientConfig(endpoint="http://127.0.0.1:1", max_attempts=attempts))
 
 
 def test_config_type_errors() -> None:
     with pytest.raises(TypeError):
         S3ClientConfig(part_size=8.5 * 1024 * 1024)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_attempts"):
+        S3ClientConfig(max_attempts=True)
+    with pytest.raises(TypeError, match="profile"):
+        S3ClientConfig(profile=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stream_read_ahead_bytes"):
+        S3ClientConfig(stream_read_ahead_bytes=-1)
+    with pytest.raises(ValueError, match="connect_timeout_ms"):
+        S3ClientConfig(connect_timeout_ms=1 << 40)
+    with pytest.raises(ValueError, match="unsigned"):
+        S3ClientConfig(unsigned=True, access_key_id="a", secret_access_key="b")
     with pytest.raises(ValueError, match="throughput"):
         S3ClientConfig(throughput_target_gbps=0)
     with pytest.raises(ValueError, match="both"):
@@ -76,27 +88,43 @@ def test_defaults_match_s3torchconnector() -> None:
     assert c.max_attempts == 10 and c.profile is None
 
 
+def test_one_field_list() -> None:
+    """S3ClientConfig spells every native field but those S3Client fills in, and the native
+    class holds the same defaults (None in Python is "" natively)."""
+    native = _crt.ClientConfig()
+    ours = {f.name for f in dataclasses.fields(S3ClientConfig)}
+    assert set(_crt.ClientConfig.fields()) == ours | {"region", "endpoint", "credentials"}
+    for f in dataclasses.fields(S3ClientConfig):
+        assert getattr(native, f.name) == ("" if f.default is None else f.default), f.name
+    # Values out of range are refused by the native class alone, with the same message.
+    with pytest.raises(S3InvalidArgumentError, match="max_attempts must be between 1 and 64, got 65"):
+        _crt.ClientConfig(max_attempts=65).validate()
+    with pytest.raises(S3InvalidArgumentError, match="max_attempts must be between 1 and 64, got 65"):
+        S3ClientConfig(max_attempts=65)
+
+
 def test_unknown_credentials_kind() -> None:
     with pytest.raises(S3InvalidArgumentError, match="credentials"):
-        _crt.NativeClient("us-east-1", endpoint="http://127.0.0.1:1", credentials="magic")
+        _crt.NativeClient(_crt.ClientConfig(endpoint="http://127.0.0.1:1", credentials="magic"))
 
 
 def test_missing_profile_is_reported(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    client = S3Client("us-east-1", endpoint="http://127.0.0.1:1",
-                      s3client_config=S3ClientConfig(profile="does-not-exist"))
+    client = S3Client(
+        "us-east-1", endpoint="http://127.0.0.1:1", s3client_config=S3ClientConfig(profile="does-not-exist")
+    )
     with pytest.raises(S3InvalidArgumentError, match="does-not-exist"):
         client.head_object("b", "k")
 
 
 def test_endpoint_from_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4567")
-    native = _crt.NativeClient("us-east-1")
+    native = _crt.NativeClient(_crt.ClientConfig())
     assert native.endpoint == "http://127.0.0.1:4567"
     monkeypatch.setenv("AWS_ENDPOINT_URL", "not a url")
     with pytest.raises(S3InvalidArgumentError, match="not a url"):
-        _crt.NativeClient("us-east-1")
+        _crt.NativeClient(_crt.ClientConfig())
 
 
 def test_exception_hierarchy() -> None:

@@ -1,4 +1,5 @@
 """s3torch._crt.crc32 (PCLMULQDQ folding where the CPU has it) equals zlib.crc32."""
+
 from __future__ import annotations
 
 import os

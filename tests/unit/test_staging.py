@@ -1,6 +1,7 @@
 """The staging ring without a server: RingLoad over an in-memory fake of the native client, so
 every slot size, shape, dtype and failure point can be driven exactly. The same ring under
 real DCP loads is in tests/integration/test_staging.py; on CUDA in tests/gpu/."""
+
 from __future__ import annotations
 
 import zlib
@@ -24,8 +25,19 @@ from s3torch.dcp._staging import (
     release_staging_memory,
 )
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-          torch.int8, torch.uint8, torch.bool, torch.complex64]
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+]
 
 
 class _Handle:
@@ -84,8 +96,9 @@ def _raw(t: torch.Tensor) -> bytes:
 
 def _staged(key: str, src: torch.Tensor, dst: torch.Tensor, done: List[str], start: int = 0) -> StagedTensor:
     raw = _raw(src)
-    return StagedTensor(key, start, len(raw), dst, zlib.crc32(raw), f"s3://b/{key} item {key}",
-                        lambda: done.append(key))
+    return StagedTensor(
+        key, start, len(raw), dst, zlib.crc32(raw), f"s3://b/{key} item {key}", lambda: done.append(key)
+    )
 
 
 def _random(shape: List[int], dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -121,8 +134,11 @@ def test_ring_lands_every_byte(shape: List[int], dtype: torch.dtype, slot: int, 
     strided destinations, byte-exact."""
     src = _random(shape, dtype, seed=len(shape) * 31 + slot)
     if layout == "transposed" and src.dim() >= 2:
-        dst = torch.zeros(list(reversed(shape)), dtype=dtype).t() if src.dim() == 2 else \
-            torch.zeros(shape[::-1], dtype=dtype).permute(*reversed(range(src.dim())))
+        dst = (
+            torch.zeros(list(reversed(shape)), dtype=dtype).t()
+            if src.dim() == 2
+            else torch.zeros(shape[::-1], dtype=dtype).permute(*reversed(range(src.dim())))
+        )
     elif layout == "strided" and src.dim() >= 1:
         dst = torch.zeros(shape[:-1] + [shape[-1] * 2], dtype=dtype)[..., ::2]
     else:
@@ -176,8 +192,7 @@ def test_error_mid_load_returns_every_slot(where: str) -> None:
     native.fail_at, native.fail_on_start = 13, where == "start"
     ring = StagingRing(nslots * slot, slot, pinned=False)
     with pytest.raises(CheckpointCorruptError, match=r"s3://b/t1 item t1: cannot read its bytes: injected"):
-        RingLoad(native, "b", ring, POOL).run(
-            [_staged(k, v, torch.zeros_like(v), []) for k, v in srcs.items()])
+        RingLoad(native, "b", ring, POOL).run([_staged(k, v, torch.zeros_like(v), []) for k, v in srcs.items()])
     assert len(ring.free) == nslots  # every slot back
     # Nothing still writes into a slot: every GET was waited for (the ones in flight cancelled).
     assert all(h.waited for h in native.handles)
@@ -193,6 +208,7 @@ def test_access_errors_pass_through_unchanged() -> None:
         h = orig(*a)
         h.error = _crt.S3PermissionError("access denied")
         return h
+
     native.start_get_into = denied  # type: ignore[method-assign]
     ring = StagingRing(128, 64, pinned=False)
     with pytest.raises(_crt.S3PermissionError, match="access denied"):
@@ -233,14 +249,18 @@ def test_a_failing_copy_is_a_staging_error() -> None:
 
     def boom(*a: Any, **k: Any) -> None:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
     import s3torch.dcp._staging as staging
 
     orig = staging.land
     staging.land = boom  # type: ignore[assignment]
     try:
         ring = StagingRing(128, 64, pinned=False)
-        with pytest.raises(StagingError, match=r"s3://b/k item k: copying its bytes into the destination on cpu "
-                                               r"failed: RuntimeError: CUDA error"):
+        with pytest.raises(
+            StagingError,
+            match=r"s3://b/k item k: copying its bytes into the destination on cpu "
+            r"failed: RuntimeError: CUDA error",
+        ):
             RingLoad(FakeNative({"k": _raw(src)}), "b", ring, POOL).run([t])
         assert len(ring.free) == ring.nslots
     finally:

@@ -1,5 +1,6 @@
 """The hand-written _crt.pyi must match the compiled module: same public names, same
 members per class, same parameter names (and defaults) per function."""
+
 from __future__ import annotations
 
 import ast
@@ -24,6 +25,8 @@ def _public(names) -> set:  # type: ignore[no-untyped-def]
 
 def _stub_params(fn: ast.FunctionDef) -> list:
     args = [a.arg for a in fn.args.args]
+    if fn.args.kwarg is not None:
+        args.append("**" + fn.args.kwarg.arg)
     return [a for a in args if a != "self"]
 
 
@@ -73,8 +76,13 @@ def test_class_members_and_signatures_match() -> None:
             assert [b.id for b in node.bases if isinstance(b, ast.Name)] == [b.__name__ for b in cls.__bases__]
             continue
         stub_members = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+        # Annotated names stand for read/write properties (ClientConfig's fields).
+        attributes = {n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
         runtime_members = {n for n in vars(cls) if not n.startswith("_")}
-        assert _public(stub_members) == runtime_members, node.name
+        assert _public(stub_members | attributes) == runtime_members, node.name
+        for name in attributes:
+            member = inspect.getattr_static(cls, name)
+            assert isinstance(member, property) and member.fset is not None, f"{node.name}.{name}"
         for fn in node.body:
             if isinstance(fn, ast.FunctionDef) and not fn.name.startswith("__"):
                 member = inspect.getattr_static(cls, fn.name)

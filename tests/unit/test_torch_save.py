@@ -1,4 +1,5 @@
 """s3torch's own torch.save records (used by the DCP writer) are torch.save's bytes."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,18 @@ from hypothesis import strategies as st
 
 from s3torch.dcp import _torch_save
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
-          torch.uint8, torch.bool, torch.complex64]
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+]
 
 
 class _Sink:

@@ -1,5 +1,7 @@
 """torch.distributed.checkpoint on S3: storage writer and reader, file system, prefix strategies."""
+
 from ._errors import CheckpointCorruptError, StagingError
+from ._staging import release_staging_memory
 from .s3_file_system import S3FileSystem
 from .s3_prefix_strategy import (
     BinaryPrefixStrategy,
@@ -9,7 +11,6 @@ from .s3_prefix_strategy import (
     RoundRobinPrefixStrategy,
     S3PrefixStrategyBase,
 )
-from ._staging import release_staging_memory
 from .s3_storage_reader import S3StorageReader
 from .s3_storage_writer import S3StorageWriter
 

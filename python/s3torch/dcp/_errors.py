@@ -1,4 +1,5 @@
 """Errors of a DCP load, each naming the object and the item it hit."""
+
 from __future__ import annotations
 
 from .. import _crt
@@ -17,5 +18,9 @@ def read_error(where: str, e: "_crt.S3Exception") -> "_crt.S3Exception":
     anything else named after the item it hit."""
     if isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError)):
         return e
-    hint = " (the file is shorter than the checkpoint metadata says: truncated?)" if getattr(e, "http_status", None) == 416 else ""
+    hint = (
+        " (the file is shorter than the checkpoint metadata says: truncated?)"
+        if getattr(e, "http_status", None) == 416
+        else ""
+    )
     return CheckpointCorruptError(f"{where}: cannot read its bytes: {e}{hint}")

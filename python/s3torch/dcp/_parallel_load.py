@@ -13,6 +13,7 @@
 
 Byte items go through ``planner.load_bytes``. Every failure names the object and the item.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,6 +49,7 @@ def crc32_on(pool: ThreadPoolExecutor, data: torch.Tensor) -> Callable[[], int]:
         for f, length in parts:
             crc = crc32_combine(crc, f.result(), length)
         return crc
+
     return result
 
 
@@ -88,8 +90,15 @@ def _storage_order(L: TensorLayout) -> Optional[List[int]]:
 
 
 class ParallelLoader:
-    def __init__(self, native: "_crt.NativeClient", bucket: str, verify: bool, ring_bytes: int = DEFAULT_RING_BYTES,
-                 slot_bytes: int = DEFAULT_SLOT_BYTES, force_staging: bool = False) -> None:
+    def __init__(
+        self,
+        native: "_crt.NativeClient",
+        bucket: str,
+        verify: bool,
+        ring_bytes: int = DEFAULT_RING_BYTES,
+        slot_bytes: int = DEFAULT_SLOT_BYTES,
+        force_staging: bool = False,
+    ) -> None:
         self.native, self.bucket, self.verify = native, bucket, verify
         self.ring_bytes, self.slot_bytes = ring_bytes, slot_bytes
         self.force_staging = force_staging  # tests: every tensor through the ring, CPU ones too
@@ -137,8 +146,10 @@ class ParallelLoader:
             got = self._get_many(reqs[i : i + BATCH], [o[0] for o in owners[i : i + BATCH]])
             for (it, part), (_, _, want, buf), n in zip(owners[i : i + BATCH], reqs[i : i + BATCH], got):
                 if n != want:
-                    raise self._err(it, f"the file ends early: {n} of {want} bytes at offset "
-                                        f"{it.offset} (truncated checkpoint file?)")
+                    raise self._err(
+                        it,
+                        f"the file ends early: {n} of {want} bytes at offset {it.offset} (truncated checkpoint file?)",
+                    )
                 mv = memoryview(buf)
                 if part == "whole":
                     it.head = it.tail = mv
@@ -158,8 +169,11 @@ class ParallelLoader:
             return  # torch.load fallback
         want = tuple(int(x) for x in req.lengths)
         if tuple(it.target.shape) != want:
-            raise self._err(it, f"destination shape {tuple(it.target.shape)} does not match the read "
-                                f"{want}: the state dict does not match the checkpoint")
+            raise self._err(
+                it,
+                f"destination shape {tuple(it.target.shape)} does not match the read "
+                f"{want}: the state dict does not match the checkpoint",
+            )
         size, offs = L.size, tuple(int(x) for x in req.storage_offsets)
         if len(offs) != len(size) or any(o + n > s for o, n, s in zip(offs, want, size)):
             raise self._err(it, f"read of {want} at {offs} is outside the stored tensor {size}")
@@ -209,8 +223,7 @@ class ParallelLoader:
                     self._check_crc(it, it.head[it.layout.data_offset : it.layout.data_offset + it.layout.data_len])
                 if b > a:
                     land(it.dst, torch.frombuffer(it.head[a:b], dtype=torch.uint8))
-                self.stats["small"] += 1
-                planner.commit_tensor(it.req, it.target)
+                self._commit(it, planner, "small")
             else:
                 (direct if it.direct else staged).append(it)
         # CRC32s run on worker threads (crc32 releases the GIL) while the transfers go on.
@@ -262,8 +275,7 @@ class ParallelLoader:
                 for it, crc in checks:
                     if crc is not None:
                         self._check_crc_value(it, crc())
-                    self.stats["direct"] += 1
-                    planner.commit_tensor(it.req, it.target)
+                    self._commit(it, planner, "direct")
             finally:
                 # On failure, stop what is still running. (Each handle holds its destination
                 # until the CRT is done with it, so no memory is released under a transfer.)
@@ -278,10 +290,19 @@ class ParallelLoader:
         work: List[StagedTensor] = []
         for it in items:
             assert it.layout is not None and it.dst is not None
-            done = functools.partial(self._staged_done, it, planner)
+            done = functools.partial(self._commit, it, planner, "staged")
             crc = it.layout.crc32 if it.full else None
-            work.append(StagedTensor(it.key, it.offset + it.layout.data_offset + it.sub[0], it.sub[1] - it.sub[0],
-                                     it.dst, crc, self._where(it), done))
+            work.append(
+                StagedTensor(
+                    it.key,
+                    it.offset + it.layout.data_offset + it.sub[0],
+                    it.sub[1] - it.sub[0],
+                    it.dst,
+                    crc,
+                    self._where(it),
+                    done,
+                )
+            )
         pinned = any(it.dst is not None and it.dst.device.type == "cuda" for it in items)
         with borrow_ring(self.ring_bytes, self.slot_bytes, pinned) as ring:
             uses = ring.uses
@@ -292,8 +313,10 @@ class ParallelLoader:
                 self.bytes_read += run.bytes_read
                 self.ring_slot_uses += ring.uses - uses
 
-    def _staged_done(self, it: _Item, planner: LoadPlanner) -> None:
-        self.stats["staged"] += 1
+    def _commit(self, it: _Item, planner: LoadPlanner, how: str) -> None:
+        """The item's tensor is in place (``how`` it got there, for the stats)."""
+        assert it.target is not None
+        self.stats[how] += 1
         planner.commit_tensor(it.req, it.target)
 
     def _check_crc(self, it: _Item, data: Any) -> None:
@@ -303,8 +326,11 @@ class ParallelLoader:
     def _check_crc_value(self, it: _Item, got: int) -> None:
         assert it.layout is not None
         if got != it.layout.crc32:
-            raise self._err(it, f"tensor bytes fail their CRC32 check (stored {it.layout.crc32:#010x}, "
-                                f"read {got:#010x}): the checkpoint file is corrupt")
+            raise self._err(
+                it,
+                f"tensor bytes fail their CRC32 check (stored {it.layout.crc32:#010x}, "
+                f"read {got:#010x}): the checkpoint file is corrupt",
+            )
 
     def _fallback(self, it: _Item, planner: LoadPlanner) -> None:
         from torch.distributed._shard._utils import narrow_tensor_by_index
@@ -323,8 +349,11 @@ class ParallelLoader:
         tensor = narrow_tensor_by_index(tensor, it.req.storage_offsets, it.req.lengths)
         target = it.target if it.target is not None else planner.resolve_tensor(it.req).detach()
         if target.size() != tensor.size():
-            raise self._err(it, f"stored {tuple(tensor.size())} does not match the destination "
-                                f"{tuple(target.size())}: the state dict does not match the checkpoint")
+            raise self._err(
+                it,
+                f"stored {tuple(tensor.size())} does not match the destination "
+                f"{tuple(target.size())}: the state dict does not match the checkpoint",
+            )
         target.copy_(tensor)
         self.stats["fallback"] += 1
         planner.commit_tensor(it.req, target)

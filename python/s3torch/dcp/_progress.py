@@ -1,4 +1,5 @@
 """One log line per DCP save/load: bytes, seconds, GB/s (off by default in library use)."""
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,10 @@ class Progress:
         if not self.enabled or self.t0 is None:
             return
         secs = max(time.perf_counter() - self.t0, 1e-9)
-        msg = (f"s3torch: {self.what} {self.target}: {self.bytes / 1e6:.1f} MB in {secs:.2f}s, "
-               f"{self.bytes / 1e9 / secs:.2f} GB/s")
+        msg = (
+            f"s3torch: {self.what} {self.target}: {self.bytes / 1e6:.1f} MB in {secs:.2f}s, "
+            f"{self.bytes / 1e9 / secs:.2f} GB/s"
+        )
         log.info(msg)
         if not log.isEnabledFor(logging.INFO):
             print(msg, flush=True)

@@ -9,6 +9,7 @@ range to GET straight into the destination tensor.
 Anything unusual (compression, several storages, an unknown dtype or rebuild function) makes
 ``locate`` return None, and the caller falls back to ``torch.load``.
 """
+
 from __future__ import annotations
 
 import io

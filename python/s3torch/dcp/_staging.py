@@ -1,12 +1,13 @@
 """The staging ring: bounded host memory through which tensor bytes reach destinations that
 cannot take a GET directly (CUDA tensors, non-contiguous views, permuted stored layouts).
 
-A ring is one block of host memory (page-locked when it feeds CUDA devices) cut into equal
-slots. ``RingLoad`` moves each staged tensor as a series of slot-sized ranged GETs into free
-slots; as a slot lands, its CRC32 is computed (on worker threads, combined per tensor in
-byte order) and its bytes are copied to the matching block of the destination (for CUDA: one asynchronous host-to-device copy on a side
-stream of the destination's device, followed by a CUDA event that returns the slot to the
-ring once the copy has read it). GETs for later slots are in flight while earlier slots
+A ring is a fixed amount of host memory (page-locked when it feeds CUDA devices) cut into
+equal slots. ``RingLoad`` moves each staged tensor as a series of slot-sized ranged GETs
+into free slots; as a slot lands, its CRC32 is computed (on worker threads, combined per
+tensor in byte order) and its bytes are copied to the matching block of the destination
+(for CUDA: one asynchronous host-to-device copy on a side stream of the destination's
+device, followed by a CUDA event that returns the slot to the ring once the copy has read
+it). GETs for later slots are in flight while earlier slots
 copy, so memory stays at the ring's size whatever the checkpoint's.
 
 Who owns what: a ring belongs to one load at a time (``borrow_ring``); between loads it waits
@@ -19,6 +20,7 @@ the device's current stream (so work already queued on the destinations finishes
 Before a tensor is committed, and when the load ends, the current stream waits for the side
 stream: the destinations are safe to use on the current stream without a synchronize.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +51,10 @@ def check_ring_size(ring_bytes: int, slot_bytes: int) -> None:
     if slot_bytes < SLOT_ALIGN or slot_bytes % SLOT_ALIGN:
         raise ValueError(f"staging_slot_bytes must be a positive multiple of {SLOT_ALIGN}, got {slot_bytes}")
     if ring_bytes < slot_bytes:
-        raise ValueError(f"staging_bytes ({ring_bytes}) is too small for one slot of staging_slot_bytes "
-                         f"({slot_bytes}): make the ring at least one slot")
+        raise ValueError(
+            f"staging_bytes ({ring_bytes}) is too small for one slot of staging_slot_bytes "
+            f"({slot_bytes}): make the ring at least one slot"
+        )
 
 
 class StagingRing:
@@ -215,8 +219,9 @@ class RingLoad:
     (crc32 releases the GIL); a tensor's slot CRCs are combined in byte order when its last
     slot lands. No pool: no verification."""
 
-    def __init__(self, native: "_crt.NativeClient", bucket: str, ring: StagingRing,
-                 crc_pool: Optional[ThreadPoolExecutor]) -> None:
+    def __init__(
+        self, native: "_crt.NativeClient", bucket: str, ring: StagingRing, crc_pool: Optional[ThreadPoolExecutor]
+    ) -> None:
         self.native, self.bucket, self.ring, self._crc_pool = native, bucket, ring, crc_pool
         self.bytes_read = 0
         self._fetching: Deque[_Fill] = deque()  # GETs in flight, oldest first
@@ -299,8 +304,9 @@ class RingLoad:
             except _crt.S3Exception as e:
                 raise read_error(t.where, e) from e
             if got != f.n:
-                raise CheckpointCorruptError(f"{t.where}: expected {t.nbytes} tensor bytes, the file has "
-                                             f"{t.landed + got} (truncated?)")
+                raise CheckpointCorruptError(
+                    f"{t.where}: expected {t.nbytes} tensor bytes, the file has {t.landed + got} (truncated?)"
+                )
             self.bytes_read += got
             src = self.ring.slot(f.slot, f.n)
             if self._crc_pool is not None and t.crc32 is not None:
@@ -319,8 +325,10 @@ class RingLoad:
                     crc = crc32_combine(crc, part.result(), n)
                 t.parts.clear()
                 if crc != t.crc32:
-                    raise CheckpointCorruptError(f"{t.where}: tensor bytes fail their CRC32 check (stored "
-                                                 f"{t.crc32:#010x}, read {crc:#010x}): the checkpoint file is corrupt")
+                    raise CheckpointCorruptError(
+                        f"{t.where}: tensor bytes fail their CRC32 check (stored "
+                        f"{t.crc32:#010x}, read {crc:#010x}): the checkpoint file is corrupt"
+                    )
             if busy.event is not None:
                 torch.cuda.current_stream(f.dst.device).wait_event(busy.event)
             t.on_done()
@@ -340,8 +348,9 @@ class RingLoad:
             ev.record(s)
             return ev
         except RuntimeError as e:  # torch.OutOfMemoryError and CUDA errors among them
-            raise StagingError(f"{t.where}: copying its bytes into the destination on {dst.device} failed: "
-                               f"{type(e).__name__}: {e}") from e
+            raise StagingError(
+                f"{t.where}: copying its bytes into the destination on {dst.device} failed: {type(e).__name__}: {e}"
+            ) from e
 
     def _abandon(self) -> None:
         """After an error: stop every GET, wait until nothing reads or writes a slot, return
@@ -362,4 +371,3 @@ class RingLoad:
             except Exception:
                 pass
             self.ring.free.append(b.slot)
-

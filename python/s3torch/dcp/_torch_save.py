@@ -12,6 +12,7 @@ small tensors. If anything differs (a torch version that lays archives out diffe
 or a case falls outside what is reproduced here (records of 4 GiB or more, which need
 zip64 fields; ``torch.serialization.skip_data``), ``torch.save`` itself is used.
 """
+
 from __future__ import annotations
 
 import io
@@ -116,9 +117,26 @@ class _Archive:
         self.add(".data/serialization_id", sid, len(sid))
         cd_start = self.position
         for full, crc, size, offset in self._entries:
-            self._pending += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 0, 0, 0x0808 if size else 0x0800, 0, 0, 0,
-                                         crc, size, size,
-                                         len(full), 0, 0, 0, 0, 0, offset)
+            self._pending += struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                0,
+                0,
+                0x0808 if size else 0x0800,
+                0,
+                0,
+                0,
+                crc,
+                size,
+                size,
+                len(full),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
             self._pending += full
         cd_size = self.position - cd_start
         n = len(self._entries)
@@ -195,11 +213,16 @@ def _check() -> bool:
             ref = _reference(torch.zeros(1))
             with zipfile.ZipFile(io.BytesIO(ref)) as z:
                 prefix = z.read(_ARCHIVE + ".data/serialization_id")[:20]
-            samples = [torch.arange(1000, dtype=torch.float32), torch.zeros(0), torch.tensor(True),
-                       torch.arange(12, dtype=torch.int64).reshape(3, 4).t(), torch.ones(5, dtype=torch.bfloat16)[1:4]]
+            samples = [
+                torch.arange(1000, dtype=torch.float32),
+                torch.zeros(0),
+                torch.tensor(True),
+                torch.arange(12, dtype=torch.int64).reshape(3, 4).t(),
+                torch.ones(5, dtype=torch.bfloat16)[1:4],
+            ]
             for t in samples:
                 out = io.BytesIO()
-                _write_archive(_records(t), lambda b: out.write(_as_bytes(b)), prefix)
+                _write_archive(_records(t), lambda b, out=out: out.write(_as_bytes(b)), prefix)
                 if out.getvalue() != _reference(t):
                     raise _Unsupported(f"archive of {tuple(t.shape)} {t.dtype} differs from torch.save's")
             _State.sid_prefix = prefix
@@ -216,8 +239,12 @@ def save_tensor(tensor: torch.Tensor, stream: Any) -> None:
     from torch.utils.serialization import config
 
     records = None
-    if (_check() and not getattr(_serialization_tls, "skip_data", False) and config.save.compute_crc32
-            and tensor.device.type == "cpu"):
+    if (
+        _check()
+        and not getattr(_serialization_tls, "skip_data", False)
+        and config.save.compute_crc32
+        and tensor.device.type == "cpu"
+    ):
         try:
             records = _records(tensor)  # also refuses records of 4 GiB or more
         except _Unsupported:

@@ -1,4 +1,5 @@
 """S3FileSystem: torch.distributed.checkpoint's FileSystemBase over S3."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemBase
 from .._client import S3Client
 from .._config import S3ClientConfig
 from .._crt import S3NotFoundError
-from .._uri import parse_s3_uri
+from .._uri import parse_s3_uri, s3_path
 from ..s3reader import S3Reader
 from ..s3reader.constructor import ReaderConstructor
 from ..s3writer import S3Writer
@@ -18,17 +19,15 @@ from ..s3writer import S3Writer
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _s(path: PathLike) -> str:
-    s = os.fspath(path)
-    if s.startswith("s3:/") and not s.startswith("s3://"):  # pathlib collapsed the "//"
-        s = "s3://" + s[4:]
-    return s
-
-
 class S3FileSystem(FileSystemBase):
-    def __init__(self, region: str, s3_client: Optional[S3Client] = None,
-                 s3client_config: Optional[S3ClientConfig] = None,
-                 reader_constructor: Optional[ReaderConstructor] = None, endpoint: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        region: str,
+        s3_client: Optional[S3Client] = None,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+        endpoint: Optional[str] = None,
+    ) -> None:
         self.region = region
         self._client = s3_client or S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
         self._reader_constructor = reader_constructor
@@ -39,7 +38,7 @@ class S3FileSystem(FileSystemBase):
 
     @contextmanager
     def create_stream(self, path: PathLike, mode: str) -> Generator[Union[S3Reader, S3Writer], None, None]:
-        bucket, key = parse_s3_uri(_s(path), need_key=True)
+        bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         if mode == "rb":
             reader = self._client.get_object(bucket, key, reader_constructor=self._reader_constructor)
             try:
@@ -58,17 +57,17 @@ class S3FileSystem(FileSystemBase):
             raise ValueError(f"S3FileSystem.create_stream: mode must be 'rb' or 'wb', got {mode!r}")
 
     def concat_path(self, path: PathLike, suffix: str) -> str:
-        return _s(path).rstrip("/") + "/" + suffix.lstrip("/")
+        return s3_path(path).rstrip("/") + "/" + suffix.lstrip("/")
 
     def init_path(self, path: PathLike) -> str:
-        s = _s(path)
+        s = s3_path(path)
         parse_s3_uri(s)
         return s
 
     def rename(self, path: PathLike, new_path: PathLike) -> None:
         """Server-side copy, then delete (S3 has no rename). Not used by S3StorageWriter."""
-        src_bucket, src_key = parse_s3_uri(_s(path), need_key=True)
-        dst_bucket, dst_key = parse_s3_uri(_s(new_path), need_key=True)
+        src_bucket, src_key = parse_s3_uri(s3_path(path), need_key=True)
+        dst_bucket, dst_key = parse_s3_uri(s3_path(new_path), need_key=True)
         if src_bucket != dst_bucket:
             raise ValueError(f"rename across buckets is not supported: {path} -> {new_path}")
         self._client.copy_object(src_bucket, src_key, dst_bucket, dst_key)
@@ -80,13 +79,13 @@ class S3FileSystem(FileSystemBase):
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
         try:
-            parse_s3_uri(_s(checkpoint_id))
+            parse_s3_uri(s3_path(checkpoint_id))
             return True
         except (ValueError, TypeError):
             return False
 
     def exists(self, path: PathLike) -> bool:
-        bucket, key = parse_s3_uri(_s(path), need_key=True)
+        bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         try:
             self._client.head_object(bucket, key)
             return True
@@ -94,11 +93,13 @@ class S3FileSystem(FileSystemBase):
             return False
 
     def rm_file(self, path: PathLike) -> None:
-        bucket, key = parse_s3_uri(_s(path), need_key=True)
+        bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         self._client.delete_object(bucket, key)
 
     def ls(self, path: PathLike) -> List[str]:
-        bucket, prefix = parse_s3_uri(_s(path))
+        bucket, prefix = parse_s3_uri(s3_path(path))
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        return [f"s3://{bucket}/{o.key}" for page in self._client.list_objects(bucket, prefix) for o in page.object_info]
+        return [
+            f"s3://{bucket}/{o.key}" for page in self._client.list_objects(bucket, prefix) for o in page.object_info
+        ]

@@ -8,6 +8,7 @@ A strategy maps a rank to the prefix its files start with; the storage writer ap
 - BinaryPrefixStrategy:     ``<rank in base 2, least significant digit first, padded>/[epoch_<n>/]__<rank>_``
 - HexPrefixStrategy:        the same in base 16
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -19,12 +20,8 @@ _DIGITS = "0123456789abcdef"
 class S3PrefixStrategyBase(ABC):
     """Base class: ``generate_prefix(rank)`` returns the key prefix of that rank's files."""
 
-    def __init__(self) -> None:
-        pass
-
     @abstractmethod
-    def generate_prefix(self, rank: int) -> str:
-        ...
+    def generate_prefix(self, rank: int) -> str: ...
 
     def __call__(self, rank: int) -> str:
         return self.generate_prefix(rank)
@@ -53,8 +50,15 @@ class RoundRobinPrefixStrategy(S3PrefixStrategyBase):
 
 
 class NumericPrefixStrategy(S3PrefixStrategyBase):
-    def __init__(self, base: int, epoch_num: Optional[int] = None, min_prefix_length: int = 10,
-                 prefix_count: Optional[int] = None, *, min_prefix_len: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        base: int,
+        epoch_num: Optional[int] = None,
+        min_prefix_length: int = 10,
+        prefix_count: Optional[int] = None,
+        *,
+        min_prefix_len: Optional[int] = None,
+    ) -> None:
         super().__init__()
         if not 2 <= base <= 16:
             raise ValueError(f"base must be between 2 and 16, got {base}")
@@ -83,12 +87,24 @@ class NumericPrefixStrategy(S3PrefixStrategyBase):
 
 
 class BinaryPrefixStrategy(NumericPrefixStrategy):
-    def __init__(self, epoch_num: Optional[int] = None, min_prefix_length: int = 10,
-                 prefix_count: Optional[int] = None, *, min_prefix_len: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        epoch_num: Optional[int] = None,
+        min_prefix_length: int = 10,
+        prefix_count: Optional[int] = None,
+        *,
+        min_prefix_len: Optional[int] = None,
+    ) -> None:
         super().__init__(2, epoch_num, min_prefix_length, prefix_count, min_prefix_len=min_prefix_len)
 
 
 class HexPrefixStrategy(NumericPrefixStrategy):
-    def __init__(self, epoch_num: Optional[int] = None, min_prefix_length: int = 10,
-                 prefix_count: Optional[int] = None, *, min_prefix_len: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        epoch_num: Optional[int] = None,
+        min_prefix_length: int = 10,
+        prefix_count: Optional[int] = None,
+        *,
+        min_prefix_len: Optional[int] = None,
+    ) -> None:
         super().__init__(16, epoch_num, min_prefix_length, prefix_count, min_prefix_len=min_prefix_len)

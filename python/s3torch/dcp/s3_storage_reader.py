@@ -6,6 +6,7 @@ destination tensor when it is contiguous CPU memory, CRC32 checked. With an expl
 ``reader_constructor`` (sequential, range_based, dcp_optimized) the load runs torch's own
 per-file path over those readers instead, as s3torchconnector does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,13 +20,13 @@ from torch.futures import Future
 
 from .._config import S3ClientConfig
 from .._crt import S3NotFoundError
-from .._uri import parse_s3_uri
+from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
 from ._parallel_load import ParallelLoader
 from ._progress import Progress
 from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, check_ring_size
-from .s3_file_system import S3FileSystem, _s
+from .s3_file_system import S3FileSystem
 
 log = logging.getLogger("s3torch.dcp")
 
@@ -57,17 +58,26 @@ class S3StorageReader(FileSystemReader):
 
     fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
 
-    def __init__(self, region: str, path: str, s3client_config: Optional[S3ClientConfig] = None,
-                 reader_constructor: Optional[ReaderConstructor] = None, thread_count: int = 1,
-                 endpoint: Optional[str] = None, staging_bytes: int = DEFAULT_RING_BYTES,
-                 staging_slot_bytes: int = DEFAULT_SLOT_BYTES, verify_checksums: bool = True,
-                 progress: bool = False) -> None:
+    def __init__(
+        self,
+        region: str,
+        path: str,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+        thread_count: int = 1,
+        endpoint: Optional[str] = None,
+        staging_bytes: int = DEFAULT_RING_BYTES,
+        staging_slot_bytes: int = DEFAULT_SLOT_BYTES,
+        verify_checksums: bool = True,
+        progress: bool = False,
+    ) -> None:
         check_ring_size(staging_bytes, staging_slot_bytes)
-        path = _s(path)
+        path = s3_path(path)
         parse_s3_uri(path)
         super().__init__(path)
-        self.fs = S3FileSystem(region, s3client_config=s3client_config, reader_constructor=reader_constructor,
-                               endpoint=endpoint)
+        self.fs = S3FileSystem(
+            region, s3client_config=s3client_config, reader_constructor=reader_constructor, endpoint=endpoint
+        )
         self.path = self.fs.init_path(path)
         self.region = region
         self.sync_files = False
@@ -91,19 +101,21 @@ class S3StorageReader(FileSystemReader):
         try:
             return super().read_metadata(*args, **kwargs)
         except S3NotFoundError as e:
-            raise S3NotFoundError(
-                f"no DCP checkpoint at {self.path}: its metadata object does not exist ({e})") from e
+            raise S3NotFoundError(f"no DCP checkpoint at {self.path}: its metadata object does not exist ({e})") from e
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
         """Sort items by file and offset; hand the item ranges to a DCP-optimized reader."""
-        items = sorted(plan.items, key=lambda r: (self.storage_data[r.storage_index].relative_path,
-                                                  self.storage_data[r.storage_index].offset))
+        items = sorted(
+            plan.items,
+            key=lambda r: (self.storage_data[r.storage_index].relative_path, self.storage_data[r.storage_index].offset),
+        )
         if isinstance(self.reader_constructor, DCPOptimizedConstructor):
             ranges: Dict[str, List[ItemRange]] = {}
             for r in items:
                 info = self.storage_data[r.storage_index]
                 ranges.setdefault(self._key(info.relative_path), []).append(
-                    ItemRange(info.offset, info.offset + info.length))
+                    ItemRange(info.offset, info.offset + info.length)
+                )
             self.reader_constructor.set_item_ranges_by_file(ranges)
         return dataclasses.replace(plan, items=items)
 
@@ -121,10 +133,17 @@ class S3StorageReader(FileSystemReader):
             if getattr(info, "transform_descriptors", None):
                 raise NotImplementedError(
                     f"{self.path}: stream transforms {info.transform_descriptors} are not supported by the parallel "
-                    "loader; pass reader_constructor=S3ReaderConstructor.default()")
+                    "loader; pass reader_constructor=S3ReaderConstructor.default()"
+                )
             work.append((r, self._key(info.relative_path), info.offset, info.length))
-        loader = ParallelLoader(self.fs.client._get_native(), bucket, self.verify_checksums, self.staging_bytes,
-                                self.staging_slot_bytes, force_staging=self._force_staging)
+        loader = ParallelLoader(
+            self.fs.client._get_native(),
+            bucket,
+            self.verify_checksums,
+            self.staging_bytes,
+            self.staging_slot_bytes,
+            force_staging=self._force_staging,
+        )
         loader.load(work, planner)
         self.last_load_stats = dict(loader.stats, ring_slot_uses=loader.ring_slot_uses)
         self._progress.add(loader.bytes_read)

@@ -11,6 +11,7 @@ complete. Overwriting a checkpoint in place removes its old metadata before any 
 replaced. A failed save aborts its uploads, removes the files it completed, and writes no
 ``.metadata``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,10 +28,10 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from .._config import S3ClientConfig
-from .._uri import parse_s3_uri
+from .._uri import parse_s3_uri, s3_path
 from . import _torch_save
 from ._progress import Progress
-from .s3_file_system import S3FileSystem, _s
+from .s3_file_system import S3FileSystem
 from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
 
 log = logging.getLogger("s3torch.dcp")
@@ -39,8 +40,6 @@ _METADATA = ".metadata"
 
 
 class S3StorageWriter(FileSystemWriter):
-    fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
-
     """Write DCP checkpoints to ``s3://bucket/prefix``.
 
     Args:
@@ -54,14 +53,30 @@ class S3StorageWriter(FileSystemWriter):
             ``sync_files`` is accepted and ignored (S3 objects are durable once written).
     """
 
-    def __init__(self, region: str, path: str, s3client_config: Optional[S3ClientConfig] = None,
-                 prefix_strategy: Optional[S3PrefixStrategyBase] = None, thread_count: int = 1,
-                 endpoint: Optional[str] = None, progress: bool = False, **kwargs: Any) -> None:
-        path = _s(path)
+    fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
+
+    def __init__(
+        self,
+        region: str,
+        path: str,
+        s3client_config: Optional[S3ClientConfig] = None,
+        prefix_strategy: Optional[S3PrefixStrategyBase] = None,
+        thread_count: int = 1,
+        endpoint: Optional[str] = None,
+        progress: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        path = s3_path(path)
         parse_s3_uri(path)
         kwargs.pop("sync_files", None)  # an fsync fallback would os.sync() the whole machine
-        known = {"single_file_per_rank", "per_thread_copy_ahead", "cache_staged_state_dict", "overwrite",
-                 "_extensions", "serialization_format"}
+        known = {
+            "single_file_per_rank",
+            "per_thread_copy_ahead",
+            "cache_staged_state_dict",
+            "overwrite",
+            "_extensions",
+            "serialization_format",
+        }
         unknown = set(kwargs) - known
         if unknown:
             raise TypeError(f"S3StorageWriter got unexpected keyword arguments {sorted(unknown)}")
@@ -93,13 +108,16 @@ class S3StorageWriter(FileSystemWriter):
             log.info("s3torch: overwriting the checkpoint at %s: removing its metadata first", self.path)
             self.fs.rm_file(metadata)
         if self.rank is not None and not self.use_collectives:
-            plan = dataclasses.replace(plan, storage_data=_StoragePrefix(self.prefix_strategy.generate_prefix(self.rank)))
+            plan = dataclasses.replace(
+                plan, storage_data=_StoragePrefix(self.prefix_strategy.generate_prefix(self.rank))
+            )
         return plan
 
     def prepare_global_plan(self, plans: List[SavePlan]) -> List[SavePlan]:
         return [
             dataclasses.replace(p, storage_data=_StoragePrefix(self.prefix_strategy.generate_prefix(i)))
-            if p.storage_data is None else p
+            if p.storage_data is None
+            else p
             for i, p in enumerate(plans)
         ]
 
@@ -127,20 +145,29 @@ class S3StorageWriter(FileSystemWriter):
         try:
             from torch.distributed.checkpoint.filesystem import SerializationFormat
 
-            fmt_ok = getattr(self, "serialization_format", SerializationFormat.TORCH_SAVE) == SerializationFormat.TORCH_SAVE
+            fmt_ok = (
+                getattr(self, "serialization_format", SerializationFormat.TORCH_SAVE) == SerializationFormat.TORCH_SAVE
+            )
         except ImportError:
             fmt_ok = True
         transforms = getattr(self, "transforms", None)
-        return fmt_ok and transforms is not None and not getattr(transforms, "extensions", None) and \
-            _torch_save.fast_path_enabled()
+        return (
+            fmt_ok
+            and transforms is not None
+            and not getattr(transforms, "extensions", None)
+            and _torch_save.fast_path_enabled()
+        )
 
     def _write_files(self, plan: SavePlan, planner: SavePlanner) -> List[WriteResult]:
         from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, _split_by_size_and_type
 
         prefix = plan.storage_data.prefix
         files: List[_File] = []
-        buckets = _split_by_size_and_type(self.thread_count, plan.items) if self.single_file_per_rank \
+        buckets = (
+            _split_by_size_and_type(self.thread_count, plan.items)
+            if self.single_file_per_rank
             else [[item] for item in plan.items]
+        )
         for i, bucket in enumerate(buckets):
             name = f"{prefix}{i}{DEFAULT_SUFFIX}"
             files.append((self.fs.concat_path(self.path, name), name, bucket))
@@ -157,7 +184,9 @@ class S3StorageWriter(FileSystemWriter):
                     log.warning("s3torch: could not remove %s after the failed save: %s", path, e)
             raise
 
-    def _write_files_in_threads(self, planner: SavePlanner, files: List[_File], written: List[Any]) -> List[WriteResult]:
+    def _write_files_in_threads(
+        self, planner: SavePlanner, files: List[_File], written: List[Any]
+    ) -> List[WriteResult]:
         if self.thread_count == 1 or len(files) <= 1:
             return [wr for f in files for wr in self._write_file(planner, *f, written=written)]
         lock = threading.Lock()
@@ -191,11 +220,16 @@ class S3StorageWriter(FileSystemWriter):
             raise errors[0]
         return results
 
-    def _write_file(self, planner: SavePlanner, path: Any, file_name: str, items: List[Any],
-                    written: List[Any]) -> List[WriteResult]:
+    def _write_file(
+        self, planner: SavePlanner, path: Any, file_name: str, items: List[Any], written: List[Any]
+    ) -> List[WriteResult]:
         import torch
-        from torch.distributed.checkpoint.filesystem import (_item_size, _OverlappingCpuLoader, _SerialCpuLoader,
-                                                             _StorageInfo)
+        from torch.distributed.checkpoint.filesystem import (
+            _item_size,
+            _OverlappingCpuLoader,
+            _SerialCpuLoader,
+            _StorageInfo,
+        )
         from torch.distributed.checkpoint.planner import WriteItemType
 
         loader: Any
@@ -210,8 +244,11 @@ class S3StorageWriter(FileSystemWriter):
         results: List[WriteResult] = []
 
         def result(wi: Any, offset: int, length: int) -> WriteResult:
-            return WriteResult(index=wi.index, size_in_bytes=length,
-                               storage_data=_StorageInfo(file_name, offset, length, transform_descriptors=None))
+            return WriteResult(
+                index=wi.index,
+                size_in_bytes=length,
+                storage_data=_StorageInfo(file_name, offset, length, transform_descriptors=None),
+            )
 
         with self.fs.create_stream(path, "wb") as stream:
             for wi in items:

@@ -1,4 +1,5 @@
 """S3LightningCheckpoint: Lightning's CheckpointIO on s3torch's reader and writer."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,16 +10,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from .._client import S3Client
 from .._config import S3ClientConfig
-from .._uri import parse_s3_uri
+from .._uri import parse_s3_uri, s3_path
 from ..s3reader.constructor import ReaderConstructor
-
-
-def _uri(path: Union[str, Path]) -> str:
-    # pathlib collapses "s3://" to "s3:/"; undo that for Path arguments.
-    s = str(path)
-    if s.startswith("s3:/") and not s.startswith("s3://"):
-        s = "s3://" + s[4:]
-    return s
 
 
 class S3LightningCheckpoint(CheckpointIO):
@@ -26,32 +19,42 @@ class S3LightningCheckpoint(CheckpointIO):
     ``AsyncCheckpointIO`` too (saves then run on its thread; the GIL is released during
     uploads)."""
 
-    def __init__(self, region: str, s3client_config: Optional[S3ClientConfig] = None,
-                 endpoint: Optional[str] = None, reader_constructor: Optional[ReaderConstructor] = None) -> None:
+    def __init__(
+        self,
+        region: str,
+        s3client_config: Optional[S3ClientConfig] = None,
+        endpoint: Optional[str] = None,
+        reader_constructor: Optional[ReaderConstructor] = None,
+    ) -> None:
         super().__init__()
         self.region = region
         self._client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
         self._reader_constructor = reader_constructor
 
-    def save_checkpoint(self, checkpoint: Dict[str, Any], path: Union[str, Path],
-                        storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: Dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None
+    ) -> None:
         if storage_options is not None:
             raise TypeError(f"S3LightningCheckpoint.save_checkpoint takes no storage_options, got {storage_options!r}")
-        bucket, key = parse_s3_uri(_uri(path), need_key=True)
+        bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         with self._client.put_object(bucket, key) as writer:  # aborted, not completed, if torch.save fails
             torch.save(checkpoint, cast(IO[bytes], writer))
 
-    def load_checkpoint(self, path: Union[str, Path], map_location: Optional[Any] = None,
-                        weights_only: Optional[bool] = None) -> Dict[str, Any]:
-        bucket, key = parse_s3_uri(_uri(path), need_key=True)
+    def load_checkpoint(
+        self, path: Union[str, Path], map_location: Optional[Any] = None, weights_only: Optional[bool] = None
+    ) -> Dict[str, Any]:
+        bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         with self._client.get_object(bucket, key, reader_constructor=self._reader_constructor) as reader:
             # Lightning checkpoints hold optimizer state and hyperparameters: full unpickling
             # unless the caller asks for weights only.
-            return torch.load(cast(IO[bytes], reader), map_location=map_location,
-                              weights_only=bool(weights_only) if weights_only is not None else False)
+            return torch.load(
+                cast(IO[bytes], reader),
+                map_location=map_location,
+                weights_only=bool(weights_only) if weights_only is not None else False,
+            )
 
     def remove_checkpoint(self, path: Union[str, Path]) -> None:
-        bucket, key = parse_s3_uri(_uri(path), need_key=True)
+        bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         self._client.delete_object(bucket, key)
 
     def teardown(self) -> None:

@@ -1,4 +1,5 @@
 """Reader strategies over S3 objects (see S3ReaderConstructor)."""
+
 from .constructor import S3ReaderConstructor
 from .dcp_optimized import DCPOptimizedS3Reader, ItemRange, RangeGroup
 from .ranged import RangedS3Reader

@@ -1,9 +1,11 @@
 """S3ReaderConstructor: named constructors for the reader strategies."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Union
 
 from .. import _crt
+from .._checks import is_int, is_number
 from .dcp_optimized import DEFAULT_MAX_GAP_SIZE, DCPOptimizedS3Reader, ItemRange
 from .ranged import RangedS3Reader
 from .s3reader import GetObjectInfo, S3Reader
@@ -15,8 +17,14 @@ class ReaderConstructor:
 
     kind = "sequential"
 
-    def __call__(self, bucket: str, key: str, native: "_crt.NativeClient", get_object_info: GetObjectInfo,
-                 object_info: Optional["_crt.ObjectInfo"] = None) -> S3Reader:
+    def __call__(
+        self,
+        bucket: str,
+        key: str,
+        native: "_crt.NativeClient",
+        get_object_info: GetObjectInfo,
+        object_info: Optional["_crt.ObjectInfo"] = None,
+    ) -> S3Reader:
         return SequentialS3Reader(bucket, key, get_object_info, native, object_info)
 
     def __repr__(self) -> str:
@@ -27,13 +35,18 @@ class RangeBasedConstructor(ReaderConstructor):
     kind = "range_based"
 
     def __init__(self, buffer_size: Optional[int] = None) -> None:
-        if buffer_size is not None and (isinstance(buffer_size, bool) or not isinstance(buffer_size, int)
-                                        or buffer_size < 0):
+        if buffer_size is not None and (not is_int(buffer_size) or buffer_size < 0):
             raise ValueError(f"buffer_size must be None or a non-negative int, got {buffer_size!r}")
         self.buffer_size = buffer_size
 
-    def __call__(self, bucket: str, key: str, native: "_crt.NativeClient", get_object_info: GetObjectInfo,
-                 object_info: Optional["_crt.ObjectInfo"] = None) -> S3Reader:
+    def __call__(
+        self,
+        bucket: str,
+        key: str,
+        native: "_crt.NativeClient",
+        get_object_info: GetObjectInfo,
+        object_info: Optional["_crt.ObjectInfo"] = None,
+    ) -> S3Reader:
         return RangedS3Reader(bucket, key, get_object_info, native, self.buffer_size, object_info)
 
 
@@ -43,7 +56,7 @@ class DCPOptimizedConstructor(ReaderConstructor):
     kind = "dcp_optimized"
 
     def __init__(self, max_gap_size: Union[int, float] = DEFAULT_MAX_GAP_SIZE) -> None:
-        if isinstance(max_gap_size, bool) or not isinstance(max_gap_size, (int, float)) or max_gap_size < 0:
+        if not is_number(max_gap_size) or max_gap_size < 0:
             raise ValueError(f"max_gap_size must be a non-negative number, got {max_gap_size!r}")
         self.max_gap_size = max_gap_size
         self._ranges: Dict[str, List[ItemRange]] = {}
@@ -52,8 +65,14 @@ class DCPOptimizedConstructor(ReaderConstructor):
         """Sorted item ranges per object key (keys are the objects' S3 keys)."""
         self._ranges = {k: sorted(v, key=lambda r: r.start) for k, v in ranges.items()}
 
-    def __call__(self, bucket: str, key: str, native: "_crt.NativeClient", get_object_info: GetObjectInfo,
-                 object_info: Optional["_crt.ObjectInfo"] = None) -> S3Reader:
+    def __call__(
+        self,
+        bucket: str,
+        key: str,
+        native: "_crt.NativeClient",
+        get_object_info: GetObjectInfo,
+        object_info: Optional["_crt.ObjectInfo"] = None,
+    ) -> S3Reader:
         ranges = self._ranges.get(key)
         if ranges is None:
             # Not planned (e.g. the .metadata file): the generic reader serves it.

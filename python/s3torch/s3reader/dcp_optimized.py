@@ -7,6 +7,7 @@ no item is copied before the caller reads it. Only the current group is held: me
 at about one group (groups are capped at ``MAX_GROUP_BYTES`` unless one item is larger).
 Access must move forward across items; going back to an earlier item raises ValueError.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from .. import _crt
+from .._checks import is_number
 from .s3reader import GetObjectInfo, S3Reader
 
 DEFAULT_MAX_GAP_SIZE = 32 * 1024 * 1024
@@ -57,7 +59,11 @@ def coalesce(ranges: Sequence[ItemRange], max_gap_size: float) -> List[RangeGrou
         if r.end == r.start:
             continue
         g = groups[-1] if groups else None
-        if g is not None and r.start - g.end <= max_gap_size and r.end - g.start <= max(MAX_GROUP_BYTES, r.end - r.start):
+        if (
+            g is not None
+            and r.start - g.end <= max_gap_size
+            and r.end - g.start <= max(MAX_GROUP_BYTES, r.end - r.start)
+        ):
             g.end = r.end
             g.items.append(r)
         else:
@@ -66,10 +72,17 @@ def coalesce(ranges: Sequence[ItemRange], max_gap_size: float) -> List[RangeGrou
 
 
 class DCPOptimizedS3Reader(S3Reader):
-    def __init__(self, bucket: str, key: str, get_object_info: GetObjectInfo, native: "_crt.NativeClient",
-                 item_ranges: Sequence[ItemRange], max_gap_size: float = DEFAULT_MAX_GAP_SIZE) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        key: str,
+        get_object_info: GetObjectInfo,
+        native: "_crt.NativeClient",
+        item_ranges: Sequence[ItemRange],
+        max_gap_size: float = DEFAULT_MAX_GAP_SIZE,
+    ) -> None:
         super().__init__(bucket, key, get_object_info)
-        if not isinstance(max_gap_size, (int, float)) or isinstance(max_gap_size, bool) or max_gap_size < 0:
+        if not is_number(max_gap_size) or max_gap_size < 0:
             raise ValueError(f"max_gap_size must be a non-negative number, got {max_gap_size!r}")
         self._native = native
         self._groups = coalesce(list(item_ranges), max_gap_size)
@@ -85,11 +98,13 @@ class DCPOptimizedS3Reader(S3Reader):
         i = bisect.bisect_right(self._item_starts, pos) - 1
         if i < 0 or pos + max(length, 0) > self._items[i].end or (length > 0 and pos >= self._items[i].end):
             raise ValueError(
-                f"{self.uri}: read of [{pos}, {pos + length}) is outside the planned item ranges. {GUIDANCE}")
+                f"{self.uri}: read of [{pos}, {pos + length}) is outside the planned item ranges. {GUIDANCE}"
+            )
         if i < self._cur_item:
             raise ValueError(
                 f"{self.uri}: read at {pos} goes back to an earlier item (item {i} after item {self._cur_item}). "
-                f"{GUIDANCE}")
+                f"{GUIDANCE}"
+            )
         return i
 
     def _view(self, pos: int, length: int) -> memoryview:
@@ -103,7 +118,8 @@ class DCPOptimizedS3Reader(S3Reader):
             if got != g.end - g.start:
                 raise _crt.S3Exception(
                     f"GetObject {self.uri}: bytes [{g.start}, {g.end}) requested, {got} received: "
-                    "the object is shorter than the checkpoint metadata says (truncated?)")
+                    "the object is shorter than the checkpoint metadata says (truncated?)"
+                )
             self._group_buf = memoryview(host)
             self._cur_group = gi
         self._cur_item = i
@@ -117,7 +133,9 @@ class DCPOptimizedS3Reader(S3Reader):
 
     def _read(self, size: Optional[int]) -> bytes:
         if size is None:
-            raise ValueError(f"{self.uri}: read() of a whole file is not supported by the DCP-optimized reader. {GUIDANCE}")
+            raise ValueError(
+                f"{self.uri}: read() of a whole file is not supported by the DCP-optimized reader. {GUIDANCE}"
+            )
         if size == 0:
             return b""
         n = min(size, self._remaining_in_item(self._pos))

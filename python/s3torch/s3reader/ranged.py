@@ -1,24 +1,32 @@
 """Range-based reader: byte-range GETs on demand. Small reads are served from a buffer of
 ``buffer_size`` bytes filled from the read position; reads of at least ``buffer_size`` go
 straight into the caller's memory (``readinto``) or a new bytes object (``read``)."""
+
 from __future__ import annotations
 
 from typing import Optional
 
 from .. import _crt
+from .._checks import is_int
 from .s3reader import GetObjectInfo, S3Reader
 
 DEFAULT_BUFFER_SIZE = 8 * 1024 * 1024
 
 
 class RangedS3Reader(S3Reader):
-    def __init__(self, bucket: str, key: str, get_object_info: GetObjectInfo,
-                 native: "_crt.NativeClient", buffer_size: Optional[int] = None,
-                 object_info: Optional["_crt.ObjectInfo"] = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        key: str,
+        get_object_info: GetObjectInfo,
+        native: "_crt.NativeClient",
+        buffer_size: Optional[int] = None,
+        object_info: Optional["_crt.ObjectInfo"] = None,
+    ) -> None:
         super().__init__(bucket, key, get_object_info)
         if buffer_size is None:
             buffer_size = DEFAULT_BUFFER_SIZE
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 0:
+        if not is_int(buffer_size) or buffer_size < 0:
             raise ValueError(f"buffer_size must be a non-negative int, got {buffer_size!r}")
         self._native = native
         self._info = object_info

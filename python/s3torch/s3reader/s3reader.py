@@ -4,11 +4,13 @@ Subclasses differ in how they fetch (the whole object at once, byte ranges on de
 pre-planned DCP item ranges); position, argument checking and the io.BufferedIOBase surface
 live here once.
 """
+
 from __future__ import annotations
 
 import io
 from typing import Any, Callable, Optional
 
+from .._checks import is_int
 from .._crt import ObjectInfo
 
 GetObjectInfo = Callable[[], ObjectInfo]
@@ -17,7 +19,7 @@ GetObjectInfo = Callable[[], ObjectInfo]
 def _check_size(size: Optional[int]) -> Optional[int]:
     if size is None:
         return None
-    if isinstance(size, bool) or not isinstance(size, int):
+    if not is_int(size):
         raise TypeError(f"read size must be an int or None, got {type(size).__name__}")
     return None if size < 0 else size
 
@@ -77,7 +79,7 @@ class S3Reader(io.BufferedIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
         self._check_open()
-        if isinstance(offset, bool) or not isinstance(offset, int):
+        if not is_int(offset):
             raise TypeError(f"seek offset must be an int, got {type(offset).__name__}")
         if whence == io.SEEK_SET:
             new = offset

@@ -1,5 +1,6 @@
 """Sequential reader: the whole object, fetched once with parallel ranged GETs straight into
 one buffer, then served from memory."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -13,8 +14,14 @@ DIRECT_READINTO_BYTES = 1 << 20
 
 
 class SequentialS3Reader(S3Reader):
-    def __init__(self, bucket: str, key: str, get_object_info: GetObjectInfo,
-                 native: "_crt.NativeClient", object_info: Optional["_crt.ObjectInfo"] = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        key: str,
+        get_object_info: GetObjectInfo,
+        native: "_crt.NativeClient",
+        object_info: Optional["_crt.ObjectInfo"] = None,
+    ) -> None:
         super().__init__(bucket, key, get_object_info)
         self._native = native
         self._info = object_info
@@ -27,15 +34,17 @@ class SequentialS3Reader(S3Reader):
             got = self._native.get_into(self._bucket, self._key, buf) if size else 0
             if got != size:
                 raise _crt.S3Exception(
-                    f"GetObject {self.uri}: expected {size} bytes, got {got} (object changed while reading?)")
+                    f"GetObject {self.uri}: expected {size} bytes, got {got} (object changed while reading?)"
+                )
             self._data = memoryview(buf)
         return self._data
 
     def _read(self, size: Optional[int]) -> bytes:
         if self._data is None and self._pos == 0 and size is None:
             # Whole object, first read: straight into the bytes object we return.
-            whole = self._native.get_bytes(self._bucket, self._key, 0, None,
-                                           self._info.size if self._info is not None else None)
+            whole = self._native.get_bytes(
+                self._bucket, self._key, 0, None, self._info.size if self._info is not None else None
+            )
             self._data = memoryview(whole)  # later reads and seeks are served from it
             self._pos = len(whole)
             return whole

@@ -1,0 +1,15 @@
+// The parts of s3torch._crt, each defined in its own file and put together by module.cpp.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace s3torch_py {
+
+namespace py = pybind11;
+
+void register_exceptions(py::module_ &m);  // exceptions.cpp
+void register_config(py::module_ &m);      // config.cpp: ClientConfig
+void register_handles(py::module_ &m);     // handles.cpp: GetHandle, GetStream, Upload, HostBuffer
+void register_client(py::module_ &m);      // client.cpp: NativeClient, ObjectInfo, ListPage
+
+}  // namespace s3torch_py

@@ -1,0 +1,268 @@
+// s3torch._crt.NativeClient: the core's Client and its operations. Converts arguments, holds
+// caller buffers for as long as the CRT uses them and waits with the GIL released; what to
+// request (whole-object strategy, single or multipart PUT) is decided by the core.
+#include "bindings.h"
+#include "buffers.h"
+#include "handles.h"
+
+#include "s3torch/client.h"
+#include "s3torch/get.h"
+#include "s3torch/get_stream.h"
+#include "s3torch/objects.h"
+#include "s3torch/put.h"
+
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace s3torch_py {
+
+namespace {
+
+using namespace s3torch;
+
+std::optional<ByteRange> make_range(std::optional<uint64_t> offset, std::optional<uint64_t> length, size_t capacity) {
+    if (!offset && !length) return std::nullopt;
+    return ByteRange{offset.value_or(0), length ? *length : capacity};
+}
+
+// A new bytes object of `n` bytes, not yet filled; `*dst` points at its storage. Filling it
+// before Python sees it is the one sanctioned way to write into a bytes object.
+py::object new_bytes(size_t n, char **dst) {
+    PyObject *raw = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(n));
+    if (!raw) throw py::error_already_set();
+    *dst = PyBytes_AS_STRING(raw);
+    return py::reinterpret_steal<py::object>(raw);
+}
+
+class NativeClient {
+  public:
+    explicit NativeClient(ClientConfig config) : client_(Client::create(std::move(config))) {}
+
+    std::unique_ptr<GetHandle> start_get_into(const std::string &bucket, const std::string &key, py::handle buffer,
+                                              std::optional<uint64_t> offset, std::optional<uint64_t> length) {
+        auto buf = HeldBuffer::acquire(buffer, true, {"GetObject", bucket, key});
+        auto range = make_range(offset, length, buf->size());
+        std::shared_ptr<GetInto> t;
+        {
+            py::gil_scoped_release nogil;
+            t = GetInto::start_get(client_, bucket, key, range, buf->data(), buf->size());
+        }
+        return std::make_unique<GetHandle>(std::move(t), std::move(buf));
+    }
+
+    size_t get_into(const std::string &bucket, const std::string &key, py::handle buffer,
+                    std::optional<uint64_t> offset, std::optional<uint64_t> length) {
+        return start_get_into(bucket, key, buffer, offset, length)->wait();
+    }
+
+    // items: (key, offset or None, length or None, buffer). All start at once; returns bytes
+    // received per item. If any fails, the rest are cancelled and the first error raised.
+    std::vector<size_t> get_into_many(const std::string &bucket, py::sequence items) {
+        std::vector<std::unique_ptr<GetHandle>> handles;
+        handles.reserve(py::len(items));
+        try {
+            for (py::handle it : items) {
+                auto tup = it.cast<py::tuple>();
+                if (tup.size() != 4)
+                    throw_invalid("each item must be (key, offset, length, buffer)", {"GetObject", bucket, ""});
+                handles.push_back(start_get_into(bucket, tup[0].cast<std::string>(), tup[3],
+                                                 tup[1].cast<std::optional<uint64_t>>(),
+                                                 tup[2].cast<std::optional<uint64_t>>()));
+            }
+            std::vector<size_t> out;
+            out.reserve(handles.size());
+            for (auto &h : handles) out.push_back(h->wait());
+            return out;
+        } catch (...) {
+            {
+                py::gil_scoped_release nogil;
+                for (auto &h : handles) h->cancel();
+                for (auto &h : handles) h->transfer().cancel_and_wait();
+            }
+            throw;
+        }
+    }
+
+    // GET into a new bytes object (filled before Python ever sees it): one copy fewer than
+    // GET into a buffer + bytes(buffer). `length` None: to the end of the object, whose size
+    // is `size_hint`, else learned by the core's whole-object GET (offset 0) or a HEAD.
+    py::bytes get_bytes(const std::string &bucket, const std::string &key, uint64_t offset,
+                        std::optional<uint64_t> length, std::optional<uint64_t> size_hint) {
+        if (!length && !size_hint && offset == 0) return get_whole(bucket, key);
+        uint64_t n;
+        if (length) {
+            n = *length;
+        } else {
+            uint64_t size = size_hint ? *size_hint : head(bucket, key).size;
+            n = size > offset ? size - offset : 0;
+        }
+        if (n == 0) return py::bytes();
+        char *dst = nullptr;
+        py::object holder = new_bytes(n, &dst);
+        std::shared_ptr<GetInto> t;
+        {
+            py::gil_scoped_release nogil;
+            t = GetInto::start_get(client_, bucket, key, ByteRange{offset, n}, dst, n);
+        }
+        wait_transfer(*t);
+        t->raise_if_failed();
+        size_t got = t->bytes_received();
+        if (got != n) {
+            PyObject *obj = holder.release().ptr();
+            if (_PyBytes_Resize(&obj, static_cast<py::ssize_t>(got)) != 0) throw py::error_already_set();
+            holder = py::reinterpret_steal<py::object>(obj);
+        }
+        return py::reinterpret_steal<py::bytes>(holder.release());
+    }
+
+    std::unique_ptr<StreamHandle> get_stream(const std::string &bucket, const std::string &key,
+                                             std::optional<uint64_t> offset, std::optional<uint64_t> length,
+                                             uint64_t read_ahead) {
+        if (length && !offset) offset = 0;
+        std::optional<ByteRange> range;
+        if (offset) {
+            if (!length) throw_invalid("a streaming GET with an offset needs a length", {"GetObject", bucket, key});
+            range = ByteRange{*offset, *length};
+        }
+        py::gil_scoped_release nogil;
+        return std::make_unique<StreamHandle>(GetStream::start_stream(client_, bucket, key, range, read_ahead));
+    }
+
+    std::string put(const std::string &bucket, const std::string &key, py::handle data,
+                    const std::string &storage_class) {
+        auto buf = HeldBuffer::acquire(data, false, {"PutObject", bucket, key});
+        // The handle aborts the upload if this fails or is interrupted.
+        return upload(bucket, key, storage_class)->put(*buf);
+    }
+
+    std::unique_ptr<UploadHandle> upload(const std::string &bucket, const std::string &key,
+                                         const std::string &storage_class) {
+        PutOptions opts;
+        opts.storage_class = storage_class;
+        return std::make_unique<UploadHandle>(std::make_unique<Upload>(client_, bucket, key, opts));
+    }
+
+    ObjectInfo head(const std::string &bucket, const std::string &key) {
+        auto req = start_head(client_, bucket, key);
+        wait_transfer(*req);
+        return head_result(*req);
+    }
+
+    ListPage list_objects(const std::string &bucket, const std::string &prefix, const std::string &delimiter,
+                          int max_keys, const std::string &continuation_token, const std::string &start_after) {
+        auto req = start_list(client_, bucket, prefix, delimiter, max_keys, continuation_token, start_after);
+        wait_transfer(*req);
+        py::gil_scoped_release nogil;
+        return list_result(*req);
+    }
+
+    void delete_object(const std::string &bucket, const std::string &key) {
+        auto req = start_delete(client_, bucket, key);
+        wait_transfer(*req);
+        req->raise_if_failed();
+    }
+
+    void copy_object(const std::string &src_bucket, const std::string &src_key, const std::string &dst_bucket,
+                     const std::string &dst_key) {
+        auto req = start_copy(client_, src_bucket, src_key, dst_bucket, dst_key);
+        wait_transfer(*req);
+        req->raise_if_failed();
+    }
+
+    int64_t in_flight() const { return client_->in_flight(); }
+    const ClientConfig &config() const { return client_->config(); }
+
+  private:
+    // The whole object, size unknown (the core's WholeObjectGet): the probe's bytes, or a
+    // bytes object of the object's size that the rest is fetched straight into.
+    py::bytes get_whole(const std::string &bucket, const std::string &key) {
+        py::object holder;  // declared first: outlives `get`, which may still write into it
+        std::unique_ptr<WholeObjectGet> get;
+        {
+            py::gil_scoped_release nogil;
+            get = std::make_unique<WholeObjectGet>(client_, bucket, key);
+        }
+        wait_transfer(get->probe());
+        uint64_t size = get->size();
+        size_t first = get->first_size();
+        if (size <= first) return py::bytes(reinterpret_cast<const char *>(get->first()), size);
+        char *dst = nullptr;
+        holder = new_bytes(size, &dst);
+        Transfer *rest;
+        {
+            py::gil_scoped_release nogil;
+            rest = &get->start_rest(dst);
+        }
+        wait_transfer(*rest);
+        get->finish();
+        return py::reinterpret_steal<py::bytes>(holder.release());
+    }
+
+    std::shared_ptr<Client> client_;
+};
+
+}  // namespace
+
+void register_client(py::module_ &m) {
+    py::class_<ObjectInfo>(m, "ObjectInfo")
+        .def_readonly("key", &ObjectInfo::key)
+        .def_readonly("size", &ObjectInfo::size)
+        .def_readonly("etag", &ObjectInfo::etag)
+        .def_readonly("last_modified", &ObjectInfo::last_modified)
+        .def_readonly("storage_class", &ObjectInfo::storage_class)
+        .def(py::pickle(
+            [](const ObjectInfo &o) { return py::make_tuple(o.key, o.size, o.etag, o.last_modified, o.storage_class); },
+            [](py::tuple t) {
+                ObjectInfo o;
+                o.key = t[0].cast<std::string>();
+                o.size = t[1].cast<uint64_t>();
+                o.etag = t[2].cast<std::string>();
+                o.last_modified = t[3].cast<std::string>();
+                o.storage_class = t[4].cast<std::string>();
+                return o;
+            }))
+        .def("__repr__", [](const ObjectInfo &o) {
+            return "ObjectInfo(key=" + std::string(py::repr(py::str(o.key))) + ", size=" + std::to_string(o.size) +
+                   ", etag=" + std::string(py::repr(py::str(o.etag))) + ")";
+        });
+
+    py::class_<ListPage>(m, "ListPage")
+        .def_readonly("objects", &ListPage::objects)
+        .def_readonly("object_info", &ListPage::objects)
+        .def_readonly("common_prefixes", &ListPage::common_prefixes)
+        .def_readonly("next_continuation_token", &ListPage::next_continuation_token)
+        .def_readonly("is_truncated", &ListPage::is_truncated);
+
+    py::class_<NativeClient>(m, "NativeClient")
+        .def(py::init<ClientConfig>(), py::arg("config"))
+        .def("get_into", &NativeClient::get_into, py::arg("bucket"), py::arg("key"), py::arg("buffer"),
+             py::arg("offset") = py::none(), py::arg("length") = py::none())
+        .def("start_get_into", &NativeClient::start_get_into, py::arg("bucket"), py::arg("key"), py::arg("buffer"),
+             py::arg("offset") = py::none(), py::arg("length") = py::none())
+        .def("get_into_many", &NativeClient::get_into_many, py::arg("bucket"), py::arg("items"))
+        .def("get_bytes", &NativeClient::get_bytes, py::arg("bucket"), py::arg("key"), py::arg("offset") = 0,
+             py::arg("length") = py::none(), py::arg("size_hint") = py::none())
+        .def("get_stream", &NativeClient::get_stream, py::arg("bucket"), py::arg("key"), py::arg("offset") = py::none(),
+             py::arg("length") = py::none(), py::arg("read_ahead") = 0)
+        .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),
+             py::arg("storage_class") = "")
+        .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "")
+        .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"))
+        .def("list_objects", &NativeClient::list_objects, py::arg("bucket"), py::arg("prefix") = "",
+             py::arg("delimiter") = "", py::arg("max_keys") = 1000, py::arg("continuation_token") = "",
+             py::arg("start_after") = "")
+        .def("delete_object", &NativeClient::delete_object, py::arg("bucket"), py::arg("key"))
+        .def("copy_object", &NativeClient::copy_object, py::arg("src_bucket"), py::arg("src_key"),
+             py::arg("dst_bucket"), py::arg("dst_key"))
+        .def_property_readonly("in_flight", &NativeClient::in_flight)
+        .def_property_readonly("region", [](const NativeClient &c) { return c.config().region; })
+        .def_property_readonly("endpoint", [](const NativeClient &c) { return c.config().endpoint; })
+        .def_property_readonly("part_size", [](const NativeClient &c) { return c.config().part_size; });
+}
+
+}  // namespace s3torch_py

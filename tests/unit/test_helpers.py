@@ -1,0 +1,34 @@
+"""Small shared helpers: s3:// paths through pathlib, int checks, public docstrings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from s3torch._checks import is_int, is_number
+from s3torch._uri import s3_path
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("s3://bucket/key", "s3://bucket/key"),
+        (Path("s3://bucket/a/b"), "s3://bucket/a/b"),  # pathlib collapsed it to "s3:/bucket/a/b"
+        ("s3:/bucket/key", "s3://bucket/key"),
+        ("/local/file", "/local/file"),
+    ],
+)
+def test_s3_path(path: object, expected: str) -> None:
+    assert s3_path(path) == expected  # type: ignore[arg-type]
+
+
+def test_int_checks() -> None:
+    assert is_int(3) and is_int(0) and not is_int(True) and not is_int(3.0) and not is_int("3")
+    assert is_number(3) and is_number(2.5) and not is_number(False) and not is_number(None)
+
+
+def test_storage_writer_docstring() -> None:
+    from s3torch.dcp import S3StorageWriter
+
+    assert S3StorageWriter.__doc__ and "Write DCP checkpoints" in S3StorageWriter.__doc__
