@@ -317,7 +317,7 @@ def markdown(results: Dict[str, Any]) -> str:
         f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
         f"{results['machine']['memory_gib']} GiB"
         + (f", {results['machine']['gpu']}" if results["machine"].get("gpu") else "")
-        + ". Command: `{results['command']}`. "
+        + f". Command: `{results['command']}`. "
         f"Median of {results['repeat']} runs (min-max); ratios are peer / s3torch (rate) and "
         "peer / s3torch (CPU).",
         "",

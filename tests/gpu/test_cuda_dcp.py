@@ -9,12 +9,12 @@ import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as tmp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from s3torch._servers import free_port
 from s3torch.dcp import _staging
 from tests.conftest import BUCKET
 from tests.integration.test_dcp import (
     FULL_SHAPE,
     _dist_worker,
-    _free_port,
     _full,
     make_client,
     reader,
@@ -148,7 +148,7 @@ def test_corrupt_bytes_into_cuda_name_the_item(seaweed, prefix: str) -> None:  #
 def test_reshard_saved_by_2_ranks_loads_into_one_cuda_rank(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
     kw = {"s3client_config": make_client(seaweed).s3client_config, "endpoint": seaweed.endpoint}
     path = f"s3://{BUCKET}/{prefix}ws2"
-    tmp.spawn(_dist_worker, args=(2, _free_port(), "save", path, kw), nprocs=2, join=True)
+    tmp.spawn(_dist_worker, args=(2, free_port(), "save", path, kw), nprocs=2, join=True)
     out = {"rows": torch.zeros(FULL_SHAPE, device=DEV), "cols": torch.zeros(FULL_SHAPE, device=DEV)}
     dcp.load(out, storage_reader=reader(seaweed, path))
     assert torch.equal(out["rows"].cpu(), _full()) and torch.equal(out["cols"].cpu(), _full() * 2)

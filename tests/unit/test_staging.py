@@ -24,20 +24,9 @@ from s3torch.dcp._staging import (
     check_ring_size,
     release_staging_memory,
 )
+from tests.unit.test_torch_save import DTYPES as TORCH_SAVE_DTYPES
 
-DTYPES = [
-    torch.float32,
-    torch.float64,
-    torch.float16,
-    torch.bfloat16,
-    torch.int64,
-    torch.int32,
-    torch.int16,
-    torch.int8,
-    torch.uint8,
-    torch.bool,
-    torch.complex64,
-]
+DTYPES = [*TORCH_SAVE_DTYPES, torch.int16]
 
 
 class _Handle:
@@ -265,6 +254,35 @@ def test_a_failing_copy_is_a_staging_error() -> None:
         assert len(ring.free) == ring.nslots
     finally:
         staging.land = orig  # type: ignore[assignment]
+
+
+def test_memory_that_cannot_be_allocated_is_a_staging_error() -> None:
+    import s3torch.dcp._staging as staging
+
+    src = _random([100], torch.float32, 0)
+
+    class NoMemory(StagingRing):
+        made = 0
+
+        def _new_slot(self) -> torch.Tensor:  # the first slot, then no more memory
+            NoMemory.made += 1
+            if NoMemory.made > 1:
+                raise RuntimeError("CUDA error: out of memory (cudaHostAlloc)")
+            return super()._new_slot()
+
+    orig = staging.StagingRing
+    staging.StagingRing = NoMemory  # type: ignore[misc]
+    release_staging_memory()
+    try:
+        with pytest.raises(StagingError, match="cannot allocate the staging ring's memory: CUDA error: out of memory"):
+            with borrow_ring(256, 64, False) as ring:
+                RingLoad(FakeNative({"k": _raw(src)}), "b", ring, POOL).run(
+                    [_staged("k", src, torch.zeros_like(src), [])]
+                )
+        assert len(ring.free) == ring.nslots
+        assert not staging._pool  # the broken ring was not kept for the next load
+    finally:
+        staging.StagingRing = orig  # type: ignore[misc]
 
 
 def test_blocks_cover_in_row_major_order() -> None:

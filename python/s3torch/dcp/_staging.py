@@ -132,9 +132,11 @@ def borrow_ring(ring_bytes: int, slot_bytes: int, pinned: bool) -> Iterator[Stag
     try:
         yield ring
     finally:
-        assert len(ring.free) == ring.nslots, "a load returned its ring with slots still in use"
-        with _pool_lock:
-            _pool.setdefault(key, ring)
+        # Only a whole, healthy ring waits for the next load (RingLoad returns every slot,
+        # also after an error; a ring whose memory could not be allocated is dropped).
+        if len(ring.free) == ring.nslots and ring._alloc_error is None:
+            with _pool_lock:
+                _pool.setdefault(key, ring)
 
 
 def release_staging_memory() -> None:
@@ -251,13 +253,15 @@ class RingLoad:
                 for dst in blocks(t.dst, ring.slot_bytes):
                     n = dst.numel() * dst.element_size()
                     slot = self._take_slot()
-                    view = ring.slot(slot, n)
-                    ring.uses += 1
                     try:
+                        view = ring.slot(slot, n)
                         h = self.native.start_get_into(self.bucket, t.key, view, pos, n)
-                    except _crt.S3Exception as e:
+                    except BaseException as e:
                         ring.free.append(slot)
-                        raise read_error(t.where, e) from e
+                        if isinstance(e, _crt.S3Exception):
+                            raise read_error(t.where, e) from e
+                        raise
+                    ring.uses += 1
                     self._fetching.append(_Fill(slot, h, t, dst, n))
                     pos += n
             while self._fetching:
