@@ -69,6 +69,7 @@ class _Item:
     direct: bool = False  # dst is contiguous CPU memory: the GET lands in it, no staging
     sub: Tuple[int, int] = (0, 0)  # byte range of the stored data to fetch, relative to data start
     full: bool = True  # sub covers the whole stored tensor (so its CRC can be checked)
+    shared: bool = False  # the whole record came from another rank (share_reads)
 
 
 def _view_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -104,9 +105,9 @@ class ParallelLoader:
         self.force_staging = force_staging  # tests: every tensor through the ring, CPU ones too
         self.bytes_read = 0
         # How each tensor was placed: "direct" (GET into the destination), "staged" (through
-        # the staging ring), "small" (copied out of a whole-record probe), "fallback"
-        # (torch.load of the record).
-        self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "small": 0, "fallback": 0}
+        # the staging ring), "small" (copied out of a whole-record probe), "shared" (copied
+        # out of a record another rank fetched), "fallback" (torch.load of the record).
+        self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "small": 0, "shared": 0, "fallback": 0}
         self.ring_slot_uses = 0
 
     def _where(self, it: _Item) -> str:
@@ -163,7 +164,9 @@ class ParallelLoader:
     def _plan_tensor(self, it: _Item, planner: LoadPlanner) -> None:
         req = it.req
         it.target = planner.resolve_tensor(req).detach()
-        it.layout = locate(bytes(it.head), bytes(it.tail), it.length)
+        whole = it.head is it.tail and it.length > SMALL_RECORD  # a large record in memory: parse its ends
+        head, tail = (it.head[:HEAD_BYTES], it.tail[-TAIL_BYTES:]) if whole else (it.head, it.tail)
+        it.layout = locate(bytes(head), bytes(tail), it.length)
         L = it.layout
         if L is None or L.dtype != it.target.dtype:
             return  # torch.load fallback
@@ -202,9 +205,21 @@ class ParallelLoader:
         it.direct = not self.force_staging and t.device.type == "cpu" and t.is_contiguous() and not t.is_sparse
 
     # --- the load ------------------------------------------------------------------------
-    def load(self, plan_items: List[Tuple[ReadItem, str, int, int]], planner: LoadPlanner) -> None:
+    def load(
+        self,
+        plan_items: List[Tuple[ReadItem, str, int, int]],
+        planner: LoadPlanner,
+        records: Optional[Dict[Tuple[str, int], memoryview]] = None,
+    ) -> None:
+        """Load the items. ``records``: whole records already in memory (shared by another
+        rank), by (key, offset): their items are not fetched, only placed."""
         items = [_Item(req, key, off, length) for req, key, off, length in plan_items]
-        self._probe(items)
+        held = [it for it in items if records and (it.key, it.offset) in records]
+        for it in held:
+            assert records is not None
+            it.head = it.tail = records[(it.key, it.offset)]
+            it.shared = True
+        self._probe([it for it in items if not it.shared])
         for it in items:
             if it.req.type == LoadItemType.BYTE_IO:
                 planner.load_bytes(it.req, io.BytesIO(bytes(it.head)))
@@ -223,7 +238,7 @@ class ParallelLoader:
                     self._check_crc(it, it.head[it.layout.data_offset : it.layout.data_offset + it.layout.data_len])
                 if b > a:
                     land(it.dst, torch.frombuffer(it.head[a:b], dtype=torch.uint8))
-                self._commit(it, planner, "small")
+                self._commit(it, planner, "shared" if it.shared else "small")
             else:
                 (direct if it.direct else staged).append(it)
         # CRC32s run on worker threads (crc32 releases the GIL) while the transfers go on.

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch.distributed as dist
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
@@ -25,6 +26,7 @@ from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
 from ._parallel_load import ParallelLoader
 from ._progress import Progress
+from ._shared_reads import DEFAULT_ROUND_BYTES, SharedLoad, ShareSchedule, plan_sharing
 from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, check_ring_size
 from .s3_file_system import S3FileSystem
 
@@ -51,6 +53,12 @@ class S3StorageReader(FileSystemReader):
             is one ranged GET and one copy to the destination.
         verify_checksums: check each fully read tensor against the CRC32 its record carries.
         progress: log one line (bytes, seconds, GB/s) per load.
+        share_reads: records that several ranks read (DDP replicas, HSDP replica groups,
+            replicated small tensors) are fetched from S3 by one of them and sent to the
+            others over ``process_group`` (default: the default group; gloo on CPU, NCCL
+            through the current CUDA device), in rounds of at most ``share_round_bytes``
+            (default 256 MiB). A failed fetch fails the load on every rank with the fetching
+            rank's error. ``last_load_stats["bytes_from_s3"]`` counts this rank's bytes.
 
     When ``dcp.load`` returns, CUDA destinations are safe to use on each device's current
     stream without a synchronize: the current stream waits for the staging copies.
@@ -70,8 +78,13 @@ class S3StorageReader(FileSystemReader):
         staging_slot_bytes: int = DEFAULT_SLOT_BYTES,
         verify_checksums: bool = True,
         progress: bool = False,
+        share_reads: bool = False,
+        process_group: Optional[Any] = None,
+        share_round_bytes: int = DEFAULT_ROUND_BYTES,
     ) -> None:
         check_ring_size(staging_bytes, staging_slot_bytes)
+        if isinstance(share_round_bytes, bool) or not isinstance(share_round_bytes, int) or share_round_bytes <= 0:
+            raise ValueError(f"share_round_bytes must be a positive int, got {share_round_bytes!r}")
         path = s3_path(path)
         parse_s3_uri(path)
         super().__init__(path)
@@ -88,6 +101,7 @@ class S3StorageReader(FileSystemReader):
         self.verify_checksums = verify_checksums
         self._progress = Progress("DCP load from", str(self.path), progress)
         self.last_load_stats: Dict[str, int] = {}
+        self.share_reads, self.process_group, self.share_round_bytes = share_reads, process_group, share_round_bytes
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
@@ -119,6 +133,12 @@ class S3StorageReader(FileSystemReader):
             self.reader_constructor.set_item_ranges_by_file(ranges)
         return dataclasses.replace(plan, items=items)
 
+    def prepare_global_plan(self, plans: List[LoadPlan]) -> List[LoadPlan]:
+        """With share_reads: assign each record several ranks read to one of them."""
+        if not self.share_reads or self.reader_constructor is not None or len(plans) < 2:
+            return plans
+        return plan_sharing(plans, self.storage_data, self.share_round_bytes)
+
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
         if self.reader_constructor is not None:
             generic = super().read_data(plan, planner)
@@ -144,8 +164,21 @@ class S3StorageReader(FileSystemReader):
             self.staging_slot_bytes,
             force_staging=self._force_staging,
         )
-        loader.load(work, planner)
-        self.last_load_stats = dict(loader.stats, ring_slot_uses=loader.ring_slot_uses)
+        schedule = plan.storage_data
+        shared_in = 0
+        if isinstance(schedule, ShareSchedule) and schedule.rounds and dist.is_initialized():
+            key_of = {info.relative_path: self._key(info.relative_path) for info in self.storage_data.values()}
+            sharing = SharedLoad(loader, schedule, self.process_group, str(self.path))
+            sharing.run(work, self.storage_data, key_of, planner)
+            shared_in = sharing.bytes_shared_in
+        else:
+            loader.load(work, planner)
+        self.last_load_stats = dict(
+            loader.stats,
+            ring_slot_uses=loader.ring_slot_uses,
+            bytes_from_s3=loader.bytes_read,
+            bytes_shared_in=shared_in,
+        )
         self._progress.add(loader.bytes_read)
         self._progress.done()
         fut: Future = Future()
