@@ -1,6 +1,7 @@
 """torch.distributed.checkpoint on S3: storage writer and reader, file system, prefix strategies."""
 
 from ._errors import CheckpointCorruptError, StagingError
+from ._shared_reads import SharedReadError
 from ._staging import release_staging_memory
 from .s3_file_system import S3FileSystem
 from .s3_prefix_strategy import (
@@ -26,5 +27,6 @@ __all__ = [
     "HexPrefixStrategy",
     "CheckpointCorruptError",
     "StagingError",
+    "SharedReadError",
     "release_staging_memory",
 ]
