@@ -5,9 +5,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import socket
 import threading
 import time
+from typing import Iterator
 
 import pytest
 
@@ -121,7 +123,18 @@ def test_unreachable_endpoint_fails_fast() -> None:
     assert "CONNECTION_REFUSED" in str(ei.value) and "endpoint" in str(ei.value)
 
 
-def test_keyboard_interrupt_cancels_a_transfer(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """Python's own SIGINT handler for the test: started in the background or under nohup,
+    SIGINT is ignored and _thread.interrupt_main() would do nothing."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_keyboard_interrupt_cancels_a_transfer(seaweed, prefix: str, sigint_raises) -> None:  # type: ignore[no-untyped-def]
     import _thread
 
     client = make_client(seaweed)
@@ -237,7 +250,7 @@ def test_fork_while_transfers_are_in_flight(seaweed, prefix: str) -> None:  # ty
     assert client.get_object(BUCKET, prefix + "up").read() == big
 
 
-def test_interrupted_multipart_put_leaves_nothing_behind(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def test_interrupted_multipart_put_leaves_nothing_behind(seaweed, prefix: str, sigint_raises) -> None:  # type: ignore[no-untyped-def]
     import _thread
 
     client = make_client(seaweed)

@@ -34,7 +34,7 @@ from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, RingLoad, StagedTe
 
 SMALL_RECORD = 64 * 1024  # fetched whole in the probe
 BATCH = 256  # requests started per get_into_many call
-CRC_THREADS = min(4, os.cpu_count() or 1)  # CRC32 at ~10 GB/s a thread keeps up with the network
+CRC_THREADS = max(1, min(4, (os.cpu_count() or 2) - 1))  # a core left for the CRT; ~10 GB/s a thread
 CRC_PIECE = 32 << 20  # a large tensor's CRC is computed in pieces of this size, in parallel
 
 
