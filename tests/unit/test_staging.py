@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s3torch import _crt
-from s3torch.dcp import CheckpointCorruptError, StagingError
+from s3torch.dcp import CheckpointCorruptError, CheckpointReadError, StagingError
 from s3torch.dcp._staging import (
     RingLoad,
     StagedTensor,
@@ -180,7 +180,7 @@ def test_error_mid_load_returns_every_slot(where: str) -> None:
     native = FakeNative({k: _raw(v) for k, v in srcs.items()})
     native.fail_at, native.fail_on_start = 13, where == "start"
     ring = StagingRing(nslots * slot, slot, pinned=False)
-    with pytest.raises(CheckpointCorruptError, match=r"s3://b/t1 item t1: cannot read its bytes: injected"):
+    with pytest.raises(CheckpointReadError, match=r"s3://b/t1 item t1: cannot read its bytes: injected"):
         RingLoad(native, "b", ring, POOL).run([_staged(k, v, torch.zeros_like(v), []) for k, v in srcs.items()])
     assert len(ring.free) == nslots  # every slot back
     # Nothing still writes into a slot: every GET was waited for (the ones in flight cancelled).

@@ -13,14 +13,27 @@ class StagingError(RuntimeError):
     """Copying staged bytes into a destination failed (a CUDA error, too little device memory)."""
 
 
+class CheckpointReadError(_crt.S3Exception):
+    """A checkpoint's bytes could not be read: the network, the server or throttling failed,
+    not the checkpoint. Carries the failed request's ``code``, ``http_status``,
+    ``request_id``, ... like the S3Exception it wraps."""
+
+
+_CARRIED = ("code", "s3_message", "http_status", "request_id", "crt_error", "operation", "bucket", "key")
+
+
 def read_error(where: str, e: "_crt.S3Exception") -> "_crt.S3Exception":
-    """The error for a failed read of an item: access and timeout errors as they are,
-    anything else named after the item it hit."""
-    if isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError)):
+    """The error for a failed read of an item, named after the item it hit: access,
+    timeout and cancellation errors as they are; a missing file or a range past its end
+    (the checkpoint is incomplete or truncated) is a CheckpointCorruptError; anything else
+    (5xx, throttling, a dropped connection) a CheckpointReadError."""
+    if isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError, _crt.S3CancelledError)):
         return e
-    hint = (
-        " (the file is shorter than the checkpoint metadata says: truncated?)"
-        if getattr(e, "http_status", None) == 416
-        else ""
-    )
-    return CheckpointCorruptError(f"{where}: cannot read its bytes: {e}{hint}")
+    status = getattr(e, "http_status", None)
+    if isinstance(e, _crt.S3NotFoundError) or status == 416:
+        hint = " (the file is shorter than the checkpoint metadata says: truncated?)" if status == 416 else ""
+        return CheckpointCorruptError(f"{where}: cannot read its bytes: {e}{hint}")
+    out = CheckpointReadError(f"{where}: cannot read its bytes: {e} (the checkpoint itself may be intact)")
+    for name in _CARRIED:
+        setattr(out, name, getattr(e, name, None))
+    return out

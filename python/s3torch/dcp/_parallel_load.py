@@ -118,16 +118,26 @@ class ParallelLoader:
         return CheckpointCorruptError(f"{self._where(it)}: {msg}")
 
     def _get_many(self, reqs: List[Tuple[str, int, int, Any]], owners: List[_Item]) -> List[int]:
-        """get_into_many, with failures that name the item whose bytes could not be read."""
-        if not reqs:
-            return []
+        """All GETs in flight at once, then waited for in order: a failure names the item
+        whose bytes could not be read (the rest are cancelled)."""
+        handles: List[Any] = []
         try:
-            return self.native.get_into_many(self.bucket, reqs)
-        except _crt.S3Exception as e:
-            culprit = next((it for (key, off, n, _), it in zip(reqs, owners) if key == e.key), None)
-            if culprit is None:
-                raise
-            raise read_error(self._where(culprit), e) from e
+            for (key, off, n, buf), it in zip(reqs, owners):
+                try:
+                    handles.append(self.native.start_get_into(self.bucket, key, buf, off, n))
+                except _crt.S3Exception as e:
+                    raise read_error(self._where(it), e) from e
+            got = []
+            for h, it in zip(handles, owners):
+                try:
+                    got.append(h.wait())
+                except _crt.S3Exception as e:
+                    raise read_error(self._where(it), e) from e
+            return got
+        finally:
+            for h in handles:
+                if not h.done():
+                    h.cancel()
 
     # --- 1. probe ------------------------------------------------------------------------
     def _probe(self, items: List[_Item]) -> None:
