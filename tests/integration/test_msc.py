@@ -6,6 +6,7 @@ operations against MSC's, and construction-time errors."""
 from __future__ import annotations
 
 import json
+import pickle
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -202,6 +203,20 @@ def test_checkpoint_id_of_another_profile_rebinds(msc: Msc) -> None:
         out, storage_reader=MultiStorageFileSystemReader(f"msc://{msc.profile}/x"), checkpoint_id=f"msc://{other}/c"
     )
     assert torch.equal(out["w"], sd["w"])
+
+
+def test_pickled_writer_and_reader_and_async_save(msc: Msc) -> None:
+    """They pickle their paths, not their clients (as a checkpoint process receives them)."""
+    sd = state_dict()
+    url = f"msc://{msc.profile}/pickled"
+    w = pickle.loads(pickle.dumps(MultiStorageFileSystemWriter(url, thread_count=2)))
+    expected = state_dict()
+    fut = dcp.async_save(sd, storage_writer=w, no_dist=True)
+    sd["fp32"].add_(1)  # training goes on: the staged copy is what gets saved
+    fut.result(timeout=120)
+    out = empty_like_sd(sd)
+    dcp.load(out, storage_reader=pickle.loads(pickle.dumps(MultiStorageFileSystemReader(url))))
+    assert_same(expected, out)
 
 
 def test_overwrite_false_refuses_an_existing_checkpoint(msc: Msc) -> None:

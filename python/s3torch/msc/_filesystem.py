@@ -55,6 +55,14 @@ class MultiStorageFileSystem(FileSystemBase):
         self._clients: Dict[S3Target, S3FileSystem] = {}
         self._lock = threading.Lock()  # guards _clients (and the lazy config load)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # Pickles its configuration only: the config is read again, and clients are created
+        # again, in the process that unpickles it (e.g. dcp.async_save's checkpoint process).
+        return {}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
     def resolve(self, path: PathLike) -> Resolved:
         """The S3 URL and target behind ``path``; :class:`MSCConfigError` if it cannot be used."""
         with self._lock:
