@@ -24,7 +24,7 @@ from ..dcp.s3_storage_reader import S3StorageReader
 from ..dcp.s3_storage_writer import S3StorageWriter
 from ..s3reader import S3Reader
 from ..s3writer import S3Writer
-from ._config import MSC_SCHEME, MSCConfig, MSCConfigError, Resolved, S3Target
+from ._config import MSC_SCHEME, MSCConfig, Resolved, S3Target
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -104,7 +104,7 @@ class MultiStorageFileSystem(FileSystemBase):
         """Server-side copy, then delete (as MSC: not atomic, single objects only)."""
         src, dst = self.resolve(path), self.resolve(new_path)
         if src.target != dst.target:
-            raise MSCConfigError(f"rename from {path} to {new_path}: the two paths are on different S3 endpoints")
+            raise ValueError(f"rename from {path} to {new_path}: the two paths are not on the same S3 endpoint")
         self.s3_file_system(src.target).rename(src.url, dst.url)
 
     def mkdir(self, path: PathLike) -> None:
