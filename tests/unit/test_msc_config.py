@@ -206,7 +206,7 @@ def bad_cases(env: Path) -> Dict[str, Any]:
         "malformed json": ("{", "msc://p/x", None, "cannot be parsed"),
         "top level not a mapping": ("- a\n- b\n", "msc://p/x", None, "top level must be a mapping"),
         "profiles not a mapping": ("profiles: [a]\n", "msc://p/x", None, "'profiles' must be a mapping"),
-        "include": ("include: [other.yaml]\nprofiles: {}\n", "msc://p/x", None, "'include' is not supported"),
+        "include missing": ("include: [other.yaml]\nprofiles: {}\n", "msc://p/x", None, r"other\.yaml.*does not exist"),
         "mapping with a path": (
             json.dumps({"profiles": {"p": s3()}, "path_mapping": {"s3://a/": "msc://p/sub/"}}),
             "s3://a/x",
@@ -246,3 +246,39 @@ def test_missing_config(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MSCConfigError, match="names a file that does not exist") as e:
         MultiStorageFileSystemWriter("s3://b/x")
     assert e.value.config_file == str(env / "gone.yaml")
+
+
+def test_include_merges_profiles_and_path_mapping_as_msc(env: Path) -> None:
+    main = write(
+        env / "home/.msc_config.yaml",
+        {"main": s3("bucket-main")},
+        include=["parts/team.json", str(env / "abs.yaml")],
+        path_mapping={"s3://m/": "msc://main/"},
+    )
+    team = write(
+        env / "home/parts/team.json",
+        {"team": s3("bucket-team"), "nob": s3("")},
+        path_mapping={"s3://t/": "msc://team/"},
+    )
+    write(env / "abs.yaml", {"main": s3("bucket-main"), "third": s3("bucket-3/p")})  # the same "main": no conflict
+    assert MultiStorageFileSystemReader("msc://team/x").path == "s3://bucket-team/x"
+    assert MultiStorageFileSystemReader("msc://third/x").path == "s3://bucket-3/p/x"
+    assert MultiStorageFileSystemReader("s3://t/y").path == "s3://bucket-team/y"
+    assert MultiStorageFileSystemReader("s3://m/y").path == "s3://bucket-main/y"
+    merged, file = StorageClientConfig.read_msc_config()
+    assert file == str(main) and set(merged["profiles"]) == {"main", "team", "nob", "third"}
+    with pytest.raises(MSCConfigError, match="names no bucket") as e:
+        MultiStorageFileSystemReader("msc://nob/x")
+    assert e.value.config_file == str(team)  # the file that defines the profile
+
+
+def test_include_errors(env: Path) -> None:
+    main = write(env / "home/.msc_config.yaml", {"p": s3("b1")}, include=["other.yaml"])
+    other = write(env / "home/other.yaml", {"p": s3("b2")})
+    with pytest.raises(MSCConfigError, match=r"profiles entry 'p' is defined differently") as e:
+        MultiStorageFileSystemReader("msc://p/x")
+    assert e.value.config_file == str(main)
+    write(other, {"q": s3("b2")}, include=["third.yaml"])
+    with pytest.raises(MSCConfigError, match="one level of includes") as e:
+        MultiStorageFileSystemReader("msc://p/x")
+    assert e.value.config_file == str(other)

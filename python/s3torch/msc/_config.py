@@ -111,13 +111,20 @@ def _expand(value: Any, file: Optional[str], profile: str) -> Any:
 class MSCConfig:
     """One MSC configuration file, read once. ``file`` is None when no file was found."""
 
-    def __init__(self, data: Dict[str, Any], file: Optional[str], searched: List[str]) -> None:
+    def __init__(
+        self,
+        data: Dict[str, Any],
+        file: Optional[str],
+        searched: List[str],
+        profile_files: Optional[Dict[str, str]] = None,
+    ) -> None:
         self.file = file
         self.searched = searched
         profiles = data.get("profiles") or {}
         if not isinstance(profiles, dict):
             raise MSCConfigError("'profiles' must be a mapping of profile names to profiles", config_file=file)
         self.profiles: Dict[str, Any] = profiles
+        self.profile_files = profile_files or {}  # profile -> the included file defining it
         mapping = data.get("path_mapping") or {}
         if not isinstance(mapping, dict):
             raise MSCConfigError("'path_mapping' must be a mapping of source prefixes to msc:// URLs", config_file=file)
@@ -153,7 +160,9 @@ class MSCConfig:
             )
         for path in searched:
             if os.path.exists(path):
-                return cls(_read(path), path, searched)
+                data = _read(path)
+                profile_files = _merge_includes(path, data)
+                return cls(data, path, searched, profile_files)
         return cls({}, None, searched)
 
     def resolve(self, path: Any) -> Resolved:
@@ -185,7 +194,7 @@ class MSCConfig:
         )
 
     def _resolve_profile(self, profile: str, sub: str, via: Optional[str] = None) -> Resolved:
-        file = self.file
+        file = self.profile_files.get(profile, self.file)
         raw = self.profiles.get(profile)
         if raw is None and profile.startswith("_s3-") and len(profile) > 4:
             # MSC's implicit profile for an unmapped s3:// URL: the bucket, environment credentials.
@@ -246,7 +255,7 @@ class MSCConfig:
         return Resolved(f"s3://{bucket}/{key}", self._target(profile, options, raw), profile)
 
     def _target(self, profile: str, options: Dict[str, Any], raw: Dict[str, Any]) -> S3Target:
-        file = self.file
+        file = self.profile_files.get(profile, self.file)
         cfg: Dict[str, Any] = {}
         if options.get("signature_version") == "UNSIGNED":
             cfg["unsigned"] = True
@@ -325,8 +334,41 @@ def _read(path: str) -> Dict[str, Any]:
         raise MSCConfigError(
             f"the top level must be a mapping (with 'profiles'), not {type(data).__name__}", config_file=path
         )
-    if "include" in data:
-        raise MSCConfigError(
-            "'include' is not supported by s3torch.msc; put the included profiles into this file", config_file=path
-        )
     return data
+
+
+def _merge_includes(path: str, data: Dict[str, Any]) -> Dict[str, str]:
+    """MSC's ``include``: one level of other files (paths relative to this one) whose
+    ``profiles`` and ``path_mapping`` are merged into ``data``; the same name defined
+    differently in two files is an error. Returns which included file defines each profile."""
+    includes = data.pop("include", None) or []
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise MSCConfigError("'include' must be a list of file paths", config_file=path)
+    profile_files: Dict[str, str] = {}
+    for inc in includes:
+        inc_path = os.path.abspath(os.path.join(os.path.dirname(path), os.path.expanduser(inc)))
+        if not os.path.exists(inc_path):
+            raise MSCConfigError(f"includes {inc_path}, which does not exist; fix the path", config_file=path)
+        other = _read(inc_path)
+        if "include" in other:
+            raise MSCConfigError(
+                f"is included by {path} and has an 'include' itself; MSC allows one level of includes",
+                config_file=inc_path,
+            )
+        for section in ("profiles", "path_mapping"):
+            theirs = other.get(section) or {}
+            ours = data.get(section) or {}
+            if not isinstance(theirs, dict) or not isinstance(ours, dict):
+                raise MSCConfigError(f"'{section}' must be a mapping", config_file=inc_path)
+            for name, value in theirs.items():
+                if name in ours and ours[name] != value:
+                    raise MSCConfigError(
+                        f"{section} entry {name!r} is defined differently in {path} and {inc_path}; keep one",
+                        config_file=path,
+                    )
+                if name not in ours and section == "profiles":
+                    profile_files[name] = inc_path
+                ours[name] = value
+            if ours:
+                data[section] = ours
+    return profile_files
