@@ -449,6 +449,11 @@ def setup_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from multistorageclient.contrib.torch import MultiStorageFileSystemWriter  # type: ignore
 
         w = MultiStorageFileSystemWriter(f"msc://bench/bench/dcp-msc-{os.getpid()}")
+    elif peer == "s3torch-msc":  # s3torch's drop-in for MSC's classes, on the same MSC config
+        _msc_config(ctx)
+        from s3torch.msc import MultiStorageFileSystemWriter as S3torchMscWriter
+
+        w = S3torchMscWriter(f"msc://bench/bench/dcp-s3torch-msc-{os.getpid()}")
     else:
         raise KeyError(peer)
     return lambda: (dcp.save(sd, storage_writer=w), n)[1]
@@ -487,6 +492,11 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from multistorageclient.contrib.torch import MultiStorageFileSystemReader  # type: ignore
 
         r = MultiStorageFileSystemReader(f"msc://bench/{ctx['key']}")
+    elif peer == "s3torch-msc":
+        _msc_config(ctx)
+        from s3torch.msc import MultiStorageFileSystemReader as S3torchMscReader
+
+        r = S3torchMscReader(f"msc://bench/{ctx['key']}")
     else:
         raise KeyError(peer)
 
