@@ -37,6 +37,10 @@ DEFAULT_PREFETCH_COUNT = 64
 # First GET of an object of unknown size; smaller than any part size, so the core treats it
 # as a probe (the object must fit, an empty object is no error).
 MAX_PROBE_BYTES = 1 * MiB
+MIN_PROBE_BYTES = 64 * 1024
+INITIAL_PROBE_BYTES = 256 * 1024
+# How many of the next items the window checks for a finished probe of a large object.
+POLL_AHEAD = 4
 
 # (bucket, key, ObjectInfo from the listing or None)
 Entry = Tuple[str, str, Optional["_crt.ObjectInfo"]]
@@ -123,8 +127,10 @@ class PrefetchWindow:
         self._entries: Optional[Iterator[Entry]] = iter(entries)
         self._budget = budget
         self._count = max(1, count)
-        self._probe = max(1, min(MAX_PROBE_BYTES, budget))
+        self._max_probe = max(1, min(MAX_PROBE_BYTES, budget))
+        self._largest = 0  # largest object of unknown size seen so far: the next probe's size
         self._slots: Deque[_Slot] = collections.deque()
+        self._launched = 0  # self._slots[:_launched] are launched; the rest wait for budget
         self._reserved = 0  # bytes held by self._slots
 
     # --- bookkeeping ------------------------------------------------------------------------
@@ -137,33 +143,48 @@ class PrefetchWindow:
     def pending(self) -> int:
         return len(self._slots)
 
-    def _fits(self, cost: int) -> bool:
-        return not self._slots or self._reserved + cost <= self._budget
+    def _probe_size(self) -> int:
+        # As large as the largest object seen so far (datasets' objects are often alike in
+        # size, and an exact allocation is much cheaper than an oversized one: above about
+        # 128 KiB each one is an mmap), at least MIN_PROBE_BYTES; INITIAL_PROBE_BYTES until a
+        # size is known; at most MAX_PROBE_BYTES and the budget.
+        n = max(MIN_PROBE_BYTES, self._largest) if self._largest else INITIAL_PROBE_BYTES
+        return min(self._max_probe, n)
+
+    def _cost(self, slot: _Slot) -> int:
+        return int(slot.info.size) if slot.info is not None else self._probe_size()
 
     def _fill(self) -> None:
-        """Launch GETs for the next entries while the count and the budget allow."""
-        self._advance()
-        while self._entries is not None and len(self._slots) < self._count:
-            if self._slots and not self._launched(self._slots[-1]):
-                return  # slots are launched in order: wait until that one fits
+        """Launch GETs for the next entries while the count and the budget allow, in order."""
+        slots = self._slots
+        while self._launched < len(slots):  # those that waited for budget first
+            slot = slots[self._launched]
+            if self._launched and self._reserved + self._cost(slot) > self._budget:
+                return
+            self._launch(slot)
+        while self._entries is not None and len(slots) < self._count:
             try:
                 entry = next(self._entries)
             except StopIteration:
                 self._entries = None
                 return
             slot = _Slot(entry)
-            self._slots.append(slot)
-            if not self._fits(self._cost(slot)):
+            slots.append(slot)
+            if self._launched and self._reserved + self._cost(slot) > self._budget:
                 return  # launched by a later _fill, or when it reaches the head
             self._launch(slot)
-
-    def _cost(self, slot: _Slot) -> int:
-        return int(slot.info.size) if slot.info is not None else self._probe
+        # Large objects of unknown size among the next few: start the rest of each once its
+        # probe has told the size (further ones are polled as they come closer).
+        for i in range(1, min(POLL_AHEAD + 1, self._launched)):
+            slot = slots[i]
+            if slot.probe and slot.handle is not None and slot.handle.done():
+                self._finish_probe(slot, must=False)
 
     def _launch(self, slot: _Slot) -> None:
-        size = int(slot.info.size) if slot.info is not None else None
+        self._launched += 1
         try:
-            if size is not None:
+            if slot.info is not None:
+                size = int(slot.info.size)
                 slot.size = size
                 slot.cost = size
                 self._reserved += size
@@ -174,28 +195,16 @@ class PrefetchWindow:
                 slot.expect = size
                 slot.handle = self._native.start_get_into(slot.bucket, slot.key, slot.buf)
             else:
-                slot.cost = self._probe
-                self._reserved += self._probe
-                slot.buf = _crt.HostBuffer(self._probe)
-                slot.probe = self._probe
+                probe = self._probe_size()
+                slot.cost = probe
+                self._reserved += probe
+                slot.buf = _crt.HostBuffer(probe)
+                slot.probe = probe
                 slot.handle = self._native.start_get_into(slot.bucket, slot.key, slot.buf)
         except Exception as e:  # a bad key, an allocation failure: raised when the item is reached
             slot.error = _name_object(e, slot.bucket, slot.key)
             slot.handle = None
             slot.buf = None
-
-    def _launched(self, slot: _Slot) -> bool:
-        return slot.handle is not None or slot.buf is not None or slot.error is not None
-
-    def _advance(self) -> None:
-        """Launch slots that now fit, and start the rest of large objects whose probe is done."""
-        for slot in self._slots:
-            if not self._launched(slot):
-                if not self._fits(self._cost(slot)):
-                    return
-                self._launch(slot)
-            elif slot.probe and slot.handle is not None and slot.handle.done():
-                self._finish_probe(slot, must=False)
 
     def _finish_probe(self, slot: _Slot, must: bool) -> None:
         """The probe GET of an object of unknown size is done (or being waited for): the whole
@@ -208,6 +217,7 @@ class PrefetchWindow:
             got = handle.wait()
         except _crt.S3InvalidArgumentError as e:
             size = handle.object_size
+            self._largest = max(self._largest, size)
             if size <= probe:
                 slot.error = _name_object(e, slot.bucket, slot.key)
                 slot.handle, slot.buf, slot.probe = None, None, 0
@@ -234,6 +244,7 @@ class PrefetchWindow:
             slot.handle, slot.buf, slot.probe = None, None, 0
             return
         # The whole object fitted the probe; the pages past it were never touched.
+        self._largest = max(self._largest, got)
         self._reserved -= slot.cost - got
         slot.cost = got
         slot.size = got
@@ -243,8 +254,8 @@ class PrefetchWindow:
 
     def _take(self, slot: _Slot) -> S3Reader:
         """Wait for the head slot and turn it into a reader (or raise its error)."""
-        if not self._launched(slot):
-            self._launch(slot)
+        if self._launched == 0:
+            self._launch(slot)  # larger than the budget: it goes alone
         if slot.probe and slot.handle is not None:
             self._finish_probe(slot, must=True)
         if slot.error is not None:
@@ -271,14 +282,16 @@ class PrefetchWindow:
         return self
 
     def __next__(self) -> S3Reader:
-        self._fill()
         if not self._slots:
-            raise StopIteration
+            self._fill()
+            if not self._slots:
+                raise StopIteration
         slot = self._slots[0]
         try:
             reader = self._take(slot)
         finally:
             self._slots.popleft()
+            self._launched -= 1
             self._reserved -= slot.cost
             slot.release()
         # The head's memory now belongs to its reader: start the next GETs before the
@@ -291,6 +304,7 @@ class PrefetchWindow:
         self._entries = None
         slots = list(self._slots)
         self._slots.clear()
+        self._launched = 0
         self._reserved = 0
         for s in slots:
             s.cancel()
