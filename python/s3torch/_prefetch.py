@@ -17,8 +17,10 @@ generator) cancels every GET still in flight and waits for the CRT to let go of 
 
 Sizes: an object whose size the listing gave is fetched into memory of that size. One of
 unknown size (``from_objects``) is fetched without a HEAD: one GET of its first ``probe``
-bytes, which is the whole object when it is smaller; a larger object's size comes with that
-answer and the rest is fetched into memory of the full size.
+bytes (the largest size seen so far in this window, see ``_probe_size``), which is the whole
+object when it is smaller; a larger object's size comes with that answer and the rest is
+fetched into memory of the full size (as soon as it fits the budget for one of the next
+``POLL_AHEAD`` items, else when it is reached).
 """
 
 from __future__ import annotations
