@@ -408,3 +408,24 @@ def test_torch_sees_getitems(seaweed, pool) -> None:  # type: ignore[no-untyped-
         batches = list(DataLoader(ds, batch_size=4, collate_fn=list))
     assert sum(len(b) for b in batches) == len(POOL_SIZES)
     assert torch.utils.data.get_worker_info() is None
+
+
+def test_fork_while_the_window_has_transfers_in_flight(seaweed, pool, big) -> None:  # type: ignore[no-untyped-def]
+    # The main process holds a window with GETs in flight (held 200 ms each by the proxy) when
+    # DataLoader forks its workers: the workers use clients of their own, and the main
+    # process's window carries on.
+    prefix, uris = pool
+    host, port = seaweed.endpoint.split("://", 1)[1].rsplit(":", 1)
+    with _latency_proxy().LatencyProxy(host, int(port), 0.2, idle_seconds=30) as proxy:
+        kw = _kw(seaweed, transform=lambda r: len(r.read()), prefetch_count=16)
+        kw["endpoint"] = proxy.endpoint
+        outer = S3IterableDataset.from_prefix(big, **kw)
+        it = iter(outer)
+        sizes = [next(it)]
+        assert outer._get_client()._get_native().in_flight > 0
+        inner = S3IterableDataset.from_prefix(prefix, enable_sharding=True, **_kw(seaweed))
+        loader = DataLoader(inner, batch_size=None, num_workers=2, multiprocessing_context="fork")
+        got = sorted(tuple(x) for x in loader)
+        sizes += list(it)
+    assert got == sorted((u.split("/", 3)[3], _payload(i, POOL_SIZES[i])) for i, u in enumerate(uris))
+    assert sizes == [2 * MiB] * 48
