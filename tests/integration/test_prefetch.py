@@ -208,8 +208,11 @@ def big(seaweed) -> str:  # type: ignore[no-untyped-def]
 def _quiet(native) -> None:  # type: ignore[no-untyped-def]
     """Wait until every GET the window had started has finished (it only starts GETs when the
     consumer asks for an item, so none start meanwhile)."""
-    while native.in_flight:
+    for _ in range(6000):  # a guard against hanging, far above what the GETs take
+        if not native.in_flight:
+            return
         time.sleep(0.01)
+    raise AssertionError(f"{native.in_flight} GETs still in flight after 60 s")
 
 
 @pytest.mark.parametrize("from_prefix", [True, False])
