@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scenarios import BY_NAME, SCENARIOS, Scenario, bf16_shapes  # noqa: E402
+from scenarios import BY_NAME, GROUPS, SCENARIOS, Scenario, bf16_shapes  # noqa: E402
 
 from s3torch._servers import free_port  # noqa: E402
 
@@ -171,6 +171,31 @@ http {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class LatencyProxyProcess:
+    """benchmarks/latency_proxy.py in a process of its own, in front of `upstream`."""
+
+    def __init__(self, upstream: str, delay_ms: float) -> None:
+        hostport = upstream.split("://", 1)[-1]
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "latency_proxy.py"), "--upstream", hostport, "--delay-ms", str(delay_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.endpoint = self.proc.stdout.readline().strip()
+        if not self.endpoint.startswith("http://"):
+            self.stop()
+            raise RuntimeError("the latency proxy did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 # --- data --------------------------------------------------------------------------------
 
 
@@ -193,7 +218,7 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
         if not (bench / key).exists():
             write_random(bench / key, n)
         return {"key": key}
-    if sc.name.startswith("dataset") or sc.name == "iterable":
+    if sc.name.startswith(("dataset", "prefetch")) or sc.name == "iterable":
         count, n = sizes["objects"], sizes["object_bytes"]
         keys = [f"ds-{n}/{i:06d}" for i in range(count)]
         d = bench / f"ds-{n}"
@@ -393,7 +418,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
-    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    wanted = [n for s in args.scenarios.split(",") if s.strip() for n in GROUPS.get(s.strip(), [s.strip()])]
     unknown = [w for w in wanted if w not in BY_NAME]
     if unknown:
         ap.error(f"unknown scenarios {unknown}; known: {[s.name for s in SCENARIOS]}")
@@ -482,14 +507,24 @@ def main() -> int:
             if sc.server == "seaweed":
                 warm_up(weed)
             runs: Dict[str, List[Dict[str, Any]]] = {p: [] for p in peers}
-            for _ in range(repeat):  # interleaved, so drift on a shared machine hits every peer alike
-                for peer in peers:
-                    if runs[peer] and "error" in runs[peer][-1]:
-                        continue
-                    r = run_one(py, {**ctx, "peer": peer}, args.timeout)
-                    runs[peer].append(r)
-                    if "error" in r:
-                        log(f"{sc.name} / {peer}: {r['error']}")
+            proxy = None
+            if sizes.get("latency_ms"):
+                # A process of its own, so its CPU is not counted as the client's.
+                proxy = LatencyProxyProcess(server.endpoint, sizes["latency_ms"])
+                ctx["endpoint"] = proxy.endpoint
+                log(f"{sc.name}: through a proxy adding {sizes['latency_ms']} ms at {proxy.endpoint}")
+            try:
+                for _ in range(repeat):  # interleaved, so drift on a shared machine hits every peer alike
+                    for peer in peers:
+                        if runs[peer] and "error" in runs[peer][-1]:
+                            continue
+                        r = run_one(py, {**ctx, "peer": peer}, args.timeout)
+                        runs[peer].append(r)
+                        if "error" in r:
+                            log(f"{sc.name} / {peer}: {r['error']}")
+            finally:
+                if proxy is not None:
+                    proxy.stop()
             for peer in peers:
                 s = summarize(sc, peer, runs[peer])
                 sc_res["peers"].append(s)

@@ -120,6 +120,10 @@ def _map_len(reader):  # type: ignore[no-untyped-def]
     return len(reader.read())
 
 
+def _no_collate(batch):  # type: ignore[no-untyped-def]
+    return batch
+
+
 # --- scenarios: setup returns the operation; the operation returns the units it moved ----
 
 
@@ -270,23 +274,31 @@ def setup_dataset(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     else:
         raise KeyError(peer)
     cls = mod.S3IterableDataset if ctx.get("iterable") else mod.S3MapDataset
+    workers = ctx["workers"]
+    extra = {"enable_sharding": True} if ctx.get("iterable") and workers else {}
     ds = cls.from_objects(
         uris,
         region="us-east-1",
         endpoint=ctx["endpoint"],
         transform=_map_len,
         s3client_config=mod.S3ClientConfig(unsigned=True, force_path_style=True),
+        **extra,
     )
-    workers = ctx["workers"]
+    batch = ctx.get("batch_size") or None
 
     def op() -> float:
         loader = DataLoader(
-            ds, batch_size=None, num_workers=workers, multiprocessing_context="fork" if workers else None
+            ds,
+            batch_size=batch,
+            num_workers=workers,
+            multiprocessing_context="fork" if workers else None,
+            collate_fn=_no_collate if batch else None,
         )
         count = 0
         for n in loader:
-            assert n == ctx["object_bytes"]
-            count += 1
+            items = n if batch else [n]
+            assert all(x == ctx["object_bytes"] for x in items)
+            count += len(items)
         return count
 
     return op
@@ -569,6 +581,10 @@ SETUPS = {
     "dataset0": setup_dataset,
     "dataset2": setup_dataset,
     "iterable": setup_dataset,
+    **{name: setup_dataset for name in ("prefetch_map0", "prefetch_map2", "prefetch_iter0", "prefetch_iter2")},
+    **{
+        f"{name}_20ms": setup_dataset for name in ("prefetch_map0", "prefetch_map2", "prefetch_iter0", "prefetch_iter2")
+    },
     "ckpt_save": setup_ckpt_save,
     "ckpt_load": setup_ckpt_load,
     "dcp_save": setup_dcp_save,

@@ -148,7 +148,40 @@ SCENARIOS: List[Scenario] = [
     ),
 ]
 
+# Many objects in flight: 100 KiB objects through both dataset kinds in batches of 32 (a map
+# dataset's batch comes from __getitems__ where the dataset has it; an iterable one shards across
+# workers), DataLoader with 0 and 2 workers, straight from nginx (0 ms) and through
+# benchmarks/latency_proxy.py adding 20 ms before each response's first byte.
+PREFETCH = []
+for _latency in (0, 20):
+    for _kind in ("map", "iter"):
+        for _workers in (0, 2):
+            _sizes = {
+                "objects": 4_000 if _latency == 0 else 400,
+                "object_bytes": 100 * 1024,
+                "workers": _workers,
+                "iterable": int(_kind == "iter"),
+                "batch_size": 32,
+                "latency_ms": _latency,
+            }
+            PREFETCH.append(
+                Scenario(
+                    f"prefetch_{_kind}{_workers}" + (f"_{_latency}ms" if _latency else ""),
+                    "100 KiB objects through "
+                    + ("S3MapDataset" if _kind == "map" else "S3IterableDataset")
+                    + f", batches of 32, DataLoader(num_workers={_workers}), {_latency} ms added first-byte latency",
+                    "nginx",
+                    "objects/s",
+                    ["s3torch", "s3torchconnector"],
+                    _sizes,
+                    {**_sizes, "objects": _sizes["objects"] // 4},
+                )
+            )
+SCENARIOS += PREFETCH
+
 BY_NAME = {s.name: s for s in SCENARIOS}
+# Names --scenarios also accepts for a group of scenarios.
+GROUPS = {"prefetch": [s.name for s in PREFETCH]}
 
 
 def bf16_shapes(layers: int, d: int) -> Dict[str, tuple]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch.utils.data
 
 from . import _crt
 from ._client import S3Client
 from ._config import S3ClientConfig
+from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, PrefetchWindow, check_prefetch
 from ._uri import parse_s3_uri
 from .s3reader import S3Reader
 from .s3reader.constructor import ReaderConstructor
@@ -78,13 +79,18 @@ class _Base:
         transform: Callable[[S3Reader], Any],
         s3client_config: Optional[S3ClientConfig],
         reader_constructor: Optional[ReaderConstructor],
+        prefetch_bytes: int,
+        prefetch_count: int,
     ) -> None:
+        check_prefetch(prefetch_bytes, prefetch_count)
         self._region = region
         self._endpoint = endpoint
         self._transform = transform
         self._config = s3client_config
         self._reader_constructor = reader_constructor
         self._client: Optional[S3Client] = None
+        self.prefetch_bytes = prefetch_bytes
+        self.prefetch_count = prefetch_count
 
     @property
     def region(self) -> str:
@@ -104,10 +110,46 @@ class _Base:
         bucket, key, info = entry
         return self._get_client().get_object(bucket, key, object_info=info, reader_constructor=self._reader_constructor)
 
+    def _prefetching(self) -> bool:
+        # Only the sequential reader reads whole objects; a range-based or DCP reader is meant
+        # to fetch parts on demand, so its objects are not fetched ahead.
+        return self.prefetch_count > 0 and (
+            self._reader_constructor is None or type(self._reader_constructor) is ReaderConstructor
+        )
+
+    def _transformed(self, entries: Iterable[_Entry]) -> Iterator[Any]:
+        """The transform of each entry's reader, in order, with the next objects in flight."""
+        if not self._prefetching():
+            for entry in entries:
+                yield _apply(self._transform, self._reader(entry))
+            return
+        window = PrefetchWindow(
+            self._get_client()._get_native(), entries, budget=self.prefetch_bytes, count=self.prefetch_count
+        )
+        try:
+            for reader in window:
+                yield _apply(self._transform, reader)
+        finally:
+            window.close()  # on break, error or garbage collection: nothing left in flight
+
+
+_PREFETCH_DOC = """
+    Prefetch (with the default, sequential reader): ``prefetch_count`` objects at most
+    (default 64; 0 turns prefetch off) and ``prefetch_bytes`` of their memory at most
+    (default 128 MiB; must be > 0; one larger object still goes through, alone) are fetched
+    ahead of the consumer, per process (each DataLoader worker has its own window). Items
+    come in the same order as without prefetch and are the same readers (``.key``,
+    ``.bucket``, ``read()``, seeks), served from memory. A failed GET raises, naming the
+    object, when its item is reached. Range-based and DCP readers fetch on demand, as before.
+"""
+
 
 class S3MapDataset(torch.utils.data.Dataset, _Base):
     """Random access to objects. With ``from_prefix``, the prefix is listed once, on the first
-    ``len()`` or item access (a log line reports large listings)."""
+    ``len()`` or item access (a log line reports large listings). ``dataset[i]`` fetches one
+    object when it is read; a DataLoader with a ``batch_size`` calls ``__getitems__``, which
+    fetches the batch's objects concurrently.
+    """
 
     def __init__(
         self,
@@ -118,6 +160,8 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+        prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         source: str = "",
     ) -> None:
         _Base.__init__(
@@ -127,6 +171,8 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
             transform=transform,
             s3client_config=s3client_config,
             reader_constructor=reader_constructor,
+            prefetch_bytes=prefetch_bytes,
+            prefetch_count=prefetch_count,
         )
         self._get_entries = get_entries
         self._entries: Optional[List[_Entry]] = None
@@ -142,6 +188,8 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+        prefetch_count: int = DEFAULT_PREFETCH_COUNT,
     ) -> "S3MapDataset":
         return cls(
             _PrefixSource(s3_uri),
@@ -150,6 +198,8 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
             transform=transform,
             s3client_config=s3client_config,
             reader_constructor=reader_constructor,
+            prefetch_bytes=prefetch_bytes,
+            prefetch_count=prefetch_count,
             source=s3_uri,
         )
 
@@ -163,6 +213,8 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+        prefetch_count: int = DEFAULT_PREFETCH_COUNT,
     ) -> "S3MapDataset":
         return cls(
             _ObjectsSource(object_uris),
@@ -171,6 +223,8 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
             transform=transform,
             s3client_config=s3client_config,
             reader_constructor=reader_constructor,
+            prefetch_bytes=prefetch_bytes,
+            prefetch_count=prefetch_count,
         )
 
     @property
@@ -194,15 +248,26 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
         entries = self._dataset_entries
         return _apply(self._transform, self._reader(entries[i]))
 
+    def __getitems__(self, indices: Sequence[int]) -> List[Any]:
+        """A batch (DataLoader calls this with a batch's indices): its objects fetched
+        concurrently, within the prefetch bounds, the transform applied per item in order."""
+        entries = self._dataset_entries
+        return list(self._transformed([entries[i] for i in indices]))
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_client"] = None  # rebuilt per process from the configuration
         return state
 
 
+S3MapDataset.__doc__ = (S3MapDataset.__doc__ or "") + _PREFETCH_DOC
+
+
 class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
-    """Streams objects in listing order. With ``enable_sharding``, each object goes to exactly
-    one (distributed rank, DataLoader worker) pair."""
+    """Streams objects in listing order, the next ones fetched ahead. With
+    ``enable_sharding``, each object goes to exactly one (distributed rank, DataLoader worker)
+    pair.
+    """
 
     def __init__(
         self,
@@ -213,6 +278,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+        prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         enable_sharding: bool = False,
     ) -> None:
         _Base.__init__(
@@ -222,6 +289,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
             transform=transform,
             s3client_config=s3client_config,
             reader_constructor=reader_constructor,
+            prefetch_bytes=prefetch_bytes,
+            prefetch_count=prefetch_count,
         )
         self._get_entries = get_entries
         self.enable_sharding = enable_sharding
@@ -236,6 +305,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+        prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         enable_sharding: bool = False,
     ) -> "S3IterableDataset":
         return cls(
@@ -245,6 +316,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
             transform=transform,
             s3client_config=s3client_config,
             reader_constructor=reader_constructor,
+            prefetch_bytes=prefetch_bytes,
+            prefetch_count=prefetch_count,
             enable_sharding=enable_sharding,
         )
 
@@ -258,6 +331,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+        prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         enable_sharding: bool = False,
     ) -> "S3IterableDataset":
         return cls(
@@ -267,6 +342,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
             transform=transform,
             s3client_config=s3client_config,
             reader_constructor=reader_constructor,
+            prefetch_bytes=prefetch_bytes,
+            prefetch_count=prefetch_count,
             enable_sharding=enable_sharding,
         )
 
@@ -284,11 +361,13 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
 
     def __iter__(self) -> Iterator[Any]:
         index, count = self._shard()
-        for i, entry in enumerate(self._get_entries(self._get_client())):
-            if i % count == index:
-                yield _apply(self._transform, self._reader(entry))
+        mine = (e for i, e in enumerate(self._get_entries(self._get_client())) if i % count == index)
+        return self._transformed(mine)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_client"] = None
         return state
+
+
+S3IterableDataset.__doc__ = (S3IterableDataset.__doc__ or "") + _PREFETCH_DOC

@@ -1,0 +1,326 @@
+"""The datasets' prefetch window: the GETs of the next objects in flight ahead of the consumer.
+
+Policy only; the transfers are the native client's (``start_get_into`` handles, run on CRT
+threads). Everything here runs on the consumer's thread: objects are launched when the
+consumer asks for the next item, never in the background, so while the consumer sleeps the
+window holds at most what it had launched.
+
+Bounds: at most ``count`` objects and ``budget`` bytes of destination memory are held by the
+window (in flight or fetched and not yet handed out). One object is always allowed, so an
+object larger than the budget still goes through, alone: the window then holds
+max(budget, that object). An object handed out belongs to its reader, not to the window.
+
+Order and errors: items come out in the order they went in. A failed GET is kept in its slot
+and raised when that item is reached, naming the object; items before it are unaffected.
+Closing the window (end of iteration, ``break``, an exception, garbage collection of the
+generator) cancels every GET still in flight and waits for the CRT to let go of the memory.
+
+Sizes: an object whose size the listing gave is fetched into memory of that size. One of
+unknown size (``from_objects``) is fetched without a HEAD: one GET of its first ``probe``
+bytes (the largest size seen so far in this window, see ``_probe_size``), which is the whole
+object when it is smaller; a larger object's size comes with that answer and the rest is
+fetched into memory of the full size (as soon as it fits the budget for one of the next
+``POLL_AHEAD`` items, else when it is reached).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Deque, Iterable, Iterator, Optional, Tuple
+
+from . import _crt
+from ._checks import is_int
+from .s3reader import S3Reader
+from .s3reader.sequential import SequentialS3Reader
+
+MiB = 1024 * 1024
+DEFAULT_PREFETCH_BYTES = 128 * MiB
+DEFAULT_PREFETCH_COUNT = 64
+# First GET of an object of unknown size; smaller than any part size, so the core treats it
+# as a probe (the object must fit, an empty object is no error).
+MAX_PROBE_BYTES = 1 * MiB
+MIN_PROBE_BYTES = 64 * 1024
+INITIAL_PROBE_BYTES = 256 * 1024
+# How many of the next items the window checks for a finished probe of a large object.
+POLL_AHEAD = 4
+
+# (bucket, key, ObjectInfo from the listing or None)
+Entry = Tuple[str, str, Optional["_crt.ObjectInfo"]]
+
+
+def check_prefetch(prefetch_bytes: Any, prefetch_count: Any) -> None:
+    """Raise ValueError for a budget that is not a positive int or a count that is negative."""
+    if not is_int(prefetch_bytes) or prefetch_bytes <= 0:
+        raise ValueError(f"prefetch_bytes must be a positive int (bytes), got {prefetch_bytes!r}")
+    if not is_int(prefetch_count) or prefetch_count < 0:
+        raise ValueError(f"prefetch_count must be an int >= 0 (0: no prefetch), got {prefetch_count!r}")
+
+
+class PrefetchedS3Reader(SequentialS3Reader):
+    """A sequential reader over an object a dataset fetched ahead: served from memory. Same
+    surface as the sequential reader (``.key``, ``.bucket``, ``read``, ``readinto``, seeks)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        key: str,
+        native: "_crt.NativeClient",
+        object_info: Optional["_crt.ObjectInfo"],
+        data: memoryview,
+    ) -> None:
+        super().__init__(bucket, key, lambda: native.head(bucket, key), native, object_info)
+        self._data = data
+        self._length = len(data)
+
+    @property
+    def _size(self) -> int:
+        return self._length
+
+
+def _uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def _name_object(e: BaseException, bucket: str, key: str) -> BaseException:
+    uri = _uri(bucket, key)
+    if uri not in str(e) and hasattr(e, "add_note"):
+        e.add_note(f"s3torch: while fetching {uri}")
+    return e
+
+
+class _Slot:
+    """One object of the window: its destination memory and the GET (or GETs) filling it."""
+
+    __slots__ = ("bucket", "key", "info", "cost", "buf", "handle", "probe", "size", "expect", "error")
+
+    def __init__(self, entry: Entry) -> None:
+        self.bucket, self.key, self.info = entry
+        self.cost = 0  # bytes of the budget this slot holds
+        self.buf: Any = None  # destination (HostBuffer or memoryview over one)
+        self.handle: Optional["_crt.GetHandle"] = None
+        self.probe = 0  # > 0 while the handle is the first GET of an object of unknown size
+        self.size = -1  # object size once known
+        self.expect = 0  # bytes the handle's GET must bring
+        self.error: Optional[BaseException] = None
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def release(self) -> None:
+        # Dropping the handle waits (GIL released) until the CRT no longer writes into buf.
+        self.handle = None
+        self.buf = None
+
+
+class PrefetchWindow:
+    """Fetches the objects of ``entries`` ahead of the consumer; ``__iter__`` yields readers in
+    order. Use as a context manager (or call ``close()``) so nothing is left in flight."""
+
+    def __init__(
+        self,
+        native: "_crt.NativeClient",
+        entries: Iterable[Entry],
+        *,
+        budget: int,
+        count: int,
+    ) -> None:
+        self._native = native
+        self._entries: Optional[Iterator[Entry]] = iter(entries)
+        self._budget = budget
+        self._count = max(1, count)
+        self._max_probe = max(1, min(MAX_PROBE_BYTES, budget))
+        self._largest = 0  # largest object of unknown size seen so far: the next probe's size
+        self._slots: Deque[_Slot] = collections.deque()
+        self._launched = 0  # self._slots[:_launched] are launched; the rest wait for budget
+        self._reserved = 0  # bytes held by self._slots
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    @property
+    def reserved_bytes(self) -> int:
+        """Destination bytes the window holds now (in flight or fetched, not handed out)."""
+        return self._reserved
+
+    @property
+    def pending(self) -> int:
+        return len(self._slots)
+
+    def _probe_size(self) -> int:
+        # As large as the largest object seen so far (datasets' objects are often alike in
+        # size, and an exact allocation is much cheaper than an oversized one: above about
+        # 128 KiB each one is an mmap), at least MIN_PROBE_BYTES; INITIAL_PROBE_BYTES until a
+        # size is known; at most MAX_PROBE_BYTES and the budget.
+        n = max(MIN_PROBE_BYTES, self._largest) if self._largest else INITIAL_PROBE_BYTES
+        return min(self._max_probe, n)
+
+    def _cost(self, slot: _Slot) -> int:
+        return int(slot.info.size) if slot.info is not None else self._probe_size()
+
+    def _fill(self) -> None:
+        """Launch GETs for the next entries while the count and the budget allow, in order."""
+        slots = self._slots
+        while self._launched < len(slots):  # those that waited for budget first
+            slot = slots[self._launched]
+            if self._launched and self._reserved + self._cost(slot) > self._budget:
+                return
+            self._launch(slot)
+        while self._entries is not None and len(slots) < self._count:
+            try:
+                entry = next(self._entries)
+            except StopIteration:
+                self._entries = None
+                return
+            slot = _Slot(entry)
+            slots.append(slot)
+            if self._launched and self._reserved + self._cost(slot) > self._budget:
+                return  # launched by a later _fill, or when it reaches the head
+            self._launch(slot)
+        # Large objects of unknown size among the next few: start the rest of each once its
+        # probe has told the size (further ones are polled as they come closer).
+        for i in range(1, min(POLL_AHEAD + 1, self._launched)):
+            slot = slots[i]
+            if slot.probe and slot.handle is not None and slot.handle.done():
+                self._finish_probe(slot, must=False)
+
+    def _launch(self, slot: _Slot) -> None:
+        self._launched += 1
+        try:
+            if slot.info is not None:
+                size = int(slot.info.size)
+                slot.size = size
+                slot.cost = size
+                self._reserved += size
+                if size == 0:
+                    slot.buf = memoryview(b"")
+                    return
+                slot.buf = _crt.HostBuffer(size)
+                slot.expect = size
+                slot.handle = self._native.start_get_into(slot.bucket, slot.key, slot.buf)
+            else:
+                probe = self._probe_size()
+                slot.cost = probe
+                self._reserved += probe
+                slot.buf = _crt.HostBuffer(probe)
+                slot.probe = probe
+                slot.handle = self._native.start_get_into(slot.bucket, slot.key, slot.buf)
+        except Exception as e:  # a bad key, an allocation failure: raised when the item is reached
+            slot.error = _name_object(e, slot.bucket, slot.key)
+            slot.handle = None
+            slot.buf = None
+
+    def _finish_probe(self, slot: _Slot, must: bool) -> None:
+        """The probe GET of an object of unknown size is done (or being waited for): the whole
+        object, or its size and first bytes, after which the rest is started (if it fits the
+        budget, or ``must``)."""
+        handle = slot.handle
+        assert handle is not None
+        probe = slot.probe
+        try:
+            got = handle.wait()
+        except _crt.S3InvalidArgumentError as e:
+            size = handle.object_size
+            self._largest = max(self._largest, size)
+            if size <= probe:
+                slot.error = _name_object(e, slot.bucket, slot.key)
+                slot.handle, slot.buf, slot.probe = None, None, 0
+                return
+            extra = size - slot.cost
+            if not must and self._reserved + extra > self._budget:
+                return  # retried on a later _fill, or forced when it reaches the head
+            whole = memoryview(_crt.HostBuffer(size))
+            whole[:probe] = memoryview(slot.buf)[:probe]
+            slot.cost = size
+            self._reserved += extra
+            slot.size = size
+            slot.expect = size - probe
+            slot.probe = 0
+            slot.buf = whole
+            try:
+                slot.handle = self._native.start_get_into(slot.bucket, slot.key, whole[probe:], probe, size - probe)
+            except Exception as e2:
+                slot.error = _name_object(e2, slot.bucket, slot.key)
+                slot.handle, slot.buf = None, None
+            return
+        except Exception as e:
+            slot.error = _name_object(e, slot.bucket, slot.key)
+            slot.handle, slot.buf, slot.probe = None, None, 0
+            return
+        # The whole object fitted the probe; the pages past it were never touched.
+        self._largest = max(self._largest, got)
+        self._reserved -= slot.cost - got
+        slot.cost = got
+        slot.size = got
+        slot.buf = memoryview(slot.buf)[:got]
+        slot.handle = None
+        slot.probe = 0
+
+    def _take(self, slot: _Slot) -> S3Reader:
+        """Wait for the head slot and turn it into a reader (or raise its error)."""
+        if self._launched == 0:
+            self._launch(slot)  # larger than the budget: it goes alone
+        if slot.probe and slot.handle is not None:
+            self._finish_probe(slot, must=True)
+        if slot.error is not None:
+            raise slot.error
+        if slot.handle is not None:
+            try:
+                got = slot.handle.wait()
+            except Exception as e:
+                _name_object(e, slot.bucket, slot.key)
+                raise
+            slot.handle = None
+            if got != slot.expect:
+                raise _crt.S3Exception(
+                    f"GetObject {_uri(slot.bucket, slot.key)}: expected {slot.expect} bytes, got {got} "
+                    "(the object changed while it was listed and read?)"
+                )
+        data = slot.buf if isinstance(slot.buf, memoryview) else memoryview(slot.buf)
+        if len(data) != slot.size:
+            data = data[: slot.size]
+        return PrefetchedS3Reader(slot.bucket, slot.key, self._native, slot.info, data)
+
+    # --- consumer -----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[S3Reader]:
+        return self
+
+    def __next__(self) -> S3Reader:
+        if not self._slots:
+            self._fill()
+            if not self._slots:
+                raise StopIteration
+        slot = self._slots[0]
+        try:
+            reader = self._take(slot)
+        finally:
+            self._slots.popleft()
+            self._launched -= 1
+            self._reserved -= slot.cost
+            slot.release()
+        # The head's memory now belongs to its reader: start the next GETs before the
+        # consumer works on this one.
+        self._fill()
+        return reader
+
+    def close(self) -> None:
+        """Cancel every GET still in flight and wait until the CRT has let go of the memory."""
+        self._entries = None
+        slots = list(self._slots)
+        self._slots.clear()
+        self._launched = 0
+        self._reserved = 0
+        for s in slots:
+            s.cancel()
+        for s in slots:
+            s.release()
+
+    def __enter__(self) -> "PrefetchWindow":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
