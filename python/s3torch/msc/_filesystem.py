@@ -170,6 +170,13 @@ class _Binding:
         self.msc_path = checkpoint_id
         return r.url
 
+    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
+        super().reset(self._rebind(checkpoint_id) if checkpoint_id else None)  # type: ignore[misc]
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        return MultiStorageFileSystem.validate_checkpoint_id(checkpoint_id)
+
 
 def _check_thread_count(thread_count: Any) -> None:
     if isinstance(thread_count, bool) or not isinstance(thread_count, int) or thread_count < 1:
@@ -203,13 +210,6 @@ class MultiStorageFileSystemReader(_Binding, S3StorageReader):
         )
         self.fs = self._msc_fs.s3_file_system(r.target)
         self.msc_path = path
-
-    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
-        super().reset(self._rebind(checkpoint_id) if checkpoint_id else None)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
-        return MultiStorageFileSystem.validate_checkpoint_id(checkpoint_id)
 
 
 class MultiStorageFileSystemWriter(_Binding, S3StorageWriter):
@@ -253,10 +253,3 @@ class MultiStorageFileSystemWriter(_Binding, S3StorageWriter):
         )
         self.fs = self._msc_fs.s3_file_system(r.target)
         self.msc_path = path
-
-    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
-        super().reset(self._rebind(checkpoint_id) if checkpoint_id else None)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
-        return MultiStorageFileSystem.validate_checkpoint_id(checkpoint_id)
