@@ -10,7 +10,7 @@ in CRC-32's reflected bit order; x^(8n) comes from precomputed x^(2^k), and is c
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import List
+from typing import Iterable, List, Tuple
 
 _POLY = 0xEDB88320  # P, reflected
 _ONE = 1 << 31  # the polynomial 1 in reflected order
@@ -53,3 +53,11 @@ def _x8n(n: int) -> int:
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """The CRC-32 of A+B from crc32(A), crc32(B) and len(B)."""
     return _mul(_x8n(len2), crc1) ^ crc2 if len2 else crc1
+
+
+def crc32_of_parts(parts: Iterable[Tuple[int, int]]) -> int:
+    """The CRC-32 of consecutive pieces from their (crc32, length) pairs, in order."""
+    crc = 0
+    for part, length in parts:
+        crc = crc32_combine(crc, part, length)
+    return crc

@@ -9,6 +9,17 @@ class CheckpointCorruptError(_crt.S3Exception):
     """A checkpoint file's bytes do not match its metadata (truncated, corrupt, wrong shape)."""
 
 
+def crc_mismatch(where: str, stored: int, read: int) -> CheckpointCorruptError:
+    return CheckpointCorruptError(
+        f"{where}: tensor bytes fail their CRC32 check (stored {stored:#010x}, read {read:#010x}): "
+        "the checkpoint file is corrupt"
+    )
+
+
+def short_read(where: str, want: int, got: int) -> CheckpointCorruptError:
+    return CheckpointCorruptError(f"{where}: expected {want} tensor bytes, the file has {got} (truncated?)")
+
+
 class StagingError(RuntimeError):
     """Copying staged bytes into a destination failed (a CUDA error, too little device memory)."""
 

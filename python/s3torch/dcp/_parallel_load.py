@@ -8,8 +8,8 @@
    the staging ring (_staging): slot-sized GETs into a fixed block of host memory, each slot
    copied to its block of the destination as it lands. Records that cannot be placed this
    way go through ``torch.load`` as torch itself would.
-3. Verify the CRC32 the record carries for every fully fetched tensor (for staged tensors,
-   chained over the slots as they land), then commit.
+3. Verify the CRC32 the record carries for every fully fetched tensor (computed on worker
+   threads, in pieces combined in order), then commit.
 
 Byte items go through ``planner.load_bytes``. Every failure names the object and the item.
 """
@@ -27,13 +27,13 @@ import torch
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlanner, ReadItem
 
 from .. import _crt
-from .._crc import crc32_combine
-from ._errors import CheckpointCorruptError, read_error
+from .._crc import crc32_of_parts
+from ._errors import CheckpointCorruptError, crc_mismatch, read_error, short_read
 from ._record import HEAD_BYTES, TAIL_BYTES, TensorLayout, locate
 from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, RingLoad, StagedTensor, borrow_ring, land
 
 SMALL_RECORD = 64 * 1024  # fetched whole in the probe
-BATCH = 256  # requests started per get_into_many call
+BATCH = 256  # requests in flight at once, probe and direct GETs
 CRC_THREADS = max(1, min(4, (os.cpu_count() or 2) - 1))  # a core left for the CRT; ~10 GB/s a thread
 CRC_PIECE = 32 << 20  # a large tensor's CRC is computed in pieces of this size, in parallel
 
@@ -44,13 +44,7 @@ def crc32_on(pool: ThreadPoolExecutor, data: torch.Tensor) -> Callable[[], int]:
     n = data.numel()
     parts = [(pool.submit(_crt.crc32, data[a : a + CRC_PIECE]), min(CRC_PIECE, n - a)) for a in range(0, n, CRC_PIECE)]
 
-    def result() -> int:
-        crc = 0
-        for f, length in parts:
-            crc = crc32_combine(crc, f.result(), length)
-        return crc
-
-    return result
+    return lambda: crc32_of_parts((f.result(), length) for f, length in parts)
 
 
 @dataclass
@@ -224,11 +218,11 @@ class ParallelLoader:
         """Load the items. ``records``: whole records already in memory (shared by another
         rank), by (key, offset): their items are not fetched, only placed."""
         items = [_Item(req, key, off, length) for req, key, off, length in plan_items]
-        held = [it for it in items if records and (it.key, it.offset) in records]
-        for it in held:
-            assert records is not None
-            it.head = it.tail = records[(it.key, it.offset)]
-            it.shared = True
+        for it in items:
+            record = records.get((it.key, it.offset)) if records else None
+            if record is not None:
+                it.head = it.tail = record
+                it.shared = True
         self._probe([it for it in items if not it.shared])
         for it in items:
             if it.req.type == LoadItemType.BYTE_IO:
@@ -293,7 +287,7 @@ class ParallelLoader:
                         except _crt.S3Exception as e:
                             raise read_error(self._where(it), e) from e
                         if n != nb:
-                            raise self._err(it, f"expected {nb} tensor bytes, the file has {n} (truncated?)")
+                            raise short_read(self._where(it), nb, n)
                         self.bytes_read += n
                     assert it.dst is not None
                     checks.append((it, crc32_on(pool, _view_bytes(it.dst)) if it.full and pool else None))
@@ -351,11 +345,7 @@ class ParallelLoader:
     def _check_crc_value(self, it: _Item, got: int) -> None:
         assert it.layout is not None
         if got != it.layout.crc32:
-            raise self._err(
-                it,
-                f"tensor bytes fail their CRC32 check (stored {it.layout.crc32:#010x}, "
-                f"read {got:#010x}): the checkpoint file is corrupt",
-            )
+            raise crc_mismatch(self._where(it), it.layout.crc32, got)
 
     def _fallback(self, it: _Item, planner: LoadPlanner) -> None:
         from torch.distributed._shard._utils import narrow_tensor_by_index

@@ -34,8 +34,8 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from .. import _crt
-from .._crc import crc32_combine
-from ._errors import CheckpointCorruptError, StagingError, read_error
+from .._crc import crc32_of_parts
+from ._errors import StagingError, crc_mismatch, read_error, short_read
 
 MiB = 1024 * 1024
 DEFAULT_RING_BYTES = 256 * MiB
@@ -196,7 +196,7 @@ class _Fill:
 
 @dataclass
 class _Busy:
-    """A landed slot that is still being read: by a queued CUDA copy (``event``) and/or the
+    """A landed slot that is still being read: by a queued CUDA copy (``event``) and/or a
     CRC worker (``crc``). It returns to the ring when both are done."""
 
     slot: int
@@ -308,9 +308,7 @@ class RingLoad:
             except _crt.S3Exception as e:
                 raise read_error(t.where, e) from e
             if got != f.n:
-                raise CheckpointCorruptError(
-                    f"{t.where}: expected {t.nbytes} tensor bytes, the file has {t.landed + got} (truncated?)"
-                )
+                raise short_read(t.where, t.nbytes, t.landed + got)
             self.bytes_read += got
             src = self.ring.slot(f.slot, f.n)
             if self._crc_pool is not None and t.crc32 is not None:
@@ -323,16 +321,11 @@ class RingLoad:
             raise
         self._busy.append(busy)
         if t.landed == t.nbytes:
-            if t.parts:
-                crc = 0
-                for part, n in t.parts:
-                    crc = crc32_combine(crc, part.result(), n)
+            if t.parts and t.crc32 is not None:  # parts are only kept when there is a CRC to check
+                crc = crc32_of_parts((part.result(), n) for part, n in t.parts)
                 t.parts.clear()
                 if crc != t.crc32:
-                    raise CheckpointCorruptError(
-                        f"{t.where}: tensor bytes fail their CRC32 check (stored "
-                        f"{t.crc32:#010x}, read {crc:#010x}): the checkpoint file is corrupt"
-                    )
+                    raise crc_mismatch(t.where, t.crc32, crc)
             if busy.event is not None:
                 torch.cuda.current_stream(f.dst.device).wait_event(busy.event)
             t.on_done()
