@@ -167,7 +167,7 @@ class S3StorageReader(FileSystemReader):
         schedule = plan.storage_data
         shared_in = 0
         if isinstance(schedule, ShareSchedule) and schedule.rounds and dist.is_initialized():
-            key_of = {info.relative_path: self._key(info.relative_path) for info in self.storage_data.values()}
+            key_of = {path: self._key(path) for path in {info.relative_path for info in self.storage_data.values()}}
             sharing = SharedLoad(loader, schedule, self.process_group, str(self.path))
             sharing.run(work, self.storage_data, key_of, planner)
             shared_in = sharing.bytes_shared_in
