@@ -10,6 +10,8 @@
 #include "s3torch/get_stream.h"
 #include "s3torch/objects.h"
 #include "s3torch/put.h"
+#include "s3torch/request.h"
+#include "s3torch/uploads.h"
 
 #include <pybind11/stl.h>
 
@@ -175,6 +177,42 @@ class NativeClient {
     }
 
     int64_t in_flight() const { return client_->in_flight(); }
+
+    // Incomplete multipart uploads under `prefix`: (key, upload_id, initiated) tuples.
+    std::vector<std::tuple<std::string, std::string, std::string>> list_multipart_uploads(const std::string &bucket,
+                                                                                          const std::string &prefix) {
+        std::vector<MultipartUploadInfo> found;
+        {
+            py::gil_scoped_release nogil;
+            found = s3torch::list_multipart_uploads(client_, bucket, prefix);
+        }
+        std::vector<std::tuple<std::string, std::string, std::string>> out;
+        for (auto &u : found) out.emplace_back(u.key, u.upload_id, u.initiated);
+        return out;
+    }
+
+    bool abort_multipart_upload(const std::string &bucket, const std::string &key, const std::string &upload_id,
+                                double wait_s) {
+        py::gil_scoped_release nogil;
+        return s3torch::abort_multipart_upload(client_, bucket, key, encode_param(upload_id), to_ms(wait_s));
+    }
+
+    // Uploads whose abort an outage prevented: (bucket, key, upload_id) tuples.
+    std::vector<std::tuple<std::string, std::string, std::string>> pending_aborts(bool retry, double wait_s) {
+        std::vector<Client::PendingAbort> left;
+        {
+            py::gil_scoped_release nogil;
+            if (retry) {
+                left = retry_pending_aborts(client_, to_ms(wait_s));
+            } else {
+                left = client_->take_pending_aborts();
+                for (const auto &p : left) client_->remember_abort(p);
+            }
+        }
+        std::vector<std::tuple<std::string, std::string, std::string>> out;
+        for (auto &p : left) out.emplace_back(p.bucket, p.key, decode_param(p.upload_id));
+        return out;
+    }
     const ClientConfig &config() const { return client_->config(); }
 
   private:
@@ -201,6 +239,11 @@ class NativeClient {
         wait_transfer(*rest);
         get->finish();
         return py::reinterpret_steal<py::bytes>(holder.release());
+    }
+
+    static int64_t to_ms(double seconds) {
+        if (!(seconds >= 0.0) || seconds > 86400.0) throw_invalid("wait_s must be between 0 and 86400");
+        return static_cast<int64_t>(seconds * 1000.0);
     }
 
     std::shared_ptr<Client> client_;
@@ -259,6 +302,10 @@ void register_client(py::module_ &m) {
         .def("delete_object", &NativeClient::delete_object, py::arg("bucket"), py::arg("key"))
         .def("copy_object", &NativeClient::copy_object, py::arg("src_bucket"), py::arg("src_key"),
              py::arg("dst_bucket"), py::arg("dst_key"))
+        .def("list_multipart_uploads", &NativeClient::list_multipart_uploads, py::arg("bucket"), py::arg("prefix") = "")
+        .def("abort_multipart_upload", &NativeClient::abort_multipart_upload, py::arg("bucket"), py::arg("key"),
+             py::arg("upload_id"), py::arg("wait_s") = 15.0)
+        .def("pending_aborts", &NativeClient::pending_aborts, py::arg("retry") = false, py::arg("wait_s") = 15.0)
         .def_property_readonly("in_flight", &NativeClient::in_flight)
         .def_property_readonly("region", [](const NativeClient &c) { return c.config().region; })
         .def_property_readonly("endpoint", [](const NativeClient &c) { return c.config().endpoint; })

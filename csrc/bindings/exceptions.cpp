@@ -4,6 +4,7 @@
 //   ├── S3NotFoundError              also FileNotFoundError   (NoSuchKey, NoSuchBucket, 404)
 //   ├── S3PermissionError            also PermissionError     (403, bad credentials)
 //   ├── S3TimeoutError               also TimeoutError
+//   ├── S3ConnectionError            also ConnectionError     (refused, reset, DNS, no route)
 //   ├── S3InvalidArgumentError       also ValueError          (bad config, range, buffer)
 //   └── S3CancelledError             the transfer was cancelled (abort, KeyboardInterrupt)
 #include "bindings.h"
@@ -22,6 +23,7 @@ PyObject *g_base = nullptr;
 PyObject *g_not_found = nullptr;
 PyObject *g_permission = nullptr;
 PyObject *g_timeout = nullptr;
+PyObject *g_connection = nullptr;
 PyObject *g_invalid = nullptr;
 PyObject *g_cancelled = nullptr;
 
@@ -41,6 +43,7 @@ void raise(const S3Error &e) {
         case ErrorKind::NotFound: cls = g_not_found; break;
         case ErrorKind::AccessDenied: cls = g_permission; break;
         case ErrorKind::Timeout: cls = g_timeout; break;
+        case ErrorKind::Connection: cls = g_connection; break;
         case ErrorKind::InvalidArgument: cls = g_invalid; break;
         case ErrorKind::Cancelled: cls = g_cancelled; break;
         case ErrorKind::Generic: break;
@@ -76,6 +79,8 @@ void register_exceptions(py::module_ &m) {
     g_permission = make_class(m, "S3PermissionError", PyExc_PermissionError,
                               "Access denied, or the credentials are missing or wrong.");
     g_timeout = make_class(m, "S3TimeoutError", PyExc_TimeoutError, "The endpoint did not answer in time.");
+    g_connection = make_class(m, "S3ConnectionError", PyExc_ConnectionError,
+                              "No connection to the endpoint (refused, reset, DNS failure), after retries.");
     g_invalid = make_class(m, "S3InvalidArgumentError", PyExc_ValueError,
                            "A bad argument or configuration, caught before or by the request.");
     g_cancelled = make_class(m, "S3CancelledError", nullptr, "The transfer was cancelled.");

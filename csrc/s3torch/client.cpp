@@ -2,10 +2,12 @@
 
 #include "s3torch/credentials.h"
 #include "s3torch/errors.h"
+#include "s3torch/retry.h"
 #include "s3torch/runtime.h"
 
 #include <aws/auth/credentials.h>
 #include <aws/auth/signing_config.h>
+#include <aws/io/retry_strategy.h>
 #include <aws/io/tls_channel_handler.h>
 #include <aws/s3/s3_client.h>
 
@@ -15,11 +17,6 @@
 namespace s3torch {
 
 namespace {
-
-// Retries: exponential backoff with full jitter from a 50 ms base (the CRT's is 500 ms), so a
-// misconfigured endpoint fails in seconds, not minutes, at the default 10 attempts.
-constexpr uint32_t kRetryBackoffBaseMs = 50;
-constexpr uint32_t kRetryMaxBackoffSecs = 20;
 
 // Every live Client, for prepare_fork(). Guarded by g_clients_mu.
 std::mutex g_clients_mu;
@@ -85,6 +82,7 @@ void Client::abandon_if_foreign_locked() {
     new std::shared_ptr<Runtime>(std::move(runtime_));
     (void)signing_.release();
     client_ = nullptr;
+    retry_.store(nullptr);
     credentials_ = nullptr;
     tls_ctx_ = nullptr;
     shutdown_state_ = nullptr;
@@ -96,6 +94,18 @@ aws_s3_client *Client::ensure_locked() {
     if (client_) return client_;
     runtime_ = Runtime::acquire();
     aws_allocator *alloc = runtime_->allocator();
+
+    aws_retry_strategy *retry = nullptr;
+    if (config_.max_attempts > 1) {
+        RetrySettings rs;
+        rs.max_attempts = config_.max_attempts;
+        rs.retry_timeout_ms = static_cast<uint64_t>(config_.retry_timeout_s) * 1000ull;
+        retry = new_retry_strategy(alloc, runtime_->event_loop_group(), rs);
+        if (!retry) throw error_from_crt(aws_last_error(), {"CreateS3Client", "", ""});
+    }
+    // Released on every error below; the client keeps it on success.
+    std::unique_ptr<aws_retry_strategy, void (*)(aws_retry_strategy *)> retry_guard(
+        retry, [](aws_retry_strategy *r) { aws_retry_strategy_release(r); });
 
     CredentialsKind credentials = config_.credentials_kind();
     if (endpoint_.tls || credentials == CredentialsKind::Default || credentials == CredentialsKind::Profile) {
@@ -139,10 +149,9 @@ aws_s3_client *Client::ensure_locked() {
     cc.part_size = config_.part_size;
     cc.throughput_target_gbps = config_.throughput_target_gbps;
     cc.memory_limit_in_bytes = config_.memory_limit_bytes;
-    cc.retry_config.max_retries = config_.max_attempts > 1 ? config_.max_attempts - 1 : 0;
-    if (config_.max_attempts == 1) cc.retry_config.retry_mode = AWS_S3_RETRY_MODE_NONE;
-    cc.retry_config.backoff_scale_factor_ms = kRetryBackoffBaseMs;
-    cc.retry_config.max_backoff_secs = kRetryMaxBackoffSecs;
+    // Retries: our strategy (retry.h); max_attempts 1 turns them off in the CRT itself.
+    if (retry) cc.retry_strategy = retry;
+    else cc.retry_config.retry_mode = AWS_S3_RETRY_MODE_NONE;
     cc.connect_timeout_ms = config_.connect_timeout_ms;
     cc.enable_s3express = config_.s3express;
     // Back-pressure is on for the client, but only streaming GETs use a bounded window:
@@ -167,6 +176,7 @@ aws_s3_client *Client::ensure_locked() {
     // The shutdown state takes ownership at release time; remember it through the
     // user-data pointer we gave the CRT.
     shutdown_state_ = st;
+    retry_.store(retry_guard.release());  // the aws_s3_client holds its own reference too
     owner_ = ProcessOwner();
     return client_;
 }
@@ -183,6 +193,7 @@ void Client::release_locked(bool wait) {
     shutdown_state_ = nullptr;
     aws_s3_client *c = client_;
     client_ = nullptr;
+    aws_retry_strategy_release(retry_.exchange(nullptr));
     if (wait) {
         std::unique_lock<std::mutex> lock(st->mu);
         st->waited = true;
@@ -212,6 +223,25 @@ aws_s3_meta_request *Client::make_meta_request(aws_s3_meta_request_options &opti
 }
 
 void Client::transfer_finished() { in_flight_.fetch_sub(1); }
+
+void Client::mark_reached() { retry_strategy_mark_reached(retry_.load()); }
+
+void Client::remember_abort(PendingAbort abort) {
+    std::lock_guard<std::mutex> lock(aborts_mu_);
+    for (const PendingAbort &p : pending_aborts_)
+        if (p.upload_id == abort.upload_id && p.bucket == abort.bucket && p.key == abort.key) return;
+    pending_aborts_.push_back(std::move(abort));
+}
+
+std::vector<Client::PendingAbort> Client::take_pending_aborts() {
+    std::lock_guard<std::mutex> lock(aborts_mu_);
+    return std::move(pending_aborts_);
+}
+
+size_t Client::pending_abort_count() {
+    std::lock_guard<std::mutex> lock(aborts_mu_);
+    return pending_aborts_.size();
+}
 
 bool Client::suspend() {
     std::lock_guard<std::mutex> lock(mu_);

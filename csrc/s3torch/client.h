@@ -18,8 +18,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 struct aws_s3_client;
+struct aws_retry_strategy;
 struct aws_credentials_provider;
 struct aws_tls_ctx;
 struct aws_s3_meta_request;
@@ -47,6 +49,19 @@ class Client : public std::enable_shared_from_this<Client> {
     void transfer_finished();
     int64_t in_flight() const { return in_flight_.load(); }
 
+    // The endpoint has answered (an HTTP response of any status): from now on the retry
+    // strategy rides out outages instead of failing fast (retry.h). Any thread.
+    void mark_reached();
+
+    // Multipart uploads whose abort could not reach the server (an outage): kept so a later
+    // call can abort them (uploads.h). Any thread.
+    struct PendingAbort {
+        std::string bucket, key, upload_id;  // upload_id URI-encoded
+    };
+    void remember_abort(PendingAbort abort);
+    std::vector<PendingAbort> take_pending_aborts();
+    size_t pending_abort_count();
+
     // Release the aws_s3_client and wait for its shutdown, if nothing is in flight. Used
     // before fork(); the next request builds a new one. Returns false if transfers are running.
     bool suspend();
@@ -67,12 +82,17 @@ class Client : public std::enable_shared_from_this<Client> {
     std::mutex mu_;  // guards the fields below
     std::shared_ptr<Runtime> runtime_;
     aws_s3_client *client_ = nullptr;
+    // Our reference to client_'s retry strategy; read without mu_ by mark_reached(), which
+    // only runs while a transfer (and so client_) is alive.
+    std::atomic<aws_retry_strategy *> retry_{nullptr};
     aws_credentials_provider *credentials_ = nullptr;
     aws_tls_ctx *tls_ctx_ = nullptr;
     std::unique_ptr<aws_signing_config_aws> signing_;
     void *shutdown_state_ = nullptr;  // ShutdownState of client_, see client.cpp
     ProcessOwner owner_;              // the process that built client_
     std::atomic<int64_t> in_flight_{0};
+    std::mutex aborts_mu_;  // guards pending_aborts_
+    std::vector<PendingAbort> pending_aborts_;
 };
 
 }  // namespace s3torch

@@ -125,6 +125,8 @@ void ClientConfig::validate() const {
     if (kind == CredentialsKind::Static && access_key_id.empty())
         throw_invalid("static credentials need both an access key id and a secret access key");
     if (kind == CredentialsKind::Profile && profile.empty()) throw_invalid("profile credentials need a profile name");
+    if (checksums != "crc32c" && checksums != "crc32" && checksums != "off")
+        throw_invalid("checksums must be one of 'crc32c', 'crc32', 'off', got '" + checksums + "'");
 }
 
 CredentialsKind ClientConfig::credentials_kind() const {

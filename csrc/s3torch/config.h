@@ -22,32 +22,37 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
 // X(type, name, python_name, default, min, max, doc), one line per field. `min`/`max` bound
 // integer fields inclusively (0, 0 for strings and flags); the few rules a range cannot say
 // (a float's open lower bound, "0 or at least 1 GiB", credentials) are in validate().
-#define S3TORCH_CLIENT_CONFIG_FIELDS(X)                                                                        \
-    X(std::string, region, "region", "us-east-1", 0, 0,                                                        \
-      "AWS region, or the one an S3-compatible server expects (lowercase letters, digits, dashes)")            \
-    X(std::string, endpoint, "endpoint", "", 0, 0,                                                             \
-      "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region")      \
-    X(double, throughput_target_gbps, "throughput_target_gbps", 10.0, 0, 0,                                    \
-      "aws-c-s3 sizes its connection pool for this, in (0, 1000]")                                             \
-    X(uint64_t, part_size, "part_size", 8 * ::s3torch::kMiB, ::s3torch::kMinPartSize, ::s3torch::kMaxPartSize, \
-      "part size in bytes of multipart uploads and ranged GETs")                                               \
-    X(bool, unsigned_requests, "unsigned", false, 0, 0, "send unsigned requests (public buckets)")             \
-    X(bool, force_path_style, "force_path_style", false, 0, 0,                                                 \
-      "address buckets as endpoint/bucket/key (IP-address and localhost endpoints always are)")                \
-    X(uint32_t, max_attempts, "max_attempts", 10, 1, 64, "attempts per request, the first try included")       \
-    X(std::string, profile, "profile", "", 0, 0, "named profile from ~/.aws/credentials and ~/.aws/config")    \
-    X(uint64_t, memory_limit_bytes, "memory_limit_bytes", 0, 0, 1ull << 60,                                    \
-      "cap on aws-c-s3's part-buffer pool (0: automatic; else at least 1 GiB)")                                \
-    X(std::string, access_key_id, "access_key_id", "", 0, 0, "static credentials: access key id")              \
-    X(std::string, secret_access_key, "secret_access_key", "", 0, 0, "static credentials: secret access key")  \
-    X(std::string, session_token, "session_token", "", 0, 0, "static credentials: session token")              \
-    X(std::string, credentials, "credentials", "", 0, 0,                                                       \
-      "provider: default, static, environment, profile or anonymous; empty: from the fields above")            \
-    X(std::string, ca_file, "ca_file", "", 0, 0, "PEM bundle to trust for a private TLS endpoint")             \
-    X(bool, s3express, "s3express", false, 0, 0, "enable S3 Express One Zone (directory buckets)")             \
-    X(uint64_t, stream_read_ahead_bytes, "stream_read_ahead_bytes", 0, 0, 1ull << 48,                          \
-      "read-ahead window of streaming GETs (0: 4 x part size)")                                                \
-    X(uint32_t, connect_timeout_ms, "connect_timeout_ms", 0, 0, 1ull << 31, "TCP connect timeout (0: the CRT's)")
+#define S3TORCH_CLIENT_CONFIG_FIELDS(X)                                                                           \
+    X(std::string, region, "region", "us-east-1", 0, 0,                                                           \
+      "AWS region, or the one an S3-compatible server expects (lowercase letters, digits, dashes)")               \
+    X(std::string, endpoint, "endpoint", "", 0, 0,                                                                \
+      "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region")         \
+    X(double, throughput_target_gbps, "throughput_target_gbps", 10.0, 0, 0,                                       \
+      "aws-c-s3 sizes its connection pool for this, in (0, 1000]")                                                \
+    X(uint64_t, part_size, "part_size", 8 * ::s3torch::kMiB, ::s3torch::kMinPartSize, ::s3torch::kMaxPartSize,    \
+      "part size in bytes of multipart uploads and ranged GETs")                                                  \
+    X(bool, unsigned_requests, "unsigned", false, 0, 0, "send unsigned requests (public buckets)")                \
+    X(bool, force_path_style, "force_path_style", false, 0, 0,                                                    \
+      "address buckets as endpoint/bucket/key (IP-address and localhost endpoints always are)")                   \
+    X(uint32_t, max_attempts, "max_attempts", 10, 1, 64,                                                          \
+      "attempts per request, the first try included (1: no retries at all)")                                      \
+    X(uint32_t, retry_timeout_s, "retry_timeout_s", 120, 0, 86400,                                                \
+      "once the endpoint has answered, how long a request keeps retrying outages, throttling and 5xx")            \
+    X(std::string, profile, "profile", "", 0, 0, "named profile from ~/.aws/credentials and ~/.aws/config")       \
+    X(uint64_t, memory_limit_bytes, "memory_limit_bytes", 0, 0, 1ull << 60,                                       \
+      "cap on aws-c-s3's part-buffer pool (0: automatic; else at least 1 GiB)")                                   \
+    X(std::string, access_key_id, "access_key_id", "", 0, 0, "static credentials: access key id")                 \
+    X(std::string, secret_access_key, "secret_access_key", "", 0, 0, "static credentials: secret access key")     \
+    X(std::string, session_token, "session_token", "", 0, 0, "static credentials: session token")                 \
+    X(std::string, credentials, "credentials", "", 0, 0,                                                          \
+      "provider: default, static, environment, profile or anonymous; empty: from the fields above")               \
+    X(std::string, ca_file, "ca_file", "", 0, 0, "PEM bundle to trust for a private TLS endpoint")                \
+    X(bool, s3express, "s3express", false, 0, 0, "enable S3 Express One Zone (directory buckets)")                \
+    X(uint64_t, stream_read_ahead_bytes, "stream_read_ahead_bytes", 0, 0, 1ull << 48,                             \
+      "read-ahead window of streaming GETs (0: 4 x part size)")                                                   \
+    X(uint32_t, connect_timeout_ms, "connect_timeout_ms", 0, 0, 1ull << 31, "TCP connect timeout (0: the CRT's)") \
+    X(std::string, checksums, "checksums", "crc32c", 0, 0,                                                        \
+      "checksum uploads send for the server to verify: crc32c, crc32 or off")
 
 enum class CredentialsKind {
     Default,      // the default provider chain: environment, profile, web identity, ECS, IMDS

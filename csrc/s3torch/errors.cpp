@@ -37,6 +37,25 @@ bool is_timeout(int code) {
     }
 }
 
+bool is_connection_failure(int code) {
+    switch (code) {
+        case AWS_IO_SOCKET_CONNECTION_REFUSED:
+        case AWS_IO_SOCKET_CLOSED:
+        case AWS_IO_SOCKET_NOT_CONNECTED:
+        case AWS_IO_SOCKET_NO_ROUTE_TO_HOST:
+        case AWS_IO_SOCKET_NETWORK_DOWN:
+        case AWS_IO_SOCKET_CONNECT_ABORTED:
+        case AWS_IO_BROKEN_PIPE:
+        case AWS_IO_DNS_QUERY_FAILED:
+        case AWS_IO_DNS_INVALID_NAME:
+        case AWS_IO_DNS_NO_ADDRESS_FOR_HOST:
+        case AWS_IO_DNS_HOST_REMOVED_FROM_CACHE:
+        case AWS_ERROR_HTTP_CONNECTION_CLOSED:
+        case AWS_ERROR_HTTP_SERVER_CLOSED: return true;
+        default: return false;
+    }
+}
+
 bool is_auth_failure(int code) {
     const char *name = aws_error_name(code);
     return name != nullptr &&
@@ -93,6 +112,7 @@ std::string crt_error_name(int crt_error) {
 S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
     ErrorKind kind = ErrorKind::Generic;
     if (is_timeout(crt_error)) kind = ErrorKind::Timeout;
+    else if (is_connection_failure(crt_error)) kind = ErrorKind::Connection;
     else if (is_auth_failure(crt_error)) kind = ErrorKind::AccessDenied;
     else if (crt_error == AWS_ERROR_S3_CANCELED) kind = ErrorKind::Cancelled;
     else if (crt_error == AWS_ERROR_SHORT_BUFFER || crt_error == AWS_ERROR_INVALID_ARGUMENT)
@@ -123,6 +143,9 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
     }
     if (code.empty() && http_status == 404) code = "NotFound";
     if (code.empty() && http_status == 403) code = "AccessDenied";
+    // A 5xx whose retries ran out: the CRT keeps no body, only its classification.
+    if (code.empty() && crt_error == AWS_ERROR_S3_SLOW_DOWN) code = "SlowDown";
+    if (code.empty() && crt_error == AWS_ERROR_S3_INTERNAL_ERROR && http_status == 500) code = "InternalError";
     ErrorKind kind = kind_for_s3(code, http_status);
     std::string msg = describe(ctx);
     if (!failed_operation.empty() && failed_operation != ctx.operation) msg += " (" + failed_operation + ")";

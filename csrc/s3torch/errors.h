@@ -19,6 +19,7 @@ enum class ErrorKind {
     NotFound,         // NoSuchKey, NoSuchBucket, 404
     AccessDenied,     // 403, bad or missing credentials
     Timeout,          // socket / first-byte / throughput timeouts
+    Connection,       // no connection to the endpoint: refused, reset, closed, DNS, no route
     InvalidArgument,  // caught before a request was made (bad config, short buffer, ...)
     Cancelled,        // the caller cancelled (KeyboardInterrupt, abort)
 };

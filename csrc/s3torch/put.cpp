@@ -3,6 +3,7 @@
 #include "s3torch/client.h"
 #include "s3torch/crt_compat.h"
 #include "s3torch/request.h"
+#include "s3torch/uploads.h"
 
 #include <aws/http/request_response.h>
 #include <aws/io/future.h>
@@ -29,8 +30,6 @@ constexpr double kGbpsPerConnection = 0.4;
 constexpr uint64_t kExtraWindowParts = 4;
 // The window is never smaller than this many parts.
 constexpr uint64_t kMinWindowParts = 8;
-// Attempts of our own AbortMultipartUpload (after a server error only).
-constexpr int kAbortAttempts = 4;
 
 // One PutObject of `len` bytes sent straight from `data` (valid until it finishes).
 std::shared_ptr<Transfer> start_single_put(std::shared_ptr<Client> client, const std::string &bucket,
@@ -54,7 +53,6 @@ std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> clien
     o.type = AWS_S3_META_REQUEST_TYPE_PUT_OBJECT;
     o.send_using_async_writes = true;
     o.on_error_resume_token = s_on_error_token;
-    o.telemetry_callback = s_on_telemetry;
     o.progress_callback = s_on_progress;
     t->start(o, "PUT", address_of(client->config(), client->endpoint(), bucket, key), put_headers(opts));
     return t;
@@ -89,43 +87,21 @@ void PutStream::s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resu
     if (self->upload_id_.empty()) self->upload_id_ = encoded;
 }
 
-void PutStream::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *metrics, void *user_data) {
+void PutStream::on_attempt(aws_s3_request_metrics *metrics) {
     // Remember the upload id, so an abort can be retried by us if the CRT's single attempt fails.
-    auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
     {
-        std::lock_guard<std::mutex> lock(self->mu_);
-        if (!self->upload_id_.empty()) return;
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!upload_id_.empty()) return;
     }
     std::string id = crt_compat::upload_id_from_metrics(metrics);
     if (id.empty()) return;
-    std::lock_guard<std::mutex> lock(self->mu_);
-    if (self->upload_id_.empty()) self->upload_id_ = id;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (upload_id_.empty()) upload_id_ = id;
 }
 
 std::string PutStream::upload_id() {
     std::lock_guard<std::mutex> lock(mu_);
     return upload_id_;
-}
-
-void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
-                            const std::string &upload_id) {
-    ErrorContext ctx{"AbortMultipartUpload", bucket, key};
-    Address addr = address_of(client->config(), client->endpoint(), bucket, key, "uploadId=" + upload_id);
-    for (int attempt = 1;; ++attempt) {
-        auto req = SimpleRequest::start_request(client, ctx, "DELETE", "AbortMultipartUpload", addr,
-                                                AWS_S3_META_REQUEST_TYPE_DEFAULT);
-        req->wait();
-        try {
-            req->raise_if_failed();
-            return;
-        } catch (const S3Error &e) {
-            if (e.kind == ErrorKind::NotFound) return;  // already gone
-            // Again only after a server error: a transport failure already went through the
-            // client's own retries (a server that is gone would otherwise hold an abort, and a
-            // writer's __del__, for minutes).
-            if (attempt >= kAbortAttempts || e.http_status < 500) throw;
-        }
-    }
 }
 
 PutStream::~PutStream() {
@@ -312,10 +288,17 @@ void Upload::abort() {
             stream_->write_wait(-1);  // the pending write future completes once cancelled
         } catch (const S3Error &) {
         }
-        stream_->wait();
+        // The CRT's abort goes through the client's retries, which ride out an outage for
+        // retry_timeout_s: wait a bounded time, then remember the upload for a later abort (the
+        // meta request finishes on its own; it no longer needs anything of ours).
+        std::string upload_id = stream_->upload_id();
+        if (!stream_->wait_for(kAbortWaitMs)) {
+            if (!upload_id.empty()) client_->remember_abort({bucket_, key_, upload_id});
+            return;
+        }
+        upload_id = stream_->upload_id();
         // Make sure: a 5xx on the CRT's one abort would leave the parts behind. Usually this
         // answers NoSuchUpload (already aborted), which counts as done.
-        std::string upload_id = stream_->upload_id();
         if (!upload_id.empty()) abort_multipart_upload(client_, bucket_, key_, upload_id);
     }
     if (single_) {

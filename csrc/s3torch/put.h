@@ -40,22 +40,16 @@ class PutStream : public Transfer {
 
   protected:
     using Transfer::Transfer;
+    void on_attempt(aws_s3_request_metrics *metrics) override;
 
   private:
     static void s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *, int, void *);
-    static void s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *, void *);
     static void s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *, void *);
     aws_future_void *future_ = nullptr;  // caller thread only
     uint64_t handed_ = 0;                // mu_: bytes given to the CRT
     uint64_t uploaded_ = 0;              // mu_: bytes of parts the server acknowledged
     std::string upload_id_;              // mu_, URI-encoded
 };
-
-// AbortMultipartUpload, retried (kAbortAttempts in all): the CRT sends one abort after a
-// failure or cancel and does not retry it, so a transient 5xx there would leave parts behind.
-// NoSuchUpload counts as done. `upload_id` URI-encoded.
-void abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
-                            const std::string &upload_id);
 
 // A streaming upload. Data is buffered in memory until it exceeds one part; an object that
 // never does is sent as a single PutObject on complete(). Otherwise a multipart upload starts

@@ -45,6 +45,16 @@ bool use_path_style(const ClientConfig &config, const Endpoint &endpoint, const 
 std::string encode_path(const std::string &key) { return encode(key, true); }
 std::string encode_param(const std::string &value) { return encode(value, false); }
 
+std::string decode_param(const std::string &value) {
+    aws_byte_buf buf;
+    aws_byte_buf_init(&buf, aws_default_allocator(), value.size() + 1);
+    aws_byte_cursor cur = aws_byte_cursor_from_array(value.data(), value.size());
+    int rc = aws_byte_buf_append_decoding_uri(&buf, &cur);
+    std::string out = rc == AWS_OP_SUCCESS ? std::string(reinterpret_cast<char *>(buf.buffer), buf.len) : value;
+    aws_byte_buf_clean_up(&buf);
+    return out;
+}
+
 Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
                    const std::string &key, const std::string &query) {
     Address a;

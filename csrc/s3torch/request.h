@@ -21,8 +21,9 @@ struct Address {
 
 // URI-encode a key as a path (keeps '/').
 std::string encode_path(const std::string &key);
-// URI-encode a query parameter value.
+// URI-encode a query parameter value; decode_param undoes it.
 std::string encode_param(const std::string &value);
+std::string decode_param(const std::string &value);
 
 Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
                    const std::string &key, const std::string &query = "");

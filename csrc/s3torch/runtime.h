@@ -37,6 +37,7 @@ class Runtime {
 
     aws_allocator *allocator() const { return allocator_; }
     aws_client_bootstrap *bootstrap() const { return bootstrap_; }
+    aws_event_loop_group *event_loop_group() const { return elg_; }
 
   private:
     Runtime();

@@ -10,8 +10,20 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstring>
 
 namespace s3torch {
+
+namespace {
+
+// The checksum uploads carry (ClientConfig::checksums, validated to one of these).
+aws_s3_checksum_algorithm upload_checksum(const ClientConfig &config) {
+    if (config.checksums == "crc32c") return AWS_SCA_CRC32C;
+    if (config.checksums == "crc32") return AWS_SCA_CRC32;
+    return AWS_SCA_NONE;
+}
+
+}  // namespace
 
 Transfer::Transfer(std::shared_ptr<Client> client, ErrorContext ctx)
     : client_(std::move(client)), ctx_(std::move(ctx)) {}
@@ -29,6 +41,24 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
     options.headers_callback = s_on_headers;
     if (want_body_) options.body_callback_ex = s_on_body;
     options.finish_callback = s_on_finish;
+    options.telemetry_callback = s_on_telemetry;
+
+    // Uploads (not server-side copies) carry a checksum of their body the server verifies
+    // before storing it; each part of a multipart upload its own. Downloads check the
+    // checksum a response carries for its own body (a whole object, never a range of one).
+    aws_s3_checksum_config checksum;  // copied by the meta request when it is made
+    AWS_ZERO_STRUCT(checksum);
+    aws_s3_checksum_algorithm algorithm = upload_checksum(client_->config());
+    if (!options.checksum_config && algorithm != AWS_SCA_NONE) {
+        if (std::strcmp(method, "PUT") == 0 && options.copy_source_uri.len == 0) {
+            checksum.location = AWS_SCL_HEADER;
+            checksum.checksum_algorithm = algorithm;
+            options.checksum_config = &checksum;
+        } else if (options.type == AWS_S3_META_REQUEST_TYPE_GET_OBJECT) {
+            checksum.validate_response_checksum = true;
+            options.checksum_config = &checksum;
+        }
+    }
     options.shutdown_callback = s_on_shutdown;
 
     aws_uri uri;
@@ -119,6 +149,10 @@ void Transfer::raise_if_failed() {
         err.crt_error_name = crt_error_name(error_code_);
         throw err;
     }
+    if (status_ == 0 && last_error_status_ >= 500 &&
+        (error_code_ == AWS_ERROR_S3_INTERNAL_ERROR || error_code_ == AWS_ERROR_S3_SLOW_DOWN))
+        throw error_from_result(error_code_, last_error_status_, error_body_, last_error_request_id_, failed_operation_,
+                                ctx_);
     throw error_from_result(error_code_, status_, error_body_, request_id_, failed_operation_, ctx_);
 }
 
@@ -201,6 +235,24 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
     }
     t->cv_.notify_all();
     if (to_release) aws_s3_meta_request_release(to_release);
+}
+
+void Transfer::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *metrics, void *ud) {
+    auto *t = static_cast<Transfer *>(ud);
+    int status = 0;
+    if (aws_s3_request_metrics_get_response_status_code(metrics, &status) == AWS_OP_SUCCESS && status > 0) {
+        t->client_->mark_reached();
+        if (status >= 300) {
+            const aws_string *id = nullptr;
+            std::string request_id;
+            if (aws_s3_request_metrics_get_request_id(metrics, &id) == AWS_OP_SUCCESS && id)
+                request_id.assign(reinterpret_cast<const char *>(aws_string_bytes(id)), id->len);
+            std::lock_guard<std::mutex> lock(t->mu_);
+            t->last_error_status_ = status;
+            t->last_error_request_id_ = std::move(request_id);
+        }
+    }
+    t->on_attempt(metrics);
 }
 
 void Transfer::s_on_shutdown(void *ud) {

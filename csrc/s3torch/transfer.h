@@ -32,6 +32,7 @@ struct aws_http_headers;
 struct aws_byte_cursor;
 struct aws_byte_buf;
 struct aws_s3_meta_request_receive_body_extra_info;
+struct aws_s3_request_metrics;
 
 namespace s3torch {
 
@@ -79,6 +80,8 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     virtual int on_body(const aws_byte_cursor &body, uint64_t range_start, void *ticket);
     // Under mu_, just before waiters are woken.
     virtual void on_finished_locked() {}
+    // After each attempt of each request of the meta request (its metrics), not under mu_.
+    virtual void on_attempt(aws_s3_request_metrics *) {}
 
     std::shared_ptr<Client> client_;
     ErrorContext ctx_;
@@ -92,6 +95,10 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     std::string request_id_;
     std::string failed_operation_;
     std::string headers_;  // "name: value\n" lines, names lower-cased
+    // The last attempt that got an error response (status >= 300): the CRT drops its status
+    // and request id once retries of a 5xx run out, so the error reports these.
+    int last_error_status_ = 0;
+    std::string last_error_request_id_;
 
   private:
     static int s_on_headers(aws_s3_meta_request *, const aws_http_headers *, int, void *);
@@ -99,6 +106,7 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
                          const aws_s3_meta_request_receive_body_extra_info, void *);
     static void s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_result *, void *);
     static void s_on_shutdown(void *);
+    static void s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *, void *);
 
     aws_s3_meta_request *mr_ = nullptr;  // mu_; our reference, dropped at finish
     std::shared_ptr<Transfer> self_;     // set by start(), dropped at shutdown

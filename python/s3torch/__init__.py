@@ -8,6 +8,7 @@ from ._client import S3Client
 from ._config import S3ClientConfig
 from ._crt import (
     S3CancelledError,
+    S3ConnectionError,
     S3Exception,
     S3InvalidArgumentError,
     S3NotFoundError,
@@ -47,6 +48,7 @@ __all__ = [
     "S3NotFoundError",
     "S3PermissionError",
     "S3TimeoutError",
+    "S3ConnectionError",
     "S3InvalidArgumentError",
     "S3CancelledError",
     "parse_s3_uri",

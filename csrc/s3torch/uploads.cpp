@@ -1,0 +1,118 @@
+#include "s3torch/uploads.h"
+
+#include "s3torch/request.h"
+#include "s3torch/transfer.h"
+#include "s3torch/xml.h"
+
+#include <aws/s3/s3_client.h>
+
+#include <chrono>
+
+namespace s3torch {
+
+namespace {
+
+// Attempts of our own AbortMultipartUpload, each after the client's retries ran out.
+constexpr int kAbortAttempts = 4;
+
+int64_t ms_left(std::chrono::steady_clock::time_point deadline) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    return left.count() > 0 ? left.count() : 0;
+}
+
+}  // namespace
+
+bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
+                            const std::string &upload_id, int64_t wait_ms) {
+    ErrorContext ctx{"AbortMultipartUpload", bucket, key};
+    Address addr = address_of(client->config(), client->endpoint(), bucket, key, "uploadId=" + upload_id);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    for (int attempt = 1;; ++attempt) {
+        auto req = SimpleRequest::start_request(client, ctx, "DELETE", "AbortMultipartUpload", addr,
+                                                AWS_S3_META_REQUEST_TYPE_DEFAULT);
+        if (!req->wait_for(ms_left(deadline))) {
+            req->cancel_and_wait();  // still retrying into an outage
+            client->remember_abort({bucket, key, upload_id});
+            return false;
+        }
+        try {
+            req->raise_if_failed();
+            return true;
+        } catch (const S3Error &e) {
+            if (e.kind == ErrorKind::NotFound) return true;  // already gone
+            bool unreachable = e.kind == ErrorKind::Connection || e.kind == ErrorKind::Timeout ||
+                               e.http_status >= 500 || (e.http_status == 0 && e.kind == ErrorKind::Generic);
+            if (!unreachable) throw;
+            if (attempt < kAbortAttempts && ms_left(deadline) > 0) continue;
+            client->remember_abort({bucket, key, upload_id});
+            return false;
+        }
+    }
+}
+
+std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms) {
+    std::vector<Client::PendingAbort> pending = client->take_pending_aborts();
+    for (const Client::PendingAbort &p : pending) {
+        try {
+            abort_multipart_upload(client, p.bucket, p.key, p.upload_id, wait_ms);  // remembers it again if not
+        } catch (const S3Error &) {
+            // Refused for good (e.g. access denied): nothing more this process can do.
+        }
+    }
+    std::vector<Client::PendingAbort> left = client->take_pending_aborts();
+    for (const Client::PendingAbort &p : left) client->remember_abort(p);
+    return left;
+}
+
+std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> client, const std::string &bucket,
+                                                        const std::string &prefix) {
+    ErrorContext ctx{"ListMultipartUploads", bucket, prefix};
+    require_names(ctx, false);
+    std::vector<MultipartUploadInfo> out;
+    std::string key_marker, id_marker;
+    for (;;) {
+        // Query parameters in the canonical (sorted) order SigV4 uses.
+        std::string q;
+        if (!key_marker.empty()) q += "key-marker=" + encode_param(key_marker) + "&";
+        if (!prefix.empty()) q += "prefix=" + encode_param(prefix) + "&";
+        if (!id_marker.empty()) q += "upload-id-marker=" + encode_param(id_marker) + "&";
+        q += "uploads=";
+        Address addr = address_of(client->config(), client->endpoint(), bucket, "", q);
+        auto req = SimpleRequest::start_request(client, ctx, "GET", "ListMultipartUploads", addr,
+                                                AWS_S3_META_REQUEST_TYPE_DEFAULT);
+        req->wait();
+        req->raise_if_failed();
+        std::string body = req->body();
+        bool truncated = false;
+        std::string next_key, next_id;
+        MultipartUploadInfo *cur = nullptr;
+        bool ok = xml_walk(body, [&](const std::string &path, const std::string &text) {
+            if (path == "ListMultipartUploadsResult/Upload") {
+                out.emplace_back();
+                cur = &out.back();
+            } else if (cur && path == "ListMultipartUploadsResult/Upload/Key") {
+                cur->key = text;
+            } else if (cur && path == "ListMultipartUploadsResult/Upload/UploadId") {
+                cur->upload_id = text;
+            } else if (cur && path == "ListMultipartUploadsResult/Upload/Initiated") {
+                cur->initiated = text;
+            } else if (path == "ListMultipartUploadsResult/IsTruncated") {
+                truncated = text == "true";
+            } else if (path == "ListMultipartUploadsResult/NextKeyMarker") {
+                next_key = text;
+            } else if (path == "ListMultipartUploadsResult/NextUploadIdMarker") {
+                next_id = text;
+            }
+        });
+        if (!ok)
+            throw S3Error(ErrorKind::Generic, "ListMultipartUploads s3://" + bucket + ": the response is not valid XML",
+                          ctx);
+        if (!truncated || (next_key.empty() && next_id.empty()) || (next_key == key_marker && next_id == id_marker))
+            break;
+        key_marker = next_key;
+        id_marker = next_id;
+    }
+    return out;
+}
+
+}  // namespace s3torch

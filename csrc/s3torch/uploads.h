@@ -1,0 +1,40 @@
+// Multipart-upload housekeeping: aborting an upload so no parts stay behind (and remembering
+// the ones an outage kept us from aborting), listing the incomplete uploads under a prefix.
+#pragma once
+
+#include "s3torch/client.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace s3torch {
+
+// How long one abort may keep trying before its upload is remembered for later instead.
+constexpr int64_t kAbortWaitMs = 15000;
+
+// AbortMultipartUpload of `upload_id` (URI-encoded, as the CRT's requests carry it). The CRT
+// sends one abort after a failure or cancel and never retries it; this one is retried through
+// 5xx and connection failures for up to `wait_ms`. True when the upload is gone (aborted, or
+// NoSuchUpload). False when the server could not be reached in time: the upload is then
+// remembered on `client` (Client::remember_abort) for retry_pending_aborts(). Throws on other
+// errors (e.g. access denied).
+bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
+                            const std::string &upload_id, int64_t wait_ms = kAbortWaitMs);
+
+// Try again every upload `client` remembered, each for up to `wait_ms`; returns those still
+// pending (they stay remembered).
+std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms);
+
+struct MultipartUploadInfo {
+    std::string key;
+    std::string upload_id;  // as the server sent it (not encoded)
+    std::string initiated;  // ISO 8601, as the server sent it
+};
+
+// Every incomplete multipart upload under `prefix` (ListMultipartUploads, all pages).
+std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> client, const std::string &bucket,
+                                                        const std::string &prefix);
+
+}  // namespace s3torch
