@@ -214,6 +214,7 @@ class NativeClient {
         return out;
     }
     const ClientConfig &config() const { return client_->config(); }
+    std::shared_ptr<Client> client() const { return client_; }
 
   private:
     // The whole object, size unknown (the core's WholeObjectGet): the probe's bytes, or a
@@ -307,6 +308,7 @@ void register_client(py::module_ &m) {
              py::arg("upload_id"), py::arg("wait_s") = 15.0)
         .def("pending_aborts", &NativeClient::pending_aborts, py::arg("retry") = false, py::arg("wait_s") = 15.0)
         .def_property_readonly("in_flight", &NativeClient::in_flight)
+        .def_property_readonly("throttle_limit", [](NativeClient &c) { return c.client()->throttle_limit(); })
         .def_property_readonly("region", [](const NativeClient &c) { return c.config().region; })
         .def_property_readonly("endpoint", [](const NativeClient &c) { return c.config().endpoint; })
         .def_property_readonly("part_size", [](const NativeClient &c) { return c.config().part_size; });

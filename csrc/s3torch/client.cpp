@@ -226,6 +226,11 @@ void Client::transfer_finished() { in_flight_.fetch_sub(1); }
 
 void Client::mark_reached() { retry_strategy_mark_reached(retry_.load()); }
 
+uint64_t Client::throttle_limit() {
+    std::lock_guard<std::mutex> lock(mu_);  // keeps retry_ alive while we read it
+    return retry_strategy_concurrency_limit(retry_.load());
+}
+
 void Client::remember_abort(PendingAbort abort) {
     std::lock_guard<std::mutex> lock(aborts_mu_);
     for (const PendingAbort &p : pending_aborts_)

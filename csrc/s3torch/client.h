@@ -52,6 +52,8 @@ class Client : public std::enable_shared_from_this<Client> {
     // The endpoint has answered (an HTTP response of any status): from now on the retry
     // strategy rides out outages instead of failing fast (retry.h). Any thread.
     void mark_reached();
+    // How many requests may be in flight while the server throttles (0: no limit now).
+    uint64_t throttle_limit();
 
     // Multipart uploads whose abort could not reach the server (an outage): kept so a later
     // call can abort them (uploads.h). Any thread.

@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from . import _crt
+from . import _crt, _uploads
 from ._config import S3ClientConfig
 from .s3reader import S3Reader
 from .s3reader.constructor import ReaderConstructor, S3ReaderConstructor
@@ -58,6 +58,7 @@ class S3Client:
         self._lock = threading.Lock()
         # Validate now, in the caller's process, so bad configuration fails at construction.
         self._get_native()
+        _uploads.track(self)
 
     # --- lifecycle -----------------------------------------------------------------------
     def _get_native(self) -> _crt.NativeClient:
@@ -178,3 +179,24 @@ class S3Client:
 
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> None:
         self._get_native().copy_object(src_bucket, src_key, dst_bucket, dst_key)
+
+    # --- multipart uploads ----------------------------------------------------------------
+    def list_multipart_uploads(self, bucket: str, prefix: str = "") -> List[Tuple[str, str, str]]:
+        """Incomplete multipart uploads under ``prefix``: ``(key, upload_id, initiated)`` tuples
+        (``initiated`` as the server sent it, ISO 8601)."""
+        return self._get_native().list_multipart_uploads(bucket, prefix)
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str, wait_s: float = 15.0) -> bool:
+        """Abort an incomplete multipart upload, retrying through server errors and outages for
+        up to ``wait_s``. True when it is gone (also when it already was); False when the server
+        could not be reached in time, in which case the upload is remembered (see
+        :meth:`pending_aborts`)."""
+        return self._get_native().abort_multipart_upload(bucket, key, upload_id, wait_s)
+
+    def pending_aborts(self, retry: bool = False, wait_s: float = 15.0) -> List[Tuple[str, str, str]]:
+        """Multipart uploads this client failed to abort because the server could not be reached
+        (an outage during a failed upload): ``(bucket, key, upload_id)`` tuples. With ``retry``,
+        first try each again (up to ``wait_s`` each) and return those still left."""
+        if self._native is None or self._pid != os.getpid():
+            return []  # this process has sent nothing through this client
+        return self._native.pending_aborts(retry, wait_s)

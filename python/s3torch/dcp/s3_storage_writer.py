@@ -27,7 +27,9 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from .. import _uploads
 from .._config import S3ClientConfig
+from .._crt import S3Exception
 from .._uri import parse_s3_uri, s3_path
 from . import _torch_save
 from ._progress import Progress
@@ -98,6 +100,7 @@ class S3StorageWriter(FileSystemWriter):
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         self._progress.start()
+        _uploads.retry_pending_aborts(self.fs.client)  # left by an earlier save's outage
         plan = super().prepare_local_plan(plan)  # refuses an existing checkpoint if overwrite=False
         # Overwriting in place: take the old checkpoint's metadata away before any data object
         # is replaced. Otherwise a save that fails halfway would leave the old metadata over a
@@ -279,4 +282,15 @@ class S3StorageWriter(FileSystemWriter):
         # One PUT, last: the checkpoint becomes visible atomically, and only when complete.
         with self.fs.create_stream(self.fs.concat_path(self.path, name), "wb") as stream:
             pickle.dump(metadata, stream)
+        if self.use_collectives:
+            # Every rank has finished writing: any incomplete upload under this checkpoint is
+            # left from an earlier save that failed (killed, or its aborts hit an outage).
+            self._abort_stale_uploads()
         self._progress.done()
+
+    def _abort_stale_uploads(self) -> None:
+        bucket, key = parse_s3_uri(str(self.path))
+        try:
+            _uploads.abort_uploads_under(self.fs.client, bucket, key.rstrip("/") + "/")
+        except S3Exception as e:  # the checkpoint is complete; this is housekeeping
+            log.warning("s3torch: could not check %s for incomplete multipart uploads: %s", self.path, e)
