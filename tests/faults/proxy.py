@@ -47,7 +47,8 @@ COPY_BYTES = 256 * 1024
 
 @dataclass
 class Fault:
-    """One rule. A request matches when its method equals ``method`` (any if None) and
+    """One rule. A request matches when its method matches ``method`` (a regex such as
+    ``"GET"`` or ``"PUT|POST"``; any if None) and
     ``path`` (a regex) is found in its target (path and query, e.g. ``uploadId=``,
     ``partNumber=``, ``\\?uploads``, a key prefix). Of the matching requests, ``fraction``
     (spread evenly: 0.5 is every second one) get the fault, at most ``times`` of them
@@ -74,7 +75,7 @@ class Fault:
         self._re = re.compile(self.path) if self.path else None
 
     def _take(self, method: str, target: str, now: float) -> bool:
-        if self.method is not None and method != self.method:
+        if self.method is not None and not re.fullmatch(self.method, method):
             return False
         if self._re is not None and not self._re.search(target):
             return False

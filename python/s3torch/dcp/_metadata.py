@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata
 
 from .._crt import S3Exception, S3NotFoundError
+from ._errors import read_error
 
 
 class UnreadableMetadata:
@@ -42,7 +43,8 @@ class UnreadableMetadata:
 def read_or_defer(
     read: Callable[[], Metadata], path: str, rank_local_exists: Callable[[int], bool]
 ) -> "Metadata | UnreadableMetadata":
-    """``read()`` the global metadata; an S3 failure becomes an UnreadableMetadata, except a
+    """``read()`` the global metadata; an S3 failure becomes an UnreadableMetadata (a missing
+    checkpoint: S3NotFoundError; server or network: the CheckpointReadError family), except a
     missing ``.metadata`` beside an existing rank-local one (raised, for torch's fallback)."""
     try:
         return read()
@@ -53,8 +55,8 @@ def read_or_defer(
         for name in ("code", "http_status", "request_id", "bucket", "key"):
             setattr(err, name, getattr(e, name, None))
         return UnreadableMetadata(err)
-    except S3Exception as e:
-        return UnreadableMetadata(e)
+    except S3Exception as e:  # access and timeouts as they are; server and network: a read error
+        return UnreadableMetadata(read_error(f"{path}/.metadata", e))
 
 
 def raise_if_unreadable(metadata: Any) -> None:
