@@ -11,7 +11,7 @@ from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
 
 from s3torch import _crt
-from s3torch.dcp import CheckpointCorruptError, CheckpointReadError
+from s3torch.dcp import CheckpointConnectionError, CheckpointCorruptError, CheckpointReadError
 from s3torch.dcp._errors import read_error
 from s3torch.dcp._parallel_load import ParallelLoader, _Item
 from tests.unit.test_staging import FakeNative
@@ -31,6 +31,15 @@ def test_server_and_network_failures_are_read_errors_not_corruption() -> None:
     assert (got.code, got.http_status, got.request_id, got.key) == ("SlowDown", 503, "R1", "k")
     assert "s3://b/k item w: cannot read its bytes" in str(got) and "may be intact" in str(got)
     assert isinstance(read_error("w", _s3_error(crt_error="AWS_IO_SOCKET_CLOSED")), CheckpointReadError)
+
+
+def test_a_failed_connection_stays_a_connection_error() -> None:
+    class Refused(_crt.S3Exception, ConnectionError):  # as the native core's connection errors are
+        pass
+
+    got = read_error("w", _s3_error(Refused, crt_error="AWS_IO_SOCKET_CONNECTION_REFUSED"))
+    assert isinstance(got, CheckpointConnectionError) and isinstance(got, ConnectionError)
+    assert isinstance(got, CheckpointReadError) and got.crt_error == "AWS_IO_SOCKET_CONNECTION_REFUSED"
 
 
 def test_missing_or_truncated_files_are_corruption() -> None:

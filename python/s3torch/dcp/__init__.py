@@ -1,6 +1,6 @@
 """torch.distributed.checkpoint on S3: storage writer and reader, file system, prefix strategies."""
 
-from ._errors import CheckpointCorruptError, CheckpointReadError, StagingError
+from ._errors import CheckpointConnectionError, CheckpointCorruptError, CheckpointReadError, StagingError
 from ._shared_reads import SharedReadError
 from ._staging import release_staging_memory
 from .s3_file_system import S3FileSystem
@@ -27,6 +27,7 @@ __all__ = [
     "HexPrefixStrategy",
     "CheckpointCorruptError",
     "CheckpointReadError",
+    "CheckpointConnectionError",
     "StagingError",
     "SharedReadError",
     "release_staging_memory",

@@ -30,6 +30,10 @@ class CheckpointReadError(_crt.S3Exception):
     ``request_id``, ... like the S3Exception it wraps."""
 
 
+class CheckpointConnectionError(CheckpointReadError, ConnectionError):
+    """A CheckpointReadError whose cause was a connection that failed (reset, refused)."""
+
+
 _CARRIED = ("code", "s3_message", "http_status", "request_id", "crt_error", "operation", "bucket", "key")
 
 
@@ -37,14 +41,16 @@ def read_error(where: str, e: "_crt.S3Exception") -> "_crt.S3Exception":
     """The error for a failed read of an item, named after the item it hit: access,
     timeout and cancellation errors as they are; a missing file or a range past its end
     (the checkpoint is incomplete or truncated) is a CheckpointCorruptError; anything else
-    (5xx, throttling, a dropped connection) a CheckpointReadError."""
+    (5xx, throttling, a dropped connection) a CheckpointReadError, a CheckpointConnectionError
+    (also a ConnectionError) when the connection failed."""
     if isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError, _crt.S3CancelledError)):
         return e
     status = getattr(e, "http_status", None)
     if isinstance(e, _crt.S3NotFoundError) or status == 416:
         hint = " (the file is shorter than the checkpoint metadata says: truncated?)" if status == 416 else ""
         return CheckpointCorruptError(f"{where}: cannot read its bytes: {e}{hint}")
-    out = CheckpointReadError(f"{where}: cannot read its bytes: {e} (the checkpoint itself may be intact)")
+    cls = CheckpointConnectionError if isinstance(e, ConnectionError) else CheckpointReadError
+    out = cls(f"{where}: cannot read its bytes: {e} (the checkpoint itself may be intact)")
     for name in _CARRIED:
         setattr(out, name, getattr(e, name, None))
     return out

@@ -20,10 +20,11 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.futures import Future
 
 from .._config import S3ClientConfig
-from .._crt import S3NotFoundError
+from .._crt import S3Exception
 from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
+from ._metadata import raise_if_unreadable, rank_local_name, read_or_defer
 from ._parallel_load import ParallelLoader
 from ._progress import Progress
 from ._shared_reads import DEFAULT_ROUND_BYTES, SharedLoad, ShareSchedule, plan_sharing
@@ -111,11 +112,27 @@ class S3StorageReader(FileSystemReader):
         return parse_s3_uri(self.fs.concat_path(self.path, relative_path), need_key=True)[1]
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        """The checkpoint's metadata. A failed read of the global ``.metadata`` is raised by
+        :meth:`set_up_storage_reader`, torch's next call, so that torch neither logs it nor
+        retries it as rank-local metadata (see ``_metadata``)."""
         self._progress.start()
-        try:
+        if kwargs.get("rank") is not None:  # torch's fallback: only when a rank-local file exists
             return super().read_metadata(*args, **kwargs)
-        except S3NotFoundError as e:
-            raise S3NotFoundError(f"no DCP checkpoint at {self.path}: its metadata object does not exist ({e})") from e
+        got = read_or_defer(lambda: super(S3StorageReader, self).read_metadata(), str(self.path), self._exists)
+        return got  # type: ignore[return-value]  # an UnreadableMetadata raises on use
+
+    def _exists(self, rank: int) -> bool:
+        try:
+            self.fs.client.head_object(
+                *parse_s3_uri(self.fs.concat_path(self.path, rank_local_name(rank)), need_key=True)
+            )
+            return True
+        except S3Exception:
+            return False
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        raise_if_unreadable(metadata)
+        super().set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
         """Sort items by file and offset; hand the item ranges to a DCP-optimized reader."""

@@ -1,0 +1,72 @@
+"""Reading a checkpoint's ``.metadata`` so that a failure reaches the user as s3torch's typed
+error, once.
+
+torch's ``dcp.load`` (2.11-2.13) calls ``read_metadata()`` and, when it raises, logs the
+error with its traceback ("Global metadata is not found. Falling back to rank local
+metadata."), calls ``read_metadata(rank=r)`` for a rank-local ``__r.metadata`` (a second
+retry round against an endpoint that is down), logs that traceback too, and finally raises
+``AssertionError: metadata is None`` with both errors flattened into its message.
+
+So a read that fails does not raise from ``read_metadata``: it returns an
+:class:`UnreadableMetadata` that carries the error, and the reader raises that error from
+``set_up_storage_reader`` (torch's next call, in the same step); a planner that looks into
+the metadata first gets the same error. torch then raises its ``CheckpointException`` with
+that one error as the rank's failure, with nothing logged and no second attempt. The one
+case torch's fallback is for, a checkpoint saved with ``use_collectives=False`` (rank-local
+metadata only), still raises from ``read_metadata``, so that torch reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch.distributed as dist
+from torch.distributed.checkpoint.metadata import Metadata
+
+from .._crt import S3Exception, S3NotFoundError
+from ._errors import read_error
+
+
+class UnreadableMetadata:
+    """Stands in for the Metadata that could not be read; every use raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        object.__setattr__(self, "error", error)
+
+    def __getattr__(self, name: str) -> Any:
+        raise object.__getattribute__(self, "error")
+
+    def __bool__(self) -> bool:
+        return True  # torch tests `not metadata` before its fallback
+
+
+def read_or_defer(
+    read: Callable[[], Metadata], path: str, rank_local_exists: Callable[[int], bool]
+) -> "Metadata | UnreadableMetadata":
+    """``read()`` the global metadata; an S3 failure becomes an UnreadableMetadata (a missing
+    checkpoint: S3NotFoundError; server or network: the CheckpointReadError family), except a
+    missing ``.metadata`` beside an existing rank-local one (raised, for torch's fallback)."""
+    try:
+        return read()
+    except S3NotFoundError as e:
+        if rank_local_exists(_rank()):
+            raise
+        err: S3Exception = S3NotFoundError(f"no DCP checkpoint at {path}: its metadata object does not exist ({e})")
+        for name in ("code", "http_status", "request_id", "bucket", "key"):
+            setattr(err, name, getattr(e, name, None))
+        return UnreadableMetadata(err)
+    except S3Exception as e:  # access and timeouts as they are; server and network: a read error
+        return UnreadableMetadata(read_error(f"{path}/.metadata", e))
+
+
+def raise_if_unreadable(metadata: Any) -> None:
+    if isinstance(metadata, UnreadableMetadata):
+        raise object.__getattribute__(metadata, "error")
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def rank_local_name(rank: Optional[int]) -> str:
+    return ".metadata" if rank is None else f"__{rank}.metadata"

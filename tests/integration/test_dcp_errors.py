@@ -1,0 +1,69 @@
+"""What dcp.load raises when there is no checkpoint to read: a missing checkpoint, bad
+credentials, an endpoint that is down. torch wraps it in its CheckpointException; the one
+failure inside is s3torch's typed error, after one retry round, with none of torch's
+"Falling back to rank local metadata" tracebacks logged."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+
+from s3torch import S3ClientConfig, S3Exception, S3NotFoundError, S3PermissionError
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, free_port
+from s3torch.dcp import S3StorageReader, S3StorageWriter
+from tests.conftest import BUCKET
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+
+def _load(endpoint: str, path: str, secret: str = SECRET_KEY) -> BaseException:
+    cfg = S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=secret)
+    with pytest.raises(CheckpointException) as info:
+        dcp.load(
+            {"a": torch.zeros(4)}, storage_reader=S3StorageReader(REGION, path, endpoint=endpoint, s3client_config=cfg)
+        )
+    (err, _tb), *others = info.value.failures.values()
+    assert others == []
+    last = str(info.value).rstrip().splitlines()[-1]
+    assert last.startswith(f"{type(err).__module__}.{type(err).__name__}: "), last  # s3torch's, not AssertionError
+    return err
+
+
+@pytest.mark.parametrize("case", ["missing", "bad_credentials", "dead_endpoint"])
+def test_load_without_a_readable_checkpoint(seaweed: Any, prefix: str, caplog: Any, case: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    path = f"s3://{BUCKET}/{prefix}none"
+    t0 = time.monotonic()
+    if case == "missing":
+        err = _load(seaweed.endpoint, path)
+        assert isinstance(err, S3NotFoundError) and str(err).startswith(f"no DCP checkpoint at {path}")
+    elif case == "bad_credentials":
+        err = _load(seaweed.endpoint, path, secret="wrong")
+        assert isinstance(err, S3PermissionError) and err.http_status == 403
+    else:
+        err = _load(f"http://127.0.0.1:{free_port()}", path)
+        assert isinstance(err, S3Exception) and isinstance(err, ConnectionError), (type(err), str(err))
+    assert time.monotonic() - t0 < 15  # one retry round: <= 10 s for a dead endpoint, 5 s margin
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in logged if "metadata" in m.lower()], logged
+
+
+def test_rank_local_checkpoint_still_loads(seaweed: Any, prefix: str) -> None:
+    # Saved without collectives, a checkpoint has only __0.metadata: torch's fallback reads it.
+    path = f"s3://{BUCKET}/{prefix}local"
+    cfg = S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    sd = {"a": torch.arange(4.0)}
+    dcp.save(
+        sd,
+        storage_writer=S3StorageWriter(REGION, path, endpoint=seaweed.endpoint, s3client_config=cfg),
+        use_collectives=False,
+    )
+    out = {"a": torch.zeros(4)}
+    dcp.load(out, storage_reader=S3StorageReader(REGION, path, endpoint=seaweed.endpoint, s3client_config=cfg))
+    assert torch.equal(out["a"], sd["a"])

@@ -1,0 +1,324 @@
+"""Every flow through the fault-injecting proxy (tests/faults/proxy.py) in front of SeaweedFS:
+DCP save with 1 and 3 writer threads, DCP load, a 64 MiB put and get_into, a 200-object
+S3IterableDataset. Each flow ends byte-exact or with the right typed error in bounded time;
+never a loadable partial checkpoint; no multipart upload left behind after a transient fault.
+
+The flows run concurrently in threads under one proxy, so one outage or one storm covers all
+of them at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+
+from s3torch import S3Client, S3ClientConfig, S3Exception, S3IterableDataset
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, free_port
+from s3torch.dcp import CheckpointCorruptError, CheckpointReadError, S3StorageReader, S3StorageWriter
+from tests.conftest import BUCKET
+from tests.faults.proxy import Blackhole, Fault, FaultProxy, wait_until
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+MiB = 1 << 20
+BIG = 64 * MiB
+N_OBJECTS = 200
+FLOWS = ("save1", "save3", "load", "put", "get", "dataset")
+
+
+def _cfg(**extra: Any) -> S3ClientConfig:
+    return S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, **extra)
+
+
+def _sd(seed: int) -> Dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {f"w{i}": torch.randn(1024, 1024, generator=g) for i in range(6)}  # 24 MiB, 6 tensors
+
+
+def _loaded(endpoint: str, path: str, cfg: Optional[S3ClientConfig] = None) -> Dict[str, torch.Tensor]:
+    out = {k: torch.empty(1024, 1024) for k in _sd(0)}
+    dcp.load(out, storage_reader=S3StorageReader(REGION, path, endpoint=endpoint, s3client_config=cfg or _cfg()))
+    return out
+
+
+class World:
+    """What the read flows read, written straight to SeaweedFS once per module."""
+
+    def __init__(self, seaweed: Any) -> None:
+        self.seaweed = seaweed
+        self.direct = S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=_cfg())
+        self.base = f"faults/{uuid.uuid4().hex[:8]}/"
+        self.ckpt = f"s3://{BUCKET}/{self.base}ckpt"
+        dcp.save(
+            _sd(1), storage_writer=S3StorageWriter(REGION, self.ckpt, endpoint=seaweed.endpoint, s3client_config=_cfg())
+        )
+        self.big = torch.randint(0, 256, (BIG,), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+        self.direct.put(BUCKET, f"{self.base}big.bin", self.big)
+        self.objects = {f"{self.base}ds/{i:04d}": bytes([i % 251]) * (4096 + i) for i in range(N_OBJECTS)}
+        for k, v in self.objects.items():
+            self.direct.put(BUCKET, k, v)
+
+    def uploads(self, prefix: str) -> List[str]:
+        resp = self.seaweed.boto3_client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
+        return [u["Key"] for u in resp.get("Uploads", [])]
+
+    def keys(self, prefix: str) -> List[str]:
+        return [o.key for p in self.direct.list_objects(BUCKET, prefix) for o in p.object_info]
+
+
+@pytest.fixture(scope="module")
+def world(seaweed: Any) -> World:
+    return World(seaweed)
+
+
+@pytest.fixture
+def proxy(seaweed: Any) -> Iterator[FaultProxy]:
+    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
+    with FaultProxy(host, int(port)) as p:
+        yield p
+
+
+def _flow(world: World, name: str, endpoint: str, cfg: S3ClientConfig, run: str) -> Callable[[], None]:
+    """One flow against ``endpoint``; returns when its result is verified byte-exact against
+    SeaweedFS directly. Write flows write under ``<base><run>/<name>``."""
+    out = f"{world.base}{run}/{name}"
+
+    def save(threads: int) -> None:
+        path = f"s3://{BUCKET}/{out}"
+        sd = _sd(threads)
+        dcp.save(
+            sd,
+            storage_writer=S3StorageWriter(REGION, path, endpoint=endpoint, s3client_config=cfg, thread_count=threads),
+        )
+        got = _loaded(world.seaweed.endpoint, path)
+        assert all(torch.equal(got[k], sd[k]) for k in sd), f"{name}: saved bytes differ"
+
+    def load() -> None:
+        got = _loaded(endpoint, world.ckpt, cfg)
+        want = _sd(1)
+        assert all(torch.equal(got[k], want[k]) for k in want), "load: loaded bytes differ"
+
+    def put() -> None:
+        S3Client(REGION, endpoint=endpoint, s3client_config=cfg).put(BUCKET, out, world.big)
+        back = torch.empty(BIG, dtype=torch.uint8)
+        world.direct.get_into(BUCKET, out, back)
+        assert torch.equal(back, world.big), "put: stored bytes differ"
+
+    def get() -> None:
+        back = torch.zeros(BIG, dtype=torch.uint8)
+        S3Client(REGION, endpoint=endpoint, s3client_config=cfg).get_into(BUCKET, f"{world.base}big.bin", back)
+        assert torch.equal(back, world.big), "get: read bytes differ"
+
+    def dataset() -> None:
+        ds = S3IterableDataset.from_prefix(
+            f"s3://{BUCKET}/{world.base}ds/", region=REGION, endpoint=endpoint, s3client_config=cfg
+        )
+        got = {r.key: r.read() for r in ds}
+        assert got == world.objects, "dataset: items differ"
+
+    return {
+        "save1": lambda: save(1),
+        "save3": lambda: save(3),
+        "load": load,
+        "put": put,
+        "get": get,
+        "dataset": dataset,
+    }[name]
+
+
+# Which requests each flow makes, to aim a rule at one flow: its key prefix.
+def _target(world: World, run: str, name: str) -> str:
+    if name == "load":
+        return f"{world.base}ckpt/"
+    if name == "get":
+        return f"{world.base}big.bin"
+    if name == "dataset":
+        return f"{world.base}ds/"
+    return f"{world.base}{run}/{name}"
+
+
+def _run_all(
+    world: World,
+    endpoint: str,
+    cfg: S3ClientConfig,
+    run: str,
+    names: Tuple[str, ...] = FLOWS,
+    during: Optional[Callable[[], None]] = None,
+) -> Dict[str, Tuple[Optional[BaseException], float]]:
+    """Start every flow in its own thread; ``during()`` runs on this thread meanwhile. Returns
+    each flow's error (None: completed and verified) and seconds taken."""
+    results: Dict[str, Tuple[Optional[BaseException], float]] = {}
+
+    def timed(name: str) -> None:
+        t0 = time.monotonic()
+        try:
+            _flow(world, name, endpoint, cfg, run)()
+            results[name] = (None, time.monotonic() - t0)
+        except BaseException as e:  # CheckpointException is a BaseException
+            results[name] = (e, time.monotonic() - t0)
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        futures = [pool.submit(timed, n) for n in names]
+        if during is not None:
+            during()
+        for f in futures:
+            f.result(600)
+    return results
+
+
+def _assert_survived(world: World, run: str, results: Dict[str, Tuple[Optional[BaseException], float]]) -> None:
+    failed = {n: f"{type(e).__name__}: {str(e)[-400:]}" for n, (e, _) in results.items() if e is not None}
+    assert failed == {}, failed
+    assert world.uploads(f"{world.base}{run}/") == []
+
+
+def _s3_error(e: Optional[BaseException]) -> BaseException:
+    """s3torch's error: itself, or the one failure of torch's CheckpointException."""
+    assert e is not None, "the flow completed; it should have failed"
+    if isinstance(e, CheckpointException):
+        (inner, _tb), *rest = e.failures.values()
+        assert not rest
+        return inner
+    return e
+
+
+# --- transient faults: a few attempts fail, then the request goes through -------------------
+
+
+@pytest.mark.parametrize("kind", ["reset", "slowdown", "internal_error", "slow", "truncate"])
+def test_transient_fault_on_every_flow(world: World, proxy: FaultProxy, kind: str) -> None:
+    run = f"transient-{kind}"
+    faults = []
+    for name in FLOWS:
+        method = "GET" if kind == "truncate" else None  # only responses with bodies can be cut short
+        if kind == "truncate" and name.startswith("save") or kind == "truncate" and name == "put":
+            continue  # their GETs go to SeaweedFS directly (verification)
+        faults.append(proxy.add(Fault(kind, method=method, path=_target(world, run, name), times=2, delay=1.0)))
+    _assert_survived(world, run, _run_all(world, proxy.endpoint, _cfg(), run))
+    assert all(f.injected == 2 for f in faults), [(f.path, f.injected) for f in faults]
+
+
+def test_complete_multipart_upload_200_with_error(world: World, proxy: FaultProxy) -> None:
+    run = "complete-error"
+    f = proxy.add(Fault("complete_error", method="POST", path=r"uploadId=", times=3))
+    _assert_survived(world, run, _run_all(world, proxy.endpoint, _cfg(), run, ("save1", "save3", "put")))
+    assert f.injected == 3
+
+
+# --- long faults: ridden out with the default retry budget ------------------------------------
+
+
+def test_30s_outage_in_the_middle_of_every_flow(world: World, seaweed: Any) -> None:
+    """Slowed to 40 MB/s so every flow is mid-transfer when the outage begins."""
+    run = "outage"
+    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
+    with FaultProxy(host, int(port), rate=40e6) as proxy:
+        start = proxy.requests
+
+        def outage() -> None:
+            for name in FLOWS:
+                target = _target(world, run, name)
+                wait_until(lambda t=target: proxy.requests_to(t) > 0, 60, f"{name} to start")  # type: ignore[misc]
+            wait_until(lambda: proxy.requests > start + 20, 60, "transfers under way")
+            proxy.outage(30)
+
+        results = _run_all(world, proxy.endpoint, _cfg(), run, during=outage)
+    _assert_survived(world, run, results)
+    assert all(t > 30 for _, t in results.values()), {n: round(t, 1) for n, (_, t) in results.items()}
+
+
+def test_60s_slowdown_storm_on_half_the_requests(world: World, proxy: FaultProxy) -> None:
+    run = "storm"
+    f = proxy.add(Fault("slowdown", fraction=0.5, duration=60))
+    _assert_survived(world, run, _run_all(world, proxy.endpoint, _cfg(), run))
+    assert f.injected > 50
+
+
+# --- persistent faults: every attempt fails; a typed error within the retry budget ------------
+
+
+@pytest.mark.parametrize(
+    "kind, check",
+    [
+        ("slowdown", lambda e: e.http_status == 503 and e.code == "SlowDown"),
+        ("internal_error", lambda e: e.http_status == 500 and e.code == "InternalError"),
+        ("reset", lambda e: isinstance(e, ConnectionError)),
+    ],
+)
+def test_persistent_fault_gives_up_with_a_typed_error(world: World, proxy: FaultProxy, kind: str, check: Any) -> None:
+    run = f"persistent-{kind}"
+    budget = 5.0
+    for name in FLOWS:  # every request but the aborts, which must get through to clean up
+        proxy.add(Fault(kind, method="GET|HEAD|PUT|POST", path=_target(world, run, name)))
+    results = _run_all(world, proxy.endpoint, _cfg(retry_timeout_s=budget), run)
+    for name, (e, took) in results.items():
+        err = _s3_error(e)
+        assert isinstance(err, S3Exception) and check(err), (name, type(err), str(err))
+        assert not isinstance(err, CheckpointCorruptError), (name, str(err))
+        if name == "load":
+            assert isinstance(err, CheckpointReadError)
+        assert took < budget + 30, (name, took)
+    assert world.uploads(f"{world.base}{run}/") == []
+    assert not [k for k in world.keys(f"{world.base}{run}/") if k.endswith(".metadata")]
+
+
+def test_persistent_truncation_on_a_load_is_a_read_error_naming_the_item(world: World, proxy: FaultProxy) -> None:
+    proxy.add(Fault("truncate", method="GET", path=rf"{world.base}ckpt/__0_0\.distcp"))
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointException) as info:
+        _loaded(proxy.endpoint, world.ckpt, _cfg(retry_timeout_s=5.0))
+    err = _s3_error(info.value)
+    assert isinstance(err, CheckpointReadError) and not isinstance(err, CheckpointCorruptError), str(err)
+    assert "__0_0.distcp item w" in str(err)
+    assert time.monotonic() - t0 < 35
+
+
+# --- an endpoint that never answered: fail fast ---------------------------------------------
+
+
+def _attempt(endpoint: str, what: str, give_up: Callable[[], None]) -> Tuple[BaseException, float]:
+    """``what`` against ``endpoint`` on a thread, bounded: after 30 s ``give_up()`` is
+    called (it closes the blackhole, resetting its queued connections) and the thread is
+    waited for, so no request outlives the test."""
+    box: List[Tuple[BaseException, float]] = []
+
+    def go() -> None:
+        t0 = time.monotonic()
+        try:
+            client = S3Client(REGION, endpoint=endpoint, s3client_config=_cfg())
+            if what == "get":
+                client.get_into(BUCKET, "k", bytearray(10))
+            elif what == "put":
+                client.put(BUCKET, "k", b"x" * 10)
+            else:
+                _loaded(endpoint, f"s3://{BUCKET}/nothing")
+            raise AssertionError("succeeded against a dead endpoint")
+        except BaseException as e:
+            box.append((e, time.monotonic() - t0))
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(30)
+    if not box:
+        give_up()
+        t.join(120)
+        raise AssertionError(f"{what} against {endpoint} was still waiting after 30 s")
+    return box[0]
+
+
+@pytest.mark.parametrize("where", ["closed_port", "blackhole"])
+@pytest.mark.parametrize("what", ["get", "put", "dcp_load"])
+def test_endpoint_that_never_answered_fails_fast(where: str, what: str) -> None:
+    with Blackhole() as hole:
+        endpoint = hole.endpoint if where == "blackhole" else f"http://127.0.0.1:{free_port()}"
+        e, took = _attempt(endpoint, what, hole.close)
+    err = _s3_error(e)
+    assert isinstance(err, S3Exception) and isinstance(err, ConnectionError), (type(err), str(err))
+    assert took <= 12, took  # <= 10 s promised; 2 s for a loaded machine
