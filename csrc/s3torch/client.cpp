@@ -7,6 +7,8 @@
 
 #include <aws/auth/credentials.h>
 #include <aws/auth/signing_config.h>
+#include <aws/common/task_scheduler.h>
+#include <aws/io/event_loop.h>
 #include <aws/io/retry_strategy.h>
 #include <aws/io/tls_channel_handler.h>
 #include <aws/s3/s3_client.h>
@@ -100,6 +102,7 @@ aws_s3_client *Client::ensure_locked() {
         RetrySettings rs;
         rs.max_attempts = config_.max_attempts;
         rs.retry_timeout_ms = static_cast<uint64_t>(config_.retry_timeout_s) * 1000ull;
+        rs.reached = reached_;
         retry = new_retry_strategy(alloc, runtime_->event_loop_group(), rs);
         if (!retry) throw error_from_crt(aws_last_error(), {"CreateS3Client", "", ""});
     }
@@ -224,7 +227,30 @@ aws_s3_meta_request *Client::make_meta_request(aws_s3_meta_request_options &opti
 
 void Client::transfer_finished() { in_flight_.fetch_sub(1); }
 
-void Client::mark_reached() { retry_strategy_mark_reached(retry_.load()); }
+namespace {
+
+struct DelayedTask {
+    aws_task task;
+    std::function<void()> fn;
+};
+
+void run_delayed(aws_task *, void *arg, aws_task_status status) {
+    std::unique_ptr<DelayedTask> t(static_cast<DelayedTask *>(arg));
+    if (status == AWS_TASK_STATUS_RUN_READY) t->fn();
+}
+
+}  // namespace
+
+void Client::run_after(uint64_t delay_ms, std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!runtime_) return;
+    aws_event_loop *loop = aws_event_loop_group_get_next_loop(runtime_->event_loop_group());
+    auto *t = new DelayedTask{{}, std::move(fn)};
+    aws_task_init(&t->task, run_delayed, t, "s3torch_delayed");
+    uint64_t now = 0;
+    aws_event_loop_current_clock_time(loop, &now);
+    aws_event_loop_schedule_task_future(loop, &t->task, now + delay_ms * 1000000ull);
+}
 
 uint64_t Client::throttle_limit() {
     std::lock_guard<std::mutex> lock(mu_);  // keeps retry_ alive while we read it

@@ -15,6 +15,8 @@
 #include "s3torch/fork.h"
 
 #include <atomic>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -51,7 +53,11 @@ class Client : public std::enable_shared_from_this<Client> {
 
     // The endpoint has answered (an HTTP response of any status): from now on the retry
     // strategy rides out outages instead of failing fast (retry.h). Any thread.
-    void mark_reached();
+    void mark_reached() { reached_->store(true); }
+    bool reached() const { return reached_->load(); }
+    // Run `fn` on a CRT event-loop thread in about `delay_ms` (never if the runtime shuts down
+    // first). `fn` must not block.
+    void run_after(uint64_t delay_ms, std::function<void()> fn);
     // How many requests may be in flight while the server throttles (0: no limit now).
     uint64_t throttle_limit();
 
@@ -84,8 +90,7 @@ class Client : public std::enable_shared_from_this<Client> {
     std::mutex mu_;  // guards the fields below
     std::shared_ptr<Runtime> runtime_;
     aws_s3_client *client_ = nullptr;
-    // Our reference to client_'s retry strategy; read without mu_ by mark_reached(), which
-    // only runs while a transfer (and so client_) is alive.
+    // Our reference to client_'s retry strategy.
     std::atomic<aws_retry_strategy *> retry_{nullptr};
     aws_credentials_provider *credentials_ = nullptr;
     aws_tls_ctx *tls_ctx_ = nullptr;
@@ -93,6 +98,7 @@ class Client : public std::enable_shared_from_this<Client> {
     void *shutdown_state_ = nullptr;  // ShutdownState of client_, see client.cpp
     ProcessOwner owner_;              // the process that built client_
     std::atomic<int64_t> in_flight_{0};
+    std::shared_ptr<std::atomic<bool>> reached_ = std::make_shared<std::atomic<bool>>(false);
     std::mutex aborts_mu_;  // guards pending_aborts_
     std::vector<PendingAbort> pending_aborts_;
 };

@@ -56,7 +56,6 @@ struct Strategy {
     aws_retry_strategy base;
     aws_event_loop_group *elg = nullptr;
     RetrySettings settings;
-    std::atomic<bool> reached{false};
     // Concurrency limit under throttling. Guarded by mu.
     std::mutex mu;
     double limit = kNoLimit;
@@ -161,14 +160,15 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
     auto *t = static_cast<Token *>(base->impl);
     Strategy *s = t->strategy;
     uint64_t now = now_ns();
-    if (type == AWS_RETRY_ERROR_TYPE_SERVER_ERROR || type == AWS_RETRY_ERROR_TYPE_THROTTLING) s->reached.store(true);
+    if (type == AWS_RETRY_ERROR_TYPE_SERVER_ERROR || type == AWS_RETRY_ERROR_TYPE_THROTTLING)
+        s->settings.reached->store(true);
     if (t->first_failure_ns == 0) t->first_failure_ns = now;
 
     if (type != AWS_RETRY_ERROR_TYPE_CLIENT_ERROR) {
         const RetrySettings &cfg = s->settings;
         bool more_attempts = t->attempts < cfg.max_attempts;
         bool give_up;
-        if (!s->reached.load()) {
+        if (!s->settings.reached->load()) {
             give_up = !more_attempts || now - t->created_ns >= kUnreachedBudgetMs * kNsPerMs;
         } else {
             bool more_time = now - t->first_failure_ns < cfg.retry_timeout_ms * kNsPerMs;
@@ -204,7 +204,7 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
 int record_success(aws_retry_token *base) {
     auto *t = static_cast<Token *>(base->impl);
     Strategy *s = t->strategy;
-    s->reached.store(true);
+    s->settings.reached->store(true);
     std::lock_guard<std::mutex> lock(s->mu);
     if (s->limit < kNoLimit) {
         s->limit += 1.0;
@@ -245,10 +245,6 @@ aws_retry_strategy *new_retry_strategy(aws_allocator *alloc, aws_event_loop_grou
     s->elg = aws_event_loop_group_acquire(elg);
     s->settings = settings;
     return &s->base;
-}
-
-void retry_strategy_mark_reached(aws_retry_strategy *base) {
-    if (base && base->vtable == &g_vtable) static_cast<Strategy *>(base->impl)->reached.store(true);
 }
 
 uint64_t retry_strategy_concurrency_limit(aws_retry_strategy *base) {

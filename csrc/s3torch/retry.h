@@ -24,7 +24,9 @@
 // asked for it (the contract of aws/io/retry_strategy.h).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 
 struct aws_allocator;
 struct aws_event_loop_group;
@@ -35,18 +37,20 @@ namespace s3torch {
 struct RetrySettings {
     uint32_t max_attempts = 10;     // attempts per request, the first included
     uint64_t retry_timeout_ms = 0;  // how long a request keeps retrying after its first failure
+    // Whether the endpoint has answered; shared with the Client, which also sets it.
+    std::shared_ptr<std::atomic<bool>> reached = std::make_shared<std::atomic<bool>>(false);
 };
 
 constexpr uint64_t kBackoffBaseMs = 50;
 constexpr uint64_t kMaxBackoffMs = 4000;
 constexpr uint64_t kUnreachedBudgetMs = 4000;
+// A transfer on a client whose endpoint has never answered is cancelled after this long
+// without an answer (an endpoint that accepts connections and says nothing), Transfer::start.
+constexpr uint64_t kUnansweredMs = 8000;
 
 // A new strategy (reference count 1; release with aws_retry_strategy_release). Holds a
 // reference to `elg`, whose loops run the callbacks.
 aws_retry_strategy *new_retry_strategy(aws_allocator *alloc, aws_event_loop_group *elg, const RetrySettings &settings);
-
-// Tell `strategy` (one from new_retry_strategy) that its endpoint has answered.
-void retry_strategy_mark_reached(aws_retry_strategy *strategy);
 
 // The current limit on requests holding a token (0: none), for tests and logs.
 uint64_t retry_strategy_concurrency_limit(aws_retry_strategy *strategy);

@@ -2,6 +2,7 @@
 
 #include "s3torch/client.h"
 #include "s3torch/request.h"
+#include "s3torch/retry.h"
 
 #include <aws/common/uri.h>
 #include <aws/http/request_response.h>
@@ -76,9 +77,30 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
         self_.reset();
         throw error_from_crt(err, ctx_);
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!finished_) mr_ = mr;
-    else aws_s3_meta_request_release(mr);  // finished before we got here
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!finished_) mr_ = mr;
+        else aws_s3_meta_request_release(mr);  // finished before we got here
+    }
+    if (!client_->reached()) {
+        // An endpoint that accepts connections and never answers would hold this transfer
+        // until the CRT's 30 s throughput check, per attempt: give up sooner, while it has
+        // never answered at all (retry.h).
+        std::weak_ptr<Transfer> weak = shared_from_this();
+        client_->run_after(kUnansweredMs, [weak] {
+            std::shared_ptr<Transfer> t = weak.lock();
+            if (!t || t->client_->reached()) return;
+            {
+                std::lock_guard<std::mutex> lock(t->mu_);
+                if (t->finished_) return;
+                t->unanswered_ = true;
+            }
+            if (aws_s3_meta_request *m = t->acquire_meta_request()) {
+                aws_s3_meta_request_cancel(m);
+                aws_s3_meta_request_release(m);
+            }
+        });
+    }
 }
 
 void Transfer::start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer,
@@ -142,6 +164,16 @@ void Transfer::cancel_and_wait() {
 void Transfer::raise_if_failed() {
     std::lock_guard<std::mutex> lock(mu_);
     if (!finished_ || error_code_ == 0) return;
+    if (unanswered_ && error_code_ == AWS_ERROR_S3_CANCELED) {
+        S3Error err(ErrorKind::Connection,
+                    ctx_.operation + " s3://" + ctx_.bucket + "/" + ctx_.key + ": no answer from the endpoint in " +
+                        std::to_string(kUnansweredMs / 1000) +
+                        " s (it takes connections but never responds); check the endpoint URL and the server",
+                    ctx_);
+        err.crt_error = error_code_;
+        err.crt_error_name = crt_error_name(error_code_);
+        throw err;
+    }
     if (cancelled_ && error_code_ == AWS_ERROR_S3_CANCELED) {
         S3Error err(ErrorKind::Cancelled, ctx_.operation + " s3://" + ctx_.bucket + "/" + ctx_.key + ": cancelled",
                     ctx_);

@@ -98,6 +98,7 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     // The last attempt that got an error response (status >= 300): the CRT drops its status
     // and request id once retries of a 5xx run out, so the error reports these.
     int last_error_status_ = 0;
+    bool unanswered_ = false;  // cancelled by the never-answered watchdog (Transfer::start)
     std::string last_error_request_id_;
 
   private:
