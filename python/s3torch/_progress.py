@@ -247,25 +247,22 @@ class _TextBar(_Renderer):
 
     def __init__(self, p: Progress) -> None:
         self.p = p
-        self.drawn = False
 
     def update(self) -> None:
         n, total, _ = self.p.snapshot()
         width = shutil.get_terminal_size((80, 24)).columns
-        label = f"{self.p.what} {self.p.target}"
         status = self.p.status()
-        room = width - len(status) - 4
         bar = ""
-        if total and room >= 20:
-            cells = min(30, room - min(len(label), room // 2) - 3)
+        if total:
+            cells = min(30, max(10, width - 60))  # fixed per terminal width, so the bar does not jump
             full = min(cells, cells * n // max(total, 1))
             bar = "|" + "#" * full + "-" * (cells - full) + "| "
-            room -= cells + 3
-        if len(label) > max(room, 10):
-            label = "..." + label[-max(room, 10) + 3 :]
+        label = f"{self.p.what} {self.p.target}"
+        room = max(10, width - 1 - len(bar) - len(status) - 2)
+        if len(label) > room:
+            label = "..." + label[-(room - 3) :]
         self.p.stream.write(f"\r{label}: {bar}{status}".ljust(width - 1)[: width - 1])
         self.p.stream.flush()
-        self.drawn = True
 
     def close(self) -> None:
         self.update()
