@@ -17,6 +17,7 @@ counters so the object can time the next operation.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -274,6 +275,10 @@ class _TqdmBar(_Renderer):
     def __init__(self, p: Progress, tqdm: Callable[..., Any]) -> None:
         self.p = p
         byte = p.unit == "B"
+        try:  # a terminal that reports no size (a pty nobody sized) would get an empty bar
+            sized = os.get_terminal_size(p.stream.fileno()).columns > 0
+        except (AttributeError, OSError, ValueError):
+            sized = False
         self.bar = tqdm(
             total=p.total,
             desc=f"{p.what} {p.target}",
@@ -281,7 +286,9 @@ class _TqdmBar(_Renderer):
             unit_scale=byte,
             unit_divisor=1000,
             file=p.stream,
-            dynamic_ncols=True,
+            dynamic_ncols=sized,
+            ncols=None if sized else 80,
+            nrows=None if sized else 24,
             mininterval=BAR_TICK,
             leave=True,
         )
