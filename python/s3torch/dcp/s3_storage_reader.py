@@ -114,7 +114,6 @@ class S3StorageReader(FileSystemReader):
         return parse_s3_uri(self.fs.concat_path(self.path, relative_path), need_key=True)[1]
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        self._progress.start()
         try:
             return super().read_metadata(*args, **kwargs)
         except S3NotFoundError as e:

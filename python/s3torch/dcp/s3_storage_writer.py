@@ -111,7 +111,6 @@ class S3StorageWriter(FileSystemWriter):
         return f"__{self.rank}{_METADATA}" if not self.use_collectives and self.rank is not None else _METADATA
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        self._progress.start()
         plan = super().prepare_local_plan(plan)  # refuses an existing checkpoint if overwrite=False
         # Overwriting in place: take the old checkpoint's metadata away before any data object
         # is replaced. Otherwise a save that fails halfway would leave the old metadata over a
@@ -136,6 +135,8 @@ class S3StorageWriter(FileSystemWriter):
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
+        # Timed from here, not from planning: a save that fails before its data is written
+        # (or metadata read alone) never starts the progress thread.
         self._progress.start()
         # The total is the tensors' bytes; each record adds about 1 kB of zip framing, so the
         # count ends a little above it.
