@@ -115,21 +115,24 @@ def _put_file(client: S3Client, bucket: str, key: str, path: str, progress: Prog
         if size == 0:
             client.put(bucket, key, b"")
             return
-        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
-            view = memoryview(m)
+        m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        view = memoryview(m)
+        upload = client.upload(bucket, key)
+        try:
+            for a in range(0, size, CHUNK):
+                upload.write(view[a : a + CHUNK])  # the upload holds the slice until its parts are sent
+                progress.add(min(CHUNK, size - a))
+            upload.complete()
+        except BaseException:
+            upload.abort()
+            raise
+        finally:
+            del upload  # lets its slices of the map go
+            view.release()
             try:
-                upload = client.upload(bucket, key)
-                try:
-                    for a in range(0, size, CHUNK):
-                        upload.write(view[a : a + CHUNK])
-                        progress.add(min(CHUNK, size - a))
-                    upload.complete()
-                except BaseException:
-                    upload.abort()
-                    raise
-                del upload  # it held the views into the map until here
-            finally:
-                view.release()
+                m.close()
+            except BufferError:  # a slice still held after a failure: the map goes with it
+                pass
 
 
 # --- S3 -> local ---------------------------------------------------------------------------
