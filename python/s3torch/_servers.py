@@ -143,10 +143,19 @@ def _weed_binary() -> str:
 class SeaweedFS(_Server):
     """``weed mini`` (master, volume, filer and S3 in one process) on loopback."""
 
-    def __init__(self, buckets: tuple = (), startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        buckets: tuple = (),
+        startup_timeout: float = 60.0,
+        s3_port: Optional[int] = None,
+        data_dir: Optional[str] = None,
+    ) -> None:
+        """``s3_port``: the S3 port (default: a free one). ``data_dir``: keep the data there,
+        where a later server finds it (default: in the temporary directory, removed by stop)."""
         self._dir = tempfile.mkdtemp(prefix="s3torch-weed-")
-        data = Path(self._dir) / "data"
-        data.mkdir()
+        data = Path(data_dir) if data_dir else Path(self._dir) / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.data_dir = str(data)
         cfg = Path(self._dir) / "s3.json"
         cfg.write_text(
             '{"identities":[{"name":"admin","credentials":[{"accessKey":"%s","secretKey":"%s"}],'
@@ -170,6 +179,8 @@ class SeaweedFS(_Server):
                 "adming",
             )
         }
+        if s3_port:
+            p["s3"] = s3_port
         self._ports = list(p.values())
         self.s3_port = p["s3"]
         self.endpoint = f"http://127.0.0.1:{p['s3']}"

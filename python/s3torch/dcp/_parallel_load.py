@@ -93,8 +93,10 @@ class ParallelLoader:
         ring_bytes: int = DEFAULT_RING_BYTES,
         slot_bytes: int = DEFAULT_SLOT_BYTES,
         force_staging: bool = False,
+        progress: Optional[Callable[[int], None]] = None,
     ) -> None:
         self.native, self.bucket, self.verify = native, bucket, verify
+        self.progress = progress  # called with each record's length once its tensor is placed
         self.ring_bytes, self.slot_bytes = ring_bytes, slot_bytes
         self.force_staging = force_staging  # tests: every tensor through the ring, CPU ones too
         self.bytes_read = 0
@@ -227,6 +229,8 @@ class ParallelLoader:
         for it in items:
             if it.req.type == LoadItemType.BYTE_IO:
                 planner.load_bytes(it.req, io.BytesIO(bytes(it.head)))
+                if self.progress is not None:
+                    self.progress(it.length)
         tensors = [it for it in items if it.req.type != LoadItemType.BYTE_IO]
         for it in tensors:
             self._plan_tensor(it, planner)
@@ -337,6 +341,8 @@ class ParallelLoader:
         assert it.target is not None
         self.stats[how] += 1
         planner.commit_tensor(it.req, it.target)
+        if self.progress is not None:
+            self.progress(it.length)
 
     def _check_crc(self, it: _Item, data: Any) -> None:
         if self.verify:
@@ -372,3 +378,5 @@ class ParallelLoader:
         target.copy_(tensor)
         self.stats["fallback"] += 1
         planner.commit_tensor(it.req, target)
+        if self.progress is not None:
+            self.progress(it.length)

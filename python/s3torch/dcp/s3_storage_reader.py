@@ -20,13 +20,17 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.futures import Future
 
 from .._config import S3ClientConfig
+<<<<<<< HEAD
 from .._crt import S3Exception
+=======
+from .._crt import S3NotFoundError
+from .._progress import Progress
+>>>>>>> i14a
 from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
 from ._metadata import raise_if_unreadable, rank_local_name, read_or_defer
 from ._parallel_load import ParallelLoader
-from ._progress import Progress
 from ._shared_reads import DEFAULT_ROUND_BYTES, SharedLoad, ShareSchedule, plan_sharing
 from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, check_ring_size
 from .s3_file_system import S3FileSystem
@@ -53,7 +57,10 @@ class S3StorageReader(FileSystemReader):
         staging_slot_bytes: the ring's slot size (default 8 MiB, a multiple of 64): each slot
             is one ranged GET and one copy to the destination.
         verify_checksums: check each fully read tensor against the CRC32 its record carries.
-        progress: log one line (bytes, seconds, GB/s) per load.
+        progress: report the load: a live bar (bytes, GB/s, ETA) when stderr is a terminal,
+            else a line every 5 s; then one summary line (bytes, seconds, GB/s). Lines go
+            to the ``s3torch`` logger when it is enabled for INFO, else to stderr (the
+            summary to stdout).
         share_reads: records that several ranks read (DDP replicas, HSDP replica groups,
             replicated small tensors) are fetched from S3 by one of them and sent to the
             others over ``process_group`` (default: the default group; gloo on CPU, NCCL
@@ -112,11 +119,15 @@ class S3StorageReader(FileSystemReader):
         return parse_s3_uri(self.fs.concat_path(self.path, relative_path), need_key=True)[1]
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+<<<<<<< HEAD
         """The checkpoint's metadata. A failed read of the global ``.metadata`` is raised by
         :meth:`set_up_storage_reader`, torch's next call, so that torch neither logs it nor
         retries it as rank-local metadata (see ``_metadata``)."""
         self._progress.start()
         if kwargs.get("rank") is not None:  # torch's fallback: only when a rank-local file exists
+=======
+        try:
+>>>>>>> i14a
             return super().read_metadata(*args, **kwargs)
         got = read_or_defer(lambda: super(S3StorageReader, self).read_metadata(), str(self.path), self._exists)
         return got  # type: ignore[return-value]  # an UnreadableMetadata raises on use
@@ -157,11 +168,21 @@ class S3StorageReader(FileSystemReader):
         return plan_sharing(plans, self.storage_data, self.share_round_bytes)
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
+        self._progress.start()
+        self._progress.set_total(sum(self.storage_data[r.storage_index].length for r in plan.items))
+        try:
+            fut = self._read_data(plan, planner)
+        except BaseException:
+            self._progress.__exit__(RuntimeError, None, None)  # stop drawing, no summary
+            raise
+        self._progress.done()
+        return fut
+
+    def _read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
         if self.reader_constructor is not None:
             generic = super().read_data(plan, planner)
             for r in plan.items:
                 self._progress.add(self.storage_data[r.storage_index].length)
-            self._progress.done()
             return generic
         bucket, _ = parse_s3_uri(self.path)
         work: List[Tuple[Any, str, int, int]] = []
@@ -180,6 +201,7 @@ class S3StorageReader(FileSystemReader):
             self.staging_bytes,
             self.staging_slot_bytes,
             force_staging=self._force_staging,
+            progress=self._progress.add,
         )
         schedule = plan.storage_data
         shared_in = 0
@@ -196,8 +218,6 @@ class S3StorageReader(FileSystemReader):
             bytes_from_s3=loader.bytes_read,
             bytes_shared_in=shared_in,
         )
-        self._progress.add(loader.bytes_read)
-        self._progress.done()
         fut: Future = Future()
         fut.set_result(None)
         return fut

@@ -30,15 +30,26 @@ from torch.futures import Future
 from .. import _uploads
 from .._config import S3ClientConfig
 from .._crt import S3Exception
+from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from . import _torch_save
-from ._progress import Progress
 from .s3_file_system import S3FileSystem
 from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
 
 log = logging.getLogger("s3torch.dcp")
 _File = Tuple[Any, str, List[Any]]  # (path, file name, write items)
 _METADATA = ".metadata"
+
+
+def _tensor_bytes(wi: Any) -> int:
+    """The bytes of a write item's tensor (0 for byte items)."""
+    td = getattr(wi, "tensor_data", None)
+    if td is None:
+        return 0
+    n = 1
+    for s in td.size:
+        n *= int(s)
+    return n * td.properties.dtype.itemsize
 
 
 class S3StorageWriter(FileSystemWriter):
@@ -49,7 +60,10 @@ class S3StorageWriter(FileSystemWriter):
         prefix_strategy: key layout per rank (default: torch's ``__<rank>_<n>.distcp``).
         thread_count: files written concurrently per rank (each is itself a concurrent
             multipart upload).
-        progress: log one line (bytes, seconds, GB/s) when the save finishes.
+        progress: report the save: a live bar (bytes, GB/s, ETA) when stderr is a terminal,
+            else a line every 5 s; then one summary line (bytes, seconds, GB/s). Lines go
+            to the ``s3torch`` logger when it is enabled for INFO, else to stderr (the
+            summary to stdout).
         **kwargs: torch ``FileSystemWriter`` options: ``single_file_per_rank``,
             ``per_thread_copy_ahead``, ``cache_staged_state_dict``, ``overwrite``;
             ``sync_files`` is accepted and ignored (S3 objects are durable once written).
@@ -99,7 +113,6 @@ class S3StorageWriter(FileSystemWriter):
         return f"__{self.rank}{_METADATA}" if not self.use_collectives and self.rank is not None else _METADATA
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        self._progress.start()
         _uploads.retry_pending_aborts(self.fs.client)  # left by an earlier save's outage
         plan = super().prepare_local_plan(plan)  # refuses an existing checkpoint if overwrite=False
         # Overwriting in place: take the old checkpoint's metadata away before any data object
@@ -125,15 +138,26 @@ class S3StorageWriter(FileSystemWriter):
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
+        # Timed from here, not from planning: a save that fails before its data is written
+        # (or metadata read alone) never starts the progress thread.
         self._progress.start()
-        if self._can_write_fast():
-            results = self._write_files(plan, planner)
-            fut: "Future[List[WriteResult]]" = Future()
-            fut.set_result(results)
-        else:
-            fut = super().write_data(plan, planner)
-        for wr in fut.value():
-            self._progress.add(wr.size_in_bytes)
+        # The total is the tensors' bytes; each record adds about 1 kB of zip framing, so the
+        # count ends a little above it.
+        self._progress.set_total(sum(_tensor_bytes(wi) for wi in plan.items))
+        try:
+            if self._can_write_fast():
+                results = self._write_files(plan, planner)  # counts each record as it is written
+                fut: "Future[List[WriteResult]]" = Future()
+                fut.set_result(results)
+            else:
+                fut = super().write_data(plan, planner)
+                for wr in fut.value():
+                    self._progress.add(wr.size_in_bytes)
+        except BaseException:
+            self._progress.__exit__(RuntimeError, None, None)  # stop drawing, no summary
+            raise
+        # Every rank reports its own bytes here; the coordinator's .metadata PUT follows.
+        self._progress.done()
         return fut
 
     # --- the file-writing loop ---------------------------------------------------------------
@@ -260,12 +284,14 @@ class S3StorageWriter(FileSystemWriter):
                     data: Any = planner.resolve_data(wi)  # an io.BytesIO
                     stream.write(data.getbuffer())
                     results.append(result(wi, offset, stream.tell() - offset))
+                    self._progress.add(stream.tell() - offset)
             for tensor, wi in loader.values():
                 if not tensor.is_cpu:
                     raise AssertionError("Tensor must be on CPU")
                 offset = stream.tell()
                 _torch_save.save_tensor(tensor, stream)
                 results.append(result(wi, offset, stream.tell() - offset))
+                self._progress.add(stream.tell() - offset)
         written.append(path)  # list.append is atomic: safe from several writer threads
         return results
 
@@ -286,7 +312,6 @@ class S3StorageWriter(FileSystemWriter):
             # Every rank has finished writing: any incomplete upload under this checkpoint is
             # left from an earlier save that failed (killed, or its aborts hit an outage).
             self._abort_stale_uploads()
-        self._progress.done()
 
     def _abort_stale_uploads(self) -> None:
         bucket, key = parse_s3_uri(str(self.path))

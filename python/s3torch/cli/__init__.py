@@ -1,0 +1,65 @@
+"""``python -m s3torch <verb>`` (also the ``s3torch`` console script).
+
+Each verb is one module in this package (``ls.py``, ``cp.py``, ...) defining ``HELP`` (one
+line for the verb list), ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are found by listing the package, so a new verb is a new file; names starting
+with ``_`` are helpers, not verbs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
+from typing import List, Optional
+
+from ._common import EXIT_CODES, CLIError, exit_code_for
+
+
+def _verbs() -> List[ModuleType]:
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s3torch",
+        description="s3torch's command line: list, inspect, verify and copy DCP checkpoints on S3, "
+        "and run a local S3 server.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for module in _verbs():
+        name = module.__name__.rsplit(".", 1)[1]
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print(f"s3torch {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except CLIError as e:
+        print(f"s3torch {args.verb}: {e}", file=sys.stderr)
+        return e.code
+    except Exception as e:  # S3 errors and the like: one line, no traceback
+        code = exit_code_for(e)
+        if code is None:
+            raise
+        print(f"s3torch {args.verb}: {e}", file=sys.stderr)
+        return code

@@ -1,0 +1,116 @@
+"""What every verb shares: connection options, the client, exit codes, listing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Iterator, Optional, Tuple
+
+from .. import _crt
+from .._client import S3Client
+from .._config import S3ClientConfig
+from .._progress import Progress
+from .._uri import parse_s3_uri
+
+OK, CORRUPT, USAGE, NOT_FOUND, FAILED = 0, 1, 2, 3, 4
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  verify: the checkpoint is corrupt (tensor bytes fail their CRC32, truncated records)
+  2  usage: bad arguments, or a destination that exists without --overwrite
+  3  not found: no such bucket, prefix, object or checkpoint
+  4  any other failure: access denied, network or server errors, a failed transfer"""
+
+
+class CLIError(Exception):
+    """A failure the user can act on: printed as one line, exits with ``code``."""
+
+    def __init__(self, message: str, code: int = FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def exit_code_for(e: BaseException) -> Optional[int]:
+    """The exit code of an error raised by the library (None: a bug, let it raise)."""
+    from ..dcp._errors import CheckpointCorruptError
+
+    if isinstance(e, CheckpointCorruptError):
+        return CORRUPT
+    if isinstance(e, (FileNotFoundError, _crt.S3NotFoundError)):
+        return NOT_FOUND
+    if isinstance(e, (_crt.S3InvalidArgumentError, ValueError)):
+        return USAGE
+    if isinstance(e, (_crt.S3Exception, OSError)):
+        return FAILED
+    return None
+
+
+def add_connection_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection (as the library takes them)")
+    g.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="S3 endpoint, http(s)://host[:port] (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, "
+        "else AWS's endpoint for the region)",
+    )
+    g.add_argument(
+        "--region",
+        help="region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, else us-east-1)",
+    )
+    g.add_argument(
+        "--profile",
+        help="named profile from ~/.aws/credentials and ~/.aws/config (default: the usual credential chain: "
+        "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY, $AWS_PROFILE, the config files, instance roles)",
+    )
+
+
+def region_of(args: argparse.Namespace) -> str:
+    return args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def make_client(args: argparse.Namespace) -> S3Client:
+    return S3Client(region_of(args), endpoint=args.endpoint or None, s3client_config=client_config(args))
+
+
+def client_config(args: argparse.Namespace) -> S3ClientConfig:
+    return S3ClientConfig(profile=args.profile or None)
+
+
+def s3_uri(uri: str) -> Tuple[str, str]:
+    """``(bucket, key)`` of an s3:// argument; a usage error otherwise."""
+    if not uri.startswith("s3://"):
+        raise CLIError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)", USAGE)
+    try:
+        return parse_s3_uri(uri)
+    except ValueError as e:
+        raise CLIError(str(e), USAGE) from e
+
+
+def as_dir(prefix: str) -> str:
+    """A key prefix as a "directory": with one trailing slash (empty stays empty)."""
+    return prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+
+
+def list_all(
+    client: S3Client, bucket: str, prefix: str, progress: Optional[Progress] = None
+) -> Iterator[_crt.ObjectInfo]:
+    """Every object under ``prefix`` (no delimiter), counting them on ``progress``."""
+    for page in client.list_objects(bucket, prefix):
+        if progress is not None:
+            progress.add(len(page.object_info))
+        yield from page.object_info
+
+
+def progress_for(what: str, target: str, *, unit: str = "B", total: Optional[int] = None) -> Progress:
+    """The command line's progress: a bar on stderr while stdout is a terminal, else silent."""
+    return Progress(
+        what,
+        target,
+        enabled=sys.stdout.isatty(),
+        total=total,
+        unit=unit,
+        stream=sys.stderr,
+        mode="bar",
+        summary=False,
+    )

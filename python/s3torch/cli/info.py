@@ -1,0 +1,147 @@
+"""``s3torch info``: what a DCP checkpoint holds and what is known about who wrote it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from typing import Any, Dict, List
+
+from .._progress import human
+from ._checkpoint import Checkpoint, open_any
+from ._common import OK, add_connection_arguments, make_client
+
+HELP = "describe a DCP checkpoint: files, tensors, bytes, writer"
+DESCRIPTION = """Describe the DCP checkpoint at s3://bucket/prefix (or a local directory): its
+files with their sizes and item counts, every tensor (fqn, dtype, shape, chunks, bytes),
+byte items, totals, and what its .metadata records about the save (torch's storage_meta:
+the path it was written to, save id, modules; the DCP format version). Reads .metadata
+and one listing, no tensor data.
+
+"written by" says only what can be told: a save to an s3:// path was made by an S3 storage
+writer (s3torch's and s3torchconnector's write identical files, so which one cannot be
+told), a save to msc:// by multi-storage-client's writer (or s3torch.msc's), a save to a
+local path by torch's FileSystemWriter (or another local writer); a checkpoint whose
+recorded path is not where it now lies was copied there (for example by s3torch cp)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("location", metavar="CHECKPOINT", help="s3://bucket/prefix of the checkpoint, or a local directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--tensors", type=int, default=50, metavar="N", help="list at most N tensors in text (default 50)")
+    add_connection_arguments(p)
+
+
+def writer_of(ckpt: Checkpoint) -> Dict[str, Any]:
+    md = ckpt.metadata
+    sm = getattr(md, "storage_meta", None)
+    recorded = str(sm.checkpoint_id) if sm is not None and sm.checkpoint_id is not None else None
+    if recorded is None:
+        said = "not recorded (no storage_meta: a writer that does not set it, or torch older than 2.4)"
+    elif recorded.startswith("s3://"):
+        said = (
+            "an S3 storage writer (s3torch or s3torchconnector S3StorageWriter; their files are identical, "
+            "so which one cannot be told)"
+        )
+    elif recorded.startswith("msc://"):
+        said = "multi-storage-client's MultiStorageFileSystemWriter (or s3torch.msc's)"
+    elif "://" in recorded:
+        said = f"a writer for {recorded.split('://', 1)[0]}:// paths"
+    else:
+        said = "torch's FileSystemWriter (or another writer to a local path)"
+    here = ckpt.where.rstrip("/")
+    copied = recorded is not None and recorded.rstrip("/") != here
+    return {
+        "written_by": said,
+        "written_to": recorded,
+        "copied_since": copied,
+        "save_id": getattr(sm, "save_id", None),
+        "modules": list(getattr(sm, "modules", None) or []),
+        "dcp_version": getattr(md, "version", None),
+    }
+
+
+def describe(ckpt: Checkpoint) -> Dict[str, Any]:
+    records = ckpt.records()
+    files: Dict[str, Dict[str, Any]] = defaultdict(lambda: {"items": 0, "record_bytes": 0})
+    for r in records:
+        files[r.file]["items"] += 1
+        files[r.file]["record_bytes"] += r.length
+    file_rows = []
+    for name in sorted(set(files) | set(ckpt.files)):
+        row = dict(files.get(name, {"items": 0, "record_bytes": 0}))
+        row.update(name=name, size=ckpt.files.get(name))  # None: referenced but missing
+        file_rows.append(row)
+    tensors: Dict[str, Dict[str, Any]] = {}
+    byte_items: List[Dict[str, Any]] = []
+    for fqn, meta in ckpt.metadata.state_dict_metadata.items():
+        if hasattr(meta, "chunks"):
+            dtype = meta.properties.dtype
+            numel = 1
+            for s in meta.size:
+                numel *= int(s)
+            tensors[fqn] = {
+                "fqn": fqn,
+                "dtype": str(dtype).replace("torch.", ""),
+                "shape": [int(s) for s in meta.size],
+                "chunks": len(meta.chunks),
+                "bytes": numel * dtype.itemsize,
+            }
+    for r in records:
+        if r.dtype is None:
+            byte_items.append({"fqn": r.fqn, "file": r.file, "offset": r.offset, "bytes": r.length})
+    present = sum(s for s in ckpt.files.values())
+    return {
+        "checkpoint": ckpt.where,
+        **writer_of(ckpt),
+        "files": file_rows,
+        "tensors": list(tensors.values()),
+        "byte_items": byte_items,
+        "totals": {
+            "files": len(file_rows),
+            "missing_files": [f["name"] for f in file_rows if f["size"] is None],
+            "tensors": len(tensors),
+            "tensor_bytes": sum(t["bytes"] for t in tensors.values()),
+            "byte_items": len(byte_items),
+            "record_bytes": sum(r.length for r in records),
+            "file_bytes": present,
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    d = describe(open_any(lambda: make_client(args), args.location))
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return OK
+    t = d["totals"]
+    print(f"checkpoint   {d['checkpoint']}")
+    print(f"written by   {d['written_by']}")
+    if d["written_to"] is not None:
+        print(f"written to   {d['written_to']}" + ("  (copied here since)" if d["copied_since"] else ""))
+    print(f"save id      {d['save_id']}")
+    if d["modules"]:
+        print(f"modules      {', '.join(d['modules'])}")
+    print(f"DCP version  {d['dcp_version']}")
+    print(
+        f"total        {t['tensors']} tensors ({human(t['tensor_bytes'])}), {t['byte_items']} byte items, "
+        f"{t['files']} files, {human(t['file_bytes'])} ({t['file_bytes']:,} bytes) on storage"
+    )
+    if t["missing_files"]:
+        print(f"MISSING      {len(t['missing_files'])} files the metadata refers to: {', '.join(t['missing_files'])}")
+    print("\nfiles:")
+    for f in d["files"]:
+        size = "MISSING" if f["size"] is None else f"{f['size']:,} bytes"
+        print(f"  {f['name']:<30} {size:>20}  {f['items']} items")
+    print("\ntensors:")
+    width = max([len(x["fqn"]) for x in d["tensors"][: args.tensors]] + [3])
+    for x in d["tensors"][: args.tensors]:
+        chunks = f"  {x['chunks']} chunks" if x["chunks"] != 1 else ""
+        print(f"  {x['fqn']:<{width}}  {x['dtype']:<9} {str(tuple(x['shape'])):<20} {human(x['bytes']):>10}{chunks}")
+    if len(d["tensors"]) > args.tensors:
+        print(f"  ... {len(d['tensors']) - args.tensors} more (--tensors N, or --json)")
+    if d["byte_items"]:
+        print("\nbyte items:")
+        for b in d["byte_items"]:
+            print(f"  {b['fqn']}  {b['bytes']:,} bytes in {b['file']}")
+    return OK

@@ -1,0 +1,49 @@
+"""``s3torch ls``: list keys and sizes under a prefix, like ``aws s3 ls``."""
+
+from __future__ import annotations
+
+import argparse
+
+from .._progress import human
+from ._common import NOT_FOUND, OK, CLIError, add_connection_arguments, make_client, s3_uri
+
+HELP = "list objects under an S3 prefix (like aws s3 ls)"
+DESCRIPTION = """List objects under s3://bucket/prefix: date, size in bytes, name.
+
+Without -r, as aws s3 ls: keys are grouped at the next "/" after the prefix (shown as
+"PRE name/"), and names are shown relative to the prefix's last "/". With -r every key
+under the prefix is listed, in full. The prefix is matched as given: s3://b/ckpt lists
+ckpt/... and also ckpt2/...; add a trailing "/" for one directory."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("uri", metavar="s3://BUCKET[/PREFIX]", help="bucket and key prefix to list")
+    p.add_argument("-r", "--recursive", action="store_true", help="list every key under the prefix, in full")
+    p.add_argument("--human-readable", action="store_true", help="sizes in kB/MB/GB (powers of 1000)")
+    p.add_argument("--summarize", action="store_true", help="end with the number of objects and their total size")
+    add_connection_arguments(p)
+
+
+def _when(last_modified: str) -> str:
+    # ISO 8601 from the listing ("2026-11-22T04:56:01.000Z") shown as "2026-11-22 04:56:01".
+    return last_modified.replace("T", " ")[:19] if last_modified else "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    bucket, prefix = s3_uri(args.uri)
+    client = make_client(args)
+    shown = prefix[: prefix.rfind("/") + 1] if not args.recursive else ""
+    count = total = entries = 0
+    for page in client.list_objects(bucket, prefix, "" if args.recursive else "/"):
+        for p in page.common_prefixes:
+            print(f"{'PRE':>30} {p[len(shown) :]}")
+            entries += 1
+        for o in page.object_info:
+            size = human(o.size) if args.human_readable else str(o.size)
+            print(f"{_when(o.last_modified)} {size:>10} {o.key[len(shown) :]}")
+            count, total, entries = count + 1, total + o.size, entries + 1
+    if args.summarize:
+        print(f"\nTotal Objects: {count}\n   Total Size: {human(total) if args.human_readable else total}")
+    if not entries:
+        raise CLIError(f"nothing under s3://{bucket}/{prefix}", NOT_FOUND)
+    return OK

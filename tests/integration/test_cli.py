@@ -1,0 +1,247 @@
+"""The command line (python -m s3torch <verb>) against SeaweedFS: ls, du, info, verify, cp.
+
+Verbs run in-process through ``s3torch.cli.main`` with the endpoint and keys in the
+environment, as a user's shell would have them."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
+from s3torch.cli import main
+from s3torch.dcp import S3StorageReader, S3StorageWriter
+from s3torch.dcp._record import HEAD_BYTES, TAIL_BYTES, locate
+from tests.conftest import BUCKET, make_client
+
+
+@pytest.fixture
+def env(seaweed, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed.endpoint)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    return seaweed
+
+
+def cli(capsys, *argv: str):  # type: ignore[no-untyped-def]
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def state() -> dict:
+    g = torch.Generator().manual_seed(3)
+    return {
+        "big": torch.randn(600, 1000, generator=g),  # 2.4 MB: direct GET
+        "half": torch.randn(64, 33, generator=g).to(torch.bfloat16),  # small record: read whole
+        "ids": torch.arange(5000),
+        "scalar": torch.tensor(2.5),
+        "extra": {"step": 11, "name": "run"},
+    }
+
+
+def assert_loaded(sd: dict, loaded: dict) -> None:
+    for k in ("big", "half", "ids", "scalar"):
+        assert torch.equal(sd[k], loaded[k]), k
+    assert loaded["extra"] == sd["extra"]
+
+
+def empty() -> dict:
+    return {k: torch.zeros_like(v) for k, v in state().items() if isinstance(v, torch.Tensor)} | {
+        "extra": {"step": 0, "name": ""}
+    }
+
+
+def test_cp_up_and_down_is_byte_exact_and_loads(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    sd = state()
+    local = tmp_path / "fs"
+    dcp.save(sd, storage_writer=FileSystemWriter(str(local)))
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+
+    code, out, err = cli(capsys, "cp", str(local), uri)
+    assert code == 0, err
+    assert "copied 2 files" in out
+    loaded = empty()
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
+    assert_loaded(sd, loaded)
+
+    # An existing checkpoint is refused, then replaced with --overwrite.
+    code, _, err = cli(capsys, "cp", str(local), uri)
+    assert code == 2 and "already holds a checkpoint" in err and "--overwrite" in err
+    code, _, err = cli(capsys, "cp", str(local), uri, "--overwrite")
+    assert code == 0, err
+
+    down = tmp_path / "down"
+    code, out, err = cli(capsys, "cp", uri, str(down))
+    assert code == 0, err
+    names = sorted(os.listdir(local))
+    assert sorted(os.listdir(down)) == names == [".metadata", "__0_0.distcp"]
+    match, mismatch, errors = filecmp.cmpfiles(local, down, names, shallow=False)
+    assert match == names and not mismatch and not errors
+    loaded = empty()
+    dcp.load(loaded, storage_reader=FileSystemReader(str(down)))
+    assert_loaded(sd, loaded)
+    code, _, err = cli(capsys, "cp", uri, str(down))
+    assert code == 2 and "already holds a checkpoint" in err
+
+    # Neither side on S3, a missing source: usage and not-found exits.
+    assert cli(capsys, "cp", str(local), str(tmp_path / "x"))[0] == 2
+    code, _, err = cli(capsys, "cp", f"s3://{BUCKET}/{prefix}nothing", str(tmp_path / "y"))
+    assert code == 3 and "no DCP checkpoint" in err
+
+
+def test_cp_up_of_a_large_file_is_multipart_and_exact(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    # Past several upload chunks and parts, with an odd size; checked byte for byte.
+    src = tmp_path / "src"
+    src.mkdir()
+    blob = os.urandom(40 * 1024 * 1024 + 12345)
+    (src / "__0_0.distcp").write_bytes(blob)
+    (src / "sub").mkdir()
+    (src / "sub" / "empty.bin").write_bytes(b"")
+    (src / ".metadata").write_bytes(b"not read by cp")
+    code, _, err = cli(capsys, "cp", str(src), f"s3://{BUCKET}/{prefix}big")
+    assert code == 0, err
+    client = make_client(env)
+    assert client._get_native().get_bytes(BUCKET, f"{prefix}big/__0_0.distcp") == blob
+    code, _, err = cli(capsys, "cp", f"s3://{BUCKET}/{prefix}big", str(tmp_path / "back"))
+    assert code == 0, err
+    assert (tmp_path / "back" / "__0_0.distcp").read_bytes() == blob
+    assert (tmp_path / "back" / "sub" / "empty.bin").read_bytes() == b""
+
+
+def test_ls_and_du(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(env)
+    sizes = {"a/x.bin": 10, "a/y.bin": 2000, "b.bin": 3}
+    for k, n in sizes.items():
+        client.put(BUCKET, prefix + k, b"z" * n)
+    code, out, _ = cli(capsys, "ls", f"s3://{BUCKET}/{prefix}")
+    assert code == 0
+    lines = out.splitlines()
+    assert any(line.split() == ["PRE", "a/"] for line in lines)
+    assert any(line.split()[-2:] == ["3", "b.bin"] for line in lines)
+    code, out, _ = cli(capsys, "ls", "-r", "--summarize", f"s3://{BUCKET}/{prefix}")
+    listed = {line.split()[-1]: int(line.split()[-2]) for line in out.splitlines() if line.startswith("20")}
+    assert listed == {prefix + k: n for k, n in sizes.items()}
+    assert "Total Objects: 3" in out and "Total Size: 2013" in out
+    code, out, _ = cli(capsys, "du", f"s3://{BUCKET}/{prefix}a/")
+    assert code == 0 and out.startswith("2 objects") and "2,010 bytes" in out
+    code, out, _ = cli(capsys, "du", "--bytes", f"s3://{BUCKET}/{prefix}")
+    assert out.split()[:3] == ["3", "objects", "2013"]
+    code, _, err = cli(capsys, "ls", f"s3://{BUCKET}/{prefix}nothing/")
+    assert code == 3 and "nothing under" in err
+    assert cli(capsys, "du", f"s3://{BUCKET}/{prefix}nothing/")[0] == 3
+    assert cli(capsys, "ls", "not-s3")[0] == 2
+
+
+def test_info(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    sd = state()
+    uri = f"s3://{BUCKET}/{prefix}saved"
+    dcp.save(sd, storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
+    code, out, err = cli(capsys, "info", "--json", uri)
+    assert code == 0, err
+    d = json.loads(out)
+    assert "S3 storage writer" in d["written_by"] and d["written_to"] == uri and not d["copied_since"]
+    tensors = {t["fqn"]: t for t in d["tensors"]}
+    assert tensors["big"] == {"fqn": "big", "dtype": "float32", "shape": [600, 1000], "chunks": 1, "bytes": 2_400_000}
+    assert tensors["half"]["dtype"] == "bfloat16" and tensors["scalar"]["shape"] == []
+    assert {b["fqn"] for b in d["byte_items"]} == {"extra.step", "extra.name"}
+    client = make_client(env)
+    sizes = {o.key.rsplit("/", 1)[1]: o.size for p in client.list_objects(BUCKET, prefix + "saved/") for o in p.objects}
+    assert {f["name"]: f["size"] for f in d["files"]} == {k: v for k, v in sizes.items() if k != ".metadata"}
+    assert d["totals"]["file_bytes"] == sum(f["size"] for f in d["files"])
+    assert d["totals"]["tensor_bytes"] == sum(t.numel() * t.element_size() for t in sd.values() if torch.is_tensor(t))
+
+    # A FileSystemWriter checkpoint, local and after cp up: the text form.
+    local = tmp_path / "fs"
+    dcp.save(sd, storage_writer=FileSystemWriter(str(local)))
+    code, out, _ = cli(capsys, "info", str(local))
+    assert code == 0 and "FileSystemWriter" in out and "copied here since" not in out
+    assert cli(capsys, "cp", str(local), f"s3://{BUCKET}/{prefix}up")[0] == 0
+    code, out, _ = cli(capsys, "info", f"s3://{BUCKET}/{prefix}up")
+    assert "FileSystemWriter" in out and f"written to   {local}  (copied here since)" in out
+    assert any(line.split()[:4] == ["big", "float32", "(600,", "1000)"] for line in out.splitlines())
+    assert cli(capsys, "info", f"s3://{BUCKET}/{prefix}none")[0] == 3
+
+
+def _flip_tensor_byte(client, key: str, record_offset: int, record_len: int) -> int:  # type: ignore[no-untyped-def]
+    """Flip one byte in the middle of the tensor data of the record; returns its file offset."""
+    data = bytearray(client._get_native().get_bytes(BUCKET, key))
+    record = bytes(data[record_offset : record_offset + record_len])
+    layout = locate(record[:HEAD_BYTES], record[-TAIL_BYTES:], record_len)
+    assert layout is not None
+    at = record_offset + layout.data_offset + layout.data_len // 2
+    data[at] ^= 0x01
+    client.put(BUCKET, key, bytes(data))
+    return at
+
+
+def test_verify_passes_then_names_every_flipped_tensor(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    uri = f"s3://{BUCKET}/{prefix}v"
+    dcp.save(state(), storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
+    code, out, err = cli(capsys, "verify", uri)
+    assert code == 0, err
+    assert out.startswith(f"OK  {uri}/: CRC32 of all 4 tensors matches")
+
+    client = make_client(env)
+    md = pickle.loads(client._get_native().get_bytes(BUCKET, f"{prefix}v/.metadata"))
+    where = {i.fqn: info for i, info in md.storage_data.items()}
+    for fqn in ("big", "half"):  # one read by a direct GET, one within its whole-record probe
+        info = where[fqn]
+        _flip_tensor_byte(client, f"{prefix}v/{info.relative_path}", info.offset, info.length)
+    code, out, err = cli(capsys, "verify", uri, "--group-bytes", "1000000")
+    assert code == 1, out + err
+    bad = [line for line in out.splitlines() if line.startswith("CORRUPT")]
+    assert len(bad) == 2, out
+    for fqn in ("big", "half"):
+        info = where[fqn]
+        line = next(b for b in bad if b.split()[1] == fqn)
+        assert f"file {uri}/{info.relative_path}  offset {info.offset}:" in line and "CRC32" in line
+    assert "2 of 6 items failed verification" in out
+
+
+def test_verify_missing_and_truncated(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli(capsys, "verify", f"s3://{BUCKET}/{prefix}absent")
+    assert code == 3 and f"no DCP checkpoint at s3://{BUCKET}/{prefix}absent/" in err
+    client = make_client(env)
+    client.put(BUCKET, f"{prefix}junk/.metadata", b"not a pickle")
+    code, _, err = cli(capsys, "verify", f"s3://{BUCKET}/{prefix}junk")
+    assert code == 4 and "is not a DCP checkpoint's metadata" in err
+    # A data file cut short: the items past the cut are named.
+    uri = f"s3://{BUCKET}/{prefix}t"
+    dcp.save(state(), storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
+    key = f"{prefix}t/__0_0.distcp"
+    data = client._get_native().get_bytes(BUCKET, key)
+    client.put(BUCKET, key, data[: len(data) // 2])
+    code, out, err = cli(capsys, "verify", uri)
+    assert code == 1, out + err
+    assert "CORRUPT" in out and "failed verification" in out
+
+
+def test_library_progress_summary_and_no_threads_left(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    uri = f"s3://{BUCKET}/{prefix}p"
+    dcp.save(state(), storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint, progress=True))
+    loaded = empty()
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint, progress=True))
+    out = capsys.readouterr().out
+    assert f"s3torch: DCP save to {uri}: " in out and f"s3torch: DCP load from {uri}: " in out
+    assert not [t for t in threading.enumerate() if t.name == "s3torch-progress"]
+
+
+def test_entry_point_help() -> None:
+    r = subprocess.run([sys.executable, "-m", "s3torch", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    for verb in ("cp", "du", "info", "ls", "serve", "verify"):
+        assert f"    {verb} " in r.stdout
+    r = subprocess.run([sys.executable, "-m", "s3torch", "cp", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--overwrite" in r.stdout and "exit codes:" in r.stdout
