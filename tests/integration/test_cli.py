@@ -245,3 +245,21 @@ def test_entry_point_help() -> None:
         assert f"    {verb} " in r.stdout
     r = subprocess.run([sys.executable, "-m", "s3torch", "cp", "--help"], capture_output=True, text=True, timeout=60)
     assert "--overwrite" in r.stdout and "exit codes:" in r.stdout
+
+
+def test_uploads_lists_and_aborts_incomplete_uploads(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(env)
+    up = client.upload(BUCKET, f"{prefix}ckpt/__0_0.distcp")
+    up.write(os.urandom(client.s3client_config.part_size + 1))  # a part sent, never completed
+    uri = f"s3://{BUCKET}/{prefix}"
+    code, out, _ = cli(capsys, "uploads", uri)
+    assert code == 0 and f"{prefix}ckpt/__0_0.distcp" in out and "1 incomplete upload(s) found" in out
+    code, out, _ = cli(capsys, "uploads", uri, "--abort", "--older-than", "1h")  # too recent: kept
+    assert code == 0 and "0 incomplete upload(s) aborted" in out
+    assert len(client.list_multipart_uploads(BUCKET, prefix)) == 1
+    code, _, err = cli(capsys, "uploads", uri, "--older-than", "soon")
+    assert code == 2 and "--older-than" in err
+    code, out, _ = cli(capsys, "uploads", uri, "--abort")
+    assert code == 0 and "aborted" in out and "1 incomplete upload(s) aborted" in out
+    assert client.list_multipart_uploads(BUCKET, prefix) == []
+    del up

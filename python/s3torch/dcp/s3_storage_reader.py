@@ -20,12 +20,8 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.futures import Future
 
 from .._config import S3ClientConfig
-<<<<<<< HEAD
 from .._crt import S3Exception
-=======
-from .._crt import S3NotFoundError
 from .._progress import Progress
->>>>>>> i14a
 from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
@@ -119,15 +115,10 @@ class S3StorageReader(FileSystemReader):
         return parse_s3_uri(self.fs.concat_path(self.path, relative_path), need_key=True)[1]
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-<<<<<<< HEAD
         """The checkpoint's metadata. A failed read of the global ``.metadata`` is raised by
         :meth:`set_up_storage_reader`, torch's next call, so that torch neither logs it nor
         retries it as rank-local metadata (see ``_metadata``)."""
-        self._progress.start()
         if kwargs.get("rank") is not None:  # torch's fallback: only when a rank-local file exists
-=======
-        try:
->>>>>>> i14a
             return super().read_metadata(*args, **kwargs)
         got = read_or_defer(lambda: super(S3StorageReader, self).read_metadata(), str(self.path), self._exists)
         return got  # type: ignore[return-value]  # an UnreadableMetadata raises on use
