@@ -14,11 +14,23 @@
 #include <aws/s3/s3_client.h>
 
 #include <condition_variable>
+#include <map>
 #include <set>
 
 namespace s3torch {
 
 namespace {
+
+// Whether an endpoint ("scheme://authority") has answered any client of this process: a
+// client built during an outage of an endpoint others here have reached rides it out too.
+std::shared_ptr<std::atomic<bool>> reached_flag(const std::string &endpoint) {
+    static std::mutex mu;
+    static std::map<std::string, std::shared_ptr<std::atomic<bool>>> flags;
+    std::lock_guard<std::mutex> lock(mu);
+    auto &flag = flags[endpoint];
+    if (!flag) flag = std::make_shared<std::atomic<bool>>(false);
+    return flag;
+}
 
 // Every live Client, for prepare_fork(). Guarded by g_clients_mu.
 std::mutex g_clients_mu;
@@ -62,6 +74,7 @@ std::shared_ptr<Client> Client::create(ClientConfig config) {
 
 Client::Client(ClientConfig config) : config_(std::move(config)) {
     endpoint_ = resolve_config(config_);
+    reached_ = reached_flag((endpoint_.tls ? "https://" : "http://") + endpoint_.authority());
     std::lock_guard<std::mutex> lock(g_clients_mu);
     g_clients.insert(this);
 }

@@ -51,8 +51,8 @@ class Client : public std::enable_shared_from_this<Client> {
     void transfer_finished();
     int64_t in_flight() const { return in_flight_.load(); }
 
-    // The endpoint has answered (an HTTP response of any status): from now on the retry
-    // strategy rides out outages instead of failing fast (retry.h). Any thread.
+    // The endpoint has answered (an HTTP response of any status), to this client or another of
+    // this process: from now on retries ride out outages instead of failing fast (retry.h).
     void mark_reached() { reached_->store(true); }
     bool reached() const { return reached_->load(); }
     // Run `fn` on a CRT event-loop thread in about `delay_ms` (never if the runtime shuts down
@@ -98,8 +98,8 @@ class Client : public std::enable_shared_from_this<Client> {
     void *shutdown_state_ = nullptr;  // ShutdownState of client_, see client.cpp
     ProcessOwner owner_;              // the process that built client_
     std::atomic<int64_t> in_flight_{0};
-    std::shared_ptr<std::atomic<bool>> reached_ = std::make_shared<std::atomic<bool>>(false);
-    std::mutex aborts_mu_;  // guards pending_aborts_
+    std::shared_ptr<std::atomic<bool>> reached_;  // shared by every client of the endpoint
+    std::mutex aborts_mu_;                        // guards pending_aborts_
     std::vector<PendingAbort> pending_aborts_;
 };
 

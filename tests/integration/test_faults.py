@@ -254,7 +254,7 @@ def test_60s_slowdown_storm_on_half_the_requests(world: World, proxy: FaultProxy
 )
 def test_persistent_fault_gives_up_with_a_typed_error(world: World, proxy: FaultProxy, kind: str, check: Any) -> None:
     run = f"persistent-{kind}"
-    budget = 5.0
+    budget = 5
     for name in FLOWS:  # every request but the aborts, which must get through to clean up
         proxy.add(Fault(kind, method="GET|HEAD|PUT|POST", path=_target(world, run, name)))
     results = _run_all(world, proxy.endpoint, _cfg(retry_timeout_s=budget), run)
@@ -273,7 +273,7 @@ def test_persistent_truncation_on_a_load_is_a_read_error_naming_the_item(world: 
     proxy.add(Fault("truncate", method="GET", path=rf"{world.base}ckpt/__0_0\.distcp"))
     t0 = time.monotonic()
     with pytest.raises(CheckpointException) as info:
-        _loaded(proxy.endpoint, world.ckpt, _cfg(retry_timeout_s=5.0))
+        _loaded(proxy.endpoint, world.ckpt, _cfg(retry_timeout_s=5))
     err = _s3_error(info.value)
     assert isinstance(err, CheckpointReadError) and not isinstance(err, CheckpointCorruptError), str(err)
     assert "__0_0.distcp item w" in str(err)
