@@ -10,6 +10,8 @@ in the server's place or changes how the server's answer is relayed:
 - ``slow``: the request is held ``delay`` seconds before it goes on (a slow first byte).
 - ``truncate``: the server's response head goes through unchanged (its Content-Length
   promises N bytes), then half the body, then the connection closes.
+- ``corrupt``: one byte in the middle of the request body is flipped on its way to the
+  server (what a bad NIC or a buggy middlebox does); everything else goes through unchanged.
 - ``complete_error``: a 200 whose body is an S3 InternalError, as S3 answers a
   CompleteMultipartUpload that failed after its headers were sent; not forwarded, so the
   upload stays open on the server.
@@ -40,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Set, Tuple
 
-KINDS = ("reset", "slowdown", "internal_error", "slow", "truncate", "complete_error")
+KINDS = ("reset", "slowdown", "internal_error", "slow", "truncate", "complete_error", "corrupt")
 HEADER_LIMIT = 64 * 1024
 COPY_BYTES = 256 * 1024
 
@@ -364,6 +366,10 @@ class FaultProxy:
                     continue
                 if kind == "slow":
                     await asyncio.sleep(fault.delay if fault is not None else 0.0)
+                if kind == "corrupt" and body:
+                    flipped = bytearray(body)
+                    flipped[len(body) // 2] ^= 0x01
+                    body = bytes(flipped)
                 if conn.upstream is None:
                     u_reader, conn.upstream = await asyncio.open_connection(*self.upstream, limit=HEADER_LIMIT)
                 assert u_reader is not None

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3torch import S3ClientConfig, S3InvalidArgumentError
+from s3torch import S3Client, S3ClientConfig, S3Exception, S3InvalidArgumentError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.dcp import S3StorageReader, S3StorageWriter
 from tests.conftest import BUCKET, make_client
@@ -122,3 +122,20 @@ def test_seaweedfs_rejects_a_wrong_checksum(seaweed, prefix) -> None:  # type: i
 def test_retry_and_checksum_settings_are_checked(field, value) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises((S3InvalidArgumentError, TypeError, OverflowError), match=field):
         S3ClientConfig(access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, **{field: value})
+
+
+@pytest.mark.parametrize("size", [1000, 17 * MiB + 3], ids=["single", "multipart"])
+def test_a_body_corrupted_on_the_wire_is_refused_not_stored(seaweed, prefix, size) -> None:  # type: ignore[no-untyped-def]
+    from tests.faults.proxy import Fault, FaultProxy
+
+    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
+    with FaultProxy(host, int(port)) as proxy:
+        client = S3Client(REGION, endpoint=proxy.endpoint, s3client_config=make_client(seaweed).s3client_config)
+        fault = proxy.add(Fault("corrupt", method="PUT", path=f"{prefix}k", times=1))
+        with pytest.raises(S3Exception) as info:
+            client.put(BUCKET, f"{prefix}k", os.urandom(size))
+        assert fault.injected == 1
+        assert info.value.code == "BadDigest" and info.value.http_status == 400, info.value
+    # Nothing was stored, and nothing of a multipart upload is left.
+    assert not list(make_client(seaweed).list_objects(BUCKET, prefix))[0].object_info
+    assert make_client(seaweed).list_multipart_uploads(BUCKET, prefix) == []
