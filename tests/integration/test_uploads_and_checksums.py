@@ -107,12 +107,20 @@ def test_checksums_off_sends_none(seaweed, prefix) -> None:  # type: ignore[no-u
 
 
 def test_seaweedfs_rejects_a_wrong_checksum(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
-    # What the checksum buys: SeaweedFS verifies it (moto 5 stores without verifying).
+    # What the checksum buys: SeaweedFS verifies it (moto 5 does not, see below).
     s3 = seaweed.boto3_client()
     with pytest.raises(Exception, match="BadDigest"):
         s3.put_object(Bucket=BUCKET, Key=f"{prefix}k", Body=b"abc", ChecksumCRC32C="AAAAAA==")
     right = base64.b64encode(_crc32c(b"abc").to_bytes(4, "big")).decode()
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}k", Body=b"abc", ChecksumCRC32C=right)
+
+
+def test_moto_accepts_a_wrong_checksum(moto, prefix) -> None:  # type: ignore[no-untyped-def]
+    # How the README's "moto does not verify" was established (moto 5): if this starts
+    # failing, moto verifies, and the README should say so.
+    s3 = moto.boto3_client()
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}k", Body=b"abc", ChecksumCRC32C="AAAAAA==")
+    assert s3.get_object(Bucket=BUCKET, Key=f"{prefix}k")["Body"].read() == b"abc"
 
 
 @pytest.mark.parametrize(
