@@ -37,7 +37,7 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(uint32_t, max_attempts, "max_attempts", 10, 1, 64,                                                          \
       "attempts per request, the first try included (1: no retries at all)")                                      \
     X(uint32_t, retry_timeout_s, "retry_timeout_s", 120, 0, 86400,                                                \
-      "once the endpoint has answered, how long a request keeps retrying outages, throttling and 5xx")            \
+      "once the endpoint has answered, how long a request retries outages, throttling, 5xx (0: max_attempts)")    \
     X(std::string, profile, "profile", "", 0, 0, "named profile from ~/.aws/credentials and ~/.aws/config")       \
     X(uint64_t, memory_limit_bytes, "memory_limit_bytes", 0, 0, 1ull << 60,                                       \
       "cap on aws-c-s3's part-buffer pool (0: automatic; else at least 1 GiB)")                                   \

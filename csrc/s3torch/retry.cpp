@@ -40,9 +40,8 @@ struct Token {
     Strategy *strategy = nullptr;
     aws_event_loop *loop = nullptr;  // where this request's callbacks run
     aws_task task;
-    uint64_t created_ns = 0;
+    uint64_t created_ns = 0;  // when the request asked for its token (waiting for one counts)
     // Touched only by the CRT's calls for this one request, which it makes one at a time.
-    uint64_t first_failure_ns = 0;
     uint32_t attempts = 1;
     bool counted = false;  // holds one of Strategy::in_flight (Strategy::mu)
     // The callback the next run of `task` delivers. Guarded by mu.
@@ -162,7 +161,6 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
     uint64_t now = now_ns();
     if (type == AWS_RETRY_ERROR_TYPE_SERVER_ERROR || type == AWS_RETRY_ERROR_TYPE_THROTTLING)
         s->settings.reached->store(true);
-    if (t->first_failure_ns == 0) t->first_failure_ns = now;
 
     if (type != AWS_RETRY_ERROR_TYPE_CLIENT_ERROR) {
         const RetrySettings &cfg = s->settings;
@@ -171,8 +169,10 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
         if (!s->settings.reached->load()) {
             give_up = !more_attempts || now - t->created_ns >= kUnreachedBudgetMs * kNsPerMs;
         } else {
-            bool more_time = now - t->first_failure_ns < cfg.retry_timeout_ms * kNsPerMs;
-            give_up = !more_attempts && !more_time;
+            // Time alone, counted from when the request was issued: a request that waited for a
+            // slot while the server throttled has spent its time, and gives up at its first
+            // failure instead of holding a slot for max_attempts more.
+            give_up = cfg.retry_timeout_ms ? now - t->created_ns >= cfg.retry_timeout_ms * kNsPerMs : !more_attempts;
         }
         if (give_up) return aws_raise_error(AWS_IO_MAX_RETRIES_EXCEEDED);
     }

@@ -11,9 +11,10 @@
 // - Until the endpoint has answered once (any HTTP response, or a request that succeeded), a
 //   failing request gives up after max_attempts attempts or kUnreachedBudgetMs, whichever comes
 //   first: a wrong endpoint, a server that is not running, DNS failures fail in seconds.
-// - Once it has answered, a request keeps retrying until it has made max_attempts attempts
-//   *and* retry_timeout_ms has passed since its first failure, so an outage (connections
-//   refused or reset), a throttling storm or a run of 5xx is ridden out for that long.
+// - Once it has answered, a request keeps retrying until retry_timeout_ms has passed since it
+//   was issued (time spent waiting for a slot under throttling included), so an outage
+//   (connections refused or reset), a throttling storm or a run of 5xx is ridden out for that
+//   long; with retry_timeout_ms 0, until it has made max_attempts attempts.
 // - Backoff is exponential with full jitter, from kBackoffBaseMs up to kMaxBackoffMs.
 // - Throttling (503/SlowDown) also lowers how many requests may hold a token at once
 //   (additive increase, multiplicative decrease): new requests wait for a token instead of
@@ -36,7 +37,7 @@ namespace s3torch {
 
 struct RetrySettings {
     uint32_t max_attempts = 10;     // attempts per request, the first included
-    uint64_t retry_timeout_ms = 0;  // how long a request keeps retrying after its first failure
+    uint64_t retry_timeout_ms = 0;  // how long a request keeps retrying, from when it is issued
     // Whether the endpoint has answered; shared with the Client, which also sets it.
     std::shared_ptr<std::atomic<bool>> reached = std::make_shared<std::atomic<bool>>(false);
 };

@@ -23,7 +23,8 @@ class S3ClientConfig:
         unsigned: send unsigned requests (public buckets).
         force_path_style: address buckets as ``endpoint/bucket/key`` instead of
             ``bucket.endpoint/key``. IP-address and localhost endpoints always use path style.
-        max_attempts: attempts per request, first try included (1..64, default 10); 1 turns
+        max_attempts: attempts per request, first try included (1..64, default 10), until the
+            endpoint has answered once, and always when ``retry_timeout_s`` is 0; 1 turns
             retries off altogether.
         profile: named profile from ``~/.aws/credentials`` / ``~/.aws/config``.
         memory_limit_bytes: cap on aws-c-s3's part-buffer pool (0: automatic; else >= 1 GiB).
@@ -34,9 +35,9 @@ class S3ClientConfig:
         connect_timeout_ms: TCP connect timeout (0: the CRT's default).
         retry_timeout_s: once the endpoint has answered, how long a request that keeps failing
             transiently (connections refused or reset, timeouts, 5xx, SlowDown, truncated bodies)
-            is retried after its first failure, at least ``max_attempts`` attempts (0..86400,
-            default 120). Until the endpoint has answered once, failures give up after about
-            4 s (a wrong endpoint, a server not running).
+            is retried, counted from when it was issued (0..86400, default 120; 0: retry
+            ``max_attempts`` times instead). Until the endpoint has answered once, failures give
+            up after about 4 s (a wrong endpoint, a server not running).
         checksums: the checksum uploads carry for the server to verify, ``"crc32c"`` (default),
             ``"crc32"``, or ``"off"`` for servers that reject checksum headers.
     """
