@@ -105,12 +105,14 @@ class S3StorageReader(FileSystemReader):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        """True if ``checkpoint_id`` is an ``s3://bucket[/prefix]`` path."""
         return S3FileSystem.validate_checkpoint_id(checkpoint_id)
 
     def _key(self, relative_path: str) -> str:
         return parse_s3_uri(self.fs.concat_path(self.path, relative_path), need_key=True)[1]
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        """The checkpoint's ``.metadata`` (S3NotFoundError naming the path when there is none)."""
         self._progress.start()
         try:
             return super().read_metadata(*args, **kwargs)
@@ -140,6 +142,7 @@ class S3StorageReader(FileSystemReader):
         return plan_sharing(plans, self.storage_data, self.share_round_bytes)
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
+        """Load every item of ``plan`` into the planner's destinations; the future is done when all are."""
         if self.reader_constructor is not None:
             generic = super().read_data(plan, planner)
             for r in plan.items:

@@ -92,12 +92,14 @@ class S3StorageWriter(FileSystemWriter):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        """True if ``checkpoint_id`` is an ``s3://bucket[/prefix]`` path."""
         return S3FileSystem.validate_checkpoint_id(checkpoint_id)
 
     def _metadata_name(self) -> str:
         return f"__{self.rank}{_METADATA}" if not self.use_collectives and self.rank is not None else _METADATA
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        """FileSystemWriter's plan, after removing an overwritten checkpoint's metadata first."""
         self._progress.start()
         plan = super().prepare_local_plan(plan)  # refuses an existing checkpoint if overwrite=False
         # Overwriting in place: take the old checkpoint's metadata away before any data object
@@ -115,6 +117,7 @@ class S3StorageWriter(FileSystemWriter):
         return plan
 
     def prepare_global_plan(self, plans: List[SavePlan]) -> List[SavePlan]:
+        """Each rank's plan with its file prefix from the prefix strategy."""
         return [
             dataclasses.replace(p, storage_data=_torch_compat.StoragePrefix(self.prefix_strategy.generate_prefix(i)))
             if p.storage_data is None
@@ -123,6 +126,7 @@ class S3StorageWriter(FileSystemWriter):
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
+        """Write this rank's items into its ``.distcp`` objects; the future holds their WriteResults."""
         self._progress.start()
         if self._can_write_fast():
             results = self._write_files(plan, planner)
@@ -265,6 +269,7 @@ class S3StorageWriter(FileSystemWriter):
         return results
 
     def finish(self, metadata: Metadata, results: List[List[WriteResult]]) -> None:
+        """Write ``.metadata``, last and in one PUT: the checkpoint becomes visible complete."""
         from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION
 
         metadata.version = CURRENT_DCP_VERSION
