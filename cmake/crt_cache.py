@@ -15,6 +15,9 @@ A finished build is marked by ``install/.s3torch-complete``; later calls return 
 A file lock makes concurrent builds (two ``pip install`` runs) wait for each other.
 
 Cache root: ``$S3TORCH_CRT_CACHE``, else ``$XDG_CACHE_HOME/s3torch``, else ``~/.cache/s3torch``.
+``$S3TORCH_CRT_TOOLCHAIN`` (set by scripts/build_wheel.sh, e.g. ``zig-0.13.0-x86_64-linux-gnu.2.28``)
+names the toolchain in the cache directory, so libraries built for a release wheel never mix
+with the ones the system compiler built.
 Nothing from the sdist is vendored into the repository.
 """
 
@@ -52,10 +55,12 @@ def cache_root() -> Path:
 
 
 def cache_key(c_compiler: str, build_type: str) -> str:
-    h = hashlib.sha256(
-        f"{AWSCRT_VERSION}|{AWSCRT_SHA256}|{RECIPE_VERSION}|{c_compiler}|{build_type}|{os.uname().machine}".encode()
-    ).hexdigest()[:12]
-    return f"awscrt-{AWSCRT_VERSION}-{build_type.lower()}-{h}"
+    toolchain = os.environ.get("S3TORCH_CRT_TOOLCHAIN", "")
+    ident = f"{AWSCRT_VERSION}|{AWSCRT_SHA256}|{RECIPE_VERSION}|{c_compiler}|{build_type}|{os.uname().machine}"
+    if toolchain:
+        ident += f"|{toolchain}"
+    h = hashlib.sha256(ident.encode()).hexdigest()[:12]
+    return f"awscrt-{AWSCRT_VERSION}-{build_type.lower()}-{toolchain + '-' if toolchain else ''}{h}"
 
 
 def sha256_of(path: Path) -> str:

@@ -3,6 +3,7 @@
 #include <aws/checksums/crc.h>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -69,7 +70,12 @@ __attribute__((target("pclmul,sse4.1"))) uint32_t crc32_fold(uint32_t crc, const
 }
 
 bool have_pclmul() {
-    static const bool ok = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+    // CPUID leaf 1 directly, not __builtin_cpu_supports: that needs __cpu_model from the
+    // compiler's runtime library, which zig's compiler-rt (release wheels) does not provide.
+    static const bool ok = [] {
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+        return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_PCLMUL) && (ecx & bit_SSE4_1);
+    }();
     return ok;
 }
 

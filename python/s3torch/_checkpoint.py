@@ -28,9 +28,11 @@ class S3Checkpoint:
         self._reader_constructor = reader_constructor
 
     def reader(self, s3_uri: str) -> S3Reader:
+        """A reader of the object at ``s3_uri`` (for torch.load)."""
         bucket, key = parse_s3_uri(s3_uri, need_key=True)
         return self._client.get_object(bucket, key, reader_constructor=self._reader_constructor)
 
     def writer(self, s3_uri: str) -> S3Writer:
+        """A writer to the object at ``s3_uri`` (for torch.save); the object appears when it is closed."""
         bucket, key = parse_s3_uri(s3_uri, need_key=True)
         return self._client.put_object(bucket, key)

@@ -83,14 +83,17 @@ class S3Client:
 
     @property
     def region(self) -> str:
+        """The region requests are signed for."""
         return self._region
 
     @property
     def endpoint(self) -> Optional[str]:
+        """The endpoint URL given, or None for AWS's endpoint for the region."""
         return self._endpoint or None
 
     @property
     def s3client_config(self) -> S3ClientConfig:
+        """The S3ClientConfig this client was built with."""
         return self._config
 
     # --- streams (s3torchconnector's S3Client surface) ------------------------------------
@@ -159,6 +162,7 @@ class S3Client:
 
     # --- metadata -------------------------------------------------------------------------
     def head_object(self, bucket: str, key: str) -> "_crt.ObjectInfo":
+        """Key, size, ETag and last-modified time of ``bucket/key`` (S3NotFoundError if missing)."""
         return self._get_native().head(bucket, key)
 
     def list_objects(
@@ -175,9 +179,11 @@ class S3Client:
             token = page.next_continuation_token
 
     def delete_object(self, bucket: str, key: str) -> None:
+        """Delete the object ``bucket/key``."""
         self._get_native().delete_object(bucket, key)
 
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> None:
+        """Server-side copy of ``src_bucket/src_key`` to ``dst_bucket/dst_key``."""
         self._get_native().copy_object(src_bucket, src_key, dst_bucket, dst_key)
 
     # --- multipart uploads ----------------------------------------------------------------

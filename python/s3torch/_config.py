@@ -72,4 +72,5 @@ class S3ClientConfig:
         )
 
     def as_dict(self) -> Dict[str, Any]:
+        """The configuration as a plain dict of its fields."""
         return asdict(self)

@@ -191,6 +191,7 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
         prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
         prefetch_count: int = DEFAULT_PREFETCH_COUNT,
     ) -> "S3MapDataset":
+        """A dataset of every object under ``s3_uri``, in listing (key) order."""
         return cls(
             _PrefixSource(s3_uri),
             region,
@@ -216,6 +217,7 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
         prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
         prefetch_count: int = DEFAULT_PREFETCH_COUNT,
     ) -> "S3MapDataset":
+        """A dataset of the given ``s3://`` object URIs, in the order given."""
         return cls(
             _ObjectsSource(object_uris),
             region,
@@ -309,6 +311,7 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         enable_sharding: bool = False,
     ) -> "S3IterableDataset":
+        """A stream of every object under ``s3_uri``, in listing order."""
         return cls(
             _PrefixSource(s3_uri),
             region,
@@ -335,6 +338,7 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         enable_sharding: bool = False,
     ) -> "S3IterableDataset":
+        """A stream of the given ``s3://`` object URIs, in the order given."""
         return cls(
             _ObjectsSource(object_uris),
             region,

@@ -17,6 +17,8 @@ from . import _crt
 
 
 class S3Writer(io.BufferedIOBase):
+    """A file-like stream into one S3 object; the object appears, complete, when the writer is closed."""
+
     def __init__(self, upload: "_crt.Upload", bucket: str, key: str) -> None:
         super().__init__()
         self._upload = upload
@@ -27,15 +29,19 @@ class S3Writer(io.BufferedIOBase):
 
     @property
     def uri(self) -> str:
+        """``s3://bucket/key`` of the object written."""
         return f"s3://{self.bucket}/{self.key}"
 
     def writable(self) -> bool:
+        """True: writers can be written."""
         return not self.closed
 
     def readable(self) -> bool:
+        """False: writers cannot be read."""
         return False
 
     def seekable(self) -> bool:
+        """False: writers only append."""
         return False
 
     def write(self, data: Any) -> int:  # type: ignore[override]
@@ -47,9 +53,11 @@ class S3Writer(io.BufferedIOBase):
         return n
 
     def tell(self) -> int:
+        """Bytes written so far."""
         return self._pos
 
     def flush(self) -> None:
+        """Nothing to do: data goes to the upload as parts fill; close() completes the object."""
         if self.closed:
             raise ValueError(f"flush of closed writer for {self.uri}")
         # Parts are uploaded as they fill; there is nothing to push early.

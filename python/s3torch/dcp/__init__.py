@@ -1,5 +1,10 @@
 """torch.distributed.checkpoint on S3: storage writer and reader, file system, prefix strategies."""
 
+try:
+    import torch.distributed.checkpoint  # noqa: F401
+except ImportError as e:  # a bare ModuleNotFoundError would not say what to do
+    raise ImportError("s3torch.dcp needs PyTorch with torch.distributed (torch>=2.11,<2.14): pip install torch") from e
+
 from ._errors import CheckpointConnectionError, CheckpointCorruptError, CheckpointReadError, StagingError
 from ._shared_reads import SharedReadError
 from ._staging import release_staging_memory

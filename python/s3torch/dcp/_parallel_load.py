@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlanner, ReadItem
 
-from .. import _crt
+from .. import _crt, _torch_compat
 from .._crc import crc32_of_parts
 from ._errors import CheckpointCorruptError, crc_mismatch, read_error, short_read
 from ._record import HEAD_BYTES, TAIL_BYTES, TensorLayout, locate
@@ -354,8 +354,6 @@ class ParallelLoader:
             raise crc_mismatch(self._where(it), it.layout.crc32, got)
 
     def _fallback(self, it: _Item, planner: LoadPlanner) -> None:
-        from torch.distributed._shard._utils import narrow_tensor_by_index
-
         if it.head is it.tail:
             record = bytes(it.head)
         else:
@@ -367,7 +365,7 @@ class ParallelLoader:
             tensor = torch.load(io.BytesIO(record), map_location="cpu", weights_only=True)
         except Exception as e:
             raise self._err(it, f"the tensor record does not load ({e}): the checkpoint file is corrupt") from e
-        tensor = narrow_tensor_by_index(tensor, it.req.storage_offsets, it.req.lengths)
+        tensor = _torch_compat.narrow_tensor_by_index(tensor, it.req.storage_offsets, it.req.lengths)
         target = it.target if it.target is not None else planner.resolve_tensor(it.req).detach()
         if target.size() != tensor.size():
             raise self._err(

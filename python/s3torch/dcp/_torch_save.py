@@ -26,7 +26,7 @@ from typing import Any, List, Tuple
 
 import torch
 
-from .. import _crt
+from .. import _crt, _torch_compat
 
 log = logging.getLogger("s3torch.dcp")
 
@@ -152,10 +152,10 @@ _EXPECTED_RECORDS = ["data.pkl", ".format_version", ".storage_alignment", "byteo
 
 def _records(tensor: torch.Tensor) -> List[Tuple[str, Any, int]]:
     """What torch.save would put in the archive, or _Unsupported."""
-    from torch.serialization import DEFAULT_PROTOCOL, _save
+    from torch.serialization import DEFAULT_PROTOCOL
 
     rec = _Recorder()
-    _save(tensor, rec, pickle, DEFAULT_PROTOCOL, False)
+    _torch_compat.serialization_save(tensor, rec, pickle, DEFAULT_PROTOCOL, False)
     # One tensor, one storage: the layout the first-use check compared with torch.save (the
     # serialization id's first half hashes these names).
     if [r[0] for r in rec.records] != _EXPECTED_RECORDS:
@@ -208,6 +208,9 @@ def _check() -> bool:
 
             from torch.utils.serialization import config
 
+            if not _torch_compat.RECORD_WRITER:
+                raise _Unsupported("this torch lacks the private names the record writer needs")
+
             if not config.save.compute_crc32:
                 raise _Unsupported("torch.utils.serialization.config.save.compute_crc32 is off")
             ref = _reference(torch.zeros(1))
@@ -235,13 +238,12 @@ def _check() -> bool:
 
 def save_tensor(tensor: torch.Tensor, stream: Any) -> None:
     """``torch.save(tensor, stream)``: same bytes; faster when the checks allow."""
-    from torch.serialization import _serialization_tls
     from torch.utils.serialization import config
 
     records = None
     if (
         _check()
-        and not getattr(_serialization_tls, "skip_data", False)
+        and not getattr(_torch_compat.serialization_tls, "skip_data", False)
         and config.save.compute_crc32
         and tensor.device.type == "cpu"
     ):

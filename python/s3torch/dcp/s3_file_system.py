@@ -20,6 +20,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class S3FileSystem(FileSystemBase):
+    """torch.distributed.checkpoint's FileSystemBase over S3: paths are ``s3://bucket/key``."""
+
     def __init__(
         self,
         region: str,
@@ -34,10 +36,13 @@ class S3FileSystem(FileSystemBase):
 
     @property
     def client(self) -> S3Client:
+        """The S3Client every stream of this file system uses."""
         return self._client
 
     @contextmanager
     def create_stream(self, path: PathLike, mode: str) -> Generator[Union[S3Reader, S3Writer], None, None]:
+        """A reader (mode 'rb') or writer (mode 'wb') of the object at ``path``; a writer left by an exception is
+        aborted."""
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         if mode == "rb":
             reader = self._client.get_object(bucket, key, reader_constructor=self._reader_constructor)
@@ -57,9 +62,11 @@ class S3FileSystem(FileSystemBase):
             raise ValueError(f"S3FileSystem.create_stream: mode must be 'rb' or 'wb', got {mode!r}")
 
     def concat_path(self, path: PathLike, suffix: str) -> str:
+        """``path/suffix``."""
         return s3_path(path).rstrip("/") + "/" + suffix.lstrip("/")
 
     def init_path(self, path: PathLike) -> str:
+        """``path`` as an ``s3://`` URL, checked."""
         s = s3_path(path)
         parse_s3_uri(s)
         return s
@@ -74,10 +81,12 @@ class S3FileSystem(FileSystemBase):
         self._client.delete_object(src_bucket, src_key)
 
     def mkdir(self, path: PathLike) -> None:
+        """Nothing: S3 has no directories."""
         pass  # S3 has no directories
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
+        """True if ``checkpoint_id`` is an ``s3://bucket[/prefix]`` path."""
         try:
             parse_s3_uri(s3_path(checkpoint_id))
             return True
@@ -85,6 +94,7 @@ class S3FileSystem(FileSystemBase):
             return False
 
     def exists(self, path: PathLike) -> bool:
+        """True if the object at ``path`` exists."""
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         try:
             self._client.head_object(bucket, key)
@@ -93,10 +103,12 @@ class S3FileSystem(FileSystemBase):
             return False
 
     def rm_file(self, path: PathLike) -> None:
+        """Delete the object at ``path``."""
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         self._client.delete_object(bucket, key)
 
     def ls(self, path: PathLike) -> List[str]:
+        """``s3://`` URLs of every object under ``path/``."""
         bucket, prefix = parse_s3_uri(s3_path(path))
         if prefix and not prefix.endswith("/"):
             prefix += "/"

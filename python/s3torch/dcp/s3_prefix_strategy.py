@@ -21,14 +21,18 @@ class S3PrefixStrategyBase(ABC):
     """Base class: ``generate_prefix(rank)`` returns the key prefix of that rank's files."""
 
     @abstractmethod
-    def generate_prefix(self, rank: int) -> str: ...
+    def generate_prefix(self, rank: int) -> str:
+        """The key prefix of ``rank``'s files under the checkpoint path."""
 
     def __call__(self, rank: int) -> str:
         return self.generate_prefix(rank)
 
 
 class DefaultPrefixStrategy(S3PrefixStrategyBase):
+    """Every rank's files directly under the checkpoint path: ``__<rank>_``."""
+
     def generate_prefix(self, rank: int) -> str:
+        """``__<rank>_``."""
         return f"__{rank}_"
 
 
@@ -37,6 +41,8 @@ def _epoch(epoch_num: Optional[int]) -> str:
 
 
 class RoundRobinPrefixStrategy(S3PrefixStrategyBase):
+    """Ranks spread over ``user_prefixes`` in turn: ``<prefix>/[epoch_N/]__<rank>_``."""
+
     def __init__(self, user_prefixes: Sequence[str], epoch_num: Optional[int] = None) -> None:
         super().__init__()
         if not user_prefixes:
@@ -45,11 +51,14 @@ class RoundRobinPrefixStrategy(S3PrefixStrategyBase):
         self.epoch_num = epoch_num
 
     def generate_prefix(self, rank: int) -> str:
+        """``<user_prefixes[rank % n]>/[epoch_N/]__<rank>_``."""
         p = self.user_prefixes[rank % len(self.user_prefixes)]
         return f"{p}/{_epoch(self.epoch_num)}__{rank}_"
 
 
 class NumericPrefixStrategy(S3PrefixStrategyBase):
+    """Ranks spread over S3 partitions by a base-``base`` digit pattern, least significant digit first."""
+
     def __init__(
         self,
         base: int,
@@ -82,11 +91,14 @@ class NumericPrefixStrategy(S3PrefixStrategyBase):
         return s.ljust(self.min_prefix_len, "0")
 
     def generate_prefix(self, rank: int) -> str:
+        """``<digits of rank [mod prefix_count]>/[epoch_N/]__<rank>_``."""
         value = rank % self.prefix_count if self.prefix_count else rank
         return f"{self._pattern(value)}/{_epoch(self.epoch_num)}__{rank}_"
 
 
 class BinaryPrefixStrategy(NumericPrefixStrategy):
+    """NumericPrefixStrategy in base 2."""
+
     def __init__(
         self,
         epoch_num: Optional[int] = None,
@@ -99,6 +111,8 @@ class BinaryPrefixStrategy(NumericPrefixStrategy):
 
 
 class HexPrefixStrategy(NumericPrefixStrategy):
+    """NumericPrefixStrategy in base 16."""
+
     def __init__(
         self,
         epoch_num: Optional[int] = None,

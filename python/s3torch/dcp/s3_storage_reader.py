@@ -109,6 +109,7 @@ class S3StorageReader(FileSystemReader):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        """True if ``checkpoint_id`` is an ``s3://bucket[/prefix]`` path."""
         return S3FileSystem.validate_checkpoint_id(checkpoint_id)
 
     def _key(self, relative_path: str) -> str:
@@ -159,6 +160,7 @@ class S3StorageReader(FileSystemReader):
         return plan_sharing(plans, self.storage_data, self.share_round_bytes)
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
+        """Load every item of ``plan`` into the planner's destinations; the future is done when all are."""
         self._progress.start()
         self._progress.set_total(sum(self.storage_data[r.storage_index].length for r in plan.items))
         try:

@@ -21,13 +21,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, List, Optional, Tuple
 
-from torch.distributed.checkpoint.filesystem import FileSystemWriter, _StoragePrefix
+from torch.distributed.checkpoint.filesystem import FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
-from .. import _uploads
+from .. import _torch_compat, _uploads
 from .._config import S3ClientConfig
 from .._crt import S3Exception
 from .._progress import Progress
@@ -107,12 +107,14 @@ class S3StorageWriter(FileSystemWriter):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        """True if ``checkpoint_id`` is an ``s3://bucket[/prefix]`` path."""
         return S3FileSystem.validate_checkpoint_id(checkpoint_id)
 
     def _metadata_name(self) -> str:
         return f"__{self.rank}{_METADATA}" if not self.use_collectives and self.rank is not None else _METADATA
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        """FileSystemWriter's plan, after removing an overwritten checkpoint's metadata first."""
         _uploads.retry_pending_aborts(self.fs.client)  # left by an earlier save's outage
         plan = super().prepare_local_plan(plan)  # refuses an existing checkpoint if overwrite=False
         # Overwriting in place: take the old checkpoint's metadata away before any data object
@@ -125,19 +127,21 @@ class S3StorageWriter(FileSystemWriter):
             self.fs.rm_file(metadata)
         if self.rank is not None and not self.use_collectives:
             plan = dataclasses.replace(
-                plan, storage_data=_StoragePrefix(self.prefix_strategy.generate_prefix(self.rank))
+                plan, storage_data=_torch_compat.StoragePrefix(self.prefix_strategy.generate_prefix(self.rank))
             )
         return plan
 
     def prepare_global_plan(self, plans: List[SavePlan]) -> List[SavePlan]:
+        """Each rank's plan with its file prefix from the prefix strategy."""
         return [
-            dataclasses.replace(p, storage_data=_StoragePrefix(self.prefix_strategy.generate_prefix(i)))
+            dataclasses.replace(p, storage_data=_torch_compat.StoragePrefix(self.prefix_strategy.generate_prefix(i)))
             if p.storage_data is None
             else p
             for i, p in enumerate(plans)
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
+        """Write this rank's items into its ``.distcp`` objects; the future holds their WriteResults."""
         # Timed from here, not from planning: a save that fails before its data is written
         # (or metadata read alone) never starts the progress thread.
         self._progress.start()
@@ -182,16 +186,17 @@ class S3StorageWriter(FileSystemWriter):
             fmt_ok
             and transforms is not None
             and not getattr(transforms, "extensions", None)
+            and _torch_compat.WRITE_LOOP
             and _torch_save.fast_path_enabled()
         )
 
     def _write_files(self, plan: SavePlan, planner: SavePlanner) -> List[WriteResult]:
-        from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, _split_by_size_and_type
+        from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX
 
         prefix = plan.storage_data.prefix
         files: List[_File] = []
         buckets = (
-            _split_by_size_and_type(self.thread_count, plan.items)
+            _torch_compat.split_by_size_and_type(self.thread_count, plan.items)
             if self.single_file_per_rank
             else [[item] for item in plan.items]
         )
@@ -251,22 +256,18 @@ class S3StorageWriter(FileSystemWriter):
         self, planner: SavePlanner, path: Any, file_name: str, items: List[Any], written: List[Any]
     ) -> List[WriteResult]:
         import torch
-        from torch.distributed.checkpoint.filesystem import (
-            _item_size,
-            _OverlappingCpuLoader,
-            _SerialCpuLoader,
-            _StorageInfo,
-        )
         from torch.distributed.checkpoint.planner import WriteItemType
+
+        tc = _torch_compat
 
         loader: Any
         if self.thread_count == 1 and torch.cuda.is_available() and self.per_thread_copy_ahead > 0:
-            loader = _OverlappingCpuLoader(planner.resolve_data, inflight_threshhold=self.per_thread_copy_ahead)
+            loader = tc.OverlappingCpuLoader(planner.resolve_data, inflight_threshhold=self.per_thread_copy_ahead)
         else:
-            loader = _SerialCpuLoader(planner.resolve_data)
+            loader = tc.SerialCpuLoader(planner.resolve_data)
         for wi in items:
             if wi.type != WriteItemType.BYTE_IO:
-                loader.add(_item_size(wi), wi)
+                loader.add(tc.item_size(wi), wi)
         loader.start_loading()
         results: List[WriteResult] = []
 
@@ -274,7 +275,7 @@ class S3StorageWriter(FileSystemWriter):
             return WriteResult(
                 index=wi.index,
                 size_in_bytes=length,
-                storage_data=_StorageInfo(file_name, offset, length, transform_descriptors=None),
+                storage_data=tc.StorageInfo(file_name, offset, length, transform_descriptors=None),
             )
 
         with self.fs.create_stream(path, "wb") as stream:
@@ -296,6 +297,7 @@ class S3StorageWriter(FileSystemWriter):
         return results
 
     def finish(self, metadata: Metadata, results: List[List[WriteResult]]) -> None:
+        """Write ``.metadata``, last and in one PUT: the checkpoint becomes visible complete."""
         from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION
 
         metadata.version = CURRENT_DCP_VERSION

@@ -34,6 +34,7 @@ class S3LightningCheckpoint(CheckpointIO):
     def save_checkpoint(
         self, checkpoint: Dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None
     ) -> None:
+        """torch.save ``checkpoint`` to the ``s3://`` path (the object appears only if the save completes)."""
         if storage_options is not None:
             raise TypeError(f"S3LightningCheckpoint.save_checkpoint takes no storage_options, got {storage_options!r}")
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
@@ -43,6 +44,7 @@ class S3LightningCheckpoint(CheckpointIO):
     def load_checkpoint(
         self, path: Union[str, Path], map_location: Optional[Any] = None, weights_only: Optional[bool] = None
     ) -> Dict[str, Any]:
+        """torch.load the checkpoint at the ``s3://`` path."""
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         with self._client.get_object(bucket, key, reader_constructor=self._reader_constructor) as reader:
             # Lightning checkpoints hold optimizer state and hyperparameters: full unpickling
@@ -54,8 +56,10 @@ class S3LightningCheckpoint(CheckpointIO):
             )
 
     def remove_checkpoint(self, path: Union[str, Path]) -> None:
+        """Delete the checkpoint object at the ``s3://`` path."""
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         self._client.delete_object(bucket, key)
 
     def teardown(self) -> None:
+        """Nothing to release: the client holds no per-run state."""
         pass

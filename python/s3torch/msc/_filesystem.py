@@ -72,6 +72,7 @@ class MultiStorageFileSystem(FileSystemBase):
         return config.resolve(path)
 
     def s3_file_system(self, target: S3Target) -> S3FileSystem:
+        """The S3FileSystem for one resolved S3 target, made once and reused."""
         with self._lock:
             fs = self._clients.get(target)
             if fs is None:
@@ -85,14 +86,17 @@ class MultiStorageFileSystem(FileSystemBase):
 
     @contextmanager
     def create_stream(self, path: PathLike, mode: str) -> Generator[Union[S3Reader, S3Writer], None, None]:
+        """A reader (mode 'rb') or writer (mode 'wb') of ``path`` (``msc://`` or ``s3://``), as S3FileSystem's."""
         fs, url = self._bind(path)
         with fs.create_stream(url, mode) as stream:
             yield stream
 
     def concat_path(self, path: PathLike, suffix: str) -> str:
+        """``path/suffix``."""
         return os.fspath(self.init_path(path)).rstrip("/") + "/" + suffix.lstrip("/")
 
     def init_path(self, path: PathLike) -> str:
+        """``path`` checked against the MSC configuration, with its scheme normalised."""
         self.resolve(path)  # a path that cannot be used fails here, before any transfer
         s = os.fspath(path)
         for short, scheme in (("s3:/", "s3://"), ("msc:/", MSC_SCHEME)):
@@ -108,6 +112,7 @@ class MultiStorageFileSystem(FileSystemBase):
         self.s3_file_system(src.target).rename(src.url, dst.url)
 
     def mkdir(self, path: PathLike) -> None:
+        """Nothing: S3 has no directories."""
         self.resolve(path)  # object storage has no directories: a no-op, as in MSC
 
     @classmethod

@@ -32,6 +32,8 @@ class ReaderConstructor:
 
 
 class RangeBasedConstructor(ReaderConstructor):
+    """Makes RangedS3Readers: ranged GETs on demand, through a buffer of ``buffer_size``."""
+
     kind = "range_based"
 
     def __init__(self, buffer_size: Optional[int] = None) -> None:
@@ -107,4 +109,5 @@ class S3ReaderConstructor:
 
     @staticmethod
     def get_reader_type_string(constructor: Optional[ReaderConstructor]) -> str:
+        """The reader kind a constructor makes ('sequential' for None), as s3torchconnector names it."""
         return "sequential" if constructor is None else constructor.kind

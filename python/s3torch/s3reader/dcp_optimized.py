@@ -72,6 +72,9 @@ def coalesce(ranges: Sequence[ItemRange], max_gap_size: float) -> List[RangeGrou
 
 
 class DCPOptimizedS3Reader(S3Reader):
+    """For DCP loads: fetches the given item ranges, coalesced across gaps up to ``max_gap_size``, and serves reads
+    inside them."""
+
     def __init__(
         self,
         bucket: str,
@@ -153,10 +156,12 @@ class DCPOptimizedS3Reader(S3Reader):
         return len(view)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        """As S3Reader.seek, with SEEK_SET and SEEK_CUR only."""
         if whence not in (io.SEEK_SET, io.SEEK_CUR):
             raise TypeError("the DCP-optimized reader supports SEEK_SET and SEEK_CUR only")
         return super().seek(offset, whence)
 
     def close(self) -> None:
+        """Release the fetched ranges; later reads raise ValueError."""
         self._group_buf = None
         super().close()

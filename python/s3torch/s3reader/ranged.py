@@ -14,6 +14,8 @@ DEFAULT_BUFFER_SIZE = 8 * 1024 * 1024
 
 
 class RangedS3Reader(S3Reader):
+    """Ranged GETs on demand, through a buffer of ``buffer_size`` bytes (see the module docstring)."""
+
     def __init__(
         self,
         bucket: str,
@@ -82,5 +84,6 @@ class RangedS3Reader(S3Reader):
         return self._copy_out(mv)
 
     def close(self) -> None:
+        """Release the buffer; later reads raise ValueError."""
         self._buf = None
         super().close()

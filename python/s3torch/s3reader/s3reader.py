@@ -38,14 +38,17 @@ class S3Reader(io.BufferedIOBase):
     # --- identity -------------------------------------------------------------------------
     @property
     def bucket(self) -> str:
+        """The bucket of the object read."""
         return self._bucket
 
     @property
     def key(self) -> str:
+        """The key of the object read."""
         return self._key
 
     @property
     def uri(self) -> str:
+        """``s3://bucket/key`` of the object read."""
         return f"s3://{self._bucket}/{self._key}"
 
     def get_object_info(self) -> ObjectInfo:
@@ -63,21 +66,26 @@ class S3Reader(io.BufferedIOBase):
 
     # --- io surface -----------------------------------------------------------------------
     def readable(self) -> bool:
+        """True: readers can be read."""
         self._check_open()
         return True
 
     def seekable(self) -> bool:
+        """True: readers can seek."""
         self._check_open()
         return True
 
     def writable(self) -> bool:
+        """False: readers cannot be written."""
         return False
 
     def tell(self) -> int:
+        """The current position in the object."""
         self._check_open()
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        """Move to ``offset`` relative to ``whence`` (SEEK_SET, SEEK_CUR, SEEK_END); returns the new position."""
         self._check_open()
         if not is_int(offset):
             raise TypeError(f"seek offset must be an int, got {type(offset).__name__}")
@@ -95,14 +103,17 @@ class S3Reader(io.BufferedIOBase):
         return new
 
     def read(self, size: Optional[int] = None) -> bytes:
+        """Up to ``size`` bytes from the current position (all the rest when size is None or negative)."""
         self._check_open()
         n = _check_size(size)
         return self._read(n)
 
     def read1(self, size: Optional[int] = -1) -> bytes:
+        """Like read(): one call, at most ``size`` bytes."""
         return self.read(size)
 
     def readinto(self, buf: Any) -> int:
+        """Read into a writable buffer; returns the number of bytes read (0 at the end)."""
         self._check_open()
         mv = memoryview(buf)
         if mv.readonly:
@@ -110,9 +121,11 @@ class S3Reader(io.BufferedIOBase):
         return self._readinto(mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv)
 
     def readinto1(self, buf: Any) -> int:
+        """Like readinto()."""
         return self.readinto(buf)
 
     def readall(self) -> bytes:
+        """Every byte from the current position to the end."""
         return self.read()
 
     def _check_open(self) -> None:

@@ -14,6 +14,8 @@ DIRECT_READINTO_BYTES = 1 << 20
 
 
 class SequentialS3Reader(S3Reader):
+    """Reads the whole object with one (auto-ranged) GET on first read, then serves reads from memory."""
+
     def __init__(
         self,
         bucket: str,
@@ -76,5 +78,6 @@ class SequentialS3Reader(S3Reader):
         return n
 
     def close(self) -> None:
+        """Release the object's bytes; later reads raise ValueError."""
         self._data = None
         super().close()
