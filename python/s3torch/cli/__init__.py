@@ -24,6 +24,7 @@ def _verbs() -> List[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``s3torch`` argument parser, with a subcommand for every verb module."""
     parser = argparse.ArgumentParser(
         prog="s3torch",
         description="s3torch's command line: list, inspect, verify and copy DCP checkpoints on S3, "
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``s3torch`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

@@ -50,6 +50,7 @@ CHUNK = 16 << 20  # upload: bytes per write() into a multipart upload
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this verb\'s arguments and options to ``p``."""
     p.add_argument("src", metavar="SRC", help="the checkpoint: a local directory or s3://bucket/prefix")
     p.add_argument("dst", metavar="DST", help="where to copy it: s3://bucket/prefix or a local directory")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at DST")
@@ -70,6 +71,7 @@ def _ordered(files: Dict[str, int]) -> Tuple[List[str], List[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the verb with the parsed ``args``; returns the exit code."""
     up, down = args.dst.startswith("s3://"), args.src.startswith("s3://")
     if up == down:
         raise CLIError("one of SRC and DST must be s3://bucket/prefix and the other a local directory", USAGE)

@@ -15,12 +15,14 @@ stdout is a terminal."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this verb\'s arguments and options to ``p``."""
     p.add_argument("uri", metavar="s3://BUCKET[/PREFIX]", help="bucket and key prefix to measure")
     p.add_argument("--bytes", action="store_true", help="print the size in bytes instead of human units")
     add_connection_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the verb with the parsed ``args``; returns the exit code."""
     bucket, prefix = s3_uri(args.uri)
     client = make_client(args)
     count = total = 0

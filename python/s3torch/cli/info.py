@@ -26,6 +26,7 @@ recorded path is not where it now lies was copied there (for example by s3torch 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this verb\'s arguments and options to ``p``."""
     p.add_argument("location", metavar="CHECKPOINT", help="s3://bucket/prefix of the checkpoint, or a local directory")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--tensors", type=int, default=50, metavar="N", help="list at most N tensors in text (default 50)")
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def writer_of(ckpt: Checkpoint) -> Dict[str, Any]:
+    """What the checkpoint says about who wrote it (storage_meta, DCP version, kind of writer)."""
     md = ckpt.metadata
     sm = getattr(md, "storage_meta", None)
     recorded = str(sm.checkpoint_id) if sm is not None and sm.checkpoint_id is not None else None
@@ -62,6 +64,7 @@ def writer_of(ckpt: Checkpoint) -> Dict[str, Any]:
 
 
 def describe(ckpt: Checkpoint) -> Dict[str, Any]:
+    """Files, tensors, byte items and totals of ``ckpt``, as a JSON-ready dict."""
     records = ckpt.records()
     files: Dict[str, Dict[str, Any]] = defaultdict(lambda: {"items": 0, "record_bytes": 0})
     for r in records:
@@ -110,6 +113,7 @@ def describe(ckpt: Checkpoint) -> Dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the verb with the parsed ``args``; returns the exit code."""
     d = describe(open_any(lambda: make_client(args), args.location))
     if args.json:
         print(json.dumps(d, indent=2))

@@ -17,6 +17,7 @@ ckpt/... and also ckpt2/...; add a trailing "/" for one directory."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this verb\'s arguments and options to ``p``."""
     p.add_argument("uri", metavar="s3://BUCKET[/PREFIX]", help="bucket and key prefix to list")
     p.add_argument("-r", "--recursive", action="store_true", help="list every key under the prefix, in full")
     p.add_argument("--human-readable", action="store_true", help="sizes in kB/MB/GB (powers of 1000)")
@@ -30,6 +31,7 @@ def _when(last_modified: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the verb with the parsed ``args``; returns the exit code."""
     bucket, prefix = s3_uri(args.uri)
     client = make_client(args)
     shown = prefix[: prefix.rfind("/") + 1] if not args.recursive else ""

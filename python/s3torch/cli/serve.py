@@ -24,6 +24,7 @@ class _Stop(BaseException):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this verb\'s arguments and options to ``p``."""
     p.add_argument("--bucket", default="s3torch", help="the bucket to create (default: s3torch)")
     p.add_argument("--port", type=int, default=0, help="the S3 port (default: a free one)")
     p.add_argument(
@@ -39,6 +40,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the verb with the parsed ``args``; returns the exit code."""
     from .._servers import ACCESS_KEY, REGION, SECRET_KEY, SeaweedFS
 
     if not 0 <= args.port < 65536:

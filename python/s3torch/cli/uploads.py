@@ -18,6 +18,7 @@ lifecycle rule (AbortIncompleteMultipartUpload) does the same on S3 without this
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this verb\'s arguments and options to ``p``."""
     p.add_argument("uri", metavar="s3://BUCKET[/PREFIX]", help="bucket and key prefix to look under")
     p.add_argument("--abort", action="store_true", help="abort the uploads listed")
     p.add_argument(
@@ -48,6 +49,7 @@ def _initiated(text: str) -> Optional[datetime]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the verb with the parsed ``args``; returns the exit code."""
     bucket, prefix = s3_uri(args.uri)
     cutoff = None
     if args.older_than is not None:

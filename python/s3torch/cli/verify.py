@@ -27,6 +27,7 @@ larger tensor is read alone)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this verb\'s arguments and options to ``p``."""
     p.add_argument("location", metavar="s3://BUCKET/PREFIX", help="where the checkpoint is")
     p.add_argument(
         "--group-bytes",
@@ -86,6 +87,7 @@ def _groups(items: List[Tuple[Any, str, int, int]], limit: int) -> List[List[Tup
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the verb with the parsed ``args``; returns the exit code."""
     import torch
     from torch.distributed.checkpoint.metadata import MetadataIndex
     from torch.distributed.checkpoint.planner import LoadItemType, ReadItem

@@ -134,6 +134,7 @@ class S3StorageReader(FileSystemReader):
             return False
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        """torch's set-up; raises here the error of a ``.metadata`` read that failed."""
         raise_if_unreadable(metadata)
         super().set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
 
