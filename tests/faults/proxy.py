@@ -280,14 +280,7 @@ class FaultProxy:
 
     async def _begin_outage(self, seconds: float) -> None:
         self.down_until = time.monotonic() + seconds
-        if self._server is not None:
-            self._server.close()  # the listening socket closes: new connections are refused
-            self._server = None
-        for conn in list(self._conns):
-            _reset(conn.upstream)
-            _reset(conn.client)
-        for t in list(self._tasks):
-            t.cancel()
+        self._drop_everything()  # the listening socket closes: new connections are refused
         self._loop.call_later(seconds, lambda: asyncio.ensure_future(self._end_outage()))
 
     async def _end_outage(self) -> None:
@@ -299,6 +292,10 @@ class FaultProxy:
                 await asyncio.sleep(0.1)
 
     async def _shutdown(self) -> None:
+        self._drop_everything()
+
+    def _drop_everything(self) -> None:
+        """Close the listening socket, reset every open connection, cancel their tasks."""
         if self._server is not None:
             self._server.close()
             self._server = None
