@@ -82,8 +82,6 @@ def test_wheel_installs_without_a_compiler_and_passes_conformance(tmp_path: Path
     site_dir = subprocess.run(
         [py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True
     ).stdout.strip()
-    borrowed = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
-    (Path(site_dir) / "_s3torch_test_deps.pth").write_text("\n".join(borrowed) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX", "PYTHONPATH")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{_path_without_compilers(tmp_path / 'bin')}"
     for compiler in ("cc", "gcc", "c++", "g++", "clang"):
@@ -93,6 +91,10 @@ def test_wheel_installs_without_a_compiler_and_passes_conformance(tmp_path: Path
         env=env,
         check=True,
     )
+    # Borrowed only now: with them on the path first, pip would find the s3torch installed in
+    # the test environment (the same version) and install nothing.
+    borrowed = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
+    (Path(site_dir) / "_s3torch_test_deps.pth").write_text("\n".join(borrowed) + "\n")
     where = subprocess.run(
         [py, "-c", "import s3torch, s3torch._crt as c; print(s3torch.__file__); print(c.__file__)"],
         env=env,
