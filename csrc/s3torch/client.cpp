@@ -282,9 +282,9 @@ std::vector<Client::PendingAbort> Client::take_pending_aborts() {
     return std::move(pending_aborts_);
 }
 
-size_t Client::pending_abort_count() {
+std::vector<Client::PendingAbort> Client::pending_aborts() {
     std::lock_guard<std::mutex> lock(aborts_mu_);
-    return pending_aborts_.size();
+    return pending_aborts_;
 }
 
 bool Client::suspend() {

@@ -68,7 +68,7 @@ class Client : public std::enable_shared_from_this<Client> {
     };
     void remember_abort(PendingAbort abort);
     std::vector<PendingAbort> take_pending_aborts();
-    size_t pending_abort_count();
+    std::vector<PendingAbort> pending_aborts();  // a copy; they stay remembered
 
     // Release the aws_s3_client and wait for its shutdown, if nothing is in flight. Used
     // before fork(); the next request builds a new one. Returns false if transfers are running.

@@ -291,15 +291,14 @@ void Upload::abort() {
         // The CRT's abort goes through the client's retries, which ride out an outage for
         // retry_timeout_s: wait a bounded time, then remember the upload for a later abort (the
         // meta request finishes on its own; it no longer needs anything of ours).
+        bool finished = stream_->wait_for(kAbortWaitMs);
         std::string upload_id = stream_->upload_id();
-        if (!stream_->wait_for(kAbortWaitMs)) {
-            if (!upload_id.empty()) client_->remember_abort({bucket_, key_, upload_id});
-            return;
+        if (!upload_id.empty()) {  // else no multipart upload was created
+            // Make sure: a 5xx on the CRT's one abort would leave the parts behind. Usually
+            // this answers NoSuchUpload (already aborted), which counts as done.
+            if (finished) abort_multipart_upload(client_, bucket_, key_, upload_id);
+            else client_->remember_abort({bucket_, key_, upload_id});
         }
-        upload_id = stream_->upload_id();
-        // Make sure: a 5xx on the CRT's one abort would leave the parts behind. Usually this
-        // answers NoSuchUpload (already aborted), which counts as done.
-        if (!upload_id.empty()) abort_multipart_upload(client_, bucket_, key_, upload_id);
     }
     if (single_) {
         single_->cancel();

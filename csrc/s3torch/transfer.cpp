@@ -164,28 +164,23 @@ void Transfer::cancel_and_wait() {
 void Transfer::raise_if_failed() {
     std::lock_guard<std::mutex> lock(mu_);
     if (!finished_ || error_code_ == 0) return;
-    if (unanswered_ && error_code_ == AWS_ERROR_S3_CANCELED) {
-        S3Error err(ErrorKind::Connection,
-                    ctx_.operation + " s3://" + ctx_.bucket + "/" + ctx_.key + ": no answer from the endpoint in " +
-                        std::to_string(kUnansweredMs / 1000) +
-                        " s (it takes connections but never responds); check the endpoint URL and the server",
-                    ctx_);
+    if ((unanswered_ || cancelled_) && error_code_ == AWS_ERROR_S3_CANCELED) {
+        // Cancelled by us: by the never-answered watchdog, or by the caller.
+        std::string why = unanswered_ ? "no answer from the endpoint in " + std::to_string(kUnansweredMs / 1000) +
+                                            " s (it takes connections but never responds); check the endpoint URL "
+                                            "and the server"
+                                      : "cancelled";
+        S3Error err(unanswered_ ? ErrorKind::Connection : ErrorKind::Cancelled,
+                    ctx_.operation + " s3://" + ctx_.bucket + "/" + ctx_.key + ": " + why, ctx_);
         err.crt_error = error_code_;
         err.crt_error_name = crt_error_name(error_code_);
         throw err;
     }
-    if (cancelled_ && error_code_ == AWS_ERROR_S3_CANCELED) {
-        S3Error err(ErrorKind::Cancelled, ctx_.operation + " s3://" + ctx_.bucket + "/" + ctx_.key + ": cancelled",
-                    ctx_);
-        err.crt_error = error_code_;
-        err.crt_error_name = crt_error_name(error_code_);
-        throw err;
-    }
-    if (status_ == 0 && last_error_status_ >= 500 &&
-        (error_code_ == AWS_ERROR_S3_INTERNAL_ERROR || error_code_ == AWS_ERROR_S3_SLOW_DOWN))
-        throw error_from_result(error_code_, last_error_status_, error_body_, last_error_request_id_, failed_operation_,
-                                ctx_);
-    throw error_from_result(error_code_, status_, error_body_, request_id_, failed_operation_, ctx_);
+    // A 5xx whose retries ran out: the CRT kept no status; the last failed attempt's is ours.
+    bool last_attempt = status_ == 0 && last_error_status_ >= 500 &&
+                        (error_code_ == AWS_ERROR_S3_INTERNAL_ERROR || error_code_ == AWS_ERROR_S3_SLOW_DOWN);
+    throw error_from_result(error_code_, last_attempt ? last_error_status_ : status_, error_body_,
+                            last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
 }
 
 std::string Transfer::header(const std::string &name) {

@@ -59,9 +59,7 @@ std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> c
             // Refused for good (e.g. access denied): nothing more this process can do.
         }
     }
-    std::vector<Client::PendingAbort> left = client->take_pending_aborts();
-    for (const Client::PendingAbort &p : left) client->remember_abort(p);
-    return left;
+    return client->pending_aborts();
 }
 
 std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> client, const std::string &bucket,
