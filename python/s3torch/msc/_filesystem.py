@@ -167,6 +167,24 @@ class _Binding:
     _msc_fs: MultiStorageFileSystem
     _target: S3Target
 
+    def _build(self, path: PathLike, thread_count: int, init: Any, **kwargs: Any) -> None:
+        """Resolve ``path``, then build the S3 reader or writer (``init``: its ``__init__``) on
+        the target with ``kwargs``, and use the MSC file system's client for it."""
+        _check_thread_count(thread_count)
+        self._msc_fs = MultiStorageFileSystem()
+        r = self._msc_fs.resolve(path)
+        self._target = r.target
+        init(
+            r.target.region,
+            r.url,
+            s3client_config=r.target.config,
+            endpoint=r.target.endpoint,
+            thread_count=thread_count,
+            **kwargs,
+        )
+        self.fs = self._msc_fs.s3_file_system(r.target)
+        self.msc_path = path
+
     def _rebind(self, checkpoint_id: PathLike) -> str:
         r = self._msc_fs.resolve(checkpoint_id)
         if r.target != self._target:
@@ -201,20 +219,7 @@ class MultiStorageFileSystemReader(_Binding, S3StorageReader):
     """
 
     def __init__(self, path: PathLike, thread_count: int = 1, **kwargs: Any) -> None:
-        _check_thread_count(thread_count)
-        self._msc_fs = MultiStorageFileSystem()
-        r = self._msc_fs.resolve(path)
-        self._target = r.target
-        super().__init__(
-            r.target.region,
-            r.url,
-            s3client_config=r.target.config,
-            endpoint=r.target.endpoint,
-            thread_count=thread_count,
-            **kwargs,
-        )
-        self.fs = self._msc_fs.s3_file_system(r.target)
-        self.msc_path = path
+        self._build(path, thread_count, super().__init__, **kwargs)
 
 
 class MultiStorageFileSystemWriter(_Binding, S3StorageWriter):
@@ -239,16 +244,10 @@ class MultiStorageFileSystemWriter(_Binding, S3StorageWriter):
         overwrite: bool = True,
         **kwargs: Any,
     ) -> None:
-        _check_thread_count(thread_count)
-        self._msc_fs = MultiStorageFileSystem()
-        r = self._msc_fs.resolve(path)
-        self._target = r.target
-        super().__init__(
-            r.target.region,
-            r.url,
-            s3client_config=r.target.config,
-            endpoint=r.target.endpoint,
-            thread_count=thread_count,
+        self._build(
+            path,
+            thread_count,
+            super().__init__,
             single_file_per_rank=single_file_per_rank,
             sync_files=sync_files,
             per_thread_copy_ahead=per_thread_copy_ahead,
@@ -256,5 +255,3 @@ class MultiStorageFileSystemWriter(_Binding, S3StorageWriter):
             overwrite=overwrite,
             **kwargs,
         )
-        self.fs = self._msc_fs.s3_file_system(r.target)
-        self.msc_path = path
