@@ -1,7 +1,11 @@
 #include "handles.h"
 
+#include "s3torch/endpoint_health.h"
+
 #include <cstdlib>
 #include <new>
+#include <string>
+#include <vector>
 
 namespace s3torch_py {
 
@@ -11,9 +15,23 @@ namespace {
 constexpr int64_t kWaitSliceMs = 100;
 constexpr size_t kPageSize = 4096;  // HostBuffer's alignment
 
+// Log the retry reports due now (endpoint_health.h) as WARNINGs on the "s3torch" logger. Runs
+// on a caller thread that holds the GIL, between wait slices: the one place retry reports
+// reach Python. A logging error never fails the wait.
+void log_retry_reports() {
+    std::vector<std::string> lines = s3torch::take_retry_reports();
+    if (lines.empty()) return;
+    try {
+        py::object logger = py::module_::import("logging").attr("getLogger")("s3torch");
+        for (const std::string &line : lines) logger.attr("warning")(line);
+    } catch (py::error_already_set &e) {
+        e.discard_as_unraisable("s3torch retry report");
+    }
+}
+
 // Run `step(timeout_ms) -> bool done` with the GIL released, checking for signals
-// (KeyboardInterrupt) between slices. On a signal, `on_interrupt` runs (GIL released) and
-// the Python exception propagates.
+// (KeyboardInterrupt) and logging retry reports between slices. On a signal, `on_interrupt`
+// runs (GIL released) and the Python exception propagates.
 template <class Step, class OnInterrupt>
 void wait_interruptible(Step &&step, OnInterrupt &&on_interrupt) {
     for (;;) {
@@ -22,6 +40,7 @@ void wait_interruptible(Step &&step, OnInterrupt &&on_interrupt) {
             py::gil_scoped_release nogil;
             done = step(kWaitSliceMs);
         }
+        log_retry_reports();
         if (done) return;
         if (PyErr_CheckSignals() != 0) {
             py::error_already_set err;

@@ -9,6 +9,9 @@
 #include "s3torch/checksum.h"
 #include "s3torch/client.h"
 #include "s3torch/crt_compat.h"
+#include "s3torch/endpoint_health.h"
+
+#include <pybind11/stl.h>
 
 namespace py = pybind11;
 
@@ -36,5 +39,13 @@ PYBIND11_MODULE(_crt, m) {
         },
         "Release every client's CRT resources and stop CRT threads (before fork). False if transfers are in "
         "flight, in which case nothing is stopped.");
+    m.def("answered_endpoints", &s3torch::answered_endpoints,
+          "Endpoints ('scheme://host[:port]') that have answered in this process (carried in pickles).");
+    m.def("mark_answered", &s3torch::mark_answered, py::arg("endpoints"),
+          "Mark endpoints as known to be right (they answered in the process that pickled an object).");
+    m.def("retry_status", &s3torch::retry_status,
+          "A short status of the request that has retried longest ('retrying 12 s: SlowDown (HTTP 503)'), or ''.");
+    m.def("take_retry_reports", &s3torch::take_retry_reports,
+          "Retry report lines due now (waits log them on the 's3torch' logger themselves).");
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
 }

@@ -1,6 +1,7 @@
 #include "s3torch/client.h"
 
 #include "s3torch/credentials.h"
+#include "s3torch/endpoint_health.h"
 #include "s3torch/errors.h"
 #include "s3torch/retry.h"
 #include "s3torch/runtime.h"
@@ -20,17 +21,6 @@
 namespace s3torch {
 
 namespace {
-
-// Whether an endpoint ("scheme://authority") has answered any client of this process: a
-// client built during an outage of an endpoint others here have reached rides it out too.
-std::shared_ptr<std::atomic<bool>> reached_flag(const std::string &endpoint) {
-    static std::mutex mu;
-    static std::map<std::string, std::shared_ptr<std::atomic<bool>>> flags;
-    std::lock_guard<std::mutex> lock(mu);
-    auto &flag = flags[endpoint];
-    if (!flag) flag = std::make_shared<std::atomic<bool>>(false);
-    return flag;
-}
 
 // Every live Client, for prepare_fork(). Guarded by g_clients_mu.
 std::mutex g_clients_mu;
@@ -74,7 +64,8 @@ std::shared_ptr<Client> Client::create(ClientConfig config) {
 
 Client::Client(ClientConfig config) : config_(std::move(config)) {
     endpoint_ = resolve_config(config_);
-    reached_ = reached_flag((endpoint_.tls ? "https://" : "http://") + endpoint_.authority());
+    health_ = endpoint_health((endpoint_.tls ? "https://" : "http://") + endpoint_.authority());
+    if (config_.known_endpoint) health_->reached.store(true);
     std::lock_guard<std::mutex> lock(g_clients_mu);
     g_clients.insert(this);
 }
@@ -112,11 +103,7 @@ aws_s3_client *Client::ensure_locked() {
 
     aws_retry_strategy *retry = nullptr;
     if (config_.max_attempts > 1) {
-        RetrySettings rs;
-        rs.max_attempts = config_.max_attempts;
-        rs.retry_timeout_ms = static_cast<uint64_t>(config_.retry_timeout_s) * 1000ull;
-        rs.reached = reached_;
-        retry = new_retry_strategy(alloc, runtime_->event_loop_group(), rs);
+        retry = new_retry_strategy(alloc, runtime_->event_loop_group(), retry_settings());
         if (!retry) throw error_from_crt(aws_last_error(), {"CreateS3Client", "", ""});
     }
     // Released on every error below; the client keeps it on success.
@@ -253,6 +240,18 @@ void run_delayed(aws_task *, void *arg, aws_task_status status) {
 }
 
 }  // namespace
+
+RetrySettings Client::retry_settings() const {
+    RetrySettings rs;
+    rs.max_attempts = config_.max_attempts;
+    rs.retry_timeout_ms = static_cast<uint64_t>(config_.retry_timeout_s) * 1000ull;
+    rs.health = health_;
+    return rs;
+}
+
+uint64_t Client::retry_deadline_ns(uint64_t issued_ns) const {
+    return config_.max_attempts > 1 ? s3torch::retry_deadline_ns(retry_settings(), issued_ns) : 0;
+}
 
 void Client::run_after(uint64_t delay_ms, std::function<void()> fn) {
     std::lock_guard<std::mutex> lock(mu_);

@@ -12,7 +12,9 @@
 #pragma once
 
 #include "s3torch/config.h"
+#include "s3torch/endpoint_health.h"
 #include "s3torch/fork.h"
+#include "s3torch/retry.h"
 
 #include <atomic>
 #include <cstdint>
@@ -51,10 +53,15 @@ class Client : public std::enable_shared_from_this<Client> {
     void transfer_finished();
     int64_t in_flight() const { return in_flight_.load(); }
 
-    // The endpoint has answered (an HTTP response of any status), to this client or another of
-    // this process: from now on retries ride out outages instead of failing fast (retry.h).
-    void mark_reached() { reached_->store(true); }
-    bool reached() const { return reached_->load(); }
+    // The endpoint is known to be right: it has answered (an HTTP response of any status) a
+    // client of this process, or of the process that pickled the object, or the configuration
+    // says so. From then on retries ride out outages instead of failing fast (retry.h).
+    void mark_reached() { health_->reached.store(true); }
+    bool reached() const { return health_->reached.load(); }
+    // What the process knows of this client's endpoint (shared by every client of it).
+    EndpointHealth &health() { return *health_; }
+    // When a request issued at `issued_ns` gives up retrying at the latest (0: attempts decide).
+    uint64_t retry_deadline_ns(uint64_t issued_ns) const;
     // Run `fn` on a CRT event-loop thread in about `delay_ms` (never if the runtime shuts down
     // first). `fn` must not block.
     void run_after(uint64_t delay_ms, std::function<void()> fn);
@@ -80,6 +87,7 @@ class Client : public std::enable_shared_from_this<Client> {
 
   private:
     explicit Client(ClientConfig config);
+    RetrySettings retry_settings() const;
     aws_s3_client *ensure_locked();
     void release_locked(bool wait);
     // In a fork()ed child: forget (leak) the CRT objects built by the parent.
@@ -98,8 +106,8 @@ class Client : public std::enable_shared_from_this<Client> {
     void *shutdown_state_ = nullptr;  // ShutdownState of client_, see client.cpp
     ProcessOwner owner_;              // the process that built client_
     std::atomic<int64_t> in_flight_{0};
-    std::shared_ptr<std::atomic<bool>> reached_;  // shared by every client of the endpoint
-    std::mutex aborts_mu_;                        // guards pending_aborts_
+    std::shared_ptr<EndpointHealth> health_;  // shared by every client of the endpoint
+    std::mutex aborts_mu_;                    // guards pending_aborts_
     std::vector<PendingAbort> pending_aborts_;
 };
 

@@ -38,6 +38,8 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
       "attempts per request, the first try included (1: no retries at all)")                                      \
     X(uint32_t, retry_timeout_s, "retry_timeout_s", 120, 0, 86400,                                                \
       "once the endpoint has answered, how long a request retries outages, throttling, 5xx (0: max_attempts)")    \
+    X(bool, known_endpoint, "known_endpoint", false, 0, 0,                                                        \
+      "the endpoint is known to be right: retries ride out outages from the first request, before it answers")    \
     X(std::string, profile, "profile", "", 0, 0, "named profile from ~/.aws/credentials and ~/.aws/config")       \
     X(uint64_t, memory_limit_bytes, "memory_limit_bytes", 0, 0, 1ull << 60,                                       \
       "cap on aws-c-s3's part-buffer pool (0: automatic; else at least 1 GiB)")                                   \

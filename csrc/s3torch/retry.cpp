@@ -19,18 +19,14 @@ namespace {
 constexpr uint64_t kNsPerMs = 1000000ull;
 constexpr double kNoLimit = 1e18;
 // Throttling never takes the limit below this many requests.
-constexpr double kMinLimit = 2.0;
+constexpr double kMinLimit = 1.0;
 // One multiplicative decrease per this long: a burst of 503s from requests that were all in
 // flight together is one signal, not fifty.
 constexpr uint64_t kDecreaseSpacingNs = 250 * kNsPerMs;
 // Above this the limit is lifted altogether (the CRT's connection pool bounds requests again).
 constexpr double kLiftLimit = 4096.0;
 
-uint64_t now_ns() {
-    uint64_t t = 0;
-    aws_high_res_clock_get_ticks(&t);
-    return t;
-}
+uint64_t now_ns() { return monotonic_ns(); }
 
 struct Strategy;
 
@@ -43,7 +39,9 @@ struct Token {
     uint64_t created_ns = 0;  // when the request asked for its token (waiting for one counts)
     // Touched only by the CRT's calls for this one request, which it makes one at a time.
     uint32_t attempts = 1;
-    bool counted = false;  // holds one of Strategy::in_flight (Strategy::mu)
+    bool counted = false;      // holds one of Strategy::in_flight (Strategy::mu)
+    bool needs_token = false;  // gave its slot back when throttled: the next run of `task` waits
+                               // for one before delivering ready_fn (Strategy::mu)
     // The callback the next run of `task` delivers. Guarded by mu.
     std::mutex mu;
     aws_retry_strategy_on_retry_token_acquired_fn *acquired_fn = nullptr;
@@ -60,12 +58,18 @@ struct Strategy {
     double limit = kNoLimit;
     uint64_t in_flight = 0;  // tokens granted and not yet released
     uint64_t last_decrease_ns = 0;
-    std::deque<Token *> waiting;  // tokens asked for while in_flight >= limit, in order
+    bool success_since_decrease = true;  // a request succeeded since the limit last fell
+    std::deque<Token *> waiting;         // tokens asked for while in_flight >= limit, in order
 };
+
+bool take_slot_or_wait(Token *t);
 
 void run_task(aws_task *, void *arg, aws_task_status status) {
     auto *t = static_cast<Token *>(arg);
     int error = status == AWS_TASK_STATUS_RUN_READY ? AWS_ERROR_SUCCESS : AWS_ERROR_IO_OPERATION_CANCELLED;
+    // A throttled retry whose backoff is over: it goes on now only if a slot is free, else it
+    // queues behind the others and this task runs again when it is granted one.
+    if (error == AWS_ERROR_SUCCESS && !take_slot_or_wait(t)) return;
     aws_retry_strategy_on_retry_token_acquired_fn *acquired = nullptr;
     aws_retry_strategy_on_retry_ready_fn *ready = nullptr;
     void *user_data = nullptr;
@@ -111,6 +115,22 @@ void grant_waiting_locked(Strategy *s) {
     }
 }
 
+// For a token that gave its slot back: take one if the limit allows and nobody waits, else join
+// the queue. True if the token may go on now.
+bool take_slot_or_wait(Token *t) {
+    Strategy *s = t->strategy;
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (!t->needs_token) return true;
+    t->needs_token = false;
+    if (static_cast<double>(s->in_flight) < s->limit && s->waiting.empty()) {
+        t->counted = true;
+        ++s->in_flight;
+        return true;
+    }
+    s->waiting.push_back(t);  // grant_waiting_locked() schedules this task again
+    return false;
+}
+
 void strategy_destroy(aws_retry_strategy *base) {
     auto *s = static_cast<Strategy *>(base->impl);
     aws_event_loop_group_release(s->elg);
@@ -146,9 +166,10 @@ int acquire_token(aws_retry_strategy *base, const aws_byte_cursor *, aws_retry_s
     return AWS_OP_SUCCESS;
 }
 
-uint64_t backoff_ns(uint32_t retries) {
-    uint64_t cap = kBackoffBaseMs << std::min<uint32_t>(retries, 20);
-    cap = std::min(cap, kMaxBackoffMs) * kNsPerMs;
+uint64_t backoff_ns(uint32_t retries, bool throttled) {
+    uint64_t base = throttled ? kThrottleBackoffBaseMs : kBackoffBaseMs;
+    uint64_t cap = base << std::min<uint32_t>(retries, 20);
+    cap = std::min(cap, throttled ? kMaxThrottleBackoffMs : kMaxBackoffMs) * kNsPerMs;
     uint64_t r = 0;
     aws_device_random_u64(&r);
     return cap ? r % cap : 0;
@@ -158,32 +179,39 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
                    void *user_data) {
     auto *t = static_cast<Token *>(base->impl);
     Strategy *s = t->strategy;
+    EndpointHealth &health = *s->settings.health;
     uint64_t now = now_ns();
     if (type == AWS_RETRY_ERROR_TYPE_SERVER_ERROR || type == AWS_RETRY_ERROR_TYPE_THROTTLING)
-        s->settings.reached->store(true);
+        health.reached.store(true);
 
     if (type != AWS_RETRY_ERROR_TYPE_CLIENT_ERROR) {
-        const RetrySettings &cfg = s->settings;
-        bool more_attempts = t->attempts < cfg.max_attempts;
-        bool give_up;
-        if (!s->settings.reached->load()) {
-            give_up = !more_attempts || now - t->created_ns >= kUnreachedBudgetMs * kNsPerMs;
-        } else {
-            // Time alone, counted from when the request was issued: a request that waited for a
-            // slot while the server throttled has spent its time, and gives up at its first
-            // failure instead of holding a slot for max_attempts more.
-            give_up = cfg.retry_timeout_ms ? now - t->created_ns >= cfg.retry_timeout_ms * kNsPerMs : !more_attempts;
-        }
+        uint64_t deadline = retry_deadline_ns(s->settings, t->created_ns);
+        bool out_of_attempts = t->attempts >= s->settings.max_attempts;
+        bool give_up = deadline ? now >= deadline : out_of_attempts;
+        if (!health.reached.load() && s->settings.retry_timeout_ms == 0) give_up = give_up || out_of_attempts;
         if (give_up) return aws_raise_error(AWS_IO_MAX_RETRIES_EXCEEDED);
     }
-    if (type == AWS_RETRY_ERROR_TYPE_THROTTLING) {
+    bool throttled = type == AWS_RETRY_ERROR_TYPE_THROTTLING;
+    if (throttled) {
         std::lock_guard<std::mutex> lock(s->mu);
-        if (now - s->last_decrease_ns >= kDecreaseSpacingNs) {
+        // Halve the limit on every SlowDown while nothing succeeds (a persistent throttle
+        // brings it to the floor within one burst); else at most once per kDecreaseSpacingNs
+        // (a burst of 503s from requests in flight together is one signal, not fifty).
+        if (!s->success_since_decrease || now - s->last_decrease_ns >= kDecreaseSpacingNs) {
             s->limit = std::max(kMinLimit, std::min(s->limit, static_cast<double>(s->in_flight)) / 2.0);
             s->last_decrease_ns = now;
+            s->success_since_decrease = false;
+        }
+        // Over the limit: give the slot back, and after the backoff wait for one like a new
+        // request, so that retries too are bounded by the limit.
+        if (t->counted && static_cast<double>(s->in_flight) > s->limit) {
+            t->counted = false;
+            --s->in_flight;
+            t->needs_token = true;
+            grant_waiting_locked(s);
         }
     }
-    uint64_t delay = type == AWS_RETRY_ERROR_TYPE_CLIENT_ERROR ? 0 : backoff_ns(t->attempts - 1);
+    uint64_t delay = type == AWS_RETRY_ERROR_TYPE_CLIENT_ERROR ? 0 : backoff_ns(t->attempts - 1, throttled);
     ++t->attempts;
     {
         std::lock_guard<std::mutex> lock(t->mu);
@@ -204,8 +232,10 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
 int record_success(aws_retry_token *base) {
     auto *t = static_cast<Token *>(base->impl);
     Strategy *s = t->strategy;
-    s->settings.reached->store(true);
+    s->settings.health->reached.store(true);
+    s->settings.health->attempt_succeeded();
     std::lock_guard<std::mutex> lock(s->mu);
+    s->success_since_decrease = true;
     if (s->limit < kNoLimit) {
         s->limit += 1.0;
         if (s->limit >= kLiftLimit) s->limit = kNoLimit;
@@ -233,6 +263,12 @@ aws_retry_strategy_vtable g_vtable = {
 };
 
 }  // namespace
+
+uint64_t retry_deadline_ns(const RetrySettings &settings, uint64_t issued_ns) {
+    if (!settings.health->reached.load()) return issued_ns + kUnreachedBudgetMs * kNsPerMs;
+    if (settings.retry_timeout_ms == 0) return 0;
+    return settings.health->budget_start(issued_ns) + settings.retry_timeout_ms * kNsPerMs;
+}
 
 aws_retry_strategy *new_retry_strategy(aws_allocator *alloc, aws_event_loop_group *elg, const RetrySettings &settings) {
     void *mem = aws_mem_calloc(alloc, 1, sizeof(Strategy));

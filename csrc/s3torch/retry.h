@@ -8,22 +8,30 @@
 // fail together (an outage) the bucket empties and every request gives up within a second,
 // whatever max_attempts says. This strategy has no shared bucket; each request decides alone:
 //
-// - Until the endpoint has answered once (any HTTP response, or a request that succeeded), a
-//   failing request gives up after max_attempts attempts or kUnreachedBudgetMs, whichever comes
-//   first: a wrong endpoint, a server that is not running, DNS failures fail in seconds.
-// - Once it has answered, a request keeps retrying until retry_timeout_ms has passed since it
-//   was issued (time spent waiting for a slot under throttling included), so an outage
-//   (connections refused or reset), a throttling storm or a run of 5xx is ridden out for that
-//   long; with retry_timeout_ms 0, until it has made max_attempts attempts.
-// - Backoff is exponential with full jitter, from kBackoffBaseMs up to kMaxBackoffMs.
-// - Throttling (503/SlowDown) also lowers how many requests may hold a token at once
-//   (additive increase, multiplicative decrease): new requests wait for a token instead of
-//   adding to the storm, and the limit grows back as requests succeed.
+// - Until the endpoint is known to be right (EndpointHealth::reached: it answered here or in the
+//   process that pickled the object, or the configuration says so), a failing request gives up
+//   kUnreachedBudgetMs after it was issued (with retry_timeout_ms 0: after max_attempts
+//   attempts, or that, whichever comes first): a wrong endpoint, a server that is not running,
+//   DNS failures fail in under 10 s, and an outage of a few seconds is still ridden out.
+// - Once it is known, a request keeps retrying until retry_timeout_ms has passed since its
+//   budget started: when it was issued, or when the endpoint's current streak of failures
+//   began if that is earlier (EndpointHealth::budget_start). So an outage (connections refused
+//   or reset), a throttling storm or a run of 5xx is ridden out for that long, and under a
+//   persistent fault every request, whenever issued, gives up by one budget after the first
+//   failure. With retry_timeout_ms 0, until it has made max_attempts attempts.
+// - Backoff is exponential with full jitter, from kBackoffBaseMs up to kMaxBackoffMs; after a
+//   SlowDown, from kThrottleBackoffBaseMs up to kMaxThrottleBackoffMs.
+// - Throttling (503/SlowDown) lowers how many requests may hold a token at once (additive
+//   increase, multiplicative decrease; halved on every SlowDown while nothing succeeds, else at
+//   most once per 250 ms), and a throttled request over the limit gives its token back and
+//   waits for one like a new request: the client's total request rate falls, retries included.
 //
 // Threads: the CRT calls these from its event-loop threads and from caller threads starting
 // meta requests; every callback is delivered on an event loop, never from inside the call that
 // asked for it (the contract of aws/io/retry_strategy.h).
 #pragma once
+
+#include "s3torch/endpoint_health.h"
 
 #include <atomic>
 #include <cstdint>
@@ -38,13 +46,18 @@ namespace s3torch {
 struct RetrySettings {
     uint32_t max_attempts = 10;     // attempts per request, the first included
     uint64_t retry_timeout_ms = 0;  // how long a request keeps retrying, from when it is issued
-    // Whether the endpoint has answered; shared with the Client, which also sets it.
-    std::shared_ptr<std::atomic<bool>> reached = std::make_shared<std::atomic<bool>>(false);
+    // What the process knows of the endpoint; shared with every Client of it.
+    std::shared_ptr<EndpointHealth> health = std::make_shared<EndpointHealth>("");
 };
+
+// When a request issued at `issued_ns` gives up at the latest; 0 when attempts decide.
+uint64_t retry_deadline_ns(const RetrySettings &settings, uint64_t issued_ns);
 
 constexpr uint64_t kBackoffBaseMs = 50;
 constexpr uint64_t kMaxBackoffMs = 4000;
-constexpr uint64_t kUnreachedBudgetMs = 4000;
+constexpr uint64_t kThrottleBackoffBaseMs = 500;
+constexpr uint64_t kMaxThrottleBackoffMs = 10000;
+constexpr uint64_t kUnreachedBudgetMs = 8000;
 // A transfer on a client whose endpoint has never answered is cancelled after this long
 // without an answer (an endpoint that accepts connections and says nothing), Transfer::start.
 constexpr uint64_t kUnansweredMs = 8000;

@@ -1,6 +1,7 @@
 #include "s3torch/transfer.h"
 
 #include "s3torch/client.h"
+#include "s3torch/endpoint_health.h"
 #include "s3torch/request.h"
 #include "s3torch/retry.h"
 
@@ -69,6 +70,7 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
     options.endpoint = &uri;
 
     bool express = addr.host.find(".s3express-") != std::string::npos;
+    start_ns_ = monotonic_ns();
     self_ = shared_from_this();
     aws_s3_meta_request *mr = client_->make_meta_request(options, express);
     aws_uri_clean_up(&uri);
@@ -92,7 +94,8 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
             if (!t || t->client_->reached()) return;
             {
                 std::lock_guard<std::mutex> lock(t->mu_);
-                if (t->finished_) return;
+                // An attempt that ended (refused, reset) is the retry budget's to judge.
+                if (t->finished_ || t->attempted_) return;
                 t->unanswered_ = true;
             }
             if (aws_s3_meta_request *m = t->acquire_meta_request()) {
@@ -258,16 +261,44 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
         to_release = t->mr_;
         t->mr_ = nullptr;
         t->finished_ = true;
+        t->client_->health().transfer_finished(t, result->error_code == 0);
         t->on_finished_locked();
     }
     t->cv_.notify_all();
     if (to_release) aws_s3_meta_request_release(to_release);
 }
 
+namespace {
+
+// The last error of a failed attempt, for the retry reports: "SlowDown (HTTP 503)",
+// "HTTP 500", "AWS_IO_SOCKET_CONNECTION_REFUSED".
+std::string attempt_error(int error_code, int status) {
+    std::string http = status > 0 ? "HTTP " + std::to_string(status) : std::string();
+    if (error_code == AWS_ERROR_S3_SLOW_DOWN) return "SlowDown" + (http.empty() ? "" : " (" + http + ")");
+    if (error_code == AWS_ERROR_S3_INTERNAL_ERROR) return "InternalError" + (http.empty() ? "" : " (" + http + ")");
+    if (!http.empty()) return http;
+    return crt_error_name(error_code);
+}
+
+}  // namespace
+
 void Transfer::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *metrics, void *ud) {
     auto *t = static_cast<Transfer *>(ud);
     int status = 0;
-    if (aws_s3_request_metrics_get_response_status_code(metrics, &status) == AWS_OP_SUCCESS && status > 0) {
+    int error_code = aws_s3_request_metrics_get_error_code(metrics);
+    bool answered = aws_s3_request_metrics_get_response_status_code(metrics, &status) == AWS_OP_SUCCESS && status > 0;
+    EndpointHealth &health = t->client_->health();
+    if (answered && status < 500) {
+        health.attempt_succeeded();  // the server works, whatever it said (a 404 too)
+    } else if ((status >= 500 || error_code != 0) && error_code != AWS_ERROR_S3_CANCELED) {
+        health.attempt_failed(t, t->ctx_, attempt_error(error_code, status),
+                              t->client_->retry_deadline_ns(t->start_ns_));
+    }
+    {
+        std::lock_guard<std::mutex> lock(t->mu_);
+        t->attempted_ = true;
+    }
+    if (answered) {
         t->client_->mark_reached();
         if (status >= 300) {
             const aws_string *id = nullptr;

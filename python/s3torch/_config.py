@@ -4,7 +4,7 @@ plus s3torch's own (endpoint, credentials, memory limit, CA file, ...)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _crt
 
@@ -23,9 +23,8 @@ class S3ClientConfig:
         unsigned: send unsigned requests (public buckets).
         force_path_style: address buckets as ``endpoint/bucket/key`` instead of
             ``bucket.endpoint/key``. IP-address and localhost endpoints always use path style.
-        max_attempts: attempts per request, first try included (1..64, default 10), until the
-            endpoint has answered once, and always when ``retry_timeout_s`` is 0; 1 turns
-            retries off altogether.
+        max_attempts: attempts per request, first try included (1..64, default 10), when
+            ``retry_timeout_s`` is 0; 1 turns retries off altogether.
         profile: named profile from ``~/.aws/credentials`` / ``~/.aws/config``.
         memory_limit_bytes: cap on aws-c-s3's part-buffer pool (0: automatic; else >= 1 GiB).
         access_key_id, secret_access_key, session_token: static credentials.
@@ -33,11 +32,19 @@ class S3ClientConfig:
         s3express: enable S3 Express One Zone (directory buckets).
         stream_read_ahead_bytes: read-ahead window of streaming GETs (0: 4 x part size).
         connect_timeout_ms: TCP connect timeout (0: the CRT's default).
-        retry_timeout_s: once the endpoint has answered, how long a request that keeps failing
-            transiently (connections refused or reset, timeouts, 5xx, SlowDown, truncated bodies)
-            is retried, counted from when it was issued (0..86400, default 120; 0: retry
-            ``max_attempts`` times instead). Until the endpoint has answered once, failures give
-            up after about 4 s (a wrong endpoint, a server not running).
+        retry_timeout_s: once the endpoint is known to be right, how long a request that keeps
+            failing transiently (connections refused or reset, timeouts, 5xx, SlowDown, truncated
+            bodies) is retried, counted from when it was issued or from the first failure of the
+            endpoint's current streak of failures, whichever is earlier (0..86400, default 120;
+            0: retry ``max_attempts`` times instead). Until the endpoint is known to be right,
+            failures give up 8 s after the request was issued (a wrong endpoint, a server not
+            running). See ``known_endpoint`` and docs/retries.md.
+        known_endpoint: the endpoint is known to be right, so requests ride out outages for
+            ``retry_timeout_s`` from the very first request, before it has answered in this
+            process (default False: an endpoint becomes known when it answers in this process,
+            or in the process an s3torch object was pickled in, e.g. the parent of a DataLoader
+            worker). Set it for processes whose first requests may meet an outage: a restarted
+            rank, a CLI command in a job script.
         checksums: the checksum uploads carry for the server to verify, ``"crc32c"`` (default),
             ``"crc32"``, or ``"off"`` for servers that reject checksum headers.
     """
@@ -58,6 +65,7 @@ class S3ClientConfig:
     connect_timeout_ms: int = 0
     retry_timeout_s: int = 120
     checksums: str = "crc32c"
+    known_endpoint: bool = False
 
     def __post_init__(self) -> None:
         # One set of limits: the native ClientConfig's (TypeError for a wrong type,
@@ -71,6 +79,17 @@ class S3ClientConfig:
             region=region, endpoint=endpoint, **{k: "" if v is None else v for k, v in values.items()}
         )
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # The endpoints that answered in this process travel with the configuration, so that a
+        # spawned or forkserver worker rides out an outage from its first request as this
+        # process would (docs/retries.md).
+        return (_unpickle_config, (self.as_dict(), _crt.answered_endpoints()))
+
     def as_dict(self) -> Dict[str, Any]:
         """The configuration as a plain dict of its fields."""
         return asdict(self)
+
+
+def _unpickle_config(values: Dict[str, Any], answered: List[str]) -> S3ClientConfig:
+    _crt.mark_answered(answered)
+    return S3ClientConfig(**values)

@@ -100,6 +100,12 @@ class _Base:
     def endpoint(self) -> Optional[str]:
         return self._endpoint
 
+    def __setstate__(self, state: dict) -> None:
+        # Endpoints that answered in the pickling process are known here too (docs/retries.md):
+        # a spawned worker rides out an outage from its first request.
+        _crt.mark_answered(state.pop("_answered_endpoints", []))
+        self.__dict__.update(state)
+
     def _get_client(self) -> S3Client:
         # S3Client itself is per-process safe; this only delays creating it until first use.
         if self._client is None:
@@ -259,6 +265,7 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_client"] = None  # rebuilt per process from the configuration
+        state["_answered_endpoints"] = _crt.answered_endpoints()
         return state
 
 
@@ -371,6 +378,7 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_client"] = None
+        state["_answered_endpoints"] = _crt.answered_endpoints()
         return state
 
 
