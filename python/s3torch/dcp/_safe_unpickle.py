@@ -21,6 +21,7 @@ plain ``pickle``, as torch does.
 
 from __future__ import annotations
 
+import copyreg
 import enum
 import io
 import pathlib
@@ -84,7 +85,7 @@ def _torch_values() -> Dict[Tuple[str, str], Any]:
 
 def _other_values() -> Dict[Tuple[str, str], Any]:
     out: Dict[Tuple[str, str], Any] = {}
-    for name in ("set", "frozenset", "complex", "slice"):  # nothing that allocates by a size argument
+    for name in ("object", "set", "frozenset", "complex", "slice"):  # none allocates by a size argument
         out[("builtins", name)] = getattr(__import__("builtins"), name)
         out[("__builtin__", name)] = out[("builtins", name)]  # protocol 0-2 pickles
     import collections
@@ -97,7 +98,16 @@ def _other_values() -> Dict[Tuple[str, str], Any]:
     return out
 
 
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """``copyreg._reconstructor`` (pickle protocols 0 and 1) for allow-listed classes only."""
+    if not (isinstance(cls, type) and cls in _ALLOWED_TYPES and (base is object or base in _ALLOWED_TYPES)):
+        raise TypeError(f"copyreg._reconstructor of {cls!r} over {base!r}")
+    return copyreg._reconstructor(cls, base, state)  # type: ignore[attr-defined]
+
+
 ALLOWED: Dict[Tuple[str, str], Any] = {**_metadata_classes(), **_torch_values(), **_other_values()}
+_ALLOWED_TYPES = {obj for obj in ALLOWED.values() if isinstance(obj, type)}
+ALLOWED[("copyreg", "_reconstructor")] = ALLOWED[("copy_reg", "_reconstructor")] = _reconstructor
 """``(module, name)`` -> the object: everything a DCP ``.metadata`` pickle may name."""
 
 # The allow-listed classes whose attributes a pickle could set (see the module docstring).
@@ -190,3 +200,48 @@ def load_metadata(data: bytes, where: str, trust_checkpoint: bool = False) -> An
         raise CheckpointCorruptError(f"{where}: is not a DCP checkpoint's metadata (a {type(md).__name__})")
     return md
 
+
+
+def check_bytes_item(data: bytes, where: str) -> None:
+    """Refuse a byte item (a non-tensor state-dict value, ``torch.save``d by the writer) that
+    torch's weights-only unpickler will not load: torch's ``DefaultLoadPlanner.load_bytes``
+    unpickles it with ``weights_only=False``, which would run what it names."""
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch raises UnpicklingError for a refused global and for bytes that are not a
+        # pickle alike; its message names the global ("... unsupported GLOBAL posix.system ...").
+        words = str(e).split()
+        if "GLOBAL" not in words or words.index("GLOBAL") + 1 >= len(words):
+            raise CheckpointCorruptError(f"{where}: the item's bytes do not load ({_first_line(e)})") from None
+        refused = words[words.index("GLOBAL") + 1]
+        err = CheckpointUnsafeError(
+            f"{where}: refused to unpickle {refused} in a non-tensor item (torch's planner would unpickle it "
+            f"with weights_only=False, running what it names); {OPT_OUT}"
+        )
+        err.refused, err.where = refused, where
+        raise err from None
+    except Exception as e:
+        raise CheckpointCorruptError(f"{where}: the item's bytes do not load ({type(e).__name__}: {e})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and "documentation" not in line]
+    return lines[-1] if lines else type(e).__name__
+
+
+class SafeBytesPlanner:
+    """The load planner, with each byte item checked by :func:`check_bytes_item` before the
+    planner unpickles it; everything else passes through to the planner."""
+
+    def __init__(self, planner: Any, where: str) -> None:
+        self._planner, self._where = planner, where
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._planner, name)
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        """Check the bytes, then hand them to the planner."""
+        data = value.getvalue()
+        check_bytes_item(data, f"{self._where} item {read_item.dest_index.fqn!r}")
+        self._planner.load_bytes(read_item, io.BytesIO(data))

@@ -27,7 +27,7 @@ from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
 from ._metadata import raise_if_unreadable, rank_local_name, read_or_defer
 from ._parallel_load import ParallelLoader
-from ._safe_unpickle import load_metadata
+from ._safe_unpickle import SafeBytesPlanner, load_metadata
 from ._shared_reads import DEFAULT_ROUND_BYTES, SharedLoad, ShareSchedule, plan_sharing
 from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, check_ring_size
 from .s3_file_system import S3FileSystem
@@ -178,6 +178,8 @@ class S3StorageReader(FileSystemReader):
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
         """Load every item of ``plan`` into the planner's destinations; the future is done when all are."""
+        if not self.trust_checkpoint:  # torch's planner unpickles byte items with weights_only=False
+            planner = SafeBytesPlanner(planner, str(self.path))  # type: ignore[assignment]
         self._progress.start()
         self._progress.set_total(sum(self.storage_data[r.storage_index].length for r in plan.items))
         try:
