@@ -5,15 +5,15 @@
 //   fuzz_responses_driver [-seconds=N] [-seed=S] SEED_DIR_OR_FILE...
 //
 // Prints one summary line; a crash is the sanitizer's report and a non-zero exit.
+#include <dirent.h>
+#include <sys/stat.h>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <dirent.h>
 #include <random>
 #include <string>
-#include <sys/stat.h>
 #include <vector>
 
 extern "C" int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -48,11 +48,35 @@ void add_seeds(const std::string &path, std::vector<std::string> &seeds) {
     }
 }
 
-const char *const kTokens[] = {"<",         ">",       "</",          "/>",         "&lt;",      "&amp;",
-                               "&#0;",      "&#x41;",  "&",           "<![CDATA[",  "]]>",       "<?xml ",
-                               "<Size>",    "</Size>", "-1",          "18446744073709551616", "<Contents>",
-                               "</Contents>", "<Key>", "</Key>",      "<Code>",     "</Code>",   "\"",
-                               "<!--",      "-->",     "\xff\xfe",    "\0",         "<a b='c'>", "9223372036854775808"};
+const char *const kTokens[] = {"<",
+                               ">",
+                               "</",
+                               "/>",
+                               "&lt;",
+                               "&amp;",
+                               "&#0;",
+                               "&#x41;",
+                               "&",
+                               "<![CDATA[",
+                               "]]>",
+                               "<?xml ",
+                               "<Size>",
+                               "</Size>",
+                               "-1",
+                               "18446744073709551616",
+                               "<Contents>",
+                               "</Contents>",
+                               "<Key>",
+                               "</Key>",
+                               "<Code>",
+                               "</Code>",
+                               "\"",
+                               "<!--",
+                               "-->",
+                               "\xff\xfe",
+                               "\0",
+                               "<a b='c'>",
+                               "9223372036854775808"};
 
 std::string mutate(const std::vector<std::string> &seeds, std::mt19937_64 &rng) {
     std::string s = seeds[rng() % seeds.size()];

@@ -29,8 +29,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     // The error document of a failed request, with each status class.
     for (int status : {0, 200, 301, 403, 404, 500, 503}) {
-        s3torch::S3Error err = s3torch::error_from_result(AWS_ERROR_S3_INVALID_RESPONSE_STATUS, status, body,
-                                                          "req-id", "GetObject", ctx);
+        s3torch::S3Error err =
+            s3torch::error_from_result(AWS_ERROR_S3_INVALID_RESPONSE_STATUS, status, body, "req-id", "GetObject", ctx);
         if (std::string(err.what()).empty()) std::abort();
     }
     s3torch::xml_first_text(body, "Code");

@@ -116,8 +116,7 @@ void Transfer::start_get_object(const std::optional<ByteRange> &range, aws_byte_
     increment_read_window(read_window);
 }
 
-void Transfer::s_on_get_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress,
-                                 void *user_data) {
+void Transfer::s_on_get_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress, void *user_data) {
     auto *t = static_cast<Transfer *>(user_data);
     std::lock_guard<std::mutex> lock(t->mu_);
     t->delivered_ += progress->bytes_transferred;

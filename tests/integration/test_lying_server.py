@@ -7,11 +7,11 @@ the destination buffer are intact, and the process is alive."""
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
 import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Iterator, Tuple
+from urllib.parse import unquote
 
 import pytest
 
@@ -99,7 +99,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif p == "notanumber":
             body = head + "<Contents><Key>notanumber/a</Key><Size>12abc</Size></Contents></ListBucketResult>"
         elif p == "overflow":
-            body = head + "<Contents><Key>overflow/a</Key><Size>99999999999999999999999</Size></Contents></ListBucketResult>"
+            body = (
+                head
+                + "<Contents><Key>overflow/a</Key><Size>99999999999999999999999</Size></Contents></ListBucketResult>"
+            )
         elif p == "huge":  # many keys in one page, and a KeyCount that lies
             items = "".join(f"<Contents><Key>huge/{i:07d}</Key><Size>{i}</Size></Contents>" for i in range(50_000))
             body = head + "<KeyCount>999999999999999999999</KeyCount>" + items + "</ListBucketResult>"
@@ -156,7 +159,9 @@ def test_get_into_caller_memory(liar: S3Client, key: str, offset: int, length: i
     assert _guards_intact(buf), key
 
 
-@pytest.mark.parametrize("key", ["longer", "wrong_range", "short_body", "cl_short_of_body", "head_lies", "whole_object"])
+@pytest.mark.parametrize(
+    "key", ["longer", "wrong_range", "short_body", "cl_short_of_body", "head_lies", "whole_object"]
+)
 def test_get_bytes_and_streams(liar: S3Client, key: str) -> None:
     native = liar._get_native()
     for call in (

@@ -129,7 +129,10 @@ def test_crafted_metadata_through_the_msc_reader(env: Any, prefix: str, tmp_path
             "type": "s3",
             "options": {"base_path": f"{BUCKET}/{prefix}base", "endpoint_url": env.endpoint, "region_name": REGION},
         },
-        "credentials_provider": {"type": "S3Credentials", "options": {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY}},
+        "credentials_provider": {
+            "type": "S3Credentials",
+            "options": {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY},
+        },
     }
     cfg.write_text(json.dumps({"profiles": {"sec": profile}}))
     monkeypatch.setenv("MSC_CONFIG", str(cfg))
@@ -161,7 +164,9 @@ def test_crafted_tensor_record_and_byte_item_run_nothing(env: Any, prefix: str, 
         client.put(BUCKET, f"{prefix}ckpt/.metadata", pickle.dumps(md))
 
     size = torch.Size([4])
-    tensor_md = TensorStorageMetadata(TensorProperties(dtype=torch.float32), size, [ChunkStorageMetadata(torch.Size([0]), size)])
+    tensor_md = TensorStorageMetadata(
+        TensorProperties(dtype=torch.float32), size, [ChunkStorageMetadata(torch.Size([0]), size)]
+    )
     put_checkpoint(tensor_md, MetadataIndex("w", torch.Size([0])))
     err = load_error(S3StorageReader(REGION, uri, endpoint=env.endpoint, reader_constructor=rc))
     assert "UnpicklingError" in repr(err) or isinstance(err, (CheckpointCorruptError, pickle.UnpicklingError)), err
@@ -191,7 +196,9 @@ def test_checkpoints_with_byte_items_still_load(env: Any, prefix: str) -> None:
     "bad",
     ["../../escaped", "a/../../escaped", "/abs/escaped", "a//b", "./a", "a/./b", "a\\..\\b", "a\x00b", "a\x07b", "a/"],
 )
-def test_cp_down_refuses_keys_outside_the_destination(moto: Any, monkeypatch: Any, tmp_path: Path, capsys: Any, bad: str) -> None:
+def test_cp_down_refuses_keys_outside_the_destination(
+    moto: Any, monkeypatch: Any, tmp_path: Path, capsys: Any, bad: str
+) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)

@@ -87,7 +87,13 @@ def test_allow_list_comes_from_torch() -> None:
     import torch.distributed.checkpoint.metadata as m
 
     names = {n for (mod, n) in ALLOWED if mod == m.__name__}
-    assert {"Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata"} <= names
+    assert {
+        "Metadata",
+        "MetadataIndex",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+    } <= names
     assert {"TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING"} <= names
     assert ALLOWED[("torch", "float32")] is torch.float32 and ALLOWED[("torch", "Size")] is torch.Size
     assert ALLOWED[("torch", "channels_last")] is torch.channels_last
@@ -250,4 +256,3 @@ def test_fuzz_mutated_tensor_record(edits: list) -> None:
     got = locate(bytes(rec[:HEAD_BYTES]), bytes(rec[-TAIL_BYTES:]), len(rec))
     if got is not None:
         assert 0 <= got.data_offset and got.data_offset + got.data_len <= len(rec)
-

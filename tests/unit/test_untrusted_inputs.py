@@ -76,14 +76,35 @@ _json_values = st.recursive(
     max_leaves=12,
 )
 
-_KEYS = ["profiles", "path_mapping", "storage_provider", "credentials_provider", "type", "options", "base_path",
-         "endpoint_url", "region_name", "access_key", "secret_key", "session_token", "s3", "addressing_style",
-         "multipart_chunksize", "verify", "signature_version", "profile_name", "include"]
+_KEYS = [
+    "profiles",
+    "path_mapping",
+    "storage_provider",
+    "credentials_provider",
+    "type",
+    "options",
+    "base_path",
+    "endpoint_url",
+    "region_name",
+    "access_key",
+    "secret_key",
+    "session_token",
+    "s3",
+    "addressing_style",
+    "multipart_chunksize",
+    "verify",
+    "signature_version",
+    "profile_name",
+    "include",
+]
 _profile_like = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 2**40) | st.sampled_from(["s3", "S3Credentials", "b/p", "s3://b/",
-                                                                           "msc://p/", "http://127.0.0.1:9", "${NOPE}"]),
-    lambda inner: st.dictionaries(st.sampled_from(_KEYS + ["p", "s3://b/"]), inner, max_size=4)
-    | st.lists(inner, max_size=2),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 2**40)
+    | st.sampled_from(["s3", "S3Credentials", "b/p", "s3://b/", "msc://p/", "http://127.0.0.1:9", "${NOPE}"]),
+    lambda inner: (
+        st.dictionaries(st.sampled_from(_KEYS + ["p", "s3://b/"]), inner, max_size=4) | st.lists(inner, max_size=2)
+    ),
     max_leaves=16,
 )
 
@@ -106,8 +127,16 @@ def test_msc_profiles_of_any_shape(data: Any) -> None:
     _exercise(data)
     _exercise({"profiles": {"p": data}})
     _exercise({"profiles": {"p": {"storage_provider": {"type": "s3", "options": data}}}})
-    _exercise({"profiles": {"p": {"storage_provider": {"type": "s3", "options": {"base_path": "b"}},
-                                  "credentials_provider": {"type": "S3Credentials", "options": data}}}})
+    _exercise(
+        {
+            "profiles": {
+                "p": {
+                    "storage_provider": {"type": "s3", "options": {"base_path": "b"}},
+                    "credentials_provider": {"type": "S3Credentials", "options": data},
+                }
+            }
+        }
+    )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

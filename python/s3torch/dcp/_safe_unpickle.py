@@ -201,7 +201,6 @@ def load_metadata(data: bytes, where: str, trust_checkpoint: bool = False) -> An
     return md
 
 
-
 def check_bytes_item(data: bytes, where: str) -> None:
     """Refuse a byte item (a non-tensor state-dict value, ``torch.save``d by the writer) that
     torch's weights-only unpickler will not load: torch's ``DefaultLoadPlanner.load_bytes``

@@ -275,7 +275,8 @@ class MSCConfig:
             chunk = options["multipart_chunksize"]
             if isinstance(chunk, bool) or not isinstance(chunk, (int, str)) or not str(chunk).strip().isdigit():
                 raise MSCConfigError(
-                    f"storage_provider.options.multipart_chunksize must be a number of bytes, got {type(chunk).__name__}",
+                    "storage_provider.options.multipart_chunksize must be a number of bytes, "
+                    f"got {type(chunk).__name__}",
                     config_file=file,
                     profile=profile,
                 )
