@@ -256,3 +256,16 @@ def test_fuzz_mutated_tensor_record(edits: list) -> None:
     got = locate(bytes(rec[:HEAD_BYTES]), bytes(rec[-TAIL_BYTES:]), len(rec))
     if got is not None:
         assert 0 <= got.data_offset and got.data_offset + got.data_len <= len(rec)
+
+
+def test_msc_checkpoint_id_is_read_as_text_without_resolving_a_profile() -> None:
+    from s3torch.dcp._safe_unpickle import ForeignCheckpointId
+
+    # What multi-storage-client's writer pickles as storage_meta.checkpoint_id: a
+    # MultiStoragePath, whose own __setstate__ would resolve the MSC profile it names.
+    data = (
+        b"\x80\x04\x8c\x1amultistorageclient.pathlib\x94\x8c\x10MultiStoragePath\x94\x93\x94)\x81\x94"
+        b"}\x94(\x8c\x05_path\x94\x8c\x09msc://p/x\x94\x8c\x0e_internal_path\x94Nub."
+    )
+    got = safe_loads(data, "x")
+    assert isinstance(got, ForeignCheckpointId) and str(got) == "msc://p/x" and os.fspath(got) == "msc://p/x"

@@ -6,7 +6,8 @@ whose pickle names ``os.system`` or ``builtins.exec`` runs it. Here ``find_class
 hands out the dataclasses and enums of ``torch.distributed.checkpoint.metadata`` (read from
 that module, so a newer torch's additions come with it), ``_StorageInfo``, ``torch.Size``,
 the dtype, layout and memory-format values, torch's layout lookup, ``pathlib`` paths (a
-``checkpoint_id`` saved as a ``Path``) and a few builtin containers. Any other global raises
+``checkpoint_id`` saved as a ``Path``; multi-storage-client's ``MultiStoragePath`` is read as
+text by a stand-in, :class:`ForeignCheckpointId`) and a few builtin containers. Any other global raises
 :class:`CheckpointUnsafeError` before anything it names is called.
 
 What an allow-listed pickle can still do is call those classes with arguments of its choosing
@@ -83,6 +84,28 @@ def _torch_values() -> Dict[Tuple[str, str], Any]:
     return out
 
 
+class ForeignCheckpointId:
+    """Stands in for the path object another writer saved as ``storage_meta.checkpoint_id``
+    (multi-storage-client's ``MultiStoragePath``, whose ``__setstate__`` resolves an MSC
+    profile): keeps the path as text and runs nothing. ``str()`` and ``os.fspath()`` give it."""
+
+    path: str = ""
+
+    def __setstate__(self, state: Any) -> None:
+        """Keep the ``_path`` of the saved state as text."""
+        path = state.get("_path") if isinstance(state, dict) else None
+        self.path = str(path) if isinstance(path, (str, pathlib.PurePath)) else ""
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"ForeignCheckpointId({self.path!r})"
+
+
 def _other_values() -> Dict[Tuple[str, str], Any]:
     out: Dict[Tuple[str, str], Any] = {}
     for name in ("object", "set", "frozenset", "complex", "slice"):  # none allocates by a size argument
@@ -91,6 +114,7 @@ def _other_values() -> Dict[Tuple[str, str], Any]:
     import collections
 
     out[("collections", "OrderedDict")] = collections.OrderedDict
+    out[("multistorageclient.pathlib", "MultiStoragePath")] = ForeignCheckpointId
     for name in ("PurePath", "PurePosixPath", "PureWindowsPath", "Path", "PosixPath", "WindowsPath"):
         cls = getattr(pathlib, name)
         out[("pathlib", name)] = cls
