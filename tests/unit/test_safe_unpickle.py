@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import Metadata, TensorProperties
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorProperties
 
 from s3torch.dcp import CheckpointCorruptError, CheckpointUnsafeError
 from s3torch.dcp._record import HEAD_BYTES, TAIL_BYTES, _MetaUnpickler, locate
@@ -156,7 +156,7 @@ def test_constructors_that_refuse_their_arguments_are_corrupt() -> None:
 _metadata_bytes = pickle.dumps(
     Metadata(
         state_dict_metadata={},
-        storage_data={"w": _StorageInfo("__0_0.distcp", 0, 10)},
+        storage_data={MetadataIndex("w"): _StorageInfo("__0_0.distcp", 0, 10)},
         planner_data={"w": ("w",)},
     )
 )
@@ -269,3 +269,21 @@ def test_msc_checkpoint_id_is_read_as_text_without_resolving_a_profile() -> None
     )
     got = safe_loads(data, "x")
     assert isinstance(got, ForeignCheckpointId) and str(got) == "msc://p/x" and os.fspath(got) == "msc://p/x"
+
+
+@pytest.mark.parametrize(
+    "storage_data",
+    [
+        {"w": _StorageInfo("f", 0, 1)},  # a str where a MetadataIndex belongs
+        {MetadataIndex("w"): 5},
+        {MetadataIndex("w"): _StorageInfo("f", -1, 1)},
+        {MetadataIndex("w"): _StorageInfo("f", 0, True)},
+        {MetadataIndex("w"): _StorageInfo(7, 0, 1)},  # type: ignore[arg-type]
+        None,
+    ],
+)
+def test_allow_listed_objects_in_the_wrong_places_are_corrupt(storage_data: Any) -> None:
+    data = pickle.dumps(Metadata(state_dict_metadata={}, storage_data=storage_data))
+    with pytest.raises(CheckpointCorruptError, match="torch's file format"):
+        load_metadata(data, "x")
+    load_metadata(data, "x", trust_checkpoint=True)  # trusted: as it is

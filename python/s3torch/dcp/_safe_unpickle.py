@@ -222,7 +222,55 @@ def load_metadata(data: bytes, where: str, trust_checkpoint: bool = False) -> An
         md = safe_loads(data, where)
     if not hasattr(md, "state_dict_metadata") or not hasattr(md, "storage_data"):
         raise CheckpointCorruptError(f"{where}: is not a DCP checkpoint's metadata (a {type(md).__name__})")
+    if not trust_checkpoint:
+        try:
+            why = _shape_problem(md)
+        except Exception as e:  # an attribute missing, or not what its class declares
+            why = f"{type(e).__name__}: {e}"
+        if why:
+            raise CheckpointCorruptError(f"{where}: is not a DCP checkpoint's metadata in torch's file format ({why})")
     return md
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, (tuple, list)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+
+def _shape_problem(md: Any) -> str:
+    """What is wrong with the allow-listed objects' arrangement, or "": the shapes torch's
+    FileSystemWriter (and every writer built on it) saves, so that readers and the CLI can
+    use the metadata without meeting a str where a MetadataIndex belongs."""
+    m = _dcp_metadata
+    sdm, sd = md.state_dict_metadata, md.storage_data
+    if not isinstance(sdm, dict) or not isinstance(sd, dict):
+        return "state_dict_metadata and storage_data must be dicts"
+    for fqn, item in sdm.items():
+        if not isinstance(fqn, str):
+            return f"a state dict key is a {type(fqn).__name__}"
+        if isinstance(item, m.TensorStorageMetadata):
+            if not isinstance(item.properties, m.TensorProperties) or not isinstance(
+                item.properties.dtype, torch.dtype
+            ):
+                return f"{fqn!r}: its tensor properties are not TensorProperties"
+            if not _is_size(item.size) or not isinstance(item.chunks, list):
+                return f"{fqn!r}: its size or chunks are malformed"
+            for c in item.chunks:
+                if not isinstance(c, m.ChunkStorageMetadata) or not _is_size(c.offsets) or not _is_size(c.sizes):
+                    return f"{fqn!r}: a chunk is malformed"
+        elif not isinstance(item, m.BytesStorageMetadata):
+            return f"{fqn!r}: a {type(item).__name__}, not tensor or bytes metadata"
+    for idx, info in sd.items():
+        if not isinstance(idx, m.MetadataIndex) or not isinstance(idx.fqn, str):
+            return f"a storage_data key is a {type(idx).__name__}, not a MetadataIndex"
+        if idx.offset is not None and not _is_size(idx.offset):
+            return f"{idx.fqn!r}: its offset is malformed"
+        if not isinstance(info, _dcp_filesystem._StorageInfo) or not isinstance(info.relative_path, str):
+            return f"{idx.fqn!r}: its storage info is a {type(info).__name__}, not a _StorageInfo"
+        for name in ("offset", "length"):
+            v = getattr(info, name, None)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                return f"{idx.fqn!r}: its {name} is {v!r}, not a byte count"
+    return ""
 
 
 def check_bytes_item(data: bytes, where: str) -> None:
