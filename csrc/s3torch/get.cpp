@@ -73,6 +73,15 @@ void GetInto::on_finished_locked() {
         recv_->len = 0;
         empty_object_ = true;
     }
+    if (error_code_ == 0 && !empty_object_ && delivered_ != recv_->len) {
+        // A response shorter (or longer) than its part, which the CRT counted as whole: the
+        // destination holds fewer bytes from the server than the length it reports.
+        own_error_ = "GetObject s3://" + ctx_.bucket + "/" + ctx_.key + ": the server sent " +
+                     std::to_string(delivered_) + " body bytes for a range of " + std::to_string(recv_->len) +
+                     " (a Content-Length or Content-Range that does not match the body)";
+        error_code_ = AWS_ERROR_S3_INVALID_RESPONSE_STATUS;
+        recv_->len = 0;
+    }
     if (error_code_ == 0) received_ = recv_->len;
 }
 

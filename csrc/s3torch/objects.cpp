@@ -6,7 +6,7 @@
 
 #include <aws/s3/s3_client.h>
 
-#include <cstdlib>
+#include <cstdint>
 
 namespace s3torch {
 
@@ -24,7 +24,12 @@ ObjectInfo head_result(SimpleRequest &req) {
     ObjectInfo info;
     info.key = req.context().key;
     std::string cl = req.header("content-length");
-    info.size = cl.empty() ? 0 : std::strtoull(cl.c_str(), nullptr, 10);
+    if (!cl.empty() && !parse_byte_count(cl, info.size)) {
+        throw S3Error(ErrorKind::Generic,
+                      "HeadObject s3://" + req.context().bucket + "/" + req.context().key +
+                          ": the server sent Content-Length '" + cl.substr(0, 64) + "', not a byte count",
+                      req.context());
+    }
     info.etag = req.header("etag");
     info.last_modified = req.header("last-modified");
     info.storage_class = req.header("x-amz-storage-class");
@@ -54,26 +59,48 @@ std::shared_ptr<SimpleRequest> start_list(std::shared_ptr<Client> client, const 
     return SimpleRequest::start_request(client, ctx, "GET", "ListObjectsV2", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT);
 }
 
+bool parse_byte_count(const std::string &text, uint64_t &out) {
+    if (text.empty() || text.size() > 19) return false;
+    uint64_t v = 0;
+    for (char c : text) {
+        if (c < '0' || c > '9') return false;
+        v = v * 10 + static_cast<uint64_t>(c - '0');  // 19 digits cannot overflow 2^64
+    }
+    if (v > static_cast<uint64_t>(INT64_MAX)) return false;
+    out = v;
+    return true;
+}
+
 ListPage list_result(SimpleRequest &req) {
     req.wait();
     req.raise_if_failed();
+    return parse_list_body(req.body(), req.context());
+}
+
+ListPage parse_list_body(const std::string &body, const ErrorContext &ctx) {
     ListPage page;
-    std::string body = req.body();
-    ObjectInfo *cur = nullptr;
+    std::string bad_size;  // the first size that is not a byte count
     bool ok = xml_walk(body, [&](const std::string &path, const std::string &text) {
+        // Indices, not pointers: emplace_back may move the objects.
         if (path == "ListBucketResult/Contents") {
             page.objects.emplace_back();
-            cur = &page.objects.back();
-        } else if (cur && path == "ListBucketResult/Contents/Key") {
-            cur->key = text;
-        } else if (cur && path == "ListBucketResult/Contents/Size") {
-            cur->size = std::strtoull(text.c_str(), nullptr, 10);
-        } else if (cur && path == "ListBucketResult/Contents/ETag") {
-            cur->etag = text;
-        } else if (cur && path == "ListBucketResult/Contents/LastModified") {
-            cur->last_modified = text;
-        } else if (cur && path == "ListBucketResult/Contents/StorageClass") {
-            cur->storage_class = text;
+        } else if (page.objects.empty()) {
+            if (path == "ListBucketResult/CommonPrefixes/Prefix") page.common_prefixes.push_back(text);
+            else if (path == "ListBucketResult/NextContinuationToken") page.next_continuation_token = text;
+            else if (path == "ListBucketResult/IsTruncated") page.is_truncated = text == "true";
+            return;
+        }
+        ObjectInfo &cur = page.objects.back();
+        if (path == "ListBucketResult/Contents/Key") {
+            cur.key = text;
+        } else if (path == "ListBucketResult/Contents/Size") {
+            if (!parse_byte_count(text, cur.size) && bad_size.empty()) bad_size = text.empty() ? "(empty)" : text;
+        } else if (path == "ListBucketResult/Contents/ETag") {
+            cur.etag = text;
+        } else if (path == "ListBucketResult/Contents/LastModified") {
+            cur.last_modified = text;
+        } else if (path == "ListBucketResult/Contents/StorageClass") {
+            cur.storage_class = text;
         } else if (path == "ListBucketResult/CommonPrefixes/Prefix") {
             page.common_prefixes.push_back(text);
         } else if (path == "ListBucketResult/NextContinuationToken") {
@@ -83,9 +110,13 @@ ListPage list_result(SimpleRequest &req) {
         }
     });
     if (!ok) {
-        S3Error err(ErrorKind::Generic,
-                    "ListObjectsV2 s3://" + req.context().bucket + ": the response is not valid XML", req.context());
-        throw err;
+        throw S3Error(ErrorKind::Generic, "ListObjectsV2 s3://" + ctx.bucket + ": the response is not valid XML", ctx);
+    }
+    if (!bad_size.empty()) {
+        throw S3Error(ErrorKind::Generic,
+                      "ListObjectsV2 s3://" + ctx.bucket + ": the response gives an object the size '" +
+                          bad_size.substr(0, 64) + "', not a byte count",
+                      ctx);
     }
     if (!page.is_truncated) page.next_continuation_token.clear();
     return page;

@@ -37,6 +37,14 @@ std::shared_ptr<SimpleRequest> start_list(std::shared_ptr<Client> client, const 
                                           const std::string &continuation_token, const std::string &start_after);
 ListPage list_result(SimpleRequest &req);
 
+// A ListObjectsV2 response body as a page: S3Error (Generic, naming `ctx`) for a body that is
+// not XML or gives an object a size that is not a byte count (negative, not a number, over
+// 2^63-1). The one parser of list bodies; fuzzed by csrc/fuzz/fuzz_responses.cpp.
+ListPage parse_list_body(const std::string &body, const ErrorContext &ctx);
+
+// `text` as a byte count: only ASCII digits, at most 2^63-1 (a size Python and off_t can hold).
+bool parse_byte_count(const std::string &text, uint64_t &out);
+
 std::shared_ptr<SimpleRequest> start_delete(std::shared_ptr<Client> client, const std::string &bucket,
                                             const std::string &key);
 

@@ -3,6 +3,7 @@
 #include "s3torch/crt_compat.h"
 #include "s3torch/errors.h"
 #include "s3torch/fork.h"
+#include "s3torch/log_redact.h"
 
 #include <aws/auth/auth.h>
 #include <aws/common/logging.h>
@@ -42,10 +43,12 @@ ProcessOwner g_owner;  // the process that built g_runtime
 bool g_library_initialized = false;
 
 // CRT logging for diagnosis: S3TORCH_CRT_LOG=error|warn|info|debug|trace, to
-// $S3TORCH_CRT_LOG_FILE or stderr. Set once per process; off by default.
+// $S3TORCH_CRT_LOG_FILE or stderr. Set once per process; off by default. Lines go through the
+// redacting logger (log_redact.h): no session token reaches the log.
 void init_logging(aws_allocator *alloc) {
     const char *level = std::getenv("S3TORCH_CRT_LOG");
     if (!level || !*level) return;
+    static aws_logger standard;
     static aws_logger logger;
     aws_logger_standard_options opts;
     AWS_ZERO_STRUCT(opts);
@@ -58,7 +61,10 @@ void init_logging(aws_allocator *alloc) {
     const char *file = std::getenv("S3TORCH_CRT_LOG_FILE");
     if (file && *file) opts.filename = file;
     else opts.file = stderr;
-    if (aws_logger_init_standard(&logger, alloc, &opts) == AWS_OP_SUCCESS) aws_logger_set(&logger);
+    if (aws_logger_init_standard(&standard, alloc, &opts) == AWS_OP_SUCCESS) {
+        init_redacting_logger(&logger, &standard, alloc);
+        aws_logger_set(&logger);
+    }
 }
 
 // A runtime inherited across fork() without a teardown (transfers were in flight in the

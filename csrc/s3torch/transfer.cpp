@@ -114,8 +114,15 @@ void Transfer::start_get_object(const std::optional<ByteRange> &range, aws_byte_
     AWS_ZERO_STRUCT(o);
     o.type = AWS_S3_META_REQUEST_TYPE_GET_OBJECT;
     o.recv_buffer = recv_buffer;
+    if (recv_buffer) o.progress_callback = s_on_get_progress;
     start(o, "GET", address_of(client_->config(), client_->endpoint(), ctx_.bucket, ctx_.key), headers);
     increment_read_window(read_window);
+}
+
+void Transfer::s_on_get_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress, void *user_data) {
+    auto *t = static_cast<Transfer *>(user_data);
+    std::lock_guard<std::mutex> lock(t->mu_);
+    t->delivered_ += progress->bytes_transferred;
 }
 
 aws_s3_meta_request *Transfer::acquire_meta_request() {
@@ -167,6 +174,14 @@ void Transfer::cancel_and_wait() {
 void Transfer::raise_if_failed() {
     std::lock_guard<std::mutex> lock(mu_);
     if (!finished_ || error_code_ == 0) return;
+    if (!own_error_.empty()) {
+        S3Error err(ErrorKind::Generic, own_error_, ctx_);
+        err.crt_error = error_code_;
+        err.crt_error_name = crt_error_name(error_code_);
+        err.http_status = status_;
+        err.request_id = request_id_;
+        throw err;
+    }
     if ((unanswered_ || cancelled_) && error_code_ == AWS_ERROR_S3_CANCELED) {
         // Cancelled by us: by the never-answered watchdog, or by the caller.
         std::string why = unanswered_ ? "no answer from the endpoint in " + std::to_string(kUnansweredMs / 1000) +

@@ -33,6 +33,7 @@ struct aws_byte_cursor;
 struct aws_byte_buf;
 struct aws_s3_meta_request_receive_body_extra_info;
 struct aws_s3_request_metrics;
+struct aws_s3_meta_request_progress;
 
 namespace s3torch {
 
@@ -102,6 +103,13 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     bool attempted_ = false;   // an attempt of this transfer has ended (any outcome)
     uint64_t start_ns_ = 0;    // when start() made the meta request (set before it runs)
     std::string last_error_request_id_;
+    // A GET into recv_buffer: body bytes of the parts that succeeded, as the CRT reports them
+    // (its progress events, all delivered before the finish callback). The CRT reports the
+    // range's length as received even when a response was shorter than its part.
+    uint64_t delivered_ = 0;
+    // Set by a subclass in on_finished_locked (with error_code_): the transfer failed for this
+    // reason, which raise_if_failed reports as a Generic S3Error.
+    std::string own_error_;
 
   private:
     static int s_on_headers(aws_s3_meta_request *, const aws_http_headers *, int, void *);
@@ -110,6 +118,7 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     static void s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_result *, void *);
     static void s_on_shutdown(void *);
     static void s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *, void *);
+    static void s_on_get_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *, void *);
 
     aws_s3_meta_request *mr_ = nullptr;  // mu_; our reference, dropped at finish
     std::shared_ptr<Transfer> self_;     // set by start(), dropped at shutdown

@@ -81,6 +81,9 @@ class S3Client:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["region"], state["endpoint"] or None, state["config"])  # type: ignore[misc]
 
+    def __repr__(self) -> str:  # the config's repr shows no secret
+        return f"S3Client(region={self._region!r}, endpoint={self.endpoint!r}, s3client_config={self._config!r})"
+
     @property
     def region(self) -> str:
         """The region requests are signed for."""

@@ -10,8 +10,11 @@ from . import _crt
 
 MiB = 1024 * 1024
 
+SECRET_FIELDS = ("secret_access_key", "session_token")
+"""Fields that ``repr``/``str`` show as ``***`` (pickling and ``as_dict`` carry them)."""
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class S3ClientConfig:
     """How an :class:`~s3torch.S3Client` talks to S3. Validated on construction, by the native
     ``ClientConfig`` (csrc/s3torch/config.h), which defines every field's limits once.
@@ -47,6 +50,10 @@ class S3ClientConfig:
             rank, a CLI command in a job script.
         checksums: the checksum uploads carry for the server to verify, ``"crc32c"`` (default),
             ``"crc32"``, or ``"off"`` for servers that reject checksum headers.
+
+    ``repr`` and ``str`` show ``secret_access_key`` and ``session_token`` as ``***``, so a
+    config printed in a log, a traceback or a hyperparameter dump holds no secret. Pickling
+    (a DataLoader worker, ``dcp.async_save``'s process) and :meth:`as_dict` carry them.
     """
 
     throughput_target_gbps: float = 10.0
@@ -71,6 +78,13 @@ class S3ClientConfig:
         # One set of limits: the native ClientConfig's (TypeError for a wrong type,
         # S3InvalidArgumentError, a ValueError, for a value out of its limits).
         self.native_config().validate()
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={'***' if f.name in SECRET_FIELDS and value is not None else repr(value)}")
+        return f"S3ClientConfig({', '.join(shown)})"
 
     def native_config(self, region: str = "us-east-1", endpoint: str = "") -> _crt.ClientConfig:
         """This configuration as the native ``ClientConfig`` (same field names; None is "")."""

@@ -3,14 +3,14 @@ or in a local directory (torch's FileSystemWriter layout)."""
 
 from __future__ import annotations
 
+import argparse
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _crt
 from .._client import S3Client
-from ._common import NOT_FOUND, CLIError, as_dir, list_all, s3_uri
+from ._common import FAILED, NOT_FOUND, CLIError, as_dir, list_all, s3_uri
 
 METADATA = ".metadata"
 
@@ -61,19 +61,30 @@ class Checkpoint:
         return sorted(out, key=lambda r: (r.file, r.offset))
 
 
-def _load_metadata(data: bytes, where: str) -> Any:
-    import torch.distributed.checkpoint.metadata  # noqa: F401  (the classes the pickle names)
+TRUST_HELP = (
+    "unpickle the checkpoint's .metadata with plain pickle, as torch does, instead of s3torch's allow-list "
+    "of DCP metadata classes: only for a checkpoint whose writer you trust (a crafted .metadata runs code)"
+)
+
+
+def add_trust_argument(p: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint``: the CLI's opt-out of the metadata allow-list (see SECURITY.md)."""
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+
+def _load_metadata(data: bytes, where: str, trust: bool) -> Any:
+    from ..dcp._errors import CheckpointCorruptError
+    from ..dcp._safe_unpickle import CheckpointUnsafeError, load_metadata
 
     try:
-        md = pickle.loads(data)
-    except Exception as e:
-        raise CLIError(f"{where}{METADATA} is not a DCP checkpoint's metadata ({type(e).__name__}: {e})") from e
-    if not hasattr(md, "state_dict_metadata") or not hasattr(md, "storage_data"):
-        raise CLIError(f"{where}{METADATA} is not a DCP checkpoint's metadata (a {type(md).__name__})")
-    return md
+        return load_metadata(data, f"{where}{METADATA}", trust)
+    except CheckpointUnsafeError as e:
+        raise CLIError(f"{e}", FAILED) from e
+    except CheckpointCorruptError as e:
+        raise CLIError(f"{where}{METADATA} is not a DCP checkpoint's metadata ({e})") from e
 
 
-def open_s3(client: S3Client, uri: str) -> Checkpoint:
+def open_s3(client: S3Client, uri: str, trust: bool = False) -> Checkpoint:
     bucket, key = s3_uri(uri)
     prefix = as_dir(key)
     where = f"s3://{bucket}/{prefix}"
@@ -89,16 +100,16 @@ def open_s3(client: S3Client, uri: str) -> Checkpoint:
     except _crt.S3NotFoundError as e:
         raise CLIError(f"no DCP checkpoint at {where}: {e}", NOT_FOUND) from e
     files.pop(METADATA)
-    return Checkpoint(where, _load_metadata(data, where), files, bucket, prefix)
+    return Checkpoint(where, _load_metadata(data, where, trust), files, bucket, prefix)
 
 
-def open_local(path: str) -> Checkpoint:
+def open_local(path: str, trust: bool = False) -> Checkpoint:
     where = os.path.join(os.path.abspath(path), "")
     meta = os.path.join(where, METADATA)
     if not os.path.isfile(meta):
         raise CLIError(f"no DCP checkpoint at {where}: {meta} does not exist", NOT_FOUND)
     with open(meta, "rb") as f:
-        md = _load_metadata(f.read(), where)
+        md = _load_metadata(f.read(), where, trust)
     files = local_files(where)
     files.pop(METADATA, None)
     return Checkpoint(where, md, files)
@@ -115,5 +126,7 @@ def local_files(root: str) -> Dict[str, int]:
     return out
 
 
-def open_any(client_factory: Any, location: str) -> Checkpoint:
-    return open_s3(client_factory(), location) if location.startswith("s3://") else open_local(location)
+def open_any(client_factory: Any, location: str, trust: bool = False) -> Checkpoint:
+    if location.startswith("s3://"):
+        return open_s3(client_factory(), location, trust)
+    return open_local(location, trust)

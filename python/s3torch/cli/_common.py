@@ -20,7 +20,8 @@ EXIT_CODES = """exit codes:
   1  verify: the checkpoint is corrupt (tensor bytes fail their CRC32, truncated records)
   2  usage: bad arguments, or a destination that exists without --overwrite
   3  not found: no such bucket, prefix, object or checkpoint
-  4  any other failure: access denied, network or server errors, a failed transfer"""
+  4  any other failure: access denied, network or server errors, a failed transfer,
+     a checkpoint whose .metadata is refused as unsafe (see --trust-checkpoint)"""
 
 
 class CLIError(Exception):

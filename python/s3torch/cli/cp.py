@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Tuple
 
 from .. import _crt
 from .._client import S3Client
+from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
 from ._checkpoint import METADATA, local_files
 from ._common import (
@@ -39,6 +40,10 @@ a local directory (for example one written by torch's FileSystemWriter), byte fo
 Every file under SRC is copied to the same relative path under DST. Data files go first,
 many transfers in flight (multipart uploads, ranged GETs into memory-mapped files); the
 .metadata file(s) go last, so an interrupted copy leaves no loadable checkpoint at DST.
+
+Refuses (exit 2), before writing anything, an object whose key below the prefix would not
+stay under DST as a path: "..", ".", or empty segments, an absolute path, a backslash, NUL
+or another control character.
 
 Refuses (exit 2) when DST already holds a checkpoint (a .metadata), unless --overwrite:
 then DST's old .metadata is removed before anything else is written, and files DST holds
@@ -148,6 +153,10 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     if METADATA not in files:
         raise CLIError(f"no DCP checkpoint at {src}: {src}{METADATA} does not exist", NOT_FOUND)
     dst = os.path.abspath(args.dst)
+    try:  # every key, before anything is removed or written
+        paths = {name: local_path(dst, name, prefix + name) for name in files}
+    except UnsafeKeyError as e:
+        raise CLIError(f"{src}: {e} (it would not stay under {dst})", USAGE) from e
     existing = [n for n in local_files(dst) if _is_metadata(n)] if os.path.isdir(dst) else []
     if existing and not args.overwrite:
         raise CLIError(f"{dst} already holds a checkpoint ({existing[0]}); --overwrite replaces it", USAGE)
@@ -156,17 +165,22 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     data, meta = _ordered(files)
     total = sum(files.values())
     with progress_for("cp", f"{src} -> {dst}", total=total) as progress:
-        _get_files(client, bucket, prefix, dst, [(n, files[n]) for n in data], progress)
-        _get_files(client, bucket, prefix, dst, [(n, files[n]) for n in meta], progress)
+        _get_files(client, bucket, prefix, paths, [(n, files[n]) for n in data], progress)
+        _get_files(client, bucket, prefix, paths, [(n, files[n]) for n in meta], progress)
     print(f"copied {len(files)} files, {human(total)} ({total:,} bytes): {src} -> {dst}")
     return OK
 
 
 def _get_files(
-    client: S3Client, bucket: str, prefix: str, dst: str, files: List[Tuple[str, int]], progress: Progress
+    client: S3Client,
+    bucket: str,
+    prefix: str,
+    paths: Dict[str, str],
+    files: List[Tuple[str, int]],
+    progress: Progress,
 ) -> None:
-    """Every file, by pieces of PIECE bytes, WINDOW of them in flight, each GET writing
-    straight into the file's memory map."""
+    """Every file (at ``paths[name]``, checked by ``local_path``), by pieces of PIECE bytes,
+    WINDOW of them in flight, each GET writing straight into the file's memory map."""
     native = client._get_native()
     maps: List[Tuple[Any, Any, Any]] = []  # (file, mmap, memoryview), closed at the end
     pieces: List[Tuple[str, int, int, int]] = []  # (key, offset, length, index in maps)
@@ -175,7 +189,7 @@ def _get_files(
     inflight: List[Tuple[Any, Tuple[str, int, int, int]]] = []
     try:
         for name, size in files:
-            path = os.path.join(dst, *name.split("/"))
+            path = paths[name]
             os.makedirs(os.path.dirname(path), exist_ok=True)
             f = open(path, "wb+")
             f.truncate(size)

@@ -8,7 +8,7 @@ from collections import defaultdict
 from typing import Any, Dict, List
 
 from .._progress import human
-from ._checkpoint import Checkpoint, open_any
+from ._checkpoint import Checkpoint, add_trust_argument, open_any
 from ._common import OK, add_connection_arguments, make_client
 
 HELP = "describe a DCP checkpoint: files, tensors, bytes, writer"
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("location", metavar="CHECKPOINT", help="s3://bucket/prefix of the checkpoint, or a local directory")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--tensors", type=int, default=50, metavar="N", help="list at most N tensors in text (default 50)")
+    add_trust_argument(p)
     add_connection_arguments(p)
 
 
@@ -114,7 +115,7 @@ def describe(ckpt: Checkpoint) -> Dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the verb with the parsed ``args``; returns the exit code."""
-    d = describe(open_any(lambda: make_client(args), args.location))
+    d = describe(open_any(lambda: make_client(args), args.location, args.trust_checkpoint))
     if args.json:
         print(json.dumps(d, indent=2))
         return OK

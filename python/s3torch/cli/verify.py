@@ -14,7 +14,7 @@ import time
 from typing import Any, List, Tuple
 
 from .._progress import human
-from ._checkpoint import Record, open_s3
+from ._checkpoint import Record, add_trust_argument, open_s3
 from ._common import CORRUPT, OK, CLIError, add_connection_arguments, make_client, progress_for
 
 HELP = "check every tensor of a DCP checkpoint on S3 against its CRC32"
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="read the tensors in groups of at most N bytes, each group fully in parallel (default 1 GiB)",
     )
+    add_trust_argument(p)
     add_connection_arguments(p)
 
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dcp._errors import CheckpointCorruptError
 
     client = make_client(args)
-    ckpt = open_s3(client, args.location)
+    ckpt = open_s3(client, args.location, args.trust_checkpoint)
     md = ckpt.metadata
     transformed = [i.fqn for i, info in md.storage_data.items() if getattr(info, "transform_descriptors", None)]
     if transformed:

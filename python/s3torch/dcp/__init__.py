@@ -6,6 +6,7 @@ except ImportError as e:  # a bare ModuleNotFoundError would not say what to do
     raise ImportError("s3torch.dcp needs PyTorch with torch.distributed (torch>=2.11,<2.14): pip install torch") from e
 
 from ._errors import CheckpointConnectionError, CheckpointCorruptError, CheckpointReadError, StagingError
+from ._safe_unpickle import CheckpointUnsafeError
 from ._shared_reads import SharedReadError
 from ._staging import release_staging_memory
 from .s3_file_system import S3FileSystem
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointReadError",
     "CheckpointConnectionError",
+    "CheckpointUnsafeError",
     "StagingError",
     "SharedReadError",
     "release_staging_memory",

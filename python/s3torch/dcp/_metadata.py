@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata
 
 from .._crt import S3Exception, S3NotFoundError
-from ._errors import read_error
+from ._errors import CheckpointCorruptError, read_error
+from ._safe_unpickle import CheckpointUnsafeError
 
 
 class UnreadableMetadata:
@@ -55,6 +56,8 @@ def read_or_defer(
         for name in ("code", "http_status", "request_id", "bucket", "key"):
             setattr(err, name, getattr(e, name, None))
         return UnreadableMetadata(err)
+    except (CheckpointUnsafeError, CheckpointCorruptError) as e:  # the bytes, not the transfer: as they are
+        return UnreadableMetadata(e)
     except S3Exception as e:  # access and timeouts as they are; server and network: a read error
         return UnreadableMetadata(read_error(f"{path}/.metadata", e))
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 from torch.distributed.checkpoint.filesystem import FileSystemReader
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.futures import Future
 
@@ -27,6 +27,7 @@ from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
 from ._metadata import raise_if_unreadable, rank_local_name, read_or_defer
 from ._parallel_load import ParallelLoader
+from ._safe_unpickle import SafeBytesPlanner, load_metadata
 from ._shared_reads import DEFAULT_ROUND_BYTES, SharedLoad, ShareSchedule, plan_sharing
 from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, check_ring_size
 from .s3_file_system import S3FileSystem
@@ -85,6 +86,7 @@ class S3StorageReader(FileSystemReader):
         share_reads: bool = False,
         process_group: Optional[Any] = None,
         share_round_bytes: int = DEFAULT_ROUND_BYTES,
+        trust_checkpoint: bool = False,
     ) -> None:
         check_ring_size(staging_bytes, staging_slot_bytes)
         if isinstance(share_round_bytes, bool) or not isinstance(share_round_bytes, int) or share_round_bytes <= 0:
@@ -106,6 +108,7 @@ class S3StorageReader(FileSystemReader):
         self._progress = Progress("DCP load from", str(self.path), progress)
         self.last_load_stats: Dict[str, int] = {}
         self.share_reads, self.process_group, self.share_round_bytes = share_reads, process_group, share_round_bytes
+        self.trust_checkpoint = bool(trust_checkpoint)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
@@ -119,10 +122,23 @@ class S3StorageReader(FileSystemReader):
         """The checkpoint's metadata. A failed read of the global ``.metadata`` is raised by
         :meth:`set_up_storage_reader`, torch's next call, so that torch neither logs it nor
         retries it as rank-local metadata (see ``_metadata``)."""
-        if kwargs.get("rank") is not None:  # torch's fallback: only when a rank-local file exists
-            return super().read_metadata(*args, **kwargs)
-        got = read_or_defer(lambda: super(S3StorageReader, self).read_metadata(), str(self.path), self._exists)
+        rank = kwargs.get("rank")
+        if rank is not None:  # torch's fallback: only when a rank-local file exists
+            return self._read_metadata(rank)
+        got = read_or_defer(lambda: self._read_metadata(None), str(self.path), self._exists)
         return got  # type: ignore[return-value]  # an UnreadableMetadata raises on use
+
+    def _read_metadata(self, rank: Optional[int]) -> Metadata:
+        """What torch's ``FileSystemReader.read_metadata`` does, with the one unpickler of
+        ``_safe_unpickle`` in place of ``pickle.load``."""
+        path = self.fs.concat_path(self.path, rank_local_name(rank))
+        with self.fs.create_stream(path, "rb") as stream:
+            data = stream.read()
+        metadata = load_metadata(data, str(path), self.trust_checkpoint)
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
     def _exists(self, rank: int) -> bool:
         try:
@@ -162,6 +178,8 @@ class S3StorageReader(FileSystemReader):
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
         """Load every item of ``plan`` into the planner's destinations; the future is done when all are."""
+        if not self.trust_checkpoint:  # torch's planner unpickles byte items with weights_only=False
+            planner = SafeBytesPlanner(planner, str(self.path))  # type: ignore[assignment]
         self._progress.start()
         self._progress.set_total(sum(self.storage_data[r.storage_index].length for r in plan.items))
         try:

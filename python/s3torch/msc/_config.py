@@ -272,7 +272,15 @@ class MSCConfig:
                 profile=profile,
             )
         if options.get("multipart_chunksize"):
-            cfg["part_size"] = int(options["multipart_chunksize"])
+            chunk = options["multipart_chunksize"]
+            if isinstance(chunk, bool) or not isinstance(chunk, (int, str)) or not str(chunk).strip().isdigit():
+                raise MSCConfigError(
+                    "storage_provider.options.multipart_chunksize must be a number of bytes, "
+                    f"got {type(chunk).__name__}",
+                    config_file=file,
+                    profile=profile,
+                )
+            cfg["part_size"] = int(str(chunk).strip())
         creds = raw.get("credentials_provider")
         if creds is not None:
             ctype = creds.get("type") if isinstance(creds, dict) else None
@@ -283,6 +291,10 @@ class MSCConfig:
                     "(access_key, secret_key, session_token) or remove credentials_provider to use the environment's",
                     config_file=file,
                     profile=profile,
+                )
+            if not isinstance(copts, dict):
+                raise MSCConfigError(
+                    "credentials_provider.options must be a mapping", config_file=file, profile=profile
                 )
             if not copts.get("access_key") or not copts.get("secret_key"):
                 raise MSCConfigError(
@@ -310,6 +322,20 @@ def _join(a: str, b: str) -> str:
     return f"{a}/{b}" if a and b else a or b
 
 
+def _parse_error(e: Exception) -> str:
+    """What is wrong and where, without the file's text: PyYAML's message quotes the line,
+    which may hold a secret key."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:
+        problem = getattr(e, "problem", None) or getattr(e, "context", None) or "syntax error"
+        return f"{type(e).__name__}: {problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"JSONDecodeError: {e.msg} at line {e.lineno}, column {e.colno}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"UnicodeDecodeError: {e.reason} at byte {e.start}"
+    return type(e).__name__
+
+
 def _read(path: str) -> Dict[str, Any]:
     try:
         with open(path) as f:
@@ -327,7 +353,7 @@ def _read(path: str) -> Dict[str, Any]:
     except MSCConfigError:
         raise
     except Exception as e:
-        raise MSCConfigError(f"cannot be parsed ({type(e).__name__}: {e}); fix its syntax", config_file=path) from e
+        raise MSCConfigError(f"cannot be parsed ({_parse_error(e)}); fix its syntax", config_file=path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

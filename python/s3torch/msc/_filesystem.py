@@ -213,7 +213,7 @@ class MultiStorageFileSystemReader(_Binding, S3StorageReader):
     not limit anything: MSC uses it for threads that download whole files before torch reads
     them; here every item is fetched by ranged GETs straight into its destination, all in
     flight at once on the CRT, whose concurrency follows ``S3ClientConfig``'s throughput
-    target. ``**kwargs`` are ``S3StorageReader``'s own options (``verify_checksums``,
+    target. ``**kwargs`` are ``S3StorageReader``'s own options (``trust_checkpoint``, ``verify_checksums``,
     ``staging_bytes``, ``progress``, ...). ``path`` is the resolved ``s3://`` URL;
     ``msc_path`` the path as given.
     """

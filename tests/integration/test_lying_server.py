@@ -1,0 +1,232 @@
+"""A server that lies: a tiny HTTP server on 127.0.0.1 answering S3 requests with bodies
+longer or shorter than asked, wrong Content-Range, Content-Length short of the body, HEAD
+disagreeing with GET, malformed XML, negative sizes and huge key counts. Every case ends in a
+typed s3torch error (or, where the lie is harmless, the right bytes), the guard bytes around
+the destination buffer are intact, and the process is alive."""
+
+from __future__ import annotations
+
+import re
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Iterator, Tuple
+from urllib.parse import unquote
+
+import pytest
+
+from s3torch import S3Client, S3ClientConfig, S3Exception
+
+BUCKET = "lies"
+SIZE = 4096
+DATA = bytes((i * 7 + 3) & 0xFF for i in range(SIZE))
+GUARD = 64
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, headers: Tuple[Tuple[str, str], ...] = (), length: Any = None) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.send_header("x-amz-request-id", "LIAR")
+        if length is not None:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _range(self) -> Tuple[int, int]:
+        m = re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        return (int(m.group(1)), int(m.group(2))) if m else (0, SIZE - 1)
+
+    def do_HEAD(self) -> None:
+        key = self.path.split("?")[0].split("/", 2)[-1]
+        if key == "head_lies":
+            self._send(200, b"", (("ETag", '"e"'),), length=SIZE * 4)
+        elif key == "negative_head":
+            self._send(200, b"", (("ETag", '"e"'),), length=-5)
+        else:
+            self._send(200, b"", (("ETag", '"e"'),), length=SIZE)
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        if "list-type=2" in query:
+            return self._list(query)
+        key = path.split("/", 2)[-1]
+        a, b = self._range()
+        b = min(b, SIZE - 1)
+        want = DATA[a : b + 1]
+        cr = (("Content-Range", f"bytes {a}-{b}/{SIZE}"), ("ETag", '"e"'))
+        if key == "longer":  # more bytes than the range asked for, Content-Length agreeing
+            self._send(206, want + b"X" * 100, cr)
+        elif key == "wrong_range":  # the bytes of another range, labelled as such
+            shifted = DATA[a + 5 : b + 6]
+            self._send(206, shifted, (("Content-Range", f"bytes {a + 5}-{a + 5 + len(shifted) - 1}/{SIZE}"),))
+        elif key == "mislabelled":  # the right length, a Content-Range that does not match it
+            self._send(206, want, (("Content-Range", f"bytes 0-{SIZE * 8}/{SIZE}"),))
+        elif key == "short_body":  # Content-Length says what was asked, the body stops early
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {a}-{b}/{SIZE}")
+            self.send_header("Content-Length", str(len(want)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(want[: len(want) // 2])
+            self.close_connection = True
+        elif key == "cl_short_of_body":  # Content-Length short of the body that follows
+            self._send(206, want, cr, length=max(0, len(want) - 10))
+        elif key == "head_lies":  # HEAD said 4x the size; GET has SIZE bytes
+            self._send(206, want, cr)
+        elif key == "whole_object":  # a 200 with the whole object for a ranged request
+            self._send(200, DATA, (("ETag", '"e"'),))
+        else:
+            self._send(404, b"<Error><Code>NoSuchKey</Code><Message>no</Message></Error>")
+
+    def _list(self, query: str) -> None:
+        prefix = re.search(r"prefix=([^&]*)", query)
+        p = unquote(prefix.group(1)).rstrip("/") if prefix else ""
+        head = '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>lies</Name>'
+        if p == "malformed":
+            body = head + "<Contents><Key>a</Key><Size>1</Contents></ListBucketResult"
+        elif p == "negative":
+            body = head + "<Contents><Key>negative/a</Key><Size>-5</Size></Contents></ListBucketResult>"
+        elif p == "notanumber":
+            body = head + "<Contents><Key>notanumber/a</Key><Size>12abc</Size></Contents></ListBucketResult>"
+        elif p == "overflow":
+            body = (
+                head
+                + "<Contents><Key>overflow/a</Key><Size>99999999999999999999999</Size></Contents></ListBucketResult>"
+            )
+        elif p == "huge":  # many keys in one page, and a KeyCount that lies
+            items = "".join(f"<Contents><Key>huge/{i:07d}</Key><Size>{i}</Size></Contents>" for i in range(50_000))
+            body = head + "<KeyCount>999999999999999999999</KeyCount>" + items + "</ListBucketResult>"
+        elif p == "garbage":
+            body = "\x00\xff not xml at all <<<>>>"
+        else:
+            body = head + "<IsTruncated>false</IsTruncated></ListBucketResult>"
+        self._send(200, body.encode("utf-8", "surrogateescape"), (("Content-Type", "application/xml"),))
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@pytest.fixture(scope="module")
+def liar() -> Iterator[S3Client]:
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    cfg = S3ClientConfig(
+        force_path_style=True, access_key_id="k", secret_access_key="s", max_attempts=2, retry_timeout_s=0
+    )
+    try:
+        yield S3Client("us-east-1", endpoint=f"http://127.0.0.1:{srv.server_address[1]}", s3client_config=cfg)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _guarded(n: int) -> Tuple[bytearray, memoryview]:
+    buf = bytearray(b"\xab" * (GUARD + n + GUARD))
+    return buf, memoryview(buf)[GUARD : GUARD + n]
+
+
+def _guards_intact(buf: bytearray) -> bool:
+    return buf[:GUARD] == b"\xab" * GUARD and buf[-GUARD:] == b"\xab" * GUARD
+
+
+@pytest.mark.parametrize(
+    "key", ["longer", "wrong_range", "mislabelled", "short_body", "cl_short_of_body", "head_lies", "whole_object"]
+)
+@pytest.mark.parametrize("offset,length", [(0, 1000), (100, 1000), (0, SIZE)])
+def test_get_into_caller_memory(liar: S3Client, key: str, offset: int, length: int) -> None:
+    native = liar._get_native()
+    buf, view = _guarded(length)
+    try:
+        got = native.get_into(BUCKET, key, view, offset, length)
+    except S3Exception as e:
+        assert str(e), key  # typed, with a message
+    else:  # accepted: only if what landed is exactly the asked-for bytes
+        assert got == length and bytes(view) == DATA[offset : offset + length], (key, got)
+    view.release()
+    assert _guards_intact(buf), key
+
+
+@pytest.mark.parametrize(
+    "key", ["longer", "wrong_range", "short_body", "cl_short_of_body", "head_lies", "whole_object"]
+)
+def test_get_bytes_and_streams(liar: S3Client, key: str) -> None:
+    native = liar._get_native()
+    for call in (
+        lambda: native.get_bytes(BUCKET, key, 10, 500),
+        lambda: liar.get_object(BUCKET, key).read(),
+        lambda: liar.get_object(BUCKET, key).read(SIZE * 4),
+    ):
+        try:
+            data = call()
+        except S3Exception:
+            continue
+        except OSError as e:  # readers raise through io; still s3torch's family underneath
+            assert isinstance(e.__cause__ or e.__context__ or e, S3Exception) or isinstance(e, S3Exception), e
+            continue
+        assert data in (DATA[10:510], DATA), (key, len(data))
+
+
+def test_head_disagreeing_with_get(liar: S3Client) -> None:
+    info = liar._get_native().head(BUCKET, "head_lies")
+    assert info.size == SIZE * 4
+    buf, view = _guarded(SIZE * 4)
+    try:  # the range past the object's end: the bytes that exist, counted as such, or an error
+        got = liar._get_native().get_into(BUCKET, "head_lies", view, 0, SIZE * 4)
+    except S3Exception:
+        pass
+    else:
+        assert got == SIZE and bytes(view[:SIZE]) == DATA
+    view.release()
+    assert _guards_intact(buf)
+    # A reader sized by the lying HEAD ends in an error or in the bytes that exist, never past them.
+    try:
+        data = liar.get_object(BUCKET, "head_lies").read()
+    except (S3Exception, OSError):
+        pass
+    else:
+        assert data == DATA
+
+
+def test_negative_content_length_on_head(liar: S3Client) -> None:
+    # The CRT's HTTP parser refuses it first (a protocol error); objects.cpp would too.
+    with pytest.raises(S3Exception, match="PROTOCOL_ERROR|not a byte count"):
+        liar._get_native().head(BUCKET, "negative_head")
+
+
+@pytest.mark.parametrize("prefix", ["malformed", "negative", "notanumber", "overflow", "garbage"])
+def test_list_bodies_that_lie(liar: S3Client, prefix: str) -> None:
+    with pytest.raises(S3Exception) as info:
+        list(liar.list_objects(BUCKET, prefix))
+    assert "ListObjectsV2" in str(info.value)
+
+
+def test_huge_key_count(liar: S3Client) -> None:
+    (page,) = list(liar.list_objects(BUCKET, "huge"))
+    assert len(page.object_info) == 50_000
+    assert page.object_info[-1].key == "huge/0049999" and page.object_info[-1].size == 49_999
+
+
+def test_cp_down_from_a_liar_writes_nothing(liar: S3Client, tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    from s3torch.cli import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", liar.endpoint or "")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    for prefix in ("negative", "malformed"):
+        dst = tmp_path / prefix
+        code = main(["cp", f"s3://{BUCKET}/{prefix}", str(dst)])
+        assert code == 4, capsys.readouterr().err
+        assert not dst.exists()
