@@ -108,6 +108,7 @@ class ClientConfig:
     connect_timeout_ms: int
     retry_timeout_s: int
     checksums: str
+    user_agent: str
 
 class NativeClient:
     def __init__(self, config: ClientConfig) -> None: ...
