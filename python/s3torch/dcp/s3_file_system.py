@@ -19,20 +19,17 @@ from ..s3reader import S3Reader
 from ..s3reader.constructor import ReaderConstructor, S3ReaderConstructor
 from ..s3reader.protocol import DCPS3ReaderConstructorProtocol, S3ReaderConstructorProtocol
 from ..s3writer import S3Writer
-
 from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 # s3torchconnector defines its storage reader and writer in this module; s3torch's live in
 # s3_storage_reader / s3_storage_writer and are importable from here too (looked up on first
-# use: those modules import this one).
+# use: those modules import this one; not in __all__, so a star import does not load them).
 _MOVED = {"S3StorageReader": "s3_storage_reader", "S3StorageWriter": "s3_storage_writer"}
 
 __all__ = [
     "S3FileSystem",
-    "S3StorageReader",
-    "S3StorageWriter",
     "StorageMetadata",
     "S3PrefixStrategyBase",
     "DefaultPrefixStrategy",

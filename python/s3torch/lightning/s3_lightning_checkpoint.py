@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any, Dict, Optional, Union, cast
 
-import torch
 import lightning
+import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from .._client import S3Client
