@@ -49,4 +49,6 @@ class DCPS3ReaderConstructorProtocol(S3ReaderConstructorProtocol, Protocol):
     """A constructor that S3StorageReader tells the item ranges of its load plan
     (``S3ReaderConstructor.dcp_optimized()``): sorted ``ItemRange`` lists keyed by object key."""
 
-    def set_item_ranges_by_file(self, ranges: Dict[str, List[ItemRange]]) -> None: ...
+    def set_item_ranges_by_file(self, ranges: Dict[str, List[ItemRange]]) -> None:
+        """Sorted item ranges per object key, from the load plan."""
+        ...
