@@ -30,10 +30,12 @@ std::string describe(const ErrorContext &ctx) {
 
 // s3torchconnector's words for a missing object, kept in our messages because user code
 // matches on them: its HeadObject says "The object was not found", its GetObject "The key
-// does not exist". The typed class (S3NotFoundError) and .code stay the contract.
-const char *peer_phrase(ErrorKind kind, const std::string &code) {
+// does not exist" (so does ours for a reader's size lookup: to the user it is the read that
+// failed). The typed class (S3NotFoundError) and .code stay the contract.
+const char *peer_phrase(ErrorKind kind, const std::string &code, const std::string &operation) {
     if (kind != ErrorKind::NotFound) return nullptr;
-    if (code == "NoSuchKey") return "Service error: The key does not exist";
+    if (code == "NoSuchKey" || (code == "NotFound" && operation == "GetObject"))
+        return "Service error: The key does not exist";
     if (code == "NotFound") return "Service error: The object was not found";
     return nullptr;
 }
@@ -171,7 +173,7 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
     msg += ")";
     if (missing_source) msg += "; the copy source s3://" + ctx.source_bucket + "/" + ctx.source_key + " does not exist";
     else if (const char *hint = hint_for(kind, code)) msg += "; " + std::string(hint);
-    if (const char *phrase = peer_phrase(kind, code)) msg += " (" + std::string(phrase) + ")";
+    if (const char *phrase = peer_phrase(kind, code, ctx.operation)) msg += " (" + std::string(phrase) + ")";
     S3Error err(kind, msg, ctx);
     if (missing_source) {  // .bucket and .key name the object that is missing
         err.context.bucket = ctx.source_bucket;

@@ -11,8 +11,8 @@
 namespace s3torch {
 
 std::shared_ptr<SimpleRequest> start_head(std::shared_ptr<Client> client, const std::string &bucket,
-                                          const std::string &key) {
-    ErrorContext ctx{"HeadObject", bucket, key};
+                                          const std::string &key, bool for_read) {
+    ErrorContext ctx{for_read ? "GetObject" : "HeadObject", bucket, key};
     require_names(ctx);
     Address addr = address_of(client->config(), client->endpoint(), bucket, key);
     return SimpleRequest::start_request(client, ctx, "HEAD", "HeadObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT);

@@ -140,7 +140,7 @@ class S3Client:
         ``object_info`` (e.g. from a listing) saves the HEAD request for its size."""
         constructor = reader_constructor or S3ReaderConstructor.default()
         native = self._get_native()
-        return constructor(bucket, key, native, lambda: native.head(bucket, key), object_info)
+        return constructor(bucket, key, native, lambda: native.head(bucket, key, for_read=True), object_info)
 
     def put_object(self, bucket: str, key: str, storage_class: Optional[str] = None) -> S3Writer:
         """A writer that uploads the object; ``close()`` completes it."""

@@ -116,3 +116,6 @@ def test_not_found_messages_carry_the_peers_phrases(seaweed, prefix: str) -> Non
     with pytest.raises(S3NotFoundError, match="Service error: The key does not exist") as e:
         client.get_into(BUCKET, prefix + "nope", bytearray(10))
     assert e.value.code == "NoSuchKey"
+    # A reader looks the size up first (a HEAD); to the user it is the read that failed.
+    with pytest.raises(S3NotFoundError, match="Service error: The key does not exist"):
+        client.get_object(BUCKET, prefix + "nope").read()
