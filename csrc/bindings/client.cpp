@@ -100,7 +100,7 @@ class NativeClient {
         if (length) {
             n = *length;
         } else {
-            uint64_t size = size_hint ? *size_hint : head(bucket, key).size;
+            uint64_t size = size_hint ? *size_hint : head(bucket, key, true).size;
             n = size > offset ? size - offset : 0;
         }
         if (n == 0) return py::bytes();
@@ -149,8 +149,8 @@ class NativeClient {
         return std::make_unique<UploadHandle>(std::make_unique<Upload>(client_, bucket, key, opts));
     }
 
-    ObjectInfo head(const std::string &bucket, const std::string &key) {
-        auto req = start_head(client_, bucket, key);
+    ObjectInfo head(const std::string &bucket, const std::string &key, bool for_read) {
+        auto req = start_head(client_, bucket, key, for_read);
         wait_transfer(*req);
         return head_result(*req);
     }
@@ -291,7 +291,7 @@ void register_client(py::module_ &m) {
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),
              py::arg("storage_class") = "")
         .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "")
-        .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"))
+        .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"), py::arg("for_read") = false)
         .def("list_objects", &NativeClient::list_objects, py::arg("bucket"), py::arg("prefix") = "",
              py::arg("delimiter") = "", py::arg("max_keys") = 1000, py::arg("continuation_token") = "",
              py::arg("start_after") = "")

@@ -125,6 +125,9 @@ void ClientConfig::validate() const {
     if (kind == CredentialsKind::Static && access_key_id.empty())
         throw_invalid("static credentials need both an access key id and a secret access key");
     if (kind == CredentialsKind::Profile && profile.empty()) throw_invalid("profile credentials need a profile name");
+    for (char ch : user_agent)
+        if (ch == '\r' || ch == '\n' || ch == '\0')
+            throw_invalid("user_agent must be a single line (no CR, LF or NUL)");
     if (checksums != "crc32c" && checksums != "crc32" && checksums != "off")
         throw_invalid("checksums must be one of 'crc32c', 'crc32', 'off', got '" + checksums + "'");
 }
@@ -147,6 +150,7 @@ CredentialsKind ClientConfig::credentials_kind() const {
 
 Endpoint resolve_config(ClientConfig &c) {
     c.validate();
+    if (c.part_size < kMinPartSize) c.part_size = kMinPartSize;
     if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = kDefaultReadAheadParts * c.part_size;
 
     std::string url = c.endpoint;

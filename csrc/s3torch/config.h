@@ -14,6 +14,7 @@ namespace s3torch {
 constexpr uint64_t kMiB = 1024ull * 1024ull;
 constexpr uint64_t kGiB = 1024ull * kMiB;
 constexpr uint64_t kMinPartSize = 5 * kMiB;     // S3's smallest part (but the last)
+constexpr uint64_t kMinConfigPartSize = 1;      // accepted (as s3torchconnector does), raised to kMinPartSize
 constexpr uint64_t kMaxPartSize = 5 * kGiB;     // S3's largest part
 constexpr uint64_t kMinMemoryLimit = 1 * kGiB;  // aws-c-s3 refuses a smaller buffer pool
 constexpr double kMaxThroughputGbps = 1000.0;
@@ -22,39 +23,41 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
 // X(type, name, python_name, default, min, max, doc), one line per field. `min`/`max` bound
 // integer fields inclusively (0, 0 for strings and flags); the few rules a range cannot say
 // (a float's open lower bound, "0 or at least 1 GiB", credentials) are in validate().
-#define S3TORCH_CLIENT_CONFIG_FIELDS(X)                                                                           \
-    X(std::string, region, "region", "us-east-1", 0, 0,                                                           \
-      "AWS region, or the one an S3-compatible server expects (lowercase letters, digits, dashes)")               \
-    X(std::string, endpoint, "endpoint", "", 0, 0,                                                                \
-      "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region")         \
-    X(double, throughput_target_gbps, "throughput_target_gbps", 10.0, 0, 0,                                       \
-      "aws-c-s3 sizes its connection pool for this, in (0, 1000]")                                                \
-    X(uint64_t, part_size, "part_size", 8 * ::s3torch::kMiB, ::s3torch::kMinPartSize, ::s3torch::kMaxPartSize,    \
-      "part size in bytes of multipart uploads and ranged GETs")                                                  \
-    X(bool, unsigned_requests, "unsigned", false, 0, 0, "send unsigned requests (public buckets)")                \
-    X(bool, force_path_style, "force_path_style", false, 0, 0,                                                    \
-      "address buckets as endpoint/bucket/key (IP-address and localhost endpoints always are)")                   \
-    X(uint32_t, max_attempts, "max_attempts", 10, 1, 64,                                                          \
-      "attempts per request, the first try included (1: no retries at all)")                                      \
-    X(uint32_t, retry_timeout_s, "retry_timeout_s", 120, 0, 86400,                                                \
-      "once the endpoint has answered, how long a request retries outages, throttling, 5xx (0: max_attempts)")    \
-    X(bool, known_endpoint, "known_endpoint", false, 0, 0,                                                        \
-      "the endpoint is known to be right: retries ride out outages from the first request, before it answers")    \
-    X(std::string, profile, "profile", "", 0, 0, "named profile from ~/.aws/credentials and ~/.aws/config")       \
-    X(uint64_t, memory_limit_bytes, "memory_limit_bytes", 0, 0, 1ull << 60,                                       \
-      "cap on aws-c-s3's part-buffer pool (0: automatic; else at least 1 GiB)")                                   \
-    X(std::string, access_key_id, "access_key_id", "", 0, 0, "static credentials: access key id")                 \
-    X(std::string, secret_access_key, "secret_access_key", "", 0, 0, "static credentials: secret access key")     \
-    X(std::string, session_token, "session_token", "", 0, 0, "static credentials: session token")                 \
-    X(std::string, credentials, "credentials", "", 0, 0,                                                          \
-      "provider: default, static, environment, profile or anonymous; empty: from the fields above")               \
-    X(std::string, ca_file, "ca_file", "", 0, 0, "PEM bundle to trust for a private TLS endpoint")                \
-    X(bool, s3express, "s3express", false, 0, 0, "enable S3 Express One Zone (directory buckets)")                \
-    X(uint64_t, stream_read_ahead_bytes, "stream_read_ahead_bytes", 0, 0, 1ull << 48,                             \
-      "read-ahead window of streaming GETs (0: 4 x part size)")                                                   \
-    X(uint32_t, connect_timeout_ms, "connect_timeout_ms", 0, 0, 1ull << 31, "TCP connect timeout (0: the CRT's)") \
-    X(std::string, checksums, "checksums", "crc32c", 0, 0,                                                        \
-      "checksum uploads send for the server to verify: crc32c, crc32 or off")
+#define S3TORCH_CLIENT_CONFIG_FIELDS(X)                                                                              \
+    X(std::string, region, "region", "us-east-1", 0, 0,                                                              \
+      "AWS region, or the one an S3-compatible server expects (lowercase letters, digits, dashes)")                  \
+    X(std::string, endpoint, "endpoint", "", 0, 0,                                                                   \
+      "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region")            \
+    X(double, throughput_target_gbps, "throughput_target_gbps", 10.0, 0, 0,                                          \
+      "aws-c-s3 sizes its connection pool for this, in (0, 1000]")                                                   \
+    X(uint64_t, part_size, "part_size", 8 * ::s3torch::kMiB, ::s3torch::kMinConfigPartSize, ::s3torch::kMaxPartSize, \
+      "part size in bytes of multipart uploads and ranged GETs (below 5 MiB: 5 MiB is used)")                        \
+    X(bool, unsigned_requests, "unsigned", false, 0, 0, "send unsigned requests (public buckets)")                   \
+    X(bool, force_path_style, "force_path_style", false, 0, 0,                                                       \
+      "address buckets as endpoint/bucket/key (IP-address and localhost endpoints always are)")                      \
+    X(uint32_t, max_attempts, "max_attempts", 10, 1, 64,                                                             \
+      "attempts per request, the first try included (1: no retries at all)")                                         \
+    X(uint32_t, retry_timeout_s, "retry_timeout_s", 120, 0, 86400,                                                   \
+      "once the endpoint has answered, how long a request retries outages, throttling, 5xx (0: max_attempts)")       \
+    X(bool, known_endpoint, "known_endpoint", false, 0, 0,                                                           \
+      "the endpoint is known to be right: retries ride out outages from the first request, before it answers")       \
+    X(std::string, profile, "profile", "", 0, 0, "named profile from ~/.aws/credentials and ~/.aws/config")          \
+    X(uint64_t, memory_limit_bytes, "memory_limit_bytes", 0, 0, 1ull << 60,                                          \
+      "cap on aws-c-s3's part-buffer pool (0: automatic; else at least 1 GiB)")                                      \
+    X(std::string, access_key_id, "access_key_id", "", 0, 0, "static credentials: access key id")                    \
+    X(std::string, secret_access_key, "secret_access_key", "", 0, 0, "static credentials: secret access key")        \
+    X(std::string, session_token, "session_token", "", 0, 0, "static credentials: session token")                    \
+    X(std::string, credentials, "credentials", "", 0, 0,                                                             \
+      "provider: default, static, environment, profile or anonymous; empty: from the fields above")                  \
+    X(std::string, ca_file, "ca_file", "", 0, 0, "PEM bundle to trust for a private TLS endpoint")                   \
+    X(bool, s3express, "s3express", false, 0, 0, "enable S3 Express One Zone (directory buckets)")                   \
+    X(uint64_t, stream_read_ahead_bytes, "stream_read_ahead_bytes", 0, 0, 1ull << 48,                                \
+      "read-ahead window of streaming GETs (0: 4 x part size)")                                                      \
+    X(uint32_t, connect_timeout_ms, "connect_timeout_ms", 0, 0, 1ull << 31, "TCP connect timeout (0: the CRT's)")    \
+    X(std::string, checksums, "checksums", "crc32c", 0, 0,                                                           \
+      "checksum uploads send for the server to verify: crc32c, crc32 or off")                                        \
+    X(std::string, user_agent, "user_agent", "", 0, 0,                                                               \
+      "User-Agent header of every request (aws-c-s3 appends its own product token); empty: the CRT's alone")
 
 enum class CredentialsKind {
     Default,      // the default provider chain: environment, profile, web identity, ECS, IMDS
@@ -91,7 +94,8 @@ struct Endpoint {
 };
 
 // validate() `config`, then resolve what it leaves open: the endpoint (from the environment
-// if not given; written back into config.endpoint) and the streaming read-ahead (0: 4 parts).
+// if not given; written back into config.endpoint), a part size below S3's 5 MiB minimum
+// (raised to it, as aws-c-s3 does for uploads) and the streaming read-ahead (0: 4 parts).
 Endpoint resolve_config(ClientConfig &config);
 
 }  // namespace s3torch

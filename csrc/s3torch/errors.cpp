@@ -22,8 +22,22 @@ std::string describe(const ErrorContext &ctx) {
         if (!ctx.key.empty()) where += "/" + ctx.key;
     }
     std::string out = ctx.operation.empty() ? std::string() : ctx.operation;
+    if (!ctx.source_key.empty())
+        out += " s3://" + ctx.source_bucket + "/" + ctx.source_key + (where.empty() ? "" : " to");
     if (!where.empty()) out += (out.empty() ? "" : " ") + where;
     return out;
+}
+
+// s3torchconnector's words for a missing object, kept in our messages because user code
+// matches on them: its HeadObject says "The object was not found", its GetObject "The key
+// does not exist" (so does ours for a reader's size lookup: to the user it is the read that
+// failed). The typed class (S3NotFoundError) and .code stay the contract.
+const char *peer_phrase(ErrorKind kind, const std::string &code, const std::string &operation) {
+    if (kind != ErrorKind::NotFound) return nullptr;
+    if (code == "NoSuchKey" || (code == "NotFound" && operation == "GetObject"))
+        return "Service error: The key does not exist";
+    if (code == "NotFound") return "Service error: The object was not found";
+    return nullptr;
 }
 
 bool is_timeout(int code) {
@@ -147,6 +161,8 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
     if (code.empty() && crt_error == AWS_ERROR_S3_SLOW_DOWN) code = "SlowDown";
     if (code.empty() && crt_error == AWS_ERROR_S3_INTERNAL_ERROR && http_status == 500) code = "InternalError";
     ErrorKind kind = kind_for_s3(code, http_status);
+    // A copy whose object is missing: the source is (the destination is only written).
+    bool missing_source = kind == ErrorKind::NotFound && !ctx.source_key.empty() && code != "NoSuchBucket";
     std::string msg = describe(ctx);
     if (!failed_operation.empty() && failed_operation != ctx.operation) msg += " (" + failed_operation + ")";
     if (!msg.empty()) msg += ": ";
@@ -155,8 +171,14 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
     msg += " (HTTP " + std::to_string(http_status);
     if (!request_id.empty()) msg += ", request id " + request_id;
     msg += ")";
-    if (const char *hint = hint_for(kind, code)) msg += "; " + std::string(hint);
+    if (missing_source) msg += "; the copy source s3://" + ctx.source_bucket + "/" + ctx.source_key + " does not exist";
+    else if (const char *hint = hint_for(kind, code)) msg += "; " + std::string(hint);
+    if (const char *phrase = peer_phrase(kind, code, ctx.operation)) msg += " (" + std::string(phrase) + ")";
     S3Error err(kind, msg, ctx);
+    if (missing_source) {  // .bucket and .key name the object that is missing
+        err.context.bucket = ctx.source_bucket;
+        err.context.key = ctx.source_key;
+    }
     err.s3_code = code;
     err.s3_message = message;
     err.request_id = request_id;

@@ -28,6 +28,10 @@ struct ErrorContext {
     std::string operation;  // "GetObject", "PutObject", ...
     std::string bucket;
     std::string key;
+    // CopyObject only: the source. A copy that fails NotFound names it (the missing object is
+    // the source; a missing destination bucket is NoSuchBucket).
+    std::string source_bucket;
+    std::string source_key;
 };
 
 class S3Error : public std::runtime_error {

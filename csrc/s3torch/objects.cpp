@@ -11,8 +11,8 @@
 namespace s3torch {
 
 std::shared_ptr<SimpleRequest> start_head(std::shared_ptr<Client> client, const std::string &bucket,
-                                          const std::string &key) {
-    ErrorContext ctx{"HeadObject", bucket, key};
+                                          const std::string &key, bool for_read) {
+    ErrorContext ctx{for_read ? "GetObject" : "HeadObject", bucket, key};
     require_names(ctx);
     Address addr = address_of(client->config(), client->endpoint(), bucket, key);
     return SimpleRequest::start_request(client, ctx, "HEAD", "HeadObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT);
@@ -133,7 +133,7 @@ std::shared_ptr<SimpleRequest> start_delete(std::shared_ptr<Client> client, cons
 std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const std::string &src_bucket,
                                           const std::string &src_key, const std::string &dst_bucket,
                                           const std::string &dst_key) {
-    ErrorContext ctx{"CopyObject", dst_bucket, dst_key};
+    ErrorContext ctx{"CopyObject", dst_bucket, dst_key, src_bucket, src_key};
     require_names(ctx);
     if (src_bucket.empty() || src_key.empty()) throw_invalid("copy source bucket and key must be set", ctx);
     Address addr = address_of(client->config(), client->endpoint(), dst_bucket, dst_key);

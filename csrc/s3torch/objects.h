@@ -28,8 +28,10 @@ struct ListPage {
 ObjectInfo head_object(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key);
 
 // Start the operations; wait on the returned request, then call the matching result function.
+// `for_read`: the HEAD a reader makes for the object's size; its errors are the read's
+// (operation GetObject), as a user reading the object sees them.
 std::shared_ptr<SimpleRequest> start_head(std::shared_ptr<Client> client, const std::string &bucket,
-                                          const std::string &key);
+                                          const std::string &key, bool for_read = false);
 ObjectInfo head_result(SimpleRequest &req);
 
 std::shared_ptr<SimpleRequest> start_list(std::shared_ptr<Client> client, const std::string &bucket,

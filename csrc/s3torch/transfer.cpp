@@ -35,8 +35,16 @@ Transfer::~Transfer() = default;
 void Transfer::start(aws_s3_meta_request_options &options, const char *method, const Address &addr,
                      const Headers &headers) {
     // The meta request takes its own reference to the message; ours ends with this scope.
+    // The configured User-Agent goes on the request; aws-c-s3 appends its own product token.
+    const std::string &user_agent = client_->config().user_agent;
+    Headers with_agent;
+    if (!user_agent.empty()) {
+        with_agent = headers;
+        with_agent.emplace_back("User-Agent", user_agent);
+    }
     std::unique_ptr<aws_http_message, void (*)(aws_http_message *)> msg(
-        make_message(method, addr, headers), [](aws_http_message *m) { aws_http_message_release(m); });
+        make_message(method, addr, user_agent.empty() ? headers : with_agent),
+        [](aws_http_message *m) { aws_http_message_release(m); });
     options.message = msg.get();
     want_body_ = options.recv_buffer == nullptr;
     options.user_data = this;

@@ -13,6 +13,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from . import _crt, _uploads
 from ._config import S3ClientConfig
+from ._user_agent import UserAgent, prefix_of
 from .s3reader import S3Reader
 from .s3reader.constructor import ReaderConstructor, S3ReaderConstructor
 from .s3writer import S3Writer
@@ -34,6 +35,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork)
 
 
+class _Prefix:
+    # A UserAgent already rendered (what a pickled client carries).
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+
 class S3Client:
     """A client for one region/endpoint and configuration.
 
@@ -42,6 +49,9 @@ class S3Client:
         endpoint: ``http(s)://host[:port]``; default ``$AWS_ENDPOINT_URL_S3``,
             ``$AWS_ENDPOINT_URL``, else AWS's endpoint for the region.
         s3client_config: an :class:`S3ClientConfig`.
+        user_agent: a :class:`~s3torch._user_agent.UserAgent` (s3torchconnector's is accepted
+            too: anything with a str ``prefix``); its ``prefix`` is the User-Agent header of
+            every request (aws-c-s3 appends its own token). Default: ``UserAgent()``.
     """
 
     def __init__(
@@ -49,10 +59,13 @@ class S3Client:
         region: str,
         endpoint: Optional[str] = None,
         s3client_config: Optional[S3ClientConfig] = None,
+        *,
+        user_agent: Optional[UserAgent] = None,
     ) -> None:
         self._region = region
         self._endpoint = endpoint or ""
         self._config = s3client_config or S3ClientConfig()
+        self._user_agent_prefix = prefix_of(user_agent)
         self._native: Optional[_crt.NativeClient] = None
         self._pid = -1
         self._lock = threading.Lock()
@@ -71,15 +84,24 @@ class S3Client:
                 # parent's is safe; the core never touches its CRT state in this process.
                 self._native = None
             if self._native is None:
-                self._native = _crt.NativeClient(self._config.native_config(self._region, self._endpoint))
+                self._native = _crt.NativeClient(
+                    self._config.native_config(self._region, self._endpoint, user_agent=self._user_agent_prefix)
+                )
                 self._pid = pid
             return self._native
 
     def __getstate__(self) -> dict:
-        return {"region": self._region, "endpoint": self._endpoint, "config": self._config}
+        return {
+            "region": self._region,
+            "endpoint": self._endpoint,
+            "config": self._config,
+            "user_agent_prefix": self._user_agent_prefix,
+        }
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["region"], state["endpoint"] or None, state["config"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["region"], state["endpoint"] or None, state["config"], user_agent=_Prefix(state["user_agent_prefix"])
+        )
 
     def __repr__(self) -> str:  # the config's repr shows no secret
         return f"S3Client(region={self._region!r}, endpoint={self.endpoint!r}, s3client_config={self._config!r})"
@@ -99,6 +121,16 @@ class S3Client:
         """The S3ClientConfig this client was built with."""
         return self._config
 
+    @property
+    def _s3client_config(self) -> S3ClientConfig:
+        # s3torchconnector's private spelling, which its users' tests read.
+        return self._config
+
+    @property
+    def user_agent_prefix(self) -> str:
+        """The User-Agent this client's requests carry (before aws-c-s3's own token)."""
+        return self._user_agent_prefix
+
     # --- streams (s3torchconnector's S3Client surface) ------------------------------------
     def get_object(
         self,
@@ -111,7 +143,7 @@ class S3Client:
         ``object_info`` (e.g. from a listing) saves the HEAD request for its size."""
         constructor = reader_constructor or S3ReaderConstructor.default()
         native = self._get_native()
-        return constructor(bucket, key, native, lambda: native.head(bucket, key), object_info)
+        return constructor(bucket, key, native, lambda: native.head(bucket, key, for_read=True), object_info)
 
     def put_object(self, bucket: str, key: str, storage_class: Optional[str] = None) -> S3Writer:
         """A writer that uploads the object; ``close()`` completes it."""

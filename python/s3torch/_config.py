@@ -3,12 +3,18 @@ plus s3torch's own (endpoint, credentials, memory limit, CA file, ...)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import _crt
 
 MiB = 1024 * 1024
+MIN_PART_SIZE = 5 * MiB  # S3's smallest part but the last
+
+
+class PartSizeWarning(UserWarning):
+    """An ``S3ClientConfig.part_size`` below S3's 5 MiB minimum: 5 MiB is used instead."""
 
 SECRET_FIELDS = ("secret_access_key", "session_token")
 """Fields that ``repr``/``str`` show as ``***`` (pickling and ``as_dict`` carry them)."""
@@ -21,8 +27,11 @@ class S3ClientConfig:
 
     Attributes:
         throughput_target_gbps: aws-c-s3 sizes its connection pool for this (default 10).
-        part_size: part size in bytes for multipart uploads and ranged GETs (5 MiB..5 GiB,
-            default 8 MiB).
+        part_size: part size in bytes for multipart uploads and ranged GETs (1..5 GiB, default
+            8 MiB). Below S3's 5 MiB minimum part, 5 MiB is used (with a warning) and this field
+            keeps the value given. s3torchconnector accepts such a value as well; its uploads
+            use 5 MiB parts (aws-c-s3 raises the part size), but its GETs use the small ranges
+            as given, which s3torch does not do (tiny ranged GETs multiply requests for nothing).
         unsigned: send unsigned requests (public buckets).
         force_path_style: address buckets as ``endpoint/bucket/key`` instead of
             ``bucket.endpoint/key``. IP-address and localhost endpoints always use path style.
@@ -78,6 +87,13 @@ class S3ClientConfig:
         # One set of limits: the native ClientConfig's (TypeError for a wrong type,
         # S3InvalidArgumentError, a ValueError, for a value out of its limits).
         self.native_config().validate()
+        if self.part_size < MIN_PART_SIZE:
+            warnings.warn(
+                f"S3ClientConfig: part_size {self.part_size} is below S3's minimum part size of 5 MiB; "
+                "5 MiB parts are used",
+                PartSizeWarning,
+                stacklevel=3,
+            )
 
     def __repr__(self) -> str:
         shown = []
@@ -86,11 +102,14 @@ class S3ClientConfig:
             shown.append(f"{f.name}={'***' if f.name in SECRET_FIELDS and value is not None else repr(value)}")
         return f"S3ClientConfig({', '.join(shown)})"
 
-    def native_config(self, region: str = "us-east-1", endpoint: str = "") -> _crt.ClientConfig:
+    def native_config(self, region: str = "us-east-1", endpoint: str = "", user_agent: str = "") -> _crt.ClientConfig:
         """This configuration as the native ``ClientConfig`` (same field names; None is "")."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return _crt.ClientConfig(
-            region=region, endpoint=endpoint, **{k: "" if v is None else v for k, v in values.items()}
+            region=region,
+            endpoint=endpoint,
+            user_agent=user_agent,
+            **{k: "" if v is None else v for k, v in values.items()},
         )
 
     def __reduce__(self) -> Tuple[Any, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -13,8 +14,9 @@ from ._client import S3Client
 from ._config import S3ClientConfig
 from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, PrefetchWindow, check_prefetch
 from ._uri import parse_s3_uri
+from ._user_agent import UserAgent
 from .s3reader import S3Reader
-from .s3reader.constructor import ReaderConstructor
+from .s3reader.constructor import ReaderConstructor, S3ReaderConstructor
 
 log = logging.getLogger("s3torch")
 
@@ -25,6 +27,36 @@ LARGE_LISTING = 10_000
 
 def identity(reader: S3Reader) -> S3Reader:
     return reader
+
+
+def _initialised_dist() -> Optional[Tuple[int, int]]:
+    """(rank, world_size) from torch.distributed if it is initialised in this process."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def _env_dist() -> Optional[Tuple[int, int]]:
+    """(rank, world_size) from ``RANK``/``WORLD_SIZE`` (torchrun sets both), None if neither
+    is set; ValueError if one is missing or either is not a valid number."""
+    rank_s, world_s = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank_s is None and world_s is None:
+        return None
+    fix = (
+        "S3IterableDataset(enable_sharding=True) cannot tell this process's rank and world size: "
+        "set both RANK and WORLD_SIZE (as torchrun does), or call torch.distributed.init_process_group "
+        "before creating the dataset or its DataLoader"
+    )
+    if rank_s is None or world_s is None:
+        raise ValueError(f"{fix} (RANK={rank_s!r}, WORLD_SIZE={world_s!r})")
+    try:
+        rank, world = int(rank_s), int(world_s)
+    except ValueError:
+        raise ValueError(f"{fix} (RANK={rank_s!r}, WORLD_SIZE={world_s!r} are not integers)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"{fix} (RANK={rank} is not in 0..WORLD_SIZE-1 with WORLD_SIZE={world})")
+    return rank, world
 
 
 def _list_prefix(client: S3Client, uri: str) -> Iterator[_Entry]:
@@ -106,10 +138,18 @@ class _Base:
         _crt.mark_answered(state.pop("_answered_endpoints", []))
         self.__dict__.update(state)
 
+    _dataset_kind = ""  # "map" or "iterable": the md/dataset# of the User-Agent
+
     def _get_client(self) -> S3Client:
         # S3Client itself is per-process safe; this only delays creating it until first use.
         if self._client is None:
-            self._client = S3Client(self._region, endpoint=self._endpoint, s3client_config=self._config)
+            reader_type = S3ReaderConstructor.get_reader_type_string(self._reader_constructor)
+            self._client = S3Client(
+                self._region,
+                endpoint=self._endpoint,
+                s3client_config=self._config,
+                user_agent=UserAgent([f"md/dataset#{self._dataset_kind} md/reader_type#{reader_type}"]),
+            )
         return self._client
 
     def _reader(self, entry: _Entry) -> S3Reader:
@@ -156,6 +196,8 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
     object when it is read; a DataLoader with a ``batch_size`` calls ``__getitems__``, which
     fetches the batch's objects concurrently.
     """
+
+    _dataset_kind = "map"
 
     def __init__(
         self,
@@ -275,8 +317,24 @@ S3MapDataset.__doc__ = (S3MapDataset.__doc__ or "") + _PREFETCH_DOC
 class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
     """Streams objects in listing order, the next ones fetched ahead. With
     ``enable_sharding``, each object goes to exactly one (distributed rank, DataLoader worker)
-    pair.
+    pair: object ``i`` goes to rank ``i % world_size``, and within a rank, its ``j``-th object
+    to worker ``j % num_workers`` (as in s3torchconnector).
+
+    The rank and world size, whatever starts the DataLoader workers (fork, forkserver, spawn):
+    a worker started by forkserver or spawn is a fresh interpreter in which torch.distributed is
+    not initialised, so they cannot be read there. They are taken, first found wins, from
+
+    1. torch.distributed in the current process, when it is initialised (no workers, or fork);
+    2. the process that made or pickled the dataset: both record them when torch.distributed
+       is initialised there, and the pickle a DataLoader sends its workers carries them;
+    3. the environment torch's launchers set: ``RANK`` and ``WORLD_SIZE`` (torchrun);
+    4. else this is not a distributed job: rank 0 of 1.
+
+    Where only one of ``RANK``/``WORLD_SIZE`` is set, or either is not a valid number, iterating
+    raises ValueError naming what to set, rather than reading every object as rank 0 of 1.
     """
+
+    _dataset_kind = "iterable"
 
     def __init__(
         self,
@@ -303,6 +361,9 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         )
         self._get_entries = get_entries
         self.enable_sharding = enable_sharding
+        # (rank, world_size) where torch.distributed was initialised when this dataset was made
+        # or last pickled; None when it was not (see the class docstring).
+        self._dist: Optional[Tuple[int, int]] = _initialised_dist()
 
     @classmethod
     def from_prefix(
@@ -358,27 +419,27 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
             enable_sharding=enable_sharding,
         )
 
-    def _shard(self) -> Tuple[int, int]:
-        """(index, count) of this consumer among all (rank, worker) pairs."""
-        if not self.enable_sharding:
-            return 0, 1
-        rank, world = 0, 1
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            rank, world = dist.get_rank(), dist.get_world_size()
-        info = torch.utils.data.get_worker_info()
-        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * nworkers + wid, world * nworkers
+    def _rank_and_world_size(self) -> Tuple[int, int]:
+        """The (rank, world_size) this process shards by (see the class docstring)."""
+        return _initialised_dist() or self.__dict__.get("_dist") or _env_dist() or (0, 1)
 
     def __iter__(self) -> Iterator[Any]:
-        index, count = self._shard()
-        mine = (e for i, e in enumerate(self._get_entries(self._get_client())) if i % count == index)
-        return self._transformed(mine)
+        entries: Iterable[_Entry] = self._get_entries(self._get_client())
+        if self.enable_sharding:
+            rank, world = self._rank_and_world_size()
+            info = torch.utils.data.get_worker_info()
+            wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+            ranks = (e for i, e in enumerate(entries) if i % world == rank)
+            entries = (e for j, e in enumerate(ranks) if j % nworkers == wid)
+        return self._transformed(entries)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_client"] = None
         state["_answered_endpoints"] = _crt.answered_endpoints()
+        # A DataLoader pickles the dataset for each worker when iteration starts, after
+        # init_process_group in the usual program: what the workers shard by.
+        state["_dist"] = _initialised_dist() or self.__dict__.get("_dist")
         return state
 
 

@@ -68,7 +68,7 @@ class PrefetchedS3Reader(SequentialS3Reader):
         object_info: Optional["_crt.ObjectInfo"],
         data: memoryview,
     ) -> None:
-        super().__init__(bucket, key, lambda: native.head(bucket, key), native, object_info)
+        super().__init__(bucket, key, lambda: native.head(bucket, key, for_read=True), native, object_info)
         self._data = data
         self._length = len(data)
 

@@ -1,4 +1,4 @@
-"""Compatibility path: s3torchconnector users import the client from here."""
+"""Compatibility path: s3torchconnector users import the client (and its configuration) from here."""
 
 from ._client import S3Client
 from ._config import S3ClientConfig

@@ -195,6 +195,7 @@ class FaultProxy:
         self._faults: List[Fault] = []
         self._lock = threading.Lock()  # guards _faults, _log (touched by callers and the loop)
         self._log: List[Tuple[float, str, str]] = []  # (time, method, target) of every request
+        self._agents: List[Tuple[str, str, str]] = []  # (method, target, User-Agent) of every request
         self._ids = itertools.count(1)
         self._bucket = _Bucket(rate)
         self._conns: Set[_Conn] = set()
@@ -232,6 +233,11 @@ class FaultProxy:
         rx = re.compile(pattern)
         with self._lock:
             return sum(1 for _, m, t in self._log if rx.search(t) and (method is None or m == method))
+
+    def user_agents(self) -> List[Tuple[str, str, str]]:
+        """(method, target, User-Agent header or "") of every request so far."""
+        with self._lock:
+            return list(self._agents)
 
     def outage(self, seconds: float) -> None:
         """From now, for ``seconds``: every open connection reset, new ones refused."""
@@ -343,6 +349,8 @@ class FaultProxy:
                     head = (first + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode("latin-1")
                 body = await _read_body(c_reader, headers, until_eof=False)
                 await self._bucket.take(len(body))
+                with self._lock:
+                    self._agents.append((method, target, _get(headers, "user-agent") or ""))
                 fault = self._match(method, target)
                 kind = fault.kind if fault is not None else None
                 rid = f"FAULTPROXY-{next(self._ids)}"

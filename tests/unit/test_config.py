@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError, _crt
+from s3torch._config import PartSizeWarning
 
 
 @pytest.mark.parametrize(
@@ -42,13 +43,22 @@ def test_good_endpoints_and_regions() -> None:
         S3Client(region, endpoint="http://127.0.0.1:1")
 
 
-@pytest.mark.parametrize("part_size", [0, 5 * 1024 * 1024 - 1, 5 * 1024**3 + 1])
+@pytest.mark.parametrize("part_size", [0, 5 * 1024**3 + 1])
 def test_part_size_out_of_range(part_size: int) -> None:
     with pytest.raises(ValueError, match="part_size"):
         S3ClientConfig(part_size=part_size)
     # The native layer refuses too, for callers that bypass the dataclass.
     with pytest.raises(S3InvalidArgumentError, match="part_size"):
         _crt.NativeClient(_crt.ClientConfig(endpoint="http://127.0.0.1:1", part_size=part_size))
+
+
+def test_part_size_below_5_mib_is_accepted_and_raised_to_5_mib() -> None:
+    # As s3torchconnector accepts it (S3 refuses smaller parts but the last): 5 MiB is used.
+    with pytest.warns(PartSizeWarning):
+        cfg = S3ClientConfig(part_size=5 * 1024 * 1024 - 1)
+    assert cfg.part_size == 5 * 1024 * 1024 - 1
+    native = _crt.NativeClient(cfg.native_config(endpoint="http://127.0.0.1:1"))
+    assert native.part_size == 5 * 1024 * 1024
 
 
 @pytest.mark.parametrize("attempts", [0, 65])
@@ -93,7 +103,7 @@ def test_one_field_list() -> None:
     class holds the same defaults (None in Python is "" natively)."""
     native = _crt.ClientConfig()
     ours = {f.name for f in dataclasses.fields(S3ClientConfig)}
-    assert set(_crt.ClientConfig.fields()) == ours | {"region", "endpoint", "credentials"}
+    assert set(_crt.ClientConfig.fields()) == ours | {"region", "endpoint", "credentials", "user_agent"}
     for f in dataclasses.fields(S3ClientConfig):
         assert getattr(native, f.name) == ("" if f.default is None else f.default), f.name
     # Values out of range are refused by the native class alone, with the same message.

@@ -4,19 +4,55 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Generator, List, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Generator, List, Optional, Union
 
+import torch
 from torch.distributed.checkpoint.filesystem import FileSystemBase
 
 from .._client import S3Client
 from .._config import S3ClientConfig
-from .._crt import S3NotFoundError
+from .._crt import S3Exception, S3NotFoundError
 from .._uri import parse_s3_uri, s3_path
+from .._user_agent import UserAgent
 from ..s3reader import S3Reader
-from ..s3reader.constructor import ReaderConstructor
+from ..s3reader.constructor import ReaderConstructor, S3ReaderConstructor
+from ..s3reader.protocol import DCPS3ReaderConstructorProtocol, S3ReaderConstructorProtocol
 from ..s3writer import S3Writer
+from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+# s3torchconnector defines its storage reader and writer in this module; s3torch's live in
+# s3_storage_reader / s3_storage_writer and are importable from here too (looked up on first
+# use: those modules import this one; not in __all__, so a star import does not load them).
+_MOVED = {"S3StorageReader": "s3_storage_reader", "S3StorageWriter": "s3_storage_writer"}
+
+__all__ = [
+    "S3FileSystem",
+    "StorageMetadata",
+    "S3PrefixStrategyBase",
+    "DefaultPrefixStrategy",
+    "S3ReaderConstructorProtocol",
+    "DCPS3ReaderConstructorProtocol",
+    "S3Exception",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass
+class StorageMetadata:
+    """The key prefix of a checkpoint (s3torchconnector's ``storage_meta`` record; s3torch
+    neither writes nor needs it, and provides it for code that names it)."""
+
+    prefix: str
 
 
 class S3FileSystem(FileSystemBase):
@@ -31,7 +67,11 @@ class S3FileSystem(FileSystemBase):
         endpoint: Optional[str] = None,
     ) -> None:
         self.region = region
-        self._client = s3_client or S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
+        reader_type = S3ReaderConstructor.get_reader_type_string(reader_constructor)
+        user_agent = UserAgent(["dcp", torch.__version__, f"md/reader_type#{reader_type}"])
+        self._client = s3_client or S3Client(
+            region, endpoint=endpoint, s3client_config=s3client_config, user_agent=user_agent
+        )
         self._reader_constructor = reader_constructor
 
     @property

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any, Dict, Optional, Union, cast
 
+import lightning
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from .._client import S3Client
 from .._config import S3ClientConfig
 from .._uri import parse_s3_uri, s3_path
+from .._user_agent import UserAgent
 from ..s3reader.constructor import ReaderConstructor
 
 
@@ -28,7 +30,8 @@ class S3LightningCheckpoint(CheckpointIO):
     ) -> None:
         super().__init__()
         self.region = region
-        self._client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
+        user_agent = UserAgent(["lightning", lightning.__version__])
+        self._client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config, user_agent=user_agent)
         self._reader_constructor = reader_constructor
 
     def save_checkpoint(

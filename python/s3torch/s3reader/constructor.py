@@ -6,10 +6,19 @@ from typing import Dict, List, Optional, Union
 
 from .. import _crt
 from .._checks import is_int, is_number
-from .dcp_optimized import DEFAULT_MAX_GAP_SIZE, DCPOptimizedS3Reader, ItemRange
+from .dcp_optimized import DEFAULT_MAX_GAP_SIZE, FALLBACK_GUIDANCE, DCPOptimizedS3Reader, ItemRange
+from .protocol import DCPS3ReaderConstructorProtocol, S3ReaderConstructorProtocol
 from .ranged import RangedS3Reader
 from .s3reader import GetObjectInfo, S3Reader
 from .sequential import SequentialS3Reader
+
+__all__ = [
+    "S3ReaderConstructor",
+    "DCPOptimizedConstructor",
+    "S3ReaderConstructorProtocol",
+    "DCPS3ReaderConstructorProtocol",
+    "FALLBACK_GUIDANCE",
+]
 
 
 class ReaderConstructor:

@@ -27,6 +27,10 @@ GUIDANCE = (
     "order. If you see this with S3StorageReader's default reader, load with the generic "
     "reader instead: S3StorageReader(region, path, reader_constructor=S3ReaderConstructor.default())"
 )
+FALLBACK_GUIDANCE = GUIDANCE  # s3torchconnector's name for it
+# Starts every message about a read outside the planned ranges or in the wrong order (as the
+# peer's constant of this name does), so code can recognise them.
+FIND_ITEM_ERROR_PREFIX = "DCPOptimizedS3Reader only supports sequentially accessing provided ranges: "
 
 
 @dataclass(frozen=True)
@@ -101,11 +105,13 @@ class DCPOptimizedS3Reader(S3Reader):
         i = bisect.bisect_right(self._item_starts, pos) - 1
         if i < 0 or pos + max(length, 0) > self._items[i].end or (length > 0 and pos >= self._items[i].end):
             raise ValueError(
-                f"{self.uri}: read of [{pos}, {pos + length}) is outside the planned item ranges. {GUIDANCE}"
+                f"{FIND_ITEM_ERROR_PREFIX}{self.uri}: read of [{pos}, {pos + length}) is outside the planned item "
+                f"ranges. {GUIDANCE}"
             )
         if i < self._cur_item:
             raise ValueError(
-                f"{self.uri}: read at {pos} goes back to an earlier item (item {i} after item {self._cur_item}). "
+                f"{FIND_ITEM_ERROR_PREFIX}{self.uri}: read at {pos} goes back to an earlier item "
+                f"(item {i} after item {self._cur_item}). "
                 f"{GUIDANCE}"
             )
         return i
