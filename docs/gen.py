@@ -199,7 +199,7 @@ def _configuration_page() -> str:
         "`$AWS_ENDPOINT_URL`, else AWS's endpoint for the region; IP-address and localhost endpoints use "
         "path-style addressing automatically. How retries use `max_attempts` and `retry_timeout_s`: "
         "[Retries and errors](retries.md). Adding a field: "
-        "[Architecture](architecture.md#adding-a-configuration-field).\n"
+        "[Architecture](architecture.md#a-configuration-field).\n"
     )
     return "\n".join(out)
 
@@ -364,7 +364,8 @@ def on_files(files: Files, config: Any) -> Files:
     for page, module in API_MODULES:
         add(page, _api_page(module))
     add("changelog.md", _read("CHANGELOG.md"))
-    add("contributing.md", _read("CONTRIBUTING.md"))
+    # CONTRIBUTING.md links into docs/ from the repository root; here it sits inside docs/.
+    add("contributing.md", _read("CONTRIBUTING.md").replace("](docs/", "]("))
     if os.path.exists(os.path.join(ROOT, "SECURITY.md")):
         add("security.md", _read("SECURITY.md"))
     else:
