@@ -58,7 +58,8 @@ def _cli_page() -> str:
         "`python -m s3torch VERB` or the `s3torch` console script. Endpoint, region and credentials come "
         "from where the library takes them (`$AWS_ENDPOINT_URL_S3` / `$AWS_ENDPOINT_URL`, `$AWS_REGION` / "
         "`$AWS_DEFAULT_REGION`, else us-east-1, the usual credential chain); `--endpoint`, `--region` and "
-        "`--profile` override them.\n",
+        "`--profile` override them. While stdout is a terminal, `cp`, `verify` and `du` draw a progress bar on "
+        "stderr (through tqdm when installed: `pip install \".[cli]\"`); otherwise they print only their result.\n",
         "| verb | what it does |\n|---|---|",
     ]
     out += [f"| [`{name}`](#{name}) | {_cell(helps.get(name) or '')} |" for name in sub.choices]
@@ -283,7 +284,7 @@ def _run_tables(rel: str, d: Dict[str, Any], charts: Dict[str, str]) -> List[str
                     cpu_ratio = f"{p['cpu_median'] / ours['cpu_median']:.2f}x"
             rss = p.get("peak_rss_above_baseline_mb")
             rss_s = "-" if rss is None else f"{rss:,.0f} MB"
-            name = f"**{p['peer']}**" if p is ours else p["peer"]
+            name = f"**{p['peer']}**" if p["peer"] == "s3torch" else p["peer"]
             out.append(f"| {name} | {rate} | {ratio} | {_fmt(p.get('cpu_median'), 2)} | {cpu_ratio} | {rss_s} |")
         out.append("")
         chart = charts.get(os.path.join(os.path.dirname(rel), s["name"] + ".png"))
