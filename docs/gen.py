@@ -59,7 +59,7 @@ def _cli_page() -> str:
         "from where the library takes them (`$AWS_ENDPOINT_URL_S3` / `$AWS_ENDPOINT_URL`, `$AWS_REGION` / "
         "`$AWS_DEFAULT_REGION`, else us-east-1, the usual credential chain); `--endpoint`, `--region` and "
         "`--profile` override them. While stdout is a terminal, `cp`, `verify` and `du` draw a progress bar on "
-        "stderr (through tqdm when installed: `pip install \".[cli]\"`); otherwise they print only their result.\n",
+        'stderr (through tqdm when installed: `pip install ".[cli]"`); otherwise they print only their result.\n',
         "| verb | what it does |\n|---|---|",
     ]
     out += [f"| [`{name}`](#{name}) | {_cell(helps.get(name) or '')} |" for name in sub.choices]
@@ -143,7 +143,7 @@ def config_fields() -> List[Dict[str, str]]:
     return fields
 
 
-def _cpp_value(v: str) -> str:
+def _cpp_value(v: str, in_bytes: bool = True) -> str:
     v = v.replace("::s3torch::", "").strip()
     consts = {"kMiB": 1 << 20, "kGiB": 1 << 30, "kMinPartSize": 5 << 20, "kMaxPartSize": 5 << 30}
     expr = v
@@ -153,9 +153,11 @@ def _cpp_value(v: str) -> str:
     if re.fullmatch(r"[\d\s*<()+]+", expr):
         n = eval(expr, {"__builtins__": {}})  # digits, *, <<, + only (checked above)
         for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20)):
-            if n >= size and n % size == 0 and n not in (1 << 48, 1 << 60):
+            if in_bytes and n >= size and n % size == 0 and n not in (1 << 48, 1 << 60):
                 return f"{n // size} {unit}"
-        return f"{n:,}" if n < (1 << 40) else f"2^{n.bit_length() - 1}"
+        if n >= (1 << 31) and n & (n - 1) == 0:
+            return f"2^{n.bit_length() - 1}"
+        return f"{n:,}"
     return v
 
 
@@ -183,12 +185,13 @@ def _configuration_page() -> str:
         py = f["python"]
         where = "`S3ClientConfig`" if py in py_fields else ("argument" if py in ("region", "endpoint") else "native")
         default = f["default"]
-        default = default if default.startswith('"') else _cpp_value(default)
+        in_bytes = py.endswith("_bytes") or py == "part_size"
+        default = default if default.startswith('"') else _cpp_value(default, in_bytes)
         if default == '""':
             default = "empty"
         rng = ""
         if f["min"] != "0" or f["max"] != "0":
-            rng = f"{_cpp_value(f['min'])} .. {_cpp_value(f['max'])}"
+            rng = f"{_cpp_value(f['min'], in_bytes)} .. {_cpp_value(f['max'], in_bytes)}"
         out.append(
             f"| `{py}` | {where} | {kinds.get(f['type'], f['type'])} | {_cell(default)} | {rng} | {_cell(f['doc'])} |"
         )
@@ -253,13 +256,29 @@ def _benchmarks_page(charts: Dict[str, str]) -> str:
     return "\n".join(out)
 
 
+# What a reader of an older result must know, by result file (facts about that run, not numbers).
+NOTES: Dict[str, str] = {
+    "benchmarks/results/results.json": "This run predates dataset prefetching (0.2.0): its `dataset0`, `dataset2` and "
+    "`iterable` rows are superseded by the prefetch run, and its `put`, `dcp_save` and `dcp_load` rows by the "
+    "reliability run above. `s3torch-bench` in its PUT row uploaded a constant byte pattern, which SeaweedFS "
+    "stores faster; the harness now uploads pseudo-random bytes.",
+}
+
+
+def _run_name(rel: str) -> str:
+    d = os.path.basename(os.path.dirname(rel))
+    return "every scenario" if d == "results" else f"{d}"
+
+
 def _run_tables(rel: str, d: Dict[str, Any], charts: Dict[str, str]) -> List[str]:
     out = [
-        f"## {d['date']}: {', '.join(s['name'] for s in d['scenarios'])}\n",
+        f"## {d['date']}: {_run_name(rel)}\n",
+        *([f"!!! note\n    {NOTES[rel]}\n"] if rel in NOTES else []),
         f"- file: `{rel}`",
+        f"- scenarios: {', '.join(s['name'] for s in d['scenarios'])}",
         f"- command: `{d['command']}`",
         f"- machine: {_machine(d.get('machine', {}))}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in d.get("versions", {}).items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in d.get("versions", {}).items() if v),
         f"- repeat: {d.get('repeat')}\n",
     ]
     for s in d["scenarios"]:
@@ -334,7 +353,7 @@ def _api_page(module: str) -> str:
     out = [
         _GENERATED_NOTE,
         f"# {module}\n",
-        f"::: {module}\n    options:\n      members: false\n      show_root_heading: false\n",
+        f"::: {module}\n    options:\n      members: false\n      show_root_heading: false\n      show_root_toc_entry: false\n",
     ]
     for name, path in api_entries(module):
         if path != f"{module}.{name}":
@@ -344,6 +363,20 @@ def _api_page(module: str) -> str:
 
 
 # ------------------------------------------------------------------------- hooks ----
+
+_SPHINX_ROLE = re.compile(r":(?:class|meth|func|attr|mod|exc|data|obj):<code>(~?)([^<]+)</code>")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """Docstrings use Sphinx roles (:class:`~s3torch.S3Client`), which Markdown leaves as
+    text: show them as code, ``~`` meaning the last component only, as Sphinx does."""
+
+    def repl(m: "re.Match[str]") -> str:
+        name = m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2)
+        return f"<code>{name}</code>"
+
+    return _SPHINX_ROLE.sub(repl, html)
+
 
 
 def on_files(files: Files, config: Any) -> Files:
