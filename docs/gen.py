@@ -353,7 +353,8 @@ def _api_page(module: str) -> str:
     out = [
         _GENERATED_NOTE,
         f"# {module}\n",
-        f"::: {module}\n    options:\n      members: false\n      show_root_heading: false\n      show_root_toc_entry: false\n",
+        f"::: {module}\n    options:\n      members: false\n"
+        "      show_root_heading: false\n      show_root_toc_entry: false\n",
     ]
     for name, path in api_entries(module):
         if path != f"{module}.{name}":
@@ -376,7 +377,6 @@ def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
         return f"<code>{name}</code>"
 
     return _SPHINX_ROLE.sub(repl, html)
-
 
 
 def on_files(files: Files, config: Any) -> Files:
