@@ -1,7 +1,7 @@
 """What dcp.load raises when there is no checkpoint to read: a missing checkpoint, bad
 credentials, an endpoint that is down. torch wraps it in its CheckpointException; the one
 failure inside is s3torch's typed error, after one retry round, with none of torch's
-"Falling back to rank local metadata" tracebacks logged."""
+"Falling back to rank local metadata" tracebacks logged and no s3torch warning about metadata."""
 
 from __future__ import annotations
 
@@ -50,8 +50,16 @@ def test_load_without_a_readable_checkpoint(seaweed: Any, prefix: str, caplog: A
         err = _load(f"http://127.0.0.1:{free_port()}", path)
         assert isinstance(err, S3Exception) and isinstance(err, ConnectionError), (type(err), str(err))
     assert time.monotonic() - t0 < 15  # one retry round: <= 10 s for a dead endpoint, 5 s margin
-    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert not [m for m in logged if "metadata" in m.lower()], logged
+    # What s3torch logs, and whether torch fell back to rank-local metadata (its warnings go to
+    # the root logger, which caplog always sees). Not every record caplog holds: newer pytest
+    # (9.2) also attaches to torch's non-propagating DCP event logger, whose ERROR event for
+    # the failed load quotes our error and mentions metadata.
+    ours = [
+        r.getMessage() for r in caplog.records if r.name.split(".")[0] == "s3torch" and r.levelno >= logging.WARNING
+    ]
+    assert not [m for m in ours if "metadata" in m.lower()], ours
+    fallbacks = [r.getMessage() for r in caplog.records if "rank local metadata" in r.getMessage().lower()]
+    assert fallbacks == [], fallbacks
 
 
 def test_rank_local_checkpoint_still_loads(seaweed: Any, prefix: str) -> None:

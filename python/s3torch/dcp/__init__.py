@@ -22,9 +22,9 @@ from .s3_storage_reader import S3StorageReader
 from .s3_storage_writer import S3StorageWriter
 
 __all__ = [
-    "S3FileSystem",
-    "S3StorageReader",
     "S3StorageWriter",
+    "S3StorageReader",
+    "S3FileSystem",
     "S3PrefixStrategyBase",
     "DefaultPrefixStrategy",
     "RoundRobinPrefixStrategy",

@@ -39,7 +39,10 @@ class S3StorageReader(FileSystemReader):
     """Read DCP checkpoints from ``s3://bucket/prefix``.
 
     Args:
-        region, path, s3client_config, endpoint: where to read and how.
+        region: the bucket's region.
+        path: ``s3://bucket/prefix`` of the checkpoint.
+        s3client_config: an :class:`~s3torch.S3ClientConfig` (default: its defaults).
+        endpoint: an S3-compatible endpoint, ``http(s)://host[:port]`` (default: from the environment).
         reader_constructor: None (default) for the parallel zero-copy loader; or
             ``S3ReaderConstructor.sequential() / range_based() / dcp_optimized()`` to read
             through that reader strategy with torch's own per-file loop.

@@ -56,7 +56,10 @@ class S3StorageWriter(FileSystemWriter):
     """Write DCP checkpoints to ``s3://bucket/prefix``.
 
     Args:
-        region, path, s3client_config, endpoint: where to write and how.
+        region: the bucket's region.
+        path: ``s3://bucket/prefix`` of the checkpoint.
+        s3client_config: an :class:`~s3torch.S3ClientConfig` (default: its defaults).
+        endpoint: an S3-compatible endpoint, ``http(s)://host[:port]`` (default: from the environment).
         prefix_strategy: key layout per rank (default: torch's ``__<rank>_<n>.distcp``).
         thread_count: files written concurrently per rank (each is itself a concurrent
             multipart upload).
