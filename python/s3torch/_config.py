@@ -16,6 +16,7 @@ MIN_PART_SIZE = 5 * MiB  # S3's smallest part but the last
 class PartSizeWarning(UserWarning):
     """An ``S3ClientConfig.part_size`` below S3's 5 MiB minimum: 5 MiB is used instead."""
 
+
 SECRET_FIELDS = ("secret_access_key", "session_token")
 """Fields that ``repr``/``str`` show as ``***`` (pickling and ``as_dict`` carry them)."""
 
