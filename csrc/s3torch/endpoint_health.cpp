@@ -51,8 +51,9 @@ void EndpointHealth::attempt_succeeded() {
 void EndpointHealth::attempt_failed(const void *who, const ErrorContext &ctx, const std::string &error,
                                     uint64_t deadline_ns) {
     uint64_t now = monotonic_ns();
-    uint64_t zero = 0;
-    failing_since_ns.compare_exchange_strong(zero, now);
+    uint64_t last = last_failure_ns.exchange(now);
+    uint64_t since = failing_since_ns.load();
+    if (since == 0 || now - last > kStreakGapMs * kNsPerMs) failing_since_ns.store(now);
     std::lock_guard<std::mutex> lock(mu_);
     auto it = retrying_.find(who);
     if (it == retrying_.end()) {
@@ -80,7 +81,9 @@ void EndpointHealth::transfer_finished(const void *who, bool ok) {
 
 uint64_t EndpointHealth::budget_start(uint64_t issued_ns) const {
     uint64_t streak = failing_since_ns.load();
-    return streak != 0 && streak < issued_ns ? streak : issued_ns;
+    if (streak == 0 || streak >= issued_ns) return issued_ns;
+    if (monotonic_ns() - last_failure_ns.load() > kStreakGapMs * kNsPerMs) return issued_ns;  // an old streak
+    return streak;
 }
 
 void EndpointHealth::take_reports(uint64_t now, std::vector<std::string> &out) {

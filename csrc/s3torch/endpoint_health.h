@@ -34,6 +34,9 @@ namespace s3torch {
 
 constexpr uint64_t kReportAfterMs = 10000;  // first WARNING once a request has retried this long
 constexpr uint64_t kReportEveryMs = 15000;  // then at most one line per this long per endpoint
+// Failures further apart than this are separate streaks (longer than any backoff, so a
+// persistent fault is one streak; an old failure never shortens a new request's budget).
+constexpr uint64_t kStreakGapMs = 15000;
 
 class EndpointHealth {
   public:
@@ -43,6 +46,7 @@ class EndpointHealth {
 
     std::atomic<bool> reached{false};
     std::atomic<uint64_t> failing_since_ns{0};
+    std::atomic<uint64_t> last_failure_ns{0};
 
     // An attempt finished: `ok` (any answer that is not a retryable failure) ends a streak.
     void attempt_succeeded();

@@ -184,8 +184,9 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
     if (type == AWS_RETRY_ERROR_TYPE_SERVER_ERROR || type == AWS_RETRY_ERROR_TYPE_THROTTLING)
         health.reached.store(true);
 
+    uint64_t deadline = 0;
     if (type != AWS_RETRY_ERROR_TYPE_CLIENT_ERROR) {
-        uint64_t deadline = retry_deadline_ns(s->settings, t->created_ns);
+        deadline = retry_deadline_ns(s->settings, t->created_ns);
         bool out_of_attempts = t->attempts >= s->settings.max_attempts;
         bool give_up = deadline ? now >= deadline : out_of_attempts;
         if (!health.reached.load() && s->settings.retry_timeout_ms == 0) give_up = give_up || out_of_attempts;
@@ -212,6 +213,9 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
         }
     }
     uint64_t delay = type == AWS_RETRY_ERROR_TYPE_CLIENT_ERROR ? 0 : backoff_ns(t->attempts - 1, throttled);
+    // The last attempt goes at the deadline, not a backoff past it: the time to the error is
+    // the budget, not the budget plus a backoff.
+    if (deadline && now + delay > deadline) delay = deadline > now ? deadline - now : 0;
     ++t->attempts;
     {
         std::lock_guard<std::mutex> lock(t->mu);

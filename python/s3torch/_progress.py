@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Any, Callable, Optional, TextIO
 
+from . import _crt
+
 log = logging.getLogger("s3torch")
 
 BAR_TICK = 0.2  # seconds between redraws of a live bar
@@ -212,6 +214,9 @@ class Progress:
             parts.append(f"{n / secs:,.0f} {self.unit}/s")
         if total and n and secs > 0 and n < total:
             parts.append(f"ETA {_duration((total - n) * secs / n)}")
+        retrying = _crt.retry_status()  # "retrying 12 s: SlowDown (HTTP 503)" while requests retry
+        if retrying:
+            parts.append(retrying)
         return ", ".join(parts)
 
 
@@ -297,6 +302,10 @@ class _TqdmBar(_Renderer):
         n, total, _ = self.p.snapshot()
         if total != self.bar.total and total is not None:
             self.bar.total = total
+        retrying = _crt.retry_status()
+        if retrying != getattr(self, "_retrying", ""):
+            self._retrying = retrying
+            self.bar.set_postfix_str(retrying, refresh=False)
         self.bar.update(n - self.bar.n)
 
     def close(self) -> None:
