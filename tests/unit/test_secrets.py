@@ -107,7 +107,7 @@ def test_msc_targets_and_config_errors(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_config_errors_name_fields_not_values() -> None:
-    for bad in (dict(session_token=5), dict(part_size=1), dict(checksums="bogus"), dict(max_attempts="x")):
+    for bad in (dict(session_token=5), dict(part_size=0), dict(checksums="bogus"), dict(max_attempts="x")):
         with pytest.raises((TypeError, ValueError)) as info:
             S3ClientConfig(access_key_id="AK", secret_access_key=SECRET, **bad)  # type: ignore[arg-type]
         assert_clean(str(info.value))
