@@ -199,7 +199,7 @@ def bad_cases(env: Path) -> Dict[str, Any]:
         ),
         "unset variable": ({"p": s3("${S3TORCH_UNSET_VAR}")}, "msc://p/x", "p", r"S3TORCH_UNSET_VAR.*not set"),
         "verify false": ({"p": s3(verify=False)}, "msc://p/x", "p", "verify: false"),
-        "bad part size": ({"p": s3(multipart_chunksize=1024)}, "msc://p/x", "p", "not valid for S3"),
+        "bad part size": ({"p": s3(multipart_chunksize=6 * 1024**3)}, "msc://p/x", "p", "not valid for S3"),
         "no profile in url": ({"p": s3()}, "msc:///x", None, "names no profile"),
         "not msc or s3": ({"p": s3()}, "gs://b/x", None, "neither msc://"),
         "malformed yaml": ("profiles: [unclosed\n", "msc://p/x", None, "cannot be parsed"),
