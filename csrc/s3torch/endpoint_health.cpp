@@ -16,12 +16,6 @@ std::map<std::string, std::shared_ptr<EndpointHealth>> g_endpoints;
 // take_retry_reports() returns at once while it is 0 (it runs on every wait slice).
 std::atomic<int64_t> g_attention{0};
 
-std::string where(const ErrorContext &ctx) {
-    std::string s = ctx.operation;
-    if (!ctx.bucket.empty()) s += " s3://" + ctx.bucket + "/" + ctx.key;
-    return s;
-}
-
 std::string seconds(uint64_t ns) { return std::to_string((ns + 500 * kNsPerMs) / (1000 * kNsPerMs)) + " s"; }
 
 std::vector<std::shared_ptr<EndpointHealth>> all_endpoints() {
@@ -41,6 +35,9 @@ uint64_t monotonic_ns() {
 
 void EndpointHealth::attempt_succeeded() {
     if (failing_since_ns.load(std::memory_order_relaxed) != 0) failing_since_ns.store(0);
+    // A warning without its recovery line keeps g_attention above 0 (an entry retrying, or
+    // recovered_ counted): with nothing to report anywhere, there is nothing to do here.
+    if (g_attention.load(std::memory_order_relaxed) <= 0) return;
     std::lock_guard<std::mutex> lock(mu_);
     if (warned_since_ns_ && !recovered_) {
         recovered_ = true;
@@ -97,12 +94,9 @@ void EndpointHealth::take_reports(uint64_t now, std::vector<std::string> &out) {
         return;
     }
     if (retrying_.empty()) return;
-    const Retrying *oldest = nullptr;
+    const Retrying *oldest = oldest_locked();
     uint64_t latest_deadline = 0;
-    for (auto &kv : retrying_) {
-        if (!oldest || kv.second.first_failure_ns < oldest->first_failure_ns) oldest = &kv.second;
-        latest_deadline = std::max(latest_deadline, kv.second.deadline_ns);
-    }
+    for (auto &kv : retrying_) latest_deadline = std::max(latest_deadline, kv.second.deadline_ns);
     uint64_t retried = now - oldest->first_failure_ns;
     if (retried < kReportAfterMs * kNsPerMs) return;
     if (last_report_ns_ && now - last_report_ns_ < kReportEveryMs * kNsPerMs) return;
@@ -113,7 +107,7 @@ void EndpointHealth::take_reports(uint64_t now, std::vector<std::string> &out) {
         --g_attention;
     }
     std::string line =
-        where(oldest->ctx) + " has been retrying for " + seconds(retried) + " (last error: " + oldest->error + ")";
+        describe(oldest->ctx) + " has been retrying for " + seconds(retried) + " (last error: " + oldest->error + ")";
     if (retrying_.size() > 1) line += "; " + std::to_string(retrying_.size()) + " requests to " + name_ + " retrying";
     if (latest_deadline > now) line += "; giving up in at most " + seconds(latest_deadline - now);
     else if (latest_deadline == 0) line += "; giving up after max_attempts";
@@ -123,10 +117,15 @@ void EndpointHealth::take_reports(uint64_t now, std::vector<std::string> &out) {
 std::string EndpointHealth::retry_status(uint64_t now) {
     std::lock_guard<std::mutex> lock(mu_);
     if (retrying_.empty()) return "";
+    const Retrying *oldest = oldest_locked();
+    return "retrying " + seconds(now - oldest->first_failure_ns) + ": " + oldest->error;
+}
+
+const EndpointHealth::Retrying *EndpointHealth::oldest_locked() const {
     const Retrying *oldest = nullptr;
     for (auto &kv : retrying_)
         if (!oldest || kv.second.first_failure_ns < oldest->first_failure_ns) oldest = &kv.second;
-    return "retrying " + seconds(now - oldest->first_failure_ns) + ": " + oldest->error;
+    return oldest;
 }
 
 std::shared_ptr<EndpointHealth> endpoint_health(const std::string &endpoint) {

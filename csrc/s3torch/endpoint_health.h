@@ -48,7 +48,8 @@ class EndpointHealth {
     std::atomic<uint64_t> failing_since_ns{0};
     std::atomic<uint64_t> last_failure_ns{0};
 
-    // An attempt finished: `ok` (any answer that is not a retryable failure) ends a streak.
+    // An attempt got an answer that is not a retryable failure: ends a streak. Runs on every
+    // such attempt: takes no lock unless a warning is waiting for its recovery line.
     void attempt_succeeded();
     // A retryable failure of `who`'s attempt (a transfer): starts a streak if none, and records
     // what is retrying for the reports. `deadline_ns`: when it will give up at the latest.
@@ -71,6 +72,8 @@ class EndpointHealth {
         uint64_t first_failure_ns = 0;
         uint64_t deadline_ns = 0;
     };
+    const Retrying *oldest_locked() const;  // the one retrying longest; retrying_ not empty
+
     const std::string name_;
     std::mutex mu_;  // guards the fields below
     std::map<const void *, Retrying> retrying_;

@@ -15,19 +15,6 @@ namespace s3torch {
 
 namespace {
 
-std::string describe(const ErrorContext &ctx) {
-    std::string where;
-    if (!ctx.bucket.empty()) {
-        where = "s3://" + ctx.bucket;
-        if (!ctx.key.empty()) where += "/" + ctx.key;
-    }
-    std::string out = ctx.operation.empty() ? std::string() : ctx.operation;
-    if (!ctx.source_key.empty())
-        out += " s3://" + ctx.source_bucket + "/" + ctx.source_key + (where.empty() ? "" : " to");
-    if (!where.empty()) out += (out.empty() ? "" : " ") + where;
-    return out;
-}
-
 // s3torchconnector's words for a missing object, kept in our messages because user code
 // matches on them: its HeadObject says "The object was not found", its GetObject "The key
 // does not exist" (so does ours for a reader's size lookup: to the user it is the read that
@@ -102,6 +89,19 @@ const char *hint_for(ErrorKind kind, const std::string &code) {
 }
 
 }  // namespace
+
+std::string describe(const ErrorContext &ctx) {
+    std::string where;
+    if (!ctx.bucket.empty()) {
+        where = "s3://" + ctx.bucket;
+        if (!ctx.key.empty()) where += "/" + ctx.key;
+    }
+    std::string out = ctx.operation.empty() ? std::string() : ctx.operation;
+    if (!ctx.source_key.empty())
+        out += " s3://" + ctx.source_bucket + "/" + ctx.source_key + (where.empty() ? "" : " to");
+    if (!where.empty()) out += (out.empty() ? "" : " ") + where;
+    return out;
+}
 
 S3Error::S3Error(ErrorKind k, const std::string &message, ErrorContext ctx)
     : std::runtime_error(message), kind(k), context(std::move(ctx)) {}

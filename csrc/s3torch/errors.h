@@ -62,6 +62,9 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
 // Build the error for a bare CRT error code (no HTTP response).
 S3Error error_from_crt(int crt_error, const ErrorContext &ctx);
 
+// "<operation> s3://bucket/key" (the parts that are set), as every error message begins.
+std::string describe(const ErrorContext &ctx);
+
 // Name of a CRT error code, e.g. "AWS_IO_SOCKET_TIMEOUT".
 std::string crt_error_name(int crt_error);
 

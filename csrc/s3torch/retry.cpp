@@ -26,8 +26,6 @@ constexpr uint64_t kDecreaseSpacingNs = 250 * kNsPerMs;
 // Above this the limit is lifted altogether (the CRT's connection pool bounds requests again).
 constexpr double kLiftLimit = 4096.0;
 
-uint64_t now_ns() { return monotonic_ns(); }
-
 struct Strategy;
 
 // One request's token, from its first attempt until the CRT releases it.
@@ -152,7 +150,7 @@ int acquire_token(aws_retry_strategy *base, const aws_byte_cursor *, aws_retry_s
     aws_retry_strategy_acquire(base);
     t->strategy = s;
     t->loop = aws_event_loop_group_get_next_loop(s->elg);
-    t->created_ns = now_ns();
+    t->created_ns = monotonic_ns();
     t->acquired_fn = fn;
     t->user_data = user_data;
     std::lock_guard<std::mutex> lock(s->mu);
@@ -180,7 +178,7 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
     auto *t = static_cast<Token *>(base->impl);
     Strategy *s = t->strategy;
     EndpointHealth &health = *s->settings.health;
-    uint64_t now = now_ns();
+    uint64_t now = monotonic_ns();
     if (type == AWS_RETRY_ERROR_TYPE_SERVER_ERROR || type == AWS_RETRY_ERROR_TYPE_THROTTLING)
         health.reached.store(true);
 
@@ -236,8 +234,7 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
 int record_success(aws_retry_token *base) {
     auto *t = static_cast<Token *>(base->impl);
     Strategy *s = t->strategy;
-    s->settings.health->reached.store(true);
-    s->settings.health->attempt_succeeded();
+    s->settings.health->reached.store(true);  // (Transfer's telemetry ends the failure streak)
     std::lock_guard<std::mutex> lock(s->mu);
     s->success_since_decrease = true;
     if (s->limit < kNoLimit) {
