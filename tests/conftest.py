@@ -57,3 +57,20 @@ def client(server) -> S3Client:  # type: ignore[no-untyped-def]
 def prefix() -> str:
     """A fresh key prefix per test, so tests share a bucket without seeing each other."""
     return f"t/{uuid.uuid4().hex[:12]}/"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Test modules with a ``background_build()`` (the release wheel, the fuzz target): their
+    builds start now, in the background at the lowest CPU priority, and their tests run last,
+    so the builds use the CPU the rest of the suite leaves idle (tests/background_builds.py)."""
+    from tests.background_builds import RUNNER
+
+    modules = []
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and hasattr(module, "background_build") and module not in modules:
+            modules.append(module)
+    if not modules or config.getoption("collectonly"):
+        return
+    items.sort(key=lambda item: getattr(item, "module", None) in modules)  # stable: the rest keep their order
+    RUNNER.start([m.background_build() for m in modules])

@@ -48,4 +48,5 @@ PYBIND11_MODULE(_crt, m) {
     m.def("take_retry_reports", &s3torch::take_retry_reports,
           "Retry report lines due now (waits log them on the 's3torch' logger themselves).");
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
+    m.attr("MAX_THROUGHPUT_GBPS") = s3torch::kMaxThroughputGbps;
 }

@@ -3,6 +3,7 @@
 #include "s3torch/errors.h"
 
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <type_traits>
 
@@ -112,8 +113,9 @@ void ClientConfig::validate() const {
         throw_invalid("invalid region '" + region +
                       "': use a region name such as us-east-1 (lowercase letters, digits, dashes)");
     if (!endpoint.empty()) parse_endpoint(endpoint);
-    if (!(throughput_target_gbps > 0.0) || throughput_target_gbps > kMaxThroughputGbps)
-        throw_invalid("throughput_target_gbps must be in (0, 1000], got " + std::to_string(throughput_target_gbps));
+    if (!(throughput_target_gbps > 0.0) || !std::isfinite(throughput_target_gbps))
+        throw_invalid("throughput_target_gbps must be a positive number, got " +
+                      std::to_string(throughput_target_gbps));
     if (memory_limit_bytes != 0 && memory_limit_bytes < kMinMemoryLimit)
         throw_invalid("memory_limit_bytes must be 0 (automatic) or at least 1 GiB, got " +
                       std::to_string(memory_limit_bytes));
@@ -151,6 +153,7 @@ CredentialsKind ClientConfig::credentials_kind() const {
 Endpoint resolve_config(ClientConfig &c) {
     c.validate();
     if (c.part_size < kMinPartSize) c.part_size = kMinPartSize;
+    if (c.throughput_target_gbps > kMaxThroughputGbps) c.throughput_target_gbps = kMaxThroughputGbps;
     if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = kDefaultReadAheadParts * c.part_size;
 
     std::string url = c.endpoint;

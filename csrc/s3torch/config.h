@@ -17,7 +17,7 @@ constexpr uint64_t kMinPartSize = 5 * kMiB;     // S3's smallest part (but the l
 constexpr uint64_t kMinConfigPartSize = 1;      // accepted (as s3torchconnector does), raised to kMinPartSize
 constexpr uint64_t kMaxPartSize = 5 * kGiB;     // S3's largest part
 constexpr uint64_t kMinMemoryLimit = 1 * kGiB;  // aws-c-s3 refuses a smaller buffer pool
-constexpr double kMaxThroughputGbps = 1000.0;
+constexpr double kMaxThroughputGbps = 1000.0;   // accepted above (as s3torchconnector does), lowered to this
 constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: this many parts
 
 // X(type, name, python_name, default, min, max, doc), one line per field. `min`/`max` bound
@@ -29,7 +29,7 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(std::string, endpoint, "endpoint", "", 0, 0,                                                                   \
       "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region")            \
     X(double, throughput_target_gbps, "throughput_target_gbps", 10.0, 0, 0,                                          \
-      "aws-c-s3 sizes its connection pool for this, in (0, 1000]")                                                   \
+      "aws-c-s3 sizes its connection pool for this (above 1000: 1000 is used)")                                      \
     X(uint64_t, part_size, "part_size", 8 * ::s3torch::kMiB, ::s3torch::kMinConfigPartSize, ::s3torch::kMaxPartSize, \
       "part size in bytes of multipart uploads and ranged GETs (below 5 MiB: 5 MiB is used)")                        \
     X(bool, unsigned_requests, "unsigned", false, 0, 0, "send unsigned requests (public buckets)")                   \

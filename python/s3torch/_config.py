@@ -17,6 +17,10 @@ class PartSizeWarning(UserWarning):
     """An ``S3ClientConfig.part_size`` below S3's 5 MiB minimum: 5 MiB is used instead."""
 
 
+class ThroughputTargetWarning(UserWarning):
+    """An ``S3ClientConfig.throughput_target_gbps`` above s3torch's ceiling: the ceiling is used."""
+
+
 SECRET_FIELDS = ("secret_access_key", "session_token")
 """Fields that ``repr``/``str`` show as ``***`` (pickling and ``as_dict`` carry them)."""
 
@@ -27,7 +31,10 @@ class S3ClientConfig:
     ``ClientConfig`` (csrc/s3torch/config.h), which defines every field's limits once.
 
     Attributes:
-        throughput_target_gbps: aws-c-s3 sizes its connection pool for this (default 10).
+        throughput_target_gbps: aws-c-s3 sizes its connection pool for this (default 10; any
+            positive number, as s3torchconnector takes). Above 1000, 1000 is used (with a
+            warning): aws-c-s3 opens a connection per fraction of a Gbps of target, and thousands
+            of connections to one endpoint add refusals, not throughput.
         part_size: part size in bytes for multipart uploads and ranged GETs (1..5 GiB, default
             8 MiB). Below S3's 5 MiB minimum part, 5 MiB is used (with a warning) and this field
             keeps the value given. s3torchconnector accepts such a value as well; its uploads
@@ -93,6 +100,13 @@ class S3ClientConfig:
                 f"S3ClientConfig: part_size {self.part_size} is below S3's minimum part size of 5 MiB; "
                 "5 MiB parts are used",
                 PartSizeWarning,
+                stacklevel=3,
+            )
+        if self.throughput_target_gbps > _crt.MAX_THROUGHPUT_GBPS:
+            warnings.warn(
+                f"S3ClientConfig: throughput_target_gbps {self.throughput_target_gbps:g} is above s3torch's "
+                f"ceiling; {_crt.MAX_THROUGHPUT_GBPS:g} is used",
+                ThroughputTargetWarning,
                 stacklevel=3,
             )
 

@@ -4,6 +4,7 @@ tests/unit/test_stub.py)."""
 from typing import Any, List, Optional, Sequence, Tuple
 
 AWSCRT_VERSION: str
+MAX_THROUGHPUT_GBPS: float
 
 class S3Exception(Exception):
     code: Optional[str]

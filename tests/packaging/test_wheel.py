@@ -16,6 +16,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from tests.background_builds import RUNNER, Build
+
 ROOT = Path(__file__).resolve().parents[2]
 # What the wheel is built from: a change to any of these builds it again.
 SOURCES = ["CMakeLists.txt", "pyproject.toml", "README.md", "cmake", "csrc", "python", "scripts/build_wheel.sh"]
@@ -33,23 +35,27 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _wheel() -> Path:
+def _wheel_dir() -> Path:
     root = subprocess.run(
         [sys.executable, str(ROOT / "cmake" / "crt_cache.py"), "--print-root"], capture_output=True, text=True
     ).stdout.strip()
-    out = Path(root) / "wheels" / f"{sys.implementation.cache_tag}-{_source_hash()}"
-    found = sorted(out.glob("s3torch-*.whl"))
-    if found:
-        return found[0]
-    r = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build_wheel.sh"), str(out)],
-        env={**os.environ, "PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert r.returncode == 0, r.stderr[-6000:]
-    return Path(r.stdout.strip().splitlines()[-1])
+    return Path(root) / "wheels" / f"{sys.implementation.cache_tag}-{_source_hash()}"
+
+
+def background_build() -> Build:
+    """The wheel's build (nothing when this source's wheel is cached), run by tests/conftest.py
+    in the background while the rest of the suite runs."""
+    out = _wheel_dir()
+    steps = [] if list(out.glob("s3torch-*.whl")) else [["bash", str(ROOT / "scripts" / "build_wheel.sh"), str(out)]]
+    return Build("release wheel", steps, env={"PYTHON": sys.executable})
+
+
+def _wheel() -> Path:
+    outcome = RUNNER.result(background_build(), timeout=1500)
+    assert outcome.returncode == 0, outcome.tail()
+    found = sorted(_wheel_dir().glob("s3torch-*.whl"))
+    assert found, outcome.tail()
+    return found[0]
 
 
 def _path_without_compilers(bindir: Path) -> str:

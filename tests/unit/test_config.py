@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError, _crt
-from s3torch._config import PartSizeWarning
+from s3torch._config import PartSizeWarning, ThroughputTargetWarning
 
 
 @pytest.mark.parametrize(
@@ -59,6 +59,20 @@ def test_part_size_below_5_mib_is_accepted_and_raised_to_5_mib() -> None:
     assert cfg.part_size == 5 * 1024 * 1024 - 1
     native = _crt.NativeClient(cfg.native_config(endpoint="http://127.0.0.1:1"))
     assert native.part_size == 5 * 1024 * 1024
+
+
+def test_throughput_target_above_the_ceiling_is_accepted_and_lowered() -> None:
+    # s3torchconnector takes any positive target; s3torch uses its ceiling, with a warning.
+    with pytest.warns(ThroughputTargetWarning, match="throughput_target_gbps 2000"):
+        cfg = S3ClientConfig(throughput_target_gbps=2000)
+    assert cfg.throughput_target_gbps == 2000
+    _crt.NativeClient(cfg.native_config(endpoint="http://127.0.0.1:1"))
+
+
+@pytest.mark.parametrize("gbps", [0.0, -1.0, float("nan"), float("inf")])
+def test_throughput_target_must_be_a_positive_number(gbps: float) -> None:
+    with pytest.raises(ValueError, match="throughput_target_gbps"):
+        S3ClientConfig(throughput_target_gbps=gbps)
 
 
 @pytest.mark.parametrize("attempts", [0, 65])

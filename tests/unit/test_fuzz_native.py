@@ -3,7 +3,8 @@ XML, list pages, byte counts), built with sanitizers into build/fuzz and run for
 
 With a clang that has libFuzzer, it is a libFuzzer binary under ASan + UBSan; otherwise the
 same target under gcc's ASan + UBSan with csrc/fuzz/driver.cpp (seeds plus random mutations).
-The first build compiles the core with sanitizers (minutes); later runs reuse build/fuzz.
+The first build compiles the core with sanitizers (minutes; in a whole-suite run, in the
+background: tests/background_builds.py); later runs reuse build/fuzz.
 The test prints which mode ran. S3TORCH_FUZZ_SECONDS sets the run time (default 10)."""
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.background_builds import RUNNER, Build
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "fuzz"
@@ -26,28 +29,26 @@ def _compilers() -> dict:
     return {"CC": clang, "CXX": clangxx} if clang and clangxx else {}
 
 
-def _build() -> None:
+def background_build() -> Build:
+    """The sanitizer build of the fuzz target (configured once, then incremental), run by
+    tests/conftest.py in the background while the rest of the suite runs."""
+    steps = []
     if not (BUILD / "build.ninja").exists() and not (BUILD / "Makefile").exists():
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-        cmd = ["cmake", "-S", str(ROOT), "-B", str(BUILD), *gen, "-DS3TORCH_BUILD_PYTHON=OFF", "-DS3TORCH_FUZZ=ON"]
-        cmd.append("-DCMAKE_BUILD_TYPE=RelWithDebInfo")
-        subprocess.run(cmd, check=True, env={**os.environ, **_compilers()}, capture_output=True, timeout=1800)
-    subprocess.run(
-        ["cmake", "--build", str(BUILD), "--target", TARGET, "-j", str(os.cpu_count() or 2)],
-        check=True,
-        capture_output=True,
-        timeout=1800,
-    )
+        steps.append(
+            ["cmake", "-S", str(ROOT), "-B", str(BUILD), *gen, "-DS3TORCH_BUILD_PYTHON=OFF", "-DS3TORCH_FUZZ=ON"]
+            + ["-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
+        )
+    steps.append(["cmake", "--build", str(BUILD), "--target", TARGET, "-j", str(os.cpu_count() or 2)])
+    return Build("fuzz target", steps, env=_compilers())
 
 
 def test_response_parsers_survive_fuzzing(capsys: pytest.CaptureFixture) -> None:
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed: the sanitizer build of the fuzz target is not available here")
-    try:
-        _build()
-    except subprocess.CalledProcessError as e:
-        out = (e.stdout or b"").decode(errors="replace")[-3000:] + (e.stderr or b"").decode(errors="replace")[-3000:]
-        pytest.fail(f"building the fuzz target failed:\n{out}")
+    built = RUNNER.result(background_build(), timeout=1800)
+    if built.returncode != 0:
+        pytest.fail(f"building the fuzz target failed:\n{built.tail()}")
     mode = (BUILD / "fuzz_mode.txt").read_text().strip()
     seconds = int(os.environ.get("S3TORCH_FUZZ_SECONDS", "10"))
     corpus = ROOT / "csrc" / "fuzz" / "corpus"
