@@ -25,6 +25,7 @@ import torch
 
 from .. import _crt
 from ..dcp._staging import RingLoad, StagedTensor, borrow_ring
+from ._dtypes import PACKED
 from ._errors import TruncatedFileError, read_error
 from ._header import TensorInfo
 from ._source import ShardFile
@@ -91,7 +92,7 @@ class Loader:
         dt = t.torch_dtype(where)
         shape = t.torch_shape(where)
         out = dt
-        if self.dtype is not None and dt.is_floating_point and self.dtype != dt:
+        if self.dtype is not None and dt.is_floating_point and self.dtype != dt and t.dtype.name != PACKED:
             out = self.dtype
         return _Planned(f, t, dt, shape, out)
 
@@ -200,8 +201,8 @@ class Loader:
             out[p.info.name] = dst
             src_dtype: Optional[torch.dtype] = p.dtype if p.out_dtype != p.dtype else None
             view = dst
-            if src_dtype is None and p.dtype.itemsize == 1 and dst.numel():
-                view = dst.view(torch.uint8)  # bool, float8, float4: moved as bytes
+            if src_dtype is None and dst.numel():
+                view = dst.reshape(-1).view(torch.uint8)  # moved as bytes, whatever the dtype
             work.append(
                 StagedTensor(
                     p.file.key,

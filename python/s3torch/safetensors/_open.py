@@ -18,6 +18,7 @@ from .._client import S3Client
 from .._config import S3ClientConfig
 from .._uri import parse_s3_uri, s3_path
 from ..dcp._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, check_ring_size
+from ._dtypes import PACKED
 from ._header import TensorInfo
 from ._load import Loader
 from ._source import ShardFile, Source, open_source
@@ -184,7 +185,9 @@ class TensorSlice:
         info.torch_dtype(where)
         idx = index if isinstance(index, tuple) else (index,)
         lo, hi = 0, shape[0] if shape else 0
-        if shape and idx and not any(i is Ellipsis or i is None for i in idx):
+        # Only the rows the index covers, where it starts with an int or a slice (F4 packs its
+        # last dimension: read whole).
+        if shape and idx and info.dtype.name != PACKED and not any(i is Ellipsis or i is None for i in idx):
             first, n0 = idx[0], shape[0]
             if isinstance(first, int) and not isinstance(first, bool):
                 i = first + n0 if first < 0 else first
