@@ -60,8 +60,12 @@ def load_file(
         dtype: cast floating-point tensors to this dtype (on the device).
         pin_memory: CPU tensors in page-locked memory.
         keys: load only these tensors (default: all); only their bytes are read.
-        client, region, endpoint, s3client_config, staging_bytes, staging_slot_bytes: as for
-            :class:`safe_open`.
+        client: an :class:`~s3torch.S3Client` (see :class:`safe_open`).
+        region: for a client made here (see :class:`safe_open`).
+        endpoint: for a client made here.
+        s3client_config: for a client made here.
+        staging_bytes: size of the staging ring (CUDA destinations, casts).
+        staging_slot_bytes: the ring's slot size.
 
     Returns:
         The tensors by name, in the order their bytes lie.
@@ -105,7 +109,10 @@ def save_file(
         tensors: name -> contiguous dense tensor; no two may overlap in memory.
         uri: ``s3://bucket/key``.
         metadata: str -> str, stored as the header's ``__metadata__``.
-        client, region, endpoint, s3client_config: as for :class:`safe_open`.
+        client: an :class:`~s3torch.S3Client` (see :class:`safe_open`).
+        region: for a client made here (see :class:`safe_open`).
+        endpoint: for a client made here.
+        s3client_config: for a client made here.
     """
     header, order = plan(tensors, metadata)
     bucket, key = parse_s3_uri(s3_path(uri), need_key=True)

@@ -149,7 +149,8 @@ def _tensor(name: str, entry: Any, where: str) -> TensorInfo:
     if not isinstance(entry, dict):
         raise HeaderError(f"{what}: its entry is {type(entry).__name__}, not an object")
     # Fields beyond these three are ignored, as the safetensors crate does.
-    dtype = DTYPES.get(entry.get("dtype")) if isinstance(entry.get("dtype"), str) else None
+    name_of = entry.get("dtype")
+    dtype = DTYPES.get(name_of) if isinstance(name_of, str) else None
     if dtype is None:
         raise HeaderError(f"{what}: unknown dtype {entry.get('dtype')!r} (known: {', '.join(DTYPES)})")
     shape = entry.get("shape")

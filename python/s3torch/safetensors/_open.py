@@ -66,12 +66,16 @@ class safe_open:
         dtype: cast floating-point tensors to this dtype (others keep theirs); on CUDA the
             cast happens on the device.
         pin_memory: CPU tensors in page-locked memory (needs CUDA).
-        client: an :class:`~s3torch.S3Client` to read through; or else
-        region, endpoint, s3client_config: for a client made here (region default
-            ``$AWS_REGION``, ``$AWS_DEFAULT_REGION``, else us-east-1; endpoint default
-            ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``).
-        staging_bytes, staging_slot_bytes: the staging ring (CUDA or a cast), as for
-            :class:`~s3torch.dcp.S3StorageReader`.
+        client: an :class:`~s3torch.S3Client` to read through (then leave region, endpoint
+            and s3client_config unset).
+        region: for a client made here: default ``$AWS_REGION``, ``$AWS_DEFAULT_REGION``,
+            else us-east-1.
+        endpoint: for a client made here: default ``$AWS_ENDPOINT_URL_S3`` /
+            ``$AWS_ENDPOINT_URL``, else AWS's.
+        s3client_config: for a client made here: an :class:`~s3torch.S3ClientConfig`.
+        staging_bytes: size of the staging ring (CUDA destinations, casts), as for
+            :class:`~s3torch.dcp.S3StorageReader` (default 256 MiB).
+        staging_slot_bytes: the ring's slot size (default 8 MiB).
 
     Raises:
         HeaderError: a header or index that is malformed or lies.
@@ -223,4 +227,6 @@ class TensorSlice:
             )
             assert info.nbytes == math.prod(info.shape) * info.dtype.bits // 8
         loader = self._owner._loader(torch.device("cpu"), None, False)
-        return loader.load([(self._file, info)])[info.name]
+        out = loader.load([(self._file, info)])[info.name]
+        self._owner.last_load_stats = loader.stats
+        return out

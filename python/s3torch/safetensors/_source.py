@@ -157,10 +157,10 @@ def open_source(native: "_crt.NativeClient", uri: str, bucket: str, key: str) ->
         if indexes:
             index_key = indexes[0]
         else:
-            files = sorted(k for k in listed if k.endswith(FILE_SUFFIX))
-            if not files:
+            names = sorted(k for k in listed if k.endswith(FILE_SUFFIX))
+            if not names:
                 raise MissingShardError(f"{uri}: no {FILE_SUFFIX} file and no {INDEX_SUFFIX} under this prefix")
-            return _assemble(uri, _get_headers(native, bucket, files, {}), None)
+            return _assemble(uri, _get_headers(native, bucket, names, {}), None)
     elif key.endswith(".json"):
         index_key = key
     if index_key is None:
