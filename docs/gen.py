@@ -263,6 +263,11 @@ NOTES: Dict[str, str] = {
     "`iterable` rows are superseded by the prefetch run, and its `put`, `dcp_save` and `dcp_load` rows by the "
     "reliability run above. `s3torch-bench` in its PUT row uploaded a constant byte pattern, which SeaweedFS "
     "stores faster; the harness now uploads pseudo-random bytes.",
+    "benchmarks/results/safetensors/results.json": "Every peer allocates the tensors it returns, so page faults on "
+    "fresh memory count for all. `runai` is runai-model-streamer 0.17.1 with its S3 backend pointed at nginx through "
+    "`AWS_ENDPOINT_URL` and `RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING=0` (default concurrency); `boto3` is a GET of "
+    "each file, then `safetensors.torch.load` of its bytes. Peak RSS includes the 4.3 GB of tensors; results.md beside "
+    "the file gives what each took beyond them. Charts were not drawn (no matplotlib in that interpreter).",
 }
 
 
