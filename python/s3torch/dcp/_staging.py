@@ -345,7 +345,14 @@ class RingLoad:
                 return None
             s = self._stream(dst.device)
             with torch.cuda.stream(s):
-                land(dst, src, non_blocking=self.ring.pinned, src_dtype=t.src_dtype)
+                if t.src_dtype is None:
+                    land(dst, src, non_blocking=self.ring.pinned)
+                else:
+                    # Cast on the device: torch would cast a host-to-device copy on the host.
+                    # The raw bytes go up as they are, into memory of the side stream's.
+                    raw = torch.empty(src.numel(), dtype=torch.uint8, device=dst.device)
+                    raw.copy_(src, non_blocking=self.ring.pinned)
+                    land(dst, raw, src_dtype=t.src_dtype)
             ev = self._events.get((slot, dst.device))
             if ev is None:  # one event per slot and device, re-recorded each time the slot is used
                 ev = self._events[(slot, dst.device)] = torch.cuda.Event()
