@@ -574,6 +574,63 @@ def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     return op
 
 
+def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """Every tensor of the model into CPU memory; the operation returns the tensor bytes."""
+    b, files = ctx["bucket"], ctx["files"]
+
+    def nbytes(sd: Dict[str, Any]) -> float:
+        return float(sum(t.numel() * t.element_size() for t in sd.values()))
+
+    if peer == "s3torch":
+        from s3torch.safetensors import load_file
+
+        client = s3torch_client(ctx)
+        uri = f"s3://{b}/{ctx['uri_key']}"
+
+        def op() -> float:
+            return nbytes(load_file(uri, client=client))
+
+        return op
+    if peer == "runai":
+        # Its S3 backend (the AWS C++ SDK) reads the endpoint and credentials from the
+        # environment; nginx ignores the signature.
+        os.environ.update(
+            AWS_ENDPOINT_URL=ctx["endpoint"],
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_REGION="us-east-1",
+            AWS_DEFAULT_REGION="us-east-1",
+            RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0",
+            RUNAI_STREAMER_LOG_LEVEL="WARNING",
+        )
+        from runai_model_streamer import SafetensorsStreamer
+
+        paths = [f"s3://{b}/{k}" for k in files]
+
+        def op2() -> float:
+            sd = {}
+            with SafetensorsStreamer() as streamer:
+                streamer.stream_files(paths, device="cpu")
+                for name, tensor in streamer.get_tensors():
+                    sd[name] = tensor
+            return nbytes(sd)
+
+        return op2
+    if peer == "boto3":
+        from safetensors.torch import load
+
+        c = boto3_client(ctx)
+
+        def op3() -> float:
+            sd: Dict[str, Any] = {}
+            for k in files:
+                sd.update(load(c.get_object(Bucket=b, Key=k)["Body"].read()))
+            return nbytes(sd)
+
+        return op3
+    raise KeyError(peer)
+
+
 SETUPS = {
     "get": setup_get,
     "ranged": setup_ranged,
@@ -591,6 +648,8 @@ SETUPS = {
     "dcp_load": setup_dcp_load,
     "dcp_load_cuda": setup_dcp_load_into,
     "dcp_load_staged": setup_dcp_load_into,
+    "safetensors_load": setup_safetensors_load,
+    "safetensors_load_sharded": setup_safetensors_load,
 }
 
 

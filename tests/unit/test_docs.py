@@ -1,5 +1,6 @@
 """The documentation site builds with `mkdocs build --strict` (mkdocs.yml, docs/), and its API
-reference covers every public name of s3torch, s3torch.dcp, s3torch.msc and s3torch.lightning.
+reference covers every public name of s3torch, s3torch.dcp, s3torch.msc, s3torch.lightning and
+s3torch.safetensors.
 
 Strict mode fails on any warning: a broken link or anchor, a page missing from the nav, an API
 object mkdocstrings cannot find, a docstring griffe cannot parse. The CLI, configuration,

@@ -164,15 +164,19 @@ def blocks(dst: torch.Tensor, limit: int) -> Iterator[torch.Tensor]:
             yield from blocks(dst[i], limit)
 
 
-def land(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool = False) -> None:
-    """Copy raw bytes ``src`` (uint8, host) into the view ``dst`` (same element count)."""
-    dst.copy_(src.view(dst.dtype).view(dst.shape), non_blocking=non_blocking)
+def land(
+    dst: torch.Tensor, src: torch.Tensor, non_blocking: bool = False, src_dtype: Optional[torch.dtype] = None
+) -> None:
+    """Copy raw bytes ``src`` (uint8, host) into the view ``dst`` (same element count), read
+    as ``src_dtype`` (default: dst's) and cast by the copy when it differs."""
+    dst.copy_(src.view(src_dtype or dst.dtype).view(dst.shape), non_blocking=non_blocking)
 
 
 @dataclass
 class StagedTensor:
     """One tensor to move through the ring: ``nbytes`` stored bytes at ``start`` in ``key``,
-    landing in row-major order in ``dst`` (a view of the destination)."""
+    landing in row-major order in ``dst`` (a view of the destination). With ``src_dtype``
+    the stored elements are of that dtype and each copy casts them to dst's."""
 
     key: str
     start: int
@@ -181,6 +185,7 @@ class StagedTensor:
     crc32: Optional[int]  # expected CRC32 of the bytes, or None when they are a part of the record
     where: str  # "s3://bucket/key item fqn", for errors
     on_done: Callable[[], None]  # called once every byte is copied (or queued on the device)
+    src_dtype: Optional[torch.dtype] = None
     landed: int = 0
     parts: List[Tuple["Future[int]", int]] = field(default_factory=list)  # (CRC32 of a slot, its length)
 
@@ -250,8 +255,10 @@ class RingLoad:
                     t.on_done()
                     continue
                 pos = t.start
-                for dst in blocks(t.dst, ring.slot_bytes):
-                    n = dst.numel() * dst.element_size()
+                # Blocks whose stored bytes fill at most a slot (with a cast, in the stored dtype).
+                src_size = t.src_dtype.itemsize if t.src_dtype is not None else t.dst.element_size()
+                for dst in blocks(t.dst, ring.slot_bytes // src_size * t.dst.element_size()):
+                    n = dst.numel() * src_size
                     slot = self._take_slot()
                     try:
                         view = ring.slot(slot, n)
@@ -334,11 +341,18 @@ class RingLoad:
         """Queue (CUDA) or do (host) the copy of a landed slot; the CUDA event marks its end."""
         try:
             if dst.device.type != "cuda":
-                land(dst, src)
+                land(dst, src, src_dtype=t.src_dtype)
                 return None
             s = self._stream(dst.device)
             with torch.cuda.stream(s):
-                land(dst, src, non_blocking=self.ring.pinned)
+                if t.src_dtype is None:
+                    land(dst, src, non_blocking=self.ring.pinned)
+                else:
+                    # Cast on the device: torch would cast a host-to-device copy on the host.
+                    # The raw bytes go up as they are, into memory of the side stream's.
+                    raw = torch.empty(src.numel(), dtype=torch.uint8, device=dst.device)
+                    raw.copy_(src, non_blocking=self.ring.pinned)
+                    land(dst, raw, src_dtype=t.src_dtype)
             ev = self._events.get((slot, dst.device))
             if ev is None:  # one event per slot and device, re-recorded each time the slot is used
                 ev = self._events[(slot, dst.device)] = torch.cuda.Event()

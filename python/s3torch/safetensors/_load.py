@@ -1,0 +1,224 @@
+"""Where each tensor's bytes go, and the GETs that put them there.
+
+- **Direct** (CPU destination, stored dtype): tensors land by ranged GETs straight into their
+  own memory (page-locked with ``pin_memory``). Runs of adjacent small tensors are coalesced
+  into one GET into a buffer of at most ``GROUP_BYTES``, copied out to each tensor's own
+  storage (small tensors: a negligible copy; far fewer requests); a tensor of
+  ``OWN_STORAGE`` bytes or more gets an allocation and a GET of its own (the CRT splits it into
+  parts). At most ``WINDOW`` GETs are in flight, in file order.
+- **Staged** (CUDA destination, or a dtype cast): through the DCP loader's staging ring
+  (``dcp/_staging.py``): bounded host memory, page-locked when it feeds a GPU, each landed slot
+  copied (and cast) to its block of the destination; on CUDA the copies are asynchronous on a
+  side stream and the tensors are ready on the current stream when the load returns.
+
+Every destination is allocated only after every requested tensor's header entry has passed
+validation, and only the requested tensors are read.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+import torch
+
+from .. import _crt
+from ..dcp._staging import RingLoad, StagedTensor, borrow_ring
+from ._dtypes import PACKED
+from ._errors import TruncatedFileError, read_error
+from ._header import TensorInfo
+from ._source import ShardFile
+
+MiB = 1024 * 1024
+OWN_STORAGE = 1 * MiB  # tensors this large get their own allocation and GET
+GROUP_BYTES = 16 * MiB  # at most this many bytes of small tensors share one GET and allocation
+WINDOW = 32  # GETs in flight at once
+
+
+def alloc(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, pin: bool) -> torch.Tensor:
+    """A destination tensor: the one place this module allocates tensor memory."""
+    if device.type == "cpu":
+        return torch.empty(shape, dtype=dtype, pin_memory=pin)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _where(f: ShardFile, t: TensorInfo) -> str:
+    return f"{f.where} tensor {t.name!r}"
+
+
+@dataclass
+class _Planned:
+    file: ShardFile
+    info: TensorInfo
+    dtype: torch.dtype  # stored
+    shape: Tuple[int, ...]  # torch shape
+    out_dtype: torch.dtype
+
+
+@dataclass
+class _Group:
+    """One GET: adjacent tensors of one file, landing in one allocation."""
+
+    file: ShardFile
+    begin: int  # data-section offsets
+    end: int
+    members: List[_Planned] = field(default_factory=list)
+    buf: Optional[torch.Tensor] = None  # uint8: the lone tensor's bytes, or the shared landing buffer
+
+
+class Loader:
+    """Loads requested tensors of one bucket's files onto one device."""
+
+    def __init__(
+        self,
+        native: "_crt.NativeClient",
+        bucket: str,
+        device: torch.device,
+        dtype: Optional[torch.dtype],
+        pin_memory: bool,
+        ring_bytes: int,
+        slot_bytes: int,
+        force_staging: bool = False,
+    ) -> None:
+        self.native, self.bucket, self.device = native, bucket, device
+        self.dtype, self.pin_memory = dtype, pin_memory
+        self.ring_bytes, self.slot_bytes = ring_bytes, slot_bytes
+        self.force_staging = force_staging  # tests: CPU destinations through the ring, as CUDA's go
+        self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "gets": 0, "bytes": 0}
+
+    def _plan(self, f: ShardFile, t: TensorInfo) -> _Planned:
+        where = _where(f, t)
+        dt = t.torch_dtype(where)
+        shape = t.torch_shape(where)
+        out = dt
+        if self.dtype is not None and dt.is_floating_point and self.dtype != dt and t.dtype.name != PACKED:
+            out = self.dtype
+        return _Planned(f, t, dt, shape, out)
+
+    def load(self, wanted: List[Tuple[ShardFile, TensorInfo]]) -> Dict[str, torch.Tensor]:
+        """The tensors, by name, in the order asked."""
+        planned = [self._plan(f, t) for f, t in wanted]  # every check before any allocation
+        staged_dev = self.device.type != "cpu" or self.force_staging
+        direct = [p for p in planned if not staged_dev and p.out_dtype == p.dtype]
+        staged = [p for p in planned if staged_dev or p.out_dtype != p.dtype]
+        out: Dict[str, torch.Tensor] = {}
+        self._load_direct(direct, out)
+        self._load_staged(staged, out)
+        return {p.info.name: out[p.info.name] for p in planned}
+
+    # --- direct ---------------------------------------------------------------------------
+    def _groups(self, items: List[_Planned]) -> List[_Group]:
+        groups: List[_Group] = []
+        order: Dict[int, int] = {}  # files in the order they are first asked for
+        for p in items:
+            order.setdefault(id(p.file), len(order))
+        items = sorted(items, key=lambda p: (order[id(p.file)], p.info.begin))
+        for p in items:
+            t = p.info
+            g = groups[-1] if groups else None
+            small = t.nbytes < OWN_STORAGE
+            if (
+                g is not None
+                and small
+                and g.file is p.file
+                and g.end == t.begin
+                and g.members[0].info.nbytes < OWN_STORAGE
+                and t.end - g.begin <= GROUP_BYTES
+            ):
+                g.end = t.end
+                g.members.append(p)
+            else:
+                groups.append(_Group(p.file, t.begin, t.end, [p]))
+        return groups
+
+    def _place(self, g: _Group, out: Dict[str, torch.Tensor]) -> None:
+        """Allocate the group's tensors and the memory its GET lands in: the tensor itself
+        when it is alone, else a buffer its tensors are copied out of (every tensor keeps a
+        storage of its own, as the safetensors package gives it)."""
+        for p in g.members:
+            out[p.info.name] = alloc(p.shape, p.dtype, self.device, self.pin_memory)
+        if len(g.members) == 1:
+            tensor = out[g.members[0].info.name]
+            g.buf = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else None
+        else:
+            g.buf = torch.empty(g.end - g.begin, dtype=torch.uint8)
+
+    def _load_direct(self, items: List[_Planned], out: Dict[str, torch.Tensor]) -> None:
+        groups = self._groups(items)
+        inflight: Deque[Tuple[_Group, Any]] = deque()
+        try:
+            for g in groups:
+                self._place(g, out)
+                self.stats["direct"] += len(g.members)
+                if g.buf is None:  # empty tensors: nothing to read
+                    continue
+                if len(inflight) >= WINDOW:
+                    self._finish(*inflight.popleft(), out)
+                start = g.file.header.data_start + g.begin
+                try:
+                    h = self.native.start_get_into(self.bucket, g.file.key, g.buf, start, g.end - g.begin)
+                except _crt.S3Exception as e:
+                    raise read_error(_where(g.file, g.members[0].info), e) from e
+                self.stats["gets"] += 1
+                inflight.append((g, h))
+            while inflight:
+                self._finish(*inflight.popleft(), out)
+        finally:
+            # On failure, stop what is still running (each handle holds its destination
+            # until the CRT is done with it, so no memory is released under a transfer).
+            for _, h in inflight:
+                if not h.done():
+                    h.cancel()
+
+    def _finish(self, g: _Group, h: Any, out: Dict[str, torch.Tensor]) -> None:
+        try:
+            n = h.wait()
+        except _crt.S3Exception as e:
+            raise read_error(_where(g.file, g.members[0].info), e) from e
+        want = g.end - g.begin
+        if n != want:
+            raise TruncatedFileError(
+                f"{_where(g.file, g.members[0].info)}: read {n} of {want} bytes (the object changed or was truncated)"
+            )
+        self.stats["bytes"] += n
+        if len(g.members) > 1:
+            assert g.buf is not None
+            for p in g.members:
+                a = p.info.begin - g.begin
+                dst = out[p.info.name]
+                if dst.numel():
+                    dst.reshape(-1).view(torch.uint8).copy_(g.buf[a : a + p.info.nbytes])
+        g.buf = None
+
+    # --- staged ---------------------------------------------------------------------------
+    def _load_staged(self, items: List[_Planned], out: Dict[str, torch.Tensor]) -> None:
+        if not items:
+            return
+        work: List[StagedTensor] = []
+        for p in items:
+            dst = alloc(p.shape, p.out_dtype, self.device, self.pin_memory)
+            out[p.info.name] = dst
+            src_dtype: Optional[torch.dtype] = p.dtype if p.out_dtype != p.dtype else None
+            view = dst
+            if src_dtype is None and dst.numel():
+                view = dst.reshape(-1).view(torch.uint8)  # moved as bytes, whatever the dtype
+            work.append(
+                StagedTensor(
+                    p.file.key,
+                    p.file.header.data_start + p.info.begin,
+                    p.info.nbytes,
+                    view,
+                    None,
+                    _where(p.file, p.info),
+                    lambda: None,
+                    src_dtype=src_dtype,
+                )
+            )
+        self.stats["staged"] += len(items)
+        with borrow_ring(self.ring_bytes, self.slot_bytes, self.device.type == "cuda") as ring:
+            run = RingLoad(self.native, self.bucket, ring, None)
+            try:
+                run.run(work)
+            finally:
+                self.stats["bytes"] += run.bytes_read

@@ -1,0 +1,86 @@
+"""save_file: a safetensors file streamed into a multipart upload.
+
+The header is computed from the tensors' dtypes and shapes alone, then written, then each
+tensor's bytes straight from its memory (a tensor on another device is copied to the host
+one at a time): the file is never built in memory. The bytes are exactly those of
+``safetensors.torch.save`` for the same tensors and metadata (the crate writes metadata in
+its hash map's order, so with two or more metadata keys only the order of those keys can
+differ).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ._dtypes import BY_TORCH, PACKED, Dtype
+from ._header import METADATA, build_header, layout
+
+
+def _format_dtype(name: str, t: torch.Tensor) -> Tuple[Dtype, Tuple[int, ...]]:
+    dtype = BY_TORCH.get(t.dtype)
+    if dtype is None:
+        raise ValueError(f"tensor {name!r}: safetensors has no dtype for {t.dtype}")
+    shape = tuple(t.shape)
+    if dtype.name == PACKED:  # two 4-bit elements a byte: the format counts elements
+        if not shape:
+            raise ValueError(f"tensor {name!r}: a 0-dim {t.dtype} has no safetensors shape")
+        shape = (*shape[:-1], shape[-1] * 2)
+    return dtype, shape
+
+
+def check_tensors(tensors: Any, metadata: Any) -> None:
+    """The checks ``safetensors.torch.save`` makes, with its error types."""
+    if not isinstance(tensors, dict):
+        raise ValueError(f"Expected a dict of [str, torch.Tensor] but received {type(tensors)}")
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise ValueError("metadata must be a dict of str -> str")
+    spans: Dict[Tuple[str, int], List[Tuple[int, int, str]]] = {}
+    for name, t in tensors.items():
+        if not isinstance(name, str) or name == METADATA:
+            raise ValueError(f"tensor names must be str other than {METADATA!r}, got {name!r}")
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"Key `{name}` is invalid, expected torch.Tensor but received {type(t)}")
+        if t.layout != torch.strided:
+            raise ValueError(f"tensor {name!r} is sparse: save it dense (`.to_dense()`)")
+        if not t.is_contiguous():
+            raise ValueError(f"tensor {name!r} is not contiguous: call `.contiguous()` on it before saving")
+        n = t.numel() * t.element_size()
+        if n:
+            start = t.data_ptr()
+            spans.setdefault((str(t.device), t.untyped_storage().data_ptr()), []).append((start, start + n, name))
+    shared = []
+    for group in spans.values():
+        group.sort()
+        for (_, end, a), (start, _, b) in zip(group, group[1:]):
+            if start < end:
+                shared.append((a, b))
+    if shared:
+        raise RuntimeError(
+            f"Some tensors share memory: {shared}; save each once (or clone them), as safetensors requires"
+        )
+
+
+def plan(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]]) -> Tuple[bytes, List[str]]:
+    """The header bytes and the tensor names in the order their bytes follow it."""
+    check_tensors(tensors, metadata)
+    entries = []
+    for name, t in tensors.items():
+        dtype, shape = _format_dtype(name, t)
+        entries.append((name, dtype, shape))
+    placed = layout(entries)
+    return build_header(placed, metadata), [p[0] for p in placed]
+
+
+def tensor_bytes(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """The tensor's bytes as a flat uint8 host tensor (no copy for a CPU tensor), None if empty."""
+    if t.numel() == 0:
+        return None
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return t.reshape(-1).view(torch.uint8)

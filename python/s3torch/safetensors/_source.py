@@ -1,0 +1,196 @@
+"""What a URI names: one safetensors file, an index (``*.safetensors.index.json``) and the shards
+it maps, or a prefix holding either. Headers of every file are read concurrently (the first
+``HEAD_GUESS`` bytes of each in one batch of GETs, the rest of a longer header after) and
+validated before anything else happens.
+
+- ``s3://b/dir/model.safetensors``: the file.
+- ``s3://b/dir/model.safetensors.index.json`` (any key ending in ``.json``): the index; its
+  ``weight_map`` names each tensor's shard, relative to the index's folder.
+- ``s3://b/dir/`` (a key ending in ``/``, or none): the one ``*.safetensors.index.json``
+  directly under it if there is one, else every ``*.safetensors`` directly under it.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from .. import _crt
+from ._errors import HeaderError, MissingShardError, TruncatedFileError, read_error
+from ._header import MAX_HEADER, PREFIX, Header, TensorInfo, header_length, parse_header
+
+HEAD_GUESS = 256 * 1024  # first GET of each file: most headers fit (MoE models' can be MBs)
+MAX_INDEX = MAX_HEADER  # bytes of an index file
+INDEX_SUFFIX = ".safetensors.index.json"
+FILE_SUFFIX = ".safetensors"
+
+
+@dataclass
+class ShardFile:
+    """One safetensors object and its validated header."""
+
+    bucket: str
+    key: str
+    size: int
+    header: Header
+    # Names to load from this file when an index chose them (None: every tensor).
+    names: Optional[List[str]] = None
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass
+class Source:
+    """The files behind a URI and which file holds each tensor."""
+
+    uri: str
+    files: List[ShardFile]
+    metadata: Optional[Dict[str, Any]]
+    tensors: Dict[str, Tuple[ShardFile, TensorInfo]] = field(default_factory=dict)  # in load order
+
+
+def _get_headers(native: "_crt.NativeClient", bucket: str, keys: List[str], why: Dict[str, str]) -> List[ShardFile]:
+    """Read and validate the header of every key, all first GETs in flight at once.
+    ``why``: key -> what named it, for the error when it is missing."""
+    bufs = [_crt.HostBuffer(HEAD_GUESS) for _ in keys]
+    handles: List[Any] = []
+    out: List[ShardFile] = []
+    try:
+        for key, buf in zip(keys, bufs):
+            try:
+                handles.append(native.start_get_into(bucket, key, buf, 0, HEAD_GUESS))
+            except _crt.S3Exception as e:
+                raise _named(read_error(f"s3://{bucket}/{key}", e), why.get(key)) from e
+        for key, buf, h in zip(keys, bufs, handles):
+            where = f"s3://{bucket}/{key}"
+            try:
+                got = h.wait()
+            except _crt.S3Exception as e:
+                raise _named(read_error(where, e), why.get(key)) from e
+            size = h.object_size
+            first = memoryview(buf)[:got]
+            if got < min(size, HEAD_GUESS):
+                raise TruncatedFileError(f"{where}: read {got} of the first {min(size, HEAD_GUESS)} bytes (truncated?)")
+            n = header_length(bytes(first[:PREFIX]), where, size)
+            if PREFIX + n <= got:
+                raw = bytes(first[PREFIX : PREFIX + n])
+            else:  # a long header: the rest of it, now that its length is checked
+                rest = bytearray(PREFIX + n - got)
+                try:
+                    more = native.get_into(bucket, key, rest, got, len(rest))
+                except _crt.S3Exception as e:
+                    raise read_error(where, e) from e
+                if more != len(rest):
+                    raise TruncatedFileError(f"{where}: the header ends early ({got + more} of {PREFIX + n} bytes)")
+                raw = bytes(first[PREFIX:]) + bytes(rest)
+            out.append(ShardFile(bucket, key, size, parse_header(raw, where, size)))
+        return out
+    finally:
+        for h in handles:
+            if not h.done():
+                h.cancel()
+
+
+def _named(e: "_crt.S3Exception", why: Optional[str]) -> "_crt.S3Exception":
+    if why and isinstance(e, MissingShardError):
+        e.args = (f"{e.args[0] if e.args else ''} ({why})",)
+    return e
+
+
+def _read_index(native: "_crt.NativeClient", bucket: str, key: str) -> Tuple[Dict[str, str], Any]:
+    """The index's weight_map (tensor -> shard key) and its metadata, validated."""
+    where = f"s3://{bucket}/{key}"
+    try:
+        size = native.head(bucket, key).size
+        if size > MAX_INDEX:
+            raise HeaderError(f"{where}: an index of {size} bytes exceeds the {MAX_INDEX}-byte bound")
+        raw = native.get_bytes(bucket, key, 0, None, size)
+    except _crt.S3NotFoundError as e:
+        raise MissingShardError(f"{where}: no such index: {e}") from e
+    except HeaderError:
+        raise
+    except _crt.S3Exception as e:
+        raise read_error(where, e) from e
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise HeaderError(f"{where}: the index is not valid JSON: {e}") from None
+    wm = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+        raise HeaderError(f"{where}: the index has no weight_map of tensor name -> file name")
+    folder = posixpath.dirname(key)
+    shards: Dict[str, str] = {}
+    for name, rel in wm.items():
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+            raise HeaderError(f"{where}: tensor {name!r} names the shard {rel!r}, not a file beside the index")
+        shards[name] = posixpath.join(folder, rel) if folder else rel
+    return shards, doc.get("metadata")
+
+
+def _list(native: "_crt.NativeClient", bucket: str, prefix: str) -> List[str]:
+    keys: List[str] = []
+    token = ""
+    try:
+        while True:
+            page = native.list_objects(bucket, prefix, "/", 1000, token)
+            keys += [o.key for o in page.objects]
+            if not page.is_truncated or not page.next_continuation_token:
+                return keys
+            token = page.next_continuation_token
+    except _crt.S3Exception as e:
+        raise read_error(f"s3://{bucket}/{prefix}", e) from e
+
+
+def open_source(native: "_crt.NativeClient", uri: str, bucket: str, key: str) -> Source:
+    """Resolve ``uri`` (already split into bucket and key) and read every header."""
+    index_key: Optional[str] = None
+    if key == "" or key.endswith("/"):
+        listed = _list(native, bucket, key)
+        indexes = [k for k in listed if k.endswith(INDEX_SUFFIX)]
+        if len(indexes) > 1:
+            raise HeaderError(f"{uri}: several indexes ({', '.join(indexes)}): name the one to load")
+        if indexes:
+            index_key = indexes[0]
+        else:
+            names = sorted(k for k in listed if k.endswith(FILE_SUFFIX))
+            if not names:
+                raise MissingShardError(f"{uri}: no {FILE_SUFFIX} file and no {INDEX_SUFFIX} under this prefix")
+            return _assemble(uri, _get_headers(native, bucket, names, {}), None)
+    elif key.endswith(".json"):
+        index_key = key
+    if index_key is None:
+        return _assemble(uri, _get_headers(native, bucket, [key], {}), None)
+
+    shards, metadata = _read_index(native, bucket, index_key)
+    order: List[str] = sorted(set(shards.values()))
+    why = {k: f"named by the index s3://{bucket}/{index_key}" for k in order}
+    files = _get_headers(native, bucket, order, why)
+    by_key = {f.key: f for f in files}
+    for f in files:
+        f.names = []
+    for name, shard in shards.items():
+        f = by_key[shard]
+        if name not in f.header.tensors:
+            raise HeaderError(f"s3://{bucket}/{index_key}: tensor {name!r} is not in its shard {f.where}")
+        assert f.names is not None
+        f.names.append(name)
+    return _assemble(uri, files, metadata if isinstance(metadata, dict) else None)
+
+
+def _assemble(uri: str, files: List[ShardFile], metadata: Optional[Dict[str, Any]]) -> Source:
+    src = Source(uri, files, metadata if metadata is not None or len(files) != 1 else files[0].header.metadata)
+    for f in files:
+        infos = f.header.tensors.values()
+        if f.names is not None:
+            chosen = set(f.names)
+            infos = [t for t in infos if t.name in chosen]  # type: ignore[assignment]
+        for t in infos:
+            if t.name in src.tensors:
+                raise HeaderError(f"{uri}: tensor {t.name!r} is in both {src.tensors[t.name][0].where} and {f.where}")
+            src.tensors[t.name] = (f, t)
+    return src

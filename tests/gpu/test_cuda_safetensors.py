@@ -1,0 +1,34 @@
+"""s3torch.safetensors into CUDA and pinned memory, byte-exact against the CPU load (SeaweedFS on
+loopback). The CPU-side counterpart CI runs is test_the_cuda_path_on_cpu in
+tests/integration/test_safetensors.py."""
+
+from __future__ import annotations
+
+import torch
+
+from s3torch.safetensors import load_file, safe_open, save_file
+from tests.conftest import BUCKET, make_client
+from tests.integration.test_safetensors import _model
+from tests.unit.test_safetensors_header import _same
+
+
+def test_load_into_cuda_pinned_and_cast(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    d = _model(7)
+    uri = f"s3://{BUCKET}/{prefix}m.safetensors"
+    save_file(d, uri, client=client)
+    out = load_file(uri, device="cuda", client=client, staging_bytes=4 << 20, staging_slot_bytes=1 << 20)
+    assert all(t.device.type == "cuda" for t in out.values())
+    assert all(_same(out[k].cpu(), d[k]) for k in d)
+    pinned = load_file(uri, pin_memory=True, client=client)
+    assert all(t.is_pinned() for t in pinned.values() if t.numel())
+    assert all(_same(pinned[k], d[k]) for k in d)
+    with safe_open(uri, device=0, dtype=torch.float16, client=client) as f:
+        big = f.get_tensor("big")
+        assert big.device == torch.device("cuda", 0) and big.dtype == torch.float16
+        assert torch.equal(big.cpu(), d["big"].half())
+        assert torch.equal(f.get_slice("big")[3:9].cpu(), d["big"][3:9].half())
+    # Saving from CUDA tensors writes the same bytes.
+    save_file(out, f"s3://{BUCKET}/{prefix}again.safetensors", client=client)
+    again = client.get_object(BUCKET, f"{prefix}again.safetensors").read()
+    assert again == client.get_object(BUCKET, f"{prefix}m.safetensors").read()

@@ -1,0 +1,192 @@
+"""The safetensors loader without a server: an in-memory fake of the native client, so the
+planning (coalesced GETs, which tensors are read, allocation only after validation) and the
+CUDA path's use of the staging ring can be checked exactly. The same loads against real
+servers are in tests/integration/test_safetensors.py."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+from s3torch import _crt
+from s3torch.safetensors import HeaderError, MissingShardError, TruncatedFileError, _load, _open, save
+from s3torch.safetensors._open import safe_open
+from tests.unit.test_safetensors_header import _same, _sample
+
+
+class _Handle:
+    def __init__(self, n: int, size: int, error: Optional[BaseException] = None) -> None:
+        self.n, self.object_size, self.error = n, size, error
+
+    def wait(self) -> int:
+        if self.error is not None:
+            raise self.error
+        return self.n
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Obj:
+    def __init__(self, key: str, size: int) -> None:
+        self.key, self.size = key, size
+
+
+class _Page:
+    def __init__(self, objects: List[_Obj]) -> None:
+        self.objects, self.is_truncated, self.next_continuation_token = objects, False, ""
+
+
+def _write(buf: Any, data: bytes) -> None:
+    if isinstance(buf, torch.Tensor):
+        buf.numpy()[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    else:
+        memoryview(buf).cast("B")[: len(data)] = data
+
+
+class FakeNative:
+    """GETs copy from in-memory objects at once; every (key, offset, length) is recorded."""
+
+    def __init__(self, objects: Dict[str, bytes]) -> None:
+        self.objects = objects
+        self.gets: List[Tuple[str, int, int]] = []
+
+    def _missing(self, key: str) -> _crt.S3NotFoundError:
+        e = _crt.S3NotFoundError(f"NoSuchKey {key}")
+        e.http_status = 404
+        return e
+
+    def start_get_into(self, bucket: str, key: str, buf: Any, offset: int, length: int) -> _Handle:
+        if key not in self.objects:
+            return _Handle(0, 0, self._missing(key))
+        self.gets.append((key, offset, length))
+        data = self.objects[key][offset : offset + length]
+        _write(buf, data)
+        return _Handle(len(data), len(self.objects[key]))
+
+    def get_into(self, bucket: str, key: str, buf: Any, offset: int, length: int) -> int:
+        return self.start_get_into(bucket, key, buf, offset, length).wait()
+
+    def head(self, bucket: str, key: str) -> _Obj:
+        if key not in self.objects:
+            raise self._missing(key)
+        return _Obj(key, len(self.objects[key]))
+
+    def get_bytes(self, bucket: str, key: str, offset: int = 0, length: Any = None, size_hint: Any = None) -> bytes:
+        return self.objects[key][offset:]
+
+    def list_objects(self, bucket: str, prefix: str, delimiter: str, max_keys: int, token: str) -> _Page:
+        keys = sorted(k for k in self.objects if k.startswith(prefix) and "/" not in k[len(prefix) :])
+        return _Page([_Obj(k, len(self.objects[k])) for k in keys])
+
+
+class _Client:
+    def __init__(self, native: FakeNative) -> None:
+        self.native = native
+
+    def _get_native(self) -> FakeNative:
+        return self.native
+
+
+def _open_fake(objects: Dict[str, bytes], uri: str = "s3://b/m.safetensors", **kw: Any) -> Tuple[safe_open, FakeNative]:
+    native = FakeNative(objects)
+    return safe_open(uri, client=_Client(native), **kw), native  # type: ignore[arg-type]
+
+
+def _model() -> Dict[str, torch.Tensor]:
+    d = {f"n{i}": _sample(torch.float32, (100,), i) for i in range(20)}  # 400 B each: one GET
+    d["big"] = _sample(torch.bfloat16, (1024, 600), 99)  # 1.2 MB: its own GET and storage
+    d["empty"] = torch.empty(0, 3)
+    d["scalar"] = torch.tensor(7, dtype=torch.int64)
+    return d
+
+
+def test_small_neighbours_share_a_get_and_keep_their_own_storage() -> None:
+    d = _model()
+    f, native = _open_fake({"m.safetensors": save(d)})
+    out = f.get_tensors()
+    assert all(_same(out[k], d[k]) for k in d)
+    data_gets = native.gets[1:]  # after the header's
+    assert len(data_gets) == 2, data_gets  # the big tensor, then every small one at once
+    ptrs = [t.untyped_storage().data_ptr() for t in out.values() if t.numel()]
+    assert len(set(ptrs)) == len(ptrs)
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in out.values())
+
+
+def test_only_requested_tensors_and_rows_are_read() -> None:
+    d = _model()
+    raw = save(d)
+    f, native = _open_fake({"m.safetensors": raw})
+    n0 = len(native.gets)
+    assert _same(f.get_tensor("n7"), d["n7"])
+    assert [g[2] for g in native.gets[n0:]] == [400]
+    n0 = len(native.gets)
+    assert torch.equal(f.get_slice("big")[10:12, 5], d["big"][10:12, 5])
+    assert [g[2] for g in native.gets[n0:]] == [2 * 600 * 2]
+
+
+def test_validation_comes_before_any_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: List[Any] = []
+    monkeypatch.setattr(_load, "alloc", lambda *a: calls.append(a))
+    raw = save({"a": torch.ones(4), "b": torch.ones(2)})
+    for bad, error in [
+        (raw.replace(b'"shape":[4]', b'"shape":[5]'), HeaderError),
+        (raw[:-4], TruncatedFileError),
+        (raw.replace(b'"F32"', b'"F33"', 1), HeaderError),
+    ]:
+        with pytest.raises(error, match="s3://b/m.safetensors"):
+            _open_fake({"m.safetensors": bad})[0].get_tensors()
+    assert calls == []
+
+
+def test_a_missing_shard_is_named_with_its_index() -> None:
+    idx = b'{"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}'
+    objects = {"d/i.safetensors.index.json": idx, "d/s1.safetensors": save({"a": torch.ones(1)})}
+    with pytest.raises(MissingShardError, match=r"s3://b/d/s2.safetensors.*named by the index s3://b/d/i"):
+        _open_fake(objects, "s3://b/d/i.safetensors.index.json")
+
+
+@pytest.mark.parametrize("cast", [None, torch.float16])
+def test_the_cuda_path_uses_the_pinned_ring(monkeypatch: pytest.MonkeyPatch, cast: Optional[torch.dtype]) -> None:
+    """device="cuda" on a machine without one: destinations are made on the host, the rest is
+    the CUDA path: the ring asked for page-locked, every tensor staged in slots."""
+    asked: List[Any] = []
+    real_alloc, real_borrow = _load.alloc, _load.borrow_ring
+
+    def host_alloc(shape, dtype, device, pin):  # type: ignore[no-untyped-def]
+        asked.append(device)
+        return real_alloc(shape, dtype, torch.device("cpu"), False)
+
+    def borrow(ring_bytes, slot_bytes, pinned):  # type: ignore[no-untyped-def]
+        asked.append(("pinned", pinned))
+        return real_borrow(ring_bytes, slot_bytes, False)
+
+    monkeypatch.setattr(_load, "alloc", host_alloc)
+    monkeypatch.setattr(_load, "borrow_ring", borrow)
+    d = _model()
+    f, _ = _open_fake(
+        {"m.safetensors": save(d)}, device="cuda:1", dtype=cast, staging_bytes=3 * 4096, staging_slot_bytes=4096
+    )
+    out = f.get_tensors()
+    assert f.last_load_stats["staged"] == len(d) and f.last_load_stats["direct"] == 0
+    assert asked.count(torch.device("cuda", 1)) == len(d) and ("pinned", True) in asked
+    for k, v in d.items():
+        want = v.to(cast) if cast is not None and v.is_floating_point() else v
+        assert _same(out[k], want), k
+
+
+def test_devices_and_arguments_are_checked() -> None:
+    assert _open.device_of(0) == torch.device("cuda", 0)
+    assert _open.device_of("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="cpu or cuda"):
+        _open.device_of("meta")
+    with pytest.raises(ValueError, match="framework 'np'"):
+        _open_fake({}, framework="np")
+    with pytest.raises(ValueError, match="not both"):
+        _open.client_of(object(), "us-east-1", None, None)  # type: ignore[arg-type]
