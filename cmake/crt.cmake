@@ -19,9 +19,14 @@ endif()
 if(NOT S3TORCH_CRT_PREFIX)
   find_package(Python COMPONENTS Interpreter REQUIRED)
   message(STATUS "s3torch: locating the AWS CRT libraries (first build compiles them: ~2-3 minutes)")
+  # A cross build (scripts/build_wheel.sh --arch) builds the CRT with the same toolchain file.
+  set(_crt_toolchain "")
+  if(CMAKE_TOOLCHAIN_FILE)
+    set(_crt_toolchain --toolchain-file "${CMAKE_TOOLCHAIN_FILE}")
+  endif()
   execute_process(
     COMMAND "${Python_EXECUTABLE}" "${CMAKE_CURRENT_LIST_DIR}/crt_cache.py"
-            --c-compiler "${CMAKE_C_COMPILER}" --build-type Release
+            --c-compiler "${CMAKE_C_COMPILER}" --build-type Release ${_crt_toolchain}
     OUTPUT_VARIABLE _crt_out
     RESULT_VARIABLE _crt_rc
     OUTPUT_STRIP_TRAILING_WHITESPACE)

@@ -17,7 +17,8 @@ A file lock makes concurrent builds (two ``pip install`` runs) wait for each oth
 Cache root: ``$S3TORCH_CRT_CACHE``, else ``$XDG_CACHE_HOME/s3torch``, else ``~/.cache/s3torch``.
 ``$S3TORCH_CRT_TOOLCHAIN`` (set by scripts/build_wheel.sh, e.g. ``zig-0.13.0-x86_64-linux-gnu.2.28``)
 names the toolchain in the cache directory, so libraries built for a release wheel never mix
-with the ones the system compiler built.
+with the ones the system compiler built. ``--toolchain-file`` (cmake/crt.cmake passes the
+extension build's ``CMAKE_TOOLCHAIN_FILE``) cross-compiles them for the target it names.
 Nothing from the sdist is vendored into the repository.
 """
 
@@ -54,11 +55,13 @@ def cache_root() -> Path:
     return base / "s3torch"
 
 
-def cache_key(c_compiler: str, build_type: str) -> str:
+def cache_key(c_compiler: str, build_type: str, toolchain_file: str = "") -> str:
     toolchain = os.environ.get("S3TORCH_CRT_TOOLCHAIN", "")
     ident = f"{AWSCRT_VERSION}|{AWSCRT_SHA256}|{RECIPE_VERSION}|{c_compiler}|{build_type}|{os.uname().machine}"
     if toolchain:
         ident += f"|{toolchain}"
+    if toolchain_file:  # only cross builds have one: native keys stay as they were
+        ident += f"|{toolchain_file}"
     h = hashlib.sha256(ident.encode()).hexdigest()[:12]
     return f"awscrt-{AWSCRT_VERSION}-{build_type.lower()}-{toolchain + '-' if toolchain else ''}{h}"
 
@@ -119,7 +122,7 @@ def extract_crt(sdist: Path, src: Path) -> Path:
     return src
 
 
-def build(src: Path, build_dir: Path, install: Path, c_compiler: str, build_type: str) -> None:
+def build(src: Path, build_dir: Path, install: Path, c_compiler: str, build_type: str, toolchain_file: str) -> None:
     if build_dir.exists():
         shutil.rmtree(build_dir)
     env = dict(os.environ)
@@ -142,6 +145,8 @@ def build(src: Path, build_dir: Path, install: Path, c_compiler: str, build_type
     ]
     if c_compiler:
         cfg.append(f"-DCMAKE_C_COMPILER={c_compiler}")
+    if toolchain_file:
+        cfg.append(f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file}")
     ninja = shutil.which("ninja")
     if ninja:
         cfg += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
@@ -151,9 +156,9 @@ def build(src: Path, build_dir: Path, install: Path, c_compiler: str, build_type
     subprocess.run([cmake, "--build", str(build_dir), "--target", "install"], check=True, env=env, stdout=sys.stderr)
 
 
-def ensure(c_compiler: str, build_type: str) -> Path:
+def ensure(c_compiler: str, build_type: str, toolchain_file: str = "") -> Path:
     root = cache_root()
-    key = cache_key(c_compiler, build_type)
+    key = cache_key(c_compiler, build_type, toolchain_file)
     work = root / key
     install = work / "install"
     marker = install / ".s3torch-complete"
@@ -169,7 +174,7 @@ def ensure(c_compiler: str, build_type: str) -> Path:
         src = extract_crt(sdist, work / "src")
         if install.exists():
             shutil.rmtree(install)
-        build(src, work / "build", install, c_compiler, build_type)
+        build(src, work / "build", install, c_compiler, build_type, toolchain_file)
         shutil.rmtree(work / "build", ignore_errors=True)
         shutil.rmtree(src, ignore_errors=True)
         marker.write_text(f"awscrt {AWSCRT_VERSION} sha256 {AWSCRT_SHA256}\n")
@@ -181,12 +186,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--c-compiler", default=os.environ.get("CC", ""))
     ap.add_argument("--build-type", default="Release")
+    ap.add_argument("--toolchain-file", default="", help="a CMake toolchain file: cross-compile the CRT")
     ap.add_argument("--print-root", action="store_true", help="print the cache root and exit")
     args = ap.parse_args()
     if args.print_root:
         print(cache_root())
         return
-    print(ensure(args.c_compiler, args.build_type))
+    print(ensure(args.c_compiler, args.build_type, args.toolchain_file))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ PYBIND11_MODULE(_crt, m) {
         },
         py::arg("data"), py::arg("previous") = 0,
         "CRC32 (zip polynomial) of a buffer or tensor, hardware-accelerated; GIL released.");
+    m.def("crc32_implementation", &s3torch::crc32_implementation,
+          "Which path crc32 takes on this CPU: 'pclmul' (x86_64), 'armv8-crc' (aarch64) or 'portable'.");
     m.def(
         "prepare_fork",
         [] {

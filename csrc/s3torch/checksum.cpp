@@ -1,10 +1,21 @@
 #include "s3torch/checksum.h"
 
 #include <aws/checksums/crc.h>
+#include <aws/common/config.h>
+#include <aws/common/cpuid.h>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
+#endif
+
+// On aarch64 aws-checksums computes this CRC with the ARMv8 CRC32 instructions (crc32x/crc32b
+// are the zip polynomial, reflected, as zlib's) where the kernel reports HWCAP_CRC32, and with
+// its table otherwise: aws_cpu_has_feature(AWS_CPU_FEATURE_ARM_CRC) decides, once. That path
+// exists only when the CRT was configured for arm64 with CPU extensions on (cmake/crt_cache.py
+// does; a cross build needs CMAKE_SYSTEM_PROCESSOR=aarch64, scripts/build_wheel.sh --arch).
+#if defined(__aarch64__) && !(defined(AWS_ARCH_ARM64) && defined(AWS_USE_CPU_EXTENSIONS))
+#error "aws-c-common was configured without its arm64 CPU extensions: CRC32 would be the table"
 #endif
 
 namespace s3torch {
@@ -92,6 +103,16 @@ uint32_t crc32(const void *data, size_t len, uint32_t previous) {
     }
 #endif
     return aws_checksums_crc32_ex(p, len, previous);
+}
+
+const char *crc32_implementation() {
+#if defined(__x86_64__)
+    return have_pclmul() ? "pclmul" : "portable";
+#elif defined(__aarch64__)
+    return aws_cpu_has_feature(AWS_CPU_FEATURE_ARM_CRC) ? "armv8-crc" : "portable";
+#else
+    return "portable";
+#endif
 }
 
 }  // namespace s3torch

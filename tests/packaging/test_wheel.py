@@ -126,3 +126,15 @@ def test_wheel_installs_without_a_compiler_and_passes_conformance(tmp_path: Path
     )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert re.search(r"\d+ passed", r.stdout) and "failed" not in r.stdout
+
+
+def test_unsupported_arch_is_refused_naming_the_supported_ones(tmp_path: Path) -> None:
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build_wheel.sh"), "--arch", "riscv64", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "unsupported --arch 'riscv64'" in r.stderr and "x86_64, aarch64" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()

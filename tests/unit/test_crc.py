@@ -1,4 +1,5 @@
-"""s3torch._crt.crc32 (PCLMULQDQ folding where the CPU has it) equals zlib.crc32."""
+"""s3torch._crt.crc32 (PCLMULQDQ folding on x86_64, the ARMv8 CRC32 instructions on aarch64,
+where the CPU has them) equals zlib.crc32."""
 
 from __future__ import annotations
 
@@ -29,3 +30,40 @@ def test_large_and_chained(n: int) -> None:
     assert _crt.crc32(data[half:], _crt.crc32(data[:half])) == zlib.crc32(data)
     arr = np.frombuffer(data, dtype=np.uint8)
     assert _crt.crc32(arr) == zlib.crc32(data)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_sizes_offsets_and_seeds(seed: int) -> None:
+    # Sizes around every path's edges (the 64-byte fold blocks, the 16-byte tail, the 8-byte
+    # ARM words) and well past them, at every start alignment within a cache line, chained
+    # from a random previous CRC.
+    rng = np.random.default_rng(seed)
+    block = rng.integers(0, 256, (1 << 17) + 64, dtype=np.uint8).tobytes()
+    sizes = [int(s) for s in rng.integers(0, 1 << 17, 24)] + [int(s) for s in rng.integers(0, 200, 24)]
+    for size in sizes:
+        start = int(rng.integers(0, 64))
+        view = memoryview(block)[start : start + size]
+        prev = int(rng.integers(0, 2**32))
+        assert _crt.crc32(view, prev) == zlib.crc32(view, prev), (size, start, prev)
+
+
+def _expected_implementation() -> str:
+    machine = os.uname().machine
+    if machine == "x86_64":
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        return "pclmul" if {"pclmulqdq", "sse4_1"} <= set(flags) else "portable"
+    if machine == "aarch64":
+        import ctypes
+
+        getauxval = ctypes.CDLL(None).getauxval
+        getauxval.restype = ctypes.c_ulong
+        AT_HWCAP, HWCAP_CRC32 = 16, 1 << 7  # <sys/auxv.h>, <asm/hwcap.h>
+        return "armv8-crc" if getauxval(AT_HWCAP) & HWCAP_CRC32 else "portable"
+    return "portable"
+
+
+def test_hardware_path_where_the_cpu_has_it() -> None:
+    # x86_64: PCLMULQDQ folding where cpuinfo lists pclmulqdq and sse4_1; aarch64: the ARMv8
+    # CRC32 instructions where the kernel reports HWCAP_CRC32 (Graviton, Grace, qemu's max CPU).
+    assert _crt.crc32_implementation() == _expected_implementation()
