@@ -148,6 +148,12 @@ def _no_collate(batch):  # type: ignore[no-untyped-def]
     return batch
 
 
+def _as_tensor(batch):  # type: ignore[no-untyped-def]
+    import torch
+
+    return torch.tensor(batch)
+
+
 def _len_reader(reader):  # type: ignore[no-untyped-def]
     return len(reader.read())
 
@@ -258,7 +264,8 @@ def _loader_factory(ctx: Dict[str, Any]) -> Tuple[Callable[[], Any], bool]:
                 batch_size=batch,
             )
 
-        return lambda: StreamingDataLoader(mds(), batch_size=batch, num_workers=workers, collate_fn=_no_collate), True
+        # Its loader counts a batch by len() of the batch's first column: a tensor, not a list of ints.
+        return lambda: StreamingDataLoader(mds(), batch_size=batch, num_workers=workers, collate_fn=_as_tensor), True
     raise KeyError(peer)
 
 
