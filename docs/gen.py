@@ -252,8 +252,10 @@ def _benchmarks_page(charts: Dict[str, str]) -> str:
             out += _run_tables(rel, d, charts)
         elif "variants" in d:
             out += _shared_reads_table(rel, d)
+        elif "cells" in d:
+            out += _race_table(rel, d)
         else:
-            raise RuntimeError(f"docs/gen.py: {rel} is neither a run.py nor a shared_reads.py result")
+            raise RuntimeError(f"docs/gen.py: {rel} is neither a run.py, shared_reads.py nor race.py result")
     return "\n".join(out)
 
 
@@ -315,6 +317,34 @@ def _run_tables(rel: str, d: Dict[str, Any], charts: Dict[str, str]) -> List[str
         chart = charts.get(os.path.join(os.path.dirname(rel), s["name"] + ".png"))
         if chart:  # run.py writes one chart per scenario beside its results.json
             out.append(f"![{s['title']}]({chart})\n")
+    return out
+
+
+def _race_table(rel: str, d: Dict[str, Any]) -> List[str]:
+    """benchmarks/race.py: one row per (size, workers, latency, peer) cell, misses included."""
+    out = [
+        f"## {d['date']}: dataset race\n",
+        "Whole DataLoader epochs of the same samples through s3torch and the libraries people pick "
+        "instead, each in its own format and through its own access path (`benchmarks/race.py` says "
+        "which). Resume: time from making a loader with a mid-epoch state to its first batch.\n",
+        f"- file: `{rel}`",
+        f"- command: `{d['command']}`",
+        f"- machine: {_machine(d.get('machine', {}))}\n",
+        "| samples | workers | latency | peer | samples/s | CPU-s/1000 | resume | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in d["cells"]:
+        head = f"| {c['count']:,} x {c['size']} | {c['workers']} | {c['latency_ms']} ms | {c['peer']} |"
+        if "error" in c:
+            msg = (c["error"].strip().splitlines() or ["failed"])[-1]
+            out.append(f"{head} miss | | | {_cell(msg[:200])} |")
+            continue
+        resume = f"{c['resume_s']:.2f} s" if "resume_s" in c else _cell(c.get("resume", ""))
+        out.append(
+            f"{head} {_fmt(c['samples_per_s'])} | {_fmt(c['cpu_s_per_1000'], 2)} | {resume} | "
+            f"{_cell(c.get('resume_check', ''))} |"
+        )
+    out.append("")
     return out
 
 

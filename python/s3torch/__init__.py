@@ -15,6 +15,7 @@ from ._crt import (
     S3PermissionError,
     S3TimeoutError,
 )
+from ._tar import TarShardError
 from ._uri import parse_s3_uri
 from .s3reader import S3Reader, S3ReaderConstructor
 from .s3writer import S3Writer
@@ -28,6 +29,10 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
         from . import _datasets
 
         return getattr(_datasets, name)
+    if name == "S3TarDataset":
+        from ._tar_dataset import S3TarDataset
+
+        return S3TarDataset
     if name == "S3Checkpoint":
         from ._checkpoint import S3Checkpoint
 
@@ -43,6 +48,8 @@ __all__ = [
     "S3Writer",
     "S3MapDataset",
     "S3IterableDataset",
+    "S3TarDataset",
+    "TarShardError",
     "S3Checkpoint",
     "S3Exception",
     "S3NotFoundError",

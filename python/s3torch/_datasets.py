@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch.utils.data
 
-from . import _crt
+from . import _crt, _order
 from ._client import S3Client
 from ._config import S3ClientConfig
 from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, PrefetchWindow, check_prefetch
@@ -80,6 +80,7 @@ class _PrefixSource:
     def __init__(self, uri: str) -> None:
         parse_s3_uri(uri)  # fail now on a bad URI, not at first access
         self.uri = uri
+        self.fingerprint = uri  # what a resume state names its dataset by
 
     def __call__(self, client: S3Client) -> Iterator[_Entry]:
         return _list_prefix(client, self.uri)
@@ -88,6 +89,7 @@ class _PrefixSource:
 class _ObjectsSource:
     def __init__(self, uris: Union[str, Iterable[str]]) -> None:
         self.entries = _from_uris(uris)
+        self.fingerprint = _order.fingerprint_objects(f"s3://{b}/{k}" for b, k, _ in self.entries)
 
     def __call__(self, client: S3Client) -> List[_Entry]:
         return self.entries
@@ -314,11 +316,183 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
 S3MapDataset.__doc__ = (S3MapDataset.__doc__ or "") + _PREFETCH_DOC
 
 
-class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
-    """Streams objects in listing order, the next ones fetched ahead. With
-    ``enable_sharding``, each object goes to exactly one (distributed rank, DataLoader worker)
-    pair: object ``i`` goes to rank ``i % world_size``, and within a rank, its ``j``-th object
-    to worker ``j % num_workers`` (as in s3torchconnector).
+class _Cursor:
+    """Progress of one iteration of an iterable dataset in this process: what state_dict()
+    reports. Only the iterating thread writes it."""
+
+    __slots__ = ("epoch", "consumer", "consumers", "position", "count", "extra")
+
+    def __init__(self, epoch: int, consumer: int, consumers: int, position: int, count: Optional[int]) -> None:
+        self.epoch = epoch
+        self.consumer = consumer
+        self.consumers = consumers
+        self.position = position  # items this consumer has yielded this epoch
+        self.count = count  # items in the listing, once known
+        self.extra: Dict[str, Any] = {}  # the tar dataset's place inside a shard
+
+
+class _EpochOrdered:
+    """Seeded shuffle, epochs, sharding by consumer and resume state, shared by the iterable
+    datasets (objects and tar shards). See ``_order`` for the order and what a consumer is."""
+
+    _state_kind = ""
+
+    def _init_order(self, get_entries: Callable[[S3Client], Iterable[_Entry]], shuffle: Any, seed: Any) -> None:
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle must be a bool, got {shuffle!r}")
+        self._get_entries = get_entries
+        self.shuffle = shuffle
+        self.seed = _order.check_seed(seed)
+        self._epoch = 0
+        # A state loaded by load_state_dict(), applied by the next __iter__ (then dropped).
+        self._resume: Optional[Dict[str, Any]] = None
+        self._cursor: Optional[_Cursor] = None
+        # (rank, world_size) where torch.distributed was initialised when this dataset was made
+        # or last pickled; None when it was not (see S3IterableDataset's docstring).
+        self._dist: Optional[Tuple[int, int]] = _initialised_dist()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads (``set_epoch``; a loaded state's epoch wins)."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration reads (an int >= 0). Call it before
+        each epoch, before the DataLoader's iterator is made: workers get the dataset, with its
+        epoch, when iteration starts (with ``persistent_workers=True`` they keep the epoch they
+        started with)."""
+        self._epoch = _order.check_epoch(epoch)
+
+    @property
+    def _source(self) -> str:
+        return str(getattr(self._get_entries, "fingerprint", type(self._get_entries).__qualname__))
+
+    def _rank_and_world_size(self) -> Tuple[int, int]:
+        """The (rank, world_size) this process shards by (see S3IterableDataset's docstring)."""
+        return _initialised_dist() or self.__dict__.get("_dist") or _env_dist() or (0, 1)
+
+    def _consumer(self) -> Tuple[int, int]:
+        """(consumer, consumers): this (rank, worker) pair's place in the epoch's split."""
+        if not self.enable_sharding:  # type: ignore[attr-defined]
+            return 0, 1
+        rank, world = self._rank_and_world_size()
+        info = torch.utils.data.get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank + world * wid, world * nworkers
+
+    def _expected(self, consumer: int, consumers: int) -> Dict[str, Any]:
+        return dict(
+            kind=self._state_kind,
+            source=self._source,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            consumer=consumer,
+            consumers=consumers,
+        )
+
+    def _check_state(self, state: Any) -> Dict[str, Any]:
+        # Static fields are checked where the state is loaded; the consumer where it is used.
+        expected = self._expected(0, 1)
+        del expected["consumer"], expected["consumers"]
+        return _order.check_state(state, expected)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Where the current iteration is: a small dict (epoch, seed, the consumer's position,
+        the source's fingerprint and item count; never the object list). torchdata's
+        ``StatefulDataLoader`` calls it in each worker; ``load_state_dict`` resumes from it."""
+        if self._resume is not None:
+            return dict(self._resume)
+        cur = self._cursor
+        if cur is None:
+            consumer, consumers = self._consumer()
+            cur = _Cursor(self._epoch, consumer, consumers, 0, None)
+        return _order.make_state(
+            kind=self._state_kind,
+            source=self._source,
+            count=cur.count,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=cur.epoch,
+            consumer=cur.consumer,
+            consumers=cur.consumers,
+            position=cur.position,
+            **cur.extra,
+        )
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Resume the next iteration where ``state_dict`` was taken: the items this consumer had
+        not yet yielded, in the same order, skipped by index (nothing already consumed is
+        fetched). ValueError if the state is from another dataset (source, item count, seed,
+        shuffle) or another split (ranks x workers)."""
+        state = self._check_state(state_dict)
+        self._resume = state
+        self._epoch = state["epoch"]
+
+    def _begin(self) -> Tuple[_Cursor, Optional[Dict[str, Any]], Optional[List[_Entry]]]:
+        """Start an iteration: its cursor, the resume state it applies (consumed) and, when the
+        order needs the whole listing (shuffle or resume), the listing."""
+        consumer, consumers = self._consumer()
+        resume, self._resume = self._resume, None
+        start = 0
+        if resume is not None:
+            _order.check_state(resume, self._expected(consumer, consumers))
+            start = resume["position"]
+        cursor = _Cursor(self._epoch, consumer, consumers, start, None)
+        self._cursor = cursor
+        entries: Optional[List[_Entry]] = None
+        if self.shuffle or resume is not None:
+            entries = list(self._get_entries(self._get_client()))  # type: ignore[attr-defined]
+            if resume is not None:
+                _order.check_count(resume, len(entries), self._source)
+            cursor.count = len(entries)
+        return cursor, resume, entries
+
+    def _order_state_for_pickle(self, state: dict) -> dict:
+        # A DataLoader pickles the dataset for each worker when iteration starts, after
+        # init_process_group in the usual program: what the workers shard by.
+        state["_dist"] = _initialised_dist() or self.__dict__.get("_dist")
+        state["_cursor"] = None  # progress belongs to the iterating process
+        return state
+
+
+def _counted(items: Iterable[Any], cursor: _Cursor) -> Iterator[Any]:
+    for item in items:
+        cursor.position += 1  # before the yield: a state taken after this item counts it
+        yield item
+
+
+def _listing_counted(entries: Iterable[_Entry], cursor: _Cursor) -> Iterator[Tuple[int, _Entry]]:
+    n = 0
+    for n, e in enumerate(entries, 1):
+        yield n - 1, e
+    cursor.count = n
+
+
+class S3IterableDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
+    """Streams objects, the next ones fetched ahead: in listing order, or with
+    ``shuffle=True`` in an order that depends on ``(seed, epoch)`` alone (``set_epoch``).
+
+    **Sharding**: with ``enable_sharding``, each object goes to exactly one (distributed rank,
+    DataLoader worker) pair: the epoch's ``i``-th object goes to rank ``i % world_size``, and
+    within a rank, its ``j``-th object to worker ``j % num_workers`` (as in s3torchconnector).
+    Equivalently, consumer ``k = rank + world_size * worker_id`` of ``C = world_size *
+    num_workers`` reads the epoch's objects ``k, k + C, k + 2C, ...``. Without sharding every
+    process (and every worker) reads the whole epoch.
+
+    **Shuffle**: the epoch's order is a permutation of the listing fixed by ``(seed, epoch)``,
+    the same whatever the number of ranks and workers: interleaving the consumers' streams
+    round-robin (consumer 0, 1, ..., C-1, 0, ...) gives it back, and a single-rank DataLoader with
+    ``batch_size=None`` yields exactly that. Each object is read once per epoch across all
+    consumers. Shuffling lists the whole prefix before the first object; prefetch follows the
+    shuffled order.
+
+    **Resume**: ``state_dict()`` is small (epoch, seed, this consumer's position, the source's
+    fingerprint and object count); ``load_state_dict()`` makes the next iteration yield
+    exactly the objects not yet yielded, in the same order, GETting none of those before them.
+    torchdata's ``StatefulDataLoader`` calls both in each worker. A state resumes only the same
+    dataset (prefix or object list, object count, seed, shuffle) split the same way (ranks x
+    workers); anything else raises ValueError naming what differs. The state applies to one
+    iteration; the epoch it names becomes the dataset's epoch.
 
     The rank and world size, whatever starts the DataLoader workers (fork, forkserver, spawn):
     a worker started by forkserver or spawn is a fresh interpreter in which torch.distributed is
@@ -335,6 +509,7 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
     """
 
     _dataset_kind = "iterable"
+    _state_kind = "objects"
 
     def __init__(
         self,
@@ -348,6 +523,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
         prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         enable_sharding: bool = False,
+        shuffle: bool = False,
+        seed: int = 0,
     ) -> None:
         _Base.__init__(
             self,
@@ -359,11 +536,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
             prefetch_bytes=prefetch_bytes,
             prefetch_count=prefetch_count,
         )
-        self._get_entries = get_entries
         self.enable_sharding = enable_sharding
-        # (rank, world_size) where torch.distributed was initialised when this dataset was made
-        # or last pickled; None when it was not (see the class docstring).
-        self._dist: Optional[Tuple[int, int]] = _initialised_dist()
+        self._init_order(get_entries, shuffle, seed)
 
     @classmethod
     def from_prefix(
@@ -378,8 +552,11 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
         prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         enable_sharding: bool = False,
+        shuffle: bool = False,
+        seed: int = 0,
     ) -> "S3IterableDataset":
-        """A stream of every object under ``s3_uri``, in listing order."""
+        """A stream of every object under ``s3_uri``, in listing order (``shuffle=False``) or
+        in the seeded order of each epoch (``shuffle=True``, ``seed``, ``set_epoch``)."""
         return cls(
             _PrefixSource(s3_uri),
             region,
@@ -390,6 +567,8 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
             prefetch_bytes=prefetch_bytes,
             prefetch_count=prefetch_count,
             enable_sharding=enable_sharding,
+            shuffle=shuffle,
+            seed=seed,
         )
 
     @classmethod
@@ -405,8 +584,11 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
         prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
         prefetch_count: int = DEFAULT_PREFETCH_COUNT,
         enable_sharding: bool = False,
+        shuffle: bool = False,
+        seed: int = 0,
     ) -> "S3IterableDataset":
-        """A stream of the given ``s3://`` object URIs, in the order given."""
+        """A stream of the given ``s3://`` object URIs, in the order given (``shuffle=False``)
+        or in the seeded order of each epoch (``shuffle=True``, ``seed``, ``set_epoch``)."""
         return cls(
             _ObjectsSource(object_uris),
             region,
@@ -417,30 +599,28 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _Base):
             prefetch_bytes=prefetch_bytes,
             prefetch_count=prefetch_count,
             enable_sharding=enable_sharding,
+            shuffle=shuffle,
+            seed=seed,
         )
 
-    def _rank_and_world_size(self) -> Tuple[int, int]:
-        """The (rank, world_size) this process shards by (see the class docstring)."""
-        return _initialised_dist() or self.__dict__.get("_dist") or _env_dist() or (0, 1)
-
     def __iter__(self) -> Iterator[Any]:
-        entries: Iterable[_Entry] = self._get_entries(self._get_client())
-        if self.enable_sharding:
-            rank, world = self._rank_and_world_size()
-            info = torch.utils.data.get_worker_info()
-            wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
-            ranks = (e for i, e in enumerate(entries) if i % world == rank)
-            entries = (e for j, e in enumerate(ranks) if j % nworkers == wid)
-        return self._transformed(entries)
+        cursor, _, listed = self._begin()
+        selected: Iterable[_Entry]
+        if listed is None:
+            # Listing order, nothing to skip: objects stream while the prefix is still listed.
+            k, c = cursor.consumer, cursor.consumers
+            selected = (e for i, e in _listing_counted(self._get_entries(self._get_client()), cursor) if i % c == k)
+        else:
+            order = _order.epoch_order(len(listed), self.seed, cursor.epoch, self.shuffle)
+            picks = _order.consumer_positions(order, cursor.consumer, cursor.consumers, cursor.position)
+            selected = (listed[i] for i in picks)
+        return _counted(self._transformed(selected), cursor)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_client"] = None
         state["_answered_endpoints"] = _crt.answered_endpoints()
-        # A DataLoader pickles the dataset for each worker when iteration starts, after
-        # init_process_group in the usual program: what the workers shard by.
-        state["_dist"] = _initialised_dist() or self.__dict__.get("_dist")
-        return state
+        return self._order_state_for_pickle(state)
 
 
 S3IterableDataset.__doc__ = (S3IterableDataset.__doc__ or "") + _PREFETCH_DOC

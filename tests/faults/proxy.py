@@ -234,6 +234,11 @@ class FaultProxy:
         with self._lock:
             return sum(1 for _, m, t in self._log if rx.search(t) and (method is None or m == method))
 
+    def targets(self, method: Optional[str] = None) -> List[str]:
+        """The target (path and query) of every request so far, in arrival order (of ``method``)."""
+        with self._lock:
+            return [t for _, m, t in self._log if method is None or m == method]
+
     def user_agents(self) -> List[Tuple[str, str, str]]:
         """(method, target, User-Agent header or "") of every request so far."""
         with self._lock:
