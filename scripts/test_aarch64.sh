@@ -52,6 +52,12 @@ if [ $# -eq 0 ]; then
 fi
 
 command -v "$QEMU" >/dev/null || { log "no $QEMU: apt-get install qemu-user-static"; exit 2; }
+QEMU_MAJOR=$("$QEMU" --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -n 1)
+if [ "${QEMU_MAJOR:-0}" -lt 8 ]; then
+  log "$QEMU is version ${QEMU_MAJOR:-unknown}: torch's aarch64 import crashes under qemu 7 (oneDNN);"
+  log "  use qemu 8 or newer (Debian 12: apt-get install -t bookworm-backports qemu-user-static)"
+  exit 2
+fi
 if [ ! -e /lib/ld-linux-aarch64.so.1 ] || [ ! -e /usr/lib/aarch64-linux-gnu/libstdc++.so.6 ] ||
   [ ! -e /usr/lib/python3.11/lib-dynload/_ssl.cpython-311-aarch64-linux-gnu.so ]; then
   log "no arm64 libc, libstdc++ or Python standard library: dpkg --add-architecture arm64 &&"
