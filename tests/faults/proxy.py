@@ -152,7 +152,9 @@ async def _read_body(reader: asyncio.StreamReader, headers: List[Tuple[str, str]
     return await reader.read() if until_eof else b""
 
 
-def _error_response(status: int, reason: str, code: str, message: str, request_id: str) -> bytes:
+def _error_response(status: int, reason: str, code: str, message: str, request_id: str, method: str) -> bytes:
+    """An S3 error response; to a HEAD, its headers only (as S3 answers: a body there would be read
+    as the start of the next response on the connection)."""
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>{request_id}</RequestId></Error>"
@@ -161,7 +163,7 @@ def _error_response(status: int, reason: str, code: str, message: str, request_i
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
         f"x-amz-request-id: {request_id}\r\nConnection: keep-alive\r\n\r\n"
     ).encode()
-    return head + body
+    return head if method == "HEAD" else head + body
 
 
 def _reset(writer: Optional[asyncio.StreamWriter]) -> None:
@@ -364,13 +366,22 @@ class FaultProxy:
                     return
                 if kind in ("slowdown", "internal_error", "complete_error"):
                     if kind == "slowdown":
-                        resp = _error_response(503, "Slow Down", "SlowDown", "Please reduce your request rate.", rid)
+                        resp = _error_response(
+                            503, "Slow Down", "SlowDown", "Please reduce your request rate.", rid, method
+                        )
                     elif kind == "internal_error":
                         resp = _error_response(
-                            500, "Internal Server Error", "InternalError", "We encountered an internal error.", rid
+                            500,
+                            "Internal Server Error",
+                            "InternalError",
+                            "We encountered an internal error.",
+                            rid,
+                            method,
                         )
                     else:
-                        resp = _error_response(200, "OK", "InternalError", "We encountered an internal error.", rid)
+                        resp = _error_response(
+                            200, "OK", "InternalError", "We encountered an internal error.", rid, method
+                        )
                     c_writer.write(resp)
                     await c_writer.drain()
                     continue

@@ -71,7 +71,8 @@ def test_user_agent_survives_pickling_and_datasets_add_their_comments(proxy: Fau
 
 
 def test_the_peers_user_agent_object_is_accepted() -> None:
-    peer_ua = pytest.importorskip("s3torchconnector._user_agent")
+    import s3torchconnector._user_agent as peer_ua
+
     client = S3Client(
         REGION, endpoint="http://127.0.0.1:9", s3client_config=_cfg(), user_agent=peer_ua.UserAgent(["c"])
     )

@@ -9,6 +9,7 @@ import json
 from typing import Any, Dict, List
 
 import pytest
+import safetensors.torch as sts
 import torch
 
 from s3torch.safetensors import (
@@ -24,8 +25,6 @@ from s3torch.safetensors import (
 )
 from tests.conftest import BUCKET, make_client
 from tests.unit.test_safetensors_header import TORCH_DTYPES, _same, _sample
-
-sts = pytest.importorskip("safetensors.torch")
 
 
 def _model(seed: int = 0) -> Dict[str, torch.Tensor]:

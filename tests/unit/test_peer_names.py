@@ -23,8 +23,7 @@ import pkgutil
 from typing import Dict, List, Set
 
 import pytest
-
-peer = pytest.importorskip("s3torchconnector")
+import s3torchconnector as peer
 
 EXTRA = {"_s3client": ["S3Client", "S3ClientConfig"], "_user_agent": ["UserAgent"]}
 

@@ -93,7 +93,8 @@ def test_a_dtype_torch_lacks_is_a_clear_error_at_load() -> None:
 
 @pytest.mark.parametrize("dtype", TORCH_DTYPES, ids=str)
 def test_bytes_match_the_safetensors_package(dtype: torch.dtype) -> None:
-    sts = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as sts
+
     d = {
         "b": _sample(dtype, (3, 2)),
         "a": _sample(torch.float32, (4,)),
@@ -123,7 +124,8 @@ _shapes = st.lists(st.integers(0, 4), max_size=3).map(tuple)
 def test_any_dict_matches_the_package_byte_for_byte(spec: Dict[str, Any], meta: Any) -> None:
     """Names with quotes, backslashes, control characters and any Unicode; any shapes; one
     metadata key at most (with more, the package's order of them is its hash map's)."""
-    sts = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as sts
+
     d = {name: _sample(dt, shape, i) for i, (name, (dt, shape)) in enumerate(spec.items())}
     if not d and meta is not None:
         meta = None  # the package writes invalid JSON for no tensors with metadata
@@ -134,7 +136,8 @@ def test_any_dict_matches_the_package_byte_for_byte(spec: Dict[str, Any], meta: 
 
 
 def test_files_of_the_package_load_here() -> None:
-    sts = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as sts
+
     d = {f"layer.{i}.w": _sample(dt, (i + 1, 3), i) for i, dt in enumerate(TORCH_DTYPES)}
     del d[f"layer.{TORCH_DTYPES.index(torch.float8_e8m0fnu)}.w"]  # written but not loadable by the package
     back = load(sts.save(d, {"a": "1", "b": "2", "c": "3"}))
