@@ -521,7 +521,13 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
 
 _DESTS = {
-    "dcp_load_cuda": {"s3torch": "cuda", "s3torch-pinned": "pinned", "s3torchconnector": "cuda", "s3torch-cpu": "cpu"},
+    "dcp_load_cuda": {
+        "s3torch": "cuda",
+        "s3torch-cold": "cuda",
+        "s3torch-pinned": "pinned",
+        "s3torchconnector": "cuda",
+        "s3torch-cpu": "cpu",
+    },
     "dcp_load_staged": {"s3torch": "transposed", "s3torch-direct": "cpu", "s3torchconnector": "transposed"},
 }
 
@@ -565,6 +571,11 @@ def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         r.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx), reader_constructor=r.fs._reader_constructor)
 
     def op() -> float:
+        if peer == "s3torch-cold":
+            # Every run as a fresh process's first load: no pooled, page-locked ring.
+            from s3torch.dcp import release_staging_memory
+
+            release_staging_memory()
         dcp.load(sd, storage_reader=r)
         if kind == "cuda":
             torch.cuda.synchronize()

@@ -124,13 +124,15 @@ SCENARIOS: List[Scenario] = [
     ),
     # A bf16 checkpoint written by torch's FileSystemWriter (per layer: up (4d, d), down (d, 4d),
     # norm (d,)); destinations per peer: "s3torch" and "s3torchconnector" load into CUDA
-    # tensors, "s3torch-pinned" into pinned CPU memory, "s3torch-cpu" into plain CPU memory.
+    # tensors, "s3torch-pinned" into pinned CPU memory, "s3torch-cpu" into plain CPU memory;
+    # "s3torch-cold" into CUDA with the staging ring freed before every run (a fresh
+    # process's first load pays the page-locking).
     Scenario(
         "dcp_load_cuda",
         "DCP load of a bf16 checkpoint into a CUDA state dict",
         "nginx",
         "GB/s",
-        ["s3torch", "s3torch-pinned", "s3torchconnector", "s3torch-cpu"],
+        ["s3torch", "s3torch-cold", "s3torch-pinned", "s3torchconnector", "s3torch-cpu"],
         {"layers": 16, "d_model": 4096},
         {"layers": 2, "d_model": 1024},
         needs_cuda=True,

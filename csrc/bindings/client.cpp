@@ -283,6 +283,8 @@ void register_client(py::module_ &m) {
              py::arg("offset") = py::none(), py::arg("length") = py::none())
         .def("start_get_into", &NativeClient::start_get_into, py::arg("bucket"), py::arg("key"), py::arg("buffer"),
              py::arg("offset") = py::none(), py::arg("length") = py::none())
+        .def_static("wait_any", &wait_any, py::arg("handles"), py::arg("timeout") = py::none(),
+                    "_crt.wait_any: the first of the GETs this client started to finish.")
         .def("get_into_many", &NativeClient::get_into_many, py::arg("bucket"), py::arg("items"))
         .def("get_bytes", &NativeClient::get_bytes, py::arg("bucket"), py::arg("key"), py::arg("offset") = 0,
              py::arg("length") = py::none(), py::arg("size_hint") = py::none())

@@ -2,6 +2,8 @@
 
 #include "s3torch/endpoint_health.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <new>
 #include <string>
@@ -57,6 +59,38 @@ void wait_interruptible(Step &&step, OnInterrupt &&on_interrupt) {
 
 void wait_transfer(s3torch::Transfer &t) {
     wait_interruptible([&](int64_t ms) { return t.wait_for(ms); }, [&] { t.cancel_and_wait(); });
+}
+
+std::optional<size_t> wait_any(const std::vector<GetHandle *> &handles, std::optional<double> timeout_s) {
+    std::vector<s3torch::Transfer *> transfers;
+    transfers.reserve(handles.size());
+    for (GetHandle *h : handles) {
+        if (h == nullptr) s3torch::throw_invalid("wait_any: None is not a GetHandle", s3torch::ErrorContext{});
+        transfers.push_back(&h->transfer());
+    }
+    const bool forever = !timeout_s;
+    const int64_t budget_ms = forever ? 0 : static_cast<int64_t>(std::max(0.0, *timeout_s) * 1000.0);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(budget_ms);
+    int64_t index = -1;
+    bool timed_out = false;
+    // On a signal nothing is cancelled: the caller owns the handles and decides.
+    wait_interruptible(
+        [&](int64_t slice_ms) {
+            int64_t ms = slice_ms;
+            if (!forever) {
+                auto left =
+                    std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now())
+                        .count();
+                ms = std::max<int64_t>(0, std::min<int64_t>(slice_ms, left));
+            }
+            index = s3torch::wait_any(transfers, ms);
+            if (index >= 0) return true;
+            timed_out = !forever && std::chrono::steady_clock::now() >= deadline;
+            return timed_out;
+        },
+        [] {});
+    if (index < 0) return std::nullopt;
+    return static_cast<size_t>(index);
 }
 
 GetHandle::~GetHandle() {
@@ -162,6 +196,11 @@ void register_handles(py::module_ &m) {
         .def("cancel", &GetHandle::cancel)
         .def_property_readonly("object_size", &GetHandle::object_size)
         .def_property_readonly("etag", &GetHandle::etag);
+
+    m.def("wait_any", &wait_any, py::arg("handles"), py::arg("timeout") = py::none(),
+          "Block (GIL released) until one of the GetHandles has finished, or `timeout` seconds "
+          "(None: forever). Returns the index of the first finished one in the list, or None on "
+          "timeout. Never raises the transfer's error: wait() on that handle does.");
 
     py::class_<StreamChunk>(m, "StreamChunk", py::buffer_protocol())
         .def_buffer(&StreamChunk::info)

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <vector>
 
 namespace s3torch_py {
 
@@ -40,6 +41,10 @@ class GetHandle {
     std::shared_ptr<s3torch::GetInto> t_;
     std::unique_ptr<HeldBuffer> buf_;
 };
+
+// Wait (GIL released, interruptible) until one of `handles` has finished or `timeout_s` has
+// passed (nullopt: forever); the index of the first finished one, or nullopt on timeout.
+std::optional<size_t> wait_any(const std::vector<GetHandle *> &handles, std::optional<double> timeout_s);
 
 // One chunk of a streaming GET: a read-only buffer over CRT memory.
 class StreamChunk {

@@ -10,6 +10,7 @@
 #include <aws/s3/s3_client.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <chrono>
 #include <cstring>
@@ -25,7 +26,47 @@ aws_s3_checksum_algorithm upload_checksum(const ClientConfig &config) {
     return AWS_SCA_NONE;
 }
 
+// Signalled whenever any transfer of this process finishes (wait_any). One per process: a
+// fork()ed child makes its own and leaks its parent's, whose lock a gone thread may hold.
+struct AnyFinished {
+    pid_t pid = getpid();
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t finished = 0;  // mu: transfers finished so far
+};
+
+std::atomic<AnyFinished *> g_any_finished{nullptr};
+
+AnyFinished &any_finished() {
+    AnyFinished *current = g_any_finished.load(std::memory_order_acquire);
+    if (current != nullptr && current->pid == getpid()) return *current;
+    auto *fresh = new AnyFinished();
+    if (g_any_finished.compare_exchange_strong(current, fresh, std::memory_order_acq_rel)) return *fresh;
+    delete fresh;  // another thread of this process installed one first
+    return *current;
+}
+
 }  // namespace
+
+int64_t wait_any(const std::vector<Transfer *> &transfers, int64_t timeout_ms) {
+    if (transfers.empty()) throw_invalid("wait_any needs at least one transfer", ErrorContext{});
+    for (Transfer *t : transfers) t->require_owner(t->context());
+    AnyFinished &any = any_finished();
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 0));
+    std::unique_lock<std::mutex> lock(any.mu);
+    for (;;) {
+        const uint64_t seen = any.finished;
+        lock.unlock();  // done() takes each transfer's own lock; never both at once
+        for (size_t i = 0; i < transfers.size(); ++i)
+            if (transfers[i]->done()) return static_cast<int64_t>(i);
+        lock.lock();
+        // A finish after `seen` was read has bumped the count: look again before waiting.
+        auto changed = [&] { return any.finished != seen; };
+        if (timeout_ms < 0) any.cv.wait(lock, changed);
+        else if (!any.cv.wait_until(lock, deadline, changed)) return -1;
+    }
+}
 
 Transfer::Transfer(std::shared_ptr<Client> client, ErrorContext ctx)
     : client_(std::move(client)), ctx_(std::move(ctx)) {}
@@ -288,6 +329,12 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
         t->on_finished_locked();
     }
     t->cv_.notify_all();
+    AnyFinished &any = any_finished();
+    {
+        std::lock_guard<std::mutex> lock(any.mu);
+        ++any.finished;
+    }
+    any.cv.notify_all();
     if (to_release) aws_s3_meta_request_release(to_release);
 }
 

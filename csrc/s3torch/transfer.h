@@ -24,6 +24,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 struct aws_s3_meta_request;
 struct aws_s3_meta_request_options;
@@ -124,6 +125,14 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     std::shared_ptr<Transfer> self_;     // set by start(), dropped at shutdown
     bool want_body_ = false;
 };
+
+// Block until one of `transfers` has finished, or `timeout_ms` (< 0: forever). Returns the index
+// of the first finished one in the list (so the oldest, when the list is in start order), or -1
+// on timeout. Throws InvalidArgument for an empty list or a transfer of another process.
+// Threads: any caller thread; every transfer's finish callback signals one per-process condition
+// (a fresh one in a fork()ed child: the parent's may be locked by a thread that is gone), so a
+// waiter is woken by any finish and looks again at its own transfers.
+int64_t wait_any(const std::vector<Transfer *> &transfers, int64_t timeout_ms);
 
 // A request that is not a GET/PUT of an object body (HEAD, list, delete, copy, a PUT of one
 // part from memory): collects the response body in memory.

@@ -61,6 +61,11 @@ class GetHandle:
     @property
     def etag(self) -> str: ...
 
+def wait_any(handles: Sequence[GetHandle], timeout: Optional[float] = None) -> Optional[int]:
+    """Block (GIL released) until one of ``handles`` has finished, or ``timeout`` seconds
+    (None: forever): the index of the first finished one in the list, or None on timeout.
+    Never raises the transfer's error (``wait()`` on that handle does)."""
+
 class StreamChunk:
     @property
     def offset(self) -> int: ...
@@ -120,6 +125,8 @@ class NativeClient:
     def start_get_into(
         self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None, length: Optional[int] = None
     ) -> GetHandle: ...
+    @staticmethod
+    def wait_any(handles: Sequence[GetHandle], timeout: Optional[float] = None) -> Optional[int]: ...
     def get_into_many(
         self, bucket: str, items: Sequence[Tuple[str, Optional[int], Optional[int], Any]]
     ) -> List[int]: ...

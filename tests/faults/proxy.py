@@ -52,7 +52,9 @@ class Fault:
     """One rule. A request matches when its method matches ``method`` (a regex such as
     ``"GET"`` or ``"PUT|POST"``; any if None) and
     ``path`` (a regex) is found in its target (path and query, e.g. ``uploadId=``,
-    ``partNumber=``, ``\\?uploads``, a key prefix). Of the matching requests, ``fraction``
+    ``partNumber=``, ``\\?uploads``, a key prefix) and ``range`` (a regex) is found in its
+    Range header (e.g. ``^bytes=4096-``: the ranged GET that starts at byte 4096; a request
+    without one never matches a rule with ``range``). Of the matching requests, ``fraction``
     (spread evenly: 0.5 is every second one) get the fault, at most ``times`` of them
     (None: no limit), and only within ``duration`` seconds of the rule being added (None:
     while it is installed)."""
@@ -64,6 +66,7 @@ class Fault:
     fraction: float = 1.0
     duration: Optional[float] = None
     delay: float = 0.0
+    range: Optional[str] = None
     matched: int = 0  # requests that matched method, path and time window
     injected: int = 0  # requests that got the fault
     targets: List[str] = field(default_factory=list)  # "METHOD target" of each injected request
@@ -75,11 +78,14 @@ class Fault:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
         self._re = re.compile(self.path) if self.path else None
+        self._range_re = re.compile(self.range) if self.range else None
 
-    def _take(self, method: str, target: str, now: float) -> bool:
+    def _take(self, method: str, target: str, now: float, range_header: Optional[str] = None) -> bool:
         if self.method is not None and not re.fullmatch(self.method, method):
             return False
         if self._re is not None and not self._re.search(target):
+            return False
+        if self._range_re is not None and (range_header is None or not self._range_re.search(range_header)):
             return False
         if self.duration is not None and now > self._until:
             return False
@@ -318,12 +324,12 @@ class FaultProxy:
         for t in list(self._tasks):
             t.cancel()
 
-    def _match(self, method: str, target: str) -> Optional[Fault]:
+    def _match(self, method: str, target: str, range_header: Optional[str] = None) -> Optional[Fault]:
         now = time.monotonic()
         with self._lock:
             self._log.append((now, method, target))
             for f in self._faults:
-                if f._take(method, target, now):
+                if f._take(method, target, now, range_header):
                     return f
         return None
 
@@ -358,7 +364,7 @@ class FaultProxy:
                 await self._bucket.take(len(body))
                 with self._lock:
                     self._agents.append((method, target, _get(headers, "user-agent") or ""))
-                fault = self._match(method, target)
+                fault = self._match(method, target, _get(headers, "range"))
                 kind = fault.kind if fault is not None else None
                 rid = f"FAULTPROXY-{next(self._ids)}"
                 if kind == "reset":

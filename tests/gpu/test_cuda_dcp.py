@@ -178,3 +178,113 @@ def test_save_from_cuda_state_dict_round_trips(seaweed, prefix: str) -> None:  #
     for k, v in src.items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(cpu[k], v), k
+
+
+def test_a_slow_slot_into_cuda_holds_only_itself(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22: slots land in completion order on the CUDA path too. The proxy holds the GET
+    of the first slot for 2 s; the other slots are copied to the device around it."""
+    from s3torch.dcp import S3StorageReader
+    from tests.faults.proxy import Fault, FaultProxy
+
+    slot = 64 * 1024
+    src = torch.randn(256, 1024, generator=torch.Generator().manual_seed(9))
+    path = f"s3://{BUCKET}/{prefix}slow"
+    dcp.save({"w": src}, storage_writer=writer(seaweed, path))
+    client = make_client(seaweed)
+    data = client.get_object(BUCKET, f"{prefix}slow/__0_0.distcp").read()
+    start = data.find(src.numpy().tobytes()[:4096])
+    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
+    with FaultProxy(host, int(port)) as proxy:
+        held = proxy.add(Fault("slow", method="GET", range=f"^bytes={start}-{start + slot - 1}$", delay=2.0))
+        out = torch.zeros(256, 1024, device=DEV)
+        r = S3StorageReader(
+            "us-east-1",
+            path,
+            s3client_config=client.s3client_config,
+            endpoint=proxy.endpoint,
+            staging_bytes=4 * slot,
+            staging_slot_bytes=slot,
+        )
+        dcp.load({"w": out}, storage_reader=r)
+    assert held.injected == 1
+    assert torch.equal(out.cpu(), src)
+    assert r.last_load_stats["ring_out_of_order"] >= 3, r.last_load_stats
+
+
+def test_first_load_pins_the_ring_while_the_probe_runs(seaweed, ckpt, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22: a fresh process's first load into CUDA starts page-locking its ring before
+    the probe's GETs, not after them."""
+    from s3torch.dcp import _parallel_load
+
+    sd, path = ckpt
+    _staging.release_staging_memory()
+    events: list = []
+    orig_prepare, orig_probe = _staging.StagingRing.prepare, _parallel_load.ParallelLoader._probe
+
+    def prepare(self, nbytes):  # type: ignore[no-untyped-def]
+        events.append(("prepare", self.pinned))
+        return orig_prepare(self, nbytes)
+
+    def probe(self, items):  # type: ignore[no-untyped-def]
+        events.append(("probe", None))
+        return orig_probe(self, items)
+
+    monkeypatch.setattr(_staging.StagingRing, "prepare", prepare)
+    monkeypatch.setattr(_parallel_load.ParallelLoader, "_probe", probe)
+    out = _cuda_dest(sd)
+    dcp.load(out, storage_reader=reader(seaweed, path))
+    _assert_exact(sd, out)
+    assert events[:2] == [("prepare", True), ("probe", None)], events
+
+
+def _shared_cuda_worker(rank: int, port: int, path: str, kw: dict, out: str) -> None:
+    import json
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    from s3torch.dcp import S3StorageReader
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    res: dict = {}
+    try:
+        src = _source()
+        dest = _cuda_dest(src)
+        r = S3StorageReader("us-east-1", path, share_reads=True, share_round_bytes=4 << 20, **kw)
+        dcp.load(dest, storage_reader=r)
+        try:
+            _assert_exact(src, dest)
+            res["exact"] = True
+        except AssertionError as e:
+            res["exact"] = str(e)
+        res.update(r.last_load_stats)
+    except BaseException as e:
+        res["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        with open(os.path.join(out, f"{rank}.json"), "w") as f:
+            json.dump(res, f)
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def test_share_reads_into_cuda_over_gloo(seaweed, ckpt, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22: two gloo ranks on the one GPU restore the same CUDA state dict with
+    share_reads: each record leaves S3 once, both ranks byte-exact. (NCCL between ranks
+    needs a GPU per rank: not run here.)"""
+    import json
+
+    sd, path = ckpt
+    kw = {"s3client_config": make_client(seaweed).s3client_config, "endpoint": seaweed.endpoint}
+    tmp.spawn(_shared_cuda_worker, args=(free_port(), path, kw, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    for r, res in enumerate(ranks):
+        assert res.get("exact") is True, (r, res)
+        assert res["bytes_shared_in"] > 0, (r, res)
+    client = make_client(seaweed)
+    key = path.split(f"s3://{BUCKET}/", 1)[1]
+    stored = sum(
+        o.size for p in client.list_objects(BUCKET, key + "/") for o in p.object_info if o.key.endswith(".distcp")
+    )
+    assert sum(res["bytes_from_s3"] for res in ranks) == stored

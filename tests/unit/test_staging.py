@@ -4,9 +4,10 @@ real DCP loads is in tests/integration/test_staging.py; on CUDA in tests/gpu/.""
 
 from __future__ import annotations
 
+import random
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 import pytest
 import torch
@@ -50,15 +51,31 @@ class _Handle:
 
 class FakeNative:
     """start_get_into copies from in-memory objects at once; records every destination
-    address; can fail the k-th GET (at start or at wait) or return a short read."""
+    address; can fail the k-th GET (at start or at wait) or return a short read.
 
-    def __init__(self, objects: Dict[str, bytes]) -> None:
+    ``wait_any`` decides which GET "finishes" first (every fake one is done at once):
+    ``order`` "fifo" (the oldest), "lifo" (the newest) or "random" (seeded); GETs whose
+    number is in ``slow`` finish only when nothing else is left (a delayed slot)."""
+
+    def __init__(self, objects: Dict[str, bytes], order: str = "fifo", seed: int = 0) -> None:
         self.objects = objects
         self.addresses: List[int] = []
         self.fail_at: Optional[int] = None
         self.fail_on_start = False
         self.short_at: Optional[int] = None
         self.handles: List[_Handle] = []
+        self.order, self.rng = order, random.Random(seed)
+        self.slow: Set[int] = set()
+        self.landed: List[int] = []  # GET numbers in the order wait_any handed them out
+
+    def wait_any(self, handles: List[_Handle], timeout: Optional[float] = None) -> Optional[int]:
+        number = {id(h): k for k, h in enumerate(self.handles)}
+        fast = [i for i, h in enumerate(handles) if number[id(h)] not in self.slow] or list(range(len(handles)))
+        i = {"fifo": fast[0], "lifo": fast[-1]}.get(self.order)
+        if i is None:
+            i = self.rng.choice(fast)
+        self.landed.append(number[id(handles[i])])
+        return i
 
     def start_get_into(self, bucket: str, key: str, buf: torch.Tensor, offset: int, length: int) -> _Handle:
         k = len(self.addresses)
@@ -102,8 +119,10 @@ def _random(shape: List[int], dtype: torch.dtype, seed: int) -> torch.Tensor:
 POOL = ThreadPoolExecutor(2)
 
 
-def _run(objects: Dict[str, bytes], tensors: List[StagedTensor], nslots: int, slot: int) -> FakeNative:
-    native = FakeNative(objects)
+def _run(
+    objects: Dict[str, bytes], tensors: List[StagedTensor], nslots: int, slot: int, order: str = "fifo"
+) -> FakeNative:
+    native = FakeNative(objects, order)
     ring = StagingRing(nslots * slot, slot, pinned=False)
     RingLoad(native, "b", ring, POOL).run(tensors)
     assert len(ring.free) == ring.nslots
@@ -117,10 +136,13 @@ def _run(objects: Dict[str, bytes], tensors: List[StagedTensor], nslots: int, sl
     slot=st.sampled_from([64, 128, 192, 512, 4096]),
     nslots=st.integers(1, 4),
     layout=st.sampled_from(["contiguous", "transposed", "strided"]),
+    order=st.sampled_from(["fifo", "lifo", "random"]),
 )
-def test_ring_lands_every_byte(shape: List[int], dtype: torch.dtype, slot: int, nslots: int, layout: str) -> None:
+def test_ring_lands_every_byte(
+    shape: List[int], dtype: torch.dtype, slot: int, nslots: int, layout: str, order: str
+) -> None:
     """Tensors smaller than, equal to and many times a slot, into contiguous, transposed and
-    strided destinations, byte-exact."""
+    strided destinations, byte-exact, whatever order the slots' GETs finish in."""
     src = _random(shape, dtype, seed=len(shape) * 31 + slot)
     if layout == "transposed" and src.dim() >= 2:
         dst = (
@@ -134,8 +156,61 @@ def test_ring_lands_every_byte(shape: List[int], dtype: torch.dtype, slot: int, 
         dst = torch.zeros(shape, dtype=dtype)
     assert dst.shape == src.shape
     done: List[str] = []
-    _run({"k": b"pad" + _raw(src)}, [_staged("k", src, dst, done, start=3)], nslots, slot)
+    _run({"k": b"pad" + _raw(src)}, [_staged("k", src, dst, done, start=3)], nslots, slot, order)
     assert torch.equal(dst, src) and done == ["k"]
+
+
+def _three_tensors(slot: int) -> Dict[str, torch.Tensor]:
+    return {f"t{i}": _random([slot // 4 * 3], torch.float32, i) for i in range(3)}  # 3 slots each
+
+
+def test_a_delayed_slot_holds_only_itself() -> None:
+    """The first GET is slow: the other slots land, are copied and reused around it, the
+    tensors behind it are committed first, and its own tensor once it lands, CRC checked."""
+    slot, nslots = 256, 3
+    srcs = _three_tensors(slot)
+    dsts = {k: torch.zeros_like(v) for k, v in srcs.items()}
+    done: List[str] = []
+    native = FakeNative({k: _raw(v) for k, v in srcs.items()})
+    native.slow = {0}
+    ring = StagingRing(nslots * slot, slot, pinned=False)
+    run = RingLoad(native, "b", ring, POOL)
+    run.run([_staged(k, srcs[k], dsts[k], done) for k in srcs])
+    assert all(torch.equal(dsts[k], srcs[k]) for k in srcs)
+    assert done == ["t1", "t2", "t0"]  # t0 waited for its slow first slot, nothing else did
+    assert native.landed[-1] == 0 and run.landed_out_of_order >= 1
+    # With the ring's 3 slots and one held: the other two carried all 8 other GETs.
+    assert len(native.addresses) == 9 and len(ring.free) == nslots
+
+
+@pytest.mark.parametrize("order", ["lifo", "random"])
+def test_out_of_order_crc_mismatch_is_never_committed(order: str) -> None:
+    """A flipped byte in a slot that lands out of order: the tensor fails its CRC check (the
+    slot CRCs combine in byte order, not landing order) and is not committed."""
+    slot = 256
+    srcs = _three_tensors(slot)
+    objects = {k: _raw(v) for k, v in srcs.items()}
+    bad = bytearray(objects["t1"])
+    bad[slot + 7] ^= 0x10  # in t1's second slot
+    objects["t1"] = bytes(bad)
+    done: List[str] = []
+    native = FakeNative(objects, order, seed=3)
+    ring = StagingRing(2 * slot, slot, pinned=False)
+    with pytest.raises(CheckpointCorruptError, match=r"s3://b/t1 item t1: tensor bytes fail their CRC32 check"):
+        RingLoad(native, "b", ring, POOL).run([_staged(k, srcs[k], torch.zeros_like(srcs[k]), done) for k in srcs])
+    assert "t1" not in done and len(ring.free) == ring.nslots
+
+
+@pytest.mark.parametrize("order", ["fifo", "lifo", "random"])
+def test_slot_crcs_combine_in_byte_order_whatever_the_landing_order(order: str) -> None:
+    slot = 64
+    src = _random([16 * 11], torch.float32, 5)  # 11 slots
+    dst = torch.zeros_like(src)
+    done: List[str] = []
+    native = _run({"k": _raw(src)}, [_staged("k", src, dst, done)], 4, slot, order)
+    assert torch.equal(dst, src) and done == ["k"]
+    if order == "lifo":
+        assert native.landed != sorted(native.landed)
 
 
 def test_exact_multiple_and_many_tensors_share_the_ring() -> None:

@@ -16,6 +16,7 @@ Byte items go through ``planner.load_bytes``. Every failure names the object and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -30,7 +31,15 @@ from .. import _crt, _torch_compat
 from .._crc import crc32_of_parts
 from ._errors import CheckpointCorruptError, crc_mismatch, read_error, short_read
 from ._record import HEAD_BYTES, TAIL_BYTES, TensorLayout, locate
-from ._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, RingLoad, StagedTensor, borrow_ring, land
+from ._staging import (
+    DEFAULT_RING_BYTES,
+    DEFAULT_SLOT_BYTES,
+    RingLoad,
+    StagedTensor,
+    StagingRing,
+    borrow_ring,
+    land,
+)
 
 SMALL_RECORD = 64 * 1024  # fetched whole in the probe
 BATCH = 256  # requests in flight at once, probe and direct GETs
@@ -105,6 +114,8 @@ class ParallelLoader:
         # out of a record another rank fetched), "fallback" (torch.load of the record).
         self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "small": 0, "shared": 0, "fallback": 0}
         self.ring_slot_uses = 0
+        self.ring_out_of_order = 0  # ring slots that landed before a GET started earlier
+        self._ring: Optional[StagingRing] = None  # the pinned ring a CUDA load borrowed early
 
     def _where(self, it: _Item) -> str:
         idx = it.req.storage_index
@@ -169,7 +180,8 @@ class ParallelLoader:
     # --- 2. plan where each tensor's bytes go ---------------------------------------------
     def _plan_tensor(self, it: _Item, planner: LoadPlanner) -> None:
         req = it.req
-        it.target = planner.resolve_tensor(req).detach()
+        if it.target is None:
+            it.target = planner.resolve_tensor(req).detach()
         whole = it.head is it.tail and it.length > SMALL_RECORD  # a large record in memory: parse its ends
         head, tail = (it.head[:HEAD_BYTES], it.tail[-TAIL_BYTES:]) if whole else (it.head, it.tail)
         it.layout = locate(bytes(head), bytes(tail), it.length)
@@ -225,6 +237,24 @@ class ParallelLoader:
             if record is not None:
                 it.head = it.tail = record
                 it.shared = True
+        # Destinations first: a load into CUDA memory starts page-locking its ring now, so the
+        # slots are ready while the probe runs instead of being locked under the first GETs.
+        cuda_bytes = 0
+        for it in items:
+            if it.req.type != LoadItemType.BYTE_IO:
+                it.target = planner.resolve_tensor(it.req).detach()
+                if it.target.device.type == "cuda" and not it.shared and it.length > SMALL_RECORD:
+                    cuda_bytes += it.length
+        with contextlib.ExitStack() as stack:
+            if cuda_bytes:
+                self._ring = stack.enter_context(borrow_ring(self.ring_bytes, self.slot_bytes, pinned=True))
+                self._ring.prepare(cuda_bytes)
+            try:
+                self._load(items, planner)
+            finally:
+                self._ring = None
+
+    def _load(self, items: List[_Item], planner: LoadPlanner) -> None:
         self._probe([it for it in items if not it.shared])
         for it in items:
             if it.req.type == LoadItemType.BYTE_IO:
@@ -327,7 +357,12 @@ class ParallelLoader:
                 )
             )
         pinned = any(it.dst is not None and it.dst.device.type == "cuda" for it in items)
-        with borrow_ring(self.ring_bytes, self.slot_bytes, pinned) as ring:
+        early = self._ring if pinned else None
+        with (
+            contextlib.nullcontext(early)
+            if early is not None
+            else borrow_ring(self.ring_bytes, self.slot_bytes, pinned) as ring
+        ):
             uses = ring.uses
             run = RingLoad(self.native, self.bucket, ring, pool)
             try:
@@ -335,6 +370,7 @@ class ParallelLoader:
             finally:
                 self.bytes_read += run.bytes_read
                 self.ring_slot_uses += ring.uses - uses
+                self.ring_out_of_order += run.landed_out_of_order
 
     def _commit(self, it: _Item, planner: LoadPlanner, how: str) -> None:
         """The item's tensor is in place (``how`` it got there, for the stats)."""

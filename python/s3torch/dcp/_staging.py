@@ -3,12 +3,15 @@ cannot take a GET directly (CUDA tensors, non-contiguous views, permuted stored 
 
 A ring is a fixed amount of host memory (page-locked when it feeds CUDA devices) cut into
 equal slots. ``RingLoad`` moves each staged tensor as a series of slot-sized ranged GETs
-into free slots; as a slot lands, its CRC32 is computed (on worker threads, combined per
-tensor in byte order) and its bytes are copied to the matching block of the destination
-(for CUDA: one asynchronous host-to-device copy on a side stream of the destination's
-device, followed by a CUDA event that returns the slot to the ring once the copy has read
-it). GETs for later slots are in flight while earlier slots
-copy, so memory stays at the ring's size whatever the checkpoint's.
+into free slots; slots land in the order their GETs complete, not the order they started
+(one slow GET holds only its own slot, never the slots behind it). As a slot lands, its
+CRC32 is computed (on worker threads; a tensor's slot CRCs are combined in byte order once
+its last slot has landed, and the tensor is committed only if they match) and its bytes are
+copied to the matching block of the destination (for CUDA: one asynchronous host-to-device
+copy on a side stream of the destination's device, followed by a CUDA event that returns the
+slot to the ring once the copy has read it). GETs for other slots are in flight while a slot
+copies, so memory stays at the ring's size whatever the checkpoint's; the out-of-order window
+is the ring: at most ``nslots`` GETs are in flight, whichever tensors they belong to.
 
 Who owns what: a ring belongs to one load at a time (``borrow_ring``); between loads it waits
 in a per-process pool, so the page-locking cost is paid once per process, not per load. Only
@@ -187,7 +190,9 @@ class StagedTensor:
     on_done: Callable[[], None]  # called once every byte is copied (or queued on the device)
     src_dtype: Optional[torch.dtype] = None
     landed: int = 0
-    parts: List[Tuple["Future[int]", int]] = field(default_factory=list)  # (CRC32 of a slot, its length)
+    # Slot CRC32s by the slot's block number in the tensor (slots land in any order):
+    # block -> (CRC32 of the slot, its length); combined in block order when the last lands.
+    parts: Dict[int, Tuple["Future[int]", int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -197,6 +202,7 @@ class _Fill:
     t: StagedTensor
     dst: torch.Tensor
     n: int
+    block: int  # the block's number in its tensor (byte order)
 
 
 @dataclass
@@ -231,7 +237,8 @@ class RingLoad:
     ) -> None:
         self.native, self.bucket, self.ring, self._crc_pool = native, bucket, ring, crc_pool
         self.bytes_read = 0
-        self._fetching: Deque[_Fill] = deque()  # GETs in flight, oldest first
+        self.landed_out_of_order = 0  # slots that landed before a GET started earlier (tests, stats)
+        self._fetching: List[_Fill] = []  # GETs in flight, in start order
         self._busy: Deque[_Busy] = deque()  # landed slots still being read, oldest first
         self._side: Dict[torch.device, Any] = {}  # device -> side stream
         self._events: Dict[Tuple[int, torch.device], Any] = {}  # (slot, device) -> its copy's CUDA event
@@ -257,7 +264,7 @@ class RingLoad:
                 pos = t.start
                 # Blocks whose stored bytes fill at most a slot (with a cast, in the stored dtype).
                 src_size = t.src_dtype.itemsize if t.src_dtype is not None else t.dst.element_size()
-                for dst in blocks(t.dst, ring.slot_bytes // src_size * t.dst.element_size()):
+                for block, dst in enumerate(blocks(t.dst, ring.slot_bytes // src_size * t.dst.element_size())):
                     n = dst.numel() * src_size
                     slot = self._take_slot()
                     try:
@@ -269,10 +276,10 @@ class RingLoad:
                             raise read_error(t.where, e) from e
                         raise
                     ring.uses += 1
-                    self._fetching.append(_Fill(slot, h, t, dst, n))
+                    self._fetching.append(_Fill(slot, h, t, dst, n, block))
                     pos += n
             while self._fetching:
-                self._land_oldest()
+                self._land_next()
             while self._busy:
                 self._reap(block=True)
             for dev, s in self._side.items():
@@ -287,10 +294,10 @@ class RingLoad:
             self._reap(block=False)
             if ring.free:
                 break
-            if self._busy and not (self._fetching and self._fetching[0].handle.done()):
+            if self._busy and not any(f.handle.done() for f in self._fetching):
                 self._reap(block=True)  # a copy or CRC of one slot: far shorter than a GET
             else:
-                self._land_oldest()
+                self._land_next()
         return ring.free.popleft()
 
     def _reap(self, block: bool) -> None:
@@ -305,8 +312,13 @@ class RingLoad:
             self._busy.popleft()
             self.ring.free.append(b.slot)
 
-    def _land_oldest(self) -> None:
-        f = self._fetching.popleft()
+    def _land_next(self) -> None:
+        """Land the GET that finishes first (of those already finished, the oldest)."""
+        i = self.native.wait_any([f.handle for f in self._fetching])
+        assert i is not None  # no timeout given
+        f = self._fetching.pop(i)
+        if i > 0:
+            self.landed_out_of_order += 1
         t = f.t
         busy = _Busy(f.slot)
         try:
@@ -320,7 +332,7 @@ class RingLoad:
             src = self.ring.slot(f.slot, f.n)
             if self._crc_pool is not None and t.crc32 is not None:
                 busy.crc = self._crc_pool.submit(_crt.crc32, src)
-                t.parts.append((busy.crc, got))
+                t.parts[f.block] = (busy.crc, got)
             t.landed += got
             busy.event = self._copy(t, f.slot, f.dst, src)
         except BaseException:
@@ -329,7 +341,7 @@ class RingLoad:
         self._busy.append(busy)
         if t.landed == t.nbytes:
             if t.parts and t.crc32 is not None:  # parts are only kept when there is a CRC to check
-                crc = crc32_of_parts((part.result(), n) for part, n in t.parts)
+                crc = crc32_of_parts((part.result(), n) for _, (part, n) in sorted(t.parts.items()))
                 t.parts.clear()
                 if crc != t.crc32:
                     raise crc_mismatch(t.where, t.crc32, crc)
@@ -369,7 +381,7 @@ class RingLoad:
         for f in self._fetching:
             f.handle.cancel()
         while self._fetching:
-            f = self._fetching.popleft()
+            f = self._fetching.pop()
             try:
                 f.handle.wait()
             except _crt.S3Exception:

@@ -230,6 +230,7 @@ class S3StorageReader(FileSystemReader):
         self.last_load_stats = dict(
             loader.stats,
             ring_slot_uses=loader.ring_slot_uses,
+            ring_out_of_order=loader.ring_out_of_order,
             bytes_from_s3=loader.bytes_read,
             bytes_shared_in=shared_in,
         )
