@@ -98,6 +98,15 @@ def plan_sharing(plans: List[LoadPlan], storage_data: Dict[Any, Any], round_byte
     return [dataclasses.replace(p, storage_data=schedule) for p in plans]
 
 
+def collective_device(group: Optional[Any]) -> Optional[torch.device]:
+    """Where the group's collectives need their tensors: the current CUDA device for NCCL,
+    None (host memory) for gloo and the rest. Records stay in host memory either way; with
+    NCCL each chunk goes up to the device, is broadcast there, and comes back down."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
+
+
 class SharedLoad:
     """One rank's side of a shared load (see the module docstring)."""
 
@@ -105,8 +114,7 @@ class SharedLoad:
         self.loader, self.schedule, self.group, self.where = loader, schedule, group, where
         self.rank = dist.get_rank(group)
         self.bytes_shared_in = 0  # bytes this rank placed from other ranks' fetches
-        backend = dist.get_backend(group)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None
+        self.device = collective_device(group)
 
     def run(
         self,
