@@ -183,32 +183,13 @@ def test_save_from_cuda_state_dict_round_trips(seaweed, prefix: str) -> None:  #
 def test_a_slow_slot_into_cuda_holds_only_itself(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
     """Issue 22: slots land in completion order on the CUDA path too. The proxy holds the GET
     of the first slot for 2 s; the other slots are copied to the device around it."""
-    from s3torch.dcp import S3StorageReader
-    from tests.faults.proxy import Fault, FaultProxy
+    from tests.integration.test_staging import load_with_a_held_slot
 
-    slot = 64 * 1024
-    src = torch.randn(256, 1024, generator=torch.Generator().manual_seed(9))
-    path = f"s3://{BUCKET}/{prefix}slow"
-    dcp.save({"w": src}, storage_writer=writer(seaweed, path))
-    client = make_client(seaweed)
-    data = client.get_object(BUCKET, f"{prefix}slow/__0_0.distcp").read()
-    start = data.find(src.numpy().tobytes()[:4096])
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as proxy:
-        held = proxy.add(Fault("slow", method="GET", range=f"^bytes={start}-{start + slot - 1}$", delay=2.0))
-        out = torch.zeros(256, 1024, device=DEV)
-        r = S3StorageReader(
-            "us-east-1",
-            path,
-            s3client_config=client.s3client_config,
-            endpoint=proxy.endpoint,
-            staging_bytes=4 * slot,
-            staging_slot_bytes=slot,
-        )
-        dcp.load({"w": out}, storage_reader=r)
-    assert held.injected == 1
+    out = torch.zeros(256, 1024, device=DEV)
+    src, stats, held = load_with_a_held_slot(seaweed, prefix, out)
+    assert held == 1
     assert torch.equal(out.cpu(), src)
-    assert r.last_load_stats["ring_out_of_order"] >= 3, r.last_load_stats
+    assert stats["staged"] == 1 and stats["ring_out_of_order"] >= 3, stats
 
 
 def test_first_load_pins_the_ring_while_the_probe_runs(seaweed, ckpt, monkeypatch) -> None:  # type: ignore[no-untyped-def]

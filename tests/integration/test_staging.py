@@ -84,14 +84,14 @@ def test_corrupt_bytes_through_the_ring_name_the_item(seaweed, prefix: str) -> N
     assert "CRC32" in str(ei.value) and "item w" in str(ei.value) and "__0_0.distcp" in str(ei.value)
 
 
-def test_a_slow_get_holds_only_its_own_slot(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    """The proxy holds the GET of a staged tensor's first slot for 2 s: the ring's other slots
-    land, copy and start GETs around it (completion order, not start order), and the load is
-    byte-exact and CRC checked."""
+def load_with_a_held_slot(seaweed, prefix: str, out: torch.Tensor) -> tuple:  # type: ignore[no-untyped-def]
+    """Save a 1 MiB tensor (16 slots of 64 KiB), then load it into ``out`` through a ring of 4
+    slots while a proxy holds the GET of its first slot for 2 s. Returns (the saved tensor,
+    the load's stats, how many GETs the proxy held)."""
     from tests.faults.proxy import Fault, FaultProxy
 
     slot = 64 * 1024
-    src = torch.randn(256, 1024, generator=torch.Generator().manual_seed(9))  # 1 MiB: 16 slots
+    src = torch.randn(256, 1024, generator=torch.Generator().manual_seed(9))
     path = f"s3://{BUCKET}/{prefix}slow"
     dcp.save({"w": src}, storage_writer=writer(seaweed, path))
     client = make_client(seaweed)
@@ -101,7 +101,6 @@ def test_a_slow_get_holds_only_its_own_slot(seaweed, prefix: str) -> None:  # ty
     host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
     with FaultProxy(host, int(port)) as proxy:
         held = proxy.add(Fault("slow", method="GET", range=f"^bytes={start}-{start + slot - 1}$", delay=2.0))
-        out = torch.zeros(1024, 256).t()  # transposed: through the ring
         r = S3StorageReader(
             REGION,
             path,
@@ -111,9 +110,17 @@ def test_a_slow_get_holds_only_its_own_slot(seaweed, prefix: str) -> None:  # ty
             staging_slot_bytes=slot,
         )
         dcp.load({"w": out}, storage_reader=r)
-    assert held.injected == 1
+    return src, r.last_load_stats, held.injected
+
+
+def test_a_slow_get_holds_only_its_own_slot(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """The proxy holds the GET of a staged tensor's first slot for 2 s: the ring's other slots
+    land, copy and start GETs around it (completion order, not start order), and the load is
+    byte-exact and CRC checked."""
+    out = torch.zeros(1024, 256).t()  # transposed: through the ring
+    src, stats, held = load_with_a_held_slot(seaweed, prefix, out)
+    assert held == 1
     assert torch.equal(out, src)
-    stats = r.last_load_stats
     assert stats["staged"] == 1 and stats["ring_slot_uses"] == 16, stats
     # FIFO landing would wait for the held slot before any other: here at least the ring's
     # other three slots landed (and were reused) while it was held.
