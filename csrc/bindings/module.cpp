@@ -10,6 +10,10 @@
 #include "s3torch/client.h"
 #include "s3torch/crt_compat.h"
 #include "s3torch/endpoint_health.h"
+#include "s3torch/transpose.h"
+
+#include <cstdint>
+#include <string>
 
 #include <pybind11/stl.h>
 
@@ -31,6 +35,33 @@ PYBIND11_MODULE(_crt, m) {
         },
         py::arg("data"), py::arg("previous") = 0,
         "CRC32 (zip polynomial) of a buffer or tensor, hardware-accelerated; GIL released.");
+    m.def(
+        "transpose_copy",
+        [](py::handle dst, py::handle src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld) {
+            const s3torch::ErrorContext ctx{"transpose_copy", "", ""};
+            if (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8 && itemsize != 16)
+                s3torch::throw_invalid(
+                    "transpose_copy: itemsize must be 1, 2, 4, 8 or 16, got " + std::to_string(itemsize), ctx);
+            if (rows != 0 && dst_ld < rows) s3torch::throw_invalid("transpose_copy: dst_ld is below rows", ctx);
+            auto out = s3torch_py::HeldBuffer::acquire(dst, true, ctx);
+            auto in = s3torch_py::HeldBuffer::acquire(src, false, ctx);
+            if (rows == 0 || cols == 0) return;
+            // Checked in elements first: no product below can overflow once these hold.
+            const size_t max_elems = SIZE_MAX / itemsize;
+            if (cols > max_elems / rows || in->size() < rows * cols * itemsize)
+                s3torch::throw_invalid("transpose_copy: the source is smaller than rows x cols", ctx);
+            if (cols - 1 > (max_elems - rows) / dst_ld || out->size() < ((cols - 1) * dst_ld + rows) * itemsize)
+                s3torch::throw_invalid("transpose_copy: the destination is smaller than the transposed span", ctx);
+            const char *o = static_cast<const char *>(out->data());
+            const char *i = static_cast<const char *>(in->data());
+            if (o < i + in->size() && i < o + out->size())
+                s3torch::throw_invalid("transpose_copy: source and destination overlap", ctx);
+            py::gil_scoped_release nogil;
+            s3torch::transpose_copy(out->data(), in->data(), rows, cols, itemsize, dst_ld);
+        },
+        py::arg("dst"), py::arg("src"), py::arg("rows"), py::arg("cols"), py::arg("itemsize"), py::arg("dst_ld"),
+        "dst[c * dst_ld + r] = src[r * cols + c] (elements of itemsize bytes), in cache-sized tiles; "
+        "GIL released. Both are contiguous CPU buffers (or tensors); sizes are checked.");
     m.def("crc32_implementation", &s3torch::crc32_implementation,
           "Which path crc32 takes on this CPU: 'pclmul' (x86_64), 'armv8-crc' (aarch64) or 'portable'.");
     m.def(

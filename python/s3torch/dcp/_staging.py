@@ -167,11 +167,41 @@ def blocks(dst: torch.Tensor, limit: int) -> Iterator[torch.Tensor]:
             yield from blocks(dst[i], limit)
 
 
+def _column_major(t: torch.Tensor) -> bool:
+    """A 2-D host view whose columns are contiguous (a transpose of a row-major block): what
+    the native tiled transpose writes."""
+    return (
+        t.device.type == "cpu"
+        and t.dim() == 2
+        and t.shape[0] > 1
+        and t.shape[1] > 1
+        and t.stride(0) == 1
+        and t.stride(1) >= t.shape[0]
+        and t.element_size() in (1, 2, 4, 8, 16)
+        and t.layout == torch.strided
+        and not t.is_quantized
+    )
+
+
+def _span_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The bytes from ``t``'s first element to its last, as a flat uint8 tensor (no copy)."""
+    n = ((t.shape[1] - 1) * t.stride(1) + t.shape[0]) * t.element_size()
+    return torch.empty(0, dtype=torch.uint8).set_(
+        t.untyped_storage(), t.storage_offset() * t.element_size(), (n,), (1,)
+    )
+
+
 def land(
     dst: torch.Tensor, src: torch.Tensor, non_blocking: bool = False, src_dtype: Optional[torch.dtype] = None
 ) -> None:
     """Copy raw bytes ``src`` (uint8, host) into the view ``dst`` (same element count), read
-    as ``src_dtype`` (default: dst's) and cast by the copy when it differs."""
+    as ``src_dtype`` (default: dst's) and cast by the copy when it differs. A transposed 2-D
+    host destination is written by the native tiled transpose (torch's elementwise strided
+    copy runs at a third of its speed there)."""
+    if (src_dtype is None or src_dtype == dst.dtype) and _column_major(dst):
+        rows, cols = dst.shape
+        _crt.transpose_copy(_span_bytes(dst), src, rows, cols, dst.element_size(), dst.stride(1))
+        return
     dst.copy_(src.view(src_dtype or dst.dtype).view(dst.shape), non_blocking=non_blocking)
 
 

@@ -1,0 +1,146 @@
+#include "s3torch/transpose.h"
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+namespace s3torch {
+
+namespace {
+
+template <size_t N>
+struct Elem {
+    unsigned char b[N];
+};
+
+// One tile of at most kSmall x kSmall elements, read row by row (whole runs of the source)
+// into a local buffer, then written column by column (whole runs of the destination). Going
+// through the buffer matters: tensor rows are often a power of two apart, so the source
+// lines of one column would fall into the same cache sets and evict each other.
+constexpr size_t kSmall = 16;
+
+template <size_t N>
+void tile_scalar(Elem<N> *d, const Elem<N> *s, size_t nr, size_t nc, size_t cols, size_t dst_ld) {
+    Elem<N> tile[kSmall][kSmall];
+    for (size_t r = 0; r < nr; ++r) std::memcpy(tile[r], s + r * cols, nc * N);
+    for (size_t c = 0; c < nc; ++c) {
+        Elem<N> *out = d + c * dst_ld;
+        for (size_t r = 0; r < nr; ++r) out[r] = tile[r][c];
+    }
+}
+
+#if defined(__SSE2__)
+// 8 x 8 16-bit elements: rows of s (ss elements apart) to columns of d (ds apart).
+inline void micro_2(unsigned char *dst, size_t ds, const unsigned char *src, size_t ss) {
+    auto *s = reinterpret_cast<const uint16_t *>(src);
+    auto *d = reinterpret_cast<uint16_t *>(dst);
+    __m128i a[8], b[8], c[8];
+    for (int i = 0; i < 8; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + i * ss));
+    for (int i = 0; i < 4; ++i) {
+        b[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+        b[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+    }
+    // c0..c3 hold rows 0-3 by column pairs, c4..c7 rows 4-7.
+    c[0] = _mm_unpacklo_epi32(b[0], b[2]);
+    c[1] = _mm_unpackhi_epi32(b[0], b[2]);
+    c[2] = _mm_unpacklo_epi32(b[1], b[3]);
+    c[3] = _mm_unpackhi_epi32(b[1], b[3]);
+    c[4] = _mm_unpacklo_epi32(b[4], b[6]);
+    c[5] = _mm_unpackhi_epi32(b[4], b[6]);
+    c[6] = _mm_unpacklo_epi32(b[5], b[7]);
+    c[7] = _mm_unpackhi_epi32(b[5], b[7]);
+    for (int i = 0; i < 4; ++i) {
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(d + (2 * i) * ds), _mm_unpacklo_epi64(c[i], c[i + 4]));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(d + (2 * i + 1) * ds), _mm_unpackhi_epi64(c[i], c[i + 4]));
+    }
+}
+
+// 4 x 4 32-bit elements.
+inline void micro_4(unsigned char *dst, size_t ds, const unsigned char *src, size_t ss) {
+    auto *s = reinterpret_cast<const uint32_t *>(src);
+    auto *d = reinterpret_cast<uint32_t *>(dst);
+    __m128i a0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s));
+    __m128i a1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + ss));
+    __m128i a2 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + 2 * ss));
+    __m128i a3 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + 3 * ss));
+    __m128i b0 = _mm_unpacklo_epi32(a0, a1), b1 = _mm_unpackhi_epi32(a0, a1);
+    __m128i b2 = _mm_unpacklo_epi32(a2, a3), b3 = _mm_unpackhi_epi32(a2, a3);
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(d), _mm_unpacklo_epi64(b0, b2));
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(d + ds), _mm_unpackhi_epi64(b0, b2));
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(d + 2 * ds), _mm_unpacklo_epi64(b1, b3));
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(d + 3 * ds), _mm_unpackhi_epi64(b1, b3));
+}
+#endif
+
+// Micro-kernel of M x M elements of N bytes, if this CPU build has one.
+template <size_t N>
+struct Micro {
+    static constexpr size_t M = 0;
+    static void run(unsigned char *, size_t, const unsigned char *, size_t) {}
+};
+#if defined(__SSE2__)
+template <>
+struct Micro<2> {
+    static constexpr size_t M = 8;
+    static void run(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) { micro_2(d, ds, s, ss); }
+};
+template <>
+struct Micro<4> {
+    static constexpr size_t M = 4;
+    static void run(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) { micro_4(d, ds, s, ss); }
+};
+#endif
+
+// Tiles of kBig x kBig elements (64: a tile's source and destination lines stay in L1/L2);
+// inside, full micro-kernel squares where there is one, buffered scalar tiles elsewhere.
+template <size_t N>
+void transpose_tiles(unsigned char *dst, const unsigned char *src, size_t rows, size_t cols, size_t dst_ld) {
+    constexpr size_t kBig = 64;
+    constexpr size_t M = Micro<N>::M;
+    auto *d = reinterpret_cast<Elem<N> *>(dst);
+    auto *s = reinterpret_cast<const Elem<N> *>(src);
+    for (size_t r0 = 0; r0 < rows; r0 += kBig) {
+        const size_t r1 = std::min(rows, r0 + kBig);
+        for (size_t c0 = 0; c0 < cols; c0 += kBig) {
+            const size_t c1 = std::min(cols, c0 + kBig);
+            // The part of the tile the micro-kernel covers: whole M x M squares.
+            const size_t rm = M ? r0 + (r1 - r0) / M * M : r0;
+            const size_t cm = M ? c0 + (c1 - c0) / M * M : c0;
+            if constexpr (M != 0) {
+                for (size_t c = c0; c < cm; c += M)
+                    for (size_t r = r0; r < rm; r += M)
+                        Micro<N>::run(reinterpret_cast<unsigned char *>(d + c * dst_ld + r), dst_ld,
+                                      reinterpret_cast<const unsigned char *>(s + r * cols + c), cols);
+            }
+            // The rest: rows [rm, r1) of every column, and columns [cm, c1) of rows [r0, rm).
+            for (size_t r = rm; r < r1; r += kSmall)
+                for (size_t c = c0; c < c1; c += kSmall)
+                    tile_scalar<N>(d + c * dst_ld + r, s + r * cols + c, std::min(kSmall, r1 - r),
+                                   std::min(kSmall, c1 - c), cols, dst_ld);
+            for (size_t r = r0; r < rm; r += kSmall)
+                for (size_t c = cm; c < c1; c += kSmall)
+                    tile_scalar<N>(d + c * dst_ld + r, s + r * cols + c, std::min(kSmall, rm - r),
+                                   std::min(kSmall, c1 - c), cols, dst_ld);
+        }
+    }
+}
+
+}  // namespace
+
+bool transpose_copy(void *dst, const void *src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld) {
+    auto *d = static_cast<unsigned char *>(dst);
+    auto *s = static_cast<const unsigned char *>(src);
+    switch (itemsize) {
+        case 1: transpose_tiles<1>(d, s, rows, cols, dst_ld); return true;
+        case 2: transpose_tiles<2>(d, s, rows, cols, dst_ld); return true;
+        case 4: transpose_tiles<4>(d, s, rows, cols, dst_ld); return true;
+        case 8: transpose_tiles<8>(d, s, rows, cols, dst_ld); return true;
+        case 16: transpose_tiles<16>(d, s, rows, cols, dst_ld); return true;
+        default: return false;
+    }
+}
+
+}  // namespace s3torch

@@ -1,0 +1,17 @@
+// Transposing copy: row-major elements into a column-major (transposed) destination, in
+// cache-sized tiles. What the staging ring needs when a checkpoint's tensor lands in a
+// transposed view (or a transposed stored tensor lands in a row-major one): an elementwise
+// strided copy touches a new cache line for nearly every element; tiles reuse them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace s3torch {
+
+// dst[c * dst_ld + r] = src[r * cols + c] for r < rows, c < cols; elements of `itemsize`
+// bytes (1, 2, 4, 8 or 16). `dst_ld` >= rows (elements). The regions must not overlap.
+// Returns false (copying nothing) for another itemsize.
+bool transpose_copy(void *dst, const void *src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld);
+
+}  // namespace s3torch

@@ -1,0 +1,83 @@
+"""The native tiled transpose behind the staging ring's copies into transposed host views
+(``_crt.transpose_copy``, ``_staging.land``): torch's own strided copy is the oracle, at
+every element size, shapes around the tile and micro-kernel sizes, and padded leading
+dimensions; bad sizes are refused before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from s3torch import S3InvalidArgumentError, _crt
+from s3torch.dcp._staging import _column_major, land
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical (random bytes include NaNs, which torch.equal calls unequal)."""
+
+    def bits(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t).reshape(-1).view(torch.uint8)
+
+    return a.shape == b.shape and torch.equal(bits(a), bits(b))
+
+
+DTYPES = [torch.uint8, torch.bool, torch.bfloat16, torch.float16, torch.float32, torch.int64, torch.complex128]
+
+
+def _rand(shape: tuple, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, (int(torch.Size(shape).numel()) * dtype.itemsize,), dtype=torch.uint8, generator=g)
+    if dtype == torch.bool:
+        raw = raw % 2
+    return raw.view(dtype).reshape(shape)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.integers(1, 140),
+    cols=st.integers(1, 140),
+    pad=st.sampled_from([0, 1, 7, 64]),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_land_into_a_transposed_view_matches_torch(rows: int, cols: int, pad: int, dtype: torch.dtype) -> None:
+    src = _rand((rows, cols), dtype, rows * 1000 + cols)
+    base = torch.zeros(cols, rows + pad, dtype=dtype)  # a padded leading dimension when pad > 0
+    dst = base[:, :rows].t()  # (rows, cols), columns contiguous
+    land(dst, src.reshape(-1).view(torch.uint8))
+    assert _same_bits(dst, src)
+    assert not base[:, rows:].any()  # nothing written outside the view
+    assert _column_major(dst) == (rows > 1 and cols > 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.int8])
+def test_a_large_block_like_the_ring_lands(dtype: torch.dtype) -> None:
+    """A slot's worth of rows of a (4096 x 1024) stored tensor into a transposed destination."""
+    src = _rand((300, 1024), dtype, 1)
+    base = torch.zeros(1024, 4096, dtype=dtype)
+    dst = base.t()[1000:1300]  # rows 1000-1299 of the transposed view, as blocks() makes them
+    land(dst, src.reshape(-1).view(torch.uint8))
+    assert _same_bits(dst, src)
+    assert not base[:, :1000].any() and not base[:, 1300:].any()
+
+
+def test_sizes_are_checked_before_writing() -> None:
+    src = torch.arange(12, dtype=torch.uint8)
+    dst = torch.zeros(40, dtype=torch.uint8)
+    with pytest.raises(S3InvalidArgumentError, match="itemsize"):
+        _crt.transpose_copy(dst, src, 3, 4, 3, 3)
+    with pytest.raises(S3InvalidArgumentError, match="dst_ld"):
+        _crt.transpose_copy(dst, src, 3, 4, 1, 2)
+    with pytest.raises(S3InvalidArgumentError, match="source is smaller"):
+        _crt.transpose_copy(dst, src, 4, 4, 1, 4)
+    with pytest.raises(S3InvalidArgumentError, match="destination is smaller"):
+        _crt.transpose_copy(dst, src, 3, 4, 1, 20)
+    with pytest.raises(S3InvalidArgumentError, match="overlap"):
+        _crt.transpose_copy(dst, dst[:12], 3, 4, 1, 3)
+    with pytest.raises(S3InvalidArgumentError, match="source is smaller"):
+        _crt.transpose_copy(dst, src, 1 << 62, 1 << 62, 16, 1 << 62)  # sizes that overflow
+    assert not dst.any()
+    _crt.transpose_copy(dst, src, 3, 4, 1, 5)  # dst[c * 5 + r] = src[r * 4 + c]
+    assert dst[:20].reshape(4, 5)[:, :3].t().reshape(-1).tolist() == list(range(12))
+    _crt.transpose_copy(dst, src, 0, 4, 1, 0)  # nothing to copy
