@@ -20,8 +20,9 @@ without a GPU, runs the same pipeline.
 Who owns what: a ``StagedSave`` and its ring belong to one writer thread for one file. A slot
 is busy from the start of its copy until the upload has taken its bytes (the consumer asks
 for the next chunk); after an error every copy still in flight is waited for and every slot
-goes back to the ring. Stream semantics: the side stream of a device first waits for that
-device's current stream, so work already queued on the tensors finishes before they are read;
+goes back to the ring. Stream semantics: the side stream of a device first waits for the
+stream the save's caller is on (``caller_streams``; for a tensor on another device, that
+device's current stream), so work already queued on the tensors finishes before they are read;
 each slot's copy is followed by a CUDA event, which the writing thread waits for before the
 slot's bytes are used.
 """
@@ -70,6 +71,16 @@ def copy_block(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None
     dst.copy_(src, non_blocking=non_blocking)
 
 
+def caller_streams() -> Dict[torch.device, Any]:
+    """The calling thread's current stream on the current CUDA device (none when CUDA is not
+    initialized: then no tensor is on a GPU). Current streams are per thread: writer threads
+    wait for the caller's stream, not their own default one."""
+    if not torch.cuda.is_initialized():
+        return {}
+    dev = torch.device("cuda", torch.cuda.current_device())
+    return {dev: torch.cuda.current_stream(dev)}
+
+
 @dataclass
 class _Copy:
     slot: int
@@ -81,8 +92,9 @@ class StagedSave:
     """Streams tensors through ``ring`` for one file (see the module docstring); use as a
     context manager, whose exit returns every slot to the ring, also after an error."""
 
-    def __init__(self, ring: StagingRing) -> None:
+    def __init__(self, ring: StagingRing, caller_streams: Optional[Dict[torch.device, Any]] = None) -> None:
         self.ring = ring
+        self._caller = caller_streams or {}  # device -> the stream the save's caller was on
         self._copies: Deque[_Copy] = deque()  # copies started and not yet written, oldest first
         self._held: Optional[int] = None  # the slot handed to the consumer, until it asks for more
         self._side: Dict[torch.device, Any] = {}  # device -> side stream
@@ -113,7 +125,7 @@ class StagedSave:
         s = self._side.get(dev)
         if s is None:
             s = torch.cuda.Stream(device=dev)
-            s.wait_stream(torch.cuda.current_stream(dev))
+            s.wait_stream(self._caller.get(dev) or torch.cuda.current_stream(dev))
             self._side[dev] = s
         return s
 

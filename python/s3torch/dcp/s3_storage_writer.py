@@ -34,7 +34,13 @@ from .._crt import S3Exception
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from . import _torch_save
-from ._staged_save import DEFAULT_SAVE_RING_BYTES, DEFAULT_SAVE_SLOT_BYTES, StagedSave, record_source
+from ._staged_save import (
+    DEFAULT_SAVE_RING_BYTES,
+    DEFAULT_SAVE_SLOT_BYTES,
+    StagedSave,
+    caller_streams,
+    record_source,
+)
 from ._staging import borrow_ring, check_ring_size
 from .s3_file_system import S3FileSystem
 from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
@@ -122,6 +128,7 @@ class S3StorageWriter(FileSystemWriter):
         self.staging_bytes, self.staging_slot_bytes = staging_bytes, staging_slot_bytes
         self._force_staging = False  # tests: CPU tensors through the (unpinned) ring, as CUDA's go
         self._stats_lock = threading.Lock()  # writer threads add to last_save_stats
+        self._caller_streams: Dict[Any, Any] = {}  # set by write_data, read by writer threads
         self.last_save_stats: Dict[str, int] = {}
 
     @classmethod
@@ -165,6 +172,7 @@ class S3StorageWriter(FileSystemWriter):
         # (or metadata read alone) never starts the progress thread.
         self._progress.start()
         self.last_save_stats = {"staged": 0, "ring_slot_uses": 0}
+        self._caller_streams = caller_streams()  # writer threads have current streams of their own
         # The total is the tensors' bytes; each record adds about 1 kB of zip framing, so the
         # count ends a little above it.
         self._progress.set_total(sum(_tensor_bytes(wi) for wi in plan.items))
@@ -318,7 +326,7 @@ class S3StorageWriter(FileSystemWriter):
                         pinned = tensor.device.type == "cuda"
                         ring = stack.enter_context(borrow_ring(self.staging_bytes, self.staging_slot_bytes, pinned))
                         ring.prepare(sum(_tensor_bytes(w) for w in tensors[i:]))
-                        staged = stack.enter_context(StagedSave(ring))
+                        staged = stack.enter_context(StagedSave(ring, self._caller_streams))
                     uses = staged.ring.uses
                     _torch_save.save_streamed(records, staged.chunks(src, _where(path, wi)), stream)
                     self._count_staged(staged.ring.uses - uses)
