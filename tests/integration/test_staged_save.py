@@ -26,16 +26,17 @@ from tests.unit.test_staged_save import dtypes, filled, views
 MiB = 1024 * 1024
 
 
-def every_kind() -> dict:
+def every_kind(device: str = "cpu") -> dict:
     """Every dtype, and every layout of views (transposed, sliced, offset, expanded, 0-dim,
-    empty), plus tensors of many slots and the non-tensor items a state dict carries."""
-    sd: dict = {str(d).replace("torch.", ""): filled((37, 29), d, i) for i, d in enumerate(dtypes())}
-    sd.update({f"bf16_{k}": v for k, v in views(torch.bfloat16).items()})
-    sd.update({f"i32_{k}": v for k, v in views(torch.int32).items()})
+    empty), plus tensors of many slots and the non-tensor items a state dict carries; the
+    tensors and the views' bases on ``device``."""
+    sd: dict = {str(d).replace("torch.", ""): filled((37, 29), d, i).to(device) for i, d in enumerate(dtypes())}
+    sd.update({f"bf16_{k}": v for k, v in views(torch.bfloat16, device).items()})
+    sd.update({f"i32_{k}": v for k, v in views(torch.int32, device).items()})
     g = torch.Generator().manual_seed(5)
-    sd["big"] = torch.randn(512, 600, generator=g)
-    sd["big_t"] = torch.randn(700, 400, generator=g).t()
-    sd["nested"] = {"w": torch.randn(64, 64, generator=g).to(torch.bfloat16), "step": 3}
+    sd["big"] = torch.randn(512, 600, generator=g).to(device)
+    sd["big_t"] = torch.randn(700, 400, generator=g).to(device).t()
+    sd["nested"] = {"w": torch.randn(64, 64, generator=g).to(torch.bfloat16).to(device), "step": 3}
     sd["blob"] = b"\x00raw\xff"
     return sd
 
@@ -145,3 +146,16 @@ def test_ring_sizes_are_checked() -> None:
         S3StorageWriter("us-east-1", f"s3://{BUCKET}/x", staging_slot_bytes=100)
     with pytest.raises(ValueError, match="too small for one slot"):
         S3StorageWriter("us-east-1", f"s3://{BUCKET}/x", staging_bytes=MiB, staging_slot_bytes=2 * MiB)
+
+
+def test_one_writer_thread_with_cuda_writes_smallest_first(seaweed, prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Where CUDA is available, torch's loop with one writer thread (_OverlappingCpuLoader)
+    writes a file's tensors smallest first; the writer keeps that order so its files stay
+    torch's bytes (compared on a GPU by tests/gpu/test_cuda_save.py)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    sd = {"c": torch.zeros(300), "a": torch.zeros(500), "b": torch.zeros(100), "d": torch.zeros(300)}
+    w = writer(seaweed, f"s3://{BUCKET}/{prefix}order", thread_count=1)
+    dcp.save(sd, storage_writer=w)
+    md = reader(seaweed, f"s3://{BUCKET}/{prefix}order").read_metadata()
+    offsets = {idx.fqn: info.offset for idx, info in md.storage_data.items()}
+    assert sorted(offsets, key=offsets.__getitem__) == ["b", "c", "d", "a"]  # by size, stable

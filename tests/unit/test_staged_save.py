@@ -39,10 +39,11 @@ def filled(shape: tuple, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
     return raw.view(dtype).reshape(shape)
 
 
-def views(dtype: torch.dtype) -> Dict[str, torch.Tensor]:
-    x = filled((6, 10, 8), dtype)
+def views(dtype: torch.dtype, device: str = "cpu") -> Dict[str, torch.Tensor]:
+    """Tensors of every layout the writer meets, as views of tensors on ``device``."""
+    x = filled((6, 10, 8), dtype).to(device)
     return {
-        "dense": filled((300, 7), dtype, 1),
+        "dense": filled((300, 7), dtype, 1).to(device),
         "transposed": x[0].t(),
         "sliced": x[0][:, ::2],
         "offset": x[2:4],
@@ -51,7 +52,7 @@ def views(dtype: torch.dtype) -> Dict[str, torch.Tensor]:
         "exact_storage_odd_strides": x.reshape(-1)[:4].clone().as_strided((2, 2), (2, 0)),
         "scalar": x[1, 2, 3],
         "empty": x[:0],
-        "empty_t": filled((0, 4), dtype).t(),
+        "empty_t": filled((0, 4), dtype).to(device).t(),
     }
 
 
