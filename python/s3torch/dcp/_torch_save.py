@@ -5,7 +5,9 @@ archive writer computes the zip CRC-32 of the tensor bytes at about 4 GB/s: a qu
 the client CPU of a save to S3. Here torch still pickles the tensor
 (``torch.serialization._save`` with a recording archive), and we write the zip container
 the way torch's ``PyTorchStreamWriter`` does, with the CRC from the native core
-(about 14 GB/s). The tensor bytes go to the stream as one buffer, without a copy.
+(about 14 GB/s). The tensor bytes go to the stream as one buffer, without a copy; or, for a
+tensor saved through the staging ring (``_staged_save``), slot by slot, the CRC continued
+across them.
 
 The first use in a process checks the result byte for byte against ``torch.save`` on a few
 small tensors. If anything differs (a torch version that lays archives out differently),

@@ -5,7 +5,10 @@ tensors are serialised. Tensor bytes reach the CRT without a Python-side copy, a
 waits while more than a window of parts (enough for the throughput target) is waiting to be
 uploaded, so memory stays bounded whatever the checkpoint size. Tensor records are written
 by s3torch (``_torch_save``): the same bytes as ``torch.save``, with the native CRC-32.
-Files are byte-identical to torch's ``FileSystemWriter`` output. ``.metadata`` is written
+Files are byte-identical to torch's ``FileSystemWriter`` output. CUDA tensors stream
+device-to-host a slot at a time through a pinned staging ring into the upload
+(``_staged_save``), so a save from GPU memory holds the ring and the upload window, never a
+whole tensor, in host memory. ``.metadata`` is written
 last, by one PUT (atomic on S3), never by copy+delete, so a checkpoint is loadable only once
 complete. Overwriting a checkpoint in place removes its old metadata before any data is
 replaced. A failed save aborts its uploads, removes the files it completed, and writes no
@@ -82,9 +85,23 @@ class S3StorageWriter(FileSystemWriter):
             else a line every 5 s; then one summary line (bytes, seconds, GB/s). Lines go
             to the ``s3torch`` logger when it is enabled for INFO, else to stderr (the
             summary to stdout).
+        staging_bytes: size of the staging ring (default 64 MiB) through which CUDA tensors
+            reach the upload: page-locked host memory, one ring per writer thread, kept
+            between saves (``s3torch.dcp.release_staging_memory()`` frees idle rings). With
+            the upload window (part size times the parts the throughput target keeps in
+            flight), it bounds the host memory a save from GPU memory takes, whatever the
+            state dict's size. ``dcp.async_save`` stages to CPU memory first and does not
+            use it.
+        staging_slot_bytes: the ring's slot size (default 8 MiB, a multiple of 64): each slot
+            is one device-to-host copy and one write to the upload.
         **kwargs: torch ``FileSystemWriter`` options: ``single_file_per_rank``,
             ``per_thread_copy_ahead``, ``cache_staged_state_dict``, ``overwrite``;
             ``sync_files`` is accepted and ignored (S3 objects are durable once written).
+
+    A failed device-to-host copy raises a ``StagingError`` naming the item and its object;
+    the upload is aborted and no ``.metadata`` written. After a save,
+    ``last_save_stats`` holds ``staged`` (tensors that went through the ring) and
+    ``ring_slot_uses``.
     """
 
     fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
