@@ -7,6 +7,7 @@ behind. The CUDA runs are in tests/gpu/test_cuda_save.py."""
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def test_forced_ring_save_is_torch_filesystemwriters_bytes(seaweed, prefix: str,
     big = sd["big"].nbytes + sd["big_t"].nbytes
     assert w.last_save_stats["ring_slot_uses"] >= (big // slot if slot < big else 2)
     assert rings_whole()
+    assert pickle.loads(pickle.dumps(w)).staging_slot_bytes == slot  # writers pickle (async_save, MSC)
     dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path / "fs"), thread_count=2))
     got = objects(make_client(seaweed), f"{prefix}ck/")
     want = {p.name: p.read_bytes() for p in (tmp_path / "fs").glob("*.distcp")}

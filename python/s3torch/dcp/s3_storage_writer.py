@@ -51,6 +51,7 @@ from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
 log = logging.getLogger("s3torch.dcp")
 _File = Tuple[Any, str, List[Any]]  # (path, file name, write items)
 _METADATA = ".metadata"
+_STATS_LOCK = threading.Lock()  # writer threads add to last_save_stats (a lock would not pickle)
 
 
 def _where(path: Any, wi: Any) -> str:
@@ -144,8 +145,7 @@ class S3StorageWriter(FileSystemWriter):
         self._progress = Progress("DCP save to", str(self.path), progress)
         self.staging_bytes, self.staging_slot_bytes = staging_bytes, staging_slot_bytes
         self._force_staging = False  # tests: CPU tensors through the (unpinned) ring, as CUDA's go
-        self._stats_lock = threading.Lock()  # writer threads add to last_save_stats
-        self._caller_streams: Dict[Any, Any] = {}  # set by write_data, read by writer threads
+        self._caller_streams: Dict[Any, Any] = {}  # during write_data: read by writer threads
         self.last_save_stats: Dict[str, int] = {}
 
     @classmethod
@@ -205,6 +205,8 @@ class S3StorageWriter(FileSystemWriter):
         except BaseException:
             self._progress.__exit__(RuntimeError, None, None)  # stop drawing, no summary
             raise
+        finally:
+            self._caller_streams = {}  # CUDA streams do not pickle, and the writer does
         # Every rank reports its own bytes here; the coordinator's .metadata PUT follows.
         self._progress.done()
         return fut
@@ -374,7 +376,7 @@ class S3StorageWriter(FileSystemWriter):
         )
 
     def _count_staged(self, slot_uses: int) -> None:
-        with self._stats_lock:
+        with _STATS_LOCK:
             self.last_save_stats["staged"] += 1
             self.last_save_stats["ring_slot_uses"] += slot_uses
 
