@@ -585,6 +585,48 @@ def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     return op
 
 
+def setup_dcp_save_from(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """DCP save of a bf16 state dict (the dcp_load_cuda shapes) from CUDA tensors, or from
+    CPU ones for the "-cpu" row; each run overwrites the peer's one checkpoint."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from scenarios import bf16_shapes
+
+    dev = "cpu" if peer.endswith("-cpu") else "cuda"
+    shapes = bf16_shapes(ctx["layers"], ctx["d_model"])
+    # Distinct per tensor; the content does not change an upload's speed.
+    sd = {k: torch.full(s, (i % 97) / 97, dtype=torch.bfloat16, device=dev) for i, (k, s) in enumerate(shapes.items())}
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    n = sum(t.numel() * t.element_size() for t in sd.values())
+    path = f"s3://{ctx['bucket']}/bench/dcp-save-cuda-{peer}"
+    if peer.startswith("s3torch") and peer != "s3torchconnector":
+        from s3torch import S3ClientConfig
+        from s3torch.dcp import S3StorageWriter
+
+        w = S3StorageWriter(
+            "us-east-1",
+            path,
+            endpoint=ctx["endpoint"],
+            s3client_config=S3ClientConfig(
+                force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]
+            ),
+        )
+    else:
+        from s3torchconnector.dcp import S3FileSystem
+        from s3torchconnector.dcp import S3StorageWriter as TcWriter
+
+        w = TcWriter("us-east-1", path)
+        w.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx))
+
+    def op() -> float:
+        dcp.save(sd, storage_writer=w)
+        return n
+
+    ctx["_state_bytes"] = n
+    return op
+
+
 def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """Every tensor of the model into CPU memory; the operation returns the tensor bytes."""
     b, files = ctx["bucket"], ctx["files"]
@@ -659,6 +701,7 @@ SETUPS = {
     "dcp_load": setup_dcp_load,
     "dcp_load_cuda": setup_dcp_load_into,
     "dcp_load_staged": setup_dcp_load_into,
+    "dcp_save_cuda": setup_dcp_save_from,
     "safetensors_load": setup_safetensors_load,
     "safetensors_load_sharded": setup_safetensors_load,
 }

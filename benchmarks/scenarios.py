@@ -137,6 +137,21 @@ SCENARIOS: List[Scenario] = [
         {"layers": 2, "d_model": 1024},
         needs_cuda=True,
     ),
+    # DCP save of a bf16 state dict of the dcp_load_cuda shapes (~4.3 GB at full size) to
+    # SeaweedFS: "s3torch" and "s3torchconnector" from CUDA tensors (s3torch through its pinned
+    # staging ring, s3torchconnector through torch's per-tensor copies to pageable memory),
+    # "s3torch-cpu" from the same tensors in CPU memory. Peak RSS above the baseline is the
+    # host memory the save took (the ring, the upload window, torch's copies).
+    Scenario(
+        "dcp_save_cuda",
+        "DCP save of a bf16 CUDA state dict",
+        "seaweed",
+        "GB/s",
+        ["s3torch", "s3torchconnector", "s3torch-cpu"],
+        {"layers": 16, "d_model": 4096},
+        {"layers": 2, "d_model": 1024},
+        needs_cuda=True,
+    ),
     # Model weights in the safetensors format into CPU memory (bf16, per layer: up (4d, d),
     # down (d, 4d), norm (d,)): one file, and the same tensors in 4 shards with an index.
     # "s3torch" is s3torch.safetensors.load_file, "runai" runai-model-streamer's S3 backend
@@ -210,7 +225,7 @@ GROUPS = {"prefetch": [s.name for s in PREFETCH]}
 
 
 def bf16_shapes(layers: int, d: int) -> Dict[str, tuple]:
-    """The tensors of the dcp_load_cuda / dcp_load_staged checkpoints."""
+    """The tensors of the dcp_load_cuda / dcp_load_staged checkpoints (and of dcp_save_cuda)."""
     out: Dict[str, tuple] = {}
     for i in range(layers):
         out[f"l{i}.up"], out[f"l{i}.down"], out[f"l{i}.norm"] = (4 * d, d), (d, 4 * d), (d,)

@@ -5,7 +5,9 @@ archive writer computes the zip CRC-32 of the tensor bytes at about 4 GB/s: a qu
 the client CPU of a save to S3. Here torch still pickles the tensor
 (``torch.serialization._save`` with a recording archive), and we write the zip container
 the way torch's ``PyTorchStreamWriter`` does, with the CRC from the native core
-(about 14 GB/s). The tensor bytes go to the stream as one buffer, without a copy.
+(about 14 GB/s). The tensor bytes go to the stream as one buffer, without a copy; or, for a
+tensor saved through the staging ring (``_staged_save``), slot by slot, the CRC continued
+across them.
 
 The first use in a process checks the result byte for byte against ``torch.save`` on a few
 small tensors. If anything differs (a torch version that lays archives out differently),
@@ -22,7 +24,7 @@ import struct
 import sys
 import threading
 import zlib
-from typing import Any, List, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -89,8 +91,8 @@ class _Archive:
     def position(self) -> int:
         return self._pos + len(self._pending)
 
-    def add(self, name: str, payload: Any, size: int) -> None:
-        """`payload` is bytes, or a uint8 tensor written straight to the stream."""
+    def _begin(self, name: str, size: int) -> Tuple[bytes, int]:
+        """Queue a record's local header; returns its full name and offset."""
         full = (_ARCHIVE + name).encode()
         offset = self.position
         pad = -(offset + 30 + len(full) + 4) % self._align
@@ -99,6 +101,17 @@ class _Archive:
         flags = 0x0808 if size else 0x0800
         self._pending += struct.pack("<IHHHHHIIIHH", 0x04034B50, 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra))
         self._pending += full + extra
+        return full, offset
+
+    def _end(self, full: bytes, crc: int, size: int, offset: int) -> None:
+        if size:
+            self._pending += struct.pack("<IIII", 0x08074B50, crc, size, size)
+            self._combined_crc = _hash_combine(self._combined_crc, crc)
+        self._entries.append((full, crc, size, offset))
+
+    def add(self, name: str, payload: Any, size: int) -> None:
+        """`payload` is bytes, or a uint8 tensor written straight to the stream."""
+        full, offset = self._begin(name, size)
         if isinstance(payload, (bytes, bytearray)):
             crc = zlib.crc32(payload)
             self._pending += payload
@@ -106,10 +119,24 @@ class _Archive:
             crc = _crt.crc32(payload) if size else 0
             if size:
                 self._emit(payload, size)
-        if size:
-            self._pending += struct.pack("<IIII", 0x08074B50, crc, size, size)
-            self._combined_crc = _hash_combine(self._combined_crc, crc)
-        self._entries.append((full, crc, size, offset))
+        self._end(full, crc, size, offset)
+
+    def add_chunks(self, name: str, chunks: Iterable[torch.Tensor], size: int) -> None:
+        """A record of ``size`` bytes whose payload arrives as uint8 tensors, each written to
+        the stream as it comes (and free for reuse once the next is asked for); the CRC runs
+        on across them. The same bytes as ``add`` with the chunks joined."""
+        full, offset = self._begin(name, size)
+        crc = got = 0
+        for chunk in chunks:
+            n = chunk.numel()
+            if got + n > size:
+                raise ValueError(f"record {name}: more than its {size} bytes streamed")
+            crc = _crt.crc32(chunk, previous=crc)
+            self._emit(chunk, n)
+            got += n
+        if got != size:
+            raise ValueError(f"record {name}: {got} of its {size} bytes streamed")
+        self._end(full, crc, size, offset)
 
     def finish(self, serialization_id_prefix: bytes) -> None:
         self.add("version", b"3\n", 2)
@@ -165,7 +192,14 @@ def _records(tensor: torch.Tensor) -> List[Tuple[str, Any, int]]:
     return rec.records
 
 
-def _write_archive(records: List[Tuple[str, Any, int]], write: Any, sid_prefix: bytes) -> int:
+def _write_archive(
+    records: List[Tuple[str, Any, int]],
+    write: Any,
+    sid_prefix: bytes,
+    payload: Optional[Iterable[torch.Tensor]] = None,
+) -> int:
+    """Write the archive of ``records``; with ``payload``, the storage record's bytes are
+    those chunks (uint8 tensors), not its storage's."""
     from torch.utils.serialization import config
 
     archive = _Archive(write, int(config.save.storage_alignment))
@@ -174,6 +208,8 @@ def _write_archive(records: List[Tuple[str, Any, int]], write: Any, sid_prefix: 
             data = data.encode()
         if isinstance(data, (bytes, bytearray)):
             archive.add(name, bytes(data), nbytes)
+        elif payload is not None and name == _EXPECTED_RECORDS[-1]:
+            archive.add_chunks(name, payload, nbytes)
         else:
             archive.add(name, _storage_bytes(data), nbytes)
     archive.finish(sid_prefix)
@@ -236,11 +272,10 @@ def _check() -> bool:
         return _State.ok
 
 
-def save_tensor(tensor: torch.Tensor, stream: Any) -> None:
-    """``torch.save(tensor, stream)``: same bytes; faster when the checks allow."""
+def _fast_records(tensor: torch.Tensor) -> Optional[List[Tuple[str, Any, int]]]:
+    """The records of ``tensor`` (a CPU tensor) when s3torch may write them itself, else None."""
     from torch.utils.serialization import config
 
-    records = None
     if (
         _check()
         and not getattr(_torch_compat.serialization_tls, "skip_data", False)
@@ -248,20 +283,39 @@ def save_tensor(tensor: torch.Tensor, stream: Any) -> None:
         and tensor.device.type == "cpu"
     ):
         try:
-            records = _records(tensor)  # also refuses records of 4 GiB or more
+            return _records(tensor)  # also refuses records of 4 GiB or more
         except _Unsupported:
             pass
+    return None
+
+
+def save_tensor(tensor: torch.Tensor, stream: Any) -> None:
+    """``torch.save(tensor, stream)``: same bytes; faster when the checks allow."""
+    records = _fast_records(tensor)
     if records is None:
         torch.save(tensor, stream)
     else:
         _write_archive(records, stream.write, _State.sid_prefix)
 
 
+def streamed_records(template: torch.Tensor) -> Optional[List[Tuple[str, Any, int]]]:
+    """What ``torch.save(template)`` writes, for :func:`save_streamed`; None where s3torch
+    does not write the records itself (then ``torch.save`` of the real tensor it is)."""
+    return _fast_records(template)
+
+
+def save_streamed(records: List[Tuple[str, Any, int]], payload: Iterable[torch.Tensor], stream: Any) -> None:
+    """``torch.save`` of the tensor whose records are ``records`` (from
+    :func:`streamed_records`), its storage's bytes arriving as ``payload``: uint8 chunks in
+    storage order, each written to ``stream`` before the next is asked for."""
+    _write_archive(records, stream.write, _State.sid_prefix, payload)
+
+
 def fast_path_enabled() -> bool:
     return _check()
 
 
-__all__ = ["save_tensor", "fast_path_enabled"]
+__all__ = ["save_tensor", "fast_path_enabled", "streamed_records", "save_streamed"]
 
 if sys.byteorder != "little":  # the byteorder record is still right, but nothing here was checked
     _State.checked, _State.ok = True, False

@@ -5,7 +5,10 @@ tensors are serialised. Tensor bytes reach the CRT without a Python-side copy, a
 waits while more than a window of parts (enough for the throughput target) is waiting to be
 uploaded, so memory stays bounded whatever the checkpoint size. Tensor records are written
 by s3torch (``_torch_save``): the same bytes as ``torch.save``, with the native CRC-32.
-Files are byte-identical to torch's ``FileSystemWriter`` output. ``.metadata`` is written
+Files are byte-identical to torch's ``FileSystemWriter`` output. CUDA tensors stream
+device-to-host a slot at a time through a pinned staging ring into the upload
+(``_staged_save``), so a save from GPU memory holds the ring and the upload window, never a
+whole tensor, in host memory. ``.metadata`` is written
 last, by one PUT (atomic on S3), never by copy+delete, so a checkpoint is loadable only once
 complete. Overwriting a checkpoint in place removes its old metadata before any data is
 replaced. A failed save aborts its uploads, removes the files it completed, and writes no
@@ -14,12 +17,13 @@ replaced. A failed save aborts its uploads, removes the files it completed, and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import pickle
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 from torch.distributed.checkpoint.filesystem import FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata
@@ -33,12 +37,27 @@ from .._crt import S3Exception
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from . import _torch_save
+from ._staged_save import (
+    DEFAULT_SAVE_RING_BYTES,
+    DEFAULT_SAVE_SLOT_BYTES,
+    StagedSave,
+    caller_streams,
+    record_source,
+)
+from ._staging import borrow_ring, check_ring_size
 from .s3_file_system import S3FileSystem
 from .s3_prefix_strategy import DefaultPrefixStrategy, S3PrefixStrategyBase
 
 log = logging.getLogger("s3torch.dcp")
 _File = Tuple[Any, str, List[Any]]  # (path, file name, write items)
 _METADATA = ".metadata"
+_STATS_LOCK = threading.Lock()  # writer threads add to last_save_stats (a lock would not pickle)
+
+
+def _where(path: Any, wi: Any) -> str:
+    """A write item's name in errors: ``s3://bucket/key item fqn [at offset]``."""
+    idx = wi.index
+    return f"{path} item {idx.fqn}" + (f" at {list(idx.offset)}" if idx.offset is not None and any(idx.offset) else "")
 
 
 def _tensor_bytes(wi: Any) -> int:
@@ -67,9 +86,23 @@ class S3StorageWriter(FileSystemWriter):
             else a line every 5 s; then one summary line (bytes, seconds, GB/s). Lines go
             to the ``s3torch`` logger when it is enabled for INFO, else to stderr (the
             summary to stdout).
+        staging_bytes: size of the staging ring (default 64 MiB) through which CUDA tensors
+            reach the upload: page-locked host memory, one ring per writer thread, kept
+            between saves (``s3torch.dcp.release_staging_memory()`` frees idle rings). With
+            the upload window (part size times the parts the throughput target keeps in
+            flight), it bounds the host memory a save from GPU memory takes, whatever the
+            state dict's size. ``dcp.async_save`` stages to CPU memory first and does not
+            use it.
+        staging_slot_bytes: the ring's slot size (default 8 MiB, a multiple of 64): each slot
+            is one device-to-host copy and one write to the upload.
         **kwargs: torch ``FileSystemWriter`` options: ``single_file_per_rank``,
             ``per_thread_copy_ahead``, ``cache_staged_state_dict``, ``overwrite``;
             ``sync_files`` is accepted and ignored (S3 objects are durable once written).
+
+    A failed device-to-host copy raises a ``StagingError`` naming the item and its object;
+    the upload is aborted and no ``.metadata`` written. After a save,
+    ``last_save_stats`` holds ``staged`` (tensors that went through the ring) and
+    ``ring_slot_uses``.
     """
 
     fs: S3FileSystem  # type: ignore[assignment]  # torch's FileSystem, replaced by ours
@@ -83,8 +116,11 @@ class S3StorageWriter(FileSystemWriter):
         thread_count: int = 1,
         endpoint: Optional[str] = None,
         progress: bool = False,
+        staging_bytes: int = DEFAULT_SAVE_RING_BYTES,
+        staging_slot_bytes: int = DEFAULT_SAVE_SLOT_BYTES,
         **kwargs: Any,
     ) -> None:
+        check_ring_size(staging_bytes, staging_slot_bytes)
         path = s3_path(path)
         parse_s3_uri(path)
         kwargs.pop("sync_files", None)  # an fsync fallback would os.sync() the whole machine
@@ -107,6 +143,10 @@ class S3StorageWriter(FileSystemWriter):
         self.region = region
         self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
         self._progress = Progress("DCP save to", str(self.path), progress)
+        self.staging_bytes, self.staging_slot_bytes = staging_bytes, staging_slot_bytes
+        self._force_staging = False  # tests: CPU tensors through the (unpinned) ring, as CUDA's go
+        self._caller_streams: Dict[Any, Any] = {}  # during write_data: read by writer threads
+        self.last_save_stats: Dict[str, int] = {}
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
@@ -148,6 +188,8 @@ class S3StorageWriter(FileSystemWriter):
         # Timed from here, not from planning: a save that fails before its data is written
         # (or metadata read alone) never starts the progress thread.
         self._progress.start()
+        self.last_save_stats = {"staged": 0, "ring_slot_uses": 0}
+        self._caller_streams = caller_streams()  # writer threads have current streams of their own
         # The total is the tensors' bytes; each record adds about 1 kB of zip framing, so the
         # count ends a little above it.
         self._progress.set_total(sum(_tensor_bytes(wi) for wi in plan.items))
@@ -163,17 +205,20 @@ class S3StorageWriter(FileSystemWriter):
         except BaseException:
             self._progress.__exit__(RuntimeError, None, None)  # stop drawing, no summary
             raise
+        finally:
+            self._caller_streams = {}  # CUDA streams do not pickle, and the writer does
         # Every rank reports its own bytes here; the coordinator's .metadata PUT follows.
         self._progress.done()
         return fut
 
     # --- the file-writing loop ---------------------------------------------------------------
-    # torch's FileSystemWriter.write_data, with two changes: tensors are written by
-    # _torch_save.save_tensor (torch.save's bytes, a faster checksum), and an error in any
-    # writer thread fails the save (and aborts every upload still open) instead of being lost
-    # with its thread. Files, names, item order and offsets are the same as torch's. Used
-    # when the save is plain torch.save records with no stream extensions; otherwise torch's
-    # own loop runs.
+    # torch's FileSystemWriter.write_data, with three changes: tensors are written by
+    # _torch_save (torch.save's bytes, a faster checksum); CUDA tensors stream device-to-host
+    # through a pinned staging ring into the upload (_staged_save) instead of being copied
+    # whole to pageable memory; and an error in any writer thread fails the save (and aborts
+    # every upload still open) instead of being lost with its thread. Files, names, item order
+    # and offsets are the same as torch's. Used when the save is plain torch.save records with
+    # no stream extensions; otherwise torch's own loop runs.
 
     def _can_write_fast(self) -> bool:
         try:
@@ -262,16 +307,11 @@ class S3StorageWriter(FileSystemWriter):
         from torch.distributed.checkpoint.planner import WriteItemType
 
         tc = _torch_compat
-
-        loader: Any
+        tensors = [wi for wi in items if wi.type != WriteItemType.BYTE_IO]
         if self.thread_count == 1 and torch.cuda.is_available() and self.per_thread_copy_ahead > 0:
-            loader = tc.OverlappingCpuLoader(planner.resolve_data, inflight_threshhold=self.per_thread_copy_ahead)
-        else:
-            loader = tc.SerialCpuLoader(planner.resolve_data)
-        for wi in items:
-            if wi.type != WriteItemType.BYTE_IO:
-                loader.add(tc.item_size(wi), wi)
-        loader.start_loading()
+            # torch's loop then loads through _OverlappingCpuLoader, which writes the tensors
+            # smallest first (a stable sort); the same order keeps the file byte-identical.
+            tensors.sort(key=tc.item_size)
         results: List[WriteResult] = []
 
         def result(wi: Any, offset: int, length: int) -> WriteResult:
@@ -281,7 +321,11 @@ class S3StorageWriter(FileSystemWriter):
                 storage_data=tc.StorageInfo(file_name, offset, length, transform_descriptors=None),
             )
 
-        with self.fs.create_stream(path, "wb") as stream:
+        # Exits in reverse: the ring gets its slots back (StagedSave), goes back to the pool,
+        # then the upload completes, or is aborted after an error.
+        with contextlib.ExitStack() as stack:
+            stream = stack.enter_context(self.fs.create_stream(path, "wb"))
+            staged: Optional[StagedSave] = None
             for wi in items:
                 if wi.type == WriteItemType.BYTE_IO:
                     offset = stream.tell()
@@ -289,15 +333,52 @@ class S3StorageWriter(FileSystemWriter):
                     stream.write(data.getbuffer())
                     results.append(result(wi, offset, stream.tell() - offset))
                     self._progress.add(stream.tell() - offset)
-            for tensor, wi in loader.values():
-                if not tensor.is_cpu:
-                    raise AssertionError("Tensor must be on CPU")
+            for i, wi in enumerate(tensors):
+                tensor = cast(torch.Tensor, planner.resolve_data(wi)).detach()
                 offset = stream.tell()
-                _torch_save.save_tensor(tensor, stream)
+                records = None
+                if self._through_ring(tensor):
+                    template, src = record_source(tensor)
+                    records = _torch_save.streamed_records(template)  # None: torch.save's own path
+                if records is not None:
+                    if staged is None:  # the file's first staged tensor: borrow a ring
+                        pinned = tensor.device.type == "cuda"
+                        ring = stack.enter_context(borrow_ring(self.staging_bytes, self.staging_slot_bytes, pinned))
+                        ring.prepare(sum(_tensor_bytes(w) for w in tensors[i:]))
+                        staged = stack.enter_context(StagedSave(ring, self._caller_streams))
+                    uses = staged.ring.uses
+                    _torch_save.save_streamed(records, staged.chunks(src, _where(path, wi)), stream)
+                    self._count_staged(staged.ring.uses - uses)
+                else:
+                    # What torch's loaders hand its loop: a CPU tensor whose storage is exactly its elements.
+                    tensor = tensor.cpu()
+                    if tensor.untyped_storage().size() != tensor.nbytes:
+                        tensor = tensor.clone()  # keeps the memory format
+                    _torch_save.save_tensor(tensor, stream)
                 results.append(result(wi, offset, stream.tell() - offset))
                 self._progress.add(stream.tell() - offset)
         written.append(path)  # list.append is atomic: safe from several writer threads
         return results
+
+    def _through_ring(self, tensor: Any) -> bool:
+        """Whether a tensor's record streams through the staging ring: CUDA tensors (CPU ones
+        too with ``_force_staging``) of plain strided layout; the rest go torch's way."""
+        import torch
+
+        if tensor.device.type != "cuda" and not (self._force_staging and tensor.device.type == "cpu"):
+            return False
+        return (
+            type(tensor) is torch.Tensor
+            and tensor.layout == torch.strided
+            and not tensor.is_quantized
+            and not tensor.is_conj()
+            and not tensor.is_neg()
+        )
+
+    def _count_staged(self, slot_uses: int) -> None:
+        with _STATS_LOCK:
+            self.last_save_stats["staged"] += 1
+            self.last_save_stats["ring_slot_uses"] += slot_uses
 
     def finish(self, metadata: Metadata, results: List[List[WriteResult]]) -> None:
         """Write ``.metadata``, last and in one PUT: the checkpoint becomes visible complete."""
