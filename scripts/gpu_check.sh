@@ -9,8 +9,8 @@
 #    weed (xz, for the tests' writes and dcp_save_cuda): about 58 MiB, under the 64 MiB carry.
 # 2. On the device (`run` with carry [".gpu"], timeout ~560 s):
 #      bash scripts/gpu_check.sh
-#    Results under $OUT (or /tmp/gpu-out): tests.txt (tests/gpu), bench/ (dcp_load_cuda with
-#    its cold row, dcp_save_cuda), env.txt.
+#    Results under $OUT (or /tmp/gpu-out): tests.txt (tests/gpu), bench-load/ (dcp_load_cuda
+#    with its cold row), bench-save/ (dcp_save_cuda), env.txt.
 set -uo pipefail
 if [ "${1:-}" = "--pack" ]; then
   set -e
@@ -37,9 +37,15 @@ with lzma.open('.gpu/weed.xz') as f, open('/tmp/bin/weed', 'wb') as out: shutil.
 os.chmod('/tmp/bin/weed', 0o755)" && export PATH=/tmp/bin:$PATH:$(pwd)/.gpu/ng/usr/sbin  # weed for tests and saves, nginx for the harness
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$OUT/env.txt"
 echo "== tests/gpu"
-timeout 240 python3 -m pytest tests/gpu -q -p no:cacheprovider -x --durations=10 > "$OUT/tests.txt" 2>&1
-echo "tests rc=$?"; tail -15 "$OUT/tests.txt"
+# -v: each result is in the file as it happens, even if the timeout cuts the run short.
+timeout 200 python3 -m pytest tests/gpu -v -p no:cacheprovider --durations=10 > "$OUT/tests.txt" 2>&1
+echo "tests rc=$?"; grep -E "PASSED|FAILED|ERROR" "$OUT/tests.txt" | sed 's/ *\[ *[0-9]*%\]//' | tail -40
+tail -25 "$OUT/tests.txt"
 echo "== benchmarks"
-timeout 280 python3 benchmarks/run.py --python python3 --no-install --scenarios dcp_load_cuda,dcp_save_cuda \
-  --repeat 3 --out "$OUT/bench" > "$OUT/bench.txt" 2>&1
-echo "bench rc=$?"; grep -A9 "^| peer" "$OUT/bench/results.md" 2>/dev/null || tail -20 "$OUT/bench.txt"
+# Saves write ~4.3 GB per run into SeaweedFS (disk): 2 runs per peer there, 3 for loads.
+timeout 150 python3 benchmarks/run.py --python python3 --no-install --scenarios dcp_load_cuda \
+  --repeat 3 --out "$OUT/bench-load" > "$OUT/bench-load.txt" 2>&1
+echo "load rc=$?"; grep -A9 "^| peer" "$OUT/bench-load/results.md" 2>/dev/null || tail -20 "$OUT/bench-load.txt"
+timeout 150 python3 benchmarks/run.py --python python3 --no-install --scenarios dcp_save_cuda \
+  --repeat 2 --out "$OUT/bench-save" > "$OUT/bench-save.txt" 2>&1
+echo "save rc=$?"; grep -A9 "^| peer" "$OUT/bench-save/results.md" 2>/dev/null || tail -20 "$OUT/bench-save.txt"
