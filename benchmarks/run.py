@@ -344,10 +344,18 @@ def _cuda_available() -> bool:
 
 def warm_up(weed) -> None:  # type: ignore[no-untyped-def]
     """SeaweedFS allocates volumes on the first writes; do them before anything is measured."""
-    s3 = weed.boto3_client()
+    from s3torch import S3Client, S3ClientConfig
+    from s3torch._servers import ACCESS_KEY, SECRET_KEY
+
+    # s3torch's own client, not boto3: a GPU machine without network has no boto3.
+    s3 = S3Client(
+        "us-east-1",
+        endpoint=weed.endpoint,
+        s3client_config=S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY),
+    )
     blob = os.urandom(16 << 20)
     for i in range(4):
-        s3.put_object(Bucket="bench", Key=f"warmup/{i}", Body=blob)
+        s3.put("bench", f"warmup/{i}", blob)
 
 
 def run_one(py: str, ctx: Dict[str, Any], timeout: float) -> Dict[str, Any]:
