@@ -125,7 +125,15 @@ class StagedSave:
         s = self._side.get(dev)
         if s is None:
             s = torch.cuda.Stream(device=dev)
-            s.wait_stream(self._caller.get(dev) or torch.cuda.current_stream(dev))
+            caller = self._caller.get(dev) or torch.cuda.current_stream(dev)
+            queued = caller.record_event()
+            # Also wait on the host for the work queued on the caller's stream, before the
+            # first copy of this file is even issued: a GPU test of the device-side wait alone
+            # saved stale bytes once inside the GPU suite (docs/dcp.md). The copies must wait
+            # for that work anyway, so this costs nothing but the ordering's independence from
+            # stream semantics.
+            queued.synchronize()
+            s.wait_event(queued)
             self._side[dev] = s
         return s
 
