@@ -31,8 +31,9 @@ DTYPES = [*TORCH_SAVE_DTYPES, torch.int16]
 
 
 class _Handle:
-    def __init__(self, n: int, error: Optional[BaseException]) -> None:
+    def __init__(self, n: int, error: Optional[BaseException], finished: Any = None) -> None:
         self.n, self.error, self.cancelled, self.waited = n, error, False, False
+        self._finished = finished  # a delayed GET: done() asks this
 
     def wait(self) -> int:
         self.waited = True
@@ -43,7 +44,7 @@ class _Handle:
         return self.n
 
     def done(self) -> bool:
-        return True
+        return self._finished is None or self._finished()
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -54,8 +55,10 @@ class FakeNative:
     address; can fail the k-th GET (at start or at wait) or return a short read.
 
     ``wait_any`` decides which GET "finishes" first (every fake one is done at once):
-    ``order`` "fifo" (the oldest), "lifo" (the newest) or "random" (seeded); GETs whose
-    number is in ``slow`` finish only when nothing else is left (a delayed slot)."""
+    ``order`` "fifo" (the oldest), "lifo" (the newest) or "random" (seeded). GETs whose
+    number is in ``slow`` (a delayed slot) are not done while the other ``total`` GETs of the
+    load have not all landed: the ring has to work around them, whatever the CRC threads'
+    timing."""
 
     def __init__(self, objects: Dict[str, bytes], order: str = "fifo", seed: int = 0) -> None:
         self.objects = objects
@@ -66,11 +69,13 @@ class FakeNative:
         self.handles: List[_Handle] = []
         self.order, self.rng = order, random.Random(seed)
         self.slow: Set[int] = set()
+        self.total = 0  # with slow: how many GETs the load makes
         self.landed: List[int] = []  # GET numbers in the order wait_any handed them out
 
     def wait_any(self, handles: List[_Handle], timeout: Optional[float] = None) -> Optional[int]:
         number = {id(h): k for k, h in enumerate(self.handles)}
-        fast = [i for i, h in enumerate(handles) if number[id(h)] not in self.slow] or list(range(len(handles)))
+        fast = [i for i, h in enumerate(handles) if h.done()]
+        assert fast, "wait_any with no GET that can finish: the load would hang"
         i = {"fifo": fast[0], "lifo": fast[-1]}.get(self.order)
         if i is None:
             i = self.rng.choice(fast)
@@ -90,9 +95,12 @@ class FakeNative:
             data = data[: len(data) // 2]
         if data:
             buf[: len(data)].copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        h = _Handle(len(data), err)
+        h = _Handle(len(data), err, self._released if k in self.slow else None)
         self.handles.append(h)
         return h
+
+    def _released(self) -> bool:
+        return len(self.landed) >= self.total - len(self.slow)
 
 
 def _raw(t: torch.Tensor) -> bytes:
@@ -172,7 +180,7 @@ def test_a_delayed_slot_holds_only_itself() -> None:
     dsts = {k: torch.zeros_like(v) for k, v in srcs.items()}
     done: List[str] = []
     native = FakeNative({k: _raw(v) for k, v in srcs.items()})
-    native.slow = {0}
+    native.slow, native.total = {0}, 9
     ring = StagingRing(nslots * slot, slot, pinned=False)
     run = RingLoad(native, "b", ring, POOL)
     run.run([_staged(k, srcs[k], dsts[k], done) for k in srcs])
