@@ -63,16 +63,19 @@ def peak_rss_bytes() -> int:
 # --- clients per peer -------------------------------------------------------------------
 
 
-def s3torch_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
-    from s3torch import S3Client, S3ClientConfig
+def s3torch_config(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    """s3torch's client config for the scenario's server: unsigned for nginx, keyed for SeaweedFS."""
+    from s3torch import S3ClientConfig
 
     if ctx["server"] == "nginx":
-        cfg = S3ClientConfig(unsigned=True, force_path_style=True)
-    else:
-        cfg = S3ClientConfig(
-            force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]
-        )
-    return S3Client("us-east-1", endpoint=ctx["endpoint"], s3client_config=cfg)
+        return S3ClientConfig(unsigned=True, force_path_style=True)
+    return S3ClientConfig(force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"])
+
+
+def s3torch_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    from s3torch import S3Client
+
+    return S3Client("us-east-1", endpoint=ctx["endpoint"], s3client_config=s3torch_config(ctx))
 
 
 def s3tc_client(ctx: Dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -554,15 +557,9 @@ def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     n = sum(t.numel() * t.element_size() for t in sd.values())
     path = f"s3://{ctx['bucket']}/{ctx['key']}"
     if peer.startswith("s3torch") and peer != "s3torchconnector":
-        from s3torch import S3ClientConfig
         from s3torch.dcp import S3StorageReader
 
-        r = S3StorageReader(
-            "us-east-1",
-            path,
-            endpoint=ctx["endpoint"],
-            s3client_config=S3ClientConfig(unsigned=True, force_path_style=True),
-        )
+        r = S3StorageReader("us-east-1", path, endpoint=ctx["endpoint"], s3client_config=s3torch_config(ctx))
     else:
         from s3torchconnector.dcp import S3FileSystem
         from s3torchconnector.dcp import S3StorageReader as TcReader
@@ -601,17 +598,9 @@ def setup_dcp_save_from(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     n = sum(t.numel() * t.element_size() for t in sd.values())
     path = f"s3://{ctx['bucket']}/bench/dcp-save-cuda-{peer}"
     if peer.startswith("s3torch") and peer != "s3torchconnector":
-        from s3torch import S3ClientConfig
         from s3torch.dcp import S3StorageWriter
 
-        w = S3StorageWriter(
-            "us-east-1",
-            path,
-            endpoint=ctx["endpoint"],
-            s3client_config=S3ClientConfig(
-                force_path_style=True, access_key_id=ctx["access_key"], secret_access_key=ctx["secret_key"]
-            ),
-        )
+        w = S3StorageWriter("us-east-1", path, endpoint=ctx["endpoint"], s3client_config=s3torch_config(ctx))
     else:
         from s3torchconnector.dcp import S3FileSystem
         from s3torchconnector.dcp import S3StorageWriter as TcWriter

@@ -52,6 +52,9 @@ serialization_save = _private("torch.serialization", "_save", _RECORDS)
 serialization_tls = _private("torch.serialization", "_serialization_tls", _RECORDS)
 split_by_size_and_type = _private(_FS, "_split_by_size_and_type", _LOOP)
 item_size = _private(_FS, "_item_size", _LOOP)
+# The two loaders are no longer called (S3StorageWriter resolves and orders tensors itself, as
+# they would); they stay as a check that torch's loop, whose item order the writer mirrors, is
+# still the one it was written against.
 OverlappingCpuLoader = _private(_FS, "_OverlappingCpuLoader", _LOOP)
 SerialCpuLoader = _private(_FS, "_SerialCpuLoader", _LOOP)
 StorageInfo = _private(_FS, "_StorageInfo", _LOOP)

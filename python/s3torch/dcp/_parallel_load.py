@@ -180,8 +180,7 @@ class ParallelLoader:
     # --- 2. plan where each tensor's bytes go ---------------------------------------------
     def _plan_tensor(self, it: _Item, planner: LoadPlanner) -> None:
         req = it.req
-        if it.target is None:
-            it.target = planner.resolve_tensor(req).detach()
+        assert it.target is not None  # resolved by load(), before the probe
         whole = it.head is it.tail and it.length > SMALL_RECORD  # a large record in memory: parse its ends
         head, tail = (it.head[:HEAD_BYTES], it.tail[-TAIL_BYTES:]) if whole else (it.head, it.tail)
         it.layout = locate(bytes(head), bytes(tail), it.length)
@@ -402,7 +401,8 @@ class ParallelLoader:
         except Exception as e:
             raise self._err(it, f"the tensor record does not load ({e}): the checkpoint file is corrupt") from e
         tensor = _torch_compat.narrow_tensor_by_index(tensor, it.req.storage_offsets, it.req.lengths)
-        target = it.target if it.target is not None else planner.resolve_tensor(it.req).detach()
+        target = it.target
+        assert target is not None  # resolved by load(), before the probe
         if target.size() != tensor.size():
             raise self._err(
                 it,
