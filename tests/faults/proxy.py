@@ -20,6 +20,9 @@ in the server's place or changes how the server's answer is relayed:
 (new connections are refused) for N seconds, then listens again on the same port.
 ``rate`` caps the bytes per second relayed in both directions, all connections together,
 so that transfers last long enough for an outage to start in their middle.
+:meth:`FaultProxy.pause` holds every byte (requests are still read and counted) until
+:meth:`FaultProxy.resume`; ``relayed`` counts the bytes let through, so a test can start an
+outage after a known amount of traffic whatever the timing of the flows.
 
 Connections are proxied one for one, keep-alive preserved. Everything runs on one asyncio
 loop in a daemon thread of the calling process; ``stop()`` (or leaving the ``with`` block)
@@ -107,8 +110,13 @@ class _Bucket:
     def __init__(self, rate: Optional[float]) -> None:
         self.rate = rate
         self.next_free = time.monotonic()
+        self.paused = False  # set by FaultProxy.pause(): nothing is relayed until resume()
+        self.relayed = 0  # bytes let through so far
 
     async def take(self, n: int) -> None:
+        while self.paused:
+            await asyncio.sleep(0.005)
+        self.relayed += n
         if self.rate is None:
             return
         now = time.monotonic()
@@ -252,6 +260,20 @@ class FaultProxy:
         with self._lock:
             return list(self._agents)
 
+    def pause(self) -> None:
+        """Relay nothing from now until :meth:`resume`; requests are still read, matched and
+        counted (a request body is read whole before it is counted), so ``requests_to`` says
+        which flows are waiting."""
+        self._bucket.paused = True
+
+    def resume(self) -> None:
+        self._bucket.paused = False
+
+    @property
+    def relayed(self) -> int:
+        """Bytes relayed so far, both directions, request bodies and responses."""
+        return self._bucket.relayed
+
     def outage(self, seconds: float) -> None:
         """From now, for ``seconds``: every open connection reset, new ones refused."""
         fut = asyncio.run_coroutine_threadsafe(self._begin_outage(seconds), self._loop)
@@ -361,10 +383,10 @@ class FaultProxy:
                     headers = [(k, v) for k, v in headers if k.lower() != "expect"]
                     head = (first + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode("latin-1")
                 body = await _read_body(c_reader, headers, until_eof=False)
-                await self._bucket.take(len(body))
                 with self._lock:
                     self._agents.append((method, target, _get(headers, "user-agent") or ""))
                 fault = self._match(method, target, _get(headers, "range"))
+                await self._bucket.take(len(body))
                 kind = fault.kind if fault is not None else None
                 rid = f"FAULTPROXY-{next(self._ids)}"
                 if kind == "reset":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -216,17 +217,26 @@ def test_complete_multipart_upload_200_with_error(world: World, proxy: FaultProx
 
 
 def test_30s_outage_in_the_middle_of_every_flow(world: World, seaweed: Any) -> None:
-    """Slowed to 40 MB/s so every flow is mid-transfer when the outage begins."""
+    """Every flow is mid-transfer when the outage begins: the proxy holds all traffic until each
+    flow has sent its first request, then lets 8 MB through (at 40 MB/s) and goes down. The
+    smallest flow that moves bytes, the 24 MiB load, cannot have finished."""
     run = "outage"
     host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
     with FaultProxy(host, int(port), rate=40e6) as proxy:
-        start = proxy.requests
+        proxy.pause()
 
         def outage() -> None:
-            for name in FLOWS:
-                target = _target(world, run, name)
-                wait_until(lambda t=target: proxy.requests_to(t) > 0, 60, f"{name} to start")  # type: ignore[misc]
-            wait_until(lambda: proxy.requests > start + 20, 60, "transfers under way")
+            try:
+                for name in FLOWS:
+                    target = _target(world, run, name)
+                    if name == "dataset":  # its first request is the LIST, the prefix URL-encoded
+                        target += "|" + quote(target, safe="")
+                    wait_until(lambda t=target: proxy.requests_to(t) > 0, 60, f"{name} to start")  # type: ignore[misc]
+                base = proxy.relayed
+                proxy.resume()
+                wait_until(lambda: proxy.relayed > base + 8_000_000, 60, "8 MB relayed")
+            finally:
+                proxy.resume()
             proxy.outage(30)
 
         results = _run_all(world, proxy.endpoint, _cfg(), run, during=outage)
