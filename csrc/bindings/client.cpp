@@ -100,7 +100,7 @@ class NativeClient {
         if (length) {
             n = *length;
         } else {
-            uint64_t size = size_hint ? *size_hint : head(bucket, key, true).size;
+            uint64_t size = size_hint ? *size_hint : head(bucket, key, true, false).size;
             n = size > offset ? size - offset : 0;
         }
         if (n == 0) return py::bytes();
@@ -149,8 +149,8 @@ class NativeClient {
         return std::make_unique<UploadHandle>(std::make_unique<Upload>(client_, bucket, key, opts));
     }
 
-    ObjectInfo head(const std::string &bucket, const std::string &key, bool for_read) {
-        auto req = start_head(client_, bucket, key, for_read);
+    ObjectInfo head(const std::string &bucket, const std::string &key, bool for_read, bool checksum) {
+        auto req = start_head(client_, bucket, key, for_read, checksum);
         wait_transfer(*req);
         return head_result(*req);
     }
@@ -254,8 +254,14 @@ void register_client(py::module_ &m) {
         .def_readonly("etag", &ObjectInfo::etag)
         .def_readonly("last_modified", &ObjectInfo::last_modified)
         .def_readonly("storage_class", &ObjectInfo::storage_class)
+        .def_readonly("checksum_algorithm", &ObjectInfo::checksum_algorithm)
+        .def_readonly("checksum", &ObjectInfo::checksum)
+        .def_readonly("checksum_type", &ObjectInfo::checksum_type)
         .def(py::pickle(
-            [](const ObjectInfo &o) { return py::make_tuple(o.key, o.size, o.etag, o.last_modified, o.storage_class); },
+            [](const ObjectInfo &o) {
+                return py::make_tuple(o.key, o.size, o.etag, o.last_modified, o.storage_class, o.checksum_algorithm,
+                                      o.checksum, o.checksum_type);
+            },
             [](py::tuple t) {
                 ObjectInfo o;
                 o.key = t[0].cast<std::string>();
@@ -263,6 +269,11 @@ void register_client(py::module_ &m) {
                 o.etag = t[2].cast<std::string>();
                 o.last_modified = t[3].cast<std::string>();
                 o.storage_class = t[4].cast<std::string>();
+                if (t.size() >= 8) {  // pickled by a version with checksums
+                    o.checksum_algorithm = t[5].cast<std::string>();
+                    o.checksum = t[6].cast<std::string>();
+                    o.checksum_type = t[7].cast<std::string>();
+                }
                 return o;
             }))
         .def("__repr__", [](const ObjectInfo &o) {
@@ -293,7 +304,8 @@ void register_client(py::module_ &m) {
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),
              py::arg("storage_class") = "")
         .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "")
-        .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"), py::arg("for_read") = false)
+        .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"), py::arg("for_read") = false,
+             py::arg("checksum") = false)
         .def("list_objects", &NativeClient::list_objects, py::arg("bucket"), py::arg("prefix") = "",
              py::arg("delimiter") = "", py::arg("max_keys") = 1000, py::arg("continuation_token") = "",
              py::arg("start_after") = "")

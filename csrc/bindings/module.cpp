@@ -36,6 +36,34 @@ PYBIND11_MODULE(_crt, m) {
         py::arg("data"), py::arg("previous") = 0,
         "CRC32 (zip polynomial) of a buffer or tensor, hardware-accelerated; GIL released.");
     m.def(
+        "checksum",
+        [](const std::string &algorithm, py::handle data, uint64_t previous) {
+            const s3torch::ErrorContext ctx{"checksum", "", ""};
+            s3torch::CrcAlgorithm a;
+            if (!s3torch::parse_crc_algorithm(algorithm, a))
+                s3torch::throw_invalid(
+                    "checksum: algorithm must be crc32, crc32c or crc64nvme, got '" + algorithm.substr(0, 32) + "'",
+                    ctx);
+            auto buf = s3torch_py::HeldBuffer::acquire(data, false, ctx);
+            py::gil_scoped_release nogil;
+            return s3torch::crc(a, buf->data(), buf->size(), previous);
+        },
+        py::arg("algorithm"), py::arg("data"), py::arg("previous") = 0,
+        "The CRC S3 names `algorithm` (crc32, crc32c, crc64nvme) of a buffer or tensor, continuing `previous`; "
+        "GIL released.");
+    m.def(
+        "checksum_combine",
+        [](const std::string &algorithm, uint64_t crc_a, uint64_t crc_b, uint64_t len_b) {
+            s3torch::CrcAlgorithm a;
+            if (!s3torch::parse_crc_algorithm(algorithm, a))
+                s3torch::throw_invalid("checksum_combine: algorithm must be crc32, crc32c or crc64nvme, got '" +
+                                           algorithm.substr(0, 32) + "'",
+                                       {"checksum_combine", "", ""});
+            return s3torch::crc_combine(a, crc_a, crc_b, len_b);
+        },
+        py::arg("algorithm"), py::arg("crc_a"), py::arg("crc_b"), py::arg("len_b"),
+        "The CRC of A followed by B from checksum(A), checksum(B) and len(B).");
+    m.def(
         "transpose_copy",
         [](py::handle dst, py::handle src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld) {
             const s3torch::ErrorContext ctx{"transpose_copy", "", ""};

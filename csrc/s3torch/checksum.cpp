@@ -3,11 +3,15 @@
 #include <aws/checksums/crc.h>
 #include <aws/common/config.h>
 #include <aws/common/cpuid.h>
+#include <aws/common/encoding.h>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
 #endif
+
+#include <algorithm>
+#include <cctype>
 
 // On aarch64 aws-checksums computes this CRC with the ARMv8 CRC32 instructions (crc32x/crc32b
 // are the zip polynomial, reflected, as zlib's) where the kernel reports HWCAP_CRC32, and with
@@ -113,6 +117,67 @@ const char *crc32_implementation() {
 #else
     return "portable";
 #endif
+}
+
+bool parse_crc_algorithm(const std::string &name, CrcAlgorithm &out) {
+    std::string lower(name);
+    std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (lower == "crc32") out = CrcAlgorithm::Crc32;
+    else if (lower == "crc32c") out = CrcAlgorithm::Crc32c;
+    else if (lower == "crc64nvme") out = CrcAlgorithm::Crc64Nvme;
+    else return false;
+    return true;
+}
+
+uint64_t crc(CrcAlgorithm algorithm, const void *data, size_t len, uint64_t previous) {
+    const auto *p = static_cast<const uint8_t *>(data);
+    switch (algorithm) {
+        case CrcAlgorithm::Crc32: return crc32(p, len, static_cast<uint32_t>(previous));
+        case CrcAlgorithm::Crc32c: return aws_checksums_crc32c_ex(p, len, static_cast<uint32_t>(previous));
+        case CrcAlgorithm::Crc64Nvme: return aws_checksums_crc64nvme_ex(p, len, previous);
+    }
+    return 0;
+}
+
+uint64_t crc_combine(CrcAlgorithm algorithm, uint64_t crc_a, uint64_t crc_b, uint64_t len_b) {
+    switch (algorithm) {
+        case CrcAlgorithm::Crc32:
+            return aws_checksums_crc32_combine(static_cast<uint32_t>(crc_a), static_cast<uint32_t>(crc_b), len_b);
+        case CrcAlgorithm::Crc32c:
+            return aws_checksums_crc32c_combine(static_cast<uint32_t>(crc_a), static_cast<uint32_t>(crc_b), len_b);
+        case CrcAlgorithm::Crc64Nvme: return aws_checksums_crc64nvme_combine(crc_a, crc_b, len_b);
+    }
+    return 0;
+}
+
+namespace {
+size_t crc_width(CrcAlgorithm algorithm) { return algorithm == CrcAlgorithm::Crc64Nvme ? 8 : 4; }
+}  // namespace
+
+std::string crc_base64(CrcAlgorithm algorithm, uint64_t value) {
+    const size_t width = crc_width(algorithm);
+    uint8_t raw[8];
+    for (size_t i = 0; i < width; ++i) raw[i] = static_cast<uint8_t>(value >> (8 * (width - 1 - i)));
+    aws_byte_cursor in = aws_byte_cursor_from_array(raw, width);
+    char out[16] = {0};
+    aws_byte_buf buf = aws_byte_buf_from_empty_array(out, sizeof(out));
+    if (aws_base64_encode(&in, &buf)) return std::string();
+    return std::string(out, buf.len);
+}
+
+bool crc_from_base64(CrcAlgorithm algorithm, const std::string &text, uint64_t &out) {
+    const size_t width = crc_width(algorithm);
+    if (text.size() != (width == 4 ? 8 : 12)) return false;
+    aws_byte_cursor in = aws_byte_cursor_from_array(text.data(), text.size());
+    size_t decoded = 0;
+    if (aws_base64_compute_decoded_len(&in, &decoded) || decoded != width) return false;
+    uint8_t raw[8];
+    aws_byte_buf buf = aws_byte_buf_from_empty_array(raw, sizeof(raw));
+    if (aws_base64_decode(&in, &buf) || buf.len != width) return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < width; ++i) v = (v << 8) | raw[i];
+    out = v;
+    return true;
 }
 
 }  // namespace s3torch

@@ -132,6 +132,8 @@ void ClientConfig::validate() const {
             throw_invalid("user_agent must be a single line (no CR, LF or NUL)");
     if (checksums != "crc32c" && checksums != "crc32" && checksums != "off")
         throw_invalid("checksums must be one of 'crc32c', 'crc32', 'off', got '" + checksums + "'");
+    if (checksum_type != "full_object" && checksum_type != "composite")
+        throw_invalid("checksum_type must be one of 'full_object', 'composite', got '" + checksum_type + "'");
 }
 
 CredentialsKind ClientConfig::credentials_kind() const {

@@ -56,6 +56,8 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(uint32_t, connect_timeout_ms, "connect_timeout_ms", 0, 0, 1ull << 31, "TCP connect timeout (0: the CRT's)")    \
     X(std::string, checksums, "checksums", "crc32c", 0, 0,                                                           \
       "checksum uploads send for the server to verify: crc32c, crc32 or off")                                        \
+    X(std::string, checksum_type, "checksum_type", "full_object", 0, 0,                                              \
+      "a multipart upload's stored checksum: full_object (of the whole object) or composite (of the part CRCs)")     \
     X(std::string, user_agent, "user_agent", "", 0, 0,                                                               \
       "User-Agent header of every request (aws-c-s3 appends its own product token); empty: the CRT's alone")
 

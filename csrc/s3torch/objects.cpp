@@ -11,11 +11,14 @@
 namespace s3torch {
 
 std::shared_ptr<SimpleRequest> start_head(std::shared_ptr<Client> client, const std::string &bucket,
-                                          const std::string &key, bool for_read) {
+                                          const std::string &key, bool for_read, bool with_checksum) {
     ErrorContext ctx{for_read ? "GetObject" : "HeadObject", bucket, key};
     require_names(ctx);
     Address addr = address_of(client->config(), client->endpoint(), bucket, key);
-    return SimpleRequest::start_request(client, ctx, "HEAD", "HeadObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT);
+    Headers headers;
+    if (with_checksum) headers.emplace_back("x-amz-checksum-mode", "ENABLED");
+    return SimpleRequest::start_request(client, ctx, "HEAD", "HeadObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT,
+                                        nullptr, 0, headers);
 }
 
 ObjectInfo head_result(SimpleRequest &req) {
@@ -34,11 +37,23 @@ ObjectInfo head_result(SimpleRequest &req) {
     info.last_modified = req.header("last-modified");
     info.storage_class = req.header("x-amz-storage-class");
     if (info.storage_class.empty()) info.storage_class = "STANDARD";
+    // At most one x-amz-checksum-<algorithm> is stored per object; the first found wins.
+    static const char *const kAlgorithms[] = {"CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1"};
+    for (const char *name : kAlgorithms) {
+        std::string header = "x-amz-checksum-" + std::string(name);  // header() ignores case
+        std::string value = req.header(header);
+        if (value.empty()) continue;
+        info.checksum_algorithm = name;
+        info.checksum = value.substr(0, 128);  // a bound on what a server can make us keep
+        info.checksum_type = req.header("x-amz-checksum-type").substr(0, 32);
+        break;
+    }
     return info;
 }
 
-ObjectInfo head_object(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key) {
-    auto req = start_head(std::move(client), bucket, key);
+ObjectInfo head_object(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
+                       bool with_checksum) {
+    auto req = start_head(std::move(client), bucket, key, false, with_checksum);
     return head_result(*req);
 }
 

@@ -16,6 +16,13 @@ struct ObjectInfo {
     std::string etag;
     std::string last_modified;  // as the server sent it (HTTP date for HEAD, ISO 8601 in lists)
     std::string storage_class;
+    // The object's stored checksum, from a HEAD that asked for it (checksum mode), else "":
+    // its algorithm as S3 names it ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"), the
+    // value as sent (base64; a composite one ends in "-<parts>"), and x-amz-checksum-type
+    // ("FULL_OBJECT", "COMPOSITE", or "" when the server did not say).
+    std::string checksum_algorithm;
+    std::string checksum;
+    std::string checksum_type;
 };
 
 struct ListPage {
@@ -25,13 +32,16 @@ struct ListPage {
     bool is_truncated = false;
 };
 
-ObjectInfo head_object(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key);
+ObjectInfo head_object(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
+                       bool with_checksum = false);
 
 // Start the operations; wait on the returned request, then call the matching result function.
 // `for_read`: the HEAD a reader makes for the object's size; its errors are the read's
-// (operation GetObject), as a user reading the object sees them.
+// (operation GetObject), as a user reading the object sees them. `with_checksum`: ask for the
+// stored checksum too (x-amz-checksum-mode: ENABLED; on AWS this needs kms:Decrypt for
+// KMS-encrypted objects, as reading them does).
 std::shared_ptr<SimpleRequest> start_head(std::shared_ptr<Client> client, const std::string &bucket,
-                                          const std::string &key, bool for_read = false);
+                                          const std::string &key, bool for_read = false, bool with_checksum = false);
 ObjectInfo head_result(SimpleRequest &req);
 
 std::shared_ptr<SimpleRequest> start_list(std::shared_ptr<Client> client, const std::string &bucket,

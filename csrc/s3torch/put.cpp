@@ -1,10 +1,12 @@
 #include "s3torch/put.h"
 
+#include "s3torch/checksum.h"
 #include "s3torch/client.h"
 #include "s3torch/crt_compat.h"
 #include "s3torch/request.h"
 #include "s3torch/uploads.h"
 
+#include <aws/common/string.h>
 #include <aws/http/request_response.h>
 #include <aws/io/future.h>
 #include <aws/s3/s3_client.h>
@@ -54,8 +56,58 @@ std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> clien
     o.send_using_async_writes = true;
     o.on_error_resume_token = s_on_error_token;
     o.progress_callback = s_on_progress;
-    t->start(o, "PUT", address_of(client->config(), client->endpoint(), bucket, key), put_headers(opts));
+    aws_s3_checksum_config checksum;  // copied by the meta request when start() makes it
+    AWS_ZERO_STRUCT(checksum);
+    const ClientConfig &cfg = client->config();
+    auto algorithm = static_cast<aws_s3_checksum_algorithm>(upload_checksum(cfg));
+    if (algorithm != AWS_SCA_NONE) {
+        checksum.location = AWS_SCL_HEADER;  // each part's CRC, which the server verifies
+        checksum.checksum_algorithm = algorithm;
+        if (cfg.checksum_type == "full_object") {
+            checksum.full_object_checksum_callback = s_full_object_checksum;
+            checksum.user_data = static_cast<Transfer *>(t.get());
+            o.upload_review_callback = s_on_review;
+        }
+        o.checksum_config = &checksum;
+    }
+    t->start(o, "PUT", address_of(cfg, client->endpoint(), bucket, key), put_headers(opts));
     return t;
+}
+
+int PutStream::s_on_review(aws_s3_meta_request *, const aws_s3_upload_review *review, void *user_data) {
+    auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
+    CrcAlgorithm algorithm;
+    std::string full;
+    if (parse_crc_algorithm(self->client_->config().checksums, algorithm)) {
+        uint64_t crc = 0;
+        bool ok = true;
+        for (size_t i = 0; i < review->part_count && ok; ++i) {
+            const aws_s3_upload_part_review &part = review->part_array[i];
+            uint64_t part_crc = 0;
+            ok = crc_from_base64(
+                algorithm, std::string(reinterpret_cast<const char *>(part.checksum.ptr), part.checksum.len), part_crc);
+            crc = crc_combine(algorithm, crc, part_crc, part.size);
+        }
+        if (ok) full = crc_base64(algorithm, crc);
+    }
+    std::lock_guard<std::mutex> lock(self->mu_);
+    self->full_object_checksum_ = full;
+    return AWS_OP_SUCCESS;
+}
+
+aws_string *PutStream::s_full_object_checksum(aws_s3_meta_request *, void *user_data) {
+    auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
+    std::string full;
+    {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        full = self->full_object_checksum_;
+    }
+    if (full.empty()) {  // a part without a CRC we can read: fail the upload, never guess
+        aws_raise_error(AWS_ERROR_S3_CHECKSUM_CALCULATION_FAILED);
+        return nullptr;
+    }
+    return aws_string_new_from_array(aws_default_allocator(), reinterpret_cast<const uint8_t *>(full.data()),
+                                     full.size());
 }
 
 void PutStream::s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *progress, void *user_data) {

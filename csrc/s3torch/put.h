@@ -12,6 +12,8 @@ struct aws_s3_meta_request;
 struct aws_s3_meta_request_progress;
 struct aws_s3_meta_request_resume_token;
 struct aws_s3_request_metrics;
+struct aws_s3_upload_review;
+struct aws_string;
 
 namespace s3torch {
 
@@ -45,6 +47,14 @@ class PutStream : public Transfer {
   private:
     static void s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *, int, void *);
     static void s_on_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *, void *);
+    // Full-object checksums (ClientConfig::checksum_type "full_object"): before the
+    // CompleteMultipartUpload, the CRT shows us every part's CRC (as sent with the part, which
+    // the server verified) and then asks for the whole object's; it is those CRCs combined in
+    // part order, so no byte is read twice. Both run on the meta request's event-loop thread,
+    // one after the other.
+    static int s_on_review(aws_s3_meta_request *, const aws_s3_upload_review *, void *);
+    static aws_string *s_full_object_checksum(aws_s3_meta_request *, void *);
+    std::string full_object_checksum_;   // mu_: base64, set by s_on_review; "" on failure
     aws_future_void *future_ = nullptr;  // caller thread only
     uint64_t handed_ = 0;                // mu_: bytes given to the CRT
     uint64_t uploaded_ = 0;              // mu_: bytes of parts the server acknowledged

@@ -19,13 +19,6 @@ namespace s3torch {
 
 namespace {
 
-// The checksum uploads carry (ClientConfig::checksums, validated to one of these).
-aws_s3_checksum_algorithm upload_checksum(const ClientConfig &config) {
-    if (config.checksums == "crc32c") return AWS_SCA_CRC32C;
-    if (config.checksums == "crc32") return AWS_SCA_CRC32;
-    return AWS_SCA_NONE;
-}
-
 // Signalled whenever any transfer of this process finishes (wait_any). One per process: a
 // fork()ed child makes its own and leaks its parent's, whose lock a gone thread may hold.
 struct AnyFinished {
@@ -47,6 +40,12 @@ AnyFinished &any_finished() {
 }
 
 }  // namespace
+
+int upload_checksum(const ClientConfig &config) {
+    if (config.checksums == "crc32c") return AWS_SCA_CRC32C;
+    if (config.checksums == "crc32") return AWS_SCA_CRC32;
+    return AWS_SCA_NONE;  // "off" (validated to one of the three)
+}
 
 int64_t wait_any(const std::vector<Transfer *> &transfers, int64_t timeout_ms) {
     if (transfers.empty()) throw_invalid("wait_any needs at least one transfer", ErrorContext{});
@@ -99,7 +98,7 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
     // checksum a response carries for its own body (a whole object, never a range of one).
     aws_s3_checksum_config checksum;  // copied by the meta request when it is made
     AWS_ZERO_STRUCT(checksum);
-    aws_s3_checksum_algorithm algorithm = upload_checksum(client_->config());
+    auto algorithm = static_cast<aws_s3_checksum_algorithm>(upload_checksum(client_->config()));
     if (!options.checksum_config && algorithm != AWS_SCA_NONE) {
         if (std::strcmp(method, "PUT") == 0 && options.copy_source_uri.len == 0) {
             checksum.location = AWS_SCL_HEADER;

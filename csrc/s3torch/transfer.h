@@ -40,6 +40,7 @@ namespace s3torch {
 
 class Client;
 struct Address;
+struct ClientConfig;
 
 class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOwner {
   public:
@@ -133,6 +134,9 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
 // (a fresh one in a fork()ed child: the parent's may be locked by a thread that is gone), so a
 // waiter is woken by any finish and looks again at its own transfers.
 int64_t wait_any(const std::vector<Transfer *> &transfers, int64_t timeout_ms);
+
+// The aws_s3_checksum_algorithm uploads carry (ClientConfig::checksums; AWS_SCA_NONE for "off").
+int upload_checksum(const ClientConfig &config);
 
 // A request that is not a GET/PUT of an object body (HEAD, list, delete, copy, a PUT of one
 // part from memory): collects the response body in memory.

@@ -67,6 +67,10 @@ class S3ClientConfig:
             rank, a CLI command in a job script.
         checksums: the checksum uploads carry for the server to verify, ``"crc32c"`` (default),
             ``"crc32"``, or ``"off"`` for servers that reject checksum headers.
+        checksum_type: what the checksum a multipart upload leaves on the object covers:
+            ``"full_object"`` (default: one CRC of the whole object, as a single PUT's is, which
+            reads can check end to end, e.g. ``s3torch.safetensors``) or ``"composite"`` (a CRC
+            of the parts' CRCs, for servers without full-object checksums). See docs/retries.md.
 
     ``repr`` and ``str`` show ``secret_access_key`` and ``session_token`` as ``***``, so a
     config printed in a log, a traceback or a hyperparameter dump holds no secret. Pickling
@@ -89,6 +93,7 @@ class S3ClientConfig:
     connect_timeout_ms: int = 0
     retry_timeout_s: int = 120
     checksums: str = "crc32c"
+    checksum_type: str = "full_object"
     known_endpoint: bool = False
 
     def __post_init__(self) -> None:

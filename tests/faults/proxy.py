@@ -12,6 +12,8 @@ in the server's place or changes how the server's answer is relayed:
   promises N bytes), then half the body, then the connection closes.
 - ``corrupt``: one byte in the middle of the request body is flipped on its way to the
   server (what a bad NIC or a buggy middlebox does); everything else goes through unchanged.
+- ``corrupt_response``: the same on the way back: one byte in the middle of a 2xx response's
+  body is flipped; its head (Content-Length, checksum headers) goes through unchanged.
 - ``complete_error``: a 200 whose body is an S3 InternalError, as S3 answers a
   CompleteMultipartUpload that failed after its headers were sent; not forwarded, so the
   upload stays open on the server.
@@ -45,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Set, Tuple
 
-KINDS = ("reset", "slowdown", "internal_error", "slow", "truncate", "complete_error", "corrupt")
+KINDS = ("reset", "slowdown", "internal_error", "slow", "truncate", "complete_error", "corrupt", "corrupt_response")
 HEADER_LIMIT = 64 * 1024
 COPY_BYTES = 256 * 1024
 
@@ -430,6 +432,10 @@ class FaultProxy:
                 no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
                 closes = (_get(r_headers, "connection") or "").lower() == "close"
                 r_body = b"" if no_body else await _read_body(u_reader, r_headers, until_eof=True)
+                if kind == "corrupt_response" and r_body and 200 <= status < 300:
+                    flipped = bytearray(r_body)
+                    flipped[len(r_body) // 2] ^= 0x01
+                    r_body = bytes(flipped)
                 if kind == "truncate" and len(r_body) > 1:
                     await self._relay(c_writer, r_head + r_body[: len(r_body) // 2])
                     return  # the connection closes (FIN) with the body half sent

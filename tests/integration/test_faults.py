@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from urllib.parse import quote
 
 import pytest
 import torch

@@ -304,3 +304,79 @@ def test_save_streams_a_multipart_upload(seaweed, prefix) -> None:  # type: igno
         for o in p.objects
         if o.key.endswith(("nc.safetensors", "sh.safetensors"))
     ]
+
+
+# --- the whole-file checksum ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["single", "multipart"])
+def test_files_s3torch_writes_are_checked_whole_on_load(seaweed, prefix, kind) -> None:  # type: ignore[no-untyped-def]
+    """A single PUT's CRC32C and a multipart upload's full-object CRC32C (s3torch's default)
+    are both checked; staged (CUDA's path) as direct."""
+    client = make_client(seaweed, part_size=5 << 20)
+    d = _model()
+    if kind == "multipart":
+        d["huge"] = _sample(torch.float32, (3 << 20,))  # 12 MiB: three parts
+    uri = _uri(prefix, f"{kind}.safetensors")
+    save_file(d, uri, client=client)
+    for staged in (False, True):
+        with safe_open(uri, client=client) as f:
+            f._force_staging = staged
+            out = f.get_tensors()
+            assert f.last_load_checksums == {uri: "CRC32C checked"}, f.last_load_checksums
+        assert all(_same(out[k], d[k]) for k in d)
+    with safe_open(uri, client=client) as f:
+        f.get_tensor("big")
+        assert f.last_load_checksums == {uri: "not checked: this load reads a part of the file"}
+
+
+def test_a_byte_changed_on_the_way_fails_the_load(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    from s3torch.safetensors import ChecksumMismatchError
+    from tests.faults.proxy import Fault, FaultProxy
+
+    client = make_client(seaweed)
+    d = _model()
+    uri = _uri(prefix, "m.safetensors")
+    save_file(d, uri, client=client)
+    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
+    with FaultProxy(host, int(port)) as proxy:
+        via = make_client(proxy, part_size=client.s3client_config.part_size)
+        # Not the header's GET (the first bytes): one of the tensors' ranged GETs.
+        fault = proxy.add(Fault("corrupt_response", method="GET", range=r"^bytes=[1-9]", times=1))
+        with pytest.raises(ChecksumMismatchError, match=rf"{uri}: the bytes read do not match .*stored CRC32C"):
+            load_file(uri, client=via)
+        assert fault.injected == 1
+        out = load_file(uri, client=via)  # the fault is spent: the same load goes through
+        assert all(_same(out[k], d[k]) for k in d)
+        proxy.add(Fault("corrupt_response", method="GET", range=r"^bytes=[1-9]", times=1))
+        out = load_file(uri, client=via, verify_checksums=False)  # unchecked: the changed byte is returned
+        assert not all(_same(out[k], d[k]) for k in d)
+
+
+def test_sharded_loads_check_every_shard(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    shards = {"s1.safetensors": {"a": _sample(torch.float32, (64, 64), 1)}, "s2.safetensors": _model(2)}
+    wm = {}
+    for name, tensors in shards.items():
+        save_file(tensors, _uri(prefix, name), client=client)
+        wm.update({k: name for k in tensors})
+    client.put(BUCKET, f"{prefix}m.safetensors.index.json", json.dumps({"weight_map": wm}).encode())
+    with safe_open(_uri(prefix, "m.safetensors.index.json"), client=client) as f:
+        f.get_tensors()
+        assert f.last_load_checksums == {_uri(prefix, n): "CRC32C checked" for n in shards}
+        assert f.last_load_stats["files_checked"] == 2
+
+
+def test_moto_checksums_are_not_trusted(moto, prefix) -> None:  # type: ignore[no-untyped-def]
+    """moto 5 stores no checksum for a single PUT with a CRC in a trailer, and for a multipart
+    one writes the type as ``full_object`` with a CRC32 under the CRC32C name: a load says so
+    and reads on rather than failing a good file."""
+    client = make_client(moto, part_size=5 << 20)
+    d = {"huge": _sample(torch.float32, (3 << 20,)), **_model()}
+    for name, tensors in (("small.safetensors", _model()), ("large.safetensors", d)):
+        uri = _uri(prefix, name)
+        save_file(tensors, uri, client=client)
+        with safe_open(uri, client=client) as f:
+            out = f.get_tensors()
+            assert f.last_load_checksums[uri].startswith("not checked: "), f.last_load_checksums
+        assert all(_same(out[k], tensors[k]) for k in tensors)

@@ -67,3 +67,49 @@ def test_hardware_path_where_the_cpu_has_it() -> None:
     # x86_64: PCLMULQDQ folding where cpuinfo lists pclmulqdq and sse4_1; aarch64: the ARMv8
     # CRC32 instructions where the kernel reports HWCAP_CRC32 (Graviton, Grace, qemu's max CPU).
     assert _crt.crc32_implementation() == _expected_implementation()
+
+
+# --- the CRCs S3 stores: checksum() and checksum_combine() ------------------------------------
+
+
+def _bitwise(data: bytes, poly: int, width: int) -> int:
+    """A reflected CRC with all-ones init and final xor, bit by bit: the oracle."""
+    mask = (1 << width) - 1
+    crc = mask
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (poly if crc & 1 else 0)
+    return crc ^ mask
+
+
+ORACLES = {
+    "crc32": lambda d: zlib.crc32(d),
+    "crc32c": lambda d: _bitwise(d, 0x82F63B78, 32),
+    "crc64nvme": lambda d: _bitwise(d, 0x9A6C9329AC4BC9B5, 64),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(ORACLES))
+def test_checksum_matches_the_oracle_and_the_check_values(algorithm: str) -> None:
+    check = {"crc32": 0xCBF43926, "crc32c": 0xE3069283, "crc64nvme": 0xAE8B14860A799888}[algorithm]
+    assert _crt.checksum(algorithm, b"123456789") == check == ORACLES[algorithm](b"123456789")
+    assert _crt.checksum(algorithm.upper(), b"") == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(min_size=0, max_size=3000), cut=st.integers(0, 3000), algorithm=st.sampled_from(sorted(ORACLES)))
+def test_checksum_continues_and_combines(data: bytes, cut: int, algorithm: str) -> None:
+    cut = min(cut, len(data))
+    a, b = data[:cut], data[cut:]
+    whole = ORACLES[algorithm](data)
+    assert _crt.checksum(algorithm, data) == whole
+    assert _crt.checksum(algorithm, b, _crt.checksum(algorithm, a)) == whole
+    assert _crt.checksum_combine(algorithm, _crt.checksum(algorithm, a), _crt.checksum(algorithm, b), len(b)) == whole
+
+
+def test_checksum_refuses_an_unknown_algorithm() -> None:
+    with pytest.raises(ValueError, match="crc32, crc32c or crc64nvme, got 'md5'"):
+        _crt.checksum("md5", b"x")
+    with pytest.raises(ValueError, match="got 'sha256'"):
+        _crt.checksum_combine("sha256", 0, 0, 1)

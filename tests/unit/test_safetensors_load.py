@@ -5,6 +5,7 @@ servers are in tests/integration/test_safetensors.py."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -12,7 +13,15 @@ import pytest
 import torch
 
 from s3torch import _crt
-from s3torch.safetensors import HeaderError, MissingShardError, TruncatedFileError, _load, _open, save
+from s3torch.safetensors import (
+    ChecksumMismatchError,
+    HeaderError,
+    MissingShardError,
+    TruncatedFileError,
+    _load,
+    _open,
+    save,
+)
 from s3torch.safetensors._open import safe_open
 from tests.unit.test_safetensors_header import _same, _sample
 
@@ -34,8 +43,9 @@ class _Handle:
 
 
 class _Obj:
-    def __init__(self, key: str, size: int) -> None:
-        self.key, self.size = key, size
+    def __init__(self, key: str, size: int, checksum: Tuple[str, str, str] = ("", "", "")) -> None:
+        self.key, self.size, self.etag = key, size, '"0123abcd"'
+        self.checksum_algorithm, self.checksum, self.checksum_type = checksum
 
 
 class _Page:
@@ -51,11 +61,15 @@ def _write(buf: Any, data: bytes) -> None:
 
 
 class FakeNative:
-    """GETs copy from in-memory objects at once; every (key, offset, length) is recorded."""
+    """GETs copy from in-memory objects at once; every (key, offset, length) is recorded.
+    HEADs report a full-object CRC32C of each object (``stored`` overrides it by key);
+    ``flip``: an object offset whose byte every GET covering it returns changed."""
 
     def __init__(self, objects: Dict[str, bytes]) -> None:
         self.objects = objects
         self.gets: List[Tuple[str, int, int]] = []
+        self.stored: Dict[str, Tuple[str, str, str]] = {}
+        self.flip: Optional[int] = None
 
     def _missing(self, key: str) -> _crt.S3NotFoundError:
         e = _crt.S3NotFoundError(f"NoSuchKey {key}")
@@ -67,6 +81,10 @@ class FakeNative:
             return _Handle(0, 0, self._missing(key))
         self.gets.append((key, offset, length))
         data = self.objects[key][offset : offset + length]
+        if self.flip is not None and offset <= self.flip < offset + len(data):
+            changed = bytearray(data)
+            changed[self.flip - offset] ^= 0x10
+            data = bytes(changed)
         _write(buf, data)
         return _Handle(len(data), len(self.objects[key]))
 
@@ -77,10 +95,13 @@ class FakeNative:
     def wait_any(handles: List[_Handle], timeout: Any = None) -> int:
         return 0  # every fake GET is done at once: the oldest lands first
 
-    def head(self, bucket: str, key: str) -> _Obj:
+    def head(self, bucket: str, key: str, for_read: bool = False, checksum: bool = False) -> _Obj:
         if key not in self.objects:
             raise self._missing(key)
-        return _Obj(key, len(self.objects[key]))
+        data = self.objects[key]
+        crc = base64.b64encode(_crt.checksum("crc32c", data).to_bytes(4, "big")).decode()
+        stored = self.stored.get(key, ("CRC32C", crc, "FULL_OBJECT"))
+        return _Obj(key, len(data), stored if checksum else ("", "", ""))
 
     def get_bytes(self, bucket: str, key: str, offset: int = 0, length: Any = None, size_hint: Any = None) -> bytes:
         return self.objects[key][offset:]
@@ -194,3 +215,65 @@ def test_devices_and_arguments_are_checked() -> None:
         _open_fake({}, framework="np")
     with pytest.raises(ValueError, match="not both"):
         _open.client_of(object(), "us-east-1", None, None)  # type: ignore[arg-type]
+
+
+# --- the whole-file checksum (_verify.py) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["direct", "staged"])
+def test_a_file_read_whole_is_checked_against_its_stored_crc(staged: bool) -> None:
+    d = _model()
+    raw = save(d)
+    f, native = _open_fake({"m.safetensors": raw}, staging_bytes=3 * 4096, staging_slot_bytes=4096)
+    f._force_staging = staged
+    out = f.get_tensors()
+    assert all(_same(out[k], d[k]) for k in d)
+    assert f.last_load_checksums == {"s3://b/m.safetensors": "CRC32C checked"}
+    assert f.last_load_stats["files_checked"] == 1
+    # One byte changed on the way, in a small tensor's range or the big one's:
+    info = f._source.tensors
+    data_start = info["big"][0].header.data_start
+    for at in (data_start + info["n5"][1].begin + 7, data_start + info["big"][1].begin + 100_000):
+        native.flip = at
+        with pytest.raises(ChecksumMismatchError, match=r"s3://b/m.safetensors: .*stored CRC32C"):
+            f.get_tensors()
+    native.flip = None
+    assert all(_same(v, d[k]) for k, v in f.get_tensors().items())
+
+
+def test_reads_of_a_part_and_unusable_checksums_are_not_checked() -> None:
+    raw = save(_model())
+    f, native = _open_fake({"m.safetensors": raw})
+    native.flip = len(raw) - 1  # a byte get_tensor("n3") does not read
+    f.get_tensor("n3")
+    assert f.last_load_checksums == {"s3://b/m.safetensors": "not checked: this load reads a part of the file"}
+    for stored, why in [
+        (("", "", ""), "the object has no stored checksum"),
+        (("CRC32C", "AAAAAA==-3", "COMPOSITE"), "composite"),
+        (("CRC32C", "AAAAAA==", "full_object"), "not S3's FULL_OBJECT"),
+        (("SHA256", "x" * 44, "FULL_OBJECT"), "cannot be combined"),
+        (("CRC64NVME", "AAAAAA==", "FULL_OBJECT"), "not 8 bytes of base64"),
+    ]:
+        native.stored["m.safetensors"] = stored
+        g, _ = _open_fake({"m.safetensors": raw})
+        g._source = _open.open_source(native, g.uri, "b", "m.safetensors", verify=True)  # type: ignore[arg-type]
+        g.get_tensors()  # the flipped byte goes unnoticed: nothing to check it against
+        assert why in g.last_load_checksums["s3://b/m.safetensors"], (stored, g.last_load_checksums)
+    h, _ = _open_fake({"m.safetensors": raw}, verify_checksums=False)
+    h.get_tensors()
+    assert h.last_load_checksums == {"s3://b/m.safetensors": "not checked: verify_checksums=False"}
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_every_combinable_algorithm_is_checked(algorithm: str) -> None:
+    raw = save(_model())
+    native = FakeNative({"m.safetensors": raw})
+    crc = _crt.checksum(algorithm.lower(), raw)
+    width = 8 if algorithm == "CRC64NVME" else 4
+    native.stored["m.safetensors"] = (algorithm, base64.b64encode(crc.to_bytes(width, "big")).decode(), "")
+    f = safe_open("s3://b/m.safetensors", client=_Client(native))  # type: ignore[arg-type]
+    f.get_tensors()
+    assert f.last_load_checksums == {"s3://b/m.safetensors": f"{algorithm} checked"}
+    native.flip = len(raw) - 5  # in the last tensor's bytes
+    with pytest.raises(ChecksumMismatchError):
+        f.get_tensors()

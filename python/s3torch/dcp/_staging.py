@@ -219,6 +219,9 @@ class StagedTensor:
     where: str  # "s3://bucket/key item fqn", for errors
     on_done: Callable[[], None]  # called once every byte is copied (or queued on the device)
     src_dtype: Optional[torch.dtype] = None
+    # Shown each landed slot's stored bytes and their offset in the object (any order), on the
+    # loading thread, while the slot's copy proceeds (safetensors' whole-file checksums).
+    on_bytes: Optional[Callable[[int, torch.Tensor], None]] = None
     landed: int = 0
     # Slot CRC32s by the slot's block number in the tensor (slots land in any order):
     # block -> (CRC32 of the slot, its length); combined in block order when the last lands.
@@ -233,6 +236,7 @@ class _Fill:
     dst: torch.Tensor
     n: int
     block: int  # the block's number in its tensor (byte order)
+    pos: int  # its offset in the object
 
 
 @dataclass
@@ -306,7 +310,7 @@ class RingLoad:
                             raise read_error(t.where, e) from e
                         raise
                     ring.uses += 1
-                    self._fetching.append(_Fill(slot, h, t, dst, n, block))
+                    self._fetching.append(_Fill(slot, h, t, dst, n, block, pos))
                     pos += n
             while self._fetching:
                 self._land_next()
@@ -365,6 +369,8 @@ class RingLoad:
                 t.parts[f.block] = (busy.crc, got)
             t.landed += got
             busy.event = self._copy(t, f.slot, f.dst, src)
+            if t.on_bytes is not None:
+                t.on_bytes(f.pos, src)
         except BaseException:
             self._busy.append(busy)  # _abandon waits for what still reads the slot
             raise

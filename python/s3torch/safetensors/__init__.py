@@ -34,6 +34,7 @@ from ._errors import (
 from ._header import PREFIX, header_length, parse_header
 from ._open import Device, TensorSlice, client_of, safe_open
 from ._save import plan, tensor_bytes
+from ._verify import ChecksumMismatchError
 
 
 def load_file(
@@ -49,6 +50,7 @@ def load_file(
     s3client_config: Optional[S3ClientConfig] = None,
     staging_bytes: int = DEFAULT_RING_BYTES,
     staging_slot_bytes: int = DEFAULT_SLOT_BYTES,
+    verify_checksums: bool = True,
 ) -> Dict[str, torch.Tensor]:
     """Load safetensors weights from S3 into a dict of tensors, like
     ``safetensors.torch.load_file``.
@@ -66,9 +68,15 @@ def load_file(
         s3client_config: for a client made here.
         staging_bytes: size of the staging ring (CUDA destinations, casts).
         staging_slot_bytes: the ring's slot size.
+        verify_checksums: check each file read whole against the checksum S3 stores with it
+            (CRC32, CRC32C or CRC64NVME of the whole object: what s3torch's uploads and single
+            PUTs write); default True. See docs/safetensors.md.
 
     Returns:
         The tensors by name, in the order their bytes lie.
+
+    Raises:
+        ChecksumMismatchError: the bytes read differ from the object's stored checksum.
     """
     with safe_open(
         uri,
@@ -82,6 +90,7 @@ def load_file(
         s3client_config=s3client_config,
         staging_bytes=staging_bytes,
         staging_slot_bytes=staging_slot_bytes,
+        verify_checksums=verify_checksums,
     ) as f:
         return f._load(f.offset_keys() if keys is None else list(keys))
 
@@ -167,4 +176,5 @@ __all__ = [
     "UnsupportedDtypeError",
     "MissingShardError",
     "SafetensorsReadError",
+    "ChecksumMismatchError",
 ]

@@ -12,14 +12,16 @@
   side stream and the tensors are ready on the current stream when the load returns.
 
 Every destination is allocated only after every requested tensor's header entry has passed
-validation, and only the requested tensors are read.
+validation, and only the requested tensors are read. A load that reads every byte of a file
+whose stored checksum can be checked (``_verify.py``) computes the CRC of each piece as it
+lands and checks the file before returning.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import torch
 
@@ -29,6 +31,7 @@ from ._dtypes import PACKED
 from ._errors import TruncatedFileError, read_error
 from ._header import TensorInfo
 from ._source import ShardFile
+from ._verify import FileCheck, outcome_without_check, tiles
 
 MiB = 1024 * 1024
 OWN_STORAGE = 1 * MiB  # tensors this large get their own allocation and GET
@@ -85,7 +88,9 @@ class Loader:
         self.dtype, self.pin_memory = dtype, pin_memory
         self.ring_bytes, self.slot_bytes = ring_bytes, slot_bytes
         self.force_staging = force_staging  # tests: CPU destinations through the ring, as CUDA's go
-        self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "gets": 0, "bytes": 0}
+        self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "gets": 0, "bytes": 0, "files_checked": 0}
+        self.checksums: Dict[str, str] = {}  # file -> what its checksum check found (_verify.py)
+        self._checks: Dict[int, FileCheck] = {}  # id(ShardFile) -> its check, for this load
 
     def _plan(self, f: ShardFile, t: TensorInfo) -> _Planned:
         where = _where(f, t)
@@ -99,13 +104,34 @@ class Loader:
     def load(self, wanted: List[Tuple[ShardFile, TensorInfo]]) -> Dict[str, torch.Tensor]:
         """The tensors, by name, in the order asked."""
         planned = [self._plan(f, t) for f, t in wanted]  # every check before any allocation
+        self._plan_checks(planned)
         staged_dev = self.device.type != "cpu" or self.force_staging
         direct = [p for p in planned if not staged_dev and p.out_dtype == p.dtype]
         staged = [p for p in planned if staged_dev or p.out_dtype != p.dtype]
         out: Dict[str, torch.Tensor] = {}
         self._load_direct(direct, out)
         self._load_staged(staged, out)
+        for where, check in ((c.where, c) for c in self._checks.values()):
+            self.checksums[where] = check.verify()  # ChecksumMismatchError: nothing is returned
+            self.stats["files_checked"] += 1
         return {p.info.name: out[p.info.name] for p in planned}
+
+    def _plan_checks(self, planned: List[_Planned]) -> None:
+        """A FileCheck for each file this load reads whole and whose stored checksum can be
+        checked; the outcome for the others."""
+        by_file: Dict[int, List[_Planned]] = {}
+        for p in planned:
+            by_file.setdefault(id(p.file), []).append(p)
+        for items in by_file.values():
+            f = items[0].file
+            if f.stored is None or not f.stored.algorithm:
+                self.checksums[f.where] = outcome_without_check(f.stored)
+            elif not tiles(f.header.data_start, f.size, [(p.info.begin, p.info.end) for p in items]):
+                self.checksums[f.where] = "not checked: this load reads a part of the file"
+            else:
+                check = FileCheck(f.where, f.size, f.stored)
+                check.add_crc(0, f.header.data_start, f.head_crc)
+                self._checks[id(f)] = check
 
     # --- direct ---------------------------------------------------------------------------
     def _groups(self, items: List[_Planned]) -> List[_Group]:
@@ -182,6 +208,9 @@ class Loader:
                 f"{_where(g.file, g.members[0].info)}: read {n} of {want} bytes (the object changed or was truncated)"
             )
         self.stats["bytes"] += n
+        check = self._checks.get(id(g.file))
+        if check is not None and g.buf is not None:
+            check.add(g.file.header.data_start + g.begin, g.buf[:n])
         if len(g.members) > 1:
             assert g.buf is not None
             for p in g.members:
@@ -192,6 +221,10 @@ class Loader:
         g.buf = None
 
     # --- staged ---------------------------------------------------------------------------
+    def _on_bytes(self, f: ShardFile) -> Optional[Callable[[int, torch.Tensor], None]]:
+        check = self._checks.get(id(f))
+        return check.add if check is not None else None
+
     def _load_staged(self, items: List[_Planned], out: Dict[str, torch.Tensor]) -> None:
         if not items:
             return
@@ -213,6 +246,7 @@ class Loader:
                     _where(p.file, p.info),
                     lambda: None,
                     src_dtype=src_dtype,
+                    on_bytes=self._on_bytes(p.file),
                 )
             )
         self.stats["staged"] += len(items)

@@ -76,11 +76,18 @@ class safe_open:
         staging_bytes: size of the staging ring (CUDA destinations, casts), as for
             :class:`~s3torch.dcp.S3StorageReader` (default 256 MiB).
         staging_slot_bytes: the ring's slot size (default 8 MiB).
+        verify_checksums: HEAD each file for the checksum S3 stores with it, and check every
+            call that reads a whole file against it (default True; see docs/safetensors.md).
+            Calls that read part of a file (one tensor, a slice) cannot be checked.
 
     Raises:
         HeaderError: a header or index that is malformed or lies.
         TruncatedFileError: an object shorter than its header says.
         MissingShardError: the object, or a shard the index names, does not exist.
+        ChecksumMismatchError: (from a load) the bytes read differ from the stored checksum.
+
+    After each call that reads, ``last_load_stats`` counts what it did and
+    ``last_load_checksums`` says for each file read whether its checksum was checked, or why not.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class safe_open:
         s3client_config: Optional[S3ClientConfig] = None,
         staging_bytes: int = DEFAULT_RING_BYTES,
         staging_slot_bytes: int = DEFAULT_SLOT_BYTES,
+        verify_checksums: bool = True,
     ) -> None:
         if framework not in ("pt", "torch", "pytorch"):
             raise ValueError(f"framework {framework!r} is not supported: s3torch.safetensors loads torch tensors (pt)")
@@ -111,7 +119,10 @@ class safe_open:
         self._client = client_of(client, region, endpoint, s3client_config)
         self._force_staging = False  # tests: CPU destinations through the ring, as CUDA's go
         self.last_load_stats: Dict[str, int] = {}
-        self._source: Source = open_source(self._client._get_native(), self.uri, self._bucket, key)
+        self.last_load_checksums: Dict[str, str] = {}
+        self._source: Source = open_source(
+            self._client._get_native(), self.uri, self._bucket, key, verify=bool(verify_checksums)
+        )
 
     def __enter__(self) -> "safe_open":
         return self
@@ -162,9 +173,10 @@ class safe_open:
     def _load(self, names: Iterable[str]) -> Dict[str, torch.Tensor]:
         wanted = [self._entry(n) for n in names]
         loader = self._loader(self._device, self._dtype, self._pin)
-        out = loader.load(wanted)
-        self.last_load_stats = loader.stats
-        return out
+        try:
+            return loader.load(wanted)
+        finally:
+            self.last_load_stats, self.last_load_checksums = loader.stats, loader.checksums
 
 
 class TensorSlice:
@@ -227,6 +239,7 @@ class TensorSlice:
             )
             assert info.nbytes == math.prod(info.shape) * info.dtype.bits // 8
         loader = self._owner._loader(torch.device("cpu"), None, False)
-        out = loader.load([(self._file, info)])[info.name]
-        self._owner.last_load_stats = loader.stats
-        return out
+        try:
+            return loader.load([(self._file, info)])[info.name]
+        finally:
+            self._owner.last_load_stats, self._owner.last_load_checksums = loader.stats, loader.checksums

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import posixpath
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _crt
 from ._errors import HeaderError, MissingShardError, TruncatedFileError, read_error
 from ._header import MAX_HEADER, PREFIX, Header, TensorInfo, header_length, parse_header
+from ._verify import Stored, stored_checksum
 
 HEAD_GUESS = 256 * 1024  # first GET of each file: most headers fit (MoE models' can be MBs)
+HEAD_THREADS = 8  # HEADs (stored checksums) in flight at once, beside the header GETs
 MAX_INDEX = MAX_HEADER  # bytes of an index file
 INDEX_SUFFIX = ".safetensors.index.json"
 FILE_SUFFIX = ".safetensors"
@@ -37,6 +40,10 @@ class ShardFile:
     header: Header
     # Names to load from this file when an index chose them (None: every tensor).
     names: Optional[List[str]] = None
+    # The stored checksum (None: not asked for, verify_checksums=False), and when it can be
+    # checked, the CRC of the file's first header.data_start bytes in its algorithm.
+    stored: Optional[Stored] = None
+    head_crc: int = 0
 
     @property
     def where(self) -> str:
@@ -53,13 +60,20 @@ class Source:
     tensors: Dict[str, Tuple[ShardFile, TensorInfo]] = field(default_factory=dict)  # in load order
 
 
-def _get_headers(native: "_crt.NativeClient", bucket: str, keys: List[str], why: Dict[str, str]) -> List[ShardFile]:
-    """Read and validate the header of every key, all first GETs in flight at once.
-    ``why``: key -> what named it, for the error when it is missing."""
+def _get_headers(
+    native: "_crt.NativeClient", bucket: str, keys: List[str], why: Dict[str, str], verify: bool
+) -> List[ShardFile]:
+    """Read and validate the header of every key, all first GETs in flight at once (and with
+    ``verify``, a HEAD of each for its stored checksum meanwhile). ``why``: key -> what named
+    it, for the error when it is missing."""
     bufs = [_crt.HostBuffer(HEAD_GUESS) for _ in keys]
     handles: List[Any] = []
     out: List[ShardFile] = []
+    pool = ThreadPoolExecutor(min(HEAD_THREADS, len(keys)), thread_name_prefix="s3torch-head") if verify else None
+    heads: Dict[str, "Future[Any]"] = {}
     try:
+        if pool is not None:
+            heads = {key: pool.submit(native.head, bucket, key, False, True) for key in keys}
         for key, buf in zip(keys, bufs):
             try:
                 handles.append(native.start_get_into(bucket, key, buf, 0, HEAD_GUESS))
@@ -87,12 +101,23 @@ def _get_headers(native: "_crt.NativeClient", bucket: str, keys: List[str], why:
                 if more != len(rest):
                     raise TruncatedFileError(f"{where}: the header ends early ({got + more} of {PREFIX + n} bytes)")
                 raw = bytes(first[PREFIX:]) + bytes(rest)
-            out.append(ShardFile(bucket, key, size, parse_header(raw, where, size)))
+            f = ShardFile(bucket, key, size, parse_header(raw, where, size))
+            if key in heads:
+                try:
+                    f.stored = stored_checksum(heads[key].result())
+                except _crt.S3Exception as e:
+                    raise _named(read_error(where, e), why.get(key)) from e
+                if f.stored.algorithm:
+                    alg = f.stored.algorithm.lower()
+                    f.head_crc = _crt.checksum(alg, raw, _crt.checksum(alg, bytes(first[:PREFIX])))
+            out.append(f)
         return out
     finally:
         for h in handles:
             if not h.done():
                 h.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _named(e: "_crt.S3Exception", why: Optional[str]) -> "_crt.S3Exception":
@@ -146,8 +171,9 @@ def _list(native: "_crt.NativeClient", bucket: str, prefix: str) -> List[str]:
         raise read_error(f"s3://{bucket}/{prefix}", e) from e
 
 
-def open_source(native: "_crt.NativeClient", uri: str, bucket: str, key: str) -> Source:
-    """Resolve ``uri`` (already split into bucket and key) and read every header."""
+def open_source(native: "_crt.NativeClient", uri: str, bucket: str, key: str, verify: bool = False) -> Source:
+    """Resolve ``uri`` (already split into bucket and key) and read every header (``verify``:
+    and every file's stored checksum)."""
     index_key: Optional[str] = None
     if key == "" or key.endswith("/"):
         listed = _list(native, bucket, key)
@@ -160,16 +186,16 @@ def open_source(native: "_crt.NativeClient", uri: str, bucket: str, key: str) ->
             names = sorted(k for k in listed if k.endswith(FILE_SUFFIX))
             if not names:
                 raise MissingShardError(f"{uri}: no {FILE_SUFFIX} file and no {INDEX_SUFFIX} under this prefix")
-            return _assemble(uri, _get_headers(native, bucket, names, {}), None)
+            return _assemble(uri, _get_headers(native, bucket, names, {}, verify), None)
     elif key.endswith(".json"):
         index_key = key
     if index_key is None:
-        return _assemble(uri, _get_headers(native, bucket, [key], {}), None)
+        return _assemble(uri, _get_headers(native, bucket, [key], {}, verify), None)
 
     shards, metadata = _read_index(native, bucket, index_key)
     order: List[str] = sorted(set(shards.values()))
     why = {k: f"named by the index s3://{bucket}/{index_key}" for k in order}
-    files = _get_headers(native, bucket, order, why)
+    files = _get_headers(native, bucket, order, why, verify)
     by_key = {f.key: f for f in files}
     for f in files:
         f.names = []
