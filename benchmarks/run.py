@@ -157,6 +157,8 @@ class Nginx:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         rate = "limit_rate 90m;" if s3_like else ""
         (self.dir / "tmp").mkdir()
+        self.exe = exe
+        (self.dir / "checksums.map").write_text("")
         conf = f"""worker_processes 2; daemon on; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
@@ -164,8 +166,16 @@ http {{
   keepalive_requests 1000000; keepalive_timeout 300s; types {{ }} default_type application/octet-stream;
   client_body_temp_path {self.dir}/tmp/b; proxy_temp_path {self.dir}/tmp/p; fastcgi_temp_path {self.dir}/tmp/f;
   uwsgi_temp_path {self.dir}/tmp/u; scgi_temp_path {self.dir}/tmp/s;
+  # The checksum S3 stores with an object (set_checksums): sent on a HEAD or a whole-object GET
+  # of it, as S3 sends it in checksum mode; never on a ranged GET, which it does not cover (an
+  # empty value sends no header).
+  map_hash_bucket_size 256;
+  map $uri $s3_stored_crc32c {{ default ""; include {self.dir}/checksums.map; }}
+  map $http_range $s3_crc32c {{ "" $s3_stored_crc32c; default ""; }}
+  map $s3_crc32c $s3_checksum_type {{ "" ""; default FULL_OBJECT; }}
   server {{
     listen 127.0.0.1:{self.port}; root {root}; etag on; {rate}
+    add_header x-amz-checksum-crc32c $s3_crc32c; add_header x-amz-checksum-type $s3_checksum_type;
     location / {{ limit_except GET {{ deny all; }} error_page 404 = @nosuchkey; }}
     location @nosuchkey {{ default_type application/xml;
       return 404 '{_NO_SUCH_KEY}'; }}
@@ -178,6 +188,22 @@ http {{
             check=True,
         )
         time.sleep(0.3)
+
+    def set_checksums(self, crc32c: Dict[str, str]) -> None:
+        """Serve these full-object CRC32Cs (path "/bucket/key" -> base64), then reload."""
+        lines = "".join(f'"{path}" "{value}";\n' for path, value in sorted(crc32c.items()))
+        if (self.dir / "checksums.map").read_text() == lines:
+            return
+        (self.dir / "checksums.map").write_text(lines)
+        conf = str(self.dir / "nginx.conf")
+        r = subprocess.run(
+            [self.exe, "-c", conf, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-s", "reload"],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"nginx refused the checksums: {r.stderr.strip()[-500:]}")
+        time.sleep(0.5)  # the new workers take over
 
     def stop(self) -> None:
         try:
@@ -325,12 +351,33 @@ def prepare_safetensors(bench: Path, sizes: Dict[str, int]) -> Dict[str, Any]:
                 # Cheap to make (the content does not change a read's speed), distinct per tensor.
                 t = torch.full(shape, (i % 97) / 97, dtype=torch.bfloat16)
                 t.reshape(-1).view(torch.uint8).numpy().tofile(f)
+    # The CRC32C S3 would store with each file (s3torch's uploads write one): nginx sends it, and
+    # s3torch.safetensors checks every file it reads whole against it (the others ignore it).
+    checksums = {f"/bench/{k}": crc32c_of_file(bench / k) for k in files}
     if shards == 1:
-        return {"files": files, "uri_key": files[0]}
+        return {"files": files, "uri_key": files[0], "checksums": checksums}
     index = f"{folder}/model.safetensors.index.json"
     total = sum(2 * math.prod(shape) for _, shape in shapes)
     (bench / index).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    return {"files": files, "uri_key": index}
+    return {"files": files, "uri_key": index, "checksums": checksums}
+
+
+def crc32c_of_file(path: Path) -> str:
+    """The file's CRC32C as S3 sends it (base64 of 4 big-endian bytes), cached beside it."""
+    import base64
+
+    from s3torch import _crt
+
+    cache = path.with_name(path.name + ".crc32c")
+    if cache.exists() and cache.stat().st_mtime >= path.stat().st_mtime:
+        return cache.read_text()
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(64 << 20):
+            crc = _crt.checksum("crc32c", chunk, crc)
+    value = base64.b64encode(crc.to_bytes(4, "big")).decode()
+    cache.write_text(value)
+    return value
 
 
 # --- running and reporting ---------------------------------------------------------------
@@ -578,6 +625,8 @@ def main() -> int:
                 if sc.server == "nginx":
                     log(f"{sc.name}: preparing data")
                     ctx.update(prepare_nginx_data(www, sc, sizes))
+                    assert nginx is not None
+                    nginx.set_checksums(ctx.pop("checksums", {}))
             except Exception as e:
                 sc_res["error"] = f"data preparation failed: {e}"
                 continue

@@ -623,14 +623,19 @@ def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float
     def nbytes(sd: Dict[str, Any]) -> float:
         return float(sum(t.numel() * t.element_size() for t in sd.values()))
 
-    if peer == "s3torch":
-        from s3torch.safetensors import load_file
+    if peer in ("s3torch", "s3torch-nocheck"):
+        from s3torch.safetensors import safe_open
 
         client = s3torch_client(ctx)
         uri = f"s3://{b}/{ctx['uri_key']}"
+        verify = peer == "s3torch"
 
         def op() -> float:
-            return nbytes(load_file(uri, client=client))
+            with safe_open(uri, client=client, verify_checksums=verify) as f:
+                sd = f.get_tensors()
+                if verify and set(f.last_load_checksums.values()) != {"CRC32C checked"}:
+                    raise RuntimeError(f"not every file was checked: {f.last_load_checksums}")
+            return nbytes(sd)
 
         return op
     if peer == "runai":

@@ -154,15 +154,16 @@ SCENARIOS: List[Scenario] = [
     ),
     # Model weights in the safetensors format into CPU memory (bf16, per layer: up (4d, d),
     # down (d, 4d), norm (d,)): one file, and the same tensors in 4 shards with an index.
-    # "s3torch" is s3torch.safetensors.load_file, "runai" runai-model-streamer's S3 backend
-    # (SafetensorsStreamer, pointed at the same endpoint), "boto3" a GET of each file then
-    # safetensors.torch.load of its bytes.
+    # "s3torch" is s3torch.safetensors (every file checked against the full-object CRC32C the
+    # server sends, as S3 stores it; "s3torch-nocheck": verify_checksums=False), "runai"
+    # runai-model-streamer's S3 backend (SafetensorsStreamer, pointed at the same endpoint),
+    # "boto3" a GET of each file then safetensors.torch.load of its bytes.
     Scenario(
         "safetensors_load",
         "safetensors load of one bf16 model file into CPU memory",
         "nginx",
         "GB/s",
-        ["s3torch", "runai", "boto3"],
+        ["s3torch", "s3torch-nocheck", "runai", "boto3"],
         {"layers": 16, "d_model": 4096, "shards": 1},
         {"layers": 4, "d_model": 2048, "shards": 1},
     ),
@@ -171,7 +172,7 @@ SCENARIOS: List[Scenario] = [
         "safetensors load of a bf16 model in 4 shards (an index) into CPU memory",
         "nginx",
         "GB/s",
-        ["s3torch", "runai", "boto3"],
+        ["s3torch", "s3torch-nocheck", "runai", "boto3"],
         {"layers": 16, "d_model": 4096, "shards": 4},
         {"layers": 4, "d_model": 2048, "shards": 4},
     ),
