@@ -155,6 +155,11 @@ class NativeClient {
         return head_result(*req);
     }
 
+    std::vector<uint64_t> object_part_sizes(const std::string &bucket, const std::string &key) {
+        py::gil_scoped_release nogil;
+        return s3torch::object_part_sizes(client_, bucket, key);
+    }
+
     ListPage list_objects(const std::string &bucket, const std::string &prefix, const std::string &delimiter,
                           int max_keys, const std::string &continuation_token, const std::string &start_after) {
         auto req = start_list(client_, bucket, prefix, delimiter, max_keys, continuation_token, start_after);
@@ -306,6 +311,9 @@ void register_client(py::module_ &m) {
         .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "")
         .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"), py::arg("for_read") = false,
              py::arg("checksum") = false)
+        .def("object_part_sizes", &NativeClient::object_part_sizes, py::arg("bucket"), py::arg("key"),
+             "The sizes of the parts of a multipart object, in order (GetObjectAttributes); [] for one "
+             "uploaded whole. GIL released.")
         .def("list_objects", &NativeClient::list_objects, py::arg("bucket"), py::arg("prefix") = "",
              py::arg("delimiter") = "", py::arg("max_keys") = 1000, py::arg("continuation_token") = "",
              py::arg("start_after") = "")

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     aws_s3_library_init(aws_default_allocator());  // error names, as the extension has them
@@ -46,6 +47,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (const auto &o : page.objects) {
             if (o.size > static_cast<uint64_t>(INT64_MAX)) std::abort();  // sizes are validated
         }
+    } catch (const s3torch::S3Error &e) {
+        if (e.kind != s3torch::ErrorKind::Generic) std::abort();
+    }
+
+    // A GetObjectAttributes ObjectParts page: sizes in part order, bounded, or a typed S3Error.
+    try {
+        std::vector<uint64_t> sizes{5 << 20};  // a page after a first one of one part
+        s3torch::parse_object_parts_body(body, ctx, sizes);
+        if (sizes.size() > s3torch::kMaxObjectParts + 1) std::abort();
+        for (uint64_t v : sizes)
+            if (v > static_cast<uint64_t>(INT64_MAX)) std::abort();
     } catch (const s3torch::S3Error &e) {
         if (e.kind != s3torch::ErrorKind::Generic) std::abort();
     }

@@ -7,6 +7,7 @@
 #include <aws/s3/s3_client.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace s3torch {
 
@@ -84,6 +85,71 @@ bool parse_byte_count(const std::string &text, uint64_t &out) {
     if (v > static_cast<uint64_t>(INT64_MAX)) return false;
     out = v;
     return true;
+}
+
+std::string parse_object_parts_body(const std::string &body, const ErrorContext &ctx, std::vector<uint64_t> &sizes) {
+    std::string next, bad;
+    bool truncated = false;
+    uint64_t number = 0, size = 0;
+    bool have_number = false, have_size = false;
+    auto end_part = [&] {
+        if (!have_number && !have_size) return;
+        if (!have_number || !have_size) bad = "a part without its number or size";
+        else if (number != sizes.size() + 1) bad = "part " + std::to_string(number) + " out of order";
+        else sizes.push_back(size);
+        have_number = have_size = false;
+    };
+    auto ends_with = [](const std::string &path, const char *tail) {
+        const size_t n = std::strlen(tail);
+        return path.size() >= n && path.compare(path.size() - n, n, tail) == 0;
+    };
+    bool ok = xml_walk(body, [&](const std::string &path, const std::string &text) {
+        if (!bad.empty()) return;
+        if (ends_with(path, "/ObjectParts/Part")) {
+            end_part();  // the previous part's fields are complete
+        } else if (ends_with(path, "/ObjectParts/Part/PartNumber")) {
+            have_number = parse_byte_count(text, number);
+            if (!have_number) bad = "a part number '" + text.substr(0, 32) + "'";
+        } else if (ends_with(path, "/ObjectParts/Part/Size")) {
+            have_size = parse_byte_count(text, size);
+            if (!have_size) bad = "a part size '" + text.substr(0, 32) + "'";
+        } else if (ends_with(path, "/ObjectParts/NextPartNumberMarker")) {
+            next = text.substr(0, 32);
+        } else if (ends_with(path, "/ObjectParts/IsTruncated")) {
+            truncated = text == "true";
+        }
+        if (sizes.size() > kMaxObjectParts) bad = "more than " + std::to_string(kMaxObjectParts) + " parts";
+    });
+    if (bad.empty()) end_part();
+    const std::string where = "GetObjectAttributes s3://" + ctx.bucket + "/" + ctx.key + ": ";
+    if (!ok) throw S3Error(ErrorKind::Generic, where + "the response is not valid XML", ctx);
+    if (!bad.empty()) throw S3Error(ErrorKind::Generic, where + "the response lists " + bad, ctx);
+    if (truncated && next.empty()) throw S3Error(ErrorKind::Generic, where + "a truncated page without a marker", ctx);
+    return truncated ? next : std::string();
+}
+
+std::vector<uint64_t> object_part_sizes(std::shared_ptr<Client> client, const std::string &bucket,
+                                        const std::string &key) {
+    ErrorContext ctx{"GetObjectAttributes", bucket, key};
+    require_names(ctx);
+    Address addr = address_of(client->config(), client->endpoint(), bucket, key, "attributes=");
+    std::vector<uint64_t> sizes;
+    std::string marker;
+    for (size_t page = 0; page <= kMaxObjectParts; ++page) {
+        Headers headers{{"x-amz-object-attributes", "ObjectParts"}, {"x-amz-max-parts", "1000"}};
+        if (!marker.empty()) headers.emplace_back("x-amz-part-number-marker", marker);
+        auto req = SimpleRequest::start_request(client, ctx, "GET", "GetObjectAttributes", addr,
+                                                AWS_S3_META_REQUEST_TYPE_DEFAULT, nullptr, 0, headers);
+        req->wait();
+        req->raise_if_failed();
+        const size_t before = sizes.size();
+        marker = parse_object_parts_body(req->body(), ctx, sizes);
+        if (marker.empty()) return sizes;
+        if (sizes.size() == before)
+            throw S3Error(ErrorKind::Generic,
+                          "GetObjectAttributes s3://" + bucket + "/" + key + ": a truncated page with no parts", ctx);
+    }
+    return sizes;
 }
 
 ListPage list_result(SimpleRequest &req) {

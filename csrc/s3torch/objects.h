@@ -54,6 +54,19 @@ ListPage list_result(SimpleRequest &req);
 // 2^63-1). The one parser of list bodies; fuzzed by csrc/fuzz/fuzz_responses.cpp.
 ListPage parse_list_body(const std::string &body, const ErrorContext &ctx);
 
+// The sizes of the parts a multipart upload assembled, in part order (GetObjectAttributes
+// ObjectParts, every page; on AWS this needs s3:GetObjectAttributes). Empty for an object not
+// uploaded in parts. S3Error for a server error, or a body that is not XML or lists parts out
+// of order, with a size that is not a byte count, or more than kMaxObjectParts of them.
+constexpr size_t kMaxObjectParts = 10000;  // S3's limit on a multipart upload
+std::vector<uint64_t> object_part_sizes(std::shared_ptr<Client> client, const std::string &bucket,
+                                        const std::string &key);
+
+// One page of a GetObjectAttributes ObjectParts body: part sizes appended to `sizes` (checked
+// to follow on from what it holds), the marker of the next page ("" when this is the last).
+// The one parser of these bodies; fuzzed with the list bodies.
+std::string parse_object_parts_body(const std::string &body, const ErrorContext &ctx, std::vector<uint64_t> &sizes);
+
 // `text` as a byte count: only ASCII digits, at most 2^63-1 (a size Python and off_t can hold).
 bool parse_byte_count(const std::string &text, uint64_t &out);
 

@@ -309,13 +309,23 @@ def test_save_streams_a_multipart_upload(seaweed, prefix) -> None:  # type: igno
 # --- the whole-file checksum ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["single", "multipart"])
-def test_files_s3torch_writes_are_checked_whole_on_load(seaweed, prefix, kind) -> None:  # type: ignore[no-untyped-def]
-    """A single PUT's CRC32C and a multipart upload's full-object CRC32C (s3torch's default)
-    are both checked; staged (CUDA's path) as direct."""
-    client = make_client(seaweed, part_size=5 << 20)
+@pytest.mark.parametrize(
+    "kind, outcome",
+    [
+        ("single", "CRC32C checked"),
+        ("multipart", "CRC32C checked"),
+        ("composite", "composite CRC32C of 3 parts checked"),
+    ],
+)
+def test_files_s3torch_writes_are_checked_whole_on_load(seaweed, prefix, kind, outcome) -> None:  # type: ignore[no-untyped-def]
+    """A single PUT's CRC32C, a multipart upload's full-object CRC32C (s3torch's default) and a
+    composite one (its part sizes from GetObjectAttributes) are all checked; staged (CUDA's
+    path) as direct."""
+    client = make_client(
+        seaweed, part_size=5 << 20, checksum_type="composite" if kind == "composite" else "full_object"
+    )
     d = _model()
-    if kind == "multipart":
+    if kind != "single":
         d["huge"] = _sample(torch.float32, (3 << 20,))  # 12 MiB: three parts
     uri = _uri(prefix, f"{kind}.safetensors")
     save_file(d, uri, client=client)
@@ -323,7 +333,7 @@ def test_files_s3torch_writes_are_checked_whole_on_load(seaweed, prefix, kind) -
         with safe_open(uri, client=client) as f:
             f._force_staging = staged
             out = f.get_tensors()
-            assert f.last_load_checksums == {uri: "CRC32C checked"}, f.last_load_checksums
+            assert f.last_load_checksums == {uri: outcome}, f.last_load_checksums
         assert all(_same(out[k], d[k]) for k in d)
     with safe_open(uri, client=client) as f:
         f.get_tensor("big")

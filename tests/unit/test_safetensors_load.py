@@ -69,6 +69,7 @@ class FakeNative:
         self.objects = objects
         self.gets: List[Tuple[str, int, int]] = []
         self.stored: Dict[str, Tuple[str, str, str]] = {}
+        self.parts: Dict[str, List[int]] = {}  # GetObjectAttributes: part sizes by key
         self.flip: Optional[int] = None
 
     def _missing(self, key: str) -> _crt.S3NotFoundError:
@@ -102,6 +103,9 @@ class FakeNative:
         crc = base64.b64encode(_crt.checksum("crc32c", data).to_bytes(4, "big")).decode()
         stored = self.stored.get(key, ("CRC32C", crc, "FULL_OBJECT"))
         return _Obj(key, len(data), stored if checksum else ("", "", ""))
+
+    def object_part_sizes(self, bucket: str, key: str) -> List[int]:
+        return list(self.parts.get(key, []))
 
     def get_bytes(self, bucket: str, key: str, offset: int = 0, length: Any = None, size_hint: Any = None) -> bytes:
         return self.objects[key][offset:]
@@ -249,7 +253,8 @@ def test_reads_of_a_part_and_unusable_checksums_are_not_checked() -> None:
     assert f.last_load_checksums == {"s3://b/m.safetensors": "not checked: this load reads a part of the file"}
     for stored, why in [
         (("", "", ""), "the object has no stored checksum"),
-        (("CRC32C", "AAAAAA==-3", "COMPOSITE"), "composite"),
+        (("CRC32C", "AAAAAA==-3", "COMPOSITE"), "names 3 parts; the object lists 0 of 0 bytes"),
+        (("CRC32C", "AAAAAA==", "COMPOSITE"), "composite without a part count"),
         (("CRC32C", "AAAAAA==", "full_object"), "not S3's FULL_OBJECT"),
         (("SHA256", "x" * 44, "FULL_OBJECT"), "cannot be combined"),
         (("CRC64NVME", "AAAAAA==", "FULL_OBJECT"), "not 8 bytes of base64"),
@@ -275,5 +280,32 @@ def test_every_combinable_algorithm_is_checked(algorithm: str) -> None:
     f.get_tensors()
     assert f.last_load_checksums == {"s3://b/m.safetensors": f"{algorithm} checked"}
     native.flip = len(raw) - 5  # in the last tensor's bytes
+    with pytest.raises(ChecksumMismatchError):
+        f.get_tensors()
+
+
+def test_a_composite_checksum_is_checked_part_by_part() -> None:
+    """Parts whose boundaries fall inside the header, between tensors and inside the big one."""
+    raw = save(_model())
+    sizes = [100, 2000, 500_000, len(raw) - 502_100]
+    native = FakeNative({"m.safetensors": raw})
+    native.parts["m.safetensors"] = sizes
+    crcs, at = [], 0
+    for n in sizes:
+        crcs.append(_crt.checksum("crc32c", raw[at : at + n]).to_bytes(4, "big"))
+        at += n
+    value = base64.b64encode(_crt.checksum("crc32c", b"".join(crcs)).to_bytes(4, "big")).decode()
+    native.stored["m.safetensors"] = ("CRC32C", f"{value}-4", "COMPOSITE")
+    for staged in (False, True):
+        f = safe_open("s3://b/m.safetensors", client=_Client(native), staging_bytes=3 * 4096, staging_slot_bytes=4096)  # type: ignore[arg-type]
+        f._force_staging = staged
+        f.get_tensors()
+        assert f.last_load_checksums == {"s3://b/m.safetensors": "composite CRC32C of 4 parts checked"}
+        native.flip = 400_000
+        with pytest.raises(ChecksumMismatchError, match="composite CRC32C of 4 parts"):
+            f.get_tensors()
+        native.flip = None
+    native.parts["m.safetensors"] = [100, len(raw) - 100, 0, 0]  # the right count, the wrong layout
+    f = safe_open("s3://b/m.safetensors", client=_Client(native))  # type: ignore[arg-type]
     with pytest.raises(ChecksumMismatchError):
         f.get_tensors()

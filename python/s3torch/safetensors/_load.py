@@ -130,7 +130,7 @@ class Loader:
                 self.checksums[f.where] = "not checked: this load reads a part of the file"
             else:
                 check = FileCheck(f.where, f.size, f.stored)
-                check.add_crc(0, f.header.data_start, f.head_crc)
+                check.add(0, f.head)
                 self._checks[id(f)] = check
 
     # --- direct ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import _crt
 from ._errors import HeaderError, MissingShardError, TruncatedFileError, read_error
 from ._header import MAX_HEADER, PREFIX, Header, TensorInfo, header_length, parse_header
-from ._verify import Stored, stored_checksum
+from ._verify import Stored, stored_checksum, with_part_sizes
 
 HEAD_GUESS = 256 * 1024  # first GET of each file: most headers fit (MoE models' can be MBs)
 HEAD_THREADS = 8  # HEADs (stored checksums) in flight at once, beside the header GETs
@@ -41,9 +41,9 @@ class ShardFile:
     # Names to load from this file when an index chose them (None: every tensor).
     names: Optional[List[str]] = None
     # The stored checksum (None: not asked for, verify_checksums=False), and when it can be
-    # checked, the CRC of the file's first header.data_start bytes in its algorithm.
+    # checked, the file's first header.data_start bytes (the length prefix and the header).
     stored: Optional[Stored] = None
-    head_crc: int = 0
+    head: bytes = b""
 
     @property
     def where(self) -> str:
@@ -73,7 +73,7 @@ def _get_headers(
     heads: Dict[str, "Future[Any]"] = {}
     try:
         if pool is not None:
-            heads = {key: pool.submit(native.head, bucket, key, False, True) for key in keys}
+            heads = {key: pool.submit(_stored, native, bucket, key) for key in keys}
         for key, buf in zip(keys, bufs):
             try:
                 handles.append(native.start_get_into(bucket, key, buf, 0, HEAD_GUESS))
@@ -104,12 +104,11 @@ def _get_headers(
             f = ShardFile(bucket, key, size, parse_header(raw, where, size))
             if key in heads:
                 try:
-                    f.stored = stored_checksum(heads[key].result())
+                    f.stored = heads[key].result()
                 except _crt.S3Exception as e:
                     raise _named(read_error(where, e), why.get(key)) from e
                 if f.stored.algorithm:
-                    alg = f.stored.algorithm.lower()
-                    f.head_crc = _crt.checksum(alg, raw, _crt.checksum(alg, bytes(first[:PREFIX])))
+                    f.head = bytes(first[:PREFIX]) + raw
             out.append(f)
         return out
     finally:
@@ -118,6 +117,21 @@ def _get_headers(
                 h.cancel()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stored(native: "_crt.NativeClient", bucket: str, key: str) -> Stored:
+    """The object's stored checksum (a HEAD in checksum mode); for a composite one, with the
+    part sizes it needs (GetObjectAttributes: when those cannot be listed, e.g. without
+    s3:GetObjectAttributes, the file is read unchecked and the outcome says why)."""
+    info = native.head(bucket, key, False, True)
+    stored = stored_checksum(info)
+    if stored.parts:
+        try:
+            sizes = native.object_part_sizes(bucket, key)
+        except _crt.S3Exception as e:
+            return Stored(why_not=f"its composite {stored.algorithm} needs the part sizes, not listed: {e}")
+        stored = with_part_sizes(stored, sizes, info.size)
+    return stored
 
 
 def _named(e: "_crt.S3Exception", why: Optional[str]) -> "_crt.S3Exception":
