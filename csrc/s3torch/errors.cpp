@@ -138,6 +138,9 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
     if (crt_error == AWS_IO_SOCKET_CONNECTION_REFUSED || crt_error == AWS_IO_DNS_INVALID_NAME ||
         crt_error == AWS_IO_DNS_QUERY_FAILED)
         hint = "nothing answers at the endpoint; check the endpoint URL and that the server is running";
+    if (crt_error == AWS_ERROR_S3_RESPONSE_CHECKSUM_MISMATCH)
+        hint = "the bytes received differ from the checksum the server stores for them: corrupted in transit or at "
+               "rest, or the object changed during the read; the destination holds them, do not use it";
     if (hint) msg += "; " + std::string(hint);
     S3Error err(kind, msg, ctx);
     err.crt_error = crt_error;
@@ -147,7 +150,11 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
 
 S3Error error_from_result(int crt_error, int http_status, const std::string &error_body, const std::string &request_id,
                           const std::string &failed_operation, const ErrorContext &ctx) {
-    if (http_status == 0 && crt_error != AWS_ERROR_S3_INVALID_RESPONSE_STATUS) {
+    // No answer, or the answers were fine and the client failed after them (e.g. the whole
+    // download's checksum did not match): the CRT's error says what went wrong.
+    const bool answered_ok = http_status >= 200 && http_status < 300 && crt_error != 0;
+    if ((http_status == 0 || answered_ok) && crt_error != AWS_ERROR_S3_INVALID_RESPONSE_STATUS &&
+        (http_status == 0 || xml_first_text(error_body, "Code").empty())) {
         return error_from_crt(crt_error, ctx);
     }
     std::string code, message;

@@ -168,3 +168,29 @@ def test_a_body_corrupted_on_the_wire_is_refused_not_stored(seaweed, prefix, siz
     # Nothing was stored, and nothing of a multipart upload is left.
     assert not list(make_client(seaweed).list_objects(BUCKET, prefix))[0].object_info
     assert make_client(seaweed).list_multipart_uploads(BUCKET, prefix) == []
+
+
+@pytest.mark.parametrize("kind", ["full_object", "composite"])
+def test_a_whole_object_get_is_checked_against_a_full_object_checksum(seaweed, prefix, kind) -> None:  # type: ignore[no-untyped-def]
+    """aws-c-s3 checks a whole-object download, made of ranged part GETs, against the object's
+    checksum when it covers the object: what s3torch's multipart uploads now store. A byte
+    changed in one part's response is then caught; with a composite checksum it is not."""
+    from tests.faults.proxy import Fault, FaultProxy
+
+    client = make_client(seaweed, checksum_type=kind)
+    data = os.urandom(17 * MiB + 3)
+    client.put(BUCKET, f"{prefix}k", data)
+    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
+    with FaultProxy(host, int(port)) as proxy:
+        via = make_client(proxy, checksum_type=kind)
+        fault = proxy.add(Fault("corrupt_response", method="GET", range=r"^bytes=[1-9]", times=1))
+        out = bytearray(len(data))
+        if kind == "full_object":
+            with pytest.raises(S3Exception, match="CHECKSUM_MISMATCH"):
+                via.get_into(BUCKET, f"{prefix}k", out)
+        else:
+            via.get_into(BUCKET, f"{prefix}k", out)
+            assert out != data  # nothing to check the whole download against
+        assert fault.injected == 1
+        via.get_into(BUCKET, f"{prefix}k", out)  # the fault is spent
+        assert out == data
