@@ -139,8 +139,9 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
         crt_error == AWS_IO_DNS_QUERY_FAILED)
         hint = "nothing answers at the endpoint; check the endpoint URL and that the server is running";
     if (crt_error == AWS_ERROR_S3_RESPONSE_CHECKSUM_MISMATCH)
-        hint = "the bytes received differ from the checksum the server stores for them: corrupted in transit or at "
-               "rest, or the object changed during the read; the destination holds them, do not use it";
+        hint =
+            "the bytes received differ from the checksum the server stores for them: corrupted in transit or at "
+            "rest, or the object changed during the read; the destination holds them, do not use it";
     if (hint) msg += "; " + std::string(hint);
     S3Error err(kind, msg, ctx);
     err.crt_error = crt_error;
