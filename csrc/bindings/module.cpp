@@ -10,6 +10,7 @@
 #include "s3torch/client.h"
 #include "s3torch/crt_compat.h"
 #include "s3torch/endpoint_health.h"
+#include "s3torch/prefault.h"
 #include "s3torch/transpose.h"
 
 #include <cstdint>
@@ -35,6 +36,16 @@ PYBIND11_MODULE(_crt, m) {
         },
         py::arg("data"), py::arg("previous") = 0,
         "CRC32 (zip polynomial) of a buffer or tensor, hardware-accelerated; GIL released.");
+    m.def(
+        "prefault",
+        [](py::handle data) {
+            auto buf = s3torch_py::HeldBuffer::acquire(data, true, {"prefault", "", ""});
+            py::gil_scoped_release nogil;
+            return s3torch::prefault(buf->data(), buf->size());
+        },
+        py::arg("data"),
+        "Make a writable buffer's (or CPU tensor's) pages resident now, so later writes into it take no "
+        "page faults; contents unchanged. For memory no other thread uses yet. GIL released.");
     m.def(
         "checksum",
         [](const std::string &algorithm, py::handle data, uint64_t previous) {

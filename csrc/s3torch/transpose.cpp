@@ -1,6 +1,7 @@
 #include "s3torch/transpose.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #if defined(__SSE2__)
@@ -22,6 +23,9 @@ struct Elem {
 // lines of one column would fall into the same cache sets and evict each other.
 constexpr size_t kSmall = 16;
 
+// Copies of at least this many bytes use streaming stores (micro-kernels only).
+constexpr size_t kStreamBytes = 1 << 20;
+
 template <size_t N>
 void tile_scalar(Elem<N> *d, const Elem<N> *s, size_t nr, size_t nc, size_t cols, size_t dst_ld) {
     Elem<N> tile[kSmall][kSmall];
@@ -33,7 +37,17 @@ void tile_scalar(Elem<N> *d, const Elem<N> *s, size_t nr, size_t nc, size_t cols
 }
 
 #if defined(__SSE2__)
+// A 16-byte store; `Stream`: non-temporal (the destination is 16-byte aligned), so the
+// written lines go to memory without first being read into the cache (write-allocate): a
+// third less memory traffic for a destination that is not read again soon.
+template <bool Stream>
+inline void store16(void *p, __m128i v) {
+    if constexpr (Stream) _mm_stream_si128(reinterpret_cast<__m128i *>(p), v);
+    else _mm_storeu_si128(reinterpret_cast<__m128i *>(p), v);
+}
+
 // 8 x 8 16-bit elements: rows of s (ss elements apart) to columns of d (ds apart).
+template <bool Stream>
 inline void micro_2(unsigned char *dst, size_t ds, const unsigned char *src, size_t ss) {
     auto *s = reinterpret_cast<const uint16_t *>(src);
     auto *d = reinterpret_cast<uint16_t *>(dst);
@@ -53,12 +67,13 @@ inline void micro_2(unsigned char *dst, size_t ds, const unsigned char *src, siz
     c[6] = _mm_unpacklo_epi32(b[5], b[7]);
     c[7] = _mm_unpackhi_epi32(b[5], b[7]);
     for (int i = 0; i < 4; ++i) {
-        _mm_storeu_si128(reinterpret_cast<__m128i *>(d + (2 * i) * ds), _mm_unpacklo_epi64(c[i], c[i + 4]));
-        _mm_storeu_si128(reinterpret_cast<__m128i *>(d + (2 * i + 1) * ds), _mm_unpackhi_epi64(c[i], c[i + 4]));
+        store16<Stream>(d + (2 * i) * ds, _mm_unpacklo_epi64(c[i], c[i + 4]));
+        store16<Stream>(d + (2 * i + 1) * ds, _mm_unpackhi_epi64(c[i], c[i + 4]));
     }
 }
 
 // 4 x 4 32-bit elements.
+template <bool Stream>
 inline void micro_4(unsigned char *dst, size_t ds, const unsigned char *src, size_t ss) {
     auto *s = reinterpret_cast<const uint32_t *>(src);
     auto *d = reinterpret_cast<uint32_t *>(dst);
@@ -68,38 +83,38 @@ inline void micro_4(unsigned char *dst, size_t ds, const unsigned char *src, siz
     __m128i a3 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + 3 * ss));
     __m128i b0 = _mm_unpacklo_epi32(a0, a1), b1 = _mm_unpackhi_epi32(a0, a1);
     __m128i b2 = _mm_unpacklo_epi32(a2, a3), b3 = _mm_unpackhi_epi32(a2, a3);
-    _mm_storeu_si128(reinterpret_cast<__m128i *>(d), _mm_unpacklo_epi64(b0, b2));
-    _mm_storeu_si128(reinterpret_cast<__m128i *>(d + ds), _mm_unpackhi_epi64(b0, b2));
-    _mm_storeu_si128(reinterpret_cast<__m128i *>(d + 2 * ds), _mm_unpacklo_epi64(b1, b3));
-    _mm_storeu_si128(reinterpret_cast<__m128i *>(d + 3 * ds), _mm_unpackhi_epi64(b1, b3));
+    store16<Stream>(d, _mm_unpacklo_epi64(b0, b2));
+    store16<Stream>(d + ds, _mm_unpackhi_epi64(b0, b2));
+    store16<Stream>(d + 2 * ds, _mm_unpacklo_epi64(b1, b3));
+    store16<Stream>(d + 3 * ds, _mm_unpackhi_epi64(b1, b3));
 }
 #endif
 
 // Micro-kernel of M x M elements of N bytes, if this CPU build has one.
-template <size_t N>
+template <size_t N, bool Stream>
 struct Micro {
     static constexpr size_t M = 0;
     static void run(unsigned char *, size_t, const unsigned char *, size_t) {}
 };
 #if defined(__SSE2__)
-template <>
-struct Micro<2> {
+template <bool Stream>
+struct Micro<2, Stream> {
     static constexpr size_t M = 8;
-    static void run(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) { micro_2(d, ds, s, ss); }
+    static void run(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) { micro_2<Stream>(d, ds, s, ss); }
 };
-template <>
-struct Micro<4> {
+template <bool Stream>
+struct Micro<4, Stream> {
     static constexpr size_t M = 4;
-    static void run(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) { micro_4(d, ds, s, ss); }
+    static void run(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) { micro_4<Stream>(d, ds, s, ss); }
 };
 #endif
 
 // Tiles of kBig x kBig elements (64: a tile's source and destination lines stay in L1/L2);
 // inside, full micro-kernel squares where there is one, buffered scalar tiles elsewhere.
-template <size_t N>
+template <size_t N, bool Stream>
 void transpose_tiles(unsigned char *dst, const unsigned char *src, size_t rows, size_t cols, size_t dst_ld) {
     constexpr size_t kBig = 64;
-    constexpr size_t M = Micro<N>::M;
+    constexpr size_t M = Micro<N, Stream>::M;
     auto *d = reinterpret_cast<Elem<N> *>(dst);
     auto *s = reinterpret_cast<const Elem<N> *>(src);
     for (size_t r0 = 0; r0 < rows; r0 += kBig) {
@@ -112,8 +127,8 @@ void transpose_tiles(unsigned char *dst, const unsigned char *src, size_t rows, 
             if constexpr (M != 0) {
                 for (size_t c = c0; c < cm; c += M)
                     for (size_t r = r0; r < rm; r += M)
-                        Micro<N>::run(reinterpret_cast<unsigned char *>(d + c * dst_ld + r), dst_ld,
-                                      reinterpret_cast<const unsigned char *>(s + r * cols + c), cols);
+                        Micro<N, Stream>::run(reinterpret_cast<unsigned char *>(d + c * dst_ld + r), dst_ld,
+                                              reinterpret_cast<const unsigned char *>(s + r * cols + c), cols);
             }
             // The rest: rows [rm, r1) of every column, and columns [cm, c1) of rows [r0, rm).
             for (size_t r = rm; r < r1; r += kSmall)
@@ -128,17 +143,32 @@ void transpose_tiles(unsigned char *dst, const unsigned char *src, size_t rows, 
     }
 }
 
+template <size_t N>
+void transpose_any(unsigned char *d, const unsigned char *s, size_t rows, size_t cols, size_t dst_ld) {
+#if defined(__SSE2__)
+    // Streaming stores where every micro-kernel store is 16-byte aligned, for copies too large
+    // to stay in cache anyway; then a fence, so the bytes are visible to every later load.
+    const bool aligned = reinterpret_cast<uintptr_t>(d) % 16 == 0 && (dst_ld * N) % 16 == 0;
+    if (Micro<N, true>::M != 0 && aligned && rows * cols * N >= kStreamBytes) {
+        transpose_tiles<N, true>(d, s, rows, cols, dst_ld);
+        _mm_sfence();
+        return;
+    }
+#endif
+    transpose_tiles<N, false>(d, s, rows, cols, dst_ld);
+}
+
 }  // namespace
 
 bool transpose_copy(void *dst, const void *src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld) {
     auto *d = static_cast<unsigned char *>(dst);
     auto *s = static_cast<const unsigned char *>(src);
     switch (itemsize) {
-        case 1: transpose_tiles<1>(d, s, rows, cols, dst_ld); return true;
-        case 2: transpose_tiles<2>(d, s, rows, cols, dst_ld); return true;
-        case 4: transpose_tiles<4>(d, s, rows, cols, dst_ld); return true;
-        case 8: transpose_tiles<8>(d, s, rows, cols, dst_ld); return true;
-        case 16: transpose_tiles<16>(d, s, rows, cols, dst_ld); return true;
+        case 1: transpose_any<1>(d, s, rows, cols, dst_ld); return true;
+        case 2: transpose_any<2>(d, s, rows, cols, dst_ld); return true;
+        case 4: transpose_any<4>(d, s, rows, cols, dst_ld); return true;
+        case 8: transpose_any<8>(d, s, rows, cols, dst_ld); return true;
+        case 16: transpose_any<16>(d, s, rows, cols, dst_ld); return true;
         default: return false;
     }
 }

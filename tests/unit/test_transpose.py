@@ -52,14 +52,17 @@ def test_land_into_a_transposed_view_matches_torch(rows: int, cols: int, pad: in
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.int8])
-def test_a_large_block_like_the_ring_lands(dtype: torch.dtype) -> None:
-    """A slot's worth of rows of a (4096 x 1024) stored tensor into a transposed destination."""
-    src = _rand((300, 1024), dtype, 1)
+@pytest.mark.parametrize("rows, at", [(300, 1000), (700, 1000), (700, 1001)])
+def test_a_large_block_like_the_ring_lands(dtype: torch.dtype, rows: int, at: int) -> None:
+    """A slot's worth of rows of a (4096 x 1024) stored tensor into a transposed destination.
+    700 rows of 2- and 4-byte elements are over 1 MiB: streaming stores, where the
+    destination is 16-byte aligned (row 1000), ordinary ones where it is not (row 1001)."""
+    src = _rand((rows, 1024), dtype, 1)
     base = torch.zeros(1024, 4096, dtype=dtype)
-    dst = base.t()[1000:1300]  # rows 1000-1299 of the transposed view, as blocks() makes them
+    dst = base.t()[at : at + rows]  # rows of the transposed view, as blocks() makes them
     land(dst, src.reshape(-1).view(torch.uint8))
     assert _same_bits(dst, src)
-    assert not base[:, :1000].any() and not base[:, 1300:].any()
+    assert not base[:, :at].any() and not base[:, at + rows :].any()
 
 
 def test_sizes_are_checked_before_writing() -> None:

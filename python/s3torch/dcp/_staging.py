@@ -102,7 +102,13 @@ class StagingRing:
             self._ready[i].set()
 
     def _new_slot(self) -> torch.Tensor:
-        return torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=self.pinned)
+        t = torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=self.pinned)
+        if not self.pinned:
+            # Resident now, on the allocating thread, while the first GETs are in flight; else
+            # every page faults inside the event-loop thread whose socket reads land in it
+            # (page-locked memory is resident already).
+            _crt.prefault(t)
+        return t
 
     def slot(self, i: int, n: int) -> torch.Tensor:
         m = self.memory[i]
