@@ -20,6 +20,20 @@
 
 namespace py = pybind11;
 
+namespace {
+
+// `name` as a CrcAlgorithm, else S3InvalidArgumentError naming the function `op`.
+s3torch::CrcAlgorithm crc_algorithm(const char *op, const std::string &name) {
+    s3torch::CrcAlgorithm a;
+    if (!s3torch::parse_crc_algorithm(name, a))
+        s3torch::throw_invalid(
+            std::string(op) + ": algorithm must be crc32, crc32c or crc64nvme, got '" + name.substr(0, 32) + "'",
+            {op, "", ""});
+    return a;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_crt, m) {
     m.doc() = "s3torch native core: aws-c-s3 transfers into and out of caller memory.";
     s3torch_py::register_exceptions(m);
@@ -49,13 +63,8 @@ PYBIND11_MODULE(_crt, m) {
     m.def(
         "checksum",
         [](const std::string &algorithm, py::handle data, uint64_t previous) {
-            const s3torch::ErrorContext ctx{"checksum", "", ""};
-            s3torch::CrcAlgorithm a;
-            if (!s3torch::parse_crc_algorithm(algorithm, a))
-                s3torch::throw_invalid(
-                    "checksum: algorithm must be crc32, crc32c or crc64nvme, got '" + algorithm.substr(0, 32) + "'",
-                    ctx);
-            auto buf = s3torch_py::HeldBuffer::acquire(data, false, ctx);
+            const s3torch::CrcAlgorithm a = crc_algorithm("checksum", algorithm);
+            auto buf = s3torch_py::HeldBuffer::acquire(data, false, {"checksum", "", ""});
             py::gil_scoped_release nogil;
             return s3torch::crc(a, buf->data(), buf->size(), previous);
         },
@@ -65,12 +74,7 @@ PYBIND11_MODULE(_crt, m) {
     m.def(
         "checksum_combine",
         [](const std::string &algorithm, uint64_t crc_a, uint64_t crc_b, uint64_t len_b) {
-            s3torch::CrcAlgorithm a;
-            if (!s3torch::parse_crc_algorithm(algorithm, a))
-                s3torch::throw_invalid("checksum_combine: algorithm must be crc32, crc32c or crc64nvme, got '" +
-                                           algorithm.substr(0, 32) + "'",
-                                       {"checksum_combine", "", ""});
-            return s3torch::crc_combine(a, crc_a, crc_b, len_b);
+            return s3torch::crc_combine(crc_algorithm("checksum_combine", algorithm), crc_a, crc_b, len_b);
         },
         py::arg("algorithm"), py::arg("crc_a"), py::arg("crc_b"), py::arg("len_b"),
         "The CRC of A followed by B from checksum(A), checksum(B) and len(B).");

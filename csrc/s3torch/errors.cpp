@@ -151,17 +151,16 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
 
 S3Error error_from_result(int crt_error, int http_status, const std::string &error_body, const std::string &request_id,
                           const std::string &failed_operation, const ErrorContext &ctx) {
-    // No answer, or the answers were fine and the client failed after them (e.g. the whole
-    // download's checksum did not match): the CRT's error says what went wrong.
-    const bool answered_ok = http_status >= 200 && http_status < 300 && crt_error != 0;
-    if ((http_status == 0 || answered_ok) && crt_error != AWS_ERROR_S3_INVALID_RESPONSE_STATUS &&
-        (http_status == 0 || xml_first_text(error_body, "Code").empty())) {
-        return error_from_crt(crt_error, ctx);
-    }
     std::string code, message;
     if (!error_body.empty()) {
         code = xml_first_text(error_body, "Code");
         message = xml_first_text(error_body, "Message");
+    }
+    // No answer, or the answers were fine (no error document) and the client failed after them
+    // (e.g. the whole download's checksum did not match): the CRT's error says what went wrong.
+    const bool answered_ok = http_status >= 200 && http_status < 300 && crt_error != 0 && code.empty();
+    if ((http_status == 0 || answered_ok) && crt_error != AWS_ERROR_S3_INVALID_RESPONSE_STATUS) {
+        return error_from_crt(crt_error, ctx);
     }
     if (code.empty() && http_status == 404) code = "NotFound";
     if (code.empty() && http_status == 403) code = "AccessDenied";

@@ -111,8 +111,8 @@ class Loader:
         out: Dict[str, torch.Tensor] = {}
         self._load_direct(direct, out)
         self._load_staged(staged, out)
-        for where, check in ((c.where, c) for c in self._checks.values()):
-            self.checksums[where] = check.verify()  # ChecksumMismatchError: nothing is returned
+        for check in self._checks.values():
+            self.checksums[check.where] = check.verify()  # ChecksumMismatchError: nothing is returned
             self.stats["files_checked"] += 1
         return {p.info.name: out[p.info.name] for p in planned}
 
