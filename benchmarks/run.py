@@ -445,7 +445,7 @@ def summarize(sc: Scenario, peer: str, runs: List[Dict[str, Any]]) -> Dict[str, 
         "peak_rss_above_baseline_mb": statistics.median(rss) / 1e6,
         "raw": ok,
     }
-    if sc.name.startswith("safetensors"):  # the load allocates the tensors: what it takes beyond them
+    if sc.name.startswith("safetensors") and not sc.needs_cuda:  # the load allocates the tensors: beyond them
         out["peak_rss_beyond_tensors_mb"] = (
             statistics.median(r["peak_rss_above_baseline"] - r["units"] for r in ok) / 1e6
         )
@@ -465,7 +465,14 @@ def markdown(results: Dict[str, Any]) -> str:
         + (f", {results['machine']['gpu']}" if results["machine"].get("gpu") else "")
         + f". Command: `{results['command']}`. "
         f"Median of {results['repeat']} runs (min-max); ratios are peer / s3torch (rate) and "
-        "peer / s3torch (CPU).",
+        "peer / s3torch (CPU)."
+        + (
+            " s3torch's staging ring: {} MiB in {} MiB slots (S3TORCH_BENCH_RING).".format(
+                *(int(x) >> 20 for x in results["ring"].split(","))
+            )
+            if results.get("ring")
+            else ""
+        ),
         "",
     ]
     for sc_res in results["scenarios"]:
@@ -564,6 +571,7 @@ def main() -> int:
         "repeat": repeat,
         "quick": args.quick,
         "s3_like": args.s3_like,
+        "ring": os.environ.get("S3TORCH_BENCH_RING", ""),  # bytes,slot bytes: see runner.ring_kwargs
         "scenarios": [],
     }
 

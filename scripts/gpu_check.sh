@@ -9,8 +9,12 @@
 #    weed (xz, for the tests' writes and dcp_save_cuda): about 58 MiB, under the 64 MiB carry.
 # 2. On the device (`run` with carry [".gpu"], timeout ~560 s):
 #      bash scripts/gpu_check.sh
-#    Results under $OUT (or /tmp/gpu-out): tests.txt (tests/gpu), bench-load/ (dcp_load_cuda
-#    with its cold row), bench-save/ (dcp_save_cuda), env.txt.
+#    Results under $OUT (or /tmp/gpu-out): tests.txt (tests/gpu), sweep/ (ring_sweep.py: ring
+#    sizes for CUDA loads; the harness rows then load with the fastest), bench-dcp_load_cuda/,
+#    bench-safetensors_load_cuda/, bench-dcp_save_cuda/ (run.py), env.txt. GPU_BUDGET_S
+#    (default 540) bounds the whole: steps that would not fit are skipped (they run in order of need).
+#    GPU_STEPS picks steps (default: tests pin sweep dcp_load_cuda safetensors_load_cuda
+#    dcp_save_cuda), GPU_TESTS_K a pytest -k, GPU_REPEAT the harness's runs per row.
 set -uo pipefail
 if [ "${1:-}" = "--pack" ]; then
   set -e
@@ -36,16 +40,34 @@ import lzma, os, shutil
 with lzma.open('.gpu/weed.xz') as f, open('/tmp/bin/weed', 'wb') as out: shutil.copyfileobj(f, out)
 os.chmod('/tmp/bin/weed', 0o755)" && export PATH=/tmp/bin:$PATH:$(pwd)/.gpu/ng/usr/sbin  # weed for tests and saves, nginx for the harness
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$OUT/env.txt"
-echo "== tests/gpu"
-# -v: each result is in the file as it happens, even if the timeout cuts the run short.
-timeout 200 python3 -m pytest tests/gpu -v -p no:cacheprovider --durations=10 > "$OUT/tests.txt" 2>&1
-echo "tests rc=$?"; grep -E "PASSED|FAILED|ERROR" "$OUT/tests.txt" | sed 's/ *\[ *[0-9]*%\]//' | tail -40
-tail -25 "$OUT/tests.txt"
-echo "== benchmarks"
-# Saves write ~4.3 GB per run into SeaweedFS (disk): 2 runs per peer there, 3 for loads.
-timeout 150 python3 benchmarks/run.py --python python3 --no-install --scenarios dcp_load_cuda \
-  --repeat 3 --out "$OUT/bench-load" > "$OUT/bench-load.txt" 2>&1
-echo "load rc=$?"; grep -A9 "^| peer" "$OUT/bench-load/results.md" 2>/dev/null || tail -20 "$OUT/bench-load.txt"
-timeout 150 python3 benchmarks/run.py --python python3 --no-install --scenarios dcp_save_cuda \
-  --repeat 2 --out "$OUT/bench-save" > "$OUT/bench-save.txt" 2>&1
-echo "save rc=$?"; grep -A9 "^| peer" "$OUT/bench-save/results.md" 2>/dev/null || tail -20 "$OUT/bench-save.txt"
+T0=$(date +%s); BUDGET=${GPU_BUDGET_S:-540}  # seconds this script may take; later steps skip
+left() { echo $((BUDGET - ($(date +%s) - T0))); }
+step() {  # step NAME SECONDS LOG CMD...: CMD with a timeout, output to LOG; skipped if the budget is short
+  local name=$1 t=$2 log=$3; shift 3
+  if [ "$(left)" -lt 30 ]; then echo "== $name: skipped (budget)"; return; fi
+  [ "$t" -gt "$(left)" ] && t=$(left)
+  echo "== $name (timeout ${t}s, $(left)s left)"; timeout "$t" "$@" > "$log" 2>&1; echo "$name rc=$?"
+}
+want() { [[ " ${GPU_STEPS:-tests pin sweep dcp_load_cuda safetensors_load_cuda dcp_save_cuda} " == *" $1 "* ]]; }
+if want tests; then  # -v: each result is in the file as it happens, even if the timeout cuts the run short.
+  step tests/gpu 200 "$OUT/tests.txt" python3 -m pytest tests/gpu -v -p no:cacheprovider --durations=10 ${GPU_TESTS_K:+-k "$GPU_TESTS_K"}
+  grep -E "PASSED|FAILED|ERROR" "$OUT/tests.txt" | sed 's/ *\[ *[0-9]*%\]//' | tail -40
+  grep -E "^E  " "$OUT/tests.txt" | head -20; tail -3 "$OUT/tests.txt"
+fi
+if want pin; then  # how fast a fresh process page-locks a ring, each way
+  step pin_bench 60 "$OUT/pin.txt" python3 benchmarks/pin_bench.py; grep "^|" "$OUT/pin.txt" || tail "$OUT/pin.txt"
+fi
+if want sweep; then  # ring sizes for CUDA loads, in one process; the harness rows then load with the best
+  step ring_sweep 150 "$OUT/sweep.txt" python3 benchmarks/ring_sweep.py --repeat 3 --out "$OUT/sweep"
+  cat "$OUT/sweep/ring_sweep.md" 2>/dev/null || tail -20 "$OUT/sweep.txt"
+  [ -s "$OUT/sweep/best_ring" ] && export S3TORCH_BENCH_RING=$(cat "$OUT/sweep/best_ring")
+fi
+echo "S3TORCH_BENCH_RING=${S3TORCH_BENCH_RING:-default}"
+for sc in "dcp_load_cuda 3 150" "safetensors_load_cuda 3 120" "dcp_save_cuda 2 120"; do
+  set -- $sc  # Saves write ~4.3 GB per run into SeaweedFS (disk): 2 runs there.
+  want "$1" || continue
+  step "$1" "$3" "$OUT/bench-$1.txt" python3 benchmarks/run.py --python python3 --no-install \
+    --scenarios "$1" --repeat "${GPU_REPEAT:-$2}" --out "$OUT/bench-$1"
+  grep -A9 "^| peer" "$OUT/bench-$1/results.md" 2>/dev/null || tail -20 "$OUT/bench-$1.txt"
+done
+echo "== done in $(( $(date +%s) - T0 ))s"

@@ -122,6 +122,9 @@ def test_pinned_memory_is_the_ring_and_is_reused(seaweed, ckpt) -> None:  # type
         _assert_exact(sd, out)
     pooled = [r for r in _staging._pool.values() if r.pinned]
     assert len(pooled) == 1 and pooled[0].nbytes == ring  # one ring, kept for the next load
+    # Its slots are page-locked (in place: cudaHostRegister), so copies from them are asynchronous.
+    assert all(m is not None and m.is_pinned() for m in pooled[0].memory)
+    assert all(lock is not None for lock in pooled[0]._locked)
     if stats is not None:
         peak = torch.cuda.host_memory_stats().get("allocated_bytes.all.peak", 0)
         assert peak <= ring, f"pinned host memory peaked at {peak} bytes, the ring is {ring}"

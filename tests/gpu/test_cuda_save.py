@@ -86,23 +86,36 @@ def test_save_from_cuda_is_torch_filesystemwriters_bytes(seaweed, prefix: str, t
         assert as_bytes(out[k].cpu()) == as_bytes(v.cpu()), k
 
 
-def test_copies_wait_for_the_callers_stream(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    """The tensor is written on a side stream behind a ~0.5 s sleep kernel, and the save is
+@pytest.mark.parametrize("path_", ["ring", "torch"])
+def test_copies_wait_for_the_callers_stream(seaweed, prefix: str, path_: str) -> None:  # type: ignore[no-untyped-def]
+    """The tensors are written on a side stream behind a ~0.5 s sleep kernel, and the save is
     called on that stream with 2 writer threads (whose own current streams are the default
-    one): the staging copies wait for the caller's stream, so the new values are saved."""
-    t = torch.zeros(4096, 1024, device=DEV)
-    u = torch.zeros(1024, 1024, device=DEV)
+    one): the copies to the host wait for the caller's stream, so the new values are saved.
+    "ring": through the staging ring; "torch": the writer threads' own ``t.cpu()`` (the way
+    of tensors the ring does not take). The tensors hold 7 before the write: a 7 in the saved
+    bytes is a copy that ran too early, a 0 a slot read before its copy landed."""
+    t = torch.full((4096, 1024), 7.0, device=DEV)
+    u = torch.full((1024, 1024), 7.0, device=DEV)
     torch.cuda.synchronize()
     s = torch.cuda.Stream()
-    path = f"s3://{BUCKET}/{prefix}stream"
+    path = f"s3://{BUCKET}/{prefix}stream-{path_}"
+    w = writer(seaweed, path, thread_count=2)
+    if path_ == "torch":
+        w._through_ring = lambda tensor: False  # type: ignore[method-assign]
     with torch.cuda.stream(s):
         torch.cuda._sleep(1_000_000_000)
         t.fill_(3.0)
         u.fill_(5.0)
-        dcp.save({"t": t, "u": u}, storage_writer=writer(seaweed, path, thread_count=2))
+        dcp.save({"t": t, "u": u}, storage_writer=w)
+    assert w.last_save_stats["staged"] == (2 if path_ == "ring" else 0)
     out = {"t": torch.zeros(4096, 1024), "u": torch.zeros(1024, 1024)}
     dcp.load(out, storage_reader=reader(seaweed, path))
-    assert bool((out["t"] == 3.0).all()) and bool((out["u"] == 5.0).all())
+    for k, want in (("t", 3.0), ("u", 5.0)):
+        bad = (out[k] != want).any(dim=1).nonzero().flatten()
+        assert not len(bad), (
+            f"{k}: {len(bad)} of {out[k].shape[0]} rows are not {want} (rows {bad[:3].tolist()}..{bad[-3:].tolist()}, "
+            f"values {out[k][bad].unique().tolist()[:5]})"
+        )
 
 
 def test_async_save_from_cuda_stages_to_cpu_first(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -232,8 +245,18 @@ def test_a_real_out_of_memory_in_the_copy_is_a_staging_error(seaweed, memory_cap
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(DEV).total_memory
     torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved(DEV) + MiB) / total)
+    # Free blocks of segments this process holds would still take a slot's buffer (what the
+    # earlier tests leave behind varies): fill them, so the buffer must grow past the cap.
+    filler = []
+    for size in (4 * MiB, 2 * MiB, MiB, 512 * 1024):
+        while True:
+            try:
+                filler.append(torch.empty(size, dtype=torch.uint8, device=DEV))
+            except torch.OutOfMemoryError:
+                break
     w = writer(seaweed, f"s3://{BUCKET}/{prefix}oom", staging_bytes=8 * MiB, staging_slot_bytes=4 * MiB)
     with pytest.raises(CheckpointException) as ei:
         dcp.save(sd, storage_writer=w)
+    del filler
     torch.cuda.set_per_process_memory_fraction(1.0)
     _check_failed_save(seaweed, prefix, ei, "strided", torch.OutOfMemoryError)

@@ -347,11 +347,11 @@ def test_memory_that_cannot_be_allocated_is_a_staging_error() -> None:
     class NoMemory(StagingRing):
         made = 0
 
-        def _new_slot(self) -> torch.Tensor:  # the first slot, then no more memory
+        def _new_slot(self, i: int) -> torch.Tensor:  # the first slot, then no more memory
             NoMemory.made += 1
             if NoMemory.made > 1:
                 raise RuntimeError("CUDA error: out of memory (cudaHostAlloc)")
-            return super()._new_slot()
+            return super()._new_slot(i)
 
     orig = staging.StagingRing
     staging.StagingRing = NoMemory  # type: ignore[misc]
@@ -425,3 +425,77 @@ def test_rings_are_pooled_per_process() -> None:
     release_staging_memory()
     with borrow_ring(4096, 64, False) as d:
         assert d is not a and d is not b
+
+
+class _FakeCudart:
+    """torch.cuda.cudart() for a CPU-only machine: records the page-locking calls."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list = []
+        self.fail = fail
+
+    def cudaHostRegister(self, ptr: int, n: int, flags: int) -> int:  # noqa: N802 (CUDA's name)
+        self.calls.append(("register", ptr, n, flags))
+        return 1 if self.fail else 0
+
+    def cudaHostUnregister(self, ptr: int) -> int:  # noqa: N802
+        self.calls.append(("unregister", ptr))
+        return 0
+
+
+def test_pinned_slots_are_locked_in_place_and_unlocked_with_the_ring(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22 (a fresh process's first CUDA load): a pinned ring's slots are page-aligned
+    host memory, faulted in and registered with CUDA (portable) by the allocating threads, and
+    unregistered when the ring goes, before their memory is freed. (tests/gpu checks that the
+    slots are pinned for real and that copies from them are right.)"""
+    import gc
+
+    cudart = _FakeCudart()
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
+    slot = 64 * 1024
+    ring = StagingRing(6 * slot, slot, pinned=True)
+    ring.prepare(ring.nbytes)
+    ptrs = sorted(ring.slot(i, slot).data_ptr() for i in range(ring.nslots))
+    assert all(p % 4096 == 0 for p in ptrs)
+    registered = sorted(c[1] for c in cudart.calls if c[0] == "register")
+    assert registered == ptrs and {c[2:] for c in cudart.calls if c[0] == "register"} == {(slot, 1)}
+    assert not [c for c in cudart.calls if c[0] == "unregister"]
+    del ring
+    gc.collect()
+    assert sorted(c[1] for c in cudart.calls if c[0] == "unregister") == ptrs
+
+
+def test_a_slot_that_cannot_be_registered_comes_from_torchs_pinned_allocator(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cudart = _FakeCudart(fail=True)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
+    real_empty = torch.empty
+    pinned_asked = []
+
+    def empty(*a, **k):  # type: ignore[no-untyped-def]
+        pinned_asked.append(k.pop("pin_memory", False))
+        return real_empty(*a, **k)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    ring = StagingRing(2 * 4096, 4096, pinned=True)
+    assert ring.slot(0, 4096).numel() == 4096
+    assert pinned_asked == [True] and [c[0] for c in cudart.calls] == ["register"]
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_a_slot_is_allocated_once_whoever_needs_it_first(monkeypatch, pinned: bool) -> None:  # type: ignore[no-untyped-def]
+    """A slot the loading thread allocated itself (no prepare covered it) is never allocated
+    again when a later prepare covers it: that swapped the memory under a copy in flight,
+    and the upload then read the new, unwritten slot (a GPU save wrote another test's bytes
+    into the first rows of a tensor)."""
+    if pinned:
+        monkeypatch.setattr(torch.cuda, "cudart", lambda: _FakeCudart())
+    slot = 64 * 1024
+    ring = StagingRing(4 * slot, slot, pinned=pinned)
+    ring.prepare(slot)  # slot 0 in the background
+    mine = ring.slot(2, slot)  # not prepared: allocated by this thread
+    mine.fill_(7)
+    ring.prepare(ring.nbytes)  # covers slots 1-3: must not allocate slot 2 again
+    for i in range(ring.nslots):
+        ring.slot(i, slot)
+    assert ring.slot(2, slot).data_ptr() == mine.data_ptr() and bool((ring.slot(2, slot) == 7).all())
+    assert len({ring.slot(i, slot).data_ptr() for i in range(ring.nslots)}) == ring.nslots

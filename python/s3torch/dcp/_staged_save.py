@@ -29,6 +29,7 @@ slot's bytes are used.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Iterator, Optional, Tuple
@@ -81,6 +82,21 @@ def caller_streams() -> Dict[torch.device, Any]:
     return {dev: torch.cuda.current_stream(dev)}
 
 
+def on_callers_stream(dev: torch.device, streams: Dict[torch.device, Any]) -> Any:
+    """A context in which work on ``dev`` is queued on the save's caller's stream (its
+    current stream for a device the caller was not on); no-op for host tensors. For the
+    tensors a writer thread copies to the host itself (``t.cpu()``, torch's way): without it
+    the copy would run on the thread's own default stream, before the caller's queued writes."""
+    if dev.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.stream(callers_stream(dev, streams))
+
+
+def callers_stream(dev: torch.device, streams: Dict[torch.device, Any]) -> Any:
+    """The stream the save's caller was on for ``dev`` (``caller_streams``), else ``dev``'s current one."""
+    return streams.get(dev) or torch.cuda.current_stream(dev)
+
+
 @dataclass
 class _Copy:
     slot: int
@@ -125,13 +141,12 @@ class StagedSave:
         s = self._side.get(dev)
         if s is None:
             s = torch.cuda.Stream(device=dev)
-            caller = self._caller.get(dev) or torch.cuda.current_stream(dev)
+            caller = callers_stream(dev, self._caller)
             queued = caller.record_event()
             # Also wait on the host for the work queued on the caller's stream, before the
-            # first copy of this file is even issued: a GPU test of the device-side wait alone
-            # saved stale bytes once inside the GPU suite (docs/dcp.md). The copies must wait
-            # for that work anyway, so this costs nothing but the ordering's independence from
-            # stream semantics.
+            # first copy of this file is issued. The copies must wait for that work anyway, so
+            # this costs nothing; kept while the device-side wait alone has not run on a GPU
+            # since the fix of the failure once blamed on it (a slot allocated twice, docs/dcp.md).
             queued.synchronize()
             s.wait_event(queued)
             self._side[dev] = s

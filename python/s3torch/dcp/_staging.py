@@ -43,6 +43,11 @@ from ._errors import StagingError, crc_mismatch, read_error, short_read
 MiB = 1024 * 1024
 DEFAULT_RING_BYTES = 256 * MiB
 DEFAULT_SLOT_BYTES = 8 * MiB
+# s3torch.safetensors' ring for CUDA devices: weights kept pace with the pinned-CPU load only
+# with larger slots (benchmarks/ring_sweep.py on an H200: 0.88x pinned at 256 MiB / 8 MiB,
+# 0.98x at 512 MiB / 16 MiB; DCP loads 1.00x and 1.01x).
+SAFETENSORS_RING_BYTES = 512 * MiB
+SAFETENSORS_SLOT_BYTES = 16 * MiB
 SLOT_ALIGN = 64  # slot sizes are multiples of this: every dtype's element divides it
 
 
@@ -60,22 +65,60 @@ def check_ring_size(ring_bytes: int, slot_bytes: int) -> None:
         )
 
 
+# How a pinned slot is page-locked: in place (True), or by torch's pinned allocator (False).
+# benchmarks/pin_bench.py on an H200, 512 MiB in 8 MiB slots from a fresh process: in place
+# 2.77 GB/s, torch's 1.93 GB/s; 4 threads at once gain 3-14% and delay the first slot 2-4x.
+PIN_BY_REGISTER = True
+
+
+class _LockedHost:
+    """``n`` bytes of host memory page-locked in place for CUDA: allocated, its pages faulted
+    in (the kernel zeroes them on this thread, ``_crt.prefault``), then locked
+    (``cudaHostRegister``, portable to every device): faster than torch's pinned allocator
+    (``cudaHostAlloc``, see PIN_BY_REGISTER). Unlocked when this object
+    goes, which is before the memory can be freed (it holds the buffer); never in a forked
+    child (CUDA does not survive fork)."""
+
+    def __init__(self, n: int) -> None:
+        self._buf = _crt.HostBuffer(n)  # page-aligned
+        self.tensor = torch.frombuffer(self._buf, dtype=torch.uint8)
+        _crt.prefault(self.tensor)
+        self._ptr, self._pid = self.tensor.data_ptr(), os.getpid()
+        err = int(torch.cuda.cudart().cudaHostRegister(self._ptr, n, 1))  # 1: cudaHostRegisterPortable
+        if err != 0:
+            self._pid = -1
+            raise RuntimeError(f"cudaHostRegister of {n} bytes failed with CUDA error {err}")
+
+    def __del__(self) -> None:
+        if self._pid == os.getpid():
+            try:
+                torch.cuda.cudart().cudaHostUnregister(self._ptr)
+            except Exception:  # interpreter shutdown
+                pass
+
+
 class StagingRing:
     """``ring_bytes // slot_bytes`` slots of ``slot_bytes`` host memory, pinned if asked.
 
     Slots are allocated when a load first needs them (a load smaller than the ring takes
-    only what it needs), by a background thread that ``prepare`` starts: page-locking
-    memory is slow (a few GB/s), and this way it overlaps with the GETs into the slots that
+    only what it needs), by background threads that ``prepare`` starts, slot 0 first:
+    page-locking memory is slow, and this way it overlaps with the GETs into the slots that
     are already there instead of delaying the first of them."""
 
     def __init__(self, ring_bytes: int, slot_bytes: int, pinned: bool) -> None:
         check_ring_size(ring_bytes, slot_bytes)
         self.slot_bytes, self.pinned = slot_bytes, pinned
         self.nslots = ring_bytes // slot_bytes
-        # memory[i] is written once, by the allocating thread, before ready[i] is set.
+        # memory[i] is written once, by the thread that claimed slot i, before ready[i] is set.
         self.memory: List[Optional[torch.Tensor]] = [None] * self.nslots
+        self._locked: List[Optional[_LockedHost]] = [None] * self.nslots  # what keeps memory[i] pinned
         self._ready = [threading.Event() for _ in range(self.nslots)]
-        self._planned = 0  # slots [0, _planned) are allocated or being allocated
+        # A slot is allocated by whoever claims it first: the background thread that prepare
+        # starts, or the loading thread when it needs a slot no prepare covered. Never twice:
+        # a second allocation would swap the memory under a GET or copy already using it.
+        self._claimed = [False] * self.nslots
+        self._claim_lock = threading.Lock()
+        self._planned = 0  # prepare has sent slots [0, _planned) to the background thread
         self._alloc_error: Optional[BaseException] = None
         self.free: Deque[int] = deque(range(self.nslots))  # slots no GET, copy or CRC is using
         self.uses = 0  # slot fills since the ring was made (tests read slot reuse from it)
@@ -92,16 +135,34 @@ class StagingRing:
         first, self._planned = self._planned, want
         threading.Thread(target=self._allocate, args=(first, want), name="s3torch-ring-alloc", daemon=True).start()
 
+    def _claim(self, i: int) -> bool:
+        with self._claim_lock:
+            if self._claimed[i]:
+                return False
+            self._claimed[i] = True
+            return True
+
+    def _fill(self, i: int) -> None:
+        """Allocate slot i (claimed by this thread); errors are reported by slot()."""
+        try:
+            if self._alloc_error is None:
+                self.memory[i] = self._new_slot(i)
+        except BaseException as e:
+            self._alloc_error = e
+        self._ready[i].set()
+
     def _allocate(self, first: int, end: int) -> None:
         for i in range(first, end):
-            try:
-                if self._alloc_error is None:
-                    self.memory[i] = self._new_slot()
-            except BaseException as e:  # reported by slot() on the loading thread
-                self._alloc_error = e
-            self._ready[i].set()
+            if self._claim(i):
+                self._fill(i)
 
-    def _new_slot(self) -> torch.Tensor:
+    def _new_slot(self, i: int) -> torch.Tensor:
+        if self.pinned and PIN_BY_REGISTER:
+            try:
+                locked = self._locked[i] = _LockedHost(self.slot_bytes)
+                return locked.tensor
+            except (RuntimeError, AssertionError, AttributeError):  # cannot register: torch's allocator
+                pass
         t = torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=self.pinned)
         if not self.pinned:
             # Resident now, on the allocating thread, while the first GETs are in flight; else
@@ -113,14 +174,12 @@ class StagingRing:
     def slot(self, i: int, n: int) -> torch.Tensor:
         m = self.memory[i]
         if m is None:
-            if i < self._planned:
-                self._ready[i].wait()
-                m = self.memory[i]
-                if m is None:
-                    raise StagingError(f"cannot allocate the staging ring's memory: {self._alloc_error}")
-            else:
-                m = self.memory[i] = self._new_slot()
-                self._ready[i].set()
+            if self._claim(i):
+                self._fill(i)  # not prepared (or not yet reached): allocated here
+            self._ready[i].wait()
+            m = self.memory[i]
+            if m is None:
+                raise StagingError(f"cannot allocate the staging ring's memory: {self._alloc_error}")
         return m[:n]
 
 

@@ -42,6 +42,7 @@ from ._staged_save import (
     DEFAULT_SAVE_SLOT_BYTES,
     StagedSave,
     caller_streams,
+    on_callers_stream,
     record_source,
 )
 from ._staging import borrow_ring, check_ring_size
@@ -351,7 +352,8 @@ class S3StorageWriter(FileSystemWriter):
                     self._count_staged(staged.ring.uses - uses)
                 else:
                     # What torch's loaders hand its loop: a CPU tensor whose storage is exactly its elements.
-                    tensor = tensor.cpu()
+                    with on_callers_stream(tensor.device, self._caller_streams):
+                        tensor = tensor.cpu()
                     if tensor.untyped_storage().size() != tensor.nbytes:
                         tensor = tensor.clone()  # keeps the memory format
                     _torch_save.save_tensor(tensor, stream)

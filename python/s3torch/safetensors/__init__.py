@@ -22,7 +22,6 @@ import torch
 from .._client import S3Client
 from .._config import S3ClientConfig
 from .._uri import parse_s3_uri, s3_path
-from ..dcp._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES
 from ._errors import (
     HeaderError,
     MissingShardError,
@@ -48,8 +47,8 @@ def load_file(
     region: Optional[str] = None,
     endpoint: Optional[str] = None,
     s3client_config: Optional[S3ClientConfig] = None,
-    staging_bytes: int = DEFAULT_RING_BYTES,
-    staging_slot_bytes: int = DEFAULT_SLOT_BYTES,
+    staging_bytes: Optional[int] = None,
+    staging_slot_bytes: Optional[int] = None,
     verify_checksums: bool = True,
 ) -> Dict[str, torch.Tensor]:
     """Load safetensors weights from S3 into a dict of tensors, like
@@ -66,7 +65,7 @@ def load_file(
         region: for a client made here (see :class:`safe_open`).
         endpoint: for a client made here.
         s3client_config: for a client made here.
-        staging_bytes: size of the staging ring (CUDA destinations, casts).
+        staging_bytes: size of the staging ring (CUDA destinations, casts; see :class:`safe_open`).
         staging_slot_bytes: the ring's slot size.
         verify_checksums: check each file read whole against the checksum S3 stores with it
             (CRC32, CRC32C or CRC64NVME of the whole object: what s3torch's uploads and single

@@ -17,7 +17,13 @@ import torch
 from .._client import S3Client
 from .._config import S3ClientConfig
 from .._uri import parse_s3_uri, s3_path
-from ..dcp._staging import DEFAULT_RING_BYTES, DEFAULT_SLOT_BYTES, check_ring_size
+from ..dcp._staging import (
+    DEFAULT_RING_BYTES,
+    DEFAULT_SLOT_BYTES,
+    SAFETENSORS_RING_BYTES,
+    SAFETENSORS_SLOT_BYTES,
+    check_ring_size,
+)
 from ._dtypes import PACKED
 from ._header import TensorInfo
 from ._load import Loader
@@ -49,6 +55,17 @@ def device_of(device: Device) -> torch.device:
     return d
 
 
+def ring_sizes(device: torch.device, ring: Optional[int], slot: Optional[int]) -> Tuple[int, int]:
+    """The staging ring's (bytes, slot bytes): as given, else 512 MiB in 16 MiB slots for a
+    CUDA device (page-locked; weights kept pace with the pinned-CPU load only with larger
+    slots) and 256 MiB in 8 MiB slots otherwise (casts on the host), as DCP loads use."""
+    cuda = device.type == "cuda"
+    return (
+        ring if ring is not None else (SAFETENSORS_RING_BYTES if cuda else DEFAULT_RING_BYTES),
+        slot if slot is not None else (SAFETENSORS_SLOT_BYTES if cuda else DEFAULT_SLOT_BYTES),
+    )
+
+
 class safe_open:
     """Open safetensors weights on S3 lazily, as ``safetensors.safe_open`` opens a file.
 
@@ -74,8 +91,8 @@ class safe_open:
             ``$AWS_ENDPOINT_URL``, else AWS's.
         s3client_config: for a client made here: an :class:`~s3torch.S3ClientConfig`.
         staging_bytes: size of the staging ring (CUDA destinations, casts), as for
-            :class:`~s3torch.dcp.S3StorageReader` (default 256 MiB).
-        staging_slot_bytes: the ring's slot size (default 8 MiB).
+            :class:`~s3torch.dcp.S3StorageReader` (default 512 MiB for a CUDA device, else 256 MiB).
+        staging_slot_bytes: the ring's slot size (default 16 MiB for a CUDA device, else 8 MiB).
         verify_checksums: HEAD each file for the checksum S3 stores with it, and check every
             call that reads a whole file against it (default True; see docs/safetensors.md).
             Calls that read part of a file (one tensor, a slice) cannot be checked.
@@ -102,20 +119,20 @@ class safe_open:
         region: Optional[str] = None,
         endpoint: Optional[str] = None,
         s3client_config: Optional[S3ClientConfig] = None,
-        staging_bytes: int = DEFAULT_RING_BYTES,
-        staging_slot_bytes: int = DEFAULT_SLOT_BYTES,
+        staging_bytes: Optional[int] = None,
+        staging_slot_bytes: Optional[int] = None,
         verify_checksums: bool = True,
     ) -> None:
         if framework not in ("pt", "torch", "pytorch"):
             raise ValueError(f"framework {framework!r} is not supported: s3torch.safetensors loads torch tensors (pt)")
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
-        check_ring_size(staging_bytes, staging_slot_bytes)
         self.uri = s3_path(uri)
         self._bucket, key = parse_s3_uri(self.uri)
         self._device = device_of(device)
         self._dtype, self._pin = dtype, bool(pin_memory)
-        self._ring = (staging_bytes, staging_slot_bytes)
+        self._ring = ring_sizes(self._device, staging_bytes, staging_slot_bytes)
+        check_ring_size(*self._ring)
         self._client = client_of(client, region, endpoint, s3client_config)
         self._force_staging = False  # tests: CPU destinations through the ring, as CUDA's go
         self.last_load_stats: Dict[str, int] = {}
