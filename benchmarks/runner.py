@@ -538,6 +538,7 @@ _DESTS = {
         "s3torch": "cuda",
         "s3torch-cold": "cuda",
         "s3torch-pinned": "pinned",
+        "s3torch-pinned-cold": "pinned",
         "s3torchconnector": "cuda",
         "s3torch-cpu": "cpu",
     },
@@ -650,7 +651,7 @@ def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float
         verify = peer != "s3torch-nocheck"
         # safetensors_load_cuda: into CUDA ("s3torch", "s3torch-cold"), pinned or plain CPU memory.
         cuda = ctx["scenario"].endswith("_cuda") and peer in ("s3torch", "s3torch-cold")
-        device, pin = ("cuda" if cuda else "cpu"), peer == "s3torch-pinned"
+        device, pin = ("cuda" if cuda else "cpu"), peer.startswith("s3torch-pinned")
 
         def op() -> float:
             with safe_open(

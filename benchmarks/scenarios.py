@@ -127,13 +127,14 @@ SCENARIOS: List[Scenario] = [
     # tensors, "s3torch-pinned" into pinned CPU memory, "s3torch-cpu" into plain CPU memory.
     # Every run is a fresh process; each row times the process's second load (warm: the
     # pooled ring is page-locked already) except "s3torch-cold" (CUDA), which times the
-    # first, page-locking its ring (runner.warmed).
+    # first, page-locking its ring, and "s3torch-pinned-cold" (the first load into pinned
+    # memory: the same-run counterpart of a cold CUDA load) (runner.warmed).
     Scenario(
         "dcp_load_cuda",
         "DCP load of a bf16 checkpoint into a CUDA state dict",
         "nginx",
         "GB/s",
-        ["s3torch", "s3torch-cold", "s3torch-pinned", "s3torchconnector", "s3torch-cpu"],
+        ["s3torch", "s3torch-cold", "s3torch-pinned", "s3torch-pinned-cold", "s3torchconnector", "s3torch-cpu"],
         {"layers": 16, "d_model": 4096},
         {"layers": 2, "d_model": 1024},
         needs_cuda=True,
@@ -186,7 +187,7 @@ SCENARIOS: List[Scenario] = [
         "safetensors load of one bf16 model file into CUDA memory",
         "nginx",
         "GB/s",
-        ["s3torch", "s3torch-cold", "s3torch-pinned", "s3torch-cpu"],
+        ["s3torch", "s3torch-cold", "s3torch-pinned", "s3torch-pinned-cold", "s3torch-cpu"],
         {"layers": 16, "d_model": 4096, "shards": 1},
         {"layers": 4, "d_model": 2048, "shards": 1},
         needs_cuda=True,

@@ -155,9 +155,18 @@ class NativeClient {
         return head_result(*req);
     }
 
-    std::vector<uint64_t> object_part_sizes(const std::string &bucket, const std::string &key) {
-        py::gil_scoped_release nogil;
-        return s3torch::object_part_sizes(client_, bucket, key);
+    std::vector<uint64_t> object_part_sizes(const std::string &bucket, const std::string &key, int max_parts) {
+        std::vector<uint64_t> sizes;
+        std::string marker;
+        // Pages until the last; a page adds at least one part, and no object has more than
+        // kMaxObjectParts (parse_object_parts_body refuses more).
+        for (size_t page = 0; page <= s3torch::kMaxObjectParts; ++page) {
+            auto req = s3torch::start_object_parts(client_, bucket, key, marker, max_parts);
+            wait_transfer(*req);  // interruptible
+            marker = s3torch::object_parts_result(*req, sizes);
+            if (marker.empty()) break;
+        }
+        return sizes;
     }
 
     ListPage list_objects(const std::string &bucket, const std::string &prefix, const std::string &delimiter,
@@ -312,8 +321,9 @@ void register_client(py::module_ &m) {
         .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"), py::arg("for_read") = false,
              py::arg("checksum") = false)
         .def("object_part_sizes", &NativeClient::object_part_sizes, py::arg("bucket"), py::arg("key"),
-             "The sizes of the parts of a multipart object, in order (GetObjectAttributes); [] for one "
-             "uploaded whole. GIL released.")
+             py::arg("max_parts") = 1000,
+             "The sizes of the parts of a multipart object, in order (GetObjectAttributes, max_parts a "
+             "page); [] for one uploaded whole. GIL released; interruptible.")
         .def("list_objects", &NativeClient::list_objects, py::arg("bucket"), py::arg("prefix") = "",
              py::arg("delimiter") = "", py::arg("max_keys") = 1000, py::arg("continuation_token") = "",
              py::arg("start_after") = "")

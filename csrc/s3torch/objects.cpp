@@ -128,28 +128,29 @@ std::string parse_object_parts_body(const std::string &body, const ErrorContext 
     return truncated ? next : std::string();
 }
 
-std::vector<uint64_t> object_part_sizes(std::shared_ptr<Client> client, const std::string &bucket,
-                                        const std::string &key) {
+std::shared_ptr<SimpleRequest> start_object_parts(std::shared_ptr<Client> client, const std::string &bucket,
+                                                  const std::string &key, const std::string &marker, int max_parts) {
     ErrorContext ctx{"GetObjectAttributes", bucket, key};
     require_names(ctx);
+    if (max_parts < 1 || max_parts > 1000) throw_invalid("max_parts must be between 1 and 1000", ctx);
     Address addr = address_of(client->config(), client->endpoint(), bucket, key, "attributes=");
-    std::vector<uint64_t> sizes;
-    std::string marker;
-    for (size_t page = 0; page <= kMaxObjectParts; ++page) {
-        Headers headers{{"x-amz-object-attributes", "ObjectParts"}, {"x-amz-max-parts", "1000"}};
-        if (!marker.empty()) headers.emplace_back("x-amz-part-number-marker", marker);
-        auto req = SimpleRequest::start_request(client, ctx, "GET", "GetObjectAttributes", addr,
-                                                AWS_S3_META_REQUEST_TYPE_DEFAULT, nullptr, 0, headers);
-        req->wait();
-        req->raise_if_failed();
-        const size_t before = sizes.size();
-        marker = parse_object_parts_body(req->body(), ctx, sizes);
-        if (marker.empty()) return sizes;
-        if (sizes.size() == before)
-            throw S3Error(ErrorKind::Generic,
-                          "GetObjectAttributes s3://" + bucket + "/" + key + ": a truncated page with no parts", ctx);
-    }
-    return sizes;
+    Headers headers{{"x-amz-object-attributes", "ObjectParts"}, {"x-amz-max-parts", std::to_string(max_parts)}};
+    if (!marker.empty()) headers.emplace_back("x-amz-part-number-marker", marker);
+    return SimpleRequest::start_request(client, ctx, "GET", "GetObjectAttributes", addr,
+                                        AWS_S3_META_REQUEST_TYPE_DEFAULT, nullptr, 0, headers);
+}
+
+std::string object_parts_result(SimpleRequest &req, std::vector<uint64_t> &sizes) {
+    req.wait();
+    req.raise_if_failed();
+    const ErrorContext &ctx = req.context();
+    const size_t before = sizes.size();
+    std::string marker = parse_object_parts_body(req.body(), ctx, sizes);
+    if (!marker.empty() && sizes.size() == before)
+        throw S3Error(ErrorKind::Generic,
+                      "GetObjectAttributes s3://" + ctx.bucket + "/" + ctx.key + ": a truncated page with no parts",
+                      ctx);
+    return marker;
 }
 
 ListPage list_result(SimpleRequest &req) {

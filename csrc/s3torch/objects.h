@@ -55,12 +55,17 @@ ListPage list_result(SimpleRequest &req);
 ListPage parse_list_body(const std::string &body, const ErrorContext &ctx);
 
 // The sizes of the parts a multipart upload assembled, in part order (GetObjectAttributes
-// ObjectParts, every page; on AWS this needs s3:GetObjectAttributes). Empty for an object not
-// uploaded in parts. S3Error for a server error, or a body that is not XML or lists parts out
-// of order, with a size that is not a byte count, or more than kMaxObjectParts of them.
+// ObjectParts; on AWS this needs s3:GetObjectAttributes), a page at a time: up to `max_parts`
+// (1..1000) parts after `marker` ("" for the first page). object_parts_result waits, appends
+// the page's sizes and returns the next page's marker ("" after the last page; nothing added
+// for an object not uploaded in parts). S3Error for a server error, or a body that is not XML
+// or lists parts out of order, with a size that is not a byte count, more than kMaxObjectParts
+// of them, or a truncated page with none. (The binding loops over the pages, interruptibly.)
 constexpr size_t kMaxObjectParts = 10000;  // S3's limit on a multipart upload
-std::vector<uint64_t> object_part_sizes(std::shared_ptr<Client> client, const std::string &bucket,
-                                        const std::string &key);
+std::shared_ptr<SimpleRequest> start_object_parts(std::shared_ptr<Client> client, const std::string &bucket,
+                                                  const std::string &key, const std::string &marker,
+                                                  int max_parts = 1000);
+std::string object_parts_result(SimpleRequest &req, std::vector<uint64_t> &sizes);
 
 // One page of a GetObjectAttributes ObjectParts body: part sizes appended to `sizes` (checked
 // to follow on from what it holds), the marker of the next page ("" when this is the last).

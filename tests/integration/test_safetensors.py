@@ -340,6 +340,22 @@ def test_files_s3torch_writes_are_checked_whole_on_load(seaweed, prefix, kind, o
         assert f.last_load_checksums == {uri: "not checked: this load reads a part of the file"}
 
 
+def test_part_sizes_are_read_page_by_page(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    """GetObjectAttributes lists at most 1000 parts a page: an object of more (a composite
+    file over ~8 GB at 8 MiB parts) is read over several pages. Here 3 parts, 1 and 2 a page."""
+    client = make_client(seaweed, part_size=5 << 20, checksum_type="composite")
+    key = f"{prefix}pages.bin"
+    with client.put_object(BUCKET, key) as w:
+        w.write(bytes(13 << 20))  # parts of 5, 5 and 3 MiB
+    native = client._get_native()
+    want = [5 << 20, 5 << 20, 3 << 20]
+    for max_parts in (1000, 2, 1):
+        assert native.object_part_sizes(BUCKET, key, max_parts=max_parts) == want, max_parts
+    for bad in (0, 1001):
+        with pytest.raises(ValueError, match="max_parts must be between 1 and 1000"):
+            native.object_part_sizes(BUCKET, key, max_parts=bad)
+
+
 def test_a_byte_changed_on_the_way_fails_the_load(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
     from s3torch.safetensors import ChecksumMismatchError
     from tests.faults.proxy import Fault, FaultProxy
