@@ -309,3 +309,17 @@ def test_a_composite_checksum_is_checked_part_by_part() -> None:
     f = safe_open("s3://b/m.safetensors", client=_Client(native))  # type: ignore[arg-type]
     with pytest.raises(ChecksumMismatchError):
         f.get_tensors()
+
+
+def test_the_staging_ring_defaults_by_device() -> None:
+    """CUDA destinations: 512 MiB in 16 MiB slots unless sizes are given; host casts: 256 MiB in
+    8 MiB slots; a ring given smaller than 16 MiB keeps 8 MiB slots (as before the CUDA default)."""
+    from s3torch.safetensors._open import ring_sizes
+
+    MiB = 1 << 20
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert ring_sizes(cuda, None, None) == (512 * MiB, 16 * MiB)
+    assert ring_sizes(cpu, None, None) == (256 * MiB, 8 * MiB)
+    assert ring_sizes(cuda, 8 * MiB, None) == (8 * MiB, 8 * MiB)
+    assert ring_sizes(cuda, 64 * MiB, None) == (64 * MiB, 16 * MiB)
+    assert ring_sizes(cuda, None, 4 * MiB) == (512 * MiB, 4 * MiB)

@@ -499,3 +499,33 @@ def test_a_slot_is_allocated_once_whoever_needs_it_first(monkeypatch, pinned: bo
         ring.slot(i, slot)
     assert ring.slot(2, slot).data_ptr() == mine.data_ptr() and bool((ring.slot(2, slot) == 7).all())
     assert len({ring.slot(i, slot).data_ptr() for i in range(ring.nslots)}) == ring.nslots
+
+
+def test_a_forked_child_never_unlocks_its_parents_slots(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """CUDA does not survive fork(): a child that drops an inherited pinned ring must not call
+    into CUDA to unlock memory it only has a copy of."""
+    import gc
+    import os
+
+    cudart = _FakeCudart()
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
+    ring = StagingRing(2 * 4096, 4096, pinned=True)
+    ring.slot(0, 4096)
+    ring.slot(1, 4096)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop the ring, report what it called
+        try:
+            cudart.calls.clear()
+            del ring
+            gc.collect()
+            os.write(w, str(len([c for c in cudart.calls if c[0] == "unregister"])).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    assert os.read(r, 16) == b"0"
+    os.close(r)
+    del ring
+    gc.collect()
+    assert len([c for c in cudart.calls if c[0] == "unregister"]) == 2

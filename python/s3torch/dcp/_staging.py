@@ -75,9 +75,9 @@ class _LockedHost:
     """``n`` bytes of host memory page-locked in place for CUDA: allocated, its pages faulted
     in (the kernel zeroes them on this thread, ``_crt.prefault``), then locked
     (``cudaHostRegister``, portable to every device): faster than torch's pinned allocator
-    (``cudaHostAlloc``, see PIN_BY_REGISTER). Unlocked when this object
-    goes, which is before the memory can be freed (it holds the buffer); never in a forked
-    child (CUDA does not survive fork)."""
+    (``cudaHostAlloc``, see PIN_BY_REGISTER). Unlocked when this object goes, which is before
+    the memory can be freed (it holds the buffer); never in a forked child (CUDA does not
+    survive fork)."""
 
     def __init__(self, n: int) -> None:
         self._buf = _crt.HostBuffer(n)  # page-aligned
@@ -101,9 +101,10 @@ class StagingRing:
     """``ring_bytes // slot_bytes`` slots of ``slot_bytes`` host memory, pinned if asked.
 
     Slots are allocated when a load first needs them (a load smaller than the ring takes
-    only what it needs), by background threads that ``prepare`` starts, slot 0 first:
-    page-locking memory is slow, and this way it overlaps with the GETs into the slots that
-    are already there instead of delaying the first of them."""
+    only what it needs), by a background thread that ``prepare`` starts, slot 0 first (or by
+    the loading thread, when it needs a slot before that thread got to it): page-locking
+    memory is slow, and this way it overlaps with the GETs into the slots that are already
+    there instead of delaying the first of them."""
 
     def __init__(self, ring_bytes: int, slot_bytes: int, pinned: bool) -> None:
         check_ring_size(ring_bytes, slot_bytes)

@@ -60,9 +60,10 @@ def ring_sizes(device: torch.device, ring: Optional[int], slot: Optional[int]) -
     CUDA device (page-locked; weights kept pace with the pinned-CPU load only with larger
     slots) and 256 MiB in 8 MiB slots otherwise (casts on the host), as DCP loads use."""
     cuda = device.type == "cuda"
+    big_slots = cuda and (ring is None or ring >= SAFETENSORS_SLOT_BYTES)  # a smaller ring given: 8 MiB, as before
     return (
         ring if ring is not None else (SAFETENSORS_RING_BYTES if cuda else DEFAULT_RING_BYTES),
-        slot if slot is not None else (SAFETENSORS_SLOT_BYTES if cuda else DEFAULT_SLOT_BYTES),
+        slot if slot is not None else (SAFETENSORS_SLOT_BYTES if big_slots else DEFAULT_SLOT_BYTES),
     )
 
 
