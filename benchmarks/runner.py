@@ -544,6 +544,8 @@ _DESTS = {
     },
     "dcp_load_staged": {"s3torch": "transposed", "s3torch-direct": "cpu", "s3torchconnector": "transposed"},
 }
+# safetensors_load_cuda: the same rows into the same kinds of memory (no peer there).
+_DESTS["safetensors_load_cuda"] = {p: k for p, k in _DESTS["dcp_load_cuda"].items() if p != "s3torchconnector"}
 
 
 def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
@@ -649,9 +651,9 @@ def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float
         client = s3torch_client(ctx)
         uri = f"s3://{b}/{ctx['uri_key']}"
         verify = peer != "s3torch-nocheck"
-        # safetensors_load_cuda: into CUDA ("s3torch", "s3torch-cold"), pinned or plain CPU memory.
-        cuda = ctx["scenario"].endswith("_cuda") and peer in ("s3torch", "s3torch-cold")
-        device, pin = ("cuda" if cuda else "cpu"), peer.startswith("s3torch-pinned")
+        kind = _DESTS.get(ctx["scenario"], {}).get(peer, "cpu")  # CPU scenarios: plain CPU memory
+        cuda = kind == "cuda"
+        device, pin = ("cuda" if cuda else "cpu"), kind == "pinned"
 
         def op() -> float:
             with safe_open(

@@ -88,6 +88,7 @@ bool parse_byte_count(const std::string &text, uint64_t &out) {
 }
 
 std::string parse_object_parts_body(const std::string &body, const ErrorContext &ctx, std::vector<uint64_t> &sizes) {
+    const size_t before = sizes.size();
     std::string next, bad;
     bool truncated = false;
     uint64_t number = 0, size = 0;
@@ -125,6 +126,8 @@ std::string parse_object_parts_body(const std::string &body, const ErrorContext 
     if (!ok) throw S3Error(ErrorKind::Generic, where + "the response is not valid XML", ctx);
     if (!bad.empty()) throw S3Error(ErrorKind::Generic, where + "the response lists " + bad, ctx);
     if (truncated && next.empty()) throw S3Error(ErrorKind::Generic, where + "a truncated page without a marker", ctx);
+    if (truncated && sizes.size() == before)  // paging on would never end
+        throw S3Error(ErrorKind::Generic, where + "a truncated page with no parts", ctx);
     return truncated ? next : std::string();
 }
 
@@ -143,14 +146,7 @@ std::shared_ptr<SimpleRequest> start_object_parts(std::shared_ptr<Client> client
 std::string object_parts_result(SimpleRequest &req, std::vector<uint64_t> &sizes) {
     req.wait();
     req.raise_if_failed();
-    const ErrorContext &ctx = req.context();
-    const size_t before = sizes.size();
-    std::string marker = parse_object_parts_body(req.body(), ctx, sizes);
-    if (!marker.empty() && sizes.size() == before)
-        throw S3Error(ErrorKind::Generic,
-                      "GetObjectAttributes s3://" + ctx.bucket + "/" + ctx.key + ": a truncated page with no parts",
-                      ctx);
-    return marker;
+    return parse_object_parts_body(req.body(), req.context(), sizes);
 }
 
 ListPage list_result(SimpleRequest &req) {

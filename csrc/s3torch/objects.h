@@ -68,7 +68,8 @@ std::shared_ptr<SimpleRequest> start_object_parts(std::shared_ptr<Client> client
 std::string object_parts_result(SimpleRequest &req, std::vector<uint64_t> &sizes);
 
 // One page of a GetObjectAttributes ObjectParts body: part sizes appended to `sizes` (checked
-// to follow on from what it holds), the marker of the next page ("" when this is the last).
+// to follow on from what it holds), the marker of the next page ("" when this is the last;
+// a truncated page must add a part).
 // The one parser of these bodies; fuzzed with the list bodies.
 std::string parse_object_parts_body(const std::string &body, const ErrorContext &ctx, std::vector<uint64_t> &sizes);
 

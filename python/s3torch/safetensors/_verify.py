@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import itertools
 import re
 import threading
 from dataclasses import dataclass
@@ -103,9 +104,7 @@ class FileCheck:
         self._alg = stored.algorithm.lower()
         self._pieces: List[Tuple[int, int, int]] = []  # (offset, length, crc)
         self._lock = threading.Lock()
-        self._bounds: List[int] = []  # a composite checksum's part ends
-        for n in stored.part_sizes:
-            self._bounds.append((self._bounds[-1] if self._bounds else 0) + n)
+        self._bounds = list(itertools.accumulate(stored.part_sizes))  # a composite checksum's part ends
 
     def add(self, offset: int, data: Any) -> None:
         """The bytes read at ``offset`` (a buffer or a uint8 tensor); a piece that crosses a
