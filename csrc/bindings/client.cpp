@@ -9,6 +9,7 @@
 #include "s3torch/get.h"
 #include "s3torch/get_stream.h"
 #include "s3torch/objects.h"
+#include "s3torch/prefault.h"
 #include "s3torch/put.h"
 #include "s3torch/request.h"
 #include "s3torch/uploads.h"
@@ -59,7 +60,17 @@ class NativeClient {
 
     size_t get_into(const std::string &bucket, const std::string &key, py::handle buffer,
                     std::optional<uint64_t> offset, std::optional<uint64_t> length) {
-        return start_get_into(bucket, key, buffer, offset, length)->wait();
+        auto h = start_get_into(bucket, key, buffer, offset, length);
+        {
+            // This thread would only wait. If the buffer is fresh memory (a new allocation:
+            // torch.load's storages, a reader's buffer), it makes its pages resident while the
+            // GET lands, instead of the event-loop thread taking each page's fault as it
+            // copies the bytes in (prefault.h).
+            py::gil_scoped_release nogil;
+            GetHandle *g = h.get();
+            s3torch::populate_while(g->data(), g->size(), [g] { return !g->done(); });
+        }
+        return h->wait();
     }
 
     // items: (key, offset or None, length or None, buffer). All start at once; returns bytes
@@ -110,6 +121,8 @@ class NativeClient {
         {
             py::gil_scoped_release nogil;
             t = GetInto::start_get(client_, bucket, key, ByteRange{offset, n}, dst, n);
+            // Fresh memory, as in get_whole (prefault.h).
+            s3torch::populate_while(dst, n, [&t] { return !t->done(); });
         }
         wait_transfer(*t);
         t->raise_if_failed();
@@ -245,6 +258,10 @@ class NativeClient {
         {
             py::gil_scoped_release nogil;
             rest = &get->start_rest(dst);
+            // This thread would only wait while the rest lands in `dst`: fresh memory, whose
+            // pages would otherwise each fault inside the event-loop thread copying the bytes in
+            // (prefault.h). Made resident here first, ahead of the GETs.
+            s3torch::populate_while(dst + first, size - first, [rest] { return !rest->done(); });
         }
         wait_transfer(*rest);
         get->finish();

@@ -36,6 +36,9 @@ class GetHandle {
     uint64_t object_size() { return t_->object_size(); }
     std::string etag() { return t_->etag(); }
     s3torch::GetInto &transfer() { return *t_; }
+    // The caller memory the GET lands in.
+    void *data() { return buf_->data(); }
+    size_t size() { return buf_->size(); }
 
   private:
     std::shared_ptr<s3torch::GetInto> t_;

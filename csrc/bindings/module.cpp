@@ -52,14 +52,17 @@ PYBIND11_MODULE(_crt, m) {
         "CRC32 (zip polynomial) of a buffer or tensor, hardware-accelerated; GIL released.");
     m.def(
         "prefault",
-        [](py::handle data) {
+        [](py::handle data, bool write_fallback) {
             auto buf = s3torch_py::HeldBuffer::acquire(data, true, {"prefault", "", ""});
             py::gil_scoped_release nogil;
-            return s3torch::prefault(buf->data(), buf->size());
+            return s3torch::prefault(buf->data(), buf->size(), write_fallback);
         },
-        py::arg("data"),
+        py::arg("data"), py::arg("write_fallback") = true,
         "Make a writable buffer's (or CPU tensor's) pages resident now, so later writes into it take no "
-        "page faults; contents unchanged. For memory no other thread uses yet. GIL released.");
+        "page faults; contents unchanged. Where the kernel cannot populate (before Linux 5.14) it writes "
+        "one byte of each page back, so only for memory no other thread uses yet; with "
+        "write_fallback=False it does nothing there instead (returns False), and is safe on memory a "
+        "GET is landing in. GIL released.");
     m.def(
         "checksum",
         [](const std::string &algorithm, py::handle data, uint64_t previous) {

@@ -11,12 +11,13 @@
 
 namespace s3torch {
 
-bool prefault(void *data, size_t len) {
+bool prefault(void *data, size_t len, bool write_fallback) {
     if (data == nullptr || len == 0) return false;
     static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096);
     const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
     const uintptr_t first = begin & ~(page - 1);
     if (madvise(reinterpret_cast<void *>(first), begin + len - first, MADV_POPULATE_WRITE) == 0) return true;
+    if (!write_fallback) return false;
     // An older kernel (EINVAL), or a mapping it refuses: one byte of each page read and
     // written back (volatile, so neither is optimized away).
     volatile unsigned char *p = static_cast<unsigned char *>(data);
@@ -25,6 +26,35 @@ bool prefault(void *data, size_t len) {
         p[i] = p[i];
     }
     return true;
+}
+
+namespace {
+
+// Whether the first, middle and last pages of [data, data + len) are resident (mincore): a
+// buffer in use already, which populating would only walk.
+bool looks_resident(void *data, size_t len) {
+    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096);
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+    for (uintptr_t at : {begin, begin + len / 2, begin + len - 1}) {
+        unsigned char in_core = 0;
+        if (mincore(reinterpret_cast<void *>(at & ~(page - 1)), 1, &in_core) != 0) return false;
+        if (!(in_core & 1)) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+size_t populate_while(void *data, size_t len, const std::function<bool()> &keep_going, size_t chunk, size_t min_len) {
+    if (data == nullptr || len < min_len || chunk == 0 || looks_resident(data, len)) return 0;
+    auto *p = static_cast<unsigned char *>(data);
+    size_t done = 0;
+    while (done < len && keep_going()) {
+        const size_t n = len - done < chunk ? len - done : chunk;
+        if (!prefault(p + done, n, false)) break;  // this kernel cannot populate
+        done += n;
+    }
+    return done;
 }
 
 }  // namespace s3torch

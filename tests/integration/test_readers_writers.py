@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3torch import S3Client, S3ReaderConstructor
+from s3torch import S3Client, S3ReaderConstructor, _crt
 from s3torch.s3reader import ItemRange
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, make_client
 
 SIZES = [0, 1, 1000, 70_001, 3 * 1024 * 1024 + 11]
 CONSTRUCTORS = {
@@ -81,6 +81,30 @@ def test_reader_matches_bytesio(client: S3Client, server, objects: dict, kind: s
         assert reader.tell() == oracle.tell()
     reader.close()
     assert reader.closed
+
+
+def test_large_reads_into_fresh_memory_are_exact(seaweed) -> None:  # type: ignore[no-untyped-def]
+    """A whole-object read into new memory of 4 MiB or more (a bytes object, the sequential
+    reader's buffer): the waiting thread makes its pages resident (prefault.h,
+    populate_while) while the GET's parts land in them. Every path that does so, against the
+    bytes uploaded."""
+    client = make_client(seaweed)
+    n = 5 * 8 * 1024 * 1024 + 12_345  # six part GETs, the last one short
+    data = np.random.default_rng(7).integers(0, 256, n, dtype=np.uint8).tobytes()
+    key = "readers/fresh-large"
+    client.put(BUCKET, key, data)
+    native = client._get_native()
+    assert native.get_bytes(BUCKET, key) == data  # size unknown: probe, then the rest
+    assert native.get_bytes(BUCKET, key, 0, None, n) == data  # size known: one ranged GET
+    assert native.get_bytes(BUCKET, key, 4096, None, n) == data[4096:]
+    assert client.get_object(BUCKET, key).read() == data
+    buf = bytearray(n + 10)
+    assert native.get_into(BUCKET, key, buf) == n and buf[:n] == data  # resident already
+    fresh = _crt.HostBuffer(n)
+    assert native.get_into(BUCKET, key, fresh) == n and bytes(fresh) == data
+    reader = client.get_object(BUCKET, key, reader_constructor=S3ReaderConstructor.sequential())
+    assert reader.read(1000) == data[:1000]  # a partial read buffers the object (fresh memory)
+    assert reader.read() == data[1000:]
 
 
 def test_reader_surface(client: S3Client, prefix: str) -> None:

@@ -1,16 +1,20 @@
 """_crt.prefault: the staging ring's fresh slots are made resident on the thread that
-allocates them (MADV_POPULATE_WRITE), so the GETs that land in them take no page faults."""
+allocates them (MADV_POPULATE_WRITE), so the GETs that land in them take no page faults; and
+_prefault.Prefaulter, the thread that does the same ahead of GETs already landing in fresh
+tensors (safetensors into CPU memory)."""
 
 from __future__ import annotations
 
 import mmap
 import os
+import threading
 from typing import List, Tuple
 
 import pytest
 import torch
 
-from s3torch import _crt
+from s3torch import _crt, _prefault
+from s3torch._prefault import Prefaulter
 from s3torch.dcp import _staging
 from s3torch.dcp._staging import StagingRing
 
@@ -57,3 +61,78 @@ def test_the_ring_makes_each_host_slot_resident_as_it_allocates_it(monkeypatch: 
     ring.prepare(3 * 8 * MiB)  # three slots on the allocating thread
     slots = [ring.slot(i, 8 * MiB) for i in range(4)]  # the fourth on this thread
     assert sorted(seen) == sorted((s.data_ptr(), 8 * MiB) for s in slots)
+
+
+def _fresh(n: int) -> Tuple[mmap.mmap, torch.Tensor]:
+    """A new anonymous mapping (no page touched yet), and a tensor over it; the mapping is
+    unmapped when both are gone."""
+    m = mmap.mmap(-1, n)
+    return m, torch.frombuffer(m, dtype=torch.uint8)
+
+
+def test_without_a_write_fallback_it_populates_alike() -> None:
+    m, t = _fresh(16 * MiB)
+    before = _rss()
+    assert _crt.prefault(t, write_fallback=False) is True  # this kernel populates (5.14+)
+    assert _rss() - before >= 15 * MiB
+
+
+def test_the_thread_makes_every_buffer_resident(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_prefault, "CHUNK_BYTES", 4 * MiB)
+    maps = [_fresh(n) for n in (24 * MiB, 8 * MiB + 5)]
+    before = _rss()
+    p = Prefaulter([maps[0][1], torch.empty(0, dtype=torch.uint8), maps[1][1]])
+    while p._thread is not None and p._thread.is_alive():
+        p._thread.join(0.01)
+    p.stop()
+    assert p.populated == 32 * MiB + 5  # every byte of every buffer, the empty one skipped
+    assert _rss() - before >= 30 * MiB
+    assert Prefaulter([torch.empty(0, dtype=torch.uint8)])._thread is None  # nothing to do, no thread
+    small = [torch.empty(_prefault.MIN_BYTES // 2 - 1, dtype=torch.uint8)] * 2
+    assert Prefaulter(small)._thread is None  # a load of small tensors pays for no thread
+
+
+def test_a_write_landing_meanwhile_is_never_undone() -> None:
+    """The GETs write into the buffers while the thread populates them: every written byte
+    must stay as written (populating maps pages and never writes)."""
+    m, t = _fresh(64 * MiB)
+    pattern = torch.arange(256, dtype=torch.uint8).repeat(4096)  # 1 MiB
+    go = threading.Event()
+
+    def land() -> None:  # from the end backwards, so the two threads cross in the middle
+        go.wait()
+        for at in range(63 * MiB, -1, -MiB):
+            t[at : at + MiB].copy_(pattern)
+
+    writer = threading.Thread(target=land)
+    writer.start()
+    with Prefaulter([t]):
+        go.set()
+        writer.join()
+    assert torch.equal(t.view(64, MiB), pattern.expand(64, MiB))
+
+
+def test_it_stops_promptly_and_ends_where_the_kernel_cannot_populate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_prefault, "CHUNK_BYTES", MiB)
+    calls: List[int] = []
+    release = threading.Event()
+
+    def slow(t: torch.Tensor, write_fallback: bool = True) -> bool:
+        assert write_fallback is False  # the GETs write these pages: the fallback would race them
+        calls.append(t.numel())
+        release.wait()
+        return True
+
+    monkeypatch.setattr(_prefault._crt, "prefault", slow)
+    p = Prefaulter([torch.empty(64 * MiB, dtype=torch.uint8)])
+    while not calls:
+        threading.Event().wait(0.001)
+    release.set()
+    p.stop()  # returns once the chunk in hand is done
+    assert len(calls) <= 2 and p.populated <= 2 * MiB
+    monkeypatch.setattr(_prefault._crt, "prefault", lambda t, write_fallback=True: False)
+    p = Prefaulter([torch.empty(8 * MiB, dtype=torch.uint8)] * 3)
+    assert p._thread is not None
+    p._thread.join(5)
+    assert not p._thread.is_alive() and p.populated == 0  # gave up at the first chunk
+    p.stop()

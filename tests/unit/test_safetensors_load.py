@@ -148,6 +148,33 @@ def test_small_neighbours_share_a_get_and_keep_their_own_storage() -> None:
     assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in out.values())
 
 
+def test_the_tensors_with_their_own_get_are_made_resident_ahead_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fresh memory a GET lands in straight (a tensor of its own) is handed to the
+    prefaulting thread (_prefault.py) before any GET starts; a shared landing buffer is not
+    (it lives for one GET)."""
+    handed: List[List[Tuple[int, int]]] = []
+    gets_before: List[int] = []
+
+    class Recorder:
+        def __init__(self, buffers: List[torch.Tensor]) -> None:
+            handed.append([(b.data_ptr(), b.numel()) for b in buffers])
+            gets_before.append(len(native.gets))
+
+        def __enter__(self) -> "Recorder":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(_load, "Prefaulter", Recorder)
+    d = _model()
+    f, native = _open_fake({"m.safetensors": save(d)})
+    out = f.get_tensors()
+    assert all(_same(out[k], d[k]) for k in d)
+    assert handed == [[(out["big"].data_ptr(), out["big"].numel() * 2)]]
+    assert gets_before == [1]  # only the header's GET came before
+
+
 def test_only_requested_tensors_and_rows_are_read() -> None:
     d = _model()
     raw = save(d)

@@ -5,7 +5,10 @@
   into one GET into a buffer of at most ``GROUP_BYTES``, copied out to each tensor's own
   storage (small tensors: a negligible copy; far fewer requests); a tensor of
   ``OWN_STORAGE`` bytes or more gets an allocation and a GET of its own (the CRT splits it into
-  parts). At most ``WINDOW`` GETs are in flight, in file order.
+  parts). At most ``WINDOW`` GETs are in flight, in file order. Every destination is
+  allocated before the first GET, and a thread of its own makes the tensors' fresh pages
+  resident ahead of the GETs (``_prefault.py``): otherwise the CRT's event-loop thread takes
+  every page fault while it copies the bytes in.
 - **Staged** (CUDA destination, or a dtype cast): through the DCP loader's staging ring
   (``dcp/_staging.py``): bounded host memory, page-locked when it feeds a GPU, each landed slot
   copied (and cast) to its block of the destination; on CUDA the copies are asynchronous on a
@@ -26,6 +29,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 import torch
 
 from .. import _crt
+from .._prefault import Prefaulter
 from ..dcp._staging import RingLoad, StagedTensor, borrow_ring
 from ._dtypes import PACKED
 from ._errors import TruncatedFileError, read_error
@@ -159,37 +163,43 @@ class Loader:
         return groups
 
     def _place(self, g: _Group, out: Dict[str, torch.Tensor]) -> None:
-        """Allocate the group's tensors and the memory its GET lands in: the tensor itself
-        when it is alone, else a buffer its tensors are copied out of (every tensor keeps a
-        storage of its own, as the safetensors package gives it)."""
+        """Allocate the group's tensors, and for a lone tensor point the group's GET at the
+        tensor itself (a group of several lands in a buffer its tensors are copied out of,
+        allocated by ``_buffer`` when its GET starts: every tensor keeps a storage of its
+        own, as the safetensors package gives it)."""
         for p in g.members:
             out[p.info.name] = alloc(p.shape, p.dtype, self.device, self.pin_memory)
         if len(g.members) == 1:
             tensor = out[g.members[0].info.name]
             g.buf = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else None
-        else:
-            g.buf = torch.empty(g.end - g.begin, dtype=torch.uint8)
 
     def _load_direct(self, items: List[_Planned], out: Dict[str, torch.Tensor]) -> None:
         groups = self._groups(items)
+        for g in groups:  # every destination first (address space only), so that ...
+            self._place(g, out)
+        # ... a thread of its own can make them resident ahead of the GETs (_prefault.py).
+        # Page-locked memory is resident already; a shared buffer lives for one GET only.
+        fresh = [] if self.pin_memory else [g.buf for g in groups if len(g.members) == 1 and g.buf is not None]
         inflight: Deque[Tuple[_Group, Any]] = deque()
         try:
-            for g in groups:
-                self._place(g, out)
-                self.stats["direct"] += len(g.members)
-                if g.buf is None:  # empty tensors: nothing to read
-                    continue
-                if len(inflight) >= WINDOW:
+            with Prefaulter(fresh):
+                for g in groups:
+                    self.stats["direct"] += len(g.members)
+                    if len(g.members) > 1:
+                        g.buf = torch.empty(g.end - g.begin, dtype=torch.uint8)
+                    if g.buf is None:  # empty tensors: nothing to read
+                        continue
+                    if len(inflight) >= WINDOW:
+                        self._finish(*inflight.popleft(), out)
+                    start = g.file.header.data_start + g.begin
+                    try:
+                        h = self.native.start_get_into(self.bucket, g.file.key, g.buf, start, g.end - g.begin)
+                    except _crt.S3Exception as e:
+                        raise read_error(_where(g.file, g.members[0].info), e) from e
+                    self.stats["gets"] += 1
+                    inflight.append((g, h))
+                while inflight:
                     self._finish(*inflight.popleft(), out)
-                start = g.file.header.data_start + g.begin
-                try:
-                    h = self.native.start_get_into(self.bucket, g.file.key, g.buf, start, g.end - g.begin)
-                except _crt.S3Exception as e:
-                    raise read_error(_where(g.file, g.members[0].info), e) from e
-                self.stats["gets"] += 1
-                inflight.append((g, h))
-            while inflight:
-                self._finish(*inflight.popleft(), out)
         finally:
             # On failure, stop what is still running (each handle holds its destination
             # until the CRT is done with it, so no memory is released under a transfer).
