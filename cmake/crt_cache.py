@@ -55,9 +55,19 @@ def cache_root() -> Path:
     return base / "s3torch"
 
 
+def canonical_compiler(c_compiler: str) -> str:
+    """The compiler's real path. CMake names one compiler by whichever name it found first
+    (pip's build of the extension said /usr/bin/gcc, the fuzz build /usr/bin/cc: both links
+    to the same gcc), and two names must not cost two builds of the CRT."""
+    if not c_compiler:
+        return ""
+    return os.path.realpath(shutil.which(c_compiler) or c_compiler)
+
+
 def cache_key(c_compiler: str, build_type: str, toolchain_file: str = "") -> str:
     toolchain = os.environ.get("S3TORCH_CRT_TOOLCHAIN", "")
-    ident = f"{AWSCRT_VERSION}|{AWSCRT_SHA256}|{RECIPE_VERSION}|{c_compiler}|{build_type}|{os.uname().machine}"
+    compiler = canonical_compiler(c_compiler)
+    ident = f"{AWSCRT_VERSION}|{AWSCRT_SHA256}|{RECIPE_VERSION}|{compiler}|{build_type}|{os.uname().machine}"
     if toolchain:
         ident += f"|{toolchain}"
     if toolchain_file:  # only cross builds have one: native keys stay as they were

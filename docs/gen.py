@@ -269,7 +269,16 @@ NOTES: Dict[str, str] = {
     "fresh memory count for all. `runai` is runai-model-streamer 0.17.1 with its S3 backend pointed at nginx through "
     "`AWS_ENDPOINT_URL` and `RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING=0` (default concurrency); `boto3` is a GET of "
     "each file, then `safetensors.torch.load` of its bytes. Peak RSS includes the 4.3 GB of tensors; results.md beside "
-    "the file gives what each took beyond them. Charts were not drawn (no matplotlib in that interpreter).",
+    "the file gives what each took beyond them.",
+    **{
+        f"benchmarks/results/prefault/{build}-{r}.json": f"An A/B run (round {r} of 2): the {label} build. "
+        "`prefault/README.md` sets the four runs side by side."
+        for r in (1, 2)
+        for build, label in (
+            ("old", "old (b9fe733: GETs into fresh memory fault their pages in the event-loop thread)"),
+            ("new", "new (e42f938: the waiting thread makes fresh destinations resident ahead of the GET)"),
+        )
+    },
 }
 
 
