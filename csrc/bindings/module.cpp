@@ -63,6 +63,8 @@ PYBIND11_MODULE(_crt, m) {
         "one byte of each page back, so only for memory no other thread uses yet; with "
         "write_fallback=False it does nothing there instead (returns False), and is safe on memory a "
         "GET is landing in. GIL released.");
+    m.attr("POPULATE_CHUNK_BYTES") = s3torch::kPopulateChunkBytes;
+    m.attr("POPULATE_MIN_BYTES") = s3torch::kPopulateMinBytes;
     m.def(
         "checksum",
         [](const std::string &algorithm, py::handle data, uint64_t previous) {

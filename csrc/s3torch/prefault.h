@@ -1,7 +1,8 @@
-// Faulting in memory ahead of its first write: the staging ring's fresh slots, and the fresh
-// tensors a safetensors load lands in, are made resident on a thread of their own while the
-// first GETs are in flight, instead of page by page inside the event-loop thread that copies
-// the socket's bytes into them (on a 2-core machine, half of that thread's time).
+// Faulting in memory ahead of its first write: the staging ring's fresh slots, the fresh
+// tensors a safetensors load lands in (on a thread of their own), and the fresh destination of
+// a synchronous GET (on the thread that waits for it) are made resident while the GETs are in
+// flight, instead of page by page inside the event-loop thread that copies the socket's bytes
+// into them (on a 2-core machine, half of that thread's time).
 #pragma once
 
 #include <cstddef>
@@ -17,14 +18,20 @@ namespace s3torch {
 // range, or the kernel cannot populate and there is no fallback).
 bool prefault(void *data, size_t len, bool write_fallback = true);
 
+// populate_while's defaults (and the Python prefaulting thread's, through the binding): a
+// call of 2 MiB holds the process's mmap lock ~1 ms, so the event loop's own allocations
+// never wait long behind it (32 MiB calls stalled a first GET for 250 ms); under 4 MiB in all,
+// populating on another thread costs more than the faults it saves.
+constexpr size_t kPopulateChunkBytes = size_t{2} << 20;
+constexpr size_t kPopulateMinBytes = size_t{4} << 20;
+
 // For a thread that would otherwise only wait while a GET lands in [data, data + len):
-// populate it in order, `chunk` bytes at a time (each call holds the process's mmap lock
-// while it runs: 2 MiB keeps the event loop's own allocations from waiting behind it), while
-// `keep_going()` says so (the GET is not done). No write fallback, so it is safe under the
+// populate it in order, `chunk` bytes at a time, while `keep_going()` says so (the GET is not
+// done). No write fallback, so it is safe under the
 // GET's writes. Nothing for less than `min_len` bytes, or for memory whose first, middle and
 // last pages are resident already (a buffer in use: walking it would cost ~0.08 CPU-s/GB for
 // nothing). Returns the bytes populated.
-size_t populate_while(void *data, size_t len, const std::function<bool()> &keep_going, size_t chunk = size_t{2} << 20,
-                      size_t min_len = size_t{4} << 20);
+size_t populate_while(void *data, size_t len, const std::function<bool()> &keep_going,
+                      size_t chunk = kPopulateChunkBytes, size_t min_len = kPopulateMinBytes);
 
 }  // namespace s3torch

@@ -5,6 +5,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 AWSCRT_VERSION: str
 MAX_THROUGHPUT_GBPS: float
+POPULATE_CHUNK_BYTES: int
+POPULATE_MIN_BYTES: int
 
 class S3Exception(Exception):
     code: Optional[str]

@@ -21,8 +21,9 @@ import torch
 
 from . import _crt
 
-CHUNK_BYTES = 2 * 1024 * 1024  # per call: holds the mmap lock ~1 ms (see populate_while in prefault.h)
-MIN_BYTES = 4 * 1024 * 1024  # less in all, and a thread costs more than the faults it saves
+# Per call, and the least worth a thread: the core's own (prefault.h says why).
+CHUNK_BYTES = _crt.POPULATE_CHUNK_BYTES
+MIN_BYTES = _crt.POPULATE_MIN_BYTES
 
 
 class Prefaulter:
