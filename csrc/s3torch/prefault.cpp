@@ -11,9 +11,31 @@
 
 namespace s3torch {
 
+namespace {
+
+uintptr_t page_size() {
+    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096);
+    return page;
+}
+
+// Whether the first, middle and last pages of [data, data + len) are resident (mincore): a
+// buffer in use already, which populating would only walk.
+bool looks_resident(void *data, size_t len) {
+    const uintptr_t page = page_size();
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+    for (uintptr_t at : {begin, begin + len / 2, begin + len - 1}) {
+        unsigned char in_core = 0;
+        if (mincore(reinterpret_cast<void *>(at & ~(page - 1)), 1, &in_core) != 0) return false;
+        if (!(in_core & 1)) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
 bool prefault(void *data, size_t len, bool write_fallback) {
     if (data == nullptr || len == 0) return false;
-    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096);
+    const uintptr_t page = page_size();
     const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
     const uintptr_t first = begin & ~(page - 1);
     if (madvise(reinterpret_cast<void *>(first), begin + len - first, MADV_POPULATE_WRITE) == 0) return true;
@@ -27,23 +49,6 @@ bool prefault(void *data, size_t len, bool write_fallback) {
     }
     return true;
 }
-
-namespace {
-
-// Whether the first, middle and last pages of [data, data + len) are resident (mincore): a
-// buffer in use already, which populating would only walk.
-bool looks_resident(void *data, size_t len) {
-    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096);
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
-    for (uintptr_t at : {begin, begin + len / 2, begin + len - 1}) {
-        unsigned char in_core = 0;
-        if (mincore(reinterpret_cast<void *>(at & ~(page - 1)), 1, &in_core) != 0) return false;
-        if (!(in_core & 1)) return false;
-    }
-    return true;
-}
-
-}  // namespace
 
 size_t populate_while(void *data, size_t len, const std::function<bool()> &keep_going, size_t chunk, size_t min_len) {
     if (data == nullptr || len < min_len || chunk == 0 || looks_resident(data, len)) return 0;

@@ -27,10 +27,10 @@ constexpr size_t kPopulateMinBytes = size_t{4} << 20;
 
 // For a thread that would otherwise only wait while a GET lands in [data, data + len):
 // populate it in order, `chunk` bytes at a time, while `keep_going()` says so (the GET is not
-// done). No write fallback, so it is safe under the
-// GET's writes. Nothing for less than `min_len` bytes, or for memory whose first, middle and
-// last pages are resident already (a buffer in use: walking it would cost ~0.08 CPU-s/GB for
-// nothing). Returns the bytes populated.
+// done). No write fallback, so it is safe under the GET's writes. Nothing for less than
+// `min_len` bytes, or for memory whose first, middle and last pages are resident already (a
+// buffer in use: walking it would cost ~0.08 CPU-s/GB for nothing). Returns the bytes
+// populated.
 size_t populate_while(void *data, size_t len, const std::function<bool()> &keep_going,
                       size_t chunk = kPopulateChunkBytes, size_t min_len = kPopulateMinBytes);
 

@@ -82,8 +82,8 @@ def test_the_thread_makes_every_buffer_resident(monkeypatch: pytest.MonkeyPatch)
     maps = [_fresh(n) for n in (24 * MiB, 8 * MiB + 5)]
     before = _rss()
     p = Prefaulter([maps[0][1], torch.empty(0, dtype=torch.uint8), maps[1][1]])
-    while p._thread is not None and p._thread.is_alive():
-        p._thread.join(0.01)
+    assert p._thread is not None
+    p._thread.join()  # the work done (stop() would end it early)
     p.stop()
     assert p.populated == 32 * MiB + 5  # every byte of every buffer, the empty one skipped
     assert _rss() - before >= 30 * MiB
@@ -125,11 +125,13 @@ def test_it_stops_promptly_and_ends_where_the_kernel_cannot_populate(monkeypatch
 
     monkeypatch.setattr(_prefault._crt, "prefault", slow)
     p = Prefaulter([torch.empty(64 * MiB, dtype=torch.uint8)])
-    while not calls:
-        threading.Event().wait(0.001)
+    stopper = threading.Thread(target=p.stop)  # asked to stop while the first chunk is in hand
+    stopper.start()
+    assert p._stopped.wait(5)
     release.set()
-    p.stop()  # returns once the chunk in hand is done
-    assert len(calls) <= 2 and p.populated <= 2 * MiB
+    stopper.join(5)
+    assert not stopper.is_alive()  # stop() returned once the chunk in hand was done
+    assert calls == [MiB] and p.populated == MiB  # and no chunk was begun after it was asked
     monkeypatch.setattr(_prefault._crt, "prefault", lambda t, write_fallback=True: False)
     p = Prefaulter([torch.empty(8 * MiB, dtype=torch.uint8)] * 3)
     assert p._thread is not None

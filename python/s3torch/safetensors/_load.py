@@ -165,8 +165,8 @@ class Loader:
     def _place(self, g: _Group, out: Dict[str, torch.Tensor]) -> None:
         """Allocate the group's tensors, and for a lone tensor point the group's GET at the
         tensor itself (a group of several lands in a buffer its tensors are copied out of,
-        allocated by ``_buffer`` when its GET starts: every tensor keeps a storage of its
-        own, as the safetensors package gives it)."""
+        allocated by ``_load_direct`` when its GET starts: every tensor keeps a storage of
+        its own, as the safetensors package gives it)."""
         for p in g.members:
             out[p.info.name] = alloc(p.shape, p.dtype, self.device, self.pin_memory)
         if len(g.members) == 1:
