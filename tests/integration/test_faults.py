@@ -31,6 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 MiB = 1 << 20
 BIG = 64 * MiB
 N_OBJECTS = 200
+OBJECT_BYTES = 64 * 1024
 FLOWS = ("save1", "save3", "load", "put", "get", "dataset")
 
 
@@ -62,7 +63,9 @@ class World:
         )
         self.big = torch.randint(0, 256, (BIG,), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
         self.direct.put(BUCKET, f"{self.base}big.bin", self.big)
-        self.objects = {f"{self.base}ds/{i:04d}": bytes([i % 251]) * (4096 + i) for i in range(N_OBJECTS)}
+        # 200 objects of 64 KiB and more: 12.5 MiB, more than the 8 MB the mid-flow outage lets
+        # through first (at 4 KiB each, 0.8 MiB in all, the dataset once finished before it began).
+        self.objects = {f"{self.base}ds/{i:04d}": bytes([i % 251]) * (OBJECT_BYTES + i) for i in range(N_OBJECTS)}
         for k, v in self.objects.items():
             self.direct.put(BUCKET, k, v)
 
@@ -219,7 +222,7 @@ def test_complete_multipart_upload_200_with_error(world: World, proxy: FaultProx
 def test_30s_outage_in_the_middle_of_every_flow(world: World, seaweed: Any) -> None:
     """Every flow is mid-transfer when the outage begins: the proxy holds all traffic until each
     flow has sent its first request, then lets 8 MB through (at 40 MB/s) and goes down. The
-    smallest flow that moves bytes, the 24 MiB load, cannot have finished."""
+    smallest flow that moves bytes, the dataset's 12.5 MiB, cannot have finished."""
     run = "outage"
     host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
     with FaultProxy(host, int(port), rate=40e6) as proxy:
