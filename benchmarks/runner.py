@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import resource
 import subprocess
@@ -542,7 +543,12 @@ _DESTS = {
         "s3torchconnector": "cuda",
         "s3torch-cpu": "cpu",
     },
-    "dcp_load_staged": {"s3torch": "transposed", "s3torch-direct": "cpu", "s3torchconnector": "transposed"},
+    "dcp_load_staged": {
+        "s3torch": "transposed",
+        "s3torch-direct": "cpu",
+        "s3torch-fresh": "fresh",
+        "s3torchconnector": "transposed",
+    },
 }
 # safetensors_load_cuda: the same rows into the same kinds of memory (no peer there).
 _DESTS["safetensors_load_cuda"] = {p: k for p, k in _DESTS["dcp_load_cuda"].items() if p != "s3torchconnector"}
@@ -564,10 +570,11 @@ def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         t = torch.zeros(shape, dtype=torch.bfloat16)
         return t.pin_memory() if kind == "pinned" else t
 
-    sd = {k: dest(s) for k, s in bf16_shapes(ctx["layers"], ctx["d_model"]).items()}
+    shapes = bf16_shapes(ctx["layers"], ctx["d_model"])
+    sd = {} if kind == "fresh" else {k: dest(s) for k, s in shapes.items()}
     if kind == "cuda":
         torch.cuda.synchronize()
-    n = sum(t.numel() * t.element_size() for t in sd.values())
+    n = sum(math.prod(s) * 2 for s in shapes.values())  # bf16
     path = f"s3://{ctx['bucket']}/{ctx['key']}"
     if peer.startswith("s3torch") and peer != "s3torchconnector":
         from s3torch.dcp import S3StorageReader
@@ -583,7 +590,10 @@ def setup_dcp_load_into(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         r.fs = S3FileSystem("us-east-1", s3_client=s3tc_client(ctx), reader_constructor=r.fs._reader_constructor)
 
     def op() -> float:
-        dcp.load(sd, storage_reader=r)
+        # "fresh": the destinations are allocated by the operation, as `model.to_empty()` before
+        # a restore does: memory no one has written yet, whose pages fault on their first write.
+        into = {k: torch.empty(s, dtype=torch.bfloat16) for k, s in shapes.items()} if kind == "fresh" else sd
+        dcp.load(into, storage_reader=r)
         if kind == "cuda":
             torch.cuda.synchronize()
         return n

@@ -193,13 +193,14 @@ SCENARIOS: List[Scenario] = [
         needs_cuda=True,
     ),
     # The staging ring on CPU: "s3torch" and "s3torchconnector" load into transposed views
-    # (nothing can land in place), "s3torch-direct" into contiguous tensors.
+    # (nothing can land in place), "s3torch-direct" into contiguous tensors, "s3torch-fresh"
+    # into contiguous tensors each load allocates (as after `model.to_empty()`).
     Scenario(
         "dcp_load_staged",
         "DCP load into transposed CPU destinations (staging ring)",
         "nginx",
         "GB/s",
-        ["s3torch", "s3torch-direct", "s3torchconnector"],
+        ["s3torch", "s3torch-direct", "s3torch-fresh", "s3torchconnector"],
         {"layers": 4, "d_model": 4096},
         {"layers": 1, "d_model": 1024},
     ),

@@ -279,6 +279,28 @@ NOTES: Dict[str, str] = {
             ("new", "new (e42f938: the waiting thread makes fresh destinations resident ahead of the GET)"),
         )
     },
+    **{
+        f"benchmarks/results/event-loops/threads{t}-{r}.json": f"An A/B run (round {r} of 4) with {t} event-loop "
+        f"thread{'s' if t > 1 else ''} (`S3TORCH_EVENT_LOOP_THREADS`; rounds 1-2 an experimental build, 3-4 the "
+        "change). `event-loops/README.md` sets the eight runs side by side."
+        for r in (1, 2, 3, 4)
+        for t in (1, 2)
+    },
+    **{
+        f"benchmarks/results/event-loops/safetensors-threads{t}.json": f"With {t} event-loop "
+        f"thread{'s' if t > 1 else ''}, one after the other with the other count; see `event-loops/README.md`."
+        for t in (1, 2)
+    },
+    **{
+        f"benchmarks/results/prefault/dcp-fresh-{build}-{r}.json": f"An A/B run (round {r} of 2): the {label} "
+        "build. Only the `s3torch-fresh` row (destinations each load allocates) is what the change is about; the "
+        "other rows load into resident memory, which the change leaves alone, and show this machine's drift."
+        for r in (1, 2)
+        for build, label in (
+            ("old", "old (a1d7984: a DCP restore into fresh tensors faults their pages in the event-loop thread)"),
+            ("new", "new (DCP restores and the staging ring make fresh host destinations resident ahead of the GETs)"),
+        )
+    },
 }
 
 

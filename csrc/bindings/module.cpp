@@ -11,6 +11,7 @@
 #include "s3torch/crt_compat.h"
 #include "s3torch/endpoint_health.h"
 #include "s3torch/prefault.h"
+#include "s3torch/runtime.h"
 #include "s3torch/transpose.h"
 
 #include <cstdint>
@@ -63,6 +64,20 @@ PYBIND11_MODULE(_crt, m) {
         "one byte of each page back, so only for memory no other thread uses yet; with "
         "write_fallback=False it does nothing there instead (returns False), and is safe on memory a "
         "GET is landing in. GIL released.");
+    m.def(
+        "looks_resident",
+        [](py::handle data) {
+            auto buf = s3torch_py::HeldBuffer::acquire(data, false, {"looks_resident", "", ""});
+            py::gil_scoped_release nogil;
+            return s3torch::looks_resident(buf->data(), buf->size());
+        },
+        py::arg("data"),
+        "Whether a buffer's (or CPU tensor's) first, middle and last pages are resident (mincore): memory "
+        "in use already, which prefault would only walk. False for an empty buffer. GIL released.");
+    m.def("event_loop_threads", &s3torch::event_loop_threads,
+          "How many event-loop threads this process's CRT runtime runs (or will run, when it is built): "
+          "S3TORCH_EVENT_LOOP_THREADS if set, else half the cores but at least two on a machine with two or "
+          "more.");
     m.attr("POPULATE_CHUNK_BYTES") = s3torch::kPopulateChunkBytes;
     m.attr("POPULATE_MIN_BYTES") = s3torch::kPopulateMinBytes;
     m.def(

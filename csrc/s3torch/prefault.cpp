@@ -18,9 +18,10 @@ uintptr_t page_size() {
     return page;
 }
 
-// Whether the first, middle and last pages of [data, data + len) are resident (mincore): a
-// buffer in use already, which populating would only walk.
-bool looks_resident(void *data, size_t len) {
+}  // namespace
+
+bool looks_resident(const void *data, size_t len) {
+    if (data == nullptr || len == 0) return false;
     const uintptr_t page = page_size();
     const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
     for (uintptr_t at : {begin, begin + len / 2, begin + len - 1}) {
@@ -30,8 +31,6 @@ bool looks_resident(void *data, size_t len) {
     }
     return true;
 }
-
-}  // namespace
 
 bool prefault(void *data, size_t len, bool write_fallback) {
     if (data == nullptr || len == 0) return false;

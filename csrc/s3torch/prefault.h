@@ -18,6 +18,11 @@ namespace s3torch {
 // range, or the kernel cannot populate and there is no fallback).
 bool prefault(void *data, size_t len, bool write_fallback = true);
 
+// Whether the first, middle and last pages of [data, data + len) are resident (mincore): a
+// buffer in use already, which populating would only walk (~0.08 CPU-s/GB for nothing).
+// False for an empty range.
+bool looks_resident(const void *data, size_t len);
+
 // populate_while's defaults (and the Python prefaulting thread's, through the binding): a
 // call of 2 MiB holds the process's mmap lock ~1 ms, so the event loop's own allocations
 // never wait long behind it (32 MiB calls stalled a first GET for 250 ms); under 4 MiB in all,
@@ -28,9 +33,7 @@ constexpr size_t kPopulateMinBytes = size_t{4} << 20;
 // For a thread that would otherwise only wait while a GET lands in [data, data + len):
 // populate it in order, `chunk` bytes at a time, while `keep_going()` says so (the GET is not
 // done). No write fallback, so it is safe under the GET's writes. Nothing for less than
-// `min_len` bytes, or for memory whose first, middle and last pages are resident already (a
-// buffer in use: walking it would cost ~0.08 CPU-s/GB for nothing). Returns the bytes
-// populated.
+// `min_len` bytes, or for memory that looks_resident. Returns the bytes populated.
 size_t populate_while(void *data, size_t len, const std::function<bool()> &keep_going,
                       size_t chunk = kPopulateChunkBytes, size_t min_len = kPopulateMinBytes);
 

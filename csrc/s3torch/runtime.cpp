@@ -7,6 +7,7 @@
 
 #include <aws/auth/auth.h>
 #include <aws/common/logging.h>
+#include <aws/common/system_info.h>
 #include <aws/common/thread.h>
 #include <aws/io/channel.h>
 #include <aws/io/channel_bootstrap.h>
@@ -14,6 +15,8 @@
 #include <aws/io/host_resolver.h>
 #include <aws/s3/s3.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -33,6 +36,9 @@ constexpr size_t kHostResolverEntries = 64;
 // How long shutdown() waits for clients released without waiting (a destructor) to let go of
 // the runtime: the CRT shuts an aws_s3_client down in milliseconds.
 constexpr std::chrono::seconds kClientShutdownWait{5};
+
+// The most event-loop threads S3TORCH_EVENT_LOOP_THREADS may ask for.
+constexpr unsigned long kMaxEventLoopThreads = 256;
 
 // Guards g_runtime and g_owner; g_released is signalled (under it) whenever a reference to
 // the runtime is dropped through Runtime::release. The runtime itself is immutable once built.
@@ -79,6 +85,22 @@ void abandon_inherited_runtime_locked() {
 
 }  // namespace
 
+uint16_t event_loop_threads() {
+    const char *want = std::getenv("S3TORCH_EVENT_LOOP_THREADS");
+    if (want && *want) {
+        char *end = nullptr;
+        errno = 0;
+        const unsigned long n = std::strtoul(want, &end, 10);
+        if (errno != 0 || *end != '\0' || *want == '-' || n < 1 || n > kMaxEventLoopThreads)
+            throw_invalid("S3TORCH_EVENT_LOOP_THREADS must be a whole number from 1 to " +
+                          std::to_string(kMaxEventLoopThreads) + ", got '" + want + "'");
+        return static_cast<uint16_t>(n);
+    }
+    const size_t cores = aws_system_info_processor_count();
+    return static_cast<uint16_t>(
+        std::min<size_t>(kMaxEventLoopThreads, std::max<size_t>(cores >= 2 ? 2 : 1, cores / 2)));
+}
+
 Runtime::Runtime() : allocator_(aws_default_allocator()) {
     if (!g_library_initialized) {
         aws_s3_library_init(allocator_);
@@ -86,7 +108,7 @@ Runtime::Runtime() : allocator_(aws_default_allocator()) {
         crt_compat::set_channel_max_fragment_size(kChannelMessageBytes);
         g_library_initialized = true;
     }
-    elg_ = aws_event_loop_group_new_default(allocator_, 0, nullptr);
+    elg_ = aws_event_loop_group_new_default(allocator_, event_loop_threads(), nullptr);
     if (!elg_) throw error_from_crt(aws_last_error(), {"CreateEventLoopGroup", "", ""});
     aws_host_resolver_default_options resolver_options;
     AWS_ZERO_STRUCT(resolver_options);

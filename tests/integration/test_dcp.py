@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 import torch
@@ -404,3 +405,34 @@ def test_writer_accepts_filesystemwriter_options(seaweed, prefix: str) -> None: 
     assert {f"{prefix}opts/__0_0.distcp", f"{prefix}opts/__0_1.distcp"} <= keys
     with pytest.raises(TypeError, match="unexpected"):
         writer(seaweed, f"s3://{BUCKET}/{prefix}x", no_such_option=1)
+
+
+def test_fresh_destinations_are_made_resident_ahead_of_the_gets(seaweed, prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A restore into memory no one has written yet (``model.to_empty()``) hands the tensors a
+    GET lands in straight to the prefaulting thread (the records that come whole with the probe
+    are copied, not fetched), and every byte lands as saved."""
+    from s3torch.dcp import _parallel_load
+
+    handed: List[List[tuple]] = []
+    real = _parallel_load.Prefaulter
+
+    class Recorder(real):  # type: ignore[misc, valid-type]
+        def __init__(self, buffers: List[torch.Tensor]) -> None:
+            handed.append(sorted((b.data_ptr(), b.numel()) for b in buffers))
+            super().__init__(buffers)
+
+    monkeypatch.setattr(_parallel_load, "Prefaulter", Recorder)
+    g = torch.Generator().manual_seed(5)
+    sd = {
+        "big": torch.randn(2048, 1024, generator=g),
+        "mid": torch.randn(300, 100, generator=g),
+        "small": torch.ones(10),
+    }
+    path = f"s3://{BUCKET}/{prefix}fresh"
+    dcp.save(sd, storage_writer=writer(seaweed, path))
+    out = {k: torch.empty_like(v) for k, v in sd.items()}
+    r = reader(seaweed, path)
+    dcp.load(out, storage_reader=r)
+    assert_same(sd, out)
+    assert handed == [sorted((out[k].data_ptr(), out[k].numel() * 4) for k in ("big", "mid"))]
+    assert r.last_load_stats["direct"] == 2, r.last_load_stats

@@ -1,7 +1,8 @@
 """_crt.prefault: the staging ring's fresh slots are made resident on the thread that
 allocates them (MADV_POPULATE_WRITE), so the GETs that land in them take no page faults; and
 _prefault.Prefaulter, the thread that does the same ahead of GETs already landing in fresh
-tensors (safetensors into CPU memory)."""
+tensors (safetensors into CPU memory, DCP restores into ``to_empty()`` state dicts, the
+staging ring's copies into fresh host tensors), skipping memory in use."""
 
 from __future__ import annotations
 
@@ -115,16 +116,18 @@ def test_a_write_landing_meanwhile_is_never_undone() -> None:
 def test_it_stops_promptly_and_ends_where_the_kernel_cannot_populate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_prefault, "CHUNK_BYTES", MiB)
     calls: List[int] = []
-    release = threading.Event()
+    release, in_hand = threading.Event(), threading.Event()
 
     def slow(t: torch.Tensor, write_fallback: bool = True) -> bool:
         assert write_fallback is False  # the GETs write these pages: the fallback would race them
         calls.append(t.numel())
+        in_hand.set()
         release.wait()
         return True
 
     monkeypatch.setattr(_prefault._crt, "prefault", slow)
     p = Prefaulter([torch.empty(64 * MiB, dtype=torch.uint8)])
+    assert in_hand.wait(5)
     stopper = threading.Thread(target=p.stop)  # asked to stop while the first chunk is in hand
     stopper.start()
     assert p._stopped.wait(5)
@@ -138,3 +141,28 @@ def test_it_stops_promptly_and_ends_where_the_kernel_cannot_populate(monkeypatch
     p._thread.join(5)
     assert not p._thread.is_alive() and p.populated == 0  # gave up at the first chunk
     p.stop()
+
+
+def test_looks_resident_tells_memory_in_use_from_fresh() -> None:
+    m, t = _fresh(16 * MiB)
+    assert _crt.looks_resident(t) is False
+    t[0] = 1  # the first page only: the middle and last are still fresh
+    assert _crt.looks_resident(t) is False
+    assert _crt.prefault(t) is True
+    assert _crt.looks_resident(t) is True
+    assert _crt.looks_resident(t[5 * MiB + 3 : 9 * MiB]) is True  # an unaligned piece of it
+    assert _crt.looks_resident(b"read-only bytes in use") is True  # reading needs no write access
+    assert _crt.looks_resident(bytearray()) is False
+
+
+def test_the_thread_skips_buffers_in_use() -> None:
+    """A destination someone has written (an initialized model's state dict) is not walked:
+    only the fresh buffer is populated."""
+    in_use = torch.ones(8 * MiB, dtype=torch.uint8)
+    m, fresh = _fresh(8 * MiB)
+    p = Prefaulter([in_use, fresh])
+    assert p._thread is not None
+    p._thread.join()
+    p.stop()
+    assert p.populated == 8 * MiB
+    assert _crt.looks_resident(fresh)

@@ -38,6 +38,7 @@ import torch
 
 from .. import _crt
 from .._crc import crc32_of_parts
+from .._prefault import Prefaulter
 from ._errors import StagingError, crc_mismatch, read_error, short_read
 
 MiB = 1024 * 1024
@@ -249,9 +250,17 @@ def _column_major(t: torch.Tensor) -> bool:
     )
 
 
+def _host_strided(t: torch.Tensor) -> bool:
+    """A dense-layout CPU tensor with non-negative strides: one span of host memory."""
+    return (
+        t.device.type == "cpu" and t.layout == torch.strided and not t.is_quantized and min(t.stride(), default=0) >= 0
+    )
+
+
 def _span_bytes(t: torch.Tensor) -> torch.Tensor:
-    """The bytes from ``t``'s first element to its last, as a flat uint8 tensor (no copy)."""
-    n = ((t.shape[1] - 1) * t.stride(1) + t.shape[0]) * t.element_size()
+    """The bytes from ``t``'s first element to its last (a non-empty strided CPU tensor with
+    non-negative strides), as a flat uint8 tensor (no copy)."""
+    n = (sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1) * t.element_size()
     return torch.empty(0, dtype=torch.uint8).set_(
         t.untyped_storage(), t.storage_offset() * t.element_size(), (n,), (1,)
     )
@@ -356,6 +365,15 @@ class RingLoad:
     def run(self, tensors: List[StagedTensor]) -> None:
         ring = self.ring
         ring.prepare(sum(t.nbytes for t in tensors))
+        # Host destinations no one has written yet (a cast's fresh tensors, ``to_empty()``) are
+        # made resident ahead of the copies into them (_prefault), which would otherwise fault
+        # them page by page on this thread.
+        fresh = [_span_bytes(t.dst) for t in tensors if _host_strided(t.dst) and t.nbytes]
+        with Prefaulter(fresh):
+            self._run(tensors)
+
+    def _run(self, tensors: List[StagedTensor]) -> None:
+        ring = self.ring
         try:
             for t in tensors:
                 if t.nbytes == 0:
