@@ -126,7 +126,8 @@ def test_it_stops_promptly_and_ends_where_the_kernel_cannot_populate(monkeypatch
         return True
 
     monkeypatch.setattr(_prefault._crt, "prefault", slow)
-    p = Prefaulter([torch.empty(64 * MiB, dtype=torch.uint8)])
+    m, fresh = _fresh(64 * MiB)  # (torch.empty may hand back memory in use: the thread would skip it)
+    p = Prefaulter([fresh])
     assert in_hand.wait(5)
     stopper = threading.Thread(target=p.stop)  # asked to stop while the first chunk is in hand
     stopper.start()
@@ -136,7 +137,8 @@ def test_it_stops_promptly_and_ends_where_the_kernel_cannot_populate(monkeypatch
     assert not stopper.is_alive()  # stop() returned once the chunk in hand was done
     assert calls == [MiB] and p.populated == MiB  # and no chunk was begun after it was asked
     monkeypatch.setattr(_prefault._crt, "prefault", lambda t, write_fallback=True: False)
-    p = Prefaulter([torch.empty(8 * MiB, dtype=torch.uint8)] * 3)
+    m, fresh = _fresh(8 * MiB)
+    p = Prefaulter([fresh] * 3)
     assert p._thread is not None
     p._thread.join(5)
     assert not p._thread.is_alive() and p.populated == 0  # gave up at the first chunk
