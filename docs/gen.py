@@ -286,6 +286,8 @@ NOTES: Dict[str, str] = {
         for r in (1, 2, 3, 4)
         for t in (1, 2)
     },
+    "benchmarks/results/event-loops/dcp_load-peers.json": "With two event-loop threads (the default on 2 cores "
+    "since this run's change), beside s3torchconnector in the same run.",
     **{
         f"benchmarks/results/event-loops/safetensors-threads{t}.json": f"With {t} event-loop "
         f"thread{'s' if t > 1 else ''}, one after the other with the other count; see `event-loops/README.md`."
