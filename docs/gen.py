@@ -289,9 +289,10 @@ NOTES: Dict[str, str] = {
     "benchmarks/results/event-loops/dcp_load-peers.json": "With two event-loop threads (the default on 2 cores "
     "since this run's change), beside s3torchconnector in the same run.",
     **{
-        f"benchmarks/results/event-loops/safetensors-threads{t}.json": f"With {t} event-loop "
+        f"benchmarks/results/event-loops/safetensors-threads{t}{r}.json": f"With {t} event-loop "
         f"thread{'s' if t > 1 else ''}, one after the other with the other count; see `event-loops/README.md`."
         for t in (1, 2)
+        for r in ("", "-6", "-7")
     },
     **{
         f"benchmarks/results/prefault/dcp-fresh-{build}-{r}.json": f"An A/B run (round {r} of 2): the {label} "
