@@ -9,7 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import pytest
 import torch
@@ -20,6 +20,29 @@ from s3torch.dcp import _staging
 from s3torch.dcp._staging import StagingRing
 
 MiB = 1 << 20
+
+
+class PrefaulterRecorder:
+    """A stand-in for Prefaulter (monkeypatched into a loader) that records what each one is
+    handed, as (address, bytes) pairs, and how many GETs ``gets()`` counted by then."""
+
+    def __init__(self, gets: Callable[[], int]) -> None:
+        self.handed: List[List[Tuple[int, int]]] = []
+        self.gets_before: List[int] = []
+        outer = self
+
+        class Recorder:
+            def __init__(self, buffers: List[torch.Tensor]) -> None:
+                outer.handed.append([(b.data_ptr(), b.numel()) for b in buffers])
+                outer.gets_before.append(gets())
+
+            def __enter__(self) -> "Recorder":
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+        self.cls = Recorder
 
 
 def _rss() -> int:

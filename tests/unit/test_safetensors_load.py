@@ -23,6 +23,7 @@ from s3torch.safetensors import (
     save,
 )
 from s3torch.safetensors._open import safe_open
+from tests.unit.test_prefault import PrefaulterRecorder
 from tests.unit.test_safetensors_header import _same, _sample
 
 
@@ -152,27 +153,14 @@ def test_the_tensors_with_their_own_get_are_made_resident_ahead_of_it(monkeypatc
     """The fresh memory a GET lands in straight (a tensor of its own) is handed to the
     prefaulting thread (_prefault.py) before any GET starts; a shared landing buffer is not
     (it lives for one GET)."""
-    handed: List[List[Tuple[int, int]]] = []
-    gets_before: List[int] = []
-
-    class Recorder:
-        def __init__(self, buffers: List[torch.Tensor]) -> None:
-            handed.append([(b.data_ptr(), b.numel()) for b in buffers])
-            gets_before.append(len(native.gets))
-
-        def __enter__(self) -> "Recorder":
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-    monkeypatch.setattr(_load, "Prefaulter", Recorder)
+    rec = PrefaulterRecorder(lambda: len(native.gets))
+    monkeypatch.setattr(_load, "Prefaulter", rec.cls)
     d = _model()
     f, native = _open_fake({"m.safetensors": save(d)})
     out = f.get_tensors()
     assert all(_same(out[k], d[k]) for k in d)
-    assert handed == [[(out["big"].data_ptr(), out["big"].numel() * 2)]]
-    assert gets_before == [1]  # only the header's GET came before
+    assert rec.handed == [[(out["big"].data_ptr(), out["big"].numel() * 2)]]
+    assert rec.gets_before == [1]  # only the header's GET came before
 
 
 def test_only_requested_tensors_and_rows_are_read() -> None:

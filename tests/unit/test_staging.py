@@ -253,22 +253,10 @@ def test_host_destinations_are_handed_to_the_prefaulter_before_any_get(monkeypat
     """Each host destination's whole span (first element to last, a transposed view's storage
     included) goes to the prefaulting thread before the first GET; an empty one does not."""
     from s3torch.dcp import _staging
+    from tests.unit.test_prefault import PrefaulterRecorder
 
-    handed: List[List[tuple]] = []
-    gets_before: List[int] = []
-
-    class Recorder:
-        def __init__(self, buffers: List[torch.Tensor]) -> None:
-            handed.append([(b.data_ptr(), b.numel()) for b in buffers])
-            gets_before.append(len(native.addresses))
-
-        def __enter__(self) -> "Recorder":
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-    monkeypatch.setattr(_staging, "Prefaulter", Recorder)
+    rec = PrefaulterRecorder(lambda: len(native.addresses))
+    monkeypatch.setattr(_staging, "Prefaulter", rec.cls)
     srcs = {"t": _random([40, 30], torch.float32, 1), "s": _random([6, 8, 10], torch.int16, 2), "e": torch.zeros(0)}
     base = torch.zeros(30, 40)
     strided = torch.zeros(6, 16, 10, dtype=torch.int16)
@@ -279,8 +267,8 @@ def test_host_destinations_are_handed_to_the_prefaulter_before_any_get(monkeypat
     )
     assert all(torch.equal(dsts[k], srcs[k]) for k in srcs)
     span_s = ((6 - 1) * 160 + (8 - 1) * 20 + (10 - 1) + 1) * 2  # first to last element, in bytes
-    assert handed == [[(base.data_ptr(), 30 * 40 * 4), (strided.data_ptr(), span_s)]]
-    assert gets_before == [0]
+    assert rec.handed == [[(base.data_ptr(), 30 * 40 * 4), (strided.data_ptr(), span_s)]]
+    assert rec.gets_before == [0]
 
 
 def test_a_ring_of_one_slot() -> None:
