@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Iterator
+from typing import Iterator, List
 
 import pytest
 
 # Never let a credentials chain reach for instance metadata (a non-loopback address).
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from s3torch import S3Client, S3ClientConfig  # noqa: E402
-from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, SeaweedFS  # noqa: E402
+from s3torch import S3Client, S3ClientConfig, _crt  # noqa: E402
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, SeaweedFS, free_port  # noqa: E402
+from tests.faults.proxy import Blackhole  # noqa: E402
 
 BUCKET = "s3torch-test"
 
@@ -40,6 +41,34 @@ def moto() -> Iterator[MotoServer]:
 def server(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Each conformance test runs once per backend."""
     return request.getfixturevalue(request.param)
+
+
+def never_answered_endpoint() -> str:
+    """A closed port on 127.0.0.1 that no server has answered this process on. free_port()
+    alone can hand back the port of a server an earlier test ran: that endpoint is then known
+    to be right here (``_crt.answered_endpoints()``), and a request to it gets the long retry
+    budget instead of the fast failure a never-answered endpoint gets."""
+    answered = set(_crt.answered_endpoints())
+    while True:
+        endpoint = f"http://127.0.0.1:{free_port()}"
+        if endpoint not in answered:
+            return endpoint
+
+
+def never_answered_blackhole() -> Blackhole:
+    """A Blackhole (accepts, never answers) on a port no server has answered this process on
+    (never_answered_endpoint says why); the caller closes it."""
+    answered = set(_crt.answered_endpoints())
+    refused: List[Blackhole] = []  # held while choosing, so the kernel hands out other ports
+    try:
+        while True:
+            hole = Blackhole()
+            if hole.endpoint not in answered:
+                return hole
+            refused.append(hole)
+    finally:
+        for h in refused:
+            h.close()
 
 
 def make_client(server, **overrides) -> S3Client:  # type: ignore[no-untyped-def]

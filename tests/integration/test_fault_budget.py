@@ -19,9 +19,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3torch import S3Client, S3ClientConfig, S3ConnectionError
-from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, free_port
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.dcp import CheckpointReadError, S3StorageReader, S3StorageWriter
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, never_answered_endpoint
 from tests.faults.proxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -111,7 +111,7 @@ def test_fresh_process_dataset_rides_out_an_outage_at_its_first_gets(
 
 def test_never_answered_endpoint_still_fails_fast() -> None:
     """A closed port at the start of a job: S3ConnectionError in under 10 s."""
-    client = S3Client(REGION, endpoint=f"http://127.0.0.1:{free_port()}", s3client_config=_cfg())
+    client = S3Client(REGION, endpoint=never_answered_endpoint(), s3client_config=_cfg())
     began = time.monotonic()
     with pytest.raises(S3ConnectionError):
         client.get_into(BUCKET, "k", bytearray(8))

@@ -21,10 +21,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3torch import S3Client, S3ClientConfig, S3Exception, S3IterableDataset
-from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, free_port
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.dcp import CheckpointCorruptError, CheckpointReadError, S3StorageReader, S3StorageWriter
-from tests.conftest import BUCKET
-from tests.faults.proxy import Blackhole, Fault, FaultProxy, wait_until
+from tests.conftest import BUCKET, never_answered_blackhole, never_answered_endpoint
+from tests.faults.proxy import Fault, FaultProxy, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -329,8 +329,8 @@ def _attempt(endpoint: str, what: str, give_up: Callable[[], None]) -> Tuple[Bas
 @pytest.mark.parametrize("where", ["closed_port", "blackhole"])
 @pytest.mark.parametrize("what", ["get", "put", "dcp_load"])
 def test_endpoint_that_never_answered_fails_fast(where: str, what: str) -> None:
-    with Blackhole() as hole:
-        endpoint = hole.endpoint if where == "blackhole" else f"http://127.0.0.1:{free_port()}"
+    with never_answered_blackhole() as hole:
+        endpoint = hole.endpoint if where == "blackhole" else never_answered_endpoint()
         e, took = _attempt(endpoint, what, hole.close)
     err = _s3_error(e)
     assert isinstance(err, S3Exception) and isinstance(err, ConnectionError), (type(err), str(err))

@@ -6,7 +6,7 @@ import http.client
 import http.server
 import threading
 import time
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -119,3 +119,31 @@ def test_outage_resets_open_connections_refuses_new_ones_then_ends(proxy: FaultP
     c.close()
     time.sleep(1.3)
     assert _request(proxy) == (200, BODY)
+
+
+def test_never_answered_endpoints_skip_ports_a_server_answered_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """free_port() can hand back the port of an earlier test's server; that endpoint is known
+    to be right in this process and would get the long retry budget (a flaky fail-fast test)."""
+    import tests.conftest as conftest
+    from s3torch import _crt
+
+    answered, fresh = "http://127.0.0.1:1", "http://127.0.0.1:2"
+    _crt.mark_answered([answered])  # port 1 is privileged: no test server ever listens there
+    ports = iter([1, 1, 2])
+    monkeypatch.setattr(conftest, "free_port", lambda: next(ports))
+    assert conftest.never_answered_endpoint() == fresh
+
+    closed: List[str] = []
+
+    class Hole:
+        endpoints = iter([answered, fresh])
+
+        def __init__(self) -> None:
+            self.endpoint = next(Hole.endpoints)
+
+        def close(self) -> None:
+            closed.append(self.endpoint)
+
+    monkeypatch.setattr(conftest, "Blackhole", Hole)
+    hole = conftest.never_answered_blackhole()
+    assert hole.endpoint == fresh and closed == [answered]  # the refused one closed, the chosen one open
