@@ -23,8 +23,8 @@ namespace s3torch {
 // else half the cores (aws-c-io's default: one a physical core) but at least two on a machine
 // with two cores or more. With aws-c-io's one on 2 cores, that thread was the bound of GETs
 // into memory (benchmarks/results/event-loops/: 20-50% faster at the same CPU; a process's
-// first safetensors load into fresh tensors 5-29% slower in six of seven pairs). Throws S3InvalidArgumentError for a
-// malformed variable.
+// first safetensors load into fresh tensors 5-29% slower in six of seven pairs). Throws
+// S3InvalidArgumentError for a malformed variable.
 uint16_t event_loop_threads();
 
 class Runtime {

@@ -298,7 +298,7 @@ class ParallelLoader:
         destinations no one has written yet (``model.to_empty()``) are made resident on a thread
         of their own ahead of the GETs (_prefault): their page faults would otherwise be taken
         by the event-loop thread that copies the bytes in (benchmarks/results/prefault/)."""
-        with Prefaulter([_view_bytes(it.dst) for it in items if it.dst is not None and it.dst.numel()]):
+        with Prefaulter([_view_bytes(it.dst) for it in items if it.dst is not None]):  # (it drops empty ones)
             self._get_direct(items, planner, pool)
 
     def _get_direct(self, items: List[_Item], planner: LoadPlanner, pool: Optional[ThreadPoolExecutor]) -> None:

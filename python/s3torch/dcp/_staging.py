@@ -238,20 +238,19 @@ def _column_major(t: torch.Tensor) -> bool:
     """A 2-D host view whose columns are contiguous (a transpose of a row-major block): what
     the native tiled transpose writes."""
     return (
-        t.device.type == "cpu"
+        _host_strided(t)
         and t.dim() == 2
         and t.shape[0] > 1
         and t.shape[1] > 1
         and t.stride(0) == 1
         and t.stride(1) >= t.shape[0]
         and t.element_size() in (1, 2, 4, 8, 16)
-        and t.layout == torch.strided
-        and not t.is_quantized
     )
 
 
 def _host_strided(t: torch.Tensor) -> bool:
-    """A dense-layout CPU tensor with non-negative strides: one span of host memory."""
+    """A dense-layout CPU tensor with non-negative strides: one span of host memory. (The
+    layout is asked first: a sparse tensor has no strides to ask.)"""
     return (
         t.device.type == "cpu" and t.layout == torch.strided and not t.is_quantized and min(t.stride(), default=0) >= 0
     )
