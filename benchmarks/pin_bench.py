@@ -5,6 +5,7 @@
 Each way runs in a fresh process (what a first load pays): CUDA is initialized first (not
 timed), then a pinned ``StagingRing`` is made and every slot awaited. Ways: torch's pinned
 allocator (``cudaHostAlloc``) or in place (``cudaHostRegister`` after faulting the pages in),
+in place both in small pages and in transparent huge pages (``S3TORCH_HUGE_PAGES=0`` / ``1``),
 each with 1 and 4 allocating threads. Prints a table and one JSON line per way.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -31,8 +33,9 @@ for i in range(r.nslots):
         first = time.perf_counter() - t0
 dt = time.perf_counter() - t0
 pinned = all(m is not None and m.is_pinned() for m in r.memory)
+huge = [int(l.split()[1]) << 10 for l in open("/proc/self/smaps_rollup") if l.startswith("AnonHugePages")][0]
 print(json.dumps({"way": sys.argv[1], "threads": threads, "seconds": dt, "first_slot_s": first,
-                  "gb_per_s": ring / dt / 1e9, "pinned": pinned}))
+                  "gb_per_s": ring / dt / 1e9, "pinned": pinned, "huge_page_bytes": huge}))
 """
 
 
@@ -42,22 +45,27 @@ def main() -> int:
     ap.add_argument("--slot-mib", type=int, default=8)
     args = ap.parse_args()
     ring, slot = args.ring_mib << 20, args.slot_mib << 20
-    print(f"| way | threads | {args.ring_mib} MiB ring in | GB/s | first slot | pinned |\n|---|---|---|---|---|---|")
-    for way in ("alloc", "register"):
+    print(
+        f"| way | S3TORCH_HUGE_PAGES | threads | {args.ring_mib} MiB ring in | GB/s | first slot | in huge pages "
+        "| pinned |\n|---|---|---|---|---|---|---|---|"
+    )
+    for way, huge in (("alloc", ""), ("register", "0"), ("register", "1")):
         for threads in (1, 4):
             r = subprocess.run(
                 [sys.executable, "-c", CHILD, way, str(threads), str(ring), str(slot)],
                 capture_output=True,
                 text=True,
                 timeout=120,
+                env=dict(os.environ, S3TORCH_HUGE_PAGES=huge),
             )
             if r.returncode != 0:
-                print(f"| {way} | {threads} | failed: {r.stderr.strip()[-300:]} | | | |")
+                print(f"| {way} | {huge} | {threads} | failed: {r.stderr.strip()[-300:]} | | | | |")
                 continue
             d = json.loads(r.stdout.strip().splitlines()[-1])
+            d["huge_pages_setting"] = huge
             print(
-                f"| {way} | {threads} | {d['seconds'] * 1000:.0f} ms | {d['gb_per_s']:.2f} "
-                f"| {d['first_slot_s'] * 1000:.1f} ms | {d['pinned']} |"
+                f"| {way} | {huge} | {threads} | {d['seconds'] * 1000:.0f} ms | {d['gb_per_s']:.2f} "
+                f"| {d['first_slot_s'] * 1000:.1f} ms | {d['huge_page_bytes'] >> 20} MiB | {d['pinned']} |"
             )
             print(json.dumps(d), file=sys.stderr)
     return 0

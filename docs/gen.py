@@ -304,6 +304,14 @@ NOTES: Dict[str, str] = {
             ("new", "new (DCP restores and the staging ring make fresh host destinations resident ahead of the GETs)"),
         )
     },
+    **{
+        f"benchmarks/results/huge-pages/{setting}-{r}.json": f"An A/B run (round {r} of 4) with "
+        f"`S3TORCH_HUGE_PAGES={int(setting == 'on')}` (transparent huge pages for fresh destinations "
+        f"{setting}), on a VM that reports free memory to its host. `huge-pages/README.md` sets the eight runs "
+        "side by side and says why the setting is opt-in."
+        for r in (1, 2, 3, 4)
+        for setting in ("off", "on")
+    },
 }
 
 

@@ -40,6 +40,9 @@ import lzma, os, shutil
 with lzma.open('.gpu/weed.xz') as f, open('/tmp/bin/weed', 'wb') as out: shutil.copyfileobj(f, out)
 os.chmod('/tmp/bin/weed', 0o755)" && export PATH=/tmp/bin:$PATH:$(pwd)/.gpu/ng/usr/sbin  # weed for tests and saves, nginx for the harness
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$OUT/env.txt"
+python3 -c "from s3torch import _crt; print('huge page bytes:', _crt.huge_page_bytes(), 'enabled:', _crt.huge_pages_enabled())" >> "$OUT/env.txt" 2>&1
+cat /sys/kernel/mm/transparent_hugepage/enabled /sys/kernel/mm/transparent_hugepage/defrag \
+  /sys/module/page_reporting/parameters/page_reporting_order >> "$OUT/env.txt" 2>&1
 T0=$(date +%s); BUDGET=${GPU_BUDGET_S:-540}  # seconds this script may take; later steps skip
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
 step() {  # step NAME SECONDS LOG CMD...: CMD with a timeout, output to LOG; skipped if the budget is short
@@ -55,7 +58,9 @@ if want tests; then  # -v: each result is in the file as it happens, even if the
   grep -E "^E  " "$OUT/tests.txt" | head -20; tail -3 "$OUT/tests.txt"
 fi
 if want pin; then  # how fast a fresh process page-locks a ring, each way
-  step pin_bench 60 "$OUT/pin.txt" python3 benchmarks/pin_bench.py; grep "^|" "$OUT/pin.txt" || tail "$OUT/pin.txt"
+  step pin_bench 90 "$OUT/pin.txt" python3 benchmarks/pin_bench.py; grep "^|" "$OUT/pin.txt" || tail "$OUT/pin.txt"
+  step populate_bench 40 "$OUT/populate.txt" python3 benchmarks/populate_bench.py --pairs 4  # huge pages or not, no GPU
+  grep "^|" "$OUT/populate.txt" || tail "$OUT/populate.txt"
 fi
 if want sweep; then  # ring sizes for CUDA loads, in one process; the harness rows then load with the best
   step ring_sweep 150 "$OUT/sweep.txt" python3 benchmarks/ring_sweep.py --repeat 3 --out "$OUT/sweep"

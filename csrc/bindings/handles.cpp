@@ -1,6 +1,7 @@
 #include "handles.h"
 
 #include "s3torch/endpoint_health.h"
+#include "s3torch/prefault.h"
 
 #include <algorithm>
 #include <chrono>
@@ -15,7 +16,7 @@ namespace {
 
 // How long a wait holds off signal checks (KeyboardInterrupt is noticed within this).
 constexpr int64_t kWaitSliceMs = 100;
-constexpr size_t kPageSize = 4096;  // HostBuffer's alignment
+constexpr size_t kPageSize = 4096;  // HostBuffer's least alignment
 
 // Log the retry reports due now (endpoint_health.h) as WARNINGs on the "s3torch" logger. Runs
 // on a caller thread that holds the GIL, between wait slices: the one place retry reports
@@ -171,7 +172,8 @@ void UploadHandle::abort() {
 HostBuffer::HostBuffer(size_t n) : size_(n) {
     if (n == 0) return;
     void *p = nullptr;
-    if (posix_memalign(&p, kPageSize, n) != 0) throw std::bad_alloc();
+    // On a huge page where they are enabled (s3torch::fill_alignment).
+    if (posix_memalign(&p, s3torch::fill_alignment(n, kPageSize), n) != 0) throw std::bad_alloc();
     data_ = p;
 }
 

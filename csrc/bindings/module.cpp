@@ -74,6 +74,22 @@ PYBIND11_MODULE(_crt, m) {
         py::arg("data"),
         "Whether a buffer's (or CPU tensor's) first, middle and last pages are resident (mincore): memory "
         "in use already, which prefault would only walk. False for an empty buffer. GIL released.");
+    m.def(
+        "advise_huge_pages",
+        [](py::handle data) {
+            auto buf = s3torch_py::HeldBuffer::acquire(data, true, {"advise_huge_pages", "", ""});
+            py::gil_scoped_release nogil;
+            return s3torch::advise_huge_pages(buf->data(), buf->size());
+        },
+        py::arg("data"),
+        "Ask the kernel for transparent huge pages (MADV_HUGEPAGE) on the whole huge pages inside a "
+        "writable buffer (or CPU tensor) about to be made resident and filled, where huge_pages_enabled(). "
+        "Returns whether advice was given; never raises for the setting. GIL released.");
+    m.def("huge_page_bytes", &s3torch::huge_page_bytes,
+          "This machine's transparent huge page size (hpage_pmd_size), or 0 where the kernel has none.");
+    m.def("huge_pages_enabled", &s3torch::huge_pages_enabled,
+          "Whether advise_huge_pages gives advice: S3TORCH_HUGE_PAGES=1 (off by default). A malformed value "
+          "raises S3InvalidArgumentError.");
     m.def("event_loop_threads", &s3torch::event_loop_threads,
           "How many event-loop threads this process's CRT runtime runs (or will run, when it is built): "
           "S3TORCH_EVENT_LOOP_THREADS if set, else half the cores but at least two on a machine with two or "

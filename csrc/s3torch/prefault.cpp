@@ -1,9 +1,14 @@
 #include "s3torch/prefault.h"
 
+#include "s3torch/errors.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <string>
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack it, older kernels say EINVAL
@@ -19,6 +24,56 @@ uintptr_t page_size() {
 }
 
 }  // namespace
+
+size_t huge_page_bytes() {
+    static const size_t bytes = [] {
+        std::ifstream f("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
+        unsigned long long n = 0;
+        if (!(f >> n) || n < page_size() || (n & (n - 1)) != 0) return size_t{0};
+        return static_cast<size_t>(n);
+    }();
+    return bytes;
+}
+
+bool huge_pages_enabled() {
+    const char *want = std::getenv("S3TORCH_HUGE_PAGES");
+    if (want == nullptr || *want == '\0') return false;
+    const std::string v(want);
+    if (v == "1") return true;
+    if (v == "0") return false;
+    throw_invalid("S3TORCH_HUGE_PAGES must be 0 or 1, got '" + v + "'");
+}
+
+size_t fill_alignment(size_t len, size_t page) {
+    const size_t huge = huge_page_bytes();
+    if (huge == 0 || len < huge) return page;
+    try {
+        return huge_pages_enabled() ? huge : page;
+    } catch (const std::exception &) {
+        return page;  // malformed: refused by name when the runtime was built (runtime.cpp)
+    }
+}
+
+bool advise_huge_pages(void *data, size_t len) {
+#ifdef MADV_HUGEPAGE
+    const size_t huge = huge_page_bytes();
+    if (data == nullptr || huge == 0 || len < huge) return false;
+    try {
+        if (!huge_pages_enabled()) return false;
+    } catch (const std::exception &) {
+        return false;  // malformed: refused by name when the runtime was built (runtime.cpp)
+    }
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+    const uintptr_t first = (begin + huge - 1) & ~(uintptr_t{huge} - 1);
+    const uintptr_t end = (begin + len) & ~(uintptr_t{huge} - 1);
+    if (end <= first) return false;
+    return madvise(reinterpret_cast<void *>(first), end - first, MADV_HUGEPAGE) == 0;
+#else
+    (void)data;
+    (void)len;
+    return false;
+#endif
+}
 
 bool looks_resident(const void *data, size_t len) {
     if (data == nullptr || len == 0) return false;
@@ -51,6 +106,7 @@ bool prefault(void *data, size_t len, bool write_fallback) {
 
 size_t populate_while(void *data, size_t len, const std::function<bool()> &keep_going, size_t chunk, size_t min_len) {
     if (data == nullptr || len < min_len || chunk == 0 || looks_resident(data, len)) return 0;
+    advise_huge_pages(data, len);
     auto *p = static_cast<unsigned char *>(data);
     size_t done = 0;
     while (done < len && keep_going()) {

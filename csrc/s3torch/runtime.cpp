@@ -4,6 +4,7 @@
 #include "s3torch/errors.h"
 #include "s3torch/fork.h"
 #include "s3torch/log_redact.h"
+#include "s3torch/prefault.h"
 
 #include <aws/auth/auth.h>
 #include <aws/common/logging.h>
@@ -108,6 +109,7 @@ Runtime::Runtime() : allocator_(aws_default_allocator()) {
         crt_compat::set_channel_max_fragment_size(kChannelMessageBytes);
         g_library_initialized = true;
     }
+    huge_pages_enabled();  // a malformed S3TORCH_HUGE_PAGES is refused here, by name (prefault.h)
     elg_ = aws_event_loop_group_new_default(allocator_, event_loop_threads(), nullptr);
     if (!elg_) throw error_from_crt(aws_last_error(), {"CreateEventLoopGroup", "", ""});
     aws_host_resolver_default_options resolver_options;

@@ -12,7 +12,9 @@ the GET, as before: populating never changes contents, so the race is harmless. 
 without ``MADV_POPULATE_WRITE`` (before 5.14) nothing is done (``write_fallback=False``: the
 fallback writes, and these pages are being written). A buffer that is resident already (its
 first, middle and last pages: a state dict in use) is skipped: walking it would cost ~0.08
-CPU-s/GB for nothing.
+CPU-s/GB for nothing. With ``S3TORCH_HUGE_PAGES=1`` the rest are advised transparent huge
+pages first (``_crt.advise_huge_pages``; prefault.h says why it is opt-in): one fault per 2 MiB
+instead of 512 (``benchmarks/results/huge-pages/``).
 """
 
 from __future__ import annotations
@@ -31,23 +33,27 @@ MIN_BYTES = _crt.POPULATE_MIN_BYTES
 
 class Prefaulter:
     """Populates ``buffers`` (flat CPU uint8 tensors), in order, on a thread of its own until
-    done or stopped, skipping those resident already; no thread for less than ``MIN_BYTES`` in
-    all. The thread holds the buffers until it ends; ``stop()`` joins it."""
+    done or stopped. Those resident already are skipped, and where huge pages are enabled the
+    rest are advised them here, before the caller's first GET can touch them (a 2 MiB range a
+    GET has faulted one small page of stays in small pages). No thread for less than
+    ``MIN_BYTES`` in all. The thread holds the buffers until it ends; ``stop()`` joins it."""
 
     def __init__(self, buffers: List[torch.Tensor]) -> None:
-        self._buffers = [b for b in buffers if b.numel()]
+        self._buffers = [b for b in buffers if b.numel() and not _crt.looks_resident(b)]
         self._stopped = threading.Event()
         self.populated = 0  # bytes; read after stop()
         self._thread: Optional[threading.Thread] = None
         if sum(b.numel() for b in self._buffers) >= MIN_BYTES:
+            for b in self._buffers:
+                _crt.advise_huge_pages(b)
             self._thread = threading.Thread(target=self._run, name="s3torch-prefault", daemon=True)
             self._thread.start()
+        else:
+            self._buffers = []
 
     def _run(self) -> None:
         buffers, self._buffers = self._buffers, []
         for b in buffers:
-            if _crt.looks_resident(b):
-                continue
             for at in range(0, b.numel(), CHUNK_BYTES):
                 if self._stopped.is_set():
                     return

@@ -2,12 +2,15 @@
 allocates them (MADV_POPULATE_WRITE), so the GETs that land in them take no page faults; and
 _prefault.Prefaulter, the thread that does the same ahead of GETs already landing in fresh
 tensors (safetensors into CPU memory, DCP restores into ``to_empty()`` state dicts, the
-staging ring's copies into fresh host tensors), skipping memory in use."""
+staging ring's copies into fresh host tensors), skipping memory in use and advising
+transparent huge pages for the rest (_crt.advise_huge_pages)."""
 
 from __future__ import annotations
 
 import mmap
 import os
+import subprocess
+import sys
 import threading
 from typing import Callable, List, Tuple
 
@@ -87,10 +90,10 @@ def test_the_ring_makes_each_host_slot_resident_as_it_allocates_it(monkeypatch: 
     assert sorted(seen) == sorted((s.data_ptr(), 8 * MiB) for s in slots)
 
 
-def _fresh(n: int) -> Tuple[mmap.mmap, torch.Tensor]:
+def _fresh(n: int, private: bool = False) -> Tuple[mmap.mmap, torch.Tensor]:
     """A new anonymous mapping (no page touched yet), and a tensor over it; the mapping is
-    unmapped when both are gone."""
-    m = mmap.mmap(-1, n)
+    unmapped when both are gone. Shared unless ``private`` (as torch's large allocations are)."""
+    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if private else mmap.mmap(-1, n)
     return m, torch.frombuffer(m, dtype=torch.uint8)
 
 
@@ -191,3 +194,155 @@ def test_the_thread_skips_buffers_in_use() -> None:
     p.stop()
     assert p.populated == 8 * MiB
     assert _crt.looks_resident(fresh)
+    assert Prefaulter([in_use, fresh])._thread is None  # all in use now: asked when made, no thread
+
+
+# --- transparent huge pages ------------------------------------------------------------------
+def _vm_flags(addr: int) -> List[str]:
+    """The kernel's VmFlags for the mapping that holds ``addr`` (/proc/self/smaps): "hg" is
+    MADV_HUGEPAGE's mark."""
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+HUGE = _crt.huge_page_bytes()
+
+
+def test_this_kernel_has_transparent_huge_pages() -> None:
+    """(The tests below need them; a machine without them would run every load in small
+    pages, as S3TORCH_HUGE_PAGES=0 does.)"""
+    assert HUGE >= 2 * MiB and HUGE & (HUGE - 1) == 0
+
+
+def test_huge_pages_are_advised_on_the_whole_huge_pages_inside_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3TORCH_HUGE_PAGES", "1")
+    m, t = _fresh(6 * HUGE, private=True)
+    base = t.data_ptr()
+    lo = (base + HUGE - 1) // HUGE * HUGE  # the first huge page boundary inside the mapping
+    piece = t[lo - base + HUGE // 2 : lo - base + HUGE // 2 + 3 * HUGE]  # starts and ends mid-page
+    assert _crt.advise_huge_pages(piece) is True
+    start, end = piece.data_ptr(), piece.data_ptr() + piece.numel()
+    first, last = lo + HUGE, lo + 3 * HUGE  # the whole huge pages inside: [first, last)
+    assert "hg" in _vm_flags(first) and "hg" in _vm_flags(last - 1)
+    assert "hg" not in _vm_flags(start) and "hg" not in _vm_flags(end - 1)  # partial ones are left
+    copy = torch.arange(piece.numel(), dtype=torch.int64).to(torch.uint8)
+    piece.copy_(copy)
+    assert torch.equal(piece, copy)  # memory as usual once advised
+    assert _crt.advise_huge_pages(t[: HUGE - 1]) is False  # no whole huge page can be inside
+    assert _crt.advise_huge_pages(t[lo - base + 1 : lo - base + 2 * HUGE - 1]) is False  # none is
+    assert _crt.advise_huge_pages(bytearray()) is False
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        _crt.advise_huge_pages(bytes(4 * HUGE))  # read-only
+
+
+def test_by_default_the_thread_populates_in_small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    m, t = _fresh(4 * HUGE, private=True)
+    monkeypatch.delenv("S3TORCH_HUGE_PAGES", raising=False)
+    assert _crt.advise_huge_pages(t) is False
+    assert all("hg" not in _vm_flags(t.data_ptr() + at) for at in range(0, 4 * HUGE, HUGE))
+    p = Prefaulter([t])  # the thread still populates, in small pages
+    assert p._thread is not None
+    p._thread.join()
+    p.stop()
+    assert p.populated == 4 * HUGE
+    assert all("hg" not in _vm_flags(t.data_ptr() + at) for at in range(0, 4 * HUGE, HUGE))
+    monkeypatch.setenv("S3TORCH_HUGE_PAGES", "yes")  # malformed: refused when the runtime is built (below)
+    assert _crt.advise_huge_pages(t) is False  # and never raises here, on a prefaulting thread
+
+
+def test_a_malformed_s3torch_huge_pages_is_refused_by_name() -> None:
+    """Read when the process's CRT runtime is built (its first client), as
+    S3TORCH_EVENT_LOOP_THREADS is: so in a fresh interpreter."""
+    probe = (
+        "from s3torch import S3Client, S3ClientConfig, _crt\n"
+        "c = S3Client('us-east-1', endpoint='http://127.0.0.1:1', "
+        "s3client_config=S3ClientConfig(unsigned=True, max_attempts=1))\n"
+        "try:\n"
+        "    c.head_object('b', 'k')\n"
+        "except _crt.S3InvalidArgumentError as e:\n"
+        "    print('refused:', e)\n"
+        "except _crt.S3Exception:\n"
+        "    print('built')\n"
+    )
+    for value, want in (
+        ("yes", "refused: S3TORCH_HUGE_PAGES must be 0 or 1, got 'yes'"),
+        ("0", "built"),
+        ("1", "built"),
+    ):
+        env = dict(os.environ, S3TORCH_HUGE_PAGES=value)
+        r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == want
+
+
+def test_huge_pages_are_off_unless_s3torch_huge_pages_is_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opt-in (prefault.h says why); a malformed value is refused by name."""
+    m, t = _fresh(4 * HUGE, private=True)
+    for off in (None, "", "0"):
+        if off is None:
+            monkeypatch.delenv("S3TORCH_HUGE_PAGES", raising=False)
+        else:
+            monkeypatch.setenv("S3TORCH_HUGE_PAGES", off)
+        assert _crt.huge_pages_enabled() is False
+        assert _crt.advise_huge_pages(t) is False
+        assert "hg" not in _vm_flags(t.data_ptr() + 2 * HUGE)
+    monkeypatch.setenv("S3TORCH_HUGE_PAGES", "1")
+    assert _crt.huge_pages_enabled() is True
+    for bad in ("yes", "2", " 1", "true"):
+        monkeypatch.setenv("S3TORCH_HUGE_PAGES", bad)
+        with pytest.raises(_crt.S3InvalidArgumentError, match=f"S3TORCH_HUGE_PAGES must be 0 or 1, got '{bad}'"):
+            _crt.huge_pages_enabled()
+
+
+def test_host_buffers_that_hold_a_huge_page_start_on_one_where_they_are_enabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """So that every byte of a HostBuffer a GET lands in (or a staging slot) can be in huge
+    pages, not all but its first and last partial ones. Otherwise page-aligned, as before."""
+    monkeypatch.setenv("S3TORCH_HUGE_PAGES", "1")
+    for n in (HUGE, 3 * HUGE + 5, 64 * MiB):
+        assert torch.frombuffer(_crt.HostBuffer(n), dtype=torch.uint8).data_ptr() % HUGE == 0
+    small = torch.frombuffer(_crt.HostBuffer(HUGE - 4096), dtype=torch.uint8)
+    assert small.data_ptr() % 4096 == 0
+    for setting in ("0", "yes"):  # off, and malformed (refused when the runtime is built; never here)
+        monkeypatch.setenv("S3TORCH_HUGE_PAGES", setting)
+        ptrs = [torch.frombuffer(_crt.HostBuffer(3 * HUGE + 4096 * k), dtype=torch.uint8).data_ptr() for k in range(8)]
+        assert all(p % 4096 == 0 for p in ptrs)
+        assert any(p % HUGE for p in ptrs)  # (one could start on a huge page by chance, not all eight)
+
+
+def test_the_prefaulter_advises_fresh_buffers_before_any_get_can_touch_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2 MiB range one small page of which a GET has faulted stays in small pages: the advice
+    is given when the Prefaulter is made (before the caller's first GET), not when its thread
+    reaches each buffer. Buffers in use are left as they are."""
+    monkeypatch.setenv("S3TORCH_HUGE_PAGES", "1")
+    release = threading.Event()
+    real = _crt.prefault
+
+    def held(t: torch.Tensor, write_fallback: bool = True) -> bool:
+        release.wait(5)  # the thread has populated nothing yet
+        return bool(real(t, write_fallback=write_fallback))
+
+    monkeypatch.setattr(_prefault._crt, "prefault", held)
+    m1, fresh1 = _fresh(4 * HUGE, private=True)
+    m2, fresh2 = _fresh(4 * HUGE, private=True)
+    m3, in_use = _fresh(4 * HUGE, private=True)
+    in_use.fill_(7)
+    p = Prefaulter([fresh1, in_use, fresh2])
+    try:
+        for t in (fresh1, fresh2):
+            lo = (t.data_ptr() + HUGE - 1) // HUGE * HUGE
+            assert "hg" in _vm_flags(lo) and "hg" in _vm_flags(lo + HUGE)
+        lo = (in_use.data_ptr() + HUGE - 1) // HUGE * HUGE
+        assert "hg" not in _vm_flags(lo)
+    finally:
+        release.set()
+        p.stop()

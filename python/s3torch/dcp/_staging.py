@@ -81,8 +81,9 @@ class _LockedHost:
     survive fork)."""
 
     def __init__(self, n: int) -> None:
-        self._buf = _crt.HostBuffer(n)  # page-aligned
+        self._buf = _crt.HostBuffer(n)  # page-aligned; on a huge page where they are enabled
         self.tensor = torch.frombuffer(self._buf, dtype=torch.uint8)
+        _crt.advise_huge_pages(self.tensor)  # S3TORCH_HUGE_PAGES=1: fewer pages to fault in and lock
         _crt.prefault(self.tensor)
         self._ptr, self._pid = self.tensor.data_ptr(), os.getpid()
         err = int(torch.cuda.cudart().cudaHostRegister(self._ptr, n, 1))  # 1: cudaHostRegisterPortable
@@ -165,12 +166,15 @@ class StagingRing:
                 return locked.tensor
             except (RuntimeError, AssertionError, AttributeError):  # cannot register: torch's allocator
                 pass
-        t = torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=self.pinned)
-        if not self.pinned:
-            # Resident now, on the allocating thread, while the first GETs are in flight; else
-            # every page faults inside the event-loop thread whose socket reads land in it
-            # (page-locked memory is resident already).
-            _crt.prefault(t)
+        if self.pinned:
+            return torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=True)
+        # Resident now, on the allocating thread, while the first GETs are in flight; else every
+        # page faults inside the event-loop thread whose socket reads land in it. With
+        # S3TORCH_HUGE_PAGES=1 in huge pages (HostBuffer then aligns to one): fewer faults, and fewer
+        # TLB misses for the transposes reading it.
+        t = torch.frombuffer(_crt.HostBuffer(self.slot_bytes), dtype=torch.uint8)
+        _crt.advise_huge_pages(t)
+        _crt.prefault(t)
         return t
 
     def slot(self, i: int, n: int) -> torch.Tensor:
