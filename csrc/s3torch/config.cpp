@@ -130,10 +130,16 @@ void ClientConfig::validate() const {
     for (char ch : user_agent)
         if (ch == '\r' || ch == '\n' || ch == '\0')
             throw_invalid("user_agent must be a single line (no CR, LF or NUL)");
-    if (checksums != "crc32c" && checksums != "crc32" && checksums != "off")
+    if (checksums != "off" && !upload_crc())
         throw_invalid("checksums must be one of 'crc32c', 'crc32', 'off', got '" + checksums + "'");
     if (checksum_type != "full_object" && checksum_type != "composite")
         throw_invalid("checksum_type must be one of 'full_object', 'composite', got '" + checksum_type + "'");
+}
+
+std::optional<CrcAlgorithm> ClientConfig::upload_crc() const {
+    if (checksums == "crc32c") return CrcAlgorithm::Crc32c;
+    if (checksums == "crc32") return CrcAlgorithm::Crc32;
+    return std::nullopt;  // "off", or a value validate() refuses
 }
 
 CredentialsKind ClientConfig::credentials_kind() const {

@@ -6,7 +6,10 @@
 // here plus its spelling in python/s3torch/_config.py (and the stub, which a test checks).
 #pragma once
 
+#include "s3torch/checksum.h"
+
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace s3torch {
@@ -80,6 +83,9 @@ struct ClientConfig {
     // The credentials provider these fields select (`credentials`, else unsigned, keys,
     // profile, in that order). Call after validate().
     CredentialsKind credentials_kind() const;
+    // The CRC uploads carry (`checksums`), none for "off": the one reading of that field, for
+    // validate(), the CRT's checksum setting (transfer.cpp) and the full-object CRC (put.cpp).
+    std::optional<CrcAlgorithm> upload_crc() const;
 };
 
 // "<field> must be between <min> and <max>, got <got>": the one message for a value out of

@@ -76,9 +76,9 @@ std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> clien
 
 int PutStream::s_on_review(aws_s3_meta_request *, const aws_s3_upload_review *review, void *user_data) {
     auto *self = static_cast<PutStream *>(static_cast<Transfer *>(user_data));
-    CrcAlgorithm algorithm;
     std::string full;
-    if (parse_crc_algorithm(self->client_->config().checksums, algorithm)) {
+    if (const std::optional<CrcAlgorithm> upload_crc = self->client_->config().upload_crc()) {
+        const CrcAlgorithm algorithm = *upload_crc;
         uint64_t crc = 0;
         bool ok = true;
         for (size_t i = 0; i < review->part_count && ok; ++i) {

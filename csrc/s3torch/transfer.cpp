@@ -14,6 +14,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 namespace s3torch {
 
@@ -42,9 +43,14 @@ AnyFinished &any_finished() {
 }  // namespace
 
 int upload_checksum(const ClientConfig &config) {
-    if (config.checksums == "crc32c") return AWS_SCA_CRC32C;
-    if (config.checksums == "crc32") return AWS_SCA_CRC32;
-    return AWS_SCA_NONE;  // "off" (validated to one of the three)
+    const std::optional<CrcAlgorithm> crc = config.upload_crc();
+    if (!crc) return AWS_SCA_NONE;
+    switch (*crc) {
+        case CrcAlgorithm::Crc32: return AWS_SCA_CRC32;
+        case CrcAlgorithm::Crc32c: return AWS_SCA_CRC32C;
+        case CrcAlgorithm::Crc64Nvme: return AWS_SCA_CRC64NVME;
+    }
+    return AWS_SCA_NONE;
 }
 
 int64_t wait_any(const std::vector<Transfer *> &transfers, int64_t timeout_ms) {
