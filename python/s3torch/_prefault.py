@@ -20,7 +20,7 @@ instead of 512 (``benchmarks/results/huge-pages/``).
 from __future__ import annotations
 
 import threading
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -32,16 +32,21 @@ MIN_BYTES = _crt.POPULATE_MIN_BYTES
 
 
 class Prefaulter:
-    """Populates ``buffers`` (flat CPU uint8 tensors), in order, on a thread of its own until
-    done or stopped. Those resident already are skipped, and where huge pages are enabled the
-    rest are advised them here, before the caller's first GET can touch them (a 2 MiB range a
-    GET has faulted one small page of stays in small pages). No thread for less than
-    ``MIN_BYTES`` in all. The thread holds the buffers until it ends; ``stop()`` joins it."""
+    """Populates ``buffers`` (flat CPU uint8 tensors), in order, a chunk at a time, on a thread
+    of its own until done or stopped; a thread that would only wait for a GET can lend a hand
+    (``help_until``), taking the next chunks from the same queue. Those resident already are
+    skipped, and where huge pages are enabled the rest are advised them here, before the
+    caller's first GET can touch them (a 2 MiB range a GET has faulted one small page of stays
+    in small pages). No thread for less than ``MIN_BYTES`` in all. The thread holds the
+    buffers until it ends; ``stop()`` joins it."""
 
     def __init__(self, buffers: List[torch.Tensor]) -> None:
         self._buffers = [b for b in buffers if b.numel() and not _crt.looks_resident(b)]
         self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._at = (0, 0)  # the next chunk: (buffer, offset)
         self.populated = 0  # bytes; read after stop()
+        self.helped = 0  # of which by help_until
         self._thread: Optional[threading.Thread] = None
         if sum(b.numel() for b in self._buffers) >= MIN_BYTES:
             for b in self._buffers:
@@ -51,16 +56,40 @@ class Prefaulter:
         else:
             self._buffers = []
 
+    def _next(self) -> Optional[torch.Tensor]:
+        with self._lock:
+            i, at = self._at
+            if self._stopped.is_set() or i >= len(self._buffers):
+                return None
+            b = self._buffers[i]
+            self._at = (i, at + CHUNK_BYTES) if at + CHUNK_BYTES < b.numel() else (i + 1, 0)
+            return b[at : at + CHUNK_BYTES]
+
+    def _populate(self, piece: torch.Tensor) -> bool:
+        if not _crt.prefault(piece, write_fallback=False):
+            self._stopped.set()  # this kernel cannot populate: the GETs fault their pages themselves
+            return False
+        with self._lock:
+            self.populated += piece.numel()
+        return True
+
     def _run(self) -> None:
-        buffers, self._buffers = self._buffers, []
-        for b in buffers:
-            for at in range(0, b.numel(), CHUNK_BYTES):
-                if self._stopped.is_set():
-                    return
-                piece = b[at : at + CHUNK_BYTES]
-                if not _crt.prefault(piece, write_fallback=False):
-                    return  # this kernel cannot populate: the GETs fault their pages themselves
-                self.populated += piece.numel()
+        while (piece := self._next()) is not None and self._populate(piece):
+            pass
+        with self._lock:
+            self._buffers = []  # done: let them go
+
+    def help_until(self, done: Callable[[], bool]) -> None:
+        """Populate the next chunks on this thread until ``done()`` (a GET this thread would
+        otherwise wait for has finished) or none is left. On a 2-core machine the prefaulting
+        thread gets its share of the cores beside two event-loop threads and the server, and
+        falls behind them, which then take those faults themselves; the waiting thread's share
+        keeps it ahead (``benchmarks/results/event-loops/README.md``)."""
+        while not done() and (piece := self._next()) is not None:
+            if not self._populate(piece):
+                return
+            with self._lock:
+                self.helped += piece.numel()
 
     def stop(self) -> None:
         self._stopped.set()

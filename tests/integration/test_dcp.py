@@ -410,16 +410,23 @@ def test_writer_accepts_filesystemwriter_options(seaweed, prefix: str) -> None: 
 def test_fresh_destinations_are_made_resident_ahead_of_the_gets(seaweed, prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A restore into memory no one has written yet (``model.to_empty()``) hands the tensors a
     GET lands in straight to the prefaulting thread (the records that come whole with the probe
-    are copied, not fetched), and every byte lands as saved."""
+    are copied, not fetched), the loading thread helps it while it waits for each GET, and every
+    byte lands as saved."""
     from s3torch.dcp import _parallel_load
 
     handed: List[List[tuple]] = []
     real = _parallel_load.Prefaulter
 
+    helps: List[int] = []
+
     class Recorder(real):  # type: ignore[misc, valid-type]
         def __init__(self, buffers: List[torch.Tensor]) -> None:
             handed.append(sorted((b.data_ptr(), b.numel()) for b in buffers))
             super().__init__(buffers)
+
+        def help_until(self, done) -> None:  # type: ignore[no-untyped-def]
+            helps.append(1)
+            super().help_until(done)
 
     monkeypatch.setattr(_parallel_load, "Prefaulter", Recorder)
     g = torch.Generator().manual_seed(5)
@@ -435,4 +442,5 @@ def test_fresh_destinations_are_made_resident_ahead_of_the_gets(seaweed, prefix:
     dcp.load(out, storage_reader=r)
     assert_same(sd, out)
     assert handed == [sorted((out[k].data_ptr(), out[k].numel() * 4) for k in ("big", "mid"))]
+    assert len(helps) == 2  # the loading thread offered a hand while it waited for each GET
     assert r.last_load_stats["direct"] == 2, r.last_load_stats

@@ -45,6 +45,10 @@ class PrefaulterRecorder:
             def __exit__(self, *exc: object) -> None:
                 pass
 
+            def help_until(self, done: Callable[[], bool]) -> None:
+                outer.helps += 1
+
+        self.helps = 0  # help_until calls: a waiting thread offered to populate
         self.cls = Recorder
 
 
@@ -346,3 +350,40 @@ def test_the_prefaulter_advises_fresh_buffers_before_any_get_can_touch_them(monk
     finally:
         release.set()
         p.stop()
+
+
+def test_a_waiting_thread_populates_the_next_chunks_from_the_same_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """help_until: the loading thread, while a GET it waits for is not done, takes the next
+    chunks, so that the two threads together populate every chunk once, in order."""
+    monkeypatch.setattr(_prefault, "CHUNK_BYTES", MiB)
+    m, t = _fresh(8 * MiB)
+    base = t.data_ptr()
+    done_by: List[Tuple[str, int]] = []
+    lock, release, in_hand = threading.Lock(), threading.Event(), threading.Event()
+    real = _crt.prefault
+
+    def record(piece: torch.Tensor, write_fallback: bool = True) -> bool:
+        name = threading.current_thread().name
+        if name == "s3torch-prefault" and not release.is_set():
+            in_hand.set()
+            release.wait(5)  # the thread holds its first chunk while the other helps
+        with lock:
+            done_by.append((name, (piece.data_ptr() - base) // MiB))
+        return bool(real(piece, write_fallback=write_fallback))
+
+    monkeypatch.setattr(_prefault._crt, "prefault", record)
+    p = Prefaulter([t])
+    assert in_hand.wait(5)
+    polls = iter([False, False, False, True])  # the GET finishes after three chunks
+    p.help_until(lambda: next(polls))
+    me = threading.current_thread().name
+    assert [c for who, c in done_by if who == me] == [1, 2, 3]  # the chunks after the one in hand
+    release.set()
+    assert p._thread is not None
+    p._thread.join(5)
+    p.stop()
+    assert sorted(c for _, c in done_by) == list(range(8))  # every chunk once
+    assert [c for who, c in done_by if who != me] == [0, 4, 5, 6, 7]
+    assert p.populated == 8 * MiB and p.helped == 3 * MiB
+    p.help_until(lambda: False)  # nothing left: returns at once
+    assert p.helped == 3 * MiB

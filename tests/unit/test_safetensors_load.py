@@ -161,6 +161,7 @@ def test_the_tensors_with_their_own_get_are_made_resident_ahead_of_it(monkeypatc
     assert all(_same(out[k], d[k]) for k in d)
     assert rec.handed == [[(out["big"].data_ptr(), out["big"].numel() * 2)]]
     assert rec.gets_before == [1]  # only the header's GET came before
+    assert rec.helps == len(native.gets) - rec.gets_before[0] == 2  # each GET waited for: a hand offered
 
 
 def test_only_requested_tensors_and_rows_are_read() -> None:

@@ -296,12 +296,19 @@ class ParallelLoader:
     def _load_direct(self, items: List[_Item], planner: LoadPlanner, pool: Optional[ThreadPoolExecutor]) -> None:
         """GETs straight into contiguous CPU destinations, a batch in flight at a time. The
         destinations no one has written yet (``model.to_empty()``) are made resident on a thread
-        of their own ahead of the GETs (_prefault): their page faults would otherwise be taken
-        by the event-loop thread that copies the bytes in (benchmarks/results/prefault/)."""
-        with Prefaulter([_view_bytes(it.dst) for it in items if it.dst is not None]):  # (it drops empty ones)
-            self._get_direct(items, planner, pool)
+        of their own ahead of the GETs, helped by this one while it waits (_prefault): their page
+        faults would otherwise be taken by the event-loop threads that copy the bytes in
+        (benchmarks/results/prefault/)."""
+        with Prefaulter([_view_bytes(it.dst) for it in items if it.dst is not None]) as p:  # (it drops empty ones)
+            self._get_direct(items, planner, pool, p)
 
-    def _get_direct(self, items: List[_Item], planner: LoadPlanner, pool: Optional[ThreadPoolExecutor]) -> None:
+    def _get_direct(
+        self,
+        items: List[_Item],
+        planner: LoadPlanner,
+        pool: Optional[ThreadPoolExecutor],
+        prefaulter: Optional[Prefaulter] = None,
+    ) -> None:
         for i in range(0, len(items), BATCH):
             batch = items[i : i + BATCH]
             # Start every GET of the batch, then take them in order: each tensor's CRC is
@@ -323,6 +330,8 @@ class ParallelLoader:
                 for it, h in zip(batch, handles):
                     nb = it.sub[1] - it.sub[0]
                     if h is not None:
+                        if prefaulter is not None:  # this thread would only wait: it populates meanwhile
+                            prefaulter.help_until(h.done)
                         try:
                             n = h.wait()
                         except _crt.S3Exception as e:

@@ -95,6 +95,7 @@ class Loader:
         self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "gets": 0, "bytes": 0, "files_checked": 0}
         self.checksums: Dict[str, str] = {}  # file -> what its checksum check found (_verify.py)
         self._checks: Dict[int, FileCheck] = {}  # id(ShardFile) -> its check, for this load
+        self._prefaulter: Optional[Prefaulter] = None  # a direct load's, while it runs
 
     def _plan(self, f: ShardFile, t: TensorInfo) -> _Planned:
         where = _where(f, t)
@@ -182,7 +183,7 @@ class Loader:
         fresh = [] if self.pin_memory else [g.buf for g in groups if len(g.members) == 1 and g.buf is not None]
         inflight: Deque[Tuple[_Group, Any]] = deque()
         try:
-            with Prefaulter(fresh):
+            with Prefaulter(fresh) as self._prefaulter:
                 for g in groups:
                     self.stats["direct"] += len(g.members)
                     if len(g.members) > 1:
@@ -201,6 +202,7 @@ class Loader:
                 while inflight:
                     self._finish(*inflight.popleft(), out)
         finally:
+            self._prefaulter = None
             # On failure, stop what is still running (each handle holds its destination
             # until the CRT is done with it, so no memory is released under a transfer).
             for _, h in inflight:
@@ -208,6 +210,8 @@ class Loader:
                     h.cancel()
 
     def _finish(self, g: _Group, h: Any, out: Dict[str, torch.Tensor]) -> None:
+        if self._prefaulter is not None:  # this thread would only wait: it populates meanwhile
+            self._prefaulter.help_until(h.done)
         try:
             n = h.wait()
         except _crt.S3Exception as e:
