@@ -305,6 +305,15 @@ NOTES: Dict[str, str] = {
         )
     },
     **{
+        f"benchmarks/results/event-loops/help-{build}-{r}.json": f"An A/B run (round {r} of 3): the {label} build. "
+        "`event-loops/README.md` sets the six runs side by side."
+        for r in (1, 2, 3)
+        for build, label in (
+            ("old", "old (7fcef30: only the prefaulting thread populates fresh destinations)"),
+            ("new", "new (the loading thread populates too, while it waits for a GET)"),
+        )
+    },
+    **{
         f"benchmarks/results/huge-pages/{setting}-{r}.json": f"An A/B run (round {r} of 4) with "
         f"`S3TORCH_HUGE_PAGES={int(setting == 'on')}` (transparent huge pages for fresh destinations "
         f"{setting}), on a VM that reports free memory to its host. `huge-pages/README.md` sets the eight runs "

@@ -7,7 +7,8 @@ machine (then with one event-loop thread) that thread was the bound, and the fau
 its time (``perf``: ``clear_page``, ``do_anonymous_page`` under its ``memmove``). A thread of
 its own walks the destinations in the order the GETs go and populates them (``_crt.prefault``,
 ``MADV_POPULATE_WRITE``, about 0.2 CPU-s/GB cheaper here than the same faults taken one at a
-time), a chunk at a time so that it stops promptly. A page a GET reaches first is faulted by
+time), a chunk at a time so that it stops promptly; the loading thread takes chunks from the
+same queue while it waits for a GET (``help_until``). A page a GET reaches first is faulted by
 the GET, as before: populating never changes contents, so the race is harmless. On a kernel
 without ``MADV_POPULATE_WRITE`` (before 5.14) nothing is done (``write_fallback=False``: the
 fallback writes, and these pages are being written). A buffer that is resident already (its
