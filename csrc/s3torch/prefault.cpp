@@ -44,25 +44,29 @@ bool huge_pages_enabled() {
     throw_invalid("S3TORCH_HUGE_PAGES must be 0 or 1, got '" + v + "'");
 }
 
+namespace {
+
+// huge_pages_enabled for the callers that must not throw: a malformed value reads as off (it
+// is refused by name when the runtime is built, runtime.cpp).
+bool huge_pages_wanted() {
+    try {
+        return huge_pages_enabled();
+    } catch (const std::exception &) {
+        return false;
+    }
+}
+
+}  // namespace
+
 size_t fill_alignment(size_t len, size_t page) {
     const size_t huge = huge_page_bytes();
-    if (huge == 0 || len < huge) return page;
-    try {
-        return huge_pages_enabled() ? huge : page;
-    } catch (const std::exception &) {
-        return page;  // malformed: refused by name when the runtime was built (runtime.cpp)
-    }
+    return huge != 0 && len >= huge && huge_pages_wanted() ? huge : page;
 }
 
 bool advise_huge_pages(void *data, size_t len) {
 #ifdef MADV_HUGEPAGE
     const size_t huge = huge_page_bytes();
-    if (data == nullptr || huge == 0 || len < huge) return false;
-    try {
-        if (!huge_pages_enabled()) return false;
-    } catch (const std::exception &) {
-        return false;  // malformed: refused by name when the runtime was built (runtime.cpp)
-    }
+    if (data == nullptr || huge == 0 || len < huge || !huge_pages_wanted()) return false;
     const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
     const uintptr_t first = (begin + huge - 1) & ~(uintptr_t{huge} - 1);
     const uintptr_t end = (begin + len) & ~(uintptr_t{huge} - 1);

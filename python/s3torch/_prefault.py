@@ -66,12 +66,14 @@ class Prefaulter:
             self._at = (i, at + CHUNK_BYTES) if at + CHUNK_BYTES < b.numel() else (i + 1, 0)
             return b[at : at + CHUNK_BYTES]
 
-    def _populate(self, piece: torch.Tensor) -> bool:
+    def _populate(self, piece: torch.Tensor, helping: bool = False) -> bool:
         if not _crt.prefault(piece, write_fallback=False):
             self._stopped.set()  # this kernel cannot populate: the GETs fault their pages themselves
             return False
         with self._lock:
             self.populated += piece.numel()
+            if helping:
+                self.helped += piece.numel()
         return True
 
     def _run(self) -> None:
@@ -86,11 +88,8 @@ class Prefaulter:
         thread gets its share of the cores beside two event-loop threads and the server, and
         falls behind them, which then take those faults themselves; the waiting thread's share
         keeps it ahead (``benchmarks/results/event-loops/README.md``)."""
-        while not done() and (piece := self._next()) is not None:
-            if not self._populate(piece):
-                return
-            with self._lock:
-                self.helped += piece.numel()
+        while not done() and (piece := self._next()) is not None and self._populate(piece, helping=True):
+            pass
 
     def stop(self) -> None:
         self._stopped.set()

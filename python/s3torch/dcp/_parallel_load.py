@@ -307,7 +307,7 @@ class ParallelLoader:
         items: List[_Item],
         planner: LoadPlanner,
         pool: Optional[ThreadPoolExecutor],
-        prefaulter: Optional[Prefaulter] = None,
+        prefaulter: Prefaulter,
     ) -> None:
         for i in range(0, len(items), BATCH):
             batch = items[i : i + BATCH]
@@ -330,8 +330,7 @@ class ParallelLoader:
                 for it, h in zip(batch, handles):
                     nb = it.sub[1] - it.sub[0]
                     if h is not None:
-                        if prefaulter is not None:  # this thread would only wait: it populates meanwhile
-                            prefaulter.help_until(h.done)
+                        prefaulter.help_until(h.done)  # this thread would only wait: it populates meanwhile
                         try:
                             n = h.wait()
                         except _crt.S3Exception as e:

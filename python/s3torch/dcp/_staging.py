@@ -72,6 +72,16 @@ def check_ring_size(ring_bytes: int, slot_bytes: int) -> None:
 PIN_BY_REGISTER = True
 
 
+def _resident_host(n: int) -> torch.Tensor:
+    """``n`` bytes of host memory (a ``HostBuffer``, which the tensor holds), its pages faulted
+    in on this thread (the kernel zeroes them, ``_crt.prefault``); in transparent huge pages
+    where ``S3TORCH_HUGE_PAGES=1`` (the buffer then starts on one): fewer faults."""
+    t = torch.frombuffer(_crt.HostBuffer(n), dtype=torch.uint8)
+    _crt.advise_huge_pages(t)
+    _crt.prefault(t)
+    return t
+
+
 class _LockedHost:
     """``n`` bytes of host memory page-locked in place for CUDA: allocated, its pages faulted
     in (the kernel zeroes them on this thread, ``_crt.prefault``), then locked
@@ -81,10 +91,7 @@ class _LockedHost:
     survive fork)."""
 
     def __init__(self, n: int) -> None:
-        self._buf = _crt.HostBuffer(n)  # page-aligned; on a huge page where they are enabled
-        self.tensor = torch.frombuffer(self._buf, dtype=torch.uint8)
-        _crt.advise_huge_pages(self.tensor)  # S3TORCH_HUGE_PAGES=1: fewer pages to fault in and lock
-        _crt.prefault(self.tensor)
+        self.tensor = _resident_host(n)  # holds its buffer; in huge pages, fewer pages to lock
         self._ptr, self._pid = self.tensor.data_ptr(), os.getpid()
         err = int(torch.cuda.cudart().cudaHostRegister(self._ptr, n, 1))  # 1: cudaHostRegisterPortable
         if err != 0:
@@ -169,13 +176,9 @@ class StagingRing:
         if self.pinned:
             return torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=True)
         # Resident now, on the allocating thread, while the first GETs are in flight; else every
-        # page faults inside the event-loop thread whose socket reads land in it. With
-        # S3TORCH_HUGE_PAGES=1 in huge pages (HostBuffer then aligns to one): fewer faults, and fewer
-        # TLB misses for the transposes reading it.
-        t = torch.frombuffer(_crt.HostBuffer(self.slot_bytes), dtype=torch.uint8)
-        _crt.advise_huge_pages(t)
-        _crt.prefault(t)
-        return t
+        # page faults inside the event-loop thread whose socket reads land in it. In huge pages
+        # where enabled: fewer TLB misses too, for the transposes reading it.
+        return _resident_host(self.slot_bytes)
 
     def slot(self, i: int, n: int) -> torch.Tensor:
         m = self.memory[i]

@@ -95,7 +95,6 @@ class Loader:
         self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "gets": 0, "bytes": 0, "files_checked": 0}
         self.checksums: Dict[str, str] = {}  # file -> what its checksum check found (_verify.py)
         self._checks: Dict[int, FileCheck] = {}  # id(ShardFile) -> its check, for this load
-        self._prefaulter: Optional[Prefaulter] = None  # a direct load's, while it runs
 
     def _plan(self, f: ShardFile, t: TensorInfo) -> _Planned:
         where = _where(f, t)
@@ -183,7 +182,7 @@ class Loader:
         fresh = [] if self.pin_memory else [g.buf for g in groups if len(g.members) == 1 and g.buf is not None]
         inflight: Deque[Tuple[_Group, Any]] = deque()
         try:
-            with Prefaulter(fresh) as self._prefaulter:
+            with Prefaulter(fresh) as prefaulter:
                 for g in groups:
                     self.stats["direct"] += len(g.members)
                     if len(g.members) > 1:
@@ -191,7 +190,7 @@ class Loader:
                     if g.buf is None:  # empty tensors: nothing to read
                         continue
                     if len(inflight) >= WINDOW:
-                        self._finish(*inflight.popleft(), out)
+                        self._finish(*inflight.popleft(), out, prefaulter)
                     start = g.file.header.data_start + g.begin
                     try:
                         h = self.native.start_get_into(self.bucket, g.file.key, g.buf, start, g.end - g.begin)
@@ -200,18 +199,16 @@ class Loader:
                     self.stats["gets"] += 1
                     inflight.append((g, h))
                 while inflight:
-                    self._finish(*inflight.popleft(), out)
+                    self._finish(*inflight.popleft(), out, prefaulter)
         finally:
-            self._prefaulter = None
             # On failure, stop what is still running (each handle holds its destination
             # until the CRT is done with it, so no memory is released under a transfer).
             for _, h in inflight:
                 if not h.done():
                     h.cancel()
 
-    def _finish(self, g: _Group, h: Any, out: Dict[str, torch.Tensor]) -> None:
-        if self._prefaulter is not None:  # this thread would only wait: it populates meanwhile
-            self._prefaulter.help_until(h.done)
+    def _finish(self, g: _Group, h: Any, out: Dict[str, torch.Tensor], prefaulter: Prefaulter) -> None:
+        prefaulter.help_until(h.done)  # this thread would only wait: it populates meanwhile
         try:
             n = h.wait()
         except _crt.S3Exception as e:
