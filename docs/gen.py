@@ -314,6 +314,22 @@ NOTES: Dict[str, str] = {
         )
     },
     **{
+        f"benchmarks/results/staged-transpose/buffered-{build}-{r}.json": f"An A/B run (round {r} of 3): the "
+        f"{label} build. `staged-transpose/README.md` sets the six runs side by side."
+        for r in (1, 2, 3)
+        for build, label in (
+            ("old", "old (385d5ed: tiles transposed in place, each slot's CRC32 a second pass on a worker thread)"),
+            ("new", "new (tiles through L1 buffers, the slot's CRC32 computed by the copy)"),
+        )
+    },
+    **{
+        f"benchmarks/results/staged-transpose/ring-{size}-{r}.json": f"Round {r} of 2 of a sweep of the staging "
+        f"ring's size ({size.replace('-', ' MiB in ')} MiB slots; `S3TORCH_BENCH_RING`). "
+        "`staged-transpose/README.md` sets the eight runs side by side."
+        for r in (1, 2)
+        for size in ("256-8", "128-8", "64-8", "64-4")
+    },
+    **{
         f"benchmarks/results/huge-pages/{setting}-{r}.json": f"An A/B run (round {r} of 4) with "
         f"`S3TORCH_HUGE_PAGES={int(setting == 'on')}` (transparent huge pages for fresh destinations "
         f"{setting}), on a VM that reports free memory to its host. `huge-pages/README.md` sets the eight runs "

@@ -15,6 +15,7 @@
 #include "s3torch/transpose.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <pybind11/stl.h>
@@ -116,7 +117,8 @@ PYBIND11_MODULE(_crt, m) {
         "The CRC of A followed by B from checksum(A), checksum(B) and len(B).");
     m.def(
         "transpose_copy",
-        [](py::handle dst, py::handle src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld) {
+        [](py::handle dst, py::handle src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld,
+           std::optional<uint32_t> crc32) -> std::optional<uint32_t> {
             const s3torch::ErrorContext ctx{"transpose_copy", "", ""};
             if (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8 && itemsize != 16)
                 s3torch::throw_invalid(
@@ -124,7 +126,7 @@ PYBIND11_MODULE(_crt, m) {
             if (rows != 0 && dst_ld < rows) s3torch::throw_invalid("transpose_copy: dst_ld is below rows", ctx);
             auto out = s3torch_py::HeldBuffer::acquire(dst, true, ctx);
             auto in = s3torch_py::HeldBuffer::acquire(src, false, ctx);
-            if (rows == 0 || cols == 0) return;
+            if (rows == 0 || cols == 0) return crc32;
             // Checked in elements first: no product below can overflow once these hold.
             const size_t max_elems = SIZE_MAX / itemsize;
             if (cols > max_elems / rows || in->size() < rows * cols * itemsize)
@@ -136,11 +138,15 @@ PYBIND11_MODULE(_crt, m) {
             if (o < i + in->size() && i < o + out->size())
                 s3torch::throw_invalid("transpose_copy: source and destination overlap", ctx);
             py::gil_scoped_release nogil;
-            s3torch::transpose_copy(out->data(), in->data(), rows, cols, itemsize, dst_ld);
+            s3torch::transpose_copy(out->data(), in->data(), rows, cols, itemsize, dst_ld, crc32 ? &*crc32 : nullptr);
+            return crc32;
         },
         py::arg("dst"), py::arg("src"), py::arg("rows"), py::arg("cols"), py::arg("itemsize"), py::arg("dst_ld"),
+        py::arg("crc32") = py::none(),
         "dst[c * dst_ld + r] = src[r * cols + c] (elements of itemsize bytes), in cache-sized tiles; "
-        "GIL released. Both are contiguous CPU buffers (or tensors); sizes are checked.");
+        "GIL released. Both are contiguous CPU buffers (or tensors); sizes are checked. With crc32 "
+        "(0 to start), returns the CRC32 of the source's rows x cols elements continuing it, computed "
+        "as the copy reads them; else None.");
     m.def("crc32_implementation", &s3torch::crc32_implementation,
           "Which path crc32 takes on this CPU: 'pclmul' (x86_64), 'armv8-crc' (aarch64) or 'portable'.");
     m.def(

@@ -11,7 +11,9 @@ namespace s3torch {
 
 // dst[c * dst_ld + r] = src[r * cols + c] for r < rows, c < cols; elements of `itemsize`
 // bytes (1, 2, 4, 8 or 16). `dst_ld` >= rows (elements). The regions must not overlap.
-// Returns false (copying nothing) for another itemsize.
-bool transpose_copy(void *dst, const void *src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld);
+// With `crc`, *crc continues the CRC32 of the rows * cols * itemsize source bytes (in their
+// order), computed as the copy reads them. Returns false (copying nothing) for another itemsize.
+bool transpose_copy(void *dst, const void *src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld,
+                    uint32_t *crc = nullptr);
 
 }  // namespace s3torch

@@ -209,6 +209,53 @@ def test_out_of_order_crc_mismatch_is_never_committed(order: str) -> None:
     assert "t1" not in done and len(ring.free) == ring.nslots
 
 
+class _CountingPool(ThreadPoolExecutor):
+    """A CRC pool that counts the slots it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.submitted = 0
+
+    def submit(self, *a: Any, **k: Any) -> Any:  # type: ignore[override]
+        self.submitted += 1
+        return super().submit(*a, **k)
+
+
+@pytest.mark.parametrize("order", ["fifo", "lifo", "random"])
+def test_transposed_slots_are_checked_by_the_transposes_own_crc(order: str) -> None:
+    """Into a transposed destination the tiled transpose computes each slot's CRC32 as it
+    reads the slot: the CRC pool gets nothing, the slot CRCs still combine in byte order
+    (slots landing in any order), a flipped byte still fails the tensor, and a contiguous
+    destination's slots still go to the pool."""
+    slot = 64 * 4 * 4  # 4 rows of 64 float32 per slot
+    src = _random([40, 64], torch.float32, 7)  # 10 slots
+    raw = _raw(src)
+    pool = _CountingPool()
+    try:
+        dst = torch.zeros(64, 40).t()
+        done: List[str] = []
+        native = FakeNative({"k": raw}, order, seed=1)
+        RingLoad(native, "b", StagingRing(3 * slot, slot, pinned=False), pool).run([_staged("k", src, dst, done)])
+        assert torch.equal(dst, src) and done == ["k"] and pool.submitted == 0
+        if order == "lifo":
+            assert native.landed != sorted(native.landed)
+        bad = bytearray(raw)
+        bad[5 * slot + 9] ^= 0x04  # in the sixth slot
+        ring = StagingRing(3 * slot, slot, pinned=False)
+        with pytest.raises(CheckpointCorruptError, match=r"s3://b/k item k: tensor bytes fail their CRC32 check"):
+            RingLoad(FakeNative({"k": bytes(bad)}, order, seed=1), "b", ring, pool).run(
+                [_staged("k", src, torch.zeros(64, 40).t(), done)]
+            )
+        assert done == ["k"] and len(ring.free) == ring.nslots
+        flat = torch.zeros(40, 64)
+        RingLoad(FakeNative({"k": raw}), "b", StagingRing(3 * slot, slot, pinned=False), pool).run(
+            [_staged("k", src, flat, done)]
+        )
+        assert torch.equal(flat, src) and pool.submitted == 10
+    finally:
+        pool.shutdown()
+
+
 @pytest.mark.parametrize("order", ["fifo", "lifo", "random"])
 def test_slot_crcs_combine_in_byte_order_whatever_the_landing_order(order: str) -> None:
     slot = 64

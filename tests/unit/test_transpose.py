@@ -1,9 +1,13 @@
 """The native tiled transpose behind the staging ring's copies into transposed host views
 (``_crt.transpose_copy``, ``_staging.land``): torch's own strided copy is the oracle, at
 every element size, shapes around the tile and micro-kernel sizes, and padded leading
-dimensions; bad sizes are refused before anything is written."""
+dimensions; the CRC32 it computes as it reads is zlib's; bad sizes are refused before
+anything is written."""
 
 from __future__ import annotations
+
+import zlib
+from typing import Optional
 
 import pytest
 import torch
@@ -40,12 +44,22 @@ def _rand(shape: tuple, dtype: torch.dtype, seed: int) -> torch.Tensor:
     cols=st.integers(1, 140),
     pad=st.sampled_from([0, 1, 7, 64]),
     dtype=st.sampled_from(DTYPES),
+    previous=st.sampled_from([None, 0, 0xDEADBEEF]),
 )
-def test_land_into_a_transposed_view_matches_torch(rows: int, cols: int, pad: int, dtype: torch.dtype) -> None:
+def test_land_into_a_transposed_view_matches_torch(
+    rows: int, cols: int, pad: int, dtype: torch.dtype, previous: Optional[int]
+) -> None:
+    """Shapes up to 140 x 140 cover whole tiles (64 rows by 128 bytes of each), partial ones
+    and micro-kernel edges; with ``previous``, the CRC32 the copy computes continues it."""
     src = _rand((rows, cols), dtype, rows * 1000 + cols)
     base = torch.zeros(cols, rows + pad, dtype=dtype)  # a padded leading dimension when pad > 0
     dst = base[:, :rows].t()  # (rows, cols), columns contiguous
-    land(dst, src.reshape(-1).view(torch.uint8))
+    raw = src.reshape(-1).view(torch.uint8)
+    if _column_major(dst):
+        crc = land(dst, raw, crc32=previous)
+        assert crc == (None if previous is None else zlib.crc32(raw.numpy().tobytes(), previous))
+    else:
+        land(dst, raw)
     assert _same_bits(dst, src)
     assert not base[:, rows:].any()  # nothing written outside the view
     assert _column_major(dst) == (rows > 1 and cols > 1)
@@ -60,7 +74,8 @@ def test_a_large_block_like_the_ring_lands(dtype: torch.dtype, rows: int, at: in
     src = _rand((rows, 1024), dtype, 1)
     base = torch.zeros(1024, 4096, dtype=dtype)
     dst = base.t()[at : at + rows]  # rows of the transposed view, as blocks() makes them
-    land(dst, src.reshape(-1).view(torch.uint8))
+    raw = src.reshape(-1).view(torch.uint8)
+    assert land(dst, raw, crc32=0) == zlib.crc32(raw.numpy().tobytes())
     assert _same_bits(dst, src)
     assert not base[:, :at].any() and not base[:, at + rows :].any()
 
@@ -84,3 +99,13 @@ def test_sizes_are_checked_before_writing() -> None:
     _crt.transpose_copy(dst, src, 3, 4, 1, 5)  # dst[c * 5 + r] = src[r * 4 + c]
     assert dst[:20].reshape(4, 5)[:, :3].t().reshape(-1).tolist() == list(range(12))
     _crt.transpose_copy(dst, src, 0, 4, 1, 0)  # nothing to copy
+    assert _crt.transpose_copy(dst, src, 0, 4, 1, 0, 1234) == 1234  # the CRC of no bytes
+
+
+def test_only_the_transpose_computes_a_crc() -> None:
+    """``land`` returns a CRC32 only where it transposes; asking elsewhere is an error, not a
+    silent None a caller could take for a checked slot."""
+    src = torch.arange(12, dtype=torch.uint8)
+    assert land(torch.zeros(3, 4, dtype=torch.uint8), src) is None
+    with pytest.raises(ValueError, match="only by the transpose"):
+        land(torch.zeros(3, 4, dtype=torch.uint8), src, crc32=0)

@@ -272,18 +272,31 @@ def _span_bytes(t: torch.Tensor) -> torch.Tensor:
     )
 
 
+def transposes(dst: torch.Tensor, src_dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether ``land`` writes ``dst`` with the native tiled transpose (which can compute the
+    source's CRC32 as it reads it)."""
+    return (src_dtype is None or src_dtype == dst.dtype) and _column_major(dst)
+
+
 def land(
-    dst: torch.Tensor, src: torch.Tensor, non_blocking: bool = False, src_dtype: Optional[torch.dtype] = None
-) -> None:
+    dst: torch.Tensor,
+    src: torch.Tensor,
+    non_blocking: bool = False,
+    src_dtype: Optional[torch.dtype] = None,
+    crc32: Optional[int] = None,
+) -> Optional[int]:
     """Copy raw bytes ``src`` (uint8, host) into the view ``dst`` (same element count), read
     as ``src_dtype`` (default: dst's) and cast by the copy when it differs. A transposed 2-D
     host destination is written by the native tiled transpose (torch's elementwise strided
-    copy runs at a third of its speed there)."""
-    if (src_dtype is None or src_dtype == dst.dtype) and _column_major(dst):
+    copy runs at a third of its speed there). With ``crc32`` (0 to start; only where
+    ``transposes``), returns the CRC32 of ``src`` continuing it, computed by the transpose."""
+    if transposes(dst, src_dtype):
         rows, cols = dst.shape
-        _crt.transpose_copy(_span_bytes(dst), src, rows, cols, dst.element_size(), dst.stride(1))
-        return
+        return _crt.transpose_copy(_span_bytes(dst), src, rows, cols, dst.element_size(), dst.stride(1), crc32)
+    if crc32 is not None:
+        raise ValueError("land: a CRC32 is computed only by the transpose (see transposes())")
     dst.copy_(src.view(src_dtype or dst.dtype).view(dst.shape), non_blocking=non_blocking)
+    return None
 
 
 @dataclass
@@ -454,11 +467,22 @@ class RingLoad:
                 raise short_read(t.where, t.nbytes, t.landed + got)
             self.bytes_read += got
             src = self.ring.slot(f.slot, f.n)
-            if self._crc_pool is not None and t.crc32 is not None:
-                busy.crc = self._crc_pool.submit(_crt.crc32, src)
-                t.parts[f.block] = (busy.crc, got)
+            verify = self._crc_pool is not None and t.crc32 is not None
             t.landed += got
-            busy.event = self._copy(t, f.slot, f.dst, src)
+            if verify and transposes(f.dst, t.src_dtype):
+                # The transpose computes the slot's CRC32 as it reads the slot: no second pass
+                # over it on a worker thread.
+                crc = land(f.dst, src, crc32=0)
+                assert crc is not None
+                part: "Future[int]" = Future()
+                part.set_result(crc)
+                t.parts[f.block] = (part, got)
+            else:
+                if verify:
+                    assert self._crc_pool is not None
+                    busy.crc = self._crc_pool.submit(_crt.crc32, src)
+                    t.parts[f.block] = (busy.crc, got)
+                busy.event = self._copy(t, f.slot, f.dst, src)
             if t.on_bytes is not None:
                 t.on_bytes(f.pos, src)
         except BaseException:
