@@ -48,6 +48,34 @@ inline void store16(void *p, __m128i v) {
     else _mm_storeu_si128(reinterpret_cast<__m128i *>(p), v);
 }
 
+// 16 x 16 bytes (fp8, int8): rows of s (ss apart) to columns of d (ds apart). Four rounds of
+// interleaving, each doubling the run of one column's bytes: pairs of rows (2 bytes a column),
+// quads (4), octets (8), then all 16 rows.
+template <bool Stream>
+inline void micro_1(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) {
+    __m128i a[16], p[16], q[16], r[16];
+    for (int i = 0; i < 16; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + i * ss));
+    for (int i = 0; i < 8; ++i) {
+        p[2 * i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);      // rows 2i, 2i+1; columns 0-7
+        p[2 * i + 1] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);  // columns 8-15
+    }
+    for (int j = 0; j < 4; ++j) {  // q[4j + k]: rows 4j..4j+3, columns 4k..4k+3
+        q[4 * j] = _mm_unpacklo_epi16(p[4 * j], p[4 * j + 2]);
+        q[4 * j + 1] = _mm_unpackhi_epi16(p[4 * j], p[4 * j + 2]);
+        q[4 * j + 2] = _mm_unpacklo_epi16(p[4 * j + 1], p[4 * j + 3]);
+        q[4 * j + 3] = _mm_unpackhi_epi16(p[4 * j + 1], p[4 * j + 3]);
+    }
+    for (int h = 0; h < 2; ++h)  // r[8h + 2k + m]: rows 8h..8h+7, columns 4k+2m and 4k+2m+1
+        for (int k = 0; k < 4; ++k) {
+            r[8 * h + 2 * k] = _mm_unpacklo_epi32(q[8 * h + k], q[8 * h + 4 + k]);
+            r[8 * h + 2 * k + 1] = _mm_unpackhi_epi32(q[8 * h + k], q[8 * h + 4 + k]);
+        }
+    for (int c = 0; c < 16; c += 2) {
+        store16<Stream>(d + c * ds, _mm_unpacklo_epi64(r[c / 2], r[8 + c / 2]));
+        store16<Stream>(d + (c + 1) * ds, _mm_unpackhi_epi64(r[c / 2], r[8 + c / 2]));
+    }
+}
+
 // 8 x 8 16-bit elements: rows of s (ss elements apart) to columns of d (ds apart).
 template <bool Stream>
 inline void micro_2(unsigned char *dst, size_t ds, const unsigned char *src, size_t ss) {
@@ -99,6 +127,11 @@ struct Micro {
     static void run(unsigned char *, size_t, const unsigned char *, size_t) {}
 };
 #if defined(__SSE2__)
+template <bool Stream>
+struct Micro<1, Stream> {
+    static constexpr size_t M = 16;
+    static void run(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) { micro_1<Stream>(d, ds, s, ss); }
+};
 template <bool Stream>
 struct Micro<2, Stream> {
     static constexpr size_t M = 8;

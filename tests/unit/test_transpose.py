@@ -65,7 +65,23 @@ def test_land_into_a_transposed_view_matches_torch(
     assert _column_major(dst) == (rows > 1 and cols > 1)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.int8])
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float8_e4m3fn])
+@pytest.mark.parametrize("rows, cols", [(64, 128), (128, 256), (130, 270), (200, 4096)])
+@pytest.mark.parametrize("pad", [0, 16])
+def test_whole_tiles_at_every_element_size(dtype: torch.dtype, rows: int, cols: int, pad: int) -> None:
+    """Shapes of whole tiles (64 rows by 128 bytes of each: 128 fp8 columns, 64 bf16, 32
+    float32), tiles and an edge, and a wide slot (over 1 MiB for 2-byte elements and up:
+    streaming stores where the padded destination is 16-byte aligned)."""
+    src = _rand((rows, cols), dtype, rows + cols)
+    base = torch.zeros(cols, rows + pad, dtype=dtype)
+    dst = base[:, :rows].t()
+    raw = src.reshape(-1).view(torch.uint8)
+    assert land(dst, raw, crc32=0) == zlib.crc32(raw.numpy().tobytes())
+    assert _same_bits(dst, src)
+    assert not base[:, rows:].view(torch.uint8).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.int8, torch.float8_e4m3fn])
 @pytest.mark.parametrize("rows, at", [(300, 1000), (700, 1000), (700, 1001)])
 def test_a_large_block_like_the_ring_lands(dtype: torch.dtype, rows: int, at: int) -> None:
     """A slot's worth of rows of a (4096 x 1024) stored tensor into a transposed destination.
