@@ -5,8 +5,9 @@ A ring is a fixed amount of host memory (page-locked when it feeds CUDA devices)
 equal slots. ``RingLoad`` moves each staged tensor as a series of slot-sized ranged GETs
 into free slots; slots land in the order their GETs complete, not the order they started
 (one slow GET holds only its own slot, never the slots behind it). As a slot lands, its
-CRC32 is computed (on worker threads; a tensor's slot CRCs are combined in byte order once
-its last slot has landed, and the tensor is committed only if they match) and its bytes are
+CRC32 is computed (on worker threads, or by the copy itself where it is the tiled transpose; a
+tensor's slot CRCs are combined in byte order once its last slot has landed, and the tensor is
+committed only if they match) and its bytes are
 copied to the matching block of the destination (for CUDA: one asynchronous host-to-device
 copy on a side stream of the destination's device, followed by a CUDA event that returns the
 slot to the ring once the copy has read it). GETs for other slots are in flight while a slot
@@ -357,8 +358,9 @@ class RingLoad:
 
     Threads: the loading thread runs everything here except the CRC32s of the slots, which
     ``crc_pool``'s threads compute while the loading thread goes on starting GETs and copies
-    (crc32 releases the GIL); a tensor's slot CRCs are combined in byte order when its last
-    slot lands. No pool: no verification."""
+    (crc32 releases the GIL), but for slots copied by the tiled transpose, which computes
+    their CRC32 as it reads them; a tensor's slot CRCs are combined in byte order when its
+    last slot lands. No pool: no verification."""
 
     def __init__(
         self, native: "_crt.NativeClient", bucket: str, ring: StagingRing, crc_pool: Optional[ThreadPoolExecutor]
