@@ -5,7 +5,9 @@ With a clang that has libFuzzer, it is a libFuzzer binary under ASan + UBSan; ot
 same target under gcc's ASan + UBSan with csrc/fuzz/driver.cpp (seeds plus random mutations).
 The first build compiles the core with sanitizers (minutes; in a whole-suite run, in the
 background: tests/background_builds.py); later runs reuse build/fuzz.
-The test prints which mode ran. S3TORCH_FUZZ_SECONDS sets the run time (default 10)."""
+The test prints which mode ran. S3TORCH_FUZZ_SECONDS sets the run time (default 10).
+The same build makes csrc/fuzz/check_transpose.cpp, the tiled transpose's check under the same
+sanitizers, which the second test runs."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tests.background_builds import RUNNER, Build
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "fuzz"
 TARGET = "s3torch-fuzz-responses"
+CHECK_TRANSPOSE = "s3torch-check-transpose"  # csrc/fuzz/check_transpose.cpp, built beside it
 
 
 def _compilers() -> dict:
@@ -39,7 +42,7 @@ def background_build() -> Build:
             ["cmake", "-S", str(ROOT), "-B", str(BUILD), *gen, "-DS3TORCH_BUILD_PYTHON=OFF", "-DS3TORCH_FUZZ=ON"]
             + ["-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
         )
-    steps.append(["cmake", "--build", str(BUILD), "--target", TARGET, "-j", str(os.cpu_count() or 2)])
+    steps.append(["cmake", "--build", str(BUILD), "--target", TARGET, CHECK_TRANSPOSE, "-j", str(os.cpu_count() or 2)])
     return Build("fuzz target", steps, env=_compilers())
 
 
@@ -65,3 +68,18 @@ def test_response_parsers_survive_fuzzing(capsys: pytest.CaptureFixture) -> None
         print(f"\n[fuzz] {TARGET}: {mode} mode (sanitizers: address,undefined), {seconds} s")
     assert r.returncode == 0, f"{mode}: exit {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"
     assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error:" not in r.stderr, r.stderr[-8000:]
+
+
+def test_the_tiled_transpose_under_sanitizers() -> None:
+    """csrc/fuzz/check_transpose.cpp: every element size, shapes around the kernel, tile and
+    streaming-store sizes, padded and misaligned destinations, with and without the CRC,
+    against an element-by-element copy, each buffer a heap block of exactly its size."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed: the sanitizer build is not available here")
+    built = RUNNER.result(background_build(), timeout=1800)
+    if built.returncode != 0:
+        pytest.fail(f"building the sanitizer targets failed:\n{built.tail()}")
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "halt_on_error=1"}
+    r = subprocess.run([str(BUILD / CHECK_TRANSPOSE)], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"
+    assert "all equal" in r.stdout and "ERROR: AddressSanitizer" not in r.stderr and "runtime error:" not in r.stderr
