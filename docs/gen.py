@@ -259,6 +259,19 @@ def _benchmarks_page(charts: Dict[str, str]) -> str:
     return "\n".join(out)
 
 
+def _ab_runs(files: str, rounds: int, old: str, new: str, tail: str = "") -> Dict[str, str]:
+    """NOTES for an A/B benchmark: ``files`` (with ``{build}`` = old / new and ``{r}``) holds
+    ``rounds`` runs of each build; ``old`` / ``new`` say what each build does. Without ``tail``,
+    the note points at the README beside the files."""
+    readme = f"`{os.path.dirname(files).split('benchmarks/results/')[1]}/README.md`"
+    tail = tail or f"{readme} sets the {2 * rounds} runs side by side."
+    return {
+        files.format(build=build, r=r): f"An A/B run (round {r} of {rounds}): the {build} ({label}) build. {tail}"
+        for r in range(1, rounds + 1)
+        for build, label in (("old", old), ("new", new))
+    }
+
+
 # What a reader of an older result must know, by result file (facts about that run, not numbers).
 NOTES: Dict[str, str] = {
     "benchmarks/results/results.json": "This run predates dataset prefetching (0.2.0): its `dataset0`, `dataset2` and "
@@ -270,15 +283,12 @@ NOTES: Dict[str, str] = {
     "`AWS_ENDPOINT_URL` and `RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING=0` (default concurrency); `boto3` is a GET of "
     "each file, then `safetensors.torch.load` of its bytes. Peak RSS includes the 4.3 GB of tensors; results.md beside "
     "the file gives what each took beyond them.",
-    **{
-        f"benchmarks/results/prefault/{build}-{r}.json": f"An A/B run (round {r} of 2): the {label} build. "
-        "`prefault/README.md` sets the four runs side by side."
-        for r in (1, 2)
-        for build, label in (
-            ("old", "old (b9fe733: GETs into fresh memory fault their pages in the event-loop thread)"),
-            ("new", "new (e42f938: the waiting thread makes fresh destinations resident ahead of the GET)"),
-        )
-    },
+    **_ab_runs(
+        "benchmarks/results/prefault/{build}-{r}.json",
+        2,
+        "b9fe733: GETs into fresh memory fault their pages in the event-loop thread",
+        "e42f938: the waiting thread makes fresh destinations resident ahead of the GET",
+    ),
     **{
         f"benchmarks/results/event-loops/threads{t}-{r}.json": f"An A/B run (round {r} of 4) with {t} event-loop "
         f"thread{'s' if t > 1 else ''} (`S3TORCH_EVENT_LOOP_THREADS`; rounds 1-2 an experimental build, 3-4 the "
@@ -294,34 +304,26 @@ NOTES: Dict[str, str] = {
         for t in (1, 2)
         for r in ("", "-6", "-7")
     },
-    **{
-        f"benchmarks/results/prefault/dcp-fresh-{build}-{r}.json": f"An A/B run (round {r} of 2): the {label} "
-        "build. Only the `s3torch-fresh` row (destinations each load allocates) is what the change is about; the "
-        "other rows load into resident memory, which the change leaves alone, and show this machine's drift."
-        for r in (1, 2)
-        for build, label in (
-            ("old", "old (a1d7984: a DCP restore into fresh tensors faults their pages in the event-loop thread)"),
-            ("new", "new (DCP restores and the staging ring make fresh host destinations resident ahead of the GETs)"),
-        )
-    },
-    **{
-        f"benchmarks/results/event-loops/help-{build}-{r}.json": f"An A/B run (round {r} of 3): the {label} build. "
-        "`event-loops/README.md` sets the six runs side by side."
-        for r in (1, 2, 3)
-        for build, label in (
-            ("old", "old (7fcef30: only the prefaulting thread populates fresh destinations)"),
-            ("new", "new (the loading thread populates too, while it waits for a GET)"),
-        )
-    },
-    **{
-        f"benchmarks/results/staged-transpose/buffered-{build}-{r}.json": f"An A/B run (round {r} of 3): the "
-        f"{label} build. `staged-transpose/README.md` sets the six runs side by side."
-        for r in (1, 2, 3)
-        for build, label in (
-            ("old", "old (385d5ed: tiles transposed in place, each slot's CRC32 a second pass on a worker thread)"),
-            ("new", "new (tiles through L1 buffers, the slot's CRC32 computed by the copy)"),
-        )
-    },
+    **_ab_runs(
+        "benchmarks/results/prefault/dcp-fresh-{build}-{r}.json",
+        2,
+        "a1d7984: a DCP restore into fresh tensors faults their pages in the event-loop thread",
+        "DCP restores and the staging ring make fresh host destinations resident ahead of the GETs",
+        "Only the `s3torch-fresh` row (destinations each load allocates) is what the change is about; the other "
+        "rows load into resident memory, which the change leaves alone, and show this machine's drift.",
+    ),
+    **_ab_runs(
+        "benchmarks/results/event-loops/help-{build}-{r}.json",
+        3,
+        "7fcef30: only the prefaulting thread populates fresh destinations",
+        "the loading thread populates too, while it waits for a GET",
+    ),
+    **_ab_runs(
+        "benchmarks/results/staged-transpose/buffered-{build}-{r}.json",
+        3,
+        "385d5ed: tiles transposed in place, each slot's CRC32 a second pass on a worker thread",
+        "tiles through L1 buffers, the slot's CRC32 computed by the copy",
+    ),
     **{
         f"benchmarks/results/staged-transpose/ring-{size}-{r}.json": f"Round {r} of 2 of a sweep of the staging "
         f"ring's size ({size.replace('-', ' MiB in ')} MiB slots; `S3TORCH_BENCH_RING`). "
