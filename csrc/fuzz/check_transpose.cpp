@@ -1,10 +1,10 @@
 // The tiled transpose (csrc/s3torch/transpose.cpp) under ASan + UBSan, against an element by
 // element copy: every element size, shapes on both sides of the micro-kernel (4, 8, 16
-// elements), tile (64 rows, 128 bytes of each) and streaming-store (1 MiB) sizes, padded and
-// misaligned destinations, with and without the CRC of the source. Every source and
-// destination is its own heap block of exactly its size, so a read or write past either end
-// is a sanitizer report; bytes of the destination outside the view (the padding between
-// columns, the bytes before the first) must keep their value.
+// elements), tile (64 rows, 128 for 1-byte elements, by 128 bytes of each) and streaming-store
+// (1 MiB) sizes, padded and misaligned destinations, with and without the CRC of the source.
+// Every source and destination is its own heap block of exactly its size, so a read or write
+// past either end is a sanitizer report; bytes of the destination outside the view (the
+// padding between columns, the bytes before the first) must keep their value.
 //
 // Built with -DS3TORCH_FUZZ=ON into build/fuzz beside the fuzz target (the same sanitizers);
 // tests/unit/test_fuzz_native.py runs it. Prints the number of cases; exits 1 on the first
@@ -70,7 +70,7 @@ int main() {
     uint64_t state = 1;
     size_t cases = 0;
     const size_t sizes[] = {1, 2, 4, 8, 16};
-    const size_t rows_set[] = {1, 2, 7, 8, 9, 16, 17, 63, 64, 65, 128, 130};
+    const size_t rows_set[] = {1, 2, 7, 8, 9, 16, 17, 63, 64, 65, 128, 130, 256};
     const size_t cols_set[] = {1, 3, 4, 5, 8, 16, 17, 31, 32, 33, 64, 65, 127, 128, 129, 257};
     for (size_t n : sizes)
         for (size_t rows : rows_set)

@@ -144,17 +144,20 @@ struct Micro<4, Stream> {
 };
 #endif
 
-// Rows of source a tile spans, and the bytes of each row it takes (two cache lines).
-constexpr size_t kBig = 64;
+// Rows of source a tile spans (a strip), and the bytes of each row it takes (two cache
+// lines). Each destination column gets kRows<N> * N bytes a tile: 1-byte elements take 128
+// rows, so that is two lines for them too (64 rows: 3.0 GB/s for fp8, 128 rows: 3.8).
+template <size_t N>
+constexpr size_t kRows = N == 1 ? 128 : 64;
 constexpr size_t kTileRowBytes = 128;
 
 #if defined(__SSE2__)
-// One full tile (kBig rows x kTileRowBytes of each) where there is a micro-kernel, through two
+// One full tile (kRows<N> rows x kTileRowBytes of each) where there is a micro-kernel, through two
 // buffers that stay in L1. The source rows are copied into a padded buffer first: rows of a
 // tensor are often a power of two bytes apart, so read in place they fall into the same few
 // cache sets and evict each other (a 4096-column bf16 tensor transposed at a fifth of the
 // speed of a 4000-column one). The micro-kernels write the transposed tile into a column
-// buffer, and each column then goes out as one run of kBig elements: whole cache lines, one
+// buffer, and each column then goes out as one run of kRows<N> elements: whole cache lines, one
 // after the other, which streaming stores need to write full lines (column by column across
 // the tile, they kept dozens of lines open at once).
 template <size_t N, bool Stream>
@@ -162,6 +165,7 @@ void tile_buffered(unsigned char *d, size_t dst_ld, const unsigned char *s, size
     constexpr size_t M = Micro<N, false>::M;
     constexpr size_t kCols = kTileRowBytes / N;
     constexpr size_t kSrcPitch = kTileRowBytes + 16;  // bytes; not a power of two
+    constexpr size_t kBig = kRows<N>;
     constexpr size_t kColBytes = kBig * N;
     alignas(64) unsigned char in[kBig * kSrcPitch];
     alignas(64) unsigned char out[kCols * kColBytes];
@@ -191,14 +195,15 @@ inline void read_ahead(const unsigned char *p, size_t len) {
     (void)sink;
 }
 
-// Strips of kBig source rows, each read front to back first (into the CRC when one is asked:
-// the CRC costs no memory traffic of its own), then cut into tiles of kBig rows x kCols
+// Strips of kRows<N> source rows, each read front to back first (into the CRC when one is asked:
+// the CRC costs no memory traffic of its own), then cut into tiles of kRows<N> rows x kCols
 // columns: buffered micro-kernel tiles where whole, elsewhere micro-kernel squares reading
 // the source in place and buffered scalar tiles for the rest.
 template <size_t N, bool Stream>
 void transpose_tiles(unsigned char *dst, const unsigned char *src, size_t rows, size_t cols, size_t dst_ld,
                      uint32_t *crc) {
     constexpr size_t M = Micro<N, Stream>::M;
+    constexpr size_t kBig = kRows<N>;
     constexpr size_t kCols = M ? kTileRowBytes / N : kBig;
     auto *d = reinterpret_cast<Elem<N> *>(dst);
     auto *s = reinterpret_cast<const Elem<N> *>(src);
