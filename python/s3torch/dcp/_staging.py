@@ -5,14 +5,14 @@ A ring is a fixed amount of host memory (page-locked when it feeds CUDA devices)
 equal slots. ``RingLoad`` moves each staged tensor as a series of slot-sized ranged GETs
 into free slots; slots land in the order their GETs complete, not the order they started
 (one slow GET holds only its own slot, never the slots behind it). As a slot lands, its
-CRC32 is computed (on worker threads, or by the copy itself where it is the tiled transpose; a
-tensor's slot CRCs are combined in byte order once its last slot has landed, and the tensor is
-committed only if they match) and its bytes are
-copied to the matching block of the destination (for CUDA: one asynchronous host-to-device
-copy on a side stream of the destination's device, followed by a CUDA event that returns the
-slot to the ring once the copy has read it). GETs for other slots are in flight while a slot
-copies, so memory stays at the ring's size whatever the checkpoint's; the out-of-order window
-is the ring: at most ``nslots`` GETs are in flight, whichever tensors they belong to.
+CRC32 is computed (on worker threads, or by the copy itself where it is the tiled transpose;
+a tensor's slot CRCs are combined in byte order once its last slot has landed, and the tensor
+is committed only if they match) and its bytes are copied to the matching block of the
+destination (for CUDA: one asynchronous host-to-device copy on a side stream of the
+destination's device, followed by a CUDA event that returns the slot to the ring once the
+copy has read it). GETs for other slots are in flight while a slot copies, so memory stays
+at the ring's size whatever the checkpoint's; the out-of-order window is the ring: at most
+``nslots`` GETs are in flight, whichever tensors they belong to.
 
 Who owns what: a ring belongs to one load at a time (``borrow_ring``); between loads it waits
 in a per-process pool, so the page-locking cost is paid once per process, not per load. Only
