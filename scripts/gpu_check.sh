@@ -11,7 +11,8 @@
 #      bash scripts/gpu_check.sh
 #    Results under $OUT (or /tmp/gpu-out): tests.txt (tests/gpu), sweep/ (ring_sweep.py: ring
 #    sizes for CUDA loads; the harness rows then load with the fastest), bench-dcp_load_cuda/,
-#    bench-safetensors_load_cuda/, bench-dcp_save_cuda/ (run.py), env.txt. GPU_BUDGET_S
+#    bench-safetensors_load_cuda/, bench-dcp_save_cuda/ (run.py), pin.txt, populate.txt,
+#    transpose.txt (CPU-side benchmarks), env.txt. GPU_BUDGET_S
 #    (default 540) bounds the whole: steps that would not fit are skipped (they run in order of need).
 #    GPU_STEPS picks steps (default: tests pin sweep dcp_load_cuda safetensors_load_cuda
 #    dcp_save_cuda), GPU_TESTS_K a pytest -k, GPU_REPEAT the harness's runs per row.
@@ -61,6 +62,10 @@ if want pin; then  # how fast a fresh process page-locks a ring, each way
   step pin_bench 90 "$OUT/pin.txt" python3 benchmarks/pin_bench.py; grep "^|" "$OUT/pin.txt" || tail "$OUT/pin.txt"
   step populate_bench 40 "$OUT/populate.txt" python3 benchmarks/populate_bench.py --pairs 4  # huge pages or not, no GPU
   grep "^|" "$OUT/populate.txt" || tail "$OUT/populate.txt"
+  # The transposing copy of staged host loads on this machine's CPU (no GPU): bf16, then fp8.
+  step transpose_bench 30 "$OUT/transpose.txt" bash -c "python3 benchmarks/transpose_bench.py --rounds 3 \
+    && python3 benchmarks/transpose_bench.py --rounds 3 --dtype float8_e4m3fn"
+  grep "^|" "$OUT/transpose.txt" || tail "$OUT/transpose.txt"
 fi
 if want sweep; then  # ring sizes for CUDA loads, in one process; the harness rows then load with the best
   step ring_sweep 150 "$OUT/sweep.txt" python3 benchmarks/ring_sweep.py --repeat 3 --out "$OUT/sweep"
