@@ -37,9 +37,10 @@ bool advise_huge_pages(void *data, size_t len);
 // kernel may compact or reclaim memory (page cache) to find a free huge page at the fault, and
 // in a VM that hands free memory back to its host (virtio-balloon free page reporting, as
 // here) a huge page is most often memory the host must fault back in: populating 1 GiB took
-// 0.1-1.8 s in huge pages against a steady 0.45-0.54 s in small ones on this 2-core VM
-// (benchmarks/results/huge-pages/). Anything else is an S3InvalidArgumentError naming the
-// variable, raised when the CRT runtime is built (the first client). Read on each call.
+// 1.26 s in huge pages the first time in a process, then 0.09-0.33 s, against a steady
+// 0.40-0.43 s in small ones on this 2-core VM (benchmarks/results/huge-pages/populate.md).
+// Anything else is an S3InvalidArgumentError naming the variable, raised when the CRT runtime
+// is built (the first client). Read on each call.
 bool huge_pages_enabled();
 
 // The size of a transparent huge page on this machine (hpage_pmd_size), or 0 where the kernel
