@@ -1,5 +1,6 @@
 """The dataset race (issue 20): the same samples, from the same local server, through a
-DataLoader, for s3torch (objects and tar shards) and the libraries people pick instead.
+DataLoader, for s3torch (objects through the iterable and the map dataset, and tar shards) and
+the libraries people pick instead.
 
     python benchmarks/race.py [--small N] [--large N] [--peers a,b] [--out benchmarks/results/race]
 
@@ -43,12 +44,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 BUCKET = "race"
 KiB = 1024
 MiB = 1024 * KiB
 SHARD_BYTES = 16 * MiB
-PEERS = ["s3torch", "s3torch-tar", "s3torchconnector", "webdataset", "litdata", "mosaic"]
+PEERS = ["s3torch", "s3torch-map", "s3torch-tar", "s3torchconnector", "webdataset", "litdata", "mosaic"]
 SIZES = {"small": 100 * KiB, "large": 4 * MiB}
 BATCH = {"small": 32, "large": 4}
 
@@ -167,13 +167,20 @@ def _loader_factory(ctx: Dict[str, Any]) -> Tuple[Callable[[], Any], bool]:
     peer, ep, workers, size = ctx["peer"], ctx["endpoint"], ctx["workers"], ctx["size"]
     batch = BATCH[size]
     mp = {"multiprocessing_context": "fork"} if workers else {}
-    if peer in ("s3torch", "s3torch-tar"):
+    if peer in ("s3torch", "s3torch-map", "s3torch-tar"):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         import s3torch
 
         cfg = s3torch.S3ClientConfig(unsigned=True, force_path_style=True)
-        if peer == "s3torch":
+        if peer == "s3torch-map":  # each batch through __getitems__; the sampler's state resumes
+            uris = [f"s3://{BUCKET}/{k}" for k in ctx["objects"]]
+
+            def ds():  # type: ignore[no-untyped-def]
+                return s3torch.S3MapDataset.from_objects(
+                    uris, region="us-east-1", endpoint=ep, s3client_config=cfg, transform=_len_reader
+                )
+        elif peer == "s3torch":
             uris = [f"s3://{BUCKET}/{k}" for k in ctx["objects"]]
 
             def ds():  # type: ignore[no-untyped-def]
@@ -336,7 +343,10 @@ def main() -> int:
     from run import LatencyProxyProcess, Nginx, ensure_venv
 
     py = ensure_venv(install=False)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(HERE / "_stubs")]))
+    # s3torch is the one the venv imports (as for run.py; an older build goes first on
+    # PYTHONPATH for an A/B). The source tree is not put on the path: it has no _crt.
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [str(HERE / "_stubs")]))
     env["AWS_EC2_METADATA_DISABLED"] = "true"
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         env.pop(k, None)

@@ -274,10 +274,11 @@ def _ab_runs(files: str, rounds: int, old: str, new: str, tail: str = "") -> Dic
 
 # What a reader of an older result must know, by result file (facts about that run, not numbers).
 NOTES: Dict[str, str] = {
-    "benchmarks/results/results.json": "This run predates dataset prefetching (0.2.0): its `dataset0`, `dataset2` and "
-    "`iterable` rows are superseded by the prefetch run, and its `put`, `dcp_save` and `dcp_load` rows by the "
-    "reliability run above. `s3torch-bench` in its PUT row uploaded a constant byte pattern, which SeaweedFS "
-    "stores faster; the harness now uploads pseudo-random bytes.",
+    "benchmarks/results/results.json": "Every default scenario in one run, at 08b6e90 (written to `/tmp/bfull`, then "
+    "copied here); it replaces the run of 2026-11-22, which predated dataset prefetching, the two event-loop threads "
+    "and fresh memory made resident ahead of GETs (the git history keeps it). The CUDA scenarios need a GPU (see "
+    "`gpu-h200/`). Its `prefetch_*` rows read objects of 100 KiB, which the later probe sizing leaves alone "
+    "(`probe-sizes/README.md`).",
     "benchmarks/results/safetensors/results.json": "Every peer allocates the tensors it returns, so page faults on "
     "fresh memory count for all. `runai` is runai-model-streamer 0.17.1 with its S3 backend pointed at nginx through "
     "`AWS_ENDPOINT_URL` and `RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING=0` (default concurrency); `boto3` is a GET of "
@@ -331,6 +332,18 @@ NOTES: Dict[str, str] = {
         for r in (1, 2)
         for size in ("256-8", "128-8", "64-8", "64-4")
     },
+    **_ab_runs(
+        "benchmarks/results/probe-sizes/race-{build}-{r}.json",
+        3,
+        "385d5ed: probes of unknown-size objects at most 1 MiB, per window; freed buffers go back to the C library",
+        "probes sized from the objects the dataset saw, rests of the next objects first, freed buffers kept for reuse",
+    ),
+    **_ab_runs(
+        "benchmarks/results/probe-sizes/prefetch-{build}-{r}.json",
+        1,
+        "385d5ed: probes of unknown-size objects at most 1 MiB, per window; freed buffers go back to the C library",
+        "probes sized from the objects the dataset saw, rests of the next objects first, freed buffers kept for reuse",
+    ),
     **{
         f"benchmarks/results/huge-pages/{setting}-{r}.json": f"An A/B run (round {r} of 4) with "
         f"`S3TORCH_HUGE_PAGES={int(setting == 'on')}` (transparent huge pages for fresh destinations "

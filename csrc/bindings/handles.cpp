@@ -1,5 +1,6 @@
 #include "handles.h"
 
+#include "s3torch/block_cache.h"
 #include "s3torch/endpoint_health.h"
 #include "s3torch/prefault.h"
 
@@ -171,13 +172,14 @@ void UploadHandle::abort() {
 
 HostBuffer::HostBuffer(size_t n) : size_(n) {
     if (n == 0) return;
-    void *p = nullptr;
-    // On a huge page where they are enabled (s3torch::fill_alignment).
-    if (posix_memalign(&p, s3torch::fill_alignment(n, kPageSize), n) != 0) throw std::bad_alloc();
-    data_ = p;
+    // On a huge page where they are enabled (s3torch::fill_alignment); a recently freed
+    // block of this size when one is kept (block_cache.h).
+    align_ = s3torch::fill_alignment(n, kPageSize);
+    data_ = s3torch::take_block(n, align_);
+    if (data_ == nullptr) throw std::bad_alloc();
 }
 
-HostBuffer::~HostBuffer() { std::free(data_); }
+HostBuffer::~HostBuffer() { s3torch::give_block(data_, size_, align_); }
 
 py::buffer_info HostBuffer::info() {
     static uint8_t empty = 0;
@@ -191,6 +193,13 @@ void register_handles(py::module_ &m) {
         .def(py::init<size_t>(), py::arg("size"))
         .def_buffer(&HostBuffer::info)
         .def("__len__", &HostBuffer::size);
+    m.def(
+        "kept_host_blocks", [] { return py::make_tuple(s3torch::kept_blocks(), s3torch::kept_block_bytes()); },
+        "(blocks, bytes) of freed HostBuffer memory kept for the next HostBuffer of the same size.");
+    m.def("drop_kept_host_blocks", &s3torch::drop_kept_blocks, "Free the HostBuffer memory kept for reuse.");
+    m.attr("KEPT_HOST_BLOCKS_MAX") = s3torch::kBlockCacheBlocks;
+    m.attr("KEPT_HOST_BYTES_MAX") = s3torch::kBlockCacheBytes;
+    m.attr("KEPT_HOST_BLOCK_MIN") = s3torch::kBlockCacheMinBytes;
 
     py::class_<GetHandle>(m, "GetHandle")
         .def("wait", &GetHandle::wait, "Block (GIL released) until done; returns the bytes received.")

@@ -107,6 +107,7 @@ class HostBuffer {
   private:
     void *data_ = nullptr;
     size_t size_;
+    size_t align_ = 0;
 };
 
 // Define the Python classes GetHandle, StreamChunk, GetStream, Upload and HostBuffer.

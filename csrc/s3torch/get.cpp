@@ -20,7 +20,7 @@ constexpr int kHttpRangeNotSatisfiable = 416;
 std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, const std::string &bucket,
                                             const std::string &key, std::optional<ByteRange> range, void *dest,
                                             size_t capacity) {
-    if (!range && capacity < client->config().part_size) {
+    if (!range && capacity <= client->config().part_size) {
         // aws-c-s3 would discover the size with a partNumber=1 GET, whose error responses
         // some servers answer oddly; the ranged probe behaves the same everywhere.
         auto t = start_probe(std::move(client), bucket, key, dest, capacity);

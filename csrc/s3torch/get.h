@@ -22,7 +22,7 @@ class GetInto : public Transfer {
                                               const std::string &key, std::optional<ByteRange> range, void *dest,
                                               size_t capacity);
     // The first `capacity` (> 0) bytes of the whole object, as one ranged GET: the probe of the
-    // whole-object strategy (WholeObjectGet, and start_get of a buffer smaller than a part).
+    // whole-object strategy (WholeObjectGet, and start_get of a buffer of at most a part).
     // Every non-empty object satisfies "bytes=0-", so a 416 answer means the object is empty:
     // the probe then succeeds with 0 bytes and object_size() 0. A larger object is no error
     // here; object_size() says how large.

@@ -12,7 +12,7 @@ import torch.utils.data
 from . import _crt, _order
 from ._client import S3Client
 from ._config import S3ClientConfig
-from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, PrefetchWindow, check_prefetch
+from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, ObjectSizes, PrefetchWindow, check_prefetch
 from ._uri import parse_s3_uri
 from ._user_agent import UserAgent
 from .s3reader import S3Reader
@@ -125,6 +125,7 @@ class _Base:
         self._client: Optional[S3Client] = None
         self.prefetch_bytes = prefetch_bytes
         self.prefetch_count = prefetch_count
+        self._object_sizes = ObjectSizes()  # what every prefetch window sizes its probes by
 
     @property
     def region(self) -> str:
@@ -172,7 +173,11 @@ class _Base:
                 yield _apply(self._transform, self._reader(entry))
             return
         window = PrefetchWindow(
-            self._get_client()._get_native(), entries, budget=self.prefetch_bytes, count=self.prefetch_count
+            self._get_client()._get_native(),
+            entries,
+            budget=self.prefetch_bytes,
+            count=self.prefetch_count,
+            sizes=self._object_sizes,
         )
         try:
             for reader in window:

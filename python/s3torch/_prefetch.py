@@ -17,10 +17,11 @@ generator) cancels every GET still in flight and waits for the CRT to let go of 
 
 Sizes: an object whose size the listing gave is fetched into memory of that size. One of
 unknown size (``from_objects``) is fetched without a HEAD: one GET of its first ``probe``
-bytes (the largest size seen so far in this window, see ``_probe_size``), which is the whole
-object when it is smaller; a larger object's size comes with that answer and the rest is
-fetched into memory of the full size (as soon as it fits the budget for one of the next
-``POLL_AHEAD`` items, else when it is reached).
+bytes, which is the whole object when it is smaller; a larger object's size comes with that
+answer and the rest is fetched into memory of the full size (as soon as it fits the budget for
+one of the next ``POLL_AHEAD`` items, else when it is reached). The probe is sized from the
+objects the dataset fetched before, in any window (``ObjectSizes``): objects alike in size cost
+one GET each, whatever their size up to a part.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ from .s3reader.sequential import SequentialS3Reader
 MiB = 1024 * 1024
 DEFAULT_PREFETCH_BYTES = 128 * MiB
 DEFAULT_PREFETCH_COUNT = 64
-# First GET of an object of unknown size; smaller than any part size, so the core treats it
-# as a probe (the object must fit, an empty object is no error).
-MAX_PROBE_BYTES = 1 * MiB
+# First GET of an object of unknown size: at most the client's part size (``native.part_size``),
+# so the core treats it as a probe: one ranged GET of the object's first bytes, which tells its
+# size when it is larger (the window then fetches the rest); an empty object is no error.
 MIN_PROBE_BYTES = 64 * 1024
 INITIAL_PROBE_BYTES = 256 * 1024
+# A probe covers this share of the recent sizes (ObjectSizes).
+SIZE_SAMPLES = 64
+PROBE_QUANTILE = 0.9
 # How many of the next items the window checks for a finished probe of a large object.
 POLL_AHEAD = 4
 
@@ -75,6 +79,33 @@ class PrefetchedS3Reader(SequentialS3Reader):
     @property
     def _size(self) -> int:
         return self._length
+
+
+class ObjectSizes:
+    """The sizes of the last ``SIZE_SAMPLES`` objects of unknown size a dataset fetched in this
+    process, and from them the size of the next probe: their ``PROBE_QUANTILE`` quantile. A
+    dataset keeps one for all its windows (every map-dataset batch, every epoch), so a new
+    window does not start from scratch; a pickled dataset takes it along to its workers.
+
+    Why a quantile and not the largest: a probe's memory counts against the window's budget
+    while its GET is in flight, so a few large outliers among small objects would otherwise
+    cut how many objects are in flight; they take a second GET instead. Objects alike in size
+    cost one GET each."""
+
+    def __init__(self) -> None:
+        self._recent: Deque[int] = collections.deque(maxlen=SIZE_SAMPLES)
+        self._typical = 0  # the quantile of _recent; -1: to be computed again
+
+    def add(self, size: int) -> None:
+        self._recent.append(size)
+        self._typical = -1
+
+    def typical(self) -> int:
+        """The quantile of the recent sizes; 0 while none is known."""
+        if self._typical < 0:
+            ordered = sorted(self._recent)
+            self._typical = ordered[min(len(ordered) - 1, int(len(ordered) * PROBE_QUANTILE))]
+        return self._typical
 
 
 def _uri(bucket: str, key: str) -> str:
@@ -124,13 +155,14 @@ class PrefetchWindow:
         *,
         budget: int,
         count: int,
+        sizes: Optional[ObjectSizes] = None,
     ) -> None:
         self._native = native
         self._entries: Optional[Iterator[Entry]] = iter(entries)
         self._budget = budget
         self._count = max(1, count)
-        self._max_probe = max(1, min(MAX_PROBE_BYTES, budget))
-        self._largest = 0  # largest object of unknown size seen so far: the next probe's size
+        self._max_probe = max(1, min(native.part_size, budget))
+        self._sizes = sizes if sizes is not None else ObjectSizes()  # sizes the probes follow
         self._slots: Deque[_Slot] = collections.deque()
         self._launched = 0  # self._slots[:_launched] are launched; the rest wait for budget
         self._reserved = 0  # bytes held by self._slots
@@ -146,20 +178,30 @@ class PrefetchWindow:
         return len(self._slots)
 
     def _probe_size(self) -> int:
-        # As large as the largest object seen so far (datasets' objects are often alike in
+        # As large as most recent objects (ObjectSizes; datasets' objects are often alike in
         # size, and an exact allocation is much cheaper than an oversized one: above about
-        # 128 KiB each one is an mmap), at least MIN_PROBE_BYTES; INITIAL_PROBE_BYTES until a
-        # size is known; at most MAX_PROBE_BYTES and the budget.
-        n = max(MIN_PROBE_BYTES, self._largest) if self._largest else INITIAL_PROBE_BYTES
+        # 128 KiB each one is an mmap; the pages past what arrives are never touched), at
+        # least MIN_PROBE_BYTES; INITIAL_PROBE_BYTES until a size is known; at most a part
+        # and the budget.
+        typical = self._sizes.typical()
+        n = max(MIN_PROBE_BYTES, typical) if typical else INITIAL_PROBE_BYTES
         return min(self._max_probe, n)
 
     def _cost(self, slot: _Slot) -> int:
         return int(slot.info.size) if slot.info is not None else self._probe_size()
 
     def _fill(self) -> None:
-        """Launch GETs for the next entries while the count and the budget allow, in order."""
+        """Launch GETs for the next entries while the count and the budget allow, in order;
+        the rests of large objects near the head first (nearer items come first for the budget)."""
         slots = self._slots
-        while self._launched < len(slots):  # those that waited for budget first
+        # Large objects of unknown size among the next few (the head included: _fill runs once
+        # the previous head is handed out): start the rest of each once its probe has told the
+        # size (further ones are polled as they come closer).
+        for i in range(min(POLL_AHEAD, self._launched)):
+            slot = slots[i]
+            if slot.probe and slot.handle is not None and slot.handle.done():
+                self._finish_probe(slot, must=False)
+        while self._launched < len(slots):  # those that waited for budget
             slot = slots[self._launched]
             if self._launched and self._reserved + self._cost(slot) > self._budget:
                 return
@@ -175,12 +217,6 @@ class PrefetchWindow:
             if self._launched and self._reserved + self._cost(slot) > self._budget:
                 return  # launched by a later _fill, or when it reaches the head
             self._launch(slot)
-        # Large objects of unknown size among the next few: start the rest of each once its
-        # probe has told the size (further ones are polled as they come closer).
-        for i in range(1, min(POLL_AHEAD + 1, self._launched)):
-            slot = slots[i]
-            if slot.probe and slot.handle is not None and slot.handle.done():
-                self._finish_probe(slot, must=False)
 
     def _launch(self, slot: _Slot) -> None:
         self._launched += 1
@@ -219,7 +255,7 @@ class PrefetchWindow:
             got = handle.wait()
         except _crt.S3InvalidArgumentError as e:
             size = handle.object_size
-            self._largest = max(self._largest, size)
+            self._sizes.add(size)
             if size <= probe:
                 slot.error = _name_object(e, slot.bucket, slot.key)
                 slot.handle, slot.buf, slot.probe = None, None, 0
@@ -246,7 +282,7 @@ class PrefetchWindow:
             slot.handle, slot.buf, slot.probe = None, None, 0
             return
         # The whole object fitted the probe; the pages past it were never touched.
-        self._largest = max(self._largest, got)
+        self._sizes.add(got)
         self._reserved -= slot.cost - got
         slot.cost = got
         slot.size = got

@@ -25,6 +25,7 @@ from s3torch import S3IterableDataset, S3MapDataset, S3NotFoundError, S3ReaderCo
 from s3torch._prefetch import PrefetchedS3Reader, PrefetchWindow
 from s3torch._servers import REGION
 from tests.conftest import BUCKET, make_client
+from tests.faults.proxy import FaultProxy
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -375,6 +376,57 @@ def test_transform_error_names_the_object_and_leaves_nothing_in_flight(seaweed, 
         assert got == [u.split("/", 3)[3] for u in uris[:3]]
     gc.collect()
     assert ds._get_client()._get_native().in_flight == 0
+
+
+# --- objects of unknown size (from_objects): GETs per object --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alike(seaweed) -> List[str]:  # type: ignore[no-untyped-def]
+    """24 objects of 1.5 MiB: alike in size, and above the 1 MiB the probes once stopped at."""
+    client = make_client(seaweed)
+    prefix = f"pf/{os.getpid()}/alike/"
+    for i in range(24):
+        client.put(BUCKET, f"{prefix}{i:03d}", _payload(i, 3 * MiB // 2))
+    return [f"s3://{BUCKET}/{prefix}{i:03d}" for i in range(24)]
+
+
+@pytest.mark.parametrize("kind", ["iter", "map"])
+def test_objects_alike_in_size_cost_one_get_each_once_one_size_is_known(seaweed, alike, kind) -> None:  # type: ignore[no-untyped-def]
+    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
+    want = [(u.split("/", 3)[3], _payload(i, 3 * MiB // 2)) for i, u in enumerate(alike)]
+    path = alike[0].split("/", 3)[3].rsplit("/", 1)[0] + "/"
+    with FaultProxy(host, int(port)) as proxy:
+        kw = _kw(seaweed, prefetch_count=8)
+        kw["endpoint"] = proxy.endpoint
+        if kind == "iter":
+            assert list(S3IterableDataset.from_objects(alike, **kw)) == want
+            # The first window's first 8 probes went out before any size was known (256 KiB
+            # each): those objects took two GETs; every later one, one.
+            assert proxy.requests_to(path, "GET") == len(alike) + 8
+        else:
+            ds = S3MapDataset.from_objects(alike, **kw)
+            got, per_batch = [], []
+            for batch in DataLoader(ds, batch_size=8, collate_fn=list):
+                got += batch
+                per_batch.append(proxy.requests_to(path, "GET") - sum(per_batch))
+            assert got == want
+            # Each batch is a new window; the sizes the first one learnt carry over.
+            assert per_batch == [16, 8, 8]
+
+
+def test_a_probe_of_a_whole_part_still_finds_a_larger_object(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    # With 5 MiB parts, objects of exactly 5 MiB make the probe a whole part: it must still be
+    # a probe (the object must fit; a larger one says its size and the rest follows).
+    client = make_client(seaweed, part_size=5 * MiB)
+    sizes = [5 * MiB, 5 * MiB, 5 * MiB, 6 * MiB + 3, 5 * MiB, 1]
+    uris = []
+    for i, n in enumerate(sizes):
+        client.put(BUCKET, f"{prefix}{i}", _payload(i, n))
+        uris.append(f"s3://{BUCKET}/{prefix}{i}")
+    kw = _kw(seaweed, s3client_config=client.s3client_config, prefetch_count=1)
+    got = list(S3IterableDataset.from_objects(uris, **kw))
+    assert got == [(f"{prefix}{i}", _payload(i, n)) for i, n in enumerate(sizes)]
 
 
 # --- the latency proxy of the benchmarks ----------------------------------------------------------

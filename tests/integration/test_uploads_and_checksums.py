@@ -14,30 +14,9 @@ from s3torch import S3Client, S3ClientConfig, S3Exception, S3InvalidArgumentErro
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.dcp import S3StorageReader, S3StorageWriter
 from tests.conftest import BUCKET, make_client
+from tests.crc_oracle import crc32c
 
 MiB = 1 << 20
-
-
-def _table() -> list:
-    out = []
-    for n in range(256):
-        crc = n
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        out.append(crc)
-    return out
-
-
-_TABLE = _table()
-
-
-def _crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) a byte at a time from its table, the oracle for what the server
-    stored (independent of the native code under test)."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = (crc >> 8) ^ _TABLE[(crc ^ byte) & 0xFF]
-    return crc ^ 0xFFFFFFFF
 
 
 def _started_upload(client, key: str):  # type: ignore[no-untyped-def]
@@ -106,14 +85,14 @@ def test_uploads_carry_a_crc32c_the_server_stores(seaweed, prefix, size, kind) -
     if size <= client.s3client_config.part_size or kind == "full_object":
         # One CRC32C of the whole object: a single PUT's, or the multipart upload's (the CRT's
         # part CRCs combined, sent with CompleteMultipartUpload, checked by the server).
-        assert base64.b64decode(stored) == _crc32c(data).to_bytes(4, "big")
+        assert base64.b64decode(stored) == crc32c(data).to_bytes(4, "big")
         if size > client.s3client_config.part_size:
             assert head.get("ChecksumType") == "FULL_OBJECT"
     else:  # composite: the CRC32C of the parts' CRC32Cs, and the part count
         part = client.s3client_config.part_size
         parts = [data[i : i + part] for i in range(0, size, part)]
-        combined = b"".join(_crc32c(p).to_bytes(4, "big") for p in parts)
-        assert stored == base64.b64encode(_crc32c(combined).to_bytes(4, "big")).decode() + f"-{len(parts)}"
+        combined = b"".join(crc32c(p).to_bytes(4, "big") for p in parts)
+        assert stored == base64.b64encode(crc32c(combined).to_bytes(4, "big")).decode() + f"-{len(parts)}"
         assert head.get("ChecksumType") == "COMPOSITE"
     out = bytearray(size)
     client.get_into(BUCKET, f"{prefix}k", out)
@@ -132,7 +111,7 @@ def test_seaweedfs_rejects_a_wrong_checksum(seaweed, prefix) -> None:  # type: i
     s3 = seaweed.boto3_client()
     with pytest.raises(Exception, match="BadDigest"):
         s3.put_object(Bucket=BUCKET, Key=f"{prefix}k", Body=b"abc", ChecksumCRC32C="AAAAAA==")
-    right = base64.b64encode(_crc32c(b"abc").to_bytes(4, "big")).decode()
+    right = base64.b64encode(crc32c(b"abc").to_bytes(4, "big")).decode()
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}k", Body=b"abc", ChecksumCRC32C=right)
 
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s3torch import _crt
+from tests.crc_oracle import CRC64NVME_POLY, crc32c, reflected_crc
 
 
 @settings(max_examples=300, deadline=None)
@@ -72,21 +73,10 @@ def test_hardware_path_where_the_cpu_has_it() -> None:
 # --- the CRCs S3 stores: checksum() and checksum_combine() ------------------------------------
 
 
-def _bitwise(data: bytes, poly: int, width: int) -> int:
-    """A reflected CRC with all-ones init and final xor, bit by bit: the oracle."""
-    mask = (1 << width) - 1
-    crc = mask
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (poly if crc & 1 else 0)
-    return crc ^ mask
-
-
 ORACLES = {
     "crc32": lambda d: zlib.crc32(d),
-    "crc32c": lambda d: _bitwise(d, 0x82F63B78, 32),
-    "crc64nvme": lambda d: _bitwise(d, 0x9A6C9329AC4BC9B5, 64),
+    "crc32c": crc32c,
+    "crc64nvme": lambda d: reflected_crc(d, CRC64NVME_POLY, 64),
 }
 
 
