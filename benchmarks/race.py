@@ -173,15 +173,14 @@ def _loader_factory(ctx: Dict[str, Any]) -> Tuple[Callable[[], Any], bool]:
         import s3torch
 
         cfg = s3torch.S3ClientConfig(unsigned=True, force_path_style=True)
+        uris = [f"s3://{BUCKET}/{k}" for k in ctx["objects"]]
         if peer == "s3torch-map":  # each batch through __getitems__; the sampler's state resumes
-            uris = [f"s3://{BUCKET}/{k}" for k in ctx["objects"]]
 
             def ds():  # type: ignore[no-untyped-def]
                 return s3torch.S3MapDataset.from_objects(
                     uris, region="us-east-1", endpoint=ep, s3client_config=cfg, transform=_len_reader
                 )
         elif peer == "s3torch":
-            uris = [f"s3://{BUCKET}/{k}" for k in ctx["objects"]]
 
             def ds():  # type: ignore[no-untyped-def]
                 return s3torch.S3IterableDataset.from_objects(

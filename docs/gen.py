@@ -332,18 +332,17 @@ NOTES: Dict[str, str] = {
         for r in (1, 2)
         for size in ("256-8", "128-8", "64-8", "64-4")
     },
-    **_ab_runs(
-        "benchmarks/results/probe-sizes/race-{build}-{r}.json",
-        3,
-        "385d5ed: probes of unknown-size objects at most 1 MiB, per window; freed buffers go back to the C library",
-        "probes sized from the objects the dataset saw, rests of the next objects first, freed buffers kept for reuse",
-    ),
-    **_ab_runs(
-        "benchmarks/results/probe-sizes/prefetch-{build}-{r}.json",
-        1,
-        "385d5ed: probes of unknown-size objects at most 1 MiB, per window; freed buffers go back to the C library",
-        "probes sized from the objects the dataset saw, rests of the next objects first, freed buffers kept for reuse",
-    ),
+    **{
+        path: note
+        for files, rounds in (("race-{build}-{r}.json", 3), ("prefetch-{build}-{r}.json", 1))
+        for path, note in _ab_runs(
+            "benchmarks/results/probe-sizes/" + files,
+            rounds,
+            "385d5ed: probes of unknown-size objects at most 1 MiB, per window; freed buffers go back to the C library",
+            "probes sized from the objects the dataset saw, rests of the next objects first, freed buffers kept "
+            "for reuse",
+        ).items()
+    },
     **{
         f"benchmarks/results/huge-pages/{setting}-{r}.json": f"An A/B run (round {r} of 4) with "
         f"`S3TORCH_HUGE_PAGES={int(setting == 'on')}` (transparent huge pages for fresh destinations "

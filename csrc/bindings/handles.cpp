@@ -194,7 +194,11 @@ void register_handles(py::module_ &m) {
         .def_buffer(&HostBuffer::info)
         .def("__len__", &HostBuffer::size);
     m.def(
-        "kept_host_blocks", [] { return py::make_tuple(s3torch::kept_blocks(), s3torch::kept_block_bytes()); },
+        "kept_host_blocks",
+        [] {
+            s3torch::KeptBlocks k = s3torch::kept_blocks();
+            return py::make_tuple(k.blocks, k.bytes);
+        },
         "(blocks, bytes) of freed HostBuffer memory kept for the next HostBuffer of the same size.");
     m.def("drop_kept_host_blocks", &s3torch::drop_kept_blocks, "Free the HostBuffer memory kept for reuse.");
     m.attr("KEPT_HOST_BLOCKS_MAX") = s3torch::kBlockCacheBlocks;

@@ -77,27 +77,25 @@ void give_block(void *block, size_t size, size_t align) noexcept {
     for (size_t i = 0; i < ndrop; ++i) std::free(drop[i]);
 }
 
-size_t kept_blocks() {
+KeptBlocks kept_blocks() {
     Cache &c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
-    return c.blocks.size();
-}
-
-size_t kept_block_bytes() {
-    Cache &c = cache();
-    std::lock_guard<std::mutex> lock(c.mu);
-    return c.bytes;
+    return KeptBlocks{c.blocks.size(), c.bytes};
 }
 
 void drop_kept_blocks() {
-    std::vector<Block> blocks;
+    // Taken out under the lock, freed outside it. clear() keeps the reserved capacity, so
+    // give_block's push_back still never allocates.
+    std::array<void *, kBlockCacheBlocks + 1> drop{};
+    size_t ndrop = 0;
     {
         Cache &c = cache();
         std::lock_guard<std::mutex> lock(c.mu);
-        blocks.swap(c.blocks);
+        for (const Block &b : c.blocks) drop[ndrop++] = b.data;
+        c.blocks.clear();
         c.bytes = 0;
     }
-    for (const Block &b : blocks) std::free(b.data);
+    for (size_t i = 0; i < ndrop; ++i) std::free(drop[i]);
 }
 
 }  // namespace s3torch

@@ -32,9 +32,12 @@ void *take_block(size_t size, size_t align);
 // else freed. Never throws.
 void give_block(void *block, size_t size, size_t align) noexcept;
 
-// How many blocks, and bytes, are kept now (tests).
-size_t kept_blocks();
-size_t kept_block_bytes();
+// How many blocks, and bytes, are kept now, read together (tests).
+struct KeptBlocks {
+    size_t blocks;
+    size_t bytes;
+};
+KeptBlocks kept_blocks();
 
 // Free every kept block.
 void drop_kept_blocks();
