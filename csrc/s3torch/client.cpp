@@ -9,6 +9,7 @@
 #include <aws/auth/credentials.h>
 #include <aws/auth/signing_config.h>
 #include <aws/common/task_scheduler.h>
+#include <aws/http/connection.h>
 #include <aws/io/event_loop.h>
 #include <aws/io/retry_strategy.h>
 #include <aws/io/tls_channel_handler.h>
@@ -156,6 +157,14 @@ aws_s3_client *Client::ensure_locked() {
     if (retry) cc.retry_strategy = retry;
     else cc.retry_config.retry_mode = AWS_S3_RETRY_MODE_NONE;
     cc.connect_timeout_ms = config_.connect_timeout_ms;
+    // A connection that goes silent mid-request (a peer gone without FIN or RST) is closed once
+    // no byte has moved for stall_timeout_s, and the request is retried; the CRT's own default
+    // waits 30 s. The CRT copies these options.
+    aws_http_connection_monitoring_options monitoring;
+    AWS_ZERO_STRUCT(monitoring);
+    monitoring.minimum_throughput_bytes_per_second = 1;
+    monitoring.allowable_throughput_failure_interval_seconds = config_.stall_timeout_s;
+    cc.monitoring_options = &monitoring;
     cc.enable_s3express = config_.s3express;
     // Back-pressure is on for the client, but only streaming GETs use a bounded window:
     // every other GET opens its window fully as soon as it is created.

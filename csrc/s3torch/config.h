@@ -57,6 +57,9 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(uint64_t, stream_read_ahead_bytes, "stream_read_ahead_bytes", 0, 0, 1ull << 48,                                \
       "read-ahead window of streaming GETs (0: 4 x part size)")                                                      \
     X(uint32_t, connect_timeout_ms, "connect_timeout_ms", 0, 0, 1ull << 31, "TCP connect timeout (0: the CRT's)")    \
+    X(uint32_t, stall_timeout_s, "stall_timeout_s", 10, 1, 3600,                                                     \
+      "a connection on which a request moves no byte for this long (its wait for an answer included) "               \
+      "is closed and the request retried")                                                                           \
     X(std::string, checksums, "checksums", "crc32c", 0, 0,                                                           \
       "checksum uploads send for the server to verify: crc32c, crc32 or off")                                        \
     X(std::string, checksum_type, "checksum_type", "full_object", 0, 0,                                              \

@@ -37,6 +37,7 @@ std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, cons
                           ctx);
     }
     std::shared_ptr<GetInto> t(new GetInto(std::move(client), ctx));
+    t->whole_ = !range;
     t->launch(range, dest, range ? static_cast<size_t>(range->length) : capacity);
     return t;
 }
@@ -82,6 +83,15 @@ void GetInto::on_finished_locked() {
         error_code_ = AWS_ERROR_S3_INVALID_RESPONSE_STATUS;
         recv_->len = 0;
     }
+    if (error_code_ == AWS_ERROR_SHORT_BUFFER && whole_) {
+        // The CRT learnt the object's size from the first part and found it larger than the
+        // buffer; it says only "Buffer is not large enough". Say what the probe path says.
+        if (uint64_t size = object_size_locked()) {
+            own_error_ = "destination buffer holds " + std::to_string(recv_->capacity) + " bytes but the object is " +
+                         std::to_string(size) + " bytes";
+            own_kind_ = ErrorKind::InvalidArgument;
+        }
+    }
     if (error_code_ == 0) received_ = recv_->len;
 }
 
@@ -104,15 +114,16 @@ size_t GetInto::bytes_received() {
 }
 
 uint64_t GetInto::object_size() {
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (empty_object_) return 0;
-    }
-    std::string cr = header("content-range");  // "bytes a-b/size"
+    std::lock_guard<std::mutex> lock(mu_);
+    return empty_object_ ? 0 : object_size_locked();
+}
+
+uint64_t GetInto::object_size_locked() const {
+    std::string cr = header_locked("content-range");  // "bytes a-b/size"
     size_t slash = cr.rfind('/');
     if (slash != std::string::npos && slash + 1 < cr.size() && cr[slash + 1] != '*')
         return std::strtoull(cr.c_str() + slash + 1, nullptr, 10);
-    std::string cl = header("content-length");
+    std::string cl = header_locked("content-length");
     return cl.empty() ? 0 : std::strtoull(cl.c_str(), nullptr, 10);
 }
 

@@ -49,7 +49,11 @@ class GetInto : public Transfer {
     // this many bytes (checked in bytes_received).
     std::optional<size_t> must_fit_;
     bool empty_object_ = false;  // mu_
+    bool whole_ = false;         // a whole-object GET (no range) into the caller's buffer
     uint8_t scratch_[1] = {0};   // stands in for a zero-length destination
+    // The object's size from the response headers (0 if unknown): Content-Range, else
+    // Content-Length; mu_ held.
+    uint64_t object_size_locked() const;
 };
 
 // The whole object without knowing its size and without a HEAD: the one whole-object strategy

@@ -229,7 +229,8 @@ void Transfer::raise_if_failed() {
     std::lock_guard<std::mutex> lock(mu_);
     if (!finished_ || error_code_ == 0) return;
     if (!own_error_.empty()) {
-        S3Error err(ErrorKind::Generic, own_error_, ctx_);
+        if (own_kind_ == ErrorKind::InvalidArgument) throw_invalid(own_error_, ctx_);
+        S3Error err(own_kind_, own_error_, ctx_);
         err.crt_error = error_code_;
         err.crt_error_name = crt_error_name(error_code_);
         err.http_status = status_;
@@ -257,6 +258,10 @@ void Transfer::raise_if_failed() {
 
 std::string Transfer::header(const std::string &name) {
     std::lock_guard<std::mutex> lock(mu_);
+    return header_locked(name);
+}
+
+std::string Transfer::header_locked(const std::string &name) const {
     std::string want = name;
     std::transform(want.begin(), want.end(), want.begin(), [](unsigned char c) { return std::tolower(c); });
     want += ": ";

@@ -110,8 +110,12 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     // range's length as received even when a response was shorter than its part.
     uint64_t delivered_ = 0;
     // Set by a subclass in on_finished_locked (with error_code_): the transfer failed for this
-    // reason, which raise_if_failed reports as a Generic S3Error.
+    // reason, which raise_if_failed reports as an S3Error of own_kind_ (InvalidArgument: with
+    // the operation and object before it, as throw_invalid words it).
     std::string own_error_;
+    ErrorKind own_kind_ = ErrorKind::Generic;
+    // The value of response header `name` (lower case), "" if absent; mu_ held.
+    std::string header_locked(const std::string &name) const;
 
   private:
     static int s_on_headers(aws_s3_meta_request *, const aws_http_headers *, int, void *);

@@ -52,6 +52,12 @@ class S3ClientConfig:
         s3express: enable S3 Express One Zone (directory buckets).
         stream_read_ahead_bytes: read-ahead window of streaming GETs (0: 4 x part size).
         connect_timeout_ms: TCP connect timeout (0: the CRT's default).
+        stall_timeout_s: how long a request may go with no byte moving on its connection, the
+            wait for the server's answer included, before the connection is closed and the
+            request retried (1..3600, default 10). It ends transfers on a connection that went
+            silent mid-request: a server or middlebox gone without closing it, a network path
+            that dropped. The CRT's own default, which s3torchconnector keeps, is 30 s. A
+            reader that stops reading does not count: s3torch holds no connection open for it.
         retry_timeout_s: once the endpoint is known to be right, how long a request that keeps
             failing transiently (connections refused or reset, timeouts, 5xx, SlowDown, truncated
             bodies) is retried, counted from when it was issued or from the first failure of the
@@ -95,6 +101,7 @@ class S3ClientConfig:
     checksums: str = "crc32c"
     checksum_type: str = "full_object"
     known_endpoint: bool = False
+    stall_timeout_s: int = 10
 
     def __post_init__(self) -> None:
         # One set of limits: the native ClientConfig's (TypeError for a wrong type,

@@ -127,6 +127,7 @@ class ClientConfig:
     s3express: bool
     stream_read_ahead_bytes: int
     connect_timeout_ms: int
+    stall_timeout_s: int
     retry_timeout_s: int
     known_endpoint: bool
     checksums: str

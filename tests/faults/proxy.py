@@ -10,6 +10,10 @@ in the server's place or changes how the server's answer is relayed:
 - ``slow``: the request is held ``delay`` seconds before it goes on (a slow first byte).
 - ``truncate``: the server's response head goes through unchanged (its Content-Length
   promises N bytes), then half the body, then the connection closes.
+- ``stall``: the request reaches the server, but of its answer only the head and half the
+  body go through (nothing at all of an answer without a body), then nothing more, and the
+  connection stays open: a peer that died or a path that went silent mid-transfer (no FIN,
+  no RST), which only the client's own timeout can end.
 - ``corrupt``: one byte in the middle of the request body is flipped on its way to the
   server (what a bad NIC or a buggy middlebox does); everything else goes through unchanged.
 - ``corrupt_response``: the same on the way back: one byte in the middle of a 2xx response's
@@ -47,7 +51,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Set, Tuple
 
-KINDS = ("reset", "slowdown", "internal_error", "slow", "truncate", "complete_error", "corrupt", "corrupt_response")
+KINDS = (
+    "reset",
+    "slowdown",
+    "internal_error",
+    "slow",
+    "truncate",
+    "stall",
+    "complete_error",
+    "corrupt",
+    "corrupt_response",
+)
 HEADER_LIMIT = 64 * 1024
 COPY_BYTES = 256 * 1024
 
@@ -439,6 +453,12 @@ class FaultProxy:
                 if kind == "truncate" and len(r_body) > 1:
                     await self._relay(c_writer, r_head + r_body[: len(r_body) // 2])
                     return  # the connection closes (FIN) with the body half sent
+                if kind == "stall":
+                    if len(r_body) > 1:  # else the answer never comes at all
+                        await self._relay(c_writer, r_head + r_body[: len(r_body) // 2])
+                    while await c_reader.read(COPY_BYTES):  # silent until the client closes
+                        pass
+                    return
                 await self._relay(c_writer, r_head + r_body)
                 if closes:
                     return

@@ -209,6 +209,73 @@ def test_transient_fault_on_every_flow(world: World, proxy: FaultProxy, kind: st
     assert all(f.injected == 2 for f in faults), [(f.path, f.injected) for f in faults]
 
 
+def test_silent_connection_on_every_flow(world: World, proxy: FaultProxy) -> None:
+    """Two requests of each flow reach the server, and their answers stop halfway (or never
+    start) on a connection that stays open: every request of a flow, uploads and their
+    CompleteMultipartUpload included, is retried after ``stall_timeout_s`` of silence. The
+    bound is a wide one: with the CRT's own default each stall would take over 30 s.
+
+    A CreateMultipartUpload whose answer was lost created an upload nobody knows the id of:
+    it stays behind, empty (docs/retries.md); nothing else may."""
+    run = "stall"
+    faults = [proxy.add(Fault("stall", path=_target(world, run, name), times=2)) for name in FLOWS]
+    results = _run_all(world, proxy.endpoint, _cfg(stall_timeout_s=2), run)
+    failed = {n: f"{type(e).__name__}: {str(e)[-400:]}" for n, (e, _) in results.items() if e is not None}
+    assert failed == {}, failed
+    assert all(f.injected == 2 for f in faults), [(f.path, f.injected) for f in faults]
+    assert all(t < 25 for _, t in results.values()), {n: round(t, 1) for n, (_, t) in results.items()}
+    lost_creates = sorted(
+        t.split(" ")[1].split("?")[0].lstrip("/").partition("/")[2]
+        for f in faults
+        for t in f.targets
+        if t.startswith("POST") and "?uploads" in t
+    )
+    s3 = world.seaweed.boto3_client()
+    left = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{world.base}{run}/").get("Uploads", [])
+    assert f"{world.base}{run}/put" in lost_creates  # its first request is its CreateMultipartUpload
+    assert sorted(u["Key"] for u in left) == lost_creates, lost_creates
+    for u in left:
+        assert s3.list_parts(Bucket=BUCKET, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []) == []
+        s3.abort_multipart_upload(Bucket=BUCKET, Key=u["Key"], UploadId=u["UploadId"])
+
+
+def test_a_paused_consumer_is_not_a_stall(world: World, proxy: FaultProxy) -> None:
+    """``stall_timeout_s`` counts silence on a request in flight, never a consumer that stops
+    for longer: a stream read and a streaming upload pausing 5 s (stall_timeout_s=1) send the
+    same requests as without the pauses, and move the same bytes."""
+    cfg = _cfg(stall_timeout_s=1)
+    client = S3Client(REGION, endpoint=proxy.endpoint, s3client_config=cfg)
+    key = f"{world.base}big.bin"
+
+    def read(pause: float) -> bytes:
+        got = bytearray()
+        for i, chunk in enumerate(client.get_stream(BUCKET, key)):
+            got += chunk
+            if i == 0:
+                time.sleep(pause)
+        return bytes(got)
+
+    def write(pause: float, name: str) -> None:
+        up = client.upload(BUCKET, f"{world.base}paused/{name}")
+        data = world.big.numpy()
+        for i, at in enumerate(range(0, BIG, 3 * MiB)):
+            up.write(data[at : at + 3 * MiB])
+            if i == 1:
+                time.sleep(pause)
+        up.complete()
+
+    requests = []
+    for pause in (0.0, 5.0):
+        before = proxy.requests
+        assert read(pause) == world.big.numpy().tobytes()
+        write(pause, f"w{pause:g}")
+        back = torch.empty(BIG, dtype=torch.uint8)
+        world.direct.get_into(BUCKET, f"{world.base}paused/w{pause:g}", back)
+        assert torch.equal(back, world.big)
+        requests.append(proxy.requests - before)
+    assert requests[0] == requests[1], requests
+
+
 def test_complete_multipart_upload_200_with_error(world: World, proxy: FaultProxy) -> None:
     run = "complete-error"
     f = proxy.add(Fault("complete_error", method="POST", path=r"uploadId=", times=3))

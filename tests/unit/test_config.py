@@ -94,6 +94,9 @@ def test_config_type_errors() -> None:
         S3ClientConfig(stream_read_ahead_bytes=-1)
     with pytest.raises(ValueError, match="connect_timeout_ms"):
         S3ClientConfig(connect_timeout_ms=1 << 40)
+    for stall in (0, 3601):
+        with pytest.raises(ValueError, match="stall_timeout_s must be between 1 and 3600"):
+            S3ClientConfig(stall_timeout_s=stall)
     with pytest.raises(ValueError, match="unsigned"):
         S3ClientConfig(unsigned=True, access_key_id="a", secret_access_key="b")
     with pytest.raises(ValueError, match="throughput"):

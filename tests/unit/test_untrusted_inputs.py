@@ -94,6 +94,8 @@ _KEYS = [
     "s3",
     "addressing_style",
     "multipart_chunksize",
+    "read_timeout",
+    "connect_timeout",
     "verify",
     "signature_version",
     "profile_name",

@@ -11,6 +11,7 @@ file and the profile.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -281,6 +282,14 @@ class MSCConfig:
                     profile=profile,
                 )
             cfg["part_size"] = int(str(chunk).strip())
+        # botocore's timeouts, in seconds: read_timeout is how long a read may wait for a byte,
+        # which is what stall_timeout_s bounds (whole seconds, at least 1).
+        read_timeout = _seconds(options, "read_timeout", file, profile)
+        if read_timeout is not None:
+            cfg["stall_timeout_s"] = max(1, math.ceil(read_timeout))
+        connect_timeout = _seconds(options, "connect_timeout", file, profile)
+        if connect_timeout is not None:
+            cfg["connect_timeout_ms"] = max(1, math.ceil(connect_timeout * 1000))
         creds = raw.get("credentials_provider")
         if creds is not None:
             ctype = creds.get("type") if isinstance(creds, dict) else None
@@ -315,6 +324,28 @@ class MSCConfig:
         region = str(options.get("region_name") or "") or _default_region()
         endpoint = str(options.get("endpoint_url") or "") or None
         return S3Target(region, endpoint, config)
+
+
+def _seconds(options: Dict[str, Any], name: str, file: str, profile: str) -> Optional[float]:
+    """``options[name]``, a positive number of seconds (a number, or its text after ``${VAR}``
+    expansion), or None when absent."""
+    value = options.get(name)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(value)
+        if not (0 < seconds < math.inf):
+            raise ValueError
+    except (TypeError, ValueError):
+        shown = repr(value) if isinstance(value, (int, float)) else type(value).__name__
+        raise MSCConfigError(
+            f"storage_provider.options.{name} must be a positive number of seconds, got {shown}",
+            config_file=file,
+            profile=profile,
+        ) from None
+    return seconds
 
 
 def _join(a: str, b: str) -> str:
