@@ -68,14 +68,27 @@ ErrorKind kind_for_s3(const std::string &code, int status) {
         (code.empty() && status == 404))
         return ErrorKind::NotFound;
     if (code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" ||
-        code == "ExpiredToken" || code == "InvalidToken" || code == "AllAccessDisabled" || status == 403 ||
-        status == 401)
+        code == "ExpiredToken" || code == "InvalidToken" || code == "AllAccessDisabled" ||
+        code == "RequestTimeTooSkewed" || code == "TokenRefreshRequired" || status == 403 || status == 401)
         return ErrorKind::AccessDenied;
     if (code == "RequestTimeout" || status == 408) return ErrorKind::Timeout;
     return ErrorKind::Generic;
 }
 
 const char *hint_for(ErrorKind kind, const std::string &code) {
+    // Access failures whose code says more than "check the credentials".
+    if (code == "RequestTimeTooSkewed")
+        return "this machine's clock differs from the server's by more than S3 allows (15 minutes); set it right "
+               "(NTP)";
+    if (code == "ExpiredToken" || code == "TokenRefreshRequired")
+        return "the session token has expired; get fresh credentials (the default provider chain refreshes role "
+               "and instance credentials itself; static ones do not)";
+    if (code == "SignatureDoesNotMatch")
+        return "the secret key does not match the access key id (or something between rewrote the request); check "
+               "both keys";
+    if (code == "InvalidAccessKeyId")
+        return "the server does not know this access key id; check the keys, and that the endpoint is the one they "
+               "belong to";
     switch (kind) {
         case ErrorKind::NotFound:
             if (code == "NoSuchBucket") return "check the bucket name and the endpoint/region";
@@ -83,7 +96,8 @@ const char *hint_for(ErrorKind kind, const std::string &code) {
         case ErrorKind::AccessDenied:
             return "check the credentials (keys, profile, AWS_* environment) and the bucket policy";
         case ErrorKind::Timeout:
-            return "the endpoint did not answer in time; check the endpoint and network, or raise max_attempts";
+            return "the endpoint did not answer in time; check the endpoint and network, or raise retry_timeout_s "
+                   "(max_attempts when it is 0)";
         default: return nullptr;
     }
 }
@@ -138,6 +152,11 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
     if (crt_error == AWS_IO_SOCKET_CONNECTION_REFUSED || crt_error == AWS_IO_DNS_INVALID_NAME ||
         crt_error == AWS_IO_DNS_QUERY_FAILED)
         hint = "nothing answers at the endpoint; check the endpoint URL and that the server is running";
+    if (crt_error == AWS_ERROR_HTTP_CHANNEL_THROUGHPUT_FAILURE)
+        hint =
+            "no byte moved on the connection for stall_timeout_s (the server or the network went silent mid-request); "
+            "check the endpoint and network, or raise stall_timeout_s for a server that thinks longer before it "
+            "answers";
     if (crt_error == AWS_ERROR_S3_RESPONSE_CHECKSUM_MISMATCH)
         hint =
             "the bytes received differ from the checksum the server stores for them: corrupted in transit or at "
@@ -162,6 +181,8 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
     if ((http_status == 0 || answered_ok) && crt_error != AWS_ERROR_S3_INVALID_RESPONSE_STATUS) {
         return error_from_crt(crt_error, ctx);
     }
+    // A request aws-c-s3 classified by its code and kept no body of (Transfer::raise_if_failed).
+    if (code.empty() && crt_error == AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED) code = "RequestTimeTooSkewed";
     if (code.empty() && http_status == 404) code = "NotFound";
     if (code.empty() && http_status == 403) code = "AccessDenied";
     // A 5xx whose retries ran out: the CRT keeps no body, only its classification.

@@ -237,6 +237,9 @@ void Transfer::raise_if_failed() {
         err.request_id = request_id_;
         throw err;
     }
+    if (skewed_ && !cancelled_)
+        throw error_from_result(AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED, last_error_status_, error_body_,
+                                last_error_request_id_, failed_operation_, ctx_);
     if ((unanswered_ || cancelled_) && error_code_ == AWS_ERROR_S3_CANCELED) {
         // Cancelled by us: by the never-answered watchdog, or by the caller.
         std::string why = unanswered_ ? "no answer from the endpoint in " + std::to_string(kUnansweredMs / 1000) +
@@ -377,6 +380,16 @@ void Transfer::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *met
     {
         std::lock_guard<std::mutex> lock(t->mu_);
         t->attempted_ = true;
+        if (error_code == AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED) t->skewed_ = true;
+    }
+    if (error_code == AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED) {
+        // aws-c-s3 retries it, but a clock 15 minutes off stays off: fail at the first answer,
+        // not after the retry budget (raise_if_failed reports it). Events run outside the meta
+        // request's lock, so cancelling here is safe.
+        if (aws_s3_meta_request *m = t->acquire_meta_request()) {
+            aws_s3_meta_request_cancel(m);
+            aws_s3_meta_request_release(m);
+        }
     }
     if (answered) {
         t->client_->mark_reached();

@@ -102,6 +102,7 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     // and request id once retries of a 5xx run out, so the error reports these.
     int last_error_status_ = 0;
     bool unanswered_ = false;  // cancelled by the never-answered watchdog (Transfer::start)
+    bool skewed_ = false;      // cancelled at a RequestTimeTooSkewed answer (s_on_telemetry)
     bool attempted_ = false;   // an attempt of this transfer has ended (any outcome)
     uint64_t start_ns_ = 0;    // when start() made the meta request (set before it runs)
     std::string last_error_request_id_;

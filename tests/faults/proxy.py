@@ -7,6 +7,9 @@ in the server's place or changes how the server's answer is relayed:
 - ``reset``: the client's connection is reset (TCP RST) before any response.
 - ``slowdown`` / ``internal_error``: a 503 SlowDown or 500 InternalError with an S3 XML
   error body and a request id (``FAULTPROXY-<n>``); the server never sees the request.
+- ``error``: an S3 error document with the rule's ``status`` and ``code`` (what a server says
+  of a request it refuses: ``403 RequestTimeTooSkewed``, ``400 ExpiredToken``, ...); the
+  server never sees the request.
 - ``slow``: the request is held ``delay`` seconds before it goes on (a slow first byte).
 - ``truncate``: the server's response head goes through unchanged (its Content-Length
   promises N bytes), then half the body, then the connection closes.
@@ -49,12 +52,14 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Callable, List, Optional, Set, Tuple
 
 KINDS = (
     "reset",
     "slowdown",
     "internal_error",
+    "error",
     "slow",
     "truncate",
     "stall",
@@ -85,6 +90,8 @@ class Fault:
     fraction: float = 1.0
     duration: Optional[float] = None
     delay: float = 0.0
+    status: int = 0  # of an "error" answer
+    code: str = ""  # of an "error" answer
     range: Optional[str] = None
     matched: int = 0  # requests that matched method, path and time window
     injected: int = 0  # requests that got the fault
@@ -96,6 +103,8 @@ class Fault:
             raise ValueError(f"fault kind must be one of {KINDS}, got {self.kind!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        if self.kind == "error" and not (400 <= self.status < 600 and self.code):
+            raise ValueError("an error fault needs a status (4xx or 5xx) and a code")
         self._re = re.compile(self.path) if self.path else None
         self._range_re = re.compile(self.range) if self.range else None
 
@@ -408,8 +417,12 @@ class FaultProxy:
                 if kind == "reset":
                     _reset(c_writer)
                     return
-                if kind in ("slowdown", "internal_error", "complete_error"):
-                    if kind == "slowdown":
+                if kind in ("slowdown", "internal_error", "complete_error", "error"):
+                    if kind == "error" and fault is not None:
+                        resp = _error_response(
+                            fault.status, HTTPStatus(fault.status).phrase, fault.code, fault.code, rid, method
+                        )
+                    elif kind == "slowdown":
                         resp = _error_response(
                             503, "Slow Down", "SlowDown", "Please reduce your request rate.", rid, method
                         )

@@ -46,6 +46,7 @@ def test_load_without_a_readable_checkpoint(seaweed: Any, prefix: str, caplog: A
     elif case == "bad_credentials":
         err = _load(seaweed.endpoint, path, secret="wrong")
         assert isinstance(err, S3PermissionError) and err.http_status == 403
+        assert err.code == "SignatureDoesNotMatch" and "secret key does not match" in str(err), str(err)
     else:
         err = _load(never_answered_endpoint(), path)
         assert isinstance(err, S3Exception) and isinstance(err, ConnectionError), (type(err), str(err))

@@ -349,6 +349,22 @@ def test_persistent_fault_gives_up_with_a_typed_error(world: World, proxy: Fault
     assert not [k for k in world.keys(f"{world.base}{run}/") if k.endswith(".metadata")]
 
 
+def test_persistent_silence_is_a_timeout_naming_stall_timeout_s(world: World, proxy: FaultProxy) -> None:
+    """Every GET's answer stops halfway: each attempt is closed after stall_timeout_s, and the
+    retry budget ends in a TimeoutError that says which setting to look at."""
+    run = "persistent-stall"
+    for name in ("get", "load", "dataset"):
+        proxy.add(Fault("stall", method="GET", path=_target(world, run, name)))
+    budget = 4
+    results = _run_all(
+        world, proxy.endpoint, _cfg(retry_timeout_s=budget, stall_timeout_s=1), run, ("get", "load", "dataset")
+    )
+    for name, (e, took) in results.items():
+        err = _s3_error(e)
+        assert isinstance(err, TimeoutError) and "stall_timeout_s" in str(err), (name, type(err), str(err))
+        assert took < budget + 20, (name, took)
+
+
 def test_persistent_truncation_on_a_load_is_a_read_error_naming_the_item(world: World, proxy: FaultProxy) -> None:
     proxy.add(Fault("truncate", method="GET", path=rf"{world.base}ckpt/__0_0\.distcp"))
     t0 = time.monotonic()

@@ -326,7 +326,7 @@ class MSCConfig:
         return S3Target(region, endpoint, config)
 
 
-def _seconds(options: Dict[str, Any], name: str, file: str, profile: str) -> Optional[float]:
+def _seconds(options: Dict[str, Any], name: str, file: Optional[str], profile: str) -> Optional[float]:
     """``options[name]``, a positive number of seconds (a number, or its text after ``${VAR}``
     expansion), or None when absent."""
     value = options.get(name)

@@ -1,0 +1,51 @@
+"""What an S3 error answer tells the user: its class, its code, and what to do about it, for
+the refusals whose code says more than the class (a skewed clock, an expired token, a wrong
+secret, an unknown key). The answers come from the fault proxy, as a server would send them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from s3torch import S3Client, S3ClientConfig, S3NotFoundError, S3PermissionError
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
+from tests.conftest import BUCKET
+from tests.faults.proxy import Fault, FaultProxy
+
+
+@pytest.fixture
+def proxy(seaweed: Any) -> Iterator[FaultProxy]:
+    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
+    with FaultProxy(host, int(port)) as p:
+        yield p
+
+
+@pytest.mark.parametrize(
+    "status, code, says",
+    [
+        (403, "RequestTimeTooSkewed", "clock differs from the server's"),
+        (400, "ExpiredToken", "session token has expired"),
+        (403, "SignatureDoesNotMatch", "secret key does not match the access key id"),
+        (403, "InvalidAccessKeyId", "does not know this access key id"),
+        (403, "AccessDenied", "check the credentials"),
+    ],
+)
+def test_refusals_say_what_to_do(proxy: FaultProxy, status: int, code: str, says: str) -> None:
+    cfg = S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    client = S3Client(REGION, endpoint=proxy.endpoint, s3client_config=cfg)
+    with pytest.raises(S3NotFoundError):  # the endpoint answers: from now on, faults are retried
+        client.head_object(BUCKET, "any/key")  # for retry_timeout_s (120 s), unless not worth it
+    fault = proxy.add(Fault("error", method="GET", status=status, code=code))
+    t0 = time.monotonic()
+    with pytest.raises(S3PermissionError) as info:
+        client.get_into(BUCKET, "any/key", bytearray(16))
+    assert time.monotonic() - t0 < 30
+    err = info.value
+    assert err.code == code and err.http_status == status, (err.code, err.http_status)
+    assert says in str(err), str(err)
+    assert f"s3://{BUCKET}/any/key" in str(err)
+    # A refusal is not retried. aws-c-s3 does retry a skewed clock; s3torch cancels the request
+    # at that answer, and the retry the CRT scheduled meanwhile may have gone out.
+    assert fault.injected <= (2 if code == "RequestTimeTooSkewed" else 1), fault.injected
