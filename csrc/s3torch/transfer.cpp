@@ -140,8 +140,8 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
     }
     if (!client_->reached()) {
         // An endpoint that accepts connections and never answers would hold this transfer
-        // until the CRT's 30 s throughput check, per attempt: give up sooner, while it has
-        // never answered at all (retry.h).
+        // for stall_timeout_s per attempt, then retry: give up sooner, while it has never
+        // answered at all (retry.h).
         std::weak_ptr<Transfer> weak = shared_from_this();
         client_->run_after(kUnansweredMs, [weak] {
             std::shared_ptr<Transfer> t = weak.lock();
