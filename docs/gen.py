@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import re
+import statistics
 from typing import Any, Dict, List, Tuple
 
 from mkdocs.structure.files import File, Files
@@ -254,8 +255,12 @@ def _benchmarks_page(charts: Dict[str, str]) -> str:
             out += _shared_reads_table(rel, d)
         elif "cells" in d:
             out += _race_table(rel, d)
+        elif "stalls" in d:
+            out += _stalls_table(rel, d)
         else:
-            raise RuntimeError(f"docs/gen.py: {rel} is neither a run.py, shared_reads.py nor race.py result")
+            raise RuntimeError(
+                f"docs/gen.py: {rel} is none of a run.py, shared_reads.py, race.py or stall_recovery.py result"
+            )
     return "\n".join(out)
 
 
@@ -441,6 +446,32 @@ def _shared_reads_table(rel: str, d: Dict[str, Any]) -> List[str]:
     out.append("| variant | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, v in d["variants"].items():
         out.append(f"| {name} | " + " | ".join(_fmt(v.get(k)) for k in keys) + " |")
+    out.append("")
+    return out
+
+
+def _stalls_table(rel: str, d: Dict[str, Any]) -> List[str]:
+    v = d["versions"]
+    out = [
+        f"## {d['date']}: a connection silent mid-answer\n",
+        "Seconds until a read finishes when one of its GETs' answers stops halfway on a connection "
+        f"left open; each client with its defaults (s3torch {v['s3torch']}, s3torchconnector "
+        f"{v['s3torchconnector']}). The baseline is the same read without the fault.\n",
+        f"- file: `{rel}`",
+        f"- command: `{d['command']}`",
+        f"- machine: {_machine(d['machine'])}\n",
+        "| scenario | peer | with one stalled GET, s | baseline, s | time vs s3torch |",
+        "|---|---|---|---|---|",
+    ]
+    for scenario, by_peer in d["stalls"].items():
+        ours = statistics.median(by_peer["s3torch"]["stalled_s"])
+        for peer, r in by_peer.items():
+            runs = r["stalled_s"]
+            med = statistics.median(runs)
+            out.append(
+                f"| {scenario} | {peer} | {med:.1f} ({min(runs):.1f}-{max(runs):.1f}) | "
+                f"{statistics.median(r['baseline_s']):.2f} | {med / ours:.2f}x |"
+            )
     out.append("")
     return out
 
