@@ -114,8 +114,7 @@ def main() -> int:
             want,
             storage_writer=S3StorageWriter(REGION, f"s3://{BUCKET}/ckpt", endpoint=srv.endpoint, s3client_config=cfg),
         )
-        host, _, port = srv.endpoint.rpartition("//")[2].partition(":")
-        with FaultProxy(host, int(port)) as proxy:
+        with FaultProxy.in_front_of(srv.endpoint) as proxy:
             ops = {peer: _ops(peer, proxy.endpoint, data, want) for peer in PEERS}
             targets = {"get": r"/obj", "dcp_load": r"/ckpt/__\d+_\d+\.distcp"}
             for scenario, target in targets.items():

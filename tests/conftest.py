@@ -14,7 +14,7 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 from s3torch import S3Client, S3ClientConfig, _crt  # noqa: E402
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, SeaweedFS, free_port  # noqa: E402
-from tests.faults.proxy import Blackhole  # noqa: E402
+from tests.faults.proxy import Blackhole, FaultProxy  # noqa: E402
 
 BUCKET = "s3torch-test"
 
@@ -35,6 +35,13 @@ def moto() -> Iterator[MotoServer]:
     with MotoServer() as srv:
         srv.create_bucket(BUCKET)
         yield srv
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedFS) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's SeaweedFS (tests/faults/proxy.py)."""
+    with FaultProxy.in_front_of(seaweed.endpoint) as p:
+        yield p
 
 
 @pytest.fixture(params=["seaweed", "moto"])

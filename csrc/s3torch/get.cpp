@@ -15,6 +15,12 @@ namespace {
 
 constexpr int kHttpRangeNotSatisfiable = 416;
 
+// Why a whole-object GET failed when the object does not fit the caller's buffer.
+std::string too_small(uint64_t capacity, uint64_t object_size) {
+    return "destination buffer holds " + std::to_string(capacity) + " bytes but the object is " +
+           std::to_string(object_size) + " bytes";
+}
+
 }  // namespace
 
 std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, const std::string &bucket,
@@ -85,10 +91,9 @@ void GetInto::on_finished_locked() {
     }
     if (error_code_ == AWS_ERROR_SHORT_BUFFER && whole_) {
         // The CRT learnt the object's size from the first part and found it larger than the
-        // buffer; it says only "Buffer is not large enough". Say what the probe path says.
+        // buffer; it says only "Buffer is not large enough". Say it in the probe path's words.
         if (uint64_t size = object_size_locked()) {
-            own_error_ = "destination buffer holds " + std::to_string(recv_->capacity) + " bytes but the object is " +
-                         std::to_string(size) + " bytes";
+            own_error_ = too_small(recv_->capacity, size);
             own_kind_ = ErrorKind::InvalidArgument;
         }
     }
@@ -105,10 +110,7 @@ size_t GetInto::bytes_received() {
     }
     if (must_fit_ && !empty) {
         uint64_t size = object_size();
-        if (size > *must_fit_)
-            throw_invalid("destination buffer holds " + std::to_string(*must_fit_) + " bytes but the object is " +
-                              std::to_string(size) + " bytes",
-                          ctx_);
+        if (size > *must_fit_) throw_invalid(too_small(*must_fit_, size), ctx_);
     }
     return got;
 }

@@ -152,10 +152,7 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
                 if (t->finished_ || t->attempted_) return;
                 t->unanswered_ = true;
             }
-            if (aws_s3_meta_request *m = t->acquire_meta_request()) {
-                aws_s3_meta_request_cancel(m);
-                aws_s3_meta_request_release(m);
-            }
+            t->cancel_meta_request();
         });
     }
 }
@@ -213,6 +210,10 @@ void Transfer::cancel() {
         std::lock_guard<std::mutex> lock(mu_);
         cancelled_ = true;
     }
+    cancel_meta_request();
+}
+
+void Transfer::cancel_meta_request() {
     if (aws_s3_meta_request *mr = acquire_meta_request()) {
         aws_s3_meta_request_cancel(mr);
         aws_s3_meta_request_release(mr);
@@ -377,19 +378,17 @@ void Transfer::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *met
         health.attempt_failed(t, t->ctx_, attempt_error(error_code, status),
                               t->client_->retry_deadline_ns(t->start_ns_));
     }
+    const bool skewed = error_code == AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED;
     {
         std::lock_guard<std::mutex> lock(t->mu_);
         t->attempted_ = true;
-        if (error_code == AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED) t->skewed_ = true;
+        if (skewed) t->skewed_ = true;
     }
-    if (error_code == AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED) {
+    if (skewed) {
         // aws-c-s3 retries it, but a clock 15 minutes off stays off: fail at the first answer,
         // not after the retry budget (raise_if_failed reports it). Events run outside the meta
         // request's lock, so cancelling here is safe.
-        if (aws_s3_meta_request *m = t->acquire_meta_request()) {
-            aws_s3_meta_request_cancel(m);
-            aws_s3_meta_request_release(m);
-        }
+        t->cancel_meta_request();
     }
     if (answered) {
         t->client_->mark_reached();

@@ -76,6 +76,9 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     void start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer, uint64_t read_window);
     // A new reference to the meta request (release it), or nullptr once finished.
     aws_s3_meta_request *acquire_meta_request();
+    // Cancel the meta request, if still running (whoever asks: the caller, the never-answered
+    // watchdog, a skewed clock; each marks its reason first).
+    void cancel_meta_request();
     // Open the read window by `bytes` (saturating), if still running.
     void increment_read_window(uint64_t bytes);
 

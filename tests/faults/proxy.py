@@ -254,6 +254,12 @@ class FaultProxy:
 
     # -- control, from any thread --------------------------------------------------------
 
+    @classmethod
+    def in_front_of(cls, endpoint: str, *, rate: Optional[float] = None) -> "FaultProxy":
+        """A proxy forwarding to the server at ``endpoint`` (``http://host:port``)."""
+        host, _, port = endpoint.rpartition("//")[2].partition(":")
+        return cls(host, int(port), rate=rate)
+
     def add(self, fault: Fault) -> Fault:
         fault._until = time.monotonic() + (fault.duration or 0.0)
         with self._lock:

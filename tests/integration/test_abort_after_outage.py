@@ -21,7 +21,6 @@ def _server_uploads(seaweed: Any, prefix: str) -> list:
 
 
 def test_abort_blocked_by_an_outage_is_remembered_then_done(seaweed: Any, prefix: str) -> None:
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
     # Short retries, so the abort gives up inside the outage.
     cfg = S3ClientConfig(
         force_path_style=True,
@@ -30,7 +29,7 @@ def test_abort_blocked_by_an_outage_is_remembered_then_done(seaweed: Any, prefix
         max_attempts=2,
         retry_timeout_s=1,
     )
-    with FaultProxy(host, int(port)) as proxy:
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
         client = S3Client(REGION, endpoint=proxy.endpoint, s3client_config=cfg)
         key = f"{prefix}ckpt/__0_0.distcp"
         up = client.upload(BUCKET, key)

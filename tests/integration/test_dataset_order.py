@@ -11,7 +11,7 @@ import gc
 import operator
 import re
 import time
-from typing import Any, Iterator, List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 import torch
@@ -35,13 +35,6 @@ def objects(seaweed) -> Tuple[str, List[str]]:  # type: ignore[no-untyped-def]
     for k in keys:
         client.put(BUCKET, k, k.encode())
     return f"s3://{BUCKET}/{base}", keys
-
-
-@pytest.fixture
-def proxy(seaweed) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as p:
-        yield p
 
 
 def _kw(server: Any, endpoint: str = "", **extra: Any) -> dict:

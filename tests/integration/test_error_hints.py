@@ -5,7 +5,6 @@ secret, an unknown key). The answers come from the fault proxy, as a server woul
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
 
 import pytest
 
@@ -13,13 +12,6 @@ from s3torch import S3Client, S3ClientConfig, S3NotFoundError, S3PermissionError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 from tests.faults.proxy import Fault, FaultProxy
-
-
-@pytest.fixture
-def proxy(seaweed: Any) -> Iterator[FaultProxy]:
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as p:
-        yield p
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 import uuid
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 import torch
@@ -31,13 +31,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _cfg(**extra: Any) -> S3ClientConfig:
     return S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, **extra)
-
-
-@pytest.fixture
-def proxy(seaweed: Any) -> Iterator[FaultProxy]:
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

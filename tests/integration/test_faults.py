@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 import pytest
@@ -80,13 +80,6 @@ class World:
 @pytest.fixture(scope="module")
 def world(seaweed: Any) -> World:
     return World(seaweed)
-
-
-@pytest.fixture
-def proxy(seaweed: Any) -> Iterator[FaultProxy]:
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as p:
-        yield p
 
 
 def _flow(world: World, name: str, endpoint: str, cfg: S3ClientConfig, run: str) -> Callable[[], None]:
@@ -177,9 +170,13 @@ def _run_all(
     return results
 
 
-def _assert_survived(world: World, run: str, results: Dict[str, Tuple[Optional[BaseException], float]]) -> None:
+def _assert_completed(results: Dict[str, Tuple[Optional[BaseException], float]]) -> None:
     failed = {n: f"{type(e).__name__}: {str(e)[-400:]}" for n, (e, _) in results.items() if e is not None}
     assert failed == {}, failed
+
+
+def _assert_survived(world: World, run: str, results: Dict[str, Tuple[Optional[BaseException], float]]) -> None:
+    _assert_completed(results)
     assert world.uploads(f"{world.base}{run}/") == []
 
 
@@ -222,8 +219,7 @@ def test_silent_connection_on_every_flow(world: World, proxy: FaultProxy) -> Non
     complete = proxy.add(Fault("stall", method="POST", path=_target(world, run, "put") + r"\?uploadId=", times=1))
     faults = [proxy.add(Fault("stall", path=_target(world, run, name), times=2)) for name in FLOWS]
     results = _run_all(world, proxy.endpoint, _cfg(stall_timeout_s=2), run)
-    failed = {n: f"{type(e).__name__}: {str(e)[-400:]}" for n, (e, _) in results.items() if e is not None}
-    assert failed == {}, failed
+    _assert_completed(results)
     assert complete.injected == 1
     assert all(f.injected == 2 for f in faults), [(f.path, f.injected) for f in faults]
     assert all(t < 28 for _, t in results.values()), {n: round(t, 1) for n, (_, t) in results.items()}
@@ -294,8 +290,7 @@ def test_30s_outage_in_the_middle_of_every_flow(world: World, seaweed: Any) -> N
     flow has sent its first request, then lets 8 MB through (at 40 MB/s) and goes down. The
     smallest flow that moves bytes, the dataset's 12.5 MiB, cannot have finished."""
     run = "outage"
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port), rate=40e6) as proxy:
+    with FaultProxy.in_front_of(seaweed.endpoint, rate=40e6) as proxy:
         proxy.pause()
 
         def outage() -> None:

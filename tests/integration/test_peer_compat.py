@@ -5,7 +5,7 @@ proxy, which records each request's User-Agent)."""
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -22,13 +22,6 @@ MiB = 1024 * 1024
 
 def _cfg(**extra: Any) -> S3ClientConfig:
     return S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, **extra)
-
-
-@pytest.fixture
-def proxy(seaweed) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
-    host, port = seaweed.endpoint.rsplit("/", 1)[1].split(":")
-    with FaultProxy(host, int(port)) as p:
-        yield p
 
 
 def test_user_agent_reaches_the_server_on_every_request(proxy: FaultProxy, prefix: str) -> None:

@@ -393,10 +393,9 @@ def alike(seaweed) -> List[str]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("kind", ["iter", "map"])
 def test_objects_alike_in_size_cost_one_get_each_once_one_size_is_known(seaweed, alike, kind) -> None:  # type: ignore[no-untyped-def]
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
     want = [(u.split("/", 3)[3], _payload(i, 3 * MiB // 2)) for i, u in enumerate(alike)]
     path = alike[0].split("/", 3)[3].rsplit("/", 1)[0] + "/"
-    with FaultProxy(host, int(port)) as proxy:
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
         kw = _kw(seaweed, prefetch_count=8)
         kw["endpoint"] = proxy.endpoint
         if kind == "iter":

@@ -4,7 +4,7 @@ retries off, and throttling lowering how many requests may be in flight."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -12,13 +12,6 @@ from s3torch import S3Client, S3ClientConfig, S3Exception
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 from tests.faults.proxy import Fault, FaultProxy
-
-
-@pytest.fixture
-def proxy(seaweed: Any) -> Iterator[FaultProxy]:
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as p:
-        yield p
 
 
 def _client(proxy: FaultProxy, **cfg: Any) -> S3Client:

@@ -364,8 +364,7 @@ def test_a_byte_changed_on_the_way_fails_the_load(seaweed, prefix) -> None:  # t
     d = _model()
     uri = _uri(prefix, "m.safetensors")
     save_file(d, uri, client=client)
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as proxy:
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
         via = make_client(proxy, part_size=client.s3client_config.part_size)
         # Not the header's GET (the first bytes): one of the tensors' ranged GETs.
         fault = proxy.add(Fault("corrupt_response", method="GET", range=r"^bytes=[1-9]", times=1))

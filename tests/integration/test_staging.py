@@ -98,8 +98,7 @@ def load_with_a_held_slot(seaweed, prefix: str, out: torch.Tensor) -> tuple:  # 
     data = client.get_object(BUCKET, f"{prefix}slow/__0_0.distcp").read()
     start = data.find(src.numpy().tobytes()[:4096])
     assert start > 0
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as proxy:
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
         held = proxy.add(Fault("slow", method="GET", range=f"^bytes={start}-{start + slot - 1}$", delay=2.0))
         r = S3StorageReader(
             REGION,

@@ -12,7 +12,7 @@ import random
 import re
 import tarfile
 import time
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 from torch.utils.data import DataLoader
@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 from s3torch import S3TarDataset, TarShardError
 from s3torch._servers import REGION
 from tests.conftest import BUCKET, make_client
-from tests.faults.proxy import FaultProxy
 from tests.integration.test_dataset_order import _settled
 
 SHARDS = 7
@@ -109,13 +108,6 @@ def test_every_sample_once_across_ranks_and_workers(seaweed, shards, monkeypatch
             )
             seen += list(DataLoader(ds, batch_size=None, num_workers=workers))
         assert sorted(seen) == every, (world, workers)
-
-
-@pytest.fixture
-def proxy(seaweed) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as p:
-        yield p
 
 
 @pytest.mark.parametrize("workers,buffer", [(0, 0), (2, 0), (2, 5)])

@@ -136,8 +136,7 @@ def test_retry_and_checksum_settings_are_checked(field, value) -> None:  # type:
 def test_a_body_corrupted_on_the_wire_is_refused_not_stored(seaweed, prefix, size) -> None:  # type: ignore[no-untyped-def]
     from tests.faults.proxy import Fault, FaultProxy
 
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as proxy:
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
         client = S3Client(REGION, endpoint=proxy.endpoint, s3client_config=make_client(seaweed).s3client_config)
         fault = proxy.add(Fault("corrupt", method="PUT", path=f"{prefix}k", times=1))
         with pytest.raises(S3Exception) as info:
@@ -159,8 +158,7 @@ def test_a_whole_object_get_is_checked_against_a_full_object_checksum(seaweed, p
     client = make_client(seaweed, checksum_type=kind)
     data = os.urandom(17 * MiB + 3)
     client.put(BUCKET, f"{prefix}k", data)
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as proxy:
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
         via = make_client(proxy, checksum_type=kind)
         fault = proxy.add(Fault("corrupt_response", method="GET", range=r"^bytes=[1-9]", times=1))
         out = bytearray(len(data))

@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterator
 
 import pytest
 
 from s3torch import S3InvalidArgumentError, _crt
 from tests.conftest import BUCKET, make_client
-from tests.faults.proxy import Fault, FaultProxy
+from tests.faults.proxy import Fault
 from tests.integration.test_process_and_errors import _fork_and_wait
-
-
-@pytest.fixture
-def proxy(seaweed) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
-    host, _, port = seaweed.endpoint.rpartition("//")[2].partition(":")
-    with FaultProxy(host, int(port)) as p:
-        yield p
 
 
 def test_the_first_to_finish_not_the_first_started(seaweed, proxy, prefix: str) -> None:  # type: ignore[no-untyped-def]
