@@ -93,7 +93,8 @@ void Client::abandon_if_foreign_locked() {
     credentials_ = nullptr;
     tls_ctx_ = nullptr;
     shutdown_state_ = nullptr;
-    in_flight_.store(0);  // the parent's transfers are not ours
+    in_flight_.store(0);  // the parent's transfers and buffers are not ours
+    held_buffers_.store(0);
 }
 
 aws_s3_client *Client::ensure_locked() {
@@ -297,7 +298,7 @@ std::vector<Client::PendingAbort> Client::pending_aborts() {
 
 bool Client::suspend() {
     std::lock_guard<std::mutex> lock(mu_);
-    if (in_flight_.load() != 0) return false;
+    if (!idle()) return false;
     release_locked(true);
     return true;
 }
@@ -310,7 +311,7 @@ bool Client::prepare_fork() {
             c->abandon_if_foreign_locked();  // this process is itself a child forked mid-transfer
         }
         for (Client *c : g_clients)
-            if (c->in_flight() != 0) return false;
+            if (!c->idle()) return false;
         for (Client *c : g_clients)
             if (!c->suspend()) return false;
     }

@@ -52,6 +52,13 @@ class Client : public std::enable_shared_from_this<Client> {
     aws_s3_meta_request *make_meta_request(aws_s3_meta_request_options &options, bool express);
     void transfer_finished();
     int64_t in_flight() const { return in_flight_.load(); }
+    // A CRT part buffer (its ticket) outlives its transfer in a consumer's hands (a GetStream
+    // chunk). The buffer belongs to client_'s pool, which holds no count of its tickets, so
+    // the client is not suspended (prepare_fork) while any is held.
+    void buffer_held() { held_buffers_.fetch_add(1); }
+    void buffer_released() { held_buffers_.fetch_sub(1); }
+    // Nothing of client_ in use: no transfer in flight, no buffer held.
+    bool idle() const { return in_flight_.load() == 0 && held_buffers_.load() == 0; }
 
     // The endpoint is known to be right: it has answered (an HTTP response of any status) a
     // client of this process, or of the process that pickled the object, or the configuration
@@ -106,6 +113,7 @@ class Client : public std::enable_shared_from_this<Client> {
     void *shutdown_state_ = nullptr;  // ShutdownState of client_, see client.cpp
     ProcessOwner owner_;              // the process that built client_
     std::atomic<int64_t> in_flight_{0};
+    std::atomic<int64_t> held_buffers_{0};
     std::shared_ptr<EndpointHealth> health_;  // shared by every client of the endpoint
     std::mutex aborts_mu_;                    // guards pending_aborts_
     std::vector<PendingAbort> pending_aborts_;

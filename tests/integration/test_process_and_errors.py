@@ -250,6 +250,57 @@ def test_fork_while_transfers_are_in_flight(seaweed, prefix: str) -> None:  # ty
     assert client.get_object(BUCKET, prefix + "up").read() == big
 
 
+_HELD_CHUNK_SCRIPT = """
+import gc, os, sys, time
+from s3torch import _crt
+from tests.conftest import BUCKET, make_client
+
+class Server:
+    endpoint = sys.argv[1]
+
+client = make_client(Server())
+key = sys.argv[2]
+data = os.urandom(24 << 20)
+client.put(BUCKET, key, data)
+chunks = list(client.get_stream(BUCKET, key))  # the stream is over; its part buffers are held
+deadline = time.monotonic() + 30
+while client._get_native().in_flight and time.monotonic() < deadline:  # its shutdown callback
+    time.sleep(0.01)
+assert client._get_native().in_flight == 0
+# The CRT's buffer pool counts no tickets: suspending the client now would free the memory
+# under these chunks, and releasing one later would lock a freed mutex (a hang) or crash.
+assert _crt.prepare_fork() is False
+pid = os.fork()  # the at-fork hook runs too
+if pid == 0:
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+assert b"".join(bytes(c) for c in chunks) == data  # still the bytes received
+del chunks
+gc.collect()
+assert _crt.prepare_fork() is True  # nothing held: the client is suspended
+assert client.get_object(BUCKET, key).read() == data  # and rebuilt on use
+print("ok")
+"""
+
+
+def test_fork_while_stream_chunks_are_held(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Chunks of a finished stream still hold CRT part buffers: a fork then must not suspend
+    the client (free its buffer pool) under them, and dropping them afterwards must neither
+    hang nor crash. Run in its own process, so a hang or a crash fails this test only."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, "-c", _HELD_CHUNK_SCRIPT, seaweed.endpoint, prefix + "held"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
 def test_interrupted_multipart_put_leaves_nothing_behind(seaweed, prefix: str, sigint_raises) -> None:  # type: ignore[no-untyped-def]
     import _thread
 
