@@ -164,12 +164,17 @@ def test_s3torch_checkpoint_loads_with_torch_filesystemreader(
     out = empty_like_sd(sd)
     dcp.load(out, storage_reader=FileSystemReader(str(tmp_path / "dl")))
     assert_same(sd, out)
-    # Byte for byte what torch's own FileSystemWriter writes for the same state dict.
+    # Byte for byte what torch's own FileSystemWriter writes for the same state dict, and then
+    # the save mark (dcp/_save_mark.py): the id the metadata records for the file.
     dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path / "fs"), thread_count=threads))
     distcp = sorted(p.name for p in (tmp_path / "fs").glob("*.distcp"))
     assert distcp == sorted(p.name for p in (tmp_path / "dl").glob("*.distcp")) and len(distcp) == threads
+    md = FileSystemReader(str(tmp_path / "dl")).read_metadata()
+    ids = {info.relative_path: info.s3torch_save_id for info in md.storage_data.values()}
+    assert len(set(ids.values())) == 1  # one rank: one save id
     for name in distcp:
-        assert (tmp_path / "dl" / name).read_bytes() == (tmp_path / "fs" / name).read_bytes(), name
+        mark = b"\n#s3torch-save:" + ids[name].encode()
+        assert (tmp_path / "dl" / name).read_bytes() == (tmp_path / "fs" / name).read_bytes() + mark, name
 
 
 def _s3tc_env(seaweed, monkeypatch):  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from multistorageclient.contrib.torch import filesystem as msc_torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
-from s3torch.dcp import S3StorageReader, S3StorageWriter
+from s3torch.dcp import S3StorageReader, S3StorageWriter, _save_mark
 from s3torch.msc import (
     MSCConfigError,
     MultiStorageFileSystem,
@@ -114,7 +114,7 @@ def test_s3torch_writes_msc_reads(msc: Msc, thread_count: int) -> None:
 
 def test_same_files_as_msc_writes(msc: Msc) -> None:
     """Same state dict, same thread_count: the same objects, byte for byte (but .metadata,
-    which carries a save id)."""
+    which carries a save id, and the save mark that ends each of s3torch's files)."""
     sd = state_dict()
     client = make_client(msc.server)
     dcp.save(sd, storage_writer=msc_torch.MultiStorageFileSystemWriter(f"msc://{msc.profile}/a", thread_count=2))
@@ -124,7 +124,8 @@ def test_same_files_as_msc_writes(msc: Msc) -> None:
     for name in names[1:]:
         a = client.get_object(BUCKET, f"{msc.prefix}base/a/{name}").read()
         b = client.get_object(BUCKET, f"{msc.prefix}base/b/{name}").read()
-        assert a == b, name
+        records, save_id = _save_mark.split(b)
+        assert a == records and save_id, name
 
 
 def test_interchange_with_s3_storage_reader_and_writer(msc: Msc) -> None:

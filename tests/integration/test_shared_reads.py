@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as tmp
 
 from s3torch._servers import REGION, free_port
-from s3torch.dcp import S3StorageReader, S3StorageWriter
+from s3torch.dcp import S3StorageReader, S3StorageWriter, _save_mark
 from s3torch.dcp._shared_reads import SharedRecord, plan_sharing
 from tests.conftest import BUCKET, make_client
 
@@ -90,8 +91,12 @@ def _run(seaweed, base: str, tmp_path: Path, mode: str) -> list:  # type: ignore
 
 
 def _stored_bytes(seaweed, prefix: str) -> int:  # type: ignore[no-untyped-def]
+    """The checkpoint's record bytes: its .distcp objects, less the save mark that ends each."""
     client = make_client(seaweed)
-    return sum(o.size for p in client.list_objects(BUCKET, prefix) for o in p.object_info if o.key.endswith(".distcp"))
+    objects = [o for p in client.list_objects(BUCKET, prefix) for o in p.object_info if o.key.endswith(".distcp")]
+    marks = _save_mark.expected(pickle.loads(client.get_object(BUCKET, prefix + ".metadata").read()).storage_data)
+    assert len(marks) == len(objects)
+    return sum(o.size for o in objects) - sum(len(mark) for _, mark in marks.values())
 
 
 def test_shared_reads_fetch_each_record_once(seaweed, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 
-from s3torch.dcp import S3StorageWriter, _staged_save, _staging
+from s3torch.dcp import S3StorageWriter, _save_mark, _staged_save, _staging
 from s3torch.dcp._errors import StagingError
 from tests.conftest import BUCKET, make_client
 from tests.integration.test_dcp import reader, writer
@@ -85,7 +85,10 @@ def test_forced_ring_save_is_torch_filesystemwriters_bytes(seaweed, prefix: str,
     dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path / "fs"), thread_count=2))
     got = objects(make_client(seaweed), f"{prefix}ck/")
     want = {p.name: p.read_bytes() for p in (tmp_path / "fs").glob("*.distcp")}
-    assert len(want) == 2 and {k: v for k, v in got.items() if k.endswith(".distcp")} == want
+    # torch's bytes, each file ending with its save mark
+    ours = {k: _save_mark.split(v) for k, v in got.items() if k.endswith(".distcp")}
+    assert len(want) == 2 and {k: v[0] for k, v in ours.items()} == want
+    assert all(v[1] for v in ours.values())
     # and it loads, bit for bit
     out = {k: (torch.zeros_like(v) if isinstance(v, torch.Tensor) else v) for k, v in sd.items() if k != "nested"}
     dcp.load(out, storage_reader=reader(seaweed, path))

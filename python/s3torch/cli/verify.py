@@ -1,4 +1,5 @@
-"""``s3torch verify``: read every tensor record of a DCP checkpoint on S3 and check its CRC32.
+"""``s3torch verify``: read every tensor record of a DCP checkpoint on S3 and check its CRC32,
+and every data file's save mark (dcp/_save_mark.py).
 
 The reading is the DCP loader's (dcp/_parallel_load.py): the same probes, ranged GETs in
 parallel and CRC32s on worker threads, into fresh CPU tensors shaped from the metadata
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from .._progress import human
 from ._checkpoint import Record, add_trust_argument, open_s3
@@ -20,8 +21,10 @@ from ._common import CORRUPT, OK, CLIError, add_connection_arguments, make_clien
 HELP = "check every tensor of a DCP checkpoint on S3 against its CRC32"
 DESCRIPTION = """Read every tensor record of the DCP checkpoint at s3://bucket/prefix and check
 the tensor's bytes against the CRC32 its record carries, many reads in parallel, without a
-model. Exits 0 with a summary when all match; exits 1 naming every failing item (fqn,
-file, offset in the file) when any does not, or is missing or truncated; exits 3 when
+model, and that each data file s3torch wrote ends with the mark of the save its .metadata
+describes (a file another save wrote is named, and its items fail). Exits 0 with a summary
+when all match; exits 1 naming every failing file and item (fqn, file, offset in the file)
+when any does not, or is missing or truncated; exits 3 when
 there is no checkpoint there. Memory: at most --group-bytes of tensors at a time (one
 larger tensor is read alone)."""
 
@@ -75,6 +78,35 @@ class _Planner:
         pass
 
 
+def _check_marks(Verifier: Any, client: Any, ckpt: Any, planner: Any) -> Dict[str, str]:
+    """The data files whose save mark is not the one the metadata names (or is unreadable),
+    each with why: all marks in one batch, then one file at a time only if that failed."""
+    from ..dcp import _save_mark
+    from ..dcp._errors import CheckpointCorruptError
+
+    try:
+        marks = _save_mark.expected(ckpt.metadata.storage_data)
+    except CheckpointCorruptError as e:
+        return {e.file: str(e).split(": ", 1)[-1]}  # type: ignore[attr-defined]
+
+    def check(files: List[str]) -> None:
+        loader = Verifier(client._get_native(), ckpt.bucket, True, marks={ckpt.key(f): marks[f] for f in files})
+        loader.load([], planner)
+
+    try:
+        check(list(marks))
+        return {}
+    except CheckpointCorruptError:
+        pass
+    bad = {}
+    for f in marks:
+        try:
+            check([f])
+        except CheckpointCorruptError as e:
+            bad[f] = str(e).split(": ", 1)[-1]  # without the location, which the line names
+    return bad
+
+
 def _groups(items: List[Tuple[Any, str, int, int]], limit: int) -> List[List[Tuple[Any, str, int, int]]]:
     out: List[List[Tuple[Any, str, int, int]]] = []
     size = 0
@@ -119,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
     Verifier = _loader_class()
     planner = _Planner(shapes)
     failures: List[Tuple[Record, str]] = []
+    bad_files = _check_marks(Verifier, client, ckpt, planner)
+    for file, why in sorted(bad_files.items()):
+        print(f"CORRUPT  file {ckpt.location(file)}: {why}")
+    failed_in_files = sum(1 for i in items if where_of[i[0].storage_index].file in bad_files)
+    items_read = [i for i in items if where_of[i[0].storage_index].file not in bad_files]
     stats = {"direct": 0, "small": 0, "fallback": 0, "staged": 0, "shared": 0}
     total = sum(i[3] for i in items)
     t0 = time.perf_counter()
@@ -138,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
             stats[k] += v
 
     with progress_for("verify", ckpt.where, total=total) as progress:
-        for group in _groups(items, max(1, args.group_bytes)):
+        progress.add(total - sum(i[3] for i in items_read))  # the items of refused files
+        for group in _groups(items_read, max(1, args.group_bytes)):
             try:
                 load(group, progress)
             except CheckpointCorruptError:
@@ -148,10 +186,10 @@ def run(args: argparse.Namespace) -> int:
                     except CheckpointCorruptError as e:
                         failures.append((where_of[item[0].storage_index], str(e)))
     secs = max(time.perf_counter() - t0, 1e-9)
-    if failures:
+    if failures or bad_files:
         for r, why in failures:
             print(f"CORRUPT  {r.fqn}  file {ckpt.location(r.file)}  offset {r.offset}: {why}")
-        print(f"{ckpt.where}: {len(failures)} of {len(items)} items failed verification")
+        print(f"{ckpt.where}: {len(failures) + failed_in_files} of {len(items)} items failed verification")
         return CORRUPT
     tensors = len(shapes)
     unchecked = stats["fallback"]

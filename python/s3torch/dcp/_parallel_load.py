@@ -2,6 +2,8 @@
 
 1. Probe: for every tensor record, the first and last few KiB (whole record when small) in
    one batch of concurrent ranged GETs; parse where the raw tensor bytes sit (_record.locate).
+   The same batch reads each file's save mark (_save_mark): a file another save wrote is
+   refused before anything is placed.
 2. Fetch: for each tensor whose destination (``planner.resolve_tensor``) is contiguous CPU
    memory of the stored dtype, a ranged GET of exactly its bytes lands *in the destination*.
    Every other destination (CUDA, non-contiguous, a permuted stored layout) is fed through
@@ -32,6 +34,7 @@ from .._crc import crc32_of_parts
 from .._prefault import Prefaulter
 from ._errors import CheckpointCorruptError, crc_mismatch, read_error, short_read
 from ._record import HEAD_BYTES, TAIL_BYTES, TensorLayout, locate
+from ._save_mark import check as check_mark
 from ._staging import (
     DEFAULT_RING_BYTES,
     DEFAULT_SLOT_BYTES,
@@ -104,8 +107,11 @@ class ParallelLoader:
         slot_bytes: int = DEFAULT_SLOT_BYTES,
         force_staging: bool = False,
         progress: Optional[Callable[[int], None]] = None,
+        marks: Optional[Dict[str, Tuple[int, bytes]]] = None,
     ) -> None:
         self.native, self.bucket, self.verify = native, bucket, verify
+        # Save marks still to check, by key: where each starts and what it must be (_save_mark).
+        self.marks: Dict[str, Tuple[int, bytes]] = dict(marks or {})
         self.progress = progress  # called with each record's length once its tensor is placed
         self.ring_bytes, self.slot_bytes = ring_bytes, slot_bytes
         self.force_staging = force_staging  # tests: every tensor through the ring, CPU ones too
@@ -125,22 +131,22 @@ class ParallelLoader:
     def _err(self, it: _Item, msg: str) -> CheckpointCorruptError:
         return CheckpointCorruptError(f"{self._where(it)}: {msg}")
 
-    def _get_many(self, reqs: List[Tuple[str, int, int, Any]], owners: List[_Item]) -> List[int]:
-        """All GETs in flight at once, then waited for in order: a failure names the item
-        whose bytes could not be read (the rest are cancelled)."""
+    def _get_many(self, reqs: List[Tuple[str, int, int, Any]], wheres: List[str]) -> List[int]:
+        """All GETs in flight at once, then waited for in order: a failure names what it was
+        reading (``wheres``, one per request; the rest are cancelled)."""
         handles: List[Any] = []
         try:
-            for (key, off, n, buf), it in zip(reqs, owners):
+            for (key, off, n, buf), where in zip(reqs, wheres):
                 try:
                     handles.append(self.native.start_get_into(self.bucket, key, buf, off, n))
                 except _crt.S3Exception as e:
-                    raise read_error(self._where(it), e) from e
+                    raise read_error(where, e) from e
             got = []
-            for h, it in zip(handles, owners):
+            for h, where in zip(handles, wheres):
                 try:
                     got.append(h.wait())
                 except _crt.S3Exception as e:
-                    raise read_error(self._where(it), e) from e
+                    raise read_error(where, e) from e
             return got
         finally:
             for h in handles:
@@ -150,7 +156,7 @@ class ParallelLoader:
     # --- 1. probe ------------------------------------------------------------------------
     def _probe(self, items: List[_Item]) -> None:
         reqs: List[Tuple[str, int, int, Any]] = []
-        owners: List[Tuple[_Item, str]] = []
+        owners: List[Tuple[Any, str]] = []  # (item, part), or (key, "mark")
         for it in items:
             if it.length <= SMALL_RECORD or it.req.type == LoadItemType.BYTE_IO:
                 buf = _crt.HostBuffer(it.length)
@@ -161,9 +167,21 @@ class ParallelLoader:
                 reqs.append((it.key, it.offset, HEAD_BYTES, h))
                 reqs.append((it.key, it.offset + it.length - TAIL_BYTES, TAIL_BYTES, t))
                 owners += [(it, "head"), (it, "tail")]
+        for key, (start, mark) in self.marks.items():
+            # Last, so that a failed read names an item. From the last byte of the last record:
+            # a file that ends there (no mark) answers that byte, where a range past its end
+            # would be an error that says "truncated".
+            lead = 1 if start > 0 else 0
+            reqs.append((key, start - lead, len(mark) + lead, _crt.HostBuffer(len(mark) + lead)))
+            owners.append((key, "mark"))
+        wheres = [self._mark_where(o) if part == "mark" else self._where(o) for o, part in owners]
         for i in range(0, len(reqs), BATCH):
-            got = self._get_many(reqs[i : i + BATCH], [o[0] for o in owners[i : i + BATCH]])
+            got = self._get_many(reqs[i : i + BATCH], wheres[i : i + BATCH])
             for (it, part), (_, _, want, buf), n in zip(owners[i : i + BATCH], reqs[i : i + BATCH], got):
+                if part == "mark":
+                    lead = 1 if self.marks[it][0] > 0 else 0
+                    check_mark(self._mark_where(it), self.marks[it][1], bytes(memoryview(buf)[lead:n]))
+                    continue
                 if n != want:
                     raise self._err(
                         it,
@@ -177,6 +195,10 @@ class ParallelLoader:
                 else:
                     it.tail = mv
                 self.bytes_read += n
+        self.marks = {}  # checked
+
+    def _mark_where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
 
     # --- 2. plan where each tensor's bytes go ---------------------------------------------
     def _plan_tensor(self, it: _Item, planner: LoadPlanner) -> None:

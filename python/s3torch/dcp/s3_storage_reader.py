@@ -25,6 +25,7 @@ from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
+from . import _save_mark
 from ._metadata import raise_if_unreadable, rank_local_name, read_or_defer
 from ._parallel_load import ParallelLoader
 from ._safe_unpickle import SafeBytesPlanner, load_metadata
@@ -56,7 +57,10 @@ class S3StorageReader(FileSystemReader):
             ``s3torch.dcp.release_staging_memory()`` frees idle rings.
         staging_slot_bytes: the ring's slot size (default 8 MiB, a multiple of 64): each slot
             is one ranged GET and one copy to the destination.
-        verify_checksums: check each fully read tensor against the CRC32 its record carries.
+        verify_checksums: check each fully read tensor against the CRC32 its record carries,
+            and that each file s3torch wrote ends with the save mark the metadata names (a
+            file another save wrote, two saves to one path overlapping, is refused with
+            ``CheckpointCorruptError`` before any tensor is placed; docs/dcp.md).
         progress: report the load: a live bar (bytes, GB/s, ETA) when stderr is a terminal,
             else a line every 5 s; then one summary line (bytes, seconds, GB/s). Lines go
             to the ``s3torch`` logger when it is enabled for INFO, else to stderr (the
@@ -209,6 +213,14 @@ class S3StorageReader(FileSystemReader):
                     "loader; pass reader_constructor=S3ReaderConstructor.default()"
                 )
             work.append((r, self._key(info.relative_path), info.offset, info.length))
+        marks: Dict[str, Tuple[int, bytes]] = {}
+        if self.verify_checksums:  # the marks of the files this rank reads
+            paths = {self.storage_data[r.storage_index].relative_path for r in plan.items}
+            marks = {
+                self._key(p): m
+                for p, m in _save_mark.expected(self.storage_data, s3_path(self.path).rstrip("/") + "/").items()
+                if p in paths
+            }
         loader = ParallelLoader(
             self.fs.client._get_native(),
             bucket,
@@ -217,6 +229,7 @@ class S3StorageReader(FileSystemReader):
             self.staging_slot_bytes,
             force_staging=self._force_staging,
             progress=self._progress.add,
+            marks=marks,
         )
         schedule = plan.storage_data
         shared_in = 0

@@ -5,7 +5,8 @@ tensors are serialised. Tensor bytes reach the CRT without a Python-side copy, a
 waits while more than a window of parts (enough for the throughput target) is waiting to be
 uploaded, so memory stays bounded whatever the checkpoint size. Tensor records are written
 by s3torch (``_torch_save``): the same bytes as ``torch.save``, with the native CRC-32.
-Files are byte-identical to torch's ``FileSystemWriter`` output. CUDA tensors stream
+Files are byte-identical to torch's ``FileSystemWriter`` output, each followed by its save
+mark (``_save_mark``: which save wrote it, checked by every load). CUDA tensors stream
 device-to-host a slot at a time through a pinned staging ring into the upload
 (``_staged_save``), so a save from GPU memory holds the ring and the upload window, never a
 whole tensor, in host memory. ``.metadata`` is written
@@ -36,7 +37,7 @@ from .._config import S3ClientConfig
 from .._crt import S3Exception
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
-from . import _torch_save
+from . import _save_mark, _torch_save
 from ._staged_save import (
     DEFAULT_SAVE_RING_BYTES,
     DEFAULT_SAVE_SLOT_BYTES,
@@ -253,6 +254,7 @@ class S3StorageWriter(FileSystemWriter):
             name = f"{prefix}{i}{DEFAULT_SUFFIX}"
             files.append((self.fs.concat_path(self.path, name), name, bucket))
         written: List[Any] = []  # paths of files completed by this save
+        self._save_id = _save_mark.new_id(self)  # ends every file (_save_mark)
         try:
             return self._write_files_in_threads(planner, files, written)
         except BaseException:
@@ -359,6 +361,9 @@ class S3StorageWriter(FileSystemWriter):
                     _torch_save.save_tensor(tensor, stream)
                 results.append(result(wi, offset, stream.tell() - offset))
                 self._progress.add(stream.tell() - offset)
+            # After the last record: which save wrote this file, checked by every s3torch load.
+            stream.write(_save_mark.mark(self._save_id))
+        _save_mark.tag((r.storage_data for r in results), self._save_id)
         written.append(path)  # list.append is atomic: safe from several writer threads
         return results
 
