@@ -28,6 +28,8 @@ from tests.unit.test_safetensors_header import _same, _sample
 
 
 class _Handle:
+    etag = '"1"'  # one version of every object
+
     def __init__(self, n: int, size: int, error: Optional[BaseException] = None) -> None:
         self.n, self.object_size, self.error = n, size, error
 

@@ -31,6 +31,8 @@ DTYPES = [*TORCH_SAVE_DTYPES, torch.int16]
 
 
 class _Handle:
+    etag = '"1"'  # one version of every object
+
     def __init__(self, n: int, error: Optional[BaseException], finished: Any = None) -> None:
         self.n, self.error, self.cancelled, self.waited = n, error, False, False
         self._finished = finished  # a delayed GET: done() asks this

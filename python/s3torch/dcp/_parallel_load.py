@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlanner, Read
 from .. import _crt, _torch_compat
 from .._crc import crc32_of_parts
 from .._prefault import Prefaulter
+from .._versions import ObjectVersions
 from ._errors import CheckpointCorruptError, crc_mismatch, read_error, short_read
 from ._record import HEAD_BYTES, TAIL_BYTES, TensorLayout, locate
 from ._save_mark import check as check_mark
@@ -112,6 +113,8 @@ class ParallelLoader:
         self.native, self.bucket, self.verify = native, bucket, verify
         # Save marks still to check, by key: where each starts and what it must be (_save_mark).
         self.marks: Dict[str, Tuple[int, bytes]] = dict(marks or {})
+        # Every GET of a file must answer from the version the first one did (_versions).
+        self.versions = ObjectVersions(CheckpointCorruptError)
         self.progress = progress  # called with each record's length once its tensor is placed
         self.ring_bytes, self.slot_bytes = ring_bytes, slot_bytes
         self.force_staging = force_staging  # tests: every tensor through the ring, CPU ones too
@@ -142,11 +145,12 @@ class ParallelLoader:
                 except _crt.S3Exception as e:
                     raise read_error(where, e) from e
             got = []
-            for h, where in zip(handles, wheres):
+            for h, where, req in zip(handles, wheres, reqs):
                 try:
                     got.append(h.wait())
                 except _crt.S3Exception as e:
                     raise read_error(where, e) from e
+                self.versions.check(req[0], where, h)
             return got
         finally:
             for h in handles:
@@ -357,6 +361,7 @@ class ParallelLoader:
                             n = h.wait()
                         except _crt.S3Exception as e:
                             raise read_error(self._where(it), e) from e
+                        self.versions.check(it.key, self._where(it), h)
                         if n != nb:
                             raise short_read(self._where(it), nb, n)
                         self.bytes_read += n
@@ -401,7 +406,7 @@ class ParallelLoader:
             else borrow_ring(self.ring_bytes, self.slot_bytes, pinned) as ring
         ):
             uses = ring.uses
-            run = RingLoad(self.native, self.bucket, ring, pool)
+            run = RingLoad(self.native, self.bucket, ring, pool, self.versions)
             try:
                 run.run(work)
             finally:

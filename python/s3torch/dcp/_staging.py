@@ -40,6 +40,7 @@ import torch
 from .. import _crt
 from .._crc import crc32_of_parts
 from .._prefault import Prefaulter
+from .._versions import ObjectVersions
 from ._errors import StagingError, crc_mismatch, read_error, short_read
 
 MiB = 1024 * 1024
@@ -363,9 +364,15 @@ class RingLoad:
     last slot lands. No pool: no verification."""
 
     def __init__(
-        self, native: "_crt.NativeClient", bucket: str, ring: StagingRing, crc_pool: Optional[ThreadPoolExecutor]
+        self,
+        native: "_crt.NativeClient",
+        bucket: str,
+        ring: StagingRing,
+        crc_pool: Optional[ThreadPoolExecutor],
+        versions: Optional[ObjectVersions] = None,
     ) -> None:
         self.native, self.bucket, self.ring, self._crc_pool = native, bucket, ring, crc_pool
+        self.versions = versions  # each GET's answer checked against the load's first of its object
         self.bytes_read = 0
         self.landed_out_of_order = 0  # slots that landed before a GET started earlier (tests, stats)
         self._fetching: List[_Fill] = []  # GETs in flight, in start order
@@ -465,6 +472,8 @@ class RingLoad:
                 got = f.handle.wait()
             except _crt.S3Exception as e:
                 raise read_error(t.where, e) from e
+            if self.versions is not None:
+                self.versions.check(t.key, t.where, f.handle)
             if got != f.n:
                 raise short_read(t.where, t.nbytes, t.landed + got)
             self.bytes_read += got

@@ -23,6 +23,7 @@ from .._client import S3Client
 from .._config import S3ClientConfig
 from .._uri import parse_s3_uri, s3_path
 from ._errors import (
+    FileChangedError,
     HeaderError,
     MissingShardError,
     SafetensorsError,
@@ -175,5 +176,6 @@ __all__ = [
     "UnsupportedDtypeError",
     "MissingShardError",
     "SafetensorsReadError",
+    "FileChangedError",
     "ChecksumMismatchError",
 ]

@@ -41,6 +41,12 @@ class SafetensorsReadError(_crt.S3Exception):
     S3Exception it wraps."""
 
 
+class FileChangedError(SafetensorsReadError):
+    """The object was replaced while a load read it: two of the load's GETs answered with
+    different ETags, so tensors located in one version would be filled from the other. The
+    file itself may be whole: load again once its writer is done."""
+
+
 _CARRIED = ("code", "s3_message", "http_status", "request_id", "crt_error", "operation", "bucket", "key")
 
 

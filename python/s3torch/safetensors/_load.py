@@ -30,9 +30,10 @@ import torch
 
 from .. import _crt
 from .._prefault import Prefaulter
+from .._versions import ObjectVersions
 from ..dcp._staging import RingLoad, StagedTensor, borrow_ring
 from ._dtypes import PACKED
-from ._errors import TruncatedFileError, read_error
+from ._errors import FileChangedError, TruncatedFileError, read_error
 from ._header import TensorInfo
 from ._source import ShardFile
 from ._verify import FileCheck, outcome_without_check, tiles
@@ -95,6 +96,8 @@ class Loader:
         self.stats: Dict[str, int] = {"direct": 0, "staged": 0, "gets": 0, "bytes": 0, "files_checked": 0}
         self.checksums: Dict[str, str] = {}  # file -> what its checksum check found (_verify.py)
         self._checks: Dict[int, FileCheck] = {}  # id(ShardFile) -> its check, for this load
+        # Every GET of a file must answer from the version its header came from (_versions).
+        self.versions = ObjectVersions(FileChangedError)
 
     def _plan(self, f: ShardFile, t: TensorInfo) -> _Planned:
         where = _where(f, t)
@@ -108,6 +111,8 @@ class Loader:
     def load(self, wanted: List[Tuple[ShardFile, TensorInfo]]) -> Dict[str, torch.Tensor]:
         """The tensors, by name, in the order asked."""
         planned = [self._plan(f, t) for f, t in wanted]  # every check before any allocation
+        for f, _ in wanted:
+            self.versions.expect(f.key, f.etag)
         self._plan_checks(planned)
         staged_dev = self.device.type != "cpu" or self.force_staging
         direct = [p for p in planned if not staged_dev and p.out_dtype == p.dtype]
@@ -213,6 +218,7 @@ class Loader:
             n = h.wait()
         except _crt.S3Exception as e:
             raise read_error(_where(g.file, g.members[0].info), e) from e
+        self.versions.check(g.file.key, _where(g.file, g.members[0].info), h)
         want = g.end - g.begin
         if n != want:
             raise TruncatedFileError(
@@ -262,7 +268,7 @@ class Loader:
             )
         self.stats["staged"] += len(items)
         with borrow_ring(self.ring_bytes, self.slot_bytes, self.device.type == "cuda") as ring:
-            run = RingLoad(self.native, self.bucket, ring, None)
+            run = RingLoad(self.native, self.bucket, ring, None, self.versions)
             try:
                 run.run(work)
             finally:

@@ -44,6 +44,7 @@ class ShardFile:
     # checked, the file's first header.data_start bytes (the length prefix and the header).
     stored: Optional[Stored] = None
     head: bytes = b""
+    etag: str = ""  # the version the header was read from; every later GET must answer the same
 
     @property
     def where(self) -> str:
@@ -101,7 +102,7 @@ def _get_headers(
                 if more != len(rest):
                     raise TruncatedFileError(f"{where}: the header ends early ({got + more} of {PREFIX + n} bytes)")
                 raw = bytes(first[PREFIX:]) + bytes(rest)
-            f = ShardFile(bucket, key, size, parse_header(raw, where, size))
+            f = ShardFile(bucket, key, size, parse_header(raw, where, size), etag=h.etag)
             if key in heads:
                 try:
                     f.stored = heads[key].result()

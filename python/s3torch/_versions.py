@@ -1,0 +1,42 @@
+"""One version of each object per load: every response must carry the ETag of the first.
+
+A load reads a file in many ranged GETs: a header or probe first, then the bytes it located.
+Each GET is atomic, but an object replaced between two of them (a save or an upload to the
+same path while the load runs) answers the later ones from the new version: tensors located
+in one version are filled from the other. The CRT keeps the parts of one GET on one version
+(``If-Match``); this keeps all of a load's GETs of an object on one, comparing each answer's
+ETag with the first one seen (or the one ``expect`` was given). Answers without an ETag are
+not compared.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+
+class ObjectVersions:
+    """The ETag each object answered first in one load; ``changed(message)`` builds the error
+    for a later answer with another."""
+
+    def __init__(self, changed: Callable[[str], Exception]) -> None:
+        self._first: Dict[str, str] = {}
+        self._changed = changed
+
+    def expect(self, key: str, etag: str) -> None:
+        """``key``'s version is ``etag`` (what an earlier read of this load saw)."""
+        if etag:
+            self._first.setdefault(key, etag)
+
+    def check(self, key: str, where: str, handle: Any) -> None:
+        """After ``handle`` (a finished GET of ``key``, which ``where`` names) succeeded: raise
+        if it answered from another version than the load's first read of ``key``."""
+        etag = handle.etag
+        if not etag:
+            return
+        first = self._first.setdefault(key, etag)  # atomic: loads check from one thread, CRT callbacks never
+        if etag != first:
+            raise self._changed(
+                f"{where}: the object was replaced while this load read it (ETag {first} at its first read, "
+                f"{etag} now: something wrote to the same path meanwhile); what was read from it mixes two "
+                "versions. Load again once the writer is done"
+            )
