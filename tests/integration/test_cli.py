@@ -151,7 +151,8 @@ def test_info(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped
     code, out, err = cli(capsys, "info", "--json", uri)
     assert code == 0, err
     d = json.loads(out)
-    assert "S3 storage writer" in d["written_by"] and d["written_to"] == uri and not d["copied_since"]
+    assert d["written_by"] == "s3torch (S3StorageWriter)" and d["written_to"] == uri and not d["copied_since"]
+    assert d["save_marks"] == 1  # its one file
     tensors = {t["fqn"]: t for t in d["tensors"]}
     assert tensors["big"] == {"fqn": "big", "dtype": "float32", "shape": [600, 1000], "chunks": 1, "bytes": 2_400_000}
     assert tensors["half"]["dtype"] == "bfloat16" and tensors["scalar"]["shape"] == []
@@ -167,6 +168,7 @@ def test_info(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped
     dcp.save(sd, storage_writer=FileSystemWriter(str(local)))
     code, out, _ = cli(capsys, "info", str(local))
     assert code == 0 and "FileSystemWriter" in out and "copied here since" not in out
+    assert "save marks   0 of 1 files (not an s3torch save)" in out
     assert cli(capsys, "cp", str(local), f"s3://{BUCKET}/{prefix}up")[0] == 0
     code, out, _ = cli(capsys, "info", f"s3://{BUCKET}/{prefix}up")
     assert "FileSystemWriter" in out and f"written to   {local}  (copied here since)" in out

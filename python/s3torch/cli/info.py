@@ -18,11 +18,13 @@ byte items, totals, and what its .metadata records about the save (torch's stora
 the path it was written to, save id, modules; the DCP format version). Reads .metadata
 and one listing, no tensor data.
 
-"written by" says only what can be told: a save to an s3:// path was made by an S3 storage
-writer (s3torch's and s3torchconnector's write identical files, so which one cannot be
-told), a save to msc:// by multi-storage-client's writer (or s3torch.msc's), a save to a
-local path by torch's FileSystemWriter (or another local writer); a checkpoint whose
-recorded path is not where it now lies was copied there (for example by s3torch cp)."""
+"written by" says only what can be told: files that end with save marks were written by
+s3torch (S3StorageWriter, or s3torch.msc's writer for msc://); otherwise a save to an s3://
+path was made by an S3 storage writer (s3torchconnector's, or s3torch's generic write loop),
+a save to msc:// by multi-storage-client's writer, a save to a local path by torch's
+FileSystemWriter (or another local writer); a checkpoint whose recorded path is not where it
+now lies was copied there (for example by s3torch cp). "save marks" counts the files that
+carry one (s3torch verify checks them)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,15 +41,21 @@ def writer_of(ckpt: Checkpoint) -> Dict[str, Any]:
     md = ckpt.metadata
     sm = getattr(md, "storage_meta", None)
     recorded = str(sm.checkpoint_id) if sm is not None and sm.checkpoint_id is not None else None
-    if recorded is None:
+    from ..dcp import _save_mark
+
+    marked = {i.relative_path for i in md.storage_data.values() if getattr(i, _save_mark.ATTR, None) is not None}
+    if marked:
+        said = "s3torch" + (
+            " (s3torch.msc's writer)" if (recorded or "").startswith("msc://") else " (S3StorageWriter)"
+        )
+    elif recorded is None:
         said = "not recorded (no storage_meta: a writer that does not set it, or torch older than 2.4)"
     elif recorded.startswith("s3://"):
         said = (
-            "an S3 storage writer (s3torch or s3torchconnector S3StorageWriter; their files are identical, "
-            "so which one cannot be told)"
+            "an S3 storage writer (s3torchconnector's S3StorageWriter, or s3torch's generic write loop: no save marks)"
         )
     elif recorded.startswith("msc://"):
-        said = "multi-storage-client's MultiStorageFileSystemWriter (or s3torch.msc's)"
+        said = "multi-storage-client's MultiStorageFileSystemWriter"
     elif "://" in recorded:
         said = f"a writer for {recorded.split('://', 1)[0]}:// paths"
     else:
@@ -58,6 +66,7 @@ def writer_of(ckpt: Checkpoint) -> Dict[str, Any]:
         "written_by": said,
         "written_to": recorded,
         "copied_since": copied,
+        "save_marks": len(marked),
         "save_id": getattr(sm, "save_id", None),
         "modules": list(getattr(sm, "modules", None) or []),
         "dcp_version": getattr(md, "version", None),
@@ -125,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if d["written_to"] is not None:
         print(f"written to   {d['written_to']}" + ("  (copied here since)" if d["copied_since"] else ""))
     print(f"save id      {d['save_id']}")
+    files = sum(1 for f in d["files"] if f["items"])
+    print(f"save marks   {d['save_marks']} of {files} files" + ("" if d["save_marks"] else " (not an s3torch save)"))
     if d["modules"]:
         print(f"modules      {', '.join(d['modules'])}")
     print(f"DCP version  {d['dcp_version']}")
