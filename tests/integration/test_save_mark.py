@@ -93,6 +93,29 @@ def test_a_file_replaced_by_another_writer_is_refused(seaweed, prefix: str, tmp_
     assert "__0_0.distcp: its save mark is missing where the .metadata says its records end" in str(ei.value)
 
 
+def test_marks_are_read_with_the_last_records_probe(seaweed, prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A whole load sends no request for the marks: each file's is read by the probe of its
+    last record (here small records, read whole, and large ones, probed head and tail)."""
+    from s3torch.dcp import _parallel_load
+
+    path = f"s3://{BUCKET}/{prefix}ck"
+    save(seaweed, path, model(5))
+    sent = []
+    real = _parallel_load.ParallelLoader._get_many
+
+    def counting(self, reqs, wheres):  # type: ignore[no-untyped-def]
+        sent.append(len(reqs))
+        return real(self, reqs, wheres)
+
+    monkeypatch.setattr(_parallel_load.ParallelLoader, "_get_many", counting)
+    out = load(seaweed, path)
+    assert all(torch.equal(out[k], v) for k, v in model(5).items())
+    with_marks = sum(sent)
+    sent.clear()
+    load(seaweed, path, verify_checksums=False)  # no marks expected
+    assert with_marks == sum(sent) > 0
+
+
 def test_a_copied_checkpoint_loads(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
     """The mark travels with the bytes: a copy made by any tool (here: GET and PUT, which
     gives every file a new ETag) loads and checks."""

@@ -2,8 +2,9 @@
 
 1. Probe: for every tensor record, the first and last few KiB (whole record when small) in
    one batch of concurrent ranged GETs; parse where the raw tensor bytes sit (_record.locate).
-   The same batch reads each file's save mark (_save_mark): a file another save wrote is
-   refused before anything is placed.
+   The same batch reads each file's save mark (_save_mark), with the probe of the file's last
+   record (no request of its own): a file another save wrote is refused before anything is
+   placed.
 2. Fetch: for each tensor whose destination (``planner.resolve_tensor``) is contiguous CPU
    memory of the stored dtype, a ranged GET of exactly its bytes lands *in the destination*.
    Every other destination (CUDA, non-contiguous, a permuted stored layout) is fed through
@@ -160,45 +161,56 @@ class ParallelLoader:
     # --- 1. probe ------------------------------------------------------------------------
     def _probe(self, items: List[_Item]) -> None:
         reqs: List[Tuple[str, int, int, Any]] = []
-        owners: List[Tuple[Any, str]] = []  # (item, part), or (key, "mark")
+        # (item, part, extra): the request reads ``extra`` bytes past the item's record, the
+        # save mark of its file, when the record is the file's last; or (key, "mark", 0).
+        owners: List[Tuple[Any, str, int]] = []
+        unread = dict(self.marks)  # marks no item's request reads
         for it in items:
+            pending = unread.get(it.key)
+            extra = len(pending[1]) if pending is not None and it.offset + it.length == pending[0] else 0
+            if extra:
+                del unread[it.key]
             if it.length <= SMALL_RECORD or it.req.type == LoadItemType.BYTE_IO:
-                buf = _crt.HostBuffer(it.length)
-                reqs.append((it.key, it.offset, it.length, buf))
-                owners.append((it, "whole"))
+                buf = _crt.HostBuffer(it.length + extra)
+                reqs.append((it.key, it.offset, it.length + extra, buf))
+                owners.append((it, "whole", extra))
             else:
-                h, t = _crt.HostBuffer(HEAD_BYTES), _crt.HostBuffer(TAIL_BYTES)
+                h, t = _crt.HostBuffer(HEAD_BYTES), _crt.HostBuffer(TAIL_BYTES + extra)
                 reqs.append((it.key, it.offset, HEAD_BYTES, h))
-                reqs.append((it.key, it.offset + it.length - TAIL_BYTES, TAIL_BYTES, t))
-                owners += [(it, "head"), (it, "tail")]
-        for key, (start, mark) in self.marks.items():
-            # Last, so that a failed read names an item. From the last byte of the last record:
-            # a file that ends there (no mark) answers that byte, where a range past its end
-            # would be an error that says "truncated".
+                reqs.append((it.key, it.offset + it.length - TAIL_BYTES, TAIL_BYTES + extra, t))
+                owners += [(it, "head", 0), (it, "tail", extra)]
+        for key, (start, mark) in unread.items():
+            # Files whose last record this load does not read (a resharded load reads part of
+            # a file). Last, so that a failed read names an item. From the last byte of the
+            # last record: a file that ends there (no mark) answers that byte, where a range
+            # past its end would be an error that says "truncated".
             lead = 1 if start > 0 else 0
             reqs.append((key, start - lead, len(mark) + lead, _crt.HostBuffer(len(mark) + lead)))
-            owners.append((key, "mark"))
-        wheres = [self._mark_where(o) if part == "mark" else self._where(o) for o, part in owners]
+            owners.append((key, "mark", 0))
+        wheres = [self._mark_where(o) if part == "mark" else self._where(o) for o, part, _ in owners]
         for i in range(0, len(reqs), BATCH):
             got = self._get_many(reqs[i : i + BATCH], wheres[i : i + BATCH])
-            for (it, part), (_, _, want, buf), n in zip(owners[i : i + BATCH], reqs[i : i + BATCH], got):
+            for (it, part, extra), (_, _, want, buf), n in zip(owners[i : i + BATCH], reqs[i : i + BATCH], got):
                 if part == "mark":
                     lead = 1 if self.marks[it][0] > 0 else 0
                     check_mark(self._mark_where(it), self.marks[it][1], bytes(memoryview(buf)[lead:n]))
                     continue
-                if n != want:
+                want -= extra  # the record's bytes; a file without its mark ends there
+                if n < want:
                     raise self._err(
                         it,
                         f"the file ends early: {n} of {want} bytes at offset {it.offset} (truncated checkpoint file?)",
                     )
-                mv = memoryview(buf)
+                if extra:
+                    check_mark(self._mark_where(it.key), self.marks[it.key][1], bytes(memoryview(buf)[want:n]))
+                mv = memoryview(buf)[:want]
                 if part == "whole":
                     it.head = it.tail = mv
                 elif part == "head":
                     it.head = mv
                 else:
                     it.tail = mv
-                self.bytes_read += n
+                self.bytes_read += want
         self.marks = {}  # checked
 
     def _mark_where(self, key: str) -> str:
