@@ -13,10 +13,7 @@ namespace s3torch {
 
 Chunk::~Chunk() {
     if (stream_ && stream_->foreign()) return;  // a fork()ed child: the ticket is the parent's CRT's
-    if (ticket_) {
-        aws_s3_buffer_ticket_release(ticket_);
-        stream_->client_->buffer_released();
-    }
+    if (ticket_) stream_->release_ticket(ticket_);
     if (stream_) stream_->release_bytes(size_);
 }
 
@@ -36,17 +33,19 @@ GetStream::~GetStream() {
     if (foreign()) return;  // a fork()ed child: the tickets belong to the parent's CRT
     // Chunks never handed out still hold tickets.
     for (auto &p : queue_)
-        if (p.ticket) {
-            aws_s3_buffer_ticket_release(p.ticket);
-            client_->buffer_released();
-        }
+        if (p.ticket) release_ticket(p.ticket);
+}
+
+void GetStream::release_ticket(aws_s3_buffer_ticket *ticket) {
+    aws_s3_buffer_ticket_release(ticket);
+    client_->buffer_released();  // after: the pool must outlive the release (Client::buffer_held)
 }
 
 int GetStream::on_body(const aws_byte_cursor &body, uint64_t range_start, void *ticket) {
     Pending p{nullptr, std::string(), body.ptr, body.len, range_start};
     if (ticket) {
         p.ticket = aws_s3_buffer_ticket_acquire(static_cast<aws_s3_buffer_ticket *>(ticket));
-        client_->buffer_held();  // released by the Chunk, or by our destructor if never handed out
+        client_->buffer_held();  // until release_ticket: by the Chunk, or by our destructor if never handed out
     } else {
         p.owned.assign(reinterpret_cast<const char *>(body.ptr), body.len);
     }

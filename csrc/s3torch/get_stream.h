@@ -63,6 +63,8 @@ class GetStream : public Transfer {
   private:
     friend class Chunk;
     void release_bytes(size_t n);
+    // Give a part buffer back to the CRT's pool, and its count to the client.
+    void release_ticket(aws_s3_buffer_ticket *ticket);
     struct Pending {
         aws_s3_buffer_ticket *ticket;
         std::string owned;

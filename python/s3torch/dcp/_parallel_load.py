@@ -161,9 +161,10 @@ class ParallelLoader:
     # --- 1. probe ------------------------------------------------------------------------
     def _probe(self, items: List[_Item]) -> None:
         reqs: List[Tuple[str, int, int, Any]] = []
-        # (item, part, extra): the request reads ``extra`` bytes past the item's record, the
-        # save mark of its file, when the record is the file's last; or (key, "mark", 0).
-        owners: List[Tuple[Any, str, int]] = []
+        # (item, part, mark_at) or (key, "mark", mark_at): where in the request's buffer the
+        # file's save mark starts (None: the request reads none). An item's request reads its
+        # file's mark too when its record is the file's last.
+        owners: List[Tuple[Any, str, Optional[int]]] = []
         unread = dict(self.marks)  # marks no item's request reads
         for it in items:
             pending = unread.get(it.key)
@@ -173,12 +174,12 @@ class ParallelLoader:
             if it.length <= SMALL_RECORD or it.req.type == LoadItemType.BYTE_IO:
                 buf = _crt.HostBuffer(it.length + extra)
                 reqs.append((it.key, it.offset, it.length + extra, buf))
-                owners.append((it, "whole", extra))
+                owners.append((it, "whole", it.length if extra else None))
             else:
                 h, t = _crt.HostBuffer(HEAD_BYTES), _crt.HostBuffer(TAIL_BYTES + extra)
                 reqs.append((it.key, it.offset, HEAD_BYTES, h))
                 reqs.append((it.key, it.offset + it.length - TAIL_BYTES, TAIL_BYTES + extra, t))
-                owners += [(it, "head", 0), (it, "tail", extra)]
+                owners += [(it, "head", None), (it, "tail", TAIL_BYTES if extra else None)]
         for key, (start, mark) in unread.items():
             # Files whose last record this load does not read (a resharded load reads part of
             # a file). Last, so that a failed read names an item. From the last byte of the
@@ -186,31 +187,30 @@ class ParallelLoader:
             # past its end would be an error that says "truncated".
             lead = 1 if start > 0 else 0
             reqs.append((key, start - lead, len(mark) + lead, _crt.HostBuffer(len(mark) + lead)))
-            owners.append((key, "mark", 0))
+            owners.append((key, "mark", lead))
         wheres = [self._mark_where(o) if part == "mark" else self._where(o) for o, part, _ in owners]
         for i in range(0, len(reqs), BATCH):
             got = self._get_many(reqs[i : i + BATCH], wheres[i : i + BATCH])
-            for (it, part, extra), (_, _, want, buf), n in zip(owners[i : i + BATCH], reqs[i : i + BATCH], got):
-                if part == "mark":
-                    lead = 1 if self.marks[it][0] > 0 else 0
-                    check_mark(self._mark_where(it), self.marks[it][1], bytes(memoryview(buf)[lead:n]))
-                    continue
-                want -= extra  # the record's bytes; a file without its mark ends there
-                if n < want:
+            for (owner, part, mark_at), (key, _, want, buf), n in zip(owners[i : i + BATCH], reqs[i : i + BATCH], got):
+                record = want if mark_at is None else mark_at  # a file without its mark ends there
+                if part != "mark" and n < record:
                     raise self._err(
-                        it,
-                        f"the file ends early: {n} of {want} bytes at offset {it.offset} (truncated checkpoint file?)",
+                        owner,
+                        f"the file ends early: {n} of {record} bytes at offset {owner.offset} "
+                        "(truncated checkpoint file?)",
                     )
-                if extra:
-                    check_mark(self._mark_where(it.key), self.marks[it.key][1], bytes(memoryview(buf)[want:n]))
-                mv = memoryview(buf)[:want]
+                if mark_at is not None:
+                    check_mark(self._mark_where(key), self.marks[key][1], bytes(memoryview(buf)[mark_at:n]))
+                if part == "mark":
+                    continue
+                mv = memoryview(buf)[:record]
                 if part == "whole":
-                    it.head = it.tail = mv
+                    owner.head = owner.tail = mv
                 elif part == "head":
-                    it.head = mv
+                    owner.head = mv
                 else:
-                    it.tail = mv
-                self.bytes_read += want
+                    owner.tail = mv
+                self.bytes_read += record
         self.marks = {}  # checked
 
     def _mark_where(self, key: str) -> str:

@@ -9,9 +9,9 @@ CRC32 matches its own bytes: the load silently mixes tensors of both saves.
 So s3torch's writer ends each ``.distcp`` file with a mark, ``MAGIC`` and the writing rank's
 save id (torch's per-``reset`` ``save_id``), right after the file's last record, and records
 the same id on every ``_StorageInfo`` of that file (attribute ``ATTR``), which the
-coordinator gathers into ``.metadata``. A load reads each file's mark (in the same batch as
-its first probes: no extra round trip) and refuses a file whose mark is not the one the
-metadata names. Records and offsets are torch's own, so every DCP reader still reads the
+coordinator gathers into ``.metadata``. A load reads each file's mark with the probe of the
+file's last record (no request of its own; _parallel_load) and refuses a file whose mark is
+not the one the metadata names. Records and offsets are torch's own, so every DCP reader still reads the
 files; a copy of the checkpoint (any tool) keeps the marks, unlike ETags.
 
 Files written without marks (torch's writer, s3torchconnector, s3torch's generic write loop)
