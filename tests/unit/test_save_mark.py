@@ -4,6 +4,8 @@ inconsistent ``.metadata`` gets, and how a file's bytes split into records and m
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import MetadataIndex
 
@@ -77,3 +79,35 @@ def test_a_writer_without_a_save_id_gets_a_fresh_one() -> None:
     assert a != b and len(a) == 36
     Writer.save_id = SID  # type: ignore[assignment]
     assert _save_mark.new_id(Writer()) == SID
+
+
+# Hostile input: a crafted .metadata chooses the ids, a crafted file the bytes after its records.
+_ids = st.one_of(st.none(), st.text(max_size=80), st.binary(max_size=80), st.integers(), st.floats())
+
+
+@settings(max_examples=200, deadline=None)
+@given(sids=st.lists(_ids, min_size=1, max_size=4), ends=st.lists(st.integers(0, 1 << 40), min_size=1, max_size=4))
+def test_expected_takes_any_metadata_values_without_surprise(sids: list, ends: list) -> None:
+    sd = {
+        MetadataIndex(f"t{i}"): info(f"__{i % 2}_0.distcp", end, 1, sid) for i, (sid, end) in enumerate(zip(sids, ends))
+    }
+    try:
+        marks = _save_mark.expected(sd)
+    except CheckpointCorruptError:
+        return
+    for path, (start, mark) in marks.items():
+        assert start == max(i.offset + i.length for i in sd.values() if i.relative_path == path)
+        assert _save_mark.split(b"records" + mark)[1] == mark[len(_save_mark.MAGIC) :].decode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(got=st.one_of(st.binary(max_size=120), st.binary(max_size=70).map(lambda b: _save_mark.MAGIC + b)))
+def test_check_and_split_take_any_file_bytes(got: bytes) -> None:
+    want = _save_mark.mark(SID)
+    try:
+        _save_mark.check("f", want, got)
+        assert got == want
+    except CheckpointCorruptError as e:
+        assert got != want and str(e).startswith("f: ")
+    records, sid = _save_mark.split(b"PK" + got)
+    assert (sid is None and records == b"PK" + got) or (b"PK" + got).startswith(records)
