@@ -28,6 +28,9 @@ namespace {
 
 using namespace s3torch;
 
+// Whole-object reads of an object replaced between their probe and their rest: how many tries.
+constexpr int kWholeAttempts = 3;
+
 std::optional<ByteRange> make_range(std::optional<uint64_t> offset, std::optional<uint64_t> length, size_t capacity) {
     if (!offset && !length) return std::nullopt;
     return ByteRange{offset.value_or(0), length ? *length : capacity};
@@ -47,30 +50,21 @@ class NativeClient {
     explicit NativeClient(ClientConfig config) : client_(Client::create(std::move(config))) {}
 
     std::unique_ptr<GetHandle> start_get_into(const std::string &bucket, const std::string &key, py::handle buffer,
-                                              std::optional<uint64_t> offset, std::optional<uint64_t> length) {
+                                              std::optional<uint64_t> offset, std::optional<uint64_t> length,
+                                              const std::string &if_match) {
         auto buf = HeldBuffer::acquire(buffer, true, {"GetObject", bucket, key});
         auto range = make_range(offset, length, buf->size());
         std::shared_ptr<GetInto> t;
         {
             py::gil_scoped_release nogil;
-            t = GetInto::start_get(client_, bucket, key, range, buf->data(), buf->size());
+            t = GetInto::start_get(client_, bucket, key, range, buf->data(), buf->size(), if_match);
         }
         return std::make_unique<GetHandle>(std::move(t), std::move(buf));
     }
 
     size_t get_into(const std::string &bucket, const std::string &key, py::handle buffer,
-                    std::optional<uint64_t> offset, std::optional<uint64_t> length) {
-        auto h = start_get_into(bucket, key, buffer, offset, length);
-        {
-            // This thread would only wait. If the buffer is fresh memory (a new allocation:
-            // torch.load's storages, a reader's buffer), it makes its pages resident while the
-            // GET lands, instead of the event-loop thread taking each page's fault as it
-            // copies the bytes in (prefault.h).
-            py::gil_scoped_release nogil;
-            GetHandle *g = h.get();
-            s3torch::populate_while(g->data(), g->size(), [g] { return !g->done(); });
-        }
-        return h->wait();
+                    std::optional<uint64_t> offset, std::optional<uint64_t> length, const std::string &if_match) {
+        return start_get_into(bucket, key, buffer, offset, length, if_match)->wait(/*populate=*/true);
     }
 
     // items: (key, offset or None, length or None, buffer). All start at once; returns bytes
@@ -85,7 +79,7 @@ class NativeClient {
                     throw_invalid("each item must be (key, offset, length, buffer)", {"GetObject", bucket, ""});
                 handles.push_back(start_get_into(bucket, tup[0].cast<std::string>(), tup[3],
                                                  tup[1].cast<std::optional<uint64_t>>(),
-                                                 tup[2].cast<std::optional<uint64_t>>()));
+                                                 tup[2].cast<std::optional<uint64_t>>(), std::string()));
             }
             std::vector<size_t> out;
             out.reserve(handles.size());
@@ -103,10 +97,14 @@ class NativeClient {
 
     // GET into a new bytes object (filled before Python ever sees it): one copy fewer than
     // GET into a buffer + bytes(buffer). `length` None: to the end of the object, whose size
-    // is `size_hint`, else learned by the core's whole-object GET (offset 0) or a HEAD.
+    // is `size_hint`, else learned by the core's whole-object GET (offset 0) or a HEAD. A hint
+    // the answer proves stale (a listing older than the object) is not trusted: the bytes to
+    // the object's real end are read again, from the version that answered. `if_match` (an
+    // ETag, or empty): fail with S3ObjectChangedError unless the object is that version.
     py::bytes get_bytes(const std::string &bucket, const std::string &key, uint64_t offset,
-                        std::optional<uint64_t> length, std::optional<uint64_t> size_hint) {
-        if (!length && !size_hint && offset == 0) return get_whole(bucket, key);
+                        std::optional<uint64_t> length, std::optional<uint64_t> size_hint,
+                        const std::string &if_match) {
+        if (!length && !size_hint && offset == 0) return get_whole(bucket, key, if_match);
         uint64_t n;
         if (length) {
             n = *length;
@@ -120,12 +118,18 @@ class NativeClient {
         std::shared_ptr<GetInto> t;
         {
             py::gil_scoped_release nogil;
-            t = GetInto::start_get(client_, bucket, key, ByteRange{offset, n}, dst, n);
+            t = GetInto::start_get(client_, bucket, key, ByteRange{offset, n}, dst, n, if_match);
             // Fresh memory, as in get_whole (prefault.h).
             s3torch::populate_while(dst, n, [&t] { return !t->done(); });
         }
         wait_transfer(*t);
         t->raise_if_failed();
+        if (!length) {  // to the end, of a size the hint (or a HEAD before the GET) gave
+            uint64_t size = t->object_size();
+            // Once: the length now comes from the answer, of the version it was (If-Match).
+            if (size != 0 && size != n + offset)
+                return get_bytes(bucket, key, offset, size > offset ? size - offset : 0, std::nullopt, t->etag());
+        }
         size_t got = t->bytes_received();
         if (got != n) {
             PyObject *obj = holder.release().ptr();
@@ -239,14 +243,27 @@ class NativeClient {
     std::shared_ptr<Client> client() const { return client_; }
 
   private:
-    // The whole object, size unknown (the core's WholeObjectGet): the probe's bytes, or a
-    // bytes object of the object's size that the rest is fetched straight into.
-    py::bytes get_whole(const std::string &bucket, const std::string &key) {
+    // The whole object, size unknown (the core's WholeObjectGet), all of one version. An object
+    // replaced between the probe and the rest is read again from its new version (nothing of it
+    // was returned yet), up to kWholeAttempts times; held to the caller's `if_match`, never.
+    py::bytes get_whole(const std::string &bucket, const std::string &key, const std::string &if_match) {
+        for (int attempt = 1;; ++attempt) {
+            try {
+                return get_whole_once(bucket, key, if_match);
+            } catch (const S3Error &e) {
+                if (e.kind != ErrorKind::ObjectChanged || !if_match.empty() || attempt >= kWholeAttempts) throw;
+            }
+        }
+    }
+
+    // One try: the probe's bytes, or a bytes object of the object's size that the rest is
+    // fetched straight into.
+    py::bytes get_whole_once(const std::string &bucket, const std::string &key, const std::string &if_match) {
         py::object holder;  // declared first: outlives `get`, which may still write into it
         std::unique_ptr<WholeObjectGet> get;
         {
             py::gil_scoped_release nogil;
-            get = std::make_unique<WholeObjectGet>(client_, bucket, key);
+            get = std::make_unique<WholeObjectGet>(client_, bucket, key, if_match);
         }
         wait_transfer(get->probe());
         uint64_t size = get->size();
@@ -322,14 +339,14 @@ void register_client(py::module_ &m) {
     py::class_<NativeClient>(m, "NativeClient")
         .def(py::init<ClientConfig>(), py::arg("config"))
         .def("get_into", &NativeClient::get_into, py::arg("bucket"), py::arg("key"), py::arg("buffer"),
-             py::arg("offset") = py::none(), py::arg("length") = py::none())
+             py::arg("offset") = py::none(), py::arg("length") = py::none(), py::arg("if_match") = "")
         .def("start_get_into", &NativeClient::start_get_into, py::arg("bucket"), py::arg("key"), py::arg("buffer"),
-             py::arg("offset") = py::none(), py::arg("length") = py::none())
+             py::arg("offset") = py::none(), py::arg("length") = py::none(), py::arg("if_match") = "")
         .def_static("wait_any", &wait_any, py::arg("handles"), py::arg("timeout") = py::none(),
                     "_crt.wait_any: the first of the GETs this client started to finish.")
         .def("get_into_many", &NativeClient::get_into_many, py::arg("bucket"), py::arg("items"))
         .def("get_bytes", &NativeClient::get_bytes, py::arg("bucket"), py::arg("key"), py::arg("offset") = 0,
-             py::arg("length") = py::none(), py::arg("size_hint") = py::none())
+             py::arg("length") = py::none(), py::arg("size_hint") = py::none(), py::arg("if_match") = "")
         .def("get_stream", &NativeClient::get_stream, py::arg("bucket"), py::arg("key"), py::arg("offset") = py::none(),
              py::arg("length") = py::none(), py::arg("read_ahead") = 0)
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),

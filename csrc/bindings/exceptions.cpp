@@ -6,7 +6,8 @@
 //   ├── S3TimeoutError               also TimeoutError
 //   ├── S3ConnectionError            also ConnectionError     (refused, reset, DNS, no route)
 //   ├── S3InvalidArgumentError       also ValueError          (bad config, range, buffer)
-//   └── S3CancelledError             the transfer was cancelled (abort, KeyboardInterrupt)
+//   ├── S3CancelledError             the transfer was cancelled (abort, KeyboardInterrupt)
+//   └── S3ObjectChangedError         the object was replaced while it was read (412 to If-Match)
 #include "bindings.h"
 
 #include "s3torch/errors.h"
@@ -26,6 +27,7 @@ PyObject *g_timeout = nullptr;
 PyObject *g_connection = nullptr;
 PyObject *g_invalid = nullptr;
 PyObject *g_cancelled = nullptr;
+PyObject *g_changed = nullptr;
 
 PyObject *make_class(py::module_ &m, const char *name, PyObject *builtin, const char *doc) {
     std::string qual = std::string("s3torch._crt.") + name;
@@ -46,6 +48,7 @@ void raise(const S3Error &e) {
         case ErrorKind::Connection: cls = g_connection; break;
         case ErrorKind::InvalidArgument: cls = g_invalid; break;
         case ErrorKind::Cancelled: cls = g_cancelled; break;
+        case ErrorKind::ObjectChanged: cls = g_changed; break;
         case ErrorKind::Generic: break;
     }
     py::object exc = py::reinterpret_steal<py::object>(PyObject_CallFunction(cls, "s", e.what()));
@@ -84,6 +87,9 @@ void register_exceptions(py::module_ &m) {
     g_invalid = make_class(m, "S3InvalidArgumentError", PyExc_ValueError,
                            "A bad argument or configuration, caught before or by the request.");
     g_cancelled = make_class(m, "S3CancelledError", nullptr, "The transfer was cancelled.");
+    g_changed = make_class(m, "S3ObjectChangedError", nullptr,
+                           "The object was replaced while it was being read (its ETag changed): what was read of "
+                           "it would mix two versions. Read it again.");
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);

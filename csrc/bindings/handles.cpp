@@ -102,7 +102,11 @@ GetHandle::~GetHandle() {
     }
 }
 
-size_t GetHandle::wait() {
+size_t GetHandle::wait(bool populate) {
+    if (populate) {
+        py::gil_scoped_release nogil;
+        s3torch::populate_while(data(), size(), [this] { return !t_->done(); });
+    }
     wait_transfer(*t_);
     t_->raise_if_failed();
     return t_->bytes_received();
@@ -206,7 +210,9 @@ void register_handles(py::module_ &m) {
     m.attr("KEPT_HOST_BLOCK_MIN") = s3torch::kBlockCacheMinBytes;
 
     py::class_<GetHandle>(m, "GetHandle")
-        .def("wait", &GetHandle::wait, "Block (GIL released) until done; returns the bytes received.")
+        .def("wait", &GetHandle::wait, py::arg("populate") = false,
+             "Block (GIL released) until done; returns the bytes received. populate=True: make the "
+             "destination's pages resident meanwhile (fresh memory; s3torch._crt.prefault).")
         .def("done", &GetHandle::done)
         .def("cancel", &GetHandle::cancel)
         .def_property_readonly("object_size", &GetHandle::object_size)

@@ -30,7 +30,11 @@ class GetHandle {
     GetHandle(std::shared_ptr<s3torch::GetInto> t, std::unique_ptr<HeldBuffer> buf)
         : t_(std::move(t)), buf_(std::move(buf)) {}
     ~GetHandle();
-    size_t wait();
+    // Block (GIL released, interruptible) until done; the bytes received. `populate`: this
+    // thread, which would only wait, makes the destination's pages resident meanwhile, ahead
+    // of the GET (fresh memory: torch.load's storages, a reader's buffer), instead of the
+    // event-loop thread taking each page's fault as it copies the bytes in (prefault.h).
+    size_t wait(bool populate = false);
     bool done() { return t_->done(); }
     void cancel() { t_->cancel(); }
     uint64_t object_size() { return t_->object_size(); }

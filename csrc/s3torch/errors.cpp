@@ -98,6 +98,10 @@ const char *hint_for(ErrorKind kind, const std::string &code) {
         case ErrorKind::Timeout:
             return "the endpoint did not answer in time; check the endpoint and network, or raise retry_timeout_s "
                    "(max_attempts when it is 0)";
+        case ErrorKind::ObjectChanged:
+            return "the object was replaced while it was being read: its ETag is no longer the one of the bytes "
+                   "read first, so they would mix two versions; read it again (from the start) once the writer "
+                   "is done";
         default: return nullptr;
     }
 }
@@ -189,6 +193,9 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
     if (code.empty() && crt_error == AWS_ERROR_S3_SLOW_DOWN) code = "SlowDown";
     if (code.empty() && crt_error == AWS_ERROR_S3_INTERNAL_ERROR && http_status == 500) code = "InternalError";
     ErrorKind kind = kind_for_s3(code, http_status);
+    // Only reads send If-Match (ours, or aws-c-s3's between the parts of one GET).
+    if (ctx.operation == "GetObject" && (http_status == 412 || code == "PreconditionFailed"))
+        kind = ErrorKind::ObjectChanged;
     // A copy whose object is missing: the source is (the destination is only written).
     bool missing_source = kind == ErrorKind::NotFound && !ctx.source_key.empty() && code != "NoSuchBucket";
     std::string msg = describe(ctx);

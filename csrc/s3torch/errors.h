@@ -22,6 +22,9 @@ enum class ErrorKind {
     Connection,       // no connection to the endpoint: refused, reset, closed, DNS, no route
     InvalidArgument,  // caught before a request was made (bad config, short buffer, ...)
     Cancelled,        // the caller cancelled (KeyboardInterrupt, abort)
+    // A GET whose If-Match (the caller's, or the CRT's own between the parts of one GET) no
+    // longer holds, 412: the object was replaced while it was being read.
+    ObjectChanged,
 };
 
 struct ErrorContext {

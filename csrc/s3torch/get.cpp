@@ -25,11 +25,11 @@ std::string too_small(uint64_t capacity, uint64_t object_size) {
 
 std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, const std::string &bucket,
                                             const std::string &key, std::optional<ByteRange> range, void *dest,
-                                            size_t capacity) {
+                                            size_t capacity, const std::string &if_match) {
     if (!range && capacity <= client->config().part_size) {
         // aws-c-s3 would discover the size with a partNumber=1 GET, whose error responses
         // some servers answer oddly; the ranged probe behaves the same everywhere.
-        auto t = start_probe(std::move(client), bucket, key, dest, capacity);
+        auto t = start_probe(std::move(client), bucket, key, dest, capacity, if_match);
         t->must_fit_ = capacity;
         return t;
     }
@@ -44,12 +44,13 @@ std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, cons
     }
     std::shared_ptr<GetInto> t(new GetInto(std::move(client), ctx));
     t->whole_ = !range;
-    t->launch(range, dest, range ? static_cast<size_t>(range->length) : capacity);
+    t->launch(range, dest, range ? static_cast<size_t>(range->length) : capacity, if_match);
     return t;
 }
 
 std::shared_ptr<GetInto> GetInto::start_probe(std::shared_ptr<Client> client, const std::string &bucket,
-                                              const std::string &key, void *dest, size_t capacity) {
+                                              const std::string &key, void *dest, size_t capacity,
+                                              const std::string &if_match) {
     ErrorContext ctx{"GetObject", bucket, key};
     require_names(ctx);
     std::shared_ptr<GetInto> t(new GetInto(std::move(client), ctx));
@@ -58,18 +59,18 @@ std::shared_ptr<GetInto> GetInto::start_probe(std::shared_ptr<Client> client, co
         dest = t->scratch_;
         capacity = 1;
     }
-    t->launch(ByteRange{0, capacity}, dest, capacity);
+    t->launch(ByteRange{0, capacity}, dest, capacity, if_match);
     return t;
 }
 
-void GetInto::launch(const std::optional<ByteRange> &range, void *dest, size_t capacity) {
+void GetInto::launch(const std::optional<ByteRange> &range, void *dest, size_t capacity, const std::string &if_match) {
     recv_.reset(new aws_byte_buf());
     recv_->buffer = static_cast<uint8_t *>(dest);
     recv_->capacity = capacity;
     recv_->len = 0;
     recv_->allocator = nullptr;
     // Not a streaming GET: open the read window fully (saturating) so every part may fly.
-    start_get_object(range, recv_.get(), UINT64_MAX);
+    start_get_object(range, recv_.get(), UINT64_MAX, if_match);
 }
 
 void GetInto::on_finished_locked() {
@@ -129,12 +130,13 @@ uint64_t GetInto::object_size_locked() const {
     return cl.empty() ? 0 : std::strtoull(cl.c_str(), nullptr, 10);
 }
 
-WholeObjectGet::WholeObjectGet(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key)
-    : client_(std::move(client)), bucket_(bucket), key_(key), scratch_(nullptr, &std::free) {
+WholeObjectGet::WholeObjectGet(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
+                               const std::string &if_match)
+    : client_(std::move(client)), bucket_(bucket), key_(key), if_match_(if_match), scratch_(nullptr, &std::free) {
     const uint64_t first = client_->config().part_size;
     scratch_.reset(static_cast<uint8_t *>(std::malloc(first)));
     if (!scratch_) throw std::bad_alloc();
-    probe_ = GetInto::start_probe(client_, bucket_, key_, scratch_.get(), first);
+    probe_ = GetInto::start_probe(client_, bucket_, key_, scratch_.get(), first, if_match_);
 }
 
 WholeObjectGet::~WholeObjectGet() {
@@ -153,12 +155,13 @@ size_t WholeObjectGet::first_size() { return probe_->bytes_received(); }
 Transfer &WholeObjectGet::start_rest(void *dest) {
     size_t got = first_size();
     uint64_t total = size();
+    if (if_match_.empty()) if_match_ = probe_->etag();
     std::memcpy(dest, scratch_.get(), got);
     scratch_.reset();
     probe_.reset();
     rest_len_ = total - got;
     rest_ = GetInto::start_get(client_, bucket_, key_, ByteRange{got, rest_len_}, static_cast<uint8_t *>(dest) + got,
-                               rest_len_);
+                               rest_len_, if_match_);
     return *rest_;
 }
 

@@ -18,16 +18,19 @@ class GetInto : public Transfer {
   public:
     // Start the GET. `dest` must stay valid and unaliased until done(); its size must hold the
     // range (or the whole object). Throws S3Error InvalidArgument for a bad range or buffer.
+    // `if_match` (an ETag, or empty): fail with ObjectChanged unless the object is still that
+    // version (Transfer::start_get_object).
     static std::shared_ptr<GetInto> start_get(std::shared_ptr<Client> client, const std::string &bucket,
                                               const std::string &key, std::optional<ByteRange> range, void *dest,
-                                              size_t capacity);
+                                              size_t capacity, const std::string &if_match = {});
     // The first `capacity` (> 0) bytes of the whole object, as one ranged GET: the probe of the
     // whole-object strategy (WholeObjectGet, and start_get of a buffer of at most a part).
     // Every non-empty object satisfies "bytes=0-", so a 416 answer means the object is empty:
     // the probe then succeeds with 0 bytes and object_size() 0. A larger object is no error
     // here; object_size() says how large.
     static std::shared_ptr<GetInto> start_probe(std::shared_ptr<Client> client, const std::string &bucket,
-                                                const std::string &key, void *dest, size_t capacity);
+                                                const std::string &key, void *dest, size_t capacity,
+                                                const std::string &if_match = {});
     // After a successful finish: bytes written at the start of dest. Throws InvalidArgument if
     // a whole-object GET found the object larger than the buffer.
     size_t bytes_received();
@@ -41,7 +44,7 @@ class GetInto : public Transfer {
 
   private:
     // Start the GET of `range` (else the whole object) into `capacity` bytes at `dest`.
-    void launch(const std::optional<ByteRange> &range, void *dest, size_t capacity);
+    void launch(const std::optional<ByteRange> &range, void *dest, size_t capacity, const std::string &if_match);
     std::unique_ptr<aws_byte_buf> recv_;
     size_t received_ = 0;  // mu_
     bool probe_ = false;   // a start_probe() GET: 416 means an empty object
@@ -62,10 +65,16 @@ class GetInto : public Transfer {
 // full size from the caller, the first part is copied there and the rest is fetched straight
 // into it. The caller waits on probe() and rest() (so it can release its own locks meanwhile).
 // Keep the memory given to start_rest() valid until this object is destroyed.
+//
+// Probe and rest are two GETs: the rest carries the probe's ETag (If-Match), so an object
+// replaced between them fails the rest with ObjectChanged instead of completing the probe's
+// bytes from another version. With no `if_match` of the caller's, nothing of the object has
+// been used yet and the caller may start over (the bindings' get_whole does, a few times).
 class WholeObjectGet {
   public:
-    // Starts the probe.
-    WholeObjectGet(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key);
+    // Starts the probe; `if_match` (an ETag, or empty) holds probe and rest to that version.
+    WholeObjectGet(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
+                   const std::string &if_match = {});
     ~WholeObjectGet();
     WholeObjectGet(const WholeObjectGet &) = delete;
     WholeObjectGet &operator=(const WholeObjectGet &) = delete;
@@ -85,6 +94,7 @@ class WholeObjectGet {
   private:
     std::shared_ptr<Client> client_;
     std::string bucket_, key_;
+    std::string if_match_;  // the caller's, else the probe's ETag once it answered
     std::unique_ptr<uint8_t, void (*)(void *)> scratch_;
     std::shared_ptr<GetInto> probe_, rest_;
     uint64_t rest_len_ = 0;

@@ -88,6 +88,16 @@ void add_range_header(Headers &headers, const ByteRange &range) {
                          "bytes=" + std::to_string(range.start) + "-" + std::to_string(range.start + range.length - 1));
 }
 
+std::string checked_etag(const std::string &etag, const ErrorContext &ctx) {
+    for (char c : etag)
+        if (c < 0x21 || c > 0x7e) throw_invalid("if_match is not an ETag (printable ASCII, no spaces)", ctx);
+    // A weak ETag (W/"..."), which S3 never sends but a proxy may: If-Match compares strongly,
+    // so it would fail every read. The version is then not held.
+    if (etag.compare(0, 2, "W/") == 0) return {};
+    if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') return etag;
+    return "\"" + etag + "\"";
+}
+
 aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers) {
     aws_http_message *msg = aws_http_message_new_request(aws_default_allocator());
     if (!msg) throw error_from_crt(aws_last_error(), {});

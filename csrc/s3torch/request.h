@@ -43,6 +43,12 @@ struct ByteRange {
 // "Range: bytes=a-b" for [start, start + length).
 void add_range_header(Headers &headers, const ByteRange &range);
 
+// `etag` as an If-Match value: quoted as S3 sends it (a bare value gets its quotes); empty for
+// a weak ETag (W/"..."), which no If-Match can match. Throws
+// InvalidArgument for anything but printable ASCII: an ETag comes from a server's answer or
+// a listing, and must never add a header line or bytes of its own to a request.
+std::string checked_etag(const std::string &etag, const ErrorContext &ctx);
+
 // A new request message (caller owns it). Adds Host; `headers` are added as given.
 aws_http_message *make_message(const char *method, const Address &addr, const Headers &headers = {});
 

@@ -157,10 +157,14 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
     }
 }
 
-void Transfer::start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer,
-                                uint64_t read_window) {
+void Transfer::start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer, uint64_t read_window,
+                                const std::string &if_match) {
     Headers headers;
     if (range) add_range_header(headers, *range);
+    if (!if_match.empty()) {
+        std::string value = checked_etag(if_match, ctx_);
+        if (!value.empty()) headers.emplace_back("If-Match", std::move(value));
+    }
     aws_s3_meta_request_options o;
     AWS_ZERO_STRUCT(o);
     o.type = AWS_S3_META_REQUEST_TYPE_GET_OBJECT;

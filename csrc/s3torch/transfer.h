@@ -73,7 +73,11 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
                const Headers &headers = {});
     // Start the GetObject meta request of ctx_ (`range`, else the whole object), writing into
     // `recv_buffer` if given (else through on_body), with a read window of `read_window` bytes.
-    void start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer, uint64_t read_window);
+    // `if_match` (an ETag, or empty): every request carries it, so an object replaced since
+    // fails with ObjectChanged (412) instead of answering from its new version. Without it
+    // the CRT still holds the parts of one GET to the ETag of its first (errors.h).
+    void start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer, uint64_t read_window,
+                          const std::string &if_match = {});
     // A new reference to the meta request (release it), or nullptr once finished.
     aws_s3_meta_request *acquire_meta_request();
     // Cancel the meta request, if still running (whoever asks: the caller, the never-answered

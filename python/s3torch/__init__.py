@@ -12,6 +12,7 @@ from ._crt import (
     S3Exception,
     S3InvalidArgumentError,
     S3NotFoundError,
+    S3ObjectChangedError,
     S3PermissionError,
     S3TimeoutError,
 )
@@ -58,5 +59,6 @@ __all__ = [
     "S3ConnectionError",
     "S3InvalidArgumentError",
     "S3CancelledError",
+    "S3ObjectChangedError",
     "parse_s3_uri",
 ]

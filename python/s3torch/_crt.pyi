@@ -24,6 +24,7 @@ class S3TimeoutError(S3Exception, TimeoutError): ...
 class S3ConnectionError(S3Exception, ConnectionError): ...
 class S3InvalidArgumentError(S3Exception, ValueError): ...
 class S3CancelledError(S3Exception): ...
+class S3ObjectChangedError(S3Exception): ...
 
 class ObjectInfo:
     @property
@@ -68,7 +69,7 @@ def kept_host_blocks() -> Tuple[int, int]: ...
 def drop_kept_host_blocks() -> None: ...
 
 class GetHandle:
-    def wait(self) -> int: ...
+    def wait(self, populate: bool = False) -> int: ...
     def done(self) -> bool: ...
     def cancel(self) -> None: ...
     @property
@@ -137,10 +138,22 @@ class ClientConfig:
 class NativeClient:
     def __init__(self, config: ClientConfig) -> None: ...
     def get_into(
-        self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None, length: Optional[int] = None
+        self,
+        bucket: str,
+        key: str,
+        buffer: Any,
+        offset: Optional[int] = None,
+        length: Optional[int] = None,
+        if_match: str = "",
     ) -> int: ...
     def start_get_into(
-        self, bucket: str, key: str, buffer: Any, offset: Optional[int] = None, length: Optional[int] = None
+        self,
+        bucket: str,
+        key: str,
+        buffer: Any,
+        offset: Optional[int] = None,
+        length: Optional[int] = None,
+        if_match: str = "",
     ) -> GetHandle: ...
     @staticmethod
     def wait_any(handles: Sequence[GetHandle], timeout: Optional[float] = None) -> Optional[int]: ...
@@ -148,7 +161,13 @@ class NativeClient:
         self, bucket: str, items: Sequence[Tuple[str, Optional[int], Optional[int], Any]]
     ) -> List[int]: ...
     def get_bytes(
-        self, bucket: str, key: str, offset: int = 0, length: Optional[int] = None, size_hint: Optional[int] = None
+        self,
+        bucket: str,
+        key: str,
+        offset: int = 0,
+        length: Optional[int] = None,
+        size_hint: Optional[int] = None,
+        if_match: str = "",
     ) -> bytes: ...
     def get_stream(
         self, bucket: str, key: str, offset: Optional[int] = None, length: Optional[int] = None, read_ahead: int = 0

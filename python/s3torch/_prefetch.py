@@ -22,6 +22,11 @@ answer and the rest is fetched into memory of the full size (as soon as it fits 
 one of the next ``POLL_AHEAD`` items, else when it is reached). The probe is sized from the
 objects the dataset fetched before, in any window (``ObjectSizes``): objects alike in size cost
 one GET each, whatever their size up to a part.
+
+Versions: an item is all of one version of its object. The rest of a large object is held to
+its probe's version (If-Match); an object replaced between the two, or since the listing that
+gave its size, is fetched again from a new probe (nothing of it was handed out yet), up to
+``FETCH_TRIES`` times in all.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ SIZE_SAMPLES = 64
 PROBE_QUANTILE = 0.9
 # How many of the next items the window checks for a finished probe of a large object.
 POLL_AHEAD = 4
+# Fetches of one item whose object another writer keeps replacing (module docstring).
+FETCH_TRIES = 3
 
 # (bucket, key, ObjectInfo from the listing or None)
 Entry = Tuple[str, str, Optional["_crt.ObjectInfo"]]
@@ -122,7 +129,7 @@ def _name_object(e: BaseException, bucket: str, key: str) -> BaseException:
 class _Slot:
     """One object of the window: its destination memory and the GET (or GETs) filling it."""
 
-    __slots__ = ("bucket", "key", "info", "cost", "buf", "handle", "probe", "size", "expect", "error")
+    __slots__ = ("bucket", "key", "info", "cost", "buf", "handle", "probe", "size", "expect", "error", "tries")
 
     def __init__(self, entry: Entry) -> None:
         self.bucket, self.key, self.info = entry
@@ -133,6 +140,7 @@ class _Slot:
         self.size = -1  # object size once known
         self.expect = 0  # bytes the handle's GET must bring
         self.error: Optional[BaseException] = None
+        self.tries = 1  # fetches of the object started (module docstring: versions)
 
     def cancel(self) -> None:
         if self.handle is not None:
@@ -220,6 +228,9 @@ class PrefetchWindow:
 
     def _launch(self, slot: _Slot) -> None:
         self._launched += 1
+        self._start(slot)
+
+    def _start(self, slot: _Slot) -> None:
         try:
             if slot.info is not None:
                 size = int(slot.info.size)
@@ -271,8 +282,10 @@ class PrefetchWindow:
             slot.expect = size - probe
             slot.probe = 0
             slot.buf = whole
-            try:
-                slot.handle = self._native.start_get_into(slot.bucket, slot.key, whole[probe:], probe, size - probe)
+            try:  # the rest, of the probe's version
+                slot.handle = self._native.start_get_into(
+                    slot.bucket, slot.key, whole[probe:], probe, size - probe, handle.etag
+                )
             except Exception as e2:
                 slot.error = _name_object(e2, slot.bucket, slot.key)
                 slot.handle, slot.buf = None, None
@@ -290,26 +303,50 @@ class PrefetchWindow:
         slot.handle = None
         slot.probe = 0
 
+    def _again(self, slot: _Slot) -> None:
+        """The slot's GETs met another version of its object than the one they began with (or
+        than its listing's): start over, from a new probe, with no size of the listing's."""
+        slot.release()
+        self._reserved -= slot.cost
+        slot.info, slot.cost, slot.probe, slot.size, slot.expect = None, 0, 0, -1, 0
+        slot.tries += 1
+        self._start(slot)
+
     def _take(self, slot: _Slot) -> S3Reader:
         """Wait for the head slot and turn it into a reader (or raise its error)."""
         if self._launched == 0:
             self._launch(slot)  # larger than the budget: it goes alone
-        if slot.probe and slot.handle is not None:
-            self._finish_probe(slot, must=True)
-        if slot.error is not None:
-            raise slot.error
-        if slot.handle is not None:
+        while True:
+            if slot.probe and slot.handle is not None:
+                self._finish_probe(slot, must=True)
+            if slot.error is not None:
+                raise slot.error
+            if slot.handle is None:
+                break
+            listed = slot.info is not None
             try:
                 got = slot.handle.wait()
+            except (_crt.S3ObjectChangedError, _crt.S3InvalidArgumentError) as e:
+                # Replaced between probe and rest; or larger than its listing said (the
+                # whole-object GET into memory of the listed size).
+                if slot.tries < FETCH_TRIES and (isinstance(e, _crt.S3ObjectChangedError) or listed):
+                    self._again(slot)
+                    continue
+                _name_object(e, slot.bucket, slot.key)
+                raise
             except Exception as e:
                 _name_object(e, slot.bucket, slot.key)
                 raise
-            slot.handle = None
             if got != slot.expect:
+                if listed and slot.tries < FETCH_TRIES:  # smaller than its listing said
+                    self._again(slot)
+                    continue
                 raise _crt.S3Exception(
                     f"GetObject {_uri(slot.bucket, slot.key)}: expected {slot.expect} bytes, got {got} "
-                    "(the object changed while it was listed and read?)"
+                    "(the object keeps changing while it is read?)"
                 )
+            slot.handle = None
+            break
         data = slot.buf if isinstance(slot.buf, memoryview) else memoryview(slot.buf)
         if len(data) != slot.size:
             data = data[: slot.size]

@@ -27,10 +27,27 @@ class ObjectVersions:
         if etag:
             self._first.setdefault(key, etag)
 
+    def first(self, key: str) -> str:
+        """The ETag of the load's first read of ``key`` ("" while none): what a GET of it that
+        cannot be checked after the fact (one returning bytes only) sends as If-Match."""
+        return self._first.get(key, "")
+
+    def refused(self, where: str, e: Exception) -> Exception:
+        """The error for a GET held to ``first`` that the server refused (412, ``e``)."""
+        return self._changed(
+            f"{where}: the object was replaced while this load read it (a GET held to the ETag of its first "
+            f"read was refused: {e}); what was read from it would mix two versions. Load again once the writer "
+            "is done"
+        )
+
     def check(self, key: str, where: str, handle: Any) -> None:
         """After ``handle`` (a finished GET of ``key``, which ``where`` names) succeeded: raise
         if it answered from another version than the load's first read of ``key``."""
-        etag = handle.etag
+        self.agree(key, where, handle.etag)
+
+    def agree(self, key: str, where: str, etag: str) -> None:
+        """A read of ``key`` for this load (this process's, or another rank's for it) answered
+        from version ``etag``: raise if that is not the load's first version of ``key``."""
         if not etag:
             return
         first = self._first.setdefault(key, etag)  # atomic: loads check from one thread, CRT callbacks never

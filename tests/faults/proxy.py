@@ -24,6 +24,9 @@ in the server's place or changes how the server's answer is relayed:
 - ``complete_error``: a 200 whose body is an S3 InternalError, as S3 answers a
   CompleteMultipartUpload that failed after its headers were sent; not forwarded, so the
   upload stays open on the server.
+- ``call``: the rule's ``call()`` runs (in a worker thread, the request held meanwhile), then
+  the request goes on unchanged: something the server sees between two requests of the
+  client, such as another writer replacing the object being read.
 
 :meth:`FaultProxy.outage` resets every open connection and closes the listening socket
 (new connections are refused) for N seconds, then listens again on the same port.
@@ -66,6 +69,7 @@ KINDS = (
     "complete_error",
     "corrupt",
     "corrupt_response",
+    "call",
 )
 HEADER_LIMIT = 64 * 1024
 COPY_BYTES = 256 * 1024
@@ -93,6 +97,7 @@ class Fault:
     status: int = 0  # of an "error" answer
     code: str = ""  # of an "error" answer
     range: Optional[str] = None
+    call: Optional[Callable[[], None]] = None  # of a "call" rule
     matched: int = 0  # requests that matched method, path and time window
     injected: int = 0  # requests that got the fault
     targets: List[str] = field(default_factory=list)  # "METHOD target" of each injected request
@@ -105,6 +110,8 @@ class Fault:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
         if self.kind == "error" and not (400 <= self.status < 600 and self.code):
             raise ValueError("an error fault needs a status (4xx or 5xx) and a code")
+        if (self.kind == "call") != (self.call is not None):
+            raise ValueError("a call fault, and only a call fault, needs a call")
         self._re = re.compile(self.path) if self.path else None
         self._range_re = re.compile(self.range) if self.range else None
 
@@ -450,6 +457,8 @@ class FaultProxy:
                     continue
                 if kind == "slow":
                     await asyncio.sleep(fault.delay if fault is not None else 0.0)
+                if kind == "call" and fault is not None and fault.call is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, fault.call)
                 if kind == "corrupt" and body:
                     flipped = bytearray(body)
                     flipped[len(body) // 2] ^= 0x01

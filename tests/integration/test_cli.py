@@ -23,6 +23,7 @@ from s3torch.cli import main
 from s3torch.dcp import S3StorageReader, S3StorageWriter
 from s3torch.dcp._record import HEAD_BYTES, TAIL_BYTES, locate
 from tests.conftest import BUCKET, make_client
+from tests.faults.proxy import Fault
 
 
 @pytest.fixture
@@ -99,6 +100,28 @@ def test_cp_up_and_down_is_byte_exact_and_loads(env, tmp_path, prefix, capsys) -
     assert cli(capsys, "cp", str(local), str(tmp_path / "x"))[0] == 2
     code, _, err = cli(capsys, "cp", f"s3://{BUCKET}/{prefix}nothing", str(tmp_path / "y"))
     assert code == 3 and "no DCP checkpoint" in err
+
+
+def test_cp_down_of_a_checkpoint_saved_again_meanwhile_fails(env, proxy, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A save to the checkpoint's prefix while it is copied down: its data file replaced after
+    the listing. Before, the copy completed with the new save's data file under the old save's
+    .metadata (a checkpoint no save wrote); now every GET is held to the listed version."""
+    sd = state()
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    dcp.save(sd, storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
+    client = make_client(env)
+    key = f"{prefix}ckpt/__0_0.distcp"
+    other = client.get_object(BUCKET, key).read()[::-1]  # same size, other bytes
+    resave = proxy.add(
+        Fault("call", method="GET", path=r"__0_0\.distcp", times=1, call=lambda: client.put(BUCKET, key, other))
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    down = tmp_path / "down"
+    code, _, err = cli(capsys, "cp", uri, str(down))
+    assert resave.injected == 1
+    assert code == 4, err
+    assert f"s3://{BUCKET}/{key}: replaced while it was copied" in err and "Copy again" in err
+    assert not [n for n in os.listdir(down) if n.startswith(".metadata")]  # nothing loadable, no partial one
 
 
 def test_cp_up_of_a_large_file_is_multipart_and_exact(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from s3torch._servers import REGION, free_port
 from s3torch.dcp import S3StorageReader, S3StorageWriter, _save_mark
 from s3torch.dcp._shared_reads import SharedRecord, plan_sharing
 from tests.conftest import BUCKET, make_client
+from tests.faults.proxy import Fault
 
 WORLD = 4
 
@@ -139,6 +140,44 @@ def test_a_failed_fetch_fails_every_rank(seaweed, prefix: str, tmp_path: Path) -
         err = res["replicated/True"].get("error", "")
         assert "ends early" in err, (r, res)
         assert res["replicated/True"]["s"] < 60, (r, res)
+
+
+def test_a_file_replaced_between_rounds_fails_every_rank(seaweed, proxy, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The checkpoint's file replaced (another save, the same layout) just before a rank fetches
+    a record of the second round for the others: every rank's own reads so far (its save-mark
+    GET) saw the first version. Every rank fails naming the replacement; before, the needers
+    checked the fetched record's CRC32 against the first version's and called the file corrupt."""
+    base = f"s3://{BUCKET}/{prefix}rep"
+    sd = _state_dict("replicated", fill=True)
+    kw = {"s3client_config": make_client(seaweed).s3client_config, "endpoint": seaweed.endpoint}
+    dcp.save(sd, storage_writer=S3StorageWriter(REGION, f"{base}/replicated", **kw))
+    dcp.save({k: v + 1 for k, v in sd.items()}, storage_writer=S3StorageWriter(REGION, f"{base}/other", **kw))
+    client = make_client(seaweed)
+    key = f"{prefix}rep/replicated/__0_0.distcp"
+    replacement = client.get_object(BUCKET, f"{prefix}rep/other/__0_0.distcp").read()
+    meta = pickle.loads(client.get_object(BUCKET, f"{prefix}rep/replicated/.metadata").read())
+    records = sorted({(i.relative_path, i.offset, i.length) for i in meta.storage_data.values()})
+    size, second = 0, None  # the first record of the second round, as plan_sharing cuts them
+    for rec in records:
+        if size and size + rec[2] > 300_000:
+            second = rec
+            break
+        size += rec[2]
+    assert second is not None
+    replace = proxy.add(
+        Fault(
+            "call",
+            method="GET",
+            range=rf"^bytes={second[1]}-",
+            times=1,
+            call=lambda: client.put(BUCKET, key, replacement),
+        )
+    )
+    ranks = _run(proxy, base, tmp_path, "fail")
+    assert replace.injected == 1
+    for r, res in enumerate(ranks):
+        err = res["replicated/True"].get("error", "")
+        assert "was replaced while this load read it" in err, (r, res)
 
 
 def test_plan_assigns_each_shared_record_to_one_of_its_readers() -> None:

@@ -56,6 +56,9 @@ def test_a_pickled_dataset_takes_what_it_learnt_along() -> None:
 # --- the window's order of GETs, through a stand-in for the native client ----------------------
 
 
+ETAG = '"v1"'  # every stand-in object's version
+
+
 class _Handle:
     """A GET that finished at once."""
 
@@ -74,6 +77,10 @@ class _Handle:
     def object_size(self) -> int:
         return self._size
 
+    @property
+    def etag(self) -> str:
+        return ETAG
+
     def cancel(self) -> None:
         pass
 
@@ -87,7 +94,9 @@ class _Native:
         self.objects = objects
         self.log: List[Tuple[str, str]] = []  # ("probe" or "rest", key), in the order started
 
-    def start_get_into(self, bucket: str, key: str, buf, offset: Optional[int] = None, length: Optional[int] = None):  # type: ignore[no-untyped-def]
+    def start_get_into(
+        self, bucket: str, key: str, buf, offset: Optional[int] = None, length: Optional[int] = None, if_match: str = ""
+    ):  # type: ignore[no-untyped-def]
         data, dst = self.objects[key], memoryview(buf).cast("B")
         if offset is None:
             assert len(dst) <= self.part_size
@@ -96,6 +105,7 @@ class _Native:
             dst[:n] = data[:n]
             return _Handle(n, len(data), len(data) > len(dst))
         assert length == len(dst)
+        assert if_match == ETAG  # the rest is held to the probe's version
         self.log.append(("rest", key))
         dst[:] = data[offset : offset + length]
         return _Handle(length, len(data), False)

@@ -47,7 +47,7 @@ class _Handle:
 
 class _Obj:
     def __init__(self, key: str, size: int, checksum: Tuple[str, str, str] = ("", "", "")) -> None:
-        self.key, self.size, self.etag = key, size, '"0123abcd"'
+        self.key, self.size, self.etag = key, size, '"1"'
         self.checksum_algorithm, self.checksum, self.checksum_type = checksum
 
 
@@ -92,7 +92,7 @@ class FakeNative:
         _write(buf, data)
         return _Handle(len(data), len(self.objects[key]))
 
-    def get_into(self, bucket: str, key: str, buf: Any, offset: int, length: int) -> int:
+    def get_into(self, bucket: str, key: str, buf: Any, offset: int, length: int, if_match: str = "") -> int:
         return self.start_get_into(bucket, key, buf, offset, length).wait()
 
     @staticmethod
@@ -110,7 +110,9 @@ class FakeNative:
     def object_part_sizes(self, bucket: str, key: str) -> List[int]:
         return list(self.parts.get(key, []))
 
-    def get_bytes(self, bucket: str, key: str, offset: int = 0, length: Any = None, size_hint: Any = None) -> bytes:
+    def get_bytes(
+        self, bucket: str, key: str, offset: int = 0, length: Any = None, size_hint: Any = None, if_match: str = ""
+    ) -> bytes:
         return self.objects[key][offset:]
 
     def list_objects(self, bucket: str, prefix: str, delimiter: str, max_keys: int, token: str) -> _Page:
@@ -261,6 +263,23 @@ def test_a_file_read_whole_is_checked_against_its_stored_crc(staged: bool) -> No
             f.get_tensors()
     native.flip = None
     assert all(_same(v, d[k]) for k, v in f.get_tensors().items())
+
+
+def test_a_stored_checksum_of_another_version_than_the_header_is_refused() -> None:
+    """The HEAD that gives the stored checksum runs beside the header's GET: an object replaced
+    between them would have its new version's checksum compared with the old version's bytes
+    (a checksum mismatch that calls the file corrupt)."""
+    from s3torch.safetensors import FileChangedError
+
+    class Replaced(FakeNative):
+        def head(self, bucket: str, key: str, for_read: bool = False, checksum: bool = False) -> _Obj:
+            obj = super().head(bucket, key, for_read, checksum)
+            obj.etag = '"2"'
+            return obj
+
+    native = Replaced({"m.safetensors": save(_model())})
+    with pytest.raises(FileChangedError, match=r'ETag "1" for its header, "2" for its stored checksum'):
+        safe_open("s3://b/m.safetensors", client=_Client(native))  # type: ignore[arg-type]
 
 
 def test_reads_of_a_part_and_unusable_checksums_are_not_checked() -> None:

@@ -29,3 +29,26 @@ def test_expected_versions_and_answers_without_an_etag() -> None:
     v.check("b", "b", Handle('"9"'))
     with pytest.raises(ValueError):
         v.check("a", "a", Handle('"2"'))
+
+
+def test_versions_another_process_read_are_held_like_ones_own() -> None:
+    """Shared reads: the ETag another rank's fetch answered with (agree) and this rank's own
+    answers are one rule, whichever came first."""
+    v = ObjectVersions(RuntimeError)
+    v.agree("a", "s3://b/a", '"1"')  # another rank fetched first
+    v.check("a", "s3://b/a", Handle('"1"'))
+    with pytest.raises(RuntimeError, match="replaced while this load read it"):
+        v.check("a", "s3://b/a", Handle('"2"'))
+    v.check("c", "s3://b/c", Handle('"5"'))  # this rank read first
+    with pytest.raises(RuntimeError, match=r'ETag "5" at its first read, "6" now'):
+        v.agree("c", "s3://b/c", '"6"')
+    v.agree("c", "s3://b/c", "")  # a fetch without an ETag holds nothing
+
+
+def test_the_first_version_is_what_a_later_get_is_held_to() -> None:
+    v = ObjectVersions(RuntimeError)
+    assert v.first("a") == ""
+    v.check("a", "s3://b/a", Handle('"1"'))
+    assert v.first("a") == '"1"'
+    err = v.refused("s3://b/a item x", Exception("HTTP 412"))
+    assert isinstance(err, RuntimeError) and "s3://b/a item x: the object was replaced" in str(err)

@@ -5,7 +5,9 @@ mmap of the file (``--jobs`` files at a time, each with its parts in flight), th
 ``.metadata`` files are PUT, so the copy on S3 is loadable only once complete. Down: every
 object lands by ranged GETs straight into an mmap of its (preallocated) file, a window of
 pieces in flight across files, and the ``.metadata`` files last. Bytes are copied as they
-are, so the copy is byte-identical.
+are, so the copy is byte-identical. Every piece of an object is held to the version the
+listing saw (If-Match its ETag): a checkpoint saved again while it is copied down fails the
+copy (exit 4) instead of leaving files that mix two saves.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ that SRC does not are left in place."""
 PIECE = 64 << 20  # download: bytes per ranged GET handed to the CRT (it splits them into parts)
 WINDOW = 16  # download: pieces in flight at once, across files
 CHUNK = 16 << 20  # upload: bytes per write() into a multipart upload
+PARTIAL = ".s3torch-partial"  # download: a .metadata's name until it is whole
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -149,7 +152,9 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     bucket, key = s3_uri(args.src)
     prefix = as_dir(key)
     src = f"s3://{bucket}/{prefix}"
-    files = {o.key[len(prefix) :]: o.size for o in list_all(client, bucket, prefix)}
+    listed = list(list_all(client, bucket, prefix))
+    files = {o.key[len(prefix) :]: o.size for o in listed}
+    etags = {o.key[len(prefix) :]: o.etag for o in listed}
     if METADATA not in files:
         raise CLIError(f"no DCP checkpoint at {src}: {src}{METADATA} does not exist", NOT_FOUND)
     dst = os.path.abspath(args.dst)
@@ -165,8 +170,17 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     data, meta = _ordered(files)
     total = sum(files.values())
     with progress_for("cp", f"{src} -> {dst}", total=total) as progress:
-        _get_files(client, bucket, prefix, paths, [(n, files[n]) for n in data], progress)
-        _get_files(client, bucket, prefix, paths, [(n, files[n]) for n in meta], progress)
+        try:
+            _get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in data], progress)
+            # Each .metadata under a name of its own until whole: a copy that fails there
+            # leaves none that a load would take for a checkpoint.
+            _get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in meta], progress, PARTIAL)
+        except _crt.S3ObjectChangedError as e:
+            raise CLIError(
+                f"s3://{bucket}/{e.key}: replaced while it was copied (something is saving to {src}); "
+                f"{dst} holds a partial copy, with no .metadata of this copy, so nothing loads it. "
+                "Copy again once the save is done"
+            ) from e
     print(f"copied {len(files)} files, {human(total)} ({total:,} bytes): {src} -> {dst}")
     return OK
 
@@ -176,21 +190,28 @@ def _get_files(
     bucket: str,
     prefix: str,
     paths: Dict[str, str],
-    files: List[Tuple[str, int]],
+    files: List[Tuple[str, int, str]],
     progress: Progress,
+    partial: str = "",
 ) -> None:
-    """Every file (at ``paths[name]``, checked by ``local_path``), by pieces of PIECE bytes,
-    WINDOW of them in flight, each GET writing straight into the file's memory map."""
+    """Every file (name, size, ETag as listed; at ``paths[name]``, checked by ``local_path``),
+    by pieces of PIECE bytes, WINDOW of them in flight, each GET writing straight into the
+    file's memory map and held to the listed version. With a ``partial`` suffix, each file is
+    written under its path plus that suffix and renamed once every file is whole (removed if
+    the copy fails)."""
     native = client._get_native()
     maps: List[Tuple[Any, Any, Any]] = []  # (file, mmap, memoryview), closed at the end
-    pieces: List[Tuple[str, int, int, int]] = []  # (key, offset, length, index in maps)
+    pieces: List[Tuple[str, int, int, int, str]] = []  # (key, offset, length, index in maps, ETag)
     # (handle, piece), oldest first. A handle holds its slice of the view (so the map stays
     # open) until the CRT is done with it; dropping the handle lets the slice go.
-    inflight: List[Tuple[Any, Tuple[str, int, int, int]]] = []
+    inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
+    written: List[str] = []  # under their partial names
+    done = False
     try:
-        for name, size in files:
-            path = paths[name]
+        for name, size, etag in files:
+            path = paths[name] + partial
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            written.append(path)
             f = open(path, "wb+")
             f.truncate(size)
             if size == 0:
@@ -198,15 +219,18 @@ def _get_files(
                 continue
             m = mmap.mmap(f.fileno(), size)
             maps.append((f, m, memoryview(m)))
-            pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1) for a in range(0, size, PIECE)]
+            pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1, etag) for a in range(0, size, PIECE)]
         for piece in pieces:
-            key, offset, length, i = piece
+            key, offset, length, i, etag = piece
             view = maps[i][2]
-            inflight.append((native.start_get_into(bucket, key, view[offset : offset + length], offset, length), piece))
+            inflight.append(
+                (native.start_get_into(bucket, key, view[offset : offset + length], offset, length, etag), piece)
+            )
             if len(inflight) >= WINDOW:
                 _finish(inflight.pop(0), progress)
         while inflight:
             _finish(inflight.pop(0), progress)
+        done = True
     except BaseException:
         for h, _ in inflight:
             h.cancel()
@@ -221,11 +245,22 @@ def _get_files(
             view.release()
             m.close()  # writes the pages back (MAP_SHARED) as the process ends at the latest
             f.close()
+        if partial:
+            for path in written:
+                if done:
+                    os.replace(path, path[: -len(partial)])
+                elif os.path.exists(path):
+                    os.remove(path)
 
 
-def _finish(entry: Tuple[Any, Tuple[str, int, int, int]], progress: Progress) -> None:
-    handle, (key, offset, length, _) = entry
-    got = handle.wait()
+def _finish(entry: Tuple[Any, Tuple[str, int, int, int, str]], progress: Progress) -> None:
+    handle, (key, offset, length, _, _) = entry
+    try:
+        got = handle.wait()
+    finally:
+        # A failed GET's handle holds a slice of the file's map: let it go here, not with the
+        # traceback, so the caller can close the map (else BufferError hides the error).
+        del entry, handle
     if got != length:
         raise _crt.S3Exception(
             f"{key}: expected {length} bytes at offset {offset}, got {got} (changed during the copy?)"

@@ -447,7 +447,12 @@ class ParallelLoader:
         if it.head is it.tail:
             record = bytes(it.head)
         else:
-            record = self.native.get_bytes(self.bucket, it.key, it.offset, it.length)
+            try:
+                record = self.native.get_bytes(
+                    self.bucket, it.key, it.offset, it.length, None, self.versions.first(it.key)
+                )
+            except _crt.S3ObjectChangedError as e:
+                raise self.versions.refused(self._where(it), e) from e
             if len(record) != it.length:
                 raise self._err(it, f"the file ends early: {len(record)} of {it.length} record bytes")
             self.bytes_read += len(record)

@@ -10,7 +10,10 @@ schedule in its plan's ``storage_data``.
 Loading (``SharedLoad.run``, on every rank, in ``read_data``), round by round:
 1. each rank fetches the records of the round assigned to it (ranged GETs, all in flight);
 2. all ranks exchange their status (``all_gather_object``): if any fetch failed, every rank
-   raises, with the fetching rank's error, before anything is sent;
+   raises, with the fetching rank's error, before anything is sent. The status carries the
+   ETag each fetch answered with: every rank holds the file to that version (``_versions``),
+   the fetches of other ranks as well as its own reads, so a file replaced during the load
+   cannot give one rank's records from one version and another's from the other;
 3. each record is broadcast by its fetcher in chunks of at most ``CHUNK`` bytes; the ranks
    that need it place its items from memory (CRC-checked like any other read), the others
    drop it. An error while placing is kept and raised after the last round, so no rank
@@ -31,6 +34,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 
 from .. import _crt
+from ._errors import CheckpointCorruptError
 from ._parallel_load import ParallelLoader
 
 DEFAULT_ROUND_BYTES = 256 << 20
@@ -135,7 +139,13 @@ class SharedLoad:
                 local.append(w)
         failure: Optional[BaseException] = None
         for rnd in self.schedule.rounds:
-            bufs = self._fetch(rnd, key_of)
+            bufs, versions = self._fetch(rnd, key_of)
+            if failure is None:
+                try:  # this rank's own reads of a file against the version its fetcher read
+                    for path, etag in versions.items():
+                        self.loader.versions.agree(key_of[path], f"{self.where}/{path}", etag)
+                except BaseException as e:  # raised after the last round, as below
+                    failure = e
             for s in rnd:
                 buf = self._broadcast(s, bufs.get(s.record))
                 if buf is None or failure is not None:
@@ -151,37 +161,62 @@ class SharedLoad:
             raise failure
         self.loader.load(local, planner)
 
-    def _fetch(self, rnd: Tuple[SharedRecord, ...], key_of: Dict[str, str]) -> Dict[Record, torch.Tensor]:
-        """Fetch this rank's records of the round; every rank learns whether all fetches worked."""
+    def _fetch(
+        self, rnd: Tuple[SharedRecord, ...], key_of: Dict[str, str]
+    ) -> Tuple[Dict[Record, torch.Tensor], Dict[str, str]]:
+        """Fetch this rank's records of the round; every rank learns whether all fetches worked,
+        and the version (ETag) of each file they read: returned by relative path."""
         bufs: Dict[Record, torch.Tensor] = {}
         error: Optional[str] = None
         own_error: Optional[BaseException] = None
+        mine: Dict[str, str] = {}  # relative path -> ETag of this rank's fetches
         todo = [s for s in rnd if s.fetcher == self.rank]
+        handles: List[Any] = []
         try:
-            if todo:
-                reqs = []
-                for s in todo:
-                    path, off, n = s.record
-                    bufs[s.record] = torch.empty(n, dtype=torch.uint8)
-                    reqs.append((key_of[path], off, n, bufs[s.record]))
-                got = self.loader.native.get_into_many(self.loader.bucket, reqs)
-                for s, n in zip(todo, got):
-                    if n != s.record[2]:
-                        raise SharedReadError(
-                            f"{self.where}/{s.record[0]}: the file ends early: {n} of {s.record[2]} bytes at offset "
-                            f"{s.record[1]} (truncated checkpoint file?)"
-                        )
-                    self.loader.bytes_read += n
+            for s in todo:  # all in flight at once
+                path, off, n = s.record
+                bufs[s.record] = torch.empty(n, dtype=torch.uint8)
+                handles.append(
+                    self.loader.native.start_get_into(self.loader.bucket, key_of[path], bufs[s.record], off, n)
+                )
+            for s, h in zip(todo, handles):
+                path, off, want = s.record
+                n = h.wait()
+                if n != want:
+                    raise SharedReadError(
+                        f"{self.where}/{path}: the file ends early: {n} of {want} bytes at offset {off} "
+                        "(truncated checkpoint file?)"
+                    )
+                # Against this rank's own reads so far; a mismatch fails every rank, below.
+                self.loader.versions.check(key_of[path], f"{self.where}/{path}", h)
+                if h.etag:
+                    mine.setdefault(path, h.etag)
+                self.loader.bytes_read += n
         except Exception as e:
             own_error, error = e, f"{type(e).__name__}: {e}"
+            for h in handles:
+                h.cancel()
+        finally:
+            handles.clear()  # dropping a handle waits until the CRT no longer writes into its buffer
         statuses: List[Any] = [None] * dist.get_world_size(self.group)
-        dist.all_gather_object(statuses, (self.rank, error), group=self.group)
-        for rank, err in statuses:
+        dist.all_gather_object(statuses, (self.rank, error, mine), group=self.group)
+        for rank, err, _ in statuses:
             if err is not None:
                 if rank == self.rank and own_error is not None:
                     raise own_error
                 raise SharedReadError(f"rank {rank} could not read checkpoint bytes this rank needs: {err}")
-        return bufs
+        # The fetchers' versions, alike on every rank, so every rank raises here or none does.
+        versions: Dict[str, Tuple[int, str]] = {}
+        for rank, _, theirs in statuses:
+            for path, etag in theirs.items():
+                first = versions.setdefault(path, (rank, etag))
+                if first[1] != etag:
+                    raise CheckpointCorruptError(
+                        f"{self.where}/{path}: the object was replaced while this load read it (rank {first[0]} "
+                        f"read ETag {first[1]}, rank {rank} ETag {etag}: something wrote to the same path "
+                        "meanwhile); its records would mix two versions. Load again once the writer is done"
+                    )
+        return bufs, {path: etag for path, (_, etag) in versions.items()}
 
     def _broadcast(self, s: SharedRecord, fetched: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Send (fetcher) or receive one record; returns its bytes where this rank needs them."""

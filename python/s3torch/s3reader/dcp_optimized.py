@@ -123,7 +123,8 @@ class DCPOptimizedS3Reader(S3Reader):
             g = self._groups[gi]
             self._group_buf = None  # drop the previous group before fetching the next
             host = _crt.HostBuffer(g.end - g.start)
-            got = self._native.get_into(self._bucket, self._key, host, g.start, g.end - g.start)
+            # Each group a GET of its own, all of the first one's version (s3reader.py).
+            got = self._get_into(memoryview(host), g.start, g.end - g.start)
             if got != g.end - g.start:
                 raise _crt.S3Exception(
                     f"GetObject {self.uri}: bytes [{g.start}, {g.end}) requested, {got} received: "

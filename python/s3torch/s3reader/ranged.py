@@ -1,6 +1,7 @@
 """Range-based reader: byte-range GETs on demand. Small reads are served from a buffer of
 ``buffer_size`` bytes filled from the read position; reads of at least ``buffer_size`` go
-straight into the caller's memory (``readinto``) or a new bytes object (``read``)."""
+straight into the caller's memory (``readinto``) or a new bytes object (``read``). Every GET
+after the first is held to the first's version (s3reader.py)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class RangedS3Reader(S3Reader):
     def _fill(self, pos: int) -> memoryview:
         n = min(self._buffer_size, self._size - pos)
         host = _crt.HostBuffer(n)
-        got = self._native.get_into(self._bucket, self._key, host, pos, n)
+        got = self._get_into(memoryview(host), pos, n)
         self._buf = memoryview(host)[:got]
         self._buf_start = pos
         return self._buf
@@ -51,7 +52,7 @@ class RangedS3Reader(S3Reader):
         if want == 0:
             return 0
         if want >= self._buffer_size:
-            got = self._native.get_into(self._bucket, self._key, dest[:want], self._pos, want)
+            got = self._get_into(dest[:want], self._pos, want)
             self._pos += got
             return got
         done = 0
@@ -68,20 +69,28 @@ class RangedS3Reader(S3Reader):
         return done
 
     def _read(self, size: Optional[int]) -> bytes:
+        return self._first_read(lambda: self._read_once(size))
+
+    def _read_once(self, size: Optional[int]) -> bytes:
         total = self._size
         n = max(0, total - self._pos) if size is None else min(size, max(0, total - self._pos))
         if n == 0:
             return b""
-        if n >= self._buffer_size:
-            data = self._native.get_bytes(self._bucket, self._key, self._pos, n)
+        if n >= self._buffer_size and self._pinned:
+            # Straight into the bytes object returned; the first GET goes through a buffer
+            # instead, as it must tell the version it pins.
+            data = self._native.get_bytes(self._bucket, self._key, self._pos, n, None, self._etag)
             self._pos += len(data)
             return data
         out = bytearray(n)
         got = self._copy_out(memoryview(out))
-        return bytes(out[:got])
+        return bytes(out) if got == n else bytes(memoryview(out)[:got])
 
     def _readinto(self, mv: memoryview) -> int:
-        return self._copy_out(mv)
+        return self._first_read(lambda: self._copy_out(mv))
+
+    def _forget_bytes(self) -> None:
+        self._buf = None
 
     def close(self) -> None:
         """Release the buffer; later reads raise ValueError."""

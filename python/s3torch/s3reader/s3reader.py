@@ -1,17 +1,27 @@
 """S3Reader: the read-only, seekable binary stream over one S3 object.
 
 Subclasses differ in how they fetch (the whole object at once, byte ranges on demand, or
-pre-planned DCP item ranges); position, argument checking and the io.BufferedIOBase surface
-live here once.
+pre-planned DCP item ranges); position, argument checking, the io.BufferedIOBase surface and
+the object's version live here once.
+
+One version per reader: a reader's GETs are requests of their own, and the object may be
+replaced between two of them. The first GET pins the version that answered (its ETag); every
+later GET carries it (If-Match), so a reader of a replaced object fails with
+``S3ObjectChangedError`` instead of serving bytes of two versions. A size the reader took from
+a listing or a HEAD older than the object, which its first GET proves stale, is replaced by
+the answering version's and that first read is made again (``_first_read``).
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
+from .. import _crt
 from .._checks import is_int
 from .._crt import ObjectInfo
+
+T = TypeVar("T")
 
 GetObjectInfo = Callable[[], ObjectInfo]
 
@@ -24,6 +34,11 @@ def _check_size(size: Optional[int]) -> Optional[int]:
     return None if size < 0 else size
 
 
+class _StaleSize(Exception):
+    """The reader's first GET answered from a version of another size than the one its read
+    was planned with (``_first_read`` makes the read again)."""
+
+
 class S3Reader(io.BufferedIOBase):
     """A read-only, seekable stream over ``s3://bucket/key``. Not thread-safe."""
 
@@ -34,6 +49,10 @@ class S3Reader(io.BufferedIOBase):
         self._get_object_info = get_object_info
         self._info: Optional[ObjectInfo] = None
         self._pos = 0
+        self._native: "_crt.NativeClient"  # set by each subclass
+        self._pinned = False  # a GET answered: its version is the reader's
+        self._etag = ""  # that version's ETag ("" when the server sends none)
+        self._known_size: Optional[int] = None  # that version's size
 
     # --- identity -------------------------------------------------------------------------
     @property
@@ -59,7 +78,50 @@ class S3Reader(io.BufferedIOBase):
 
     @property
     def _size(self) -> int:
+        if self._known_size is not None:
+            return self._known_size
         return int(self.get_object_info().size)
+
+    # --- one version of the object (module docstring) -------------------------------------
+    def _get_into(self, dest: memoryview, offset: int, length: int) -> int:
+        """GET ``length`` bytes at ``offset`` into ``dest`` (fresh memory: its pages are made
+        resident while the GET lands); returns the bytes received. Held to the reader's
+        version once it has one; the first GET pins it, and raises ``_StaleSize`` if the size
+        the read was planned with is not that version's."""
+        h = self._native.start_get_into(self._bucket, self._key, dest, offset, length, self._etag)
+        got = h.wait(populate=True)
+        self._answered(h.etag, h.object_size)
+        return got
+
+    def _answered(self, etag: str, size: int) -> None:
+        """A GET of this reader answered from the version ``etag`` of ``size`` bytes (0: not
+        said). The first one pins it."""
+        if self._pinned:
+            return
+        self._pinned = True
+        self._etag = etag
+        if size:
+            planned = self._info.size if self._info is not None else None
+            self._known_size = size
+            if planned is not None and int(planned) != size:
+                raise _StaleSize
+
+    def _first_read(self, read: Callable[[], T]) -> T:
+        """``read()``; made again, once, if the reader's first GET found the size it was
+        planned with stale (the object was replaced after its listing or HEAD, before this
+        reader read any of it)."""
+        if self._pinned:
+            return read()
+        pos = self._pos
+        try:
+            return read()
+        except _StaleSize:
+            self._pos = pos
+            self._forget_bytes()
+            return read()
+
+    def _forget_bytes(self) -> None:
+        """Drop whatever the reader holds of the object (a stale first read's)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uri} pos={self._pos}{' closed' if self.closed else ''}>"

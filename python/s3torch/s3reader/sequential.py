@@ -1,5 +1,6 @@
 """Sequential reader: the whole object, fetched once with parallel ranged GETs straight into
-one buffer, then served from memory."""
+one buffer, then served from memory. Large reads before that go straight into the caller's
+memory, each a GET held to the version of the reader's first (s3reader.py)."""
 
 from __future__ import annotations
 
@@ -29,25 +30,25 @@ class SequentialS3Reader(S3Reader):
         self._info = object_info
         self._data: Optional[memoryview] = None
 
+    def _whole(self) -> bytes:
+        """The whole object, of one version: the reader's, once a GET pinned it. A size hint
+        from a listing older than the object is checked by the core against its answer."""
+        hint = self._known_size if self._known_size is not None else self._info.size if self._info else None
+        whole = self._native.get_bytes(self._bucket, self._key, 0, None, hint, self._etag)
+        self._known_size = len(whole)
+        self._data = memoryview(whole)  # later reads and seeks are served from it
+        return whole
+
     def _load(self) -> memoryview:
         if self._data is None:
-            size = self._size
-            buf = _crt.HostBuffer(size)
-            got = self._native.get_into(self._bucket, self._key, buf) if size else 0
-            if got != size:
-                raise _crt.S3Exception(
-                    f"GetObject {self.uri}: expected {size} bytes, got {got} (object changed while reading?)"
-                )
-            self._data = memoryview(buf)
+            self._whole()
+        assert self._data is not None
         return self._data
 
     def _read(self, size: Optional[int]) -> bytes:
         if self._data is None and self._pos == 0 and size is None:
             # Whole object, first read: straight into the bytes object we return.
-            whole = self._native.get_bytes(
-                self._bucket, self._key, 0, None, self._info.size if self._info is not None else None
-            )
-            self._data = memoryview(whole)  # later reads and seeks are served from it
+            whole = self._whole()
             self._pos = len(whole)
             return whole
         data = self._load()
@@ -58,24 +59,28 @@ class SequentialS3Reader(S3Reader):
 
     def _readinto(self, mv: memoryview) -> int:
         if self._data is None and len(mv) >= DIRECT_READINTO_BYTES:
-            # A large read before anything is buffered: GET straight into the caller's memory
-            # (no buffer of our own, no copy). The object is buffered only if reads go on.
-            if self._info is not None and self._pos >= self._info.size:
-                return 0
-            try:
-                got = self._native.get_into(self._bucket, self._key, mv, self._pos, len(mv))
-            except _crt.S3Exception as e:
-                if e.http_status == 416:  # at or past the end of the object
-                    return 0
-                raise
-            self._pos += got
-            return got
+            return self._first_read(lambda: self._direct_readinto(mv))
         data = self._load()
         start = min(self._pos, len(data))
         n = min(len(mv), len(data) - start)
         mv[:n] = data[start : start + n]
         self._pos += n
         return n
+
+    def _direct_readinto(self, mv: memoryview) -> int:
+        # A large read before anything is buffered: GET straight into the caller's memory
+        # (no buffer of our own, no copy). The object is buffered only if reads go on.
+        size = self._known_size if self._known_size is not None else self._info.size if self._info else None
+        if size is not None and self._pos >= size:
+            return 0
+        try:
+            got = self._get_into(mv, self._pos, len(mv))
+        except _crt.S3Exception as e:
+            if e.http_status == 416:  # at or past the end of the object
+                return 0
+            raise
+        self._pos += got
+        return got
 
     def close(self) -> None:
         """Release the object's bytes; later reads raise ValueError."""

@@ -53,13 +53,16 @@ _CARRIED = ("code", "s3_message", "http_status", "request_id", "crt_error", "ope
 def read_error(where: str, e: "_crt.S3Exception") -> "_crt.S3Exception":
     """The error for a failed GET of ``where`` ("s3://bucket/key" or "... tensor NAME"):
     access, timeout and cancellation errors as they are; a missing object is a
-    MissingShardError; a range past its end a TruncatedFileError; anything else a
+    MissingShardError; a range past its end a TruncatedFileError; a GET held to the version
+    read first that found another (412) a FileChangedError; anything else a
     SafetensorsReadError."""
     if isinstance(e, (_crt.S3PermissionError, _crt.S3TimeoutError, _crt.S3CancelledError)):
         return e
     status = getattr(e, "http_status", None)
-    if isinstance(e, _crt.S3NotFoundError) and status != 416:
-        out: _crt.S3Exception = MissingShardError(f"{where}: no such object: {e}")
+    if isinstance(e, _crt.S3ObjectChangedError):
+        out: _crt.S3Exception = FileChangedError(f"{where}: the object was replaced while this load read it: {e}")
+    elif isinstance(e, _crt.S3NotFoundError) and status != 416:
+        out = MissingShardError(f"{where}: no such object: {e}")
     elif status == 416:
         return TruncatedFileError(f"{where}: the object is shorter than its header says (truncated?): {e}")
     else:

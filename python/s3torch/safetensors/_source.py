@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _crt
-from ._errors import HeaderError, MissingShardError, TruncatedFileError, read_error
+from ._errors import FileChangedError, HeaderError, MissingShardError, TruncatedFileError, read_error
 from ._header import MAX_HEADER, PREFIX, Header, TensorInfo, header_length, parse_header
 from ._verify import Stored, stored_checksum, with_part_sizes
 
@@ -96,7 +96,7 @@ def _get_headers(
             else:  # a long header: the rest of it, now that its length is checked
                 rest = bytearray(PREFIX + n - got)
                 try:
-                    more = native.get_into(bucket, key, rest, got, len(rest))
+                    more = native.get_into(bucket, key, rest, got, len(rest), h.etag)  # the same version
                 except _crt.S3Exception as e:
                     raise read_error(where, e) from e
                 if more != len(rest):
@@ -105,9 +105,16 @@ def _get_headers(
             f = ShardFile(bucket, key, size, parse_header(raw, where, size), etag=h.etag)
             if key in heads:
                 try:
-                    f.stored = heads[key].result()
+                    f.stored, stored_etag = heads[key].result()
                 except _crt.S3Exception as e:
                     raise _named(read_error(where, e), why.get(key)) from e
+                if stored_etag and h.etag and stored_etag != h.etag:
+                    # The HEAD answered from another version than the header's GET: its
+                    # checksum is not of the bytes this load reads.
+                    raise FileChangedError(
+                        f"{where}: the object was replaced while this load read it (ETag {h.etag} for its "
+                        f"header, {stored_etag} for its stored checksum). Load again once the writer is done"
+                    )
                 if f.stored.algorithm:
                     f.head = bytes(first[:PREFIX]) + raw
             out.append(f)
@@ -120,19 +127,20 @@ def _get_headers(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _stored(native: "_crt.NativeClient", bucket: str, key: str) -> Stored:
-    """The object's stored checksum (a HEAD in checksum mode); for a composite one, with the
-    part sizes it needs (GetObjectAttributes: when those cannot be listed, e.g. without
-    s3:GetObjectAttributes, the file is read unchecked and the outcome says why)."""
+def _stored(native: "_crt.NativeClient", bucket: str, key: str) -> Tuple[Stored, str]:
+    """The object's stored checksum (a HEAD in checksum mode), and the ETag of the version it
+    is of; for a composite one, with the part sizes it needs (GetObjectAttributes: when those
+    cannot be listed, e.g. without s3:GetObjectAttributes, the file is read unchecked and the
+    outcome says why)."""
     info = native.head(bucket, key, False, True)
     stored = stored_checksum(info)
     if stored.parts:
         try:
             sizes = native.object_part_sizes(bucket, key)
         except _crt.S3Exception as e:
-            return Stored(why_not=f"its composite {stored.algorithm} needs the part sizes, not listed: {e}")
+            return Stored(why_not=f"its composite {stored.algorithm} needs the part sizes, not listed: {e}"), info.etag
         stored = with_part_sizes(stored, sizes, info.size)
-    return stored
+    return stored, info.etag
 
 
 def _named(e: "_crt.S3Exception", why: Optional[str]) -> "_crt.S3Exception":
@@ -145,10 +153,12 @@ def _read_index(native: "_crt.NativeClient", bucket: str, key: str) -> Tuple[Dic
     """The index's weight_map (tensor -> shard key) and its metadata, validated."""
     where = f"s3://{bucket}/{key}"
     try:
-        size = native.head(bucket, key).size
+        info = native.head(bucket, key)
+        size = info.size
         if size > MAX_INDEX:
             raise HeaderError(f"{where}: an index of {size} bytes exceeds the {MAX_INDEX}-byte bound")
-        raw = native.get_bytes(bucket, key, 0, None, size)
+        # The version the HEAD measured (so the bound holds): a replaced index fails the GET.
+        raw = native.get_bytes(bucket, key, 0, None, size, info.etag)
     except _crt.S3NotFoundError as e:
         raise MissingShardError(f"{where}: no such index: {e}") from e
     except HeaderError:
