@@ -273,6 +273,23 @@ class FaultProxy:
             self._faults.append(fault)
         return fault
 
+    def replace_before_get(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        range: Optional[str] = None,
+        path: Optional[str] = None,
+    ) -> Fault:
+        """The first GET matching ``range`` / ``path`` reaches the server only once ``key`` was
+        replaced by ``data`` (``client.put``, straight to the server): another writer between
+        two of a reader's GETs. A "call" rule; its ``injected`` says whether it happened."""
+        return self.add(
+            Fault("call", method="GET", range=range, path=path, times=1, call=lambda: client.put(bucket, key, data))
+        )
+
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()

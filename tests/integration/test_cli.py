@@ -23,7 +23,6 @@ from s3torch.cli import main
 from s3torch.dcp import S3StorageReader, S3StorageWriter
 from s3torch.dcp._record import HEAD_BYTES, TAIL_BYTES, locate
 from tests.conftest import BUCKET, make_client
-from tests.faults.proxy import Fault
 
 
 @pytest.fixture
@@ -112,9 +111,7 @@ def test_cp_down_of_a_checkpoint_saved_again_meanwhile_fails(env, proxy, tmp_pat
     client = make_client(env)
     key = f"{prefix}ckpt/__0_0.distcp"
     other = client.get_object(BUCKET, key).read()[::-1]  # same size, other bytes
-    resave = proxy.add(
-        Fault("call", method="GET", path=r"__0_0\.distcp", times=1, call=lambda: client.put(BUCKET, key, other))
-    )
+    resave = proxy.replace_before_get(client, BUCKET, key, other, path=r"__0_0\.distcp")
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     down = tmp_path / "down"
     code, _, err = cli(capsys, "cp", uri, str(down))

@@ -22,7 +22,6 @@ from s3torch._servers import REGION
 from s3torch.dcp import CheckpointCorruptError, S3StorageReader, S3StorageWriter, _parallel_load
 from s3torch.safetensors import FileChangedError, safe_open, save
 from tests.conftest import BUCKET, make_client
-from tests.faults.proxy import Fault
 
 MiB = 1 << 20
 PART = 8 * MiB  # S3ClientConfig's default part_size: a whole-object read's probe
@@ -92,9 +91,7 @@ def test_a_whole_read_starts_over_when_the_object_is_replaced_after_its_probe(se
     old, new = versions(PART + 3 * MiB)
     direct = make_client(seaweed)
     direct.put(BUCKET, key, old)
-    replace = proxy.add(
-        Fault("call", method="GET", range=rf"^bytes={PART}-", times=1, call=lambda: direct.put(BUCKET, key, new))
-    )
+    replace = proxy.replace_before_get(direct, BUCKET, key, new, range=rf"^bytes={PART}-")
     client = make_client(proxy)
     got = client.get_object(BUCKET, key).read()
     assert replace.injected == 1
@@ -180,15 +177,7 @@ def test_a_prefetched_item_is_all_of_one_version(seaweed, proxy, prefix: str) ->
     old, new = versions(3 * MiB)
     direct = make_client(seaweed)
     direct.put(BUCKET, key, old)
-    replace = proxy.add(
-        Fault(
-            "call",
-            method="GET",
-            range=rf"^bytes={INITIAL_PROBE_BYTES}-",
-            times=1,
-            call=lambda: direct.put(BUCKET, key, new),
-        )
-    )
+    replace = proxy.replace_before_get(direct, BUCKET, key, new, range=rf"^bytes={INITIAL_PROBE_BYTES}-")
     ds = S3IterableDataset.from_objects(
         [f"s3://{BUCKET}/{key}"],
         region=REGION,
@@ -234,15 +223,7 @@ def test_a_safetensors_header_read_in_two_gets_is_of_one_version(seaweed, proxy,
     meta = {"note": "x" * (HEAD_GUESS + 1000)}
     direct.put(BUCKET, key, save(model(1), meta))
     replacement = save(model(2), {"note": "y" * (HEAD_GUESS + 1000)})
-    replace = proxy.add(
-        Fault(
-            "call",
-            method="GET",
-            range=rf"^bytes={HEAD_GUESS}-",
-            times=1,
-            call=lambda: direct.put(BUCKET, key, replacement),
-        )
-    )
+    replace = proxy.replace_before_get(direct, BUCKET, key, replacement, range=rf"^bytes={HEAD_GUESS}-")
     with pytest.raises(
         FileChangedError, match=rf"s3://{BUCKET}/{key}: the object was replaced while this load read it"
     ):

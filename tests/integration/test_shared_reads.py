@@ -20,7 +20,6 @@ from s3torch._servers import REGION, free_port
 from s3torch.dcp import S3StorageReader, S3StorageWriter, _save_mark
 from s3torch.dcp._shared_reads import SharedRecord, plan_sharing
 from tests.conftest import BUCKET, make_client
-from tests.faults.proxy import Fault
 
 WORLD = 4
 
@@ -164,15 +163,7 @@ def test_a_file_replaced_between_rounds_fails_every_rank(seaweed, proxy, prefix:
             break
         size += rec[2]
     assert second is not None
-    replace = proxy.add(
-        Fault(
-            "call",
-            method="GET",
-            range=rf"^bytes={second[1]}-",
-            times=1,
-            call=lambda: client.put(BUCKET, key, replacement),
-        )
-    )
+    replace = proxy.replace_before_get(client, BUCKET, key, replacement, range=rf"^bytes={second[1]}-")
     ranks = _run(proxy, base, tmp_path, "fail")
     assert replace.injected == 1
     for r, res in enumerate(ranks):

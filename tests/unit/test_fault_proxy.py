@@ -106,6 +106,18 @@ def test_slow_first_byte_and_time_window(proxy: FaultProxy) -> None:
     assert _request(proxy)[0] == 200
 
 
+def test_a_call_runs_before_its_request_goes_on(proxy: FaultProxy) -> None:
+    seen: List[int] = []
+    rule = proxy.add(Fault("call", path="/b/k", times=1, call=lambda: seen.append(proxy.requests)))
+    assert _request(proxy) == (200, BODY)  # the request itself unchanged
+    assert _request(proxy) == (200, BODY)
+    assert seen == [1] and rule.injected == 1  # once, while the first request was held
+    with pytest.raises(ValueError, match="a call fault, and only a call fault, needs a call"):
+        Fault("call")
+    with pytest.raises(ValueError, match="needs a call"):
+        Fault("slow", call=lambda: None)
+
+
 def test_outage_resets_open_connections_refuses_new_ones_then_ends(proxy: FaultProxy) -> None:
     c = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
     c.request("GET", "/b/k")

@@ -142,6 +142,9 @@ class DCPOptimizedS3Reader(S3Reader):
         return max(0, self._items[i].end - pos) if i >= 0 else 0
 
     def _read(self, size: Optional[int]) -> bytes:
+        return self._first_read(lambda: self._read_once(size))
+
+    def _read_once(self, size: Optional[int]) -> bytes:
         if size is None:
             raise ValueError(
                 f"{self.uri}: read() of a whole file is not supported by the DCP-optimized reader. {GUIDANCE}"
@@ -154,6 +157,13 @@ class DCPOptimizedS3Reader(S3Reader):
         return bytes(view)
 
     def _readinto(self, mv: memoryview) -> int:
+        return self._first_read(lambda: self._readinto_once(mv))
+
+    def _forget_bytes(self) -> None:
+        self._group_buf = None
+        self._cur_group = -1
+
+    def _readinto_once(self, mv: memoryview) -> int:
         if len(mv) == 0:
             return 0
         n = min(len(mv), self._remaining_in_item(self._pos))
