@@ -141,7 +141,7 @@ class NativeClient {
 
     std::unique_ptr<StreamHandle> get_stream(const std::string &bucket, const std::string &key,
                                              std::optional<uint64_t> offset, std::optional<uint64_t> length,
-                                             uint64_t read_ahead) {
+                                             uint64_t read_ahead, const std::string &if_match) {
         if (length && !offset) offset = 0;
         std::optional<ByteRange> range;
         if (offset) {
@@ -149,7 +149,8 @@ class NativeClient {
             range = ByteRange{*offset, *length};
         }
         py::gil_scoped_release nogil;
-        return std::make_unique<StreamHandle>(GetStream::start_stream(client_, bucket, key, range, read_ahead));
+        return std::make_unique<StreamHandle>(
+            GetStream::start_stream(client_, bucket, key, range, read_ahead, if_match));
     }
 
     std::string put(const std::string &bucket, const std::string &key, py::handle data,
@@ -348,7 +349,7 @@ void register_client(py::module_ &m) {
         .def("get_bytes", &NativeClient::get_bytes, py::arg("bucket"), py::arg("key"), py::arg("offset") = 0,
              py::arg("length") = py::none(), py::arg("size_hint") = py::none(), py::arg("if_match") = "")
         .def("get_stream", &NativeClient::get_stream, py::arg("bucket"), py::arg("key"), py::arg("offset") = py::none(),
-             py::arg("length") = py::none(), py::arg("read_ahead") = 0)
+             py::arg("length") = py::none(), py::arg("read_ahead") = 0, py::arg("if_match") = "")
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),
              py::arg("storage_class") = "")
         .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "")

@@ -232,6 +232,7 @@ void register_handles(py::module_ &m) {
         .def("next_chunk", &StreamHandle::next_chunk,
              "The next chunk (a read-only buffer over CRT memory) or None at the end.")
         .def_property_readonly("buffered_bytes", &StreamHandle::buffered_bytes)
+        .def_property_readonly("etag", &StreamHandle::etag)
         .def("close", &StreamHandle::close);
 
     py::class_<UploadHandle>(m, "Upload")

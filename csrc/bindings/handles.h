@@ -72,6 +72,9 @@ class StreamHandle {
     // Next chunk, or None at the end of the object.
     std::optional<StreamChunk> next_chunk();
     uint64_t buffered_bytes() { return s_ ? s_->buffered_bytes() : 0; }
+    // The ETag of the version being streamed, once its first answer came ("" before, after
+    // close(), or when the server sends none).
+    std::string etag() { return s_ ? s_->header("etag") : std::string(); }
     void close();
 
   private:

@@ -19,13 +19,13 @@ Chunk::~Chunk() {
 
 std::shared_ptr<GetStream> GetStream::start_stream(std::shared_ptr<Client> client, const std::string &bucket,
                                                    const std::string &key, std::optional<ByteRange> range,
-                                                   uint64_t read_ahead) {
+                                                   uint64_t read_ahead, const std::string &if_match) {
     ErrorContext ctx{"GetObject", bucket, key};
     require_names(ctx);
     if (range && range->length == 0) throw_invalid("range length must be > 0", ctx);
     if (read_ahead == 0) read_ahead = client->config().stream_read_ahead_bytes;
     std::shared_ptr<GetStream> t(new GetStream(client, ctx));
-    t->start_get_object(range, nullptr, read_ahead);
+    t->start_get_object(range, nullptr, read_ahead, if_match);
     return t;
 }
 

@@ -45,9 +45,10 @@ class Chunk {
 
 class GetStream : public Transfer {
   public:
+    // `if_match` (an ETag, or empty): fail with ObjectChanged unless the object is that version.
     static std::shared_ptr<GetStream> start_stream(std::shared_ptr<Client> client, const std::string &bucket,
                                                    const std::string &key, std::optional<ByteRange> range,
-                                                   uint64_t read_ahead);
+                                                   uint64_t read_ahead, const std::string &if_match = {});
     ~GetStream() override;
 
     // Next chunk in object order; nullptr at the end. Blocks up to `timeout_ms` (< 0: forever);

@@ -17,8 +17,11 @@ from ._datasets import _Base, _Cursor, _Entry, _EpochOrdered, _ObjectsSource, _P
 from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT
 
 Sample = Dict[str, Any]
-# (sample, where the next sample starts: (index of its shard in this consumer's list, offset))
-_Located = Tuple[Sample, Tuple[int, int]]
+# Where a sample starts: (index of its shard in this consumer's list, byte offset, the shard's
+# ETag when the offset is inside it: a resume there reads that version or fails, "" if none).
+_Where = Tuple[int, int, str]
+# (sample, where the next sample starts)
+_Located = Tuple[Sample, _Where]
 
 
 def _identity(sample: Sample) -> Any:
@@ -61,7 +64,9 @@ class S3TarDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
     nothing already yielded (with one, the current block's samples are read again).
     torchdata's ``StatefulDataLoader`` calls both in each worker. A state from another
     dataset (source, shard count, seed, shuffle, shuffle buffer) or another split raises
-    ValueError naming what differs.
+    ValueError naming what differs. A state inside a shard also holds the shard's ETag: the
+    resumed GET is held to that version, so a shard replaced since fails with
+    ``S3ObjectChangedError`` instead of parsing another version's bytes from the saved offset.
     """
 
     _dataset_kind = "tar"
@@ -160,6 +165,9 @@ class S3TarDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
     def _check_state(self, state: Any) -> Dict[str, Any]:
         checked = super()._check_state(state)
         _order.check_state(checked, {}, extra_ints=("offset", "block", "taken"))
+        etag = checked.get("etag", "")
+        if not isinstance(etag, str) or len(etag) > 1024:
+            raise ValueError(f"dataset state: etag must be a str (a shard's ETag, or empty), got {etag!r:.80}")
         if checked.get("shuffle_buffer") != self.shuffle_buffer:
             raise ValueError(
                 "this state is from another dataset or layout: shuffle_buffer is "
@@ -170,45 +178,64 @@ class S3TarDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
     def state_dict(self) -> Dict[str, Any]:
         """Where the current iteration is: epoch, seed, the shard (``position`` in this
         consumer's list) and byte ``offset`` where the current shuffle block starts, the block's
-        number and how many of its samples were yielded; the source's fingerprint and shard
-        count. Never the shard list."""
+        number and how many of its samples were yielded, and that shard's ETag when the offset
+        is inside it; the source's fingerprint and shard count. Never the shard list."""
         state = super().state_dict()
         state.setdefault("offset", 0)
         state.setdefault("block", 0)
         state.setdefault("taken", 0)
+        state.setdefault("etag", "")
         state["shuffle_buffer"] = self.shuffle_buffer
         return state
 
     # --- reading ------------------------------------------------------------------------------
-    def _start(self, entry: _Entry, offset: int) -> Tuple[str, Optional[int], "_crt.GetStream"]:
+    def _start(self, entry: _Entry, offset: int, etag: str = "") -> Tuple[str, Optional[int], "_crt.GetStream"]:
         bucket, key, info = entry
         native = self._get_client()._get_native()
         size = int(info.size) if info is not None else None
         if offset:
             if size is None:
                 size = int(native.head(bucket, key, for_read=True).size)
-            stream = native.get_stream(bucket, key, offset, max(0, size - offset), 0)
+            # A resume inside the shard: of the version the state was saved on, or an error.
+            stream = native.get_stream(bucket, key, offset, max(0, size - offset), 0, etag)
         else:
             stream = native.get_stream(bucket, key, None, None, 0)
         return f"s3://{bucket}/{key}", size, stream
 
-    def _located(self, shards: List[_Entry], first: int, offset: int) -> Generator[_Located, None, None]:
-        """Samples of ``shards[first:]`` from ``offset`` in the first, each with where the next
-        one starts; the next shard's GET is started when one begins."""
+    def _located(self, shards: List[_Entry], first: int, offset: int, etag: str) -> Generator[_Located, None, None]:
+        """Samples of ``shards[first:]`` from ``offset`` in the first (of version ``etag``),
+        each with where the next one starts; the next shard's GET is started when one begins."""
         ahead: Optional[Tuple[str, Optional[int], "_crt.GetStream"]] = None
         try:
             for i in range(first, len(shards)):
-                uri, size, stream = ahead if ahead is not None else self._start(shards[i], offset if i == first else 0)
+                if ahead is not None:
+                    uri, size, stream = ahead
+                else:
+                    uri, size, stream = (
+                        self._start(shards[i], offset, etag) if i == first else self._start(shards[i], 0)
+                    )
                 ahead = self._start(shards[i + 1], 0) if i + 1 < len(shards) else None
                 at = offset if i == first else 0
+                version = ""  # the shard's ETag, known once its first bytes came
                 prev: Optional[Sample] = None
-                for sample, after in _tar.samples(_chunks(stream), uri, offset=at, size=size):
-                    if prev is not None:
-                        yield prev, (i, at)
-                    prev, at = sample, after
+                try:
+                    for sample, after in _tar.samples(_chunks(stream), uri, offset=at, size=size):
+                        version = version or stream.etag
+                        if prev is not None:
+                            yield prev, (i, at, version)
+                        prev, at = sample, after
+                except _crt.S3ObjectChangedError as e:
+                    if i == first and offset:
+                        e.add_note(
+                            f"s3torch: resuming {uri} at byte {offset}, as the dataset state says; the shard was "
+                            f"replaced since that state was saved (ETag {etag} then), so its samples from that offset "
+                            "are not the ones the state counted. Start the epoch again, or resume from a state saved "
+                            "at a shard boundary"
+                        )
+                    raise
                 if prev is not None:
                     # The last sample of a shard: the next one starts at the next shard.
-                    yield prev, (i + 1, 0)
+                    yield prev, (i + 1, 0, "")
         finally:
             if ahead is not None:
                 ahead[2].close()
@@ -221,14 +248,12 @@ class S3TarDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
         order = _order.epoch_order(len(listed), self.seed, cursor.epoch, self.shuffle)
         shards = [listed[i] for i in _order.consumer_positions(order, cursor.consumer, cursor.consumers)]
         r = resume or {}
-        where = (cursor.position, int(r.get("offset", 0)))
+        where = (cursor.position, int(r.get("offset", 0)), str(r.get("etag", "")) if r.get("offset") else "")
         block, taken = int(r.get("block", 0)), int(r.get("taken", 0))
-        cursor.extra = dict(offset=where[1], block=block, taken=taken)
+        cursor.extra = dict(offset=where[1], block=block, taken=taken, etag=where[2])
         return self._blocks(cursor, shards, where, block, taken)
 
-    def _blocks(
-        self, cursor: _Cursor, shards: List[_Entry], where: Tuple[int, int], block: int, taken: int
-    ) -> Iterator[Any]:
+    def _blocks(self, cursor: _Cursor, shards: List[_Entry], where: _Where, block: int, taken: int) -> Iterator[Any]:
         size = max(1, self.shuffle_buffer)
         located = self._located(shards, *where)
         try:
@@ -245,11 +270,11 @@ class S3TarDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
                     sample = items[perm[t]][0]
                     out = self._transform(sample)  # type: ignore[arg-type]
                     if t + 1 == len(items):  # the block is done: the state points past it
-                        cursor.position, off = after
-                        cursor.extra = dict(offset=off, block=block + 1, taken=0)
+                        cursor.position, off, etag = after
+                        cursor.extra = dict(offset=off, block=block + 1, taken=0, etag=etag)
                     else:
-                        cursor.position, off = where
-                        cursor.extra = dict(offset=off, block=block, taken=t + 1)
+                        cursor.position, off, etag = where
+                        cursor.extra = dict(offset=off, block=block, taken=t + 1, etag=etag)
                     yield out
                 where, block, taken = after, block + 1, 0
         finally:
