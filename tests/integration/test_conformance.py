@@ -356,3 +356,28 @@ def test_torch_tensor_via_dlpack(client: S3Client, prefix: str) -> None:
     assert torch.equal(big[50_000:350_000], t) and big[:50_000].eq(0).all()
     with pytest.raises(S3InvalidArgumentError, match="contiguous"):
         client.get_into(BUCKET, key, torch.zeros(1000, 1000)[:, ::2])
+
+
+def test_gets_held_to_a_version(client: S3Client, prefix: str) -> None:
+    """What one version per read rests on, on each backend: a GET with the object's ETag as
+    If-Match answers; with another, 412 S3ObjectChangedError; a reader's GET after the object
+    was replaced fails the same way; a whole read (a probe and the rest: larger than a part) of
+    the replacement is all of it."""
+    from s3torch import S3ObjectChangedError, S3ReaderConstructor
+
+    key = prefix + "versioned"
+    old, new = payload(PART + 5, seed=1), payload(PART + 5, seed=2)
+    client.put(BUCKET, key, old)
+    native = client._get_native()
+    etag = client.head_object(BUCKET, key).etag
+    buf = bytearray(16)
+    assert native.get_into(BUCKET, key, buf, 3, 16, etag) == 16 and bytes(buf) == old[3:19]
+    reader = client.get_object(BUCKET, key, reader_constructor=S3ReaderConstructor.range_based(0))
+    assert reader.read(1000) == old[:1000]
+    client.put(BUCKET, key, new)
+    with pytest.raises(S3ObjectChangedError) as ei:
+        native.get_into(BUCKET, key, buf, 3, 16, etag)
+    assert ei.value.http_status == 412 and ei.value.key == key
+    with pytest.raises(S3ObjectChangedError):
+        reader.read(1000)
+    assert client.get_object(BUCKET, key).read() == new
