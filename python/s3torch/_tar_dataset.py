@@ -208,12 +208,8 @@ class S3TarDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
         ahead: Optional[Tuple[str, Optional[int], "_crt.GetStream"]] = None
         try:
             for i in range(first, len(shards)):
-                if ahead is not None:
-                    uri, size, stream = ahead
-                else:
-                    uri, size, stream = (
-                        self._start(shards[i], offset, etag) if i == first else self._start(shards[i], 0)
-                    )
+                # No GET ahead only for the first shard (every later one was started early).
+                uri, size, stream = ahead if ahead is not None else self._start(shards[i], offset, etag)
                 ahead = self._start(shards[i + 1], 0) if i + 1 < len(shards) else None
                 at = offset if i == first else 0
                 version = ""  # the shard's ETag, known once its first bytes came

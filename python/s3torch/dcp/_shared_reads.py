@@ -171,33 +171,27 @@ class SharedLoad:
         own_error: Optional[BaseException] = None
         mine: Dict[str, str] = {}  # relative path -> ETag of this rank's fetches
         todo = [s for s in rnd if s.fetcher == self.rank]
-        handles: List[Any] = []
         try:
-            for s in todo:  # all in flight at once
+            reqs = []
+            for s in todo:
                 path, off, n = s.record
                 bufs[s.record] = torch.empty(n, dtype=torch.uint8)
-                handles.append(
-                    self.loader.native.start_get_into(self.loader.bucket, key_of[path], bufs[s.record], off, n)
-                )
-            for s, h in zip(todo, handles):
+                reqs.append((key_of[path], off, n, bufs[s.record]))
+            # All in flight at once; each answer held to this rank's own reads of its file so
+            # far (a mismatch fails every rank, below).
+            got = self.loader._get_many(reqs, [f"{self.where}/{s.record[0]}" for s in todo])
+            for s, n in zip(todo, got):
                 path, off, want = s.record
-                n = h.wait()
                 if n != want:
                     raise SharedReadError(
                         f"{self.where}/{path}: the file ends early: {n} of {want} bytes at offset {off} "
                         "(truncated checkpoint file?)"
                     )
-                # Against this rank's own reads so far; a mismatch fails every rank, below.
-                self.loader.versions.check(key_of[path], f"{self.where}/{path}", h)
-                if h.etag:
-                    mine.setdefault(path, h.etag)
+                if self.loader.versions.first(key_of[path]):
+                    mine[path] = self.loader.versions.first(key_of[path])
                 self.loader.bytes_read += n
         except Exception as e:
             own_error, error = e, f"{type(e).__name__}: {e}"
-            for h in handles:
-                h.cancel()
-        finally:
-            handles.clear()  # dropping a handle waits until the CRT no longer writes into its buffer
         statuses: List[Any] = [None] * dist.get_world_size(self.group)
         dist.all_gather_object(statuses, (self.rank, error, mine), group=self.group)
         for rank, err, _ in statuses:

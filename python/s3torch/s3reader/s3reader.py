@@ -76,11 +76,16 @@ class S3Reader(io.BufferedIOBase):
             self._info = self._get_object_info()
         return self._info
 
-    @property
-    def _size(self) -> int:
+    def _size_if_known(self) -> Optional[int]:
+        """The object's size without a request: its pinned version's, else the info's (None)."""
         if self._known_size is not None:
             return self._known_size
-        return int(self.get_object_info().size)
+        return int(self._info.size) if self._info is not None else None
+
+    @property
+    def _size(self) -> int:
+        known = self._size_if_known()
+        return known if known is not None else int(self.get_object_info().size)
 
     # --- one version of the object (module docstring) -------------------------------------
     def _get_into(self, dest: memoryview, offset: int, length: int) -> int:

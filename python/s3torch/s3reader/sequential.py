@@ -33,8 +33,7 @@ class SequentialS3Reader(S3Reader):
     def _whole(self) -> bytes:
         """The whole object, of one version: the reader's, once a GET pinned it. A size hint
         from a listing older than the object is checked by the core against its answer."""
-        hint = self._known_size if self._known_size is not None else self._info.size if self._info else None
-        whole = self._native.get_bytes(self._bucket, self._key, 0, None, hint, self._etag)
+        whole = self._native.get_bytes(self._bucket, self._key, 0, None, self._size_if_known(), self._etag)
         self._known_size = len(whole)
         self._data = memoryview(whole)  # later reads and seeks are served from it
         return whole
@@ -70,7 +69,7 @@ class SequentialS3Reader(S3Reader):
     def _direct_readinto(self, mv: memoryview) -> int:
         # A large read before anything is buffered: GET straight into the caller's memory
         # (no buffer of our own, no copy). The object is buffered only if reads go on.
-        size = self._known_size if self._known_size is not None else self._info.size if self._info else None
+        size = self._size_if_known()
         if size is not None and self._pos >= size:
             return 0
         try:
