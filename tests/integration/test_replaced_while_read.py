@@ -251,3 +251,48 @@ def test_if_match_takes_only_an_etag(seaweed, prefix: str) -> None:  # type: ign
         native.get_into(BUCKET, key, buf, 0, 3, '"0123456789abcdef0123456789abcdef"')
     with pytest.raises(S3ObjectChangedError):  # a whole read held to a version it is not
         native.get_bytes(BUCKET, key, 0, None, None, '"0123456789abcdef0123456789abcdef"')
+
+
+def test_any_if_match_is_held_or_refused_before_a_request(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Hostile ETags (a state file, a listing, a server's answer can carry any text): every one
+    is refused before a request (not printable ASCII) or sent as one If-Match value, whose
+    answer is the object (its own ETag, bare or quoted; none or a weak one holds nothing) or a
+    412.
+    Never a header of its own, never another error."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from s3torch import S3InvalidArgumentError
+
+    client = make_client(seaweed)
+    native = client._get_native()
+    key = f"{prefix}h.bin"
+    client.put(BUCKET, key, b"abc")
+    own = client.head_object(BUCKET, key).etag
+    printable = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40)
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.one_of(
+            st.text(max_size=40),
+            printable,
+            printable.map(lambda s: f'"{s}"'),
+            printable.map(lambda s: f"W/{s}"),
+            st.sampled_from([own, own.strip('"'), '"', '""', "W/", own + "\r\nX-Injected: 1"]),
+        )
+    )
+    def check(etag: str) -> None:
+        buf = bytearray(3)
+        if any(not 0x21 <= ord(c) <= 0x7E for c in etag):
+            with pytest.raises(S3InvalidArgumentError, match="if_match is not an ETag"):
+                native.get_into(BUCKET, key, buf, 0, 3, etag)
+            return
+        try:
+            assert native.get_into(BUCKET, key, buf, 0, 3, etag) == 3 and bytes(buf) == b"abc"
+        except S3ObjectChangedError as e:
+            assert e.http_status == 412
+            assert etag not in (own, own.strip('"'), "") and not etag.startswith("W/")
+            return
+        assert etag in (own, own.strip('"'), "") or etag.startswith("W/")  # held; none or a weak one holds nothing
+
+    check()
