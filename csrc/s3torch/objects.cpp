@@ -197,6 +197,12 @@ ListPage parse_list_body(const std::string &body, const ErrorContext &ctx) {
                       ctx);
     }
     if (!page.is_truncated) page.next_continuation_token.clear();
+    else if (page.next_continuation_token.empty())  // the rest of the listing cannot be asked for
+        throw S3Error(ErrorKind::Generic,
+                      "ListObjectsV2 s3://" + ctx.bucket +
+                          ": a truncated page without a NextContinuationToken (does the server support "
+                          "ListObjectsV2?); stopping there would silently drop the rest of the listing",
+                      ctx);
     return page;
 }
 

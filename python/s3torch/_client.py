@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from . import _crt, _uploads
+from . import _crt, _listing, _uploads
 from ._config import S3ClientConfig
 from ._user_agent import UserAgent, prefix_of
 from .s3reader import S3Reader
@@ -203,15 +203,9 @@ class S3Client:
     def list_objects(
         self, bucket: str, prefix: str = "", delimiter: str = "", max_keys: int = 1000
     ) -> Iterator["_crt.ListPage"]:
-        """Yield ListObjectsV2 pages, following continuation tokens."""
-        native = self._get_native()
-        token = ""
-        while True:
-            page = native.list_objects(bucket, prefix, delimiter, max_keys, token)
-            yield page
-            if not page.is_truncated or not page.next_continuation_token:
-                return
-            token = page.next_continuation_token
+        """Yield ListObjectsV2 pages, following continuation tokens (a server whose paging
+        does not advance is refused: ``_listing``)."""
+        yield from _listing.pages(self._get_native(), bucket, prefix, delimiter, max_keys)
 
     def delete_object(self, bucket: str, key: str) -> None:
         """Delete the object ``bucket/key``."""

@@ -108,6 +108,14 @@ class _Handler(BaseHTTPRequestHandler):
             body = head + "<KeyCount>999999999999999999999</KeyCount>" + items + "</ListBucketResult>"
         elif p == "garbage":
             body = "\x00\xff not xml at all <<<>>>"
+        elif p == "notoken":  # truncated, and no token to ask for the rest with
+            body = head + "<IsTruncated>true</IsTruncated><Contents><Key>notoken/a</Key><Size>1</Size></Contents>"
+            body += "</ListBucketResult>"
+        elif p == "loop":  # ignores continuation-token: the first page again, the same token again
+            body = (
+                head + "<IsTruncated>true</IsTruncated><NextContinuationToken>t1</NextContinuationToken>"
+                "<Contents><Key>loop/a</Key><Size>1</Size></Contents></ListBucketResult>"
+            )
         else:
             body = head + "<IsTruncated>false</IsTruncated></ListBucketResult>"
         self._send(200, body.encode("utf-8", "surrogateescape"), (("Content-Type", "application/xml"),))
@@ -206,11 +214,29 @@ def test_negative_content_length_on_head(liar: S3Client) -> None:
         liar._get_native().head(BUCKET, "negative_head")
 
 
-@pytest.mark.parametrize("prefix", ["malformed", "negative", "notanumber", "overflow", "garbage"])
+@pytest.mark.parametrize("prefix", ["malformed", "negative", "notanumber", "overflow", "garbage", "notoken"])
 def test_list_bodies_that_lie(liar: S3Client, prefix: str) -> None:
     with pytest.raises(S3Exception) as info:
         list(liar.list_objects(BUCKET, prefix))
     assert "ListObjectsV2" in str(info.value)
+
+
+def test_list_paging_that_never_advances(liar: S3Client, tmp_path: Any) -> None:
+    """A server (or gateway) that ignores ``continuation-token`` answers every page with the
+    first page and the same token: paging on would never end, and a listing (a dataset, ``ls``,
+    ``cp``, a safetensors folder) would grow until memory ran out. It is refused at the second
+    answer naming the token."""
+    from s3torch import S3MapDataset
+    from s3torch.safetensors import load_file
+
+    with pytest.raises(S3Exception, match="continuation token 't1' .*again"):
+        list(liar.list_objects(BUCKET, "loop"))
+    with pytest.raises(S3Exception, match="again"):
+        S3MapDataset.from_prefix(
+            f"s3://{BUCKET}/loop/", region="us-east-1", endpoint=liar.endpoint, s3client_config=liar.s3client_config
+        )[0]
+    with pytest.raises(Exception, match="again"):
+        load_file(f"s3://{BUCKET}/loop/", client=liar)
 
 
 def test_huge_key_count(liar: S3Client) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _crt
+from .._listing import pages
 from ._errors import FileChangedError, HeaderError, MissingShardError, TruncatedFileError, read_error
 from ._header import MAX_HEADER, PREFIX, Header, TensorInfo, header_length, parse_header
 from ._verify import Stored, stored_checksum, with_part_sizes
@@ -183,15 +184,8 @@ def _read_index(native: "_crt.NativeClient", bucket: str, key: str) -> Tuple[Dic
 
 
 def _list(native: "_crt.NativeClient", bucket: str, prefix: str) -> List[str]:
-    keys: List[str] = []
-    token = ""
     try:
-        while True:
-            page = native.list_objects(bucket, prefix, "/", 1000, token)
-            keys += [o.key for o in page.objects]
-            if not page.is_truncated or not page.next_continuation_token:
-                return keys
-            token = page.next_continuation_token
+        return [o.key for page in pages(native, bucket, prefix, "/") for o in page.objects]
     except _crt.S3Exception as e:
         raise read_error(f"s3://{bucket}/{prefix}", e) from e
 
