@@ -1,5 +1,7 @@
 #include "s3torch/retry.h"
 
+#include "s3torch/config.h"
+
 #include <aws/common/clock.h>
 #include <aws/common/device_random.h>
 #include <aws/common/task_scheduler.h>
@@ -264,6 +266,11 @@ aws_retry_strategy_vtable g_vtable = {
 };
 
 }  // namespace
+
+uint64_t unanswered_ms(uint32_t stall_timeout_s) {
+    const uint64_t stall_ms = uint64_t{stall_timeout_s} * 1000;
+    return stall_timeout_s > ClientConfig{}.stall_timeout_s ? std::max(stall_ms, kUnansweredMs) : kUnansweredMs;
+}
 
 uint64_t retry_deadline_ns(const RetrySettings &settings, uint64_t issued_ns) {
     if (!settings.health->reached.load()) return issued_ns + kUnreachedBudgetMs * kNsPerMs;

@@ -61,6 +61,10 @@ constexpr uint64_t kUnreachedBudgetMs = 8000;
 // A transfer on a client whose endpoint has never answered is cancelled after this long
 // without an answer (an endpoint that accepts connections and says nothing), Transfer::start.
 constexpr uint64_t kUnansweredMs = 8000;
+// That wait for a client whose stall timeout is `stall_timeout_s`: kUnansweredMs, or the stall
+// timeout where it was raised above its default (the user's word that the server may think
+// that long before its first byte; docs/retries.md).
+uint64_t unanswered_ms(uint32_t stall_timeout_s);
 
 // A new strategy (reference count 1; release with aws_retry_strategy_release). Holds a
 // reference to `elg`, whose loops run the callbacks.

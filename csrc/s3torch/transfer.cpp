@@ -141,9 +141,9 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
     if (!client_->reached()) {
         // An endpoint that accepts connections and never answers would hold this transfer
         // for stall_timeout_s per attempt, then retry: give up sooner, while it has never
-        // answered at all (retry.h).
+        // answered at all, unless the user raised stall_timeout_s (retry.h).
         std::weak_ptr<Transfer> weak = shared_from_this();
-        client_->run_after(kUnansweredMs, [weak] {
+        client_->run_after(unanswered_ms(client_->config().stall_timeout_s), [weak] {
             std::shared_ptr<Transfer> t = weak.lock();
             if (!t || t->client_->reached()) return;
             {
@@ -247,7 +247,8 @@ void Transfer::raise_if_failed() {
                                 last_error_request_id_, failed_operation_, ctx_);
     if ((unanswered_ || cancelled_) && error_code_ == AWS_ERROR_S3_CANCELED) {
         // Cancelled by us: by the never-answered watchdog, or by the caller.
-        std::string why = unanswered_ ? "no answer from the endpoint in " + std::to_string(kUnansweredMs / 1000) +
+        std::string why = unanswered_ ? "no answer from the endpoint in " +
+                                            std::to_string(unanswered_ms(client_->config().stall_timeout_s) / 1000) +
                                             " s (it takes connections but never responds); check the endpoint URL "
                                             "and the server"
                                       : "cancelled";

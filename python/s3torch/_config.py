@@ -58,8 +58,8 @@ class S3ClientConfig:
             silent mid-request: a server or middlebox gone without closing it, a network path
             that dropped. The CRT's own default, which s3torchconnector keeps, is 30 s. A
             reader that stops reading does not count: s3torch holds no connection open for it.
-            Raised for a server slow to answer, set ``known_endpoint`` too: until the endpoint
-            is known, a first answer must come within 8 s.
+            Raised above 10 for a server slow to answer, it is also how long the first answer
+            of a process that has not reached the endpoint yet may take (else 8 s).
         retry_timeout_s: once the endpoint is known to be right, how long a request that keeps
             failing transiently (connections refused or reset, timeouts, 5xx, SlowDown, truncated
             bodies) is retried, counted from when it was issued or from the first failure of the

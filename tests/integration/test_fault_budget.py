@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3torch import S3Client, S3ClientConfig, S3ConnectionError
+from s3torch import S3Client, S3ClientConfig, S3ConnectionError, _crt
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.dcp import CheckpointReadError, S3StorageReader, S3StorageWriter
 from tests.conftest import BUCKET, never_answered_endpoint
@@ -117,6 +117,23 @@ def test_known_endpoint_rides_out_an_outage_before_any_answer(proxy: FaultProxy,
     proxy.outage(12.0)  # longer than the 8 s a never-answered endpoint gets
     buf = bytearray(len(objects[key]))
     client.get_into(BUCKET, key, buf)
+    assert bytes(buf) == objects[key]
+
+
+def test_a_raised_stall_timeout_lets_a_first_answer_come_later(seaweed: Any, objects: Dict[str, bytes]) -> None:
+    """A server that thinks longer before its first byte, and a user who said so
+    (``stall_timeout_s=20``): the first GET of a process that has never reached the endpoint
+    waits for its answer (9 s here) instead of being cancelled at the 8 s a silent endpoint gets."""
+    key = sorted(objects)[1]
+    answered = set(_crt.answered_endpoints())
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
+        assert proxy.endpoint not in answered  # a fresh port: else the endpoint is known here already
+        slow = proxy.add(Fault("slow", method="GET", delay=9.0, times=1))
+        client = S3Client(REGION, endpoint=proxy.endpoint, s3client_config=_cfg(stall_timeout_s=20))
+        buf = bytearray(len(objects[key]))
+        began = time.monotonic()
+        client.get_into(BUCKET, key, buf)
+        assert time.monotonic() - began >= 9.0 and slow.injected == 1
     assert bytes(buf) == objects[key]
 
 
