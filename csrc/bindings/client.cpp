@@ -104,7 +104,8 @@ class NativeClient {
     py::bytes get_bytes(const std::string &bucket, const std::string &key, uint64_t offset,
                         std::optional<uint64_t> length, std::optional<uint64_t> size_hint,
                         const std::string &if_match) {
-        if (!length && !size_hint && offset == 0) return get_whole(bucket, key, if_match);
+        // A hint of 0 (an object listed empty) is read too: it may have been written since.
+        if (!length && (!size_hint || *size_hint == 0) && offset == 0) return get_whole(bucket, key, if_match);
         uint64_t n;
         if (length) {
             n = *length;

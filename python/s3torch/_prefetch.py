@@ -237,9 +237,8 @@ class PrefetchWindow:
                 slot.size = size
                 slot.cost = size
                 self._reserved += size
-                if size == 0:
-                    slot.buf = memoryview(b"")
-                    return
+                # Listed empty too: a GET, which fails (and is started over, _take) if the
+                # object was written since.
                 slot.buf = _crt.HostBuffer(size)
                 slot.expect = size
                 slot.handle = self._native.start_get_into(slot.bucket, slot.key, slot.buf)

@@ -121,6 +121,43 @@ def test_cp_down_of_a_checkpoint_saved_again_meanwhile_fails(env, proxy, tmp_pat
     assert not [n for n in os.listdir(down) if n.startswith(".metadata")]  # nothing loadable, no partial one
 
 
+def test_cp_down_holds_an_empty_file_to_its_listed_version(env, proxy, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A file listed empty and written after the listing: before, the copy wrote it empty
+    without a request and succeeded, the one file not held to the listed version."""
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    dcp.save(state(), storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
+    client = make_client(env)
+    key = f"{prefix}ckpt/notes.txt"
+    client.put(BUCKET, key, b"")
+    written = proxy.replace_before_get(client, BUCKET, key, b"written since", path=r"notes\.txt")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    code, _, err = cli(capsys, "cp", uri, str(tmp_path / "down"))
+    assert written.injected == 1
+    assert code == 4 and f"s3://{BUCKET}/{key}: replaced while it was copied" in err, err
+    client.put(BUCKET, key, b"")
+    code, _, err = cli(capsys, "cp", uri, str(tmp_path / "again"))
+    assert code == 0, err
+    assert (tmp_path / "again" / "notes.txt").read_bytes() == b""
+
+
+def test_cp_down_keeps_a_file_named_like_its_partial_metadata(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint prefix that also holds ``.metadata.s3torch-partial``: the name ``cp`` gives
+    a ``.metadata`` until it is whole. Before, that file was overwritten by the partial
+    ``.metadata`` and then renamed away: the copy lacked it."""
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    dcp.save(state(), storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
+    client = make_client(env)
+    extra = os.urandom(3000)
+    client.put(BUCKET, f"{prefix}ckpt/.metadata.s3torch-partial", extra)
+    meta = client.get_object(BUCKET, f"{prefix}ckpt/.metadata").read()
+    down = tmp_path / "down"
+    code, out, err = cli(capsys, "cp", uri, str(down))
+    assert code == 0, err
+    assert sorted(os.listdir(down)) == [".metadata", ".metadata.s3torch-partial", "__0_0.distcp"]
+    assert (down / ".metadata.s3torch-partial").read_bytes() == extra
+    assert (down / ".metadata").read_bytes() == meta
+
+
 def test_cp_up_of_a_large_file_is_multipart_and_exact(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     # Past several upload chunks and parts, with an odd size; checked byte for byte.
     src = tmp_path / "src"

@@ -143,27 +143,40 @@ def test_the_dcp_optimized_reader_holds_its_groups_to_one_version(seaweed, prefi
         reader.read(MiB)
 
 
-@pytest.mark.parametrize("grown", [True, False])
+@pytest.mark.parametrize("listed,now", [(3 * MiB, 10 * MiB + 5), (3 * MiB, 2 * MiB + 5), (0, 3 * MiB + 5)])
 @pytest.mark.parametrize(
     "constructor",
     [S3ReaderConstructor.sequential(), S3ReaderConstructor.range_based()],
     ids=["sequential", "range_based"],
 )
+@pytest.mark.parametrize("how", ["read", "readinto", "seek_end"])
 def test_a_reader_given_a_stale_listing_reads_the_object_as_it_is(
-    seaweed, prefix: str, constructor, grown: bool
+    seaweed, prefix: str, constructor, listed: int, now: int, how: str
 ) -> None:  # type: ignore[no-untyped-def]
     """A listing older than the object (a dataset listed at the start of an epoch): its size
     no longer the object's. Before, a sequential read() returned the new version cut at the
-    listed size, and a range-based one that as well (grown) or failed on a range past the end."""
+    listed size, and a range-based one that as well (grown) or failed on a range past the end;
+    an object listed empty was read as empty by both, whatever it held by then."""
     client = make_client(seaweed)
     key = f"{prefix}s.bin"
-    client.put(BUCKET, key, os.urandom(3 * MiB))
+    client.put(BUCKET, key, os.urandom(listed))
     (info,) = [o for page in client.list_objects(BUCKET, key) for o in page.object_info]
-    assert info.size == 3 * MiB
-    new = os.urandom((10 if grown else 2) * MiB + 5)
+    assert info.size == listed
+    new = os.urandom(now)
     client.put(BUCKET, key, new)
     reader = client.get_object(BUCKET, key, object_info=info, reader_constructor=constructor)
-    assert reader.read() == new
+    if how == "read":
+        assert reader.read() == new
+    elif how == "readinto":
+        buf = bytearray(len(new) + 100)
+        got = 0
+        while n := reader.readinto(memoryview(buf)[got:]):
+            got += n
+        assert buf[:got] == new
+    else:  # before any read, a size costs no request: the listing's, unless that says empty
+        assert reader.seek(0, io.SEEK_END) == (listed or len(new))
+        reader.seek(0)
+        assert reader.read() == new
     assert reader.seek(0, io.SEEK_END) == len(new)
 
 
@@ -189,18 +202,19 @@ def test_a_prefetched_item_is_all_of_one_version(seaweed, proxy, prefix: str) ->
     assert item == new
 
 
-@pytest.mark.parametrize("grown", [True, False])
+@pytest.mark.parametrize("listed,grown", [(MiB, True), (MiB, False), (0, True)])
 def test_items_listed_before_their_objects_were_replaced_are_read_as_they_are(
-    seaweed, prefix: str, grown: bool
+    seaweed, prefix: str, listed: int, grown: bool
 ) -> None:  # type: ignore[no-untyped-def]
     """The listing's sizes are stale when the items are reached: before, an item grown since
-    failed ("destination buffer holds ..."), one shrunk failed "expected N bytes, got M"."""
+    failed ("destination buffer holds ..."), one shrunk failed "expected N bytes, got M", one
+    listed empty was read as empty."""
     from s3torch import S3MapDataset
 
     client = make_client(seaweed)
     keys = [f"{prefix}m/{i}.bin" for i in range(3)]
     for k in keys:
-        client.put(BUCKET, k, os.urandom(MiB))
+        client.put(BUCKET, k, os.urandom(listed))
     ds = S3MapDataset.from_prefix(
         f"s3://{BUCKET}/{prefix}m/", region=REGION, endpoint=seaweed.endpoint, s3client_config=client.s3client_config
     )

@@ -174,7 +174,8 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
             _get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in data], progress)
             # Each .metadata under a name of its own until whole: a copy that fails there
             # leaves none that a load would take for a checkpoint.
-            _get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in meta], progress, PARTIAL)
+            partial = _partial_suffix(paths, meta)
+            _get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in meta], progress, partial)
         except _crt.S3ObjectChangedError as e:
             raise CLIError(
                 f"s3://{bucket}/{e.key}: replaced while it was copied (something is saving to {src}); "
@@ -183,6 +184,16 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
             ) from e
     print(f"copied {len(files)} files, {human(total)} ({total:,} bytes): {src} -> {dst}")
     return OK
+
+
+def _partial_suffix(paths: Dict[str, str], meta: List[str]) -> str:
+    """PARTIAL, lengthened until no ``.metadata``'s partial name is the path of a copied file
+    (a bucket may hold a key ``.metadata.s3torch-partial`` too)."""
+    taken = set(paths.values())
+    suffix = PARTIAL
+    while any(paths[n] + suffix in taken for n in meta):
+        suffix += "~"
+    return suffix
 
 
 def _get_files(
@@ -214,18 +225,21 @@ def _get_files(
             written.append(path)
             f = open(path, "wb+")
             f.truncate(size)
-            if size == 0:
+            if size == 0:  # a GET of nothing all the same: held to the listed version too
                 f.close()
+                pieces.append((prefix + name, 0, 0, -1, etag))
                 continue
             m = mmap.mmap(f.fileno(), size)
             maps.append((f, m, memoryview(m)))
             pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1, etag) for a in range(0, size, PIECE)]
         for piece in pieces:
             key, offset, length, i, etag = piece
-            view = maps[i][2]
-            inflight.append(
-                (native.start_get_into(bucket, key, view[offset : offset + length], offset, length, etag), piece)
-            )
+            if i < 0:
+                handle = native.start_get_into(bucket, key, _crt.HostBuffer(0), None, None, etag)
+            else:
+                handle = native.start_get_into(bucket, key, maps[i][2][offset : offset + length], offset, length, etag)
+            inflight.append((handle, piece))
+            del handle
             if len(inflight) >= WINDOW:
                 _finish(inflight.pop(0), progress)
         while inflight:

@@ -77,15 +77,23 @@ class S3Reader(io.BufferedIOBase):
         return self._info
 
     def _size_if_known(self) -> Optional[int]:
-        """The object's size without a request: its pinned version's, else the info's (None)."""
+        """The object's size without a request: its pinned version's, else the info's (None).
+        An info's 0 is not taken: an object listed empty may have been written since, and
+        reading it as empty would cost no GET that could say so."""
         if self._known_size is not None:
             return self._known_size
-        return int(self._info.size) if self._info is not None else None
+        return int(self._info.size) if self._info is not None and self._info.size else None
 
     @property
     def _size(self) -> int:
         known = self._size_if_known()
-        return known if known is not None else int(self.get_object_info().size)
+        if known is not None:
+            return known
+        if self._info is not None:  # listed empty: asked again (above)
+            self._info = self._get_object_info()
+            self._known_size = int(self._info.size)
+            return self._known_size
+        return int(self.get_object_info().size)
 
     # --- one version of the object (module docstring) -------------------------------------
     def _get_into(self, dest: memoryview, offset: int, length: int) -> int:
@@ -106,9 +114,9 @@ class S3Reader(io.BufferedIOBase):
         self._pinned = True
         self._etag = etag
         if size:
-            planned = self._info.size if self._info is not None else None
+            planned = self._size_if_known()
             self._known_size = size
-            if planned is not None and int(planned) != size:
+            if planned is not None and planned != size:
                 raise _StaleSize
 
     def _first_read(self, read: Callable[[], T]) -> T:
