@@ -99,6 +99,25 @@ def test_a_whole_read_starts_over_when_the_object_is_replaced_after_its_probe(se
     assert proxy.requests_to(key, "GET") == 4  # probe, rest refused (412), probe, rest
 
 
+def test_the_parts_of_one_get_are_held_to_the_first_parts_version(seaweed, proxy, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """One GET larger than a part is several part requests of aws-c-s3's, which carries the
+    first part's ETag on the others (If-Match): the object replaced between them is the CRT's
+    412, raised as S3ObjectChangedError like s3torch's own, and the destination's bytes past the
+    first part are not handed back as the object's."""
+    key = f"{prefix}parts.bin"
+    old, new = versions(3 * PART)
+    direct = make_client(seaweed)
+    direct.put(BUCKET, key, old)
+    replace = proxy.replace_before_get(direct, BUCKET, key, new, range=rf"^bytes={PART}-")
+    client = make_client(proxy)
+    buf = bytearray(3 * PART)
+    with pytest.raises(S3ObjectChangedError, match="replaced while it was being read"):
+        client.get_into(BUCKET, key, buf, 0, 3 * PART)  # a range: one GET of the CRT's, no probe of ours
+    assert replace.injected == 1
+    targets = [t for t in proxy.targets("GET") if key in t]
+    assert len(targets) >= 2  # the first part, then the part refused
+
+
 @pytest.mark.parametrize(
     "constructor",
     [S3ReaderConstructor.sequential(), S3ReaderConstructor.range_based(), S3ReaderConstructor.range_based(0)],
