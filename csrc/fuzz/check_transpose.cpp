@@ -92,6 +92,6 @@ int main() {
                     ++cases;
                 }
             }
-    std::printf("check_transpose: %zu cases, all equal\n", cases);
+    std::printf("check_transpose (%s kernels): %zu cases, all equal\n", s3torch::transpose_implementation(), cases);
     return 0;
 }

@@ -8,6 +8,8 @@
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
 #endif
 
 namespace s3torch {
@@ -26,7 +28,7 @@ struct Elem {
 constexpr size_t kSmall = 16;
 
 // Copies of at least this many bytes use streaming stores (micro-kernels only).
-constexpr size_t kStreamBytes = 1 << 20;
+[[maybe_unused]] constexpr size_t kStreamBytes = 1 << 20;  // x86 only (transpose_any)
 
 template <size_t N>
 void tile_scalar(Elem<N> *d, const Elem<N> *s, size_t nr, size_t nc, size_t cols, size_t dst_ld) {
@@ -38,41 +40,89 @@ void tile_scalar(Elem<N> *d, const Elem<N> *s, size_t nr, size_t nc, size_t cols
     }
 }
 
+// The 16-byte vectors the micro-kernels are written in: SSE2 on x86-64, NEON on aarch64. The
+// interleaves are the same operation on both: lo<B>(a, b) takes the low halves of a and b
+// and interleaves their B-bit elements, a0 b0 a1 b1 ... (SSE2 unpacklo, NEON zip1); hi<B>
+// the high halves (unpackhi, zip2).
 #if defined(__SSE2__)
+#define S3TORCH_VEC128 1
+using V128 = __m128i;
+inline V128 load16(const void *p) { return _mm_loadu_si128(static_cast<const __m128i *>(p)); }
+inline V128 lo8(V128 a, V128 b) { return _mm_unpacklo_epi8(a, b); }
+inline V128 hi8(V128 a, V128 b) { return _mm_unpackhi_epi8(a, b); }
+inline V128 lo16(V128 a, V128 b) { return _mm_unpacklo_epi16(a, b); }
+inline V128 hi16(V128 a, V128 b) { return _mm_unpackhi_epi16(a, b); }
+inline V128 lo32(V128 a, V128 b) { return _mm_unpacklo_epi32(a, b); }
+inline V128 hi32(V128 a, V128 b) { return _mm_unpackhi_epi32(a, b); }
+inline V128 lo64(V128 a, V128 b) { return _mm_unpacklo_epi64(a, b); }
+inline V128 hi64(V128 a, V128 b) { return _mm_unpackhi_epi64(a, b); }
 // A 16-byte store; `Stream`: non-temporal (the destination is 16-byte aligned), so the
 // written lines go to memory without first being read into the cache (write-allocate): a
 // third less memory traffic for a destination that is not read again soon.
 template <bool Stream>
-inline void store16(void *p, __m128i v) {
-    if constexpr (Stream) _mm_stream_si128(reinterpret_cast<__m128i *>(p), v);
-    else _mm_storeu_si128(reinterpret_cast<__m128i *>(p), v);
+inline void store16(void *p, V128 v) {
+    if constexpr (Stream) _mm_stream_si128(static_cast<__m128i *>(p), v);
+    else _mm_storeu_si128(static_cast<__m128i *>(p), v);
 }
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define S3TORCH_VEC128 1
+using V128 = uint8x16_t;
+inline V128 load16(const void *p) { return vld1q_u8(static_cast<const uint8_t *>(p)); }
+inline V128 lo8(V128 a, V128 b) { return vzip1q_u8(a, b); }
+inline V128 hi8(V128 a, V128 b) { return vzip2q_u8(a, b); }
+inline V128 lo16(V128 a, V128 b) {
+    return vreinterpretq_u8_u16(vzip1q_u16(vreinterpretq_u16_u8(a), vreinterpretq_u16_u8(b)));
+}
+inline V128 hi16(V128 a, V128 b) {
+    return vreinterpretq_u8_u16(vzip2q_u16(vreinterpretq_u16_u8(a), vreinterpretq_u16_u8(b)));
+}
+inline V128 lo32(V128 a, V128 b) {
+    return vreinterpretq_u8_u32(vzip1q_u32(vreinterpretq_u32_u8(a), vreinterpretq_u32_u8(b)));
+}
+inline V128 hi32(V128 a, V128 b) {
+    return vreinterpretq_u8_u32(vzip2q_u32(vreinterpretq_u32_u8(a), vreinterpretq_u32_u8(b)));
+}
+inline V128 lo64(V128 a, V128 b) {
+    return vreinterpretq_u8_u64(vzip1q_u64(vreinterpretq_u64_u8(a), vreinterpretq_u64_u8(b)));
+}
+inline V128 hi64(V128 a, V128 b) {
+    return vreinterpretq_u8_u64(vzip2q_u64(vreinterpretq_u64_u8(a), vreinterpretq_u64_u8(b)));
+}
+// Plain stores: streaming copies (Stream) are x86-only (transpose_any), so never asked here.
+template <bool Stream>
+inline void store16(void *p, V128 v) {
+    static_assert(!Stream, "no streaming stores on aarch64");
+    vst1q_u8(static_cast<uint8_t *>(p), v);
+}
+#endif
+
+#if defined(S3TORCH_VEC128)
 
 // 16 x 16 bytes (fp8, int8): rows of s (ss apart) to columns of d (ds apart). Four rounds of
 // interleaving, each doubling the run of one column's bytes: pairs of rows (2 bytes a column),
 // quads (4), octets (8), then all 16 rows.
 template <bool Stream>
 inline void micro_1(unsigned char *d, size_t ds, const unsigned char *s, size_t ss) {
-    __m128i a[16], p[16], q[16], r[16];
-    for (int i = 0; i < 16; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + i * ss));
+    V128 a[16], p[16], q[16], r[16];
+    for (int i = 0; i < 16; ++i) a[i] = load16(s + i * ss);
     for (int i = 0; i < 8; ++i) {
-        p[2 * i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);      // rows 2i, 2i+1; columns 0-7
-        p[2 * i + 1] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);  // columns 8-15
+        p[2 * i] = lo8(a[2 * i], a[2 * i + 1]);      // rows 2i, 2i+1; columns 0-7
+        p[2 * i + 1] = hi8(a[2 * i], a[2 * i + 1]);  // columns 8-15
     }
     for (int j = 0; j < 4; ++j) {  // q[4j + k]: rows 4j..4j+3, columns 4k..4k+3
-        q[4 * j] = _mm_unpacklo_epi16(p[4 * j], p[4 * j + 2]);
-        q[4 * j + 1] = _mm_unpackhi_epi16(p[4 * j], p[4 * j + 2]);
-        q[4 * j + 2] = _mm_unpacklo_epi16(p[4 * j + 1], p[4 * j + 3]);
-        q[4 * j + 3] = _mm_unpackhi_epi16(p[4 * j + 1], p[4 * j + 3]);
+        q[4 * j] = lo16(p[4 * j], p[4 * j + 2]);
+        q[4 * j + 1] = hi16(p[4 * j], p[4 * j + 2]);
+        q[4 * j + 2] = lo16(p[4 * j + 1], p[4 * j + 3]);
+        q[4 * j + 3] = hi16(p[4 * j + 1], p[4 * j + 3]);
     }
     for (int h = 0; h < 2; ++h)  // r[8h + 2k + m]: rows 8h..8h+7, columns 4k+2m and 4k+2m+1
         for (int k = 0; k < 4; ++k) {
-            r[8 * h + 2 * k] = _mm_unpacklo_epi32(q[8 * h + k], q[8 * h + 4 + k]);
-            r[8 * h + 2 * k + 1] = _mm_unpackhi_epi32(q[8 * h + k], q[8 * h + 4 + k]);
+            r[8 * h + 2 * k] = lo32(q[8 * h + k], q[8 * h + 4 + k]);
+            r[8 * h + 2 * k + 1] = hi32(q[8 * h + k], q[8 * h + 4 + k]);
         }
     for (int c = 0; c < 16; c += 2) {
-        store16<Stream>(d + c * ds, _mm_unpacklo_epi64(r[c / 2], r[8 + c / 2]));
-        store16<Stream>(d + (c + 1) * ds, _mm_unpackhi_epi64(r[c / 2], r[8 + c / 2]));
+        store16<Stream>(d + c * ds, lo64(r[c / 2], r[8 + c / 2]));
+        store16<Stream>(d + (c + 1) * ds, hi64(r[c / 2], r[8 + c / 2]));
     }
 }
 
@@ -81,24 +131,24 @@ template <bool Stream>
 inline void micro_2(unsigned char *dst, size_t ds, const unsigned char *src, size_t ss) {
     auto *s = reinterpret_cast<const uint16_t *>(src);
     auto *d = reinterpret_cast<uint16_t *>(dst);
-    __m128i a[8], b[8], c[8];
-    for (int i = 0; i < 8; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + i * ss));
+    V128 a[8], b[8], c[8];
+    for (int i = 0; i < 8; ++i) a[i] = load16(s + i * ss);
     for (int i = 0; i < 4; ++i) {
-        b[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
-        b[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+        b[2 * i] = lo16(a[2 * i], a[2 * i + 1]);
+        b[2 * i + 1] = hi16(a[2 * i], a[2 * i + 1]);
     }
     // c0..c3 hold rows 0-3 by column pairs, c4..c7 rows 4-7.
-    c[0] = _mm_unpacklo_epi32(b[0], b[2]);
-    c[1] = _mm_unpackhi_epi32(b[0], b[2]);
-    c[2] = _mm_unpacklo_epi32(b[1], b[3]);
-    c[3] = _mm_unpackhi_epi32(b[1], b[3]);
-    c[4] = _mm_unpacklo_epi32(b[4], b[6]);
-    c[5] = _mm_unpackhi_epi32(b[4], b[6]);
-    c[6] = _mm_unpacklo_epi32(b[5], b[7]);
-    c[7] = _mm_unpackhi_epi32(b[5], b[7]);
+    c[0] = lo32(b[0], b[2]);
+    c[1] = hi32(b[0], b[2]);
+    c[2] = lo32(b[1], b[3]);
+    c[3] = hi32(b[1], b[3]);
+    c[4] = lo32(b[4], b[6]);
+    c[5] = hi32(b[4], b[6]);
+    c[6] = lo32(b[5], b[7]);
+    c[7] = hi32(b[5], b[7]);
     for (int i = 0; i < 4; ++i) {
-        store16<Stream>(d + (2 * i) * ds, _mm_unpacklo_epi64(c[i], c[i + 4]));
-        store16<Stream>(d + (2 * i + 1) * ds, _mm_unpackhi_epi64(c[i], c[i + 4]));
+        store16<Stream>(d + (2 * i) * ds, lo64(c[i], c[i + 4]));
+        store16<Stream>(d + (2 * i + 1) * ds, hi64(c[i], c[i + 4]));
     }
 }
 
@@ -107,16 +157,16 @@ template <bool Stream>
 inline void micro_4(unsigned char *dst, size_t ds, const unsigned char *src, size_t ss) {
     auto *s = reinterpret_cast<const uint32_t *>(src);
     auto *d = reinterpret_cast<uint32_t *>(dst);
-    __m128i a0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s));
-    __m128i a1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + ss));
-    __m128i a2 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + 2 * ss));
-    __m128i a3 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + 3 * ss));
-    __m128i b0 = _mm_unpacklo_epi32(a0, a1), b1 = _mm_unpackhi_epi32(a0, a1);
-    __m128i b2 = _mm_unpacklo_epi32(a2, a3), b3 = _mm_unpackhi_epi32(a2, a3);
-    store16<Stream>(d, _mm_unpacklo_epi64(b0, b2));
-    store16<Stream>(d + ds, _mm_unpackhi_epi64(b0, b2));
-    store16<Stream>(d + 2 * ds, _mm_unpacklo_epi64(b1, b3));
-    store16<Stream>(d + 3 * ds, _mm_unpackhi_epi64(b1, b3));
+    V128 a0 = load16(s);
+    V128 a1 = load16(s + ss);
+    V128 a2 = load16(s + 2 * ss);
+    V128 a3 = load16(s + 3 * ss);
+    V128 b0 = lo32(a0, a1), b1 = hi32(a0, a1);
+    V128 b2 = lo32(a2, a3), b3 = hi32(a2, a3);
+    store16<Stream>(d, lo64(b0, b2));
+    store16<Stream>(d + ds, hi64(b0, b2));
+    store16<Stream>(d + 2 * ds, lo64(b1, b3));
+    store16<Stream>(d + 3 * ds, hi64(b1, b3));
 }
 #endif
 
@@ -126,7 +176,7 @@ struct Micro {
     static constexpr size_t M = 0;
     static void run(unsigned char *, size_t, const unsigned char *, size_t) {}
 };
-#if defined(__SSE2__)
+#if defined(S3TORCH_VEC128)
 template <bool Stream>
 struct Micro<1, Stream> {
     static constexpr size_t M = 16;
@@ -151,7 +201,7 @@ template <size_t N>
 constexpr size_t kRows = N == 1 ? 128 : 64;
 constexpr size_t kTileRowBytes = 128;
 
-#if defined(__SSE2__)
+#if defined(S3TORCH_VEC128)
 // One full tile (kRows<N> rows x kTileRowBytes of each) where there is a micro-kernel, through two
 // buffers that stay in L1. The source rows are copied into a padded buffer first: rows of a
 // tensor are often a power of two bytes apart, so read in place they fall into the same few
@@ -175,8 +225,7 @@ void tile_buffered(unsigned char *d, size_t dst_ld, const unsigned char *s, size
             Micro<N, false>::run(out + c * kColBytes + r * N, kBig, in + r * kSrcPitch + c * N, kSrcPitch / N);
     for (size_t c = 0; c < kCols; ++c) {
         unsigned char *to = d + c * dst_ld * N;
-        for (size_t k = 0; k < kColBytes; k += 16)
-            store16<Stream>(to + k, _mm_load_si128(reinterpret_cast<const __m128i *>(out + c * kColBytes + k)));
+        for (size_t k = 0; k < kColBytes; k += 16) store16<Stream>(to + k, load16(out + c * kColBytes + k));
     }
 }
 #endif
@@ -214,7 +263,7 @@ void transpose_tiles(unsigned char *dst, const unsigned char *src, size_t rows, 
         else if (Stream) read_ahead(strip, (r1 - r0) * cols * N);  // large copies: from memory
         for (size_t c0 = 0; c0 < cols; c0 += kCols) {
             const size_t c1 = std::min(cols, c0 + kCols);
-#if defined(__SSE2__)
+#if defined(S3TORCH_VEC128)
             if constexpr (M != 0) {
                 if (r1 - r0 == kBig && c1 - c0 == kCols) {
                     tile_buffered<N, Stream>(reinterpret_cast<unsigned char *>(d + c0 * dst_ld + r0), dst_ld,
@@ -261,6 +310,16 @@ void transpose_any(unsigned char *d, const unsigned char *s, size_t rows, size_t
 }
 
 }  // namespace
+
+const char *transpose_implementation() {
+#if defined(__SSE2__)
+    return "sse2";
+#elif defined(S3TORCH_VEC128)
+    return "neon";
+#else
+    return "scalar";
+#endif
+}
 
 bool transpose_copy(void *dst, const void *src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld,
                     uint32_t *crc) {

@@ -16,4 +16,8 @@ namespace s3torch {
 bool transpose_copy(void *dst, const void *src, size_t rows, size_t cols, size_t itemsize, size_t dst_ld,
                     uint32_t *crc = nullptr);
 
+// The micro-kernels this build has for 1-, 2- and 4-byte elements: "sse2" (x86-64), "neon"
+// (aarch64) or "scalar" (tiles of plain copies, which 8- and 16-byte elements always take).
+const char *transpose_implementation();
+
 }  // namespace s3torch
