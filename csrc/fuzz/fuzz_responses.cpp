@@ -10,6 +10,7 @@
 #include "s3torch/objects.h"
 #include "s3torch/xml.h"
 
+#include <aws/common/encoding.h>
 #include <aws/common/error.h>
 #include <aws/s3/s3.h>
 
@@ -36,10 +37,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     s3torch::xml_first_text(body, "Code");
     size_t elements = 0;
-    s3torch::xml_walk(body, [&](const std::string &path, const std::string &) {
+    s3torch::xml_walk(body, [&](const std::string &path, const std::string &text) {
         if (path.empty()) std::abort();  // every element has a name
+        aws_utf8_decoder_options none{};
+        if (aws_decode_utf8(aws_byte_cursor_from_array(text.data(), text.size()), &none) != AWS_OP_SUCCESS)
+            std::abort();  // a visitor only ever sees UTF-8
         ++elements;
     });
+
+    // Outside text shown: printable ASCII and valid UTF-8 of no control character, whatever came in.
+    const std::string shown = s3torch::printable(body);
+    aws_utf8_decoder_options none{};
+    if (aws_decode_utf8(aws_byte_cursor_from_array(shown.data(), shown.size()), &none) != AWS_OP_SUCCESS) std::abort();
+    for (unsigned char c : shown)
+        if (c < 0x20 || c == 0x7F) std::abort();
 
     // A list page: a value or a typed S3Error.
     try {

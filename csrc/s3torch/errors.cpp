@@ -9,6 +9,9 @@
 #include <aws/s3/s3.h>
 
 #include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 namespace s3torch {
@@ -118,6 +121,72 @@ std::string describe(const ErrorContext &ctx) {
     if (!ctx.source_key.empty())
         out += " s3://" + ctx.source_bucket + "/" + ctx.source_key + (where.empty() ? "" : " to");
     if (!where.empty()) out += (out.empty() ? "" : " ") + where;
+    return out;
+}
+
+namespace {
+
+// Unicode characters shown escaped although printable by category alone: they reorder, hide
+// or break the text around them (Trojan Source: bidirectional controls).
+bool hides_text(uint32_t cp) {
+    return cp == 0x061C || (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x2028 && cp <= 0x202E) ||
+           (cp >= 0x2060 && cp <= 0x206F) || cp == 0xFEFF || (cp >= 0xFFF9 && cp <= 0xFFFB) ||
+           (cp >= 0xE0000 && cp <= 0xE007F);
+}
+
+// The code point of the UTF-8 sequence at s[i] and its length; 0 when there is none (a byte
+// that cannot start one, a missing or bad continuation, an overlong form, a surrogate, past U+10FFFF).
+size_t utf8_at(const std::string &s, size_t i, uint32_t &cp) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return 0;
+    cp = c & (n == 2 ? 0x1F : n == 3 ? 0x0F : 0x07);
+    for (size_t k = 1; k < n; ++k) {
+        const auto d = static_cast<unsigned char>(s[i + k]);
+        if ((d & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (d & 0x3F);
+    }
+    static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return 0;
+    return n;
+}
+
+}  // namespace
+
+std::string printable(const std::string &text) {
+    std::string out;
+    out.reserve(text.size());
+    char esc[16];
+    for (size_t i = 0; i < text.size();) {
+        const auto c = static_cast<unsigned char>(text[i]);
+        if (c >= 0x20 && c < 0x7F) {
+            out += static_cast<char>(c);
+            ++i;
+            continue;
+        }
+        uint32_t cp = 0;
+        const size_t n = c < 0x80 ? 0 : utf8_at(text, i, cp);
+        if (n == 0) {  // C0, DEL, or a byte of no valid sequence
+            if (c == '\t' || c == '\n' || c == '\r') {
+                out += c == '\t' ? "\\t" : c == '\n' ? "\\n" : "\\r";
+            } else {
+                std::snprintf(esc, sizeof esc, "\\x%02x", c);
+                out += esc;
+            }
+            ++i;
+        } else if (cp <= 0x9F || hides_text(cp)) {  // C1, and the hiding ones; spelled as Python's ascii()
+            std::snprintf(esc, sizeof esc,
+                          cp <= 0xFF     ? "\\x%02x"
+                          : cp <= 0xFFFF ? "\\u%04x"
+                                         : "\\U%08x",
+                          static_cast<unsigned>(cp));
+            out += esc;
+            i += n;
+        } else {
+            out.append(text, i, n);
+            i += n;
+        }
+    }
     return out;
 }
 

@@ -65,6 +65,15 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
 // Build the error for a bare CRT error code (no HTTP response).
 S3Error error_from_crt(int crt_error, const ErrorContext &ctx);
 
+// `text` safe to show on a terminal: each byte that is not part of valid UTF-8, each control
+// character (C0 but for none, DEL, C1) and each Unicode character that reorders or hides text
+// (bidirectional overrides and isolates, zero-width and line separators, tags) written as an
+// escape spelled as Python's ascii() spells it (\t \n \r, \xNN, \uNNNN; a byte of no valid
+// sequence as \xNN). A key or a server's message can hold any of them; shown raw, an escape
+// sequence would drive the terminal and a CR or an override hide what is there. Python's
+// S3Exception.__str__ (python/s3torch/_text.py) then escapes what else is not printable.
+std::string printable(const std::string &text);
+
 // "<operation> s3://bucket/key" (the parts that are set), as every error message begins.
 std::string describe(const ErrorContext &ctx);
 

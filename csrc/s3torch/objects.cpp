@@ -123,7 +123,7 @@ std::string parse_object_parts_body(const std::string &body, const ErrorContext 
     });
     if (bad.empty()) end_part();
     const std::string where = "GetObjectAttributes s3://" + ctx.bucket + "/" + ctx.key + ": ";
-    if (!ok) throw S3Error(ErrorKind::Generic, where + "the response is not valid XML", ctx);
+    if (!ok) throw S3Error(ErrorKind::Generic, where + "the response is not valid UTF-8 XML", ctx);
     if (!bad.empty()) throw S3Error(ErrorKind::Generic, where + "the response lists " + bad, ctx);
     if (truncated && next.empty()) throw S3Error(ErrorKind::Generic, where + "a truncated page without a marker", ctx);
     if (truncated && sizes.size() == before)  // paging on would never end
@@ -188,7 +188,8 @@ ListPage parse_list_body(const std::string &body, const ErrorContext &ctx) {
         }
     });
     if (!ok) {
-        throw S3Error(ErrorKind::Generic, "ListObjectsV2 s3://" + ctx.bucket + ": the response is not valid XML", ctx);
+        throw S3Error(ErrorKind::Generic, "ListObjectsV2 s3://" + ctx.bucket + ": the response is not valid UTF-8 XML",
+                      ctx);
     }
     if (!bad_size.empty()) {
         throw S3Error(ErrorKind::Generic,

@@ -265,6 +265,14 @@ void Transfer::raise_if_failed() {
                             last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
 }
 
+namespace {
+
+bool printable_ascii(const std::string &s) {
+    return std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= 0x20 && c < 0x7F; });
+}
+
+}  // namespace
+
 std::string Transfer::header(const std::string &name) {
     std::lock_guard<std::mutex> lock(mu_);
     return header_locked(name);
@@ -295,8 +303,13 @@ int Transfer::s_on_headers(aws_s3_meta_request *, const aws_http_headers *header
         aws_http_header h;
         if (aws_http_headers_get_index(headers, i, &h)) continue;
         std::string name(reinterpret_cast<const char *>(h.name.ptr), h.name.len);
+        std::string value(reinterpret_cast<const char *>(h.value.ptr), h.value.len);
+        // Every header s3torch reads (ETag, sizes, ranges, checksums, dates, ids) is printable
+        // ASCII; a value that is not is taken as absent (it could not become a Python str,
+        // nor go back out in an If-Match).
+        if (!printable_ascii(name) || !printable_ascii(value)) continue;
         std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
-        lines += name + ": " + std::string(reinterpret_cast<const char *>(h.value.ptr), h.value.len) + "\n";
+        lines += name + ": " + value + "\n";
     }
     std::lock_guard<std::mutex> lock(t->mu_);
     if (status >= 200 && status < 300) {
@@ -325,6 +338,7 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
         if (aws_http_headers_get(result->error_response_headers, aws_byte_cursor_from_c_str("x-amz-request-id"), &v) ==
             AWS_OP_SUCCESS)
             request_id.assign(reinterpret_cast<const char *>(v.ptr), v.len);
+        if (!printable_ascii(request_id)) request_id.clear();
     }
     if (result->error_response_operation_name)
         op.assign(reinterpret_cast<const char *>(aws_string_bytes(result->error_response_operation_name)),

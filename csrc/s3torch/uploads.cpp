@@ -103,8 +103,8 @@ std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> 
             }
         });
         if (!ok)
-            throw S3Error(ErrorKind::Generic, "ListMultipartUploads s3://" + bucket + ": the response is not valid XML",
-                          ctx);
+            throw S3Error(ErrorKind::Generic,
+                          "ListMultipartUploads s3://" + bucket + ": the response is not valid UTF-8 XML", ctx);
         if (!truncated || (next_key.empty() && next_id.empty()) || (next_key == key_marker && next_id == id_marker))
             break;
         key_marker = next_key;

@@ -1,6 +1,7 @@
 #include "s3torch/xml.h"
 
 #include <aws/common/byte_buf.h>
+#include <aws/common/encoding.h>
 #include <aws/common/xml_parser.h>
 
 #include <vector>
@@ -12,6 +13,7 @@ namespace {
 struct WalkState {
     const std::function<void(const std::string &, const std::string &)> *visit;
     std::vector<std::string> path;
+    bool not_utf8 = false;  // a text was not UTF-8: the document is refused
 };
 
 std::string join(const std::vector<std::string> &parts) {
@@ -21,6 +23,18 @@ std::string join(const std::vector<std::string> &parts) {
         out += parts[i];
     }
     return out;
+}
+
+// A text handed to a visitor: UTF-8, as every S3 response is, so that it can become a Python
+// str (a key, a message) without a UnicodeDecodeError where a typed error was due.
+void visit_text(WalkState *st, const std::string &text) {
+    aws_utf8_decoder_options none;
+    AWS_ZERO_STRUCT(none);
+    if (aws_decode_utf8(aws_byte_cursor_from_array(text.data(), text.size()), &none) != AWS_OP_SUCCESS) {
+        st->not_utf8 = true;
+        return;
+    }
+    (*st->visit)(join(st->path), text);
 }
 
 int on_node(struct aws_xml_node *node, void *user_data) {
@@ -38,9 +52,9 @@ int on_node(struct aws_xml_node *node, void *user_data) {
             aws_byte_buf text;
             aws_byte_buf_init(&text, aws_default_allocator(), body.size() + 1);
             if (aws_byte_buf_append_unescaped_xml(aws_default_allocator(), raw, &text) == AWS_OP_SUCCESS) {
-                (*st->visit)(join(st->path), std::string(reinterpret_cast<const char *>(text.buffer), text.len));
+                visit_text(st, std::string(reinterpret_cast<const char *>(text.buffer), text.len));
             } else {
-                (*st->visit)(join(st->path), body);
+                visit_text(st, body);
             }
             aws_byte_buf_clean_up(&text);
         } else {
@@ -76,7 +90,7 @@ bool xml_walk(const std::string &doc, const std::function<void(const std::string
         return rc;
     };
     opts.user_data = &st;
-    return aws_xml_parse(aws_default_allocator(), &opts) == AWS_OP_SUCCESS;
+    return aws_xml_parse(aws_default_allocator(), &opts) == AWS_OP_SUCCESS && !st.not_utf8;
 }
 
 std::string xml_first_text(const std::string &doc, const char *name) {

@@ -17,11 +17,16 @@ from ._crt import (
     S3TimeoutError,
 )
 from ._tar import TarShardError
+from ._text import message as _message
 from ._uri import parse_s3_uri
 from .s3reader import S3Reader, S3ReaderConstructor
 from .s3writer import S3Writer
 
 __version__ = "0.1.0"
+
+# Every S3Exception, the core's and those raised in Python (a CheckpointCorruptError naming a
+# checkpoint's path, a HeaderError naming a tensor), prints its message shown (_text).
+S3Exception.__str__ = _message  # type: ignore[method-assign,assignment]
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from s3torch import S3Client, S3ClientConfig, S3Exception
+from s3torch import S3Client, S3ClientConfig, S3Exception, S3PermissionError
 
 BUCKET = "lies"
 SIZE = 4096
@@ -50,6 +50,8 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.path.split("?")[0].split("/", 2)[-1]
         if key == "head_lies":
             self._send(200, b"", (("ETag", '"e"'),), length=SIZE * 4)
+        elif key == "bad_etag":
+            self._send(200, b"", (("ETag", '"\xff"'),), length=SIZE)
         elif key == "negative_head":
             self._send(200, b"", (("ETag", '"e"'),), length=-5)
         else:
@@ -85,6 +87,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(206, want, cr)
         elif key == "whole_object":  # a 200 with the whole object for a ranged request
             self._send(200, DATA, (("ETag", '"e"'),))
+        elif key == "escapes_error":  # an error whose message is UTF-8 full of terminal escapes
+            body = "<Error><Code>AccessDenied</Code><Message>no \x1b]0;owned\x07\x1b[2J\u202e</Message></Error>"
+            self._send(403, body.encode("utf-8"))
+        elif key == "bad_etag":  # an ETag header that is not printable ASCII
+            self._send(206, want, (("Content-Range", f"bytes {a}-{b}/{SIZE}"), ("ETag", '"\xff"')))
+        elif key == "bad_text_error":  # an error whose message is not UTF-8, with terminal escapes
+            body = "<Error><Code>AccessDenied</Code><Message>no \udcff\x1b]0;owned\x07\x1b[2J</Message></Error>"
+            self._send(403, body.encode("utf-8", "surrogateescape"))
         else:
             self._send(404, b"<Error><Code>NoSuchKey</Code><Message>no</Message></Error>")
 
@@ -108,6 +118,19 @@ class _Handler(BaseHTTPRequestHandler):
             body = head + "<KeyCount>999999999999999999999</KeyCount>" + items + "</ListBucketResult>"
         elif p == "garbage":
             body = "\x00\xff not xml at all <<<>>>"
+        elif p == "badutf8":  # a key that is not UTF-8 (S3 keys always are)
+            body = head + "<Contents><Key>badutf8/\udcff\udcfe</Key><Size>1</Size></Contents></ListBucketResult>"
+        elif p == "escapes":  # keys (UTF-8, as S3 allows) that would drive a terminal or forge a line
+            keys = [
+                "escapes/\x1b]0;owned\x07\x1b[2J",
+                "escapes/a\n2026-01-01 00:00:00          1 forged",
+                "escapes/\u202egnp.exe",
+            ]
+            body = head + "".join(
+                f"<Contents><Key>{k}</Key><Size>1</Size><LastModified>2026-12-01T00:00:00.000Z\x1b[5m</LastModified></Contents>"
+                for k in keys
+            )
+            body += "</ListBucketResult>"
         elif p == "notoken":  # truncated, and no token to ask for the rest with
             body = head + "<IsTruncated>true</IsTruncated><Contents><Key>notoken/a</Key><Size>1</Size></Contents>"
             body += "</ListBucketResult>"
@@ -237,6 +260,49 @@ def test_list_paging_that_never_advances(liar: S3Client, tmp_path: Any) -> None:
         )[0]
     with pytest.raises(Exception, match="again"):
         load_file(f"s3://{BUCKET}/loop/", client=liar)
+
+
+def test_text_that_is_not_utf8_gets_typed_errors(liar: S3Client) -> None:
+    """A listing key or an error message that is not UTF-8 (S3's never are): before, a
+    UnicodeDecodeError (where an S3PermissionError was due, or on reading a listed key); a
+    header that is not printable ASCII is taken as absent."""
+    with pytest.raises(S3Exception, match="not valid UTF-8 XML"):
+        [o.key for page in liar.list_objects(BUCKET, "badutf8") for o in page.object_info]
+    with pytest.raises(S3PermissionError) as info:
+        liar.get_object(BUCKET, "bad_text_error").read()
+    assert info.value.http_status == 403 and info.value.code == "AccessDenied"
+    assert liar._get_native().head(BUCKET, "bad_etag").etag == ""
+    assert liar.get_object(BUCKET, "bad_etag").read() == DATA
+
+
+def test_outside_text_is_shown_escaped(liar: S3Client, monkeypatch: Any, capsys: Any) -> None:
+    """Keys, dates and server messages that hold terminal escapes, a newline or a
+    bidirectional override: ``s3torch ls`` and every exception's message show them escaped
+    (one key, one line); the exception's ``key`` stays the key."""
+    from s3torch.cli import main
+
+    with pytest.raises(S3PermissionError) as info:
+        liar.get_object(BUCKET, "escapes_error").read()
+    text = str(info.value)
+    assert "\x1b" not in text and "\u202e" not in text, text
+    assert (
+        "no \\x1b]0;owned\\x07\\x1b[2J\\u202e" in text
+        and info.value.s3_message == "no \\x1b]0;owned\\x07\\x1b[2J\\u202e"
+    )
+    key = "escapes/\x1b[31m\r\n"
+    with pytest.raises(S3Exception) as info:
+        liar.get_object(BUCKET, key).read()
+    assert info.value.key == key and "escapes/\\x1b[31m\\r\\n" in str(info.value), str(info.value)
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", liar.endpoint or "")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert main(["ls", f"s3://{BUCKET}/escapes/"]) == 0
+    out = capsys.readouterr().out
+    assert out.isprintable() is False and all(line.isprintable() for line in out.splitlines())
+    assert len(out.splitlines()) == 3, out
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in out and "a\\n2026-01-01" in out and "\\u202egnp.exe" in out
+    assert "2026-12-01 00:00:00" in out and "[5m" not in out.replace("\\x1b[5m", "")
 
 
 def test_huge_key_count(liar: S3Client) -> None:

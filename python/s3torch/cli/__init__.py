@@ -15,6 +15,7 @@ import sys
 from types import ModuleType
 from typing import List, Optional
 
+from .._text import shown_lines
 from ._common import EXIT_CODES, CLIError, exit_code_for
 
 
@@ -57,11 +58,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"s3torch {args.verb}: interrupted", file=sys.stderr)
         return 130
     except CLIError as e:
-        print(f"s3torch {args.verb}: {e}", file=sys.stderr)
+        print(f"s3torch {args.verb}: {shown_lines(str(e))}", file=sys.stderr)
         return e.code
     except Exception as e:  # S3 errors and the like: one line, no traceback
         code = exit_code_for(e)
         if code is None:
             raise
-        print(f"s3torch {args.verb}: {e}", file=sys.stderr)
+        print(f"s3torch {args.verb}: {shown_lines(str(e))}", file=sys.stderr)
         return code

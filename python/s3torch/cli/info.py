@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Any, Dict, List
 
 from .._progress import human
+from .._text import shown as text
 from ._checkpoint import Checkpoint, add_trust_argument, open_any
 from ._common import OK, add_connection_arguments, make_client
 
@@ -129,35 +130,40 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(d, indent=2))
         return OK
     t = d["totals"]
-    print(f"checkpoint   {d['checkpoint']}")
-    print(f"written by   {d['written_by']}")
+    # What the checkpoint names (paths, tensor names, its writer's words) is outside text:
+    # each field printed shown (--json escapes it as JSON does).
+    print(f"checkpoint   {text(d['checkpoint'])}")
+    print(f"written by   {text(str(d['written_by']))}")
     if d["written_to"] is not None:
-        print(f"written to   {d['written_to']}" + ("  (copied here since)" if d["copied_since"] else ""))
-    print(f"save id      {d['save_id']}")
+        print(f"written to   {text(str(d['written_to']))}" + ("  (copied here since)" if d["copied_since"] else ""))
+    print(f"save id      {text(str(d['save_id']))}")
     files = sum(1 for f in d["files"] if f["items"])
     print(f"save marks   {d['save_marks']} of {files} files" + ("" if d["save_marks"] else " (not an s3torch save)"))
     if d["modules"]:
-        print(f"modules      {', '.join(d['modules'])}")
+        print(f"modules      {', '.join(text(m) for m in d['modules'])}")
     print(f"DCP version  {d['dcp_version']}")
     print(
         f"total        {t['tensors']} tensors ({human(t['tensor_bytes'])}), {t['byte_items']} byte items, "
         f"{t['files']} files, {human(t['file_bytes'])} ({t['file_bytes']:,} bytes) on storage"
     )
     if t["missing_files"]:
-        print(f"MISSING      {len(t['missing_files'])} files the metadata refers to: {', '.join(t['missing_files'])}")
+        missing = ", ".join(text(n) for n in t["missing_files"])
+        print(f"MISSING      {len(t['missing_files'])} files the metadata refers to: {missing}")
     print("\nfiles:")
     for f in d["files"]:
         size = "MISSING" if f["size"] is None else f"{f['size']:,} bytes"
-        print(f"  {f['name']:<30} {size:>20}  {f['items']} items")
+        print(f"  {text(f['name']):<30} {size:>20}  {f['items']} items")
     print("\ntensors:")
-    width = max([len(x["fqn"]) for x in d["tensors"][: args.tensors]] + [3])
+    width = max([len(text(x["fqn"])) for x in d["tensors"][: args.tensors]] + [3])
     for x in d["tensors"][: args.tensors]:
         chunks = f"  {x['chunks']} chunks" if x["chunks"] != 1 else ""
-        print(f"  {x['fqn']:<{width}}  {x['dtype']:<9} {str(tuple(x['shape'])):<20} {human(x['bytes']):>10}{chunks}")
+        print(
+            f"  {text(x['fqn']):<{width}}  {x['dtype']:<9} {str(tuple(x['shape'])):<20} {human(x['bytes']):>10}{chunks}"
+        )
     if len(d["tensors"]) > args.tensors:
         print(f"  ... {len(d['tensors']) - args.tensors} more (--tensors N, or --json)")
     if d["byte_items"]:
         print("\nbyte items:")
         for b in d["byte_items"]:
-            print(f"  {b['fqn']}  {b['bytes']:,} bytes in {b['file']}")
+            print(f"  {text(b['fqn'])}  {b['bytes']:,} bytes in {text(b['file'])}")
     return OK

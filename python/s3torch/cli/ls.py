@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._progress import human
+from .._text import shown as text
 from ._common import NOT_FOUND, OK, CLIError, add_connection_arguments, make_client, s3_uri
 
 HELP = "list objects under an S3 prefix (like aws s3 ls)"
@@ -37,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
     shown = prefix[: prefix.rfind("/") + 1] if not args.recursive else ""
     count = total = entries = 0
     for page in client.list_objects(bucket, prefix, "" if args.recursive else "/"):
-        for p in page.common_prefixes:
-            print(f"{'PRE':>30} {p[len(shown) :]}")
+        for p in page.common_prefixes:  # keys and dates are outside text: printed shown
+            print(f"{'PRE':>30} {text(p[len(shown) :])}")
             entries += 1
         for o in page.object_info:
             size = human(o.size) if args.human_readable else str(o.size)
-            print(f"{_when(o.last_modified)} {size:>10} {o.key[len(shown) :]}")
+            print(f"{text(_when(o.last_modified))} {size:>10} {text(o.key[len(shown) :])}")
             count, total, entries = count + 1, total + o.size, entries + 1
     if args.summarize:
         print(f"\nTotal Objects: {count}\n   Total Size: {human(total) if args.human_readable else total}")

@@ -6,6 +6,7 @@ import argparse
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
+from .._text import shown as text
 from ._common import FAILED, OK, USAGE, CLIError, add_connection_arguments, make_client, s3_uri
 
 HELP = "list or abort incomplete multipart uploads under an S3 prefix"
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             done = client.abort_multipart_upload(bucket, key, upload_id)
             status = "  aborted" if done else "  NOT aborted (the server did not answer)"
             left += not done
-        print(f"{initiated}  s3://{bucket}/{key}  {upload_id}{status}")
+        print(f"{text(initiated)}  s3://{bucket}/{text(key)}  {text(upload_id)}{status}")  # outside text: shown
     counted, verb = (len(uploads) - left, "aborted") if args.abort else (len(uploads), "found")
     print(f"{counted} incomplete upload(s) {verb} under s3://{bucket}/{prefix}")
     return FAILED if left else OK

@@ -15,6 +15,7 @@ import time
 from typing import Any, Dict, List, Tuple
 
 from .._progress import human
+from .._text import shown as text
 from ._checkpoint import Record, add_trust_argument, open_s3
 from ._common import CORRUPT, OK, CLIError, add_connection_arguments, make_client, progress_for
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     failures: List[Tuple[Record, str]] = []
     bad_files = _check_marks(Verifier, client, ckpt, planner)
     for file, why in sorted(bad_files.items()):
-        print(f"CORRUPT  file {ckpt.location(file)}: {why}")
+        print(f"CORRUPT  file {text(ckpt.location(file))}: {text(why)}")  # the checkpoint's names: shown
     failed_in_files = sum(1 for i in items if where_of[i[0].storage_index].file in bad_files)
     items_read = [i for i in items if where_of[i[0].storage_index].file not in bad_files]
     stats = {"direct": 0, "small": 0, "fallback": 0, "staged": 0, "shared": 0}
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     secs = max(time.perf_counter() - t0, 1e-9)
     if failures or bad_files:
         for r, why in failures:
-            print(f"CORRUPT  {r.fqn}  file {ckpt.location(r.file)}  offset {r.offset}: {why}")
+            print(f"CORRUPT  {text(r.fqn)}  file {text(ckpt.location(r.file))}  offset {r.offset}: {text(why)}")
         print(f"{ckpt.where}: {len(failures) + failed_in_files} of {len(items)} items failed verification")
         return CORRUPT
     tensors = len(shapes)
