@@ -2,6 +2,7 @@
 
 #include "s3torch/block_cache.h"
 #include "s3torch/endpoint_health.h"
+#include "s3torch/errors.h"
 #include "s3torch/prefault.h"
 
 #include <algorithm>
@@ -27,7 +28,8 @@ void log_retry_reports() {
     if (lines.empty()) return;
     try {
         py::object logger = py::module_::import("logging").attr("getLogger")("s3torch");
-        for (const std::string &line : lines) logger.attr("warning")(line);
+        // A line names an object and its last error: outside text, shown (errors.h).
+        for (const std::string &line : lines) logger.attr("warning")(s3torch::printable(line));
     } catch (py::error_already_set &e) {
         e.discard_as_unraisable("s3torch retry report");
     }
