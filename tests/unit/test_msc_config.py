@@ -148,6 +148,32 @@ def test_profile_becomes_bucket_prefix_endpoint_region_credentials(env: Path, mo
     assert MSCConfig.load().file == str(f)
 
 
+def test_retries_and_checksums_as_botocore_means_them(env: Path) -> None:
+    """botocore's retries (max_attempts: retries after the first; total_max_attempts: all)
+    become s3torch's attempt count, which then decides instead of its time budget; a
+    checksum calculation of when_required sends none (servers that refuse the headers); a
+    CRC32 or CRC32C checksum_algorithm is taken, others leave s3torch's default."""
+    write(
+        env / "home/.msc_config.yaml",
+        {
+            "retry": s3("b", retries={"max_attempts": 4, "mode": "standard"}),
+            "total": s3("b", retries={"total_max_attempts": "3", "max_attempts": 9}),
+            "required": s3("b", request_checksum_calculation="when_required"),
+            "crc32": s3("b", request_checksum_calculation="WHEN_REQUIRED", checksum_algorithm="CRC32"),
+            "sha": s3("b", checksum_algorithm="SHA256"),
+        },
+    )
+
+    def cfg(profile: str) -> S3ClientConfig:
+        return MultiStorageFileSystemReader(f"msc://{profile}/x").fs.client.s3client_config
+
+    assert cfg("retry") == S3ClientConfig(max_attempts=5, retry_timeout_s=0)
+    assert cfg("total") == S3ClientConfig(max_attempts=3, retry_timeout_s=0)
+    assert cfg("required") == S3ClientConfig(checksums="off")
+    assert cfg("crc32") == S3ClientConfig(checksums="crc32")
+    assert cfg("sha") == S3ClientConfig()
+
+
 def test_one_client_per_target() -> None:
     from s3torch.msc import MultiStorageFileSystem
     from s3torch.msc._config import S3Target
@@ -211,6 +237,15 @@ def bad_cases(env: Path) -> Dict[str, Any]:
             "read_timeout must be a positive",
         ),
         "connect timeout zero": ({"p": s3(connect_timeout=0)}, "msc://p/x", "p", "connect_timeout must be a positive"),
+        "retries not a mapping": ({"p": s3(retries=3)}, "msc://p/x", "p", "retries must be a mapping"),
+        "retries negative": ({"p": s3(retries={"max_attempts": -1})}, "msc://p/x", "p", "at least 0, got -1"),
+        "retries too many": ({"p": s3(retries={"total_max_attempts": 500})}, "msc://p/x", "p", "max_attempts must be"),
+        "checksum calculation": (
+            {"p": s3(request_checksum_calculation="always")},
+            "msc://p/x",
+            "p",
+            "when_supported or when_required, got str",
+        ),
         "read timeout too long": ({"p": s3(read_timeout=7200)}, "msc://p/x", "p", "stall_timeout_s must be between"),
         "no profile in url": ({"p": s3()}, "msc:///x", None, "names no profile"),
         "not msc or s3": ({"p": s3()}, "gs://b/x", None, "neither msc://"),

@@ -290,6 +290,40 @@ class MSCConfig:
         connect_timeout = _seconds(options, "connect_timeout", file, profile)
         if connect_timeout is not None:
             cfg["connect_timeout_ms"] = max(1, math.ceil(connect_timeout * 1000))
+        # botocore's retries: {max_attempts: retries after the first, total_max_attempts: all of
+        # them}. A count the user chose is kept as one: attempts decide, not s3torch's budget
+        # of time (docs/retries.md).
+        retries = options.get("retries")
+        if retries is not None:
+            if not isinstance(retries, dict):
+                raise MSCConfigError(
+                    "storage_provider.options.retries must be a mapping (max_attempts, total_max_attempts, mode)",
+                    config_file=file,
+                    profile=profile,
+                )
+            total = _count(retries, "total_max_attempts", 1, file, profile)
+            more = _count(retries, "max_attempts", 0, file, profile)
+            attempts = total if total is not None else (more + 1 if more is not None else None)
+            if attempts is not None:
+                cfg["max_attempts"] = attempts
+                cfg["retry_timeout_s"] = 0
+        # Upload checksums. botocore's when_required sends none unless asked (servers that
+        # refuse the headers); a CRC32 or CRC32C checksum_algorithm is s3torch's own choice.
+        # SHA1, SHA256 and CRC64NVME are not among s3torch's: its default (CRC32C) is kept.
+        calculation = options.get("request_checksum_calculation")
+        if calculation is not None:
+            if str(calculation).lower() not in ("when_supported", "when_required"):
+                raise MSCConfigError(
+                    "storage_provider.options.request_checksum_calculation must be when_supported or "
+                    f"when_required, got {_shown(calculation)}",
+                    config_file=file,
+                    profile=profile,
+                )
+            if str(calculation).lower() == "when_required":
+                cfg["checksums"] = "off"
+        algorithm = str(options.get("checksum_algorithm") or "").lower()
+        if algorithm in ("crc32", "crc32c"):
+            cfg["checksums"] = algorithm
         creds = raw.get("credentials_provider")
         if creds is not None:
             ctype = creds.get("type") if isinstance(creds, dict) else None
@@ -346,6 +380,28 @@ def _seconds(options: Dict[str, Any], name: str, file: Optional[str], profile: s
             profile=profile,
         ) from None
     return seconds
+
+
+def _count(options: Dict[str, Any], name: str, least: int, file: Optional[str], profile: str) -> Optional[int]:
+    """``options[name]``, a whole number of at least ``least`` (a number, or its text after
+    ``${VAR}`` expansion), or None when absent."""
+    value = options.get(name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if isinstance(value, (bool, float)) or not text.isdigit() or int(text) < least:
+        raise MSCConfigError(
+            f"storage_provider.options.retries.{name} must be a whole number of at least {least}, got {_shown(value)}",
+            config_file=file,
+            profile=profile,
+        )
+    return int(text)
+
+
+def _shown(value: Any) -> str:
+    """A config value in a message: numbers as they are, other values by type only (a value
+    may be a secret put in the wrong place)."""
+    return repr(value) if isinstance(value, (int, float)) else type(value).__name__
 
 
 def _join(a: str, b: str) -> str:
