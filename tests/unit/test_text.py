@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from s3torch import S3Exception, S3NotFoundError
 from s3torch._text import shown, shown_lines
-from s3torch.dcp import CheckpointCorruptError
+from s3torch.dcp import CheckpointCorruptError, StagingError
 from s3torch.safetensors import HeaderError
 
 HOSTILE = "k\x1b]0;owned\x07\x1b[2J\r\u202egnp.exe\u200b\x85\ufeff"
@@ -32,7 +32,7 @@ def test_the_hostile_characters_are_escaped_as_ascii_spells_them() -> None:
 
 
 def test_exception_messages_are_shown_and_attributes_kept() -> None:
-    for cls in (S3Exception, S3NotFoundError, CheckpointCorruptError, HeaderError):
+    for cls in (S3Exception, S3NotFoundError, CheckpointCorruptError, HeaderError, StagingError):
         e = cls(f"tensor {HOSTILE!s} is bad\nsecond line")
         assert str(e) == f"tensor {shown(HOSTILE)} is bad\nsecond line", cls
         assert e.args[0] == f"tensor {HOSTILE} is bad\nsecond line"

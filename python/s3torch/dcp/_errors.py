@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import _crt
+from .._text import message
 
 
 class CheckpointCorruptError(_crt.S3Exception):
@@ -22,6 +23,9 @@ def short_read(where: str, want: int, got: int) -> CheckpointCorruptError:
 
 class StagingError(RuntimeError):
     """Copying staged bytes into a destination failed (a CUDA error, too little device memory)."""
+
+    def __str__(self) -> str:  # it names a tensor of the checkpoint: outside text, shown
+        return message(self)
 
 
 class CheckpointReadError(_crt.S3Exception):
