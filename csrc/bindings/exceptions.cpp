@@ -53,8 +53,9 @@ void raise(const S3Error &e) {
     }
     // The message and what a server said are shown escaped (s3torch::printable): a key or a
     // server's text may hold terminal escapes, or bytes that are not UTF-8 (which would make
-    // a UnicodeDecodeError of this error). The bucket and key are kept as given where they
-    // are UTF-8, for code that uses them.
+    // a UnicodeDecodeError of this error). The operation, bucket and key are kept as they are
+    // (for code that uses them): they come from Python's strings or a listing's keys, which
+    // the XML walk only hands over as UTF-8.
     const std::string message = s3torch::printable(e.what());
     py::object exc = py::reinterpret_steal<py::object>(PyObject_CallFunction(cls, "s", message.c_str()));
     if (!exc) throw py::error_already_set();
@@ -62,21 +63,17 @@ void raise(const S3Error &e) {
     auto shown_or_none = [](const std::string &s) -> py::object {
         return s.empty() ? py::none() : py::object(py::str(s3torch::printable(s)));
     };
-    auto name_or_none = [](const std::string &s) -> py::object {
-        if (s.empty()) return py::none();
-        PyObject *u = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "strict");
-        if (u) return py::reinterpret_steal<py::object>(u);
-        PyErr_Clear();
-        return py::str(s3torch::printable(s));
+    auto str_or_none = [](const std::string &s) -> py::object {
+        return s.empty() ? py::none() : py::object(py::str(s));
     };
     set("code", shown_or_none(e.s3_code));
     set("s3_message", shown_or_none(e.s3_message));
     set("http_status", e.http_status ? py::object(py::int_(e.http_status)) : py::none());
     set("request_id", shown_or_none(e.request_id));
     set("crt_error", e.crt_error_name.empty() ? py::none() : py::object(py::str(e.crt_error_name)));
-    set("operation", name_or_none(e.context.operation));
-    set("bucket", name_or_none(e.context.bucket));
-    set("key", name_or_none(e.context.key));
+    set("operation", str_or_none(e.context.operation));
+    set("bucket", str_or_none(e.context.bucket));
+    set("key", str_or_none(e.context.key));
     PyErr_SetObject(cls, exc.ptr());
 }
 

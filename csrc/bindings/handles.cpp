@@ -2,7 +2,6 @@
 
 #include "s3torch/block_cache.h"
 #include "s3torch/endpoint_health.h"
-#include "s3torch/errors.h"
 #include "s3torch/prefault.h"
 
 #include <algorithm>
@@ -28,8 +27,7 @@ void log_retry_reports() {
     if (lines.empty()) return;
     try {
         py::object logger = py::module_::import("logging").attr("getLogger")("s3torch");
-        // A line names an object and its last error: outside text, shown (errors.h).
-        for (const std::string &line : lines) logger.attr("warning")(s3torch::printable(line));
+        for (const std::string &line : lines) logger.attr("warning")(line);
     } catch (py::error_already_set &e) {
         e.discard_as_unraisable("s3torch retry report");
     }

@@ -10,7 +10,6 @@
 #include "s3torch/client.h"
 #include "s3torch/crt_compat.h"
 #include "s3torch/endpoint_health.h"
-#include "s3torch/errors.h"
 #include "s3torch/prefault.h"
 #include "s3torch/runtime.h"
 #include "s3torch/transpose.h"
@@ -162,18 +161,10 @@ PYBIND11_MODULE(_crt, m) {
           "Endpoints ('scheme://host[:port]') that have answered in this process (carried in pickles).");
     m.def("mark_answered", &s3torch::mark_answered, py::arg("endpoints"),
           "Mark endpoints as known to be right (they answered in the process that pickled an object).");
-    // Both name objects and their errors: outside text, shown (errors.h).
-    m.def(
-        "retry_status", [] { return s3torch::printable(s3torch::retry_status()); },
-        "A short status of the request that has retried longest ('retrying 12 s: SlowDown (HTTP 503)'), or ''.");
-    m.def(
-        "take_retry_reports",
-        [] {
-            std::vector<std::string> lines = s3torch::take_retry_reports();
-            for (std::string &line : lines) line = s3torch::printable(line);
-            return lines;
-        },
-        "Retry report lines due now (waits log them on the 's3torch' logger themselves).");
+    m.def("retry_status", &s3torch::retry_status,
+          "A short status of the request that has retried longest ('retrying 12 s: SlowDown (HTTP 503)'), or ''.");
+    m.def("take_retry_reports", &s3torch::take_retry_reports,
+          "Retry report lines due now (waits log them on the 's3torch' logger themselves).");
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
     m.attr("MAX_THROUGHPUT_GBPS") = s3torch::kMaxThroughputGbps;
 }

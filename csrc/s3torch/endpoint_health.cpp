@@ -111,14 +111,14 @@ void EndpointHealth::take_reports(uint64_t now, std::vector<std::string> &out) {
     if (retrying_.size() > 1) line += "; " + std::to_string(retrying_.size()) + " requests to " + name_ + " retrying";
     if (latest_deadline > now) line += "; giving up in at most " + seconds(latest_deadline - now);
     else if (latest_deadline == 0) line += "; giving up after max_attempts";
-    out.push_back(line);
+    out.push_back(printable(line));  // it names an object and its last error: outside text (errors.h)
 }
 
 std::string EndpointHealth::retry_status(uint64_t now) {
     std::lock_guard<std::mutex> lock(mu_);
     if (retrying_.empty()) return "";
     const Retrying *oldest = oldest_locked();
-    return "retrying " + seconds(now - oldest->first_failure_ns) + ": " + oldest->error;
+    return printable("retrying " + seconds(now - oldest->first_failure_ns) + ": " + oldest->error);
 }
 
 const EndpointHealth::Retrying *EndpointHealth::oldest_locked() const {

@@ -87,13 +87,10 @@ class S3Reader(io.BufferedIOBase):
     @property
     def _size(self) -> int:
         known = self._size_if_known()
-        if known is not None:
-            return known
-        if self._info is not None:  # listed empty: asked again (above)
+        if known is None:  # no info, or a listing's 0 (above): a HEAD, whose answer is kept
             self._info = self._get_object_info()
-            self._known_size = int(self._info.size)
-            return self._known_size
-        return int(self.get_object_info().size)
+            known = self._known_size = int(self._info.size)
+        return known
 
     # --- one version of the object (module docstring) -------------------------------------
     def _get_into(self, dest: memoryview, offset: int, length: int) -> int:
