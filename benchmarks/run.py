@@ -286,6 +286,16 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
             bench.mkdir(parents=True, exist_ok=True)
             torch.save({f"t{i}": torch.full((per // 4,), float(i)) for i in range(8)}, bench / key)
         return {"key": key}
+    if sc.name == "ckpt_load_model":
+        import torch
+
+        from s3torch.demo import build_model
+
+        key = f"ckpt-model-{sizes['layers']}-{sizes['d_model']}-{sizes['vocab']}.pt"
+        if not (bench / key).exists():
+            bench.mkdir(parents=True, exist_ok=True)
+            torch.save(build_model(sizes["layers"], sizes["d_model"], sizes["vocab"], 0).state_dict(), bench / key)
+        return {"key": key}
     if sc.name == "dcp_load":
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import FileSystemWriter

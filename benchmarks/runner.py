@@ -370,6 +370,11 @@ def setup_ckpt_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     raise KeyError(peer)
 
 
+def state_bytes(sd: Dict[str, Any]) -> float:
+    """The bytes of a loaded state dict's tensors."""
+    return float(sum(t.numel() * t.element_size() for t in sd.values()))
+
+
 def setup_ckpt_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     import torch
 
@@ -386,7 +391,7 @@ def setup_ckpt_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         def op() -> float:
             with ck.reader(f"s3://{b}/{key}") as r:
                 sd = torch.load(r, weights_only=True)
-            return sum(t.numel() * 4 for t in sd.values())
+            return state_bytes(sd)
 
         return op
     if peer == "boto3-transfer":
@@ -397,7 +402,7 @@ def setup_ckpt_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             c.download_fileobj(b, key, f)
             f.seek(0)
             sd = torch.load(f, weights_only=True)
-            return sum(t.numel() * 4 for t in sd.values())
+            return state_bytes(sd)
 
         return op2
     raise KeyError(peer)
@@ -730,6 +735,7 @@ SETUPS = {
     },
     "ckpt_save": setup_ckpt_save,
     "ckpt_load": setup_ckpt_load,
+    "ckpt_load_model": setup_ckpt_load,
     "dcp_save": setup_dcp_save,
     "dcp_load": setup_dcp_load,
     "dcp_load_cuda": setup_dcp_load_into,

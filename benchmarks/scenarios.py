@@ -105,6 +105,15 @@ SCENARIOS: List[Scenario] = [
         {"state_bytes": 96 * MiB},
     ),
     Scenario(
+        "ckpt_load_model",
+        "torch.load of a transformer state dict (hundreds of tensors) through checkpoint helpers",
+        "nginx",
+        "GB/s",
+        ["s3torch", "s3torchconnector", "boto3-transfer"],
+        {"layers": 14, "d_model": 1024, "vocab": 32000},
+        {"layers": 2, "d_model": 512, "vocab": 8000},
+    ),
+    Scenario(
         "dcp_save",
         "DCP save of a transformer state dict",
         "seaweed",

@@ -356,6 +356,14 @@ NOTES: Dict[str, str] = {
         for r in (1, 2, 3, 4)
         for setting in ("off", "on")
     },
+    **_ab_runs(
+        "benchmarks/results/readahead/{build}-{r}.json",
+        1,
+        "b2f92b5: a sequential reader holds the whole object once a read asks for less than all of it",
+        "read-ahead segments: bounded memory, large storages straight into place",
+        "The old build ran s3torch alone; s3torchconnector ran beside the new one. `readahead/README.md` sets "
+        "them side by side.",
+    ),
 }
 
 
