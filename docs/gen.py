@@ -364,6 +364,14 @@ NOTES: Dict[str, str] = {
         "The old build ran s3torch alone; s3torchconnector ran beside the new one. `readahead/README.md` sets "
         "them side by side.",
     ),
+    **_ab_runs(
+        "benchmarks/results/readahead/s3like-{build}-{r}.json",
+        2,
+        "b2f92b5: the whole file in one buffer",
+        "read-ahead segments",
+        "With `--s3-like` (nginx capped near 90 MB/s per connection). `readahead/README.md` sets the four runs "
+        "side by side.",
+    ),
 }
 
 

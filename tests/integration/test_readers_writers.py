@@ -48,6 +48,8 @@ ops = st.lists(
         st.tuples(st.just("readinto"), st.integers(0, 5 * 1024 * 1024)),
         st.tuples(st.just("seek"), st.integers(0, 4 * 1024 * 1024), st.sampled_from([0, 1, 2])),
         st.tuples(st.just("tell")),
+        st.tuples(st.just("readline"), st.integers(-1, 70_000)),
+        st.tuples(st.just("peek"), st.integers(0, 20_000)),
     ),
     min_size=1,
     max_size=8,
@@ -69,6 +71,12 @@ def test_reader_matches_bytesio(client: S3Client, server, objects: dict, kind: s
             a, b = bytearray(op[1]), bytearray(op[1])
             assert reader.readinto(a) == oracle.readinto(b)
             assert a == b
+        elif op[0] == "readline":
+            assert reader.readline(op[1]) == oracle.readline(op[1])
+        elif op[0] == "peek":  # as many bytes as it likes, at least one before the end; no move
+            got = reader.peek(op[1])
+            at = oracle.tell()
+            assert got == data[at : at + len(got)] and (len(got) > 0 or at >= len(data))
         elif op[0] == "seek":
             off, whence = op[1], op[2]
             if whence == 2:
@@ -81,6 +89,27 @@ def test_reader_matches_bytesio(client: S3Client, server, objects: dict, kind: s
         assert reader.tell() == oracle.tell()
     reader.close()
     assert reader.closed
+
+
+@pytest.mark.parametrize("kind", ["sequential", "range_4KiB", "range_unbuffered"])
+def test_lines_are_read_a_line_at_a_time(client: S3Client, prefix: str, kind: str) -> None:
+    """Iterating over a reader's lines (and readline) looks ahead with peek(): a read per
+    line. Before, io's readline read one byte per call, a GET per byte when unbuffered."""
+    lines = [b"x" * (i % 300) + b"\n" for i in range(2000)] + [b"no newline at the end"]
+    key = f"{prefix}lines.txt"
+    client.put(BUCKET, key, b"".join(lines))
+    reader = client.get_object(BUCKET, key, reader_constructor=CONSTRUCTORS[kind])
+    reads = 0
+    read = reader._read
+
+    def counted(size):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        return read(size)
+
+    reader._read = counted  # type: ignore[method-assign]
+    assert list(reader) == lines
+    assert reads <= 3 * len(lines)  # a peek and a read per line, not a read per byte
 
 
 def test_large_reads_into_fresh_memory_are_exact(seaweed) -> None:  # type: ignore[no-untyped-def]
@@ -166,7 +195,11 @@ def test_dcp_optimized_reader(client: S3Client, prefix: str) -> None:
         buf = bytearray(it.end - it.start - half)
         assert r.readinto(buf) == len(buf) and bytes(buf) == data[it.start + half : it.end]
         r.seek(it.start)  # back within the current item is fine
+        ahead = r.peek()  # within the item, the position kept
+        assert 0 < len(ahead) <= it.end - it.start and ahead == data[it.start : it.start + len(ahead)]
         assert r.read(1) == data[it.start : it.start + 1]
+        r.seek(it.end)
+        assert r.peek() == b""  # past the item: nothing planned to look ahead into
     with pytest.raises(ValueError, match="earlier item") as ei:
         r.seek(0)
         r.read(10)

@@ -159,6 +159,14 @@ class DCPOptimizedS3Reader(S3Reader):
     def _readinto(self, mv: memoryview) -> int:
         return self._first_read(lambda: self._readinto_once(mv))
 
+    def peek(self, size: int = 0, /) -> bytes:
+        """As S3Reader.peek, within the planned item at the position (b"" at its end: a look
+        ahead past it is no read of this plan)."""
+        self._check_open()
+        if self._remaining_in_item(self._pos) == 0:
+            return b""
+        return super().peek(size)
+
     def _forget_bytes(self) -> None:
         self._group_buf = None
         self._cur_group = -1

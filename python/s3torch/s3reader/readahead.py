@@ -5,12 +5,13 @@ in parallel). A larger object, or one whose size nothing told the reader before 
 read (``S3Checkpoint.reader``, ``S3Client.get_object`` without a listing), is read through
 segments instead, so the memory a reader takes is bounded whatever the object's size:
 
-- a read that finds no segment at its position GETs one (``SEGMENT`` bytes from there), and
+- a read that finds no segment at its position GETs one (``SEGMENT`` bytes from there; the
+  reader's first, ``FIRST_SEGMENT``), and
   later reads inside it are served from memory: the small probes of a format's header or
   trailer (a ``torch.load``'s zip directory at the end, its pickle at the start) cost one GET
   each, not the whole object;
-- a read that starts where the previous one ended (or up to ``SEQUENTIAL_GAP`` bytes later)
-  is a stream: segments are kept in flight ahead of it, ``SEGMENT`` bytes the first time,
+- a read that starts inside the previous one or where it ended (or up to ``SEQUENTIAL_GAP``
+  bytes later) is a stream: segments are kept in flight ahead of it, ``SEGMENT`` bytes the first time,
   doubling up to ``READ_AHEAD_MAX``, so a long run of small reads (a ``torch.load``'s record
   headers and small tensors) waits for no request of its own;
 - a part of a read that no segment holds, of at least ``DIRECT_MIN`` bytes, is a GET straight
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 MiB = 1 << 20
 SEGMENT = 8 * MiB
+FIRST_SEGMENT = 1 * MiB  # the first GET: it may be all of a small object
 READ_AHEAD_MAX = 64 * MiB
 HELD_MAX = READ_AHEAD_MAX + 4 * SEGMENT
 WHOLE_MAX = 128 * MiB
@@ -61,13 +63,15 @@ class ReadAhead:
     def __init__(self, reader: "S3Reader") -> None:
         self._reader = reader
         self._segment = SEGMENT
+        self._first_segment = min(FIRST_SEGMENT, SEGMENT)
         self._ahead_max = READ_AHEAD_MAX
         self._held_max = HELD_MAX
         self._direct_min = DIRECT_MIN
         self._gap = SEQUENTIAL_GAP
         self._segs: List[_Segment] = []  # sorted by start, never overlapping
         self._starts: List[int] = []  # their starts, for bisect
-        self._last_end: Optional[int] = None  # where the previous read ended
+        self._last_start = 0  # where the previous read started
+        self._last_end: Optional[int] = None  # and where it ended
         self._ahead = 0  # bytes kept in flight ahead of the stream (0: not a stream)
         self._clock = 0
         self._hot: Optional[_Segment] = None  # the landed segment the last read ended in
@@ -143,7 +147,7 @@ class ReadAhead:
         the next read that leaves it."""
         hot = self._hot
         if hot is not None and hot.start <= pos and pos + n <= hot.end:
-            self._last_end = pos + n
+            self._last_start, self._last_end = pos, pos + n
             return hot
         return None
 
@@ -164,7 +168,9 @@ class ReadAhead:
         if n <= 0:
             return 0
         end = pos + n
-        stream = self._last_end is not None and self._last_end <= pos <= self._last_end + self._gap
+        # A stream: this read starts inside the previous one (a peek, then the read) or at most
+        # SEQUENTIAL_GAP bytes after its end.
+        stream = self._last_end is not None and self._last_start <= pos <= self._last_end + self._gap
         copies: List[Tuple[_Segment, int, int, int]] = []  # (segment, its offset, dest offset, length)
         direct: List["_crt.GetHandle"] = []
         p = pos
@@ -182,7 +188,7 @@ class ReadAhead:
             seg.used = self._clock
             copies.append((seg, p - seg.start, p - pos, k))
             p += k
-        self._last_end = end
+        self._last_start, self._last_end = pos, end
         if stream:
             self._ahead = min(self._ahead_max, max(self._segment, 2 * self._ahead))
             self._read_ahead(end)
@@ -199,9 +205,10 @@ class ReadAhead:
 
     def _first(self, dest: memoryview, pos: int) -> None:
         """The reader's first GET, which pins its version (and tells the size nobody told it):
-        a segment at ``pos``, whatever ``dest`` is; the read then proceeds as any other."""
+        a segment of ``FIRST_SEGMENT`` bytes at ``pos``, whatever ``dest`` is (a small object
+        takes no more); the read then proceeds as any other."""
         try:
-            self._add(pos, pos + self._segment)
+            self._add(pos, pos + self._first_segment)
         except _crt.S3Exception as e:
             if e.http_status != 416:  # 416: at or past the end of the object (the size: a HEAD)
                 raise

@@ -185,6 +185,18 @@ class S3Reader(io.BufferedIOBase):
         n = _check_size(size)
         return self._read(n)
 
+    def peek(self, size: int = 0, /) -> bytes:
+        """Bytes at the current position, without moving it: at least one unless at the end,
+        up to ``max(size, io.DEFAULT_BUFFER_SIZE)``. ``readline`` and iterating over lines
+        look ahead with it, a read per line rather than one per byte."""
+        self._check_open()
+        if not is_int(size):
+            raise TypeError(f"peek size must be an int, got {type(size).__name__}")
+        pos = self._pos
+        data = self._read(max(size, io.DEFAULT_BUFFER_SIZE))
+        self._pos = pos
+        return data
+
     def read1(self, size: Optional[int] = -1) -> bytes:
         """Like read(): one call, at most ``size`` bytes."""
         return self.read(size)
