@@ -258,6 +258,48 @@ def write_random(path: Path, n: int) -> None:
             left -= min(left, len(block))
 
 
+def model_checkpoint(bench: Path, sizes: Dict[str, int]) -> Path:
+    """The dcp_load model's DCP checkpoint under ``bench``, written by torch's FileSystemWriter
+    (torch's own format) unless there already."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from s3torch.demo import build_model
+
+    path = bench / f"dcp-{sizes['layers']}-{sizes['d_model']}-{sizes['vocab']}"
+    if not (path / ".metadata").exists():
+        sd = build_model(sizes["layers"], sizes["d_model"], sizes["vocab"], 0).state_dict()
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        dcp.save(sd, storage_writer=FileSystemWriter(str(path), sync_files=False))
+    return path
+
+
+def prepare_cp_data(root: Path, sc: Scenario, sizes: Dict[str, int], endpoint: str) -> Dict[str, Any]:
+    """cp_up / cp_down: the local checkpoint directory, and for cp_down its copy on the server
+    (put file by file, the same for every peer)."""
+    from s3torch import S3Client, S3ClientConfig
+    from s3torch._servers import ACCESS_KEY, SECRET_KEY
+
+    path = model_checkpoint(root / "bench", sizes)
+    out: Dict[str, Any] = {"cp_dir": str(path)}
+    if sc.name == "cp_down":
+        prefix = f"cp-src/{path.name}"
+        client = S3Client(
+            "us-east-1",
+            endpoint=endpoint,
+            s3client_config=S3ClientConfig(
+                force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY
+            ),
+        )
+        if not any(page.object_info for page in client.list_objects("bench", prefix + "/.metadata")):
+            for f in sorted(path.iterdir()):
+                client.put("bench", f"{prefix}/{f.name}", f.read_bytes())
+        out["cp_prefix"] = prefix
+    return out
+
+
 def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[str, Any]:
     """Files under root/bench served by nginx; returns context keys for the runner."""
     bench = root / "bench"
@@ -297,19 +339,7 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
             torch.save(build_model(sizes["layers"], sizes["d_model"], sizes["vocab"], 0).state_dict(), bench / key)
         return {"key": key}
     if sc.name == "dcp_load":
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FileSystemWriter
-
-        from s3torch.demo import build_model
-
-        key = f"dcp-{sizes['layers']}-{sizes['d_model']}-{sizes['vocab']}"
-        if not (bench / key / ".metadata").exists():
-            sd = build_model(sizes["layers"], sizes["d_model"], sizes["vocab"], 0).state_dict()
-            import warnings
-
-            warnings.filterwarnings("ignore")
-            dcp.save(sd, storage_writer=FileSystemWriter(str(bench / key), sync_files=False))  # torch's own format
-        return {"key": key}
+        return {"key": model_checkpoint(bench, sizes).name}
     if sc.name in ("dcp_load_cuda", "dcp_load_staged"):
         import warnings
 
@@ -645,6 +675,9 @@ def main() -> int:
                     ctx.update(prepare_nginx_data(www, sc, sizes))
                     assert nginx is not None
                     nginx.set_checksums(ctx.pop("checksums", {}))
+                elif sc.name in ("cp_up", "cp_down"):
+                    log(f"{sc.name}: preparing data")
+                    ctx.update(prepare_cp_data(www, sc, sizes, server.endpoint))
             except Exception as e:
                 sc_res["error"] = f"data preparation failed: {e}"
                 continue

