@@ -179,3 +179,32 @@ def test_the_docs_give_the_read_ahead_sizes_the_code_uses() -> None:
     assert f"({readahead.SEGMENT // mib} MiB, doubling up to {readahead.READ_AHEAD_MAX // mib} MiB)" in checkpoints
     assert f"At most {readahead.HELD_MAX // mib} MiB of the file is held" in checkpoints
     assert f"known size up to {readahead.WHOLE_MAX // mib} MiB" in (root / "datasets.md").read_text()
+
+
+@pytest.mark.parametrize("listed,now", [(600 * KiB, 100 * KiB), (100 * KiB, 600 * KiB), (600 * KiB, 900 * KiB)])
+@pytest.mark.parametrize("how", ["read", "readinto"])
+def test_a_stale_listing_on_either_side_of_whole_max(
+    seaweed, prefix: str, monkeypatch, listed: int, now: int, how: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A listing's size decides whether the reader holds the object whole; the first GET
+    finds the object replaced since, of a size on the other side of WHOLE_MAX (or the same
+    side): the read is made again as that size calls for, and returns the object as it is."""
+    monkeypatch.setattr(readahead, "WHOLE_MAX", 256 * KiB)
+    monkeypatch.setattr(readahead, "FIRST_SEGMENT", 64 * KiB)
+    client = make_client(seaweed)
+    key = f"{prefix}stale.bin"
+    client.put(BUCKET, key, bytes(listed))
+    info = next(o for page in client.list_objects(BUCKET, key) for o in page.object_info)
+    new = np.random.default_rng(2).integers(0, 256, now, dtype=np.uint8).tobytes()
+    client.put(BUCKET, key, new)
+    reader = client.get_object(BUCKET, key, object_info=info)
+    if how == "read":
+        assert reader.read(10) == new[:10]
+        assert reader.read() == new[10:]
+    else:
+        buf = bytearray(now + 10)
+        got = reader.readinto(memoryview(buf)[:1000])
+        while n := reader.readinto(memoryview(buf)[got:]):
+            got += n
+        assert buf[:got] == new
+    assert reader.seek(0, io.SEEK_END) == now

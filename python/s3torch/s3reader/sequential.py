@@ -82,7 +82,8 @@ class SequentialS3Reader(S3Reader):
 
     def _read_segmented(self, size: Optional[int]) -> bytes:
         ahead = self._segmented()
-        assert ahead is not None
+        if ahead is None:  # a stale first read found the object small enough to hold whole
+            return self._read(size)
         if size is None:
             size = max(0, self._size - self._pos)
         out = bytearray(size)
@@ -105,7 +106,8 @@ class SequentialS3Reader(S3Reader):
 
     def _readinto_segmented(self, mv: memoryview) -> int:
         ahead = self._segmented()
-        assert ahead is not None
+        if ahead is None:  # a stale first read found the object small enough to hold whole
+            return self._readinto(mv)
         got = ahead.readinto(mv, self._pos)
         self._pos += got
         return got
