@@ -16,12 +16,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3torch import S3Checkpoint, S3ClientConfig, S3ReaderConstructor
+from s3torch import S3Checkpoint, S3ClientConfig, S3PermissionError, S3ReaderConstructor
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.s3reader import readahead
 from s3torch.s3reader.sequential import SequentialS3Reader
 from tests.conftest import BUCKET, make_client
-from tests.faults.proxy import FaultProxy
+from tests.faults.proxy import Fault, FaultProxy
 from tests.integration.test_readers_writers import same_as_bytesio
 
 KiB = 1024
@@ -206,3 +206,21 @@ def test_a_stale_listing_on_either_side_of_whole_max(
             got += n
         assert buf[:got] == new
     assert reader.seek(0, io.SEEK_END) == now
+
+
+def test_a_failed_segment_fails_the_read_that_needs_it_and_is_fetched_again(seaweed, small_segments, proxy) -> None:  # type: ignore[no-untyped-def]
+    """One GET of a stream's segments refused (403, not retried): the read that needs it
+    raises the typed error, and reading again at the same position makes a GET of its own
+    (the failed segment is not kept); the rest of the object reads as it is."""
+    key = "readahead/obj"
+    data = _object(make_client(seaweed), key)
+    fault = proxy.add(Fault("error", method="GET", status=403, code="AccessDenied", range="^bytes=[1-9]", times=1))
+    reader = make_client(proxy).get_object(BUCKET, key)
+    out, failures = bytearray(), 0
+    while len(out) < len(data):
+        try:
+            out += reader.read(10_000)
+        except S3PermissionError:
+            failures += 1
+    assert failures == 1 and fault.injected == 1
+    assert out == data and reader.read(1) == b""
