@@ -115,13 +115,14 @@ SCENARIOS: List[Scenario] = [
     ),
     # `s3torch cp` and s5cmd copying one DCP checkpoint directory (the dcp_load model, written by
     # torch's FileSystemWriter) to S3 and back, each a process of its own: CPU is the child's;
-    # peak RSS is not measured for them (the runner's own stays flat).
+    # peak RSS is not measured for them (the runner's own stays flat). "s3torch-2gbps" is
+    # `s3torch cp --throughput-gbps 2`: fewer connections, for a server on the same cores.
     Scenario(
         "cp_up",
         "a DCP checkpoint directory copied to S3 by a command line",
         "seaweed",
         "GB/s",
-        ["s3torch", "s5cmd"],
+        ["s3torch", "s3torch-2gbps", "s5cmd"],
         {"layers": 14, "d_model": 1024, "vocab": 32000},
         {"layers": 2, "d_model": 512, "vocab": 8000},
     ),
@@ -130,7 +131,7 @@ SCENARIOS: List[Scenario] = [
         "a DCP checkpoint copied from S3 to a local directory by a command line",
         "seaweed",
         "GB/s",
-        ["s3torch", "s5cmd"],
+        ["s3torch", "s3torch-2gbps", "s5cmd"],
         {"layers": 14, "d_model": 1024, "vocab": 32000},
         {"layers": 2, "d_model": 512, "vocab": 8000},
     ),

@@ -177,6 +177,29 @@ def test_cp_up_of_a_large_file_is_multipart_and_exact(env, tmp_path, prefix, cap
     assert (tmp_path / "back" / "sub" / "empty.bin").read_bytes() == b""
 
 
+def test_throughput_gbps_reaches_the_client_and_refuses_nonsense(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    from s3torch.cli import build_parser
+    from s3torch.cli._common import client_config
+
+    for command in ("cp", "ls", "du", "info", "verify", "uploads"):
+        args = build_parser().parse_args(
+            [command, "--throughput-gbps", "2.5", f"s3://{BUCKET}/x", str(tmp_path)][: 5 if command == "cp" else 4]
+        )
+        assert client_config(args).throughput_target_gbps == 2.5
+    assert client_config(build_parser().parse_args(["ls", f"s3://{BUCKET}/x"])).throughput_target_gbps == 10
+    for bad in ("0", "-1", "nan", "inf", "fast"):
+        with pytest.raises(SystemExit) as ei:
+            main(["ls", "--throughput-gbps", bad, f"s3://{BUCKET}/x"])
+        assert ei.value.code == 2
+        assert "must be a positive number of Gbps" in capsys.readouterr().err
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "__0_0.distcp").write_bytes(os.urandom(6 * 1024 * 1024))
+    (src / ".metadata").write_bytes(b"m")
+    code, _, err = cli(capsys, "cp", "--throughput-gbps", "1", str(src), f"s3://{BUCKET}/{prefix}tp")
+    assert code == 0, err
+
+
 def test_ls_and_du(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     client = make_client(env)
     sizes = {"a/x.bin": 10, "a/y.bin": 2000, "b.bin": 3}
