@@ -279,20 +279,11 @@ def model_checkpoint(bench: Path, sizes: Dict[str, int]) -> Path:
 def prepare_cp_data(root: Path, sc: Scenario, sizes: Dict[str, int], endpoint: str) -> Dict[str, Any]:
     """cp_up / cp_down: the local checkpoint directory, and for cp_down its copy on the server
     (put file by file, the same for every peer)."""
-    from s3torch import S3Client, S3ClientConfig
-    from s3torch._servers import ACCESS_KEY, SECRET_KEY
-
     path = model_checkpoint(root / "bench", sizes)
     out: Dict[str, Any] = {"cp_dir": str(path)}
     if sc.name == "cp_down":
         prefix = f"cp-src/{path.name}"
-        client = S3Client(
-            "us-east-1",
-            endpoint=endpoint,
-            s3client_config=S3ClientConfig(
-                force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY
-            ),
-        )
+        client = weed_client(endpoint)
         if not any(page.object_info for page in client.list_objects("bench", prefix + "/.metadata")):
             for f in sorted(path.iterdir()):
                 client.put("bench", f"{prefix}/{f.name}", f.read_bytes())
@@ -429,17 +420,22 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def warm_up(weed) -> None:  # type: ignore[no-untyped-def]
-    """SeaweedFS allocates volumes on the first writes; do them before anything is measured."""
+def weed_client(endpoint: str):  # type: ignore[no-untyped-def]
+    """s3torch's own client to the SeaweedFS at ``endpoint`` (not boto3: a GPU machine without
+    network has no boto3)."""
     from s3torch import S3Client, S3ClientConfig
     from s3torch._servers import ACCESS_KEY, SECRET_KEY
 
-    # s3torch's own client, not boto3: a GPU machine without network has no boto3.
-    s3 = S3Client(
+    return S3Client(
         "us-east-1",
-        endpoint=weed.endpoint,
+        endpoint=endpoint,
         s3client_config=S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY),
     )
+
+
+def warm_up(weed) -> None:  # type: ignore[no-untyped-def]
+    """SeaweedFS allocates volumes on the first writes; do them before anything is measured."""
+    s3 = weed_client(weed.endpoint)
     blob = os.urandom(16 << 20)
     for i in range(4):
         s3.put("bench", f"warmup/{i}", blob)

@@ -62,12 +62,6 @@ class ReadAhead:
 
     def __init__(self, reader: "S3Reader") -> None:
         self._reader = reader
-        self._segment = SEGMENT
-        self._first_segment = min(FIRST_SEGMENT, SEGMENT)
-        self._ahead_max = READ_AHEAD_MAX
-        self._held_max = HELD_MAX
-        self._direct_min = DIRECT_MIN
-        self._gap = SEQUENTIAL_GAP
         self._segs: List[_Segment] = []  # sorted by start, never overlapping
         self._starts: List[int] = []  # their starts, for bisect
         self._last_start = 0  # where the previous read started
@@ -86,25 +80,18 @@ class ReadAhead:
         """The segment holding ``pos`` (or None) and the start of the first segment after
         ``pos`` (the object's size when none follows)."""
         i = bisect.bisect_right(self._starts, pos) - 1
-        if i >= 0 and self._segs[i].end > pos:
-            return self._segs[i], (self._starts[i + 1] if i + 1 < len(self._segs) else self._size())
-        return None, (self._starts[i + 1] if i + 1 < len(self._segs) else self._size())
+        following = self._starts[i + 1] if i + 1 < len(self._segs) else self._size()
+        return (self._segs[i] if i >= 0 and self._segs[i].end > pos else None), following
 
     def _size(self) -> int:
         return self._reader._size
 
     # --- GETs ---------------------------------------------------------------------------------
     def _start(self, dest: memoryview, offset: int, length: int) -> "_crt.GetHandle":
-        r = self._reader
-        h = r._native.start_get_into(r._bucket, r._key, dest, offset, length, r._etag)
-        if not r._pinned:  # the first GET answers alone: the others are held to its version
-            self._landed(h)
+        h = self._reader._start_get(dest, offset, length)
+        if not self._reader._pinned:  # the first GET answers alone: the others are held to its version
+            self._reader._landed(h)
         return h
-
-    def _landed(self, h: "_crt.GetHandle") -> int:
-        got = h.wait(populate=True)
-        self._reader._answered(h.etag, h.object_size)
-        return got
 
     def _add(self, start: int, end: int) -> _Segment:
         self._clock += 1
@@ -119,7 +106,7 @@ class ReadAhead:
         if seg.handle is None:
             return
         try:
-            got = self._landed(seg.handle)
+            got = self._reader._landed(seg.handle)
         except BaseException:
             self._drop(seg)  # a later read makes its own GET
             raise
@@ -170,7 +157,7 @@ class ReadAhead:
         end = pos + n
         # A stream: this read starts inside the previous one (a peek, then the read) or at most
         # SEQUENTIAL_GAP bytes after its end.
-        stream = self._last_end is not None and self._last_start <= pos <= self._last_end + self._gap
+        stream = self._last_end is not None and self._last_start <= pos <= self._last_end + SEQUENTIAL_GAP
         copies: List[Tuple[_Segment, int, int, int]] = []  # (segment, its offset, dest offset, length)
         direct: List["_crt.GetHandle"] = []
         p = pos
@@ -178,11 +165,11 @@ class ReadAhead:
             seg, following = self._find(p)
             if seg is None:
                 gap_end = min(end, following)
-                if gap_end - p >= self._direct_min:
+                if gap_end - p >= DIRECT_MIN:
                     direct.append(self._start(dest[p - pos : gap_end - pos], p, gap_end - p))
                     p = gap_end
                     continue
-                seg = self._add(p, min(following, p + self._segment))
+                seg = self._add(p, min(following, p + SEGMENT))
             k = min(end, seg.end) - p
             self._clock += 1
             seg.used = self._clock
@@ -190,7 +177,7 @@ class ReadAhead:
             p += k
         self._last_start, self._last_end = pos, end
         if stream:
-            self._ahead = min(self._ahead_max, max(self._segment, 2 * self._ahead))
+            self._ahead = min(READ_AHEAD_MAX, max(SEGMENT, 2 * self._ahead))
             self._read_ahead(end)
         else:
             self._ahead = 0
@@ -199,7 +186,7 @@ class ReadAhead:
             dest[to : to + k] = seg.view[at : at + k]
             self._hot = seg
         for h in direct:
-            self._landed(h)
+            self._reader._landed(h)
         self._evict(pos if stream else None, end)
         return n
 
@@ -208,12 +195,11 @@ class ReadAhead:
         a segment of ``FIRST_SEGMENT`` bytes at ``pos``, whatever ``dest`` is (a small object
         takes no more); the read then proceeds as any other."""
         try:
-            self._add(pos, pos + self._first_segment)
+            seg = self._add(pos, pos + min(FIRST_SEGMENT, SEGMENT))
         except _crt.S3Exception as e:
             if e.http_status != 416:  # 416: at or past the end of the object (the size: a HEAD)
                 raise
             return
-        seg = self._segs[bisect.bisect_left(self._starts, pos)]
         seg.end = min(seg.end, self._size())
 
     def _read_ahead(self, pos: int) -> None:
@@ -225,7 +211,7 @@ class ReadAhead:
             if seg is not None:
                 p = seg.end
                 continue
-            p = self._add(p, min(following, p + self._segment)).end
+            p = self._add(p, min(following, p + SEGMENT)).end
 
     def _evict(self, behind: Optional[int], end: int) -> None:
         """Drop what a stream has passed (segments ending at or before ``behind``), then the
@@ -235,11 +221,11 @@ class ReadAhead:
             for seg in [s for s in self._segs if s.end <= behind]:
                 self._drop(seg)
         held = self.held_bytes
-        if held <= self._held_max:
+        if held <= HELD_MAX:
             return
         ahead_end = end + self._ahead
         for seg in sorted(self._segs, key=lambda s: s.used):
-            if held <= self._held_max:
+            if held <= HELD_MAX:
                 break
             if end <= seg.start < ahead_end:
                 continue  # read-ahead of the stream

@@ -98,7 +98,16 @@ class S3Reader(io.BufferedIOBase):
         resident while the GET lands); returns the bytes received. Held to the reader's
         version once it has one; the first GET pins it, and raises ``_StaleSize`` if the size
         the read was planned with is not that version's."""
-        h = self._native.start_get_into(self._bucket, self._key, dest, offset, length, self._etag)
+        return self._landed(self._start_get(dest, offset, length))
+
+    def _start_get(self, dest: memoryview, offset: int, length: int) -> "_crt.GetHandle":
+        """``_get_into`` started, not waited for (``_landed`` waits): held to the reader's
+        version once it has one. Start no other before the first has landed."""
+        return self._native.start_get_into(self._bucket, self._key, dest, offset, length, self._etag)
+
+    def _landed(self, h: "_crt.GetHandle") -> int:
+        """Wait for a GET of ``_start_get`` (making fresh pages resident as it lands); the
+        bytes received. The reader's first pins its version (``_answered``)."""
         got = h.wait(populate=True)
         self._answered(h.etag, h.object_size)
         return got

@@ -14,10 +14,6 @@ from . import readahead
 from .readahead import ReadAhead
 from .s3reader import GetObjectInfo, S3Reader
 
-# readinto of at least this many bytes, before the object is buffered, goes straight into
-# the caller's buffer.
-DIRECT_READINTO_BYTES = 1 << 20
-
 
 class SequentialS3Reader(S3Reader):
     """Reads an object of known size up to ``readahead.WHOLE_MAX`` whole, with one (auto-ranged)
@@ -87,15 +83,14 @@ class SequentialS3Reader(S3Reader):
         if size is None:
             size = max(0, self._size - self._pos)
         out = bytearray(size)
-        got = ahead.readinto(memoryview(out), self._pos)
-        self._pos += got
+        got = self._readinto_segmented(memoryview(out))
         return bytes(out) if got == size else bytes(memoryview(out)[:got])
 
     def _readinto(self, mv: memoryview) -> int:
         ahead = self._segmented()
         if ahead is not None:
             return self._first_read(lambda: self._readinto_segmented(mv))
-        if self._data is None and len(mv) >= DIRECT_READINTO_BYTES:
+        if self._data is None and len(mv) >= readahead.DIRECT_MIN:  # before it is buffered: straight in
             return self._first_read(lambda: self._direct_readinto(mv))
         data = self._load()
         start = min(self._pos, len(data))
