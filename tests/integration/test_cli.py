@@ -23,6 +23,7 @@ from s3torch.cli import main
 from s3torch.dcp import S3StorageReader, S3StorageWriter
 from s3torch.dcp._record import HEAD_BYTES, TAIL_BYTES, locate
 from tests.conftest import BUCKET, make_client
+from tests.faults.proxy import Fault
 
 
 @pytest.fixture
@@ -119,6 +120,155 @@ def test_cp_down_of_a_checkpoint_saved_again_meanwhile_fails(env, proxy, tmp_pat
     assert code == 4, err
     assert f"s3://{BUCKET}/{key}: replaced while it was copied" in err and "Copy again" in err
     assert not [n for n in os.listdir(down) if n.startswith(".metadata")]  # nothing loadable, no partial one
+
+
+def _checkpoint_of(client, key_prefix: str, sizes: dict) -> dict:  # type: ignore[no-untyped-def]
+    """Objects under ``key_prefix`` of the given sizes, plus a small ``.metadata``: what
+    ``cp`` takes for a checkpoint (it copies bytes, it never reads them)."""
+    files = {name: os.urandom(n) for name, n in sizes.items()} | {".metadata": b"m" * 100}
+    for name, data in files.items():
+        client.put(BUCKET, key_prefix + name, data)
+    return files
+
+
+def test_cp_down_that_cannot_fit_leaves_the_old_checkpoint(env, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A copy larger than the destination's free space (plus the files it replaces) is refused
+    before anything is removed: with --overwrite too, the checkpoint already there stays whole."""
+    import s3torch.cli.cp as cp
+
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    _checkpoint_of(make_client(env), f"{prefix}ckpt/", {"a.bin": 3 << 20, "b.bin": 5 << 20})
+    down = tmp_path / "down"
+    down.mkdir()
+    old = {".metadata": b"old metadata", "a.bin": b"old a" * 1000}
+    for name, data in old.items():
+        (down / name).write_bytes(data)
+    free = (8 << 20) - len(old["a.bin"])  # short of the copy by the 100-byte .metadata, with a.bin's room
+    monkeypatch.setattr(cp.shutil, "disk_usage", lambda path: shutil_usage(free))
+    code, out, err = cli(capsys, "cp", uri, str(down), "--overwrite")
+    assert code == 4, err
+    assert "the checkpoint needs 8.39 MB and its filesystem has 8.38 MB free" in err
+    assert "in files the copy would replace" in err and "nothing was copied" in err
+    assert {n: (down / n).read_bytes() for n in os.listdir(down)} == old
+    monkeypatch.setattr(cp.shutil, "disk_usage", lambda path: shutil_usage(free + 100))  # room enough
+    code, out, err = cli(capsys, "cp", uri, str(down), "--overwrite")
+    assert code == 0, err
+
+
+def shutil_usage(free: int):  # type: ignore[no-untyped-def]
+    import shutil
+
+    return shutil._ntuple_diskusage(free * 2, free, free)  # type: ignore[attr-defined]
+
+
+_FULL_DISK_CHILD = """
+import os, sys
+import s3torch.cli.cp as cp
+from s3torch.cli import main
+
+check, dst, filler = cp._check_room, sys.argv[1], sys.argv[2]
+
+def check_then_fill(*args):  # the free space is there when checked, then another writer takes it
+    check(*args)
+    if filler:
+        with open(filler, "wb") as f:
+            f.write(b"x" * (8 << 20))
+
+cp._check_room = check_then_fill
+sys.exit(main(["cp", sys.argv[3], dst]))
+"""
+
+
+def _small_filesystem_works() -> bool:
+    """Whether this machine lets a test mount a tmpfs in a mount namespace of its own (root,
+    or unprivileged user namespaces), so that nothing outside the test sees it."""
+    cmd = ["unshare", "-m", "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs $d"]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_cp_down_onto_a_filesystem_that_fills_fails_cleanly(env, tmp_path, prefix) -> None:  # type: ignore[no-untyped-def]
+    """The destination's filesystem runs out of room between the free-space check and the
+    files' allocation. Before, the files were sparse and the GETs wrote into their memory
+    maps: the first page with no block to give killed the process with SIGBUS (exit -7, no
+    message), leaving files of full size full of holes. Now every file is allocated before
+    any GET: exit 4, one line that names the file, and the files this copy created removed.
+
+    Where the machine lets the test mount one (a mount namespace of its own), the destination
+    is a real 16 MiB tmpfs that another writer fills (ENOSPC); elsewhere the child's file size
+    limit is below the larger file (EFBIG): the kernel refuses the allocation either way."""
+    import resource
+
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    _checkpoint_of(make_client(env), f"{prefix}ckpt/", {"a.bin": 3 << 20, "b.bin": 12 << 20})
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    dst = mnt / "down"
+    args = [sys.executable, "-c", _FULL_DISK_CHILD, str(dst)]
+    if _small_filesystem_works():
+        script = 'mount -t tmpfs -o size=16m tmpfs "$1" && shift && "$@"; rc=$?; ls -A "$0"/down 2>&1; exit $rc'
+        cmd = ["unshare", "-m", "sh", "-c", script, str(mnt), str(mnt)] + args + [str(mnt / "filler"), uri]
+        preexec, expect = None, "No space left on device"
+    else:
+        cmd = ["sh", "-c", '"$@"; rc=$?; ls -A "$0"/down 2>&1; exit $rc', str(mnt)] + args + ["", uri]
+        preexec, expect = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))), "File too large"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=preexec)
+    assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
+    assert f"{dst}/b.bin: {expect} (12.58 MB); the copy stopped before its .metadata" in r.stderr
+    assert "removed the files it had only allocated" in r.stderr
+    assert r.stdout.strip() == "", r.stdout  # the listing of down/, in the child's view: empty
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_cp_up_of_a_checkpoint_saved_again_meanwhile_fails(env, proxy, tmp_path, prefix, when) -> None:  # type: ignore[no-untyped-def]
+    """The local checkpoint is saved again while ``cp`` copies it up (the trainer writing the
+    next step into the directory a sync job is copying):
+
+    - ``during``: its data file is rewritten, shorter, when its first part reaches the server.
+      Before, the file was read through a memory map, and the first read past the new end
+      killed the copy with SIGBUS (exit -7, no message, the multipart upload left open);
+    - ``after``: the data file is rewritten, same size, once its upload completes. Before,
+      the second save's .metadata went up over the first save's data: a checkpoint no save
+      wrote, loadable.
+
+    Now both fail (exit 4) with one line naming the file, and no .metadata goes to S3. The
+    copy runs as a process of its own, so a SIGBUS fails the test rather than the suite."""
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    data = src / "__0_0.distcp"
+    # Multipart, and larger than the upload's window at --throughput-gbps 0.4 (8 parts of
+    # 8 MiB): the copy cannot have read the whole file when its first part reaches the server.
+    data.write_bytes(os.urandom(96 << 20))
+    (src / ".metadata").write_bytes(b"m" * 100)
+
+    def save_again() -> None:
+        with open(data, "wb") as f:  # as torch's FileSystemWriter writes a file: truncate, write
+            f.write(os.urandom(1 << 20) if when == "during" else os.urandom(96 << 20))
+
+    rule = (
+        Fault("call", method="PUT", path="partNumber=", times=1, call=save_again)
+        if when == "during"
+        else Fault("call", method="POST", path="uploadId=", times=1, call=save_again)
+    )
+    proxy.add(rule)
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    env_vars = dict(os.environ, AWS_ENDPOINT_URL=proxy.endpoint)
+    r = subprocess.run(
+        [sys.executable, "-m", "s3torch", "cp", "--throughput-gbps", "0.4", str(src), uri],
+        env=env_vars,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rule.injected == 1
+    assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
+    assert f"{data}: changed while it was copied" in r.stderr and "Copy again" in r.stderr
+    keys = [o.key for page in make_client(env).list_objects(BUCKET, prefix) for o in page.object_info]
+    assert not [k for k in keys if k.endswith(".metadata")], keys
+    if when == "during":
+        assert keys == []  # the data file's upload was aborted
 
 
 def test_cp_down_holds_an_empty_file_to_its_listed_version(env, proxy, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]

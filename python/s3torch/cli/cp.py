@@ -1,8 +1,12 @@
 """``s3torch cp``: copy a DCP checkpoint between a local directory and S3, either way.
 
-Up: every file but the metadata streams into its own multipart upload straight from an
-mmap of the file (``--jobs`` files at a time, each with its parts in flight), then the
-``.metadata`` files are PUT, so the copy on S3 is loadable only once complete. Down: every
+Up: every file but the metadata streams into its own multipart upload, read a chunk at a
+time (``--jobs`` files at a time, each with its parts in flight), then the ``.metadata``
+files are PUT, so the copy on S3 is loadable only once complete. Every file is held to the
+version the listing saw (its inode, size and mtime): a checkpoint saved again while it is
+copied up fails the copy (exit 4) before any ``.metadata`` goes, instead of leaving on S3 a
+checkpoint that mixes two saves (or, read through a memory map as before, killing the copy
+with SIGBUS when a file shrank under it). Down: every
 object lands by ranged GETs straight into an mmap of its (preallocated) file, a window of
 pieces in flight across files, and the ``.metadata`` files last. Bytes are copied as they
 are, so the copy is byte-identical. Every piece of an object is held to the version the
@@ -13,8 +17,11 @@ copy (exit 4) instead of leaving files that mix two saves.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import mmap
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Tuple
 
@@ -49,7 +56,16 @@ or another control character.
 
 Refuses (exit 2) when DST already holds a checkpoint (a .metadata), unless --overwrite:
 then DST's old .metadata is removed before anything else is written, and files DST holds
-that SRC does not are left in place."""
+that SRC does not are left in place.
+
+Down, every file gets its disk blocks before the first GET. A copy that does not fit in the
+free space of DST's filesystem is refused (exit 4) before anything at DST is removed or
+written; one the filesystem refuses anyway (a quota, a disk filling meanwhile) fails (exit 4)
+with the files it had allocated removed."""
+
+# errno values of a filesystem out of room for a file: no space, over a quota, over the
+# process's file size limit.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 PIECE = 64 << 20  # download: bytes per ranged GET handed to the CRT (it splits them into parts)
 WINDOW = 16  # download: pieces in flight at once, across files
@@ -102,47 +118,103 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
     if not prefix:
         raise CLIError(f"{args.dst}: give a key prefix to copy the checkpoint under, not a whole bucket", USAGE)
     files = local_files(src)
+    # The version of each file the copy is held to, from before anything is read.
+    stamps = {n: _stamp(os.lstat(os.path.join(src, n))) for n in files}
     existing = [o.key for o in list_all(client, bucket, prefix) if _is_metadata(o.key)]
     if existing and not args.overwrite:
         raise CLIError(f"{dst} already holds a checkpoint ({existing[0]}); --overwrite replaces it", USAGE)
     for k in existing:  # first, so a copy that fails halfway never leaves old metadata over new files
         client.delete_object(bucket, k)
     data, meta = _ordered(files)
-    with progress_for("cp", f"{src} -> {dst}", total=sum(files.values())) as progress:
-        with ThreadPoolExecutor(min(args.jobs, max(1, len(data))), thread_name_prefix="s3torch-cp") as pool:
-            for f in [pool.submit(_put_file, client, bucket, prefix + n, os.path.join(src, n), progress) for n in data]:
-                f.result()
-        for n in meta:
-            _put_file(client, bucket, prefix + n, os.path.join(src, n), progress)
+
+    def put(n: str, progress: Progress) -> None:
+        _put_file(client, bucket, prefix + n, os.path.join(src, n), stamps[n], progress)
+
+    try:
+        with progress_for("cp", f"{src} -> {dst}", total=sum(files.values())) as progress:
+            with ThreadPoolExecutor(min(args.jobs, max(1, len(data))), thread_name_prefix="s3torch-cp") as pool:
+                try:
+                    for f in [pool.submit(put, n, progress) for n in data]:
+                        f.result()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # the files not started yet never start
+                    raise
+            for n in data:  # a file saved again after its upload: the .metadata must not go
+                path = os.path.join(src, n)
+                try:
+                    _check_stamp(path, stamps[n], os.lstat(path))
+                except FileNotFoundError as e:
+                    raise LocalFileChanged(path) from e
+            for n in meta:
+                put(n, progress)
+    except LocalFileChanged as e:
+        raise CLIError(
+            f"{e.path}: changed while it was copied (something is saving to {src}); {dst} holds no "
+            ".metadata of this copy, so nothing loads it. Copy again once the save is done"
+        ) from e
     total = sum(files.values())
     print(f"copied {len(files)} files, {human(total)} ({total:,} bytes): {src} -> {dst}")
     return OK
 
 
-def _put_file(client: S3Client, bucket: str, key: str, path: str, progress: Progress) -> None:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+class LocalFileChanged(Exception):
+    """A local file is not the version the copy listed: written, truncated or replaced."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def _stamp(st: os.stat_result) -> Tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _check_stamp(path: str, stamp: Tuple[int, int, int], st: os.stat_result) -> None:
+    if _stamp(st) != stamp:
+        raise LocalFileChanged(path)
+
+
+def _put_file(
+    client: S3Client, bucket: str, key: str, path: str, stamp: Tuple[int, int, int], progress: Progress
+) -> None:
+    """Upload the file at ``path``, which must stay the version ``stamp`` describes from before
+    its first byte is read until after its last: read (not memory-mapped, where a file that
+    shrinks under the copy is a SIGBUS) a chunk at a time into one buffer."""
+    try:
+        f = open(path, "rb", buffering=0)
+    except FileNotFoundError as e:  # removed since the listing
+        raise LocalFileChanged(path) from e
+    with f:
+        _check_stamp(path, stamp, os.fstat(f.fileno()))  # the file opened is the one listed
+        size = stamp[1]
         if size == 0:
             client.put(bucket, key, b"")
             return
-        m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-        view = memoryview(m)
+        buf = memoryview(bytearray(min(CHUNK, size)))
         upload = client.upload(bucket, key)
         try:
             for a in range(0, size, CHUNK):
-                upload.write(view[a : a + CHUNK])  # the upload holds the slice until its parts are sent
-                progress.add(min(CHUNK, size - a))
+                n = min(CHUNK, size - a)
+                if _read_full(f, buf[:n]) != n:  # shorter than listed: truncated meanwhile
+                    raise LocalFileChanged(path)
+                upload.write(buf[:n])  # returns once the bytes are in the upload's part buffers
+                progress.add(n)
+            _check_stamp(path, stamp, os.fstat(f.fileno()))  # written meanwhile, whatever its size
             upload.complete()
         except BaseException:
             upload.abort()
             raise
-        finally:
-            del upload  # lets its slices of the map go
-            view.release()
-            try:
-                m.close()
-            except BufferError:  # a slice still held after a failure: the map goes with it
-                pass
+
+
+def _read_full(f: Any, view: memoryview) -> int:
+    """Read into all of ``view`` unless the file ends first; the bytes read."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 # --- S3 -> local ---------------------------------------------------------------------------
@@ -165,10 +237,11 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     existing = [n for n in local_files(dst) if _is_metadata(n)] if os.path.isdir(dst) else []
     if existing and not args.overwrite:
         raise CLIError(f"{dst} already holds a checkpoint ({existing[0]}); --overwrite replaces it", USAGE)
+    total = sum(files.values())
+    _check_room(dst, paths, total)
     for n in existing:
         os.remove(os.path.join(dst, n))
     data, meta = _ordered(files)
-    total = sum(files.values())
     with progress_for("cp", f"{src} -> {dst}", total=total) as progress:
         try:
             _get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in data], progress)
@@ -184,6 +257,52 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
             ) from e
     print(f"copied {len(files)} files, {human(total)} ({total:,} bytes): {src} -> {dst}")
     return OK
+
+
+def _check_room(dst: str, paths: Dict[str, str], total: int) -> None:
+    """Refuse, before anything at ``dst`` is touched, a copy that cannot fit: ``total`` bytes
+    against the free space of the filesystem ``dst`` is (to be) on, plus what the files it
+    replaces hold. (Allocating each file before its GETs is what guarantees it; this keeps a
+    copy that cannot fit from removing the old checkpoint first.)"""
+    where = dst
+    while not os.path.isdir(where):
+        where = os.path.dirname(where)
+    replaced = sum(os.path.getsize(p) for p in paths.values() if os.path.isfile(p))
+    free = shutil.disk_usage(where).free
+    if total > free + replaced:
+        raise CLIError(
+            f"{dst}: the checkpoint needs {human(total)} and its filesystem has {human(free)} free"
+            + (f" (+{human(replaced)} in files the copy would replace)" if replaced else "")
+            + "; nothing was copied"
+        )
+
+
+def _allocate(f: Any, size: int) -> None:
+    """Give the open file ``size`` bytes with their disk blocks allocated now. A GET writes
+    through a memory map, and a write into a page whose block the filesystem cannot give
+    kills the process (SIGBUS, no message, files of full size full of holes): a full disk
+    must show here, as an error, before any GET. Linux's fallocate(2) itself, not glibc's
+    posix_fallocate, which on a filesystem that cannot allocate ahead (ZFS, some NFS) writes
+    into every block first; there the file is sparse, as before."""
+    if _fallocate is not None and _fallocate(f.fileno(), 0, 0, size) == 0:
+        return
+    err = ctypes.get_errno() if _fallocate is not None else errno.ENOSYS
+    if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise OSError(err, os.strerror(err))
+    f.truncate(size)
+
+
+def _libc_fallocate() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (AttributeError, OSError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _libc_fallocate()
 
 
 def _partial_suffix(paths: Dict[str, str], meta: List[str]) -> str:
@@ -217,21 +336,31 @@ def _get_files(
     # open) until the CRT is done with it; dropping the handle lets the slice go.
     inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
     written: List[str] = []  # under their partial names
-    done = False
+    done = allocated = False
     try:
         for name, size, etag in files:
             path = paths[name] + partial
             os.makedirs(os.path.dirname(path), exist_ok=True)
             written.append(path)
             f = open(path, "wb+")
-            f.truncate(size)
             if size == 0:  # a GET of nothing all the same: held to the listed version too
                 f.close()
                 pieces.append((prefix + name, 0, 0, -1, etag))
                 continue
+            try:
+                _allocate(f, size)
+            except OSError as e:
+                f.close()
+                if e.errno not in NO_ROOM:
+                    raise
+                raise CLIError(
+                    f"{path}: {e.strerror} ({human(size)}); the copy stopped before its .metadata, "
+                    "and removed the files it had only allocated"
+                ) from e
             m = mmap.mmap(f.fileno(), size)
             maps.append((f, m, memoryview(m)))
             pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1, etag) for a in range(0, size, PIECE)]
+        allocated = True
         for piece in pieces:
             key, offset, length, i, etag = piece
             if i < 0:
@@ -259,7 +388,7 @@ def _get_files(
             view.release()
             m.close()  # writes the pages back (MAP_SHARED) as the process ends at the latest
             f.close()
-        if partial:
+        if partial or not allocated:  # not allocated: no GET has started, the files hold nothing
             for path in written:
                 if done:
                     os.replace(path, path[: -len(partial)])
