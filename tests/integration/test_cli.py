@@ -221,6 +221,29 @@ def test_cp_down_onto_a_filesystem_that_fills_fails_cleanly(env, tmp_path, prefi
     assert r.stdout.strip() == "", r.stdout  # the listing of down/, in the child's view: empty
 
 
+def test_cp_down_syncs_the_data_before_the_metadata(env, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The copy is on disk in the order that keeps it safe across a power loss: every data
+    file and its directory entry, then the .metadata (under its partial name), then its
+    rename. Before, nothing was synced: a crash after success could leave the .metadata with
+    data files that were never written."""
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    _checkpoint_of(make_client(env), f"{prefix}ckpt/", {"a.bin": 3 << 20, "sub/b.bin": 1 << 20})
+    down = tmp_path / "down"
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), down))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    code, _, err = cli(capsys, "cp", uri, str(down))
+    assert code == 0, err
+    meta = ".metadata.s3torch-partial"
+    assert sorted(synced[:2]) == ["a.bin", "sub/b.bin"] and sorted(synced[2:4]) == [".", "sub"]
+    assert synced[4:] == [meta, "."], synced
+
+
 @pytest.mark.parametrize("when", ["during", "after"])
 def test_cp_up_of_a_checkpoint_saved_again_meanwhile_fails(env, proxy, tmp_path, prefix, when) -> None:  # type: ignore[no-untyped-def]
     """The local checkpoint is saved again while ``cp`` copies it up (the trainer writing the

@@ -58,7 +58,9 @@ Refuses (exit 2) when DST already holds a checkpoint (a .metadata), unless --ove
 then DST's old .metadata is removed before anything else is written, and files DST holds
 that SRC does not are left in place.
 
-Down, every file gets its disk blocks before the first GET. A copy that does not fit in the
+Down, every file is synced to disk (fsync, as torch's FileSystemWriter does) before the
+.metadata is written, and the .metadata before the copy reports success. Every file gets its
+disk blocks before the first GET. A copy that does not fit in the
 free space of DST's filesystem is refused (exit 4) before anything at DST is removed or
 written; one the filesystem refuses anyway (a quota, a disk filling meanwhile) fails (exit 4)
 with the files it had allocated removed."""
@@ -373,6 +375,13 @@ def _get_files(
                 _finish(inflight.pop(0), progress)
         while inflight:
             _finish(inflight.pop(0), progress)
+        # On disk before anything that names them (the .metadata, its rename) can be: as
+        # torch's FileSystemWriter syncs its files, a copy that reports success survives a
+        # power loss, and a crash never leaves a .metadata over files that were not written.
+        for f, _, _ in maps:
+            os.fsync(f.fileno())
+        if not partial:
+            _sync_dirs(written)
         done = True
     except BaseException:
         for h, _ in inflight:
@@ -394,6 +403,21 @@ def _get_files(
                     os.replace(path, path[: -len(partial)])
                 elif os.path.exists(path):
                     os.remove(path)
+            if done:
+                _sync_dirs(written)
+
+
+def _sync_dirs(paths: List[str]) -> None:
+    """fsync the directories that hold ``paths``: their entries (new files, renames) on disk."""
+    for d in sorted({os.path.dirname(p) for p in paths}):
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # a filesystem that cannot sync a directory
+                raise
+        finally:
+            os.close(fd)
 
 
 def _finish(entry: Tuple[Any, Tuple[str, int, int, int, str]], progress: Progress) -> None:
