@@ -63,6 +63,7 @@ class _ChunkReader:
 
     def read(self, n: int) -> bytes:
         """``n`` bytes, fewer only at the end of the stream."""
+        assert n >= 0, n  # a size from a header is checked before it gets here
         i = self._i
         if i + n <= len(self._cur):
             self._i = i + n
@@ -197,10 +198,11 @@ def members(
         if n is None:
             raise fail(f"invalid size field {block[124:136]!r}", name)
         if "size" in pax:
-            try:
-                n = int(pax["size"])
-            except ValueError:
-                raise fail(f"invalid pax size {pax['size']!r}", name) from None
+            # Decimal digits only: int() would take "-2048" (a member that reads backwards, and
+            # a shard that never ends), "+5", " 5" or "5_000".
+            if not (pax["size"].isascii() and pax["size"].isdigit()):
+                raise fail(f"invalid pax size {pax['size']!r}", name)
+            n = int(pax["size"])
         if size is not None and r.offset + n > size:
             raise fail(f"member of {n} bytes runs past the shard's end ({size} bytes)", name)
         padded = -n % BLOCK

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import tarfile
 from typing import Dict, List, Tuple
@@ -158,6 +159,33 @@ def test_truncated_and_corrupt_shards_name_the_shard_and_member() -> None:
     dup = _make_tar([("a.jpg", b"1"), ("a.jpg", b"2")])
     with pytest.raises(TarShardError, match="two members for 'jpg'"):
         list(_tar.samples([memoryview(dup)], "s3://b/d.tar"))
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    n = len(body) + 1  # a record's length counts its own digits, in bytes
+    while len(str(n)) + len(body) != n:
+        n += 1
+    return str(n).encode() + body
+
+
+def _header(name: str, size: int, type_: bytes = tarfile.REGTYPE) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, type_
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+@pytest.mark.parametrize("value", ["-2048", "-1", "+5", " 5", "5_0", "0x10", "\u0665", ""])
+def test_a_pax_size_that_is_not_decimal_digits_is_refused(value: str) -> None:
+    """A pax ``size`` record, as a shard's writer controls it. Before, it went through
+    int(): "-2048" moved the reader backwards, and a dataset epoch over the shard yielded
+    its samples again and again, never ending."""
+    record = _pax_record("size", value)
+    pax = _header("PaxHeader/b.txt", len(record), tarfile.XHDTYPE) + record + b"\0" * (-len(record) % 512)
+    shard = _header("a.txt", 0) + pax + _header("b.txt", 0) + b"\0" * 1024
+    with pytest.raises(TarShardError, match="invalid pax size") as ei:
+        list(itertools.islice(_tar.samples([memoryview(shard)], "s3://b/p.tar", size=len(shard)), 10))
+    assert ei.value.member == "b.txt"
 
 
 def test_split_name() -> None:
