@@ -465,6 +465,28 @@ def test_verify_passes_then_names_every_flipped_tensor(env, prefix, capsys) -> N
     assert "2 of 6 items failed verification" in out
 
 
+def test_a_tensor_placed_past_its_storage_fails_verify_and_load(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A record whose data.pkl puts the tensor one element past the end of its storage (a
+    checkpoint written by someone else; one byte, its .metadata consistent). Before, ``dcp.load``
+    filled the tensor with the storage shifted by one and the zip's bytes after it, and
+    ``verify`` passed it (the storage's CRC32 matches). torch.load refuses such a record."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    local = tmp_path / "fs"
+    dcp.save({"t": torch.arange(10), "u": torch.ones(3)}, storage_writer=FileSystemWriter(str(local)))
+    data = (local / "__0_0.distcp").read_bytes()
+    assert data.count(b"K\x00K\n\x85") == 1  # t's storage offset 0, then its size (10,)
+    (local / "__0_0.distcp").write_bytes(data.replace(b"K\x00K\n\x85", b"K\x01K\n\x85"))
+    uri = f"s3://{BUCKET}/{prefix}shifted"
+    assert cli(capsys, "cp", str(local), uri)[0] == 0
+    code, out, err = cli(capsys, "verify", uri)
+    assert code == 1, out + err
+    assert out.startswith("CORRUPT  t  ") and "the checkpoint file is corrupt" in out
+    sd = {"t": torch.zeros(10, dtype=torch.int64), "u": torch.zeros(3)}
+    with pytest.raises(CheckpointException, match="item t at .*the checkpoint file is corrupt"):
+        dcp.load(sd, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
+
+
 def test_verify_missing_and_truncated(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli(capsys, "verify", f"s3://{BUCKET}/{prefix}absent")
     assert code == 3 and f"no DCP checkpoint at s3://{BUCKET}/{prefix}absent/" in err

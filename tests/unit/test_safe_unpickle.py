@@ -217,6 +217,42 @@ def test_record_locator_never_unpickles_a_foreign_global(tmp_path: pathlib.Path)
     assert locate(rec[:HEAD_BYTES], rec[-TAIL_BYTES:], len(rec)) is not None
 
 
+@pytest.mark.parametrize(
+    "old, new, why",
+    [
+        (b"K\x02K\n\x85", b"K\x03K\n\x85", "offset 3 + 10 elements: 1 past the storage's 12"),
+        (b"K\x02K\n\x85", b"K\x02K\x0b\x85", "11 elements from offset 2"),
+        (b"K\x01\x85", b"K\x02\x85", "stride 2"),
+    ],
+)
+def test_a_tensor_outside_its_storage_is_not_located(old: bytes, new: bytes, why: str) -> None:
+    """A record whose data.pkl places the tensor past the end of its storage (a checkpoint
+    someone else wrote; the .metadata stays consistent). Before, ``locate`` took it, and the
+    load read the bytes after the storage (the zip's own records) into the tensor, with no
+    CRC check (the read is not of the whole storage) and no error; torch.load refuses it."""
+    rec = _record(torch.arange(12, dtype=torch.int64)[2:])  # storage of 12, offset 2, size 10
+    assert locate(rec[:HEAD_BYTES], rec[-TAIL_BYTES:], len(rec)) is not None
+    assert rec.count(old) == 1
+    bad = rec.replace(old, new)
+    assert locate(bad[:HEAD_BYTES], bad[-TAIL_BYTES:], len(bad)) is None, why
+    with pytest.raises(RuntimeError, match="storage"):  # torch's refusal, which the fallback gives
+        torch.load(io.BytesIO(bad), weights_only=True)
+
+
+def test_zip64_fields_cut_short_are_not_located() -> None:
+    """Central directories whose ZIP64 parts promise more than they hold: before, ``locate``
+    raised struct.error or StopIteration (a traceback from ``s3torch verify``)."""
+    full = struct.pack("<HHHHIIH", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    cut_locator = b"PK\x06\x07" + b"\0" * 4 + b"PK\x05\x06" + full  # its 8-byte offset cut off
+    assert locate(b"", cut_locator, len(cut_locator)) is None
+    # an entry whose sizes say "in the ZIP64 extra field", which holds one value of the two
+    entry = struct.pack("<HxxxxIIIHHH", 0, 0, 0xFFFFFFFF, 0xFFFFFFFF, 1, 12, 0)
+    extra = struct.pack("<HHQ", 1, 8, 5)
+    cd = b"PK\x01\x02" + b"\0" * 6 + entry + b"\0" * 8 + struct.pack("<I", 0) + b"a" + extra
+    tail = cd + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, len(cd), 0, 0)
+    assert locate(b"", tail, len(tail)) is None
+
+
 def test_byte_items_are_checked_with_the_weights_only_unpickler(tmp_path: pathlib.Path) -> None:
     marker = tmp_path / "marker"
     with pytest.raises(CheckpointUnsafeError) as info:

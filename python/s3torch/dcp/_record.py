@@ -179,9 +179,22 @@ class _MetaUnpickler(pickle.Unpickler):
         return _StorageRef(pid[1].dtype, str(pid[2]), int(pid[4]))
 
 
+def _inside(offset: int, size: Tuple[int, ...], stride: Tuple[int, ...], numel: int) -> bool:
+    """Whether a tensor of this offset, size and stride lies within a storage of ``numel``
+    elements, as torch checks when it rebuilds one: its last element's index is below it."""
+    if offset < 0 or len(size) != len(stride) or min(size + stride, default=0) < 0:
+        return False
+    if 0 in size:
+        return offset <= numel
+    return offset + sum((n - 1) * st for n, st in zip(size, stride)) < numel
+
+
 def locate(head: bytes, tail: bytes, record_len: int) -> Optional[TensorLayout]:
     """The stored tensor's layout from the record's first `head` and last `tail` bytes."""
-    entries = _central_directory(tail, record_len)
+    try:
+        entries = _central_directory(tail, record_len)
+    except (struct.error, StopIteration):  # a ZIP64 record or extra field cut short
+        return None
     if not entries:
         return None
     pkl = next((e for n, e in entries.items() if n.endswith("/data.pkl")), None)
@@ -202,4 +215,6 @@ def locate(head: bytes, tail: bytes, record_len: int) -> Optional[TensorLayout]:
     itemsize = torch.empty((), dtype=obj.storage.dtype).element_size()
     if data.size != obj.storage.numel * itemsize or data_start + data.size > record_len:
         return None
+    if not _inside(obj.storage_offset, obj.size, obj.stride, obj.storage.numel):
+        return None  # torch.load refuses it ("out of bounds for storage"); never read past it
     return TensorLayout(obj.storage.dtype, obj.size, obj.stride, obj.storage_offset, data_start, data.size, data.crc32)
