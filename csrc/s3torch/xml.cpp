@@ -4,16 +4,24 @@
 #include <aws/common/encoding.h>
 #include <aws/common/xml_parser.h>
 
+#include <cstring>
 #include <vector>
 
 namespace s3torch {
 
 namespace {
 
+// Deeper than any S3 document (ListBucketResult/Contents/Owner/ID is 4). Each level of a
+// container is parsed again as a document of its own (on_node), so the parser's own depth
+// limit never applies: without this one, a few KB of nested elements in an error body
+// overflowed the stack (SIGSEGV), and each level copied the rest of the document.
+constexpr size_t kMaxDepth = 16;
+
 struct WalkState {
     const std::function<void(const std::string &, const std::string &)> *visit;
     std::vector<std::string> path;
     bool not_utf8 = false;  // a text was not UTF-8: the document is refused
+    bool failed = false;    // too deep, or a container's body did not parse: refused too
 };
 
 std::string join(const std::vector<std::string> &parts) {
@@ -39,6 +47,11 @@ void visit_text(WalkState *st, const std::string &text) {
 
 int on_node(struct aws_xml_node *node, void *user_data) {
     auto *st = static_cast<WalkState *>(user_data);
+    if (st->failed) return AWS_OP_ERR;
+    if (st->path.size() >= kMaxDepth) {
+        st->failed = true;
+        return aws_raise_error(AWS_ERROR_INVALID_XML);
+    }
     aws_byte_cursor name = aws_xml_node_get_name(node);
     st->path.emplace_back(reinterpret_cast<const char *>(name.ptr), name.len);
     // aws_xml_node_as_body and aws_xml_node_traverse are mutually exclusive on a node, so
@@ -47,19 +60,20 @@ int on_node(struct aws_xml_node *node, void *user_data) {
     aws_byte_cursor raw;
     AWS_ZERO_STRUCT(raw);
     if (aws_xml_node_as_body(node, &raw) == AWS_OP_SUCCESS) {
-        std::string body(reinterpret_cast<const char *>(raw.ptr), raw.len);
-        if (body.find('<') == std::string::npos) {
+        if (raw.len == 0 || memchr(raw.ptr, '<', raw.len) == nullptr) {
             aws_byte_buf text;
-            aws_byte_buf_init(&text, aws_default_allocator(), body.size() + 1);
+            aws_byte_buf_init(&text, aws_default_allocator(), raw.len + 1);
             if (aws_byte_buf_append_unescaped_xml(aws_default_allocator(), raw, &text) == AWS_OP_SUCCESS) {
                 visit_text(st, std::string(reinterpret_cast<const char *>(text.buffer), text.len));
             } else {
-                visit_text(st, body);
+                visit_text(st, std::string(reinterpret_cast<const char *>(raw.ptr), raw.len));
             }
             aws_byte_buf_clean_up(&text);
         } else {
             (*st->visit)(join(st->path), std::string());
-            std::string wrapped = "<r>" + body + "</r>";
+            std::string wrapped;
+            wrapped.reserve(raw.len + 7);
+            wrapped.append("<r>").append(reinterpret_cast<const char *>(raw.ptr), raw.len).append("</r>");
             aws_xml_parser_options opts;
             AWS_ZERO_STRUCT(opts);
             opts.doc = aws_byte_cursor_from_array(wrapped.data(), wrapped.size());
@@ -67,11 +81,13 @@ int on_node(struct aws_xml_node *node, void *user_data) {
                 return aws_xml_node_traverse(root, on_node, ud);
             };
             opts.user_data = st;
-            aws_xml_parse(aws_default_allocator(), &opts);
+            if (aws_xml_parse(aws_default_allocator(), &opts) != AWS_OP_SUCCESS) st->failed = true;
         }
+    } else {
+        st->failed = true;
     }
     st->path.pop_back();
-    return AWS_OP_SUCCESS;
+    return st->failed ? AWS_OP_ERR : AWS_OP_SUCCESS;
 }
 
 }  // namespace
@@ -90,7 +106,7 @@ bool xml_walk(const std::string &doc, const std::function<void(const std::string
         return rc;
     };
     opts.user_data = &st;
-    return aws_xml_parse(aws_default_allocator(), &opts) == AWS_OP_SUCCESS && !st.not_utf8;
+    return aws_xml_parse(aws_default_allocator(), &opts) == AWS_OP_SUCCESS && !st.not_utf8 && !st.failed;
 }
 
 std::string xml_first_text(const std::string &doc, const char *name) {

@@ -14,8 +14,8 @@ std::string xml_first_text(const std::string &doc, const char *name);
 
 // Walk every element of `doc` depth-first. The visitor gets the element's path of names
 // ("ListBucketResult/Contents/Key") and its unescaped text (empty for elements with children).
-// Returns false if the document does not parse, or a text in it is not UTF-8 (the visitor
-// never sees one).
+// Returns false if the document does not parse, nests elements deeper than 16 (no S3 answer
+// comes near), or a text in it is not UTF-8 (the visitor never sees one).
 bool xml_walk(const std::string &doc,
               const std::function<void(const std::string &path, const std::string &text)> &visit);
 

@@ -21,6 +21,7 @@ BUCKET = "lies"
 SIZE = 4096
 DATA = bytes((i * 7 + 3) & 0xFF for i in range(SIZE))
 GUARD = 64
+DEEP = b"<a>" * 20_000 + b"</a>" * 20_000
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -92,6 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(403, body.encode("utf-8"))
         elif key == "bad_etag":  # an ETag header that is not printable ASCII
             self._send(206, want, (("Content-Range", f"bytes {a}-{b}/{SIZE}"), ("ETag", '"\xff"')))
+        elif key == "deep_error":  # an error nesting 20,000 elements (140 KB)
+            self._send(404, b"<Error><Code>NoSuchKey</Code>" + DEEP + b"</Error>")
         elif key == "bad_text_error":  # an error whose message is not UTF-8, with terminal escapes
             body = "<Error><Code>AccessDenied</Code><Message>no \udcff\x1b]0;owned\x07\x1b[2J</Message></Error>"
             self._send(403, body.encode("utf-8", "surrogateescape"))
@@ -116,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif p == "huge":  # many keys in one page, and a KeyCount that lies
             items = "".join(f"<Contents><Key>huge/{i:07d}</Key><Size>{i}</Size></Contents>" for i in range(50_000))
             body = head + "<KeyCount>999999999999999999999</KeyCount>" + items + "</ListBucketResult>"
+        elif p == "deep":  # a listing whose one key nests 20,000 elements
+            body = head + "<Contents><Key>deep/a</Key><Size>1</Size>" + DEEP.decode() + "</Contents></ListBucketResult>"
         elif p == "garbage":
             body = "\x00\xff not xml at all <<<>>>"
         elif p == "badutf8":  # a key that is not UTF-8 (S3 keys always are)
@@ -260,6 +265,34 @@ def test_list_paging_that_never_advances(liar: S3Client, tmp_path: Any) -> None:
         )[0]
     with pytest.raises(Exception, match="again"):
         load_file(f"s3://{BUCKET}/loop/", client=liar)
+
+
+_DEEP_CHILD = """
+import sys
+from s3torch import S3Client, S3ClientConfig, S3Exception
+cfg = S3ClientConfig(force_path_style=True, access_key_id="k", secret_access_key="s", max_attempts=1, retry_timeout_s=0)
+c = S3Client("us-east-1", endpoint=sys.argv[1], s3client_config=cfg)
+for call in (lambda: c.get_object("lies", "deep_error").read(), lambda: list(c.list_objects("lies", "deep"))):
+    try:
+        call()
+    except S3Exception as e:
+        print(type(e).__name__, str(e))
+"""
+
+
+def test_deeply_nested_xml_gets_typed_errors(liar: S3Client) -> None:
+    """Error and listing bodies nesting 20,000 elements (140 KB). Before, each level was
+    parsed again as a document of its own, recursing once per level: the process died of a
+    stack overflow (SIGSEGV) on a 404. Now a document deeper than any S3 answer is refused.
+    The client runs as a process of its own, so a crash fails this test, not the suite."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _DEEP_CHILD, liar.endpoint], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("S3NotFoundError GetObject s3://lies/deep_error: NoSuchKey (HTTP 404, "), lines
+    assert lines[1] == "S3Exception ListObjectsV2 s3://lies: the response is not valid UTF-8 XML", lines
 
 
 def test_text_that_is_not_utf8_gets_typed_errors(liar: S3Client) -> None:
