@@ -1,5 +1,6 @@
 #include "s3torch/uploads.h"
 
+#include "s3torch/errors.h"
 #include "s3torch/request.h"
 #include "s3torch/transfer.h"
 #include "s3torch/xml.h"
@@ -7,6 +8,7 @@
 #include <aws/s3/s3_client.h>
 
 #include <chrono>
+#include <set>
 
 namespace s3torch {
 
@@ -68,6 +70,7 @@ std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> 
     require_names(ctx, false);
     std::vector<MultipartUploadInfo> out;
     std::string key_marker, id_marker;
+    std::set<std::string> followed;  // "key\nid" of every marker pair asked for
     for (;;) {
         // Query parameters in the canonical (sorted) order SigV4 uses.
         std::string q;
@@ -105,8 +108,22 @@ std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> 
         if (!ok)
             throw S3Error(ErrorKind::Generic,
                           "ListMultipartUploads s3://" + bucket + ": the response is not valid UTF-8 XML", ctx);
-        if (!truncated || (next_key.empty() && next_id.empty()) || (next_key == key_marker && next_id == id_marker))
-            break;
+        if (!truncated) break;
+        // Paging must move on: a truncated page names where the next starts, a key no earlier
+        // than this one's (uploads are listed by key), at a place not asked for before. A server
+        // that answers otherwise (no markers, the same ones, or markers taking turns) would list
+        // forever or stop short without saying so.
+        std::string why;
+        if (next_key.empty() && next_id.empty()) why = "is truncated but names no NextKeyMarker to go on from";
+        else if (next_key < key_marker) why = "goes back to key marker '" + printable(next_key.substr(0, 200)) + "'";
+        else if (!followed.insert(next_key + '\n' + next_id).second)
+            why = "names markers ('" + printable(next_key.substr(0, 200)) + "', '" + printable(next_id.substr(0, 200)) +
+                  "') it gave before";
+        if (!why.empty())
+            throw S3Error(ErrorKind::Generic,
+                          "ListMultipartUploads s3://" + bucket + ": page " + std::to_string(followed.size() + 1) +
+                              " " + why + ": its paging does not advance",
+                          ctx);
         key_marker = next_key;
         id_marker = next_id;
     }

@@ -62,6 +62,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         if "list-type=2" in query:
             return self._list(query)
+        if query.endswith("uploads="):
+            return self._uploads(query)
         key = path.split("/", 2)[-1]
         a, b = self._range()
         b = min(b, SIZE - 1)
@@ -100,6 +102,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(403, body.encode("utf-8", "surrogateescape"))
         else:
             self._send(404, b"<Error><Code>NoSuchKey</Code><Message>no</Message></Error>")
+
+    def _uploads(self, query: str) -> None:
+        """ListMultipartUploads: "alternate" names markers a and b in turn, "same" a every
+        time; "nomarker" is truncated and names none."""
+        prefix = re.search(r"prefix=([^&]*)", query)
+        p = unquote(prefix.group(1)) if prefix else ""
+        marker = re.search(r"key-marker=([^&]*)", query)
+        nxt = "" if p == "nomarker" else ("b" if p == "alternate" and marker and marker.group(1) == "a" else "a")
+        body = (
+            "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated>"
+            f"<NextKeyMarker>{nxt}</NextKeyMarker><NextUploadIdMarker>{nxt and 'id'}</NextUploadIdMarker>"
+            f"<Upload><Key>{p}/k</Key><UploadId>u</UploadId><Initiated>2026-12-01T00:00:00Z</Initiated></Upload>"
+            "</ListMultipartUploadsResult>"
+        )
+        self._send(200, body.encode(), (("Content-Type", "application/xml"),))
 
     def _list(self, query: str) -> None:
         prefix = re.search(r"prefix=([^&]*)", query)
@@ -310,6 +327,19 @@ def test_list_paging_that_repeats_keys_under_new_tokens(liar: S3Client) -> None:
 
     with pytest.raises(S3Exception, match="page 2 lists 'fresh_tokens/a', which is not after the last key"):
         list(itertools.islice(liar.list_objects(BUCKET, "fresh_tokens"), 50))
+
+
+def test_upload_listing_that_does_not_advance(liar: S3Client) -> None:
+    """ListMultipartUploads (``s3torch uploads``, a DCP save's clean-up of its own uploads)
+    answered with markers that take turns, or a truncated page without any. Before, the first
+    listed forever with the GIL released (Ctrl-C could not stop it), the second stopped
+    without saying the list was cut short."""
+    with pytest.raises(S3Exception, match="page 3 goes back to key marker 'a': its paging does not advance"):
+        liar.list_multipart_uploads(BUCKET, "alternate")
+    with pytest.raises(S3Exception, match="page 2 names markers \\('a', 'id'\\) it gave before"):
+        liar.list_multipart_uploads(BUCKET, "same")
+    with pytest.raises(S3Exception, match="page 1 is truncated but names no NextKeyMarker"):
+        liar.list_multipart_uploads(BUCKET, "nomarker")
 
 
 def test_text_that_is_not_utf8_gets_typed_errors(liar: S3Client) -> None:
