@@ -38,7 +38,14 @@ std::optional<ByteRange> make_range(std::optional<uint64_t> offset, std::optiona
 
 // A new bytes object of `n` bytes, not yet filled; `*dst` points at its storage. Filling it
 // before Python sees it is the one sanctioned way to write into a bytes object.
-py::object new_bytes(size_t n, char **dst) {
+py::object new_bytes(uint64_t n, char **dst, const ErrorContext &ctx) {
+    // A size from a server's answer (Content-Range, Content-Length): one past what a bytes
+    // object can hold is no object's, and Python would say only SystemError.
+    if (n > static_cast<uint64_t>(PY_SSIZE_T_MAX))
+        throw S3Error(ErrorKind::Generic,
+                      describe(ctx) + ": the server gives the object a size of " + std::to_string(n) +
+                          " bytes, more than any object has",
+                      ctx);
     PyObject *raw = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(n));
     if (!raw) throw py::error_already_set();
     *dst = PyBytes_AS_STRING(raw);
@@ -115,7 +122,7 @@ class NativeClient {
         }
         if (n == 0) return py::bytes();
         char *dst = nullptr;
-        py::object holder = new_bytes(n, &dst);
+        py::object holder = new_bytes(n, &dst, {"GetObject", bucket, key});
         std::shared_ptr<GetInto> t;
         {
             py::gil_scoped_release nogil;
@@ -272,7 +279,7 @@ class NativeClient {
         size_t first = get->first_size();
         if (size <= first) return py::bytes(reinterpret_cast<const char *>(get->first()), size);
         char *dst = nullptr;
-        holder = new_bytes(size, &dst);
+        holder = new_bytes(size, &dst, {"GetObject", bucket, key});
         Transfer *rest;
         {
             py::gil_scoped_release nogil;

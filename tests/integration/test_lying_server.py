@@ -95,6 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(403, body.encode("utf-8"))
         elif key == "bad_etag":  # an ETag header that is not printable ASCII
             self._send(206, want, (("Content-Range", f"bytes {a}-{b}/{SIZE}"), ("ETag", '"\xff"')))
+        elif key == "huge_total":  # the range asked for, in an object of 2**63 bytes (none is)
+            a, b = self._range()
+            self._send(206, bytes(b - a + 1), (("Content-Range", f"bytes {a}-{b}/{2**63}"), ("ETag", '"e"')))
         elif key == "deep_error":  # an error nesting 20,000 elements (140 KB)
             self._send(404, b"<Error><Code>NoSuchKey</Code>" + DEEP + b"</Error>")
         elif key == "bad_text_error":  # an error whose message is not UTF-8, with terminal escapes
@@ -340,6 +343,13 @@ def test_upload_listing_that_does_not_advance(liar: S3Client) -> None:
         liar.list_multipart_uploads(BUCKET, "same")
     with pytest.raises(S3Exception, match="page 1 is truncated but names no NextKeyMarker"):
         liar.list_multipart_uploads(BUCKET, "nomarker")
+
+
+def test_a_size_no_object_has_is_a_typed_error(liar: S3Client) -> None:
+    """A whole read whose first answer says the object is 2**63 bytes: before, Python's
+    SystemError (a negative size handed to the bytes constructor)."""
+    with pytest.raises(S3Exception, match="huge_total: the server gives the object a size of 9223372036854775808"):
+        liar.get_object(BUCKET, "huge_total").read()
 
 
 def test_text_that_is_not_utf8_gets_typed_errors(liar: S3Client) -> None:

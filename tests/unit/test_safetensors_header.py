@@ -150,6 +150,7 @@ BAD = {
     "not JSON": (_file(None, raw=b"{not json}   "), HeaderError, "not valid JSON"),
     "not UTF-8": (_file(None, raw=b'{"\xff": 1}'), HeaderError, "not valid JSON"),
     "a JSON list": (_file(None, raw=b"[]"), HeaderError, "not an object"),
+    "JSON nested too deep": (_file(None, raw=b"[" * 100_000), HeaderError, "not valid JSON"),  # RecursionError
     "a repeated key": (
         _file(None, b"\0" * 8, raw=b'{"a":' + json.dumps(_t()).encode() + b',"a":' + json.dumps(_t()).encode() + b"}"),
         HeaderError,

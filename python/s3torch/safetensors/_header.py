@@ -109,7 +109,7 @@ def parse_header(raw: bytes, where: str, object_size: int) -> Header:
     data_size = object_size - data_start
     try:
         doc = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_no_repeats)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise HeaderError(f"{where}: the header is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise HeaderError(f"{where}: the header is JSON {type(doc).__name__}, not an object")

@@ -168,7 +168,7 @@ def _read_index(native: "_crt.NativeClient", bucket: str, key: str) -> Tuple[Dic
         raise read_error(where, e) from e
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise HeaderError(f"{where}: the index is not valid JSON: {e}") from None
     wm = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
