@@ -2,23 +2,21 @@
 
 Up: every file but the metadata streams into its own multipart upload, read a chunk at a
 time (``--jobs`` files at a time, each with its parts in flight), then the ``.metadata``
-files are PUT, so the copy on S3 is loadable only once complete. Every file is held to the
-version the listing saw (its inode, size and mtime): a checkpoint saved again while it is
-copied up fails the copy (exit 4) before any ``.metadata`` goes, instead of leaving on S3 a
-checkpoint that mixes two saves (or, read through a memory map as before, killing the copy
-with SIGBUS when a file shrank under it). Down: every
-object lands by ranged GETs straight into an mmap of its (preallocated) file, a window of
-pieces in flight across files, and the ``.metadata`` files last. Bytes are copied as they
-are, so the copy is byte-identical. Every piece of an object is held to the version the
-listing saw (If-Match its ETag): a checkpoint saved again while it is copied down fails the
-copy (exit 4) instead of leaving files that mix two saves.
+files are PUT, so the copy on S3 is loadable only once complete. Down: every object lands
+by ranged GETs straight into an mmap of its file, a window of pieces in flight across
+files, then the ``.metadata`` files, each under a partial name until it is whole and synced.
+Bytes are copied as they are, so the copy is byte-identical.
+
+Both ways, every file is held to the version the listing saw: up its inode, size and mtime
+(``_local.py``), down its ETag (If-Match). A checkpoint saved again while it is copied fails
+the copy (exit 4) before any ``.metadata`` goes, instead of leaving a checkpoint that mixes
+two saves. A disk that fills, or a local file that shrinks, is an error too, never a SIGBUS
+(``_local.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import errno
 import mmap
 import os
 import shutil
@@ -42,6 +40,7 @@ from ._common import (
     progress_for,
     s3_uri,
 )
+from ._local import NO_ROOM, LocalFileChanged, Stamp, allocate, check_stamp, read_full, stamp, sync_dirs
 
 HELP = "copy a DCP checkpoint between a local directory and S3"
 DESCRIPTION = """Copy the DCP checkpoint SRC to DST, one of them s3://bucket/prefix and the other
@@ -64,10 +63,6 @@ disk blocks before the first GET. A copy that does not fit in the
 free space of DST's filesystem is refused (exit 4) before anything at DST is removed or
 written; one the filesystem refuses anyway (a quota, a disk filling meanwhile) fails (exit 4)
 with the files it had allocated removed."""
-
-# errno values of a filesystem out of room for a file: no space, over a quota, over the
-# process's file size limit.
-NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 PIECE = 64 << 20  # download: bytes per ranged GET handed to the CRT (it splits them into parts)
 WINDOW = 16  # download: pieces in flight at once, across files
@@ -121,7 +116,7 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
         raise CLIError(f"{args.dst}: give a key prefix to copy the checkpoint under, not a whole bucket", USAGE)
     files = local_files(src)
     # The version of each file the copy is held to, from before anything is read.
-    stamps = {n: _stamp(os.lstat(os.path.join(src, n))) for n in files}
+    stamps = {n: stamp(os.lstat(os.path.join(src, n))) for n in files}
     existing = [o.key for o in list_all(client, bucket, prefix) if _is_metadata(o.key)]
     if existing and not args.overwrite:
         raise CLIError(f"{dst} already holds a checkpoint ({existing[0]}); --overwrite replaces it", USAGE)
@@ -144,7 +139,7 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
             for n in data:  # a file saved again after its upload: the .metadata must not go
                 path = os.path.join(src, n)
                 try:
-                    _check_stamp(path, stamps[n], os.lstat(path))
+                    check_stamp(path, stamps[n], os.lstat(path))
                 except FileNotFoundError as e:
                     raise LocalFileChanged(path) from e
             for n in meta:
@@ -159,27 +154,8 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
     return OK
 
 
-class LocalFileChanged(Exception):
-    """A local file is not the version the copy listed: written, truncated or replaced."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.path = path
-
-
-def _stamp(st: os.stat_result) -> Tuple[int, int, int]:
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _check_stamp(path: str, stamp: Tuple[int, int, int], st: os.stat_result) -> None:
-    if _stamp(st) != stamp:
-        raise LocalFileChanged(path)
-
-
-def _put_file(
-    client: S3Client, bucket: str, key: str, path: str, stamp: Tuple[int, int, int], progress: Progress
-) -> None:
-    """Upload the file at ``path``, which must stay the version ``stamp`` describes from before
+def _put_file(client: S3Client, bucket: str, key: str, path: str, version: Stamp, progress: Progress) -> None:
+    """Upload the file at ``path``, which must stay ``version`` (``_local.stamp``) from before
     its first byte is read until after its last: read (not memory-mapped, where a file that
     shrinks under the copy is a SIGBUS) a chunk at a time into one buffer."""
     try:
@@ -187,8 +163,8 @@ def _put_file(
     except FileNotFoundError as e:  # removed since the listing
         raise LocalFileChanged(path) from e
     with f:
-        _check_stamp(path, stamp, os.fstat(f.fileno()))  # the file opened is the one listed
-        size = stamp[1]
+        check_stamp(path, version, os.fstat(f.fileno()))  # the file opened is the one listed
+        size = version[1]
         if size == 0:
             client.put(bucket, key, b"")
             return
@@ -197,26 +173,15 @@ def _put_file(
         try:
             for a in range(0, size, CHUNK):
                 n = min(CHUNK, size - a)
-                if _read_full(f, buf[:n]) != n:  # shorter than listed: truncated meanwhile
+                if read_full(f, buf[:n]) != n:  # shorter than listed: truncated meanwhile
                     raise LocalFileChanged(path)
                 upload.write(buf[:n])  # returns once the bytes are in the upload's part buffers
                 progress.add(n)
-            _check_stamp(path, stamp, os.fstat(f.fileno()))  # written meanwhile, whatever its size
+            check_stamp(path, version, os.fstat(f.fileno()))  # written meanwhile, whatever its size
             upload.complete()
         except BaseException:
             upload.abort()
             raise
-
-
-def _read_full(f: Any, view: memoryview) -> int:
-    """Read into all of ``view`` unless the file ends first; the bytes read."""
-    got = 0
-    while got < len(view):
-        n = f.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
 
 
 # --- S3 -> local ---------------------------------------------------------------------------
@@ -279,34 +244,6 @@ def _check_room(dst: str, paths: Dict[str, str], total: int) -> None:
         )
 
 
-def _allocate(f: Any, size: int) -> None:
-    """Give the open file ``size`` bytes with their disk blocks allocated now. A GET writes
-    through a memory map, and a write into a page whose block the filesystem cannot give
-    kills the process (SIGBUS, no message, files of full size full of holes): a full disk
-    must show here, as an error, before any GET. Linux's fallocate(2) itself, not glibc's
-    posix_fallocate, which on a filesystem that cannot allocate ahead (ZFS, some NFS) writes
-    into every block first; there the file is sparse, as before."""
-    if _fallocate is not None and _fallocate(f.fileno(), 0, 0, size) == 0:
-        return
-    err = ctypes.get_errno() if _fallocate is not None else errno.ENOSYS
-    if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-        raise OSError(err, os.strerror(err))
-    f.truncate(size)
-
-
-def _libc_fallocate() -> Any:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (AttributeError, OSError):  # not Linux
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_fallocate = _libc_fallocate()
-
-
 def _partial_suffix(paths: Dict[str, str], meta: List[str]) -> str:
     """PARTIAL, lengthened until no ``.metadata``'s partial name is the path of a copied file
     (a bucket may hold a key ``.metadata.s3torch-partial`` too)."""
@@ -350,7 +287,7 @@ def _get_files(
                 pieces.append((prefix + name, 0, 0, -1, etag))
                 continue
             try:
-                _allocate(f, size)
+                allocate(f, size)
             except OSError as e:
                 f.close()
                 if e.errno not in NO_ROOM:
@@ -381,7 +318,7 @@ def _get_files(
         for f, _, _ in maps:
             os.fsync(f.fileno())
         if not partial:
-            _sync_dirs(written)
+            sync_dirs(written)
         done = True
     except BaseException:
         for h, _ in inflight:
@@ -404,20 +341,7 @@ def _get_files(
                 elif os.path.exists(path):
                     os.remove(path)
             if done:
-                _sync_dirs(written)
-
-
-def _sync_dirs(paths: List[str]) -> None:
-    """fsync the directories that hold ``paths``: their entries (new files, renames) on disk."""
-    for d in sorted({os.path.dirname(p) for p in paths}):
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            if e.errno != errno.EINVAL:  # a filesystem that cannot sync a directory
-                raise
-        finally:
-            os.close(fd)
+                sync_dirs(written)
 
 
 def _finish(entry: Tuple[Any, Tuple[str, int, int, int, str]], progress: Progress) -> None:
