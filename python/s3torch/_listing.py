@@ -4,16 +4,22 @@ A page that is truncated names the token of the next one (the core refuses a tru
 without one). A server or gateway that ignores ``continuation-token`` answers every request
 with its first page and the same token again; followed blindly, a listing (a dataset's, ``ls``,
 ``cp``, a safetensors folder) would never end and would grow until memory ran out. A token the
-listing already followed is therefore refused: paging must move on. So is a page whose keys do
-not all come after the previous page's: S3 lists keys in order, so such a server repeats keys
-(a dataset would hold them twice) or, with a fresh token on every page, never ends.
+listing already followed is therefore refused: paging must move on. So is a page that lists a
+key one of the pages just before it listed: a server that hands out a fresh token with every
+page but answers the same keys would list forever (and a dataset would hold keys twice).
+(Key order is not checked: S3 lists keys in binary order, but other servers do not; SeaweedFS
+walks its directories, listing ``a/b`` before ``a-c``.)
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Set
+from collections import deque
+from typing import Deque, Iterator, Set, Tuple
 
 from . import _crt
+
+# Pages whose keys a new page is checked against.
+REPEAT_WINDOW = 8
 
 
 def pages(
@@ -21,10 +27,10 @@ def pages(
 ) -> Iterator["_crt.ListPage"]:
     """Yield the ListObjectsV2 pages of ``bucket/prefix``, following continuation tokens;
     ``S3Exception`` when the server hands back a token this listing has already followed, or a
-    page of keys that do not all come after the previous page's."""
+    page lists a key that one of the ``REPEAT_WINDOW`` pages before it listed."""
     token = ""
     followed: Set[str] = set()
-    last = None  # the last key of the pages so far
+    recent: Deque[Tuple[int, Set[str]]] = deque(maxlen=REPEAT_WINDOW)  # (page number, its keys)
     while True:
         page = native.list_objects(bucket, prefix, delimiter, max_keys, token)
         token = page.next_continuation_token if page.is_truncated else ""
@@ -34,14 +40,17 @@ def pages(
                 f"{token[:64]!r} again, after {len(followed) + 1} pages: its paging does not advance (does it "
                 "ignore ListObjectsV2's continuation-token?), and following it would never end"
             )
-        keys = [o.key for o in page.object_info]
-        if keys and last is not None and min(keys) <= last:
-            raise _crt.S3Exception(
-                f"ListObjectsV2 s3://{bucket}/{prefix}: page {len(followed) + 1} lists {min(keys)[:200]!r}, which "
-                f"is not after the last key of the page before ({last[:200]!r}): the server repeats keys or "
-                "goes back, and S3 lists each key once, in order"
-            )
-        last = max(keys, default=last)
+        keys = {o.key for o in page.object_info}
+        number = len(followed) + 1
+        for before, seen in recent:
+            again = keys & seen
+            if again:
+                raise _crt.S3Exception(
+                    f"ListObjectsV2 s3://{bucket}/{prefix}: page {number} lists {min(again)[:200]!r} again (page "
+                    f"{before} listed it): the server repeats keys under new continuation tokens, and following "
+                    "it could list forever"
+                )
+        recent.append((number, keys))
         yield page
         if not token:
             return

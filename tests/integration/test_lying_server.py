@@ -328,7 +328,7 @@ def test_list_paging_that_repeats_keys_under_new_tokens(liar: S3Client) -> None:
     are asked for, so the old behaviour fails this test rather than hanging it.)"""
     import itertools
 
-    with pytest.raises(S3Exception, match="page 2 lists 'fresh_tokens/a', which is not after the last key"):
+    with pytest.raises(S3Exception, match=r"page 2 lists 'fresh_tokens/a' again \(page 1 listed it\)"):
         list(itertools.islice(liar.list_objects(BUCKET, "fresh_tokens"), 50))
 
 
