@@ -109,13 +109,12 @@ std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> 
             throw S3Error(ErrorKind::Generic,
                           "ListMultipartUploads s3://" + bucket + ": the response is not valid UTF-8 XML", ctx);
         if (!truncated) break;
-        // Paging must move on: a truncated page names where the next starts, a key no earlier
-        // than this one's (uploads are listed by key), at a place not asked for before. A server
-        // that answers otherwise (no markers, the same ones, or markers taking turns) would list
-        // forever or stop short without saying so.
+        // Paging must move on: a truncated page names where the next starts, at a place not
+        // asked for before. A server that answers otherwise (no markers, the same ones, or
+        // markers taking turns) would list forever or stop short without saying so. (Not the
+        // markers' order: S3 lists uploads by key, other servers in their own order.)
         std::string why;
         if (next_key.empty() && next_id.empty()) why = "is truncated but names no NextKeyMarker to go on from";
-        else if (next_key < key_marker) why = "goes back to key marker '" + printable(next_key.substr(0, 200)) + "'";
         else if (!followed.insert(next_key + '\n' + next_id).second)
             why = "names markers ('" + printable(next_key.substr(0, 200)) + "', '" + printable(next_id.substr(0, 200)) +
                   "') it gave before";

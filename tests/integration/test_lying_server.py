@@ -337,7 +337,7 @@ def test_upload_listing_that_does_not_advance(liar: S3Client) -> None:
     answered with markers that take turns, or a truncated page without any. Before, the first
     listed forever with the GIL released (Ctrl-C could not stop it), the second stopped
     without saying the list was cut short."""
-    with pytest.raises(S3Exception, match="page 3 goes back to key marker 'a': its paging does not advance"):
+    with pytest.raises(S3Exception, match="page 3 names markers \\('a', 'id'\\) it gave before"):
         liar.list_multipart_uploads(BUCKET, "alternate")
     with pytest.raises(S3Exception, match="page 2 names markers \\('a', 'id'\\) it gave before"):
         liar.list_multipart_uploads(BUCKET, "same")
