@@ -9,6 +9,7 @@ import filecmp
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import threading
@@ -153,11 +154,13 @@ def test_cp_down_that_cannot_fit_leaves_the_old_checkpoint(env, tmp_path, prefix
     monkeypatch.setattr(cp.shutil, "disk_usage", lambda path: shutil_usage(free + 100))  # room enough
     code, out, err = cli(capsys, "cp", uri, str(down), "--overwrite")
     assert code == 0, err
+    # A filesystem that reports no sizes at all (some FUSE ones) is not taken for a full one.
+    monkeypatch.setattr(cp.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, 0))  # type: ignore[attr-defined]
+    code, out, err = cli(capsys, "cp", uri, str(tmp_path / "fuse"))
+    assert code == 0, err
 
 
 def shutil_usage(free: int):  # type: ignore[no-untyped-def]
-    import shutil
-
     return shutil._ntuple_diskusage(free * 2, free, free)  # type: ignore[attr-defined]
 
 

@@ -234,8 +234,11 @@ def _check_room(dst: str, paths: Dict[str, str], total: int) -> None:
     where = dst
     while not os.path.isdir(where):
         where = os.path.dirname(where)
+    usage = shutil.disk_usage(where)
+    if usage.total == 0:  # a filesystem that reports no sizes (some FUSE ones): nothing to go by
+        return
     replaced = sum(os.path.getsize(p) for p in paths.values() if os.path.isfile(p))
-    free = shutil.disk_usage(where).free
+    free = usage.free
     if total > free + replaced:
         raise CLIError(
             f"{dst}: the checkpoint needs {human(total)} and its filesystem has {human(free)} free"
