@@ -221,11 +221,9 @@ class NativeClient {
     // Incomplete multipart uploads under `prefix`: (key, upload_id, initiated) tuples.
     std::vector<std::tuple<std::string, std::string, std::string>> list_multipart_uploads(const std::string &bucket,
                                                                                           const std::string &prefix) {
-        std::vector<MultipartUploadInfo> found;
-        {
-            py::gil_scoped_release nogil;
-            found = s3torch::list_multipart_uploads(client_, bucket, prefix);
-        }
+        // The GIL is held but while each page is awaited (wait_transfer: Ctrl-C cancels it).
+        std::vector<MultipartUploadInfo> found =
+            s3torch::list_multipart_uploads(client_, bucket, prefix, [](Transfer &t) { wait_transfer(t); });
         std::vector<std::tuple<std::string, std::string, std::string>> out;
         for (auto &u : found) out.emplace_back(u.key, u.upload_id, u.initiated);
         return out;

@@ -65,7 +65,8 @@ std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> c
 }
 
 std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> client, const std::string &bucket,
-                                                        const std::string &prefix) {
+                                                        const std::string &prefix,
+                                                        const std::function<void(Transfer &)> &wait) {
     ErrorContext ctx{"ListMultipartUploads", bucket, prefix};
     require_names(ctx, false);
     std::vector<MultipartUploadInfo> out;
@@ -81,7 +82,7 @@ std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> 
         Address addr = address_of(client->config(), client->endpoint(), bucket, "", q);
         auto req = SimpleRequest::start_request(client, ctx, "GET", "ListMultipartUploads", addr,
                                                 AWS_S3_META_REQUEST_TYPE_DEFAULT);
-        req->wait();
+        wait(*req);
         req->raise_if_failed();
         std::string body = req->body();
         bool truncated = false;

@@ -3,8 +3,10 @@
 #pragma once
 
 #include "s3torch/client.h"
+#include "s3torch/transfer.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,8 +35,11 @@ struct MultipartUploadInfo {
     std::string initiated;  // ISO 8601, as the server sent it
 };
 
-// Every incomplete multipart upload under `prefix` (ListMultipartUploads, all pages).
-std::vector<MultipartUploadInfo> list_multipart_uploads(std::shared_ptr<Client> client, const std::string &bucket,
-                                                        const std::string &prefix);
+// Every incomplete multipart upload under `prefix` (ListMultipartUploads, all pages). `wait`
+// waits for each page's request (the bindings': with the GIL released a slice at a time, so a
+// KeyboardInterrupt cancels the page in flight and ends the listing).
+std::vector<MultipartUploadInfo> list_multipart_uploads(
+    std::shared_ptr<Client> client, const std::string &bucket, const std::string &prefix,
+    const std::function<void(Transfer &)> &wait = [](Transfer &t) { t.wait(); });
 
 }  // namespace s3torch

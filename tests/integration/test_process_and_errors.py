@@ -158,6 +158,30 @@ def test_keyboard_interrupt_cancels_a_transfer(seaweed, prefix: str, sigint_rais
     assert client.get_into(BUCKET, prefix + "big", buf) == size
 
 
+def test_keyboard_interrupt_ends_an_upload_listing(sigint_raises) -> None:  # type: ignore[no-untyped-def]
+    """``list_multipart_uploads`` (``s3torch uploads``, a DCP save's clean-up) against a server
+    that takes the connection and never answers. Before, the whole listing ran with the GIL
+    released and no signal check: Ctrl-C did nothing until the request's own time ran out.
+    Now each page is waited for a slice at a time: Ctrl-C cancels it within a slice."""
+    import _thread
+
+    from tests.faults.proxy import Blackhole
+
+    with Blackhole() as hole:
+        client = S3Client(
+            REGION,
+            endpoint=hole.endpoint,
+            s3client_config=S3ClientConfig(force_path_style=True, access_key_id="k", secret_access_key="s"),
+        )
+        timer = threading.Timer(0.5, _thread.interrupt_main)
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            client.list_multipart_uploads("b", "p/")
+        timer.join()
+        assert time.monotonic() - t0 < 3
+
+
 def _fork_and_wait(child, timeout_s: int = 60) -> tuple:  # type: ignore[no-untyped-def]
     """Run ``child()`` in an os.fork()ed process; return (exit status, what it wrote).
 
