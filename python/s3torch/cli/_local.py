@@ -10,8 +10,8 @@ synced directory by directory (``sync_dirs``) before anything that names it.
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import os
 from typing import Any, List, Tuple
 
@@ -59,15 +59,22 @@ def allocate(f: Any, size: int) -> None:
     must show here, as an error, before any GET. Linux's fallocate(2) itself, not glibc's
     posix_fallocate, which on a filesystem that cannot allocate ahead (ZFS, some NFS) writes
     into every block first; there the file is sparse, as before."""
-    if _fallocate is not None and _fallocate(f.fileno(), 0, 0, size) == 0:
+    import ctypes  # here, not at import: every verb of the command line imports this module
+
+    fallocate = _libc_fallocate()
+    if fallocate is not None and fallocate(f.fileno(), 0, 0, size) == 0:
         return
-    err = ctypes.get_errno() if _fallocate is not None else errno.ENOSYS
+    err = ctypes.get_errno() if fallocate is not None else errno.ENOSYS
     if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
         raise OSError(err, os.strerror(err))
     f.truncate(size)
 
 
+@functools.lru_cache(maxsize=None)
 def _libc_fallocate() -> Any:
+    """libc's fallocate, looked up once, the first time a copy allocates."""
+    import ctypes
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).fallocate
     except (AttributeError, OSError):  # not Linux
@@ -75,9 +82,6 @@ def _libc_fallocate() -> Any:
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
     return fn
-
-
-_fallocate = _libc_fallocate()
 
 
 def sync_dirs(paths: List[str]) -> None:

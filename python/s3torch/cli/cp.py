@@ -320,8 +320,9 @@ def _get_files(
         # power loss, and a crash never leaves a .metadata over files that were not written.
         for f, _, _ in maps:
             os.fsync(f.fileno())
-        if not partial:
-            sync_dirs(written)
+        for path in written if partial else ():
+            os.replace(path, path[: -len(partial)])
+        sync_dirs(written)
         done = True
     except BaseException:
         for h, _ in inflight:
@@ -337,14 +338,10 @@ def _get_files(
             view.release()
             m.close()  # writes the pages back (MAP_SHARED) as the process ends at the latest
             f.close()
-        if partial or not allocated:  # not allocated: no GET has started, the files hold nothing
+        if not done and (partial or not allocated):  # not allocated: no GET started, they hold nothing
             for path in written:
-                if done:
-                    os.replace(path, path[: -len(partial)])
-                elif os.path.exists(path):
+                if os.path.exists(path):
                     os.remove(path)
-            if done:
-                sync_dirs(written)
 
 
 def _finish(entry: Tuple[Any, Tuple[str, int, int, int, str]], progress: Progress) -> None:
