@@ -8,6 +8,7 @@
 #include <aws/s3/s3_client.h>
 
 #include <chrono>
+#include <exception>
 #include <set>
 
 namespace s3torch {
@@ -22,45 +23,80 @@ int64_t ms_left(std::chrono::steady_clock::time_point deadline) {
     return left.count() > 0 ? left.count() : 0;
 }
 
+std::shared_ptr<SimpleRequest> start_abort(const std::shared_ptr<Client> &client, const Client::PendingAbort &p) {
+    ErrorContext ctx{"AbortMultipartUpload", p.bucket, p.key};
+    Address addr = address_of(client->config(), client->endpoint(), p.bucket, p.key, "uploadId=" + p.upload_id);
+    return SimpleRequest::start_request(client, ctx, "DELETE", "AbortMultipartUpload", addr,
+                                        AWS_S3_META_REQUEST_TYPE_DEFAULT);
+}
+
+// An abort that failed this way may succeed later: the server was not reached, or failed.
+bool unreachable(const S3Error &e) {
+    return e.kind == ErrorKind::Connection || e.kind == ErrorKind::Timeout || e.http_status >= 500 ||
+           (e.http_status == 0 && e.kind == ErrorKind::Generic);
+}
+
+// What became of one upload of abort_all.
+struct AbortOutcome {
+    bool gone = false;           // aborted, or already gone (NoSuchUpload)
+    std::exception_ptr refused;  // refused for good (e.g. access denied)
+};  // neither: not reached in time, and remembered on the client
+
+// Every upload of `uploads` aborted at once, each retried through 5xx and connection failures,
+// all against one deadline `wait_ms` away: N uploads an outage holds take `wait_ms`, not N
+// times it.
+std::vector<AbortOutcome> abort_all(const std::shared_ptr<Client> &client,
+                                    const std::vector<Client::PendingAbort> &uploads, int64_t wait_ms) {
+    struct InFlight {
+        size_t index;
+        int attempt;
+        std::shared_ptr<SimpleRequest> req;
+    };
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    std::vector<AbortOutcome> out(uploads.size());
+    std::vector<InFlight> flying;
+    for (size_t i = 0; i < uploads.size(); ++i) flying.push_back({i, 1, start_abort(client, uploads[i])});
+    while (!flying.empty()) {
+        std::vector<InFlight> again;
+        for (InFlight &f : flying) {
+            const Client::PendingAbort &p = uploads[f.index];
+            if (!f.req->wait_for(ms_left(deadline))) {
+                f.req->cancel_and_wait();  // still retrying into an outage
+                client->remember_abort(p);
+                continue;
+            }
+            try {
+                f.req->raise_if_failed();
+                out[f.index].gone = true;
+            } catch (const S3Error &e) {
+                if (e.kind == ErrorKind::NotFound) {
+                    out[f.index].gone = true;  // already gone
+                } else if (!unreachable(e)) {
+                    out[f.index].refused = std::current_exception();
+                } else if (f.attempt < kAbortAttempts && ms_left(deadline) > 0) {
+                    again.push_back({f.index, f.attempt + 1, start_abort(client, p)});
+                } else {
+                    client->remember_abort(p);
+                }
+            }
+        }
+        flying = std::move(again);
+    }
+    return out;
+}
+
 }  // namespace
 
 bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
                             const std::string &upload_id, int64_t wait_ms) {
-    ErrorContext ctx{"AbortMultipartUpload", bucket, key};
-    Address addr = address_of(client->config(), client->endpoint(), bucket, key, "uploadId=" + upload_id);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
-    for (int attempt = 1;; ++attempt) {
-        auto req = SimpleRequest::start_request(client, ctx, "DELETE", "AbortMultipartUpload", addr,
-                                                AWS_S3_META_REQUEST_TYPE_DEFAULT);
-        if (!req->wait_for(ms_left(deadline))) {
-            req->cancel_and_wait();  // still retrying into an outage
-            client->remember_abort({bucket, key, upload_id});
-            return false;
-        }
-        try {
-            req->raise_if_failed();
-            return true;
-        } catch (const S3Error &e) {
-            if (e.kind == ErrorKind::NotFound) return true;  // already gone
-            bool unreachable = e.kind == ErrorKind::Connection || e.kind == ErrorKind::Timeout ||
-                               e.http_status >= 500 || (e.http_status == 0 && e.kind == ErrorKind::Generic);
-            if (!unreachable) throw;
-            if (attempt < kAbortAttempts && ms_left(deadline) > 0) continue;
-            client->remember_abort({bucket, key, upload_id});
-            return false;
-        }
-    }
+    AbortOutcome outcome = abort_all(client, {{bucket, key, upload_id}}, wait_ms)[0];
+    if (outcome.refused) std::rethrow_exception(outcome.refused);
+    return outcome.gone;
 }
 
 std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms) {
-    std::vector<Client::PendingAbort> pending = client->take_pending_aborts();
-    for (const Client::PendingAbort &p : pending) {
-        try {
-            abort_multipart_upload(client, p.bucket, p.key, p.upload_id, wait_ms);  // remembers it again if not
-        } catch (const S3Error &) {
-            // Refused for good (e.g. access denied): nothing more this process can do.
-        }
-    }
+    // An upload refused for good (e.g. access denied) is dropped: nothing more this process can do.
+    abort_all(client, client->take_pending_aborts(), wait_ms);  // those not reached are remembered again
     return client->pending_aborts();
 }
 

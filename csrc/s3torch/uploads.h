@@ -25,8 +25,8 @@ constexpr int64_t kAbortWaitMs = 15000;
 bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
                             const std::string &upload_id, int64_t wait_ms = kAbortWaitMs);
 
-// Try again every upload `client` remembered, each for up to `wait_ms`; returns those still
-// pending (they stay remembered).
+// Try again every upload `client` remembered, all at once, for up to `wait_ms` in all (not
+// each); returns those still pending (they stay remembered).
 std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms);
 
 struct MultipartUploadInfo {

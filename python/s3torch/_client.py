@@ -231,7 +231,8 @@ class S3Client:
     def pending_aborts(self, retry: bool = False, wait_s: float = 15.0) -> List[Tuple[str, str, str]]:
         """Multipart uploads this client failed to abort because the server could not be reached
         (an outage during a failed upload): ``(bucket, key, upload_id)`` tuples. With ``retry``,
-        first try each again (up to ``wait_s`` each) and return those still left."""
+        first try them again, all at once, for up to ``wait_s`` in all, and return those still
+        left."""
         if self._native is None or self._pid != os.getpid():
             return []  # this process has sent nothing through this client
         return self._native.pending_aborts(retry, wait_s)

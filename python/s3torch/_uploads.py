@@ -20,7 +20,7 @@ log = logging.getLogger("s3torch")
 
 # Every live client, for the exit hook (asking one with nothing pending costs nothing).
 _clients: "weakref.WeakSet[S3Client]" = weakref.WeakSet()
-# How long the exit hook may spend on each remembered upload.
+# How long the exit hook may spend on a client's remembered uploads (tried all at once).
 EXIT_WAIT_S = 5.0
 
 

@@ -4,10 +4,12 @@ no parts stay behind even when the failure and the outage coincide."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
-from typing import Any
+from typing import Any, List, Tuple
 
-from s3torch import S3Client, S3ClientConfig
+from s3torch import S3Client, S3ClientConfig, _uploads
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 from tests.faults.proxy import FaultProxy
@@ -54,3 +56,74 @@ def test_abort_blocked_by_an_outage_is_remembered_then_done(seaweed: Any, prefix
         assert client.pending_aborts(retry=True) == []
         assert client.pending_aborts() == []
         assert _server_uploads(seaweed, prefix) == []
+
+
+# One deadline for all: tried one at a time, N held aborts took N times it.
+HELD_UPLOADS = 4
+
+
+def _held_aborts(seaweed: Any, prefix: str) -> List[Tuple[str, str]]:
+    """HELD_UPLOADS empty multipart uploads under ``prefix``: (key, upload_id)."""
+    s3 = seaweed.boto3_client()
+    keys = [f"{prefix}ckpt/__{i}_0.distcp" for i in range(HELD_UPLOADS)]
+    return [(k, s3.create_multipart_upload(Bucket=BUCKET, Key=k)["UploadId"]) for k in keys]
+
+
+def test_remembered_aborts_are_tried_again_all_at_once(seaweed: Any, prefix: str) -> None:
+    uploads = _held_aborts(seaweed, prefix)
+    cfg = S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    wait_s = 3.0
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
+        client = S3Client(REGION, endpoint=proxy.endpoint, s3client_config=cfg)
+        proxy.pause()  # the server takes every request and answers none
+        for key, upload_id in uploads:
+            assert client.abort_multipart_upload(BUCKET, key, upload_id, wait_s=0.2) is False
+        assert sorted(k for _, k, _ in client.pending_aborts()) == [k for k, _ in uploads]
+
+        began = time.monotonic()
+        left = client.pending_aborts(retry=True, wait_s=wait_s)
+        took = time.monotonic() - began
+        assert sorted(k for _, k, _ in left) == [k for k, _ in uploads]  # still remembered
+        assert wait_s - 0.1 <= took < 2 * wait_s, took  # one at a time: 4 x wait_s
+
+        proxy.resume()
+        assert client.pending_aborts(retry=True) == []
+    assert _server_uploads(seaweed, prefix) == []
+
+
+_EXITS_WITH_HELD_ABORTS = """
+import sys, time
+from s3torch import S3Client, S3ClientConfig, _uploads
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
+endpoint, bucket = sys.argv[1], sys.argv[2]
+cfg = S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+client = S3Client(REGION, endpoint=endpoint, s3client_config=cfg)
+for pair in sys.argv[3:]:
+    key, upload_id = pair.split("=", 1)
+    assert client.abort_multipart_upload(bucket, key, upload_id, wait_s=0.2) is False
+print("exiting", time.monotonic(), flush=True)
+"""
+
+
+def test_exit_with_remembered_aborts_is_bounded_once(seaweed: Any, prefix: str) -> None:
+    """A process that exits during an outage with uploads it could not abort tries them again
+    for EXIT_WAIT_S in all, not EXIT_WAIT_S for each."""
+    uploads = _held_aborts(seaweed, prefix)
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
+        proxy.pause()
+        proc = subprocess.run(
+            [sys.executable, "-c", _EXITS_WITH_HELD_ABORTS, proxy.endpoint, BUCKET] + [f"{k}={u}" for k, u in uploads],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        ended = time.monotonic()
+        assert proc.returncode == 0, proc.stderr
+        exiting = float(proc.stdout.split()[-1])
+        # The exit hook sent all four aborts (held by the paused proxy).
+        assert proxy.requests_to("uploadId=", "DELETE") >= 2 * HELD_UPLOADS
+        took = ended - exiting
+        assert _uploads.EXIT_WAIT_S - 0.1 <= took < 2 * _uploads.EXIT_WAIT_S, took  # one at a time: 4 x
+        proxy.resume()
+    # The process gave up on them; the next save through a client, or `s3torch uploads --abort`, removes them.
+    assert sorted(_server_uploads(seaweed, prefix)) == [k for k, _ in uploads]
