@@ -11,6 +11,10 @@ import pytest
 
 # Never let a credentials chain reach for instance metadata (a non-loopback address).
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# The CRT's own error lines (docs/engine.md), in every test's captured output: pytest shows them
+# only for a test that fails, where they name the CRT check behind an error such as a rare
+# AWS_ERROR_INVALID_STATE. Read once, when the first client starts the runtime.
+os.environ.setdefault("S3TORCH_CRT_LOG", "error")
 
 from s3torch import S3Client, S3ClientConfig, _crt  # noqa: E402
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, SeaweedFS, free_port  # noqa: E402
