@@ -4,17 +4,24 @@ session and stopped at the end. No test needs credentials or reaches beyond loop
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 import uuid
-from typing import Iterator, List
+from pathlib import Path
+from typing import Iterator, List, Optional
 
 import pytest
 
 # Never let a credentials chain reach for instance metadata (a non-loopback address).
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-# The CRT's own error lines (docs/engine.md), in every test's captured output: pytest shows them
-# only for a test that fails, where they name the CRT check behind an error such as a rare
-# AWS_ERROR_INVALID_STATE. Read once, when the first client starts the runtime.
-os.environ.setdefault("S3TORCH_CRT_LOG", "error")
+# The CRT's own error lines (docs/engine.md) go to a file, this process's and its children's
+# (appended); a test that fails shows those written while it ran ("Captured CRT log"), which
+# name the CRT check behind an error such as a rare AWS_ERROR_INVALID_STATE. Read once, when the
+# first client starts the runtime. Unless the caller asked for a log of their own.
+CRT_LOG: Optional[Path] = None
+if "S3TORCH_CRT_LOG" not in os.environ:
+    CRT_LOG = Path(tempfile.gettempdir()) / f"s3torch-tests-crt-{os.getpid()}.log"
+    os.environ.update(S3TORCH_CRT_LOG="error", S3TORCH_CRT_LOG_FILE=str(CRT_LOG))
 
 from s3torch import S3Client, S3ClientConfig, _crt  # noqa: E402
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, SeaweedFS, free_port  # noqa: E402
@@ -114,3 +121,39 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     items.sort(key=lambda item: getattr(item, "module", None) in modules)  # stable: the rest keep their order
     RUNNER.start([m.background_build() for m in modules])
+
+
+_CRT_LOG_AT = pytest.StashKey[int]()  # where the CRT log ended when a test began
+
+
+def _crt_log_size() -> int:
+    try:
+        return CRT_LOG.stat().st_size if CRT_LOG is not None else 0
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_CRT_LOG_AT] = _crt_log_size()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    at = item.stash.get(_CRT_LOG_AT, None)
+    if CRT_LOG is None or at is None or not report.failed:
+        return
+    time.sleep(0.2)  # the CRT writes its lines from a thread of its own
+    if _crt_log_size() <= at:
+        return
+    with open(CRT_LOG, "rb") as f:
+        f.seek(at)
+        text = f.read().decode("utf-8", "replace")
+    report.sections.append(("Captured CRT log", text[-20000:]))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if CRT_LOG is not None:
+        CRT_LOG.unlink(missing_ok=True)

@@ -66,8 +66,19 @@ void init_logging(aws_allocator *alloc) {
                  : l == "warn"  ? AWS_LL_WARN
                                 : AWS_LL_ERROR;
     const char *file = std::getenv("S3TORCH_CRT_LOG_FILE");
-    if (file && *file) opts.filename = file;
-    else opts.file = stderr;
+    opts.file = stderr;
+    if (file && *file) {
+        // Line-buffered, appended: what a crash or a kill leaves is every line up to it (the
+        // CRT's own fopen buffers 4 KiB: exactly the lines a diagnosis needs were lost).
+        static FILE *log_file = std::fopen(file, "a");
+        if (log_file) {
+            std::setvbuf(log_file, nullptr, _IOLBF, 0);
+            opts.file = log_file;
+        } else {
+            opts.file = nullptr;
+            opts.filename = file;  // the CRT's open fails too, and says why
+        }
+    }
     if (aws_logger_init_standard(&standard, alloc, &opts) == AWS_OP_SUCCESS) {
         init_redacting_logger(&logger, &standard, alloc);
         aws_logger_set(&logger);

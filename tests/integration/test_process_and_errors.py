@@ -350,3 +350,34 @@ def test_interrupted_multipart_put_leaves_nothing_behind(seaweed, prefix: str, s
     except FileNotFoundError:
         size = None
     assert size in (None, len(data))
+
+
+def test_crt_log_file_keeps_every_line_up_to_a_kill(seaweed, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``S3TORCH_CRT_LOG_FILE`` is written a line at a time: a process that is killed (a crash,
+    the OOM killer) leaves every line up to its end, the ones a diagnosis needs. The CRT's own
+    file kept them in a 4 KiB buffer that died with the process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from s3torch._servers import ACCESS_KEY, SECRET_KEY
+
+    log = tmp_path / "crt.log"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, time
+        from s3torch import S3Client, S3ClientConfig, S3Exception
+        cfg = S3ClientConfig(force_path_style=True, access_key_id={ACCESS_KEY!r}, secret_access_key={SECRET_KEY!r})
+        c = S3Client({REGION!r}, endpoint={seaweed.endpoint!r}, s3client_config=cfg)
+        try:
+            c.get_object({BUCKET!r}, "no/such/key").read()
+        except S3Exception:
+            pass
+        time.sleep(0.5)  # the CRT writes its lines from a thread of its own
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    env = {**os.environ, "S3TORCH_CRT_LOG": "error", "S3TORCH_CRT_LOG_FILE": str(log)}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert "response status=404" in log.read_text(errors="replace")
