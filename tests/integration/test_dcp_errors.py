@@ -76,3 +76,16 @@ def test_rank_local_checkpoint_still_loads(seaweed: Any, prefix: str) -> None:
     out = {"a": torch.zeros(4)}
     dcp.load(out, storage_reader=S3StorageReader(REGION, path, endpoint=seaweed.endpoint, s3client_config=cfg))
     assert torch.equal(out["a"], sd["a"])
+
+
+def test_unreadable_rank_local_metadata_is_reported(seaweed: Any, prefix: str) -> None:
+    """A rank-local ``__0.metadata`` (and no global one) that cannot be used: the user gets
+    s3torch's typed error, not torch 2.11's bare ``AssertionError: metadata is None`` (its
+    fallback swallowed what the rank-local read raised)."""
+    from s3torch.dcp import CheckpointCorruptError
+    from tests.conftest import make_client
+
+    path = f"s3://{BUCKET}/{prefix}local"
+    make_client(seaweed).put(BUCKET, f"{prefix}local/__0.metadata", b"not a pickle at all")
+    err = _load(seaweed.endpoint, path)
+    assert isinstance(err, CheckpointCorruptError) and "__0.metadata" in str(err), (type(err), str(err))

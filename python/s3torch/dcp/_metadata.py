@@ -13,7 +13,10 @@ So a read that fails does not raise from ``read_metadata``: it returns an
 the metadata first gets the same error. torch then raises its ``CheckpointException`` with
 that one error as the rank's failure, with nothing logged and no second attempt. The one
 case torch's fallback is for, a checkpoint saved with ``use_collectives=False`` (rank-local
-metadata only), still raises from ``read_metadata``, so that torch reads it.
+metadata only), still raises from ``read_metadata``, so that torch reads it; a failure of
+that rank-local read is deferred the same way (torch 2.11 swallows it: its fallback catches
+the error, logs one line at INFO and raises a bare ``AssertionError: metadata is None``, so
+a refused ``__0.metadata`` reached the user with no word of the refusal).
 """
 
 from __future__ import annotations
@@ -60,6 +63,17 @@ def read_or_defer(
         return UnreadableMetadata(e)
     except S3Exception as e:  # access and timeouts as they are; server and network: a read error
         return UnreadableMetadata(read_error(f"{path}/.metadata", e))
+
+
+def read_rank_local_or_defer(read: Callable[[], Metadata], path: str) -> "Metadata | UnreadableMetadata":
+    """``read()`` a rank-local metadata (torch's fallback, called when one exists); a failure
+    becomes an UnreadableMetadata, raised at set-up, as for the global one."""
+    try:
+        return read()
+    except (CheckpointUnsafeError, CheckpointCorruptError) as e:  # the bytes, not the transfer: as they are
+        return UnreadableMetadata(e)
+    except S3Exception as e:
+        return UnreadableMetadata(read_error(path, e))
 
 
 def raise_if_unreadable(metadata: Any) -> None:

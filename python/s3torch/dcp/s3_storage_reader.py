@@ -26,7 +26,7 @@ from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
 from . import _save_mark
-from ._metadata import raise_if_unreadable, rank_local_name, read_or_defer
+from ._metadata import raise_if_unreadable, rank_local_name, read_or_defer, read_rank_local_or_defer
 from ._parallel_load import ParallelLoader
 from ._safe_unpickle import SafeBytesPlanner, load_metadata
 from ._shared_reads import DEFAULT_ROUND_BYTES, SharedLoad, ShareSchedule, plan_sharing
@@ -131,7 +131,8 @@ class S3StorageReader(FileSystemReader):
         retries it as rank-local metadata (see ``_metadata``)."""
         rank = kwargs.get("rank")
         if rank is not None:  # torch's fallback: only when a rank-local file exists
-            return self._read_metadata(rank)
+            path = str(self.fs.concat_path(self.path, rank_local_name(rank)))
+            return read_rank_local_or_defer(lambda: self._read_metadata(rank), path)  # type: ignore[return-value]
         got = read_or_defer(lambda: self._read_metadata(None), str(self.path), self._exists)
         return got  # type: ignore[return-value]  # an UnreadableMetadata raises on use
 
