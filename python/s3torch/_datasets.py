@@ -12,6 +12,7 @@ import torch.utils.data
 from . import _crt, _order
 from ._client import S3Client
 from ._config import S3ClientConfig
+from ._notes import add_note
 from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, ObjectSizes, PrefetchWindow, check_prefetch
 from ._uri import parse_s3_uri
 from ._user_agent import UserAgent
@@ -99,8 +100,7 @@ def _apply(transform: Callable[[S3Reader], Any], reader: S3Reader) -> Any:
     try:
         return transform(reader)
     except Exception as e:
-        if hasattr(e, "add_note"):
-            e.add_note(f"s3torch: raised by the dataset transform for {reader.uri}")
+        add_note(e, f"s3torch: raised by the dataset transform for {reader.uri}")
         raise
 
 

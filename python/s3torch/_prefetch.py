@@ -36,6 +36,7 @@ from typing import Any, Deque, Iterable, Iterator, Optional, Tuple
 
 from . import _crt
 from ._checks import is_int
+from ._notes import add_note
 from .s3reader import S3Reader
 from .s3reader.sequential import SequentialS3Reader
 
@@ -121,8 +122,8 @@ def _uri(bucket: str, key: str) -> str:
 
 def _name_object(e: BaseException, bucket: str, key: str) -> BaseException:
     uri = _uri(bucket, key)
-    if uri not in str(e) and hasattr(e, "add_note"):
-        e.add_note(f"s3torch: while fetching {uri}")
+    if uri not in str(e):
+        add_note(e, f"s3torch: while fetching {uri}")
     return e
 
 

@@ -14,6 +14,7 @@ from ._checks import is_int
 from ._client import S3Client
 from ._config import S3ClientConfig
 from ._datasets import _Base, _Cursor, _Entry, _EpochOrdered, _ObjectsSource, _PrefixSource
+from ._notes import add_note
 from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT
 
 Sample = Dict[str, Any]
@@ -222,11 +223,12 @@ class S3TarDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
                         prev, at = sample, after
                 except _crt.S3ObjectChangedError as e:
                     if i == first and offset:
-                        e.add_note(
+                        add_note(
+                            e,
                             f"s3torch: resuming {uri} at byte {offset}, as the dataset state says; the shard was "
                             f"replaced since that state was saved (ETag {etag} then), so its samples from that offset "
                             "are not the ones the state counted. Start the epoch again, or resume from a state saved "
-                            "at a shard boundary"
+                            "at a shard boundary",
                         )
                     raise
                 if prev is not None:
