@@ -54,8 +54,18 @@ std::vector<AbortOutcome> abort_all(const std::shared_ptr<Client> &client,
     };
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
     std::vector<AbortOutcome> out(uploads.size());
+    // A request that cannot even start settles its upload as a failed attempt would, so that
+    // one such upload never costs the others their abort (or their place among the remembered).
+    auto launch = [&](std::vector<InFlight> &into, size_t i, int attempt) {
+        try {
+            into.push_back({i, attempt, start_abort(client, uploads[i])});
+        } catch (const S3Error &e) {
+            if (unreachable(e)) client->remember_abort(uploads[i]);
+            else out[i].refused = std::current_exception();
+        }
+    };
     std::vector<InFlight> flying;
-    for (size_t i = 0; i < uploads.size(); ++i) flying.push_back({i, 1, start_abort(client, uploads[i])});
+    for (size_t i = 0; i < uploads.size(); ++i) launch(flying, i, 1);
     while (!flying.empty()) {
         std::vector<InFlight> again;
         for (InFlight &f : flying) {
@@ -74,7 +84,7 @@ std::vector<AbortOutcome> abort_all(const std::shared_ptr<Client> &client,
                 } else if (!unreachable(e)) {
                     out[f.index].refused = std::current_exception();
                 } else if (f.attempt < kAbortAttempts && ms_left(deadline) > 0) {
-                    again.push_back({f.index, f.attempt + 1, start_abort(client, p)});
+                    launch(again, f.index, f.attempt + 1);
                 } else {
                     client->remember_abort(p);
                 }
