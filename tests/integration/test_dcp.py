@@ -282,6 +282,42 @@ def test_async_save(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-de
     assert_same(expected, out)
 
 
+def _process_async_worker(rank: int, port: int, path: str, kw: dict) -> None:
+    """One rank under torchrun's environment, saving with torch's process-based async save:
+    the writer is pickled to a background process that torch spawns and keeps for later saves."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), AWS_EC2_METADATA_DISABLED="true")
+    dist.init_process_group("gloo", rank=rank, world_size=1)
+    try:
+        for i in range(2):  # the second save goes to the same background process
+            sd = state_dict()
+            fut = dcp.async_save(
+                sd,
+                storage_writer=S3StorageWriter(REGION, f"{path}/{i}", **kw),
+                async_checkpointer_type=AsyncCheckpointerType.PROCESS,
+            )
+            sd["fp32"].add_(1)  # training goes on: the staged copy is what gets saved
+            fut.result(timeout=120)
+    finally:
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # as _dist_worker: no interpreter finalization under gloo's threads
+
+
+def test_process_based_async_save(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """``dcp.async_save(async_checkpointer_type=PROCESS)`` pickles the storage writer into a
+    process of torch's own (spawned); both saves load back as they were when staged."""
+    kw = {"s3client_config": make_client(seaweed).s3client_config, "endpoint": seaweed.endpoint}
+    path = f"s3://{BUCKET}/{prefix}process"
+    tmp.spawn(_process_async_worker, args=(free_port(), path, kw), nprocs=1, join=True)
+    for i in range(2):
+        out = empty_like_sd(state_dict())
+        dcp.load(out, storage_reader=reader(seaweed, f"{path}/{i}"))
+        assert_same(state_dict(), out)
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 
