@@ -13,3 +13,14 @@ void register_handles(py::module_ &m);     // handles.cpp: GetHandle, GetStream,
 void register_client(py::module_ &m);      // client.cpp: NativeClient, ObjectInfo, ListPage
 
 }  // namespace s3torch_py
+
+namespace s3torch {
+class S3Error;
+}
+
+namespace s3torch_py {
+
+// The Python exception (an S3Exception subclass instance) a core error becomes; the GIL held.
+py::object exception_object(const s3torch::S3Error &e);  // exceptions.cpp
+
+}  // namespace s3torch_py

@@ -231,8 +231,41 @@ class NativeClient {
 
     bool abort_multipart_upload(const std::string &bucket, const std::string &key, const std::string &upload_id,
                                 double wait_s) {
-        py::gil_scoped_release nogil;
-        return s3torch::abort_multipart_upload(client_, bucket, key, encode_param(upload_id), to_ms(wait_s));
+        s3torch::AbortOutcome outcome;
+        {
+            py::gil_scoped_release nogil;  // Ctrl-C ends the wait: the upload is then remembered
+            outcome = s3torch::abort_uploads(client_, {{bucket, key, encode_param(upload_id)}}, to_ms(wait_s),
+                                             check_interrupt)[0];
+        }
+        if (outcome.refused) std::rethrow_exception(outcome.refused);
+        return outcome.gone;
+    }
+
+    // Abort every (key, upload_id) of `uploads` in `bucket` at once (s3torch::abort_uploads):
+    // one item per upload, True (gone), False (not reached: remembered), or the S3Exception
+    // that refused it. Ctrl-C ends the wait; the uploads not settled then are remembered.
+    py::list abort_multipart_uploads(const std::string &bucket,
+                                     const std::vector<std::pair<std::string, std::string>> &uploads, double wait_s) {
+        std::vector<Client::PendingAbort> batch;
+        for (auto &[key, upload_id] : uploads) batch.push_back({bucket, key, encode_param(upload_id)});
+        std::vector<s3torch::AbortOutcome> outcomes;
+        {
+            py::gil_scoped_release nogil;
+            outcomes = s3torch::abort_uploads(client_, batch, to_ms(wait_s), check_interrupt);
+        }
+        py::list out;
+        for (auto &o : outcomes) {
+            if (!o.refused) {
+                out.append(py::bool_(o.gone));
+                continue;
+            }
+            try {
+                std::rethrow_exception(o.refused);
+            } catch (const S3Error &e) {
+                out.append(exception_object(e));
+            }
+        }
+        return out;
     }
 
     // Uploads whose abort an outage prevented: (bucket, key, upload_id) tuples.
@@ -374,6 +407,8 @@ void register_client(py::module_ &m) {
         .def("list_multipart_uploads", &NativeClient::list_multipart_uploads, py::arg("bucket"), py::arg("prefix") = "")
         .def("abort_multipart_upload", &NativeClient::abort_multipart_upload, py::arg("bucket"), py::arg("key"),
              py::arg("upload_id"), py::arg("wait_s") = 15.0)
+        .def("abort_multipart_uploads", &NativeClient::abort_multipart_uploads, py::arg("bucket"), py::arg("uploads"),
+             py::arg("wait_s") = 15.0)
         .def("pending_aborts", &NativeClient::pending_aborts, py::arg("retry") = false, py::arg("wait_s") = 15.0)
         .def_property_readonly("in_flight", &NativeClient::in_flight)
         .def_property_readonly("throttle_limit", [](NativeClient &c) { return c.client()->throttle_limit(); })

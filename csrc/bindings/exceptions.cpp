@@ -39,7 +39,9 @@ PyObject *make_class(py::module_ &m, const char *name, PyObject *builtin, const 
     return cls;
 }
 
-void raise(const S3Error &e) {
+}  // namespace
+
+py::object exception_object(const S3Error &e) {
     PyObject *cls = g_base;
     switch (e.kind) {
         case ErrorKind::NotFound: cls = g_not_found; break;
@@ -74,7 +76,14 @@ void raise(const S3Error &e) {
     set("operation", str_or_none(e.context.operation));
     set("bucket", str_or_none(e.context.bucket));
     set("key", str_or_none(e.context.key));
-    PyErr_SetObject(cls, exc.ptr());
+    return exc;
+}
+
+namespace {
+
+void raise(const S3Error &e) {
+    py::object exc = exception_object(e);
+    PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(exc.ptr())), exc.ptr());
 }
 
 }  // namespace

@@ -59,6 +59,12 @@ void wait_interruptible(Step &&step, OnInterrupt &&on_interrupt) {
 
 }  // namespace
 
+void check_interrupt() {
+    py::gil_scoped_acquire gil;
+    log_retry_reports();
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
 void wait_transfer(s3torch::Transfer &t) {
     wait_interruptible([&](int64_t ms) { return t.wait_for(ms); }, [&] { t.cancel_and_wait(); });
 }

@@ -23,6 +23,10 @@ namespace py = pybind11;
 // Wait until `t` has finished, GIL released; on a signal, cancel it, wait, and raise.
 void wait_transfer(s3torch::Transfer &t);
 
+// For a wait that runs with the GIL released: takes the GIL, logs the retry reports due, and
+// throws py::error_already_set (KeyboardInterrupt) if a signal is pending.
+void check_interrupt();
+
 // A GET into caller memory in flight. Holds the buffer until the CRT is done with it; if
 // dropped early, cancels and waits so the memory is never written after release.
 class GetHandle {

@@ -7,7 +7,9 @@
 
 #include <aws/s3/s3_client.h>
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
 #include <exception>
 #include <set>
 
@@ -17,6 +19,10 @@ namespace {
 
 // Attempts of our own AbortMultipartUpload, each after the client's retries ran out.
 constexpr int kAbortAttempts = 4;
+// Aborts in flight at once (more wait their turn: the CRT would only queue them).
+constexpr size_t kAbortWindow = 64;
+// How often abort_uploads calls its `check` while it waits.
+constexpr int64_t kAbortCheckMs = 100;
 
 int64_t ms_left(std::chrono::steady_clock::time_point deadline) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -36,77 +42,101 @@ bool unreachable(const S3Error &e) {
            (e.http_status == 0 && e.kind == ErrorKind::Generic);
 }
 
-// What became of one upload of abort_all.
-struct AbortOutcome {
-    bool gone = false;           // aborted, or already gone (NoSuchUpload)
-    std::exception_ptr refused;  // refused for good (e.g. access denied)
-};  // neither: not reached in time, and remembered on the client
+}  // namespace
 
-// Every upload of `uploads` aborted at once, each retried through 5xx and connection failures,
-// all against one deadline `wait_ms` away: N uploads an outage holds take `wait_ms`, not N
-// times it.
-std::vector<AbortOutcome> abort_all(const std::shared_ptr<Client> &client,
-                                    const std::vector<Client::PendingAbort> &uploads, int64_t wait_ms) {
+std::vector<AbortOutcome> abort_uploads(const std::shared_ptr<Client> &client,
+                                        const std::vector<Client::PendingAbort> &uploads, int64_t wait_ms,
+                                        const std::function<void()> &check) {
     struct InFlight {
         size_t index;
         int attempt;
         std::shared_ptr<SimpleRequest> req;
     };
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    using clock = std::chrono::steady_clock;
+    auto deadline = clock::now() + std::chrono::milliseconds(wait_ms);  // moved on by every settled upload
     std::vector<AbortOutcome> out(uploads.size());
-    // A request that cannot even start settles its upload as a failed attempt would, so that
-    // one such upload never costs the others their abort (or their place among the remembered).
-    auto launch = [&](std::vector<InFlight> &into, size_t i, int attempt) {
-        try {
-            into.push_back({i, attempt, start_abort(client, uploads[i])});
-        } catch (const S3Error &e) {
-            if (unreachable(e)) client->remember_abort(uploads[i]);
-            else out[i].refused = std::current_exception();
-        }
-    };
+    std::deque<std::pair<size_t, int>> waiting;  // (index, attempt), launched in order
+    for (size_t i = 0; i < uploads.size(); ++i) waiting.emplace_back(i, 1);
     std::vector<InFlight> flying;
-    for (size_t i = 0; i < uploads.size(); ++i) launch(flying, i, 1);
-    while (!flying.empty()) {
-        std::vector<InFlight> again;
+    // Those not settled when the wait ends (no progress for wait_ms, or `check` threw): the
+    // ones in flight cancelled, all of them remembered for a later retry.
+    auto give_up = [&] {
+        // All cancelled before any is waited for: a request still queued for a connection
+        // finishes only once the cancelled ones in flight have given theirs back.
+        for (InFlight &f : flying) f.req->cancel();
         for (InFlight &f : flying) {
-            const Client::PendingAbort &p = uploads[f.index];
-            if (!f.req->wait_for(ms_left(deadline))) {
-                f.req->cancel_and_wait();  // still retrying into an outage
-                client->remember_abort(p);
-                continue;
-            }
+            f.req->wait();
+            client->remember_abort(uploads[f.index]);
+        }
+        for (auto &w : waiting) client->remember_abort(uploads[w.first]);
+        flying.clear();
+        waiting.clear();
+    };
+    while (!waiting.empty() || !flying.empty()) {
+        // A request that cannot even start settles its upload as a failed attempt would, so
+        // that one such upload never costs the others their abort (or their place among the
+        // remembered).
+        while (flying.size() < kAbortWindow && !waiting.empty()) {
+            auto [i, attempt] = waiting.front();
+            waiting.pop_front();
             try {
-                f.req->raise_if_failed();
-                out[f.index].gone = true;
+                flying.push_back({i, attempt, start_abort(client, uploads[i])});
             } catch (const S3Error &e) {
-                if (e.kind == ErrorKind::NotFound) {
-                    out[f.index].gone = true;  // already gone
-                } else if (!unreachable(e)) {
-                    out[f.index].refused = std::current_exception();
-                } else if (f.attempt < kAbortAttempts && ms_left(deadline) > 0) {
-                    launch(again, f.index, f.attempt + 1);
-                } else {
-                    client->remember_abort(p);
-                }
+                if (unreachable(e)) client->remember_abort(uploads[i]);
+                else out[i].refused = std::current_exception();
             }
         }
-        flying = std::move(again);
+        if (flying.empty()) continue;
+        std::vector<Transfer *> requests;
+        for (InFlight &f : flying) requests.push_back(f.req.get());
+        int64_t left = ms_left(deadline);
+        int64_t found = wait_any(requests, check ? std::min<int64_t>(left, kAbortCheckMs) : left);
+        if (check) {
+            try {
+                check();
+            } catch (...) {
+                give_up();
+                throw;
+            }
+        }
+        if (found < 0) {
+            if (ms_left(deadline) > 0) continue;  // only a slice of the wait ended
+            give_up();                            // nothing settled for wait_ms: the server is not answering
+            break;
+        }
+        InFlight f = std::move(flying[static_cast<size_t>(found)]);
+        flying.erase(flying.begin() + found);
+        bool settled = true;
+        try {
+            f.req->raise_if_failed();
+            out[f.index].gone = true;
+        } catch (const S3Error &e) {
+            if (e.kind == ErrorKind::NotFound) {
+                out[f.index].gone = true;  // already gone
+            } else if (!unreachable(e)) {
+                out[f.index].refused = std::current_exception();
+            } else if (f.attempt < kAbortAttempts && ms_left(deadline) > 0) {
+                waiting.emplace_front(f.index, f.attempt + 1);
+                settled = false;
+            } else {
+                client->remember_abort(uploads[f.index]);
+            }
+        }
+        if (settled) deadline = clock::now() + std::chrono::milliseconds(wait_ms);
     }
     return out;
 }
 
-}  // namespace
-
 bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
                             const std::string &upload_id, int64_t wait_ms) {
-    AbortOutcome outcome = abort_all(client, {{bucket, key, upload_id}}, wait_ms)[0];
+    AbortOutcome outcome = abort_uploads(client, {{bucket, key, upload_id}}, wait_ms)[0];
     if (outcome.refused) std::rethrow_exception(outcome.refused);
     return outcome.gone;
 }
 
 std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms) {
     // An upload refused for good (e.g. access denied) is dropped: nothing more this process can do.
-    abort_all(client, client->take_pending_aborts(), wait_ms);  // those not reached are remembered again
+    abort_uploads(client, client->take_pending_aborts(), wait_ms);  // those not reached are remembered again
     return client->pending_aborts();
 }
 

@@ -6,6 +6,7 @@
 #include "s3torch/transfer.h"
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -25,8 +26,25 @@ constexpr int64_t kAbortWaitMs = 15000;
 bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
                             const std::string &upload_id, int64_t wait_ms = kAbortWaitMs);
 
-// Try again every upload `client` remembered, all at once, for up to `wait_ms` in all (not
-// each); returns those still pending (they stay remembered).
+// What became of one upload of abort_uploads.
+struct AbortOutcome {
+    bool gone = false;           // aborted, or already gone (NoSuchUpload)
+    std::exception_ptr refused;  // refused for good (e.g. access denied)
+};  // neither: not reached in time, and remembered on the client (Client::remember_abort)
+
+// Abort every upload of `uploads` (upload ids URI-encoded), up to 64 in flight at once, each
+// retried through 5xx and connection failures. The wait ends when no upload has settled for
+// `wait_ms` (an outage): N uploads an outage holds take `wait_ms`, not N times it, while a
+// server that answers keeps the aborts going. Those not settled then are cancelled and
+// remembered. `check`, when given, is called at least every 100 ms (the bindings raise a
+// KeyboardInterrupt there); if it throws, every upload not settled is remembered and the
+// exception propagates.
+std::vector<AbortOutcome> abort_uploads(const std::shared_ptr<Client> &client,
+                                        const std::vector<Client::PendingAbort> &uploads, int64_t wait_ms,
+                                        const std::function<void()> &check = {});
+
+// Try again every upload `client` remembered, all at once (abort_uploads), until none has
+// settled for `wait_ms`; returns those still pending (they stay remembered).
 std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms);
 
 struct MultipartUploadInfo {

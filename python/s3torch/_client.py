@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _crt, _listing, _uploads
 from ._config import S3ClientConfig
@@ -228,11 +228,22 @@ class S3Client:
         :meth:`pending_aborts`)."""
         return self._get_native().abort_multipart_upload(bucket, key, upload_id, wait_s)
 
+    def abort_multipart_uploads(
+        self, bucket: str, uploads: Sequence[Tuple[str, str]], wait_s: float = 15.0
+    ) -> List[Union[bool, "_crt.S3Exception"]]:
+        """Abort every ``(key, upload_id)`` of ``uploads`` in ``bucket``, many at once. One
+        result per upload, in order: True when it is gone, False when the server could not be
+        reached (it is then remembered, see :meth:`pending_aborts`), or the
+        :class:`S3Exception` that refused it (e.g. access denied). The wait ends when no upload
+        has been settled for ``wait_s``: an outage costs ``wait_s`` in all, not per upload.
+        Ctrl-C ends it too (the uploads not settled are remembered)."""
+        return self._get_native().abort_multipart_uploads(bucket, list(uploads), wait_s)
+
     def pending_aborts(self, retry: bool = False, wait_s: float = 15.0) -> List[Tuple[str, str, str]]:
         """Multipart uploads this client failed to abort because the server could not be reached
         (an outage during a failed upload): ``(bucket, key, upload_id)`` tuples. With ``retry``,
-        first try them again, all at once, for up to ``wait_s`` in all, and return those still
-        left."""
+        first try them again, all at once, until none has been settled for ``wait_s``, and
+        return those still left."""
         if self._native is None or self._pid != os.getpid():
             return []  # this process has sent nothing through this client
         return self._native.pending_aborts(retry, wait_s)

@@ -45,10 +45,11 @@ def abort_uploads_under(client: "S3Client", bucket: str, prefix: str) -> Tuple[i
     Returns the number aborted and the ``(key, upload_id, initiated)`` of those left."""
     retry_pending_aborts(client)
     found = client.list_multipart_uploads(bucket, prefix)
-    left = []
-    for key, upload_id, initiated in found:
-        if not client.abort_multipart_upload(bucket, key, upload_id):
-            left.append((key, upload_id, initiated))
+    results = client.abort_multipart_uploads(bucket, [(key, upload_id) for key, upload_id, _ in found])
+    refused = [r for r in results if isinstance(r, BaseException)]
+    if refused:
+        raise refused[0]  # e.g. access denied: as one abort at a time raised it
+    left = [upload for upload, gone in zip(found, results) if not gone]
     if found:
         log.info(
             "s3torch: aborted %d incomplete multipart upload(s) an earlier save left under s3://%s/%s",

@@ -543,3 +543,25 @@ def test_uploads_lists_and_aborts_incomplete_uploads(env, prefix, capsys) -> Non
     assert code == 0 and "aborted" in out and "1 incomplete upload(s) aborted" in out
     assert client.list_multipart_uploads(BUCKET, prefix) == []
     del up
+
+
+def test_uploads_abort_reports_each_upload_and_goes_on_past_a_refusal(env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One upload the server refuses to abort (403) among three: the other two are aborted,
+    each line says what became of its upload, and the exit code says not all went (before,
+    the refusal ended the command and the uploads after it were not tried)."""
+    from tests.faults.proxy import FaultProxy
+
+    s3 = env.boto3_client()
+    keys = [f"{prefix}u/{name}" for name in ("a", "b-refused", "c")]
+    for k in keys:
+        s3.create_multipart_upload(Bucket=BUCKET, Key=k)
+    with FaultProxy.in_front_of(env.endpoint) as proxy:
+        proxy.add(Fault("error", method="DELETE", path=r"b-refused\?uploadId=", status=403, code="AccessDenied"))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        code, out, _ = cli(capsys, "uploads", f"s3://{BUCKET}/{prefix}u/", "--abort")
+    lines = {k: line for k in keys for line in out.splitlines() if f"s3://{BUCKET}/{k} " in line}
+    assert code == 4, out
+    assert lines[keys[0]].endswith(" aborted") and lines[keys[2]].endswith(" aborted"), out
+    assert "NOT aborted: " in lines[keys[1]] and "AccessDenied" in lines[keys[1]], out
+    assert "2 incomplete upload(s) aborted" in out
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])] == [keys[1]]

@@ -14,8 +14,11 @@ DESCRIPTION = """List the incomplete multipart uploads under s3://bucket/prefix:
 started and never completed or aborted (a writer killed mid-save, or an abort that an outage
 kept from reaching the server). Their parts take storage until they are aborted. Prints
 "INITIATED  KEY  UPLOAD_ID" per upload. --abort aborts them (with --older-than, only those
-started before then, so uploads still in progress elsewhere are left alone). A bucket
-lifecycle rule (AbortIncompleteMultipartUpload) does the same on S3 without this command."""
+started before then, so uploads still in progress elsewhere are left alone), many at once, and
+says on each line what became of that upload: aborted, refused (the server's reason), or not
+answered (the wait ends after 15 s without progress); the exit code is 4 unless all went. A
+bucket lifecycle rule (AbortIncompleteMultipartUpload) does the same on S3 without this
+command."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,13 +65,17 @@ def run(args: argparse.Namespace) -> int:
         if cutoff is not None and (when is None or when > cutoff):
             continue  # too recent (or undated): may still be in progress
         uploads.append((key, upload_id, initiated))
+    statuses = [""] * len(uploads)
     left = 0
-    for key, upload_id, initiated in uploads:
-        status = ""
-        if args.abort:
-            done = client.abort_multipart_upload(bucket, key, upload_id)
-            status = "  aborted" if done else "  NOT aborted (the server did not answer)"
-            left += not done
+    if args.abort:  # all at once; an outage costs one wait, not one per upload
+        results = client.abort_multipart_uploads(bucket, [(key, upload_id) for key, upload_id, _ in uploads])
+        for i, result in enumerate(results):
+            if isinstance(result, BaseException):
+                statuses[i] = f"  NOT aborted: {result}"  # the error's text is shown escaped
+            else:
+                statuses[i] = "  aborted" if result else "  NOT aborted (the server did not answer)"
+            left += result is not True
+    for (key, upload_id, initiated), status in zip(uploads, statuses):
         print(f"{text(initiated)}  s3://{bucket}/{text(key)}  {text(upload_id)}{status}")  # outside text: shown
     counted, verb = (len(uploads) - left, "aborted") if args.abort else (len(uploads), "found")
     print(f"{counted} incomplete upload(s) {verb} under s3://{bucket}/{prefix}")
