@@ -10,11 +10,13 @@
 #include <aws/auth/signing_config.h>
 #include <aws/common/task_scheduler.h>
 #include <aws/http/connection.h>
+#include <aws/http/proxy.h>
 #include <aws/io/event_loop.h>
 #include <aws/io/retry_strategy.h>
 #include <aws/io/tls_channel_handler.h>
 #include <aws/s3/s3_client.h>
 
+#include <cctype>
 #include <condition_variable>
 #include <map>
 #include <set>
@@ -22,6 +24,15 @@
 namespace s3torch {
 
 namespace {
+
+// localhost, 127.0.0.0/8 or ::1: an endpoint on this machine.
+bool is_loopback(const std::string &host) {
+    if (host == "localhost" || host == "::1") return true;
+    if (host.rfind("127.", 0) != 0) return false;
+    for (char c : host)
+        if (!(std::isdigit(static_cast<unsigned char>(c)) || c == '.')) return false;
+    return true;
+}
 
 // Every live Client, for prepare_fork(). Guarded by g_clients_mu.
 std::mutex g_clients_mu;
@@ -167,6 +178,16 @@ aws_s3_client *Client::ensure_locked() {
     monitoring.allowable_throughput_failure_interval_seconds = config_.stall_timeout_s;
     cc.monitoring_options = &monitoring;
     cc.enable_s3express = config_.s3express;
+    // A proxy from the environment, read by aws-c-http for each new connection (NO_PROXY
+    // included; an https proxy URL gets TLS of its own). aws-c-s3 turns that on when given no
+    // settings; s3torch always gives them: off when asked, and off for a loopback endpoint,
+    // which a proxy cannot reach (its loopback is not ours; Go's HTTP client does the same).
+    proxy_env_var_settings proxy_env;
+    AWS_ZERO_STRUCT(proxy_env);
+    proxy_env.env_var_type =
+        config_.proxy_from_env && !is_loopback(endpoint_.host) ? AWS_HPEV_ENABLE : AWS_HPEV_DISABLE;
+    proxy_env.connection_type = AWS_HPCT_HTTP_LEGACY;  // CONNECT tunnel for https, forwarding for http
+    cc.proxy_ev_settings = &proxy_env;                 // the CRT copies it
     // Back-pressure is on for the client, but only streaming GETs use a bounded window:
     // every other GET opens its window fully as soon as it is created.
     cc.enable_read_backpressure = true;

@@ -53,6 +53,9 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(std::string, credentials, "credentials", "", 0, 0,                                                             \
       "provider: default, static, environment, profile or anonymous; empty: from the fields above")                  \
     X(std::string, ca_file, "ca_file", "", 0, 0, "PEM bundle to trust for a private TLS endpoint")                   \
+    X(bool, proxy_from_env, "proxy_from_env", true, 0, 0,                                                            \
+      "connect through $HTTPS_PROXY (https endpoints) or $HTTP_PROXY (http), except to hosts in $NO_PROXY and "      \
+      "loopback endpoints, as boto3 does")                                                                           \
     X(bool, s3express, "s3express", false, 0, 0, "enable S3 Express One Zone (directory buckets)")                   \
     X(uint64_t, stream_read_ahead_bytes, "stream_read_ahead_bytes", 0, 0, 1ull << 48,                                \
       "read-ahead window of streaming GETs (0: 4 x part size)")                                                      \

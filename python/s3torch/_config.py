@@ -49,6 +49,11 @@ class S3ClientConfig:
         memory_limit_bytes: cap on aws-c-s3's part-buffer pool (0: automatic; else >= 1 GiB).
         access_key_id, secret_access_key, session_token: static credentials.
         ca_file: PEM bundle to trust for a private TLS endpoint.
+        proxy_from_env: connect through the proxy named by ``$HTTPS_PROXY`` (https endpoints)
+            or ``$HTTP_PROXY`` (http endpoints), lowercase names first, except to hosts listed in
+            ``$NO_PROXY``, as boto3 does (default True). ``http://user:password@host:port``
+            sends basic authentication; an ``https://`` proxy is reached over TLS. Loopback
+            endpoints (``localhost``, ``127.0.0.0/8``, ``::1``) never go through a proxy.
         s3express: enable S3 Express One Zone (directory buckets).
         stream_read_ahead_bytes: read-ahead window of streaming GETs (0: 4 x part size).
         connect_timeout_ms: TCP connect timeout (0: the CRT's default).
@@ -96,6 +101,7 @@ class S3ClientConfig:
     secret_access_key: Optional[str] = None
     session_token: Optional[str] = None
     ca_file: Optional[str] = None
+    proxy_from_env: bool = True
     s3express: bool = False
     stream_read_ahead_bytes: int = 0
     connect_timeout_ms: int = 0

@@ -127,6 +127,7 @@ class ClientConfig:
     session_token: str
     credentials: str
     ca_file: str
+    proxy_from_env: bool
     s3express: bool
     stream_read_ahead_bytes: int
     connect_timeout_ms: int

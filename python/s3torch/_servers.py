@@ -38,11 +38,13 @@ def free_port() -> int:
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + timeout
+    # Never through $HTTP_PROXY: the server is on this machine's loopback, which a proxy's is not.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}; log {log}:\n{_tail(log)}")
         try:
-            urllib.request.urlopen(url, timeout=1).close()
+            opener.open(url, timeout=1).close()
             return
         except urllib.error.HTTPError:
             return  # it answers
@@ -123,7 +125,8 @@ class _Server:
             region_name=REGION,
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+            # proxies={}: never through $HTTP_PROXY (the server is on this machine's loopback).
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}, proxies={}),
         )
 
     def create_bucket(self, name: str) -> None:

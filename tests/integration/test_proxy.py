@@ -1,0 +1,100 @@
+"""A proxy named by the environment ($HTTP_PROXY / $HTTPS_PROXY, $NO_PROXY), as boto3 follows
+it: requests go through it, except to hosts $NO_PROXY names and to loopback endpoints, and
+not at all with ``proxy_from_env=False``.
+
+The proxy here is the test suite's FaultProxy in front of SeaweedFS: a forwarding proxy gets
+each request with its absolute URL (``GET http://host:port/bucket/key``) and relays it to
+SeaweedFS, whatever the host. The endpoint's host does not resolve, so only a request that
+went through the proxy can succeed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from s3torch import S3Client, S3ClientConfig, S3ConnectionError
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
+from tests.conftest import BUCKET
+from tests.faults.proxy import FaultProxy
+
+UNRESOLVABLE = "http://s3.proxied.invalid:8333"  # .invalid never resolves (RFC 2606)
+
+
+def _client(endpoint: str, **kw: Any) -> S3Client:
+    cfg = S3ClientConfig(
+        force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, max_attempts=1, **kw
+    )
+    return S3Client(REGION, endpoint=endpoint, s3client_config=cfg)
+
+
+@pytest.fixture
+def proxy(seaweed: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with FaultProxy.in_front_of(seaweed.endpoint) as p:
+        monkeypatch.setenv("HTTP_PROXY", p.endpoint)
+        yield p
+
+
+def test_requests_go_through_the_proxy_in_the_environment(proxy: Any, prefix: str) -> None:
+    client = _client(UNRESOLVABLE)
+    data = b"through the proxy " * 4096
+    client.put(BUCKET, prefix + "obj", data)
+    buf = bytearray(len(data))
+    assert client.get_into(BUCKET, prefix + "obj", buf) == len(data) and bytes(buf) == data
+    # A forwarding proxy is sent the absolute URL; every request went through it.
+    assert proxy.targets() and all(t.startswith(f"{UNRESOLVABLE}/{BUCKET}/") for t in proxy.targets())
+
+
+def test_lowercase_http_proxy_is_read_too(proxy: Any, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.setenv("http_proxy", proxy.endpoint)
+    _client(UNRESOLVABLE).put(BUCKET, prefix + "obj", b"x")
+    assert proxy.requests == 1
+
+
+@pytest.mark.parametrize("no_proxy", ["s3.proxied.invalid", ".proxied.invalid", "*"])
+def test_no_proxy_hosts_are_reached_directly(
+    proxy: Any, prefix: str, monkeypatch: pytest.MonkeyPatch, no_proxy: str
+) -> None:
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    with pytest.raises(S3ConnectionError, match="DNS"):  # tried directly: the host does not resolve
+        _client(UNRESOLVABLE).head_object(BUCKET, prefix + "obj")
+    assert proxy.requests == 0
+
+
+def test_proxy_from_env_false_ignores_it(proxy: Any, prefix: str) -> None:
+    with pytest.raises(S3ConnectionError, match="DNS"):
+        _client(UNRESOLVABLE, proxy_from_env=False).head_object(BUCKET, prefix + "obj")
+    assert proxy.requests == 0
+
+
+def test_loopback_endpoints_never_go_through_a_proxy(proxy: Any, seaweed: Any, prefix: str) -> None:
+    """The proxy's own loopback is not this machine's: a local server (a test fixture,
+    ``s3torch serve``, the demo) is reached directly even with a proxy set for everything."""
+    port = seaweed.endpoint.rsplit(":", 1)[1]
+    for endpoint in (seaweed.endpoint, f"http://localhost:{port}"):
+        client = _client(endpoint)
+        client.put(BUCKET, prefix + "local", b"direct")
+        assert client.head_object(BUCKET, prefix + "local").size == 6
+    assert proxy.requests == 0
+
+
+def test_a_local_server_starts_and_answers_with_a_proxy_that_cannot_reach_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy set for everything (a corporate shell) that cannot reach this machine's loopback:
+    port 9 of loopback, where nothing listens. The demo (README command 1) and ``s3torch serve``
+    start such a server; before, its readiness check went through the proxy and timed out
+    after 60 s, and s3torch's own requests to it went through the proxy too."""
+    from s3torch._servers import SeaweedFS
+
+    dead = "http://127.0.0.1:9"
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", dead)
+    monkeypatch.setenv("HTTPS_PROXY", dead)
+    with SeaweedFS(buckets=("proxied",), startup_timeout=30) as srv:
+        client = _client(srv.endpoint)
+        client.put("proxied", "k", b"direct")
+        assert client.head_object("proxied", "k").size == 6
+        assert srv.boto3_client().head_object(Bucket="proxied", Key="k")["ContentLength"] == 6
