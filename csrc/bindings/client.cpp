@@ -273,7 +273,7 @@ class NativeClient {
         std::vector<Client::PendingAbort> left;
         {
             py::gil_scoped_release nogil;
-            left = retry ? retry_pending_aborts(client_, to_ms(wait_s)) : client_->pending_aborts();
+            left = retry ? retry_pending_aborts(client_, to_ms(wait_s), check_interrupt) : client_->pending_aborts();
         }
         std::vector<std::tuple<std::string, std::string, std::string>> out;
         for (auto &p : left) out.emplace_back(p.bucket, p.key, decode_param(p.upload_id));

@@ -34,6 +34,15 @@ bool is_loopback(const std::string &host) {
     return true;
 }
 
+// Every TLS handshake's result on a connection to the endpoint whose EndpointHealth is
+// `user_data` (an entry of the process-wide table, never freed). Called on the connection's
+// event-loop thread as soon as the handshake ends, before s2n's delay of a failure.
+void on_tls_negotiation(aws_channel_handler *, aws_channel_slot *, int error_code, void *user_data) {
+    auto *health = static_cast<EndpointHealth *>(user_data);
+    if (error_code == AWS_ERROR_SUCCESS) health->tls_refused.store(false);
+    else if (error_code == AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE) health->tls_refused.store(true);
+}
+
 // Every live Client, for prepare_fork(). Guarded by g_clients_mu.
 std::mutex g_clients_mu;
 std::set<Client *> g_clients;
@@ -131,7 +140,8 @@ aws_s3_client *Client::ensure_locked() {
                                             &tls_options, nullptr, config_.ca_file.c_str())) {
             int err = aws_last_error();
             aws_tls_ctx_options_clean_up(&tls_options);
-            throw_invalid("cannot use CA file '" + config_.ca_file + "': " + crt_error_name(err));
+            throw_invalid("cannot use CA file '" + config_.ca_file +
+                          "' (ca_file, else $AWS_CA_BUNDLE): " + crt_error_name(err));
         }
         tls_ctx_ = aws_tls_client_ctx_new(alloc, &tls_options);
         aws_tls_ctx_options_clean_up(&tls_options);
@@ -153,7 +163,11 @@ aws_s3_client *Client::ensure_locked() {
 
     aws_tls_connection_options tls_conn;
     AWS_ZERO_STRUCT(tls_conn);
-    if (tls_ctx_) aws_tls_connection_options_init_from_ctx(&tls_conn, tls_ctx_);
+    if (tls_ctx_) {
+        aws_tls_connection_options_init_from_ctx(&tls_conn, tls_ctx_);
+        tls_conn.on_negotiation_result = on_tls_negotiation;  // copied with the options by the CRT
+        tls_conn.user_data = health_.get();
+    }
 
     aws_s3_client_config cc;
     AWS_ZERO_STRUCT(cc);

@@ -164,6 +164,10 @@ Endpoint resolve_config(ClientConfig &c) {
     if (c.throughput_target_gbps > kMaxThroughputGbps) c.throughput_target_gbps = kMaxThroughputGbps;
     if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = kDefaultReadAheadParts * c.part_size;
 
+    if (c.ca_file.empty()) {  // as boto3 and the AWS CLI read it
+        const char *bundle = std::getenv("AWS_CA_BUNDLE");
+        if (bundle && *bundle) c.ca_file = bundle;
+    }
     std::string url = c.endpoint;
     if (url.empty()) {
         for (const char *var : {"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"}) {

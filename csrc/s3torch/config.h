@@ -52,7 +52,8 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(std::string, session_token, "session_token", "", 0, 0, "static credentials: session token")                    \
     X(std::string, credentials, "credentials", "", 0, 0,                                                             \
       "provider: default, static, environment, profile or anonymous; empty: from the fields above")                  \
-    X(std::string, ca_file, "ca_file", "", 0, 0, "PEM bundle to trust for a private TLS endpoint")                   \
+    X(std::string, ca_file, "ca_file", "", 0, 0,                                                                     \
+      "PEM bundle to trust for a private TLS endpoint; empty: $AWS_CA_BUNDLE, else the system's")                    \
     X(bool, proxy_from_env, "proxy_from_env", true, 0, 0,                                                            \
       "connect through $HTTPS_PROXY (https endpoints) or $HTTP_PROXY (http), except to hosts in $NO_PROXY and "      \
       "loopback endpoints, as boto3 does")                                                                           \
@@ -108,7 +109,8 @@ struct Endpoint {
 };
 
 // validate() `config`, then resolve what it leaves open: the endpoint (from the environment
-// if not given; written back into config.endpoint), a part size below S3's 5 MiB minimum
+// if not given; written back into config.endpoint), the CA file (likewise, $AWS_CA_BUNDLE),
+// a part size below S3's 5 MiB minimum
 // (raised to it, as aws-c-s3 does for uploads) and the streaming read-ahead (0: 4 parts).
 Endpoint resolve_config(ClientConfig &config);
 

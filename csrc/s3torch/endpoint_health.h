@@ -45,6 +45,11 @@ class EndpointHealth {
     const std::string &name() const { return name_; }
 
     std::atomic<bool> reached{false};
+    // The last TLS handshake with the endpoint failed in a way no retry mends (its certificate
+    // is not trusted or names another host, no protocol in common): set and cleared by each
+    // handshake's result (Client's TLS callback). Requests are not retried while it is set, and
+    // their errors say why (else each retry would wait out s2n's 10-30 s failure delay).
+    std::atomic<bool> tls_refused{false};
     std::atomic<uint64_t> failing_since_ns{0};
     std::atomic<uint64_t> last_failure_ns{0};
 

@@ -205,6 +205,10 @@ void throw_forked(const ErrorContext &ctx, long owner_pid) {
                   ctx);
 }
 
+const char *const kTlsRefusedHint =
+    "the TLS handshake with the endpoint failed: its certificate is not trusted (for a private certificate "
+    "authority set ca_file or $AWS_CA_BUNDLE), or names another host, or it shares no TLS version with this client";
+
 std::string crt_error_name(int crt_error) {
     const char *name = aws_error_name(crt_error);
     return name ? name : "UNKNOWN";
@@ -213,7 +217,8 @@ std::string crt_error_name(int crt_error) {
 S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
     ErrorKind kind = ErrorKind::Generic;
     if (is_timeout(crt_error)) kind = ErrorKind::Timeout;
-    else if (is_connection_failure(crt_error)) kind = ErrorKind::Connection;
+    else if (is_connection_failure(crt_error) || crt_error == AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE)
+        kind = ErrorKind::Connection;
     else if (is_auth_failure(crt_error)) kind = ErrorKind::AccessDenied;
     else if (crt_error == AWS_ERROR_S3_CANCELED) kind = ErrorKind::Cancelled;
     else if (crt_error == AWS_ERROR_SHORT_BUFFER || crt_error == AWS_ERROR_INVALID_ARGUMENT)
@@ -225,6 +230,7 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
     if (crt_error == AWS_IO_SOCKET_CONNECTION_REFUSED || crt_error == AWS_IO_DNS_INVALID_NAME ||
         crt_error == AWS_IO_DNS_QUERY_FAILED)
         hint = "nothing answers at the endpoint; check the endpoint URL and that the server is running";
+    if (crt_error == AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE) hint = kTlsRefusedHint;
     if (crt_error == AWS_ERROR_HTTP_CHANNEL_THROUGHPUT_FAILURE)
         hint =
             "no byte moved on the connection for stall_timeout_s (the server or the network went silent mid-request); "

@@ -80,4 +80,7 @@ std::string describe(const ErrorContext &ctx);
 // Name of a CRT error code, e.g. "AWS_IO_SOCKET_TIMEOUT".
 std::string crt_error_name(int crt_error);
 
+// What to tell the user when the TLS handshake with the endpoint failed.
+extern const char *const kTlsRefusedHint;
+
 }  // namespace s3torch

@@ -184,6 +184,8 @@ int schedule_retry(aws_retry_token *base, aws_retry_error_type type, aws_retry_s
     if (type == AWS_RETRY_ERROR_TYPE_SERVER_ERROR || type == AWS_RETRY_ERROR_TYPE_THROTTLING)
         health.reached.store(true);
 
+    // A refused TLS handshake is not transient: trying again only waits out s2n's delay again.
+    if (health.tls_refused.load()) return aws_raise_error(AWS_IO_MAX_RETRIES_EXCEEDED);
     uint64_t deadline = 0;
     if (type != AWS_RETRY_ERROR_TYPE_CLIENT_ERROR) {
         deadline = retry_deadline_ns(s->settings, t->created_ns);

@@ -247,11 +247,13 @@ void Transfer::raise_if_failed() {
                                 last_error_request_id_, failed_operation_, ctx_);
     if ((unanswered_ || cancelled_) && error_code_ == AWS_ERROR_S3_CANCELED) {
         // Cancelled by us: by the never-answered watchdog, or by the caller.
-        std::string why = unanswered_ ? "no answer from the endpoint in " +
-                                            std::to_string(unanswered_ms(client_->config().stall_timeout_s) / 1000) +
-                                            " s (it takes connections but never responds); check the endpoint URL "
-                                            "and the server"
-                                      : "cancelled";
+        std::string why = !unanswered_ ? "cancelled"
+                          : client_->health().tls_refused.load()
+                              ? std::string(kTlsRefusedHint)
+                              : "no answer from the endpoint in " +
+                                    std::to_string(unanswered_ms(client_->config().stall_timeout_s) / 1000) +
+                                    " s (it takes connections but never responds); check the endpoint URL and the "
+                                    "server";
         S3Error err(unanswered_ ? ErrorKind::Connection : ErrorKind::Cancelled,
                     ctx_.operation + " s3://" + ctx_.bucket + "/" + ctx_.key + ": " + why, ctx_);
         err.crt_error = error_code_;

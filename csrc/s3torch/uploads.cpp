@@ -91,6 +91,27 @@ std::vector<AbortOutcome> abort_uploads(const std::shared_ptr<Client> &client,
         for (InFlight &f : flying) requests.push_back(f.req.get());
         int64_t left = ms_left(deadline);
         int64_t found = wait_any(requests, check ? std::min<int64_t>(left, kAbortCheckMs) : left);
+        if (found >= 0) {
+            InFlight f = std::move(flying[static_cast<size_t>(found)]);
+            flying.erase(flying.begin() + found);
+            bool settled = true;
+            try {
+                f.req->raise_if_failed();
+                out[f.index].gone = true;
+            } catch (const S3Error &e) {
+                if (e.kind == ErrorKind::NotFound) {
+                    out[f.index].gone = true;  // already gone
+                } else if (!unreachable(e)) {
+                    out[f.index].refused = std::current_exception();
+                } else if (f.attempt < kAbortAttempts && ms_left(deadline) > 0) {
+                    waiting.emplace_front(f.index, f.attempt + 1);
+                    settled = false;
+                } else {
+                    client->remember_abort(uploads[f.index]);
+                }
+            }
+            if (settled) deadline = clock::now() + std::chrono::milliseconds(wait_ms);
+        }
         if (check) {
             try {
                 check();
@@ -99,30 +120,10 @@ std::vector<AbortOutcome> abort_uploads(const std::shared_ptr<Client> &client,
                 throw;
             }
         }
-        if (found < 0) {
-            if (ms_left(deadline) > 0) continue;  // only a slice of the wait ended
-            give_up();                            // nothing settled for wait_ms: the server is not answering
+        if (found < 0 && ms_left(deadline) == 0) {
+            give_up();  // nothing settled for wait_ms: the server is not answering
             break;
         }
-        InFlight f = std::move(flying[static_cast<size_t>(found)]);
-        flying.erase(flying.begin() + found);
-        bool settled = true;
-        try {
-            f.req->raise_if_failed();
-            out[f.index].gone = true;
-        } catch (const S3Error &e) {
-            if (e.kind == ErrorKind::NotFound) {
-                out[f.index].gone = true;  // already gone
-            } else if (!unreachable(e)) {
-                out[f.index].refused = std::current_exception();
-            } else if (f.attempt < kAbortAttempts && ms_left(deadline) > 0) {
-                waiting.emplace_front(f.index, f.attempt + 1);
-                settled = false;
-            } else {
-                client->remember_abort(uploads[f.index]);
-            }
-        }
-        if (settled) deadline = clock::now() + std::chrono::milliseconds(wait_ms);
     }
     return out;
 }
@@ -134,9 +135,10 @@ bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &b
     return outcome.gone;
 }
 
-std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms) {
+std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms,
+                                                       const std::function<void()> &check) {
     // An upload refused for good (e.g. access denied) is dropped: nothing more this process can do.
-    abort_uploads(client, client->take_pending_aborts(), wait_ms);  // those not reached are remembered again
+    abort_uploads(client, client->take_pending_aborts(), wait_ms, check);  // those not reached are remembered again
     return client->pending_aborts();
 }
 

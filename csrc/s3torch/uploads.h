@@ -45,7 +45,8 @@ std::vector<AbortOutcome> abort_uploads(const std::shared_ptr<Client> &client,
 
 // Try again every upload `client` remembered, all at once (abort_uploads), until none has
 // settled for `wait_ms`; returns those still pending (they stay remembered).
-std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms);
+std::vector<Client::PendingAbort> retry_pending_aborts(std::shared_ptr<Client> client, int64_t wait_ms,
+                                                       const std::function<void()> &check = {});
 
 struct MultipartUploadInfo {
     std::string key;

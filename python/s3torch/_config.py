@@ -48,7 +48,8 @@ class S3ClientConfig:
         profile: named profile from ``~/.aws/credentials`` / ``~/.aws/config``.
         memory_limit_bytes: cap on aws-c-s3's part-buffer pool (0: automatic; else >= 1 GiB).
         access_key_id, secret_access_key, session_token: static credentials.
-        ca_file: PEM bundle to trust for a private TLS endpoint.
+        ca_file: PEM bundle to trust for a private TLS endpoint, in place of the system's
+            (default: ``$AWS_CA_BUNDLE``, as boto3 and the AWS CLI read it, else the system's).
         proxy_from_env: connect through the proxy named by ``$HTTPS_PROXY`` (https endpoints)
             or ``$HTTP_PROXY`` (http endpoints), lowercase names first, except to hosts listed in
             ``$NO_PROXY``, as boto3 does (default True). ``http://user:password@host:port``
