@@ -158,6 +158,19 @@ CredentialsKind ClientConfig::credentials_kind() const {
                   credentials + "'");
 }
 
+namespace {
+
+// An environment flag as boto3 reads it: "true", in any case.
+bool env_true(const char *name) {
+    const char *v = std::getenv(name);
+    if (!v) return false;
+    std::string s(v);
+    for (char &ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s == "true";
+}
+
+}  // namespace
+
 Endpoint resolve_config(ClientConfig &c) {
     c.validate();
     if (c.part_size < kMinPartSize) c.part_size = kMinPartSize;
@@ -182,9 +195,14 @@ Endpoint resolve_config(ClientConfig &c) {
         c.endpoint = url;
         return parse_endpoint(url);
     }
+    // AWS's endpoint for the region, as boto3 names it: the China regions under their own
+    // domain, and the FIPS and dual-stack (IPv6) variants that $AWS_USE_FIPS_ENDPOINT and
+    // $AWS_USE_DUALSTACK_ENDPOINT ask for.
     Endpoint ep;
     ep.tls = true;
-    ep.host = "s3." + c.region + ".amazonaws.com";
+    const bool fips = env_true("AWS_USE_FIPS_ENDPOINT"), dualstack = env_true("AWS_USE_DUALSTACK_ENDPOINT");
+    ep.host = std::string(fips ? "s3-fips." : "s3.") + (dualstack ? "dualstack." : "") + c.region +
+              (c.region.rfind("cn-", 0) == 0 ? ".amazonaws.com.cn" : ".amazonaws.com");
     return ep;
 }
 

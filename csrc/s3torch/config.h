@@ -30,7 +30,8 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(std::string, region, "region", "us-east-1", 0, 0,                                                              \
       "AWS region, or the one an S3-compatible server expects (lowercase letters, digits, dashes)")                  \
     X(std::string, endpoint, "endpoint", "", 0, 0,                                                                   \
-      "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region")            \
+      "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region "            \
+      "(.amazonaws.com.cn for cn- regions; FIPS, dual-stack: $AWS_USE_FIPS_ENDPOINT, $AWS_USE_DUALSTACK_ENDPOINT)")  \
     X(double, throughput_target_gbps, "throughput_target_gbps", 10.0, 0, 0,                                          \
       "aws-c-s3 sizes its connection pool for this (above 1000: 1000 is used)")                                      \
     X(uint64_t, part_size, "part_size", 8 * ::s3torch::kMiB, ::s3torch::kMinConfigPartSize, ::s3torch::kMaxPartSize, \

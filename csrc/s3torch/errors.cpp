@@ -55,7 +55,8 @@ bool is_connection_failure(int code) {
         case AWS_IO_DNS_NO_ADDRESS_FOR_HOST:
         case AWS_IO_DNS_HOST_REMOVED_FROM_CACHE:
         case AWS_ERROR_HTTP_CONNECTION_CLOSED:
-        case AWS_ERROR_HTTP_SERVER_CLOSED: return true;
+        case AWS_ERROR_HTTP_SERVER_CLOSED:
+        case AWS_ERROR_HTTP_PROXY_CONNECT_FAILED: return true;
         default: return false;
     }
 }
@@ -231,6 +232,10 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
         crt_error == AWS_IO_DNS_QUERY_FAILED)
         hint = "nothing answers at the endpoint; check the endpoint URL and that the server is running";
     if (crt_error == AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE) hint = kTlsRefusedHint;
+    if (crt_error == AWS_ERROR_HTTP_PROXY_CONNECT_FAILED)
+        hint =
+            "the proxy ($HTTPS_PROXY / $HTTP_PROXY) did not open a connection to the endpoint; check the proxy, "
+            "or list the endpoint's host in $NO_PROXY if it is to be reached directly";
     if (crt_error == AWS_ERROR_HTTP_CHANNEL_THROUGHPUT_FAILURE)
         hint =
             "no byte moved on the connection for stall_timeout_s (the server or the network went silent mid-request); "

@@ -98,3 +98,41 @@ def test_a_local_server_starts_and_answers_with_a_proxy_that_cannot_reach_it(mon
         client.put("proxied", "k", b"direct")
         assert client.head_object("proxied", "k").size == 6
         assert srv.boto3_client().head_object(Bucket="proxied", Key="k")["ContentLength"] == 6
+
+
+@pytest.mark.parametrize(
+    "region, env, host",
+    [
+        ("us-east-1", {}, "s3.us-east-1.amazonaws.com"),
+        ("cn-north-1", {}, "s3.cn-north-1.amazonaws.com.cn"),
+        ("us-gov-west-1", {"AWS_USE_FIPS_ENDPOINT": "true"}, "s3-fips.us-gov-west-1.amazonaws.com"),
+        ("eu-west-1", {"AWS_USE_DUALSTACK_ENDPOINT": "TRUE"}, "s3.dualstack.eu-west-1.amazonaws.com"),
+        (
+            "us-east-2",
+            {"AWS_USE_FIPS_ENDPOINT": "true", "AWS_USE_DUALSTACK_ENDPOINT": "true"},
+            "s3-fips.dualstack.us-east-2.amazonaws.com",
+        ),
+        ("us-west-2", {"AWS_USE_FIPS_ENDPOINT": "false"}, "s3.us-west-2.amazonaws.com"),
+    ],
+)
+def test_aws_endpoint_of_each_region_as_boto3_names_it(
+    region: str, env: dict, host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no endpoint configured, the host AWS serves the region from, observed offline as
+    the target of the CONNECT an https proxy is asked for (the proxy then fails the tunnel).
+    Before, every region was s3.<region>.amazonaws.com: the China regions (.amazonaws.com.cn)
+    were unreachable, and $AWS_USE_FIPS_ENDPOINT / $AWS_USE_DUALSTACK_ENDPOINT were ignored."""
+    from tests.faults.tls import ConnectProxy
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with ConnectProxy(("127.0.0.1", 9)) as proxy:  # port 9: the tunnel is refused (502)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.endpoint)
+        client = S3Client(region, s3client_config=S3ClientConfig(unsigned=True, max_attempts=1))
+        with pytest.raises(S3ConnectionError, match="PROXY_CONNECT_FAILED.*HTTPS_PROXY"):
+            client.head_object("s3torch-endpoint-test", "key")
+    assert proxy.asked and set(proxy.asked) == {f"s3torch-endpoint-test.{host}:443"}, proxy.asked
