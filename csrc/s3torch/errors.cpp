@@ -61,12 +61,6 @@ bool is_connection_failure(int code) {
     }
 }
 
-bool is_auth_failure(int code) {
-    const char *name = aws_error_name(code);
-    return name != nullptr &&
-           (std::strstr(name, "CREDENTIALS") != nullptr || std::strstr(name, "AWS_AUTH_SIGNING") != nullptr);
-}
-
 ErrorKind kind_for_s3(const std::string &code, int status) {
     if (code == "NoSuchKey" || code == "NoSuchBucket" || code == "NoSuchUpload" || code == "NotFound" ||
         (code.empty() && status == 404))
@@ -204,6 +198,23 @@ void throw_forked(const ErrorContext &ctx, long owner_pid) {
                       " and cannot be used in a fork()ed child (process " +
                       std::to_string(static_cast<long>(getpid())) + "); start it again here",
                   ctx);
+}
+
+bool is_auth_failure(int code) {
+    const char *name = aws_error_name(code);
+    return name != nullptr &&
+           (std::strstr(name, "CREDENTIALS") != nullptr || std::strstr(name, "AWS_AUTH_SIGNING") != nullptr);
+}
+
+S3Error with_hint(const S3Error &e, const std::string &more) {
+    S3Error out(e.kind, std::string(e.what()) + "; " + more, e.context);
+    out.s3_code = e.s3_code;
+    out.s3_message = e.s3_message;
+    out.request_id = e.request_id;
+    out.http_status = e.http_status;
+    out.crt_error = e.crt_error;
+    out.crt_error_name = e.crt_error_name;
+    return out;
 }
 
 const char *const kTlsRefusedHint =

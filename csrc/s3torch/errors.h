@@ -80,6 +80,13 @@ std::string describe(const ErrorContext &ctx);
 // Name of a CRT error code, e.g. "AWS_IO_SOCKET_TIMEOUT".
 std::string crt_error_name(int crt_error);
 
+// Whether a CRT error code is a credentials or signing failure (no credentials, a provider
+// that failed): the request never reached the server.
+bool is_auth_failure(int crt_error);
+
+// `e` with "; <more>" added to its message (every field kept).
+S3Error with_hint(const S3Error &e, const std::string &more);
+
 // What to tell the user when the TLS handshake with the endpoint failed.
 extern const char *const kTlsRefusedHint;
 

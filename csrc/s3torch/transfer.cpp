@@ -1,6 +1,7 @@
 #include "s3torch/transfer.h"
 
 #include "s3torch/client.h"
+#include "s3torch/credentials.h"
 #include "s3torch/endpoint_health.h"
 #include "s3torch/request.h"
 #include "s3torch/retry.h"
@@ -263,8 +264,11 @@ void Transfer::raise_if_failed() {
     // A 5xx whose retries ran out: the CRT kept no status; the last failed attempt's is ours.
     bool last_attempt = status_ == 0 && last_error_status_ >= 500 &&
                         (error_code_ == AWS_ERROR_S3_INTERNAL_ERROR || error_code_ == AWS_ERROR_S3_SLOW_DOWN);
-    throw error_from_result(error_code_, last_attempt ? last_error_status_ : status_, error_body_,
-                            last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
+    S3Error err = error_from_result(error_code_, last_attempt ? last_error_status_ : status_, error_body_,
+                                    last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
+    if (is_auth_failure(error_code_) && !client_->sso_profile().empty())
+        throw with_hint(err, sso_hint(client_->sso_profile()));
+    throw err;
 }
 
 namespace {

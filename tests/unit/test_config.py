@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError, _crt
+from s3torch import S3Client, S3ClientConfig, S3Exception, S3InvalidArgumentError, S3PermissionError, _crt
 from s3torch._config import PartSizeWarning, ThroughputTargetWarning
 
 
@@ -143,6 +143,57 @@ def test_missing_profile_is_reported(tmp_path, monkeypatch) -> None:  # type: ig
     )
     with pytest.raises(S3InvalidArgumentError, match="does-not-exist"):
         client.head_object("b", "k")
+
+
+SSO_CONFIG = """
+[profile dev]
+sso_session = corp
+sso_account_id = 111122223333
+sso_role_name = ML
+region = us-east-1
+
+[profile legacy]
+sso_start_url = https://corp.awsapps.com/start
+sso_region = us-east-1
+sso_account_id = 111122223333
+sso_role_name = ML
+
+[profile plain]
+region = us-east-1
+
+[sso-session corp]
+sso_start_url = https://corp.awsapps.com/start
+sso_region = us-east-1
+"""
+
+
+@pytest.mark.parametrize("how", ["profile", "AWS_PROFILE", "legacy"])
+def test_an_sso_profile_says_how_to_get_its_credentials(tmp_path, monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
+    """A profile that signs in through IAM Identity Center (SSO), as `aws sso login` users have:
+    the AWS CRT's credential providers cannot read it, so signing fails. Before, the error said
+    only "check the credentials"; boto3 works with the same profile, which left users lost."""
+    (tmp_path / "config").write_text(SSO_CONFIG)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    name = "legacy" if how == "legacy" else "dev"
+    if how == "AWS_PROFILE":
+        monkeypatch.setenv("AWS_PROFILE", name)
+        config = S3ClientConfig(max_attempts=1)
+    else:
+        config = S3ClientConfig(profile=name, max_attempts=1)
+    client = S3Client("us-east-1", endpoint="http://127.0.0.1:1", s3client_config=config)
+    with pytest.raises(S3PermissionError) as ei:
+        client.head_object("b", "k")
+    assert f"profile '{name}' signs in through AWS IAM Identity Center (SSO)" in str(ei.value)
+    assert f"aws configure export-credentials --profile {name} --format env" in str(ei.value)
+    # A profile without SSO settings and without keys: the plain hint, no word of SSO.
+    plain = S3Client("us-east-1", endpoint="http://127.0.0.1:1", s3client_config=S3ClientConfig(profile="plain"))
+    with pytest.raises(S3Exception) as ei:
+        plain.head_object("b", "k")
+    assert "SSO" not in str(ei.value)
 
 
 def test_endpoint_from_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
