@@ -188,7 +188,14 @@ class ConnectProxy(_LoopThread):
         try:
             up = await asyncio.open_connection(*self.upstream)
         except OSError:
+            # The answer, then wait for the client to hang up: closing first could reach it
+            # before the 502 is read (a "socket closed" instead of the proxy's refusal).
             writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            try:
+                await writer.drain()
+                await asyncio.wait_for(reader.read(), 10)
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                pass
             writer.close()
             return
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
