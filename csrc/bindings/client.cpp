@@ -231,14 +231,9 @@ class NativeClient {
 
     bool abort_multipart_upload(const std::string &bucket, const std::string &key, const std::string &upload_id,
                                 double wait_s) {
-        s3torch::AbortOutcome outcome;
-        {
-            py::gil_scoped_release nogil;  // Ctrl-C ends the wait: the upload is then remembered
-            outcome = s3torch::abort_uploads(client_, {{bucket, key, encode_param(upload_id)}}, to_ms(wait_s),
-                                             check_interrupt)[0];
-        }
-        if (outcome.refused) std::rethrow_exception(outcome.refused);
-        return outcome.gone;
+        py::gil_scoped_release nogil;  // Ctrl-C ends the wait: the upload is then remembered
+        return s3torch::abort_multipart_upload(client_, bucket, key, encode_param(upload_id), to_ms(wait_s),
+                                               check_interrupt);
     }
 
     // Abort every (key, upload_id) of `uploads` in `bucket` at once (s3torch::abort_uploads):

@@ -87,7 +87,6 @@ Client::Client(ClientConfig config) : config_(std::move(config)) {
     endpoint_ = resolve_config(config_);
     health_ = endpoint_health((endpoint_.tls ? "https://" : "http://") + endpoint_.authority());
     if (config_.known_endpoint) health_->reached.store(true);
-    sso_profile_ = ::s3torch::sso_profile(config_);
     std::lock_guard<std::mutex> lock(g_clients_mu);
     g_clients.insert(this);
 }

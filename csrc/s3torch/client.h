@@ -67,8 +67,6 @@ class Client : public std::enable_shared_from_this<Client> {
     bool reached() const { return health_->reached.load(); }
     // What the process knows of this client's endpoint (shared by every client of it).
     EndpointHealth &health() { return *health_; }
-    // The SSO profile the credentials would come from, "" if none (credentials.h sso_profile).
-    const std::string &sso_profile() const { return sso_profile_; }
     // When a request issued at `issued_ns` gives up retrying at the latest (0: attempts decide).
     uint64_t retry_deadline_ns(uint64_t issued_ns) const;
     // Run `fn` on a CRT event-loop thread in about `delay_ms` (never if the runtime shuts down
@@ -117,7 +115,6 @@ class Client : public std::enable_shared_from_this<Client> {
     std::atomic<int64_t> in_flight_{0};
     std::atomic<int64_t> held_buffers_{0};
     std::shared_ptr<EndpointHealth> health_;  // shared by every client of the endpoint
-    std::string sso_profile_;                 // read once, at construction
     std::mutex aborts_mu_;                    // guards pending_aborts_
     std::vector<PendingAbort> pending_aborts_;
 };

@@ -17,7 +17,8 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
 // The name of the profile `cfg`'s credentials come from (`profile`, else $AWS_PROFILE, else
 // "default") when that profile signs in through AWS IAM Identity Center (SSO: sso_session or
 // sso_start_url in the config file), which the CRT's providers cannot read; "" otherwise (or
-// when the credentials are not a profile's). For the error a failed signing raises.
+// when the credentials are not a profile's). Reads the config file: for the error a failed
+// signing raises, not on every request.
 std::string sso_profile(const ClientConfig &cfg);
 
 // What to add to that error.

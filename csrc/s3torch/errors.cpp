@@ -56,7 +56,8 @@ bool is_connection_failure(int code) {
         case AWS_IO_DNS_HOST_REMOVED_FROM_CACHE:
         case AWS_ERROR_HTTP_CONNECTION_CLOSED:
         case AWS_ERROR_HTTP_SERVER_CLOSED:
-        case AWS_ERROR_HTTP_PROXY_CONNECT_FAILED: return true;
+        case AWS_ERROR_HTTP_PROXY_CONNECT_FAILED:
+        case AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE: return true;
         default: return false;
     }
 }
@@ -229,8 +230,7 @@ std::string crt_error_name(int crt_error) {
 S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
     ErrorKind kind = ErrorKind::Generic;
     if (is_timeout(crt_error)) kind = ErrorKind::Timeout;
-    else if (is_connection_failure(crt_error) || crt_error == AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE)
-        kind = ErrorKind::Connection;
+    else if (is_connection_failure(crt_error)) kind = ErrorKind::Connection;
     else if (is_auth_failure(crt_error)) kind = ErrorKind::AccessDenied;
     else if (crt_error == AWS_ERROR_S3_CANCELED) kind = ErrorKind::Cancelled;
     else if (crt_error == AWS_ERROR_SHORT_BUFFER || crt_error == AWS_ERROR_INVALID_ARGUMENT)

@@ -129,8 +129,8 @@ std::vector<AbortOutcome> abort_uploads(const std::shared_ptr<Client> &client,
 }
 
 bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
-                            const std::string &upload_id, int64_t wait_ms) {
-    AbortOutcome outcome = abort_uploads(client, {{bucket, key, upload_id}}, wait_ms)[0];
+                            const std::string &upload_id, int64_t wait_ms, const std::function<void()> &check) {
+    AbortOutcome outcome = abort_uploads(client, {{bucket, key, upload_id}}, wait_ms, check)[0];
     if (outcome.refused) std::rethrow_exception(outcome.refused);
     return outcome.gone;
 }

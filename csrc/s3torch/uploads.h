@@ -22,9 +22,10 @@ constexpr int64_t kAbortWaitMs = 15000;
 // 5xx and connection failures for up to `wait_ms`. True when the upload is gone (aborted, or
 // NoSuchUpload). False when the server could not be reached in time: the upload is then
 // remembered on `client` (Client::remember_abort) for retry_pending_aborts(). Throws on other
-// errors (e.g. access denied).
+// errors (e.g. access denied). `check`: as abort_uploads's (one upload of it).
 bool abort_multipart_upload(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
-                            const std::string &upload_id, int64_t wait_ms = kAbortWaitMs);
+                            const std::string &upload_id, int64_t wait_ms = kAbortWaitMs,
+                            const std::function<void()> &check = {});
 
 // What became of one upload of abort_uploads.
 struct AbortOutcome {

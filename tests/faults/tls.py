@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Coroutine, List, Optional, Tuple
 
 CHUNK = 1 << 16
+# The environment's proxy settings, as aws-c-http and boto3 read them (lowercase first).
+PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
 
 
 def make_ca(directory: Path, names: Tuple[str, ...] = ()) -> Tuple[Path, Path, Path]:

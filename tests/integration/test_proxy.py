@@ -17,6 +17,7 @@ from s3torch import S3Client, S3ClientConfig, S3ConnectionError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 from tests.faults.proxy import FaultProxy
+from tests.faults.tls import PROXY_VARIABLES
 
 UNRESOLVABLE = "http://s3.proxied.invalid:8333"  # .invalid never resolves (RFC 2606)
 
@@ -30,7 +31,7 @@ def _client(endpoint: str, **kw: Any) -> S3Client:
 
 @pytest.fixture
 def proxy(seaweed: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     with FaultProxy.in_front_of(seaweed.endpoint) as p:
         monkeypatch.setenv("HTTP_PROXY", p.endpoint)
@@ -89,7 +90,7 @@ def test_a_local_server_starts_and_answers_with_a_proxy_that_cannot_reach_it(mon
     from s3torch._servers import SeaweedFS
 
     dead = "http://127.0.0.1:9"
-    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", dead)
     monkeypatch.setenv("HTTPS_PROXY", dead)
@@ -126,7 +127,7 @@ def test_aws_endpoint_of_each_region_as_boto3_names_it(
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    for name in ("HTTP_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"):
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -15,7 +15,7 @@ import pytest
 from s3torch import S3Client, S3ClientConfig
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
-from tests.faults.tls import ConnectProxy, TlsFront, make_ca
+from tests.faults.tls import PROXY_VARIABLES, ConnectProxy, TlsFront, make_ca
 
 PROXIED_NAME = "s3.proxied.invalid"  # never resolves: only a tunnel reaches it
 
@@ -27,7 +27,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path, Path]:
 
 @pytest.fixture
 def tls(seaweed: Any, ca: Tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[TlsFront]:
-    for name in ("AWS_CA_BUNDLE", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+    for name in ("AWS_CA_BUNDLE", *PROXY_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     with TlsFront(seaweed.endpoint, ca[1], ca[2]) as front:
         yield front
