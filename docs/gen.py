@@ -58,7 +58,7 @@ def _cli_page() -> str:
         "what `s3torch VERB --help` prints, verb by verb.\n",
         f"{parser.description}\n",
         "`python -m s3torch VERB` or the `s3torch` console script. Endpoint, region and credentials come "
-        "from where the library takes them (`$AWS_ENDPOINT_URL_S3` / `$AWS_ENDPOINT_URL`, `$AWS_REGION` / "
+        "from where the library takes them (the endpoint as boto3 resolves it, `$AWS_REGION` / "
         "`$AWS_DEFAULT_REGION`, else us-east-1, the usual credential chain); `--endpoint`, `--region` and "
         "`--profile` override them. While stdout is a terminal, `cp`, `verify` and `du` draw a progress bar on "
         'stderr (through tqdm when installed: `pip install ".[cli]"`); otherwise they print only their result.\n',
@@ -201,11 +201,30 @@ def _configuration_page() -> str:
     out.append(
         "Rules a range cannot say are in `ClientConfig::validate()` (`csrc/s3torch/config.cpp`): "
         "`throughput_target_gbps` in (0, 1000]; `memory_limit_bytes` 0 or at least 1 GiB; the credential "
-        "fields together. The endpoint, when empty, comes from `$AWS_ENDPOINT_URL_S3`, then "
-        "`$AWS_ENDPOINT_URL`, else AWS's endpoint for the region; IP-address and localhost endpoints use "
-        "path-style addressing automatically. How retries use `max_attempts` and `retry_timeout_s`: "
-        "[Retries and errors](retries.md). Adding a field: "
+        "fields together. The endpoint, when empty, is resolved as boto3 resolves it (below); IP-address and "
+        "localhost endpoints use path-style addressing automatically. How retries use `max_attempts` and "
+        "`retry_timeout_s`: [Retries and errors](retries.md). Adding a field: "
         "[Architecture](architecture.md#a-configuration-field).\n"
+    )
+    out.append(
+        "## The endpoint, and what the shared config file sets\n\n"
+        "As boto3 and the AWS CLI (`csrc/s3torch/config.cpp`, `resolve_config`; "
+        "`tests/unit/test_shared_config.py` checks each case against botocore). The profile is "
+        "`S3ClientConfig.profile`, else `$AWS_PROFILE`, else `default`, in `~/.aws/config` (or "
+        "`$AWS_CONFIG_FILE`). The endpoint is the first of:\n\n"
+        "1. `endpoint=` given to the client (or the CLI's `--endpoint`);\n"
+        "2. `$AWS_ENDPOINT_URL_S3`, then `$AWS_ENDPOINT_URL`;\n"
+        "3. `endpoint_url` under `s3` in the `[services NAME]` section the profile's `services` names;\n"
+        "4. the profile's `endpoint_url`;\n"
+        "5. AWS's endpoint for the region: `https://s3.REGION.amazonaws.com` (`.amazonaws.com.cn` for "
+        "`cn-` regions), `s3-fips.` with `$AWS_USE_FIPS_ENDPOINT` or the profile's `use_fips_endpoint`, "
+        "`s3.dualstack.` with `$AWS_USE_DUALSTACK_ENDPOINT` or the profile's `use_dualstack_endpoint` "
+        "(top level or under `s3`); the variable, when set, wins over the profile.\n\n"
+        "`$AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true` (or the profile's `ignore_configured_endpoint_urls`) "
+        "skips 2 to 4. The profile's `s3` `addressing_style = path` sets `force_path_style`. A malformed "
+        "URL from 2 to 4 is an `S3InvalidArgumentError` naming where it came from. Credentials come from "
+        "the CRT's default chain, which reads the same profile (an SSO profile: "
+        "[Getting started](getting-started.md#credentials)).\n"
     )
     return "\n".join(out)
 

@@ -14,6 +14,13 @@ import pytest
 
 # Never let a credentials chain reach for instance metadata (a non-loopback address).
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# Nor read the developer's AWS settings: a profile's endpoint_url or addressing_style, or an
+# endpoint in the environment, would send every client that names no endpoint elsewhere.
+# Tests of those settings set them themselves.
+_NO_FILE = str(Path(tempfile.gettempdir()) / "s3torch-tests-no-aws-config")
+os.environ.update(AWS_CONFIG_FILE=_NO_FILE, AWS_SHARED_CREDENTIALS_FILE=_NO_FILE)
+for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 # The CRT's own error lines (docs/engine.md) go to a file, this process's and its children's
 # (appended); a test that fails shows those written while it ran ("Captured CRT log"), which
 # name the CRT check behind an error such as a rare AWS_ERROR_INVALID_STATE. Read once, when the

@@ -408,7 +408,14 @@ void register_client(py::module_ &m) {
         .def_property_readonly("in_flight", &NativeClient::in_flight)
         .def_property_readonly("throttle_limit", [](NativeClient &c) { return c.client()->throttle_limit(); })
         .def_property_readonly("region", [](const NativeClient &c) { return c.config().region; })
-        .def_property_readonly("endpoint", [](const NativeClient &c) { return c.config().endpoint; })
+        .def_property_readonly(
+            "endpoint",
+            [](const NativeClient &c) {
+                const s3torch::Endpoint &e = c.client()->endpoint();
+                return (e.tls ? "https://" : "http://") + e.authority();
+            },
+            "The URL requests go to: the one given, else the environment's or the shared config file's, else AWS's "
+            "for the region.")
         .def_property_readonly("part_size", [](const NativeClient &c) { return c.config().part_size; });
 }
 

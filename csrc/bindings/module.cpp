@@ -12,6 +12,7 @@
 #include "s3torch/endpoint_health.h"
 #include "s3torch/prefault.h"
 #include "s3torch/runtime.h"
+#include "s3torch/shared_config.h"
 #include "s3torch/transpose.h"
 
 #include <cstdint>
@@ -165,6 +166,14 @@ PYBIND11_MODULE(_crt, m) {
           "A short status of the request that has retried longest ('retrying 12 s: SlowDown (HTTP 503)'), or ''.");
     m.def("take_retry_reports", &s3torch::take_retry_reports,
           "Retry report lines due now (waits log them on the 's3torch' logger themselves).");
+    m.def(
+        "profile_setting",
+        [](const std::string &profile, const std::string &property) {
+            return s3torch::SharedConfig(profile).get(property.c_str());
+        },
+        py::arg("profile"), py::arg("property"),
+        "A property of the profile (''; $AWS_PROFILE; 'default') in the shared config file (~/.aws/config, "
+        "$AWS_CONFIG_FILE), as the CRT's parser reads it; '' when absent.");
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
     m.attr("MAX_THROUGHPUT_GBPS") = s3torch::kMaxThroughputGbps;
 }

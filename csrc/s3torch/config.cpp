@@ -1,11 +1,13 @@
 #include "s3torch/config.h"
 
 #include "s3torch/errors.h"
+#include "s3torch/shared_config.h"
 
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 
 namespace s3torch {
 
@@ -31,9 +33,10 @@ bool valid_region(const std::string &r) {
     return true;
 }
 
-Endpoint parse_endpoint(const std::string &url) {
+// `from`: where the URL came from, for the error ("" when given in the config).
+Endpoint parse_endpoint(const std::string &url, const std::string &from = "") {
     auto bad = [&](const std::string &why) -> Endpoint {
-        throw_invalid("malformed endpoint '" + url + "': " + why +
+        throw_invalid("malformed endpoint '" + url + "'" + (from.empty() ? "" : " (from " + from + ")") + ": " + why +
                       " (expected http://host:port or https://host[:port], e.g. http://127.0.0.1:9000)");
     };
     Endpoint ep;
@@ -160,13 +163,28 @@ CredentialsKind ClientConfig::credentials_kind() const {
 
 namespace {
 
-// An environment flag as boto3 reads it: "true", in any case.
-bool env_true(const char *name) {
-    const char *v = std::getenv(name);
-    if (!v) return false;
-    std::string s(v);
-    for (char &ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    return s == "true";
+// A boolean setting as boto3 reads it: the environment variable when set, else the profile's.
+bool setting(const char *env, bool from_profile) {
+    const char *v = std::getenv(env);
+    return v && *v ? is_true(v) : from_profile;
+}
+
+// A configured endpoint URL and where it came from, in boto3's order: $AWS_ENDPOINT_URL_S3,
+// $AWS_ENDPOINT_URL, the s3 endpoint_url of the profile's [services] section, the profile's
+// endpoint_url; none when $AWS_IGNORE_CONFIGURED_ENDPOINT_URLS (or the profile's
+// ignore_configured_endpoint_urls) is true.
+std::pair<std::string, std::string> configured_endpoint(const SharedConfig &shared) {
+    if (setting("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", shared.flag("ignore_configured_endpoint_urls"))) return {};
+    for (const char *var : {"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"}) {
+        const char *v = std::getenv(var);
+        if (v && *v) return {v, std::string("$") + var};
+    }
+    std::string where = "profile '" + shared.profile_name() + "' of " + shared.path();
+    std::string url = shared.service("s3", "endpoint_url");
+    if (!url.empty()) return {url, "the s3 endpoint_url of the services section named by " + where};
+    url = shared.get("endpoint_url");
+    if (!url.empty()) return {url, "the endpoint_url of " + where};
+    return {};
 }
 
 }  // namespace
@@ -181,26 +199,28 @@ Endpoint resolve_config(ClientConfig &c) {
         const char *bundle = std::getenv("AWS_CA_BUNDLE");
         if (bundle && *bundle) c.ca_file = bundle;
     }
-    std::string url = c.endpoint;
-    if (url.empty()) {
-        for (const char *var : {"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"}) {
-            const char *v = std::getenv(var);
-            if (v && *v) {
-                url = v;
-                break;
-            }
+    SharedConfig shared(c.profile);
+    if (shared.get("s3", "addressing_style") == "path") c.force_path_style = true;
+    if (c.endpoint.empty()) {
+        auto [url, from] = configured_endpoint(shared);
+        if (!url.empty()) {
+            Endpoint ep = parse_endpoint(url, from);
+            c.endpoint = url;
+            return ep;
         }
-    }
-    if (!url.empty()) {
-        c.endpoint = url;
-        return parse_endpoint(url);
+    } else {
+        return parse_endpoint(c.endpoint);
     }
     // AWS's endpoint for the region, as boto3 names it: the China regions under their own
     // domain, and the FIPS and dual-stack (IPv6) variants that $AWS_USE_FIPS_ENDPOINT and
-    // $AWS_USE_DUALSTACK_ENDPOINT ask for.
+    // $AWS_USE_DUALSTACK_ENDPOINT (or the profile's use_fips_endpoint, use_dualstack_endpoint)
+    // ask for.
     Endpoint ep;
     ep.tls = true;
-    const bool fips = env_true("AWS_USE_FIPS_ENDPOINT"), dualstack = env_true("AWS_USE_DUALSTACK_ENDPOINT");
+    const bool fips = setting("AWS_USE_FIPS_ENDPOINT", shared.flag("use_fips_endpoint"));
+    const bool dualstack =
+        setting("AWS_USE_DUALSTACK_ENDPOINT",
+                shared.flag("use_dualstack_endpoint") || is_true(shared.get("s3", "use_dualstack_endpoint")));
     ep.host = std::string(fips ? "s3-fips." : "s3.") + (dualstack ? "dualstack." : "") + c.region +
               (c.region.rfind("cn-", 0) == 0 ? ".amazonaws.com.cn" : ".amazonaws.com");
     return ep;

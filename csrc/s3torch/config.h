@@ -30,15 +30,16 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(std::string, region, "region", "us-east-1", 0, 0,                                                              \
       "AWS region, or the one an S3-compatible server expects (lowercase letters, digits, dashes)")                  \
     X(std::string, endpoint, "endpoint", "", 0, 0,                                                                   \
-      "http(s)://host[:port]; empty: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS's for the region "            \
-      "(.amazonaws.com.cn for cn- regions; FIPS, dual-stack: $AWS_USE_FIPS_ENDPOINT, $AWS_USE_DUALSTACK_ENDPOINT)")  \
+      "http(s)://host[:port]; empty: as boto3 resolves it ($AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, the profile's "  \
+      "endpoint_url in ~/.aws/config), else AWS's for the region (docs/configuration.md)")                           \
     X(double, throughput_target_gbps, "throughput_target_gbps", 10.0, 0, 0,                                          \
       "aws-c-s3 sizes its connection pool for this (above 1000: 1000 is used)")                                      \
     X(uint64_t, part_size, "part_size", 8 * ::s3torch::kMiB, ::s3torch::kMinConfigPartSize, ::s3torch::kMaxPartSize, \
       "part size in bytes of multipart uploads and ranged GETs (below 5 MiB: 5 MiB is used)")                        \
     X(bool, unsigned_requests, "unsigned", false, 0, 0, "send unsigned requests (public buckets)")                   \
     X(bool, force_path_style, "force_path_style", false, 0, 0,                                                       \
-      "address buckets as endpoint/bucket/key (IP-address and localhost endpoints always are)")                      \
+      "address buckets as endpoint/bucket/key (IP-address and localhost endpoints always are, and every endpoint "   \
+      "when the profile's s3 addressing_style is path)")                                                             \
     X(uint32_t, max_attempts, "max_attempts", 10, 1, 64,                                                             \
       "attempts per request, the first try included (1: no retries at all)")                                         \
     X(uint32_t, retry_timeout_s, "retry_timeout_s", 120, 0, 86400,                                                   \
@@ -109,8 +110,9 @@ struct Endpoint {
     std::string authority() const;  // host[:port]
 };
 
-// validate() `config`, then resolve what it leaves open: the endpoint (from the environment
-// if not given; written back into config.endpoint), the CA file (likewise, $AWS_CA_BUNDLE),
+// validate() `config`, then resolve what it leaves open: the endpoint (from the environment or
+// the shared config file if not given, as boto3 does; written back into config.endpoint), path
+// style (the profile's s3 addressing_style), the CA file (likewise, $AWS_CA_BUNDLE),
 // a part size below S3's 5 MiB minimum
 // (raised to it, as aws-c-s3 does for uploads) and the streaming read-ahead (0: 4 parts).
 Endpoint resolve_config(ClientConfig &config);

@@ -1,11 +1,10 @@
 #include "s3torch/credentials.h"
 
 #include "s3torch/errors.h"
+#include "s3torch/shared_config.h"
 
 #include <aws/auth/credentials.h>
 #include <aws/common/byte_buf.h>
-#include <aws/common/string.h>
-#include <aws/sdkutils/aws_profile.h>
 
 namespace s3torch {
 
@@ -66,26 +65,10 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
 std::string sso_profile(const ClientConfig &cfg) {
     CredentialsKind kind = cfg.credentials_kind();
     if (kind != CredentialsKind::Default && kind != CredentialsKind::Profile) return "";
-    aws_allocator *alloc = aws_default_allocator();
-    aws_byte_cursor given = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
-    aws_string *name = aws_get_profile_name(alloc, cfg.profile.empty() ? nullptr : &given);
-    aws_string *path = aws_get_config_file_path(alloc, nullptr);
-    std::string out;
-    aws_profile_collection *profiles =
-        name && path ? aws_profile_collection_new_from_file(alloc, path, AWS_PST_CONFIG) : nullptr;
-    if (profiles) {
-        if (const aws_profile *profile = aws_profile_collection_get_profile(profiles, name)) {
-            for (const char *property : {"sso_session", "sso_start_url"}) {
-                aws_string *key = aws_string_new_from_c_str(alloc, property);
-                if (aws_profile_get_property(profile, key)) out = aws_string_c_str(name);
-                aws_string_destroy(key);
-            }
-        }
-        aws_profile_collection_destroy(profiles);
-    }
-    aws_string_destroy(name);
-    aws_string_destroy(path);
-    return out;
+    SharedConfig shared(cfg.profile);
+    for (const char *property : {"sso_session", "sso_start_url"})
+        if (!shared.get(property).empty()) return shared.profile_name();
+    return "";
 }
 
 std::string sso_hint(const std::string &profile) {

@@ -47,7 +47,6 @@ std::mutex g_mutex;
 std::condition_variable g_released;
 std::shared_ptr<Runtime> g_runtime;
 ProcessOwner g_owner;  // the process that built g_runtime
-bool g_library_initialized = false;
 
 // CRT logging for diagnosis: S3TORCH_CRT_LOG=error|warn|info|debug|trace, to
 // $S3TORCH_CRT_LOG_FILE or stderr. Set once per process; off by default. Lines go through the
@@ -113,13 +112,18 @@ uint16_t event_loop_threads() {
         std::min<size_t>(kMaxEventLoopThreads, std::max<size_t>(cores >= 2 ? 2 : 1, cores / 2)));
 }
 
-Runtime::Runtime() : allocator_(aws_default_allocator()) {
-    if (!g_library_initialized) {
-        aws_s3_library_init(allocator_);
-        init_logging(allocator_);
+void init_crt_libraries() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        aws_allocator *alloc = aws_default_allocator();
+        aws_s3_library_init(alloc);
+        init_logging(alloc);
         crt_compat::set_channel_max_fragment_size(kChannelMessageBytes);
-        g_library_initialized = true;
-    }
+    });
+}
+
+Runtime::Runtime() : allocator_(aws_default_allocator()) {
+    init_crt_libraries();
     huge_pages_enabled();  // a malformed S3TORCH_HUGE_PAGES is refused here, by name (prefault.h)
     elg_ = aws_event_loop_group_new_default(allocator_, event_loop_threads(), nullptr);
     if (!elg_) throw error_from_crt(aws_last_error(), {"CreateEventLoopGroup", "", ""});

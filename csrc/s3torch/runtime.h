@@ -27,6 +27,11 @@ namespace s3torch {
 // S3InvalidArgumentError for a malformed variable.
 uint16_t event_loop_threads();
 
+// Initialise the CRT's libraries (and its logging, S3TORCH_CRT_LOG) once per process; starts
+// no thread. Runtime::acquire() does it; so does what uses the CRT without a runtime (the
+// shared config file's parser).
+void init_crt_libraries();
+
 class Runtime {
   public:
     // The runtime of this process, created on first call. Thread-safe.

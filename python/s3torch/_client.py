@@ -46,8 +46,8 @@ class S3Client:
 
     Args:
         region: AWS region (or the region your S3-compatible server expects).
-        endpoint: ``http(s)://host[:port]``; default ``$AWS_ENDPOINT_URL_S3``,
-            ``$AWS_ENDPOINT_URL``, else AWS's endpoint for the region.
+        endpoint: ``http(s)://host[:port]``; default: as boto3 resolves it (``$AWS_ENDPOINT_URL_S3``,
+            ``$AWS_ENDPOINT_URL``, the profile's ``endpoint_url``), else AWS's for the region.
         s3client_config: an :class:`S3ClientConfig`.
         user_agent: a :class:`~s3torch._user_agent.UserAgent` (s3torchconnector's is accepted
             too: anything with a str ``prefix``); its ``prefix`` is the User-Agent header of

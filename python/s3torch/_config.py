@@ -3,6 +3,7 @@ plus s3torch's own (endpoint, credentials, memory limit, CA file, ...)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Tuple
@@ -157,6 +158,18 @@ class S3ClientConfig:
     def as_dict(self) -> Dict[str, Any]:
         """The configuration as a plain dict of its fields."""
         return asdict(self)
+
+
+def default_region(profile: Optional[str] = None) -> str:
+    """The region where boto3 finds it, for what makes a client without one: ``$AWS_REGION``,
+    ``$AWS_DEFAULT_REGION``, the profile's ``region`` in ``~/.aws/config`` (``profile``, else
+    ``$AWS_PROFILE``, else default), else us-east-1."""
+    return (
+        os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or _crt.profile_setting(profile or "", "region")
+        or "us-east-1"
+    )
 
 
 def _unpickle_config(values: Dict[str, Any], answered: List[str]) -> S3ClientConfig:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from s3torch import S3Client, S3ClientConfig, S3ConnectionError
+from s3torch import S3Client, S3ClientConfig, S3ConnectionError, S3Exception
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 from tests.faults.proxy import FaultProxy
@@ -80,6 +80,31 @@ def test_loopback_endpoints_never_go_through_a_proxy(proxy: Any, seaweed: Any, p
         client.put(BUCKET, prefix + "local", b"direct")
         assert client.head_object(BUCKET, prefix + "local").size == 6
     assert proxy.requests == 0
+
+
+@pytest.mark.parametrize("style", ["path", "auto"])
+def test_a_profiles_endpoint_and_addressing_style(
+    proxy: Any, prefix: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, style: str
+) -> None:
+    """The shared config file as AWS CLI users of MinIO and the like have it: the profile names
+    the endpoint and path-style addressing. Requests go to that endpoint (through the proxy: its
+    host does not resolve) with the bucket in the path; SeaweedFS, which knows no bucket
+    subdomains, answers only those. Before, both settings were ignored: requests went to AWS."""
+    (tmp_path / "config").write_text(
+        f"[profile minio]\nendpoint_url = {UNRESOLVABLE}\ns3 =\n  addressing_style = {style}\n"
+    )
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "minio")
+    cfg = S3ClientConfig(access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, max_attempts=1)
+    client = S3Client(REGION, s3client_config=cfg)
+    if style == "path":
+        client.put(BUCKET, prefix + "obj", b"profile")
+        assert client.head_object(BUCKET, prefix + "obj").size == 7
+        assert proxy.targets() and all(t.startswith(f"{UNRESOLVABLE}/{BUCKET}/") for t in proxy.targets())
+    else:  # the bucket in the host name, which the server behind does not serve
+        with pytest.raises(S3Exception):
+            client.put(BUCKET, prefix + "obj", b"profile")
+        assert proxy.targets() == [f"http://{BUCKET}.{UNRESOLVABLE[7:]}/{prefix}obj"]
 
 
 def test_a_local_server_starts_and_answers_with_a_proxy_that_cannot_reach_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Iterator, Optional, Tuple
 
 from .. import _crt
 from .._client import S3Client
-from .._config import S3ClientConfig
+from .._config import S3ClientConfig, default_region
 from .._progress import Progress
 from .._uri import parse_s3_uri
 
@@ -52,12 +51,13 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--endpoint",
         metavar="URL",
-        help="S3 endpoint, http(s)://host[:port] (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, "
-        "else AWS's endpoint for the region)",
+        help="S3 endpoint, http(s)://host[:port] (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, the profile's "
+        "endpoint_url in ~/.aws/config, as boto3 resolves it; else AWS's endpoint for the region)",
     )
     g.add_argument(
         "--region",
-        help="region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, else us-east-1)",
+        help="region (default: $AWS_REGION, $AWS_DEFAULT_REGION, the profile's region in ~/.aws/config, "
+        "else us-east-1)",
     )
     g.add_argument(
         "--profile",
@@ -85,7 +85,7 @@ def _gbps(text: str) -> float:
 
 
 def region_of(args: argparse.Namespace) -> str:
-    return args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return str(args.region or default_region(args.profile))
 
 
 def make_client(args: argparse.Namespace) -> S3Client:

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .._config import S3ClientConfig
+from .._config import S3ClientConfig, default_region
 
 MSC_SCHEME = "msc://"
 # Storage provider types whose options are MSC's S3StorageProvider options over the S3 API.
@@ -84,10 +84,6 @@ class Resolved:
     url: str
     target: S3Target
     profile: Optional[str]
-
-
-def _default_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def _expand(value: Any, file: Optional[str], profile: str) -> Any:
@@ -188,7 +184,7 @@ class MSCConfig:
             for m_bucket, m_prefix, profile in self.s3_mapping:
                 if m_bucket == bucket and key.startswith(m_prefix):
                     return self._resolve_profile(profile, key[len(m_prefix) :], via=path)
-            return Resolved(path, S3Target(_default_region(), None, S3ClientConfig()), None)
+            return Resolved(path, S3Target(default_region(), None, S3ClientConfig()), None)
         raise MSCConfigError(
             f"{path!r} is neither msc://<profile>/<path> nor s3://<bucket>/<prefix>; s3torch.msc reads and writes "
             "S3 only (for local paths use torch.distributed.checkpoint.FileSystemReader/FileSystemWriter)"
@@ -355,7 +351,7 @@ class MSCConfig:
             raise MSCConfigError(
                 f"storage_provider options are not valid for S3: {e}", config_file=file, profile=profile
             ) from e
-        region = str(options.get("region_name") or "") or _default_region()
+        region = str(options.get("region_name") or "") or default_region(config.profile)
         endpoint = str(options.get("endpoint_url") or "") or None
         return S3Target(region, endpoint, config)
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, Union
 import torch
 
 from .._client import S3Client
-from .._config import S3ClientConfig
+from .._config import S3ClientConfig, default_region
 from .._uri import parse_s3_uri, s3_path
 from ..dcp._staging import (
     DEFAULT_RING_BYTES,
@@ -35,13 +35,13 @@ Device = Union[str, int, torch.device]
 def client_of(
     client: Optional[S3Client], region: Optional[str], endpoint: Optional[str], config: Optional[S3ClientConfig]
 ) -> S3Client:
-    """The client to use: ``client``, else one for region (default ``$AWS_REGION``,
-    ``$AWS_DEFAULT_REGION``, us-east-1), endpoint and config."""
+    """The client to use: ``client``, else one for region (default: ``default_region``),
+    endpoint and config."""
     if client is not None:
         if region is not None or endpoint is not None or config is not None:
             raise ValueError("pass either client or region/endpoint/s3client_config, not both")
         return client
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = region or default_region(config.profile if config is not None else None)
     return S3Client(region, endpoint=endpoint, s3client_config=config)
 
 
@@ -86,10 +86,9 @@ class safe_open:
         pin_memory: CPU tensors in page-locked memory (needs CUDA).
         client: an :class:`~s3torch.S3Client` to read through (then leave region, endpoint
             and s3client_config unset).
-        region: for a client made here: default ``$AWS_REGION``, ``$AWS_DEFAULT_REGION``,
-            else us-east-1.
-        endpoint: for a client made here: default ``$AWS_ENDPOINT_URL_S3`` /
-            ``$AWS_ENDPOINT_URL``, else AWS's.
+        region: for a client made here: default ``$AWS_REGION``, ``$AWS_DEFAULT_REGION``, the
+            profile's ``region`` in ``~/.aws/config``, else us-east-1.
+        endpoint: for a client made here: default as for :class:`~s3torch.S3Client`.
         s3client_config: for a client made here: an :class:`~s3torch.S3ClientConfig`.
         staging_bytes: size of the staging ring (CUDA destinations, casts), as for
             :class:`~s3torch.dcp.S3StorageReader` (default 512 MiB for a CUDA device, else 256 MiB).

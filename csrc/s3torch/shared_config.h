@@ -1,0 +1,44 @@
+// The AWS shared config file (~/.aws/config, else $AWS_CONFIG_FILE) as boto3 reads it, for the
+// settings s3torch takes from it besides credentials (which the CRT's providers read
+// themselves): a profile's endpoint, addressing style, FIPS and dual-stack flags, and whether
+// it signs in through SSO.
+#pragma once
+
+#include <string>
+
+struct aws_profile;
+struct aws_profile_collection;
+
+namespace s3torch {
+
+class SharedConfig {
+  public:
+    // The profile `profile` names, else $AWS_PROFILE, else "default". A missing or unreadable
+    // file, or a profile it lacks, reads as empty: every lookup returns "".
+    explicit SharedConfig(const std::string &profile);
+    ~SharedConfig();
+    SharedConfig(const SharedConfig &) = delete;
+    SharedConfig &operator=(const SharedConfig &) = delete;
+
+    const std::string &profile_name() const { return name_; }
+    const std::string &path() const { return path_; }
+    // A property of the profile: get("endpoint_url"); "" when absent.
+    std::string get(const char *property) const;
+    // A sub-property of a nested one: get("s3", "addressing_style").
+    std::string get(const char *property, const char *sub) const;
+    // A service's setting in the [services NAME] section the profile's `services` names:
+    // service("s3", "endpoint_url").
+    std::string service(const char *service, const char *sub) const;
+    // A boolean property as boto3 reads it: "true", in any case.
+    bool flag(const char *property) const;
+
+  private:
+    aws_profile_collection *profiles_ = nullptr;
+    const aws_profile *profile_ = nullptr;
+    std::string name_, path_;
+};
+
+// "true" in any case, as boto3 reads a boolean setting.
+bool is_true(const std::string &value);
+
+}  // namespace s3torch
