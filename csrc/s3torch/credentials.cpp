@@ -5,6 +5,10 @@
 
 #include <aws/auth/credentials.h>
 #include <aws/common/byte_buf.h>
+#include <aws/common/string.h>
+#include <aws/sdkutils/aws_profile.h>
+
+#include <cstdlib>
 
 namespace s3torch {
 
@@ -53,7 +57,11 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
             AWS_ZERO_STRUCT(o);
             o.bootstrap = bootstrap;
             o.tls_ctx = tls_ctx;
-            o.profile_name_override = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
+            // Only a profile given overrides: the CRT takes any cursor with a pointer, an empty
+            // one included, as the profile's name, and then never reads $AWS_PROFILE or
+            // "default" (keys in ~/.aws/credentials were not found at all).
+            if (!cfg.profile.empty())
+                o.profile_name_override = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
             provider = aws_credentials_provider_new_chain_default(alloc, &o);
             break;
         }
@@ -62,14 +70,7 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
     return provider;
 }
 
-std::string sso_profile(const ClientConfig &cfg) {
-    CredentialsKind kind = cfg.credentials_kind();
-    if (kind != CredentialsKind::Default && kind != CredentialsKind::Profile) return "";
-    SharedConfig shared(cfg.profile);
-    for (const char *property : {"sso_session", "sso_start_url"})
-        if (!shared.get(property).empty()) return shared.profile_name();
-    return "";
-}
+namespace {
 
 std::string sso_hint(const std::string &profile) {
     return "profile '" + profile +
@@ -77,6 +78,28 @@ std::string sso_hint(const std::string &profile) {
            "CRT's) cannot use; export its temporary credentials first: eval \"$(aws configure export-credentials "
            "--profile " +
            profile + " --format env)\"";
+}
+
+}  // namespace
+
+std::string credentials_hint(const ClientConfig &cfg) {
+    CredentialsKind kind = cfg.credentials_kind();
+    if (kind != CredentialsKind::Default && kind != CredentialsKind::Profile) return "";
+    SharedConfig shared(cfg.profile);
+    for (const char *property : {"sso_session", "sso_start_url"})
+        if (!shared.get(property).empty()) return sso_hint(shared.profile_name());
+    const char *env_profile = std::getenv("AWS_PROFILE");
+    std::string which = cfg.profile.empty() && env_profile != nullptr && *env_profile ? " (from $AWS_PROFILE)" : "";
+    aws_string *path = aws_get_credentials_file_path(aws_default_allocator(), nullptr);
+    std::string files = (path ? std::string(aws_string_c_str(path)) + " and " : "") + shared.path();
+    aws_string_destroy(path);
+    std::string profile = "profile '" + shared.profile_name() + "'" + which + " in " + files;
+    if (kind == CredentialsKind::Profile) return "they were looked for in " + profile;
+    return "the default chain found none: it looks in the environment (AWS_ACCESS_KEY_ID, "
+           "AWS_SECRET_ACCESS_KEY), " +
+           profile +
+           ", then web identity, container and instance credentials (S3TORCH_CRT_LOG=error logs why each "
+           "had none)";
 }
 
 }  // namespace s3torch

@@ -14,14 +14,11 @@ namespace s3torch {
 aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
                                                     aws_tls_ctx *tls_ctx);
 
-// The name of the profile `cfg`'s credentials come from (`profile`, else $AWS_PROFILE, else
-// "default") when that profile signs in through AWS IAM Identity Center (SSO: sso_session or
-// sso_start_url in the config file), which the CRT's providers cannot read; "" otherwise (or
-// when the credentials are not a profile's). Reads the config file: for the error a failed
-// signing raises, not on every request.
-std::string sso_profile(const ClientConfig &cfg);
-
-// What to add to that error.
-std::string sso_hint(const std::string &profile);
+// What to add to the error of a request whose signing failed (no credentials): where they were
+// looked for, the profile and its files by name; for a profile that signs in through AWS IAM
+// Identity Center (SSO: sso_session or sso_start_url in the config file), which the CRT's
+// providers cannot read, how to export its credentials instead. "" when the credentials are
+// not the default chain's or a profile's. Reads the config file: for this error only.
+std::string credentials_hint(const ClientConfig &cfg);
 
 }  // namespace s3torch

@@ -267,8 +267,8 @@ void Transfer::raise_if_failed() {
     S3Error err = error_from_result(error_code_, last_attempt ? last_error_status_ : status_, error_body_,
                                     last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
     if (is_auth_failure(error_code_)) {  // the config file is read here, on this error only
-        std::string sso = sso_profile(client_->config());
-        if (!sso.empty()) throw with_hint(err, sso_hint(sso));
+        std::string hint = credentials_hint(client_->config());
+        if (!hint.empty()) throw with_hint(err, hint);
     }
     throw err;
 }

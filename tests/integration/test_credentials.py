@@ -1,0 +1,189 @@
+"""Credential sources of the AWS CRT's default chain that users already have, end to end
+against SeaweedFS (which checks the signature of every request against its one key pair):
+
+- keys in ``~/.aws/credentials`` (or ``~/.aws/config``), the default profile or the one
+  ``$AWS_PROFILE`` names: until this test, never found unless ``profile=`` was given (an empty
+  profile name went to the CRT as a name, so neither ``$AWS_PROFILE`` nor ``default`` was read);
+- a profile's ``credential_process`` (aws-vault, granted, a company's own helper);
+- a container's credentials endpoint with an authorization token, as EKS Pod Identity and ECS
+  set it up (``AWS_CONTAINER_CREDENTIALS_FULL_URI``, ``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE``).
+
+Each source is shown to be the one that signed: a wrong key from it is refused."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator, List, Tuple
+
+import pytest
+
+from s3torch import S3Client, S3ClientConfig, S3PermissionError
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
+from tests.conftest import BUCKET
+
+CHAIN_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+)
+
+
+@pytest.fixture
+def chain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An environment with no credentials in it; returns the config file's path (not written)."""
+    for name in CHAIN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    return tmp_path / "config"
+
+
+def _round_trip(client: S3Client, key: str) -> None:
+    data = b"signed by the chain " * 1000
+    client.put(BUCKET, key, data)
+    buf = bytearray(len(data))
+    assert client.get_into(BUCKET, key, buf) == len(data) and bytes(buf) == data
+
+
+@pytest.mark.parametrize("how", ["default profile", "AWS_PROFILE", "config file", "profile="])
+def test_keys_of_a_profile(seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    keys = f"aws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    wrong = f"aws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = not-the-secret\n"
+    if how == "config file":
+        chain.write_text(f"[default]\n{keys}\n[profile wrong]\n{wrong}")
+    elif how == "default profile":
+        (chain.parent / "credentials").write_text(f"[default]\n{keys}\n[wrong]\n{wrong}")
+    else:
+        (chain.parent / "credentials").write_text(f"[default]\n{wrong}\n[dev]\n{keys}\n[wrong]\n{wrong}")
+    if how == "AWS_PROFILE":
+        monkeypatch.setenv("AWS_PROFILE", "dev")
+    cfg = S3ClientConfig(profile="dev" if how == "profile=" else None, max_attempts=1)
+    _round_trip(S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=cfg), prefix + "keys")
+    monkeypatch.setenv("AWS_PROFILE", "wrong")
+    with pytest.raises(S3PermissionError):
+        S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(max_attempts=1)).head_object(
+            BUCKET, prefix + "keys"
+        )
+
+
+@pytest.mark.parametrize("named", ["config", "AWS_PROFILE"])
+def test_credential_process(
+    seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, named: str
+) -> None:
+    helper = chain.parent / "helper.py"
+    helper.write_text(
+        "import json, sys\n"
+        "secret = sys.argv[1]\n"
+        f"print(json.dumps({{'Version': 1, 'AccessKeyId': {ACCESS_KEY!r}, 'SecretAccessKey': secret}}))\n"
+    )
+    chain.write_text(
+        f"[profile good]\ncredential_process = {sys.executable} {helper} {SECRET_KEY}\n\n"
+        f"[profile wrong]\ncredential_process = {sys.executable} {helper} not-the-secret\n"
+    )
+    if named == "AWS_PROFILE":
+        monkeypatch.setenv("AWS_PROFILE", "good")
+        cfg = S3ClientConfig(max_attempts=1)
+    else:
+        cfg = S3ClientConfig(profile="good", max_attempts=1)
+    _round_trip(S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=cfg), prefix + "proc")
+    wrong = S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(profile="wrong", max_attempts=1))
+    with pytest.raises(S3PermissionError):
+        wrong.head_object(BUCKET, prefix + "proc")
+
+
+class _Credentials(http.server.BaseHTTPRequestHandler):
+    """A container credentials endpoint: the keys, to a request that brings the token. No
+    session token: SeaweedFS would look the key up among its temporary ones."""
+
+    token = ""
+    secret = ""
+    seen: List[Tuple[str, str]] = []
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization", "")
+        type(self).seen.append((self.path, auth))
+        if auth != self.token:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = json.dumps(
+            {
+                "AccessKeyId": ACCESS_KEY,
+                "SecretAccessKey": self.secret,
+                "Expiration": "2099-01-01T00:00:00Z",
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def container_endpoint() -> Iterator[Tuple[str, type]]:
+    handler = type("Handler", (_Credentials,), {"seen": []})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1/credentials", handler
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("token_from", ["file", "variable"])
+def test_container_credentials_with_a_token(
+    seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, container_endpoint: Any, token_from: str
+) -> None:
+    url, handler = container_endpoint
+    handler.token, handler.secret = "pod-identity-token", SECRET_KEY
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", url)
+    if token_from == "file":
+        # As Kubernetes projects it: no newline at the end (the CRT sends the file whole, and a
+        # header with a newline in it is refused before it is sent).
+        (chain.parent / "token").write_text("pod-identity-token")
+        monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", str(chain.parent / "token"))
+    else:
+        monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-identity-token")
+    _round_trip(S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig()), prefix + "pod")
+    assert handler.seen and all(s == ("/v1/credentials", "pod-identity-token") for s in handler.seen), handler.seen
+    handler.secret = "not-the-secret"  # a new client asks again, and signs with what it is given
+    with pytest.raises(S3PermissionError):
+        S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(max_attempts=1)).head_object(
+            BUCKET, prefix + "pod"
+        )
+
+
+@pytest.mark.parametrize("profile_from", ["default", "AWS_PROFILE"])
+def test_no_credentials_says_where_they_were_looked_for(
+    chain: Path, monkeypatch: pytest.MonkeyPatch, profile_from: str
+) -> None:
+    """Before, "check the credentials (keys, profile, AWS_* environment)": which profile, in
+    which files, went unsaid (with it, the profile-name bug above would have shown at once)."""
+    (chain.parent / "credentials").write_text("[other]\naws_access_key_id = a\naws_secret_access_key = b\n")
+    name = {"default": "default", "AWS_PROFILE": "ghost"}[profile_from]
+    if profile_from == "AWS_PROFILE":
+        monkeypatch.setenv("AWS_PROFILE", name)
+    chain.write_text(
+        f"[profile {name}]\nregion = us-east-1\n" if name != "default" else "[default]\nregion = eu-west-1\n"
+    )
+    cfg = S3ClientConfig(max_attempts=1)
+    with pytest.raises(S3PermissionError) as ei:
+        S3Client(REGION, endpoint="http://127.0.0.1:1", s3client_config=cfg).head_object(BUCKET, "k")
+    which = {"default": "", "AWS_PROFILE": " (from $AWS_PROFILE)"}[profile_from]
+    assert f"profile '{name}'{which} in {chain.parent / 'credentials'} and {chain}" in str(ei.value)
+    assert "the default chain found none" in str(ei.value)
