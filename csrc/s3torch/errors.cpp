@@ -10,6 +10,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -205,6 +206,21 @@ bool is_auth_failure(int code) {
     const char *name = aws_error_name(code);
     return name != nullptr &&
            (std::strstr(name, "CREDENTIALS") != nullptr || std::strstr(name, "AWS_AUTH_SIGNING") != nullptr);
+}
+
+std::string wrong_region_hint(const S3Error &e, const std::string &header_region, const std::string &error_body,
+                              const std::string &client_region) {
+    if (!(e.http_status == 301 || e.s3_code == "PermanentRedirect" || e.s3_code == "AuthorizationHeaderMalformed"))
+        return "";
+    std::string region = header_region.empty() ? xml_first_text(error_body, "Region") : header_region;
+    bool well_formed = !region.empty() && region.size() <= 32 && std::all_of(region.begin(), region.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+    });
+    if (!well_formed || region == client_region) return "";
+    return "bucket '" + e.context.bucket + "' is in region " + region + ", not " + client_region +
+           ": make the client with region='" + region +
+           "' (s3torch signs for one region and does not follow "
+           "the redirect)";
 }
 
 S3Error with_hint(const S3Error &e, const std::string &more) {

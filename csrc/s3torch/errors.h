@@ -87,6 +87,14 @@ bool is_auth_failure(int crt_error);
 // `e` with "; <more>" added to its message (every field kept).
 S3Error with_hint(const S3Error &e, const std::string &more);
 
+// For an answer that says the bucket lives in another region than the client signs for (301
+// PermanentRedirect, 400 AuthorizationHeaderMalformed): which region, from the response's
+// x-amz-bucket-region header or the error's <Region>, and what to do. "" otherwise (and when
+// the region named is not a well-formed one, or is the client's own). boto3 follows such a
+// redirect itself; s3torch signs for one region and says so instead.
+std::string wrong_region_hint(const S3Error &e, const std::string &header_region, const std::string &error_body,
+                              const std::string &client_region);
+
 // What to tell the user when the TLS handshake with the endpoint failed.
 extern const char *const kTlsRefusedHint;
 

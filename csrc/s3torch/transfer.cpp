@@ -266,8 +266,10 @@ void Transfer::raise_if_failed() {
                         (error_code_ == AWS_ERROR_S3_INTERNAL_ERROR || error_code_ == AWS_ERROR_S3_SLOW_DOWN);
     S3Error err = error_from_result(error_code_, last_attempt ? last_error_status_ : status_, error_body_,
                                     last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
+    std::string hint = wrong_region_hint(err, bucket_region_, error_body_, client_->config().region);
+    if (!hint.empty()) throw with_hint(err, hint);
     if (is_auth_failure(error_code_)) {  // the config file is read here, on this error only
-        std::string hint = credentials_hint(client_->config());
+        hint = credentials_hint(client_->config());
         if (!hint.empty()) throw with_hint(err, hint);
     }
     throw err;
@@ -337,7 +339,7 @@ int Transfer::s_on_body(aws_s3_meta_request *, const aws_byte_cursor *body,
 
 void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_result *result, void *ud) {
     auto *t = static_cast<Transfer *>(ud);
-    std::string body, request_id, op;
+    std::string body, request_id, region, op;
     if (result->error_response_body)
         body.assign(reinterpret_cast<const char *>(result->error_response_body->buffer),
                     result->error_response_body->len);
@@ -347,6 +349,9 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
             AWS_OP_SUCCESS)
             request_id.assign(reinterpret_cast<const char *>(v.ptr), v.len);
         if (!printable_ascii(request_id)) request_id.clear();
+        if (aws_http_headers_get(result->error_response_headers, aws_byte_cursor_from_c_str("x-amz-bucket-region"),
+                                 &v) == AWS_OP_SUCCESS)
+            region.assign(reinterpret_cast<const char *>(v.ptr), std::min<size_t>(v.len, 64));
     }
     if (result->error_response_operation_name)
         op.assign(reinterpret_cast<const char *>(aws_string_bytes(result->error_response_operation_name)),
@@ -359,6 +364,7 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
             t->status_ = result->response_status;
             t->error_body_ = std::move(body);
             t->request_id_ = std::move(request_id);
+            t->bucket_region_ = std::move(region);
             t->failed_operation_ = std::move(op);
         } else if (t->status_ == 0) {
             t->status_ = result->response_status;

@@ -103,6 +103,7 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     int status_ = 0;
     std::string error_body_;
     std::string request_id_;
+    std::string bucket_region_;  // x-amz-bucket-region of the error response
     std::string failed_operation_;
     std::string headers_;  // "name: value\n" lines, names lower-cased
     // The last attempt that got an error response (status >= 300): the CRT drops its status

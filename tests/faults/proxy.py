@@ -56,7 +56,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Callable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 KINDS = (
     "reset",
@@ -96,6 +96,8 @@ class Fault:
     delay: float = 0.0
     status: int = 0  # of an "error" answer
     code: str = ""  # of an "error" answer
+    headers: Dict[str, str] = field(default_factory=dict)  # more headers of an "error" answer
+    details: str = ""  # more XML elements in an "error" answer's <Error>, e.g. "<Region>..</Region>"
     range: Optional[str] = None
     call: Optional[Callable[[], None]] = None  # of a "call" rule
     matched: int = 0  # requests that matched method, path and time window
@@ -108,8 +110,8 @@ class Fault:
             raise ValueError(f"fault kind must be one of {KINDS}, got {self.kind!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
-        if self.kind == "error" and not (400 <= self.status < 600 and self.code):
-            raise ValueError("an error fault needs a status (4xx or 5xx) and a code")
+        if self.kind == "error" and not ((self.status == 301 or 400 <= self.status < 600) and self.code):
+            raise ValueError("an error fault needs a status (301, 4xx or 5xx) and a code")
         if (self.kind == "call") != (self.call is not None):
             raise ValueError("a call fault, and only a call fault, needs a call")
         self._re = re.compile(self.path) if self.path else None
@@ -198,16 +200,26 @@ async def _read_body(reader: asyncio.StreamReader, headers: List[Tuple[str, str]
     return await reader.read() if until_eof else b""
 
 
-def _error_response(status: int, reason: str, code: str, message: str, request_id: str, method: str) -> bytes:
+def _error_response(
+    status: int,
+    reason: str,
+    code: str,
+    message: str,
+    request_id: str,
+    method: str,
+    headers: Optional[Dict[str, str]] = None,
+    details: str = "",
+) -> bytes:
     """An S3 error response; to a HEAD, its headers only (as S3 answers: a body there would be read
     as the start of the next response on the connection)."""
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>{request_id}</RequestId></Error>"
+        f"<Error><Code>{code}</Code><Message>{message}</Message>{details}<RequestId>{request_id}</RequestId></Error>"
     ).encode()
+    more = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
-        f"x-amz-request-id: {request_id}\r\nConnection: keep-alive\r\n\r\n"
+        f"x-amz-request-id: {request_id}\r\n{more}Connection: keep-alive\r\n\r\n"
     ).encode()
     return head if method == "HEAD" else head + body
 
@@ -469,7 +481,14 @@ class FaultProxy:
                 if kind in ("slowdown", "internal_error", "complete_error", "error"):
                     if kind == "error" and fault is not None:
                         resp = _error_response(
-                            fault.status, HTTPStatus(fault.status).phrase, fault.code, fault.code, rid, method
+                            fault.status,
+                            HTTPStatus(fault.status).phrase,
+                            fault.code,
+                            fault.code,
+                            rid,
+                            method,
+                            fault.headers,
+                            fault.details,
                         )
                     elif kind == "slowdown":
                         resp = _error_response(
