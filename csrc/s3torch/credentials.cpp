@@ -5,8 +5,6 @@
 
 #include <aws/auth/credentials.h>
 #include <aws/common/byte_buf.h>
-#include <aws/common/string.h>
-#include <aws/sdkutils/aws_profile.h>
 
 #include <cstdlib>
 
@@ -90,10 +88,8 @@ std::string credentials_hint(const ClientConfig &cfg) {
         if (!shared.get(property).empty()) return sso_hint(shared.profile_name());
     const char *env_profile = std::getenv("AWS_PROFILE");
     std::string which = cfg.profile.empty() && env_profile != nullptr && *env_profile ? " (from $AWS_PROFILE)" : "";
-    aws_string *path = aws_get_credentials_file_path(aws_default_allocator(), nullptr);
-    std::string files = (path ? std::string(aws_string_c_str(path)) + " and " : "") + shared.path();
-    aws_string_destroy(path);
-    std::string profile = "profile '" + shared.profile_name() + "'" + which + " in " + files;
+    std::string profile = "profile '" + shared.profile_name() + "'" + which + " in " + shared.credentials_path() +
+                          " and " + shared.path();
     if (kind == CredentialsKind::Profile) return "they were looked for in " + profile;
     return "the default chain found none: it looks in the environment (AWS_ACCESS_KEY_ID, "
            "AWS_SECRET_ACCESS_KEY), " +

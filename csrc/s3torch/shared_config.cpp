@@ -43,8 +43,11 @@ SharedConfig::SharedConfig(const std::string &profile) {
     aws_byte_cursor given = aws_byte_cursor_from_array(profile.data(), profile.size());
     aws_string *name = aws_get_profile_name(alloc, profile.empty() ? nullptr : &given);
     aws_string *path = aws_get_config_file_path(alloc, nullptr);
+    aws_string *credentials = aws_get_credentials_file_path(alloc, nullptr);
     name_ = value_of(name);
     path_ = value_of(path);
+    credentials_path_ = value_of(credentials);
+    aws_string_destroy(credentials);
     if (name && path) profiles_ = aws_profile_collection_new_from_file(alloc, path, AWS_PST_CONFIG);
     if (profiles_) profile_ = aws_profile_collection_get_profile(profiles_, name);
     aws_string_destroy(name);

@@ -22,6 +22,8 @@ class SharedConfig {
 
     const std::string &profile_name() const { return name_; }
     const std::string &path() const { return path_; }
+    // The credentials file the CRT reads beside it (~/.aws/credentials, $AWS_SHARED_CREDENTIALS_FILE).
+    const std::string &credentials_path() const { return credentials_path_; }
     // A property of the profile: get("endpoint_url"); "" when absent.
     std::string get(const char *property) const;
     // A sub-property of a nested one: get("s3", "addressing_style").
@@ -35,7 +37,7 @@ class SharedConfig {
   private:
     aws_profile_collection *profiles_ = nullptr;
     const aws_profile *profile_ = nullptr;
-    std::string name_, path_;
+    std::string name_, path_, credentials_path_;
 };
 
 // "true" in any case, as boto3 reads a boolean setting.
