@@ -107,6 +107,42 @@ def client(server) -> S3Client:  # type: ignore[no-untyped-def]
     return make_client(server)
 
 
+# What the AWS SDKs read from the environment that a test of the shared files or of the
+# credential chain must not inherit: credentials and their sources, profile, endpoint, region.
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
+@pytest.fixture
+def aws_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An AWS setup of the test's own: none of AWS_VARIABLES set, the shared config file at
+    ``<dir>/config`` and the credentials file at ``<dir>/credentials`` (neither written yet).
+    Returns the directory."""
+    for name in AWS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    return tmp_path
+
+
 @pytest.fixture
 def prefix() -> str:
     """A fresh key prefix per test, so tests share a bucket without seeing each other."""

@@ -219,8 +219,7 @@ std::string wrong_region_hint(const S3Error &e, const std::string &header_region
     if (!well_formed || region == client_region) return "";
     return "bucket '" + e.context.bucket + "' is in region " + region + ", not " + client_region +
            ": make the client with region='" + region +
-           "' (s3torch signs for one region and does not follow "
-           "the redirect)";
+           "' (s3torch signs for one region and does not follow the redirect)";
 }
 
 S3Error with_hint(const S3Error &e, const std::string &more) {

@@ -25,28 +25,11 @@ from s3torch import S3Client, S3ClientConfig, S3PermissionError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 
-CHAIN_VARIABLES = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_ROLE_ARN",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-)
-
 
 @pytest.fixture
-def chain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def chain(aws_home: Path) -> Path:
     """An environment with no credentials in it; returns the config file's path (not written)."""
-    for name in CHAIN_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
-    return tmp_path / "config"
+    return aws_home / "config"
 
 
 def _round_trip(client: S3Client, key: str) -> None:

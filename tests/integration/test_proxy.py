@@ -84,16 +84,15 @@ def test_loopback_endpoints_never_go_through_a_proxy(proxy: Any, seaweed: Any, p
 
 @pytest.mark.parametrize("style", ["path", "auto"])
 def test_a_profiles_endpoint_and_addressing_style(
-    proxy: Any, prefix: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, style: str
+    proxy: Any, prefix: str, aws_home: Any, monkeypatch: pytest.MonkeyPatch, style: str
 ) -> None:
     """The shared config file as AWS CLI users of MinIO and the like have it: the profile names
     the endpoint and path-style addressing. Requests go to that endpoint (through the proxy: its
     host does not resolve) with the bucket in the path; SeaweedFS, which knows no bucket
     subdomains, answers only those. Before, both settings were ignored: requests went to AWS."""
-    (tmp_path / "config").write_text(
+    (aws_home / "config").write_text(
         f"[profile minio]\nendpoint_url = {UNRESOLVABLE}\ns3 =\n  addressing_style = {style}\n"
     )
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_PROFILE", "minio")
     cfg = S3ClientConfig(access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, max_attempts=1)
     client = S3Client(REGION, s3client_config=cfg)

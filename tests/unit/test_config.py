@@ -135,9 +135,7 @@ def test_unknown_credentials_kind() -> None:
         _crt.NativeClient(_crt.ClientConfig(endpoint="http://127.0.0.1:1", credentials="magic"))
 
 
-def test_missing_profile_is_reported(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+def test_missing_profile_is_reported(aws_home) -> None:  # type: ignore[no-untyped-def]
     client = S3Client(
         "us-east-1", endpoint="http://127.0.0.1:1", s3client_config=S3ClientConfig(profile="does-not-exist")
     )
@@ -168,15 +166,11 @@ sso_region = us-east-1
 
 
 @pytest.mark.parametrize("how", ["profile", "AWS_PROFILE", "legacy"])
-def test_an_sso_profile_says_how_to_get_its_credentials(tmp_path, monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
+def test_an_sso_profile_says_how_to_get_its_credentials(aws_home, monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
     """A profile that signs in through IAM Identity Center (SSO), as `aws sso login` users have:
     the AWS CRT's credential providers cannot read it, so signing fails. Before, the error said
     only "check the credentials"; boto3 works with the same profile, which left users lost."""
-    (tmp_path / "config").write_text(SSO_CONFIG)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    (aws_home / "config").write_text(SSO_CONFIG)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     name = "legacy" if how == "legacy" else "dev"
     if how == "AWS_PROFILE":

@@ -17,16 +17,6 @@ import pytest
 from s3torch import S3ClientConfig, S3InvalidArgumentError, _crt
 from s3torch._config import default_region
 
-VARIABLES = (
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-    "AWS_USE_FIPS_ENDPOINT",
-    "AWS_USE_DUALSTACK_ENDPOINT",
-)
-
 CONFIG = """
 [default]
 endpoint_url = http://10.0.0.1:9000
@@ -86,11 +76,7 @@ CASES = {
 }
 
 
-def _env(monkeypatch: pytest.MonkeyPatch, config: str, env: Dict[str, str]) -> None:
-    for name in VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", config)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", config + ".absent")
+def _env(monkeypatch: pytest.MonkeyPatch, env: Dict[str, str]) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
 
@@ -111,10 +97,10 @@ def _s3torch(profile: str, region: str, endpoint: str = "") -> str:
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("region", ["us-west-2", "cn-north-1"])
-def test_endpoint_as_boto3_resolves_it(tmp_path, monkeypatch, case: str, region: str) -> None:  # type: ignore[no-untyped-def]
+def test_endpoint_as_boto3_resolves_it(aws_home, monkeypatch, case: str, region: str) -> None:  # type: ignore[no-untyped-def]
     profile, env = CASES[case]
-    (tmp_path / "config").write_text(CONFIG)
-    _env(monkeypatch, str(tmp_path / "config"), env)
+    (aws_home / "config").write_text(CONFIG)
+    _env(monkeypatch, env)
     if profile == "absent":  # boto3 raises ProfileNotFound; s3torch reads nothing from the file
         assert _s3torch(profile, region) == f"https://s3.{region}.amazonaws.com" + (
             ".cn" if region[:3] == "cn-" else ""
@@ -127,15 +113,14 @@ def test_endpoint_as_boto3_resolves_it(tmp_path, monkeypatch, case: str, region:
         assert _s3torch("", region) == want
 
 
-def test_an_endpoint_given_beats_every_configured_one(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "config").write_text(CONFIG)
-    _env(monkeypatch, str(tmp_path / "config"), {"AWS_ENDPOINT_URL_S3": "http://10.1.1.2:2"})
+def test_an_endpoint_given_beats_every_configured_one(aws_home, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (aws_home / "config").write_text(CONFIG)
+    _env(monkeypatch, {"AWS_ENDPOINT_URL_S3": "http://10.1.1.2:2"})
     assert _s3torch("services", "us-west-2", "http://127.0.0.1:7") == "http://127.0.0.1:7"
 
 
-def test_a_malformed_configured_endpoint_names_where_it_came_from(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "config").write_text("[profile bad]\nendpoint_url = minio:9000\n")
-    _env(monkeypatch, str(tmp_path / "config"), {})
+def test_a_malformed_configured_endpoint_names_where_it_came_from(aws_home, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (aws_home / "config").write_text("[profile bad]\nendpoint_url = minio:9000\n")
     with pytest.raises(
         S3InvalidArgumentError, match=r"'minio:9000' \(from the endpoint_url of profile 'bad' of .*config\)"
     ):
@@ -145,8 +130,7 @@ def test_a_malformed_configured_endpoint_names_where_it_came_from(tmp_path, monk
         _s3torch("bad", "us-west-2")
 
 
-def test_no_config_file_is_aws_for_the_region(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    _env(monkeypatch, str(tmp_path / "none"), {})
+def test_no_config_file_is_aws_for_the_region(aws_home) -> None:  # type: ignore[no-untyped-def]
     assert _s3torch("", "eu-central-1") == _boto3("", "eu-central-1") == "https://s3.eu-central-1.amazonaws.com"
 
 
@@ -166,7 +150,7 @@ output = json
     "profile, env",
     [("", {}), ("tokyo", {}), ("tokyo", {"AWS_DEFAULT_REGION": "sa-east-1"}), ("none", {})],
 )
-def test_default_region_as_boto3_finds_it(tmp_path, monkeypatch, profile: str, env: Dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_default_region_as_boto3_finds_it(aws_home, monkeypatch, profile: str, env: Dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     """What makes a client without a region (the CLI, ``safetensors.open``, an MSC profile or
     ``s3://`` path) takes the profile's ``region`` too, as boto3 does; before, only the
     environment, else us-east-1."""
@@ -175,12 +159,8 @@ def test_default_region_as_boto3_finds_it(tmp_path, monkeypatch, profile: str, e
     from s3torch.cli._common import region_of
     from s3torch.safetensors._open import client_of
 
-    (tmp_path / "config").write_text(REGION_CONFIG)
-    _env(monkeypatch, str(tmp_path / "config"), env)
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    (aws_home / "config").write_text(REGION_CONFIG)
+    _env(monkeypatch, env)
     want = boto3.session.Session(profile_name=profile or None).region_name or "us-east-1"
     assert default_region(profile) == want
     assert region_of(argparse.Namespace(region=None, profile=profile or None)) == want
