@@ -1,6 +1,7 @@
 #include "s3torch/config.h"
 
 #include "s3torch/errors.h"
+#include "s3torch/request_headers.h"
 #include "s3torch/shared_config.h"
 
 #include <cctype>
@@ -135,6 +136,30 @@ void ClientConfig::validate() const {
             throw_invalid("user_agent must be a single line (no CR, LF or NUL)");
     if (checksums != "off" && !upload_crc())
         throw_invalid("checksums must be one of 'crc32c', 'crc32', 'off', got '" + checksums + "'");
+    if (!sse.empty() && sse != "AES256" && sse != "aws:kms" && sse != "aws:kms:dsse")
+        throw_invalid("sse must be one of 'AES256', 'aws:kms', 'aws:kms:dsse' (or empty: the bucket's default), got '" +
+                      sse + "'");
+    if (!sse_kms_key_id.empty()) {
+        if (sse.rfind("aws:kms", 0) != 0)
+            throw_invalid("sse_kms_key_id needs sse='aws:kms' or sse='aws:kms:dsse', " +
+                          (sse.empty() ? std::string("and sse is not set") : "got sse='" + sse + "'"));
+        if (sse_kms_key_id.size() > 2048)
+            throw_invalid("sse_kms_key_id is longer than 2048 characters (a KMS key id, ARN or alias ARN)");
+        for (char ch : sse_kms_key_id)
+            if (ch < 0x21 || ch > 0x7e)
+                throw_invalid("sse_kms_key_id must be printable ASCII without spaces (a KMS key id, ARN or alias ARN)");
+    }
+    if (!sse_customer_key.empty()) {
+        // Never the key itself in a message: it is a secret.
+        if (!customer_key_md5(sse_customer_key))
+            throw_invalid(
+                "sse_customer_key must be a 256-bit key in base64 (44 characters, e.g. from "
+                "`openssl rand -base64 32`; in Python base64.b64encode(key_bytes).decode())");
+        if (!sse.empty())
+            throw_invalid(
+                "sse and sse_customer_key cannot both be set: an object is encrypted with a customer key "
+                "(SSE-C) or by S3 (sse), not both");
+    }
     if (checksum_type != "full_object" && checksum_type != "composite")
         throw_invalid("checksum_type must be one of 'full_object', 'composite', got '" + checksum_type + "'");
 }

@@ -70,6 +70,16 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
       "checksum uploads send for the server to verify: crc32c, crc32 or off")                                        \
     X(std::string, checksum_type, "checksum_type", "full_object", 0, 0,                                              \
       "a multipart upload's stored checksum: full_object (of the whole object) or composite (of the part CRCs)")     \
+    X(std::string, sse, "sse", "", 0, 0,                                                                             \
+      "server-side encryption of the objects it writes: AES256 (SSE-S3), aws:kms (SSE-KMS) or aws:kms:dsse "         \
+      "(DSSE-KMS); empty: the bucket's default encryption")                                                          \
+    X(std::string, sse_kms_key_id, "sse_kms_key_id", "", 0, 0,                                                       \
+      "with sse aws:kms or aws:kms:dsse: the KMS key (id, ARN or alias ARN); empty: the account's aws/s3 key")       \
+    X(std::string, sse_customer_key, "sse_customer_key", "", 0, 0,                                                   \
+      "SSE-C: a 256-bit key, base64, that objects are written with and that every read and HEAD presents "           \
+      "(an object written with it cannot be read without it)")                                                       \
+    X(bool, request_payer, "request_payer", false, 0, 0,                                                             \
+      "send x-amz-request-payer: requester with every request (Requester Pays buckets; the requester pays)")         \
     X(std::string, user_agent, "user_agent", "", 0, 0,                                                               \
       "User-Agent header of every request (aws-c-s3 appends its own product token); empty: the CRT's alone")
 

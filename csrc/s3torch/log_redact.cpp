@@ -11,15 +11,21 @@ namespace s3torch {
 
 namespace {
 
-const char kToken[] = "x-amz-security-token";
+// Headers and query parameters whose values are secrets: the session token, an SSE-C key.
+// Matched whole (a name followed by ':' or '='), so "...-customer-key-MD5" is kept.
+const char *const kSecretNames[] = {"x-amz-security-token", "x-amz-server-side-encryption-customer-key",
+                                    "x-amz-copy-source-server-side-encryption-customer-key"};
 
-bool matches_at(const std::string &text, size_t pos) {
-    const size_t n = sizeof(kToken) - 1;
-    if (pos + n > text.size()) return false;
-    for (size_t i = 0; i < n; ++i) {
-        if (std::tolower(static_cast<unsigned char>(text[pos + i])) != kToken[i]) return false;
+// The length of the secret name that starts at `pos` and is followed by ':' or '='; 0 if none.
+size_t secret_name_at(const std::string &text, size_t pos) {
+    for (const char *name : kSecretNames) {
+        size_t n = 0;
+        while (name[n] && pos + n < text.size() &&
+               std::tolower(static_cast<unsigned char>(text[pos + n])) == static_cast<unsigned char>(name[n]))
+            ++n;
+        if (name[n] == 0 && pos + n < text.size() && (text[pos + n] == ':' || text[pos + n] == '=')) return n;
     }
-    return true;
+    return 0;
 }
 
 // The logger's p_impl is the inner (standard) logger; the CRT calls these from any thread,
@@ -63,23 +69,21 @@ std::string redact_log_text(const std::string &text) {
     out.reserve(text.size());
     size_t i = 0;
     while (i < text.size()) {
-        if (!matches_at(text, i)) {
+        const size_t n = secret_name_at(text, i);
+        if (n == 0) {
             out += text[i++];
             continue;
         }
-        size_t j = i + sizeof(kToken) - 1;
-        out.append(text, i, j - i);
-        if (j < text.size() && (text[j] == ':' || text[j] == '=')) {
-            out += text[j++];
-            while (j < text.size() && text[j] == ' ') out += text[j++];
-            size_t end = j;
-            while (end < text.size() && text[end] != '\n' && text[end] != '\r' && text[end] != '&' &&
-                   text[end] != ' ' && text[end] != ',' && text[end] != ';' && text[end] != '"')
-                ++end;
-            if (end > j) out += "***";
-            j = end;
-        }
-        i = j;
+        size_t j = i + n;
+        out.append(text, i, n);
+        out += text[j++];  // ':' or '='
+        while (j < text.size() && text[j] == ' ') out += text[j++];
+        size_t end = j;
+        while (end < text.size() && text[end] != '\n' && text[end] != '\r' && text[end] != '&' && text[end] != ' ' &&
+               text[end] != ',' && text[end] != ';' && text[end] != '"')
+            ++end;
+        if (end > j) out += "***";
+        i = end;
     }
     return out;
 }

@@ -1,5 +1,5 @@
 // The CRT's log lines (S3TORCH_CRT_LOG) without secrets: aws-c-auth logs each SigV4 canonical
-// request at INFO, session token included. A logger that wraps the CRT's standard one masks
+// request at INFO, session token and SSE-C key included. A logger that wraps the CRT's standard one masks
 // it before a line is written.
 #pragma once
 
@@ -10,8 +10,9 @@ struct aws_logger;
 
 namespace s3torch {
 
-// `text` with the value of every x-amz-security-token (header "name:value" or "name: value",
-// query "name=value", any case) replaced by "***".
+// `text` with the value of every x-amz-security-token, x-amz-server-side-encryption-customer-key
+// and x-amz-copy-source-server-side-encryption-customer-key (header "name:value" or
+// "name: value", query "name=value", any case) replaced by "***".
 std::string redact_log_text(const std::string &text);
 
 // Make `logger` (uninitialized) forward every line, redacted, to `inner` (initialized), which

@@ -221,6 +221,11 @@ std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const 
     ErrorContext ctx{"CopyObject", dst_bucket, dst_key, src_bucket, src_key};
     require_names(ctx);
     if (src_bucket.empty() || src_key.empty()) throw_invalid("copy source bucket and key must be set", ctx);
+    if (!client->config().sse_customer_key.empty())
+        throw_invalid(
+            "copy_object cannot copy objects encrypted with sse_customer_key (SSE-C): aws-c-s3 sizes a "
+            "copy with a HEAD of the source that cannot carry the key; read the object and write it instead",
+            ctx);
     Address addr = address_of(client->config(), client->endpoint(), dst_bucket, dst_key);
     std::string source = encode_path(src_bucket + "/" + src_key);
     Address src = address_of(client->config(), client->endpoint(), src_bucket, src_key);

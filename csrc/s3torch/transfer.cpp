@@ -4,6 +4,7 @@
 #include "s3torch/credentials.h"
 #include "s3torch/endpoint_health.h"
 #include "s3torch/request.h"
+#include "s3torch/request_headers.h"
 #include "s3torch/retry.h"
 
 #include <aws/common/uri.h>
@@ -82,16 +83,12 @@ Transfer::~Transfer() = default;
 void Transfer::start(aws_s3_meta_request_options &options, const char *method, const Address &addr,
                      const Headers &headers) {
     // The meta request takes its own reference to the message; ours ends with this scope.
-    // The configured User-Agent goes on the request; aws-c-s3 appends its own product token.
-    const std::string &user_agent = client_->config().user_agent;
-    Headers with_agent;
-    if (!user_agent.empty()) {
-        with_agent = headers;
-        with_agent.emplace_back("User-Agent", user_agent);
-    }
+    // What the configuration adds (User-Agent, encryption, requester pays; request_headers.h).
+    // aws-c-s3 appends its own product token to the User-Agent.
+    Headers all = headers;
+    for (auto &h : configured_headers(client_->config(), ctx_.operation)) all.push_back(std::move(h));
     std::unique_ptr<aws_http_message, void (*)(aws_http_message *)> msg(
-        make_message(method, addr, user_agent.empty() ? headers : with_agent),
-        [](aws_http_message *m) { aws_http_message_release(m); });
+        make_message(method, addr, all), [](aws_http_message *m) { aws_http_message_release(m); });
     options.message = msg.get();
     want_body_ = options.recv_buffer == nullptr;
     options.user_data = this;
@@ -267,6 +264,8 @@ void Transfer::raise_if_failed() {
     S3Error err = error_from_result(error_code_, last_attempt ? last_error_status_ : status_, error_body_,
                                     last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
     std::string hint = wrong_region_hint(err, bucket_region_, error_body_, client_->config().region);
+    if (!hint.empty()) throw with_hint(err, hint);
+    hint = customer_key_hint(err, !client_->config().sse_customer_key.empty());
     if (!hint.empty()) throw with_hint(err, hint);
     if (is_auth_failure(error_code_)) {  // the config file is read here, on this error only
         hint = credentials_hint(client_->config());

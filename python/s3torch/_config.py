@@ -22,7 +22,7 @@ class ThroughputTargetWarning(UserWarning):
     """An ``S3ClientConfig.throughput_target_gbps`` above s3torch's ceiling: the ceiling is used."""
 
 
-SECRET_FIELDS = ("secret_access_key", "session_token")
+SECRET_FIELDS = ("secret_access_key", "session_token", "sse_customer_key")
 """Fields that ``repr``/``str`` show as ``***`` (pickling and ``as_dict`` carry them)."""
 
 
@@ -86,8 +86,25 @@ class S3ClientConfig:
             ``"full_object"`` (default: one CRC of the whole object, as a single PUT's is, which
             reads can check end to end, e.g. ``s3torch.safetensors``) or ``"composite"`` (a CRC
             of the parts' CRCs, for servers without full-object checksums). See docs/retries.md.
+        sse: server-side encryption of the objects this client writes (uploads, checkpoints,
+            copies): ``"AES256"`` (SSE-S3), ``"aws:kms"`` (SSE-KMS) or ``"aws:kms:dsse"``
+            (DSSE-KMS), sent as boto3's ``ServerSideEncryption`` is (default None: the bucket's
+            default encryption). Reads need nothing: S3 decrypts for whoever may read.
+        sse_kms_key_id: with ``sse="aws:kms"`` or ``"aws:kms:dsse"``, the KMS key to encrypt
+            with (key id, key ARN or alias ARN), boto3's ``SSEKMSKeyId`` (default None: the
+            account's ``aws/s3`` key).
+        sse_customer_key: SSE-C, boto3's ``SSECustomerKey``: a 256-bit key you keep, as base64
+            (44 characters: ``base64.b64encode(os.urandom(32)).decode()``). Every object this
+            client writes is encrypted with it, and every read and HEAD presents it; S3 stores
+            only its MD5, so an object written with it cannot be read without it. Not with
+            ``sse``. ``copy_object`` refuses it (aws-c-s3 sizes a copy with a HEAD that cannot
+            carry the key).
+        request_payer: send ``x-amz-request-payer: requester`` with every request, boto3's
+            ``RequestPayer="requester"``: reads of a Requester Pays bucket, whose owner refuses
+            (403) requests that do not accept the charges (default False).
 
-    ``repr`` and ``str`` show ``secret_access_key`` and ``session_token`` as ``***``, so a
+    ``repr`` and ``str`` show ``secret_access_key``, ``session_token`` and ``sse_customer_key``
+    as ``***``, so a
     config printed in a log, a traceback or a hyperparameter dump holds no secret. Pickling
     (a DataLoader worker, ``dcp.async_save``'s process) and :meth:`as_dict` carry them.
     """
@@ -112,6 +129,10 @@ class S3ClientConfig:
     checksum_type: str = "full_object"
     known_endpoint: bool = False
     stall_timeout_s: int = 10
+    sse: Optional[str] = None
+    sse_kms_key_id: Optional[str] = None
+    sse_customer_key: Optional[str] = None
+    request_payer: bool = False
 
     def __post_init__(self) -> None:
         # One set of limits: the native ClientConfig's (TypeError for a wrong type,

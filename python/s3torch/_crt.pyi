@@ -136,6 +136,10 @@ class ClientConfig:
     known_endpoint: bool
     checksums: str
     checksum_type: str
+    sse: str
+    sse_kms_key_id: str
+    sse_customer_key: str
+    request_payer: bool
     user_agent: str
 
 class NativeClient:

@@ -255,7 +255,7 @@ class FaultProxy:
         self._faults: List[Fault] = []
         self._lock = threading.Lock()  # guards _faults, _log (touched by callers and the loop)
         self._log: List[Tuple[float, str, str]] = []  # (time, method, target) of every request
-        self._agents: List[Tuple[str, str, str]] = []  # (method, target, User-Agent) of every request
+        self._heads: List[Tuple[str, str, Dict[str, str]]] = []  # (method, target, headers) of every request
         self._ids = itertools.count(1)
         self._bucket = _Bucket(rate)
         self._conns: Set[_Conn] = set()
@@ -324,8 +324,12 @@ class FaultProxy:
 
     def user_agents(self) -> List[Tuple[str, str, str]]:
         """(method, target, User-Agent header or "") of every request so far."""
+        return [(m, t, h.get("user-agent", "")) for m, t, h in self.headers()]
+
+    def headers(self) -> List[Tuple[str, str, Dict[str, str]]]:
+        """(method, target, headers by lowercase name) of every request so far."""
         with self._lock:
-            return list(self._agents)
+            return list(self._heads)
 
     def pause(self) -> None:
         """Relay nothing from now until :meth:`resume`; requests are still read, matched and
@@ -470,7 +474,7 @@ class FaultProxy:
                     head = (first + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode("latin-1")
                 body = await _read_body(c_reader, headers, until_eof=False)
                 with self._lock:
-                    self._agents.append((method, target, _get(headers, "user-agent") or ""))
+                    self._heads.append((method, target, {k.lower(): v for k, v in headers}))
                 fault = self._match(method, target, _get(headers, "range"))
                 await self._bucket.take(len(body))
                 kind = fault.kind if fault is not None else None

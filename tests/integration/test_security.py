@@ -237,13 +237,18 @@ def test_local_path_rule() -> None:
 # --- the CRT's own log -------------------------------------------------------------------
 
 
+SSE_C_KEY = "U1NFLUMtS0VZLWZvci10aGUtdHJhY2UtbG9nLXRlc3Q="  # 32 bytes, base64
+
+
 def test_crt_trace_log_holds_no_secret(moto: Any, tmp_path: Path) -> None:
+    """Neither the session token nor an SSE-C key: aws-c-auth logs every header it signs."""
     log = tmp_path / "crt.log"
     script = textwrap.dedent(
         f"""
         from s3torch import S3Client, S3ClientConfig
         cfg = S3ClientConfig(force_path_style=True, access_key_id={ACCESS_KEY!r},
-                             secret_access_key="SECRETKEY-4f9a1c", session_token="SESSIONTOKEN-77e2b0", max_attempts=1)
+                             secret_access_key="SECRETKEY-4f9a1c", session_token="SESSIONTOKEN-77e2b0", max_attempts=1,
+                             sse_customer_key={SSE_C_KEY!r})
         c = S3Client({REGION!r}, endpoint={moto.endpoint!r}, s3client_config=cfg)
         c.put({BUCKET!r}, "trace/k", b"hello")
         list(c.list_objects({BUCKET!r}, "trace/"))
@@ -258,6 +263,8 @@ def test_crt_trace_log_holds_no_secret(moto: Any, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     text = log.read_text(errors="replace")
-    assert "x-amz-security-token" in text.lower()  # the header was logged ...
-    assert "SESSIONTOKEN-77e2b0" not in text and "SECRETKEY-4f9a1c" not in text  # ... its value was not
-    assert "SESSIONTOKEN-77e2b0" not in r.stdout + r.stderr and "SECRETKEY-4f9a1c" not in r.stdout + r.stderr
+    # The headers were logged ...
+    assert "x-amz-security-token" in text.lower() and "x-amz-server-side-encryption-customer-key:" in text.lower()
+    assert "x-amz-server-side-encryption-customer-key-md5:" in text.lower()  # not a secret: kept
+    for secret in ("SESSIONTOKEN-77e2b0", "SECRETKEY-4f9a1c", SSE_C_KEY):  # ... their values were not
+        assert secret not in text and secret not in r.stdout + r.stderr, secret

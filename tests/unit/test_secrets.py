@@ -1,6 +1,6 @@
 """No secret in any text s3torch produces: repr and str of configs, clients, datasets,
 checkpoints, DCP readers and writers, MSC targets, and MSC config errors show the secret key
-and session token as ``***`` or not at all; pickling still carries them."""
+and session token (and an SSE-C key) as ``***`` or not at all; pickling still carries them."""
 
 from __future__ import annotations
 
@@ -15,14 +15,17 @@ from s3torch import S3Client, S3ClientConfig
 from s3torch._config import SECRET_FIELDS
 
 SECRET, TOKEN = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRET", "FwoGZXIvYXdzEXAMPLESESSIONTOKEN"
+CUSTOMER_KEY = "Y3VzdG9tZXIta2V5LW9mLXRoZS1zZWNyZXRzLXRlc3Q="  # SSE-C: 32 bytes, base64
 
 
 def config(**kw: Any) -> S3ClientConfig:
-    return S3ClientConfig(access_key_id="AKIDEXAMPLE", secret_access_key=SECRET, session_token=TOKEN, **kw)
+    return S3ClientConfig(
+        access_key_id="AKIDEXAMPLE", secret_access_key=SECRET, session_token=TOKEN, sse_customer_key=CUSTOMER_KEY, **kw
+    )
 
 
 def assert_clean(text: str) -> None:
-    assert SECRET not in text and TOKEN not in text, text
+    assert SECRET not in text and TOKEN not in text and CUSTOMER_KEY not in text, text
 
 
 def test_config_repr_and_str_mask_secrets_and_pickle_carries_them() -> None:
@@ -31,9 +34,11 @@ def test_config_repr_and_str_mask_secrets_and_pickle_carries_them() -> None:
         assert_clean(text)
     assert "secret_access_key=***" in repr(c) and "session_token=***" in repr(c)
     assert "access_key_id='AKIDEXAMPLE'" in repr(c) and "part_size=16777216" in repr(c)
-    assert set(SECRET_FIELDS) == {"secret_access_key", "session_token"}
+    assert "sse_customer_key=***" in repr(c)
+    assert set(SECRET_FIELDS) == {"secret_access_key", "session_token", "sse_customer_key"}
     back = pickle.loads(pickle.dumps(c))
     assert back == c and back.secret_access_key == SECRET and back.session_token == TOKEN
+    assert back.sse_customer_key == CUSTOMER_KEY
     assert c.as_dict()["secret_access_key"] == SECRET  # data, not text
     assert "secret_access_key=None" in repr(S3ClientConfig())  # nothing to hide
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import sys
-from typing import Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from .. import _crt
 from .._client import S3Client
@@ -72,6 +74,50 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
         "10): lower it for a server that shares this machine's cores, which more connections slow down "
         "(SeaweedFS on the same 2 cores took uploads 20%% faster at 2)",
     )
+    g.add_argument(
+        "--sse",
+        choices=("AES256", "aws:kms", "aws:kms:dsse"),
+        help="server-side encryption of the objects cp writes (S3ClientConfig.sse; default: the bucket's)",
+    )
+    g.add_argument(
+        "--sse-kms-key-id",
+        metavar="KEY",
+        help="with --sse aws:kms or aws:kms:dsse: the KMS key id, ARN or alias ARN (default: aws/s3)",
+    )
+    g.add_argument(
+        "--sse-c-key-file",
+        metavar="PATH",
+        help="SSE-C: a file holding the 256-bit customer key, as 32 bytes or their base64 (`openssl rand 32`); "
+        "objects are written with it and read with it (S3ClientConfig.sse_customer_key). A file, not the key, "
+        "so that the key is not in the process list",
+    )
+    g.add_argument(
+        "--request-payer",
+        choices=("requester",),
+        help="requester: accept the charges of a Requester Pays bucket (S3ClientConfig.request_payer)",
+    )
+
+
+def _customer_key(path: str) -> str:
+    """The base64 SSE-C key held in ``path``: 32 raw bytes, or their base64 text."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1024)
+    except OSError as e:
+        raise CLIError(f"--sse-c-key-file: cannot read {path!r}: {e.strerror or e}", USAGE) from e
+    text = raw.strip()
+    try:
+        if len(text) == 44 and len(base64.b64decode(text, validate=True)) == 32:
+            return text.decode("ascii")
+    except (binascii.Error, ValueError):
+        pass
+    if len(raw) == 32:
+        return base64.b64encode(raw).decode("ascii")
+    raise CLIError(
+        f"--sse-c-key-file {path!r}: not a 256-bit key (32 bytes, or their base64 in 44 characters; "
+        f"the file holds {len(raw)} bytes)",
+        USAGE,
+    )
 
 
 def _gbps(text: str) -> float:
@@ -94,8 +140,17 @@ def make_client(args: argparse.Namespace) -> S3Client:
 
 def client_config(args: argparse.Namespace) -> S3ClientConfig:
     gbps = getattr(args, "throughput_gbps", None)
-    extra = {} if gbps is None else {"throughput_target_gbps": gbps}
-    return S3ClientConfig(profile=args.profile or None, **extra)
+    extra: Dict[str, Any] = {} if gbps is None else {"throughput_target_gbps": gbps}
+    key_file = getattr(args, "sse_c_key_file", None)
+    if key_file:
+        extra["sse_customer_key"] = _customer_key(key_file)
+    return S3ClientConfig(
+        profile=args.profile or None,
+        sse=getattr(args, "sse", None),
+        sse_kms_key_id=getattr(args, "sse_kms_key_id", None),
+        request_payer=getattr(args, "request_payer", None) == "requester",
+        **extra,
+    )
 
 
 def s3_uri(uri: str) -> Tuple[str, str]:

@@ -1,0 +1,63 @@
+#include "s3torch/request_headers.h"
+
+#include "s3torch/runtime.h"
+
+#include <aws/cal/hash.h>
+#include <aws/common/byte_buf.h>
+#include <aws/common/encoding.h>
+
+namespace s3torch {
+
+namespace {
+
+bool is_one_of(const std::string &operation, std::initializer_list<const char *> names) {
+    for (const char *name : names)
+        if (operation == name) return true;
+    return false;
+}
+
+}  // namespace
+
+std::optional<std::string> customer_key_md5(const std::string &key_base64) {
+    aws_byte_cursor in = aws_byte_cursor_from_array(key_base64.data(), key_base64.size());
+    size_t decoded = 0;
+    if (key_base64.size() != 44 || aws_base64_compute_decoded_len(&in, &decoded) || decoded != 32) return std::nullopt;
+    uint8_t raw[32];
+    aws_byte_buf key = aws_byte_buf_from_empty_array(raw, sizeof(raw));
+    if (aws_base64_decode(&in, &key) || key.len != 32) return std::nullopt;
+    init_crt_libraries();  // the MD5 is aws-c-cal's
+    uint8_t digest[AWS_MD5_LEN];
+    aws_byte_buf md5 = aws_byte_buf_from_empty_array(digest, sizeof(digest));
+    aws_byte_cursor key_cur = aws_byte_cursor_from_buf(&key);
+    const bool ok = aws_md5_compute(aws_default_allocator(), &key_cur, &md5, 0) == AWS_OP_SUCCESS;
+    aws_secure_zero(raw, sizeof(raw));
+    if (!ok) return std::nullopt;
+    char text[32] = {0};
+    aws_byte_buf out = aws_byte_buf_from_empty_array(text, sizeof(text));
+    aws_byte_cursor digest_cur = aws_byte_cursor_from_buf(&md5);
+    if (aws_base64_encode(&digest_cur, &out)) return std::nullopt;
+    return std::string(text, out.len);
+}
+
+Headers configured_headers(const ClientConfig &config, const std::string &operation) {
+    Headers h;
+    if (!config.user_agent.empty()) h.emplace_back("User-Agent", config.user_agent);
+    if (config.request_payer) h.emplace_back("x-amz-request-payer", "requester");
+    const bool writes = operation == "PutObject";
+    if ((writes || operation == "CopyObject") && !config.sse.empty()) {
+        h.emplace_back("x-amz-server-side-encryption", config.sse);
+        if (!config.sse_kms_key_id.empty())
+            h.emplace_back("x-amz-server-side-encryption-aws-kms-key-id", config.sse_kms_key_id);
+    }
+    if (!config.sse_customer_key.empty() &&
+        (writes || is_one_of(operation, {"GetObject", "HeadObject", "GetObjectAttributes"}))) {
+        // validate() has checked the key; the MD5 lets S3 check it arrived intact.
+        h.emplace_back("x-amz-server-side-encryption-customer-algorithm", "AES256");
+        h.emplace_back("x-amz-server-side-encryption-customer-key", config.sse_customer_key);
+        h.emplace_back("x-amz-server-side-encryption-customer-key-MD5",
+                       customer_key_md5(config.sse_customer_key).value_or(""));
+    }
+    return h;
+}
+
+}  // namespace s3torch

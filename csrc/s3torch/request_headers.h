@@ -1,0 +1,34 @@
+// What a client's configuration adds to its requests, by operation: the User-Agent, server-side
+// encryption (SSE-S3, SSE-KMS, DSSE-KMS, SSE-C) and requester-pays. One table, so that no
+// request path can forget a header its bucket's policy demands.
+//
+//   header                                        sent with
+//   User-Agent (user_agent)                       every request
+//   x-amz-request-payer (request_payer)           every request
+//   x-amz-server-side-encryption[-aws-kms-key-id] PutObject (aws-c-s3 moves it to
+//     (sse, sse_kms_key_id)                         CreateMultipartUpload for a multipart one),
+//                                                   CopyObject (the copy's encryption)
+//   x-amz-server-side-encryption-customer-*       GetObject, HeadObject, GetObjectAttributes,
+//     (sse_customer_key)                            PutObject (aws-c-s3 also puts it on each
+//                                                   UploadPart)
+//
+// Listings, deletes and aborts carry no encryption header: S3 takes none there. CopyObject
+// refuses a client with sse_customer_key (objects.cpp): aws-c-s3 sizes a copy with a HEAD of the
+// source that cannot carry the key.
+#pragma once
+
+#include "s3torch/config.h"
+#include "s3torch/request.h"
+
+#include <optional>
+#include <string>
+
+namespace s3torch {
+
+// The headers `config` adds to a request of `operation` ("GetObject", "PutObject", ...).
+Headers configured_headers(const ClientConfig &config, const std::string &operation);
+
+// The base64 MD5 of an SSE-C key given as base64; none unless it decodes to exactly 32 bytes.
+std::optional<std::string> customer_key_md5(const std::string &key_base64);
+
+}  // namespace s3torch

@@ -1,0 +1,259 @@
+"""Server-side encryption and Requester Pays: which request carries which header, that the
+servers store what was asked (SeaweedFS enforces SSE-C and stores SSE-S3; moto stores SSE-KMS
+and its key id), DCP saves and loads through them, and what a read without the right customer
+key is told."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from s3torch import S3Client, S3ClientConfig, S3Exception, S3InvalidArgumentError, S3PermissionError
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
+from s3torch.dcp import S3StorageReader, S3StorageWriter
+from tests.conftest import BUCKET, make_client
+from tests.faults.proxy import Fault, FaultProxy
+
+MiB = 1 << 20
+SSE_C = "x-amz-server-side-encryption-customer-"
+
+
+def new_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def boto3_head(server: Any, key: str, **kw: Any) -> Dict[str, Any]:
+    return server.boto3_client().head_object(Bucket=BUCKET, Key=key, **kw)  # type: ignore[no-any-return]
+
+
+def every_operation(client: S3Client, prefix: str) -> None:
+    """One of each request s3torch makes, an upload of 3 parts included."""
+    client.put(BUCKET, f"{prefix}small", b"hello")
+    w = client.put_object(BUCKET, f"{prefix}big")
+    w.write(os.urandom(12 * MiB))
+    w.close()
+    assert client.get_object(BUCKET, f"{prefix}small").read() == b"hello"
+    r = client.get_object(BUCKET, f"{prefix}big")
+    r.seek(6 * MiB)
+    assert len(r.read(1000)) == 1000
+    assert client.head_object(BUCKET, f"{prefix}big").size == 12 * MiB
+    assert len(list(client.list_objects(BUCKET, prefix))) >= 1
+    up = client.upload(BUCKET, f"{prefix}left")
+    up.write(os.urandom(5 * MiB + 1))
+    ((key, upload_id, _),) = client.list_multipart_uploads(BUCKET, f"{prefix}left")
+    assert client.abort_multipart_upload(BUCKET, key, upload_id) is True
+    del up
+    client.delete_object(BUCKET, f"{prefix}small")
+
+
+def kind(method: str, target: str) -> str:
+    """The S3 operation of a request, from its method and target."""
+    query = target.partition("?")[2]
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+    if method == "PUT":
+        return "UploadPart" if "partNumber=" in query else "PutObject"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId=" in query else "DeleteObject"
+    if method == "HEAD":
+        return "HeadObject"
+    if "list-type=2" in query:
+        return "ListObjectsV2"
+    if "uploads" in query:
+        return "ListMultipartUploads"
+    return "GetObject"
+
+
+def headers_by_kind(proxy: FaultProxy) -> Dict[str, List[Dict[str, str]]]:
+    out: Dict[str, List[Dict[str, str]]] = {}
+    for method, target, headers in proxy.headers():
+        out.setdefault(kind(method, target), []).append(headers)
+    return out
+
+
+def test_each_request_carries_the_headers_s3_takes_there(seaweed, moto, prefix) -> None:  # type: ignore[no-untyped-def]
+    """SSE-C and requester-pays against SeaweedFS, SSE-KMS against moto, each through a proxy
+    that records every request's headers."""
+    key = new_key()
+    with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
+        every_operation(make_client(proxy, part_size=5 * MiB, sse_customer_key=key, request_payer=True), prefix)
+        seen = headers_by_kind(proxy)
+    md5 = base64.b64encode(hashlib.md5(base64.b64decode(key)).digest()).decode()
+    object_ops = {"GetObject", "HeadObject", "PutObject", "CreateMultipartUpload", "UploadPart"}
+    no_key_ops = {"ListObjectsV2", "ListMultipartUploads", "AbortMultipartUpload", "DeleteObject"}
+    assert object_ops | no_key_ops | {"CompleteMultipartUpload"} == set(seen), sorted(seen)
+    for op, requests in seen.items():
+        for h in requests:
+            assert h.get("x-amz-request-payer") == "requester", (op, h)
+            assert "x-amz-server-side-encryption" not in h, (op, h)
+            if op in object_ops:
+                assert h[SSE_C + "algorithm"] == "AES256" and h[SSE_C + "key"] == key, (op, h)
+                assert h[SSE_C + "key-md5"] == md5, (op, h)
+            if op in no_key_ops:
+                assert not any(name.startswith(SSE_C) for name in h), (op, h)
+
+    kms = "arn:aws:kms:us-east-1:123456789012:key/0b4f-example"
+    with FaultProxy.in_front_of(moto.endpoint) as proxy:
+        every_operation(make_client(proxy, part_size=5 * MiB, sse="aws:kms", sse_kms_key_id=kms), prefix)
+        seen = headers_by_kind(proxy)
+    for op, requests in seen.items():
+        for h in requests:
+            assert "x-amz-request-payer" not in h and not any(n.startswith(SSE_C) for n in h), (op, h)
+            if op in ("PutObject", "CreateMultipartUpload"):  # where S3 takes them, and only there
+                assert h["x-amz-server-side-encryption"] == "aws:kms", (op, h)
+                assert h["x-amz-server-side-encryption-aws-kms-key-id"] == kms, (op, h)
+            else:
+                assert not any(n.startswith("x-amz-server-side-encryption") for n in h), (op, h)
+    head = boto3_head(moto, f"{prefix}big")
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", kms)
+
+
+@pytest.mark.parametrize("size", [5, 12 * MiB], ids=["single-put", "multipart"])
+def test_sse_c_objects_are_stored_encrypted_and_need_their_key(seaweed, prefix, size: int) -> None:  # type: ignore[no-untyped-def]
+    key = new_key()
+    client = make_client(seaweed, part_size=5 * MiB, sse_customer_key=key)
+    data = os.urandom(size)
+    w = client.put_object(BUCKET, f"{prefix}obj")
+    w.write(data)
+    w.close()
+    assert client.get_object(BUCKET, f"{prefix}obj").read() == data
+    buf = bytearray(size - 3)
+    client.get_into(BUCKET, f"{prefix}obj", buf, offset=3)
+    assert bytes(buf) == data[3:]
+    # boto3, given the key, finds the object encrypted with it ...
+    head = boto3_head(seaweed, f"{prefix}obj", SSECustomerAlgorithm="AES256", SSECustomerKey=base64.b64decode(key))
+    assert head["SSECustomerAlgorithm"] == "AES256" and head["ContentLength"] == size
+    # ... and without it, the server refuses: a read, a HEAD, another key.
+    plain = make_client(seaweed)
+    with pytest.raises(S3Exception) as info:
+        plain.get_object(BUCKET, f"{prefix}obj").read()
+    assert info.value.http_status == 400 and "set S3ClientConfig(sse_customer_key=...)" in str(info.value)
+    with pytest.raises(S3Exception) as info:
+        plain.head_object(BUCKET, f"{prefix}obj")
+    assert "sse_customer_key" in str(info.value), str(info.value)
+    with pytest.raises(S3PermissionError) as perm:
+        make_client(seaweed, sse_customer_key=new_key()).get_object(BUCKET, f"{prefix}obj").read()
+    assert "other than this client's sse_customer_key" in str(perm.value), str(perm.value)
+    assert key not in str(perm.value)
+
+
+def test_sse_c_copy_is_refused_before_any_request(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed, sse_customer_key=new_key())
+    client.put(BUCKET, f"{prefix}src", b"x")
+    with pytest.raises(S3InvalidArgumentError, match="cannot copy objects encrypted with sse_customer_key"):
+        client.copy_object(BUCKET, f"{prefix}src", BUCKET, f"{prefix}dst")
+
+
+def test_a_customer_key_for_an_object_written_without_one_is_named(proxy: FaultProxy) -> None:
+    """AWS refuses SSE-C headers on an object written without them (SeaweedFS lets them by)."""
+    client = make_client(proxy, sse_customer_key=new_key())
+    client.put(BUCKET, "plain/x", b"x")
+    proxy.add(
+        Fault(
+            "error",
+            method="GET",
+            status=400,
+            code="InvalidRequest",
+            path="plain/x",
+        )
+    )
+    with pytest.raises(S3Exception) as info:
+        client.get_object(BUCKET, "plain/x").read()
+    assert "read it with a client without one" in str(info.value), str(info.value)
+
+
+def test_dcp_save_and_load_through_sse_c_and_sse_s3(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    sd = {"w": torch.randn(256, 256), "b": torch.arange(1000), "s": torch.tensor(3.5)}
+    for name, extra in (("c", {"sse_customer_key": new_key()}), ("s3", {"sse": "AES256"})):
+        cfg = S3ClientConfig(force_path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, **extra)
+        path = f"s3://{BUCKET}/{prefix}{name}"
+        dcp.save(sd, storage_writer=S3StorageWriter(REGION, path, s3client_config=cfg, endpoint=seaweed.endpoint))
+        out = {k: torch.zeros_like(v) for k, v in sd.items()}
+        dcp.load(out, storage_reader=S3StorageReader(REGION, path, s3client_config=cfg, endpoint=seaweed.endpoint))
+        assert all(torch.equal(out[k], sd[k]) for k in sd)
+        keys = [
+            o.key for page in make_client(seaweed).list_objects(BUCKET, f"{prefix}{name}/") for o in page.object_info
+        ]
+        assert any(k.endswith(".metadata") for k in keys) and any(k.endswith(".distcp") for k in keys)
+        for k in keys:
+            if name == "s3":
+                assert boto3_head(seaweed, k)["ServerSideEncryption"] == "AES256", k
+            else:
+                with pytest.raises(S3Exception):
+                    make_client(seaweed).head_object(BUCKET, k)
+
+
+def test_configuration_is_checked_and_the_customer_key_never_shown() -> None:
+    key = new_key()
+    cfg = S3ClientConfig(sse_customer_key=key)
+    assert key not in repr(cfg) and "sse_customer_key=***" in repr(cfg)
+    bad: List[Tuple[Dict[str, Any], str]] = [
+        ({"sse": "aes256"}, "sse must be one of 'AES256', 'aws:kms', 'aws:kms:dsse'"),
+        ({"sse_kms_key_id": "alias/k"}, "sse_kms_key_id needs sse='aws:kms' or sse='aws:kms:dsse', and sse is not"),
+        ({"sse": "AES256", "sse_kms_key_id": "alias/k"}, "got sse='AES256'"),
+        ({"sse": "aws:kms", "sse_kms_key_id": "alias/k\r\nx-evil: 1"}, "printable ASCII without spaces"),
+        ({"sse_customer_key": "c2hvcnQ="}, "256-bit key in base64"),
+        ({"sse_customer_key": base64.b64encode(os.urandom(31)).decode() + "A"}, "256-bit key in base64"),
+        ({"sse_customer_key": key[:-2] + "!="}, "256-bit key in base64"),
+        ({"sse": "AES256", "sse_customer_key": key}, "cannot both be set"),
+    ]
+    for kw, says in bad:
+        with pytest.raises(S3InvalidArgumentError) as info:
+            S3ClientConfig(**kw)
+        assert says in str(info.value), (kw, str(info.value))
+        assert key not in str(info.value)
+    for sse in ("AES256", "aws:kms", "aws:kms:dsse"):
+        S3ClientConfig(sse=sse)
+    S3ClientConfig(sse="aws:kms:dsse", sse_kms_key_id="arn:aws:kms:us-east-1:123456789012:alias/ckpt")
+    assert re.fullmatch(r"[A-Za-z0-9+/]{43}=", key)
+
+
+def test_cli_writes_and_reads_with_encryption(seaweed, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from s3torch.cli import main
+
+    for var, value in (
+        ("AWS_ENDPOINT_URL", seaweed.endpoint),
+        ("AWS_REGION", REGION),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ):
+        monkeypatch.setenv(var, value)
+    local = tmp_path / "fs"
+    dcp.save({"w": torch.randn(64, 64), "n": torch.arange(7)}, storage_writer=FileSystemWriter(str(local)))
+    raw = os.urandom(32)
+    (tmp_path / "raw.key").write_bytes(raw)
+    (tmp_path / "b64.key").write_text(base64.b64encode(raw).decode() + "\n")  # as `openssl rand -base64 32` writes it
+
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    assert main(["cp", "--sse-c-key-file", str(tmp_path / "raw.key"), str(local), uri]) == 0, capsys.readouterr()
+    # The same key from its base64 file reads it back; nothing reads it without the key.
+    assert main(["verify", "--sse-c-key-file", str(tmp_path / "b64.key"), uri]) == 0, capsys.readouterr()
+    assert main(["cp", "--sse-c-key-file", str(tmp_path / "b64.key"), uri, str(tmp_path / "down")]) == 0
+    assert (tmp_path / "down" / "__0_0.distcp").read_bytes() == (local / "__0_0.distcp").read_bytes()
+    capsys.readouterr()
+    assert main(["info", uri]) == 4
+    assert "sse_customer_key" in capsys.readouterr().err
+
+    assert main(["cp", "--sse", "AES256", str(local), f"{uri}-s3"]) == 0, capsys.readouterr()
+    assert boto3_head(seaweed, f"{prefix}ckpt-s3/.metadata")["ServerSideEncryption"] == "AES256"
+    assert main(["ls", "--request-payer", "requester", f"{uri}-s3/"]) == 0
+
+    (tmp_path / "short.key").write_bytes(os.urandom(16))
+    for argv, says in (
+        (["--sse-c-key-file", str(tmp_path / "short.key")], "not a 256-bit key"),
+        (["--sse-c-key-file", str(tmp_path / "missing.key")], "cannot read"),
+        (["--sse-kms-key-id", "alias/k"], "sse_kms_key_id needs sse="),
+    ):
+        capsys.readouterr()
+        assert main(["ls", *argv, f"{uri}/"]) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and base64.b64encode(raw).decode() not in err, err
