@@ -4,6 +4,7 @@
 #include "s3torch/request_headers.h"
 #include "s3torch/shared_config.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -160,6 +161,11 @@ void ClientConfig::validate() const {
                 "sse and sse_customer_key cannot both be set: an object is encrypted with a customer key "
                 "(SSE-C) or by S3 (sse), not both");
     }
+    if (!expected_bucket_owner.empty() &&
+        (expected_bucket_owner.size() != 12 || !std::all_of(expected_bucket_owner.begin(), expected_bucket_owner.end(),
+                                                            [](char c) { return c >= '0' && c <= '9'; })))
+        throw_invalid("expected_bucket_owner must be a 12-digit AWS account id, got '" +
+                      expected_bucket_owner.substr(0, 64) + "'");
     if (checksum_type != "full_object" && checksum_type != "composite")
         throw_invalid("checksum_type must be one of 'full_object', 'composite', got '" + checksum_type + "'");
 }

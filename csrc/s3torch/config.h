@@ -78,6 +78,9 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(std::string, sse_customer_key, "sse_customer_key", "", 0, 0,                                                   \
       "SSE-C: a 256-bit key, base64, that objects are written with and that every read and HEAD presents "           \
       "(an object written with it cannot be read without it)")                                                       \
+    X(std::string, expected_bucket_owner, "expected_bucket_owner", "", 0, 0,                                         \
+      "the 12-digit AWS account that must own every bucket it touches; S3 refuses (403) a request to a bucket of "   \
+      "another account")                                                                                             \
     X(bool, request_payer, "request_payer", false, 0, 0,                                                             \
       "send x-amz-request-payer: requester with every request (Requester Pays buckets; the requester pays)")         \
     X(std::string, user_agent, "user_agent", "", 0, 0,                                                               \

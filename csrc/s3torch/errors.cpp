@@ -222,22 +222,6 @@ std::string wrong_region_hint(const S3Error &e, const std::string &header_region
            "' (s3torch signs for one region and does not follow the redirect)";
 }
 
-std::string customer_key_hint(const S3Error &e, bool has_customer_key) {
-    const std::string &op = e.context.operation;
-    if (op != "GetObject" && op != "HeadObject" && op != "GetObjectAttributes") return "";
-    const bool bad_request =
-        e.http_status == 400 && (e.s3_code.empty() || e.s3_code == "InvalidRequest" || e.s3_code == "InvalidArgument");
-    if (!has_customer_key && bad_request)
-        return "if the object was written with a customer key (SSE-C), every read and HEAD must present it: "
-               "set S3ClientConfig(sse_customer_key=...)";
-    if (has_customer_key && e.http_status == 403)
-        return "or the object was written with a customer key (SSE-C) other than this client's sse_customer_key";
-    if (has_customer_key && bad_request)
-        return "S3 refuses sse_customer_key for an object written without a customer key (SSE-C): read it with a "
-               "client without one";
-    return "";
-}
-
 S3Error with_hint(const S3Error &e, const std::string &more) {
     S3Error out(e.kind, std::string(e.what()) + "; " + more, e.context);
     out.s3_code = e.s3_code;

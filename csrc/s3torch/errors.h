@@ -95,12 +95,6 @@ S3Error with_hint(const S3Error &e, const std::string &more);
 std::string wrong_region_hint(const S3Error &e, const std::string &header_region, const std::string &error_body,
                               const std::string &client_region);
 
-// For a read or HEAD refused over SSE-C: without a customer key, a 400 (what S3 answers for
-// an object written with one; a HEAD's has no body); with one, a 403 (a key other than the
-// object's) or a 400 InvalidRequest (S3 refuses a key for an object written without one).
-// "" otherwise.
-std::string customer_key_hint(const S3Error &e, bool has_customer_key);
-
 // What to tell the user when the TLS handshake with the endpoint failed.
 extern const char *const kTlsRefusedHint;
 

@@ -39,10 +39,38 @@ std::optional<std::string> customer_key_md5(const std::string &key_base64) {
     return std::string(text, out.len);
 }
 
+std::string refusal_hint(const S3Error &e, const ClientConfig &config) {
+    std::string hint;
+    auto add = [&](const std::string &more) { hint += (hint.empty() ? "" : "; ") + more; };
+    const std::string &op = e.context.operation;
+    const bool has_key = !config.sse_customer_key.empty();
+    const bool bad_request =
+        e.http_status == 400 && (e.s3_code.empty() || e.s3_code == "InvalidRequest" || e.s3_code == "InvalidArgument");
+    if (is_one_of(op, {"GetObject", "HeadObject", "GetObjectAttributes"})) {
+        if (!has_key && bad_request)
+            add("if the object was written with a customer key (SSE-C), every read and HEAD must present it: "
+                "set S3ClientConfig(sse_customer_key=...)");
+        else if (has_key && e.http_status == 403)
+            add("or the object was written with a customer key (SSE-C) other than this client's sse_customer_key");
+        else if (has_key && bad_request)
+            add("S3 refuses sse_customer_key for an object written without a customer key (SSE-C): read it with a "
+                "client without one");
+    }
+    if (!config.expected_bucket_owner.empty() && e.http_status == 403)
+        add("or bucket '" + e.context.bucket + "' is not owned by account " + config.expected_bucket_owner +
+            " (expected_bucket_owner)");
+    return hint;
+}
+
 Headers configured_headers(const ClientConfig &config, const std::string &operation) {
     Headers h;
     if (!config.user_agent.empty()) h.emplace_back("User-Agent", config.user_agent);
     if (config.request_payer) h.emplace_back("x-amz-request-payer", "requester");
+    if (!config.expected_bucket_owner.empty()) {
+        h.emplace_back("x-amz-expected-bucket-owner", config.expected_bucket_owner);
+        if (operation == "CopyObject")  // the source's bucket too (aws-c-s3 forwards it to its HEAD)
+            h.emplace_back("x-amz-source-expected-bucket-owner", config.expected_bucket_owner);
+    }
     const bool writes = operation == "PutObject";
     if ((writes || operation == "CopyObject") && !config.sse.empty()) {
         h.emplace_back("x-amz-server-side-encryption", config.sse);

@@ -265,7 +265,7 @@ void Transfer::raise_if_failed() {
                                     last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
     std::string hint = wrong_region_hint(err, bucket_region_, error_body_, client_->config().region);
     if (!hint.empty()) throw with_hint(err, hint);
-    hint = customer_key_hint(err, !client_->config().sse_customer_key.empty());
+    hint = refusal_hint(err, client_->config());
     if (!hint.empty()) throw with_hint(err, hint);
     if (is_auth_failure(error_code_)) {  // the config file is read here, on this error only
         hint = credentials_hint(client_->config());

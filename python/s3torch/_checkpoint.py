@@ -17,14 +17,14 @@ class S3Checkpoint:
 
     def __init__(
         self,
-        region: str,
+        region: Optional[str] = None,
         endpoint: Optional[str] = None,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
     ) -> None:
-        self.region = region
         self.endpoint = endpoint
         self._client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
+        self.region = self._client.region
         self._reader_constructor = reader_constructor
 
     def reader(self, s3_uri: str) -> S3Reader:

@@ -12,7 +12,7 @@ import threading
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _crt, _listing, _uploads
-from ._config import S3ClientConfig
+from ._config import S3ClientConfig, default_region
 from ._user_agent import UserAgent, prefix_of
 from .s3reader import S3Reader
 from .s3reader.constructor import ReaderConstructor, S3ReaderConstructor
@@ -45,7 +45,9 @@ class S3Client:
     """A client for one region/endpoint and configuration.
 
     Args:
-        region: AWS region (or the region your S3-compatible server expects).
+        region: AWS region (or the region your S3-compatible server expects); None: as
+            boto3 finds it (``$AWS_REGION``, ``$AWS_DEFAULT_REGION``, the profile's ``region`` in
+            ``~/.aws/config``, else us-east-1), once, here.
         endpoint: ``http(s)://host[:port]``; default: as boto3 resolves it (``$AWS_ENDPOINT_URL_S3``,
             ``$AWS_ENDPOINT_URL``, the profile's ``endpoint_url``), else AWS's for the region.
         s3client_config: an :class:`S3ClientConfig`.
@@ -56,15 +58,15 @@ class S3Client:
 
     def __init__(
         self,
-        region: str,
+        region: Optional[str] = None,
         endpoint: Optional[str] = None,
         s3client_config: Optional[S3ClientConfig] = None,
         *,
         user_agent: Optional[UserAgent] = None,
     ) -> None:
-        self._region = region
-        self._endpoint = endpoint or ""
         self._config = s3client_config or S3ClientConfig()
+        self._region = default_region(self._config.profile) if region is None else region
+        self._endpoint = endpoint or ""
         self._user_agent_prefix = prefix_of(user_agent)
         self._native: Optional[_crt.NativeClient] = None
         self._pid = -1

@@ -99,6 +99,11 @@ class S3ClientConfig:
             only its MD5, so an object written with it cannot be read without it. Not with
             ``sse``. ``copy_object`` refuses it (aws-c-s3 sizes a copy with a HEAD that cannot
             carry the key).
+        expected_bucket_owner: the 12-digit AWS account id that must own every bucket this
+            client touches, boto3's ``ExpectedBucketOwner``, sent with every request: S3 refuses
+            (403) a request to a bucket of any other account, so that a checkpoint is never
+            written to, or a model read from, a bucket of the same name that someone else
+            created after yours was deleted (default None: not checked).
         request_payer: send ``x-amz-request-payer: requester`` with every request, boto3's
             ``RequestPayer="requester"``: reads of a Requester Pays bucket, whose owner refuses
             (403) requests that do not accept the charges (default False).
@@ -132,6 +137,7 @@ class S3ClientConfig:
     sse: Optional[str] = None
     sse_kms_key_id: Optional[str] = None
     sse_customer_key: Optional[str] = None
+    expected_bucket_owner: Optional[str] = None
     request_payer: bool = False
 
     def __post_init__(self) -> None:

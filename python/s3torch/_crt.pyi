@@ -139,6 +139,7 @@ class ClientConfig:
     sse: str
     sse_kms_key_id: str
     sse_customer_key: str
+    expected_bucket_owner: str
     request_payer: bool
     user_agent: str
 

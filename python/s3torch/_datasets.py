@@ -11,7 +11,7 @@ import torch.utils.data
 
 from . import _crt, _order
 from ._client import S3Client
-from ._config import S3ClientConfig
+from ._config import S3ClientConfig, default_region
 from ._notes import add_note
 from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, ObjectSizes, PrefetchWindow, check_prefetch
 from ._uri import parse_s3_uri
@@ -107,7 +107,7 @@ def _apply(transform: Callable[[S3Reader], Any], reader: S3Reader) -> Any:
 class _Base:
     def __init__(
         self,
-        region: str,
+        region: Optional[str],
         *,
         endpoint: Optional[str],
         transform: Callable[[S3Reader], Any],
@@ -117,7 +117,10 @@ class _Base:
         prefetch_count: int,
     ) -> None:
         check_prefetch(prefetch_bytes, prefetch_count)
-        self._region = region
+        # None: resolved once, here, so that every worker signs for the same region.
+        self._region = (
+            default_region(s3client_config.profile if s3client_config else None) if region is None else region
+        )
         self._endpoint = endpoint
         self._transform = transform
         self._config = s3client_config
@@ -209,7 +212,7 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
     def __init__(
         self,
         get_entries: Callable[[S3Client], Iterable[_Entry]],
-        region: str,
+        region: Optional[str],
         *,
         endpoint: Optional[str] = None,
         transform: Callable[[S3Reader], Any] = identity,
@@ -238,7 +241,7 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
         cls,
         s3_uri: str,
         *,
-        region: str,
+        region: Optional[str] = None,
         endpoint: Optional[str] = None,
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
@@ -264,7 +267,7 @@ class S3MapDataset(torch.utils.data.Dataset, _Base):
         cls,
         object_uris: Union[str, Iterable[str]],
         *,
-        region: str,
+        region: Optional[str] = None,
         endpoint: Optional[str] = None,
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
@@ -519,7 +522,7 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
     def __init__(
         self,
         get_entries: Callable[[S3Client], Iterable[_Entry]],
-        region: str,
+        region: Optional[str],
         *,
         endpoint: Optional[str] = None,
         transform: Callable[[S3Reader], Any] = identity,
@@ -549,7 +552,7 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
         cls,
         s3_uri: str,
         *,
-        region: str,
+        region: Optional[str] = None,
         endpoint: Optional[str] = None,
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,
@@ -581,7 +584,7 @@ class S3IterableDataset(torch.utils.data.IterableDataset, _EpochOrdered, _Base):
         cls,
         object_uris: Union[str, Iterable[str]],
         *,
-        region: str,
+        region: Optional[str] = None,
         endpoint: Optional[str] = None,
         transform: Callable[[S3Reader], Any] = identity,
         s3client_config: Optional[S3ClientConfig] = None,

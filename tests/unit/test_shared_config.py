@@ -165,5 +165,21 @@ def test_default_region_as_boto3_finds_it(aws_home, monkeypatch, profile: str, e
     assert default_region(profile) == want
     assert region_of(argparse.Namespace(region=None, profile=profile or None)) == want
     assert client_of(None, None, None, S3ClientConfig(profile=profile or None)).region == want
+    # Every class that takes a region takes None for it, resolved once, at construction.
+    from s3torch import S3Checkpoint, S3Client, S3IterableDataset, S3MapDataset
+    from s3torch.dcp import S3StorageReader, S3StorageWriter
+
+    cfg = S3ClientConfig(profile=profile or None, access_key_id="a", secret_access_key="b")
+    ep = "http://127.0.0.1:9"
+    made = [
+        S3Client(None, ep, cfg),
+        S3Client(s3client_config=cfg, endpoint=ep),
+        S3Checkpoint(endpoint=ep, s3client_config=cfg),
+        S3IterableDataset.from_prefix("s3://b/p/", endpoint=ep, s3client_config=cfg),
+        S3MapDataset.from_objects(["s3://b/k"], endpoint=ep, s3client_config=cfg),
+        S3StorageWriter(None, "s3://b/ckpt", s3client_config=cfg, endpoint=ep),
+        S3StorageReader(None, "s3://b/ckpt", s3client_config=cfg, endpoint=ep),
+    ]
+    assert [m.region for m in made] == [want] * len(made)
     monkeypatch.setenv("AWS_REGION", "af-south-1")  # not boto3's, but the AWS SDKs' standard: first
     assert default_region(profile) == "af-south-1"

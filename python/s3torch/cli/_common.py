@@ -92,6 +92,12 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
         "so that the key is not in the process list",
     )
     g.add_argument(
+        "--expected-bucket-owner",
+        metavar="ACCOUNT",
+        help="the 12-digit AWS account that must own the bucket; S3 refuses a bucket of another account "
+        "(S3ClientConfig.expected_bucket_owner)",
+    )
+    g.add_argument(
         "--request-payer",
         choices=("requester",),
         help="requester: accept the charges of a Requester Pays bucket (S3ClientConfig.request_payer)",
@@ -149,6 +155,7 @@ def client_config(args: argparse.Namespace) -> S3ClientConfig:
         sse=getattr(args, "sse", None),
         sse_kms_key_id=getattr(args, "sse_kms_key_id", None),
         request_payer=getattr(args, "request_payer", None) == "requester",
+        expected_bucket_owner=getattr(args, "expected_bucket_owner", None),
         **extra,
     )
 

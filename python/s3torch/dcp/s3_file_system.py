@@ -60,18 +60,18 @@ class S3FileSystem(FileSystemBase):
 
     def __init__(
         self,
-        region: str,
+        region: Optional[str] = None,
         s3_client: Optional[S3Client] = None,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
         endpoint: Optional[str] = None,
     ) -> None:
-        self.region = region
         reader_type = S3ReaderConstructor.get_reader_type_string(reader_constructor)
         user_agent = UserAgent(["dcp", torch.__version__, f"md/reader_type#{reader_type}"])
         self._client = s3_client or S3Client(
             region, endpoint=endpoint, s3client_config=s3client_config, user_agent=user_agent
         )
+        self.region = self._client.region if region is None else region
         self._reader_constructor = reader_constructor
 
     @property

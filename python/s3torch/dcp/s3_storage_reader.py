@@ -40,7 +40,7 @@ class S3StorageReader(FileSystemReader):
     """Read DCP checkpoints from ``s3://bucket/prefix``.
 
     Args:
-        region: the bucket's region.
+        region: the bucket's region (None: as boto3 finds it, see :class:`~s3torch.S3Client`).
         path: ``s3://bucket/prefix`` of the checkpoint.
         s3client_config: an :class:`~s3torch.S3ClientConfig` (default: its defaults).
         endpoint: an S3-compatible endpoint, ``http(s)://host[:port]`` (default: from the environment).
@@ -80,7 +80,7 @@ class S3StorageReader(FileSystemReader):
 
     def __init__(
         self,
-        region: str,
+        region: Optional[str],
         path: str,
         s3client_config: Optional[S3ClientConfig] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
@@ -105,7 +105,7 @@ class S3StorageReader(FileSystemReader):
             region, s3client_config=s3client_config, reader_constructor=reader_constructor, endpoint=endpoint
         )
         self.path = self.fs.init_path(path)
-        self.region = region
+        self.region = self.fs.region
         self.sync_files = False
         self.thread_count = thread_count
         self.reader_constructor = reader_constructor

@@ -77,7 +77,7 @@ class S3StorageWriter(FileSystemWriter):
     """Write DCP checkpoints to ``s3://bucket/prefix``.
 
     Args:
-        region: the bucket's region.
+        region: the bucket's region (None: as boto3 finds it, see :class:`~s3torch.S3Client`).
         path: ``s3://bucket/prefix`` of the checkpoint.
         s3client_config: an :class:`~s3torch.S3ClientConfig` (default: its defaults).
         endpoint: an S3-compatible endpoint, ``http(s)://host[:port]`` (default: from the environment).
@@ -111,7 +111,7 @@ class S3StorageWriter(FileSystemWriter):
 
     def __init__(
         self,
-        region: str,
+        region: Optional[str],
         path: str,
         s3client_config: Optional[S3ClientConfig] = None,
         prefix_strategy: Optional[S3PrefixStrategyBase] = None,
@@ -142,7 +142,7 @@ class S3StorageWriter(FileSystemWriter):
         super().__init__(path=path, sync_files=False, thread_count=thread_count, **kwargs)
         self.fs = S3FileSystem(region, s3client_config=s3client_config, endpoint=endpoint)
         self.path = self.fs.init_path(path)
-        self.region = region
+        self.region = self.fs.region
         self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
         self._progress = Progress("DCP save to", str(self.path), progress)
         self.staging_bytes, self.staging_slot_bytes = staging_bytes, staging_slot_bytes

@@ -23,15 +23,15 @@ class S3LightningCheckpoint(CheckpointIO):
 
     def __init__(
         self,
-        region: str,
+        region: Optional[str] = None,
         s3client_config: Optional[S3ClientConfig] = None,
         endpoint: Optional[str] = None,
         reader_constructor: Optional[ReaderConstructor] = None,
     ) -> None:
         super().__init__()
-        self.region = region
         user_agent = UserAgent(["lightning", lightning.__version__])
         self._client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config, user_agent=user_agent)
+        self.region = self._client.region
         self._reader_constructor = reader_constructor
 
     def save_checkpoint(

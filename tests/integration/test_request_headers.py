@@ -1,7 +1,8 @@
-"""Server-side encryption and Requester Pays: which request carries which header, that the
-servers store what was asked (SeaweedFS enforces SSE-C and stores SSE-S3; moto stores SSE-KMS
-and its key id), DCP saves and loads through them, and what a read without the right customer
-key is told."""
+"""What a client's configuration adds to its requests (csrc/s3torch/request_headers.h):
+server-side encryption, Requester Pays, the expected bucket owner. Which request carries which
+header, that the servers store what was asked (SeaweedFS enforces SSE-C and stores SSE-S3; moto
+stores SSE-KMS and its key id), DCP saves and loads through them, and what a refused request
+is told."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.faults.proxy import Fault, FaultProxy
 
 MiB = 1 << 20
 SSE_C = "x-amz-server-side-encryption-customer-"
+OWNER = "111122223333"
 
 
 def new_key() -> str:
@@ -53,9 +55,11 @@ def every_operation(client: S3Client, prefix: str) -> None:
     client.delete_object(BUCKET, f"{prefix}small")
 
 
-def kind(method: str, target: str) -> str:
-    """The S3 operation of a request, from its method and target."""
+def kind(method: str, target: str, headers: Dict[str, str]) -> str:
+    """The S3 operation of a request, from its method, target and headers."""
     query = target.partition("?")[2]
+    if method == "PUT" and "x-amz-copy-source" in headers:
+        return "UploadPartCopy" if "partNumber=" in query else "CopyObject"
     if method == "POST":
         return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
     if method == "PUT":
@@ -74,7 +78,7 @@ def kind(method: str, target: str) -> str:
 def headers_by_kind(proxy: FaultProxy) -> Dict[str, List[Dict[str, str]]]:
     out: Dict[str, List[Dict[str, str]]] = {}
     for method, target, headers in proxy.headers():
-        out.setdefault(kind(method, target), []).append(headers)
+        out.setdefault(kind(method, target, headers), []).append(headers)
     return out
 
 
@@ -83,7 +87,10 @@ def test_each_request_carries_the_headers_s3_takes_there(seaweed, moto, prefix) 
     that records every request's headers."""
     key = new_key()
     with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
-        every_operation(make_client(proxy, part_size=5 * MiB, sse_customer_key=key, request_payer=True), prefix)
+        client = make_client(
+            proxy, part_size=5 * MiB, sse_customer_key=key, request_payer=True, expected_bucket_owner=OWNER
+        )
+        every_operation(client, prefix)
         seen = headers_by_kind(proxy)
     md5 = base64.b64encode(hashlib.md5(base64.b64decode(key)).digest()).decode()
     object_ops = {"GetObject", "HeadObject", "PutObject", "CreateMultipartUpload", "UploadPart"}
@@ -92,6 +99,8 @@ def test_each_request_carries_the_headers_s3_takes_there(seaweed, moto, prefix) 
     for op, requests in seen.items():
         for h in requests:
             assert h.get("x-amz-request-payer") == "requester", (op, h)
+            assert h.get("x-amz-expected-bucket-owner") == OWNER, (op, h)
+            assert "x-amz-source-expected-bucket-owner" not in h, (op, h)
             assert "x-amz-server-side-encryption" not in h, (op, h)
             if op in object_ops:
                 assert h[SSE_C + "algorithm"] == "AES256" and h[SSE_C + "key"] == key, (op, h)
@@ -101,18 +110,23 @@ def test_each_request_carries_the_headers_s3_takes_there(seaweed, moto, prefix) 
 
     kms = "arn:aws:kms:us-east-1:123456789012:key/0b4f-example"
     with FaultProxy.in_front_of(moto.endpoint) as proxy:
-        every_operation(make_client(proxy, part_size=5 * MiB, sse="aws:kms", sse_kms_key_id=kms), prefix)
+        client = make_client(proxy, part_size=5 * MiB, sse="aws:kms", sse_kms_key_id=kms)
+        every_operation(client, prefix)
+        client.copy_object(BUCKET, f"{prefix}big", BUCKET, f"{prefix}copy")
         seen = headers_by_kind(proxy)
     for op, requests in seen.items():
         for h in requests:
             assert "x-amz-request-payer" not in h and not any(n.startswith(SSE_C) for n in h), (op, h)
-            if op in ("PutObject", "CreateMultipartUpload"):  # where S3 takes them, and only there
+            assert not any("expected-bucket-owner" in n for n in h), (op, h)
+            if op in ("PutObject", "CreateMultipartUpload", "CopyObject"):  # where S3 takes them, only there
                 assert h["x-amz-server-side-encryption"] == "aws:kms", (op, h)
                 assert h["x-amz-server-side-encryption-aws-kms-key-id"] == kms, (op, h)
             else:
                 assert not any(n.startswith("x-amz-server-side-encryption") for n in h), (op, h)
-    head = boto3_head(moto, f"{prefix}big")
-    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", kms)
+    assert "CopyObject" in seen
+    for name in ("big", "copy"):
+        head = boto3_head(moto, f"{prefix}{name}")
+        assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", kms), name
 
 
 @pytest.mark.parametrize("size", [5, 12 * MiB], ids=["single-put", "multipart"])
@@ -245,15 +259,29 @@ def test_cli_writes_and_reads_with_encryption(seaweed, tmp_path, prefix, capsys,
 
     assert main(["cp", "--sse", "AES256", str(local), f"{uri}-s3"]) == 0, capsys.readouterr()
     assert boto3_head(seaweed, f"{prefix}ckpt-s3/.metadata")["ServerSideEncryption"] == "AES256"
-    assert main(["ls", "--request-payer", "requester", f"{uri}-s3/"]) == 0
+    assert main(["ls", "--request-payer", "requester", "--expected-bucket-owner", OWNER, f"{uri}-s3/"]) == 0
 
     (tmp_path / "short.key").write_bytes(os.urandom(16))
     for argv, says in (
         (["--sse-c-key-file", str(tmp_path / "short.key")], "not a 256-bit key"),
         (["--sse-c-key-file", str(tmp_path / "missing.key")], "cannot read"),
         (["--sse-kms-key-id", "alias/k"], "sse_kms_key_id needs sse="),
+        (["--expected-bucket-owner", "1234"], "12-digit AWS account id"),
     ):
         capsys.readouterr()
         assert main(["ls", *argv, f"{uri}/"]) == 2, argv
         err = capsys.readouterr().err
         assert says in err and base64.b64encode(raw).decode() not in err, err
+
+
+def test_a_bucket_of_another_account_is_named(proxy: FaultProxy) -> None:
+    """S3 answers 403 AccessDenied when the bucket's owner is not x-amz-expected-bucket-owner."""
+    client = make_client(proxy, expected_bucket_owner=OWNER)
+    client.put(BUCKET, "owned/x", b"x")  # SeaweedFS takes the header and lets it by
+    proxy.add(Fault("error", method="GET", status=403, code="AccessDenied", path="owned/x"))
+    with pytest.raises(S3PermissionError) as info:
+        client.get_object(BUCKET, "owned/x").read()
+    assert f"or bucket '{BUCKET}' is not owned by account {OWNER} (expected_bucket_owner)" in str(info.value)
+    for bad in ("11112222333", "1111222233334", "11112222333a", "arn:aws:iam::111122223333:root"):
+        with pytest.raises(S3InvalidArgumentError, match="expected_bucket_owner must be a 12-digit AWS account id"):
+            S3ClientConfig(expected_bucket_owner=bad)
