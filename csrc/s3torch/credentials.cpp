@@ -55,11 +55,11 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
             AWS_ZERO_STRUCT(o);
             o.bootstrap = bootstrap;
             o.tls_ctx = tls_ctx;
-            // Only a profile given overrides: the CRT takes any cursor with a pointer, an empty
-            // one included, as the profile's name, and then never reads $AWS_PROFILE or
-            // "default" (keys in ~/.aws/credentials were not found at all).
-            if (!cfg.profile.empty())
-                o.profile_name_override = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
+            // Only a profile named (given, or $AWS_DEFAULT_PROFILE) overrides: the CRT takes any
+            // cursor with a pointer, an empty one included, as the profile's name, and then
+            // never reads $AWS_PROFILE or "default" (keys in ~/.aws/credentials were not found).
+            const std::string profile = profile_override(cfg.profile);
+            if (!profile.empty()) o.profile_name_override = aws_byte_cursor_from_array(profile.data(), profile.size());
             provider = aws_credentials_provider_new_chain_default(alloc, &o);
             break;
         }
@@ -86,8 +86,8 @@ std::string credentials_hint(const ClientConfig &cfg) {
     SharedConfig shared(cfg.profile);
     for (const char *property : {"sso_session", "sso_start_url"})
         if (!shared.get(property).empty()) return sso_hint(shared.profile_name());
-    const char *env_profile = std::getenv("AWS_PROFILE");
-    std::string which = cfg.profile.empty() && env_profile != nullptr && *env_profile ? " (from $AWS_PROFILE)" : "";
+    const std::string source = profile_source(cfg.profile);
+    std::string which = source.empty() ? "" : " (from " + source + ")";
     std::string profile = "profile '" + shared.profile_name() + "'" + which + " in " + shared.credentials_path() +
                           " and " + shared.path();
     if (kind == CredentialsKind::Profile) return "they were looked for in " + profile;

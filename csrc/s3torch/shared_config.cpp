@@ -6,6 +6,7 @@
 #include <aws/sdkutils/aws_profile.h>
 
 #include <cctype>
+#include <cstdlib>
 
 namespace s3torch {
 
@@ -37,11 +38,30 @@ bool is_true(const std::string &value) {
     return s == "true";
 }
 
+namespace {
+
+std::string env(const char *name) {
+    const char *v = std::getenv(name);
+    return v ? v : "";
+}
+
+}  // namespace
+
+std::string profile_override(const std::string &given) { return given.empty() ? env("AWS_DEFAULT_PROFILE") : given; }
+
+std::string profile_source(const std::string &given) {
+    if (!given.empty()) return "";
+    if (!env("AWS_DEFAULT_PROFILE").empty()) return "$AWS_DEFAULT_PROFILE";
+    if (!env("AWS_PROFILE").empty()) return "$AWS_PROFILE";
+    return "";
+}
+
 SharedConfig::SharedConfig(const std::string &profile) {
     init_crt_libraries();
     aws_allocator *alloc = aws_default_allocator();
-    aws_byte_cursor given = aws_byte_cursor_from_array(profile.data(), profile.size());
-    aws_string *name = aws_get_profile_name(alloc, profile.empty() ? nullptr : &given);
+    const std::string chosen = profile_override(profile);
+    aws_byte_cursor given = aws_byte_cursor_from_array(chosen.data(), chosen.size());
+    aws_string *name = aws_get_profile_name(alloc, chosen.empty() ? nullptr : &given);
     aws_string *path = aws_get_config_file_path(alloc, nullptr);
     aws_string *credentials = aws_get_credentials_file_path(alloc, nullptr);
     name_ = value_of(name);

@@ -13,7 +13,8 @@ namespace s3torch {
 
 class SharedConfig {
   public:
-    // The profile `profile` names, else $AWS_PROFILE, else "default". A missing or unreadable
+    // The profile `profile` names, else $AWS_DEFAULT_PROFILE, else $AWS_PROFILE, else "default"
+    // (profile_override). A missing or unreadable
     // file, or a profile it lacks, reads as empty: every lookup returns "".
     explicit SharedConfig(const std::string &profile);
     ~SharedConfig();
@@ -39,6 +40,15 @@ class SharedConfig {
     const aws_profile *profile_ = nullptr;
     std::string name_, path_, credentials_path_;
 };
+
+// The profile name to hand the CRT, as boto3 picks a profile: the one given, else
+// $AWS_DEFAULT_PROFILE (botocore reads it before $AWS_PROFILE), else "" (the CRT's own choice:
+// $AWS_PROFILE, else "default").
+std::string profile_override(const std::string &given);
+
+// Where the profile in use was named, for messages: "$AWS_DEFAULT_PROFILE" or "$AWS_PROFILE",
+// "" when given or the default.
+std::string profile_source(const std::string &given);
 
 // "true" in any case, as boto3 reads a boolean setting.
 bool is_true(const std::string &value);

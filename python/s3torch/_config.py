@@ -190,7 +190,7 @@ class S3ClientConfig:
 def default_region(profile: Optional[str] = None) -> str:
     """The region where boto3 finds it, for what makes a client without one: ``$AWS_REGION``,
     ``$AWS_DEFAULT_REGION``, the profile's ``region`` in ``~/.aws/config`` (``profile``, else
-    ``$AWS_PROFILE``, else default), else us-east-1."""
+    ``$AWS_DEFAULT_PROFILE``, else ``$AWS_PROFILE``, else default), else us-east-1."""
     return (
         os.environ.get("AWS_REGION")
         or os.environ.get("AWS_DEFAULT_REGION")

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
+import boto3
 import pytest
 
 from s3torch import S3Client, S3ClientConfig, S3PermissionError
@@ -39,7 +40,7 @@ def _round_trip(client: S3Client, key: str) -> None:
     assert client.get_into(BUCKET, key, buf) == len(data) and bytes(buf) == data
 
 
-@pytest.mark.parametrize("how", ["default profile", "AWS_PROFILE", "config file", "profile="])
+@pytest.mark.parametrize("how", ["default profile", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "config file", "profile="])
 def test_keys_of_a_profile(seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     keys = f"aws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
     wrong = f"aws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = not-the-secret\n"
@@ -51,8 +52,13 @@ def test_keys_of_a_profile(seaweed: Any, prefix: str, chain: Path, monkeypatch: 
         (chain.parent / "credentials").write_text(f"[default]\n{wrong}\n[dev]\n{keys}\n[wrong]\n{wrong}")
     if how == "AWS_PROFILE":
         monkeypatch.setenv("AWS_PROFILE", "dev")
+    if how == "AWS_DEFAULT_PROFILE":  # botocore reads it first, before $AWS_PROFILE
+        monkeypatch.setenv("AWS_DEFAULT_PROFILE", "dev")
+        monkeypatch.setenv("AWS_PROFILE", "wrong")
+        assert boto3.session.Session().profile_name == "dev"
     cfg = S3ClientConfig(profile="dev" if how == "profile=" else None, max_attempts=1)
     _round_trip(S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=cfg), prefix + "keys")
+    monkeypatch.delenv("AWS_DEFAULT_PROFILE", raising=False)
     monkeypatch.setenv("AWS_PROFILE", "wrong")
     with pytest.raises(S3PermissionError):
         S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(max_attempts=1)).head_object(
@@ -151,22 +157,22 @@ def test_container_credentials_with_a_token(
         )
 
 
-@pytest.mark.parametrize("profile_from", ["default", "AWS_PROFILE"])
+@pytest.mark.parametrize("profile_from", ["default", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"])
 def test_no_credentials_says_where_they_were_looked_for(
     chain: Path, monkeypatch: pytest.MonkeyPatch, profile_from: str
 ) -> None:
     """Before, "check the credentials (keys, profile, AWS_* environment)": which profile, in
     which files, went unsaid (with it, the profile-name bug above would have shown at once)."""
     (chain.parent / "credentials").write_text("[other]\naws_access_key_id = a\naws_secret_access_key = b\n")
-    name = {"default": "default", "AWS_PROFILE": "ghost"}[profile_from]
-    if profile_from == "AWS_PROFILE":
-        monkeypatch.setenv("AWS_PROFILE", name)
+    name = {"default": "default", "AWS_PROFILE": "ghost", "AWS_DEFAULT_PROFILE": "ghost"}[profile_from]
+    if profile_from != "default":
+        monkeypatch.setenv(profile_from, name)
     chain.write_text(
         f"[profile {name}]\nregion = us-east-1\n" if name != "default" else "[default]\nregion = eu-west-1\n"
     )
     cfg = S3ClientConfig(max_attempts=1)
     with pytest.raises(S3PermissionError) as ei:
         S3Client(REGION, endpoint="http://127.0.0.1:1", s3client_config=cfg).head_object(BUCKET, "k")
-    which = {"default": "", "AWS_PROFILE": " (from $AWS_PROFILE)"}[profile_from]
+    which = "" if profile_from == "default" else f" (from ${profile_from})"
     assert f"profile '{name}'{which} in {chain.parent / 'credentials'} and {chain}" in str(ei.value)
     assert "the default chain found none" in str(ei.value)

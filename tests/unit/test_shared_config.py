@@ -111,6 +111,10 @@ def test_endpoint_as_boto3_resolves_it(aws_home, monkeypatch, case: str, region:
     if profile:  # the same profile named by $AWS_PROFILE instead of the config
         monkeypatch.setenv("AWS_PROFILE", profile)
         assert _s3torch("", region) == want
+        # ... and by $AWS_DEFAULT_PROFILE, which botocore reads before $AWS_PROFILE
+        monkeypatch.setenv("AWS_PROFILE", "absent")
+        monkeypatch.setenv("AWS_DEFAULT_PROFILE", profile)
+        assert _s3torch("", region) == _boto3("", region) == want
 
 
 def test_an_endpoint_given_beats_every_configured_one(aws_home, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -148,7 +152,13 @@ output = json
 
 @pytest.mark.parametrize(
     "profile, env",
-    [("", {}), ("tokyo", {}), ("tokyo", {"AWS_DEFAULT_REGION": "sa-east-1"}), ("none", {})],
+    [
+        ("", {}),
+        ("tokyo", {}),
+        ("tokyo", {"AWS_DEFAULT_REGION": "sa-east-1"}),
+        ("none", {}),
+        ("", {"AWS_DEFAULT_PROFILE": "tokyo", "AWS_PROFILE": "none"}),
+    ],
 )
 def test_default_region_as_boto3_finds_it(aws_home, monkeypatch, profile: str, env: Dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     """What makes a client without a region (the CLI, ``safetensors.open``, an MSC profile or

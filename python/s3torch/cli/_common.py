@@ -64,7 +64,8 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--profile",
         help="named profile from ~/.aws/credentials and ~/.aws/config (default: the usual credential chain: "
-        "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY, $AWS_PROFILE, the config files, instance roles)",
+        "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY, $AWS_DEFAULT_PROFILE or $AWS_PROFILE, the config files, "
+        "instance roles)",
     )
     g.add_argument(
         "--throughput-gbps",
