@@ -126,6 +126,8 @@ void ClientConfig::validate() const {
                       std::to_string(memory_limit_bytes));
     if (access_key_id.empty() != secret_access_key.empty())
         throw_invalid("set both access_key_id and secret_access_key, or neither");
+    if (unsigned_requests && requester_pays)
+        throw_invalid("requester_pays needs signed requests (S3 charges the requester's account), not unsigned");
     if (unsigned_requests && !access_key_id.empty())
         throw_invalid("unsigned requests cannot be combined with access keys");
     CredentialsKind kind = credentials_kind();

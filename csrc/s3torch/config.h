@@ -47,6 +47,8 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(bool, known_endpoint, "known_endpoint", false, 0, 0,                                                           \
       "the endpoint is known to be right: retries ride out outages from the first request, before it answers")       \
     X(std::string, profile, "profile", "", 0, 0, "named profile from ~/.aws/credentials and ~/.aws/config")          \
+    X(bool, requester_pays, "requester_pays", false, 0, 0,                                                           \
+      "send x-amz-request-payer: requester with every request (Requester Pays buckets; the requester pays)")         \
     X(uint64_t, memory_limit_bytes, "memory_limit_bytes", 0, 0, 1ull << 60,                                          \
       "cap on aws-c-s3's part-buffer pool (0: automatic; else at least 1 GiB)")                                      \
     X(std::string, access_key_id, "access_key_id", "", 0, 0, "static credentials: access key id")                    \
@@ -81,8 +83,6 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(std::string, expected_bucket_owner, "expected_bucket_owner", "", 0, 0,                                         \
       "the 12-digit AWS account that must own every bucket it touches; S3 refuses (403) a request to a bucket of "   \
       "another account")                                                                                             \
-    X(bool, request_payer, "request_payer", false, 0, 0,                                                             \
-      "send x-amz-request-payer: requester with every request (Requester Pays buckets; the requester pays)")         \
     X(std::string, user_agent, "user_agent", "", 0, 0,                                                               \
       "User-Agent header of every request (aws-c-s3 appends its own product token); empty: the CRT's alone")
 

@@ -65,7 +65,7 @@ std::string refusal_hint(const S3Error &e, const ClientConfig &config) {
 Headers configured_headers(const ClientConfig &config, const std::string &operation) {
     Headers h;
     if (!config.user_agent.empty()) h.emplace_back("User-Agent", config.user_agent);
-    if (config.request_payer) h.emplace_back("x-amz-request-payer", "requester");
+    if (config.requester_pays) h.emplace_back("x-amz-request-payer", "requester");
     if (!config.expected_bucket_owner.empty()) {
         h.emplace_back("x-amz-expected-bucket-owner", config.expected_bucket_owner);
         if (operation == "CopyObject")  // the source's bucket too (aws-c-s3 forwards it to its HEAD)

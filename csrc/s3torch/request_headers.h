@@ -4,7 +4,7 @@
 //
 //   header                                        sent with
 //   User-Agent (user_agent)                       every request
-//   x-amz-request-payer (request_payer)           every request
+//   x-amz-request-payer (requester_pays)          every request
 //   x-amz-expected-bucket-owner                   every request (and, on CopyObject,
 //     (expected_bucket_owner)                       x-amz-source-expected-bucket-owner)
 //   x-amz-server-side-encryption[-aws-kms-key-id] PutObject (aws-c-s3 moves it to

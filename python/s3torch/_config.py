@@ -47,6 +47,10 @@ class S3ClientConfig:
         max_attempts: attempts per request, first try included (1..64, default 10), when
             ``retry_timeout_s`` is 0; 1 turns retries off altogether.
         profile: named profile from ``~/.aws/credentials`` / ``~/.aws/config``.
+        requester_pays: send ``x-amz-request-payer: requester`` with every request (the name and
+            place of s3torchconnector's field; boto3's ``RequestPayer="requester"``): requests to
+            a Requester Pays bucket, whose owner refuses (403) those that do not accept the
+            charges (default False). Not with ``unsigned``: S3 charges the signer's account.
         memory_limit_bytes: cap on aws-c-s3's part-buffer pool (0: automatic; else >= 1 GiB).
         access_key_id, secret_access_key, session_token: static credentials.
         ca_file: PEM bundle to trust for a private TLS endpoint, in place of the system's
@@ -104,13 +108,10 @@ class S3ClientConfig:
             (403) a request to a bucket of any other account, so that a checkpoint is never
             written to, or a model read from, a bucket of the same name that someone else
             created after yours was deleted (default None: not checked).
-        request_payer: send ``x-amz-request-payer: requester`` with every request, boto3's
-            ``RequestPayer="requester"``: reads of a Requester Pays bucket, whose owner refuses
-            (403) requests that do not accept the charges (default False).
 
     ``repr`` and ``str`` show ``secret_access_key``, ``session_token`` and ``sse_customer_key``
-    as ``***``, so a
-    config printed in a log, a traceback or a hyperparameter dump holds no secret. Pickling
+    as ``***``, so a config printed in a log, a traceback or a hyperparameter dump holds no
+    secret. Pickling
     (a DataLoader worker, ``dcp.async_save``'s process) and :meth:`as_dict` carry them.
     """
 
@@ -120,6 +121,7 @@ class S3ClientConfig:
     force_path_style: bool = False
     max_attempts: int = 10
     profile: Optional[str] = None
+    requester_pays: bool = False  # s3torchconnector's 7th field: s3torch's own come after it
     memory_limit_bytes: int = 0
     access_key_id: Optional[str] = None
     secret_access_key: Optional[str] = None
@@ -138,7 +140,6 @@ class S3ClientConfig:
     sse_kms_key_id: Optional[str] = None
     sse_customer_key: Optional[str] = None
     expected_bucket_owner: Optional[str] = None
-    request_payer: bool = False
 
     def __post_init__(self) -> None:
         # One set of limits: the native ClientConfig's (TypeError for a wrong type,

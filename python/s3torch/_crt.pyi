@@ -140,7 +140,7 @@ class ClientConfig:
     sse_kms_key_id: str
     sse_customer_key: str
     expected_bucket_owner: str
-    request_payer: bool
+    requester_pays: bool
     user_agent: str
 
 class NativeClient:

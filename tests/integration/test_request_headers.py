@@ -88,7 +88,7 @@ def test_each_request_carries_the_headers_s3_takes_there(seaweed, moto, prefix) 
     key = new_key()
     with FaultProxy.in_front_of(seaweed.endpoint) as proxy:
         client = make_client(
-            proxy, part_size=5 * MiB, sse_customer_key=key, request_payer=True, expected_bucket_owner=OWNER
+            proxy, part_size=5 * MiB, sse_customer_key=key, requester_pays=True, expected_bucket_owner=OWNER
         )
         every_operation(client, prefix)
         seen = headers_by_kind(proxy)

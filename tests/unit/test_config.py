@@ -112,7 +112,13 @@ def test_defaults_match_s3torchconnector() -> None:
     assert c.throughput_target_gbps == 10.0
     assert c.part_size == 8 * 1024 * 1024
     assert c.unsigned is False and c.force_path_style is False
-    assert c.max_attempts == 10 and c.profile is None
+    assert c.max_attempts == 10 and c.profile is None and c.requester_pays is False
+    # The same fields in the same places: a config built positionally means the same.
+    peer = ["throughput_target_gbps", "part_size", "unsigned", "force_path_style", "max_attempts", "profile"]
+    assert [f.name for f in dataclasses.fields(S3ClientConfig)][:7] == peer + ["requester_pays"]
+    assert S3ClientConfig(10.0, 8 << 20, False, False, 10, None, True).requester_pays is True
+    with pytest.raises(ValueError, match="requester_pays needs signed requests"):
+        S3ClientConfig(unsigned=True, requester_pays=True)
 
 
 def test_one_field_list() -> None:

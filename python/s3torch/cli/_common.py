@@ -101,7 +101,7 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--request-payer",
         choices=("requester",),
-        help="requester: accept the charges of a Requester Pays bucket (S3ClientConfig.request_payer)",
+        help="requester: accept the charges of a Requester Pays bucket (S3ClientConfig.requester_pays)",
     )
 
 
@@ -155,7 +155,7 @@ def client_config(args: argparse.Namespace) -> S3ClientConfig:
         profile=args.profile or None,
         sse=getattr(args, "sse", None),
         sse_kms_key_id=getattr(args, "sse_kms_key_id", None),
-        request_payer=getattr(args, "request_payer", None) == "requester",
+        requester_pays=getattr(args, "request_payer", None) == "requester",
         expected_bucket_owner=getattr(args, "expected_bucket_owner", None),
         **extra,
     )
