@@ -73,3 +73,44 @@ def test_fit_save_and_resume_from_s3(seaweed, prefix: str, use_async: bool, tmp_
     io.remove_checkpoint(uri)
     with pytest.raises(FileNotFoundError):
         io.load_checkpoint(uri)
+
+
+class _RunsCode:
+    """Unpickling this calls ``_mark`` (a module-level function): code a checkpoint runs."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_mark, (self.path,))
+
+
+def _mark(path: str) -> str:
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
+
+
+def test_an_untrusted_checkpoint_runs_no_code_unless_asked(seaweed, prefix: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As Lightning 2.6 loads a local or fsspec checkpoint: weights only unless the caller
+    asks for full unpickling. Before, S3LightningCheckpoint unpickled everything by default."""
+    import pickle
+
+    from lightning.fabric.utilities.cloud_io import _load
+
+    marker = tmp_path / "ran"
+    ckpt = {"state_dict": {"w": torch.ones(2)}, "evil": _RunsCode(str(marker))}
+    io = S3LightningCheckpoint(REGION, endpoint=seaweed.endpoint, s3client_config=make_client(seaweed).s3client_config)
+    uri = f"s3://{BUCKET}/{prefix}evil.ckpt"
+    io.save_checkpoint(ckpt, uri)
+    local = tmp_path / "evil.ckpt"
+    torch.save(ckpt, local)
+    with pytest.raises(pickle.UnpicklingError):
+        _load(str(local))  # Lightning's own loader refuses it ...
+    with pytest.raises(pickle.UnpicklingError):
+        io.load_checkpoint(uri)  # ... and so does s3torch's
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError):
+        io.load_checkpoint(uri, weights_only=True)
+    loaded = io.load_checkpoint(uri, weights_only=False)  # asked for: the caller trusts it
+    assert marker.read_text() == "ran" and torch.equal(loaded["state_dict"]["w"], torch.ones(2))

@@ -15,6 +15,9 @@ from .._uri import parse_s3_uri, s3_path
 from .._user_agent import UserAgent
 from ..s3reader.constructor import ReaderConstructor
 
+# Lightning before 2.6 loaded every checkpoint with weights_only=False; 2.6 leaves it to torch.
+_LIGHTNING_BEFORE_2_6 = tuple(int(p) for p in lightning.__version__.split(".")[:2] if p.isdigit()) < (2, 6)
+
 
 class S3LightningCheckpoint(CheckpointIO):
     """Save, load and remove Lightning checkpoints at s3:// paths. Works inside Lightning's
@@ -47,16 +50,19 @@ class S3LightningCheckpoint(CheckpointIO):
     def load_checkpoint(
         self, path: Union[str, Path], map_location: Optional[Any] = None, weights_only: Optional[bool] = None
     ) -> Dict[str, Any]:
-        """torch.load the checkpoint at the ``s3://`` path."""
+        """torch.load the checkpoint at the ``s3://`` path.
+
+        ``weights_only`` as Lightning's own loader takes it for a local or fsspec path: given
+        (``Trainer.fit(weights_only=...)``), it is used; None lets torch decide on Lightning 2.6
+        and later (weights only, unless ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says otherwise),
+        and is full unpickling before 2.6, as Lightning itself did then. Full unpickling runs
+        whatever code the checkpoint names: pass ``weights_only=False`` only for checkpoints
+        you trust."""
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
+        if weights_only is None and _LIGHTNING_BEFORE_2_6:
+            weights_only = False
         with self._client.get_object(bucket, key, reader_constructor=self._reader_constructor) as reader:
-            # Lightning checkpoints hold optimizer state and hyperparameters: full unpickling
-            # unless the caller asks for weights only.
-            return torch.load(
-                cast(IO[bytes], reader),
-                map_location=map_location,
-                weights_only=bool(weights_only) if weights_only is not None else False,
-            )
+            return torch.load(cast(IO[bytes], reader), map_location=map_location, weights_only=weights_only)
 
     def remove_checkpoint(self, path: Union[str, Path]) -> None:
         """Delete the checkpoint object at the ``s3://`` path."""
