@@ -144,6 +144,17 @@ def aws_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def seaweed_env(seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> SeaweedFS:
+    """The session's SeaweedFS named by the environment, endpoint, region and keys, as a
+    user's shell would name it to the command line. Returns the server."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed.endpoint)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    return seaweed
+
+
+@pytest.fixture
 def prefix() -> str:
     """A fresh key prefix per test, so tests share a bucket without seeing each other."""
     return f"t/{uuid.uuid4().hex[:12]}/"

@@ -19,7 +19,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 
-from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
+from s3torch._servers import REGION
 from s3torch.cli import main
 from s3torch.dcp import S3StorageReader, S3StorageWriter
 from s3torch.dcp._record import HEAD_BYTES, TAIL_BYTES, locate
@@ -28,12 +28,8 @@ from tests.faults.proxy import Fault
 
 
 @pytest.fixture
-def env(seaweed, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed.endpoint)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    return seaweed
+def env(seaweed_env):  # type: ignore[no-untyped-def]
+    return seaweed_env
 
 
 def cli(capsys, *argv: str):  # type: ignore[no-untyped-def]

@@ -229,18 +229,12 @@ def test_configuration_is_checked_and_the_customer_key_never_shown() -> None:
     assert re.fullmatch(r"[A-Za-z0-9+/]{43}=", key)
 
 
-def test_cli_writes_and_reads_with_encryption(seaweed, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_cli_writes_and_reads_with_encryption(seaweed_env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     from torch.distributed.checkpoint import FileSystemWriter
 
     from s3torch.cli import main
 
-    for var, value in (
-        ("AWS_ENDPOINT_URL", seaweed.endpoint),
-        ("AWS_REGION", REGION),
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-    ):
-        monkeypatch.setenv(var, value)
+    seaweed = seaweed_env
     local = tmp_path / "fs"
     dcp.save({"w": torch.randn(64, 64), "n": torch.arange(7)}, storage_writer=FileSystemWriter(str(local)))
     raw = os.urandom(32)

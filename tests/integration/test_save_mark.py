@@ -139,10 +139,10 @@ def test_every_file_is_marked_with_the_save_its_metadata_names(seaweed, prefix: 
         assert len(data) == end + len(mark) and data[end:] == mark
 
 
-def test_s3torch_verify_names_the_file_of_another_save(seaweed, prefix: str, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from s3torch._servers import ACCESS_KEY, SECRET_KEY
+def test_s3torch_verify_names_the_file_of_another_save(seaweed_env, prefix: str, capsys) -> None:  # type: ignore[no-untyped-def]
     from s3torch.cli import main
 
+    seaweed = seaweed_env
     path = f"s3://{BUCKET}/{prefix}ck"
     save(seaweed, path, model(1))
     first = files(seaweed, prefix + "ck/")
@@ -150,13 +150,6 @@ def test_s3torch_verify_names_the_file_of_another_save(seaweed, prefix: str, cap
     client = make_client(seaweed)
     zombie = f"{prefix}ck/__0_2.distcp"
     client.put(BUCKET, zombie, first[zombie])
-    for name, value in (
-        ("AWS_ENDPOINT_URL", seaweed.endpoint),
-        ("AWS_REGION", REGION),
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-    ):
-        monkeypatch.setenv(name, value)
     code = main(["verify", path])
     out = capsys.readouterr().out
     assert code == 1, out
