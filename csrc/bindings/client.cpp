@@ -416,6 +416,10 @@ void register_client(py::module_ &m) {
             },
             "The URL requests go to: the one given, else the environment's or the shared config file's, else AWS's "
             "for the region.")
+        .def_property_readonly(
+            "endpoint_source", [](const NativeClient &c) { return c.client()->endpoint().source; },
+            "Where the endpoint came from: 'given', the variable or profile that named it, or \"AWS's for the "
+            "region\".")
         .def_property_readonly("part_size", [](const NativeClient &c) { return c.config().part_size; });
 }
 

@@ -16,6 +16,7 @@
 #include "s3torch/transpose.h"
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -172,8 +173,22 @@ PYBIND11_MODULE(_crt, m) {
             return s3torch::SharedConfig(profile).get(property.c_str());
         },
         py::arg("profile"), py::arg("property"),
-        "A property of the profile (''; $AWS_PROFILE; 'default') in the shared config file (~/.aws/config, "
-        "$AWS_CONFIG_FILE), as the CRT's parser reads it; '' when absent.");
+        "A property of the profile (''; $AWS_DEFAULT_PROFILE; $AWS_PROFILE; 'default') in the shared config file "
+        "(~/.aws/config, $AWS_CONFIG_FILE), as the CRT's parser reads it; '' when absent.");
+    m.def(
+        "profile_in_use",
+        [](const std::string &profile) {
+            s3torch::SharedConfig shared(profile);
+            std::string source = s3torch::profile_source(profile);
+            if (source.empty()) source = profile.empty() ? "default" : "given";
+            return std::map<std::string, std::string>{{"name", shared.profile_name()},
+                                                      {"source", source},
+                                                      {"config_file", shared.path()},
+                                                      {"credentials_file", shared.credentials_path()}};
+        },
+        py::arg("profile"),
+        "The profile a client given `profile` ('' for none) uses: {name, source ('given', '$AWS_DEFAULT_PROFILE', "
+        "'$AWS_PROFILE' or 'default'), config_file, credentials_file}.");
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
     m.attr("MAX_THROUGHPUT_GBPS") = s3torch::kMaxThroughputGbps;
 }

@@ -238,11 +238,14 @@ Endpoint resolve_config(ClientConfig &c) {
         auto [url, from] = configured_endpoint(shared);
         if (!url.empty()) {
             Endpoint ep = parse_endpoint(url, from);
+            ep.source = from;
             c.endpoint = url;
             return ep;
         }
     } else {
-        return parse_endpoint(c.endpoint);
+        Endpoint ep = parse_endpoint(c.endpoint);
+        ep.source = "given";
+        return ep;
     }
     // AWS's endpoint for the region, as boto3 names it: the China regions under their own
     // domain, and the FIPS and dual-stack (IPv6) variants that $AWS_USE_FIPS_ENDPOINT and
@@ -256,6 +259,7 @@ Endpoint resolve_config(ClientConfig &c) {
                 shared.flag("use_dualstack_endpoint") || is_true(shared.get("s3", "use_dualstack_endpoint")));
     ep.host = std::string(fips ? "s3-fips." : "s3.") + (dualstack ? "dualstack." : "") + c.region +
               (c.region.rfind("cn-", 0) == 0 ? ".amazonaws.com.cn" : ".amazonaws.com");
+    ep.source = std::string("AWS's for the region") + (fips ? ", FIPS" : "") + (dualstack ? ", dual-stack" : "");
     return ep;
 }
 

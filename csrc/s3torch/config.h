@@ -120,6 +120,7 @@ struct Endpoint {
     std::string host;
     uint32_t port = 0;
     bool custom = false;            // given by the user/environment, not derived from the region
+    std::string source;             // where it came from, for `s3torch config` and messages
     std::string authority() const;  // host[:port]
 };
 

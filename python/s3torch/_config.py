@@ -192,12 +192,19 @@ def default_region(profile: Optional[str] = None) -> str:
     """The region where boto3 finds it, for what makes a client without one: ``$AWS_REGION``,
     ``$AWS_DEFAULT_REGION``, the profile's ``region`` in ``~/.aws/config`` (``profile``, else
     ``$AWS_DEFAULT_PROFILE``, else ``$AWS_PROFILE``, else default), else us-east-1."""
-    return (
-        os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or _crt.profile_setting(profile or "", "region")
-        or "us-east-1"
-    )
+    return region_and_source(profile)[0]
+
+
+def region_and_source(profile: Optional[str] = None) -> Tuple[str, str]:
+    """:func:`default_region` and where it came from: ``$AWS_REGION``, ``$AWS_DEFAULT_REGION``,
+    ``profile 'NAME'`` or ``default``."""
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if os.environ.get(var):
+            return os.environ[var], f"${var}"
+    region = _crt.profile_setting(profile or "", "region")
+    if region:
+        return region, f"profile '{_crt.profile_in_use(profile or '')['name']}'"
+    return "us-east-1", "default"
 
 
 def _unpickle_config(values: Dict[str, Any], answered: List[str]) -> S3ClientConfig:

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3torch",
         description="s3torch's command line: list, inspect, verify and copy DCP checkpoints on S3, "
-        "and run a local S3 server.",
+        "show and check the configuration a client would use, and run a local S3 server.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
