@@ -68,8 +68,10 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(uint32_t, stall_timeout_s, "stall_timeout_s", 10, 1, 3600,                                                     \
       "a connection on which a request moves no byte for this long (its wait for an answer included) "               \
       "is closed and the request retried")                                                                           \
-    X(std::string, checksums, "checksums", "crc32c", 0, 0,                                                           \
-      "checksum uploads send for the server to verify: crc32c, crc32 or off")                                        \
+    X(std::string, checksums, "checksums", "", 0, 0,                                                                 \
+      "checksum uploads send for the server to verify: crc32c, crc32 or off; empty: as boto3 reads "                 \
+      "$AWS_REQUEST_CHECKSUM_CALCULATION or the profile's request_checksum_calculation (when_required: off), "       \
+      "else crc32c")                                                                                                 \
     X(std::string, checksum_type, "checksum_type", "full_object", 0, 0,                                              \
       "a multipart upload's stored checksum: full_object (of the whole object) or composite (of the part CRCs)")     \
     X(std::string, sse, "sse", "", 0, 0,                                                                             \

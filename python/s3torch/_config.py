@@ -84,8 +84,12 @@ class S3ClientConfig:
             or in the process an s3torch object was pickled in, e.g. the parent of a DataLoader
             worker). Set it for processes whose first requests may meet an outage: a restarted
             rank, a CLI command in a job script.
-        checksums: the checksum uploads carry for the server to verify, ``"crc32c"`` (default),
-            ``"crc32"``, or ``"off"`` for servers that reject checksum headers.
+        checksums: the checksum uploads carry for the server to verify, ``"crc32c"``,
+            ``"crc32"``, or ``"off"`` for servers that reject checksum headers. Default None: as
+            boto3 decides, from ``$AWS_REQUEST_CHECKSUM_CALCULATION``, else the profile's
+            ``request_checksum_calculation`` (``when_required``: ``"off"``; ``when_supported``,
+            boto3's default: ``"crc32c"``), so a server that boto3 was set up for this way takes
+            s3torch's uploads too.
         checksum_type: what the checksum a multipart upload leaves on the object covers:
             ``"full_object"`` (default: one CRC of the whole object, as a single PUT's is, which
             reads can check end to end, e.g. ``s3torch.safetensors``) or ``"composite"`` (a CRC
@@ -132,7 +136,7 @@ class S3ClientConfig:
     stream_read_ahead_bytes: int = 0
     connect_timeout_ms: int = 0
     retry_timeout_s: int = 120
-    checksums: str = "crc32c"
+    checksums: Optional[str] = None
     checksum_type: str = "full_object"
     known_endpoint: bool = False
     stall_timeout_s: int = 10

@@ -279,3 +279,57 @@ def test_a_bucket_of_another_account_is_named(proxy: FaultProxy) -> None:
     for bad in ("11112222333", "1111222233334", "11112222333a", "arn:aws:iam::111122223333:root"):
         with pytest.raises(S3InvalidArgumentError, match="expected_bucket_owner must be a 12-digit AWS account id"):
             S3ClientConfig(expected_bucket_owner=bad)
+
+
+def _upload_checksum_headers(proxy: FaultProxy, client: S3Client, key: str) -> List[str]:
+    """The x-amz-checksum-* and x-amz-sdk-checksum-algorithm headers ("name=value,...") a small
+    put and a 2-part upload of ``client`` sent, one entry per request that carried any."""
+    before = len(proxy.headers())
+    client.put(BUCKET, key, b"x" * 1000)
+    w = client.put_object(BUCKET, key + "-big")
+    w.write(os.urandom(6 * MiB))
+    w.close()
+    sent = []
+    for method, _, headers in proxy.headers()[before:]:
+        names = sorted(n for n in headers if n.startswith("x-amz-checksum-") or n == "x-amz-sdk-checksum-algorithm")
+        if method in ("PUT", "POST") and names:
+            sent.append(",".join(f"{n}={headers[n]}" for n in names).lower())
+    return sent
+
+
+def test_upload_checksums_follow_boto3s_request_checksum_calculation(proxy, aws_home, monkeypatch, prefix) -> None:  # type: ignore[no-untyped-def]
+    """boto3 1.36 began sending CRC checksums that some S3-compatible servers refuse; the fix
+    everyone is told is $AWS_REQUEST_CHECKSUM_CALCULATION=when_required (or the profile's
+    request_checksum_calculation). A server set up for boto3 that way takes s3torch's uploads
+    too. botocore says what each setting means."""
+    import boto3
+
+    def botocore_says() -> str:
+        return str(
+            boto3.session.Session()
+            .client("s3", region_name=REGION, aws_access_key_id="a", aws_secret_access_key="b")
+            .meta.config.request_checksum_calculation
+        )
+
+    client = lambda **kw: make_client(proxy, part_size=5 * MiB, **kw)  # noqa: E731
+    assert botocore_says() == "when_supported"
+    sent = _upload_checksum_headers(proxy, client(), prefix + "a")
+    assert len(sent) == 5 and all("crc32c" in s for s in sent), sent  # put, create, 2 parts, complete
+    for value in ("when_required", "WHEN_REQUIRED"):
+        monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", value)
+        assert botocore_says() == "when_required"
+        assert _upload_checksum_headers(proxy, client(), prefix + "b") == []
+        # Given in the config, checksums wins, as an argument wins over boto3's variables.
+        sent = _upload_checksum_headers(proxy, client(checksums="crc32"), prefix + "c")
+        assert len(sent) == 5 and all("crc32" in s and "crc32c" not in s for s in sent), sent
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION")
+    (aws_home / "config").write_text("[default]\nrequest_checksum_calculation = when_required\n")
+    assert botocore_says() == "when_required"
+    assert _upload_checksum_headers(proxy, client(), prefix + "d") == []
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")  # the variable wins
+    assert botocore_says() == "when_supported"
+    assert len(_upload_checksum_headers(proxy, client(), prefix + "e")) == 5
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "sometimes")
+    with pytest.raises(S3InvalidArgumentError) as info:
+        client()
+    assert "got 'sometimes' (from $AWS_REQUEST_CHECKSUM_CALCULATION)" in str(info.value)

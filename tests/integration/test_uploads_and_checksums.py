@@ -125,7 +125,7 @@ def test_moto_accepts_a_wrong_checksum(moto, prefix) -> None:  # type: ignore[no
 
 @pytest.mark.parametrize(
     "field,value",
-    [("checksums", "md5"), ("checksums", ""), ("retry_timeout_s", -1), ("retry_timeout_s", 86401)],
+    [("checksums", "md5"), ("checksums", "crc64"), ("retry_timeout_s", -1), ("retry_timeout_s", 86401)],
 )
 def test_retry_and_checksum_settings_are_checked(field, value) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises((S3InvalidArgumentError, TypeError, OverflowError), match=field):
