@@ -176,6 +176,14 @@ PYBIND11_MODULE(_crt, m) {
         "A property of the profile (''; $AWS_DEFAULT_PROFILE; $AWS_PROFILE; 'default') in the shared config file "
         "(~/.aws/config, $AWS_CONFIG_FILE), as the CRT's parser reads it; '' when absent.");
     m.def(
+        "upload_checksums",
+        [](const std::string &profile) {
+            return s3torch::checksums_as_boto3_reads_them(s3torch::SharedConfig(profile));
+        },
+        py::arg("profile"),
+        "(checksums, where from) a client given `profile` and no checksums= uses: boto3's "
+        "request_checksum_calculation ($AWS_REQUEST_CHECKSUM_CALCULATION, else the profile's).");
+    m.def(
         "profile_in_use",
         [](const std::string &profile) {
             s3torch::SharedConfig shared(profile);

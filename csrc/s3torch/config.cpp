@@ -220,23 +220,21 @@ std::pair<std::string, std::string> configured_endpoint(const SharedConfig &shar
     return {};
 }
 
-// Upload checksums as boto3 (1.36 and later) decides on them: $AWS_REQUEST_CHECKSUM_CALCULATION,
-// else the profile's request_checksum_calculation, in any case; when_supported (the default)
-// sends a CRC32C, when_required none (what S3-compatible servers that refuse the headers need).
-std::string checksums_as_boto3_reads_them(const SharedConfig &shared) {
+}  // namespace
+
+std::pair<std::string, std::string> checksums_as_boto3_reads_them(const SharedConfig &shared) {
     const char *var = std::getenv("AWS_REQUEST_CHECKSUM_CALCULATION");
     std::string value = var && *var ? var : shared.get("request_checksum_calculation");
     const std::string from =
         var && *var ? "$AWS_REQUEST_CHECKSUM_CALCULATION"
                     : "the request_checksum_calculation of profile '" + shared.profile_name() + "' of " + shared.path();
     for (char &ch : value) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    if (value.empty() || value == "when_supported") return "crc32c";
-    if (value == "when_required") return "off";
+    if (value.empty()) return {"crc32c", "boto3's default, when_supported"};
+    if (value == "when_supported") return {"crc32c", from};
+    if (value == "when_required") return {"off", from};
     throw_invalid("request_checksum_calculation must be when_supported or when_required, got '" + value.substr(0, 64) +
                   "' (from " + from + ")");
 }
-
-}  // namespace
 
 Endpoint resolve_config(ClientConfig &c) {
     c.validate();
@@ -250,7 +248,7 @@ Endpoint resolve_config(ClientConfig &c) {
     }
     SharedConfig shared(c.profile);
     if (shared.get("s3", "addressing_style") == "path") c.force_path_style = true;
-    if (c.checksums.empty()) c.checksums = checksums_as_boto3_reads_them(shared);
+    if (c.checksums.empty()) c.checksums = checksums_as_boto3_reads_them(shared).first;
     if (c.endpoint.empty()) {
         auto [url, from] = configured_endpoint(shared);
         if (!url.empty()) {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace s3torch {
 
@@ -125,6 +126,15 @@ struct Endpoint {
     std::string source;             // where it came from, for `s3torch config` and messages
     std::string authority() const;  // host[:port]
 };
+
+class SharedConfig;
+
+// Upload checksums as boto3 (1.36 and later) decides on them, for a config that leaves
+// `checksums` empty: $AWS_REQUEST_CHECKSUM_CALCULATION, else the profile's
+// request_checksum_calculation, in any case; when_supported (the default) is "crc32c",
+// when_required "off" (what S3-compatible servers that refuse the headers need). Returns the
+// value and where it came from; throws InvalidArgument, naming the source, for anything else.
+std::pair<std::string, std::string> checksums_as_boto3_reads_them(const SharedConfig &shared);
 
 // validate() `config`, then resolve what it leaves open: the endpoint (from the environment or
 // the shared config file if not given, as boto3 does; written back into config.endpoint), path

@@ -50,6 +50,7 @@ def test_each_setting_and_where_it_came_from(aws_home, monkeypatch, capsys, tmp_
     assert rows["proxy"] == "http://alice:***@proxy.example:3128  ($HTTP_PROXY)"
     assert rows["ca file"] == "the system's"
     assert rows["headers"] == "none added"
+    assert rows["checksums"] == "crc32c  (boto3's default, when_supported)"
 
     # The variables win, as boto3 reads them; $AWS_DEFAULT_PROFILE before $AWS_PROFILE.
     monkeypatch.setenv("AWS_DEFAULT_PROFILE", "other")
@@ -62,7 +63,9 @@ def test_each_setting_and_where_it_came_from(aws_home, monkeypatch, capsys, tmp_
     assert rows["proxy"] == "none  (no $HTTPS_PROXY)"
     monkeypatch.setenv("AWS_REGION", "us-west-2")
     monkeypatch.setenv("AWS_USE_FIPS_ENDPOINT", "true")
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     rows = shown(capsys)
+    assert rows["checksums"] == "off  ($AWS_REQUEST_CHECKSUM_CALCULATION)"
     assert rows["region"] == "us-west-2  ($AWS_REGION)"
     assert rows["endpoint"] == "https://s3-fips.us-west-2.amazonaws.com  (AWS's for the region, FIPS)"
 

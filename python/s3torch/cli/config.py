@@ -17,7 +17,8 @@ from ._common import OK, add_connection_arguments, client_config, make_client, s
 HELP = "show the region, endpoint, profile, credentials and headers a client would use, and check them"
 DESCRIPTION = """Show what a client made with these options (and this environment, and
 ~/.aws/config) would use, and where each setting came from: the profile, the region, the
-endpoint, where credentials are looked for, the CA file, the proxy, and the headers it adds
+endpoint, where credentials are looked for, the CA file, the proxy, the upload checksums and the
+headers it adds
 (encryption, Requester Pays, the expected bucket owner). Secrets are never shown: an access key
 id only by its first and last 4 characters, a proxy's password as ***, an SSE-C key as "set".
 With s3://BUCKET[/PREFIX], also list one key there: a signed request that checks the whole
@@ -105,6 +106,10 @@ def rows(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
         _ca_file(cfg.ca_file),
         ("proxy", *_proxy(native.endpoint, cfg.proxy_from_env)),
     ]
+    if cfg.checksums:
+        out.append(("checksums", cfg.checksums, "checksums"))
+    else:
+        out.append(("checksums", *_crt.upload_checksums(cfg.profile or "")))
     headers = [
         ("sse", cfg.sse or "", "--sse"),
         ("sse_kms_key_id", cfg.sse_kms_key_id or "", "--sse-kms-key-id"),
