@@ -141,7 +141,7 @@ aws_s3_client *Client::ensure_locked() {
             int err = aws_last_error();
             aws_tls_ctx_options_clean_up(&tls_options);
             throw_invalid("cannot use CA file '" + config_.ca_file +
-                          "' (ca_file, else $AWS_CA_BUNDLE): " + crt_error_name(err));
+                          "' (ca_file, else $AWS_CA_BUNDLE, else the profile's ca_bundle): " + crt_error_name(err));
         }
         tls_ctx_ = aws_tls_client_ctx_new(alloc, &tls_options);
         aws_tls_ctx_options_clean_up(&tls_options);

@@ -242,11 +242,11 @@ Endpoint resolve_config(ClientConfig &c) {
     if (c.throughput_target_gbps > kMaxThroughputGbps) c.throughput_target_gbps = kMaxThroughputGbps;
     if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = kDefaultReadAheadParts * c.part_size;
 
-    if (c.ca_file.empty()) {  // as boto3 and the AWS CLI read it
-        const char *bundle = std::getenv("AWS_CA_BUNDLE");
-        if (bundle && *bundle) c.ca_file = bundle;
-    }
     SharedConfig shared(c.profile);
+    if (c.ca_file.empty()) {  // as boto3 and the AWS CLI read it: the variable, else the profile's
+        const char *bundle = std::getenv("AWS_CA_BUNDLE");
+        c.ca_file = bundle && *bundle ? bundle : shared.get("ca_bundle");
+    }
     if (shared.get("s3", "addressing_style") == "path") c.force_path_style = true;
     if (c.checksums.empty()) c.checksums = checksums_as_boto3_reads_them(shared).first;
     if (c.endpoint.empty()) {

@@ -58,7 +58,8 @@ constexpr uint64_t kDefaultReadAheadParts = 4;  // stream_read_ahead_bytes 0: th
     X(std::string, credentials, "credentials", "", 0, 0,                                                             \
       "provider: default, static, environment, profile or anonymous; empty: from the fields above")                  \
     X(std::string, ca_file, "ca_file", "", 0, 0,                                                                     \
-      "PEM bundle to trust for a private TLS endpoint; empty: $AWS_CA_BUNDLE, else the system's")                    \
+      "PEM bundle to trust for a private TLS endpoint; empty: $AWS_CA_BUNDLE, else the profile's ca_bundle, else "   \
+      "the system's")                                                                                                \
     X(bool, proxy_from_env, "proxy_from_env", true, 0, 0,                                                            \
       "connect through $HTTPS_PROXY (https endpoints) or $HTTP_PROXY (http), except to hosts in $NO_PROXY and "      \
       "loopback endpoints, as boto3 does")                                                                           \
@@ -138,7 +139,7 @@ std::pair<std::string, std::string> checksums_as_boto3_reads_them(const SharedCo
 
 // validate() `config`, then resolve what it leaves open: the endpoint (from the environment or
 // the shared config file if not given, as boto3 does; written back into config.endpoint), path
-// style (the profile's s3 addressing_style), the CA file (likewise, $AWS_CA_BUNDLE),
+// style (the profile's s3 addressing_style), the CA file ($AWS_CA_BUNDLE, the profile's ca_bundle),
 // a part size below S3's 5 MiB minimum
 // (raised to it, as aws-c-s3 does for uploads) and the streaming read-ahead (0: 4 parts).
 Endpoint resolve_config(ClientConfig &config);

@@ -54,7 +54,8 @@ class S3ClientConfig:
         memory_limit_bytes: cap on aws-c-s3's part-buffer pool (0: automatic; else >= 1 GiB).
         access_key_id, secret_access_key, session_token: static credentials.
         ca_file: PEM bundle to trust for a private TLS endpoint, in place of the system's
-            (default: ``$AWS_CA_BUNDLE``, as boto3 and the AWS CLI read it, else the system's).
+            (default: ``$AWS_CA_BUNDLE``, else the profile's ``ca_bundle`` in ``~/.aws/config``,
+            as boto3 and the AWS CLI read them, else the system's).
         proxy_from_env: connect through the proxy named by ``$HTTPS_PROXY`` (https endpoints)
             or ``$HTTP_PROXY`` (http endpoints), lowercase names first, except to hosts listed in
             ``$NO_PROXY``, as boto3 does (default True). ``http://user:password@host:port``

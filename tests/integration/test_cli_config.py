@@ -49,6 +49,12 @@ def test_each_setting_and_where_it_came_from(aws_home, monkeypatch, capsys, tmp_
     assert rows["config file"] == f"{aws_home / 'config'}  ($AWS_CONFIG_FILE)"
     assert rows["proxy"] == "http://alice:***@proxy.example:3128  ($HTTP_PROXY)"
     assert rows["ca file"] == "the system's"
+    (aws_home / "config").write_text(
+        CONFIG.replace("[profile dev]\n", f"[profile dev]\nca_bundle = {tmp_path}/ca.pem\n")
+    )
+    (tmp_path / "ca.pem").write_text("not read: the endpoint is http")
+    assert shown(capsys)["ca file"] == f"{tmp_path}/ca.pem  (the ca_bundle of profile 'dev')"
+    (aws_home / "config").write_text(CONFIG)
     assert rows["headers"] == "none added"
     assert rows["checksums"] == "crc32c  (boto3's default, when_supported)"
 

@@ -97,6 +97,22 @@ def test_aws_ca_bundle_is_read_as_boto3_reads_it(
     _round_trip(_client(tls.endpoint), prefix + "bundle")
 
 
+def test_the_profiles_ca_bundle_is_read_as_boto3_reads_it(
+    tls: TlsFront, ca: Tuple[Path, Path, Path], prefix: str, aws_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ca_bundle`` in the profile, after $AWS_CA_BUNDLE, as botocore's config chain has it."""
+    import boto3
+
+    (aws_home / "config").write_text(f"[profile private]\nca_bundle = {ca[0]}\n")
+    monkeypatch.setenv("AWS_PROFILE", "private")
+    assert boto3.session.Session()._session.get_config_variable("ca_bundle") == str(ca[0])
+    _round_trip(_client(tls.endpoint), prefix + "profile-bundle")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(aws_home / "nowhere.pem"))  # the variable wins, as in botocore
+    assert boto3.session.Session()._session.get_config_variable("ca_bundle") == str(aws_home / "nowhere.pem")
+    with pytest.raises(ValueError, match="nowhere.pem"):
+        _client(tls.endpoint).head_object(BUCKET, "x")
+
+
 def test_a_missing_aws_ca_bundle_is_named(tls: TlsFront, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "nowhere.pem"))
     with pytest.raises(ValueError, match="AWS_CA_BUNDLE"):

@@ -64,12 +64,17 @@ def _proxy(endpoint: str, from_env: bool) -> Tuple[str, str]:
     return "none", f"no ${scheme.upper()}_PROXY"
 
 
-def _ca_file(given: Optional[str]) -> Tuple[str, str, str]:
+def _ca_file(used: str, given: Optional[str], profile: str) -> Tuple[str, str, str]:
+    """The CA file row: ``used`` is the client's own (ca_file, $AWS_CA_BUNDLE, the profile's)."""
+    if not used:
+        return ("ca file", "the system's", "")
     if given:
-        return ("ca file", given, "ca_file")
-    if os.environ.get("AWS_CA_BUNDLE"):
-        return ("ca file", os.environ["AWS_CA_BUNDLE"], "$AWS_CA_BUNDLE")
-    return ("ca file", "the system's", "")
+        source = "ca_file"
+    elif os.environ.get("AWS_CA_BUNDLE"):
+        source = "$AWS_CA_BUNDLE"
+    else:
+        source = f"the ca_bundle of profile '{profile}'"
+    return ("ca file", used, source)
 
 
 def _credentials(profile: str, profile_source: str, given_profile: Optional[str]) -> Tuple[str, str]:
@@ -103,7 +108,7 @@ def rows(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
             profile["credentials_file"],
             "$AWS_SHARED_CREDENTIALS_FILE" if os.environ.get("AWS_SHARED_CREDENTIALS_FILE") else "",
         ),
-        _ca_file(cfg.ca_file),
+        _ca_file(native.ca_file, cfg.ca_file, profile["name"]),
         ("proxy", *_proxy(native.endpoint, cfg.proxy_from_env)),
     ]
     if cfg.checksums:
