@@ -23,10 +23,10 @@ region = ap-south-1
 
 
 def shown(capsys: pytest.CaptureFixture, *argv: str) -> Dict[str, str]:
-    """The verb's rows, by setting: "value  (source)"."""
+    """The verb's rows, by setting: "value  (source)"; "" is the whole output."""
     assert main(["config", *argv]) == 0
     out = capsys.readouterr().out
-    rows: Dict[str, str] = {}
+    rows: Dict[str, str] = {"": out}
     for line in out.splitlines():
         name, _, rest = line.partition("  ")
         rows[name.strip()] = rest.strip()
@@ -49,14 +49,14 @@ def test_each_setting_and_where_it_came_from(aws_home, monkeypatch, capsys, tmp_
     assert rows["config file"] == f"{aws_home / 'config'}  ($AWS_CONFIG_FILE)"
     assert rows["proxy"] == "http://alice:***@proxy.example:3128  ($HTTP_PROXY)"
     assert rows["ca file"] == "the system's"
+    assert rows["headers"] == "none added"
+    assert rows["checksums"] == "crc32c  (boto3's default, when_supported)"
     (aws_home / "config").write_text(
         CONFIG.replace("[profile dev]\n", f"[profile dev]\nca_bundle = {tmp_path}/ca.pem\n")
     )
     (tmp_path / "ca.pem").write_text("not read: the endpoint is http")
     assert shown(capsys)["ca file"] == f"{tmp_path}/ca.pem  (the ca_bundle of profile 'dev')"
     (aws_home / "config").write_text(CONFIG)
-    assert rows["headers"] == "none added"
-    assert rows["checksums"] == "crc32c  (boto3's default, when_supported)"
 
     # The variables win, as boto3 reads them; $AWS_DEFAULT_PROFILE before $AWS_PROFILE.
     monkeypatch.setenv("AWS_DEFAULT_PROFILE", "other")
@@ -80,9 +80,7 @@ def test_each_setting_and_where_it_came_from(aws_home, monkeypatch, capsys, tmp_
     key.write_bytes(os.urandom(32))
     argv = ["--profile", "dev", "--region", "eu-west-3", "--endpoint", "http://127.0.0.1:9"]
     argv += ["--sse-c-key-file", str(key), "--expected-bucket-owner", "111122223333", "--request-payer", "requester"]
-    assert main(["config", *argv]) == 0
-    out = capsys.readouterr().out
-    rows = {line.partition("  ")[0].strip(): line.partition("  ")[2].strip() for line in out.splitlines()}
+    rows = shown(capsys, *argv)
     assert rows["profile"] == "dev  (--profile)" and rows["region"] == "eu-west-3  (--region)"
     assert rows["endpoint"] == "http://127.0.0.1:9  (--endpoint)"
     assert rows["credentials"].startswith("profile 'dev'  (--profile")
@@ -91,7 +89,7 @@ def test_each_setting_and_where_it_came_from(aws_home, monkeypatch, capsys, tmp_
     assert rows["expected_bucket_owner"] == "111122223333  (--expected-bucket-owner)"
     assert rows["requester_pays"] == "yes  (--request-payer)"
     for secret in ("pa55word", "wJalrXUtnFEMI", "AKIAIOSFODNN7EXAMPLE", base64.b64encode(key.read_bytes()).decode()):
-        assert secret not in out, secret
+        assert secret not in rows[""], secret
 
 
 def test_a_uri_is_checked_with_one_signed_request(seaweed_env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
