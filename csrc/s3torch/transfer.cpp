@@ -83,7 +83,8 @@ Transfer::~Transfer() = default;
 void Transfer::start(aws_s3_meta_request_options &options, const char *method, const Address &addr,
                      const Headers &headers) {
     // The meta request takes its own reference to the message; ours ends with this scope.
-    // What the configuration adds (User-Agent, encryption, requester pays; request_headers.h).
+    // What the configuration adds (User-Agent, encryption, requester pays, the bucket owner:
+    // request_headers.h).
     // aws-c-s3 appends its own product token to the User-Agent.
     Headers all = headers;
     for (auto &h : configured_headers(client_->config(), ctx_.operation)) all.push_back(std::move(h));

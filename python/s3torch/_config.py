@@ -116,8 +116,8 @@ class S3ClientConfig:
 
     ``repr`` and ``str`` show ``secret_access_key``, ``session_token`` and ``sse_customer_key``
     as ``***``, so a config printed in a log, a traceback or a hyperparameter dump holds no
-    secret. Pickling
-    (a DataLoader worker, ``dcp.async_save``'s process) and :meth:`as_dict` carry them.
+    secret. Pickling (a DataLoader worker, ``dcp.async_save``'s process) and :meth:`as_dict`
+    carry them.
     """
 
     throughput_target_gbps: float = 10.0
