@@ -417,9 +417,9 @@ void register_client(py::module_ &m) {
             "The URL requests go to: the one given, else the environment's or the shared config file's, else AWS's "
             "for the region.")
         .def_property_readonly(
-            "ca_file", [](const NativeClient &c) { return c.config().ca_file; },
-            "The CA file the client trusts: ca_file, else $AWS_CA_BUNDLE, else the profile's ca_bundle; '' for the "
-            "system's.")
+            "env_proxy", [](const NativeClient &c) { return c.client()->env_proxy(); },
+            "Whether connections go through the proxy the environment names (proxy_from_env, and the endpoint is "
+            "not loopback).")
         .def_property_readonly(
             "endpoint_source", [](const NativeClient &c) { return c.client()->endpoint().source; },
             "Where the endpoint came from: 'given', the variable or profile that named it, or \"AWS's for the "

@@ -168,14 +168,6 @@ PYBIND11_MODULE(_crt, m) {
     m.def("take_retry_reports", &s3torch::take_retry_reports,
           "Retry report lines due now (waits log them on the 's3torch' logger themselves).");
     m.def(
-        "profile_setting",
-        [](const std::string &profile, const std::string &property) {
-            return s3torch::SharedConfig(profile).get(property.c_str());
-        },
-        py::arg("profile"), py::arg("property"),
-        "A property of the profile (''; $AWS_DEFAULT_PROFILE; $AWS_PROFILE; 'default') in the shared config file "
-        "(~/.aws/config, $AWS_CONFIG_FILE), as the CRT's parser reads it; '' when absent.");
-    m.def(
         "upload_checksums",
         [](const std::string &profile) {
             return s3torch::checksums_as_boto3_reads_them(s3torch::SharedConfig(profile));
@@ -183,6 +175,12 @@ PYBIND11_MODULE(_crt, m) {
         py::arg("profile"),
         "(checksums, where from) a client given `profile` and no checksums= uses: boto3's "
         "request_checksum_calculation ($AWS_REQUEST_CHECKSUM_CALCULATION, else the profile's).");
+    m.def(
+        "ca_bundle",
+        [](const std::string &profile) { return s3torch::ca_bundle_as_boto3_reads_it(s3torch::SharedConfig(profile)); },
+        py::arg("profile"),
+        "(CA file, where from) a client given `profile` and no ca_file= trusts: $AWS_CA_BUNDLE, else the "
+        "profile's ca_bundle; ('', '') for the system's.");
     m.def(
         "profile_in_use",
         [](const std::string &profile) {
@@ -192,11 +190,13 @@ PYBIND11_MODULE(_crt, m) {
             return std::map<std::string, std::string>{{"name", shared.profile_name()},
                                                       {"source", source},
                                                       {"config_file", shared.path()},
-                                                      {"credentials_file", shared.credentials_path()}};
+                                                      {"credentials_file", shared.credentials_path()},
+                                                      {"region", shared.get("region")}};
         },
         py::arg("profile"),
         "The profile a client given `profile` ('' for none) uses: {name, source ('given', '$AWS_DEFAULT_PROFILE', "
-        "'$AWS_PROFILE' or 'default'), config_file, credentials_file}.");
+        "'$AWS_PROFILE' or 'default'), config_file, credentials_file, region (the profile's region in the config "
+        "file, '' when it has none)}.");
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
     m.attr("MAX_THROUGHPUT_GBPS") = s3torch::kMaxThroughputGbps;
 }

@@ -198,8 +198,7 @@ aws_s3_client *Client::ensure_locked() {
     // which a proxy cannot reach (its loopback is not ours; Go's HTTP client does the same).
     proxy_env_var_settings proxy_env;
     AWS_ZERO_STRUCT(proxy_env);
-    proxy_env.env_var_type =
-        config_.proxy_from_env && !is_loopback(endpoint_.host) ? AWS_HPEV_ENABLE : AWS_HPEV_DISABLE;
+    proxy_env.env_var_type = env_proxy() ? AWS_HPEV_ENABLE : AWS_HPEV_DISABLE;
     proxy_env.connection_type = AWS_HPCT_HTTP_LEGACY;  // CONNECT tunnel for https, forwarding for http
     cc.proxy_ev_settings = &proxy_env;                 // the CRT copies it
     // Back-pressure is on for the client, but only streaming GETs use a bounded window:
@@ -271,6 +270,8 @@ aws_s3_meta_request *Client::make_meta_request(aws_s3_meta_request_options &opti
 }
 
 void Client::transfer_finished() { in_flight_.fetch_sub(1); }
+
+bool Client::env_proxy() const { return config_.proxy_from_env && !is_loopback(endpoint_.host); }
 
 namespace {
 

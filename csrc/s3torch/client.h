@@ -46,6 +46,9 @@ class Client : public std::enable_shared_from_this<Client> {
 
     const ClientConfig &config() const { return config_; }
     const Endpoint &endpoint() const { return endpoint_; }
+    // Whether connections go through the proxy the environment names: proxy_from_env, and the
+    // endpoint is not loopback (a proxy cannot reach this machine's loopback).
+    bool env_proxy() const;
 
     // Create a meta request on the lazily created aws_s3_client. Counts it in flight until
     // `transfer_finished()`. Returns nullptr with aws_last_error() set on failure.

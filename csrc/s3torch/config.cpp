@@ -212,11 +212,10 @@ std::pair<std::string, std::string> configured_endpoint(const SharedConfig &shar
         const char *v = std::getenv(var);
         if (v && *v) return {v, std::string("$") + var};
     }
-    std::string where = "profile '" + shared.profile_name() + "' of " + shared.path();
     std::string url = shared.service("s3", "endpoint_url");
-    if (!url.empty()) return {url, "the s3 endpoint_url of the services section named by " + where};
+    if (!url.empty()) return {url, "the s3 endpoint_url of the services section named by " + shared.where()};
     url = shared.get("endpoint_url");
-    if (!url.empty()) return {url, "the endpoint_url of " + where};
+    if (!url.empty()) return {url, "the endpoint_url of " + shared.where()};
     return {};
 }
 
@@ -226,14 +225,21 @@ std::pair<std::string, std::string> checksums_as_boto3_reads_them(const SharedCo
     const char *var = std::getenv("AWS_REQUEST_CHECKSUM_CALCULATION");
     std::string value = var && *var ? var : shared.get("request_checksum_calculation");
     const std::string from =
-        var && *var ? "$AWS_REQUEST_CHECKSUM_CALCULATION"
-                    : "the request_checksum_calculation of profile '" + shared.profile_name() + "' of " + shared.path();
+        var && *var ? "$AWS_REQUEST_CHECKSUM_CALCULATION" : "the request_checksum_calculation of " + shared.where();
     for (char &ch : value) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     if (value.empty()) return {"crc32c", "boto3's default, when_supported"};
     if (value == "when_supported") return {"crc32c", from};
     if (value == "when_required") return {"off", from};
     throw_invalid("request_checksum_calculation must be when_supported or when_required, got '" + value.substr(0, 64) +
                   "' (from " + from + ")");
+}
+
+std::pair<std::string, std::string> ca_bundle_as_boto3_reads_it(const SharedConfig &shared) {
+    const char *bundle = std::getenv("AWS_CA_BUNDLE");
+    if (bundle && *bundle) return {bundle, "$AWS_CA_BUNDLE"};
+    std::string path = shared.get("ca_bundle");
+    if (path.empty()) return {};
+    return {path, "the ca_bundle of profile '" + shared.profile_name() + "'"};
 }
 
 Endpoint resolve_config(ClientConfig &c) {
@@ -243,10 +249,7 @@ Endpoint resolve_config(ClientConfig &c) {
     if (c.stream_read_ahead_bytes == 0) c.stream_read_ahead_bytes = kDefaultReadAheadParts * c.part_size;
 
     SharedConfig shared(c.profile);
-    if (c.ca_file.empty()) {  // as boto3 and the AWS CLI read it: the variable, else the profile's
-        const char *bundle = std::getenv("AWS_CA_BUNDLE");
-        c.ca_file = bundle && *bundle ? bundle : shared.get("ca_bundle");
-    }
+    if (c.ca_file.empty()) c.ca_file = ca_bundle_as_boto3_reads_it(shared).first;
     if (shared.get("s3", "addressing_style") == "path") c.force_path_style = true;
     if (c.checksums.empty()) c.checksums = checksums_as_boto3_reads_them(shared).first;
     if (c.endpoint.empty()) {

@@ -137,6 +137,10 @@ class SharedConfig;
 // value and where it came from; throws InvalidArgument, naming the source, for anything else.
 std::pair<std::string, std::string> checksums_as_boto3_reads_them(const SharedConfig &shared);
 
+// The CA file as boto3 reads it, for a config that leaves `ca_file` empty: $AWS_CA_BUNDLE, else
+// the profile's ca_bundle; with where it came from. {"", ""}: the system's trust store.
+std::pair<std::string, std::string> ca_bundle_as_boto3_reads_it(const SharedConfig &shared);
+
 // validate() `config`, then resolve what it leaves open: the endpoint (from the environment or
 // the shared config file if not given, as boto3 does; written back into config.endpoint), path
 // style (the profile's s3 addressing_style), the CA file ($AWS_CA_BUNDLE, the profile's ca_bundle),

@@ -6,8 +6,6 @@
 #include <aws/auth/credentials.h>
 #include <aws/common/byte_buf.h>
 
-#include <cstdlib>
-
 namespace s3torch {
 
 aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,

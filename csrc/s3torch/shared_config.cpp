@@ -30,6 +30,11 @@ std::string sub_property(const aws_profile_property *property, const char *sub) 
     return out;
 }
 
+std::string env(const char *name) {
+    const char *v = std::getenv(name);
+    return v ? v : "";
+}
+
 }  // namespace
 
 bool is_true(const std::string &value) {
@@ -37,15 +42,6 @@ bool is_true(const std::string &value) {
     for (char &ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     return s == "true";
 }
-
-namespace {
-
-std::string env(const char *name) {
-    const char *v = std::getenv(name);
-    return v ? v : "";
-}
-
-}  // namespace
 
 std::string profile_override(const std::string &given) { return given.empty() ? env("AWS_DEFAULT_PROFILE") : given; }
 

@@ -1,7 +1,7 @@
 // The AWS shared config file (~/.aws/config, else $AWS_CONFIG_FILE) as boto3 reads it, for the
 // settings s3torch takes from it besides credentials (which the CRT's providers read
-// themselves): a profile's endpoint, addressing style, FIPS and dual-stack flags, and whether
-// it signs in through SSO.
+// themselves): a profile's endpoint, addressing style, FIPS and dual-stack flags, region, CA
+// bundle, upload checksum setting, and whether it signs in through SSO.
 #pragma once
 
 #include <string>
@@ -14,8 +14,8 @@ namespace s3torch {
 class SharedConfig {
   public:
     // The profile `profile` names, else $AWS_DEFAULT_PROFILE, else $AWS_PROFILE, else "default"
-    // (profile_override). A missing or unreadable
-    // file, or a profile it lacks, reads as empty: every lookup returns "".
+    // (profile_override). A missing or unreadable file, or a profile it lacks, reads as empty:
+    // every lookup returns "".
     explicit SharedConfig(const std::string &profile);
     ~SharedConfig();
     SharedConfig(const SharedConfig &) = delete;
@@ -25,6 +25,8 @@ class SharedConfig {
     const std::string &path() const { return path_; }
     // The credentials file the CRT reads beside it (~/.aws/credentials, $AWS_SHARED_CREDENTIALS_FILE).
     const std::string &credentials_path() const { return credentials_path_; }
+    // "profile 'NAME' of PATH", for messages that say where a setting came from.
+    std::string where() const { return "profile '" + name_ + "' of " + path_; }
     // A property of the profile: get("endpoint_url"); "" when absent.
     std::string get(const char *property) const;
     // A sub-property of a nested one: get("s3", "addressing_style").

@@ -206,9 +206,9 @@ def region_and_source(profile: Optional[str] = None) -> Tuple[str, str]:
     for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         if os.environ.get(var):
             return os.environ[var], f"${var}"
-    region = _crt.profile_setting(profile or "", "region")
-    if region:
-        return region, f"profile '{_crt.profile_in_use(profile or '')['name']}'"
+    in_use = _crt.profile_in_use(profile or "")  # the config file, read once
+    if in_use["region"]:
+        return in_use["region"], f"profile '{in_use['name']}'"
     return "us-east-1", "default"
 
 

@@ -18,13 +18,10 @@ HELP = "show the region, endpoint, profile, credentials and headers a client wou
 DESCRIPTION = """Show what a client made with these options (and this environment, and
 ~/.aws/config) would use, and where each setting came from: the profile, the region, the
 endpoint, where credentials are looked for, the CA file, the proxy, the upload checksums and the
-headers it adds
-(encryption, Requester Pays, the expected bucket owner). Secrets are never shown: an access key
+headers it adds (encryption, Requester Pays, the expected bucket owner). Secrets are never shown: an access key
 id only by its first and last 4 characters, a proxy's password as ***, an SSE-C key as "set".
 With s3://BUCKET[/PREFIX], also list one key there: a signed request that checks the whole
 setup (credentials, endpoint, region, bucket policy) and exits as any verb does."""
-
-_LOOPBACK = ("localhost", "127.", "[::1]", "::1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,12 +46,12 @@ def _masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _proxy(endpoint: str, from_env: bool) -> Tuple[str, str]:
-    host = urlsplit(endpoint).netloc
+def _proxy(native: _crt.NativeClient, from_env: bool) -> Tuple[str, str]:
     if not from_env:
         return "none", "proxy_from_env=False"
-    if host.startswith(_LOOPBACK):
+    if not native.env_proxy:
         return "none", "loopback endpoints are reached directly"
+    endpoint = native.endpoint
     scheme = "https" if endpoint.startswith("https://") else "http"
     for var in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY"):
         if os.environ.get(var):
@@ -64,17 +61,11 @@ def _proxy(endpoint: str, from_env: bool) -> Tuple[str, str]:
     return "none", f"no ${scheme.upper()}_PROXY"
 
 
-def _ca_file(used: str, given: Optional[str], profile: str) -> Tuple[str, str, str]:
-    """The CA file row: ``used`` is the client's own (ca_file, $AWS_CA_BUNDLE, the profile's)."""
-    if not used:
-        return ("ca file", "the system's", "")
+def _ca_file(given: Optional[str], profile: Optional[str]) -> Tuple[str, str]:
     if given:
-        source = "ca_file"
-    elif os.environ.get("AWS_CA_BUNDLE"):
-        source = "$AWS_CA_BUNDLE"
-    else:
-        source = f"the ca_bundle of profile '{profile}'"
-    return ("ca file", used, source)
+        return given, "ca_file"
+    path, source = _crt.ca_bundle(profile or "")  # what the client resolves, by the same function
+    return (path, source) if path else ("the system's", "")
 
 
 def _credentials(profile: str, profile_source: str, given_profile: Optional[str]) -> Tuple[str, str]:
@@ -108,8 +99,8 @@ def rows(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
             profile["credentials_file"],
             "$AWS_SHARED_CREDENTIALS_FILE" if os.environ.get("AWS_SHARED_CREDENTIALS_FILE") else "",
         ),
-        _ca_file(native.ca_file, cfg.ca_file, profile["name"]),
-        ("proxy", *_proxy(native.endpoint, cfg.proxy_from_env)),
+        ("ca file", *_ca_file(cfg.ca_file, cfg.profile)),
+        ("proxy", *_proxy(native, cfg.proxy_from_env)),
     ]
     if cfg.checksums:
         out.append(("checksums", cfg.checksums, "checksums"))
