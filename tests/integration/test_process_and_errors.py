@@ -6,7 +6,6 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
-import socket
 import threading
 import time
 from typing import Iterator
@@ -15,7 +14,7 @@ import pytest
 
 from s3torch import S3Client, S3ClientConfig, S3Exception, S3PermissionError
 from s3torch._servers import REGION
-from tests.conftest import BUCKET, make_client
+from tests.conftest import BUCKET, make_client, never_answered_endpoint
 
 
 def test_pickle_carries_configuration_only(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -108,12 +107,9 @@ def test_unsigned_requests_are_refused_by_an_authenticated_server(seaweed) -> No
 
 
 def test_unreachable_endpoint_fails_fast() -> None:
-    with socket.socket() as s:  # a port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     client = S3Client(
         REGION,
-        endpoint=f"http://127.0.0.1:{port}",
+        endpoint=never_answered_endpoint(),  # a port with nothing listening, that no server answered on
         s3client_config=S3ClientConfig(access_key_id="a", secret_access_key="b", max_attempts=2),
     )
     t0 = time.monotonic()
