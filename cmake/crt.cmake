@@ -37,6 +37,20 @@ if(NOT S3TORCH_CRT_PREFIX)
 endif()
 message(STATUS "s3torch: AWS CRT libraries from ${S3TORCH_CRT_PREFIX}")
 
+# A build directory configured with another prefix (a new recipe or pin in crt_cache.py) has
+# each package's location cached under the old one: forget those, or the old libraries link.
+get_filename_component(_crt_root "${S3TORCH_CRT_PREFIX}/../.." ABSOLUTE)
+get_cmake_property(_cached CACHE_VARIABLES)
+foreach(_var IN LISTS _cached)
+  if(_var MATCHES "_DIR$")
+    string(FIND "${${_var}}" "${_crt_root}/" _in_cache)
+    string(FIND "${${_var}}" "${S3TORCH_CRT_PREFIX}/" _in_prefix)
+    if(_in_cache EQUAL 0 AND NOT _in_prefix EQUAL 0)
+      unset(${_var} CACHE)
+    endif()
+  endif()
+endforeach()
+
 list(PREPEND CMAKE_PREFIX_PATH "${S3TORCH_CRT_PREFIX}")
 list(PREPEND CMAKE_MODULE_PATH "${S3TORCH_CRT_PREFIX}/lib/cmake")
 set(CMAKE_FIND_PACKAGE_PREFER_CONFIG ON)

@@ -39,7 +39,7 @@ from pathlib import Path
 AWSCRT_VERSION = "0.38.1"
 AWSCRT_SHA256 = "0dcebfaa70cf079133cd2352119e3d05e9b8ca1d1621736cfb54c03f3d5fef0f"
 # Bump when the way the libraries are configured changes, so old caches are not reused.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 
 def log(msg: str) -> None:
@@ -152,6 +152,9 @@ def build(src: Path, build_dir: Path, install: Path, c_compiler: str, build_type
         "-DCMAKE_INSTALL_LIBDIR=lib",
         # Hide the CRT's symbols inside our extension module.
         "-DCMAKE_C_VISIBILITY_PRESET=hidden",
+        # AWS's S3 endpoint rules (access point ARNs, partitions, FIPS, dual-stack), which
+        # csrc/s3torch/aws_endpoint.cpp resolves AWS endpoints with.
+        "-DAWS_ENABLE_S3_ENDPOINT_RESOLVER=ON",
     ]
     if c_compiler:
         cfg.append(f"-DCMAKE_C_COMPILER={c_compiler}")

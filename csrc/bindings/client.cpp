@@ -424,6 +424,22 @@ void register_client(py::module_ &m) {
             "endpoint_source", [](const NativeClient &c) { return c.client()->endpoint().source; },
             "Where the endpoint came from: 'given', the variable or profile that named it, or \"AWS's for the "
             "region\".")
+        .def(
+            "address",
+            [](const NativeClient &c, const std::string &bucket, const std::string &key) {
+                s3torch::Address a = s3torch::address_of(c.config(), c.client()->endpoint(), bucket, key);
+                const char *algorithms[] = {"sigv4", "sigv4a", "sigv4-s3express"};
+                py::dict d;
+                d["url"] = a.endpoint_uri + a.path;
+                d["signing"] = algorithms[static_cast<int>(a.signing.algorithm)];
+                d["signing_name"] = a.signing.name.empty() ? std::string("s3") : a.signing.name;
+                d["signing_region"] = a.signing.region.empty() ? c.config().region : a.signing.region;
+                return d;
+            },
+            py::arg("bucket"), py::arg("key") = "",
+            "Where requests for (bucket, key) go and how they are signed: a dict of url, signing ('sigv4', "
+            "'sigv4a' or 'sigv4-s3express'), signing_name and signing_region. Raises S3InvalidArgumentError for "
+            "what AWS's endpoint rules refuse (an ARN of another region with use_arn_region off...).")
         .def_property_readonly("part_size", [](const NativeClient &c) { return c.config().part_size; });
 }
 

@@ -50,9 +50,10 @@ class Client : public std::enable_shared_from_this<Client> {
     // endpoint is not loopback (a proxy cannot reach this machine's loopback).
     bool env_proxy() const;
 
-    // Create a meta request on the lazily created aws_s3_client. Counts it in flight until
+    // Create a meta request on the lazily created aws_s3_client, signed as `signing` says
+    // (empty name and region: the client's own). Counts it in flight until
     // `transfer_finished()`. Returns nullptr with aws_last_error() set on failure.
-    aws_s3_meta_request *make_meta_request(aws_s3_meta_request_options &options, bool express);
+    aws_s3_meta_request *make_meta_request(aws_s3_meta_request_options &options, const Signing &signing);
     void transfer_finished();
     int64_t in_flight() const { return in_flight_.load(); }
     // A CRT part buffer (its ticket) outlives its transfer in a consumer's hands (a GetStream

@@ -13,6 +13,8 @@
 
 namespace s3torch {
 
+std::string Endpoint::url() const { return (tls ? "https://" : "http://") + authority(); }
+
 std::string Endpoint::authority() const {
     std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
     if (port == 0) return h;
@@ -219,6 +221,28 @@ std::pair<std::string, std::string> configured_endpoint(const SharedConfig &shar
     return {};
 }
 
+// The settings AWS's endpoint rules take, as boto3 reads them: the environment variable, else
+// the profile's setting (at the top or in its s3 section).
+AwsEndpointSettings aws_endpoint_settings(const SharedConfig &shared) {
+    auto in_profile = [&](const char *top, const char *in_s3) {
+        std::string v = shared.get(top);
+        return v.empty() ? shared.get("s3", in_s3) : v;
+    };
+    auto either = [&](const char *env, const char *top, const char *in_s3, bool fallback) {
+        const std::string v = in_profile(top, in_s3);
+        return setting(env, v.empty() ? fallback : is_true(v));
+    };
+    AwsEndpointSettings a;
+    a.fips = setting("AWS_USE_FIPS_ENDPOINT", shared.flag("use_fips_endpoint"));
+    a.dualstack = setting("AWS_USE_DUALSTACK_ENDPOINT",
+                          shared.flag("use_dualstack_endpoint") || is_true(shared.get("s3", "use_dualstack_endpoint")));
+    a.accelerate = is_true(shared.get("s3", "use_accelerate_endpoint"));
+    a.use_arn_region = either("AWS_S3_USE_ARN_REGION", "s3_use_arn_region", "use_arn_region", true);
+    a.disable_mrap = either("AWS_S3_DISABLE_MULTIREGION_ACCESS_POINTS", "s3_disable_multiregion_access_points",
+                            "s3_disable_multiregion_access_points", false);
+    return a;
+}
+
 }  // namespace
 
 std::pair<std::string, std::string> checksums_as_boto3_reads_them(const SharedConfig &shared) {
@@ -252,32 +276,29 @@ Endpoint resolve_config(ClientConfig &c) {
     if (c.ca_file.empty()) c.ca_file = ca_bundle_as_boto3_reads_it(shared).first;
     if (shared.get("s3", "addressing_style") == "path") c.force_path_style = true;
     if (c.checksums.empty()) c.checksums = checksums_as_boto3_reads_them(shared).first;
+    const AwsEndpointSettings aws = aws_endpoint_settings(shared);
     if (c.endpoint.empty()) {
         auto [url, from] = configured_endpoint(shared);
         if (!url.empty()) {
             Endpoint ep = parse_endpoint(url, from);
             ep.source = from;
+            ep.aws = aws;
             c.endpoint = url;
             return ep;
         }
     } else {
         Endpoint ep = parse_endpoint(c.endpoint);
         ep.source = "given";
+        ep.aws = aws;
         return ep;
     }
-    // AWS's endpoint for the region, as boto3 names it: the China regions under their own
-    // domain, and the FIPS and dual-stack (IPv6) variants that $AWS_USE_FIPS_ENDPOINT and
-    // $AWS_USE_DUALSTACK_ENDPOINT (or the profile's use_fips_endpoint, use_dualstack_endpoint)
-    // ask for.
-    Endpoint ep;
-    ep.tls = true;
-    const bool fips = setting("AWS_USE_FIPS_ENDPOINT", shared.flag("use_fips_endpoint"));
-    const bool dualstack =
-        setting("AWS_USE_DUALSTACK_ENDPOINT",
-                shared.flag("use_dualstack_endpoint") || is_true(shared.get("s3", "use_dualstack_endpoint")));
-    ep.host = std::string(fips ? "s3-fips." : "s3.") + (dualstack ? "dualstack." : "") + c.region +
-              (c.region.rfind("cn-", 0) == 0 ? ".amazonaws.com.cn" : ".amazonaws.com");
-    ep.source = std::string("AWS's for the region") + (fips ? ", FIPS" : "") + (dualstack ? ", dual-stack" : "");
+    // AWS's endpoint for the region, by AWS's rules (aws_endpoint.h); each bucket's own
+    // (its virtual host, an access point's) is resolved per request.
+    Endpoint ep = parse_endpoint(resolve_aws_endpoint(c.region, "", aws, "", c.force_path_style).url);
+    ep.custom = false;
+    ep.aws = aws;
+    ep.source = std::string("AWS's for the region") + (aws.fips ? ", FIPS" : "") +
+                (aws.dualstack ? ", dual-stack" : "") + (aws.accelerate ? ", Transfer Acceleration" : "");
     return ep;
 }
 

@@ -6,6 +6,7 @@
 // here plus its spelling in python/s3torch/_config.py (and the stub, which a test checks).
 #pragma once
 
+#include "s3torch/aws_endpoint.h"
 #include "s3torch/checksum.h"
 
 #include <cstdint>
@@ -125,7 +126,9 @@ struct Endpoint {
     uint32_t port = 0;
     bool custom = false;            // given by the user/environment, not derived from the region
     std::string source;             // where it came from, for `s3torch config` and messages
+    AwsEndpointSettings aws;        // what AWS's endpoint rules are asked with (aws_endpoint.h)
     std::string authority() const;  // host[:port]
+    std::string url() const;        // scheme://host[:port]
 };
 
 class SharedConfig;

@@ -227,7 +227,8 @@ std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const 
             "copy with a HEAD of the source that cannot carry the key; read the object and write it instead",
             ctx);
     Address addr = address_of(client->config(), client->endpoint(), dst_bucket, dst_key);
-    std::string source = encode_path(src_bucket + "/" + src_key);
+    // An access point names its object as <ARN>/object/<key>.
+    std::string source = encode_path(src_bucket + (is_arn(src_bucket) ? "/object/" : "/") + src_key);
     Address src = address_of(client->config(), client->endpoint(), src_bucket, src_key);
     // x-amz-copy-source names the source; copy_source_uri lets the CRT HEAD it for its size
     // (to choose single CopyObject or multipart UploadPartCopy).

@@ -58,23 +58,26 @@ std::string decode_param(const std::string &value) {
 Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
                    const std::string &key, const std::string &query) {
     Address a;
-    bool path_style = use_path_style(config, endpoint, bucket);
-    bool express = !endpoint.custom && bucket.size() > 6 && bucket.compare(bucket.size() - 6, 6, "--x-s3") == 0;
-    Endpoint ep = endpoint;
-    if (express) {
-        // Directory bucket "name--azid--x-s3": served by s3express-<azid>.<region>.amazonaws.com.
-        std::string base = bucket.substr(0, bucket.size() - 6);
-        size_t sep = base.rfind("--");
-        std::string azid = sep == std::string::npos ? std::string() : base.substr(sep + 2);
-        ep.host = "s3express-" + azid + "." + config.region + ".amazonaws.com";
-        path_style = false;
+    std::string scheme, base;  // base: the bucket's root, "" or "/bucket" (path-style)
+    if (!endpoint.custom || is_arn(bucket)) {
+        ResolvedEndpoint r = resolve_aws_endpoint(config.region, bucket, endpoint.aws,
+                                                  endpoint.custom ? endpoint.url() : "", config.force_path_style);
+        const size_t sep = r.url.find("://");
+        scheme = r.url.substr(0, sep);
+        const size_t slash = r.url.find('/', sep + 3);
+        a.host = r.url.substr(sep + 3, slash == std::string::npos ? std::string::npos : slash - sep - 3);
+        if (slash != std::string::npos) base = r.url.substr(slash);
+        a.signing = r.signing;
+    } else {
+        scheme = endpoint.tls ? "https" : "http";
+        const bool path_style = use_path_style(config, endpoint, bucket);
+        a.host = path_style ? endpoint.authority() : bucket + "." + endpoint.authority();
+        if (path_style) base = "/" + encode_path(bucket);
     }
-    a.host = path_style ? ep.authority() : bucket + "." + ep.authority();
-    a.path = "/";
-    if (path_style) a.path += encode_path(bucket) + (key.empty() && query.empty() ? "" : "/");
+    a.path = base.empty() ? "/" : base + (key.empty() && query.empty() ? "" : "/");
     a.path += encode_path(key);
     if (!query.empty()) a.path += "?" + query;
-    a.endpoint_uri = std::string(ep.tls ? "https://" : "http://") + a.host;
+    a.endpoint_uri = scheme + "://" + a.host;
     return a;
 }
 

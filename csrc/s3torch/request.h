@@ -17,6 +17,7 @@ struct Address {
     std::string host;          // Host header / endpoint authority, e.g. "bucket.s3.us-east-1.amazonaws.com"
     std::string path;          // URI-encoded path with query, e.g. "/bucket/a%20b?uploads"
     std::string endpoint_uri;  // scheme://authority, passed to the meta request
+    Signing signing;           // how AWS's rules say to sign for it; empty: as the client signs
 };
 
 // URI-encode a key as a path (keeps '/').
@@ -25,6 +26,9 @@ std::string encode_path(const std::string &key);
 std::string encode_param(const std::string &value);
 std::string decode_param(const std::string &value);
 
+// Where (bucket, key) lives: by AWS's endpoint rules on AWS's endpoints and for ARNs
+// (aws_endpoint.h), else on the endpoint given, path-style where a bucket cannot be a host.
+// Throws InvalidArgument for what the rules refuse.
 Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
                    const std::string &key, const std::string &query = "");
 

@@ -122,10 +122,9 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
         throw_invalid("cannot parse endpoint '" + addr.endpoint_uri + "'", ctx_);
     options.endpoint = &uri;
 
-    bool express = addr.host.find(".s3express-") != std::string::npos;
     start_ns_ = monotonic_ns();
     self_ = shared_from_this();
-    aws_s3_meta_request *mr = client_->make_meta_request(options, express);
+    aws_s3_meta_request *mr = client_->make_meta_request(options, addr.signing);
     aws_uri_clean_up(&uri);
     if (!mr) {
         int err = aws_last_error();

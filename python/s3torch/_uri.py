@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Tuple, Union
 
 from ._crt import S3InvalidArgumentError
+
+# An access point's ARN, which stands where a bucket's name does and holds slashes of its own:
+# arn:<partition>:<s3|s3-object-lambda>:<region>:<account>:accesspoint/<name> (a Multi-Region
+# Access Point has no region), and an Outposts one,
+# arn:<partition>:s3-outposts:<region>:<account>:outpost/<id>/accesspoint/<name>; ':' may stand
+# for each '/' inside. As the AWS CLI reads s3:// URIs.
+_ACCESS_POINT_ARN = re.compile(r"arn:[^:/]+:[^:/]+:[^:/]*:[^:/]*:(?:outpost[:/][^:/]+[:/])?accesspoint[:/][^:/]+")
+
+
+def split_bucket(rest: str) -> Tuple[str, str]:
+    """``bucket/key`` (an s3:// URI without its scheme) as ``(bucket, key)``, where the bucket
+    may be an access point's ARN: ``arn:aws:s3:us-west-2:123456789012:accesspoint/ap/key`` is
+    that access point's ``key``."""
+    m = _ACCESS_POINT_ARN.match(rest)
+    if m and (len(rest) == m.end() or rest[m.end()] == "/"):
+        return m.group(0), rest[m.end() + 1 :]
+    bucket, _, key = rest.partition("/")
+    return bucket, key
 
 
 def s3_path(path: Union[str, "os.PathLike[str]"]) -> str:
@@ -17,7 +36,8 @@ def s3_path(path: Union[str, "os.PathLike[str]"]) -> str:
 
 
 def parse_s3_uri(uri: Union[str, "os.PathLike[str]"], *, need_key: bool = False) -> Tuple[str, str]:
-    """Split ``s3://bucket/key`` into ``(bucket, key)``.
+    """Split ``s3://bucket/key`` into ``(bucket, key)``; the bucket may be an access point's
+    ARN (:func:`split_bucket`).
 
     Raises S3InvalidArgumentError (a ValueError) for anything that is not an s3:// URI with a
     bucket, or, with ``need_key``, that has no key.
@@ -28,8 +48,7 @@ def parse_s3_uri(uri: Union[str, "os.PathLike[str]"], *, need_key: bool = False)
         raise TypeError(f"expected an s3:// URI as str, got {type(uri).__name__}")
     if not uri.startswith("s3://"):
         raise S3InvalidArgumentError(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
-    rest = uri[5:]
-    bucket, _, key = rest.partition("/")
+    bucket, key = split_bucket(uri[5:])
     if not bucket:
         raise S3InvalidArgumentError(f"S3 URI has no bucket: {uri!r} (expected s3://bucket/key)")
     if need_key and not key:

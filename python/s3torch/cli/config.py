@@ -20,8 +20,10 @@ DESCRIPTION = """Show what a client made with these options (and this environmen
 endpoint, where credentials are looked for, the CA file, the proxy, the upload checksums and the
 headers it adds (encryption, Requester Pays, the expected bucket owner). Secrets are never shown: an access key
 id only by its first and last 4 characters, a proxy's password as ***, an SSE-C key as "set".
-With s3://BUCKET[/PREFIX], also list one key there: a signed request that checks the whole
-setup (credentials, endpoint, region, bucket policy) and exits as any verb does."""
+With s3://BUCKET[/PREFIX], also show where that bucket's requests go and how they are signed
+(an access point's ARN names its own host and region), then list one key there: a signed
+request that checks the whole setup (credentials, endpoint, region, bucket policy) and exits as
+any verb does."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,6 +116,10 @@ def rows(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
         ("expected_bucket_owner", cfg.expected_bucket_owner or "", "--expected-bucket-owner"),
     ]
     out += [h for h in headers if h[1]] or [("headers", "none added", "")]
+    if args.uri:  # where that bucket's requests go, by AWS's endpoint rules for an AWS endpoint or an ARN
+        where = native.address(s3_uri(args.uri)[0])
+        how = f"{where['signing']}, signed for {where['signing_name']} in {where['signing_region']}"
+        out.append(("bucket url", where["url"], how))
     return out
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from .._config import S3ClientConfig, default_region
+from .._uri import split_bucket
 
 MSC_SCHEME = "msc://"
 # Storage provider types whose options are MSC's S3StorageProvider options over the S3 API.
@@ -133,7 +134,7 @@ class MSCConfig:
                 continue
             if not src.startswith("s3://") or not dst.endswith("/"):
                 continue
-            bucket, _, key_prefix = src[len("s3://") :].partition("/")
+            bucket, key_prefix = split_bucket(src[len("s3://") :])
             profile, _, sub = dst[len(MSC_SCHEME) :].partition("/")
             if not profile or sub:
                 raise MSCConfigError(
@@ -178,7 +179,7 @@ class MSCConfig:
                 raise MSCConfigError(f"{path!r} names no profile; write msc://<profile>/<path>", config_file=self.file)
             return self._resolve_profile(profile, sub)
         if path.startswith("s3://"):
-            bucket, _, key = path[len("s3://") :].partition("/")
+            bucket, key = split_bucket(path[len("s3://") :])
             if not bucket:
                 raise MSCConfigError(f"{path!r} names no bucket; write s3://<bucket>/<prefix>")
             for m_bucket, m_prefix, profile in self.s3_mapping:
