@@ -427,6 +427,7 @@ void register_client(py::module_ &m) {
         .def(
             "address",
             [](const NativeClient &c, const std::string &bucket, const std::string &key) {
+                s3torch::require_names({"ResolveEndpoint", bucket, key}, false);
                 s3torch::Address a = s3torch::address_of(c.config(), c.client()->endpoint(), bucket, key);
                 const char *algorithms[] = {"sigv4", "sigv4a", "sigv4-s3express"};
                 py::dict d;

@@ -5,8 +5,114 @@
 
 #include <aws/auth/credentials.h>
 #include <aws/common/byte_buf.h>
+#include <aws/http/proxy.h>
+
+#include <cstdlib>
+#include <vector>
 
 namespace s3torch {
+
+namespace {
+
+// The proxy the environment names ($HTTPS_PROXY, $HTTP_PROXY, $NO_PROXY), or none. Static: a
+// provider's connection manager keeps the pointer's target only while it copies it, but nothing
+// need be proved about that.
+const proxy_env_var_settings *env_proxy_settings(bool enabled) {
+    static const proxy_env_var_settings on = {AWS_HPEV_ENABLE, AWS_HPCT_HTTP_LEGACY, nullptr};
+    static const proxy_env_var_settings off = {AWS_HPEV_DISABLE, AWS_HPCT_HTTP_LEGACY, nullptr};
+    return enabled ? &on : &off;
+}
+
+// Whether the profile's role is assumed with credentials from the instance's or container's
+// metadata endpoint (credential_source), which a proxy must not carry.
+bool role_from_metadata(const std::string &profile) {
+    const std::string source = SharedConfig(profile).get("credential_source");
+    return source == "Ec2InstanceMetadata" || source == "EcsContainer";
+}
+
+// The CRT's default chain (aws_credentials_provider_new_chain_default: the environment, the
+// profile, web identity, then the container's or the instance's endpoint, cached), built here so
+// that the proxy the environment names carries what goes to STS and nothing else. STS is on the
+// internet: behind a proxy that is the only way to it (web identity: EKS IRSA; a profile's
+// role_arn), and boto3 takes it there. The CRT's chain gives one proxy setting to all or none;
+// the metadata endpoints are link-local, and through a proxy they would fail, or answer with the
+// proxy host's own credentials. boto3 reaches the container's directly too.
+aws_credentials_provider *default_chain(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
+                                        aws_tls_ctx *tls_ctx) {
+    aws_allocator *alloc = aws_default_allocator();
+    // Only a profile named (given, or $AWS_DEFAULT_PROFILE) overrides: the CRT takes any cursor
+    // with a pointer, an empty one included, as the profile's name, and then never reads
+    // $AWS_PROFILE or "default" (keys in ~/.aws/credentials were not found).
+    const std::string profile = profile_override(cfg.profile);
+    aws_byte_cursor profile_name;
+    AWS_ZERO_STRUCT(profile_name);
+    if (!profile.empty()) profile_name = aws_byte_cursor_from_array(profile.data(), profile.size());
+    const proxy_env_var_settings *to_sts = env_proxy_settings(cfg.proxy_from_env);
+
+    std::vector<aws_credentials_provider *> sources;
+    auto add = [&](aws_credentials_provider *p) {
+        if (p) sources.push_back(p);
+    };
+    {
+        aws_credentials_provider_environment_options o;
+        AWS_ZERO_STRUCT(o);
+        add(aws_credentials_provider_new_environment(alloc, &o));
+    }
+    {
+        aws_credentials_provider_profile_options o;
+        AWS_ZERO_STRUCT(o);
+        o.bootstrap = bootstrap;
+        o.tls_ctx = tls_ctx;
+        o.profile_name_override = profile_name;
+        // Its role is assumed through STS; with credential_source, from a metadata endpoint
+        // the same setting would send through the proxy too.
+        if (!role_from_metadata(cfg.profile)) o.proxy_ev_settings = const_cast<proxy_env_var_settings *>(to_sts);
+        add(aws_credentials_provider_new_profile(alloc, &o));
+    }
+    {
+        aws_credentials_provider_sts_web_identity_options o;
+        AWS_ZERO_STRUCT(o);
+        o.bootstrap = bootstrap;
+        o.tls_ctx = tls_ctx;
+        o.profile_name_override = profile_name;
+        o.proxy_ev_settings = to_sts;
+        add(aws_credentials_provider_new_sts_web_identity(alloc, &o));
+    }
+    {
+        const proxy_env_var_settings *direct = env_proxy_settings(false);
+        aws_credentials_provider_ecs_environment_options ecs;
+        AWS_ZERO_STRUCT(ecs);
+        ecs.bootstrap = bootstrap;
+        ecs.tls_ctx = tls_ctx;
+        ecs.proxy_ev_settings = direct;
+        aws_credentials_provider *metadata = aws_credentials_provider_new_ecs_from_environment(alloc, &ecs);
+        const char *disabled = std::getenv("AWS_EC2_METADATA_DISABLED");
+        if (!metadata && !(disabled && *disabled && is_true(disabled))) {
+            aws_credentials_provider_imds_options imds;
+            AWS_ZERO_STRUCT(imds);
+            imds.bootstrap = bootstrap;
+            imds.proxy_ev_settings = direct;
+            metadata = aws_credentials_provider_new_imds(alloc, &imds);
+        }
+        add(metadata);
+    }
+    aws_credentials_provider_chain_options chain_options;
+    AWS_ZERO_STRUCT(chain_options);
+    chain_options.providers = sources.data();
+    chain_options.provider_count = sources.size();
+    aws_credentials_provider *chain = aws_credentials_provider_new_chain(alloc, &chain_options);
+    for (aws_credentials_provider *p : sources) aws_credentials_provider_release(p);  // the chain holds them
+    if (!chain) return nullptr;
+    aws_credentials_provider_cached_options cached;
+    AWS_ZERO_STRUCT(cached);
+    cached.source = chain;
+    cached.refresh_time_in_milliseconds = kCredentialsRefreshMs;
+    aws_credentials_provider *provider = aws_credentials_provider_new_cached(alloc, &cached);
+    aws_credentials_provider_release(chain);  // the cache holds it
+    return provider;
+}
+
+}  // namespace
 
 aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
                                                     aws_tls_ctx *tls_ctx) {
@@ -48,19 +154,7 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
                               "AWS_CONFIG_FILE): does it exist and have keys?");
             break;
         }
-        case CredentialsKind::Default: {
-            aws_credentials_provider_chain_default_options o;
-            AWS_ZERO_STRUCT(o);
-            o.bootstrap = bootstrap;
-            o.tls_ctx = tls_ctx;
-            // Only a profile named (given, or $AWS_DEFAULT_PROFILE) overrides: the CRT takes any
-            // cursor with a pointer, an empty one included, as the profile's name, and then
-            // never reads $AWS_PROFILE or "default" (keys in ~/.aws/credentials were not found).
-            const std::string profile = profile_override(cfg.profile);
-            if (!profile.empty()) o.profile_name_override = aws_byte_cursor_from_array(profile.data(), profile.size());
-            provider = aws_credentials_provider_new_chain_default(alloc, &o);
-            break;
-        }
+        case CredentialsKind::Default: provider = default_chain(cfg, bootstrap, tls_ctx); break;
     }
     if (!provider) throw error_from_crt(aws_last_error(), {"CreateCredentialsProvider", "", ""});
     return provider;

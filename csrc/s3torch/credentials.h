@@ -3,11 +3,18 @@
 
 #include "s3torch/config.h"
 
+#include <cstdint>
+#include <string>
+
 struct aws_credentials_provider;
 struct aws_client_bootstrap;
 struct aws_tls_ctx;
 
 namespace s3torch {
+
+// How long the default chain keeps credentials that carry no expiry before asking again (the
+// CRT's own chain: 15 minutes).
+constexpr uint64_t kCredentialsRefreshMs = 15 * 60 * 1000;
 
 // A new provider (caller owns one reference). Throws S3Error on failure, e.g. a named profile
 // that does not exist.

@@ -25,6 +25,8 @@ import pytest
 from s3torch import S3Client, S3ClientConfig, S3PermissionError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
+from tests.faults.proxy import FaultProxy
+from tests.faults.tls import PROXY_VARIABLES, ConnectProxy, TlsFront, make_ca
 
 
 @pytest.fixture
@@ -141,6 +143,10 @@ def test_container_credentials_with_a_token(
     url, handler = container_endpoint
     handler.token, handler.secret = "pod-identity-token", SECRET_KEY
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", url)
+    # A proxy set for everything, which cannot reach anything: the container's endpoint (link-local
+    # on EKS and ECS) is reached directly, as boto3 reaches it.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     if token_from == "file":
         # As Kubernetes projects it: no newline at the end (the CRT sends the file whole, and a
         # header with a newline in it is refused before it is sent).
@@ -155,6 +161,53 @@ def test_container_credentials_with_a_token(
         S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(max_attempts=1)).head_object(
             BUCKET, prefix + "pod"
         )
+
+
+STS_HOST = "sts.us-east-1.amazonaws.com"
+
+
+@pytest.mark.parametrize("role", ["web identity", "profile role_arn"])
+def test_roles_are_assumed_through_the_proxy(
+    moto: Any, prefix: str, chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
+) -> None:
+    """A role assumed where the only way out is the proxy the environment names: EKS IRSA (a web
+    identity token and a role), or a profile's role_arn with a source profile's keys. It is
+    assumed at STS through the proxy, as boto3 assumes it. Before, the CRT's chain fetched
+    credentials directly, never through a proxy, and found none.
+
+    Offline: the CONNECT proxy tunnels STS's host to TLS (a certificate for it from a throwaway
+    authority, trusted through $AWS_CA_BUNDLE) in front of moto's STS; S3 is moto too, behind a
+    recording proxy, which shows each request signed with the role's temporary keys."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    ca = make_ca(tmp_path / "ca", names=(STS_HOST,))
+    if role == "web identity":
+        token = tmp_path / "token"
+        token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0cmFpbmVyIn0.c2ln")
+        monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+        monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/trainer")
+        monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "s3torch-test")
+    else:
+        chain.write_text(
+            "[profile trainer]\nrole_arn = arn:aws:iam::123456789012:role/trainer\nsource_profile = base\n"
+            "[profile base]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n"
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+        )
+        monkeypatch.setenv("AWS_PROFILE", "trainer")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with FaultProxy.in_front_of(moto.endpoint) as s3, TlsFront(moto.endpoint, ca[1], ca[2]) as tls:
+        with ConnectProxy(("127.0.0.1", tls.port)) as tunnel:
+            monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
+            client = S3Client("us-east-1", endpoint=s3.endpoint, s3client_config=S3ClientConfig(force_path_style=True))
+            _round_trip(client, prefix + "irsa")
+    assert tunnel.asked == [f"{STS_HOST}:443"]  # STS, through the proxy; S3 (loopback) directly
+    heads = s3.headers()
+    assert heads
+    for _, _, h in heads:
+        key_id = h["authorization"].split("Credential=", 1)[1].split("/", 1)[0]
+        assert key_id.startswith("ASIA") and h.get("x-amz-security-token"), h  # the role's temporary keys
 
 
 @pytest.mark.parametrize("profile_from", ["default", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"])
