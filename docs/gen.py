@@ -238,8 +238,8 @@ def _configuration_page() -> str:
         "`$AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true` (or the profile's `ignore_configured_endpoint_urls`) "
         "skips 2 to 4. The profile's `s3` `addressing_style = path` sets `force_path_style`. A malformed "
         "URL from 2 to 4 is an `S3InvalidArgumentError` naming where it came from. Credentials come from "
-        "the CRT's default chain, which reads the same profile (an SSO profile: "
-        "[Getting started](getting-started.md#credentials)).\n"
+        "the default chain (the CRT's, with SSO), which reads the same profile "
+        "([Getting started](getting-started.md#credentials)).\n"
     )
     return "\n".join(out)
 

@@ -30,9 +30,43 @@ bool role_from_metadata(const std::string &profile) {
     return source == "Ec2InstanceMetadata" || source == "EcsContainer";
 }
 
+// Whether the profile signs in through AWS IAM Identity Center (SSO, `aws sso login`): an
+// sso_session, or the legacy sso_start_url.
+bool signs_in_with_sso(const SharedConfig &shared) {
+    return !shared.get("sso_session").empty() || !shared.get("sso_start_url").empty();
+}
+
+// The CRT's SSO provider: the token `aws sso login` cached (~/.aws/sso/cache) exchanged at the
+// SSO portal for the role's credentials. The portal is on the internet: through the proxy.
+aws_credentials_provider *sso_provider(aws_byte_cursor profile_name, aws_client_bootstrap *bootstrap,
+                                       aws_tls_ctx *tls_ctx, const proxy_env_var_settings *proxy) {
+    aws_credentials_provider_sso_options o;
+    AWS_ZERO_STRUCT(o);
+    o.profile_name_override = profile_name;
+    o.bootstrap = bootstrap;
+    o.tls_ctx = tls_ctx;
+    o.proxy_ev_settings = proxy;
+    return aws_credentials_provider_new_sso(aws_default_allocator(), &o);
+}
+
+// The profile's keys, credential_process or role (assumed at STS through the proxy, unless
+// its credential_source is a metadata endpoint, which the same setting would send through it).
+aws_credentials_provider *profile_provider(const std::string &profile, aws_byte_cursor profile_name,
+                                           aws_client_bootstrap *bootstrap, aws_tls_ctx *tls_ctx,
+                                           const proxy_env_var_settings *to_sts) {
+    aws_credentials_provider_profile_options o;
+    AWS_ZERO_STRUCT(o);
+    o.bootstrap = bootstrap;
+    o.tls_ctx = tls_ctx;
+    o.profile_name_override = profile_name;
+    if (!role_from_metadata(profile)) o.proxy_ev_settings = const_cast<proxy_env_var_settings *>(to_sts);
+    return aws_credentials_provider_new_profile(aws_default_allocator(), &o);
+}
+
 // The CRT's default chain (aws_credentials_provider_new_chain_default: the environment, the
-// profile, web identity, then the container's or the instance's endpoint, cached), built here so
-// that the proxy the environment names carries what goes to STS and nothing else. STS is on the
+// profile, web identity, then the container's or the instance's endpoint, cached), built here
+// with SSO added (the CRT's chain has no place for it; boto3's has) and so that the proxy the
+// environment names carries what goes to STS (and the SSO portal) and nothing else. STS is on the
 // internet: behind a proxy that is the only way to it (web identity: EKS IRSA; a profile's
 // role_arn), and boto3 takes it there. The CRT's chain gives one proxy setting to all or none;
 // the metadata endpoints are link-local, and through a proxy they would fail, or answer with the
@@ -58,17 +92,7 @@ aws_credentials_provider *default_chain(const ClientConfig &cfg, aws_client_boot
         AWS_ZERO_STRUCT(o);
         add(aws_credentials_provider_new_environment(alloc, &o));
     }
-    {
-        aws_credentials_provider_profile_options o;
-        AWS_ZERO_STRUCT(o);
-        o.bootstrap = bootstrap;
-        o.tls_ctx = tls_ctx;
-        o.profile_name_override = profile_name;
-        // Its role is assumed through STS; with credential_source, from a metadata endpoint
-        // the same setting would send through the proxy too.
-        if (!role_from_metadata(cfg.profile)) o.proxy_ev_settings = const_cast<proxy_env_var_settings *>(to_sts);
-        add(aws_credentials_provider_new_profile(alloc, &o));
-    }
+    add(profile_provider(cfg.profile, profile_name, bootstrap, tls_ctx, to_sts));
     {
         aws_credentials_provider_sts_web_identity_options o;
         AWS_ZERO_STRUCT(o);
@@ -78,6 +102,9 @@ aws_credentials_provider *default_chain(const ClientConfig &cfg, aws_client_boot
         o.proxy_ev_settings = to_sts;
         add(aws_credentials_provider_new_sts_web_identity(alloc, &o));
     }
+    // After web identity, as boto3's chain has it; only for a profile with SSO settings (the
+    // CRT's provider logs an error for any other).
+    if (signs_in_with_sso(SharedConfig(cfg.profile))) add(sso_provider(profile_name, bootstrap, tls_ctx, to_sts));
     {
         const proxy_env_var_settings *direct = env_proxy_settings(false);
         aws_credentials_provider_ecs_environment_options ecs;
@@ -142,12 +169,17 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
             break;
         }
         case CredentialsKind::Profile: {
-            aws_credentials_provider_profile_options o;
-            AWS_ZERO_STRUCT(o);
-            o.profile_name_override = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
-            o.bootstrap = bootstrap;
-            o.tls_ctx = tls_ctx;
-            provider = aws_credentials_provider_new_profile(alloc, &o);
+            const aws_byte_cursor name = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
+            const proxy_env_var_settings *to_sts = env_proxy_settings(cfg.proxy_from_env);
+            if (signs_in_with_sso(SharedConfig(cfg.profile))) {
+                provider = sso_provider(name, bootstrap, tls_ctx, to_sts);
+                if (!provider)
+                    throw_invalid("cannot use the SSO settings of AWS profile '" + cfg.profile +
+                                  "': it needs sso_account_id, sso_role_name and sso_region (in the profile, or "
+                                  "its sso-session section), as `aws configure sso` writes them");
+                break;
+            }
+            provider = profile_provider(cfg.profile, name, bootstrap, tls_ctx, to_sts);
             if (!provider)
                 throw_invalid("cannot load AWS profile '" + cfg.profile +
                               "' from ~/.aws/credentials or ~/.aws/config (or AWS_SHARED_CREDENTIALS_FILE / "
@@ -164,10 +196,9 @@ namespace {
 
 std::string sso_hint(const std::string &profile) {
     return "profile '" + profile +
-           "' signs in through AWS IAM Identity Center (SSO), which s3torch's credential providers (the AWS "
-           "CRT's) cannot use; export its temporary credentials first: eval \"$(aws configure export-credentials "
-           "--profile " +
-           profile + " --format env)\"";
+           "' signs in through AWS IAM Identity Center (SSO) and its sign-in token (~/.aws/sso/cache) is missing "
+           "or expired (the AWS CRT reads it, never refreshes it); sign in again: aws sso login --profile " +
+           profile + " (S3TORCH_CRT_LOG=error logs why the token was refused)";
 }
 
 }  // namespace
@@ -176,8 +207,7 @@ std::string credentials_hint(const ClientConfig &cfg) {
     CredentialsKind kind = cfg.credentials_kind();
     if (kind != CredentialsKind::Default && kind != CredentialsKind::Profile) return "";
     SharedConfig shared(cfg.profile);
-    for (const char *property : {"sso_session", "sso_start_url"})
-        if (!shared.get(property).empty()) return sso_hint(shared.profile_name());
+    if (signs_in_with_sso(shared)) return sso_hint(shared.profile_name());
     const std::string source = profile_source(cfg.profile);
     std::string which = source.empty() ? "" : " (from " + source + ")";
     std::string profile = "profile '" + shared.profile_name() + "'" + which + " in " + shared.credentials_path() +

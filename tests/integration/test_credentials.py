@@ -210,6 +210,105 @@ def test_roles_are_assumed_through_the_proxy(
         assert key_id.startswith("ASIA") and h.get("x-amz-security-token"), h  # the role's temporary keys
 
 
+SSO_HOST = "portal.sso.us-east-1.amazonaws.com"
+SSO_PROFILES = """
+[profile dev]
+sso_session = corp
+sso_account_id = 111122223333
+sso_role_name = ML
+
+[profile legacy]
+sso_start_url = https://corp.awsapps.com/start
+sso_region = us-east-1
+sso_account_id = 111122223333
+sso_role_name = ML
+
+[sso-session corp]
+sso_start_url = https://corp.awsapps.com/start
+sso_region = us-east-1
+"""
+
+
+class _Portal(http.server.BaseHTTPRequestHandler):
+    """The SSO portal's GetRoleCredentials: the role's keys for the bearer token `aws sso login`
+    cached, else 401."""
+
+    seen: List[Tuple[str, str]]
+
+    def do_GET(self) -> None:
+        token = self.headers.get("x-amz-sso_bearer_token", "")
+        type(self).seen.append((self.path, token))
+        if token != "cached-access-token":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        creds = {"accessKeyId": "ASIASSOROLEKEY000001", "secretAccessKey": "s" * 40, "sessionToken": "role-session"}
+        creds["expiration"] = 4102444800000  # 2100, in ms
+        body = json.dumps({"roleCredentials": creds}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("how", ["sso-session, AWS_PROFILE", "sso-session, profile=", "legacy, AWS_PROFILE"])
+def test_an_sso_profile_signed_in_with_aws_sso_login(
+    moto: Any, prefix: str, chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A profile that signs in through AWS IAM Identity Center (`aws sso login`), the way AWS
+    recommends people sign in: the token the CLI cached (~/.aws/sso/cache/<sha1>.json) is
+    exchanged at the SSO portal for the role's temporary keys, as boto3 does, and every request
+    is signed with them. Before, the CRT's chain had no SSO provider: no credentials, and an
+    error saying to export them by hand.
+
+    Offline: the portal's host is reached through $HTTPS_PROXY (a CONNECT proxy tunnelling it to
+    TLS with a certificate for it, trusted through $AWS_CA_BUNDLE) in front of a stub portal. S3
+    is moto (SeaweedFS refuses session tokens) behind a recording proxy."""
+    import hashlib
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    chain.write_text(SSO_PROFILES)
+    profile = "legacy" if how.startswith("legacy") else "dev"
+    cache_key = "https://corp.awsapps.com/start" if profile == "legacy" else "corp"
+    cache = tmp_path / "home" / ".aws" / "sso" / "cache"
+    cache.mkdir(parents=True)
+    token = {"accessToken": "cached-access-token", "expiresAt": "2099-01-01T00:00:00Z", "region": "us-east-1"}
+    (cache / (hashlib.sha1(cache_key.encode()).hexdigest() + ".json")).write_text(json.dumps(token))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    ca = make_ca(tmp_path / "ca", names=(SSO_HOST,))
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
+    config = S3ClientConfig(profile=profile) if how.endswith("profile=") else S3ClientConfig()
+    if how.endswith("AWS_PROFILE"):
+        monkeypatch.setenv("AWS_PROFILE", profile)
+    handler = type("Portal", (_Portal,), {"seen": []})
+    portal = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=portal.serve_forever, daemon=True).start()
+    try:
+        with TlsFront(f"http://127.0.0.1:{portal.server_address[1]}", ca[1], ca[2]) as tls:
+            with ConnectProxy(("127.0.0.1", tls.port)) as tunnel, FaultProxy.in_front_of(moto.endpoint) as s3:
+                monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
+                _round_trip(S3Client(REGION, endpoint=s3.endpoint, s3client_config=config), prefix + "sso")
+    finally:
+        portal.shutdown()
+        portal.server_close()
+    assert tunnel.asked and set(tunnel.asked) == {f"{SSO_HOST}:443"}
+    assert s3.headers() and all(
+        "Credential=ASIASSOROLEKEY000001/" in h["authorization"] and h["x-amz-security-token"] == "role-session"
+        for _, _, h in s3.headers()
+    )
+    assert handler.seen and all(
+        s == ("/federation/credentials?account_id=111122223333&role_name=ML", "cached-access-token")
+        for s in handler.seen
+    ), handler.seen
+
+
 @pytest.mark.parametrize("profile_from", ["default", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"])
 def test_no_credentials_says_where_they_were_looked_for(
     chain: Path, monkeypatch: pytest.MonkeyPatch, profile_from: str

@@ -173,11 +173,12 @@ sso_region = us-east-1
 
 @pytest.mark.parametrize("how", ["profile", "AWS_PROFILE", "legacy"])
 def test_an_sso_profile_says_how_to_get_its_credentials(aws_home, monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
-    """A profile that signs in through IAM Identity Center (SSO), as `aws sso login` users have:
-    the AWS CRT's credential providers cannot read it, so signing fails. Before, the error said
-    only "check the credentials"; boto3 works with the same profile, which left users lost."""
+    """A profile that signs in through IAM Identity Center (SSO), as `aws sso login` users have,
+    with no sign-in token cached (never signed in, or expired): the error says to sign in again.
+    (With a token, the role's credentials are fetched: tests/integration/test_credentials.py.)"""
     (aws_home / "config").write_text(SSO_CONFIG)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("HOME", str(aws_home))  # no ~/.aws/sso/cache
     name = "legacy" if how == "legacy" else "dev"
     if how == "AWS_PROFILE":
         monkeypatch.setenv("AWS_PROFILE", name)
@@ -188,7 +189,7 @@ def test_an_sso_profile_says_how_to_get_its_credentials(aws_home, monkeypatch, h
     with pytest.raises(S3PermissionError) as ei:
         client.head_object("b", "k")
     assert f"profile '{name}' signs in through AWS IAM Identity Center (SSO)" in str(ei.value)
-    assert f"aws configure export-credentials --profile {name} --format env" in str(ei.value)
+    assert f"sign in again: aws sso login --profile {name}" in str(ei.value)
     # A profile without SSO settings and without keys: the plain hint, no word of SSO.
     plain = S3Client("us-east-1", endpoint="http://127.0.0.1:1", s3client_config=S3ClientConfig(profile="plain"))
     with pytest.raises(S3Exception) as ei:
