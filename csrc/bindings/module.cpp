@@ -8,6 +8,7 @@
 
 #include "s3torch/checksum.h"
 #include "s3torch/client.h"
+#include "s3torch/credentials.h"
 #include "s3torch/crt_compat.h"
 #include "s3torch/endpoint_health.h"
 #include "s3torch/prefault.h"
@@ -187,16 +188,15 @@ PYBIND11_MODULE(_crt, m) {
             s3torch::SharedConfig shared(profile);
             std::string source = s3torch::profile_source(profile);
             if (source.empty()) source = profile.empty() ? "default" : "given";
-            return std::map<std::string, std::string>{{"name", shared.profile_name()},
-                                                      {"source", source},
-                                                      {"config_file", shared.path()},
-                                                      {"credentials_file", shared.credentials_path()},
-                                                      {"region", shared.get("region")}};
+            return std::map<std::string, std::string>{
+                {"name", shared.profile_name()},  {"source", source},
+                {"config_file", shared.path()},   {"credentials_file", shared.credentials_path()},
+                {"region", shared.get("region")}, {"sso", s3torch::signs_in_with_sso(shared) ? "yes" : ""}};
         },
         py::arg("profile"),
         "The profile a client given `profile` ('' for none) uses: {name, source ('given', '$AWS_DEFAULT_PROFILE', "
         "'$AWS_PROFILE' or 'default'), config_file, credentials_file, region (the profile's region in the config "
-        "file, '' when it has none)}.");
+        "file, '' when it has none), sso ('yes' when it signs in through IAM Identity Center, else '')}.");
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
     m.attr("MAX_THROUGHPUT_GBPS") = s3torch::kMaxThroughputGbps;
 }

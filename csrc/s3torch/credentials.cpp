@@ -30,12 +30,6 @@ bool role_from_metadata(const std::string &profile) {
     return source == "Ec2InstanceMetadata" || source == "EcsContainer";
 }
 
-// Whether the profile signs in through AWS IAM Identity Center (SSO, `aws sso login`): an
-// sso_session, or the legacy sso_start_url.
-bool signs_in_with_sso(const SharedConfig &shared) {
-    return !shared.get("sso_session").empty() || !shared.get("sso_start_url").empty();
-}
-
 // The CRT's SSO provider: the token `aws sso login` cached (~/.aws/sso/cache) exchanged at the
 // SSO portal for the role's credentials. The portal is on the internet: through the proxy.
 aws_credentials_provider *sso_provider(aws_byte_cursor profile_name, aws_client_bootstrap *bootstrap,
@@ -140,6 +134,10 @@ aws_credentials_provider *default_chain(const ClientConfig &cfg, aws_client_boot
 }
 
 }  // namespace
+
+bool signs_in_with_sso(const SharedConfig &shared) {
+    return !shared.get("sso_session").empty() || !shared.get("sso_start_url").empty();
+}
 
 aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
                                                     aws_tls_ctx *tls_ctx) {

@@ -16,6 +16,13 @@ namespace s3torch {
 // CRT's own chain: 15 minutes).
 constexpr uint64_t kCredentialsRefreshMs = 15 * 60 * 1000;
 
+class SharedConfig;
+
+// Whether the profile signs in through AWS IAM Identity Center (SSO, `aws sso login`): an
+// sso_session, or the legacy sso_start_url. Such a profile's credentials come from the CRT's SSO
+// provider.
+bool signs_in_with_sso(const SharedConfig &shared);
+
 // A new provider (caller owns one reference). Throws S3Error on failure, e.g. a named profile
 // that does not exist.
 aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,

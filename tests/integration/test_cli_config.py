@@ -102,3 +102,15 @@ def test_a_uri_is_checked_with_one_signed_request(seaweed_env, prefix, capsys, m
     assert main(["config", f"s3://{BUCKET}/{prefix}"]) == 4
     err = capsys.readouterr().err
     assert "SignatureDoesNotMatch" in err and "not-the-secret" not in err
+
+
+def test_an_sso_profile_is_named_as_such(aws_home, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    (aws_home / "config").write_text(
+        "[profile dev]\nsso_session = corp\nsso_account_id = 111122223333\nsso_role_name = ML\nregion = us-east-1\n"
+        "[sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = us-east-1\n"
+    )
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    assert shown(capsys)["credentials"] == (
+        "IAM Identity Center (SSO) of profile 'dev'  ($AWS_PROFILE; the token `aws sso login` cached)"
+    )
+    assert shown(capsys, "--profile", "dev")["credentials"].endswith("(--profile; the token `aws sso login` cached)")

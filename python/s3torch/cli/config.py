@@ -70,7 +70,10 @@ def _ca_file(given: Optional[str], profile: Optional[str]) -> Tuple[str, str]:
     return (path, source) if path else ("the system's", "")
 
 
-def _credentials(profile: str, profile_source: str, given_profile: Optional[str]) -> Tuple[str, str]:
+def _credentials(profile: str, profile_source: str, given_profile: Optional[str], sso: bool) -> Tuple[str, str]:
+    if sso and (given_profile or not os.environ.get("AWS_ACCESS_KEY_ID")):
+        how = "--profile" if given_profile else ("default" if profile_source == "default" else profile_source)
+        return f"IAM Identity Center (SSO) of profile '{profile}'", f"{how}; the token `aws sso login` cached"
     if given_profile:
         return f"profile '{profile}'", "--profile: its keys, credential_process or role, only"
     key_id, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
@@ -94,7 +97,7 @@ def rows(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
         ("profile", profile["name"], "--profile" if profile["source"] == "given" else profile["source"]),
         ("region", region, region_from),
         ("endpoint", native.endpoint, endpoint_from),
-        ("credentials", *_credentials(profile["name"], profile["source"], cfg.profile)),
+        ("credentials", *_credentials(profile["name"], profile["source"], cfg.profile, bool(profile["sso"]))),
         ("config file", profile["config_file"], "$AWS_CONFIG_FILE" if os.environ.get("AWS_CONFIG_FILE") else ""),
         (
             "credentials file",
