@@ -14,9 +14,8 @@ namespace s3torch {
 
 namespace {
 
-// The proxy the environment names ($HTTPS_PROXY, $HTTP_PROXY, $NO_PROXY), or none. Static: a
-// provider's connection manager keeps the pointer's target only while it copies it, but nothing
-// need be proved about that.
+// The proxy the environment names ($HTTPS_PROXY, $HTTP_PROXY, $NO_PROXY), or none; static, so
+// that it outlives every provider given it.
 const proxy_env_var_settings *env_proxy_settings(bool enabled) {
     static const proxy_env_var_settings on = {AWS_HPEV_ENABLE, AWS_HPCT_HTTP_LEGACY, nullptr};
     static const proxy_env_var_settings off = {AWS_HPEV_DISABLE, AWS_HPCT_HTTP_LEGACY, nullptr};
