@@ -12,6 +12,7 @@ Each source is shown to be the one that signed: a wrong key from it is refused."
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import sys
@@ -93,29 +94,29 @@ def test_credential_process(
         wrong.head_object(BUCKET, prefix + "proc")
 
 
-class _Credentials(http.server.BaseHTTPRequestHandler):
-    """A container credentials endpoint: the keys, to a request that brings the token. No
-    session token: SeaweedFS would look the key up among its temporary ones."""
+class _JsonEndpoint(http.server.BaseHTTPRequestHandler):
+    """A credentials endpoint: records (path, the token a request brought) in ``seen`` and
+    answers ``body()`` as JSON to a request that brings ``token``, else ``refusal``."""
 
     token = ""
-    secret = ""
+    refusal = 403
     seen: List[Tuple[str, str]] = []
 
+    def brought(self) -> str:
+        raise NotImplementedError
+
+    def body(self) -> Any:
+        raise NotImplementedError
+
     def do_GET(self) -> None:
-        auth = self.headers.get("Authorization", "")
-        type(self).seen.append((self.path, auth))
-        if auth != self.token:
-            self.send_response(403)
+        brought = self.brought()
+        type(self).seen.append((self.path, brought))
+        if brought != self.token:
+            self.send_response(self.refusal)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        body = json.dumps(
-            {
-                "AccessKeyId": ACCESS_KEY,
-                "SecretAccessKey": self.secret,
-                "Expiration": "2099-01-01T00:00:00Z",
-            }
-        ).encode()
+        body = json.dumps(self.body()).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -126,14 +127,36 @@ class _Credentials(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _serving(handler: type) -> Iterator[str]:
+    """``handler`` served on loopback; yields its ``http://127.0.0.1:port``."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+class _Credentials(_JsonEndpoint):
+    """A container credentials endpoint: the keys, to a request that brings the token. No
+    session token: SeaweedFS would look the key up among its temporary ones."""
+
+    secret = ""
+
+    def brought(self) -> str:
+        return self.headers.get("Authorization", "")
+
+    def body(self) -> Any:
+        return {"AccessKeyId": ACCESS_KEY, "SecretAccessKey": self.secret, "Expiration": "2099-01-01T00:00:00Z"}
+
+
 @pytest.fixture
 def container_endpoint() -> Iterator[Tuple[str, type]]:
     handler = type("Handler", (_Credentials,), {"seen": []})
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1/credentials", handler
-    srv.shutdown()
-    srv.server_close()
+    with _serving(handler) as url:
+        yield f"{url}/v1/credentials", handler
 
 
 @pytest.mark.parametrize("token_from", ["file", "variable"])
@@ -229,31 +252,19 @@ sso_region = us-east-1
 """
 
 
-class _Portal(http.server.BaseHTTPRequestHandler):
-    """The SSO portal's GetRoleCredentials: the role's keys for the bearer token `aws sso login`
-    cached, else 401."""
+class _Portal(_JsonEndpoint):
+    """The SSO portal's GetRoleCredentials: the role's temporary keys for the bearer token
+    `aws sso login` cached, else 401."""
 
-    seen: List[Tuple[str, str]]
+    token = "cached-access-token"
+    refusal = 401
 
-    def do_GET(self) -> None:
-        token = self.headers.get("x-amz-sso_bearer_token", "")
-        type(self).seen.append((self.path, token))
-        if token != "cached-access-token":
-            self.send_response(401)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+    def brought(self) -> str:
+        return self.headers.get("x-amz-sso_bearer_token", "")
+
+    def body(self) -> Any:
         creds = {"accessKeyId": "ASIASSOROLEKEY000001", "secretAccessKey": "s" * 40, "sessionToken": "role-session"}
-        creds["expiration"] = 4102444800000  # 2100, in ms
-        body = json.dumps({"roleCredentials": creds}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        return {"roleCredentials": {**creds, "expiration": 4102444800000}}  # 2100, in ms
 
 
 @pytest.mark.parametrize("how", ["sso-session, AWS_PROFILE", "sso-session, profile=", "legacy, AWS_PROFILE"])
@@ -288,16 +299,10 @@ def test_an_sso_profile_signed_in_with_aws_sso_login(
     if how.endswith("AWS_PROFILE"):
         monkeypatch.setenv("AWS_PROFILE", profile)
     handler = type("Portal", (_Portal,), {"seen": []})
-    portal = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=portal.serve_forever, daemon=True).start()
-    try:
-        with TlsFront(f"http://127.0.0.1:{portal.server_address[1]}", ca[1], ca[2]) as tls:
-            with ConnectProxy(("127.0.0.1", tls.port)) as tunnel, FaultProxy.in_front_of(moto.endpoint) as s3:
-                monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
-                _round_trip(S3Client(REGION, endpoint=s3.endpoint, s3client_config=config), prefix + "sso")
-    finally:
-        portal.shutdown()
-        portal.server_close()
+    with _serving(handler) as portal, TlsFront(portal, ca[1], ca[2]) as tls:
+        with ConnectProxy(("127.0.0.1", tls.port)) as tunnel, FaultProxy.in_front_of(moto.endpoint) as s3:
+            monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
+            _round_trip(S3Client(REGION, endpoint=s3.endpoint, s3client_config=config), prefix + "sso")
     assert tunnel.asked and set(tunnel.asked) == {f"{SSO_HOST}:443"}
     assert s3.headers() and all(
         "Credential=ASIASSOROLEKEY000001/" in h["authorization"] and h["x-amz-security-token"] == "role-session"
