@@ -409,11 +409,7 @@ void register_client(py::module_ &m) {
         .def_property_readonly("throttle_limit", [](NativeClient &c) { return c.client()->throttle_limit(); })
         .def_property_readonly("region", [](const NativeClient &c) { return c.config().region; })
         .def_property_readonly(
-            "endpoint",
-            [](const NativeClient &c) {
-                const s3torch::Endpoint &e = c.client()->endpoint();
-                return (e.tls ? "https://" : "http://") + e.authority();
-            },
+            "endpoint", [](const NativeClient &c) { return c.client()->endpoint().url(); },
             "The URL requests go to: the one given, else the environment's or the shared config file's, else AWS's "
             "for the region.")
         .def_property_readonly(

@@ -3,6 +3,7 @@
 #include "s3torch/credentials.h"
 #include "s3torch/endpoint_health.h"
 #include "s3torch/errors.h"
+#include "s3torch/request.h"
 #include "s3torch/retry.h"
 #include "s3torch/runtime.h"
 
@@ -10,7 +11,6 @@
 #include <aws/auth/signing_config.h>
 #include <aws/common/task_scheduler.h>
 #include <aws/http/connection.h>
-#include <aws/http/proxy.h>
 #include <aws/io/event_loop.h>
 #include <aws/io/retry_strategy.h>
 #include <aws/io/tls_channel_handler.h>
@@ -85,7 +85,7 @@ std::shared_ptr<Client> Client::create(ClientConfig config) {
 
 Client::Client(ClientConfig config) : config_(std::move(config)) {
     endpoint_ = resolve_config(config_);
-    health_ = endpoint_health((endpoint_.tls ? "https://" : "http://") + endpoint_.authority());
+    health_ = endpoint_health(endpoint_.url());
     if (config_.known_endpoint) health_->reached.store(true);
     std::lock_guard<std::mutex> lock(g_clients_mu);
     g_clients.insert(this);
@@ -196,11 +196,7 @@ aws_s3_client *Client::ensure_locked() {
     // included; an https proxy URL gets TLS of its own). aws-c-s3 turns that on when given no
     // settings; s3torch always gives them: off when asked, and off for a loopback endpoint,
     // which a proxy cannot reach (its loopback is not ours; Go's HTTP client does the same).
-    proxy_env_var_settings proxy_env;
-    AWS_ZERO_STRUCT(proxy_env);
-    proxy_env.env_var_type = env_proxy() ? AWS_HPEV_ENABLE : AWS_HPEV_DISABLE;
-    proxy_env.connection_type = AWS_HPCT_HTTP_LEGACY;  // CONNECT tunnel for https, forwarding for http
-    cc.proxy_ev_settings = &proxy_env;                 // the CRT copies it
+    cc.proxy_ev_settings = env_proxy_settings(env_proxy());
     // Back-pressure is on for the client, but only streaming GETs use a bounded window:
     // every other GET opens its window fully as soon as it is created.
     cc.enable_read_backpressure = true;

@@ -1,6 +1,7 @@
 #include "s3torch/credentials.h"
 
 #include "s3torch/errors.h"
+#include "s3torch/request.h"
 #include "s3torch/shared_config.h"
 
 #include <aws/auth/credentials.h>
@@ -14,18 +15,10 @@ namespace s3torch {
 
 namespace {
 
-// The proxy the environment names ($HTTPS_PROXY, $HTTP_PROXY, $NO_PROXY), or none; static, so
-// that it outlives every provider given it.
-const proxy_env_var_settings *env_proxy_settings(bool enabled) {
-    static const proxy_env_var_settings on = {AWS_HPEV_ENABLE, AWS_HPCT_HTTP_LEGACY, nullptr};
-    static const proxy_env_var_settings off = {AWS_HPEV_DISABLE, AWS_HPCT_HTTP_LEGACY, nullptr};
-    return enabled ? &on : &off;
-}
-
 // Whether the profile's role is assumed with credentials from the instance's or container's
 // metadata endpoint (credential_source), which a proxy must not carry.
-bool role_from_metadata(const std::string &profile) {
-    const std::string source = SharedConfig(profile).get("credential_source");
+bool role_from_metadata(const SharedConfig &shared) {
+    const std::string source = shared.get("credential_source");
     return source == "Ec2InstanceMetadata" || source == "EcsContainer";
 }
 
@@ -44,7 +37,7 @@ aws_credentials_provider *sso_provider(aws_byte_cursor profile_name, aws_client_
 
 // The profile's keys, credential_process or role (assumed at STS through the proxy, unless
 // its credential_source is a metadata endpoint, which the same setting would send through it).
-aws_credentials_provider *profile_provider(const std::string &profile, aws_byte_cursor profile_name,
+aws_credentials_provider *profile_provider(const SharedConfig &shared, aws_byte_cursor profile_name,
                                            aws_client_bootstrap *bootstrap, aws_tls_ctx *tls_ctx,
                                            const proxy_env_var_settings *to_sts) {
     aws_credentials_provider_profile_options o;
@@ -52,7 +45,7 @@ aws_credentials_provider *profile_provider(const std::string &profile, aws_byte_
     o.bootstrap = bootstrap;
     o.tls_ctx = tls_ctx;
     o.profile_name_override = profile_name;
-    if (!role_from_metadata(profile)) o.proxy_ev_settings = const_cast<proxy_env_var_settings *>(to_sts);
+    if (!role_from_metadata(shared)) o.proxy_ev_settings = const_cast<proxy_env_var_settings *>(to_sts);
     return aws_credentials_provider_new_profile(aws_default_allocator(), &o);
 }
 
@@ -64,8 +57,9 @@ aws_credentials_provider *profile_provider(const std::string &profile, aws_byte_
 // role_arn), and boto3 takes it there. The CRT's chain gives one proxy setting to all or none;
 // the metadata endpoints are link-local, and through a proxy they would fail, or answer with the
 // proxy host's own credentials. boto3 reaches the container's directly too.
-aws_credentials_provider *default_chain(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
-                                        aws_tls_ctx *tls_ctx) {
+// `shared`: the config file, read for cfg.profile.
+aws_credentials_provider *default_chain(const ClientConfig &cfg, const SharedConfig &shared,
+                                        aws_client_bootstrap *bootstrap, aws_tls_ctx *tls_ctx) {
     aws_allocator *alloc = aws_default_allocator();
     // Only a profile named (given, or $AWS_DEFAULT_PROFILE) overrides: the CRT takes any cursor
     // with a pointer, an empty one included, as the profile's name, and then never reads
@@ -85,7 +79,7 @@ aws_credentials_provider *default_chain(const ClientConfig &cfg, aws_client_boot
         AWS_ZERO_STRUCT(o);
         add(aws_credentials_provider_new_environment(alloc, &o));
     }
-    add(profile_provider(cfg.profile, profile_name, bootstrap, tls_ctx, to_sts));
+    add(profile_provider(shared, profile_name, bootstrap, tls_ctx, to_sts));
     {
         aws_credentials_provider_sts_web_identity_options o;
         AWS_ZERO_STRUCT(o);
@@ -97,7 +91,7 @@ aws_credentials_provider *default_chain(const ClientConfig &cfg, aws_client_boot
     }
     // After web identity, as boto3's chain has it; only for a profile with SSO settings (the
     // CRT's provider logs an error for any other).
-    if (signs_in_with_sso(SharedConfig(cfg.profile))) add(sso_provider(profile_name, bootstrap, tls_ctx, to_sts));
+    if (signs_in_with_sso(shared)) add(sso_provider(profile_name, bootstrap, tls_ctx, to_sts));
     {
         const proxy_env_var_settings *direct = env_proxy_settings(false);
         aws_credentials_provider_ecs_environment_options ecs;
@@ -168,7 +162,8 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
         case CredentialsKind::Profile: {
             const aws_byte_cursor name = aws_byte_cursor_from_array(cfg.profile.data(), cfg.profile.size());
             const proxy_env_var_settings *to_sts = env_proxy_settings(cfg.proxy_from_env);
-            if (signs_in_with_sso(SharedConfig(cfg.profile))) {
+            const SharedConfig shared(cfg.profile);
+            if (signs_in_with_sso(shared)) {
                 provider = sso_provider(name, bootstrap, tls_ctx, to_sts);
                 if (!provider)
                     throw_invalid("cannot use the SSO settings of AWS profile '" + cfg.profile +
@@ -176,14 +171,16 @@ aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws
                                   "its sso-session section), as `aws configure sso` writes them");
                 break;
             }
-            provider = profile_provider(cfg.profile, name, bootstrap, tls_ctx, to_sts);
+            provider = profile_provider(shared, name, bootstrap, tls_ctx, to_sts);
             if (!provider)
                 throw_invalid("cannot load AWS profile '" + cfg.profile +
                               "' from ~/.aws/credentials or ~/.aws/config (or AWS_SHARED_CREDENTIALS_FILE / "
                               "AWS_CONFIG_FILE): does it exist and have keys?");
             break;
         }
-        case CredentialsKind::Default: provider = default_chain(cfg, bootstrap, tls_ctx); break;
+        case CredentialsKind::Default:
+            provider = default_chain(cfg, SharedConfig(cfg.profile), bootstrap, tls_ctx);
+            break;
     }
     if (!provider) throw error_from_crt(aws_last_error(), {"CreateCredentialsProvider", "", ""});
     return provider;

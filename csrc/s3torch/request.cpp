@@ -4,6 +4,7 @@
 
 #include <aws/common/byte_buf.h>
 #include <aws/common/uri.h>
+#include <aws/http/proxy.h>
 #include <aws/http/request_response.h>
 
 #include <cctype>
@@ -79,6 +80,12 @@ Address address_of(const ClientConfig &config, const Endpoint &endpoint, const s
     if (!query.empty()) a.path += "?" + query;
     a.endpoint_uri = scheme + "://" + a.host;
     return a;
+}
+
+const proxy_env_var_settings *env_proxy_settings(bool enabled) {
+    static const proxy_env_var_settings on = {AWS_HPEV_ENABLE, AWS_HPCT_HTTP_LEGACY, nullptr};
+    static const proxy_env_var_settings off = {AWS_HPEV_DISABLE, AWS_HPCT_HTTP_LEGACY, nullptr};
+    return enabled ? &on : &off;
 }
 
 void require_names(const ErrorContext &ctx, bool need_key) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 struct aws_http_message;
+struct proxy_env_var_settings;
 
 namespace s3torch {
 
@@ -31,6 +32,12 @@ std::string decode_param(const std::string &value);
 // Throws InvalidArgument for what the rules refuse.
 Address address_of(const ClientConfig &config, const Endpoint &endpoint, const std::string &bucket,
                    const std::string &key, const std::string &query = "");
+
+// The proxy settings s3torch's CRT connections take (the client's, the credential providers'):
+// the proxy the environment names when `enabled` ($HTTPS_PROXY for https, a CONNECT tunnel;
+// $HTTP_PROXY for http, forwarding; $NO_PROXY honoured by aws-c-http), else none. Static: it
+// outlives whatever it is given to.
+const proxy_env_var_settings *env_proxy_settings(bool enabled);
 
 using Headers = std::vector<std::pair<std::string, std::string>>;
 

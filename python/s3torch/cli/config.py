@@ -72,7 +72,7 @@ def _ca_file(given: Optional[str], profile: Optional[str]) -> Tuple[str, str]:
 
 def _credentials(profile: str, profile_source: str, given_profile: Optional[str], sso: bool) -> Tuple[str, str]:
     if sso and (given_profile or not os.environ.get("AWS_ACCESS_KEY_ID")):
-        how = "--profile" if given_profile else ("default" if profile_source == "default" else profile_source)
+        how = "--profile" if given_profile else profile_source
         return f"IAM Identity Center (SSO) of profile '{profile}'", f"{how}; the token `aws sso login` cached"
     if given_profile:
         return f"profile '{profile}'", "--profile: its keys, credential_process or role, only"
