@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from s3torch import S3InvalidArgumentError
 from s3torch._config import PartSizeWarning
 from s3torch._paths import UnsafeKeyError, local_path, unsafe_reason
-from s3torch._uri import parse_s3_uri, s3_path
+from s3torch._uri import _ACCESS_POINT_ARN, parse_s3_uri, s3_path
 from s3torch.msc import MSCConfigError
 from s3torch.msc._config import MSCConfig, _read
 
@@ -31,8 +31,39 @@ def test_uri_any_text(uri: str, need_key: bool) -> None:
         bucket, key = parse_s3_uri(s3_path(uri), need_key=need_key)
     except S3InvalidArgumentError:
         return
-    assert bucket and "/" not in bucket and f"s3://{bucket}/{key}".startswith(s3_path(uri).rstrip("/"))
+    # A bucket holds no "/", unless it is an access point's ARN, whose name follows one.
+    assert bucket and ("/" not in bucket or _ACCESS_POINT_ARN.fullmatch(bucket))
+    assert f"s3://{bucket}/{key}".startswith(s3_path(uri).rstrip("/"))
     assert not need_key or key
+
+
+_arn_part = st.text(alphabet="abcxyz-019", min_size=1, max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    partition=st.sampled_from(["aws", "aws-cn", "aws-us-gov"]),
+    service=st.sampled_from(["s3", "s3-object-lambda"]),
+    region=st.one_of(st.just(""), _arn_part),
+    account=st.text(alphabet="0123456789", max_size=12),
+    sep=st.sampled_from(["/", ":"]),
+    outpost=st.one_of(st.none(), _arn_part),
+    name=st.text(alphabet=st.characters(blacklist_characters=":/"), min_size=1, max_size=20),
+    key=st.text(max_size=40),
+)
+def test_uri_of_an_access_point_arn(
+    partition: str, service: str, region: str, account: str, sep: str, outpost: Any, name: str, key: str
+) -> None:
+    """Whatever the ARN's parts and the key (slashes, colons, "arn:" in it, empty), the URI splits
+    into that ARN and that key, and back."""
+    if outpost is not None:
+        service, resource = "s3-outposts", f"outpost{sep}{outpost}{sep}accesspoint{sep}{name}"
+    else:
+        resource = f"accesspoint{sep}{name}"
+    arn = f"arn:{partition}:{service}:{region}:{account}:{resource}"
+    assert parse_s3_uri(f"s3://{arn}/{key}") == (arn, key)
+    if not key:
+        assert parse_s3_uri(f"s3://{arn}") == (arn, "")
 
 
 @settings(max_examples=200, deadline=None)
