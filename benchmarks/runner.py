@@ -138,6 +138,29 @@ def _no_collate(batch):  # type: ignore[no-untyped-def]
     return batch
 
 
+def fsspec_fs(ctx: Dict[str, Any], peer: str):  # type: ignore[no-untyped-def]
+    """s3fs's filesystem or s3torch's (``fsspec-s3fs`` / ``fsspec-s3torch``), on the same
+    server and settings, both given s3fs's storage options."""
+    options: Dict[str, Any] = {"client_kwargs": {"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"}}
+    if ctx["server"] == "nginx":
+        options["anon"] = True
+    else:
+        options.update(key=ctx["access_key"], secret=ctx["secret_key"])
+    if peer == "fsspec-s3fs":
+        import s3fs  # type: ignore
+
+        return s3fs.S3FileSystem(**options)
+    import fsspec
+
+    from s3torch import S3ClientConfig
+    from s3torch.fsspec import S3TorchFileSystem
+
+    # Installed, s3torch names its protocol by an entry point; an uninstalled tree (this
+    # harness's site directory) has none.
+    fsspec.register_implementation("s3torch", S3TorchFileSystem, clobber=True)
+    return S3TorchFileSystem(s3client_config=S3ClientConfig(force_path_style=True), **options)
+
+
 # --- scenarios: setup returns the operation; the operation returns the units it moved ----
 
 
@@ -184,6 +207,9 @@ def setup_get(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             return f.tell()
 
         return op
+    if peer in ("fsspec-s3fs", "fsspec-s3torch"):
+        fs = fsspec_fs(ctx, peer)
+        return lambda: len(fs.cat_file(f"{b}/{k}"))
     raise KeyError(peer)
 
 
@@ -223,6 +249,14 @@ def setup_ranged(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             return total
 
         return op2
+    if peer in ("fsspec-s3fs", "fsspec-s3torch"):
+        fs = fsspec_fs(ctx, peer)
+        path = f"{b}/{k}"
+
+        def op3() -> float:
+            return sum(len(fs.cat_file(path, start=o, end=o + rb)) for o in offs)
+
+        return op3
     raise KeyError(peer)
 
 
@@ -521,6 +555,10 @@ def setup_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             secret=ctx["secret_key"],
             client_kwargs={"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"},
         )
+    elif peer == "fsspec-s3torch":  # torch's own fsspec writer on s3torch's filesystem
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+        w = FsspecWriter("s3torch" + path[2:], **fsspec_fs(ctx, peer).storage_options)
     elif peer == "msc":
         _msc_config(ctx)
         from multistorageclient.contrib.torch import MultiStorageFileSystemWriter  # type: ignore
@@ -564,6 +602,10 @@ def setup_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
         r = FsspecReader(path, anon=True, client_kwargs={"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"})
+    elif peer == "fsspec-s3torch":
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+        r = FsspecReader("s3torch" + path[2:], **fsspec_fs(ctx, peer).storage_options)
     elif peer == "msc":
         _msc_config(ctx)
         from multistorageclient.contrib.torch import MultiStorageFileSystemReader  # type: ignore

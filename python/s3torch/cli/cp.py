@@ -8,23 +8,23 @@ files, then the ``.metadata`` files, each under a partial name until it is whole
 Bytes are copied as they are, so the copy is byte-identical.
 
 Both ways, every file is held to the version the listing saw: up its inode, size and mtime
-(``_local.py``), down its ETag (If-Match). A checkpoint saved again while it is copied fails
+(``_local_files.py``), down its ETag (If-Match). A checkpoint saved again while it is copied fails
 the copy (exit 4) before any ``.metadata`` goes, instead of leaving a checkpoint that mixes
 two saves. A disk that fills, or a local file that shrinks, is an error too, never a SIGBUS
-(``_local.py``).
+(``_local_files.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 from .. import _crt
 from .._client import S3Client
+from .._local_files import LocalFileChanged, check_stamp, get_files, put_file, stamp
 from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
 from ._checkpoint import METADATA, local_files
@@ -40,7 +40,6 @@ from ._common import (
     progress_for,
     s3_uri,
 )
-from ._local import NO_ROOM, LocalFileChanged, Stamp, allocate, check_stamp, read_full, stamp, sync_dirs
 
 HELP = "copy a DCP checkpoint between a local directory and S3"
 DESCRIPTION = """Copy the DCP checkpoint SRC to DST, one of them s3://bucket/prefix and the other
@@ -64,9 +63,6 @@ free space of DST's filesystem is refused (exit 4) before anything at DST is rem
 written; one the filesystem refuses anyway (a quota, a disk filling meanwhile) fails (exit 4)
 with the files it had allocated removed."""
 
-PIECE = 64 << 20  # download: bytes per ranged GET handed to the CRT (it splits them into parts)
-WINDOW = 16  # download: pieces in flight at once, across files
-CHUNK = 16 << 20  # upload: bytes per write() into a multipart upload
 PARTIAL = ".s3torch-partial"  # download: a .metadata's name until it is whole
 
 
@@ -125,7 +121,7 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
     data, meta = _ordered(files)
 
     def put(n: str, progress: Progress) -> None:
-        _put_file(client, bucket, prefix + n, os.path.join(src, n), stamps[n], progress)
+        put_file(client, bucket, prefix + n, os.path.join(src, n), stamps[n], progress)
 
     try:
         with progress_for("cp", f"{src} -> {dst}", total=sum(files.values())) as progress:
@@ -152,36 +148,6 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
     total = sum(files.values())
     print(f"copied {len(files)} files, {human(total)} ({total:,} bytes): {src} -> {dst}")
     return OK
-
-
-def _put_file(client: S3Client, bucket: str, key: str, path: str, version: Stamp, progress: Progress) -> None:
-    """Upload the file at ``path``, which must stay ``version`` (``_local.stamp``) from before
-    its first byte is read until after its last: read (not memory-mapped, where a file that
-    shrinks under the copy is a SIGBUS) a chunk at a time into one buffer."""
-    try:
-        f = open(path, "rb", buffering=0)
-    except FileNotFoundError as e:  # removed since the listing
-        raise LocalFileChanged(path) from e
-    with f:
-        check_stamp(path, version, os.fstat(f.fileno()))  # the file opened is the one listed
-        size = version[1]
-        if size == 0:
-            client.put(bucket, key, b"")
-            return
-        buf = memoryview(bytearray(min(CHUNK, size)))
-        upload = client.upload(bucket, key)
-        try:
-            for a in range(0, size, CHUNK):
-                n = min(CHUNK, size - a)
-                if read_full(f, buf[:n]) != n:  # shorter than listed: truncated meanwhile
-                    raise LocalFileChanged(path)
-                upload.write(buf[:n])  # returns once the bytes are in the upload's part buffers
-                progress.add(n)
-            check_stamp(path, version, os.fstat(f.fileno()))  # written meanwhile, whatever its size
-            upload.complete()
-        except BaseException:
-            upload.abort()
-            raise
 
 
 # --- S3 -> local ---------------------------------------------------------------------------
@@ -211,11 +177,11 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     data, meta = _ordered(files)
     with progress_for("cp", f"{src} -> {dst}", total=total) as progress:
         try:
-            _get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in data], progress)
+            get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in data], progress)
             # Each .metadata under a name of its own until whole: a copy that fails there
             # leaves none that a load would take for a checkpoint.
             partial = _partial_suffix(paths, meta)
-            _get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in meta], progress, partial)
+            get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in meta], progress, partial)
         except _crt.S3ObjectChangedError as e:
             raise CLIError(
                 f"s3://{bucket}/{e.key}: replaced while it was copied (something is saving to {src}); "
@@ -255,105 +221,3 @@ def _partial_suffix(paths: Dict[str, str], meta: List[str]) -> str:
     while any(paths[n] + suffix in taken for n in meta):
         suffix += "~"
     return suffix
-
-
-def _get_files(
-    client: S3Client,
-    bucket: str,
-    prefix: str,
-    paths: Dict[str, str],
-    files: List[Tuple[str, int, str]],
-    progress: Progress,
-    partial: str = "",
-) -> None:
-    """Every file (name, size, ETag as listed; at ``paths[name]``, checked by ``local_path``),
-    by pieces of PIECE bytes, WINDOW of them in flight, each GET writing straight into the
-    file's memory map and held to the listed version. With a ``partial`` suffix, each file is
-    written under its path plus that suffix and renamed once every file is whole (removed if
-    the copy fails)."""
-    native = client._get_native()
-    maps: List[Tuple[Any, Any, Any]] = []  # (file, mmap, memoryview), closed at the end
-    pieces: List[Tuple[str, int, int, int, str]] = []  # (key, offset, length, index in maps, ETag)
-    # (handle, piece), oldest first. A handle holds its slice of the view (so the map stays
-    # open) until the CRT is done with it; dropping the handle lets the slice go.
-    inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
-    written: List[str] = []  # under their partial names
-    done = allocated = False
-    try:
-        for name, size, etag in files:
-            path = paths[name] + partial
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            written.append(path)
-            f = open(path, "wb+")
-            if size == 0:  # a GET of nothing all the same: held to the listed version too
-                f.close()
-                pieces.append((prefix + name, 0, 0, -1, etag))
-                continue
-            try:
-                allocate(f, size)
-            except OSError as e:
-                f.close()
-                if e.errno not in NO_ROOM:
-                    raise
-                raise CLIError(
-                    f"{path}: {e.strerror} ({human(size)}); the copy stopped before its .metadata, "
-                    "and removed the files it had only allocated"
-                ) from e
-            m = mmap.mmap(f.fileno(), size)
-            maps.append((f, m, memoryview(m)))
-            pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1, etag) for a in range(0, size, PIECE)]
-        allocated = True
-        for piece in pieces:
-            key, offset, length, i, etag = piece
-            if i < 0:
-                handle = native.start_get_into(bucket, key, _crt.HostBuffer(0), None, None, etag)
-            else:
-                handle = native.start_get_into(bucket, key, maps[i][2][offset : offset + length], offset, length, etag)
-            inflight.append((handle, piece))
-            del handle
-            if len(inflight) >= WINDOW:
-                _finish(inflight.pop(0), progress)
-        while inflight:
-            _finish(inflight.pop(0), progress)
-        # On disk before anything that names them (the .metadata, its rename) can be: as
-        # torch's FileSystemWriter syncs its files, a copy that reports success survives a
-        # power loss, and a crash never leaves a .metadata over files that were not written.
-        for f, _, _ in maps:
-            os.fsync(f.fileno())
-        for path in written if partial else ():
-            os.replace(path, path[: -len(partial)])
-        sync_dirs(written)
-        done = True
-    except BaseException:
-        for h, _ in inflight:
-            h.cancel()
-            try:
-                h.wait()
-            except Exception:
-                pass
-        raise
-    finally:
-        inflight.clear()
-        for f, m, view in maps:
-            view.release()
-            m.close()  # writes the pages back (MAP_SHARED) as the process ends at the latest
-            f.close()
-        if not done and (partial or not allocated):  # not allocated: no GET started, they hold nothing
-            for path in written:
-                if os.path.exists(path):
-                    os.remove(path)
-
-
-def _finish(entry: Tuple[Any, Tuple[str, int, int, int, str]], progress: Progress) -> None:
-    handle, (key, offset, length, _, _) = entry
-    try:
-        got = handle.wait()
-    finally:
-        # A failed GET's handle holds a slice of the file's map: let it go here, not with the
-        # traceback, so the caller can close the map (else BufferError hides the error).
-        del entry, handle
-    if got != length:
-        raise _crt.S3Exception(
-            f"{key}: expected {length} bytes at offset {offset}, got {got} (changed during the copy?)"
-        )
-    progress.add(length)

@@ -70,6 +70,12 @@ class S3Reader(io.BufferedIOBase):
         """``s3://bucket/key`` of the object read."""
         return f"s3://{self._bucket}/{self._key}"
 
+    @property
+    def size(self) -> int:
+        """The object's size in bytes (a HEAD the first time, unless a GET or listing told it);
+        fsspec's file objects have it, and libraries that take one read it."""
+        return self._size
+
     def get_object_info(self) -> ObjectInfo:
         """HEAD of the object, fetched once, lazily (or given by a listing)."""
         if self._info is None:

@@ -1,0 +1,588 @@
+"""S3TorchFileSystem: an fsspec ``AbstractFileSystem`` over :class:`~s3torch.S3Client`.
+
+Paths are ``bucket/key`` (``s3torch://``, ``s3://`` and ``s3a://`` are stripped; the bucket may
+be an access point's ARN). Directories are key prefixes ending in ``/``, as in s3fs: they exist
+while an object lies under them, ``mkdir`` and ``rmdir`` change nothing, and a key that ends
+in ``/`` (a "directory marker") is listed as its directory, not as a file.
+
+Each operation goes to s3torch's engine: reads through :class:`~s3torch.s3reader.S3Reader`
+(segmented read-ahead; every GET of one open file held to one version of the object), writes
+through :class:`~s3torch.S3Writer` (multipart; the object appears whole on ``close()``, and
+never when the ``with`` block raises), ``cat_ranges`` with every range in flight at once,
+``get_file`` by parallel ranged GETs into the file's memory map under a partial name renamed
+once whole, ``put_file`` as one streaming upload, ``cp_file`` server-side. Nothing is
+cached between calls: every listing is fresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import email.utils
+import hashlib
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from glob import has_magic
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from fsspec.spec import AbstractFileSystem
+
+try:  # fsspec >= 2026.9: get() refuses destinations built from names that leave its target
+    from fsspec.utils import check_contained as _fsspec_checks_get
+except ImportError:  # older: this module checks the names itself (S3TorchFileSystem.get)
+    _fsspec_checks_get = None
+
+from .. import _crt
+from .._client import S3Client
+from .._config import S3ClientConfig
+from .._local_files import get_files, put_file, stamp
+from .._paths import UnsafeKeyError
+from .._uri import split_bucket
+from ..s3reader import S3Reader
+from ..s3reader.constructor import ReaderConstructor, S3ReaderConstructor
+from ..s3writer import S3Writer
+
+Info = Dict[str, Any]
+
+# s3fs options that tune its own caches and concurrency: taken, and left to s3torch's engine,
+# so that storage_options written for s3fs work unchanged. Any other option that s3torch does
+# not know is refused by name.
+_S3FS_TUNING = frozenset(
+    {
+        "default_block_size",
+        "default_fill_cache",
+        "default_cache_type",
+        "cache_regions",
+        "max_concurrency",
+        "fixed_upload_size",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "max_paths",
+        "skip_instance_cache",
+        "loop",
+    }
+)
+_CLIENT_KWARGS = frozenset({"region_name", "endpoint_url", "verify"})
+_PARTIAL = ".s3torch-partial"  # get_file: the file's name until it is whole
+_DELETE_JOBS = 16  # rm: deletes in flight (the GIL is released while each waits)
+_RANGES_IN_FLIGHT = 64  # cat_ranges: GETs in flight
+
+
+class _Cached(type(AbstractFileSystem)):  # type: ignore[misc]
+    """fsspec's instance cache, which keys each filesystem by ``str()`` of its arguments, where
+    an ``S3ClientConfig`` shows no secret: two configs that differ only in their keys would
+    share one filesystem. Each config also passes a digest of all its fields (secrets
+    included), so that they do not."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        config = kwargs.get("s3client_config", args[2] if len(args) > 2 else None)
+        kwargs.pop("_config_digest", None)
+        if isinstance(config, S3ClientConfig):
+            fields = sorted(dataclasses.asdict(config).items())
+            kwargs["_config_digest"] = hashlib.sha256(repr(fields).encode()).hexdigest()
+        return super().__call__(*args, **kwargs)
+
+
+class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[misc]
+    """fsspec's filesystem interface on s3torch.
+
+    Args:
+        region: as :class:`~s3torch.S3Client` takes it (None: as boto3 finds it).
+        endpoint: as :class:`~s3torch.S3Client` takes it (None: as boto3 finds it).
+        s3client_config: an :class:`~s3torch.S3ClientConfig` (encryption, timeouts, ...).
+        reader_constructor: how files opened for reading read (default: the sequential
+            reader's segmented read-ahead; ``S3ReaderConstructor.range_based()`` for many
+            small random reads).
+
+    s3fs's own names for the same settings are taken too, so that ``storage_options``
+    written for s3fs work: ``anon`` (unsigned requests), ``key``/``secret``/``token``
+    (``username``/``password``), ``profile``, ``endpoint_url``, ``requester_pays``, and
+    ``client_kwargs`` ``region_name``, ``endpoint_url`` and ``verify`` (a CA bundle's path).
+    s3fs's cache and concurrency settings are accepted and ignored; any other option is a
+    TypeError that names it.
+    """
+
+    protocol = ("s3torch", "s3", "s3a")
+    root_marker = ""
+
+    def __init__(
+        self,
+        region: Optional[str] = None,
+        endpoint: Optional[str] = None,
+        s3client_config: Optional[S3ClientConfig] = None,
+        *,
+        reader_constructor: Optional[ReaderConstructor] = None,
+        anon: bool = False,
+        key: Optional[str] = None,
+        secret: Optional[str] = None,
+        token: Optional[str] = None,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        profile: Optional[str] = None,
+        endpoint_url: Optional[str] = None,
+        requester_pays: bool = False,
+        client_kwargs: Optional[Dict[str, Any]] = None,
+        **storage_options: Any,
+    ) -> None:
+        storage_options.pop("_config_digest", None)  # the instance cache's (_Cached)
+        unknown = sorted(set(storage_options) - _S3FS_TUNING)
+        if unknown:
+            raise TypeError(
+                f"S3TorchFileSystem does not take {', '.join(unknown)} (s3fs options it takes: anon, key, "
+                "secret, token, profile, endpoint_url, requester_pays, client_kwargs; s3torch's: region, "
+                "endpoint, s3client_config, reader_constructor)"
+            )
+        super().__init__(**{k: v for k, v in storage_options.items() if k != "loop"})
+        client_kwargs = dict(client_kwargs or {})
+        unknown = sorted(set(client_kwargs) - _CLIENT_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"client_kwargs {', '.join(unknown)}: S3TorchFileSystem takes only {sorted(_CLIENT_KWARGS)}"
+            )
+        region = region or client_kwargs.get("region_name")
+        endpoint = endpoint or endpoint_url or client_kwargs.get("endpoint_url")
+        overrides: Dict[str, Any] = {}
+        if anon:
+            overrides["unsigned"] = True
+        for field, value in (
+            ("access_key_id", key or username),
+            ("secret_access_key", secret or password),
+            ("session_token", token),
+            ("profile", profile),
+        ):
+            if value is not None:
+                overrides[field] = value
+        if requester_pays:
+            overrides["requester_pays"] = True
+        verify = client_kwargs.get("verify")
+        if verify is False:
+            raise ValueError("client_kwargs verify=False: s3torch always verifies TLS (give a CA bundle's path)")
+        if isinstance(verify, str):
+            overrides["ca_file"] = verify
+        config = dataclasses.replace(s3client_config or S3ClientConfig(), **overrides)
+        self.client = S3Client(region, endpoint, config)
+        self.reader_constructor = reader_constructor
+
+    # --- paths ----------------------------------------------------------------------------
+    def split_path(self, path: str) -> Tuple[str, str]:
+        """``(bucket, key)`` of a path, with or without its protocol."""
+        bucket, key = split_bucket(self._strip_protocol(path))
+        return bucket, key
+
+    def _object_path(self, path: str, what: str) -> Tuple[str, str]:
+        bucket, key = self.split_path(path)
+        if not bucket or not key:
+            raise ValueError(f"{what} needs bucket/key, got {path!r}")
+        return bucket, key
+
+    # --- metadata -------------------------------------------------------------------------
+    @staticmethod
+    def _file_info(bucket: str, o: "_crt.ObjectInfo") -> Info:
+        return {
+            "name": f"{bucket}/{o.key}",
+            "size": int(o.size),
+            "type": "file",
+            "ETag": o.etag,
+            "LastModified": _timestamp(o.last_modified),
+            "StorageClass": o.storage_class or "STANDARD",
+        }
+
+    @staticmethod
+    def _dir_info(name: str) -> Info:
+        return {"name": name, "size": 0, "type": "directory", "StorageClass": "DIRECTORY"}
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> Union[List[Info], List[str]]:
+        """The files and directories right under ``path`` (or ``path`` itself, when it is a
+        file). FileNotFoundError when there is neither."""
+        bucket, key = self.split_path(path)
+        if not bucket:
+            raise NotImplementedError("S3TorchFileSystem cannot list buckets: name one (bucket or bucket/prefix)")
+        prefix = key + "/" if key else ""
+        out: List[Info] = []
+        marker = False
+        for page in self.client.list_objects(bucket, prefix, delimiter="/"):
+            for o in page.object_info:
+                if o.key == prefix:
+                    marker = True  # the directory's own marker object
+                elif o.key.endswith("/"):
+                    out.append(self._dir_info(f"{bucket}/{o.key[:-1]}"))
+                else:
+                    out.append(self._file_info(bucket, o))
+            out += [self._dir_info(f"{bucket}/{p.rstrip('/')}") for p in page.common_prefixes]
+        if not out and key and not marker:
+            out = [self.info(path)]  # a file, or FileNotFoundError
+        out.sort(key=lambda i: i["name"])
+        return out if detail else [i["name"] for i in out]
+
+    def info(self, path: str, **kwargs: Any) -> Info:
+        """``name``, ``size``, ``type`` (``file`` or ``directory``), and for a file its ``ETag``,
+        ``LastModified`` (a UTC datetime) and ``StorageClass``: a HEAD, then (a directory?) a
+        listing of one key."""
+        bucket, key = self.split_path(path)
+        if not bucket:
+            return self._dir_info("")
+        if key:
+            try:
+                return self._file_info(bucket, self.client.head_object(bucket, key))
+            except _crt.S3NotFoundError:
+                pass
+        page = next(self.client.list_objects(bucket, key + "/" if key else "", delimiter="/", max_keys=1))
+        if key and not (page.object_info or page.common_prefixes):
+            raise FileNotFoundError(f"s3://{bucket}/{key}: no such object or prefix")
+        return self._dir_info(f"{bucket}/{key}" if key else bucket)
+
+    def find(
+        self, path: str, maxdepth: Optional[int] = None, withdirs: bool = False, detail: bool = False, **kwargs: Any
+    ) -> Union[List[str], Dict[str, Info]]:
+        """Every file under ``path`` (and with ``withdirs`` every directory), from one flat
+        listing of its prefix (``maxdepth``: fsspec's walk, a listing per directory)."""
+        if maxdepth is not None:
+            return super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
+        bucket, key = self.split_path(path)
+        if not bucket:
+            raise NotImplementedError("S3TorchFileSystem cannot list buckets: name one (bucket or bucket/prefix)")
+        root = f"{bucket}/{key}" if key else bucket
+        prefix = key + "/" if key else ""
+        out: Dict[str, Info] = {}
+        listed = False
+        for page in self.client.list_objects(bucket, prefix):
+            for o in page.object_info:
+                listed = True
+                rel = o.key[len(prefix) :]
+                marker = rel.endswith("/")  # a directory's marker object
+                if not marker:
+                    out[f"{bucket}/{o.key}"] = self._file_info(bucket, o)
+                if withdirs and rel:  # every directory between the root and the object
+                    parts = rel.rstrip("/").split("/")
+                    for depth in range(1, len(parts) + (1 if marker else 0)):
+                        name = f"{root}/{'/'.join(parts[:depth])}"
+                        out.setdefault(name, self._dir_info(name))
+        if withdirs and listed and key:
+            out.setdefault(root, self._dir_info(root))
+        if not listed and key:
+            try:
+                info = self.info(path)
+            except FileNotFoundError:
+                info = None
+            if info is not None and info["type"] == "file":
+                out[root] = info
+        names = sorted(out)
+        return {n: out[n] for n in names} if detail else names
+
+    def modified(self, path: str) -> datetime.datetime:
+        """When the object was last written (UTC)."""
+        info = self.info(path)
+        if info["type"] != "file":
+            raise IsADirectoryError(f"{path}: a directory has no modification time on S3")
+        return info["LastModified"]  # type: ignore[no-any-return]
+
+    def ukey(self, path: str) -> str:
+        """The object's ETag: changes whenever the object is written."""
+        return str(self.info(path).get("ETag") or super().ukey(path))
+
+    # --- directories: prefixes, which exist while something lies under them ---------------
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        """Nothing to do (a directory appears with its first object); a missing bucket is
+        FileNotFoundError, as s3torch creates no buckets."""
+        bucket, _ = self.split_path(path)
+        if bucket:
+            next(self.client.list_objects(bucket, max_keys=1))  # S3NotFoundError: no such bucket
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        """As :meth:`mkdir`."""
+        self.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        """Nothing to do: a directory goes with its last object."""
+
+    # --- reading --------------------------------------------------------------------------
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: Any = None,
+        autocommit: bool = True,
+        cache_options: Any = None,
+        **kwargs: Any,
+    ) -> Union[S3Reader, S3Writer]:
+        bucket, key = self._object_path(path, "open")
+        if mode == "rb":
+            # The HEAD says now, as s3fs does, that there is no such object; the reader is
+            # given its answer without taking the size as known up front, so that it reads
+            # in segments (a format's footer costs one GET) rather than the whole object.
+            native = self.client._get_native()
+            head = native.head(bucket, key, for_read=True)
+            constructor = self.reader_constructor or S3ReaderConstructor.default()
+            return constructor(bucket, key, native, lambda: head, None)
+        if mode in ("wb", "xb"):
+            if mode == "xb" and self.exists(path):
+                raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'xb')")
+            if autocommit:
+                return self.client.put_object(bucket, key)
+            return _DeferredWriter(self.client.upload(bucket, key), bucket, key)
+        if mode == "ab":
+            raise NotImplementedError("S3 objects cannot be appended to: write the whole object ('wb')")
+        raise ValueError(f"mode {mode!r}: S3TorchFileSystem opens 'rb', 'wb' and 'xb' (and their text forms)")
+
+    def cat_file(self, path: str, start: Optional[int] = None, end: Optional[int] = None, **kwargs: Any) -> bytes:
+        """The object's bytes ``[start, end)`` (negative: from its end) in one GET."""
+        bucket, key = self._object_path(path, "cat_file")
+        native = self.client._get_native()
+        if start is None and end is None:
+            return native.get_bytes(bucket, key)
+        start, end = start or 0, end
+        if start < 0 or (end is not None and end < 0):
+            size = int(self.client.head_object(bucket, key).size)
+            start = max(0, size + start) if start < 0 else start
+            end = size + end if end is not None and end < 0 else end
+        if end is not None and end <= start:
+            return b""
+        try:
+            return native.get_bytes(bucket, key, start, None if end is None else end - start)
+        except _crt.S3Exception as e:
+            if e.http_status == 416:  # the range starts at or past the end
+                return b""
+            raise
+
+    def cat_ranges(
+        self,
+        paths: List[str],
+        starts: Union[None, int, Sequence[Optional[int]]],
+        ends: Union[None, int, Sequence[Optional[int]]],
+        max_gap: Optional[int] = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> List[Union[bytes, Exception]]:
+        """Many ranges at once: every GET of a plain range (``0 <= start <= end``) in flight
+        together, each into a buffer of its own; the others one at a time."""
+        if max_gap is not None:
+            raise NotImplementedError("max_gap")
+        if not isinstance(paths, list):
+            raise TypeError("paths must be a list")
+        starts_l = list(starts) if isinstance(starts, Sequence) else [starts] * len(paths)
+        ends_l = list(ends) if isinstance(ends, Sequence) else [ends] * len(paths)
+        if len(starts_l) != len(paths) or len(ends_l) != len(paths):
+            raise ValueError("paths, starts and ends differ in length")
+        out: List[Union[bytes, Exception]] = [b""] * len(paths)
+        native = self.client._get_native()
+        inflight: List[Tuple[int, Any, bytearray]] = []
+
+        def settle(i: int, fetch: Callable[[], bytes]) -> None:
+            try:
+                out[i] = fetch()
+            except Exception as e:
+                if on_error != "return":
+                    raise
+                out[i] = e
+
+        def finish(entry: Tuple[int, Any, bytearray]) -> None:
+            i, handle, buf = entry
+            settle(i, lambda: _landed(handle, buf, lambda: self.cat_file(paths[i], starts_l[i], ends_l[i])))
+
+        try:
+            for i, (p, s, e) in enumerate(zip(paths, starts_l, ends_l)):
+                if s is None or e is None or s < 0 or e < s:
+                    settle(i, lambda p=p, s=s, e=e: self.cat_file(p, s, e))  # type: ignore[misc]
+                    continue
+                if e == s:
+                    continue
+                bucket, key = self._object_path(p, "cat_ranges")
+                buf = bytearray(e - s)
+                inflight.append((i, native.start_get_into(bucket, key, buf, s, e - s), buf))
+                if len(inflight) >= _RANGES_IN_FLIGHT:
+                    finish(inflight.pop(0))
+            while inflight:
+                finish(inflight.pop(0))
+        except BaseException:
+            for _, h, _ in inflight:
+                h.cancel()
+            raise
+        return out
+
+    # --- writing --------------------------------------------------------------------------
+    def pipe_file(self, path: str, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:
+        """PUT ``value`` (bytes-like) as the whole object; ``mode="create"``: FileExistsError
+        if it exists."""
+        bucket, key = self._object_path(path, "pipe_file")
+        if mode == "create" and self.exists(path):
+            raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'create')")
+        self.client.put(bucket, key, value)
+
+    def put_file(
+        self, lpath: str, rpath: str, callback: Callback = DEFAULT_CALLBACK, mode: str = "overwrite", **kwargs: Any
+    ) -> None:
+        """Upload a local file as one streaming upload, held to the file as it was when the
+        upload began (a file written meanwhile fails the upload, which leaves no object)."""
+        if os.path.isdir(lpath):
+            return  # a directory: nothing to store
+        bucket, key = self._object_path(rpath, "put_file")
+        if mode == "create" and self.exists(rpath):
+            raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'create')")
+        version = stamp(os.stat(lpath))
+        callback.set_size(version[1])
+        put_file(self.client, bucket, key, os.fspath(lpath), version, _Relay(callback))
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        """Server-side copy (nothing passes through this machine); a directory is a no-op."""
+        b1, k1 = self._object_path(path1, "cp_file")
+        b2, k2 = self._object_path(path2, "cp_file")
+        try:
+            self.client.copy_object(b1, k1, b2, k2)
+        except _crt.S3NotFoundError:
+            if self.isdir(path1):
+                return
+            raise
+
+    # --- local files ----------------------------------------------------------------------
+    def get_file(
+        self, rpath: str, lpath: Any, callback: Callback = DEFAULT_CALLBACK, outfile: Any = None, **kwargs: Any
+    ) -> None:
+        """Download to ``lpath``: ranged GETs in parallel straight into the file's memory map,
+        every one held to the version the first HEAD saw, under ``lpath + ".s3torch-partial"``
+        renamed once whole (a failed download leaves no file). A file object gets the bytes
+        streamed into it."""
+        bucket, key = self.split_path(rpath)
+        if outfile is None and not isinstance(lpath, (str, os.PathLike)):
+            outfile = lpath
+        try:
+            head = self.client.head_object(bucket, key) if key else None
+        except _crt.S3NotFoundError:
+            head = None
+        if head is None:
+            if self.isdir(rpath):
+                if outfile is None:
+                    os.makedirs(lpath, exist_ok=True)
+                return
+            raise FileNotFoundError(f"s3://{bucket}/{key}: no such object")
+        size = int(head.size)
+        callback.set_size(size)
+        if outfile is not None:
+            for chunk in self.client.get_stream(bucket, key):
+                outfile.write(chunk)
+                callback.relative_update(len(chunk))
+            return
+        lpath = os.fspath(lpath)
+        os.makedirs(os.path.dirname(os.path.abspath(lpath)), exist_ok=True)
+        get_files(self.client, bucket, "", {key: lpath}, [(key, size, head.etag)], _Relay(callback), _PARTIAL)
+
+    def get(
+        self,
+        rpath: Union[str, List[str]],
+        lpath: Any,
+        recursive: bool = False,
+        callback: Callback = DEFAULT_CALLBACK,
+        maxdepth: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        """fsspec's ``get``; a listing that names a key with a ``..`` segment (one that could
+        leave ``lpath``) is refused before anything is written. fsspec 2026.9 and later check
+        the local paths themselves; for older ones s3torch lists first and checks the keys."""
+        if _fsspec_checks_get is None and isinstance(rpath, str) and not isinstance(lpath, list):
+            if recursive or has_magic(rpath):
+                for name in self.expand_path(rpath, recursive=recursive, maxdepth=maxdepth):
+                    if ".." in name.split("/"):
+                        raise UnsafeKeyError(name, "it has a '..' path segment")
+        super().get(rpath, lpath, recursive=recursive, callback=callback, maxdepth=maxdepth, **kwargs)
+
+    # --- removing -------------------------------------------------------------------------
+    def rm_file(self, path: str) -> None:
+        """Delete one object (no error when there is none: S3's delete is idempotent)."""
+        bucket, key = self._object_path(path, "rm_file")
+        self.client.delete_object(bucket, key)
+
+    def _rm(self, path: str) -> None:
+        self.rm_file(path)
+
+    def rm(self, path: Union[str, List[str]], recursive: bool = False, maxdepth: Optional[int] = None) -> None:
+        """Delete the objects ``path`` names (``recursive``: everything under it, directory
+        markers included), many deletes in flight; FileNotFoundError when it names nothing."""
+        if recursive and maxdepth is None and isinstance(path, str) and not has_magic(path):
+            bucket, key = self.split_path(path)
+            prefix = key + "/" if key else ""
+            targets = [(bucket, o.key) for page in self.client.list_objects(bucket, prefix) for o in page.object_info]
+            if key and (targets or self.isfile(path)):
+                targets.append((bucket, key))
+            if not targets and key:
+                raise FileNotFoundError(f"s3://{bucket}/{key}: no such object or prefix")
+        else:
+            targets = [self.split_path(n) for n in self.expand_path(path, recursive=recursive, maxdepth=maxdepth)]
+            targets = [(b, k) for b, k in targets if b and k]
+        if not targets:
+            return
+        with ThreadPoolExecutor(min(_DELETE_JOBS, len(targets)), thread_name_prefix="s3torch-rm") as pool:
+            for f in [pool.submit(self.client.delete_object, b, k) for b, k in targets]:
+                f.result()
+
+    def invalidate_cache(self, path: Optional[str] = None) -> None:
+        """Nothing to do: nothing is cached."""
+
+
+def _landed(handle: Any, buf: bytearray, whole_read: Callable[[], bytes]) -> bytes:
+    """The bytes a ranged GET into ``buf`` landed (fewer at the object's end); a range past
+    the end is read again by ``whole_read``'s rules (b"")."""
+    try:
+        n = handle.wait()
+    except _crt.S3Exception as e:
+        if e.http_status == 416:
+            return whole_read()
+        raise
+    return bytes(buf) if n == len(buf) else bytes(memoryview(buf)[:n])
+
+
+def _timestamp(text: str) -> Optional[datetime.datetime]:
+    """A listing's ISO 8601 time or a HEAD's HTTP date, as an aware UTC datetime."""
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(datetime.timezone.utc)
+    except ValueError:
+        pass
+    try:
+        return email.utils.parsedate_to_datetime(text).astimezone(datetime.timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
+class _Relay:
+    """An fsspec callback as the copies' byte counter (``_local_files.Counter``)."""
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    def add(self, n: int) -> None:
+        self.callback.relative_update(n)
+
+
+class _DeferredWriter(S3Writer):
+    """A writer inside an fsspec transaction: ``close()`` leaves the upload open (its parts
+    uploaded); the transaction's ``commit()`` completes it, so that the object appears, and
+    ``discard()`` aborts it, so that nothing does."""
+
+    _pending = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self._pending = True
+            io.BufferedIOBase.close(self)  # not S3Writer.close, which completes the upload
+
+    def commit(self) -> None:
+        """Complete the upload: the object appears."""
+        if self._pending:
+            self._pending = False
+            self.etag = self._upload.complete() or None
+
+    def discard(self) -> None:
+        """Abort the upload: no object, no parts left behind."""
+        if self._pending:
+            self._pending = False
+            self._upload.abort()
+        elif not self.closed:
+            self.abort()
+
+    def __del__(self) -> None:
+        try:
+            self.discard()  # a transaction never committed: nothing appears
+        except Exception:
+            pass
