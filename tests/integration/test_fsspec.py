@@ -208,12 +208,27 @@ def test_a_write_that_raises_leaves_no_object(fs: S3TorchFileSystem, root: str) 
             raise RuntimeError("the job failed mid-write")
     assert not fs.exists(f"{root}/w")
     assert [u for u in fs.client.list_multipart_uploads(BUCKET, root.split("/", 1)[1]) if u[0].endswith("/w")] == []
-    with pytest.raises(NotImplementedError, match="appended"):
-        fs.open(f"{root}/w", "ab")
     fs.touch(f"{root}/empty")
     assert fs.cat_file(f"{root}/empty") == b"" and fs.size(f"{root}/empty") == 0
     with pytest.raises(FileExistsError):
         fs.open(f"{root}/empty", "xb")
+
+
+def test_append_writes_the_object_again_with_the_new_bytes_last(fs: S3TorchFileSystem, root: str) -> None:
+    path = f"{root}/log.csv"
+    with fs.open(path, "a") as f:  # no object yet: a new one
+        f.write("step,loss\n")
+    big = os.urandom(9 << 20)  # the old bytes span parts
+    with fs.open(path, "ab") as f:
+        f.write(big)
+    with fs.open(path, "a") as f:
+        f.write("2,0.5\n")
+    assert fs.cat_file(path) == b"step,loss\n" + big + b"2,0.5\n"
+    with pytest.raises(RuntimeError):
+        with fs.open(path, "ab") as f:
+            f.write(b"half a line")
+            raise RuntimeError("interrupted")
+    assert fs.cat_file(path) == b"step,loss\n" + big + b"2,0.5\n"  # as it was
 
 
 def test_transaction_writes_appear_on_commit_only(fs: S3TorchFileSystem, root: str) -> None:
@@ -281,6 +296,43 @@ def test_pickled_filesystem_works_elsewhere(fs: S3TorchFileSystem, root: str) ->
     fs.pipe_file(f"{root}/p", b"pickled")
     clone = pickle.loads(pickle.dumps(fs))
     assert clone.cat_file(f"{root}/p") == b"pickled"
+
+
+def test_lightning_logs_and_checkpoints_to_an_s3torch_url(seaweed_env, root: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Lightning reaches any URL through fsspec: its CSV logger appends to metrics.csv, its
+    # ModelCheckpoint saves through fsspec.open; the endpoint and keys come from the environment.
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from tests.integration.test_lightning import TinyModel
+
+    class LoggingModel(TinyModel):
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            loss = super().training_step(batch, batch_idx)
+            self.log("loss", loss)
+            return loss
+
+    url = f"s3torch://{root}/run"
+    trainer = pl.Trainer(
+        max_epochs=2,
+        default_root_dir=url,
+        logger=CSVLogger(url, name="", version="", flush_logs_every_n_steps=2),  # appends
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    model = LoggingModel()
+    trainer.fit(model)
+    fs = S3TorchFileSystem(s3client_config=S3ClientConfig(force_path_style=True))
+    names = fs.find(f"{root}/run")
+    ckpts = [n for n in names if n.endswith(".ckpt")]
+    assert ckpts and any(n.endswith("metrics.csv") for n in names), names
+    local = tmp_path / "last.ckpt"
+    fs.get_file(ckpts[-1], str(local))
+    state = torch.load(local, weights_only=False)
+    assert state["epoch"] == 1 and torch.equal(state["state_dict"]["layer.weight"], model.layer.weight.detach())
+    rows = fs.cat_file(next(n for n in names if n.endswith("metrics.csv"))).decode().splitlines()
+    assert rows[0].startswith("epoch") and len(rows) == 1 + 8  # a header, then every step's row
 
 
 def test_torch_fsspec_dcp_writer_and_reader(seaweed, root: str) -> None:  # type: ignore[no-untyped-def]

@@ -316,15 +316,29 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             head = native.head(bucket, key, for_read=True)
             constructor = self.reader_constructor or S3ReaderConstructor.default()
             return constructor(bucket, key, native, lambda: head, None)
-        if mode in ("wb", "xb"):
-            if mode == "xb" and self.exists(path):
-                raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'xb')")
-            if autocommit:
-                return self.client.put_object(bucket, key)
-            return _DeferredWriter(self.client.upload(bucket, key), bucket, key)
+        if mode not in ("wb", "xb", "ab"):
+            raise ValueError(f"mode {mode!r}: S3TorchFileSystem opens 'rb', 'wb', 'xb' and 'ab' (and their text forms)")
+        if mode == "xb" and self.exists(path):
+            raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'xb')")
+        writer = (
+            self.client.put_object(bucket, key)
+            if autocommit
+            else _DeferredWriter(self.client.upload(bucket, key), bucket, key)
+        )
         if mode == "ab":
-            raise NotImplementedError("S3 objects cannot be appended to: write the whole object ('wb')")
-        raise ValueError(f"mode {mode!r}: S3TorchFileSystem opens 'rb', 'wb' and 'xb' (and their text forms)")
+            # S3 has no append: the new object starts with the old one's bytes (one version of
+            # it, streamed), then what the caller writes. Until it is closed the old object
+            # stays as it was, and a failed append leaves it so.
+            try:
+                if int(self.client.head_object(bucket, key).size) > 0:
+                    for chunk in self.client.get_stream(bucket, key):
+                        writer.write(chunk)
+            except _crt.S3NotFoundError:
+                pass  # nothing to append to: a new object
+            except BaseException:
+                writer.abort()
+                raise
+        return writer
 
     def cat_file(self, path: str, start: Optional[int] = None, end: Optional[int] = None, **kwargs: Any) -> bytes:
         """The object's bytes ``[start, end)`` (negative: from its end) in one GET."""
