@@ -501,7 +501,7 @@ def markdown(results: Dict[str, Any]) -> str:
         + (f", {results['machine']['gpu']}" if results["machine"].get("gpu") else "")
         + f". Command: `{results['command']}`. "
         f"Median of {results['repeat']} runs (min-max); ratios are peer / s3torch (rate) and "
-        "peer / s3torch (CPU)."
+        "peer / s3torch (CPU), or / the baseline a table names."
         + (
             " s3torch's staging ring: {} MiB in {} MiB slots (S3TORCH_BENCH_RING).".format(
                 *(int(x) >> 20 for x in results["ring"].split(","))
@@ -517,13 +517,14 @@ def markdown(results: Dict[str, Any]) -> str:
         lines += [
             f"## {sc.title} ({sc_res['server']}; {sc_res['sizes']})",
             "",
-            f"| peer | {sc.unit} | rate vs s3torch | {cpu_unit} | CPU vs s3torch | peak RSS above baseline |",
+            f"| peer | {sc.unit} | rate vs {sc.baseline} | {cpu_unit} | CPU vs {sc.baseline} "
+            "| peak RSS above baseline |",
             "|---|---|---|---|---|---|",
         ]
         if sc_res.get("error"):
             lines += [f"| (all) | could not run: {sc_res['error']} | | | | |", ""]
             continue
-        base = next((p for p in sc_res["peers"] if p["peer"] == "s3torch" and "error" not in p), None)
+        base = next((p for p in sc_res["peers"] if p["peer"] == sc.baseline and "error" not in p), None)
         for p in sc_res["peers"]:
             if "error" in p:
                 lines.append(f"| {p['peer']} | could not run: {p['error']} | | | | |")
@@ -643,6 +644,7 @@ def main() -> int:
                 "title": sc.title,
                 "server": sc.server,
                 "unit": sc.unit,
+                "baseline": sc.baseline,
                 "sizes": sizes,
                 "peers": [],
             }

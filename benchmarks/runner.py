@@ -810,8 +810,41 @@ def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float
     raise KeyError(peer)
 
 
+def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """fsspec's bulk calls on many small objects: ``get`` of a prefix into a local directory
+    (``fsspec_get_many``) or ``put`` of a local directory under a prefix (``fsspec_put_many``).
+    The objects to get are written before measuring, by s3torch."""
+    import tempfile
+
+    n, size, b = ctx["objects"], ctx["object_bytes"], ctx["bucket"]
+    fs = fsspec_fs(ctx, peer)
+    prefix = f"{b}/fsspec-many-{peer}-{os.getpid()}"
+    data = os.urandom(size)
+    local = tempfile.mkdtemp(prefix="s3torch-bench-")
+    if ctx["scenario"].startswith("fsspec_get"):
+        fsspec_fs(ctx, "fsspec-s3torch").pipe({f"{prefix}/{i:06d}": data for i in range(n)})
+
+        def get() -> float:
+            fs.get(prefix, local + "/", recursive=True)
+            return float(sum(len(files) for _, _, files in os.walk(local)))
+
+        return get
+    for i in range(n):
+        with open(os.path.join(local, f"{i:06d}"), "wb") as f:
+            f.write(data)
+
+    def put() -> float:
+        fs.put(local + "/", prefix + "/", recursive=True)
+        return float(n)
+
+    return put
+
+
 SETUPS = {
     "get": setup_get,
+    "fsspec_get_many": setup_fsspec_many,
+    "fsspec_get_many_20ms": setup_fsspec_many,
+    "fsspec_put_many": setup_fsspec_many,
     "ranged": setup_ranged,
     "put": setup_put,
     "dataset0": setup_dataset,

@@ -19,6 +19,7 @@ class Scenario:
     sizes: Dict[str, int] = field(default_factory=dict)
     quick: Dict[str, int] = field(default_factory=dict)
     needs_cuda: bool = False  # reported as not run where torch.cuda.is_available() is False
+    baseline: str = "s3torch"  # the peer whose rate and CPU the others' are divided by
 
 
 SCENARIOS: List[Scenario] = [
@@ -269,6 +270,29 @@ for _latency in (0, 20):
                 )
             )
 SCENARIOS += PREFETCH
+
+# fsspec's bulk calls over many small objects (SeaweedFS: they list), the same calls on s3torch's
+# filesystem and on s3fs; get also through benchmarks/latency_proxy.py adding 20 ms. (s3fs's
+# uploads stall behind that proxy, so put is measured without it.)
+for _name, _latency, _objects in (
+    ("fsspec_get_many", 0, 1_000),
+    ("fsspec_get_many_20ms", 20, 400),
+    ("fsspec_put_many", 0, 1_000),
+):
+    _sizes = {"objects": _objects, "object_bytes": 100 * 1024, "latency_ms": _latency}
+    SCENARIOS.append(
+        Scenario(
+            _name,
+            f"fsspec {'put' if 'put' in _name else 'get'} of {_objects:,} x 100 KiB objects"
+            + (f", {_latency} ms added first-byte latency" if _latency else ""),
+            "seaweed",
+            "objects/s",
+            ["fsspec-s3torch", "fsspec-s3fs"],
+            _sizes,
+            {**_sizes, "objects": _objects // 4},
+            baseline="fsspec-s3torch",
+        )
+    )
 
 BY_NAME = {s.name: s for s in SCENARIOS}
 # Names --scenarios also accepts for a group of scenarios.

@@ -440,9 +440,10 @@ def _run_tables(rel: str, d: Dict[str, Any], charts: Dict[str, str]) -> List[str
         out.append(f"### {s['title']}\n")
         sizes = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in s.get("sizes", {}).items())
         out.append(f"Server: {s['server']}; {sizes}.\n")
-        ours = next((p for p in s["peers"] if p["peer"] == "s3torch"), None)
+        base = s.get("baseline", "s3torch")  # run.py records it from the scenario
+        ours = next((p for p in s["peers"] if p["peer"] == base), None)
         out.append(
-            f"| peer | {unit} | s3torch / peer | {per} | peer CPU / s3torch | peak RSS |\n|---|---|---|---|---|---|"
+            f"| peer | {unit} | {base} / peer | {per} | peer CPU / {base} | peak RSS |\n|---|---|---|---|---|---|"
         )
         for p in s["peers"]:
             if p.get("rate_median") is None:
@@ -456,7 +457,7 @@ def _run_tables(rel: str, d: Dict[str, Any], charts: Dict[str, str]) -> List[str
                     cpu_ratio = f"{p['cpu_median'] / ours['cpu_median']:.2f}x"
             rss = p.get("peak_rss_above_baseline_mb")
             rss_s = "-" if rss is None else f"{rss:,.0f} MB"
-            name = f"**{p['peer']}**" if p["peer"] == "s3torch" else p["peer"]
+            name = f"**{p['peer']}**" if p["peer"] == base else p["peer"]
             out.append(f"| {name} | {rate} | {ratio} | {_fmt(p.get('cpu_median'), 2)} | {cpu_ratio} | {rss_s} |")
         out.append("")
         chart = charts.get(os.path.join(os.path.dirname(rel), s["name"] + ".png"))

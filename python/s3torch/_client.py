@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _crt, _listing, _uploads
 from ._config import S3ClientConfig, default_region
@@ -173,7 +173,7 @@ class S3Client:
 
     def get_stream(
         self, bucket: str, key: str, offset: Optional[int] = None, length: Optional[int] = None, read_ahead: int = 0
-    ) -> Iterator[memoryview]:
+    ) -> Generator[memoryview, None, None]:
         """Yield the object as read-only memoryviews over the CRT's part buffers (no copy).
 
         At most about ``read_ahead`` bytes (default: the config's stream_read_ahead_bytes)

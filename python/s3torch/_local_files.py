@@ -41,10 +41,22 @@ class Counter(Protocol):
 
 
 class NoRoom(OSError):
-    """The filesystem refused a file its blocks: the message says which and what was undone."""
+    """The filesystem refused the file at ``filename`` its ``size`` bytes of blocks (the copy
+    then removed the files it had only allocated)."""
+
+    def __init__(self, err: int, path: str, size: int) -> None:
+        super().__init__(err, os.strerror(err), path)
+        self.size = size
+
+    def __reduce__(self) -> Any:  # pickled with its own arguments (a worker's error crosses over)
+        return (NoRoom, (self.errno, self.filename, self.size))
+
+    def why(self) -> str:
+        """``PATH: No space left on device (12.58 MB)``."""
+        return f"{self.filename}: {self.strerror} ({human(self.size)})"
 
     def __str__(self) -> str:
-        return str(self.strerror)
+        return f"{self.why()}; the copy stopped, and removed the files it had only allocated"
 
 
 class LocalFileChanged(Exception):
@@ -160,12 +172,14 @@ def get_files(
     files: List[Tuple[str, int, str]],
     progress: Counter,
     partial: str = "",
+    durable: bool = True,
 ) -> None:
     """Every file (name, size, ETag as listed; at ``paths[name]``, checked by ``local_path``),
     by pieces of PIECE bytes, WINDOW of them in flight, each GET writing straight into the
     file's memory map and held to the listed version. With a ``partial`` suffix, each file is
     written under its path plus that suffix and renamed once every file is whole (removed if
-    the copy fails)."""
+    the copy fails). ``durable``: the files and their directories are synced to disk before
+    this returns (a checkpoint's copy); without, they are as durable as any file written."""
     native = client._get_native()
     maps: List[Tuple[Any, Any, Any]] = []  # (file, mmap, memoryview), closed at the end
     pieces: List[Tuple[str, int, int, int, str]] = []  # (key, offset, length, index in maps, ETag)
@@ -190,11 +204,7 @@ def get_files(
                 f.close()
                 if e.errno not in NO_ROOM:
                     raise
-                raise NoRoom(
-                    e.errno,
-                    f"{path}: {e.strerror} ({human(size)}); the copy stopped before its .metadata, "
-                    "and removed the files it had only allocated",
-                ) from e
+                raise NoRoom(e.errno, path, size) from e
             m = mmap.mmap(f.fileno(), size)
             maps.append((f, m, memoryview(m)))
             pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1, etag) for a in range(0, size, PIECE)]
@@ -214,11 +224,12 @@ def get_files(
         # On disk before anything that names them (the .metadata, its rename) can be: as
         # torch's FileSystemWriter syncs its files, a copy that reports success survives a
         # power loss, and a crash never leaves a .metadata over files that were not written.
-        for f, _, _ in maps:
+        for f, _, _ in maps if durable else ():
             os.fsync(f.fileno())
         for path in written if partial else ():
             os.replace(path, path[: -len(partial)])
-        sync_dirs(written)
+        if durable:
+            sync_dirs(written)
         done = True
     except BaseException:
         for h, _ in inflight:

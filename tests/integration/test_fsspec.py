@@ -29,7 +29,7 @@ from fsspec.tests.abstract import (
 )
 
 import s3torch.fsspec
-from s3torch import S3ClientConfig
+from s3torch import S3ClientConfig, S3ReaderConstructor
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.fsspec import S3TorchFileSystem, filesystem
 from tests.conftest import BUCKET
@@ -122,6 +122,29 @@ def test_configs_that_differ_only_in_secrets_get_their_own_filesystem(seaweed) -
     with pytest.raises(PermissionError):
         bad.ls(BUCKET)
     assert pickle.loads(pickle.dumps(good)) is good  # same process: the cached instance
+    # Reader constructors show only their kind in str() too.
+    small = S3TorchFileSystem(
+        REGION,
+        seaweed.endpoint,
+        good.client.s3client_config,
+        reader_constructor=S3ReaderConstructor.range_based(1 << 20),
+    )
+    large = S3TorchFileSystem(
+        REGION,
+        seaweed.endpoint,
+        good.client.s3client_config,
+        reader_constructor=S3ReaderConstructor.range_based(64 << 20),
+    )
+    assert small is not large and small.client is large.client  # one S3Client for both
+
+
+def test_threads_share_one_client(fs: S3TorchFileSystem, moto) -> None:  # type: ignore[no-untyped-def]
+    # fsspec makes a filesystem per thread; they share the S3Client of their settings.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        others = list(pool.map(lambda _: make_fs(moto), range(4)))
+    assert all(o.client is fs.client for o in others)
 
 
 def test_unknown_options_are_refused_by_name(seaweed) -> None:  # type: ignore[no-untyped-def]
@@ -168,6 +191,9 @@ def test_listing_files_directories_and_markers(fs: S3TorchFileSystem, root: str)
     assert fs.find(f"{root}/f") == [f"{root}/f"]
     assert sorted(fs.glob(f"{root}/**/g")) == [f"{root}/d/g"]
     assert fs.du(root) == 6
+    fs.rm([f"{root}/m"], recursive=True)  # a list (through expand_path): the marker too
+    assert not fs.exists(f"{root}/m")
+    fs.client.put(BUCKET, f"{root}/m/".split("/", 1)[1], b"")
     fs.rm(root, recursive=True)  # the marker too
     assert not fs.exists(root) and fs.find(root, withdirs=True) == []
     with pytest.raises(FileNotFoundError):
@@ -237,15 +263,22 @@ def test_transaction_writes_appear_on_commit_only(fs: S3TorchFileSystem, root: s
             f.write(b"one")
         assert not fs.exists(f"{root}/t1")  # closed, not yet committed
     assert fs.cat_file(f"{root}/t1") == b"one"
+    with fs.transaction:
+        fs.pipe_file(f"{root}/t3", b"three")
+        f = fs.open(f"{root}/t4", "wb")
+        f.write(b"four")  # left open: the commit closes it
+        assert not fs.exists(f"{root}/t3") and not fs.exists(f"{root}/t4")
+    assert fs.cat_file(f"{root}/t3") == b"three" and fs.cat_file(f"{root}/t4") == b"four"
     with pytest.raises(RuntimeError):
         with fs.transaction:
             with fs.open(f"{root}/t2", "wb") as f:
                 f.write(b"two")
+            fs.pipe_file(f"{root}/t5", b"five")
             raise RuntimeError("abandoned")
-    assert not fs.exists(f"{root}/t2")
+    assert not fs.exists(f"{root}/t2") and not fs.exists(f"{root}/t5")
 
 
-def test_get_and_put_files(fs: S3TorchFileSystem, root: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_get_and_put_files(fs: S3TorchFileSystem, root: str, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom((1 << 20) + 7)
     local = tmp_path / "up.bin"
     local.write_bytes(data)
@@ -259,9 +292,57 @@ def test_get_and_put_files(fs: S3TorchFileSystem, root: str, tmp_path) -> None: 
     with open(tmp_path / "into", "wb") as out:
         fs.get_file(f"{root}/up.bin", out)  # a file object: streamed into it
     assert (tmp_path / "into").read_bytes() == data
+    monkeypatch.chdir(tmp_path)
+    fs.get_file(f"{root}/up.bin", "relative.bin")  # a bare name: the working directory
+    assert (tmp_path / "relative.bin").read_bytes() == data
     with pytest.raises(FileNotFoundError):
         fs.get_file(f"{root}/nope", str(tmp_path / "nope"))
     assert not (tmp_path / "nope").exists() and not (tmp_path / "nope.s3torch-partial").exists()
+
+
+def test_bulk_calls_run_many_at_once_and_raise_the_first_failure(  # type: ignore[no-untyped-def]
+    fs: S3TorchFileSystem, root: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = {f"{root}/src/{i:03d}": os.urandom(1000 + i) for i in range(40)}
+    fs.pipe(blobs)  # a dict: many PUTs at once
+    assert fs.cat(fs.find(f"{root}/src")) == blobs  # many GETs at once
+    got = fs.cat([f"{root}/src/000", f"{root}/nope"], on_error="return")
+    assert got[f"{root}/src/000"] == blobs[f"{root}/src/000"] and isinstance(got[f"{root}/nope"], FileNotFoundError)
+    assert fs.cat([f"{root}/src/000", f"{root}/nope"], on_error="omit") == {f"{root}/src/000": blobs[f"{root}/src/000"]}
+
+    # An object replaced after get's listing is read as it is now, whole (its listed ETag fails).
+    find = fs.find
+
+    def find_then_replace(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = find(*args, **kwargs)
+        fs.pipe_file(f"{root}/src/007", b"replaced after the listing")
+        return out
+
+    monkeypatch.setattr(fs, "find", find_then_replace)
+    fs.get(f"{root}/src", str(tmp_path / "a") + "/", recursive=True)
+    monkeypatch.undo()
+    blobs[f"{root}/src/007"] = b"replaced after the listing"
+    for name, data in blobs.items():
+        assert (tmp_path / "a" / "src" / name.rsplit("/", 1)[1]).read_bytes() == data  # as cp -r names it
+
+    # The first failure is raised; the files that failed leave nothing behind.
+    real = S3TorchFileSystem._get_file
+
+    def flaky(self, rpath, lpath, *args):  # type: ignore[no-untyped-def]
+        if rpath.endswith("/013"):
+            raise ConnectionError("the network went away")
+        return real(self, rpath, lpath, *args)
+
+    monkeypatch.setattr(S3TorchFileSystem, "_get_file", flaky)
+    with pytest.raises(ConnectionError, match="went away"):
+        fs.get(f"{root}/src", str(tmp_path / "b") + "/", recursive=True)
+    assert not (tmp_path / "b" / "src" / "013").exists()
+    assert not [p for p in (tmp_path / "b").rglob("*") if p.name.endswith(".s3torch-partial")]
+
+    fs.copy(f"{root}/src", f"{root}/dst", recursive=True)  # many server-side copies at once
+    assert len(fs.find(f"{root}/dst")) == 40
+    fs.mv(f"{root}/dst", f"{root}/moved", recursive=True)
+    assert len(fs.find(f"{root}/moved")) == 40 and not fs.exists(f"{root}/dst")
 
 
 @pytest.mark.parametrize("fsspec_checks", [True, False], ids=["fsspec-checks", "older-fsspec"])

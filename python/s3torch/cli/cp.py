@@ -24,7 +24,7 @@ from typing import Dict, List, Tuple
 
 from .. import _crt
 from .._client import S3Client
-from .._local_files import LocalFileChanged, check_stamp, get_files, put_file, stamp
+from .._local_files import LocalFileChanged, NoRoom, check_stamp, get_files, put_file, stamp
 from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
 from ._checkpoint import METADATA, local_files
@@ -182,6 +182,10 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
             # leaves none that a load would take for a checkpoint.
             partial = _partial_suffix(paths, meta)
             get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in meta], progress, partial)
+        except NoRoom as e:
+            raise CLIError(
+                f"{e.why()}; the copy stopped before its .metadata, and removed the files it had only allocated"
+            ) from e
         except _crt.S3ObjectChangedError as e:
             raise CLIError(
                 f"s3://{bucket}/{e.key}: replaced while it was copied (something is saving to {src}); "

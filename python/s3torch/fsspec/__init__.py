@@ -10,8 +10,8 @@ the package's entry point. To serve ``s3://`` as well, in place of s3fs, call :f
     s3torch.fsspec.register()             # s3:// and s3a:// now go through s3torch
     df = pandas.read_parquet("s3://bucket/table.parquet")
 
-See :class:`S3TorchFileSystem` for the options, and docs/getting-started.md for what differs
-from s3fs.
+See :class:`S3TorchFileSystem` for the options, docs/fsspec.md for what each call does, and
+docs/migrating.md for what differs from s3fs.
 """
 
 from __future__ import annotations

@@ -16,15 +16,18 @@ cached between calls: every listing is fresh.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import email.utils
+import functools
 import hashlib
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from glob import has_magic
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractFileSystem
@@ -66,22 +69,30 @@ _S3FS_TUNING = frozenset(
 )
 _CLIENT_KWARGS = frozenset({"region_name", "endpoint_url", "verify"})
 _PARTIAL = ".s3torch-partial"  # get_file: the file's name until it is whole
-_DELETE_JOBS = 16  # rm: deletes in flight (the GIL is released while each waits)
+_JOBS = 64  # get, copy, cat, pipe, rm: files (or deletes) in flight at once; the GIL is
+# released while each waits
+_PUT_JOBS = 16  # put: files uploaded at once (each holds a read buffer and its parts in flight)
 _RANGES_IN_FLIGHT = 64  # cat_ranges: GETs in flight
 
 
 class _Cached(type(AbstractFileSystem)):  # type: ignore[misc]
     """fsspec's instance cache, which keys each filesystem by ``str()`` of its arguments, where
-    an ``S3ClientConfig`` shows no secret: two configs that differ only in their keys would
-    share one filesystem. Each config also passes a digest of all its fields (secrets
-    included), so that they do not."""
+    an ``S3ClientConfig`` shows no secret and a reader constructor only its kind: two configs
+    that differ only in their keys, or two readers in their buffer size, would share one
+    filesystem. Both also pass a digest of all their fields (secrets included), so that they
+    do not."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        config = kwargs.get("s3client_config", args[2] if len(args) > 2 else None)
         kwargs.pop("_config_digest", None)
+        config = kwargs.get("s3client_config", args[2] if len(args) > 2 else None)
+        constructor = kwargs.get("reader_constructor")
+        parts: List[Any] = []
         if isinstance(config, S3ClientConfig):
-            fields = sorted(dataclasses.asdict(config).items())
-            kwargs["_config_digest"] = hashlib.sha256(repr(fields).encode()).hexdigest()
+            parts.append(sorted(dataclasses.asdict(config).items()))
+        if constructor is not None:
+            parts.append((type(constructor).__name__, sorted(vars(constructor).items())))
+        if parts:
+            kwargs["_config_digest"] = hashlib.sha256(repr(parts).encode()).hexdigest()
         return super().__call__(*args, **kwargs)
 
 
@@ -162,8 +173,31 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         if isinstance(verify, str):
             overrides["ca_file"] = verify
         config = dataclasses.replace(s3client_config or S3ClientConfig(), **overrides)
-        self.client = S3Client(region, endpoint, config)
+        self.client = _shared_client(region, endpoint, config)
         self.reader_constructor = reader_constructor
+        self._local = threading.local()  # .batch: the _Batch of this thread's bulk call
+
+    # --- bulk calls: fsspec's get, put and copy hand over one file at a time ---------------
+    @property
+    def _batch(self) -> Optional["_Batch"]:
+        return getattr(self._local, "batch", None)
+
+    @contextlib.contextmanager
+    def _batched(self, jobs: int, ignore_missing: bool = False) -> Iterator[None]:
+        """While fsspec's ``get``/``put``/``copy`` hands files to ``get_file``/``put_file``/
+        ``cp_file``, start each in a pool of ``jobs`` threads; wait for them all at the end."""
+        if self._batch is not None:  # nested: the outer call's batch runs it
+            yield
+            return
+        batch = self._local.batch = _Batch(jobs, ignore_missing)
+        try:
+            yield
+        except BaseException:
+            self._local.batch = None
+            batch.finish(raise_errors=False)
+            raise
+        self._local.batch = None
+        batch.finish(raise_errors=True)
 
     # --- paths ----------------------------------------------------------------------------
     def split_path(self, path: str) -> Tuple[str, str]:
@@ -268,6 +302,8 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
                 info = None
             if info is not None and info["type"] == "file":
                 out[root] = info
+        if self._batch is not None:  # a get's listing: its files are read as listed
+            self._batch.infos.update(out)
         names = sorted(out)
         return {n: out[n] for n in names} if detail else names
 
@@ -331,8 +367,9 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             # stays as it was, and a failed append leaves it so.
             try:
                 if int(self.client.head_object(bucket, key).size) > 0:
-                    for chunk in self.client.get_stream(bucket, key):
-                        writer.write(chunk)
+                    with contextlib.closing(self.client.get_stream(bucket, key)) as chunks:
+                        for chunk in chunks:
+                            writer.write(chunk)
             except _crt.S3NotFoundError:
                 pass  # nothing to append to: a new object
             except BaseException:
@@ -422,13 +459,25 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         bucket, key = self._object_path(path, "pipe_file")
         if mode == "create" and self.exists(path):
             raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'create')")
+        if self._intrans:  # inside a transaction: the object appears on its commit
+            with self.open(path, "wb") as f:
+                f.write(value)
+            return
         self.client.put(bucket, key, value)
 
     def put_file(
         self, lpath: str, rpath: str, callback: Callback = DEFAULT_CALLBACK, mode: str = "overwrite", **kwargs: Any
     ) -> None:
         """Upload a local file as one streaming upload, held to the file as it was when the
-        upload began (a file written meanwhile fails the upload, which leaves no object)."""
+        upload began (a file written meanwhile fails the upload, which leaves no object).
+        Inside ``put``, ``_PUT_JOBS`` files upload at once."""
+        batch = self._batch
+        if batch is not None:
+            batch.submit(lambda: self._put_file(lpath, rpath, DEFAULT_CALLBACK, mode))
+            return
+        self._put_file(lpath, rpath, callback, mode)
+
+    def _put_file(self, lpath: str, rpath: str, callback: Callback, mode: str) -> None:
         if os.path.isdir(lpath):
             return  # a directory: nothing to store
         bucket, key = self._object_path(rpath, "put_file")
@@ -439,7 +488,37 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         put_file(self.client, bucket, key, os.fspath(lpath), version, _Relay(callback))
 
     def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
-        """Server-side copy (nothing passes through this machine); a directory is a no-op."""
+        """Server-side copy (nothing passes through this machine); a directory is a no-op.
+        Inside ``copy`` and ``mv``, ``_JOBS`` copies are in flight."""
+        batch = self._batch
+        if batch is not None:
+
+            def job() -> None:
+                try:
+                    self._cp_file(path1, path2)
+                except FileNotFoundError:
+                    if not batch.ignore_missing:
+                        raise
+
+            batch.submit(job)
+            return
+        self._cp_file(path1, path2)
+
+    def copy(
+        self,
+        path1: Union[str, List[str]],
+        path2: Union[str, List[str]],
+        recursive: bool = False,
+        maxdepth: Optional[int] = None,
+        on_error: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        """fsspec's ``copy``, ``_JOBS`` server-side copies in flight."""
+        ignore_missing = on_error == "ignore" or (on_error is None and recursive)  # fsspec's default
+        with self._batched(_JOBS, ignore_missing):
+            super().copy(path1, path2, recursive=recursive, maxdepth=maxdepth, on_error=on_error, **kwargs)
+
+    def _cp_file(self, path1: str, path2: str) -> None:
         b1, k1 = self._object_path(path1, "cp_file")
         b2, k2 = self._object_path(path2, "cp_file")
         try:
@@ -456,30 +535,58 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         """Download to ``lpath``: ranged GETs in parallel straight into the file's memory map,
         every one held to the version the first HEAD saw, under ``lpath + ".s3torch-partial"``
         renamed once whole (a failed download leaves no file). A file object gets the bytes
-        streamed into it."""
-        bucket, key = self.split_path(rpath)
+        streamed into it. Inside ``get``, ``_JOBS`` files download at once, each held to the
+        version the listing saw (one replaced since is read again, whole, as it is now)."""
         if outfile is None and not isinstance(lpath, (str, os.PathLike)):
             outfile = lpath
-        try:
-            head = self.client.head_object(bucket, key) if key else None
-        except _crt.S3NotFoundError:
-            head = None
-        if head is None:
-            if self.isdir(rpath):
-                if outfile is None:
-                    os.makedirs(lpath, exist_ok=True)
-                return
-            raise FileNotFoundError(f"s3://{bucket}/{key}: no such object")
-        size = int(head.size)
+        batch = self._batch
+        if batch is None or outfile is not None:
+            self._get_file(rpath, lpath, callback, outfile)
+            return
+        listed = batch.infos.get(self._strip_protocol(rpath))
+
+        def job() -> None:
+            try:
+                self._get_file(rpath, lpath, DEFAULT_CALLBACK, None, listed)
+            except _crt.S3ObjectChangedError:
+                if listed is None:
+                    raise
+                self._get_file(rpath, lpath, DEFAULT_CALLBACK, None)  # replaced since the listing
+
+        batch.submit(job)
+
+    def _get_file(
+        self, rpath: str, lpath: Any, callback: Callback, outfile: Any, listed: Optional[Info] = None
+    ) -> None:
+        bucket, key = self.split_path(rpath)
+        if listed is not None and listed["type"] == "directory":
+            os.makedirs(lpath, exist_ok=True)
+            return
+        if listed is not None:
+            size, etag = int(listed["size"]), str(listed["ETag"])
+        else:
+            try:
+                head = self.client.head_object(bucket, key) if key else None
+            except _crt.S3NotFoundError:
+                head = None
+            if head is None:
+                if self.isdir(rpath):
+                    if outfile is None:
+                        os.makedirs(lpath, exist_ok=True)
+                    return
+                raise FileNotFoundError(f"s3://{bucket}/{key}: no such object")
+            size, etag = int(head.size), head.etag
         callback.set_size(size)
         if outfile is not None:
-            for chunk in self.client.get_stream(bucket, key):
-                outfile.write(chunk)
-                callback.relative_update(len(chunk))
+            with contextlib.closing(self.client.get_stream(bucket, key)) as chunks:
+                for chunk in chunks:
+                    outfile.write(chunk)
+                    callback.relative_update(len(chunk))
             return
-        lpath = os.fspath(lpath)
-        os.makedirs(os.path.dirname(os.path.abspath(lpath)), exist_ok=True)
-        get_files(self.client, bucket, "", {key: lpath}, [(key, size, head.etag)], _Relay(callback), _PARTIAL)
+        lpath = os.path.abspath(os.fspath(lpath))
+        os.makedirs(os.path.dirname(lpath), exist_ok=True)
+        files = [(key, size, etag)]
+        get_files(self.client, bucket, "", {key: lpath}, files, _Relay(callback), _PARTIAL, durable=False)
 
     def get(
         self,
@@ -498,7 +605,51 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
                 for name in self.expand_path(rpath, recursive=recursive, maxdepth=maxdepth):
                     if ".." in name.split("/"):
                         raise UnsafeKeyError(name, "it has a '..' path segment")
-        super().get(rpath, lpath, recursive=recursive, callback=callback, maxdepth=maxdepth, **kwargs)
+        with self._batched(_JOBS):
+            super().get(rpath, lpath, recursive=recursive, callback=callback, maxdepth=maxdepth, **kwargs)
+
+    def put(
+        self,
+        lpath: Union[str, List[str]],
+        rpath: Union[str, List[str]],
+        recursive: bool = False,
+        callback: Callback = DEFAULT_CALLBACK,
+        maxdepth: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        """fsspec's ``put``, ``_PUT_JOBS`` files uploaded at once."""
+        with self._batched(_PUT_JOBS):
+            super().put(lpath, rpath, recursive=recursive, callback=callback, maxdepth=maxdepth, **kwargs)
+
+    def cat(
+        self, path: Union[str, List[str]], recursive: bool = False, on_error: str = "raise", **kwargs: Any
+    ) -> Union[bytes, Dict[str, Union[bytes, Exception]]]:
+        """fsspec's ``cat``: one object's bytes, or ``{path: bytes}`` of several, ``_JOBS`` GETs in
+        flight (``on_error``: ``"raise"``, ``"omit"`` or ``"return"`` the exception)."""
+        paths = self.expand_path(path, recursive=recursive, **kwargs)
+        if len(paths) == 1 and not isinstance(path, list) and paths[0] == self._strip_protocol(path):
+            return self.cat_file(paths[0], **kwargs)
+        out: Dict[str, Union[bytes, Exception]] = {}
+        with ThreadPoolExecutor(min(_JOBS, len(paths)), thread_name_prefix="s3torch-cat") as pool:
+            futures = [(p, pool.submit(self.cat_file, p, **kwargs)) for p in paths]
+            for p, f in futures:
+                error = f.exception()
+                if error is None:
+                    out[p] = f.result()
+                elif on_error == "raise":
+                    for _, g in futures:
+                        g.cancel()
+                    raise error
+                elif on_error == "return":
+                    out[p] = error  # type: ignore[assignment]
+        return out
+
+    def pipe(self, path: Union[str, Dict[str, Any]], value: Any = None, **kwargs: Any) -> None:
+        """fsspec's ``pipe``; a ``{path: bytes}`` dict is written ``_JOBS`` objects at a time."""
+        if not isinstance(path, dict):
+            super().pipe(path, value, **kwargs)
+            return
+        _run_all([functools.partial(self.pipe_file, self._strip_protocol(k), v, **kwargs) for k, v in path.items()])
 
     # --- removing -------------------------------------------------------------------------
     def rm_file(self, path: str) -> None:
@@ -521,16 +672,84 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             if not targets and key:
                 raise FileNotFoundError(f"s3://{bucket}/{key}: no such object or prefix")
         else:
-            targets = [self.split_path(n) for n in self.expand_path(path, recursive=recursive, maxdepth=maxdepth)]
-            targets = [(b, k) for b, k in targets if b and k]
-        if not targets:
-            return
-        with ThreadPoolExecutor(min(_DELETE_JOBS, len(targets)), thread_name_prefix="s3torch-rm") as pool:
-            for f in [pool.submit(self.client.delete_object, b, k) for b, k in targets]:
-                f.result()
+            with self._batched(1):  # only to learn what the listings say of each name
+                names = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
+                listed = dict(self._batch.infos) if self._batch is not None else {}
+            targets = []
+            for name in names:
+                bucket, key = self.split_path(name)
+                if bucket and key:
+                    targets.append((bucket, key))
+                    if recursive and listed.get(name, {}).get("type") == "directory":
+                        targets.append((bucket, key + "/"))  # its marker, if it has one
+        _run_all([functools.partial(self.client.delete_object, b, k) for b, k in targets])
 
     def invalidate_cache(self, path: Optional[str] = None) -> None:
         """Nothing to do: nothing is cached."""
+
+
+# One S3Client (its connections, buffers and event loop) for every filesystem of the same
+# settings: fsspec makes a filesystem per thread.
+_CLIENTS: Dict[Tuple[Optional[str], Optional[str], S3ClientConfig], S3Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _shared_client(region: Optional[str], endpoint: Optional[str], config: S3ClientConfig) -> S3Client:
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get((region, endpoint, config))
+        if client is None:
+            client = _CLIENTS[(region, endpoint, config)] = S3Client(region, endpoint, config)
+        return client
+
+
+def _run_all(jobs: List[Callable[[], None]]) -> None:
+    """Run ``jobs`` ``_JOBS`` at a time; the first failure stops those not started and is raised."""
+    if not jobs:
+        return
+    batch = _Batch(min(_JOBS, len(jobs)), False)
+    try:
+        for job in jobs:
+            batch.submit(job)
+    except BaseException:
+        batch.finish(raise_errors=False)
+        raise
+    batch.finish(raise_errors=True)
+
+
+class _Batch:
+    """The files one bulk call hands over one at a time, each started as it comes, ``jobs``
+    at a time, all awaited before the call returns. The first failure cancels those not yet
+    started and is raised. (fsspec's progress callback counts files as they are handed over.)"""
+
+    def __init__(self, jobs: int, ignore_missing: bool) -> None:
+        self._pool = ThreadPoolExecutor(jobs, thread_name_prefix="s3torch-fsspec")
+        self._futures: List["Future[None]"] = []
+        self.ignore_missing = ignore_missing  # copy: a source gone since the listing is skipped
+        self.infos: Dict[str, Info] = {}  # what the call's listings said of each path
+        self._failed: List[BaseException] = []  # appended by the pool's threads (list.append is atomic)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        future = self._pool.submit(job)
+        future.add_done_callback(self._note)
+        self._futures.append(future)
+
+    def finish(self, raise_errors: bool) -> None:
+        try:
+            if raise_errors:  # until all are done or one has failed
+                wait(self._futures, return_when=FIRST_EXCEPTION)
+            for f in self._futures:  # start no more (a no-op once all are done)
+                f.cancel()
+            wait(self._futures)
+        except BaseException:  # interrupted while waiting: leave the running ones to finish
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        self._pool.shutdown(wait=True)
+        if raise_errors and self._failed:
+            raise self._failed[0]
+
+    def _note(self, f: "Future[None]") -> None:  # a done callback: failures in the order they came
+        if not f.cancelled() and f.exception() is not None:
+            self._failed.append(f.exception())  # type: ignore[arg-type]
 
 
 def _landed(handle: Any, buf: bytearray, whole_read: Callable[[], bytes]) -> bytes:
@@ -582,7 +801,8 @@ class _DeferredWriter(S3Writer):
             io.BufferedIOBase.close(self)  # not S3Writer.close, which completes the upload
 
     def commit(self) -> None:
-        """Complete the upload: the object appears."""
+        """Complete the upload: the object appears (a file still open is closed first)."""
+        self.close()
         if self._pending:
             self._pending = False
             self.etag = self._upload.complete() or None
