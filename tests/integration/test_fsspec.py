@@ -221,8 +221,8 @@ def test_reads_ranges_and_seeks(fs: S3TorchFileSystem, root: str) -> None:
     ends = [10, 100, len(data) + 10, 1 << 20, len(data) + 2, None, None]
     got = fs.cat_ranges([path] * len(starts), starts, ends)
     assert got == [data[0:10], b"", data[-10:], data[7 : 1 << 20], b"", data[50:], data[-20:]]
-    missing = fs.cat_ranges([path, f"{root}/nope"], [0, 0], [4, 4])
-    assert missing[0] == data[:4] and isinstance(missing[1], FileNotFoundError)
+    missing = fs.cat_ranges([path, f"{root}/nope", BUCKET], [0, 0, 0], [4, 4, 4])
+    assert missing[0] == data[:4] and isinstance(missing[1], FileNotFoundError) and isinstance(missing[2], ValueError)
     with pytest.raises(FileNotFoundError):
         fs.cat_ranges([f"{root}/nope"], [0], [4], on_error="raise")
 

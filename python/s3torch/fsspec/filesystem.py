@@ -439,9 +439,14 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
                     continue
                 if e == s:
                     continue
-                bucket, key = self._object_path(p, "cat_ranges")
                 buf = bytearray(e - s)
-                inflight.append((i, native.start_get_into(bucket, key, buf, s, e - s), buf))
+                try:
+                    bucket, key = self._object_path(p, "cat_ranges")
+                    handle = native.start_get_into(bucket, key, buf, s, e - s)
+                except Exception as error:  # a path with no key: that item's error
+                    settle(i, functools.partial(_raise, error))
+                    continue
+                inflight.append((i, handle, buf))
                 if len(inflight) >= _RANGES_IN_FLIGHT:
                     finish(inflight.pop(0))
             while inflight:
@@ -750,6 +755,10 @@ class _Batch:
     def _note(self, f: "Future[None]") -> None:  # a done callback: failures in the order they came
         if not f.cancelled() and f.exception() is not None:
             self._failed.append(f.exception())  # type: ignore[arg-type]
+
+
+def _raise(error: BaseException) -> bytes:
+    raise error
 
 
 def _landed(handle: Any, buf: bytearray, whole_read: Callable[[], bytes]) -> bytes:
