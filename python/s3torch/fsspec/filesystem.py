@@ -175,7 +175,8 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         config = dataclasses.replace(s3client_config or S3ClientConfig(), **overrides)
         self.client = _shared_client(region, endpoint, config)
         self.reader_constructor = reader_constructor
-        self._local = threading.local()  # .batch: the _Batch of this thread's bulk call
+        # Per thread: .batch, the _Batch of its bulk call; .listed, what its listings said.
+        self._local = threading.local()
 
     # --- bulk calls: fsspec's get, put and copy hand over one file at a time ---------------
     @property
@@ -198,6 +199,21 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             raise
         self._local.batch = None
         batch.finish(raise_errors=True)
+
+    @contextlib.contextmanager
+    def _remembering_listings(self) -> Iterator[Dict[str, Info]]:
+        """While it lasts, ``find`` on this thread adds what it lists (name: info) to the dict
+        it yields: a ``get`` reads each file as listed, an ``rm`` knows the directories."""
+        outer = getattr(self._local, "listed", None)
+        if outer is not None:  # nested: the outer call's
+            yield outer
+            return
+        listed: Dict[str, Info] = {}
+        self._local.listed = listed
+        try:
+            yield listed
+        finally:
+            self._local.listed = None
 
     # --- paths ----------------------------------------------------------------------------
     def split_path(self, path: str) -> Tuple[str, str]:
@@ -245,10 +261,26 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
                 else:
                     out.append(self._file_info(bucket, o))
             out += [self._dir_info(f"{bucket}/{p.rstrip('/')}") for p in page.common_prefixes]
-        if not out and key and not marker:
-            out = [self.info(path)]  # a file, or FileNotFoundError
+        if not out and key and not marker:  # nothing under it: a file, or nothing at all
+            found = self._head_info(bucket, key)
+            if found is None:
+                raise FileNotFoundError(f"s3://{bucket}/{key}: no such object or prefix")
+            out = [found]
         out.sort(key=lambda i: i["name"])
         return out if detail else [i["name"] for i in out]
+
+    def _head_info(self, bucket: str, key: str) -> Optional[Info]:
+        """The object's info from a HEAD, or None when there is no such object."""
+        try:
+            return self._file_info(bucket, self.client.head_object(bucket, key))
+        except _crt.S3NotFoundError:
+            return None
+
+    def _holds_anything(self, bucket: str, key: str) -> bool:
+        """Whether anything lies under the directory ``key`` (``""``: the bucket's root), from
+        a listing of one key; S3NotFoundError when the bucket does not exist."""
+        page = next(self.client.list_objects(bucket, key + "/" if key else "", delimiter="/", max_keys=1))
+        return bool(page.object_info or page.common_prefixes)
 
     def info(self, path: str, **kwargs: Any) -> Info:
         """``name``, ``size``, ``type`` (``file`` or ``directory``), and for a file its ``ETag``,
@@ -257,13 +289,11 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         bucket, key = self.split_path(path)
         if not bucket:
             return self._dir_info("")
-        if key:
-            try:
-                return self._file_info(bucket, self.client.head_object(bucket, key))
-            except _crt.S3NotFoundError:
-                pass
-        page = next(self.client.list_objects(bucket, key + "/" if key else "", delimiter="/", max_keys=1))
-        if key and not (page.object_info or page.common_prefixes):
+        found = self._head_info(bucket, key) if key else None
+        if found is not None:
+            return found
+        holds = self._holds_anything(bucket, key)  # for the bucket alone: that it exists
+        if key and not holds:
             raise FileNotFoundError(f"s3://{bucket}/{key}: no such object or prefix")
         return self._dir_info(f"{bucket}/{key}" if key else bucket)
 
@@ -295,15 +325,13 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
                         out.setdefault(name, self._dir_info(name))
         if withdirs and listed and key:
             out.setdefault(root, self._dir_info(root))
-        if not listed and key:
-            try:
-                info = self.info(path)
-            except FileNotFoundError:
-                info = None
-            if info is not None and info["type"] == "file":
-                out[root] = info
-        if self._batch is not None:  # a get's listing: its files are read as listed
-            self._batch.infos.update(out)
+        if not listed and key:  # nothing under it: a file, or nothing at all
+            found = self._head_info(bucket, key)
+            if found is not None:
+                out[root] = found
+        remembered = getattr(self._local, "listed", None)
+        if remembered is not None:  # a get's or rm's listing (_remembering_listings)
+            remembered.update(out)
         names = sorted(out)
         return {n: out[n] for n in names} if detail else names
 
@@ -324,7 +352,7 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         FileNotFoundError, as s3torch creates no buckets."""
         bucket, _ = self.split_path(path)
         if bucket:
-            next(self.client.list_objects(bucket, max_keys=1))  # S3NotFoundError: no such bucket
+            self._holds_anything(bucket, "")  # S3NotFoundError: no such bucket
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
         """As :meth:`mkdir`."""
@@ -529,7 +557,7 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         try:
             self.client.copy_object(b1, k1, b2, k2)
         except _crt.S3NotFoundError:
-            if self.isdir(path1):
+            if self._holds_anything(b1, k1):  # a directory: nothing to copy
                 return
             raise
 
@@ -548,7 +576,7 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         if batch is None or outfile is not None:
             self._get_file(rpath, lpath, callback, outfile)
             return
-        listed = batch.infos.get(self._strip_protocol(rpath))
+        listed = (getattr(self._local, "listed", None) or {}).get(self._strip_protocol(rpath))
 
         def job() -> None:
             try:
@@ -570,17 +598,14 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         if listed is not None:
             size, etag = int(listed["size"]), str(listed["ETag"])
         else:
-            try:
-                head = self.client.head_object(bucket, key) if key else None
-            except _crt.S3NotFoundError:
-                head = None
+            head = self._head_info(bucket, key) if key else None
             if head is None:
-                if self.isdir(rpath):
+                if self._holds_anything(bucket, key):  # a directory
                     if outfile is None:
                         os.makedirs(lpath, exist_ok=True)
                     return
                 raise FileNotFoundError(f"s3://{bucket}/{key}: no such object")
-            size, etag = int(head.size), head.etag
+            size, etag = int(head["size"]), str(head["ETag"])
         callback.set_size(size)
         if outfile is not None:
             with contextlib.closing(self.client.get_stream(bucket, key)) as chunks:
@@ -610,7 +635,7 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
                 for name in self.expand_path(rpath, recursive=recursive, maxdepth=maxdepth):
                     if ".." in name.split("/"):
                         raise UnsafeKeyError(name, "it has a '..' path segment")
-        with self._batched(_JOBS):
+        with self._remembering_listings(), self._batched(_JOBS):
             super().get(rpath, lpath, recursive=recursive, callback=callback, maxdepth=maxdepth, **kwargs)
 
     def put(
@@ -672,14 +697,13 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             bucket, key = self.split_path(path)
             prefix = key + "/" if key else ""
             targets = [(bucket, o.key) for page in self.client.list_objects(bucket, prefix) for o in page.object_info]
-            if key and (targets or self.isfile(path)):
+            if key and (targets or self._head_info(bucket, key) is not None):
                 targets.append((bucket, key))
             if not targets and key:
                 raise FileNotFoundError(f"s3://{bucket}/{key}: no such object or prefix")
         else:
-            with self._batched(1):  # only to learn what the listings say of each name
+            with self._remembering_listings() as listed:  # what the listings say of each name
                 names = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
-                listed = dict(self._batch.infos) if self._batch is not None else {}
             targets = []
             for name in names:
                 bucket, key = self.split_path(name)
@@ -730,7 +754,6 @@ class _Batch:
         self._pool = ThreadPoolExecutor(jobs, thread_name_prefix="s3torch-fsspec")
         self._futures: List["Future[None]"] = []
         self.ignore_missing = ignore_missing  # copy: a source gone since the listing is skipped
-        self.infos: Dict[str, Info] = {}  # what the call's listings said of each path
         self._failed: List[BaseException] = []  # appended by the pool's threads (list.append is atomic)
 
     def submit(self, job: Callable[[], None]) -> None:
