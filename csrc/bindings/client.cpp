@@ -162,16 +162,17 @@ class NativeClient {
     }
 
     std::string put(const std::string &bucket, const std::string &key, py::handle data,
-                    const std::string &storage_class) {
+                    const std::string &storage_class, bool exclusive) {
         auto buf = HeldBuffer::acquire(data, false, {"PutObject", bucket, key});
         // The handle aborts the upload if this fails or is interrupted.
-        return upload(bucket, key, storage_class)->put(*buf);
+        return upload(bucket, key, storage_class, exclusive)->put(*buf);
     }
 
     std::unique_ptr<UploadHandle> upload(const std::string &bucket, const std::string &key,
-                                         const std::string &storage_class) {
+                                         const std::string &storage_class, bool exclusive) {
         PutOptions opts;
         opts.storage_class = storage_class;
+        opts.if_none_match = exclusive;
         return std::make_unique<UploadHandle>(std::make_unique<Upload>(client_, bucket, key, opts));
     }
 
@@ -385,8 +386,9 @@ void register_client(py::module_ &m) {
         .def("get_stream", &NativeClient::get_stream, py::arg("bucket"), py::arg("key"), py::arg("offset") = py::none(),
              py::arg("length") = py::none(), py::arg("read_ahead") = 0, py::arg("if_match") = "")
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),
-             py::arg("storage_class") = "")
-        .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "")
+             py::arg("storage_class") = "", py::kw_only(), py::arg("exclusive") = false)
+        .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "",
+             py::kw_only(), py::arg("exclusive") = false)
         .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"), py::arg("for_read") = false,
              py::arg("checksum") = false)
         .def("object_part_sizes", &NativeClient::object_part_sizes, py::arg("bucket"), py::arg("key"),

@@ -7,7 +7,8 @@
 //   ├── S3ConnectionError            also ConnectionError     (refused, reset, DNS, no route)
 //   ├── S3InvalidArgumentError       also ValueError          (bad config, range, buffer)
 //   ├── S3CancelledError             the transfer was cancelled (abort, KeyboardInterrupt)
-//   └── S3ObjectChangedError         the object was replaced while it was read (412 to If-Match)
+//   ├── S3ObjectChangedError         the object was replaced while it was read (412 to If-Match)
+//   └── S3ObjectExistsError          also FileExistsError     (a create-only write found the key taken)
 #include "bindings.h"
 
 #include "s3torch/errors.h"
@@ -28,6 +29,7 @@ PyObject *g_connection = nullptr;
 PyObject *g_invalid = nullptr;
 PyObject *g_cancelled = nullptr;
 PyObject *g_changed = nullptr;
+PyObject *g_exists = nullptr;
 
 PyObject *make_class(py::module_ &m, const char *name, PyObject *builtin, const char *doc) {
     std::string qual = std::string("s3torch._crt.") + name;
@@ -51,6 +53,7 @@ py::object exception_object(const S3Error &e) {
         case ErrorKind::InvalidArgument: cls = g_invalid; break;
         case ErrorKind::Cancelled: cls = g_cancelled; break;
         case ErrorKind::ObjectChanged: cls = g_changed; break;
+        case ErrorKind::ObjectExists: cls = g_exists; break;
         case ErrorKind::Generic: break;
     }
     // The message and what a server said are shown escaped (s3torch::printable): a key or a
@@ -108,6 +111,9 @@ void register_exceptions(py::module_ &m) {
     g_changed = make_class(m, "S3ObjectChangedError", nullptr,
                            "The object was replaced while it was being read (its ETag changed): what was read of "
                            "it would mix two versions. Read it again.");
+    g_exists = make_class(m, "S3ObjectExistsError", PyExc_FileExistsError,
+                          "A create-only write (exclusive=True: If-None-Match: *) found the key already holding an "
+                          "object; nothing was written.");
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);

@@ -83,6 +83,9 @@ const char *hint_for(ErrorKind kind, const std::string &code) {
     if (code == "ExpiredToken" || code == "TokenRefreshRequired")
         return "the session token has expired; get fresh credentials (the default provider chain refreshes role "
                "and instance credentials itself; static ones do not)";
+    if (code == "ConditionalRequestConflict")
+        return "another write to this key was in progress while this create-only one completed; nothing was "
+               "written: write again";
     if (code == "SignatureDoesNotMatch")
         return "the secret key does not match the access key id (or something between rewrote the request); check "
                "both keys";
@@ -98,6 +101,9 @@ const char *hint_for(ErrorKind kind, const std::string &code) {
         case ErrorKind::Timeout:
             return "the endpoint did not answer in time; check the endpoint and network, or raise retry_timeout_s "
                    "(max_attempts when it is 0)";
+        case ErrorKind::ObjectExists:
+            return "the key already holds an object, and this write was create-only (exclusive): nothing was "
+                   "written; write to another key, or delete the object first";
         case ErrorKind::ObjectChanged:
             return "the object was replaced while it was being read: its ETag is no longer the one of the bytes "
                    "read first, so they would mix two versions; read it again (from the start) once the writer "
@@ -302,6 +308,10 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
     // Only reads send If-Match (ours, or aws-c-s3's between the parts of one GET).
     if (ctx.operation == "GetObject" && (http_status == 412 || code == "PreconditionFailed"))
         kind = ErrorKind::ObjectChanged;
+    // Only create-only writes send a precondition (If-None-Match: *, on the PutObject or the
+    // CompleteMultipartUpload).
+    if (ctx.operation == "PutObject" && (http_status == 412 || code == "PreconditionFailed"))
+        kind = ErrorKind::ObjectExists;
     // A copy whose object is missing: the source is (the destination is only written).
     bool missing_source = kind == ErrorKind::NotFound && !ctx.source_key.empty() && code != "NoSuchBucket";
     std::string msg = describe(ctx);

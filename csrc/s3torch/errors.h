@@ -25,6 +25,9 @@ enum class ErrorKind {
     // A GET whose If-Match (the caller's, or the CRT's own between the parts of one GET) no
     // longer holds, 412: the object was replaced while it was being read.
     ObjectChanged,
+    // A create-only write (If-None-Match: *, PutOptions::if_none_match) found the key holding
+    // an object, 412: nothing was written.
+    ObjectExists,
 };
 
 struct ErrorContext {

@@ -3,6 +3,7 @@
 #include "s3torch/checksum.h"
 #include "s3torch/client.h"
 #include "s3torch/crt_compat.h"
+#include "s3torch/objects.h"
 #include "s3torch/request.h"
 #include "s3torch/uploads.h"
 
@@ -23,6 +24,7 @@ Headers put_headers(const PutOptions &opts) {
     Headers h;
     if (!opts.storage_class.empty()) h.emplace_back("x-amz-storage-class", opts.storage_class);
     if (!opts.content_type.empty()) h.emplace_back("Content-Type", opts.content_type);
+    if (opts.if_none_match) h.emplace_back("If-None-Match", "*");
     return h;
 }
 
@@ -151,6 +153,21 @@ void PutStream::on_attempt(aws_s3_request_metrics *metrics) {
     if (upload_id_.empty()) upload_id_ = id;
 }
 
+bool PutStream::commits(aws_s3_request_metrics *metrics) {
+    // The CompleteMultipartUpload: a request on the upload id that names no part (an abort
+    // also does, but only once the upload has failed).
+    const aws_string *path_query = nullptr;
+    aws_s3_request_metrics_get_request_path_query(metrics, &path_query);
+    if (!path_query) return false;
+    std::string_view q(reinterpret_cast<const char *>(aws_string_bytes(path_query)), path_query->len);
+    return q.find("uploadId=") != std::string_view::npos && q.find("partNumber=") == std::string_view::npos;
+}
+
+std::string PutStream::full_object_checksum() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return full_object_checksum_;
+}
+
 std::string PutStream::upload_id() {
     std::lock_guard<std::mutex> lock(mu_);
     return upload_id_;
@@ -247,6 +264,8 @@ void Upload::put_begin(const void *data, size_t len) {
     if (len <= client_->config().part_size) {
         written_ = len;
         phase_ = Phase::Completing;
+        single_data_ = data;
+        single_len_ = len;
         single_ = start_single_put(client_, bucket_, key_, data, len, opts_);
         return;
     }
@@ -269,6 +288,8 @@ void Upload::complete_begin() {
     if (stream_) {
         stream_->write_begin(nullptr, 0, true);
     } else {
+        single_data_ = pending_.data();
+        single_len_ = pending_.size();
         single_ = start_single_put(client_, bucket_, key_, pending_.data(), pending_.size(), opts_);
     }
 }
@@ -303,26 +324,78 @@ bool Upload::wait_step(int64_t timeout_ms) {
             return true;
         }
         return true;
-    } catch (...) {
-        // A failed upload is over. The CRT sent one AbortMultipartUpload; make sure it took.
-        closed_ = true;
-        phase_ = Phase::Done;
-        if (stream_) {
-            stream_->wait();
-            std::string upload_id = stream_->upload_id();
-            if (!upload_id.empty()) {
-                try {
-                    abort_multipart_upload(client_, bucket_, key_, upload_id);
-                } catch (const S3Error &) {
-                    // the original error is the one to report
-                }
-            }
+    } catch (const S3Error &e) {
+        fail_cleanup();
+        if (e.kind == ErrorKind::ObjectExists && settle_exists(e)) {
+            pending_.clear();
+            return true;
         }
+        throw;
+    } catch (...) {
+        fail_cleanup();
         throw;
     }
 }
 
+void Upload::fail_cleanup() {
+    // A failed upload is over. The CRT sent one AbortMultipartUpload; make sure it took.
+    closed_ = true;
+    phase_ = Phase::Done;
+    if (stream_) {
+        stream_->wait();
+        std::string upload_id = stream_->upload_id();
+        if (!upload_id.empty()) {
+            try {
+                abort_multipart_upload(client_, bucket_, key_, upload_id);
+            } catch (const S3Error &) {
+                // the original error is the one to report (a completed upload answers NoSuchUpload)
+            }
+        }
+    }
+}
+
+bool Upload::settle_exists(const S3Error &e) {
+    Transfer &last = stream_ ? static_cast<Transfer &>(*stream_) : *single_;
+    if (!last.commit_attempt_lost()) return false;  // every attempt was answered: the key was taken
+    // An attempt got no answer and the retry found the key taken: that attempt may have written
+    // it. It did if the object there has this write's size and full-object checksum.
+    auto unsure = [&](const std::string &why) {
+        S3Error out(e.kind,
+                    std::string(e.what()) + "; an earlier attempt of this write got no answer, so the object there " +
+                        "may be this write's own, and " + why,
+                    e.context);
+        out.s3_code = e.s3_code;
+        out.s3_message = e.s3_message;
+        out.request_id = e.request_id;
+        out.http_status = e.http_status;
+        out.crt_error = e.crt_error;
+        out.crt_error_name = e.crt_error_name;
+        return out;
+    };
+    std::string ours;
+    if (const std::optional<CrcAlgorithm> algorithm = client_->config().upload_crc()) {
+        if (stream_) ours = stream_->full_object_checksum();
+        else ours = crc_base64(*algorithm, crc(*algorithm, single_data_, single_len_));
+    }
+    if (ours.empty())
+        throw unsure("this write kept no full-object checksum to tell (checksum_type 'composite', or checksums off)");
+    ObjectInfo info;
+    try {
+        info = head_object(client_, bucket_, key_, true);
+    } catch (const S3Error &head_error) {
+        throw unsure(std::string("reading its checksum failed: ") + head_error.what());
+    }
+    if (info.checksum.empty()) throw unsure("the server keeps no checksum of it to tell");
+    CrcAlgorithm stored;
+    if (!parse_crc_algorithm(info.checksum_algorithm, stored) || stored != *client_->config().upload_crc())
+        throw unsure("the server keeps another kind of checksum of it (" + info.checksum_algorithm + ")");
+    if (info.size != written_ || info.checksum != ours) return false;  // another writer's
+    settled_etag_ = info.etag;
+    return true;
+}
+
 std::string Upload::etag() {
+    if (!settled_etag_.empty()) return settled_etag_;
     if (stream_) return stream_->header("etag");
     if (single_) return single_->header("etag");
     return std::string();

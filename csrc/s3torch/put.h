@@ -20,6 +20,10 @@ namespace s3torch {
 struct PutOptions {
     std::string storage_class;  // x-amz-storage-class, "" for the bucket default
     std::string content_type;
+    // Create only: the write carries If-None-Match: * (a multipart upload on its
+    // CompleteMultipartUpload, as S3 takes it), so it fails with ObjectExists, writing nothing,
+    // if the key holds an object when it completes. A server that ignores the header overwrites.
+    bool if_none_match = false;
 };
 
 // The multipart meta request behind an Upload (aws-c-s3 async writes).
@@ -38,11 +42,15 @@ class PutStream : public Transfer {
     // The multipart upload id, URI-encoded as it appears in request queries; "" until a part
     // request or a failure report has shown it.
     std::string upload_id();
+    // The whole object's checksum sent with its CompleteMultipartUpload (base64; "" unless
+    // checksum_type is "full_object" and the review ran).
+    std::string full_object_checksum();
     ~PutStream() override;
 
   protected:
     using Transfer::Transfer;
     void on_attempt(aws_s3_request_metrics *metrics) override;
+    bool commits(aws_s3_request_metrics *metrics) override;
 
   private:
     static void s_on_error_token(aws_s3_meta_request *, aws_s3_meta_request_resume_token *, int, void *);
@@ -106,6 +114,14 @@ class Upload : public ProcessOwner {
     Phase phase_ = Phase::Idle;
     bool complete_after_write_ = false;  // put_begin(): complete_begin() once the write is in
     void send_slice();
+    // A create-only write that failed ObjectExists after an attempt of its committing request
+    // got no answer: true if the object there is this write's own (that attempt did commit:
+    // same size and stored checksum); else throws `e`, saying why it could not tell.
+    bool settle_exists(const S3Error &e);
+    void fail_cleanup();
+    const void *single_data_ = nullptr;  // the single PutObject's body (valid until it finishes)
+    size_t single_len_ = 0;
+    std::string settled_etag_;  // settle_exists() found our object: its ETag
     uint64_t written_ = 0;
     // Bytes written but not yet uploaded that a write may leave behind: enough parts to keep
     // every connection the throughput target calls for busy, plus a few being filled.

@@ -287,6 +287,11 @@ std::string Transfer::header(const std::string &name) {
     return header_locked(name);
 }
 
+bool Transfer::commit_attempt_lost() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return commit_lost_;
+}
+
 std::string Transfer::header_locked(const std::string &name) const {
     std::string want = name;
     std::transform(want.begin(), want.end(), want.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -411,10 +416,12 @@ void Transfer::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *met
                               t->client_->retry_deadline_ns(t->start_ns_));
     }
     const bool skewed = error_code == AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED;
+    const bool lost = (!answered || status >= 500) && error_code != AWS_ERROR_S3_CANCELED && t->commits(metrics);
     {
         std::lock_guard<std::mutex> lock(t->mu_);
         t->attempted_ = true;
         if (skewed) t->skewed_ = true;
+        if (lost) t->commit_lost_ = true;
     }
     if (skewed) {
         // aws-c-s3 retries it, but a clock 15 minutes off stays off: fail at the first answer,

@@ -63,6 +63,10 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
 
     // Response headers of the (first) successful response, lower-cased names.
     std::string header(const std::string &name);
+    // True once an attempt of the request that commits this transfer (commits()) got no answer
+    // or a 5xx: the server may have done what it asked without the answer reaching us, and a
+    // retry then meets the outcome (a create-only write finds its own object: Upload).
+    bool commit_attempt_lost();
 
   protected:
     Transfer(std::shared_ptr<Client> client, ErrorContext ctx);
@@ -92,6 +96,9 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     virtual void on_finished_locked() {}
     // After each attempt of each request of the meta request (its metrics), not under mu_.
     virtual void on_attempt(aws_s3_request_metrics *) {}
+    // Whether the attempt (its metrics) was of the request that commits this transfer's work:
+    // every request, but for a multipart upload's (PutStream) its CompleteMultipartUpload.
+    virtual bool commits(aws_s3_request_metrics *) { return true; }
 
     std::shared_ptr<Client> client_;
     ErrorContext ctx_;
@@ -109,10 +116,11 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     // The last attempt that got an error response (status >= 300): the CRT drops its status
     // and request id once retries of a 5xx run out, so the error reports these.
     int last_error_status_ = 0;
-    bool unanswered_ = false;  // cancelled by the never-answered watchdog (Transfer::start)
-    bool skewed_ = false;      // cancelled at a RequestTimeTooSkewed answer (s_on_telemetry)
-    bool attempted_ = false;   // an attempt of this transfer has ended (any outcome)
-    uint64_t start_ns_ = 0;    // when start() made the meta request (set before it runs)
+    bool unanswered_ = false;   // cancelled by the never-answered watchdog (Transfer::start)
+    bool skewed_ = false;       // cancelled at a RequestTimeTooSkewed answer (s_on_telemetry)
+    bool attempted_ = false;    // an attempt of this transfer has ended (any outcome)
+    bool commit_lost_ = false;  // commit_attempt_lost()
+    uint64_t start_ns_ = 0;     // when start() made the meta request (set before it runs)
     std::string last_error_request_id_;
     // A GET into recv_buffer: body bytes of the parts that succeeded, as the CRT reports them
     // (its progress events, all delivered before the finish callback). The CRT reports the

@@ -13,6 +13,7 @@ from ._crt import (
     S3InvalidArgumentError,
     S3NotFoundError,
     S3ObjectChangedError,
+    S3ObjectExistsError,
     S3PermissionError,
     S3TimeoutError,
 )
@@ -65,5 +66,6 @@ __all__ = [
     "S3InvalidArgumentError",
     "S3CancelledError",
     "S3ObjectChangedError",
+    "S3ObjectExistsError",
     "parse_s3_uri",
 ]

@@ -147,9 +147,16 @@ class S3Client:
         native = self._get_native()
         return constructor(bucket, key, native, lambda: native.head(bucket, key, for_read=True), object_info)
 
-    def put_object(self, bucket: str, key: str, storage_class: Optional[str] = None) -> S3Writer:
-        """A writer that uploads the object; ``close()`` completes it."""
-        return S3Writer(self._get_native().upload(bucket, key, storage_class or ""), bucket, key)
+    def put_object(
+        self, bucket: str, key: str, storage_class: Optional[str] = None, *, exclusive: bool = False
+    ) -> S3Writer:
+        """A writer that uploads the object; ``close()`` completes it.
+
+        ``exclusive=True``: create only. ``close()`` raises :class:`S3ObjectExistsError` (a
+        ``FileExistsError``) and writes nothing if the key holds an object by then, however
+        many writers race for it: the PUT (a multipart upload's CompleteMultipartUpload)
+        carries ``If-None-Match: *`` (S3's conditional writes; docs/retries.md)."""
+        return S3Writer(self._get_native().upload(bucket, key, storage_class or "", exclusive=exclusive), bucket, key)
 
     # --- GET ------------------------------------------------------------------------------
     def get_into(
@@ -189,13 +196,17 @@ class S3Client:
             stream.close()
 
     # --- PUT ------------------------------------------------------------------------------
-    def put(self, bucket: str, key: str, data: Buffer, storage_class: str = "") -> Optional[str]:
-        """PUT ``data`` as the whole object; returns the ETag when the server gives one."""
-        return self._get_native().put(bucket, key, data, storage_class) or None
+    def put(
+        self, bucket: str, key: str, data: Buffer, storage_class: str = "", *, exclusive: bool = False
+    ) -> Optional[str]:
+        """PUT ``data`` as the whole object; returns the ETag when the server gives one.
+        ``exclusive=True``: create only, as :meth:`put_object`'s."""
+        return self._get_native().put(bucket, key, data, storage_class, exclusive=exclusive) or None
 
-    def upload(self, bucket: str, key: str, storage_class: str = "") -> "_crt.Upload":
-        """A streaming upload: ``write(buffer)`` ..., then ``complete()`` or ``abort()``."""
-        return self._get_native().upload(bucket, key, storage_class)
+    def upload(self, bucket: str, key: str, storage_class: str = "", *, exclusive: bool = False) -> "_crt.Upload":
+        """A streaming upload: ``write(buffer)`` ..., then ``complete()`` or ``abort()``.
+        ``exclusive=True``: create only, as :meth:`put_object`'s."""
+        return self._get_native().upload(bucket, key, storage_class, exclusive=exclusive)
 
     # --- metadata -------------------------------------------------------------------------
     def head_object(self, bucket: str, key: str) -> "_crt.ObjectInfo":

@@ -134,10 +134,19 @@ def sync_dirs(paths: List[str]) -> None:
             os.close(fd)
 
 
-def put_file(client: "S3Client", bucket: str, key: str, path: str, version: Stamp, progress: Counter) -> None:
+def put_file(
+    client: "S3Client",
+    bucket: str,
+    key: str,
+    path: str,
+    version: Stamp,
+    progress: Counter,
+    exclusive: bool = False,
+) -> None:
     """Upload the file at ``path``, which must stay ``version`` (``stamp``) from before
     its first byte is read until after its last: read (not memory-mapped, where a file that
-    shrinks under the copy is a SIGBUS) a chunk at a time into one buffer."""
+    shrinks under the copy is a SIGBUS) a chunk at a time into one buffer. ``exclusive``:
+    create only (``S3Client.put_object``'s)."""
     try:
         f = open(path, "rb", buffering=0)
     except FileNotFoundError as e:  # removed since the listing
@@ -146,10 +155,10 @@ def put_file(client: "S3Client", bucket: str, key: str, path: str, version: Stam
         check_stamp(path, version, os.fstat(f.fileno()))  # the file opened is the one listed
         size = version[1]
         if size == 0:
-            client.put(bucket, key, b"")
+            client.put(bucket, key, b"", exclusive=exclusive)
             return
         buf = memoryview(bytearray(min(CHUNK, size)))
-        upload = client.upload(bucket, key)
+        upload = client.upload(bucket, key, exclusive=exclusive)
         try:
             for a in range(0, size, CHUNK):
                 n = min(CHUNK, size - a)

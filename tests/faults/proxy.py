@@ -24,6 +24,9 @@ in the server's place or changes how the server's answer is relayed:
 - ``complete_error``: a 200 whose body is an S3 InternalError, as S3 answers a
   CompleteMultipartUpload that failed after its headers were sent; not forwarded, so the
   upload stays open on the server.
+- ``lost_answer``: the request reaches the server, which acts on it and answers, but the
+  answer is dropped and the client's connection reset: a write that took effect while its
+  client saw only a failed attempt (which it then retries).
 - ``call``: the rule's ``call()`` runs (in a worker thread, the request held meanwhile), then
   the request goes on unchanged: something the server sees between two requests of the
   client, such as another writer replacing the object being read.
@@ -69,6 +72,7 @@ KINDS = (
     "complete_error",
     "corrupt",
     "corrupt_response",
+    "lost_answer",
     "call",
 )
 HEADER_LIMIT = 64 * 1024
@@ -537,6 +541,9 @@ class FaultProxy:
                     flipped = bytearray(r_body)
                     flipped[len(r_body) // 2] ^= 0x01
                     r_body = bytes(flipped)
+                if kind == "lost_answer":
+                    _reset(c_writer)
+                    return
                 if kind == "truncate" and len(r_body) > 1:
                     await self._relay(c_writer, r_head + r_body[: len(r_body) // 2])
                     return  # the connection closes (FIN) with the body half sent

@@ -293,6 +293,30 @@ def test_cp_up_of_a_checkpoint_saved_again_meanwhile_fails(env, proxy, tmp_path,
         assert keys == []  # the data file's upload was aborted
 
 
+def test_cp_up_keeps_a_checkpoint_written_to_dst_meanwhile(env, proxy, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Without --overwrite, DST held no checkpoint when the copy began, and a save wrote one
+    there before the copy's .metadata: that .metadata goes create-only (If-None-Match), so the
+    save's stays and the copy fails (exit 2) saying so."""
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "__0_0.distcp").write_bytes(os.urandom(1000))
+    (src / ".metadata").write_bytes(b"copied metadata")
+    key = f"{prefix}ckpt/.metadata"
+    direct = make_client(env)
+    race = proxy.add(
+        Fault("call", method="PUT", path=r"ckpt/\.metadata$", times=1, call=lambda: direct.put(BUCKET, key, b"saved"))
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    code, _, err = cli(capsys, "cp", str(src), f"s3://{BUCKET}/{prefix}ckpt")
+    assert race.injected == 1
+    assert code == 2, err
+    assert f"s3://{BUCKET}/{key}: written by something else (a save or another copy) while this copy ran" in err
+    assert direct.get_object(BUCKET, key).read() == b"saved"
+    code, _, err = cli(capsys, "cp", str(src), f"s3://{BUCKET}/{prefix}ckpt", "--overwrite")
+    assert code == 0, err
+    assert direct.get_object(BUCKET, key).read() == b"copied metadata"
+
+
 def test_cp_down_holds_an_empty_file_to_its_listed_version(env, proxy, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A file listed empty and written after the listing: before, the copy wrote it empty
     without a request and succeeded, the one file not held to the listed version."""

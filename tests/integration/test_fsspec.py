@@ -240,6 +240,30 @@ def test_a_write_that_raises_leaves_no_object(fs: S3TorchFileSystem, root: str) 
         fs.open(f"{root}/empty", "xb")
 
 
+def test_create_only_writes_are_conditional_on_the_server(fs: S3TorchFileSystem, root: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ "xb", pipe_file and put_file with mode="create" write with If-None-Match: a key taken
+    after "xb" opened (its early check passed) still fails at close, and keeps its object."""
+    path = f"{root}/x"
+    f = fs.open(path, "xb")
+    f.write(b"mine" * (2 << 20))  # past one part: the check is on CompleteMultipartUpload
+    fs.pipe_file(path, b"theirs", mode="create")  # another writer gets there first
+    with pytest.raises(FileExistsError):
+        f.close()
+    assert fs.cat_file(path) == b"theirs"
+    with pytest.raises(FileExistsError):
+        fs.pipe_file(path, b"again", mode="create")
+    local = tmp_path / "up.bin"
+    local.write_bytes(b"local")
+    with pytest.raises(FileExistsError):
+        fs.put_file(str(local), path, mode="create")
+    with pytest.raises(FileExistsError):
+        with fs.transaction:
+            fs.pipe_file(path, b"in a transaction", mode="create")
+    assert fs.cat_file(path) == b"theirs"
+    with pytest.raises(ValueError, match="'overwrite' or 'create'"):
+        fs.pipe_file(path, b"x", mode="append")
+
+
 def test_append_writes_the_object_again_with_the_new_bytes_last(fs: S3TorchFileSystem, root: str) -> None:
     path = f"{root}/log.csv"
     with fs.open(path, "a") as f:  # no object yet: a new one

@@ -25,6 +25,8 @@ def _public(names) -> set:  # type: ignore[no-untyped-def]
 
 def _stub_params(fn: ast.FunctionDef) -> list:
     args = [a.arg for a in fn.args.args]
+    if fn.args.kwonlyargs:  # pybind11 shows py::kw_only() as a bare "*"
+        args += ["*"] + [a.arg for a in fn.args.kwonlyargs]
     if fn.args.kwarg is not None:
         args.append("**" + fn.args.kwarg.arg)
     return [a for a in args if a != "self"]

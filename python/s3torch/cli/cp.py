@@ -54,7 +54,9 @@ or another control character.
 
 Refuses (exit 2) when DST already holds a checkpoint (a .metadata), unless --overwrite:
 then DST's old .metadata is removed before anything else is written, and files DST holds
-that SRC does not are left in place.
+that SRC does not are left in place. Up without --overwrite, the .metadata is written create
+only (If-None-Match): one that a save or another copy wrote to DST meanwhile is kept, and
+this copy fails (exit 2).
 
 Down, every file is synced to disk (fsync, as torch's FileSystemWriter does) before the
 .metadata is written, and the .metadata before the copy reports success. Every file gets its
@@ -120,8 +122,8 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
         client.delete_object(bucket, k)
     data, meta = _ordered(files)
 
-    def put(n: str, progress: Progress) -> None:
-        put_file(client, bucket, prefix + n, os.path.join(src, n), stamps[n], progress)
+    def put(n: str, progress: Progress, exclusive: bool = False) -> None:
+        put_file(client, bucket, prefix + n, os.path.join(src, n), stamps[n], progress, exclusive)
 
     try:
         with progress_for("cp", f"{src} -> {dst}", total=sum(files.values())) as progress:
@@ -138,8 +140,15 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
                     check_stamp(path, stamps[n], os.lstat(path))
                 except FileNotFoundError as e:
                     raise LocalFileChanged(path) from e
-            for n in meta:
-                put(n, progress)
+            for n in meta:  # without --overwrite, create only: a checkpoint saved there meanwhile stays
+                put(n, progress, exclusive=not args.overwrite)
+    except _crt.S3ObjectExistsError as e:
+        raise CLIError(
+            f"s3://{bucket}/{e.key}: written by something else (a save or another copy) while this copy ran, "
+            f"so this copy left it as it is and is not complete; the data files of the same names are this "
+            f"copy's. Copy again with --overwrite, or to another prefix",
+            USAGE,
+        ) from e
     except LocalFileChanged as e:
         raise CLIError(
             f"{e.path}: changed while it was copied (something is saving to {src}); {dst} holds no "

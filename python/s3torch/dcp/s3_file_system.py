@@ -82,7 +82,8 @@ class S3FileSystem(FileSystemBase):
     @contextmanager
     def create_stream(self, path: PathLike, mode: str) -> Generator[Union[S3Reader, S3Writer], None, None]:
         """A reader (mode 'rb') or writer (mode 'wb') of the object at ``path``; a writer left by an exception is
-        aborted."""
+        aborted. Mode 'xb' (exclusive creation, as ``open``'s): a writer whose close raises
+        ``S3ObjectExistsError`` (a ``FileExistsError``), writing nothing, if the key holds an object by then."""
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         if mode == "rb":
             reader = self._client.get_object(bucket, key, reader_constructor=self._reader_constructor)
@@ -90,8 +91,8 @@ class S3FileSystem(FileSystemBase):
                 yield reader
             finally:
                 reader.close()
-        elif mode == "wb":
-            writer = self._client.put_object(bucket, key)
+        elif mode in ("wb", "xb"):
+            writer = self._client.put_object(bucket, key, exclusive=mode == "xb")
             try:
                 yield writer
             except BaseException:
@@ -99,7 +100,7 @@ class S3FileSystem(FileSystemBase):
                 raise
             writer.close()
         else:
-            raise ValueError(f"S3FileSystem.create_stream: mode must be 'rb' or 'wb', got {mode!r}")
+            raise ValueError(f"S3FileSystem.create_stream: mode must be 'rb', 'wb' or 'xb', got {mode!r}")
 
     def concat_path(self, path: PathLike, suffix: str) -> str:
         """``path/suffix``."""

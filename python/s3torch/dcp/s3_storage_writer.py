@@ -12,8 +12,9 @@ device-to-host a slot at a time through a pinned staging ring into the upload
 whole tensor, in host memory. ``.metadata`` is written
 last, by one PUT (atomic on S3), never by copy+delete, so a checkpoint is loadable only once
 complete. Overwriting a checkpoint in place removes its old metadata before any data is
-replaced. A failed save aborts its uploads, removes the files it completed, and writes no
-``.metadata``.
+replaced; with ``overwrite=False`` the ``.metadata`` is written create-only (``If-None-Match``),
+so of two saves racing for one path only the first to finish commits. A failed save aborts its
+uploads, removes the files it completed, and writes no ``.metadata``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from torch.futures import Future
 
 from .. import _torch_compat, _uploads
 from .._config import S3ClientConfig
-from .._crt import S3Exception
+from .._crt import S3Exception, S3ObjectExistsError
+from .._notes import add_note
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from . import _save_mark, _torch_save
@@ -399,8 +401,21 @@ class S3StorageWriter(FileSystemWriter):
         metadata.storage_meta = self.storage_meta()
         name = self._metadata_name()
         # One PUT, last: the checkpoint becomes visible atomically, and only when complete.
-        with self.fs.create_stream(self.fs.concat_path(self.path, name), "wb") as stream:
-            pickle.dump(metadata, stream)
+        # overwrite=False: create only, so that of two saves racing for one path (each found no
+        # checkpoint when it planned) only the first to finish commits.
+        overwrite = getattr(self, "overwrite", True)
+        try:
+            with self.fs.create_stream(self.fs.concat_path(self.path, name), "wb" if overwrite else "xb") as stream:
+                pickle.dump(metadata, stream)
+        except S3ObjectExistsError as e:
+            add_note(
+                e,
+                f"s3torch: another save committed a checkpoint at {self.path} while this one (overwrite=False) was "
+                "writing, so this save is not committed. Both wrote data files of the same names: where that "
+                "checkpoint's now hold this save's, an s3torch load refuses them (each file names its save). "
+                "Save to another path, or with overwrite=True.",
+            )
+            raise
         if self.use_collectives:
             # Every rank has finished writing: any incomplete upload under this checkpoint is
             # left from an earlier save that failed (killed, or its aborts hit an outage).

@@ -382,12 +382,15 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             return constructor(bucket, key, native, lambda: head, None)
         if mode not in ("wb", "xb", "ab"):
             raise ValueError(f"mode {mode!r}: S3TorchFileSystem opens 'rb', 'wb', 'xb' and 'ab' (and their text forms)")
-        if mode == "xb" and self.exists(path):
+        # "xb": refused now if the key is taken (before anything is uploaded), and again,
+        # atomically, when the object completes (If-None-Match: S3ObjectExistsError).
+        exclusive = mode == "xb"
+        if exclusive and self.exists(path):
             raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'xb')")
         writer = (
-            self.client.put_object(bucket, key)
+            self.client.put_object(bucket, key, exclusive=exclusive)
             if autocommit
-            else _DeferredWriter(self.client.upload(bucket, key), bucket, key)
+            else _DeferredWriter(self.client.upload(bucket, key, exclusive=exclusive), bucket, key)
         )
         if mode == "ab":
             # S3 has no append: the new object starts with the old one's bytes (one version of
@@ -487,16 +490,15 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
 
     # --- writing --------------------------------------------------------------------------
     def pipe_file(self, path: str, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:
-        """PUT ``value`` (bytes-like) as the whole object; ``mode="create"``: FileExistsError
-        if it exists."""
+        """PUT ``value`` (bytes-like) as the whole object; ``mode="create"``: create only
+        (``If-None-Match``), ``S3ObjectExistsError`` (a FileExistsError) if the key is taken."""
         bucket, key = self._object_path(path, "pipe_file")
-        if mode == "create" and self.exists(path):
-            raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'create')")
+        exclusive = _create_only(mode)
         if self._intrans:  # inside a transaction: the object appears on its commit
-            with self.open(path, "wb") as f:
+            with self.open(path, "xb" if exclusive else "wb") as f:
                 f.write(value)
             return
-        self.client.put(bucket, key, value)
+        self.client.put(bucket, key, value, exclusive=exclusive)
 
     def put_file(
         self, lpath: str, rpath: str, callback: Callback = DEFAULT_CALLBACK, mode: str = "overwrite", **kwargs: Any
@@ -514,11 +516,10 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         if os.path.isdir(lpath):
             return  # a directory: nothing to store
         bucket, key = self._object_path(rpath, "put_file")
-        if mode == "create" and self.exists(rpath):
-            raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'create')")
+        exclusive = _create_only(mode)
         version = stamp(os.stat(lpath))
         callback.set_size(version[1])
-        put_file(self.client, bucket, key, os.fspath(lpath), version, _Relay(callback))
+        put_file(self.client, bucket, key, os.fspath(lpath), version, _Relay(callback), exclusive)
 
     def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         """Server-side copy (nothing passes through this machine); a directory is a no-op.
@@ -778,6 +779,13 @@ class _Batch:
     def _note(self, f: "Future[None]") -> None:  # a done callback: failures in the order they came
         if not f.cancelled() and f.exception() is not None:
             self._failed.append(f.exception())  # type: ignore[arg-type]
+
+
+def _create_only(mode: str) -> bool:
+    """fsspec's write ``mode``: "create" (create only: True) or "overwrite"."""
+    if mode not in ("overwrite", "create"):
+        raise ValueError(f"mode {mode!r}: 'overwrite' or 'create'")
+    return mode == "create"
 
 
 def _raise(error: BaseException) -> bytes:
