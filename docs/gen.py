@@ -403,6 +403,10 @@ NOTES: Dict[str, str] = {
     "model's checkpoint (one 0.97 GB data file and `.metadata`, written by torch's FileSystemWriter) as a process of "
     "its own; CPU is the child's, peak RSS not measured. SeaweedFS on the same 2 cores bounds both directions, "
     "so read the rates with the CPU: up, s5cmd's rate was 1.19x at 2.6x the CPU.",
+    "benchmarks/results/hf-dcp/results.json": "`dcp.load` of a Hugging Face checkpoint: s3torch's "
+    "`S3HuggingFaceStorageReader` reading S3 against s5cmd copying the shards to local disk first, then torch's "
+    "`HuggingFaceStorageReader` (both timed). The destinations are preallocated and resident, so s3torch's GETs "
+    "land in them in place; the peak RSS column is what each took beyond them.",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "

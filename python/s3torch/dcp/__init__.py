@@ -10,6 +10,7 @@ from ._safe_unpickle import CheckpointUnsafeError
 from ._shared_reads import SharedReadError
 from ._staging import release_staging_memory
 from .s3_file_system import S3FileSystem
+from .s3_hf_storage_reader import S3HuggingFaceStorageReader
 from .s3_prefix_strategy import (
     BinaryPrefixStrategy,
     DefaultPrefixStrategy,
@@ -24,6 +25,7 @@ from .s3_storage_writer import S3StorageWriter
 __all__ = [
     "S3StorageWriter",
     "S3StorageReader",
+    "S3HuggingFaceStorageReader",
     "S3FileSystem",
     "S3PrefixStrategyBase",
     "DefaultPrefixStrategy",

@@ -98,6 +98,8 @@ class Loader:
         self._checks: Dict[int, FileCheck] = {}  # id(ShardFile) -> its check, for this load
         # Every GET of a file must answer from the version its header came from (_versions).
         self.versions = ObjectVersions(FileChangedError)
+        self._into: Dict[str, torch.Tensor] = {}  # load()'s
+        self._checks_planned = False  # plan_checks() ran: load() neither plans nor verifies
 
     def _plan(self, f: ShardFile, t: TensorInfo) -> _Planned:
         where = _where(f, t)
@@ -108,22 +110,41 @@ class Loader:
             out = self.dtype
         return _Planned(f, t, dt, shape, out)
 
-    def load(self, wanted: List[Tuple[ShardFile, TensorInfo]]) -> Dict[str, torch.Tensor]:
-        """The tensors, by name, in the order asked."""
+    def load(
+        self, wanted: List[Tuple[ShardFile, TensorInfo]], into: Optional[Dict[str, torch.Tensor]] = None
+    ) -> Dict[str, torch.Tensor]:
+        """The tensors, by name, in the order asked. ``into``: destinations the caller holds,
+        by name; one of the tensor's shape and stored dtype, contiguous, on the host, is read
+        into in place (nothing allocated, nothing copied), where the tensor goes direct."""
+        self._into = into or {}
         planned = [self._plan(f, t) for f, t in wanted]  # every check before any allocation
         for f, _ in wanted:
             self.versions.expect(f.key, f.etag)
-        self._plan_checks(planned)
+        if not self._checks_planned:
+            self._plan_checks(planned)
         staged_dev = self.device.type != "cpu" or self.force_staging
         direct = [p for p in planned if not staged_dev and p.out_dtype == p.dtype]
         staged = [p for p in planned if staged_dev or p.out_dtype != p.dtype]
         out: Dict[str, torch.Tensor] = {}
         self._load_direct(direct, out)
         self._load_staged(staged, out)
+        if not self._checks_planned:
+            self.verify_checks()
+        return {p.info.name: out[p.info.name] for p in planned}
+
+    def plan_checks(self, wanted: List[Tuple[ShardFile, TensorInfo]]) -> None:
+        """For a read made of several ``load`` calls (``wanted``: everything they read
+        together): the checks are planned over all of it, each call adds the pieces it reads,
+        and :meth:`verify_checks` checks the files once the last call is done."""
+        self._plan_checks([self._plan(f, t) for f, t in wanted])
+        self._checks_planned = True
+
+    def verify_checks(self) -> None:
+        """Check every file read whole against its stored checksum (ChecksumMismatchError)."""
         for check in self._checks.values():
             self.checksums[check.where] = check.verify()  # ChecksumMismatchError: nothing is returned
             self.stats["files_checked"] += 1
-        return {p.info.name: out[p.info.name] for p in planned}
+        self._checks = {}
 
     def _plan_checks(self, planned: List[_Planned]) -> None:
         """A FileCheck for each file this load reads whole and whose stored checksum can be
@@ -173,7 +194,15 @@ class Loader:
         allocated by ``_load_direct`` when its GET starts: every tensor keeps a storage of
         its own, as the safetensors package gives it)."""
         for p in g.members:
-            out[p.info.name] = alloc(p.shape, p.dtype, self.device, self.pin_memory)
+            given = self._into.get(p.info.name)
+            usable = (
+                given is not None
+                and given.device.type == "cpu"
+                and given.dtype == p.dtype
+                and tuple(given.shape) == p.shape
+                and given.is_contiguous()
+            )
+            out[p.info.name] = given if usable else alloc(p.shape, p.dtype, self.device, self.pin_memory)  # type: ignore[assignment]
         if len(g.members) == 1:
             tensor = out[g.members[0].info.name]
             g.buf = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else None

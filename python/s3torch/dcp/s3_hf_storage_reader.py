@@ -1,0 +1,348 @@
+"""S3HuggingFaceStorageReader: torch's ``HuggingFaceStorageReader``, reading from S3.
+
+``dcp.load`` of a Hugging Face checkpoint (safetensors files) straight from S3 into any state
+dict, resharded as DCP reshards: each rank reads only the rows of each tensor its shards
+need, by ranged GETs straight into host memory, then copies them into its destinations.
+
+What it reads under ``s3://bucket/prefix/``: the ``*.safetensors.index.json`` there and the
+shards it names, else every ``*.safetensors`` directly under the prefix (as torch's reader
+does); or the index a path ending in ``.json`` names (no listing). Files written by torch's
+``HuggingFaceStorageWriter`` with ``save_distributed=True`` carry where each piece of a
+tensor lies (``__metadata__["DCP_SHARDING_INFO"]``), so a tensor may be spread over several
+files; elsewhere a tensor named by two files is refused, since which one is meant cannot be
+told. Headers are those of ``s3torch.safetensors``: read with
+every file's first GET (all at once), validated before anything is allocated, and every GET
+after held to the version the header came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+import torch
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
+from torch.distributed.checkpoint.storage import StorageReader
+from torch.futures import Future
+
+from .._client import S3Client
+from .._config import S3ClientConfig
+from .._crt import S3Exception
+from .._uri import parse_s3_uri, s3_path
+from ._metadata import UnreadableMetadata, raise_if_unreadable
+from .s3_file_system import S3FileSystem
+
+if TYPE_CHECKING:
+    from ..safetensors._header import TensorInfo
+    from ..safetensors._source import ShardFile
+
+# torch's names (torch.distributed.checkpoint._hf_utils) for where a piece of a tensor lies.
+SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
+SAVED_OFFSETS_KEY = "saved_offsets"
+# Bytes of tensor rows read (and held on the host) before they are copied to their
+# destinations and the next batch starts.
+DEFAULT_BATCH_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class HFStorageInfo:
+    """Where one saved piece of a tensor lies: its object and its name there (``storage_data``)."""
+
+    key: str
+    name: str
+
+
+class S3HuggingFaceStorageReader(StorageReader):
+    """Load a Hugging Face safetensors checkpoint at ``s3://bucket/prefix`` with ``dcp.load``.
+
+    Args:
+        region: the bucket's region (None: as boto3 finds it, see :class:`~s3torch.S3Client`).
+        path: ``s3://bucket/prefix`` of the checkpoint (the folder its files are in), or of
+            its ``.json`` index.
+        s3client_config: an :class:`~s3torch.S3ClientConfig` (default: its defaults).
+        endpoint: an S3-compatible endpoint, ``http(s)://host[:port]`` (default: from the environment).
+        thread_count: accepted for torch's signature; the reads run concurrently in the engine
+            (up to 32 GETs in flight, large ones split into parts) whatever it is.
+        verify_checksums: HEAD each file for its stored checksum and check it where a rank
+            reads a file whole (as ``s3torch.safetensors`` loads do); a rank that reads part
+            of a file cannot check it.
+        batch_bytes: the tensor bytes read onto the host before they are copied into their
+            destinations (default 1 GiB): bounds the host memory a load takes beside them.
+
+    After a load, ``last_load_stats`` counts GETs and bytes, and ``last_load_checksums``
+    says for each file read whether its checksum was checked, or why not.
+    """
+
+    def __init__(
+        self,
+        region: Optional[str],
+        path: str,
+        s3client_config: Optional[S3ClientConfig] = None,
+        endpoint: Optional[str] = None,
+        thread_count: int = 1,
+        verify_checksums: bool = True,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> None:
+        super().__init__()
+        if not isinstance(thread_count, int) or thread_count < 1:
+            raise ValueError(f"thread_count must be a positive int, got {thread_count!r}")
+        if not isinstance(batch_bytes, int) or batch_bytes < 1:
+            raise ValueError(f"batch_bytes must be a positive int, got {batch_bytes!r}")
+        self.fs = S3FileSystem(region, s3client_config=s3client_config, endpoint=endpoint)
+        self.region = self.fs.region
+        self.path = self._checked(path)
+        self.thread_count = thread_count
+        self.verify_checksums = bool(verify_checksums)
+        self.batch_bytes = batch_bytes
+        self.load_id = uuid.uuid4().hex
+        self.storage_data: Dict[MetadataIndex, HFStorageInfo] = {}
+        self._pieces: Dict[Tuple[str, str], Tuple["ShardFile", "TensorInfo"]] = {}
+        self.last_load_stats: Dict[str, int] = {}
+        self.last_load_checksums: Dict[str, str] = {}
+
+    @property
+    def client(self) -> S3Client:
+        """The S3Client this reader reads with."""
+        return self.fs.client
+
+    @staticmethod
+    def _checked(path: Any) -> str:
+        p = s3_path(path)
+        parse_s3_uri(p)
+        return p
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        """True if ``checkpoint_id`` is an ``s3://bucket[/prefix]`` path."""
+        return S3FileSystem.validate_checkpoint_id(checkpoint_id)
+
+    def reset(self, checkpoint_id: Any = None) -> None:
+        """Start a new load, of ``checkpoint_id`` (an ``s3://`` path) when given."""
+        if checkpoint_id is not None:
+            self.path = self._checked(checkpoint_id)
+        self.load_id = uuid.uuid4().hex
+        self._pieces = {}
+
+    # --- metadata -------------------------------------------------------------------------
+    def read_metadata(self) -> Metadata:
+        """Every tensor's dtype, size and saved pieces, from the files' headers. A failure is
+        raised by :meth:`set_up_storage_reader` (or the planner's set-up, torch's next call):
+        torch would log it and then report only that the metadata is None."""
+        try:
+            return self._read_metadata()
+        except S3Exception as e:
+            return UnreadableMetadata(e)  # type: ignore[return-value]  # raises on use
+
+    def _read_metadata(self) -> Metadata:
+        from ..safetensors._errors import HeaderError
+
+        pieces = self._saved_pieces()
+        state: Dict[str, TensorStorageMetadata] = {}
+        self.storage_data, self._pieces = {}, {}
+        seen: Dict[MetadataIndex, "ShardFile"] = {}
+        for f, t, offsets in pieces:
+            label = f"{f.where} tensor {t.name!r}"
+            shape = t.torch_shape(label)
+            dtype = t.torch_dtype(label)
+            offsets = offsets or (0,) * len(shape)
+            if len(offsets) != len(shape) or any(not isinstance(o, int) or o < 0 for o in offsets):
+                raise HeaderError(f"{label}: {SHARDING_INFO_KEY} gives offsets {list(offsets)} for shape {list(shape)}")
+            index = MetadataIndex(fqn=t.name, offset=torch.Size(offsets))
+            if index in seen:
+                raise HeaderError(
+                    f"{self.path}: tensor {t.name!r} at offsets {list(offsets)} is in both {seen[index].where} and "
+                    f"{f.where}: which one to load cannot be told (keep one, or name an index)"
+                )
+            seen[index] = f
+            chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(shape))
+            end = [o + s for o, s in zip(offsets, shape)]
+            md = state.get(t.name)
+            if md is None:
+                state[t.name] = TensorStorageMetadata(
+                    properties=TensorProperties(dtype=dtype), size=torch.Size(end), chunks=[chunk]
+                )
+            else:
+                if md.properties.dtype != dtype or len(md.size) != len(end):
+                    raise HeaderError(f"{label}: its pieces disagree on the dtype or the number of dimensions")
+                md.chunks.append(chunk)
+                md.size = torch.Size([max(a, b) for a, b in zip(md.size, end)])
+            self.storage_data[index] = HFStorageInfo(f.key, t.name)
+            self._pieces[(f.key, t.name)] = (f, t)
+        metadata = Metadata(state_dict_metadata=state, storage_data=self.storage_data)  # type: ignore[arg-type]
+        metadata.storage_meta = StorageMeta(checkpoint_id=self.path, load_id=self.load_id)
+        return metadata
+
+    def _saved_pieces(self) -> List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]]:
+        """Every saved piece: its file, where it lies there, and where in the whole tensor
+        (``()``: all of it). Headers of all files are read at once."""
+        from ..safetensors._errors import MissingShardError
+        from ..safetensors._source import FILE_SUFFIX, INDEX_SUFFIX, _get_headers, _list, open_source
+
+        native = self.client._get_native()
+        bucket, key = parse_s3_uri(self.path)
+        if not key.endswith(".json"):  # a folder: its index, else its files
+            prefix = key.rstrip("/") + "/" if key else ""
+            listed = _list(native, bucket, prefix)
+            if not any(k.endswith(INDEX_SUFFIX) for k in listed):
+                files = sorted(k for k in listed if k.endswith(FILE_SUFFIX))
+                if not files:
+                    raise MissingShardError(
+                        f"s3://{bucket}/{prefix}: no {FILE_SUFFIX} file and no {INDEX_SUFFIX} under this prefix"
+                    )
+                pieces: List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]] = []
+                for f in _get_headers(native, bucket, files, {}, self.verify_checksums):
+                    offsets = _saved_offsets(f)
+                    pieces += [(f, t, offsets.get(t.name, ())) for t in f.header.tensors.values()]
+                return pieces
+            key = prefix
+        # An index (named, or the folder's): the files it names, each tensor whole in one.
+        src = open_source(native, f"s3://{bucket}/{key}", bucket, key, verify=self.verify_checksums)
+        return [(f, t, ()) for f, t in src.tensors.values()]
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        """Keep the metadata's storage data (where each saved piece lies)."""
+        raise_if_unreadable(metadata)
+        self.storage_data = metadata.storage_data
+        if not self._pieces:
+            raise RuntimeError(
+                "S3HuggingFaceStorageReader: read_metadata must run first on every rank, as dcp.load does"
+            )
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        """The plan, its items in file order."""
+        items = sorted(plan.items, key=lambda r: self._order(r))
+        return dataclasses.replace(plan, items=items)
+
+    def prepare_global_plan(self, plans: List[LoadPlan]) -> List[LoadPlan]:
+        """The plans as they are."""
+        return plans
+
+    def _order(self, r: ReadItem) -> Tuple[str, int]:
+        info = self.storage_data[r.storage_index]
+        _, t = self._pieces[(info.key, info.name)]
+        return info.key, t.begin
+
+    # --- data -----------------------------------------------------------------------------
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
+        """Read the rows each item needs, a batch at a time, and copy them into the planner's
+        destinations; the future is done when all are."""
+        from ..safetensors._dtypes import PACKED
+        from ..safetensors._header import TensorInfo
+        from ..safetensors._load import Loader
+        from ..safetensors._open import ring_sizes
+
+        cpu = torch.device("cpu")
+        native = self.client._get_native()
+        bucket, _ = parse_s3_uri(self.path)
+        # One job per item: the rows [lo, hi) of the saved piece it needs, the index that cuts
+        # the item's part out of them, its destination, and whether the rows can be read into
+        # the destination in place (it is exactly them: host memory, the stored dtype,
+        # contiguous, all of each other dimension); the others are read into memory of the
+        # loader's and copied from there, at most batch_bytes of them at a time.
+        jobs: List[_Job] = []
+        for item in plan.items:
+            info = self.storage_data[item.storage_index]
+            f, t = self._pieces[(info.key, info.name)]
+            label = f"{f.where} tensor {t.name!r}"
+            shape = t.torch_shape(label)
+            offs, lens = list(item.storage_offsets), list(item.lengths)
+            cut = tuple(slice(o, o + n) for o, n in zip(offs, lens))
+            if shape and t.dtype.name != PACKED:
+                lo, hi = offs[0], offs[0] + lens[0]
+                if (lo, hi) != (0, shape[0]):
+                    row = t.nbytes // shape[0]
+                    t = TensorInfo(
+                        f"{t.name}[{lo}:{hi}]", t.dtype, (hi - lo, *t.shape[1:]), t.begin + lo * row, t.begin + hi * row
+                    )
+                    shape = (hi - lo, *shape[1:])
+                    cut = (slice(0, hi - lo), *cut[1:])
+            dst = planner.resolve_tensor(item).detach()
+            if tuple(dst.size()) != tuple(lens):
+                raise RuntimeError(f"{label}: the destination is {list(dst.size())}, the part to read {lens}")
+            in_place = (
+                all(c == slice(0, n) for c, n in zip(cut, shape))
+                and dst.device.type == "cpu"
+                and dst.dtype == t.torch_dtype(label)
+                and dst.is_contiguous()
+            )
+            jobs.append(_Job(item, f, t, cut, dst, in_place))
+
+        # One loader for the whole read: a file read whole over several batches is checked
+        # against its stored checksum once its last piece has landed.
+        loader = Loader(native, bucket, cpu, None, False, *ring_sizes(cpu, None, None))
+        loader.plan_checks(list({(id(j.file), j.info.name): (j.file, j.info) for j in jobs}.values()))
+
+        def flush(batch: List[_Job]) -> None:
+            wanted = list({(id(j.file), j.info.name): (j.file, j.info) for j in batch}.values())
+            into: Dict[str, torch.Tensor] = {}
+            for j in batch:
+                if j.in_place:
+                    into.setdefault(j.info.name, j.dst)
+            loaded = loader.load(wanted, into)
+            for j in batch:
+                src = loaded[j.info.name]
+                if src is not j.dst:  # else read in place
+                    j.dst.copy_(src[j.cut] if j.cut else src)
+                planner.commit_tensor(j.item, j.dst)
+
+        batch: List[_Job] = []
+        held = 0  # bytes of the batch read into the loader's memory
+        names: Dict[str, "ShardFile"] = {}  # names in this batch -> their file (the loader keys by name)
+        try:
+            for j in jobs:
+                size = 0 if j.in_place else j.info.nbytes
+                if batch and (held + size > self.batch_bytes or names.get(j.info.name, j.file) is not j.file):
+                    flush(batch)
+                    batch, held, names = [], 0, {}
+                batch.append(j)
+                held += size
+                names[j.info.name] = j.file
+            if batch:
+                flush(batch)
+            loader.verify_checks()
+        finally:
+            self.last_load_stats, self.last_load_checksums = dict(loader.stats), dict(loader.checksums)
+        fut: "Future[None]" = Future()
+        fut.set_result(None)
+        return fut
+
+
+@dataclass
+class _Job:
+    """One read item: the rows of its saved piece to read, and where they go."""
+
+    item: ReadItem
+    file: "ShardFile"
+    info: "TensorInfo"  # the rows read (a piece of the saved tensor's, named for them)
+    cut: Tuple[slice, ...]  # the item's part of those rows
+    dst: torch.Tensor
+    in_place: bool  # the rows are read into dst itself
+
+
+def _saved_offsets(f: "ShardFile") -> Dict[str, Tuple[int, ...]]:
+    """Where each tensor of ``f`` lies in the whole, from ``DCP_SHARDING_INFO`` (torch's
+    ``HuggingFaceStorageWriter(save_distributed=True)``); {} when the file has none."""
+    from ..safetensors._errors import HeaderError
+
+    text = (f.header.metadata or {}).get(SHARDING_INFO_KEY)
+    if text is None:
+        return {}
+    try:
+        info = json.loads(text)
+        return {name: tuple(v[SAVED_OFFSETS_KEY]) for name, v in info.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise HeaderError(f"{f.where}: its {SHARDING_INFO_KEY} metadata is not what torch writes: {e}") from e
+
+
+__all__ = ["S3HuggingFaceStorageReader"]
