@@ -360,17 +360,10 @@ bool Upload::settle_exists(const S3Error &e) {
     // An attempt got no answer and the retry found the key taken: that attempt may have written
     // it. It did if the object there has this write's size and full-object checksum.
     auto unsure = [&](const std::string &why) {
-        S3Error out(e.kind,
-                    std::string(e.what()) + "; an earlier attempt of this write got no answer, so the object there " +
-                        "may be this write's own, and " + why,
-                    e.context);
-        out.s3_code = e.s3_code;
-        out.s3_message = e.s3_message;
-        out.request_id = e.request_id;
-        out.http_status = e.http_status;
-        out.crt_error = e.crt_error;
-        out.crt_error_name = e.crt_error_name;
-        return out;
+        return with_hint(e,
+                         "an earlier attempt of this write got no answer, so the object there may be this "
+                         "write's own, and " +
+                             why);
     };
     std::string ours;
     if (const std::optional<CrcAlgorithm> algorithm = client_->config().upload_crc()) {

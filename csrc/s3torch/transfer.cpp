@@ -416,7 +416,10 @@ void Transfer::s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *met
                               t->client_->retry_deadline_ns(t->start_ns_));
     }
     const bool skewed = error_code == AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED;
-    const bool lost = (!answered || status >= 500) && error_code != AWS_ERROR_S3_CANCELED && t->commits(metrics);
+    // An attempt aws-c-s3 retries (no answer, a 5xx but 501 Not Implemented) may have done its
+    // work unseen.
+    const bool lost =
+        (!answered || (status >= 500 && status != 501)) && error_code != AWS_ERROR_S3_CANCELED && t->commits(metrics);
     {
         std::lock_guard<std::mutex> lock(t->mu_);
         t->attempted_ = true;

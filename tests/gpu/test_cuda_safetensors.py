@@ -35,3 +35,26 @@ def test_load_into_cuda_pinned_and_cast(seaweed, prefix) -> None:  # type: ignor
     save_file(out, f"s3://{BUCKET}/{prefix}again.safetensors", client=client)
     again = client.get_object(BUCKET, f"{prefix}again.safetensors").read()
     assert again == client.get_object(BUCKET, f"{prefix}m.safetensors").read()
+
+
+def test_hf_storage_reader_into_cuda_state_dict(seaweed_env, prefix) -> None:  # type: ignore[no-untyped-def]
+    """dcp.load through S3HuggingFaceStorageReader into CUDA destinations (the rows land in host
+    memory, then copy_ to the device), a cast among them. CPU counterpart: the cast and batch
+    test in tests/integration/test_hf_storage_reader.py."""
+    import torch.distributed.checkpoint as dcp
+
+    from s3torch._servers import REGION
+    from s3torch.dcp import S3HuggingFaceStorageReader
+    from tests.integration.test_hf_storage_reader import _model as _hf_model
+    from tests.integration.test_hf_storage_reader import _save_sharded
+
+    sd = _hf_model(5)
+    base = _save_sharded(seaweed_env, prefix, sd)
+    got = {k: torch.zeros(v.shape, dtype=v.dtype, device="cuda") for k, v in sd.items()}
+    got["layers.0.attn.weight"] = torch.zeros(96, 96, dtype=torch.bfloat16, device="cuda")  # a cast
+    reader = S3HuggingFaceStorageReader(REGION, base, endpoint=seaweed_env.endpoint, batch_bytes=1 << 16)
+    dcp.load(got, storage_reader=reader)
+    torch.cuda.synchronize()
+    for k in sd:
+        assert torch.equal(got[k].cpu(), sd[k].to(got[k].dtype)), k
+    assert sorted(reader.last_load_checksums.values()) == ["CRC32C checked", "CRC32C checked"]

@@ -15,7 +15,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from s3torch import S3ObjectExistsError
+from s3torch import S3Exception, S3ObjectExistsError
 from s3torch._servers import REGION
 from s3torch.dcp import S3StorageReader, S3StorageWriter
 from tests.conftest import BUCKET, make_client
@@ -156,3 +156,26 @@ def test_dcp_save_with_overwrite_false_does_not_commit_over_a_racing_save(seawee
     dcp.save(mine, storage_writer=S3StorageWriter(REGION, uri, endpoint=seaweed_env.endpoint, overwrite=True))
     dcp.load(loaded, storage_reader=S3StorageReader(REGION, uri, endpoint=seaweed_env.endpoint))
     assert torch.equal(loaded["w"], mine["w"])
+
+
+@pytest.mark.filterwarnings("ignore:Detected an existing checkpoint")
+def test_a_server_without_conditional_writes_still_gets_the_checkpoint(seaweed_env, proxy, prefix, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A server that answers 501 NotImplemented to If-None-Match: a save with overwrite=False
+    writes its .metadata again without it, saying so; the checkpoint loads."""
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    refused = proxy.add(
+        Fault("error", method="PUT", path=r"ckpt/\.metadata$", times=1, status=501, code="NotImplemented")
+    )
+    caplog.set_level("WARNING", logger="s3torch")
+    dcp.save(_state(4), storage_writer=S3StorageWriter(REGION, uri, endpoint=proxy.endpoint, overwrite=False))
+    assert refused.injected == 1
+    assert "does not implement conditional writes (NotImplemented)" in caplog.text
+    assert f"{uri}/.metadata written without If-None-Match" in caplog.text
+    loaded = {"w": torch.zeros(256, 256), "step": torch.tensor(0)}
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, uri, endpoint=seaweed_env.endpoint))
+    assert int(loaded["step"]) == 4
+    # Asked for by the caller, exclusive=True raises it instead.
+    proxy.add(Fault("error", method="PUT", path=r"/asked$", times=1, status=501, code="NotImplemented"))
+    with pytest.raises(S3Exception) as e:
+        make_client(proxy).put(BUCKET, f"{prefix}asked", b"x", exclusive=True)
+    assert e.value.http_status == 501

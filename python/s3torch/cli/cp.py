@@ -17,6 +17,7 @@ two saves. A disk that fills, or a local file that shrinks, is an error too, nev
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from typing import Dict, List, Tuple
 
 from .. import _crt
 from .._client import S3Client
+from .._create_only import write_create_only
 from .._local_files import LocalFileChanged, NoRoom, check_stamp, get_files, put_file, stamp
 from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
@@ -141,7 +143,10 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
                 except FileNotFoundError as e:
                     raise LocalFileChanged(path) from e
             for n in meta:  # without --overwrite, create only: a checkpoint saved there meanwhile stays
-                put(n, progress, exclusive=not args.overwrite)
+                if args.overwrite:
+                    put(n, progress)
+                else:
+                    write_create_only(functools.partial(put, n, progress), f"s3://{bucket}/{prefix}{n}")
     except _crt.S3ObjectExistsError as e:
         raise CLIError(
             f"s3://{bucket}/{e.key}: written by something else (a save or another copy) while this copy ran, "

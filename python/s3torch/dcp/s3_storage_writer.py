@@ -35,6 +35,7 @@ from torch.futures import Future
 
 from .. import _torch_compat, _uploads
 from .._config import S3ClientConfig
+from .._create_only import write_create_only
 from .._crt import S3Exception, S3ObjectExistsError
 from .._notes import add_note
 from .._progress import Progress
@@ -403,10 +404,17 @@ class S3StorageWriter(FileSystemWriter):
         # One PUT, last: the checkpoint becomes visible atomically, and only when complete.
         # overwrite=False: create only, so that of two saves racing for one path (each found no
         # checkpoint when it planned) only the first to finish commits.
-        overwrite = getattr(self, "overwrite", True)
-        try:
-            with self.fs.create_stream(self.fs.concat_path(self.path, name), "wb" if overwrite else "xb") as stream:
+        path = self.fs.concat_path(self.path, name)
+
+        def write(create_only: bool) -> None:
+            with self.fs.create_stream(path, "xb" if create_only else "wb") as stream:
                 pickle.dump(metadata, stream)
+
+        try:
+            if getattr(self, "overwrite", True):
+                write(False)
+            else:
+                write_create_only(write, str(path))
         except S3ObjectExistsError as e:
             add_note(
                 e,
