@@ -77,8 +77,9 @@ class S3HuggingFaceStorageReader(StorageReader):
         verify_checksums: HEAD each file for its stored checksum and check it where a rank
             reads a file whole (as ``s3torch.safetensors`` loads do); a rank that reads part
             of a file cannot check it.
-        batch_bytes: the tensor bytes read onto the host before they are copied into their
-            destinations (default 1 GiB): bounds the host memory a load takes beside them.
+        batch_bytes: at most this many bytes of rows that cannot be read into their
+            destinations in place (casts, column shards, CUDA) are held on the host before
+            they are copied there (default 1 GiB): the host memory a load takes beside them.
 
     After a load, ``last_load_stats`` counts GETs and bytes, and ``last_load_checksums``
     says for each file read whether its checksum was checked, or why not.
