@@ -585,3 +585,74 @@ def test_uploads_abort_reports_each_upload_and_goes_on_past_a_refusal(env, prefi
     assert "NOT aborted: " in lines[keys[1]] and "AccessDenied" in lines[keys[1]], out
     assert "2 incomplete upload(s) aborted" in out
     assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])] == [keys[1]]
+
+
+def _weights(env, prefix: str) -> dict:  # type: ignore[no-untyped-def]
+    """Two safetensors shards and an index (s3torch's uploads store a full-object CRC32C), and
+    a file written with no checksum, under ``prefix``."""
+    from s3torch import S3Client
+    from s3torch.safetensors import save_file
+
+    g = torch.Generator().manual_seed(9)
+    sd = {"embed.weight": torch.randn(300, 64, generator=g), "norm.weight": torch.randn(64, generator=g)}
+    client = make_client(env, part_size=5 << 20)
+    save_file({"embed.weight": sd["embed.weight"]}, f"s3://{BUCKET}/{prefix}hf/model-1.safetensors", client=client)
+    save_file({"norm.weight": sd["norm.weight"]}, f"s3://{BUCKET}/{prefix}hf/model-2.safetensors", client=client)
+    index = {
+        "metadata": {},
+        "weight_map": {"embed.weight": "model-1.safetensors", "norm.weight": "model-2.safetensors"},
+    }
+    client.put(BUCKET, f"{prefix}hf/model.safetensors.index.json", json.dumps(index).encode())
+    plain = S3Client(REGION, endpoint=env.endpoint, s3client_config=make_client(env, checksums="off").s3client_config)
+    save_file(sd, f"s3://{BUCKET}/{prefix}plain/model.safetensors", client=plain, metadata={"format": "pt"})
+    return sd
+
+
+def test_info_and_verify_of_safetensors_weights(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    """info describes weights from their headers; verify reads every file and checks it
+    against S3's stored checksum; a file with none is named UNCHECKED (exit 0); a folder with
+    nothing there exits 3."""
+    _weights(env, prefix)
+    folder = f"s3://{BUCKET}/{prefix}hf/"
+    code, out, err = cli(capsys, "info", folder)
+    assert code == 0, err
+    assert "2 tensors (77.06 kB), 2 files" in out and "checksum: full-object CRC32C" in out
+    assert "embed.weight" in out and "F32" in out and "(300, 64)" in out
+    code, out, err = cli(capsys, "info", "--json", f"{folder}model.safetensors.index.json")
+    d = json.loads(out)
+    assert d["format"] == "safetensors" and d["totals"]["tensors"] == 2
+    assert [t["name"] for t in d["tensors"]] == ["embed.weight", "norm.weight"]
+    code, out, err = cli(capsys, "verify", folder)
+    assert code == 0, err
+    assert out.count("OK         ") == 2 and "CRC32C checked" in out
+    assert "2 of 2 files match their stored checksums, every header valid" in out
+    plain = f"s3://{BUCKET}/{prefix}plain/model.safetensors"
+    code, out, err = cli(capsys, "verify", plain)
+    assert code == 0, err
+    assert "UNCHECKED" in out and "the object has no stored checksum" in out
+    assert "1 file has no stored checksum and was not checked" in out
+    code, out, err = cli(capsys, "info", plain)
+    assert code == 0 and "metadata     format=pt" in out
+    code, out, err = cli(capsys, "verify", f"s3://{BUCKET}/{prefix}nothing/")
+    assert code == 3, (out, err)
+
+
+def test_verify_of_safetensors_weights_names_bytes_that_fail_their_checksum(
+    env, proxy, prefix, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One byte of a file flipped on its way to verify (the proxy's corrupt_response, on the
+    GET of the whole file, not the header's): CORRUPT naming it, both CRCs, exit 1."""
+    _weights(env, prefix)
+    flip = proxy.add(
+        Fault(
+            "corrupt_response", method="GET", path=r"model-1\.safetensors", range=r"^bytes=0-(?!262143$)\d+$", times=1
+        )
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    code, out, err = cli(capsys, "verify", f"s3://{BUCKET}/{prefix}hf/model.safetensors.index.json")
+    assert flip.injected == 1
+    assert code == 1, (out, err)
+    assert f"CORRUPT    s3://{BUCKET}/{prefix}hf/model-1.safetensors: " in out
+    assert "do not match the object's stored CRC32C" in out
+    assert f"OK         s3://{BUCKET}/{prefix}hf/model-2.safetensors" in out
+    assert "1 of 2 files failed verification" in out

@@ -9,10 +9,11 @@ from typing import Any, Dict, List
 
 from .._progress import human
 from .._text import shown as text
+from . import _weights
 from ._checkpoint import Checkpoint, add_trust_argument, open_any
 from ._common import OK, add_connection_arguments, make_client
 
-HELP = "describe a DCP checkpoint: files, tensors, bytes, writer"
+HELP = "describe a DCP checkpoint (files, tensors, bytes, writer), or safetensors model weights"
 DESCRIPTION = """Describe the DCP checkpoint at s3://bucket/prefix (or a local directory): its
 files with their sizes and item counts, every tensor (fqn, dtype, shape, chunks, bytes),
 byte items, totals, and what its .metadata records about the save (torch's storage_meta:
@@ -25,12 +26,21 @@ path was made by an S3 storage writer (s3torchconnector's, or s3torch's generic 
 a save to msc:// by multi-storage-client's writer, a save to a local path by torch's
 FileSystemWriter (or another local writer); a checkpoint whose recorded path is not where it
 now lies was copied there (for example by s3torch cp). "save marks" counts the files that
-carry one (s3torch verify checks them)."""
+carry one (s3torch verify checks them).
+
+Model weights in the safetensors format (s3://bucket/model.safetensors, an index
+s3://bucket/llama/model.safetensors.index.json, or a folder of either with no DCP .metadata):
+their files (size, tensors, the checksum S3 stores with each), every tensor (name, dtype,
+shape, bytes) and the metadata, from the headers alone (one GET and one HEAD a file)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this verb\'s arguments and options to ``p``."""
-    p.add_argument("location", metavar="CHECKPOINT", help="s3://bucket/prefix of the checkpoint, or a local directory")
+    p.add_argument(
+        "location",
+        metavar="CHECKPOINT",
+        help="s3://bucket/prefix of the checkpoint, or a local directory; or of safetensors weights on S3",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--tensors", type=int, default=50, metavar="N", help="list at most N tensors in text (default 50)")
     add_trust_argument(p)
@@ -125,6 +135,15 @@ def describe(ckpt: Checkpoint) -> Dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the verb with the parsed ``args``; returns the exit code."""
+    if args.location.startswith("s3://"):
+        client = make_client(args)
+        if _weights.names_weights(client, args.location):
+            w = _weights.describe(client, args.location)
+            if args.json:
+                print(json.dumps(w, indent=2))
+            else:
+                _weights.print_description(w, args.tensors)
+            return OK
     d = describe(open_any(lambda: make_client(args), args.location, args.trust_checkpoint))
     if args.json:
         print(json.dumps(d, indent=2))

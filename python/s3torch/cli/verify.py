@@ -16,10 +16,11 @@ from typing import Any, Dict, List, Tuple
 
 from .._progress import human
 from .._text import shown as text
+from . import _weights
 from ._checkpoint import Record, add_trust_argument, open_s3
 from ._common import CORRUPT, OK, CLIError, add_connection_arguments, make_client, progress_for
 
-HELP = "check every tensor of a DCP checkpoint on S3 against its CRC32"
+HELP = "check every tensor of a DCP checkpoint on S3 against its CRC32, or safetensors weights against S3's checksums"
 DESCRIPTION = """Read every tensor record of the DCP checkpoint at s3://bucket/prefix and check
 the tensor's bytes against the CRC32 its record carries, many reads in parallel, without a
 model, and that each data file s3torch wrote ends with the mark of the save its .metadata
@@ -27,12 +28,20 @@ describes (a file another save wrote is named, and its items fail). Exits 0 with
 when all match; exits 1 naming every failing file and item (fqn, file, offset in the file)
 when any does not, or is missing or truncated; exits 3 when
 there is no checkpoint there. Memory: at most --group-bytes of tensors at a time (one
-larger tensor is read alone)."""
+larger tensor is read alone).
+
+Model weights in the safetensors format (s3://bucket/model.safetensors, an index and its
+shards, or a folder of either with no DCP .metadata): every header is validated (a header
+that lies exits 1), then every file is read whole, streamed (64 MiB ahead), and checked
+against the checksum S3 stores with it (full-object or composite CRC32/CRC32C/CRC64NVME,
+held to the version its header came from). A file with no stored checksum is named
+UNCHECKED and does not fail the run; one that does not match, or changes or ends early
+while read, is named CORRUPT and exits 1."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this verb\'s arguments and options to ``p``."""
-    p.add_argument("location", metavar="s3://BUCKET/PREFIX", help="where the checkpoint is")
+    p.add_argument("location", metavar="s3://BUCKET/PREFIX", help="where the checkpoint (or the weights) is")
     p.add_argument(
         "--group-bytes",
         type=int,
@@ -129,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     from ..dcp._errors import CheckpointCorruptError
 
     client = make_client(args)
+    if _weights.names_weights(client, args.location):
+        return _weights.verify(client, args.location)
     ckpt = open_s3(client, args.location, args.trust_checkpoint)
     md = ckpt.metadata
     transformed = [i.fqn for i, info in md.storage_data.items() if getattr(info, "transform_descriptors", None)]

@@ -1,0 +1,187 @@
+"""Model weights in the safetensors format on S3, as ``s3torch info`` and ``verify`` see them: a
+``.safetensors`` file, an index and the shards it names, or a folder of either. A folder that
+holds a DCP checkpoint's ``.metadata`` is the checkpoint's (the verbs describe that)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional
+
+from .. import _crt
+from .._client import S3Client
+from .._progress import human
+from .._text import shown as text
+from ._checkpoint import METADATA
+from ._common import CORRUPT, NOT_FOUND, OK, CLIError, as_dir, progress_for, s3_uri
+
+SUFFIXES = (".safetensors", ".json")
+STREAM_AHEAD = 64 << 20  # bytes a verify's streaming GET reads ahead
+
+
+def names_weights(client: S3Client, location: str) -> bool:
+    """Whether ``location`` names safetensors weights: a key ending in ``.safetensors`` or
+    ``.json``, or a folder with no DCP ``.metadata`` that holds ``*.safetensors`` or an index."""
+    if not location.startswith("s3://"):
+        return False
+    bucket, key = s3_uri(location)
+    if key.endswith(SUFFIXES):
+        return True
+    prefix = as_dir(key)
+    native = client._get_native()
+    try:
+        native.head(bucket, prefix + METADATA)
+        return False  # a DCP checkpoint
+    except _crt.S3NotFoundError:
+        pass
+    from .._listing import pages
+
+    return any(
+        o.key.endswith((".safetensors", ".safetensors.index.json"))
+        for p in pages(native, bucket, prefix, "/")
+        for o in p.objects
+    )
+
+
+def _source(client: S3Client, location: str) -> Any:
+    from ..safetensors import SafetensorsError
+    from ..safetensors._errors import MissingShardError
+    from ..safetensors._source import open_source
+
+    bucket, key = s3_uri(location)
+    if not key.endswith(SUFFIXES):
+        key = as_dir(key)
+    uri = f"s3://{bucket}/{key}"
+    try:
+        return open_source(client._get_native(), uri, bucket, key, verify=True)
+    except MissingShardError as e:
+        raise CLIError(str(e), NOT_FOUND) from e
+    except SafetensorsError as e:  # a header or index that lies: what verify is for
+        raise CLIError(f"{e}", CORRUPT) from e
+
+
+def _checksum(stored: Any) -> str:
+    if stored is None or not stored.algorithm:
+        return f"none ({stored.why_not})" if stored is not None else "none"
+    return (
+        f"composite {stored.algorithm} of {stored.parts} parts" if stored.parts else f"full-object {stored.algorithm}"
+    )
+
+
+def describe(client: S3Client, location: str) -> Dict[str, Any]:
+    """The files (size, tensors, stored checksum), every tensor and the metadata: headers only."""
+    src = _source(client, location)
+    per_file: Dict[str, int] = {}
+    tensors: List[Dict[str, Any]] = []
+    for name, (f, t) in src.tensors.items():
+        per_file[f.key] = per_file.get(f.key, 0) + 1
+        tensors.append({"name": name, "dtype": t.dtype.name, "shape": list(t.shape), "bytes": t.nbytes, "file": f.key})
+    files = [
+        {
+            "file": f"s3://{f.bucket}/{f.key}",
+            "size": f.size,
+            "tensors": per_file.get(f.key, 0),
+            "checksum": _checksum(f.stored),
+        }
+        for f in src.files
+    ]
+    return {
+        "weights": src.uri,
+        "format": "safetensors",
+        "metadata": src.metadata,
+        "files": files,
+        "tensors": tensors,
+        "totals": {
+            "files": len(files),
+            "tensors": len(tensors),
+            "tensor_bytes": sum(t["bytes"] for t in tensors),
+            "file_bytes": sum(f["size"] for f in files),
+        },
+    }
+
+
+def print_description(d: Dict[str, Any], limit: int) -> None:
+    """``describe``'s answer as ``s3torch info`` prints it (outside text shown escaped)."""
+    t = d["totals"]
+    print(f"weights      {text(d['weights'])}  (safetensors)")
+    print(
+        f"total        {t['tensors']} tensors ({human(t['tensor_bytes'])}), {t['files']} files, "
+        f"{human(t['file_bytes'])} ({t['file_bytes']:,} bytes)"
+    )
+    if d["metadata"]:
+        shown = ", ".join(f"{text(str(k))}={text(str(v))}" for k, v in list(d["metadata"].items())[:8])
+        print(f"metadata     {shown}")
+    print("\nfiles:")
+    for f in d["files"]:
+        print(f"  {text(f['file'])}  {f['size']:,} bytes  {f['tensors']} tensors  checksum: {text(f['checksum'])}")
+    print("\ntensors:")
+    width = max([len(text(x["name"])) for x in d["tensors"][:limit]] + [3])
+    for x in d["tensors"][:limit]:
+        print(f"  {text(x['name']):<{width}}  {x['dtype']:<9} {str(tuple(x['shape'])):<20} {human(x['bytes']):>10}")
+    if len(d["tensors"]) > limit:
+        print(f"  ... {len(d['tensors']) - limit} more (--tensors N, or --json)")
+
+
+def verify(client: S3Client, location: str) -> int:
+    """Read every file whole, once, streamed (bounded memory), and check it against the
+    checksum S3 stores with it; the headers were validated when the files were opened. Exit
+    code: OK, or CORRUPT naming every file that failed."""
+    from ..safetensors import SafetensorsError
+    from ..safetensors._verify import FileCheck
+
+    src = _source(client, location)
+    native = client._get_native()
+    total = sum(f.size for f in src.files)
+    failed: List[str] = []
+    unchecked = 0
+    t0 = time.perf_counter()
+    with progress_for("verify", src.uri, total=total) as progress:
+        for f in src.files:
+            stored = f.stored
+            if stored is None or not stored.algorithm:
+                print(f"UNCHECKED  {text(f.where)}: not checked: {text(stored.why_not if stored else 'no checksum')}")
+                unchecked += 1
+                progress.add(f.size)
+                continue
+            check = FileCheck(f.where, f.size, stored)
+            outcome: Optional[str] = None
+            try:
+                stream = native.get_stream(f.bucket, f.key, 0, f.size, STREAM_AHEAD, f.etag) if f.size else None
+                at = 0
+                try:
+                    while stream is not None:
+                        chunk = stream.next_chunk()
+                        if chunk is None:
+                            break
+                        view = memoryview(chunk)
+                        check.add(at, view)
+                        at += len(view)
+                        progress.add(len(view))
+                finally:
+                    if stream is not None:
+                        stream.close()
+                outcome = check.verify()
+            except (SafetensorsError, _crt.S3Exception) as e:
+                failed.append(f.where)
+                print(f"CORRUPT    {text(f.where)}: {text(str(e))}")
+                continue
+            if outcome.startswith("not checked"):
+                failed.append(f.where)
+                print(f"CORRUPT    {text(f.where)}: {text(outcome)}")
+            else:
+                print(f"OK         {text(f.where)}: {outcome}")
+    secs = max(time.perf_counter() - t0, 1e-9)
+    if failed:
+        print(f"{text(src.uri)}: {len(failed)} of {len(src.files)} files failed verification")
+        return CORRUPT
+    note = (
+        f"; {unchecked} file has no stored checksum and was not checked"
+        if unchecked == 1
+        else f"; {unchecked} files have no stored checksum and were not checked"
+        if unchecked
+        else ""
+    )
+    print(
+        f"OK  {text(src.uri)}: {len(src.files) - unchecked} of {len(src.files)} files match their stored checksums, "
+        f"every header valid{note}; {human(total)} in {secs:.2f}s ({total / 1e9 / secs:.2f} GB/s)"
+    )
+    return OK
