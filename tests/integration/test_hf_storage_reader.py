@@ -227,3 +227,20 @@ def test_two_ranks_each_read_only_their_shards(seaweed_env, prefix, tmp_path) ->
     assert all(r.get("exact") for r in ranks), ranks
     rows = 512 * 96 * 2 + 512 * 96 * 2  # embed (bf16) and lm_head (f16): half each per rank
     assert [r["bytes"] for r in ranks] == [rows // 2 + 96 * 96 * 4] * 2, ranks
+
+
+def test_progress_reports_the_load_and_leaves_no_thread(seaweed_env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    sd = _model(6)
+    base = _save_sharded(seaweed_env, prefix, sd)
+    reader = S3HuggingFaceStorageReader(REGION, base, endpoint=seaweed_env.endpoint, progress=True)
+    counted: list = []
+    add = reader._progress.add
+    reader._progress.add = lambda n: (counted.append(n), add(n))  # type: ignore[method-assign]
+    dcp.load(_empty(sd), storage_reader=reader)
+    out = capsys.readouterr().out
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    assert f"s3torch: DCP load from {base}: 0.2 MB in " in out, out
+    assert sum(counted) == total  # every byte counted, once
+    assert not [t for t in threading.enumerate() if t.name == "s3torch-progress"]

@@ -39,6 +39,7 @@ from torch.futures import Future
 from .._client import S3Client
 from .._config import S3ClientConfig
 from .._crt import S3Exception
+from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from ._metadata import UnreadableMetadata, raise_if_unreadable
 from .s3_file_system import S3FileSystem
@@ -80,6 +81,8 @@ class S3HuggingFaceStorageReader(StorageReader):
         batch_bytes: at most this many bytes of rows that cannot be read into their
             destinations in place (casts, column shards, CUDA) are held on the host before
             they are copied there (default 1 GiB): the host memory a load takes beside them.
+        progress: report the load: a live bar (bytes, GB/s, ETA) when stderr is a terminal,
+            else a line every 5 s; then one summary line (as ``S3StorageReader``'s).
 
     After a load, ``last_load_stats`` counts GETs and bytes, and ``last_load_checksums``
     says for each file read whether its checksum was checked, or why not.
@@ -94,6 +97,7 @@ class S3HuggingFaceStorageReader(StorageReader):
         thread_count: int = 1,
         verify_checksums: bool = True,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(thread_count, int) or thread_count < 1:
@@ -111,6 +115,7 @@ class S3HuggingFaceStorageReader(StorageReader):
         self._pieces: Dict[Tuple[str, str], Tuple["ShardFile", "TensorInfo"]] = {}
         self.last_load_stats: Dict[str, int] = {}
         self.last_load_checksums: Dict[str, str] = {}
+        self._progress = Progress("DCP load from", self.path, progress)
 
     @property
     def client(self) -> S3Client:
@@ -132,6 +137,7 @@ class S3HuggingFaceStorageReader(StorageReader):
         """Start a new load, of ``checkpoint_id`` (an ``s3://`` path) when given."""
         if checkpoint_id is not None:
             self.path = self._checked(checkpoint_id)
+            self._progress.target = self.path
         self.load_id = uuid.uuid4().hex
         self._pieces = {}
 
@@ -282,6 +288,7 @@ class S3HuggingFaceStorageReader(StorageReader):
         # One loader for the whole read: a file read whole over several batches is checked
         # against its stored checksum once its last piece has landed.
         loader = Loader(native, bucket, cpu, None, False, *ring_sizes(cpu, None, None))
+        loader.on_progress = self._progress.add
         loader.plan_checks(list({(id(j.file), j.info.name): (j.file, j.info) for j in jobs}.values()))
 
         def flush(batch: List[_Job]) -> None:
@@ -300,6 +307,8 @@ class S3HuggingFaceStorageReader(StorageReader):
         batch: List[_Job] = []
         held = 0  # bytes of the batch read into the loader's memory
         names: Dict[str, "ShardFile"] = {}  # names in this batch -> their file (the loader keys by name)
+        self._progress.set_total(sum(j.info.nbytes for j in jobs))
+        self._progress.start()
         try:
             for j in jobs:
                 size = 0 if j.in_place else j.info.nbytes
@@ -312,8 +321,12 @@ class S3HuggingFaceStorageReader(StorageReader):
             if batch:
                 flush(batch)
             loader.verify_checks()
+        except BaseException:
+            self._progress.__exit__(RuntimeError, None, None)  # stop drawing, no summary
+            raise
         finally:
             self.last_load_stats, self.last_load_checksums = dict(loader.stats), dict(loader.checksums)
+        self._progress.done()
         fut: "Future[None]" = Future()
         fut.set_result(None)
         return fut

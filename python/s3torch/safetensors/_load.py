@@ -100,6 +100,7 @@ class Loader:
         self.versions = ObjectVersions(FileChangedError)
         self._into: Dict[str, torch.Tensor] = {}  # load()'s
         self._checks_planned = False  # plan_checks() ran: load() neither plans nor verifies
+        self.on_progress: Optional[Callable[[int], None]] = None  # called with the bytes each GET landed
 
     def _plan(self, f: ShardFile, t: TensorInfo) -> _Planned:
         where = _where(f, t)
@@ -254,6 +255,8 @@ class Loader:
                 f"{_where(g.file, g.members[0].info)}: read {n} of {want} bytes (the object changed or was truncated)"
             )
         self.stats["bytes"] += n
+        if self.on_progress is not None:
+            self.on_progress(n)
         check = self._checks.get(id(g.file))
         if check is not None and g.buf is not None:
             check.add(g.file.header.data_start + g.begin, g.buf[:n])
@@ -302,3 +305,5 @@ class Loader:
                 run.run(work)
             finally:
                 self.stats["bytes"] += run.bytes_read
+                if self.on_progress is not None:
+                    self.on_progress(run.bytes_read)
