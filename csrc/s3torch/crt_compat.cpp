@@ -33,18 +33,38 @@ void forget_inherited_threads() {
     for (size_t n = aws_thread_get_managed_thread_count(); n > 0; --n) aws_thread_decrement_unjoined_count();
 }
 
-std::string upload_id_from_metrics(aws_s3_request_metrics *metrics) {
+namespace {
+
+// The path and query of the request of `metrics` (valid while the metrics are), "" if none.
+std::string_view path_query_of(aws_s3_request_metrics *metrics) {
     const aws_string *path_query = nullptr;
     aws_s3_request_metrics_get_request_path_query(metrics, &path_query);
-    if (!path_query) return std::string();
-    std::string_view q(reinterpret_cast<const char *>(aws_string_bytes(path_query)), path_query->len);
-    constexpr std::string_view kParam = "uploadId=";
-    size_t at = q.find(kParam);
+    if (!path_query) return {};
+    return std::string_view(reinterpret_cast<const char *>(aws_string_bytes(path_query)), path_query->len);
+}
+
+// Where the value of the query parameter `param` ("name=") starts in `q`, or npos. Only a
+// whole parameter counts: at the start of the query or after '?' or '&'.
+size_t param_at(std::string_view q, std::string_view param) {
+    size_t at = q.find(param);
+    if (at == std::string_view::npos) return at;
+    if (at > 0 && q[at - 1] != '?' && q[at - 1] != '&') return std::string_view::npos;
+    return at + param.size();
+}
+
+}  // namespace
+
+std::string upload_id_from_metrics(aws_s3_request_metrics *metrics) {
+    std::string_view q = path_query_of(metrics);
+    size_t at = param_at(q, "uploadId=");
     if (at == std::string_view::npos) return std::string();
-    // Only a whole parameter: at the start of the query or after '?' or '&'.
-    if (at > 0 && q[at - 1] != '?' && q[at - 1] != '&') return std::string();
-    q.remove_prefix(at + kParam.size());
+    q.remove_prefix(at);
     return std::string(q.substr(0, q.find('&')));
+}
+
+bool completes_multipart_upload(aws_s3_request_metrics *metrics) {
+    std::string_view q = path_query_of(metrics);
+    return param_at(q, "uploadId=") != std::string_view::npos && param_at(q, "partNumber=") == std::string_view::npos;
 }
 
 }  // namespace s3torch::crt_compat

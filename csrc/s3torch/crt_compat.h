@@ -39,4 +39,9 @@ void forget_inherited_threads();
 // path relies on the query it builds for UploadPart.
 std::string upload_id_from_metrics(aws_s3_request_metrics *metrics);
 
+// Whether the request of `metrics` is a multipart upload's CompleteMultipartUpload: its query
+// carries the upload id and no part number ("...?uploadId=<id>"), as aws-c-s3 builds it (an
+// AbortMultipartUpload does too, sent only once the upload has failed).
+bool completes_multipart_upload(aws_s3_request_metrics *metrics);
+
 }  // namespace s3torch::crt_compat

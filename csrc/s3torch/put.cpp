@@ -153,15 +153,7 @@ void PutStream::on_attempt(aws_s3_request_metrics *metrics) {
     if (upload_id_.empty()) upload_id_ = id;
 }
 
-bool PutStream::commits(aws_s3_request_metrics *metrics) {
-    // The CompleteMultipartUpload: a request on the upload id that names no part (an abort
-    // also does, but only once the upload has failed).
-    const aws_string *path_query = nullptr;
-    aws_s3_request_metrics_get_request_path_query(metrics, &path_query);
-    if (!path_query) return false;
-    std::string_view q(reinterpret_cast<const char *>(aws_string_bytes(path_query)), path_query->len);
-    return q.find("uploadId=") != std::string_view::npos && q.find("partNumber=") == std::string_view::npos;
-}
+bool PutStream::commits(aws_s3_request_metrics *metrics) { return crt_compat::completes_multipart_upload(metrics); }
 
 std::string PutStream::full_object_checksum() {
     std::lock_guard<std::mutex> lock(mu_);

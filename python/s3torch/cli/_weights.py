@@ -18,41 +18,34 @@ SUFFIXES = (".safetensors", ".json")
 STREAM_AHEAD = 64 << 20  # bytes a verify's streaming GET reads ahead
 
 
-def names_weights(client: S3Client, location: str) -> bool:
-    """Whether ``location`` names safetensors weights: a key ending in ``.safetensors`` or
-    ``.json``, or a folder with no DCP ``.metadata`` that holds ``*.safetensors`` or an index."""
-    if not location.startswith("s3://"):
-        return False
-    bucket, key = s3_uri(location)
-    if key.endswith(SUFFIXES):
-        return True
-    prefix = as_dir(key)
-    native = client._get_native()
-    try:
-        native.head(bucket, prefix + METADATA)
-        return False  # a DCP checkpoint
-    except _crt.S3NotFoundError:
-        pass
-    from .._listing import pages
-
-    return any(
-        o.key.endswith((".safetensors", ".safetensors.index.json"))
-        for p in pages(native, bucket, prefix, "/")
-        for o in p.objects
-    )
-
-
-def _source(client: S3Client, location: str) -> Any:
+def open_weights(client: S3Client, location: str) -> Optional[Any]:
+    """The weights ``location`` names, every header read (a ``safetensors._source.Source``), or
+    None when it names none: not on S3, or a folder that holds a DCP ``.metadata`` or neither
+    ``*.safetensors`` nor an index (the checkpoint's verbs say what is there). A key ending in
+    ``.safetensors`` or ``.json`` is weights whatever is beside it."""
     from ..safetensors import SafetensorsError
     from ..safetensors._errors import MissingShardError
-    from ..safetensors._source import open_source
+    from ..safetensors._source import open_resolved, resolve
 
+    if not location.startswith("s3://"):
+        return None
     bucket, key = s3_uri(location)
-    if not key.endswith(SUFFIXES):
+    native = client._get_native()
+    folder = not key.endswith(SUFFIXES)
+    if folder:
         key = as_dir(key)
+        try:
+            native.head(bucket, key + METADATA)
+            return None  # a DCP checkpoint
+        except _crt.S3NotFoundError:
+            pass
     uri = f"s3://{bucket}/{key}"
     try:
-        return open_source(client._get_native(), uri, bucket, key, verify=True)
+        try:
+            found = resolve(native, uri, bucket, key)  # a folder is listed once, here
+        except MissingShardError:
+            return None  # a folder of neither (only a folder's resolve raises it)
+        return open_resolved(native, uri, bucket, *found, verify=True)
     except MissingShardError as e:
         raise CLIError(str(e), NOT_FOUND) from e
     except SafetensorsError as e:  # a header or index that lies: what verify is for
@@ -67,9 +60,9 @@ def _checksum(stored: Any) -> str:
     )
 
 
-def describe(client: S3Client, location: str) -> Dict[str, Any]:
-    """The files (size, tensors, stored checksum), every tensor and the metadata: headers only."""
-    src = _source(client, location)
+def describe(src: Any) -> Dict[str, Any]:
+    """The files of ``src`` (an :func:`open_weights` answer: size, tensors, stored checksum),
+    every tensor and the metadata: headers only."""
     per_file: Dict[str, int] = {}
     tensors: List[Dict[str, Any]] = []
     for name, (f, t) in src.tensors.items():
@@ -121,14 +114,14 @@ def print_description(d: Dict[str, Any], limit: int) -> None:
         print(f"  ... {len(d['tensors']) - limit} more (--tensors N, or --json)")
 
 
-def verify(client: S3Client, location: str) -> int:
-    """Read every file whole, once, streamed (bounded memory), and check it against the
-    checksum S3 stores with it; the headers were validated when the files were opened. Exit
-    code: OK, or CORRUPT naming every file that failed."""
+def verify(client: S3Client, src: Any) -> int:
+    """Read every file of ``src`` (an :func:`open_weights` answer) whole, once, streamed
+    (bounded memory), and check it against the checksum S3 stores with it; the headers were
+    validated when the files were opened. Exit code: OK, or CORRUPT naming every file that
+    failed."""
     from ..safetensors import SafetensorsError
     from ..safetensors._verify import FileCheck
 
-    src = _source(client, location)
     native = client._get_native()
     total = sum(f.size for f in src.files)
     failed: List[str] = []

@@ -136,9 +136,9 @@ def describe(ckpt: Checkpoint) -> Dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run the verb with the parsed ``args``; returns the exit code."""
     if args.location.startswith("s3://"):
-        client = make_client(args)
-        if _weights.names_weights(client, args.location):
-            w = _weights.describe(client, args.location)
+        weights = _weights.open_weights(make_client(args), args.location)
+        if weights is not None:
+            w = _weights.describe(weights)
             if args.json:
                 print(json.dumps(w, indent=2))
             else:

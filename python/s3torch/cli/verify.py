@@ -138,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
     from ..dcp._errors import CheckpointCorruptError
 
     client = make_client(args)
-    if _weights.names_weights(client, args.location):
-        return _weights.verify(client, args.location)
+    weights = _weights.open_weights(client, args.location)
+    if weights is not None:
+        return _weights.verify(client, weights)
     ckpt = open_s3(client, args.location, args.trust_checkpoint)
     md = ckpt.metadata
     transformed = [i.fqn for i, info in md.storage_data.items() if getattr(info, "transform_descriptors", None)]

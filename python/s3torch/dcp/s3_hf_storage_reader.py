@@ -193,28 +193,22 @@ class S3HuggingFaceStorageReader(StorageReader):
     def _saved_pieces(self) -> List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]]:
         """Every saved piece: its file, where it lies there, and where in the whole tensor
         (``()``: all of it). Headers of all files are read at once."""
-        from ..safetensors._errors import MissingShardError
-        from ..safetensors._source import FILE_SUFFIX, INDEX_SUFFIX, _get_headers, _list, open_source
+        from ..safetensors._source import _get_headers, open_resolved, resolve
 
         native = self.client._get_native()
         bucket, key = parse_s3_uri(self.path)
         if not key.endswith(".json"):  # a folder: its index, else its files
-            prefix = key.rstrip("/") + "/" if key else ""
-            listed = _list(native, bucket, prefix)
-            if not any(k.endswith(INDEX_SUFFIX) for k in listed):
-                files = sorted(k for k in listed if k.endswith(FILE_SUFFIX))
-                if not files:
-                    raise MissingShardError(
-                        f"s3://{bucket}/{prefix}: no {FILE_SUFFIX} file and no {INDEX_SUFFIX} under this prefix"
-                    )
-                pieces: List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]] = []
-                for f in _get_headers(native, bucket, files, {}, self.verify_checksums):
-                    offsets = _saved_offsets(f)
-                    pieces += [(f, t, offsets.get(t.name, ())) for t in f.header.tensors.values()]
-                return pieces
-            key = prefix
-        # An index (named, or the folder's): the files it names, each tensor whole in one.
-        src = open_source(native, f"s3://{bucket}/{key}", bucket, key, verify=self.verify_checksums)
+            key = key.rstrip("/") + "/" if key else ""
+        uri = f"s3://{bucket}/{key}"
+        index_key, names = resolve(native, uri, bucket, key)
+        if index_key is None:  # files, each of which may hold pieces of tensors (no _assemble)
+            pieces: List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]] = []
+            for f in _get_headers(native, bucket, names, {}, self.verify_checksums):
+                offsets = _saved_offsets(f)
+                pieces += [(f, t, offsets.get(t.name, ())) for t in f.header.tensors.values()]
+            return pieces
+        # An index: the files it names, each tensor whole in one.
+        src = open_resolved(native, uri, bucket, index_key, names, verify=self.verify_checksums)
         return [(f, t, ()) for f, t in src.tensors.values()]
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
@@ -245,8 +239,7 @@ class S3HuggingFaceStorageReader(StorageReader):
         """Read the rows each item needs, a batch at a time, and copy them into the planner's
         destinations; the future is done when all are."""
         from ..safetensors._dtypes import PACKED
-        from ..safetensors._header import TensorInfo
-        from ..safetensors._load import Loader
+        from ..safetensors._load import Loader, fits_in_place
         from ..safetensors._open import ring_sizes
 
         cpu = torch.device("cpu")
@@ -268,20 +261,14 @@ class S3HuggingFaceStorageReader(StorageReader):
             if shape and t.dtype.name != PACKED:
                 lo, hi = offs[0], offs[0] + lens[0]
                 if (lo, hi) != (0, shape[0]):
-                    row = t.nbytes // shape[0]
-                    t = TensorInfo(
-                        f"{t.name}[{lo}:{hi}]", t.dtype, (hi - lo, *t.shape[1:]), t.begin + lo * row, t.begin + hi * row
-                    )
+                    t = t.rows(lo, hi, f"{t.name}[{lo}:{hi}]")
                     shape = (hi - lo, *shape[1:])
                     cut = (slice(0, hi - lo), *cut[1:])
             dst = planner.resolve_tensor(item).detach()
             if tuple(dst.size()) != tuple(lens):
                 raise RuntimeError(f"{label}: the destination is {list(dst.size())}, the part to read {lens}")
-            in_place = (
-                all(c == slice(0, n) for c, n in zip(cut, shape))
-                and dst.device.type == "cpu"
-                and dst.dtype == t.torch_dtype(label)
-                and dst.is_contiguous()
+            in_place = all(c == slice(0, n) for c, n in zip(cut, shape)) and fits_in_place(
+                dst, t.torch_dtype(label), shape
             )
             jobs.append(_Job(item, f, t, cut, dst, in_place))
 

@@ -414,7 +414,7 @@ class S3StorageWriter(FileSystemWriter):
             if getattr(self, "overwrite", True):
                 write(False)
             else:
-                write_create_only(write, str(path))
+                write_create_only(write, path)
         except S3ObjectExistsError as e:
             add_note(
                 e,

@@ -45,6 +45,18 @@ class TensorInfo:
     def nbytes(self) -> int:
         return self.end - self.begin
 
+    def rows(self, lo: int, hi: int, name: Optional[str] = None) -> "TensorInfo":
+        """Rows [lo, hi) of the first dimension, as a tensor of their own (``name``, default
+        this one's): where their bytes are."""
+        row = self.nbytes // self.shape[0] if self.shape[0] else 0
+        return TensorInfo(
+            self.name if name is None else name,
+            self.dtype,
+            (hi - lo, *self.shape[1:]),
+            self.begin + lo * row,
+            self.begin + hi * row,
+        )
+
     def torch_dtype(self, where: str) -> torch.dtype:
         """The torch dtype, or UnsupportedDtypeError naming the tensor."""
         dt = self.dtype.torch

@@ -51,6 +51,12 @@ def alloc(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, pin:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def fits_in_place(dst: torch.Tensor, dtype: torch.dtype, shape: Tuple[int, ...]) -> bool:
+    """Whether a GET of a tensor of ``dtype`` and ``shape`` can land in ``dst`` itself: host
+    memory of that dtype and shape, contiguous."""
+    return dst.device.type == "cpu" and dst.dtype == dtype and tuple(dst.shape) == shape and dst.is_contiguous()
+
+
 def _where(f: ShardFile, t: TensorInfo) -> str:
     return f"{f.where} tensor {t.name!r}"
 
@@ -98,7 +104,6 @@ class Loader:
         self._checks: Dict[int, FileCheck] = {}  # id(ShardFile) -> its check, for this load
         # Every GET of a file must answer from the version its header came from (_versions).
         self.versions = ObjectVersions(FileChangedError)
-        self._into: Dict[str, torch.Tensor] = {}  # load()'s
         self._checks_planned = False  # plan_checks() ran: load() neither plans nor verifies
         self.on_progress: Optional[Callable[[int], None]] = None  # called with the bytes each GET landed
 
@@ -117,7 +122,6 @@ class Loader:
         """The tensors, by name, in the order asked. ``into``: destinations the caller holds,
         by name; one of the tensor's shape and stored dtype, contiguous, on the host, is read
         into in place (nothing allocated, nothing copied), where the tensor goes direct."""
-        self._into = into or {}
         planned = [self._plan(f, t) for f, t in wanted]  # every check before any allocation
         for f, _ in wanted:
             self.versions.expect(f.key, f.etag)
@@ -127,7 +131,7 @@ class Loader:
         direct = [p for p in planned if not staged_dev and p.out_dtype == p.dtype]
         staged = [p for p in planned if staged_dev or p.out_dtype != p.dtype]
         out: Dict[str, torch.Tensor] = {}
-        self._load_direct(direct, out)
+        self._load_direct(direct, out, into or {})
         self._load_staged(staged, out)
         if not self._checks_planned:
             self.verify_checks()
@@ -189,29 +193,23 @@ class Loader:
                 groups.append(_Group(p.file, t.begin, t.end, [p]))
         return groups
 
-    def _place(self, g: _Group, out: Dict[str, torch.Tensor]) -> None:
+    def _place(self, g: _Group, out: Dict[str, torch.Tensor], into: Dict[str, torch.Tensor]) -> None:
         """Allocate the group's tensors, and for a lone tensor point the group's GET at the
         tensor itself (a group of several lands in a buffer its tensors are copied out of,
         allocated by ``_load_direct`` when its GET starts: every tensor keeps a storage of
         its own, as the safetensors package gives it)."""
         for p in g.members:
-            given = self._into.get(p.info.name)
-            usable = (
-                given is not None
-                and given.device.type == "cpu"
-                and given.dtype == p.dtype
-                and tuple(given.shape) == p.shape
-                and given.is_contiguous()
-            )
-            out[p.info.name] = given if usable else alloc(p.shape, p.dtype, self.device, self.pin_memory)  # type: ignore[assignment]
+            given = into.get(p.info.name)
+            fits = given is not None and fits_in_place(given, p.dtype, p.shape)
+            out[p.info.name] = given if fits else alloc(p.shape, p.dtype, self.device, self.pin_memory)  # type: ignore[assignment]
         if len(g.members) == 1:
             tensor = out[g.members[0].info.name]
             g.buf = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else None
 
-    def _load_direct(self, items: List[_Planned], out: Dict[str, torch.Tensor]) -> None:
+    def _load_direct(self, items: List[_Planned], out: Dict[str, torch.Tensor], into: Dict[str, torch.Tensor]) -> None:
         groups = self._groups(items)
         for g in groups:  # every destination first (address space only), so that ...
-            self._place(g, out)
+            self._place(g, out, into)
         # ... a thread of its own can make them resident ahead of the GETs (_prefault.py).
         # Page-locked memory is resident already; a shared buffer lives for one GET only.
         fresh = [] if self.pin_memory else [g.buf for g in groups if len(g.members) == 1 and g.buf is not None]

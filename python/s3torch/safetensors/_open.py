@@ -250,10 +250,7 @@ class TensorSlice:
         """Rows [lo, hi) of the first dimension (the whole tensor when it has none) on the host."""
         info = self._info
         if info.shape:
-            row = info.nbytes // info.shape[0] if info.shape[0] else 0
-            info = TensorInfo(
-                info.name, info.dtype, (hi - lo, *info.shape[1:]), info.begin + lo * row, info.begin + hi * row
-            )
+            info = info.rows(lo, hi)
             assert info.nbytes == math.prod(info.shape) * info.dtype.bits // 8
         loader = self._owner._loader(torch.device("cpu"), None, False)
         try:

@@ -190,27 +190,45 @@ def _list(native: "_crt.NativeClient", bucket: str, prefix: str) -> List[str]:
         raise read_error(f"s3://{bucket}/{prefix}", e) from e
 
 
-def open_source(native: "_crt.NativeClient", uri: str, bucket: str, key: str, verify: bool = False) -> Source:
-    """Resolve ``uri`` (already split into bucket and key) and read every header (``verify``:
-    and every file's stored checksum)."""
-    index_key: Optional[str] = None
+def resolve(native: "_crt.NativeClient", uri: str, bucket: str, key: str) -> Tuple[Optional[str], List[str]]:
+    """What ``key`` names: ``(index key, [])`` for an index, or ``(None, files)``. A folder
+    (``""`` or ending in ``/``) lists once: its one ``*.safetensors.index.json``, else its
+    ``*.safetensors`` (MissingShardError when neither; HeaderError for several indexes); a key
+    ending in ``.json`` is an index; any other key is the one file."""
     if key == "" or key.endswith("/"):
         listed = _list(native, bucket, key)
         indexes = [k for k in listed if k.endswith(INDEX_SUFFIX)]
         if len(indexes) > 1:
             raise HeaderError(f"{uri}: several indexes ({', '.join(indexes)}): name the one to load")
         if indexes:
-            index_key = indexes[0]
-        else:
-            names = sorted(k for k in listed if k.endswith(FILE_SUFFIX))
-            if not names:
-                raise MissingShardError(f"{uri}: no {FILE_SUFFIX} file and no {INDEX_SUFFIX} under this prefix")
-            return _assemble(uri, _get_headers(native, bucket, names, {}, verify), None)
-    elif key.endswith(".json"):
-        index_key = key
-    if index_key is None:
-        return _assemble(uri, _get_headers(native, bucket, [key], {}, verify), None)
+            return indexes[0], []
+        names = sorted(k for k in listed if k.endswith(FILE_SUFFIX))
+        if not names:
+            raise MissingShardError(f"{uri}: no {FILE_SUFFIX} file and no {INDEX_SUFFIX} under this prefix")
+        return None, names
+    if key.endswith(".json"):
+        return key, []
+    return None, [key]
 
+
+def open_source(native: "_crt.NativeClient", uri: str, bucket: str, key: str, verify: bool = False) -> Source:
+    """Resolve ``uri`` (already split into bucket and key) and read every header (``verify``:
+    and every file's stored checksum)."""
+    return open_resolved(native, uri, bucket, *resolve(native, uri, bucket, key), verify=verify)
+
+
+def open_resolved(
+    native: "_crt.NativeClient",
+    uri: str,
+    bucket: str,
+    index_key: Optional[str],
+    names: List[str],
+    verify: bool = False,
+) -> Source:
+    """The Source of what :func:`resolve` found: the files (``names``), or those the index
+    names, every header read."""
+    if index_key is None:
+        return _assemble(uri, _get_headers(native, bucket, names, {}, verify), None)
     shards, metadata = _read_index(native, bucket, index_key)
     order: List[str] = sorted(set(shards.values()))
     why = {k: f"named by the index s3://{bucket}/{index_key}" for k in order}
