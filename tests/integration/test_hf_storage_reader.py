@@ -244,3 +244,30 @@ def test_progress_reports_the_load_and_leaves_no_thread(seaweed_env, prefix, cap
     assert f"s3torch: DCP load from {base}: 0.2 MB in " in out, out
     assert sum(counted) == total  # every byte counted, once
     assert not [t for t in threading.enumerate() if t.name == "s3torch-progress"]
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        "[" * 100_000 + "]" * 100_000,  # nested past the parser's recursion limit
+        "not json",
+        '["w"]',
+        '{"w": [0, 0]}',
+        '{"w": {"saved_offsets": 3}}',
+        '{"w": {"saved_offsets": [0]}}',  # a 2-d tensor
+        '{"w": {"saved_offsets": [-1, 0]}}',
+        '{"w": {"saved_offsets": [0.5, 0]}}',
+    ],
+    ids=["deep", "not-json", "list", "no-dict", "not-a-list", "short", "negative", "float"],
+)
+def test_hostile_sharding_info_is_a_header_error(seaweed_env, prefix, info) -> None:  # type: ignore[no-untyped-def]
+    """DCP_SHARDING_INFO comes from the file: whatever it holds is refused as a HeaderError
+    naming the file, before anything is allocated or read."""
+    base = f"s3://{BUCKET}/{prefix}bad"
+    uri = f"{base}/model.safetensors"
+    save_file(
+        {"w": torch.ones(2, 3)}, uri, metadata={"DCP_SHARDING_INFO": info}, endpoint=seaweed_env.endpoint, region=REGION
+    )
+    reader = S3HuggingFaceStorageReader(REGION, base, endpoint=seaweed_env.endpoint)
+    with pytest.raises(HeaderError, match=r"model\.safetensors"):
+        reader.set_up_storage_reader(reader.read_metadata(), True)

@@ -342,8 +342,8 @@ def _saved_offsets(f: "ShardFile") -> Dict[str, Tuple[int, ...]]:
     try:
         info = json.loads(text)
         return {name: tuple(v[SAVED_OFFSETS_KEY]) for name, v in info.items()}
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise HeaderError(f"{f.where}: its {SHARDING_INFO_KEY} metadata is not what torch writes: {e}") from e
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:  # RecursionError: nested too deep
+        raise HeaderError(f"{f.where}: its {SHARDING_INFO_KEY} metadata is not what torch writes: {e!r}") from None
 
 
 __all__ = ["S3HuggingFaceStorageReader"]
