@@ -348,7 +348,7 @@ def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[
             warnings.filterwarnings("ignore")
             dcp.save(sd, storage_writer=FileSystemWriter(str(bench / key), sync_files=False))  # torch's own format
         return {"key": key}
-    if sc.name.startswith("safetensors_load") or sc.name == "hf_dcp_load":
+    if sc.name.startswith("safetensors_load") or sc.name in ("hf_dcp_load", "hf_model_load"):
         return prepare_safetensors(bench, sizes)
     return {}
 

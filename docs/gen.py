@@ -407,6 +407,11 @@ NOTES: Dict[str, str] = {
     "`S3HuggingFaceStorageReader` reading S3 against s5cmd copying the shards to local disk first, then torch's "
     "`HuggingFaceStorageReader` (both timed). The destinations are preallocated and resident, so s3torch's GETs "
     "land in them in place; the peak RSS column is what each took beyond them.",
+    "benchmarks/results/hf-model/results.json": "A model's weights as a Hugging Face checkpoint: "
+    "`s3torch.safetensors.load_model` into the model's parameters against s5cmd then `huggingface_hub`'s "
+    "`load_torch_model`, and runai-model-streamer then `load_state_dict`; `save_torch_model` to S3 against "
+    "`huggingface_hub`'s to local disk then s5cmd. The load's destinations are the module's preallocated "
+    "parameters; the save's peak RSS is the CRT's part buffers (two or more uploads at once; one takes ~270 MB).",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "

@@ -58,3 +58,17 @@ def test_hf_storage_reader_into_cuda_state_dict(seaweed_env, prefix) -> None:  #
     for k in sd:
         assert torch.equal(got[k].cpu(), sd[k].to(got[k].dtype)), k
     assert sorted(reader.last_load_checksums.values()) == ["CRC32C checked", "CRC32C checked"]
+
+
+def test_model_saved_from_and_loaded_into_cuda(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    from s3torch.safetensors import load_model, save_torch_model
+    from tests.integration.test_safetensors_model import Tiny, _same_model
+
+    client = make_client(seaweed)
+    folder = f"s3://{BUCKET}/{prefix}"
+    model = Tiny(1).cuda()
+    save_torch_model(model, folder, client=client, max_shard_size="4KB")
+    fresh = Tiny(2).cuda()
+    ptrs = {k: v.data_ptr() for k, v in fresh.state_dict().items()}
+    assert load_model(fresh, folder, client=client) == ([], [])
+    assert _same_model(fresh, model) and {k: v.data_ptr() for k, v in fresh.state_dict().items()} == ptrs

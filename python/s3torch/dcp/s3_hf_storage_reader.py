@@ -239,18 +239,17 @@ class S3HuggingFaceStorageReader(StorageReader):
         """Read the rows each item needs, a batch at a time, and copy them into the planner's
         destinations; the future is done when all are."""
         from ..safetensors._dtypes import PACKED
-        from ..safetensors._load import Loader, fits_in_place
+        from ..safetensors._into import Placement, read_into
+        from ..safetensors._load import Loader
         from ..safetensors._open import ring_sizes
 
         cpu = torch.device("cpu")
         native = self.client._get_native()
         bucket, _ = parse_s3_uri(self.path)
-        # One job per item: the rows [lo, hi) of the saved piece it needs, the index that cuts
-        # the item's part out of them, its destination, and whether the rows can be read into
-        # the destination in place (it is exactly them: host memory, the stored dtype,
-        # contiguous, all of each other dimension); the others are read into memory of the
-        # loader's and copied from there, at most batch_bytes of them at a time.
-        jobs: List[_Job] = []
+        # One placement per item: the rows [lo, hi) of the saved piece it needs, the index that
+        # cuts the item's part out of them, and its destination (read into in place where it
+        # is exactly those rows; see safetensors/_into.py).
+        placements: List[Placement] = []
         for item in plan.items:
             info = self.storage_data[item.storage_index]
             f, t = self._pieces[(info.key, info.name)]
@@ -262,52 +261,18 @@ class S3HuggingFaceStorageReader(StorageReader):
                 lo, hi = offs[0], offs[0] + lens[0]
                 if (lo, hi) != (0, shape[0]):
                     t = t.rows(lo, hi, f"{t.name}[{lo}:{hi}]")
-                    shape = (hi - lo, *shape[1:])
                     cut = (slice(0, hi - lo), *cut[1:])
             dst = planner.resolve_tensor(item).detach()
             if tuple(dst.size()) != tuple(lens):
                 raise RuntimeError(f"{label}: the destination is {list(dst.size())}, the part to read {lens}")
-            in_place = all(c == slice(0, n) for c, n in zip(cut, shape)) and fits_in_place(
-                dst, t.torch_dtype(label), shape
-            )
-            jobs.append(_Job(item, f, t, cut, dst, in_place))
+            placements.append(Placement(f, t, dst, cut, item))
 
-        # One loader for the whole read: a file read whole over several batches is checked
-        # against its stored checksum once its last piece has landed.
         loader = Loader(native, bucket, cpu, None, False, *ring_sizes(cpu, None, None))
         loader.on_progress = self._progress.add
-        loader.plan_checks(list({(id(j.file), j.info.name): (j.file, j.info) for j in jobs}.values()))
-
-        def flush(batch: List[_Job]) -> None:
-            wanted = list({(id(j.file), j.info.name): (j.file, j.info) for j in batch}.values())
-            into: Dict[str, torch.Tensor] = {}
-            for j in batch:
-                if j.in_place:
-                    into.setdefault(j.info.name, j.dst)
-            loaded = loader.load(wanted, into)
-            for j in batch:
-                src = loaded[j.info.name]
-                if src is not j.dst:  # else read in place
-                    j.dst.copy_(src[j.cut] if j.cut else src)
-                planner.commit_tensor(j.item, j.dst)
-
-        batch: List[_Job] = []
-        held = 0  # bytes of the batch read into the loader's memory
-        names: Dict[str, "ShardFile"] = {}  # names in this batch -> their file (the loader keys by name)
-        self._progress.set_total(sum(j.info.nbytes for j in jobs))
+        self._progress.set_total(sum(p.info.nbytes for p in placements))
         self._progress.start()
         try:
-            for j in jobs:
-                size = 0 if j.in_place else j.info.nbytes
-                if batch and (held + size > self.batch_bytes or names.get(j.info.name, j.file) is not j.file):
-                    flush(batch)
-                    batch, held, names = [], 0, {}
-                batch.append(j)
-                held += size
-                names[j.info.name] = j.file
-            if batch:
-                flush(batch)
-            loader.verify_checks()
+            read_into(loader, placements, self.batch_bytes, lambda p: planner.commit_tensor(p.tag, p.dst))
         except BaseException:
             self._progress.__exit__(RuntimeError, None, None)  # stop drawing, no summary
             raise
@@ -317,18 +282,6 @@ class S3HuggingFaceStorageReader(StorageReader):
         fut: "Future[None]" = Future()
         fut.set_result(None)
         return fut
-
-
-@dataclass
-class _Job:
-    """One read item: the rows of its saved piece to read, and where they go."""
-
-    item: ReadItem
-    file: "ShardFile"
-    info: "TensorInfo"  # the rows read (a piece of the saved tensor's, named for them)
-    cut: Tuple[slice, ...]  # the item's part of those rows
-    dst: torch.Tensor
-    in_place: bool  # the rows are read into dst itself
 
 
 def _saved_offsets(f: "ShardFile") -> Dict[str, Tuple[int, ...]]:

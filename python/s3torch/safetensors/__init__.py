@@ -32,8 +32,16 @@ from ._errors import (
     UnsupportedDtypeError,
 )
 from ._header import PREFIX, header_length, parse_header
+from ._model import (
+    IncompatibleKeys,
+    load_model,
+    load_torch_model,
+    save_model,
+    save_torch_model,
+    save_torch_state_dict,
+)
 from ._open import Device, TensorSlice, client_of, safe_open
-from ._save import plan, tensor_bytes
+from ._save import plan, tensor_bytes, write
 from ._verify import ChecksumMismatchError
 
 
@@ -123,15 +131,9 @@ def save_file(
         endpoint: for a client made here.
         s3client_config: for a client made here.
     """
-    header, order = plan(tensors, metadata)
+    planned = plan(tensors, metadata)
     bucket, key = parse_s3_uri(s3_path(uri), need_key=True)
-    s3 = client_of(client, region, endpoint, s3client_config)
-    with s3.put_object(bucket, key) as writer:
-        writer.write(header)
-        for name in order:
-            data = tensor_bytes(tensors[name])
-            if data is not None:
-                writer.write(data)
+    write(client_of(client, region, endpoint, s3client_config), bucket, key, tensors, planned)
 
 
 def save(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> bytes:
@@ -168,6 +170,12 @@ __all__ = [
     "save_file",
     "load",
     "save",
+    "load_model",
+    "save_model",
+    "save_torch_state_dict",
+    "save_torch_model",
+    "load_torch_model",
+    "IncompatibleKeys",
     "safe_open",
     "TensorSlice",
     "SafetensorsError",

@@ -10,12 +10,15 @@ differ).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ._dtypes import BY_TORCH, PACKED, Dtype
 from ._header import METADATA, build_header, layout
+
+if TYPE_CHECKING:
+    from .._client import S3Client
 
 
 def _format_dtype(name: str, t: torch.Tensor) -> Tuple[Dtype, Tuple[int, ...]]:
@@ -84,3 +87,22 @@ def tensor_bytes(t: torch.Tensor) -> Optional[torch.Tensor]:
     if t.device.type != "cpu":
         t = t.cpu()
     return t.reshape(-1).view(torch.uint8)
+
+
+def write(
+    s3: "S3Client",
+    bucket: str,
+    key: str,
+    tensors: Dict[str, torch.Tensor],
+    planned: Tuple[bytes, List[str]],
+    exclusive: bool = False,
+) -> None:
+    """Stream a file :func:`plan` planned into one upload (``exclusive``: create-only); the
+    object appears when it completes, and a failed upload is aborted."""
+    header, order = planned
+    with s3.put_object(bucket, key, exclusive=exclusive) as writer:
+        writer.write(header)
+        for name in order:
+            data = tensor_bytes(tensors[name])
+            if data is not None:
+                writer.write(data)

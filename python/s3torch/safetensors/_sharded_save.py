@@ -1,0 +1,126 @@
+"""A state dict saved as a folder of safetensors shards and their index, replacing what an
+earlier save with the same file-name pattern left there.
+
+Order of writes, so that the folder loads as the earlier save or the new one, never a mix:
+
+1. Every file's header is planned (every tensor checked) before anything is written.
+2. The folder is listed once: the names this pattern writes (any shard count), which the save
+   replaces. With ``overwrite=False`` any such name is a ``FileExistsError``, and every write
+   is create-only (``If-None-Match: *``).
+3. The shards are uploaded, ``FILE_THREADS`` at a time; then the index. The earlier save's
+   index still names its own shards until the new index replaces it in one PUT.
+   A sharded save whose shard names are the earlier save's (the same shard count) would
+   replace them one by one, so the earlier files (index first) are deleted before, as
+   huggingface_hub deletes them: a failure then leaves neither, not a mix.
+4. Then (``is_main_process`` only) the earlier save's other files are deleted, its index first.
+
+A failure before the index is written deletes the shards this save wrote, so the folder holds
+the earlier save (or, in the case above, nothing of either), and raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .. import _crt
+from .._client import S3Client
+from .._notes import add_note
+from ._save import plan, write
+from ._shards import Split, index_name, written_by
+from ._source import _list
+
+log = logging.getLogger("s3torch")
+
+FILE_THREADS = 4  # files uploaded at once (each a multipart upload, its parts concurrent)
+
+
+def save_folder(
+    s3: S3Client,
+    bucket: str,
+    folder: str,
+    state: Dict[str, torch.Tensor],
+    layout: Split,
+    pattern: str,
+    metadata: Dict[str, str],
+    overwrite: bool,
+    is_main_process: bool,
+) -> List[str]:
+    """Write ``layout``'s files (and its index when sharded) under ``folder`` (a prefix
+    ending in ``/``, or ""); the keys written."""
+    per_file = {"format": "pt"} if layout.sharded else {"format": "pt", **metadata}
+    planned = {
+        folder + name: ({n: state[n] for n in names}, plan({n: state[n] for n in names}, per_file))
+        for name, names in layout.files.items()
+    }
+    index: Optional[Tuple[str, bytes]] = None
+    if layout.sharded:
+        index = (folder + index_name(pattern), layout.index_bytes(metadata))
+    where = f"s3://{bucket}/{folder}"
+    replaces = written_by(pattern)
+    earlier = [k for k in _list(s3._get_native(), bucket, folder) if replaces.fullmatch(k[len(folder) :])]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"{where} holds a save already ({', '.join(k[len(folder) :] for k in earlier[:5])}); "
+            "pass overwrite=True to replace it, or save to another folder"
+        )
+    earlier.sort(key=lambda k: not k.endswith(".index.json"))  # an index before its shards
+    new = set(planned) | ({index[0]} if index else set())
+    if is_main_process and layout.sharded and any(k in planned for k in earlier):
+        _delete(s3, bucket, earlier, "an earlier save's file this save's shards replace")
+        earlier = []
+
+    done: List[str] = []
+    try:
+        with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(planned))), thread_name_prefix="s3torch-save") as pool:
+            futures = {
+                key: pool.submit(write, s3, bucket, key, tensors, p, not overwrite)
+                for key, (tensors, p) in planned.items()
+            }
+            first: Optional[BaseException] = None
+            for key, fut in futures.items():
+                try:
+                    fut.result()
+                    done.append(key)
+                except BaseException as e:  # every upload ends (completes or aborts) before this returns
+                    first = first or e
+            if first is not None:
+                raise first
+        if index is not None:
+            with s3.put_object(bucket, index[0], exclusive=not overwrite) as w:
+                w.write(index[1])
+    except BaseException as e:
+        left = _delete_quietly(s3, bucket, done)
+        if left:
+            add_note(e, f"s3torch: shards this save wrote could not be deleted: {', '.join(left)}")
+        raise
+    if is_main_process:
+        _delete(s3, bucket, [k for k in earlier if k not in new], "an earlier save's file, not replaced by this save")
+    return sorted(new)
+
+
+def _delete(s3: S3Client, bucket: str, keys: List[str], what: str) -> None:
+    for key in keys:
+        try:
+            s3.delete_object(bucket, key)
+        except _crt.S3NotFoundError:
+            pass
+        except _crt.S3Exception as e:
+            add_note(e, f"s3torch: s3://{bucket}/{key} is {what}; delete it, or save again")
+            raise
+
+
+def _delete_quietly(s3: S3Client, bucket: str, keys: List[str]) -> List[str]:
+    left = []
+    for key in keys:
+        try:
+            s3.delete_object(bucket, key)
+        except _crt.S3NotFoundError:
+            pass
+        except _crt.S3Exception as e:
+            log.warning("s3torch: could not delete s3://%s/%s after a failed save: %s", bucket, key, e)
+            left.append(f"s3://{bucket}/{key}")
+    return left
