@@ -120,9 +120,9 @@ def test_reads_only_the_rows_a_partial_destination_needs(seaweed_env, prefix) ->
     assert set(reader.last_load_checksums.values()) == {"not checked: this load reads a part of the file"}
 
 
-def test_casts_into_destinations_of_another_dtype_a_batch_at_a_time(seaweed_env, prefix) -> None:  # type: ignore[no-untyped-def]
-    """Destinations of another dtype take the rows read into memory of the loader's, at most
-    batch_bytes at a time; each file, read whole over several batches, is still checked."""
+def test_casts_into_destinations_of_another_dtype_through_the_ring(seaweed_env, prefix) -> None:  # type: ignore[no-untyped-def]
+    """Destinations of another dtype take their tensors through the staging ring, cast on the
+    way (nothing of the loader's held); each file is still checked whole."""
     sd = _model(2)
     base = _save_sharded(seaweed_env, prefix, sd)
     got = _empty(sd, dtype=torch.float32)
@@ -131,6 +131,22 @@ def test_casts_into_destinations_of_another_dtype_a_batch_at_a_time(seaweed_env,
     dcp.load(got, storage_reader=reader)
     for k in sd:
         assert torch.equal(got[k], sd[k].to(got[k].dtype)), k
+    assert sorted(reader.last_load_checksums.values()) == ["CRC32C checked", "CRC32C checked"]
+    assert reader.last_load_stats["staged"] == sum(got[k].dtype != sd[k].dtype for k in sd) > 0
+
+
+def test_destinations_not_taken_whole_are_copied_a_batch_at_a_time(seaweed_env, prefix) -> None:  # type: ignore[no-untyped-def]
+    """Non-contiguous destinations take their rows read into memory of the loader's, at most
+    batch_bytes at a time; each file, read whole over several batches, is still checked."""
+    sd = _model(3)
+    base = _save_sharded(seaweed_env, prefix, sd)
+    got = {
+        k: torch.zeros(v.shape[::-1], dtype=v.dtype).t() if v.dim() == 2 else torch.zeros_like(v) for k, v in sd.items()
+    }
+    reader = S3HuggingFaceStorageReader(REGION, base, endpoint=seaweed_env.endpoint, batch_bytes=64 << 10)
+    dcp.load(got, storage_reader=reader)
+    for k in sd:
+        assert torch.equal(got[k], sd[k]), k
     assert sorted(reader.last_load_checksums.values()) == ["CRC32C checked", "CRC32C checked"]
     assert reader.last_load_stats["gets"] >= 4  # the batches: each of its own GETs
 

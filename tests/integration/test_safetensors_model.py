@@ -144,14 +144,55 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_model_untouched(seaweed, pref
     assert load_model(model, uri, strict=False, client=client) == (["norm.weight"], ["extra"])
 
 
-def test_another_dtype_or_a_hooked_module_is_copied_in(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+def _allocs(monkeypatch: pytest.MonkeyPatch) -> List[Any]:
+    allocs: List[Any] = []
+    real = _load.alloc
+    monkeypatch.setattr(_load, "alloc", lambda *a: allocs.append(a) or real(*a))
+    return allocs
+
+
+def test_another_dtype_is_cast_into_the_parameters(seaweed, prefix, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     client = make_client(seaweed)
     model = Tiny(12)
     save_torch_model(model, f"s3://{BUCKET}/{prefix}", client=client)
     half = Tiny(13, dtype=torch.bfloat16)
+    allocs = _allocs(monkeypatch)
     load_model(half, f"s3://{BUCKET}/{prefix}", client=client)
     ref = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     assert all(torch.equal(half.state_dict()[k], ref[k]) for k in ref)
+    assert allocs == []  # cast on the way, through the staging ring, into the parameters
+
+
+def test_the_cuda_path_on_cpu(seaweed, prefix, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A CUDA model's parameters take the bytes through the ring of a loader for their device;
+    here CPU parameters through a CPU ring (as tests/gpu/test_cuda_safetensors.py on a GPU)."""
+    client = make_client(seaweed)
+    model = Tiny(15)
+    save_torch_model(model, f"s3://{BUCKET}/{prefix}", client=client, max_shard_size="6KB")
+    real_init = _load.Loader.__init__
+
+    def forced(self, *a: Any, **k: Any) -> None:
+        real_init(self, *a, **k)
+        self.force_staging = True
+
+    monkeypatch.setattr(_load.Loader, "__init__", forced)
+    staged: List[int] = []
+    real_staged = _load.Loader._load_staged
+    monkeypatch.setattr(
+        _load.Loader, "_load_staged", lambda self, items, *a: staged.append(len(items)) or real_staged(self, items, *a)
+    )
+    allocs = _allocs(monkeypatch)
+    fresh = Tiny(16)
+    ptrs = {k: v.data_ptr() for k, v in fresh.state_dict().items()}
+    assert load_model(fresh, f"s3://{BUCKET}/{prefix}", client=client) == ([], [])
+    assert _same_model(fresh, model) and {k: v.data_ptr() for k, v in fresh.state_dict().items()} == ptrs
+    assert allocs == [] and sum(staged) == len(fresh.state_dict()) - 1  # every tensor but the tied one
+
+
+def test_a_hooked_module_is_loaded_by_load_state_dict(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    model = Tiny(12)
+    save_torch_model(model, f"s3://{BUCKET}/{prefix}", client=client)
 
     seen: List[str] = []
     hooked = Tiny(14)

@@ -79,8 +79,9 @@ class S3HuggingFaceStorageReader(StorageReader):
             reads a file whole (as ``s3torch.safetensors`` loads do); a rank that reads part
             of a file cannot check it.
         batch_bytes: at most this many bytes of rows that cannot be read into their
-            destinations in place (casts, column shards, CUDA) are held on the host before
-            they are copied there (default 1 GiB): the host memory a load takes beside them.
+            destinations themselves (column shards, non-contiguous destinations) are held on
+            the host before they are copied there (default 1 GiB): the host memory a load
+            takes beside them. Casts and CUDA destinations go through the staging ring.
         progress: report the load: a live bar (bytes, GB/s, ETA) when stderr is a terminal,
             else a line every 5 s; then one summary line (as ``S3StorageReader``'s).
 
@@ -236,19 +237,18 @@ class S3HuggingFaceStorageReader(StorageReader):
 
     # --- data -----------------------------------------------------------------------------
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
-        """Read the rows each item needs, a batch at a time, and copy them into the planner's
-        destinations; the future is done when all are."""
+        """Read the rows each item needs into the planner's destinations (safetensors/_into.py);
+        the future is done when all are."""
         from ..safetensors._dtypes import PACKED
-        from ..safetensors._into import Placement, read_into
+        from ..safetensors._into import Placement, merged, read_into
         from ..safetensors._load import Loader
         from ..safetensors._open import ring_sizes
 
-        cpu = torch.device("cpu")
         native = self.client._get_native()
         bucket, _ = parse_s3_uri(self.path)
         # One placement per item: the rows [lo, hi) of the saved piece it needs, the index that
-        # cuts the item's part out of them, and its destination (read into in place where it
-        # is exactly those rows; see safetensors/_into.py).
+        # cuts the item's part out of them, and its destination (read into itself where it is
+        # exactly those rows, contiguous; see safetensors/_into.py).
         placements: List[Placement] = []
         for item in plan.items:
             info = self.storage_data[item.storage_index]
@@ -267,17 +267,22 @@ class S3HuggingFaceStorageReader(StorageReader):
                 raise RuntimeError(f"{label}: the destination is {list(dst.size())}, the part to read {lens}")
             placements.append(Placement(f, t, dst, cut, item))
 
-        loader = Loader(native, bucket, cpu, None, False, *ring_sizes(cpu, None, None))
-        loader.on_progress = self._progress.add
+        loaders: List["Loader"] = []
+
+        def loader_for(device: torch.device) -> "Loader":
+            loaders.append(Loader(native, bucket, device, None, False, *ring_sizes(device, None, None)))
+            loaders[-1].on_progress = self._progress.add
+            return loaders[-1]
+
         self._progress.set_total(sum(p.info.nbytes for p in placements))
         self._progress.start()
         try:
-            read_into(loader, placements, self.batch_bytes, lambda p: planner.commit_tensor(p.tag, p.dst))
+            read_into(loader_for, placements, self.batch_bytes, lambda p: planner.commit_tensor(p.tag, p.dst))
         except BaseException:
             self._progress.__exit__(RuntimeError, None, None)  # stop drawing, no summary
             raise
         finally:
-            self.last_load_stats, self.last_load_checksums = dict(loader.stats), dict(loader.checksums)
+            self.last_load_stats, self.last_load_checksums = merged(loaders)
         self._progress.done()
         fut: "Future[None]" = Future()
         fut.set_result(None)

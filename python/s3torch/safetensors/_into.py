@@ -1,12 +1,14 @@
 """Tensors read into destinations the caller holds (a model's parameters, a DCP planner's
 tensors), a bounded batch at a time.
 
-A destination that is exactly the stored tensor (host memory, its dtype and shape,
-contiguous: :func:`~._load.fits_in_place`) takes the ranged GETs itself: nothing allocated,
-nothing copied. The others (another device, dtype or layout, or a part of the stored tensor)
-are read into the loader's host memory, at most ``batch_bytes`` of them at a time, and copied
-(cast) from there. One loader serves the whole read, so a file read whole over several
-batches is checked against its stored checksum once its last piece has landed.
+A destination that is the whole stored tensor, contiguous, takes the bytes itself, nothing
+allocated: on the host in the stored dtype by the ranged GETs (:func:`~._load.fits_in_place`);
+on a GPU, or in another floating-point dtype, through the staging ring of a loader for its
+device, cast on the way (:func:`~._load.fits_staged`). The others (a part of the stored
+tensor, a layout or dtype the ring cannot take) are read into the host loader's memory, at
+most ``batch_bytes`` of them at a time, and copied (cast) from there. Each loader serves the
+whole read, so a file one loader reads whole over several batches is checked against its
+stored checksum once its last piece has landed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ._header import TensorInfo
-from ._load import Loader, fits_in_place
+from ._load import Loader
 from ._source import ShardFile
 
 
@@ -31,56 +33,84 @@ class Placement:
     cut: Tuple[slice, ...] = ()  # the part of the read tensor that goes to dst (() for all of it)
     tag: Any = None  # the caller's, handed back to on_done
 
-    @property
-    def in_place(self) -> bool:
-        """The GETs land in dst itself."""
-        if any(c != slice(0, n) for c, n in zip(self.cut, self.dst.shape)):
-            return False
-        where = f"{self.file.where} tensor {self.info.name!r}"
-        return fits_in_place(self.dst, self.info.torch_dtype(where), self.info.torch_shape(where))
-
 
 def read_into(
-    loader: Loader,
+    loader_for: Callable[[torch.device], Loader],
     placements: List[Placement],
     batch_bytes: int,
     on_done: Optional[Callable[[Placement], None]] = None,
 ) -> None:
     """Fill every placement's destination; ``on_done`` is called for each once it holds its
-    bytes. A destination read in place has its autograd version bumped, as a copy into it
-    would."""
-    in_place = [p.in_place for p in placements]
-    loader.plan_checks(list({(id(p.file), p.info.name): (p.file, p.info) for p in placements}.values()))
+    bytes. ``loader_for(device)`` makes the loader for a device (called once each; the caller
+    keeps them for their ``stats`` and ``checksums``). A destination read into itself has its
+    autograd version bumped, as a copy into it would."""
+    cpu = torch.device("cpu")
+    loaders: Dict[torch.device, Loader] = {cpu: loader_for(cpu)}
+    work: Dict[torch.device, List[Tuple[Placement, bool]]] = {}
+    for p in placements:
+        whole = all(c == slice(0, n) for c, n in zip(p.cut, p.dst.shape))
+        device = p.dst.device if whole else cpu
+        if device not in loaders:
+            loaders[device] = loader_for(device)
+        taken = whole and loaders[device].takes(p.dst, p.file, p.info)
+        if not taken:
+            device = cpu
+        work.setdefault(device, []).append((p, taken))
+    for device, items in work.items():
+        _read(loaders[device], items, batch_bytes, on_done)
 
-    def flush(batch: List[int]) -> None:
-        wanted = list({(id(placements[i].file), placements[i].info.name): placements[i] for i in batch}.values())
+
+def _read(
+    loader: Loader,
+    items: List[Tuple[Placement, bool]],
+    batch_bytes: int,
+    on_done: Optional[Callable[[Placement], None]],
+) -> None:
+    loader.plan_checks(list({(id(p.file), p.info.name): (p.file, p.info) for p, _ in items}.values()))
+
+    def flush(batch: List[Tuple[Placement, bool]]) -> None:
+        wanted = list({(id(p.file), p.info.name): p for p, _ in batch}.values())
         into: Dict[str, torch.Tensor] = {}
-        for i in batch:
-            if in_place[i]:
-                into.setdefault(placements[i].info.name, placements[i].dst)
+        for p, taken in batch:
+            if taken:
+                into.setdefault(p.info.name, p.dst)
         loaded = loader.load([(p.file, p.info) for p in wanted], into)
         with torch.no_grad():
-            for i in batch:
-                p = placements[i]
+            for p, _ in batch:
                 src = loaded[p.info.name]
-                if src is p.dst:  # read in place
+                if src is p.dst:  # read into itself
                     torch.autograd.graph.increment_version(p.dst)
                 else:
                     p.dst.copy_(src[p.cut] if p.cut else src)
                 if on_done is not None:
                     on_done(p)
 
-    batch: List[int] = []
+    batch: List[Tuple[Placement, bool]] = []
     held = 0  # bytes of the batch read into the loader's memory
     names: Dict[str, ShardFile] = {}  # names in this batch -> their file (the loader keys by name)
-    for i, p in enumerate(placements):
-        size = 0 if in_place[i] else p.info.nbytes
+    for p, taken in items:
+        size = 0 if taken else p.info.nbytes
         if batch and (held + size > batch_bytes or names.get(p.info.name, p.file) is not p.file):
             flush(batch)
             batch, held, names = [], 0, {}
-        batch.append(i)
+        batch.append((p, taken))
         held += size
         names[p.info.name] = p.file
     if batch:
         flush(batch)
     loader.verify_checks()
+
+
+def merged(loaders: List[Loader]) -> Tuple[Dict[str, int], Dict[str, str]]:
+    """The loaders' stats summed, and their checksum outcomes (a file two loaders each read a
+    part of was checked by neither: "not checked" wins)."""
+    stats: Dict[str, int] = {}
+    checksums: Dict[str, str] = {}
+    for loader in loaders:
+        for k, v in loader.stats.items():
+            stats[k] = stats.get(k, 0) + v
+        for where, outcome in loader.checksums.items():
+            if checksums.get(where, "").startswith("not checked"):
+                continue
+            checksums[where] = outcome
+    return stats, checksums

@@ -32,7 +32,7 @@ from .. import _crt
 from .._prefault import Prefaulter
 from .._versions import ObjectVersions
 from ..dcp._staging import RingLoad, StagedTensor, borrow_ring
-from ._dtypes import PACKED
+from ._dtypes import DTYPES, PACKED
 from ._errors import FileChangedError, TruncatedFileError, read_error
 from ._header import TensorInfo
 from ._source import ShardFile
@@ -55,6 +55,18 @@ def fits_in_place(dst: torch.Tensor, dtype: torch.dtype, shape: Tuple[int, ...])
     """Whether a GET of a tensor of ``dtype`` and ``shape`` can land in ``dst`` itself: host
     memory of that dtype and shape, contiguous."""
     return dst.device.type == "cpu" and dst.dtype == dtype and tuple(dst.shape) == shape and dst.is_contiguous()
+
+
+def fits_staged(dst: torch.Tensor, dtype: torch.dtype, shape: Tuple[int, ...], device: torch.device) -> bool:
+    """Whether the staging ring can copy a tensor of ``dtype`` and ``shape`` into ``dst``
+    itself: on ``device``, that shape, contiguous, of that dtype or one a copy casts it to
+    (floating point both, neither the packed 4-bit one)."""
+    if dst.device != device or tuple(dst.shape) != shape or not dst.is_contiguous():
+        return False
+    if dst.dtype == dtype:
+        return True
+    packed = DTYPES[PACKED].torch
+    return dst.dtype.is_floating_point and dtype.is_floating_point and packed not in (dst.dtype, dtype)
 
 
 def _where(f: ShardFile, t: TensorInfo) -> str:
@@ -120,22 +132,43 @@ class Loader:
         self, wanted: List[Tuple[ShardFile, TensorInfo]], into: Optional[Dict[str, torch.Tensor]] = None
     ) -> Dict[str, torch.Tensor]:
         """The tensors, by name, in the order asked. ``into``: destinations the caller holds,
-        by name; one of the tensor's shape and stored dtype, contiguous, on the host, is read
-        into in place (nothing allocated, nothing copied), where the tensor goes direct."""
+        by name; one this loader :meth:`takes` is read into itself (nothing allocated): by
+        the GETs (host memory of the stored dtype), else through the ring (cast to its dtype
+        if need be); the others are ignored."""
         planned = [self._plan(f, t) for f, t in wanted]  # every check before any allocation
         for f, _ in wanted:
             self.versions.expect(f.key, f.etag)
         if not self._checks_planned:
             self._plan_checks(planned)
+        given: Dict[str, torch.Tensor] = {}
+        for p in planned:
+            d = (into or {}).get(p.info.name)
+            if d is not None and self._takes(d, p.dtype, p.shape):
+                given[p.info.name] = d
         staged_dev = self.device.type != "cpu" or self.force_staging
-        direct = [p for p in planned if not staged_dev and p.out_dtype == p.dtype]
-        staged = [p for p in planned if staged_dev or p.out_dtype != p.dtype]
+
+        def goes_direct(p: _Planned) -> bool:
+            d = given.get(p.info.name)
+            return not staged_dev and (p.out_dtype if d is None else d.dtype) == p.dtype
+
+        direct = [p for p in planned if goes_direct(p)]
+        staged = [p for p in planned if not goes_direct(p)]
         out: Dict[str, torch.Tensor] = {}
-        self._load_direct(direct, out, into or {})
-        self._load_staged(staged, out)
+        self._load_direct(direct, out, given)
+        self._load_staged(staged, out, given)
         if not self._checks_planned:
             self.verify_checks()
         return {p.info.name: out[p.info.name] for p in planned}
+
+    def takes(self, dst: torch.Tensor, f: ShardFile, t: TensorInfo) -> bool:
+        """Whether :meth:`load` reads tensor ``t`` of ``f`` into ``dst`` itself."""
+        where = _where(f, t)
+        return self._takes(dst, t.torch_dtype(where), t.torch_shape(where))
+
+    def _takes(self, dst: torch.Tensor, dtype: torch.dtype, shape: Tuple[int, ...]) -> bool:
+        if self.device.type == "cpu" and not self.force_staging and fits_in_place(dst, dtype, shape):
+            return True
+        return fits_staged(dst, dtype, shape, self.device)
 
     def plan_checks(self, wanted: List[Tuple[ShardFile, TensorInfo]]) -> None:
         """For a read made of several ``load`` calls (``wanted``: everything they read
@@ -272,14 +305,15 @@ class Loader:
         check = self._checks.get(id(f))
         return check.add if check is not None else None
 
-    def _load_staged(self, items: List[_Planned], out: Dict[str, torch.Tensor]) -> None:
+    def _load_staged(self, items: List[_Planned], out: Dict[str, torch.Tensor], given: Dict[str, torch.Tensor]) -> None:
         if not items:
             return
         work: List[StagedTensor] = []
         for p in items:
-            dst = alloc(p.shape, p.out_dtype, self.device, self.pin_memory)
+            mine = given.get(p.info.name)
+            dst = mine if mine is not None else alloc(p.shape, p.out_dtype, self.device, self.pin_memory)
             out[p.info.name] = dst
-            src_dtype: Optional[torch.dtype] = p.dtype if p.out_dtype != p.dtype else None
+            src_dtype: Optional[torch.dtype] = p.dtype if dst.dtype != p.dtype else None
             view = dst
             if src_dtype is None and dst.numel():
                 view = dst.reshape(-1).view(torch.uint8)  # moved as bytes, whatever the dtype

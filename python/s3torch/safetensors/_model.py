@@ -3,9 +3,10 @@
 ``save_torch_model`` and ``load_torch_model`` (a folder of shards and their index), named and
 called as theirs so code switches by its import.
 
-Loading reads into the model's own tensors: a parameter on the host, of the stored dtype and
-shape, takes the ranged GETs itself (nothing allocated, nothing copied); the others (on a GPU,
-of another dtype) are read a batch at a time into host memory and copied in. Every name,
+Loading reads into the model's own tensors (``_into.py``): a parameter on the host, of the
+stored dtype and shape, takes the ranged GETs itself (nothing allocated, nothing copied); one on
+a GPU or of another floating-point dtype takes its bytes through the staging ring, cast on the
+way; the others (non-contiguous) are read a batch at a time into host memory and copied in. Every name,
 shape and dtype is checked before the first byte is read, so a checkpoint that does not fit
 the model leaves it untouched. A model whose modules load their state in their own way
 (``_load_from_state_dict`` overridden, load-state-dict hooks, tensors on the meta device or of
@@ -24,7 +25,8 @@ from torch import nn
 from .._client import S3Client
 from .._config import S3ClientConfig
 from .._uri import parse_s3_uri, s3_path
-from ._into import Placement, read_into
+from ._into import Placement, merged, read_into
+from ._load import Loader
 from ._open import Device, client_of, device_of, ring_sizes, safe_open
 from ._save import plan, write
 from ._sharded_save import save_folder
@@ -344,13 +346,17 @@ def _load_into(model: nn.Module, f: safe_open, strict: bool, device: Device) -> 
     if errors:
         raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__}:\n\t" + "\n\t".join(errors))
     placements = [Placement(*f._entry(n), state[n]) for n in wanted]
-    cpu = torch.device("cpu")
-    loader = f._loader(cpu, None, False)
-    loader.ring_bytes, loader.slot_bytes = ring_sizes(cpu, None, None)
+    loaders: List[Loader] = []
+
+    def loader_for(device: torch.device) -> Loader:
+        loaders.append(f._loader(device, None, False))
+        loaders[-1].ring_bytes, loaders[-1].slot_bytes = ring_sizes(device, None, None)
+        return loaders[-1]
+
     try:
-        read_into(loader, placements, BATCH_BYTES)
+        read_into(loader_for, placements, BATCH_BYTES)
     finally:
-        f.last_load_stats, f.last_load_checksums = dict(loader.stats), dict(loader.checksums)
+        f.last_load_stats, f.last_load_checksums = merged(loaders)
     return missing, unexpected
 
 
