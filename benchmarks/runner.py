@@ -1011,6 +1011,57 @@ def setup_hf_model_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     raise KeyError(peer)
 
 
+def setup_hf_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """dcp.save of a bf16 state dict (distinct values per tensor) in ``files`` files; the
+    operation returns the tensor bytes."""
+    import shutil
+    import tempfile
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from scenarios import bf16_shapes
+
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    shapes = bf16_shapes(ctx["layers"], ctx["d_model"])
+    sd = {k: torch.full(s, (i % 97) / 97, dtype=torch.bfloat16) for i, (k, s) in enumerate(shapes.items())}
+    mapping = {k: 1 + i * ctx["files"] // len(sd) for i, k in enumerate(sd)}
+    n = float(sum(t.numel() * t.element_size() for t in sd.values()))
+    b = ctx["bucket"]
+    folder = f"bench/hf-dcp-save-{peer}-{os.getpid()}"
+    if peer == "s3torch":
+        from s3torch.dcp import S3HuggingFaceStorageWriter
+
+        def op() -> float:
+            w = S3HuggingFaceStorageWriter(
+                "us-east-1",
+                f"s3://{b}/{folder}",
+                fqn_to_index_mapping=mapping,
+                thread_count=4,
+                endpoint=ctx["endpoint"],
+                s3client_config=s3torch_config(ctx),
+            )
+            dcp.save(sd, storage_writer=w)
+            return n
+
+        return op
+    if peer == "torch+s5cmd":
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+        def op2() -> float:
+            local = tempfile.mkdtemp(prefix="s3torch-bench-hf-")
+            try:
+                dcp.save(
+                    sd, storage_writer=HuggingFaceStorageWriter(local, fqn_to_index_mapping=mapping, thread_count=4)
+                )
+                _s5cmd(ctx, "".join(f"cp {local}/{f} s3://{b}/{folder}/{f}\n" for f in sorted(os.listdir(local))))
+            finally:
+                shutil.rmtree(local, ignore_errors=True)
+            return n
+
+        return op2
+    raise KeyError(peer)
+
+
 def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """fsspec's bulk calls on many small objects: ``get`` of a prefix into a local directory
     (``fsspec_get_many``) or ``put`` of a local directory under a prefix (``fsspec_put_many``).
@@ -1069,6 +1120,7 @@ SETUPS = {
     "hf_dcp_load": setup_hf_dcp_load,
     "hf_model_load": setup_hf_model_load,
     "hf_model_save": setup_hf_model_save,
+    "hf_dcp_save": setup_hf_dcp_save,
     "safetensors_load_sharded": setup_safetensors_load,
     "safetensors_load_cuda": setup_safetensors_load,
 }

@@ -252,6 +252,19 @@ SCENARIOS: List[Scenario] = [
         {"layers": 6, "d_model": 4096, "shard_bytes": 500 * 10**6},
         {"layers": 2, "d_model": 2048, "shard_bytes": 20 * 10**6},
     ),
+    # dcp.save of the hf_model_save model's state dict as a Hugging Face checkpoint, as
+    # torchtitan saves one (one rank here; fqn_to_index_mapping: 4 files):
+    # S3HuggingFaceStorageWriter straight to S3, against torch's HuggingFaceStorageWriter to
+    # local disk then s5cmd copying the folder up (both timed).
+    Scenario(
+        "hf_dcp_save",
+        "dcp.save of a bf16 state dict as a Hugging Face checkpoint in 4 files",
+        "seaweed",
+        "GB/s",
+        ["s3torch", "torch+s5cmd"],
+        {"layers": 6, "d_model": 4096, "files": 4},
+        {"layers": 2, "d_model": 2048, "files": 4},
+    ),
     # The one-file model of safetensors_load into CUDA memory (through the pinned staging
     # ring) beside the same load into pinned and plain CPU memory (ranged GETs straight into
     # the tensors); warm and cold as in dcp_load_cuda. Every row checks each file against its

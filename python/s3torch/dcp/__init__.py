@@ -11,6 +11,7 @@ from ._shared_reads import SharedReadError
 from ._staging import release_staging_memory
 from .s3_file_system import S3FileSystem
 from .s3_hf_storage_reader import S3HuggingFaceStorageReader
+from .s3_hf_storage_writer import S3HuggingFaceStorageWriter
 from .s3_prefix_strategy import (
     BinaryPrefixStrategy,
     DefaultPrefixStrategy,
@@ -26,6 +27,7 @@ __all__ = [
     "S3StorageWriter",
     "S3StorageReader",
     "S3HuggingFaceStorageReader",
+    "S3HuggingFaceStorageWriter",
     "S3FileSystem",
     "S3PrefixStrategyBase",
     "DefaultPrefixStrategy",

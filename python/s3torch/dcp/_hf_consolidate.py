@@ -1,0 +1,97 @@
+"""The pieces a distributed Hugging Face save wrote (``sharded/``, each file saying where its
+pieces lie) put together into full tensors, on S3: torch's ``consolidate_safetensors_files``,
+which reads and writes local files.
+
+The pieces are found as :class:`~.s3_hf_storage_reader.S3HuggingFaceStorageReader` finds them
+(every header at once, validated). Each output file is streamed: its header from the full
+shapes and dtypes of the checkpoint's metadata, then each tensor, assembled in host memory
+from its pieces (ranged GETs straight into the tensor where a piece is whole rows, the others
+copied in; ``safetensors/_into.py``) and uploaded before the next is read: the host holds one
+full tensor at a time. Then ``model.safetensors.index.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional
+
+import torch
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
+
+from .._config import S3ClientConfig
+from .s3_hf_storage_reader import DEFAULT_BATCH_BYTES, S3HuggingFaceStorageReader
+
+
+def consolidate(
+    region: Optional[str],
+    config: Optional[S3ClientConfig],
+    endpoint: Optional[str],
+    bucket: str,
+    pieces_folder: str,
+    out_folder: str,
+    metadata: Metadata,
+    mapping: Dict[str, int],
+) -> None:
+    from ..safetensors._dtypes import BY_TORCH
+    from ..safetensors._header import build_header, layout
+    from ..safetensors._into import Placement, read_into
+    from ..safetensors._load import Loader
+    from ..safetensors._open import ring_sizes
+    from ..safetensors._save import tensor_bytes
+    from .s3_hf_storage_writer import INDEX_NAME, file_name
+
+    reader = S3HuggingFaceStorageReader(
+        region, f"s3://{bucket}/{pieces_folder}", s3client_config=config, endpoint=endpoint, verify_checksums=False
+    )
+    saved = reader._read_metadata()  # the pieces as written (the planner's metadata says the same)
+    client = reader.client
+    native = client._get_native()
+    largest = max(mapping.values())
+    files: Dict[str, List[str]] = {}
+    for fqn, md in metadata.state_dict_metadata.items():
+        if not isinstance(md, TensorStorageMetadata):
+            raise ValueError(f"{fqn!r} is not a tensor: a Hugging Face checkpoint (safetensors) holds tensors only")
+        if fqn not in mapping:
+            raise ValueError(f"tensor {fqn!r} has no file in fqn_to_index_mapping")
+        if fqn not in saved.state_dict_metadata:
+            raise ValueError(f"tensor {fqn!r}: no piece of it under s3://{bucket}/{pieces_folder}")
+        files.setdefault(file_name(mapping[fqn], largest), []).append(fqn)
+
+    def loader_for(device: torch.device) -> Loader:
+        return Loader(native, bucket, device, None, False, *ring_sizes(device, None, None))
+
+    weight_map: Dict[str, str] = {}
+    total = 0
+    for name, fqns in sorted(files.items()):
+        entries = []
+        for fqn in fqns:
+            md = metadata.state_dict_metadata[fqn]
+            assert isinstance(md, TensorStorageMetadata)
+            dtype = BY_TORCH.get(md.properties.dtype)
+            if dtype is None:
+                raise ValueError(f"tensor {fqn!r}: safetensors has no dtype for {md.properties.dtype}")
+            entries.append((fqn, dtype, tuple(md.size)))
+        placed = layout(entries)
+        with client.put_object(bucket, out_folder + name) as out:
+            out.write(build_header(placed, {"format": "pt"}))
+            for fqn, _dtype, shape, _begin, _end in placed:
+                md = metadata.state_dict_metadata[fqn]
+                assert isinstance(md, TensorStorageMetadata)
+                full = torch.empty(shape, dtype=md.properties.dtype)
+                placements = []
+                for chunk in saved.state_dict_metadata[fqn].chunks:  # type: ignore[union-attr]
+                    info = reader.storage_data[MetadataIndex(fqn=fqn, offset=chunk.offsets)]
+                    f, t = reader._pieces[(info.key, info.name)]
+                    cut = tuple(slice(o, o + n) for o, n in zip(chunk.offsets, chunk.sizes))
+                    placements.append(Placement(f, t, full[cut] if cut else full))
+                covered = sum(int(torch.Size(c.sizes).numel()) for c in saved.state_dict_metadata[fqn].chunks)  # type: ignore[union-attr]
+                if covered != full.numel():
+                    raise ValueError(f"tensor {fqn!r}: its pieces cover {covered} of its {full.numel()} elements")
+                read_into(loader_for, placements, DEFAULT_BATCH_BYTES)
+                data = tensor_bytes(full)
+                if data is not None:
+                    out.write(data)
+                weight_map[fqn] = name
+                total += full.numel() * full.element_size()
+    body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
+    client.put(bucket, out_folder + INDEX_NAME, body)

@@ -1,0 +1,267 @@
+"""S3HuggingFaceStorageWriter: torch's ``HuggingFaceStorageWriter``, writing to S3.
+
+``dcp.save`` of a state dict as a Hugging Face checkpoint (safetensors files and their index)
+under ``s3://bucket/prefix/``, in torch's layout:
+
+- **Rank-0 saves** (a full state dict): ``model-00001-of-0000n.safetensors`` ... as
+  ``fqn_to_index_mapping`` splits the tensors (one file without it), then
+  ``model.safetensors.index.json``.
+- **``save_distributed=True``** (DTensor state dicts, every rank saving its pieces):
+  ``shard-0000r-model-0000i-of-0000n.safetensors`` per rank, each saying where its pieces lie
+  (``__metadata__["DCP_SHARDING_INFO"]``, as torch writes it); with
+  ``enable_consolidation=True`` they go under ``sharded/`` and the coordinator then writes the
+  full tensors into ``model-...`` files and the index at the top (:mod:`._hf_consolidate`).
+
+Each file is streamed: its header from the tensors' dtypes and shapes, then each tensor's bytes
+from its own memory (a GPU tensor copied to the host one at a time), so a rank holds no copy
+of what it saves (torch's writer builds each file in memory, whole). Files are safetensors as
+the ``safetensors`` package writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
+from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
+from torch.futures import Future
+
+from .._client import S3Client
+from .._config import S3ClientConfig
+from .._uri import parse_s3_uri, s3_path
+from ..safetensors._source import _list
+from .s3_file_system import S3FileSystem
+from .s3_hf_storage_reader import SHARDING_INFO_KEY
+
+INDEX_NAME = "model.safetensors.index.json"
+_PIECE = re.compile(r"shard-\d{5}-model-\d{5}-of-\d{5}\.safetensors")
+SHARDED_DIR = "sharded"
+DCP_VERSION_KEY = "DCP_VERSION"
+DCP_VERSION = "1.0"
+
+
+def file_name(index: int, largest: int, shard: Optional[int] = None) -> str:
+    """torch's names: ``model-00001-of-00004.safetensors``, ``shard-00002-model-...``."""
+    name = f"model-{index:05d}-of-{largest:05d}.safetensors"
+    return name if shard is None else f"shard-{shard:05d}-{name}"
+
+
+@dataclass(frozen=True)
+class HFWrite:
+    """Where a write item went (gathered to the coordinator for the index)."""
+
+    relative_path: str
+    length: int
+
+
+class S3HuggingFaceStorageWriter(StorageWriter):
+    """``dcp.save`` of a state dict as a Hugging Face checkpoint on S3 (torch's
+    ``HuggingFaceStorageWriter``, which writes a local folder).
+
+    Args:
+        region: the bucket's region (None: as :class:`~s3torch.S3Client` finds it).
+        path: ``s3://bucket/prefix``: the folder.
+        fqn_to_index_mapping: tensor name -> file number (1..n), as torch's; None: one file
+            (per rank).
+        thread_count: files uploaded at once per rank (each a multipart upload whose parts are
+            concurrent already).
+        save_distributed: every rank saves its own pieces (DTensor state dicts).
+        enable_consolidation: with ``save_distributed``: pieces go under ``sharded/``, then the
+            coordinator writes the full tensors at the top.
+        thread_count_consolidation: accepted for torch's signature; consolidation reads each
+            tensor's pieces concurrently whatever it is.
+        s3client_config: an :class:`~s3torch.S3ClientConfig`.
+        endpoint: the S3 endpoint (default as for :class:`~s3torch.S3Client`).
+    """
+
+    def __init__(
+        self,
+        region: Optional[str],
+        path: str,
+        fqn_to_index_mapping: Optional[Dict[str, int]] = None,
+        thread_count: int = 1,
+        save_distributed: bool = False,
+        enable_consolidation: bool = False,
+        thread_count_consolidation: int = 1,
+        s3client_config: Optional[S3ClientConfig] = None,
+        endpoint: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(thread_count, int) or thread_count < 1:
+            raise ValueError(f"thread_count must be a positive int, got {thread_count!r}")
+        if fqn_to_index_mapping is not None:
+            bad = {
+                k: v for k, v in fqn_to_index_mapping.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1
+            }
+            if bad or not fqn_to_index_mapping:
+                raise ValueError(f"fqn_to_index_mapping must map names to file numbers 1..n, got {bad or {}}")
+        if enable_consolidation and not save_distributed:
+            raise ValueError("enable_consolidation needs save_distributed=True (a rank-0 save is consolidated already)")
+        self.fs = S3FileSystem(region, s3client_config=s3client_config, endpoint=endpoint)
+        self.region = self.fs.region
+        self._config, self._endpoint = s3client_config, endpoint
+        self.fqn_to_index_mapping = dict(fqn_to_index_mapping) if fqn_to_index_mapping is not None else None
+        self.thread_count = thread_count
+        self.save_distributed = bool(save_distributed)
+        self.enable_consolidation = bool(enable_consolidation)
+        self.thread_count_consolidation = thread_count_consolidation
+        self.is_coordinator = False
+        self.save_id = uuid.uuid4().hex
+        self._set_path(path)
+
+    @property
+    def client(self) -> S3Client:
+        """The S3Client this writer writes with."""
+        return self.fs.client
+
+    def _set_path(self, path: Any) -> None:
+        p = s3_path(path)
+        bucket, key = parse_s3_uri(p)
+        if key.endswith(".safetensors") or key.endswith(".json"):
+            raise ValueError(f"{p} names a file: S3HuggingFaceStorageWriter writes into a folder (s3://bucket/folder)")
+        self.path = p.rstrip("/")
+        folder = key.rstrip("/") + "/" if key.rstrip("/") else ""
+        self._bucket, self._folder = bucket, folder
+        self._pieces_folder = folder + SHARDED_DIR + "/" if self.enable_consolidation else folder
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        """True if ``checkpoint_id`` is an ``s3://bucket[/prefix]`` path."""
+        return S3FileSystem.validate_checkpoint_id(checkpoint_id)
+
+    def reset(self, checkpoint_id: Any = None) -> None:
+        """Start a new save, to ``checkpoint_id`` (an ``s3://`` path) when given."""
+        if checkpoint_id is not None:
+            self._set_path(checkpoint_id)
+        self.save_id = uuid.uuid4().hex
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.is_coordinator = is_coordinator
+
+    def storage_meta(self) -> Optional[StorageMeta]:
+        return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        """Refuse what safetensors cannot hold (bytes), before anything is written."""
+        for item in plan.items:
+            if item.type == WriteItemType.BYTE_IO:
+                raise ValueError(
+                    f"{item.index.fqn!r} is not a tensor: a Hugging Face checkpoint (safetensors) holds tensors only"
+                )
+            if self.fqn_to_index_mapping is not None and item.index.fqn not in self.fqn_to_index_mapping:
+                raise ValueError(f"tensor {item.index.fqn!r} has no file in fqn_to_index_mapping")
+        return plan
+
+    def prepare_global_plan(self, plans: List[SavePlan]) -> List[SavePlan]:
+        """Each rank's plan with the file mapping, and its shard number when distributed (as
+        torch). A distributed save first deletes the pieces an earlier one left in its folder
+        (``shard-*-model-*.safetensors``): consolidation, and any reader, would take them for
+        pieces of this one."""
+        if self.save_distributed:
+            listed = _list(self.client._get_native(), self._bucket, self._pieces_folder)
+            for key in listed:
+                if _PIECE.fullmatch(key[len(self._pieces_folder) :]):
+                    self.client.delete_object(self._bucket, key)
+        out = []
+        for i, plan in enumerate(plans, start=1):
+            data: Dict[str, Any] = {}
+            if self.fqn_to_index_mapping is not None:
+                data["fqn_to_index_mapping"] = self.fqn_to_index_mapping
+            if self.save_distributed:
+                data["shard_index"] = i
+            out.append(dataclasses.replace(plan, storage_data=data))
+        return out
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
+        """Stream each of this rank's files; the future holds every item's result."""
+        from ..safetensors._save import plan as plan_file
+        from ..safetensors._save import write
+
+        data: Dict[str, Any] = plan.storage_data or {}
+        mapping: Optional[Dict[str, int]] = data.get("fqn_to_index_mapping")
+        shard: Optional[int] = data.get("shard_index")
+        largest = max(mapping.values()) if mapping else 1
+        files: Dict[str, List[WriteItem]] = {}
+        for item in plan.items:
+            files.setdefault(file_name(mapping[item.index.fqn] if mapping else 1, largest, shard), []).append(item)
+
+        jobs = []
+        for name, items in sorted(files.items()):
+            tensors: Dict[str, torch.Tensor] = {}
+            offsets: Dict[str, Dict[str, List[int]]] = {}
+            for item in items:
+                fqn = item.index.fqn
+                if fqn in tensors:
+                    raise ValueError(f"{name}: two pieces of {fqn!r} on one rank (safetensors holds one per name)")
+                t = planner.resolve_data(item)
+                if not isinstance(t, torch.Tensor):
+                    raise ValueError(f"{fqn!r} is not a tensor: safetensors holds tensors only")
+                tensors[fqn] = t.detach().contiguous()
+                assert item.tensor_data is not None
+                offsets[fqn] = {"saved_offsets": list(item.tensor_data.chunk.offsets)}
+            metadata = {SHARDING_INFO_KEY: json.dumps(offsets), DCP_VERSION_KEY: DCP_VERSION, "format": "pt"}
+            jobs.append((name, items, tensors, plan_file(tensors, metadata)))  # every file checked first
+
+        def one(job: Any) -> List[WriteResult]:
+            name, items, tensors, planned = job
+            write(self.client, self._bucket, self._pieces_folder + name, tensors, planned)
+            return [
+                WriteResult(
+                    index=item.index,
+                    size_in_bytes=tensors[item.index.fqn].numel() * tensors[item.index.fqn].element_size(),
+                    storage_data=HFWrite(
+                        name, tensors[item.index.fqn].numel() * tensors[item.index.fqn].element_size()
+                    ),
+                )
+                for item in items
+            ]
+
+        results: List[WriteResult] = []
+        with ThreadPoolExecutor(
+            max(1, min(self.thread_count, len(jobs))), thread_name_prefix="s3torch-hf-save"
+        ) as pool:
+            for got in pool.map(one, jobs):
+                results += got
+        fut: "Future[List[WriteResult]]" = Future()
+        fut.set_result(results)
+        return fut
+
+    def finish(self, metadata: Metadata, results: List[List[WriteResult]]) -> None:
+        """Write the index (rank-0 save), or consolidate the pieces (distributed, with
+        consolidation); a distributed save without it writes nothing more, as torch's."""
+        if self.save_distributed and not self.enable_consolidation:
+            return
+        if self.save_distributed:
+            from ._hf_consolidate import consolidate
+
+            mapping = self.fqn_to_index_mapping or dict.fromkeys(metadata.state_dict_metadata, 1)
+            consolidate(
+                self.region,
+                self._config,
+                self._endpoint,
+                self._bucket,
+                self._pieces_folder,
+                self._folder,
+                metadata,
+                mapping,
+            )
+            return
+        weight_map: Dict[str, str] = {}
+        total = 0
+        for rank_results in results:
+            for wr in rank_results:
+                weight_map[wr.index.fqn] = wr.storage_data.relative_path
+                total += wr.storage_data.length
+        body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
+        self.client.put(self._bucket, self._folder + INDEX_NAME, body)
+
+
+__all__ = ["S3HuggingFaceStorageWriter"]

@@ -1,0 +1,187 @@
+"""S3HuggingFaceStorageWriter: dcp.save as a Hugging Face checkpoint on S3, against torch's
+HuggingFaceStorageWriter writing the same state dict to a local folder: the same file names,
+tensors, sharding info and index; distributed saves on two gloo ranks (DTensors sharded by rows
+and by columns), with the pieces consolidated into full tensors on S3; what it refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import safetensors.torch as sts
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.api import CheckpointException
+
+from s3torch.dcp import S3HuggingFaceStorageReader, S3HuggingFaceStorageWriter
+from tests.conftest import BUCKET, REGION, make_client
+
+MAPPING = {
+    "embed.weight": 1,
+    "layers.0.attn.weight": 2,
+    "layers.0.norm.weight": 2,
+    "layers.0.count": 2,
+    "lm_head.weight": 1,
+}
+
+
+def _model(seed: int = 0) -> Dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(64, 24, generator=g).to(torch.bfloat16),
+        "layers.0.attn.weight": torch.randn(24, 24, generator=g),
+        "layers.0.norm.weight": torch.randn(24, generator=g),
+        "lm_head.weight": torch.randn(64, 24, generator=g).to(torch.float16),
+        "layers.0.count": torch.arange(24, dtype=torch.int64) * (seed + 1),  # torch's consolidation fails ints
+    }
+
+
+def _listing(client, prefix: str) -> List[str]:  # type: ignore[no-untyped-def]
+    return sorted(o.key[len(prefix) :] for page in client.list_objects(BUCKET, prefix) for o in page.objects)
+
+
+def _kw(env) -> dict:  # type: ignore[no-untyped-def]
+    return {"s3client_config": make_client(env).s3client_config, "endpoint": env.endpoint}
+
+
+def test_a_rank0_save_is_torchs_folder(seaweed_env, prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed_env)
+    sd = _model(1)
+    dcp.save(sd, storage_writer=HuggingFaceStorageWriter(str(tmp_path), fqn_to_index_mapping=MAPPING))
+    base = f"s3://{BUCKET}/{prefix}hf"
+    dcp.save(
+        sd, storage_writer=S3HuggingFaceStorageWriter(REGION, base, fqn_to_index_mapping=MAPPING, **_kw(seaweed_env))
+    )
+    theirs = sorted(os.listdir(tmp_path))
+    assert (
+        _listing(client, f"{prefix}hf/")
+        == theirs
+        == [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+        ]
+    )
+    for name in theirs[:2]:
+        ours_bytes = client.get_object(BUCKET, f"{prefix}hf/{name}").read()
+        ours, ref = sts.load(ours_bytes), sts.load((tmp_path / name).read_bytes())
+        assert sorted(ours) == sorted(ref) and all(torch.equal(ours[k], ref[k]) for k in ref)
+        local = tmp_path / "ours" / name
+        local.parent.mkdir(exist_ok=True)
+        local.write_bytes(ours_bytes)
+        from safetensors import safe_open
+
+        with safe_open(str(local), "pt") as a, safe_open(str(tmp_path / name), "pt") as b:
+            ma, mb = a.metadata(), b.metadata()
+        assert {k: json.loads(v) if k == "DCP_SHARDING_INFO" else v for k, v in ma.items()} == {
+            k: json.loads(v) if k == "DCP_SHARDING_INFO" else v for k, v in mb.items()
+        }
+    index = json.loads(client.get_object(BUCKET, f"{prefix}hf/model.safetensors.index.json").read())
+    assert index == json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    # Both readers load it: s3torch's from S3, torch's from a local copy.
+    (tmp_path / "ours" / "model.safetensors.index.json").write_text(json.dumps(index))
+    for reader in (
+        S3HuggingFaceStorageReader(REGION, base, **_kw(seaweed_env)),
+        HuggingFaceStorageReader(str(tmp_path / "ours")),
+    ):
+        got = {k: torch.zeros_like(v) for k, v in sd.items()}
+        dcp.load(got, storage_reader=reader)
+        assert all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+def test_what_it_refuses(seaweed_env, prefix) -> None:  # type: ignore[no-untyped-def]
+    base = f"s3://{BUCKET}/{prefix}hf"
+    kw = _kw(seaweed_env)
+    with pytest.raises(ValueError, match="needs save_distributed"):
+        S3HuggingFaceStorageWriter(REGION, base, enable_consolidation=True, **kw)
+    with pytest.raises(ValueError, match="names a file"):
+        S3HuggingFaceStorageWriter(REGION, base + "/model.safetensors", **kw)
+    with pytest.raises(ValueError, match="file numbers"):
+        S3HuggingFaceStorageWriter(REGION, base, fqn_to_index_mapping={"a": 0}, **kw)
+    with pytest.raises(CheckpointException, match="holds tensors only"):
+        dcp.save(
+            {"w": torch.ones(2), "meta": {"epoch": 3}}, storage_writer=S3HuggingFaceStorageWriter(REGION, base, **kw)
+        )
+    with pytest.raises(CheckpointException, match="has no file in fqn_to_index_mapping"):
+        w = S3HuggingFaceStorageWriter(REGION, base, fqn_to_index_mapping={"w": 1}, **kw)
+        dcp.save({"w": torch.ones(2), "v": torch.ones(2)}, storage_writer=w)
+    assert _listing(make_client(seaweed_env), prefix) == []  # nothing written
+
+
+def _ranks_worker(rank: int, port: int, base: str, kw: dict, consolidate: bool, out: str) -> None:
+    import sys
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    result: dict = {}
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        whole = _model(3)
+        # FSDP-like rows, tensor-parallel columns for the attention weight, the norm replicated.
+        shards = {"embed.weight": Shard(0), "lm_head.weight": Shard(0), "layers.0.attn.weight": Shard(1)}
+        sd = {k: distribute_tensor(v, mesh, [shards[k]]) if k in shards else v for k, v in whole.items()}
+        writer = S3HuggingFaceStorageWriter(
+            REGION, base, fqn_to_index_mapping=MAPPING, save_distributed=True, enable_consolidation=consolidate, **kw
+        )
+        dcp.save(sd, storage_writer=writer)
+        result["ok"] = True
+    finally:
+        Path(out, f"{rank}.json").write_text(json.dumps(result))
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # gloo's finalization-time abort is torch's (test_dcp._dist_worker)
+
+
+@pytest.mark.parametrize("consolidate", [True, False])
+def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, tmp_path, consolidate) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    import torch.multiprocessing as tmp
+
+    from s3torch._servers import free_port
+
+    client = make_client(seaweed_env)
+    base = f"s3://{BUCKET}/{prefix}hf"
+    pieces = f"{prefix}hf/sharded/" if consolidate else f"{prefix}hf/"
+    stale = f"{pieces}shard-00003-model-00001-of-00002.safetensors"  # an earlier 3-rank save's
+    client.put(BUCKET, stale, sts.save({"embed.weight": torch.zeros(1, 24, dtype=torch.bfloat16)}))
+    ctx = tmp.spawn(
+        _ranks_worker, args=(free_port(), base, _kw(seaweed_env), consolidate, str(tmp_path)), nprocs=2, join=False
+    )
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        assert time.monotonic() < deadline, "a rank is stuck"
+    assert all(json.loads((tmp_path / f"{r}.json").read_text()).get("ok") for r in range(2))
+    whole = _model(3)
+    names = _listing(client, f"{prefix}hf/")
+    shard_files = [n for n in names if "shard-" in n]
+    assert stale[len(prefix) + 3 :] not in names and len(shard_files) == 4  # 2 ranks x 2 files
+    # Loaded back whole by the reader, from the pieces or from the consolidated files.
+    got = {k: torch.zeros_like(v) for k, v in whole.items()}
+    dcp.load(
+        got, storage_reader=S3HuggingFaceStorageReader(REGION, base if consolidate else base + "/", **_kw(seaweed_env))
+    )
+    assert all(torch.equal(got[k], whole[k]) for k in whole)
+    if not consolidate:
+        assert "model.safetensors.index.json" not in names
+        return
+    assert [n for n in names if "shard-" not in n] == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    out: Dict[str, torch.Tensor] = {}
+    for name in names[:2]:
+        out.update(sts.load(client.get_object(BUCKET, f"{prefix}hf/{name}").read()))
+    assert sorted(out) == sorted(whole) and all(torch.equal(out[k], whole[k]) for k in whole)
+    index = json.loads(client.get_object(BUCKET, f"{prefix}hf/model.safetensors.index.json").read())
+    assert index["weight_map"] == {k: f"model-0000{i}-of-00002.safetensors" for k, i in MAPPING.items()}
+    assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size() for v in whole.values())
