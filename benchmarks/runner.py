@@ -901,6 +901,21 @@ def _s5cmd(ctx: Dict[str, Any], commands: str) -> None:
         raise RuntimeError(f"s5cmd exited {r.returncode}: {r.stderr.strip()[-500:]}")
 
 
+def _saved_then_copied_up(ctx: Dict[str, Any], save: Callable[[str], None], folder: str) -> None:
+    """The way without s3torch: ``save`` into a fresh local folder, then s5cmd copies its files
+    under ``folder`` (a key prefix ending in "/"); the local copy is removed after."""
+    import shutil
+    import tempfile
+
+    local = tempfile.mkdtemp(prefix="s3torch-bench-hf-")
+    try:
+        save(local)
+        b = ctx["bucket"]
+        _s5cmd(ctx, "".join(f"cp {local}/{f} s3://{b}/{folder}{f}\n" for f in sorted(os.listdir(local))))
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
 def setup_hf_model_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """The sharded model into a preallocated bf16 module's parameters (counted in the RSS
     baseline); the operation returns the tensor bytes."""
@@ -973,8 +988,6 @@ def setup_hf_model_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 def setup_hf_model_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """A bf16 module (distinct values per tensor) saved in shards of ``shard_bytes``; the
     operation returns the tensor bytes."""
-    import shutil
-    import tempfile
 
     import torch
 
@@ -999,12 +1012,7 @@ def setup_hf_model_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         from huggingface_hub import save_torch_model as hf_save
 
         def op2() -> float:
-            local = tempfile.mkdtemp(prefix="s3torch-bench-hf-")
-            try:
-                hf_save(model, local, max_shard_size=ctx["shard_bytes"])
-                _s5cmd(ctx, "".join(f"cp {local}/{f} s3://{b}/{folder}{f}\n" for f in sorted(os.listdir(local))))
-            finally:
-                shutil.rmtree(local, ignore_errors=True)
+            _saved_then_copied_up(ctx, lambda local: hf_save(model, local, max_shard_size=ctx["shard_bytes"]), folder)
             return n
 
         return op2
@@ -1014,8 +1022,6 @@ def setup_hf_model_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 def setup_hf_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """dcp.save of a bf16 state dict (distinct values per tensor) in ``files`` files; the
     operation returns the tensor bytes."""
-    import shutil
-    import tempfile
 
     import torch
     import torch.distributed.checkpoint as dcp
@@ -1047,15 +1053,11 @@ def setup_hf_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     if peer == "torch+s5cmd":
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
+        def save(local: str) -> None:
+            dcp.save(sd, storage_writer=HuggingFaceStorageWriter(local, fqn_to_index_mapping=mapping, thread_count=4))
+
         def op2() -> float:
-            local = tempfile.mkdtemp(prefix="s3torch-bench-hf-")
-            try:
-                dcp.save(
-                    sd, storage_writer=HuggingFaceStorageWriter(local, fqn_to_index_mapping=mapping, thread_count=4)
-                )
-                _s5cmd(ctx, "".join(f"cp {local}/{f} s3://{b}/{folder}/{f}\n" for f in sorted(os.listdir(local))))
-            finally:
-                shutil.rmtree(local, ignore_errors=True)
+            _saved_then_copied_up(ctx, save, folder + "/")
             return n
 
         return op2

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict
 
@@ -18,6 +17,7 @@ from s3torch._servers import REGION
 from s3torch.dcp import S3HuggingFaceStorageReader
 from s3torch.safetensors import HeaderError, MissingShardError, save_file
 from tests.conftest import BUCKET, make_client
+from tests.gloo_ranks import run_ranks
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -193,53 +193,30 @@ def test_what_cannot_be_loaded_is_named(seaweed_env, prefix) -> None:  # type: i
     assert not S3HuggingFaceStorageReader.validate_checkpoint_id("/local/dir")
 
 
-def _ranks_worker(rank: int, port: int, base: str, kw: dict, out: str) -> None:
-    import sys
-
-    import torch.distributed as dist
+def _read_rows(rank: int, base: str, kw: dict) -> dict:
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    result: dict = {}
-    try:
-        mesh = init_device_mesh("cpu", (2,))
-        whole = _model(3)
-        # FSDP-like rows for the matrices, tensor-parallel columns for the attention weight.
-        placements = {"embed.weight": Shard(0), "lm_head.weight": Shard(0), "layers.0.attn.weight": Shard(1)}
-        dest = {
-            k: distribute_tensor(torch.zeros_like(v), mesh, [placements[k]])
-            for k, v in whole.items()
-            if k in placements
-        }
-        reader = S3HuggingFaceStorageReader(REGION, base, **kw)
-        dcp.load(dest, storage_reader=reader)
-        result["exact"] = all(torch.equal(dest[k].full_tensor(), whole[k]) for k in dest)
-        result["bytes"] = reader.last_load_stats["bytes"]
-    finally:
-        Path(out, f"{rank}.json").write_text(json.dumps(result))
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # gloo's finalization-time abort is torch's (test_dcp._dist_worker)
+    mesh = init_device_mesh("cpu", (2,))
+    whole = _model(3)
+    # FSDP-like rows for the matrices, tensor-parallel columns for the attention weight.
+    placements = {"embed.weight": Shard(0), "lm_head.weight": Shard(0), "layers.0.attn.weight": Shard(1)}
+    dest = {
+        k: distribute_tensor(torch.zeros_like(v), mesh, [placements[k]]) for k, v in whole.items() if k in placements
+    }
+    reader = S3HuggingFaceStorageReader(REGION, base, **kw)
+    dcp.load(dest, storage_reader=reader)
+    return {
+        "exact": all(torch.equal(dest[k].full_tensor(), whole[k]) for k in dest),
+        "bytes": reader.last_load_stats["bytes"],
+    }
 
 
 def test_two_ranks_each_read_only_their_shards(seaweed_env, prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """DTensor destinations on two gloo ranks, sharded by rows and by columns: every shard is
     exact, and the ranks together read each row once (columns: each rank its rows whole)."""
-    import time
-
-    import torch.multiprocessing as tmp
-
-    from s3torch._servers import free_port
-
     base = _save_sharded(seaweed_env, prefix, _model(3))
     kw = {"s3client_config": make_client(seaweed_env).s3client_config, "endpoint": seaweed_env.endpoint}
-    ctx = tmp.spawn(_ranks_worker, args=(free_port(), base, kw, str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=5):
-        assert time.monotonic() < deadline, "a rank is stuck"
-    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    ranks = run_ranks(_read_rows, (base, kw), tmp_path)
     assert all(r.get("exact") for r in ranks), ranks
     rows = 512 * 96 * 2 + 512 * 96 * 2  # embed (bf16) and lm_head (f16): half each per rank
     assert [r["bytes"] for r in ranks] == [rows // 2 + 96 * 96 * 4] * 2, ranks

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Dict, List
 
 import pytest
@@ -19,6 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from s3torch.dcp import S3HuggingFaceStorageReader, S3HuggingFaceStorageWriter
 from tests.conftest import BUCKET, REGION, make_client
+from tests.gloo_ranks import run_ranks
 
 MAPPING = {
     "embed.weight": 1,
@@ -112,54 +112,30 @@ def test_what_it_refuses(seaweed_env, prefix) -> None:  # type: ignore[no-untype
     assert _listing(make_client(seaweed_env), prefix) == []  # nothing written
 
 
-def _ranks_worker(rank: int, port: int, base: str, kw: dict, consolidate: bool, out: str) -> None:
-    import sys
-
-    import torch.distributed as dist
+def _save_pieces(rank: int, base: str, kw: dict, consolidate: bool) -> dict:
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    result: dict = {}
-    try:
-        mesh = init_device_mesh("cpu", (2,))
-        whole = _model(3)
-        # FSDP-like rows, tensor-parallel columns for the attention weight, the norm replicated.
-        shards = {"embed.weight": Shard(0), "lm_head.weight": Shard(0), "layers.0.attn.weight": Shard(1)}
-        sd = {k: distribute_tensor(v, mesh, [shards[k]]) if k in shards else v for k, v in whole.items()}
-        writer = S3HuggingFaceStorageWriter(
-            REGION, base, fqn_to_index_mapping=MAPPING, save_distributed=True, enable_consolidation=consolidate, **kw
-        )
-        dcp.save(sd, storage_writer=writer)
-        result["ok"] = True
-    finally:
-        Path(out, f"{rank}.json").write_text(json.dumps(result))
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # gloo's finalization-time abort is torch's (test_dcp._dist_worker)
+    mesh = init_device_mesh("cpu", (2,))
+    whole = _model(3)
+    # FSDP-like rows, tensor-parallel columns for the attention weight, the rest replicated.
+    shards = {"embed.weight": Shard(0), "lm_head.weight": Shard(0), "layers.0.attn.weight": Shard(1)}
+    sd = {k: distribute_tensor(v, mesh, [shards[k]]) if k in shards else v for k, v in whole.items()}
+    writer = S3HuggingFaceStorageWriter(
+        REGION, base, fqn_to_index_mapping=MAPPING, save_distributed=True, enable_consolidation=consolidate, **kw
+    )
+    dcp.save(sd, storage_writer=writer)
+    return {"ok": True}
 
 
 @pytest.mark.parametrize("consolidate", [True, False])
 def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, tmp_path, consolidate) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    import torch.multiprocessing as tmp
-
-    from s3torch._servers import free_port
-
     client = make_client(seaweed_env)
     base = f"s3://{BUCKET}/{prefix}hf"
     pieces = f"{prefix}hf/sharded/" if consolidate else f"{prefix}hf/"
     stale = f"{pieces}shard-00003-model-00001-of-00002.safetensors"  # an earlier 3-rank save's
     client.put(BUCKET, stale, sts.save({"embed.weight": torch.zeros(1, 24, dtype=torch.bfloat16)}))
-    ctx = tmp.spawn(
-        _ranks_worker, args=(free_port(), base, _kw(seaweed_env), consolidate, str(tmp_path)), nprocs=2, join=False
-    )
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=5):
-        assert time.monotonic() < deadline, "a rank is stuck"
-    assert all(json.loads((tmp_path / f"{r}.json").read_text()).get("ok") for r in range(2))
+    ranks = run_ranks(_save_pieces, (base, _kw(seaweed_env), consolidate), tmp_path)
+    assert all(r.get("ok") for r in ranks), ranks
     whole = _model(3)
     names = _listing(client, f"{prefix}hf/")
     shard_files = [n for n in names if "shard-" in n]

@@ -103,6 +103,8 @@ def save_folder(
 
 
 def _delete(s3: S3Client, bucket: str, keys: List[str], what: str) -> None:
+    """Delete ``keys`` (gone already is fine); the first failure is raised, noting ``what`` the
+    object is."""
     for key in keys:
         try:
             s3.delete_object(bucket, key)
@@ -114,12 +116,11 @@ def _delete(s3: S3Client, bucket: str, keys: List[str], what: str) -> None:
 
 
 def _delete_quietly(s3: S3Client, bucket: str, keys: List[str]) -> List[str]:
+    """Delete ``keys`` after a failed save; log each that cannot be, and return them."""
     left = []
     for key in keys:
         try:
-            s3.delete_object(bucket, key)
-        except _crt.S3NotFoundError:
-            pass
+            _delete(s3, bucket, [key], "a shard of a failed save")
         except _crt.S3Exception as e:
             log.warning("s3torch: could not delete s3://%s/%s after a failed save: %s", bucket, key, e)
             left.append(f"s3://{bucket}/{key}")
