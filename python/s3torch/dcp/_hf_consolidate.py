@@ -13,6 +13,7 @@ full tensor at a time. Then ``model.safetensors.index.json``.
 from __future__ import annotations
 
 import json
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -78,13 +79,15 @@ def consolidate(
                 md = metadata.state_dict_metadata[fqn]
                 assert isinstance(md, TensorStorageMetadata)
                 full = torch.empty(shape, dtype=md.properties.dtype)
+                pieces = saved.state_dict_metadata[fqn]
+                assert isinstance(pieces, TensorStorageMetadata)
                 placements = []
-                for chunk in saved.state_dict_metadata[fqn].chunks:  # type: ignore[union-attr]
+                for chunk in pieces.chunks:
                     info = reader.storage_data[MetadataIndex(fqn=fqn, offset=chunk.offsets)]
                     f, t = reader._pieces[(info.key, info.name)]
                     cut = tuple(slice(o, o + n) for o, n in zip(chunk.offsets, chunk.sizes))
                     placements.append(Placement(f, t, full[cut] if cut else full))
-                covered = sum(int(torch.Size(c.sizes).numel()) for c in saved.state_dict_metadata[fqn].chunks)  # type: ignore[union-attr]
+                covered = sum(math.prod(c.sizes) for c in pieces.chunks)
                 if covered != full.numel():
                     raise ValueError(f"tensor {fqn!r}: its pieces cover {covered} of its {full.numel()} elements")
                 read_into(loader_for, placements, DEFAULT_BATCH_BYTES)

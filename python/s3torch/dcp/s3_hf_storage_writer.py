@@ -144,9 +144,11 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         self.save_id = uuid.uuid4().hex
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        """Note whether this rank is the coordinator (it writes the index, or consolidates)."""
         self.is_coordinator = is_coordinator
 
     def storage_meta(self) -> Optional[StorageMeta]:
+        """The save's path and id, for the checkpoint's metadata."""
         return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
