@@ -412,6 +412,10 @@ NOTES: Dict[str, str] = {
     "`load_torch_model`, and runai-model-streamer then `load_state_dict`; `save_torch_model` to S3 against "
     "`huggingface_hub`'s to local disk then s5cmd. The load's destinations are the module's preallocated "
     "parameters; the save's peak RSS is the CRT's part buffers (two or more uploads at once; one takes ~270 MB).",
+    "benchmarks/results/hf-dcp-save/results.json": "`dcp.save` as a Hugging Face checkpoint: "
+    "`S3HuggingFaceStorageWriter` to S3 against torch's `HuggingFaceStorageWriter` to local disk then s5cmd up "
+    "(both timed). torch's writer builds each file in memory (`safetensors.torch.save`); s3torch's streams them, "
+    "its peak RSS the CRT's part buffers.",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "
