@@ -16,6 +16,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint.api import CheckpointException
 
+from s3torch._progress import Progress
 from s3torch.dcp import S3HuggingFaceStorageReader, S3HuggingFaceStorageWriter
 from tests.conftest import BUCKET, REGION, make_client
 from tests.gloo_ranks import run_ranks
@@ -121,10 +122,19 @@ def _save_pieces(rank: int, base: str, kw: dict, consolidate: bool) -> dict:
     shards = {"embed.weight": Shard(0), "lm_head.weight": Shard(0), "layers.0.attn.weight": Shard(1)}
     sd = {k: distribute_tensor(v, mesh, [shards[k]]) if k in shards else v for k, v in whole.items()}
     writer = S3HuggingFaceStorageWriter(
-        REGION, base, fqn_to_index_mapping=MAPPING, save_distributed=True, enable_consolidation=consolidate, **kw
+        REGION,
+        base,
+        fqn_to_index_mapping=MAPPING,
+        save_distributed=True,
+        enable_consolidation=consolidate,
+        progress=True,
+        **kw,
     )
+    counted: List[int] = []
+    add = Progress.add
+    Progress.add = lambda self, n: (counted.append(n), add(self, n))[1]  # type: ignore[method-assign]
     dcp.save(sd, storage_writer=writer)
-    return {"ok": True}
+    return {"ok": True, "counted": sum(counted)}
 
 
 @pytest.mark.parametrize("consolidate", [True, False])
@@ -136,6 +146,10 @@ def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, t
     client.put(BUCKET, stale, sts.save({"embed.weight": torch.zeros(1, 24, dtype=torch.bfloat16)}))
     ranks = run_ranks(_save_pieces, (base, _kw(seaweed_env), consolidate), tmp_path)
     assert all(r.get("ok") for r in ranks), ranks
+    pieces_bytes = sum(o.size for page in client.list_objects(BUCKET, pieces + "shard-") for o in page.objects)
+    full_bytes = sum(v.numel() * v.element_size() for v in _model(3).values())
+    # Each rank counts the files it wrote; the coordinator, the consolidated tensors too.
+    assert sum(r["counted"] for r in ranks) == pieces_bytes + (full_bytes if consolidate else 0)
     whole = _model(3)
     names = _listing(client, f"{prefix}hf/")
     shard_files = [n for n in names if "shard-" in n]
@@ -161,3 +175,16 @@ def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, t
     index = json.loads(client.get_object(BUCKET, f"{prefix}hf/model.safetensors.index.json").read())
     assert index["weight_map"] == {k: f"model-0000{i}-of-00002.safetensors" for k, i in MAPPING.items()}
     assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size() for v in whole.values())
+
+
+def test_progress_counts_the_files_written(seaweed_env, prefix, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_safetensors_model import _counted
+
+    client = make_client(seaweed_env)
+    seen = _counted(monkeypatch)
+    base = f"s3://{BUCKET}/{prefix}hf"
+    w = S3HuggingFaceStorageWriter(REGION, base, fqn_to_index_mapping=MAPPING, progress=True, **_kw(seaweed_env))
+    dcp.save(_model(5), storage_writer=w)
+    files = sum(o.size for page in client.list_objects(BUCKET, f"{prefix}hf/model-") for o in page.objects)
+    assert seen == [("HF save to", base, files)]
+    assert f"s3torch: HF save to {base}: " in capsys.readouterr().out

@@ -285,3 +285,32 @@ def test_load_torch_model_finds_the_index_or_the_one_file(seaweed, prefix) -> No
     keys = load_torch_model(fresh, folder, client=client, filename_pattern="w{suffix}.safetensors")
     assert keys == IncompatibleKeys([], []) and _same_model(fresh, Tiny(70))
     assert load_file(folder, client=client).keys() == Tiny(70).state_dict().keys() - {"head.weight"}
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch) -> List[Any]:
+    """(what, target, bytes counted) of every Progress that finished."""
+    from s3torch import _progress
+
+    seen: List[Any] = []
+    real = _progress.Progress.done
+
+    def done(self: Any) -> Any:
+        seen.append((self.what, self.target, self.n))
+        return real(self)
+
+    monkeypatch.setattr(_progress.Progress, "done", done)
+    return seen
+
+
+def test_progress_counts_every_byte_saved_and_loaded(seaweed, prefix, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    folder = f"s3://{BUCKET}/{prefix}"
+    seen = _counted(monkeypatch)
+    save_torch_model(Tiny(80), folder, client=client, max_shard_size="6KB", progress=True)
+    stored = sum(o.size for page in client.list_objects(BUCKET, prefix) for o in page.objects)
+    fresh = Tiny(81)
+    load_model(fresh, folder, client=client, progress=True)
+    tensors = sum(v.numel() * v.element_size() for k, v in fresh.state_dict().items() if k != "head.weight")
+    assert seen == [("save to", folder, stored), ("load into a model from", folder, tensors)]
+    out = capsys.readouterr().out
+    assert f"s3torch: save to {folder}: " in out and f"s3torch: load into a model from {folder}: " in out

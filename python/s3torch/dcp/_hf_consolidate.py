@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 
 from .._config import S3ClientConfig
+from .._progress import Progress
 from .s3_hf_storage_reader import DEFAULT_BATCH_BYTES, S3HuggingFaceStorageReader
 
 
@@ -32,23 +33,21 @@ def consolidate(
     out_folder: str,
     metadata: Metadata,
     mapping: Dict[str, int],
+    progress: Progress,
 ) -> None:
-    from ..safetensors._dtypes import BY_TORCH
-    from ..safetensors._header import build_header, layout
-    from ..safetensors._into import Placement, read_into
+    """Write the full tensors of ``metadata`` into the files ``mapping`` numbers under
+    ``out_folder``, from the pieces under ``pieces_folder``; then the index."""
     from ..safetensors._load import Loader
     from ..safetensors._open import ring_sizes
-    from ..safetensors._save import tensor_bytes
     from .s3_hf_storage_writer import INDEX_NAME, file_name
 
     reader = S3HuggingFaceStorageReader(
         region, f"s3://{bucket}/{pieces_folder}", s3client_config=config, endpoint=endpoint, verify_checksums=False
     )
     saved = reader._read_metadata()  # the pieces as written (the planner's metadata says the same)
-    client = reader.client
-    native = client._get_native()
+    native = reader.client._get_native()
     largest = max(mapping.values())
-    files: Dict[str, List[str]] = {}
+    files: Dict[str, List[Tuple[str, TensorStorageMetadata]]] = {}
     for fqn, md in metadata.state_dict_metadata.items():
         if not isinstance(md, TensorStorageMetadata):
             raise ValueError(f"{fqn!r} is not a tensor: a Hugging Face checkpoint (safetensors) holds tensors only")
@@ -56,45 +55,66 @@ def consolidate(
             raise ValueError(f"tensor {fqn!r} has no file in fqn_to_index_mapping")
         if fqn not in saved.state_dict_metadata:
             raise ValueError(f"tensor {fqn!r}: no piece of it under s3://{bucket}/{pieces_folder}")
-        files.setdefault(file_name(mapping[fqn], largest), []).append(fqn)
+        files.setdefault(file_name(mapping[fqn], largest), []).append((fqn, md))
 
     def loader_for(device: torch.device) -> Loader:
         return Loader(native, bucket, device, None, False, *ring_sizes(device, None, None))
 
     weight_map: Dict[str, str] = {}
-    total = 0
-    for name, fqns in sorted(files.items()):
-        entries = []
-        for fqn in fqns:
-            md = metadata.state_dict_metadata[fqn]
-            assert isinstance(md, TensorStorageMetadata)
-            dtype = BY_TORCH.get(md.properties.dtype)
-            if dtype is None:
-                raise ValueError(f"tensor {fqn!r}: safetensors has no dtype for {md.properties.dtype}")
-            entries.append((fqn, dtype, tuple(md.size)))
-        placed = layout(entries)
-        with client.put_object(bucket, out_folder + name) as out:
-            out.write(build_header(placed, {"format": "pt"}))
-            for fqn, _dtype, shape, _begin, _end in placed:
-                md = metadata.state_dict_metadata[fqn]
-                assert isinstance(md, TensorStorageMetadata)
-                full = torch.empty(shape, dtype=md.properties.dtype)
-                pieces = saved.state_dict_metadata[fqn]
-                assert isinstance(pieces, TensorStorageMetadata)
-                placements = []
-                for chunk in pieces.chunks:
-                    info = reader.storage_data[MetadataIndex(fqn=fqn, offset=chunk.offsets)]
-                    f, t = reader._pieces[(info.key, info.name)]
-                    cut = tuple(slice(o, o + n) for o, n in zip(chunk.offsets, chunk.sizes))
-                    placements.append(Placement(f, t, full[cut] if cut else full))
-                covered = sum(math.prod(c.sizes) for c in pieces.chunks)
-                if covered != full.numel():
-                    raise ValueError(f"tensor {fqn!r}: its pieces cover {covered} of its {full.numel()} elements")
-                read_into(loader_for, placements, DEFAULT_BATCH_BYTES)
-                data = tensor_bytes(full)
-                if data is not None:
-                    out.write(data)
-                weight_map[fqn] = name
-                total += full.numel() * full.element_size()
+    progress.set_total(sum(_nbytes(md) for tensors in files.values() for _, md in tensors))
+    with progress:
+        for name, tensors in sorted(files.items()):
+            _write_file(reader, saved, loader_for, bucket, out_folder + name, tensors, progress)
+            weight_map.update({fqn: name for fqn, _ in tensors})
+    total = sum(_nbytes(md) for tensors in files.values() for _, md in tensors)
     body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
-    client.put(bucket, out_folder + INDEX_NAME, body)
+    reader.client.put(bucket, out_folder + INDEX_NAME, body)
+
+
+def _write_file(
+    reader: S3HuggingFaceStorageReader,
+    saved: Metadata,
+    loader_for: Callable[[torch.device], Any],
+    bucket: str,
+    key: str,
+    tensors: List[Tuple[str, TensorStorageMetadata]],
+    progress: Progress,
+) -> None:
+    """One output file: its header, then each tensor put together from its pieces and written."""
+    from ..safetensors._dtypes import BY_TORCH
+    from ..safetensors._header import build_header, layout
+    from ..safetensors._into import Placement, read_into
+    from ..safetensors._save import tensor_bytes
+
+    entries = []
+    by_name = dict(tensors)
+    for fqn, md in tensors:
+        dtype = BY_TORCH.get(md.properties.dtype)
+        if dtype is None:
+            raise ValueError(f"tensor {fqn!r}: safetensors has no dtype for {md.properties.dtype}")
+        entries.append((fqn, dtype, tuple(md.size)))
+    placed = layout(entries)
+    with reader.client.put_object(bucket, key) as out:
+        out.write(build_header(placed, {"format": "pt"}))
+        for fqn, _dtype, shape, _begin, _end in placed:
+            full = torch.empty(shape, dtype=by_name[fqn].properties.dtype)
+            pieces = saved.state_dict_metadata[fqn]
+            assert isinstance(pieces, TensorStorageMetadata)
+            placements = []
+            for chunk in pieces.chunks:
+                info = reader.storage_data[MetadataIndex(fqn=fqn, offset=chunk.offsets)]
+                f, t = reader._pieces[(info.key, info.name)]
+                cut = tuple(slice(o, o + n) for o, n in zip(chunk.offsets, chunk.sizes))
+                placements.append(Placement(f, t, full[cut] if cut else full))
+            covered = sum(math.prod(c.sizes) for c in pieces.chunks)
+            if covered != full.numel():
+                raise ValueError(f"tensor {fqn!r}: its pieces cover {covered} of its {full.numel()} elements")
+            read_into(loader_for, placements, DEFAULT_BATCH_BYTES)
+            data = tensor_bytes(full)
+            if data is not None:
+                out.write(data)
+                progress.add(data.numel())
+
+
+def _nbytes(md: TensorStorageMetadata) -> int:
+    return math.prod(md.size) * md.properties.dtype.itemsize

@@ -36,6 +36,7 @@ from torch.futures import Future
 
 from .._client import S3Client
 from .._config import S3ClientConfig
+from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from ..safetensors._source import _list
 from .s3_file_system import S3FileSystem
@@ -80,6 +81,8 @@ class S3HuggingFaceStorageWriter(StorageWriter):
             tensor's pieces concurrently whatever it is.
         s3client_config: an :class:`~s3torch.S3ClientConfig`.
         endpoint: the S3 endpoint (default as for :class:`~s3torch.S3Client`).
+        progress: report each rank's save, and the consolidation: a live bar (bytes, GB/s,
+            ETA) when stderr is a terminal, else a line every 5 s; then one summary line.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         thread_count_consolidation: int = 1,
         s3client_config: Optional[S3ClientConfig] = None,
         endpoint: Optional[str] = None,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(thread_count, int) or thread_count < 1:
@@ -114,6 +118,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         self.enable_consolidation = bool(enable_consolidation)
         self.thread_count_consolidation = thread_count_consolidation
         self.is_coordinator = False
+        self.progress = bool(progress)
         self.save_id = uuid.uuid4().hex
         self._set_path(path)
 
@@ -184,8 +189,8 @@ class S3HuggingFaceStorageWriter(StorageWriter):
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
         """Stream each of this rank's files; the future holds every item's result."""
+        from ..safetensors._save import file_size, write
         from ..safetensors._save import plan as plan_file
-        from ..safetensors._save import write
 
         data: Dict[str, Any] = plan.storage_data or {}
         mapping: Optional[Dict[str, int]] = data.get("fqn_to_index_mapping")
@@ -212,9 +217,11 @@ class S3HuggingFaceStorageWriter(StorageWriter):
             metadata = {SHARDING_INFO_KEY: json.dumps(offsets), DCP_VERSION_KEY: DCP_VERSION, "format": "pt"}
             jobs.append((name, items, tensors, plan_file(tensors, metadata)))  # every file checked first
 
+        report = Progress("HF save to", self.path, self.progress, total=sum(file_size(j[3], j[2]) for j in jobs))
+
         def one(job: Any) -> List[WriteResult]:
             name, items, tensors, planned = job
-            write(self.client, self._bucket, self._pieces_folder + name, tensors, planned)
+            write(self.client, self._bucket, self._pieces_folder + name, tensors, planned, on_bytes=report.add)
             return [
                 WriteResult(
                     index=item.index,
@@ -227,9 +234,10 @@ class S3HuggingFaceStorageWriter(StorageWriter):
             ]
 
         results: List[WriteResult] = []
-        with ThreadPoolExecutor(
-            max(1, min(self.thread_count, len(jobs))), thread_name_prefix="s3torch-hf-save"
-        ) as pool:
+        with (
+            report,
+            ThreadPoolExecutor(max(1, min(self.thread_count, len(jobs))), thread_name_prefix="s3torch-hf-save") as pool,
+        ):
             for got in pool.map(one, jobs):
                 results += got
         fut: "Future[List[WriteResult]]" = Future()
@@ -254,6 +262,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 self._folder,
                 metadata,
                 mapping,
+                Progress("HF consolidate into", self.path, self.progress),
             )
             return
         weight_map: Dict[str, str] = {}

@@ -24,6 +24,7 @@ from torch import nn
 
 from .._client import S3Client
 from .._config import S3ClientConfig
+from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from ._into import Placement, merged, read_into
 from ._load import Loader
@@ -92,6 +93,7 @@ def save_torch_state_dict(
     is_main_process: bool = True,
     shared_tensors_to_discard: Optional[List[str]] = None,
     overwrite: bool = True,
+    progress: bool = False,
     client: Optional[S3Client] = None,
     region: Optional[str] = None,
     endpoint: Optional[str] = None,
@@ -119,6 +121,8 @@ def save_torch_state_dict(
         shared_tensors_to_discard: names to drop first among tensors that share memory.
         overwrite: False: ``FileExistsError`` when the folder holds files of this pattern, and
             every write is create-only.
+        progress: report the save: a live bar (bytes, GB/s, ETA) when stderr is a terminal,
+            else a line every 5 s; then one summary line.
         client: an :class:`~s3torch.S3Client` (see :class:`safe_open`).
         region: for a client made here.
         endpoint: for a client made here.
@@ -139,7 +143,19 @@ def save_torch_state_dict(
         state = {k: v.contiguous() for k, v in state.items()}
     layout = split(state, pattern, limit)
     s3 = client_of(client, region, endpoint, s3client_config)
-    keys = save_folder(s3, bucket, folder, state, layout, pattern, dict(meta or {}), overwrite, is_main_process)
+    where = f"s3://{bucket}/{folder}"
+    keys = save_folder(
+        s3,
+        bucket,
+        folder,
+        state,
+        layout,
+        pattern,
+        dict(meta or {}),
+        overwrite,
+        is_main_process,
+        Progress("save to", where, progress),
+    )
     return [f"s3://{bucket}/{k}" for k in keys]
 
 
@@ -155,6 +171,7 @@ def save_torch_model(
     is_main_process: bool = True,
     shared_tensors_to_discard: Optional[List[str]] = None,
     overwrite: bool = True,
+    progress: bool = False,
     client: Optional[S3Client] = None,
     region: Optional[str] = None,
     endpoint: Optional[str] = None,
@@ -173,6 +190,7 @@ def save_torch_model(
         is_main_process=is_main_process,
         shared_tensors_to_discard=shared_tensors_to_discard,
         overwrite=overwrite,
+        progress=progress,
         client=client,
         region=region,
         endpoint=endpoint,
@@ -202,6 +220,7 @@ def load_model(
     endpoint: Optional[str] = None,
     s3client_config: Optional[S3ClientConfig] = None,
     verify_checksums: bool = True,
+    progress: bool = False,
 ) -> Tuple[List[str], List[str]]:
     """Load safetensors weights from S3 into a model, like ``safetensors.torch.load_model``:
     straight into the model's own tensors (see docs/safetensors.md, "Load into a model").
@@ -223,6 +242,7 @@ def load_model(
         endpoint: for a client made here.
         s3client_config: for a client made here.
         verify_checksums: as :class:`safe_open`'s.
+        progress: report the load (as :func:`save_torch_state_dict`'s).
 
     Returns:
         ``(missing, unexpected)``: the model's names the file lacks, the file's the model lacks.
@@ -236,7 +256,7 @@ def load_model(
         s3client_config=s3client_config,
         verify_checksums=verify_checksums,
     )
-    return _load_into(model, f, strict, device)
+    return _load_into(model, f, strict, device, progress)
 
 
 def load_torch_model(
@@ -254,6 +274,7 @@ def load_torch_model(
     endpoint: Optional[str] = None,
     s3client_config: Optional[S3ClientConfig] = None,
     verify_checksums: bool = True,
+    progress: bool = False,
 ) -> IncompatibleKeys:
     """Load a file, or a folder of shards, into a model, like ``huggingface_hub.load_torch_model``
     (``strict`` defaults to False, as there); loaded as :func:`load_model` loads.
@@ -274,6 +295,7 @@ def load_torch_model(
         endpoint: for a client made here.
         s3client_config: for a client made here.
         verify_checksums: as :class:`safe_open`'s.
+        progress: report the load (as :func:`save_torch_state_dict`'s).
 
     Returns:
         ``(missing_keys, unexpected_keys)``.
@@ -300,7 +322,7 @@ def load_torch_model(
                 f"found {len(files)} {FILE_SUFFIX} files and {sum(k.endswith(INDEX_SUFFIX) for k in listed)} indexes"
             )
     f = safe_open(uri, device="cpu", client=s3, verify_checksums=verify_checksums)
-    missing, unexpected = _load_into(model, f, strict, map_location or "cpu")
+    missing, unexpected = _load_into(model, f, strict, map_location or "cpu", progress)
     return IncompatibleKeys(missing, unexpected)
 
 
@@ -317,7 +339,9 @@ def _custom_loading(model: nn.Module, state: Dict[str, torch.Tensor]) -> bool:
     return any(type(t) is not torch.Tensor or t.device.type == "meta" for t in state.values())
 
 
-def _load_into(model: nn.Module, f: safe_open, strict: bool, device: Device) -> Tuple[List[str], List[str]]:
+def _load_into(
+    model: nn.Module, f: safe_open, strict: bool, device: Device, progress: bool
+) -> Tuple[List[str], List[str]]:
     state = model.state_dict()
     names = f.offset_keys()
     in_file = set(names)
@@ -330,9 +354,14 @@ def _load_into(model: nn.Module, f: safe_open, strict: bool, device: Device) -> 
     if strict and (missing or unexpected):
         raise RuntimeError(_key_errors(model, missing, unexpected))
     wanted = [n for n in names if n in state and n not in dropped]
+    report = Progress("load into a model from", f.uri, progress)
+    report.set_total(sum(f._entry(n)[1].nbytes for n in wanted))
     if _custom_loading(model, state):
-        loaded = f._loader(device_of(device), None, False).load([f._entry(n) for n in wanted])
-        model.load_state_dict(loaded, strict=False)
+        loader = f._loader(device_of(device), None, False)
+        loader.on_progress = report.add
+        with report:
+            loaded = loader.load([f._entry(n) for n in wanted])
+            model.load_state_dict(loaded, strict=False)
         return missing, unexpected
     errors = []
     for n in wanted:
@@ -351,10 +380,12 @@ def _load_into(model: nn.Module, f: safe_open, strict: bool, device: Device) -> 
     def loader_for(device: torch.device) -> Loader:
         loaders.append(f._loader(device, None, False))
         loaders[-1].ring_bytes, loaders[-1].slot_bytes = ring_sizes(device, None, None)
+        loaders[-1].on_progress = report.add
         return loaders[-1]
 
     try:
-        read_into(loader_for, placements, BATCH_BYTES)
+        with report:
+            read_into(loader_for, placements, BATCH_BYTES)
     finally:
         f.last_load_stats, f.last_load_checksums = merged(loaders)
     return missing, unexpected

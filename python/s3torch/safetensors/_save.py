@@ -10,7 +10,7 @@ differ).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -96,13 +96,24 @@ def write(
     tensors: Dict[str, torch.Tensor],
     planned: Tuple[bytes, List[str]],
     exclusive: bool = False,
+    on_bytes: Optional[Callable[[int], None]] = None,
 ) -> None:
     """Stream a file :func:`plan` planned into one upload (``exclusive``: create-only); the
-    object appears when it completes, and a failed upload is aborted."""
+    object appears when it completes, and a failed upload is aborted. ``on_bytes`` is told
+    the size of each piece handed to the upload."""
     header, order = planned
     with s3.put_object(bucket, key, exclusive=exclusive) as writer:
         writer.write(header)
+        if on_bytes is not None:
+            on_bytes(len(header))
         for name in order:
             data = tensor_bytes(tensors[name])
             if data is not None:
                 writer.write(data)
+                if on_bytes is not None:
+                    on_bytes(data.numel())
+
+
+def file_size(planned: Tuple[bytes, List[str]], tensors: Dict[str, torch.Tensor]) -> int:
+    """The bytes of the file :func:`plan` planned."""
+    return len(planned[0]) + sum(tensors[n].numel() * tensors[n].element_size() for n in planned[1])

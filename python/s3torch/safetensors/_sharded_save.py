@@ -29,7 +29,8 @@ import torch
 from .. import _crt
 from .._client import S3Client
 from .._notes import add_note
-from ._save import plan, write
+from .._progress import Progress
+from ._save import file_size, plan, write
 from ._shards import Split, index_name, written_by
 from ._source import _list
 
@@ -48,6 +49,7 @@ def save_folder(
     metadata: Dict[str, str],
     overwrite: bool,
     is_main_process: bool,
+    progress: Progress,
 ) -> List[str]:
     """Write ``layout``'s files (and its index when sharded) under ``folder`` (a prefix
     ending in ``/``, or ""); the keys written."""
@@ -74,10 +76,12 @@ def save_folder(
         earlier = []
 
     done: List[str] = []
+    progress.set_total(sum(file_size(p, t) for t, p in planned.values()) + (len(index[1]) if index else 0))
+    progress.start()
     try:
         with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(planned))), thread_name_prefix="s3torch-save") as pool:
             futures = {
-                key: pool.submit(write, s3, bucket, key, tensors, p, not overwrite)
+                key: pool.submit(write, s3, bucket, key, tensors, p, not overwrite, progress.add)
                 for key, (tensors, p) in planned.items()
             }
             first: Optional[BaseException] = None
@@ -92,11 +96,14 @@ def save_folder(
         if index is not None:
             with s3.put_object(bucket, index[0], exclusive=not overwrite) as w:
                 w.write(index[1])
+            progress.add(len(index[1]))
     except BaseException as e:
+        progress.__exit__(type(e), e, None)  # stop drawing, no summary
         left = _delete_quietly(s3, bucket, done)
         if left:
             add_note(e, f"s3torch: shards this save wrote could not be deleted: {', '.join(left)}")
         raise
+    progress.done()
     if is_main_process:
         _delete(s3, bucket, [k for k in earlier if k not in new], "an earlier save's file, not replaced by this save")
     return sorted(new)
