@@ -188,3 +188,14 @@ def test_progress_counts_the_files_written(seaweed_env, prefix, monkeypatch, cap
     files = sum(o.size for page in client.list_objects(BUCKET, f"{prefix}hf/model-") for o in page.objects)
     assert seen == [("HF save to", base, files)]
     assert f"s3torch: HF save to {base}: " in capsys.readouterr().out
+
+
+def test_overwrite_false_refuses_a_folder_holding_a_checkpoint(seaweed_env, prefix) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed_env)
+    base = f"s3://{BUCKET}/{prefix}hf"
+    kw = dict(fqn_to_index_mapping=MAPPING, overwrite=False, **_kw(seaweed_env))
+    dcp.save(_model(6), storage_writer=S3HuggingFaceStorageWriter(REGION, base, **kw))  # an empty folder: written
+    before = {n: client.get_object(BUCKET, f"{prefix}hf/{n}").read() for n in _listing(client, f"{prefix}hf/")}
+    with pytest.raises(CheckpointException, match="holds a Hugging Face checkpoint already"):
+        dcp.save(_model(7), storage_writer=S3HuggingFaceStorageWriter(REGION, base, **kw))
+    assert {n: client.get_object(BUCKET, f"{prefix}hf/{n}").read() for n in _listing(client, f"{prefix}hf/")} == before

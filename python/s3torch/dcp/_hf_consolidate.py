@@ -34,6 +34,7 @@ def consolidate(
     metadata: Metadata,
     mapping: Dict[str, int],
     progress: Progress,
+    exclusive: bool = False,
 ) -> None:
     """Write the full tensors of ``metadata`` into the files ``mapping`` numbers under
     ``out_folder``, from the pieces under ``pieces_folder``; then the index."""
@@ -64,11 +65,11 @@ def consolidate(
     progress.set_total(sum(_nbytes(md) for tensors in files.values() for _, md in tensors))
     with progress:
         for name, tensors in sorted(files.items()):
-            _write_file(reader, saved, loader_for, bucket, out_folder + name, tensors, progress)
+            _write_file(reader, saved, loader_for, bucket, out_folder + name, tensors, progress, exclusive)
             weight_map.update({fqn: name for fqn, _ in tensors})
     total = sum(_nbytes(md) for tensors in files.values() for _, md in tensors)
     body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
-    reader.client.put(bucket, out_folder + INDEX_NAME, body)
+    reader.client.put(bucket, out_folder + INDEX_NAME, body, exclusive=exclusive)
 
 
 def _write_file(
@@ -79,6 +80,7 @@ def _write_file(
     key: str,
     tensors: List[Tuple[str, TensorStorageMetadata]],
     progress: Progress,
+    exclusive: bool,
 ) -> None:
     """One output file: its header, then each tensor put together from its pieces and written."""
     from ..safetensors._dtypes import BY_TORCH
@@ -94,7 +96,7 @@ def _write_file(
             raise ValueError(f"tensor {fqn!r}: safetensors has no dtype for {md.properties.dtype}")
         entries.append((fqn, dtype, tuple(md.size)))
     placed = layout(entries)
-    with reader.client.put_object(bucket, key) as out:
+    with reader.client.put_object(bucket, key, exclusive=exclusive) as out:
         out.write(build_header(placed, {"format": "pt"}))
         for fqn, _dtype, shape, _begin, _end in placed:
             full = torch.empty(shape, dtype=by_name[fqn].properties.dtype)

@@ -43,6 +43,7 @@ from .s3_file_system import S3FileSystem
 from .s3_hf_storage_reader import SHARDING_INFO_KEY
 
 INDEX_NAME = "model.safetensors.index.json"
+_OURS = re.compile(r"(shard-\d{5}-)?model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json")
 _PIECE = re.compile(r"shard-\d{5}-model-\d{5}-of-\d{5}\.safetensors")
 SHARDED_DIR = "sharded"
 DCP_VERSION_KEY = "DCP_VERSION"
@@ -83,6 +84,10 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         endpoint: the S3 endpoint (default as for :class:`~s3torch.S3Client`).
         progress: report each rank's save, and the consolidation: a live bar (bytes, GB/s,
             ETA) when stderr is a terminal, else a line every 5 s; then one summary line.
+        overwrite: False: refuse a folder holding a Hugging Face checkpoint already (its
+            index, ``model-*`` or ``shard-*`` files: ``FileExistsError`` before anything is
+            written), and write every file create-only (``If-None-Match: *``), so that a save
+            racing this one is not replaced either.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         s3client_config: Optional[S3ClientConfig] = None,
         endpoint: Optional[str] = None,
         progress: bool = False,
+        overwrite: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(thread_count, int) or thread_count < 1:
@@ -119,6 +125,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         self.thread_count_consolidation = thread_count_consolidation
         self.is_coordinator = False
         self.progress = bool(progress)
+        self.overwrite = bool(overwrite)
         self.save_id = uuid.uuid4().hex
         self._set_path(path)
 
@@ -171,7 +178,21 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         """Each rank's plan with the file mapping, and its shard number when distributed (as
         torch). A distributed save first deletes the pieces an earlier one left in its folder
         (``shard-*-model-*.safetensors``): consolidation, and any reader, would take them for
-        pieces of this one."""
+        pieces of this one. With ``overwrite=False`` a folder holding a checkpoint is refused
+        here instead (the coordinator lists it once, before anything is written)."""
+        if not self.overwrite:
+            folders = {self._folder, self._pieces_folder}
+            taken = [
+                k
+                for f in sorted(folders)
+                for k in _list(self.client._get_native(), self._bucket, f)
+                if _OURS.fullmatch(k[len(f) :])
+            ]
+            if taken:
+                raise FileExistsError(
+                    f"{self.path} holds a Hugging Face checkpoint already ({', '.join(taken[:3])}); "
+                    "pass overwrite=True to replace it, or save to another folder"
+                )
         if self.save_distributed:
             listed = _list(self.client._get_native(), self._bucket, self._pieces_folder)
             for key in listed:
@@ -221,7 +242,15 @@ class S3HuggingFaceStorageWriter(StorageWriter):
 
         def one(job: Any) -> List[WriteResult]:
             name, items, tensors, planned = job
-            write(self.client, self._bucket, self._pieces_folder + name, tensors, planned, on_bytes=report.add)
+            write(
+                self.client,
+                self._bucket,
+                self._pieces_folder + name,
+                tensors,
+                planned,
+                exclusive=not self.overwrite,
+                on_bytes=report.add,
+            )
             return [
                 WriteResult(
                     index=item.index,
@@ -263,6 +292,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 metadata,
                 mapping,
                 Progress("HF consolidate into", self.path, self.progress),
+                exclusive=not self.overwrite,
             )
             return
         weight_map: Dict[str, str] = {}
@@ -272,7 +302,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 weight_map[wr.index.fqn] = wr.storage_data.relative_path
                 total += wr.storage_data.length
         body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
-        self.client.put(self._bucket, self._folder + INDEX_NAME, body)
+        self.client.put(self._bucket, self._folder + INDEX_NAME, body, exclusive=not self.overwrite)
 
 
 __all__ = ["S3HuggingFaceStorageWriter"]
