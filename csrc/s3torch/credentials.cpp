@@ -191,7 +191,8 @@ namespace {
 std::string sso_hint(const std::string &profile) {
     return "profile '" + profile +
            "' signs in through AWS IAM Identity Center (SSO) and its sign-in token (~/.aws/sso/cache) is missing "
-           "or expired (the AWS CRT reads it, never refreshes it); sign in again: aws sso login --profile " +
+           "or expired (s3torch refreshes it while its sso-session's refresh token is valid; a warning says why "
+           "a refresh failed); sign in again: aws sso login --profile " +
            profile + " (S3TORCH_CRT_LOG=error logs why the token was refused)";
 }
 

@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import _crt, _listing, _uploads
+from . import _crt, _listing, _sso_refresh, _uploads
 from ._config import S3ClientConfig, default_region
 from ._user_agent import UserAgent, prefix_of
 from .s3reader import S3Reader
@@ -74,6 +74,8 @@ class S3Client:
         # Validate now, in the caller's process, so bad configuration fails at construction.
         self._get_native()
         _uploads.track(self)
+        if not (self._config.access_key_id or self._config.unsigned):
+            _sso_refresh.keep_fresh(self._config.profile)  # a profile signing in with `aws sso login`
 
     # --- lifecycle -----------------------------------------------------------------------
     def _get_native(self) -> _crt.NativeClient:

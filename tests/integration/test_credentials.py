@@ -314,6 +314,162 @@ def test_an_sso_profile_signed_in_with_aws_sso_login(
     ), handler.seen
 
 
+OIDC_HOST = "oidc.us-east-1.amazonaws.com"
+
+
+class _SsoServices(http.server.BaseHTTPRequestHandler):
+    """The SSO portal (GET: the role's keys for an access token the OIDC stub issued) and the
+    SSO OIDC service (POST /token: CreateToken with the current refresh token gives a new access
+    token, ``fresh-N``, and rotates the refresh token, ``rt-N``; any other gets invalid_grant)."""
+
+    expires_in = 8 * 3600
+    refresh_token = "rt-0"
+    issued: List[str] = []
+    oidc_seen: List[Any] = []
+    portal_seen: List[str] = []
+
+    def _answer(self, status: int, doc: Any) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        token = self.headers.get("x-amz-sso_bearer_token", "")
+        type(self).portal_seen.append(token)
+        if token not in self.issued:
+            self._answer(401, {"message": "Session token not found or invalid"})
+            return
+        creds = {"accessKeyId": "ASIASSOROLEKEY000001", "secretAccessKey": "s" * 40, "sessionToken": "role-session"}
+        self._answer(200, {"roleCredentials": {**creds, "expiration": 4102444800000}})
+
+    def do_POST(self) -> None:
+        cls = type(self)
+        doc = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        cls.oidc_seen.append((self.path, doc))
+        if self.path != "/token" or doc.get("refreshToken") != cls.refresh_token:
+            self._answer(400, {"error": "invalid_grant"})
+            return
+        n = len(cls.issued) + 1
+        cls.issued.append(f"fresh-{n}")
+        cls.refresh_token = f"rt-{n}"
+        self._answer(200, {"accessToken": f"fresh-{n}", "expiresIn": cls.expires_in, "refreshToken": f"rt-{n}"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _sso_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chain: Path, token: dict) -> Iterator[Any]:
+    """The `aws sso login` state of profile dev (its token cached as ``token``), and the SSO
+    portal and OIDC service reached through a CONNECT proxy; yields (services, cache file)."""
+    import hashlib
+
+    from s3torch import _sso_refresh
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    chain.write_text(SSO_PROFILES)
+    cache = tmp_path / "home" / ".aws" / "sso" / "cache"
+    cache.mkdir(parents=True)
+    path = cache / (hashlib.sha1(b"corp").hexdigest() + ".json")
+    path.write_text(json.dumps(token))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    ca = make_ca(tmp_path / "ca", names=(SSO_HOST, OIDC_HOST))
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
+    services = type("Sso", (_SsoServices,), {"issued": [], "oidc_seen": [], "portal_seen": []})
+    with _serving(services) as url, TlsFront(url, ca[1], ca[2]) as tls, ConnectProxy(("127.0.0.1", tls.port)) as tunnel:
+        monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
+        try:
+            yield services, path
+        finally:
+            _sso_refresh.stop_all()
+    assert set(tunnel.asked) <= {f"{SSO_HOST}:443", f"{OIDC_HOST}:443"}
+
+
+SIGNED_IN = {
+    "startUrl": "https://corp.awsapps.com/start",
+    "region": "us-east-1",
+    "accessToken": "expired-token",
+    "expiresAt": "2020-01-01T00:00:00Z",
+    "clientId": "client-id",
+    "clientSecret": "client-secret",
+    "refreshToken": "rt-0",
+    "registrationExpiresAt": "2099-01-01T00:00:00Z",
+}
+
+
+def test_an_expired_sso_sign_in_is_refreshed_as_boto3_refreshes_it(
+    moto: Any, prefix: str, chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached access token has expired; its refresh token has not. The client refreshes it
+    at the OIDC service (CreateToken), writes it back where the CRT (and the AWS CLI) read it,
+    and every request is signed with the role keys the new token gets. Before, the CRT read the
+    expired token and the client had no credentials."""
+    import stat
+    import time
+
+    with _sso_services(tmp_path, monkeypatch, chain, SIGNED_IN) as (sso, path):
+        with FaultProxy.in_front_of(moto.endpoint) as s3:
+            _round_trip(S3Client(REGION, endpoint=s3.endpoint), prefix + "sso-refreshed")
+    body = {
+        "grantType": "refresh_token",
+        "clientId": "client-id",
+        "clientSecret": "client-secret",
+        "refreshToken": "rt-0",
+    }
+    assert sso.oidc_seen == [("/token", body)]
+    assert sso.portal_seen and set(sso.portal_seen) == {"fresh-1"}
+    cached = json.loads(path.read_text())
+    assert {k: v for k, v in cached.items() if k not in ("accessToken", "refreshToken", "expiresAt")} == {
+        k: v for k, v in SIGNED_IN.items() if k not in ("accessToken", "refreshToken", "expiresAt")
+    }
+    assert cached["accessToken"] == "fresh-1" and cached["refreshToken"] == "rt-1"
+    expires = time.mktime(time.strptime(cached["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert abs(expires - (time.time() + 8 * 3600)) < 120
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_sign_in_is_refreshed_again_before_it_expires(
+    chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long job: the keeper thread refreshes the token again before each expiry (here a
+    window of 2 s and tokens of 4 s), each time with the refresh token the last one rotated."""
+    import time
+
+    from s3torch import _sso_refresh
+
+    monkeypatch.setattr(_sso_refresh, "REFRESH_WINDOW_S", 2)
+    with _sso_services(tmp_path, monkeypatch, chain, SIGNED_IN) as (sso, path):
+        sso.expires_in = 4
+        S3Client(REGION)
+        deadline = time.monotonic() + 20
+        while len(sso.issued) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(sso.issued) >= 3, sso.oidc_seen
+        assert [doc["refreshToken"] for _, doc in sso.oidc_seen[:3]] == ["rt-0", "rt-1", "rt-2"]
+        assert json.loads(path.read_text())["accessToken"] in sso.issued
+
+
+def test_a_refresh_the_service_refuses_is_logged_and_changes_nothing(
+    chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    revoked = {**SIGNED_IN, "refreshToken": "revoked"}
+    with _sso_services(tmp_path, monkeypatch, chain, revoked) as (sso, path):
+        with caplog.at_level("WARNING", logger="s3torch"):
+            S3Client(REGION)  # made all the same: requests fail once they need the expired token
+        assert json.loads(path.read_text()) == revoked
+    assert [doc["refreshToken"] for _, doc in sso.oidc_seen][:1] == ["revoked"]
+    assert any(
+        "could not refresh the IAM Identity Center sign-in of sso-session 'corp'" in r.message for r in caplog.records
+    )
+    assert not any("client-secret" in r.message or "revoked" in r.message for r in caplog.records)  # no secret logged
+
+
 @pytest.mark.parametrize("profile_from", ["default", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"])
 def test_no_credentials_says_where_they_were_looked_for(
     chain: Path, monkeypatch: pytest.MonkeyPatch, profile_from: str
