@@ -771,17 +771,7 @@ def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float
 
         return warmed(ctx, peer, op)
     if peer == "runai":
-        # Its S3 backend (the AWS C++ SDK) reads the endpoint and credentials from the
-        # environment; nginx ignores the signature.
-        os.environ.update(
-            AWS_ENDPOINT_URL=ctx["endpoint"],
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_REGION="us-east-1",
-            AWS_DEFAULT_REGION="us-east-1",
-            RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0",
-            RUNAI_STREAMER_LOG_LEVEL="WARNING",
-        )
+        _runai_env(ctx)
         from runai_model_streamer import SafetensorsStreamer
 
         paths = [f"s3://{b}/{k}" for k in files]
@@ -808,6 +798,20 @@ def setup_safetensors_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float
 
         return op3
     raise KeyError(peer)
+
+
+def _runai_env(ctx: Dict[str, Any]) -> None:
+    """runai-model-streamer's S3 backend (the AWS C++ SDK) reads the endpoint and credentials
+    from the environment; nginx ignores the signature."""
+    os.environ.update(
+        AWS_ENDPOINT_URL=ctx["endpoint"],
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_REGION="us-east-1",
+        AWS_DEFAULT_REGION="us-east-1",
+        RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0",
+        RUNAI_STREAMER_LOG_LEVEL="WARNING",
+    )
 
 
 def setup_hf_dcp_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
@@ -959,15 +963,7 @@ def setup_hf_model_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
         return op2
     if peer == "runai":
-        os.environ.update(
-            AWS_ENDPOINT_URL=ctx["endpoint"],
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_REGION="us-east-1",
-            AWS_DEFAULT_REGION="us-east-1",
-            RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0",
-            RUNAI_STREAMER_LOG_LEVEL="WARNING",
-        )
+        _runai_env(ctx)
         from runai_model_streamer import SafetensorsStreamer
 
         paths = [f"s3://{b}/{k}" for k in ctx["files"]]
