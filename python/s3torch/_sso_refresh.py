@@ -89,9 +89,8 @@ def _session(config_file: str, profile: str) -> Optional[Tuple[str, str]]:
     """(sso-session name, its sso_region) of ``profile``, None for a legacy profile."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.read(config_file)
-    section = profile if profile == "default" else f"profile {profile}"
-    if not parser.has_section(section):
-        section = profile
+    # "[profile NAME]"; the default profile is "[default]" or "[profile default]".
+    section = next((s for s in (f"profile {profile}", profile) if parser.has_section(s)), f"profile {profile}")
     name = parser.get(section, "sso_session", fallback="").strip()
     if not name:
         return None
