@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
@@ -38,8 +38,6 @@ def consolidate(
 ) -> None:
     """Write the full tensors of ``metadata`` into the files ``mapping`` numbers under
     ``out_folder``, from the pieces under ``pieces_folder``; then the index."""
-    from ..safetensors._load import Loader
-    from ..safetensors._open import ring_sizes
     from .s3_hf_storage_writer import INDEX_NAME, file_name
 
     reader = S3HuggingFaceStorageReader(
@@ -58,16 +56,13 @@ def consolidate(
             raise ValueError(f"tensor {fqn!r}: no piece of it under s3://{bucket}/{pieces_folder}")
         files.setdefault(file_name(mapping[fqn], largest), []).append((fqn, md))
 
-    def loader_for(device: torch.device) -> Loader:
-        return Loader(native, bucket, device, None, False, *ring_sizes(device, None, None))
-
     weight_map: Dict[str, str] = {}
-    progress.set_total(sum(_nbytes(md) for tensors in files.values() for _, md in tensors))
+    total = sum(_nbytes(md) for tensors in files.values() for _, md in tensors)
+    progress.set_total(total)
     with progress:
         for name, tensors in sorted(files.items()):
-            _write_file(reader, saved, loader_for, bucket, out_folder + name, tensors, progress, exclusive)
+            _write_file(reader, saved, native, bucket, out_folder + name, tensors, progress, exclusive)
             weight_map.update({fqn: name for fqn, _ in tensors})
-    total = sum(_nbytes(md) for tensors in files.values() for _, md in tensors)
     body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
     reader.client.put(bucket, out_folder + INDEX_NAME, body, exclusive=exclusive)
 
@@ -75,7 +70,7 @@ def consolidate(
 def _write_file(
     reader: S3HuggingFaceStorageReader,
     saved: Metadata,
-    loader_for: Callable[[torch.device], Any],
+    native: Any,
     bucket: str,
     key: str,
     tensors: List[Tuple[str, TensorStorageMetadata]],
@@ -85,7 +80,7 @@ def _write_file(
     """One output file: its header, then each tensor put together from its pieces and written."""
     from ..safetensors._dtypes import BY_TORCH
     from ..safetensors._header import build_header, layout
-    from ..safetensors._into import Placement, read_into
+    from ..safetensors._into import Loaders, Placement, read_into
     from ..safetensors._save import tensor_bytes
 
     entries = []
@@ -111,7 +106,7 @@ def _write_file(
             covered = sum(math.prod(c.sizes) for c in pieces.chunks)
             if covered != full.numel():
                 raise ValueError(f"tensor {fqn!r}: its pieces cover {covered} of its {full.numel()} elements")
-            read_into(loader_for, placements, DEFAULT_BATCH_BYTES)
+            read_into(Loaders(native, bucket), placements, DEFAULT_BATCH_BYTES)
             data = tensor_bytes(full)
             if data is not None:
                 out.write(data)

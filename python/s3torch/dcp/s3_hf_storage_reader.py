@@ -240,9 +240,7 @@ class S3HuggingFaceStorageReader(StorageReader):
         """Read the rows each item needs into the planner's destinations (safetensors/_into.py);
         the future is done when all are."""
         from ..safetensors._dtypes import PACKED
-        from ..safetensors._into import Placement, merged, read_into
-        from ..safetensors._load import Loader
-        from ..safetensors._open import ring_sizes
+        from ..safetensors._into import Loaders, Placement, read_into
 
         native = self.client._get_native()
         bucket, _ = parse_s3_uri(self.path)
@@ -267,23 +265,13 @@ class S3HuggingFaceStorageReader(StorageReader):
                 raise RuntimeError(f"{label}: the destination is {list(dst.size())}, the part to read {lens}")
             placements.append(Placement(f, t, dst, cut, item))
 
-        loaders: List["Loader"] = []
-
-        def loader_for(device: torch.device) -> "Loader":
-            loaders.append(Loader(native, bucket, device, None, False, *ring_sizes(device, None, None)))
-            loaders[-1].on_progress = self._progress.add
-            return loaders[-1]
-
+        loaders = Loaders(native, bucket, self._progress.add)
         self._progress.set_total(sum(p.info.nbytes for p in placements))
-        self._progress.start()
         try:
-            read_into(loader_for, placements, self.batch_bytes, lambda p: planner.commit_tensor(p.tag, p.dst))
-        except BaseException:
-            self._progress.__exit__(RuntimeError, None, None)  # stop drawing, no summary
-            raise
+            with self._progress:  # no summary when the read raises
+                read_into(loaders, placements, self.batch_bytes, lambda p: planner.commit_tensor(p.tag, p.dst))
         finally:
-            self.last_load_stats, self.last_load_checksums = merged(loaders)
-        self._progress.done()
+            self.last_load_stats, self.last_load_checksums = loaders.results()
         fut: "Future[None]" = Future()
         fut.set_result(None)
         return fut

@@ -14,13 +14,17 @@ stored checksum once its last piece has landed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from ._header import TensorInfo
 from ._load import Loader
+from ._open import ring_sizes
 from ._source import ShardFile
+
+if TYPE_CHECKING:
+    from .. import _crt
 
 
 @dataclass
@@ -35,14 +39,14 @@ class Placement:
 
 
 def read_into(
-    loader_for: Callable[[torch.device], Loader],
+    loader_for: "Loaders",
     placements: List[Placement],
     batch_bytes: int,
     on_done: Optional[Callable[[Placement], None]] = None,
 ) -> None:
     """Fill every placement's destination; ``on_done`` is called for each once it holds its
-    bytes. ``loader_for(device)`` makes the loader for a device (called once each; the caller
-    keeps them for their ``stats`` and ``checksums``). A destination read into itself has its
+    bytes. ``loader_for(device)`` makes the loader for a device (called once each; it keeps
+    them for their ``stats`` and ``checksums``). A destination read into itself has its
     autograd version bumped, as a copy into it would."""
     cpu = torch.device("cpu")
     loaders: Dict[torch.device, Loader] = {cpu: loader_for(cpu)}
@@ -101,16 +105,33 @@ def _read(
     loader.verify_checks()
 
 
-def merged(loaders: List[Loader]) -> Tuple[Dict[str, int], Dict[str, str]]:
-    """The loaders' stats summed, and their checksum outcomes (a file two loaders each read a
-    part of was checked by neither: "not checked" wins)."""
-    stats: Dict[str, int] = {}
-    checksums: Dict[str, str] = {}
-    for loader in loaders:
-        for k, v in loader.stats.items():
-            stats[k] = stats.get(k, 0) + v
-        for where, outcome in loader.checksums.items():
-            if checksums.get(where, "").startswith("not checked"):
-                continue
-            checksums[where] = outcome
-    return stats, checksums
+class Loaders:
+    """What :func:`read_into` makes its loaders with: one per device, for the read's bucket,
+    its ring sized for the device (``_open.ring_sizes``), each reporting the bytes it lands to
+    ``on_progress``; kept, for their stats and checksums after the read."""
+
+    def __init__(
+        self, native: "_crt.NativeClient", bucket: str, on_progress: Optional[Callable[[int], None]] = None
+    ) -> None:
+        self.native, self.bucket, self.on_progress = native, bucket, on_progress
+        self.made: List[Loader] = []
+
+    def __call__(self, device: torch.device) -> Loader:
+        loader = Loader(self.native, self.bucket, device, None, False, *ring_sizes(device, None, None))
+        loader.on_progress = self.on_progress
+        self.made.append(loader)
+        return loader
+
+    def results(self) -> Tuple[Dict[str, int], Dict[str, str]]:
+        """The loaders' stats summed, and their checksum outcomes (a file two loaders each read
+        a part of was checked by neither: "not checked" wins)."""
+        stats: Dict[str, int] = {}
+        checksums: Dict[str, str] = {}
+        for loader in self.made:
+            for k, v in loader.stats.items():
+                stats[k] = stats.get(k, 0) + v
+            for where, outcome in loader.checksums.items():
+                if checksums.get(where, "").startswith("not checked"):
+                    continue
+                checksums[where] = outcome
+        return stats, checksums

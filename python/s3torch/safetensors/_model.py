@@ -26,9 +26,8 @@ from .._client import S3Client
 from .._config import S3ClientConfig
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
-from ._into import Placement, merged, read_into
-from ._load import Loader
-from ._open import Device, client_of, device_of, ring_sizes, safe_open
+from ._into import Loaders, Placement, read_into
+from ._open import Device, client_of, device_of, safe_open
 from ._save import plan, write
 from ._sharded_save import save_folder
 from ._shards import DEFAULT_MAX_SHARD_SIZE, DEFAULT_PATTERN, check_pattern, parse_size, split
@@ -375,19 +374,12 @@ def _load_into(
     if errors:
         raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__}:\n\t" + "\n\t".join(errors))
     placements = [Placement(*f._entry(n), state[n]) for n in wanted]
-    loaders: List[Loader] = []
-
-    def loader_for(device: torch.device) -> Loader:
-        loaders.append(f._loader(device, None, False))
-        loaders[-1].ring_bytes, loaders[-1].slot_bytes = ring_sizes(device, None, None)
-        loaders[-1].on_progress = report.add
-        return loaders[-1]
-
+    loaders = Loaders(f._client._get_native(), f._bucket, report.add)
     try:
         with report:
-            read_into(loader_for, placements, BATCH_BYTES)
+            read_into(loaders, placements, BATCH_BYTES)
     finally:
-        f.last_load_stats, f.last_load_checksums = merged(loaders)
+        f.last_load_stats, f.last_load_checksums = loaders.results()
     return missing, unexpected
 
 
