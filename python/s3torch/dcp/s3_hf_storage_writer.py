@@ -193,7 +193,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                     f"{self.path} holds a Hugging Face checkpoint already ({', '.join(taken[:3])}); "
                     "pass overwrite=True to replace it, or save to another folder"
                 )
-        if self.save_distributed:
+        if self.save_distributed and self.overwrite:  # overwrite=False found none, above
             listed = _list(self.client._get_native(), self._bucket, self._pieces_folder)
             for key in listed:
                 if _PIECE.fullmatch(key[len(self._pieces_folder) :]):
@@ -251,16 +251,12 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 exclusive=not self.overwrite,
                 on_bytes=report.add,
             )
-            return [
-                WriteResult(
-                    index=item.index,
-                    size_in_bytes=tensors[item.index.fqn].numel() * tensors[item.index.fqn].element_size(),
-                    storage_data=HFWrite(
-                        name, tensors[item.index.fqn].numel() * tensors[item.index.fqn].element_size()
-                    ),
-                )
-                for item in items
-            ]
+            results = []
+            for item in items:
+                t = tensors[item.index.fqn]
+                n = t.numel() * t.element_size()
+                results.append(WriteResult(index=item.index, size_in_bytes=n, storage_data=HFWrite(name, n)))
+            return results
 
         results: List[WriteResult] = []
         with (

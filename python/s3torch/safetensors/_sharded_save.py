@@ -54,10 +54,8 @@ def save_folder(
     """Write ``layout``'s files (and its index when sharded) under ``folder`` (a prefix
     ending in ``/``, or ""); the keys written."""
     per_file = {"format": "pt"} if layout.sharded else {"format": "pt", **metadata}
-    planned = {
-        folder + name: ({n: state[n] for n in names}, plan({n: state[n] for n in names}, per_file))
-        for name, names in layout.files.items()
-    }
+    shards = {folder + name: {n: state[n] for n in names} for name, names in layout.files.items()}
+    planned = {key: (tensors, plan(tensors, per_file)) for key, tensors in shards.items()}
     index: Optional[Tuple[str, bytes]] = None
     if layout.sharded:
         index = (folder + index_name(pattern), layout.index_bytes(metadata))
@@ -77,9 +75,11 @@ def save_folder(
 
     done: List[str] = []
     progress.set_total(sum(file_size(p, t) for t, p in planned.values()) + (len(index[1]) if index else 0))
-    progress.start()
     try:
-        with ThreadPoolExecutor(max(1, min(FILE_THREADS, len(planned))), thread_name_prefix="s3torch-save") as pool:
+        with (
+            progress,
+            ThreadPoolExecutor(max(1, min(FILE_THREADS, len(planned))), thread_name_prefix="s3torch-save") as pool,
+        ):
             futures = {
                 key: pool.submit(write, s3, bucket, key, tensors, p, not overwrite, progress.add)
                 for key, (tensors, p) in planned.items()
@@ -93,17 +93,15 @@ def save_folder(
                     first = first or e
             if first is not None:
                 raise first
-        if index is not None:
-            with s3.put_object(bucket, index[0], exclusive=not overwrite) as w:
-                w.write(index[1])
-            progress.add(len(index[1]))
-    except BaseException as e:
-        progress.__exit__(type(e), e, None)  # stop drawing, no summary
+            if index is not None:
+                with s3.put_object(bucket, index[0], exclusive=not overwrite) as w:
+                    w.write(index[1])
+                progress.add(len(index[1]))
+    except BaseException as e:  # the progress stopped drawing, without a summary
         left = _delete_quietly(s3, bucket, done)
         if left:
             add_note(e, f"s3torch: shards this save wrote could not be deleted: {', '.join(left)}")
         raise
-    progress.done()
     if is_main_process:
         _delete(s3, bucket, [k for k in earlier if k not in new], "an earlier save's file, not replaced by this save")
     return sorted(new)
