@@ -90,7 +90,8 @@ def _session(config_file: str, profile: str) -> Optional[Tuple[str, str]]:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.read(config_file)
     # "[profile NAME]"; the default profile is "[default]" or "[profile default]".
-    section = next((s for s in (f"profile {profile}", profile) if parser.has_section(s)), f"profile {profile}")
+    sections = ("default", "profile default") if profile == "default" else (f"profile {profile}",)
+    section = next((s for s in sections if parser.has_section(s)), sections[0])
     name = parser.get(section, "sso_session", fallback="").strip()
     if not name:
         return None
