@@ -982,19 +982,23 @@ def setup_hf_model_load(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
 
 def setup_hf_model_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
-    """A bf16 module (distinct values per tensor) saved in shards of ``shard_bytes``; the
-    operation returns the tensor bytes."""
+    """A bf16 module (distinct values per tensor) saved in shards of ``shard_bytes``, on the
+    GPU in hf_model_save_cuda (but for the "-cpu" row); the operation returns the tensor bytes."""
 
     import torch
 
     model = _bf16_model(ctx["layers"], ctx["d_model"])
+    if ctx["scenario"].endswith("_cuda") and not peer.endswith("-cpu"):
+        model = model.cuda()
     with torch.no_grad():
         for i, p in enumerate(model.parameters()):
             p.fill_((i % 97) / 97)
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     n = float(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     b = ctx["bucket"]
     folder = f"bench/hf-save-{peer}-{os.getpid()}/"
-    if peer == "s3torch":
+    if peer.startswith("s3torch"):
         from s3torch.safetensors import save_torch_model
 
         client_kw = dict(endpoint=ctx["endpoint"], s3client_config=s3torch_config(ctx), region="us-east-1")
@@ -1118,6 +1122,7 @@ SETUPS = {
     "hf_dcp_load": setup_hf_dcp_load,
     "hf_model_load": setup_hf_model_load,
     "hf_model_save": setup_hf_model_save,
+    "hf_model_save_cuda": setup_hf_model_save,
     "hf_dcp_save": setup_hf_dcp_save,
     "safetensors_load_sharded": setup_safetensors_load,
     "safetensors_load_cuda": setup_safetensors_load,

@@ -252,6 +252,20 @@ SCENARIOS: List[Scenario] = [
         {"layers": 6, "d_model": 4096, "shard_bytes": 500 * 10**6},
         {"layers": 2, "d_model": 2048, "shard_bytes": 20 * 10**6},
     ),
+    # The hf_model_save model on a GPU: "s3torch" from its CUDA parameters (through the pinned
+    # staging ring), "hf+s5cmd" huggingface_hub from the same CUDA parameters to local disk
+    # (whole-tensor copies to host memory) then s5cmd up, "s3torch-cpu" the same model in CPU
+    # memory. Peak RSS above the baseline is the host memory the save took.
+    Scenario(
+        "hf_model_save_cuda",
+        "save of a bf16 CUDA model as a Hugging Face checkpoint (500 MB shards and an index)",
+        "seaweed",
+        "GB/s",
+        ["s3torch", "hf+s5cmd", "s3torch-cpu"],
+        {"layers": 16, "d_model": 4096, "shard_bytes": 500 * 10**6},
+        {"layers": 2, "d_model": 2048, "shard_bytes": 20 * 10**6},
+        needs_cuda=True,
+    ),
     # dcp.save of the hf_model_save model's state dict as a Hugging Face checkpoint, as
     # torchtitan saves one (one rank here; fqn_to_index_mapping: 4 files):
     # S3HuggingFaceStorageWriter straight to S3, against torch's HuggingFaceStorageWriter to

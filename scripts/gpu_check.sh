@@ -11,11 +11,12 @@
 #      bash scripts/gpu_check.sh
 #    Results under $OUT (or /tmp/gpu-out): tests.txt (tests/gpu), sweep/ (ring_sweep.py: ring
 #    sizes for CUDA loads; the harness rows then load with the fastest), bench-dcp_load_cuda/,
-#    bench-safetensors_load_cuda/, bench-dcp_save_cuda/ (run.py), pin.txt, populate.txt,
+#    bench-safetensors_load_cuda/, bench-dcp_save_cuda/, bench-hf_model_save_cuda/ (run.py),
+#    pin.txt, populate.txt,
 #    transpose.txt (CPU-side benchmarks), env.txt. GPU_BUDGET_S
 #    (default 540) bounds the whole: steps that would not fit are skipped (they run in order of need).
 #    GPU_STEPS picks steps (default: tests pin sweep dcp_load_cuda safetensors_load_cuda
-#    dcp_save_cuda), GPU_TESTS_K a pytest -k, GPU_REPEAT the harness's runs per row.
+#    dcp_save_cuda hf_model_save_cuda), GPU_TESTS_K a pytest -k, GPU_REPEAT the harness's runs per row.
 set -uo pipefail
 if [ "${1:-}" = "--pack" ]; then
   set -e
@@ -52,7 +53,7 @@ step() {  # step NAME SECONDS LOG CMD...: CMD with a timeout, output to LOG; ski
   [ "$t" -gt "$(left)" ] && t=$(left)
   echo "== $name (timeout ${t}s, $(left)s left)"; timeout "$t" "$@" > "$log" 2>&1; echo "$name rc=$?"
 }
-want() { [[ " ${GPU_STEPS:-tests pin sweep dcp_load_cuda safetensors_load_cuda dcp_save_cuda} " == *" $1 "* ]]; }
+want() { [[ " ${GPU_STEPS:-tests pin sweep dcp_load_cuda safetensors_load_cuda dcp_save_cuda hf_model_save_cuda} " == *" $1 "* ]]; }
 if want tests; then  # -v: each result is in the file as it happens, even if the timeout cuts the run short.
   step tests/gpu 200 "$OUT/tests.txt" python3 -m pytest tests/gpu -v -p no:cacheprovider --durations=10 ${GPU_TESTS_K:+-k "$GPU_TESTS_K"}
   grep -E "PASSED|FAILED|ERROR" "$OUT/tests.txt" | sed 's/ *\[ *[0-9]*%\]//' | tail -40
@@ -73,11 +74,13 @@ if want sweep; then  # ring sizes for CUDA loads, in one process; the harness ro
   [ -s "$OUT/sweep/best_ring" ] && export S3TORCH_BENCH_RING=$(cat "$OUT/sweep/best_ring")
 fi
 echo "S3TORCH_BENCH_RING=${S3TORCH_BENCH_RING:-default}"
-for sc in "dcp_load_cuda 3 150" "safetensors_load_cuda 3 120" "dcp_save_cuda 2 120"; do
+# hf_model_save_cuda: s3torch's rows only (huggingface_hub and s5cmd are not in the carry).
+for sc in "dcp_load_cuda 3 150" "safetensors_load_cuda 3 120" "dcp_save_cuda 2 120" \
+  "hf_model_save_cuda 2 90 s3torch,s3torch-cpu"; do
   set -- $sc  # Saves write ~4.3 GB per run into SeaweedFS (disk): 2 runs there.
   want "$1" || continue
   step "$1" "$3" "$OUT/bench-$1.txt" python3 benchmarks/run.py --python python3 --no-install \
-    --scenarios "$1" --repeat "${GPU_REPEAT:-$2}" --out "$OUT/bench-$1"
+    --scenarios "$1" ${4:+--peers "$4"} --repeat "${GPU_REPEAT:-$2}" --out "$OUT/bench-$1"
   grep -A9 "^| peer" "$OUT/bench-$1/results.md" 2>/dev/null || tail -20 "$OUT/bench-$1.txt"
 done
 echo "== done in $(( $(date +%s) - T0 ))s"

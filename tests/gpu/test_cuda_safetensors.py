@@ -4,6 +4,10 @@ tests/integration/test_safetensors.py."""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+import pytest
 import torch
 
 from s3torch.safetensors import load_file, safe_open, save_file
@@ -72,3 +76,105 @@ def test_model_saved_from_and_loaded_into_cuda(seaweed, prefix) -> None:  # type
     ptrs = {k: v.data_ptr() for k, v in fresh.state_dict().items()}
     assert load_model(fresh, folder, client=client) == ([], [])
     assert _same_model(fresh, model) and {k: v.data_ptr() for k, v in fresh.state_dict().items()} == ptrs
+
+
+MiB = 1024 * 1024
+
+
+def _pinned_ring() -> Any:
+    from s3torch.dcp import _staged_save, _staging
+
+    key = (os.getpid(), _staged_save.DEFAULT_SAVE_RING_BYTES, _staged_save.DEFAULT_SAVE_SLOT_BYTES, True)
+    return _staging._pool.get(key)
+
+
+def test_a_save_from_cuda_goes_through_the_pinned_ring(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    """Every dtype, a 0-dim and an empty tensor, from CUDA: the package's bytes for the same
+    tensors on the host, every non-empty tensor's bytes through the pooled pinned ring. CPU
+    counterpart: tests/integration/test_safetensors_staged_save.py."""
+    import safetensors.torch as sts
+
+    from s3torch.dcp import _staging
+
+    client = make_client(seaweed)
+    d = _model(9)
+    on_gpu = {k: v.cuda() for k, v in d.items()}
+    torch.cuda.synchronize()
+    _staging.release_staging_memory()
+    save_file(on_gpu, f"s3://{BUCKET}/{prefix}from-gpu.safetensors", {"format": "pt"}, client=client)
+    raw = client.get_object(BUCKET, f"{prefix}from-gpu.safetensors").read()
+    assert raw == sts.save(d, {"format": "pt"})
+    ring = _pinned_ring()
+    assert ring is not None and ring.uses >= sum(1 for t in d.values() if t.numel())
+    assert len(ring.free) == ring.nslots
+
+
+def test_a_sharded_save_waits_for_the_callers_stream(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    """The tensors are written on a side stream behind a ~0.5 s sleep kernel, and
+    save_torch_state_dict is called on that stream: its four upload threads (whose current
+    stream is the default one) copy after the caller's queued work, so the new values are
+    saved. They hold 7 before: a 7 is a copy that ran too early, a 0 a slot read before its
+    copy landed."""
+    from s3torch.safetensors import load_file, save_torch_state_dict
+
+    client = make_client(seaweed)
+    sd = {f"w{i}": torch.full((2048, 1024), 7.0, device="cuda") for i in range(6)}  # 8 MiB each
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    folder = f"s3://{BUCKET}/{prefix}stream/"
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(1_000_000_000)
+        for i, t in enumerate(sd.values()):
+            t.fill_(float(i))
+        save_torch_state_dict(sd, folder, client=client, max_shard_size="10MB")
+    for i, k in enumerate(sd):
+        got = load_file(f"{folder}model-{i + 1:05d}-of-00006.safetensors", client=client)[k]
+        assert bool((got == float(i)).all()), f"{k}: values {got.unique().tolist()[:5]}"
+
+
+def test_host_memory_of_a_save_from_cuda_is_the_ring_and_the_upload_window(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    """A 2 GiB CUDA tensor saves with host memory growing by at most the ring + 384 MiB;
+    the package copies the whole tensor (the whole file) to host memory first."""
+    from s3torch.dcp import _staging
+    from tests.gpu.test_cuda_save import _PeakRss
+
+    client = make_client(seaweed)
+    big = torch.full((32768, 32768), 1.5, dtype=torch.bfloat16, device="cuda")  # 2 GiB
+    torch.cuda.synchronize()
+    save_file({"small": torch.ones(10, device="cuda")}, f"s3://{BUCKET}/{prefix}warm.safetensors", client=client)
+    _staging.release_staging_memory()  # the ring's page-locking counts
+    with _PeakRss() as rss:
+        save_file({"big": big}, f"s3://{BUCKET}/{prefix}big.safetensors", client=client)
+    grew = rss.peak - rss.base
+    assert grew <= 64 * MiB + 384 * MiB, f"host memory grew by {grew / MiB:.0f} MiB"
+    assert _pinned_ring().uses == 2 * 1024 // 8
+    (size,) = [o.size for p in client.list_objects(BUCKET, f"{prefix}big.") for o in p.object_info]
+    assert size > big.nbytes
+
+
+def test_an_injected_cuda_error_in_a_save_is_a_staging_error(seaweed, prefix, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The 3rd slot's copy fails: StagingError naming the object and the tensor, no object,
+    no upload left open, the ring whole."""
+    import re
+
+    from s3torch.dcp import StagingError, _staged_save
+
+    calls = []
+    real = _staged_save.copy_block
+
+    def failing(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        real(dst, src, non_blocking)
+
+    monkeypatch.setattr(_staged_save, "copy_block", failing)
+    client = make_client(seaweed)
+    sd = {"a": torch.randn(2048, 1024, device="cuda"), "b": torch.randn(4096, 1024, device="cuda")}  # 8 + 16 MiB
+    with pytest.raises(StagingError) as ei:
+        save_file(sd, f"s3://{BUCKET}/{prefix}err/x.safetensors", client=client)
+    assert re.match(rf"s3://{BUCKET}/{re.escape(prefix)}err/x\.safetensors tensor 'b': copying", str(ei.value))
+    assert [o for p in client.list_objects(BUCKET, f"{prefix}err/") for o in p.object_info] == []
+    assert client.list_multipart_uploads(BUCKET, f"{prefix}err/") == []
+    ring = _pinned_ring()
+    assert len(ring.free) == ring.nslots

@@ -17,6 +17,9 @@ elements (the storage's bytes, whatever the strides), else as ``clone()`` would 
 (the template rule again). Tests send CPU tensors through the ring (unpinned) so that CI,
 without a GPU, runs the same pipeline.
 
+s3torch.safetensors' saves send a CUDA tensor's bytes through the same ``StagedSave``
+(``chunks`` of its flat byte view: a safetensors file holds the elements in row-major order).
+
 Who owns what: a ``StagedSave`` and its ring belong to one writer thread for one file. A slot
 is busy from the start of its copy until the upload has taken its bytes (the consumer asks
 for the next chunk); after an error every copy still in flight is waited for and every slot
@@ -64,6 +67,18 @@ def _device_source(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     if src.is_contiguous():
         src = src.view(-1)
     return template, src
+
+
+def plain_strided(t: torch.Tensor) -> bool:
+    """Whether ``t``'s bytes can stream through the ring as they are: a plain strided tensor,
+    not quantized, without a lazy conjugate or negative bit (those go the caller's other way)."""
+    return (
+        type(t) is torch.Tensor
+        and t.layout == torch.strided
+        and not t.is_quantized
+        and not t.is_conj()
+        and not t.is_neg()
+    )
 
 
 def copy_block(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None:

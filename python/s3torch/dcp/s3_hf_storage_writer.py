@@ -13,8 +13,8 @@ under ``s3://bucket/prefix/``, in torch's layout:
   full tensors into ``model-...`` files and the index at the top (:mod:`._hf_consolidate`).
 
 Each file is streamed: its header from the tensors' dtypes and shapes, then each tensor's bytes
-from its own memory (a GPU tensor copied to the host one at a time), so a rank holds no copy
-of what it saves (torch's writer builds each file in memory, whole). Files are safetensors as
+from its own memory (a CUDA tensor's through a pinned staging ring, slot by slot), so a rank
+holds no copy of what it saves (torch's writer builds each file in memory, whole). Files are safetensors as
 the ``safetensors`` package writes them.
 """
 
@@ -39,6 +39,7 @@ from .._config import S3ClientConfig
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
 from ..safetensors._source import _list
+from ._staged_save import caller_streams
 from .s3_file_system import S3FileSystem
 from .s3_hf_storage_reader import SHARDING_INFO_KEY
 
@@ -239,6 +240,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
             jobs.append((name, items, tensors, plan_file(tensors, metadata)))  # every file checked first
 
         report = Progress("HF save to", self.path, self.progress, total=sum(file_size(j[3], j[2]) for j in jobs))
+        streams = caller_streams()  # the pool's threads have current CUDA streams of their own
 
         def one(job: Any) -> List[WriteResult]:
             name, items, tensors, planned = job
@@ -250,6 +252,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 planned,
                 exclusive=not self.overwrite,
                 on_bytes=report.add,
+                streams=streams,
             )
             results = []
             for item in items:

@@ -47,6 +47,7 @@ from ._staged_save import (
     StagedSave,
     caller_streams,
     on_callers_stream,
+    plain_strided,
     record_source,
 )
 from ._staging import borrow_ring, check_ring_size
@@ -373,17 +374,9 @@ class S3StorageWriter(FileSystemWriter):
     def _through_ring(self, tensor: Any) -> bool:
         """Whether a tensor's record streams through the staging ring: CUDA tensors (CPU ones
         too with ``_force_staging``) of plain strided layout; the rest go torch's way."""
-        import torch
-
         if tensor.device.type != "cuda" and not (self._force_staging and tensor.device.type == "cpu"):
             return False
-        return (
-            type(tensor) is torch.Tensor
-            and tensor.layout == torch.strided
-            and not tensor.is_quantized
-            and not tensor.is_conj()
-            and not tensor.is_neg()
-        )
+        return plain_strided(tensor)
 
     def _count_staged(self, slot_uses: int) -> None:
         with _STATS_LOCK:

@@ -115,8 +115,9 @@ def save_file(
 ) -> None:
     """Save tensors as a safetensors object, like ``safetensors.torch.save_file``: the header,
     then each tensor's bytes from its own memory, streamed into a multipart upload (the file
-    is never built in memory; a GPU tensor is copied to the host one at a time). The object
-    appears when complete; on an error the upload is aborted and nothing is written.
+    is never built in memory; a CUDA tensor's bytes go through a 64 MiB pinned staging ring,
+    8 MiB at a time). The object appears when complete; on an error the upload is aborted and
+    nothing is written (a failed device-to-host copy raises ``s3torch.dcp.StagingError`` naming the tensor).
 
     The bytes are those ``safetensors.torch.save`` writes for the same tensors and metadata
     (with two or more metadata keys, the package writes them in an arbitrary order; here

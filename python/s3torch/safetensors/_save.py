@@ -1,8 +1,11 @@
 """save_file: a safetensors file streamed into a multipart upload.
 
 The header is computed from the tensors' dtypes and shapes alone, then written, then each
-tensor's bytes straight from its memory (a tensor on another device is copied to the host
-one at a time): the file is never built in memory. The bytes are exactly those of
+tensor's bytes: a host tensor's straight from its memory; a CUDA tensor's through a pinned
+staging ring (``dcp._staged_save``: slot-sized device-to-host copies on a side stream, each
+handed to the upload as it lands), so a save from GPU memory holds the ring and the upload
+window whatever the tensors' sizes; a tensor on another device is copied to the host one at
+a time. The file is never built in memory. The bytes are exactly those of
 ``safetensors.torch.save`` for the same tensors and metadata (the crate writes metadata in
 its hash map's order, so with two or more metadata keys only the order of those keys can
 differ).
@@ -10,10 +13,13 @@ differ).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from ..dcp._staged_save import DEFAULT_SAVE_RING_BYTES, DEFAULT_SAVE_SLOT_BYTES, StagedSave, plain_strided
+from ..dcp._staging import borrow_ring
 from ._dtypes import BY_TORCH, PACKED, Dtype
 from ._header import METADATA, build_header, layout
 
@@ -83,10 +89,22 @@ def tensor_bytes(t: torch.Tensor) -> Optional[torch.Tensor]:
     """The tensor's bytes as a flat uint8 host tensor (no copy for a CPU tensor), None if empty."""
     if t.numel() == 0:
         return None
-    t = t.detach()
+    return _host_bytes(t.detach())
+
+
+def _host_bytes(t: torch.Tensor) -> torch.Tensor:
     if t.device.type != "cpu":
         t = t.cpu()
     return t.reshape(-1).view(torch.uint8)
+
+
+# Tests: host tensors through the (unpinned) ring as CUDA tensors go, so that CI, without a
+# GPU, runs the same pipeline.
+FORCE_STAGING = False
+
+
+def _through_ring(t: torch.Tensor) -> bool:
+    return (t.device.type == "cuda" or (FORCE_STAGING and t.device.type == "cpu")) and plain_strided(t)
 
 
 def write(
@@ -97,23 +115,48 @@ def write(
     planned: Tuple[bytes, List[str]],
     exclusive: bool = False,
     on_bytes: Optional[Callable[[int], None]] = None,
+    streams: Optional[Dict[torch.device, Any]] = None,
 ) -> None:
     """Stream a file :func:`plan` planned into one upload (``exclusive``: create-only); the
     object appears when it completes, and a failed upload is aborted. ``on_bytes`` is told
-    the size of each piece handed to the upload."""
+    the size of each piece handed to the upload. ``streams``: the CUDA streams the save's
+    caller was on (``caller_streams()``, taken on the caller's thread), which the copies of
+    CUDA tensors wait for."""
     header, order = planned
-    with s3.put_object(bucket, key, exclusive=exclusive) as writer:
+    # Exits in reverse: the ring gets every slot back (StagedSave), goes back to the pool,
+    # then the upload completes, or is aborted after an error.
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(s3.put_object(bucket, key, exclusive=exclusive))
         writer.write(header)
         if on_bytes is not None:
             on_bytes(len(header))
-        for name in order:
-            data = tensor_bytes(tensors[name])
-            if data is not None:
+        staged: Optional[StagedSave] = None
+        for i, name in enumerate(order):
+            t = tensors[name].detach()
+            if t.numel() == 0:
+                continue
+            if _through_ring(t):
+                if staged is None:  # the file's first staged tensor: borrow a ring
+                    ring = stack.enter_context(
+                        borrow_ring(DEFAULT_SAVE_RING_BYTES, DEFAULT_SAVE_SLOT_BYTES, t.device.type == "cuda")
+                    )
+                    ring.prepare(sum(_nbytes(tensors[n]) for n in order[i:] if _through_ring(tensors[n])))
+                    staged = stack.enter_context(StagedSave(ring, streams))
+                pieces: Iterator[torch.Tensor] = staged.chunks(
+                    t.reshape(-1).view(torch.uint8), f"s3://{bucket}/{key} tensor {name!r}"
+                )
+            else:
+                pieces = iter([_host_bytes(t)])
+            for data in pieces:
                 writer.write(data)
                 if on_bytes is not None:
                     on_bytes(data.numel())
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def file_size(planned: Tuple[bytes, List[str]], tensors: Dict[str, torch.Tensor]) -> int:
     """The bytes of the file :func:`plan` planned."""
-    return len(planned[0]) + sum(tensors[n].numel() * tensors[n].element_size() for n in planned[1])
+    return len(planned[0]) + sum(_nbytes(tensors[n]) for n in planned[1])

@@ -30,6 +30,7 @@ from .. import _crt
 from .._client import S3Client
 from .._notes import add_note
 from .._progress import Progress
+from ..dcp._staged_save import caller_streams
 from ._save import file_size, plan, write
 from ._shards import Split, index_name, written_by
 from ._source import _list
@@ -74,6 +75,7 @@ def save_folder(
         earlier = []
 
     done: List[str] = []
+    streams = caller_streams()  # the pool's threads have current CUDA streams of their own
     progress.set_total(sum(file_size(p, t) for t, p in planned.values()) + (len(index[1]) if index else 0))
     try:
         with (
@@ -81,7 +83,7 @@ def save_folder(
             ThreadPoolExecutor(max(1, min(FILE_THREADS, len(planned))), thread_name_prefix="s3torch-save") as pool,
         ):
             futures = {
-                key: pool.submit(write, s3, bucket, key, tensors, p, not overwrite, progress.add)
+                key: pool.submit(write, s3, bucket, key, tensors, p, not overwrite, progress.add, streams)
                 for key, (tensors, p) in planned.items()
             }
             first: Optional[BaseException] = None
