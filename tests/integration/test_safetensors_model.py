@@ -189,6 +189,54 @@ def test_the_cuda_path_on_cpu(seaweed, prefix, monkeypatch) -> None:  # type: ig
     assert allocs == [] and sum(staged) == len(fresh.state_dict()) - 1  # every tensor but the tied one
 
 
+class Conv(nn.Module):
+    """A vision model's shape: batch norms (with num_batches_tracked) and an instance norm."""
+
+    def __init__(self, seed: int, instance: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+        self.blocks = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))
+        self.extra = nn.InstanceNorm1d(8, track_running_stats=True) if instance else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+                m.num_batches_tracked.fill_(seed)
+
+
+def test_batch_norms_load_directly(seaweed, prefix, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """torch's batch norms override _load_from_state_dict only to keep num_batches_tracked
+    when a checkpoint lacks it: they load straight into the parameters (nothing allocated),
+    and a checkpoint without num_batches_tracked loads as the packages load it (the counter
+    kept, not reported missing, strict or not). An instance norm still goes through
+    load_state_dict."""
+    client = make_client(seaweed)
+    model = Conv(3)
+    save_model(model, f"s3://{BUCKET}/{prefix}full.safetensors", client=client)
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(old, f"s3://{BUCKET}/{prefix}old.safetensors", client=client)
+    sts.save_file(old, str(tmp_path / "old.safetensors"))
+    allocs = _allocs(monkeypatch)
+    fresh = Conv(4)
+    ptrs = {k: v.data_ptr() for k, v in fresh.state_dict().items()}
+    assert load_model(fresh, f"s3://{BUCKET}/{prefix}full.safetensors", client=client) == ([], [])
+    assert _same_model(fresh, model) and allocs == []
+    assert {k: v.data_ptr() for k, v in fresh.state_dict().items()} == ptrs
+    for strict in (True, False):
+        ours, theirs = Conv(5), Conv(5)
+        got = load_model(ours, f"s3://{BUCKET}/{prefix}old.safetensors", strict=strict, client=client)
+        sts.load_model(theirs, str(tmp_path / "old.safetensors"), strict=strict)
+        assert got == ([], []) and _same_model(ours, theirs) and allocs == []
+        assert int(ours.bn.num_batches_tracked) == 5  # kept
+    with_instance = Conv(6, instance=True)
+    save_model(with_instance, f"s3://{BUCKET}/{prefix}inst.safetensors", client=client)
+    target = Conv(7, instance=True)
+    assert load_model(target, f"s3://{BUCKET}/{prefix}inst.safetensors", client=client) == ([], [])
+    assert _same_model(target, with_instance) and allocs != []  # read into host tensors, then copied
+
+
 def test_a_hooked_module_is_loaded_by_load_state_dict(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
     client = make_client(seaweed)
     model = Tiny(12)

@@ -9,15 +9,15 @@ a GPU or of another floating-point dtype takes its bytes through the staging rin
 way; the others (non-contiguous) are read a batch at a time into host memory and copied in. Every name,
 shape and dtype is checked before the first byte is read, so a checkpoint that does not fit
 the model leaves it untouched. A model whose modules load their state in their own way
-(``_load_from_state_dict`` overridden, load-state-dict hooks, tensors on the meta device or of
-a tensor subclass) is loaded as the packages load it: every tensor read, then
-``model.load_state_dict``.
+(``_load_from_state_dict`` overridden, but for torch's batch norms, whose override the direct
+load does itself; load-state-dict hooks; tensors on the meta device or of a tensor subclass)
+is loaded as the packages load it: every tensor read, then ``model.load_state_dict``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
 import torch
 from torch import nn
@@ -325,17 +325,35 @@ def load_torch_model(
     return IncompatibleKeys(missing, unexpected)
 
 
+# Overrides of _load_from_state_dict whose work the direct load does itself: torch's batch
+# norms (BatchNorm1d/2d/3d, SyncBatchNorm, LazyBatchNorm) fill a missing num_batches_tracked
+# with its current value (a checkpoint written before it existed loads), which is what
+# leaving it out of the missing names does (_kept_if_absent).
+_PLAIN_LOADING = (nn.Module._load_from_state_dict, nn.modules.batchnorm._NormBase._load_from_state_dict)
+
+
 def _custom_loading(model: nn.Module, state: Dict[str, torch.Tensor]) -> bool:
     """Whether the model loads its state some way of its own, which only
     ``model.load_state_dict`` does right."""
     if type(model).load_state_dict is not nn.Module.load_state_dict:
         return True
     for m in model.modules():
-        if type(m)._load_from_state_dict is not nn.Module._load_from_state_dict:
+        if type(m)._load_from_state_dict not in _PLAIN_LOADING:
             return True
         if m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks:
             return True
     return any(type(t) is not torch.Tensor or t.device.type == "meta" for t in state.values())
+
+
+def _kept_if_absent(model: nn.Module) -> Set[str]:
+    """The names ``load_state_dict`` never reports missing: the ``num_batches_tracked`` of a
+    batch norm tracking running stats (its ``_load_from_state_dict`` keeps the current value)."""
+    return {
+        f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"
+        for prefix, m in model.named_modules()
+        if type(m)._load_from_state_dict is nn.modules.batchnorm._NormBase._load_from_state_dict
+        and getattr(m, "track_running_stats", False)
+    }
 
 
 def _load_into(
@@ -347,7 +365,8 @@ def _load_into(
     # Names the model shares memory under: the file holds one (the one it kept on save).
     tied = duplicate_names(state, preferred=names)
     dropped = {n for group in tied.values() for n in group}
-    missing = [k for k in state if k not in in_file and k not in dropped]
+    kept = _kept_if_absent(model)
+    missing = [k for k in state if k not in in_file and k not in dropped and k not in kept]
     unexpected = [n for n in names if n not in state]
     unexpected += [n for n in sorted(dropped) if n in in_file]  # saved twice: the model holds one
     if strict and (missing or unexpected):
