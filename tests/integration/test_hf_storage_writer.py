@@ -21,6 +21,7 @@ from s3torch.dcp import S3HuggingFaceStorageReader, S3HuggingFaceStorageWriter
 from tests.conftest import BUCKET, REGION, make_client
 from tests.gloo_ranks import run_ranks
 
+INDEX = "model.safetensors.index.json"
 MAPPING = {
     "embed.weight": 1,
     "layers.0.attn.weight": 2,
@@ -101,6 +102,8 @@ def test_what_it_refuses(seaweed_env, prefix) -> None:  # type: ignore[no-untype
         S3HuggingFaceStorageWriter(REGION, base, enable_consolidation=True, **kw)
     with pytest.raises(ValueError, match="names a file"):
         S3HuggingFaceStorageWriter(REGION, base + "/model.safetensors", **kw)
+    with pytest.raises(ValueError, match="thread_count_consolidation must be a positive int"):
+        S3HuggingFaceStorageWriter(REGION, base, thread_count_consolidation=0, **kw)
     with pytest.raises(ValueError, match="file numbers"):
         S3HuggingFaceStorageWriter(REGION, base, fqn_to_index_mapping={"a": 0}, **kw)
     with pytest.raises(CheckpointException, match="holds tensors only"):
@@ -127,6 +130,7 @@ def _save_pieces(rank: int, base: str, kw: dict, consolidate: bool) -> dict:
         fqn_to_index_mapping=MAPPING,
         save_distributed=True,
         enable_consolidation=consolidate,
+        thread_count_consolidation=2,
         progress=True,
         **kw,
     )
@@ -144,6 +148,10 @@ def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, t
     pieces = f"{prefix}hf/sharded/" if consolidate else f"{prefix}hf/"
     stale = f"{pieces}shard-00003-model-00001-of-00002.safetensors"  # an earlier 3-rank save's
     client.put(BUCKET, stale, sts.save({"embed.weight": torch.zeros(1, 24, dtype=torch.bfloat16)}))
+    # An earlier consolidated checkpoint in 3 files: deleted once the new index is written.
+    earlier = [f"{prefix}hf/model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)] + [f"{prefix}hf/{INDEX}"]
+    for key in earlier if consolidate else []:
+        client.put(BUCKET, key, b"{}" if key.endswith(".json") else sts.save({"x": torch.zeros(1)}))
     ranks = run_ranks(_save_pieces, (base, _kw(seaweed_env), consolidate), tmp_path)
     assert all(r.get("ok") for r in ranks), ranks
     pieces_bytes = sum(o.size for page in client.list_objects(BUCKET, pieces + "shard-") for o in page.objects)
@@ -162,6 +170,7 @@ def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, t
     assert all(torch.equal(got[k], whole[k]) for k in whole)
     if not consolidate:
         assert "model.safetensors.index.json" not in names
+        _consolidating_fails_cleanly(seaweed_env, prefix, whole)
         return
     assert [n for n in names if "shard-" not in n] == [
         "model-00001-of-00002.safetensors",
@@ -175,6 +184,38 @@ def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, t
     index = json.loads(client.get_object(BUCKET, f"{prefix}hf/model.safetensors.index.json").read())
     assert index["weight_map"] == {k: f"model-0000{i}-of-00002.safetensors" for k, i in MAPPING.items()}
     assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size() for v in whole.values())
+
+
+def _consolidating_fails_cleanly(env, prefix: str, whole: Dict[str, torch.Tensor]) -> None:  # type: ignore[no-untyped-def]
+    """The pieces at the top of hf/ consolidated into hf/out/ two files at once: a failure on
+    the second file deletes the first and writes no index; the next run writes the whole."""
+    from unittest import mock
+
+    from s3torch.dcp import _hf_consolidate
+
+    client = make_client(env)
+    saved = S3HuggingFaceStorageReader(REGION, f"s3://{BUCKET}/{prefix}hf/", **_kw(env))._read_metadata()
+    args = (REGION, client.s3client_config, env.endpoint, BUCKET, f"{prefix}hf/", f"{prefix}hf/out/", saved, MAPPING)
+    real = _hf_consolidate._write_file
+
+    def failing(reader, saved, native, bucket, key, *a):  # type: ignore[no-untyped-def]
+        if key.endswith("model-00002-of-00002.safetensors"):
+            raise OSError("injected: the second file failed")
+        return real(reader, saved, native, bucket, key, *a)
+
+    with mock.patch.object(_hf_consolidate, "_write_file", failing), pytest.raises(OSError, match="injected"):
+        _hf_consolidate.consolidate(*args, Progress("consolidate", "x", False), threads=2)
+    assert _listing(client, f"{prefix}hf/out/") == []
+    _hf_consolidate.consolidate(*args, Progress("consolidate", "x", False), threads=2)
+    assert _listing(client, f"{prefix}hf/out/") == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        INDEX,
+    ]
+    from s3torch.safetensors import load_file
+
+    got = load_file(f"s3://{BUCKET}/{prefix}hf/out/", client=client)
+    assert sorted(got) == sorted(whole) and all(torch.equal(got[k], whole[k]) for k in whole)
 
 
 def test_progress_counts_the_files_written(seaweed_env, prefix, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -199,3 +240,68 @@ def test_overwrite_false_refuses_a_folder_holding_a_checkpoint(seaweed_env, pref
     with pytest.raises(CheckpointException, match="holds a Hugging Face checkpoint already"):
         dcp.save(_model(7), storage_writer=S3HuggingFaceStorageWriter(REGION, base, **kw))
     assert {n: client.get_object(BUCKET, f"{prefix}hf/{n}").read() for n in _listing(client, f"{prefix}hf/")} == before
+
+
+def _folder_model(client, prefix: str) -> Dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    from s3torch.safetensors import load_file
+
+    return load_file(f"s3://{BUCKET}/{prefix}", client=client)
+
+
+def test_a_save_replaces_the_earlier_checkpoint_never_a_mix(seaweed_env, prefix, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Over a checkpoint in 2 files: a save in 3 files leaves the earlier one loadable until
+    its index is written, then deletes the 2 earlier files. A save in 3 files again (the same
+    names) deletes the earlier files first; one that fails on its second file deletes the file
+    it wrote and begins no other: the folder holds neither save, never the earlier index over
+    a mix of two saves. The next save writes the folder whole."""
+    from s3torch.safetensors import _save
+
+    client = make_client(seaweed_env)
+    base = f"s3://{BUCKET}/{prefix}hf"
+    three = {**MAPPING, "lm_head.weight": 3}
+
+    def save(seed: int, mapping: Dict[str, int]) -> None:
+        w = S3HuggingFaceStorageWriter(REGION, base, fqn_to_index_mapping=mapping, **_kw(seaweed_env))
+        dcp.save(_model(seed), storage_writer=w)
+
+    def same(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor]) -> bool:
+        return sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+    save(1, MAPPING)
+    seen: List[List[str]] = []
+    real = _save.write
+
+    def watching(s3, bucket, key, *a, **k):  # type: ignore[no-untyped-def]
+        seen.append(_listing(client, f"{prefix}hf/"))
+        assert same(_folder_model(client, f"{prefix}hf/"), _model(1))  # still the earlier one
+        return real(s3, bucket, key, *a, **k)
+
+    monkeypatch.setattr(_save, "write", watching)
+    save(2, three)
+    assert len(seen) == 3 and "model-00001-of-00002.safetensors" in seen[0]
+    names = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)] + ["model.safetensors.index.json"]
+    assert _listing(client, f"{prefix}hf/") == names and same(_folder_model(client, f"{prefix}hf/"), _model(2))
+
+    calls: List[str] = []
+
+    def failing(s3, bucket, key, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(key)
+        if len(calls) == 2:
+            raise OSError("injected: the second file's upload failed")
+        return real(s3, bucket, key, *a, **k)
+
+    monkeypatch.setattr(_save, "write", real)
+    save(3, three)  # the same names: the earlier files go first
+    monkeypatch.setattr(_save, "write", failing)
+    with pytest.raises(CheckpointException, match="injected"):
+        save(4, three)
+    assert _listing(client, f"{prefix}hf/") == []  # nothing of either, never an index over a mix
+    assert calls == [f"{prefix}hf/model-0000{i}-of-00003.safetensors" for i in (1, 2)]  # the third not begun
+    monkeypatch.setattr(_save, "write", real)
+    save(5, MAPPING)
+    assert _listing(client, f"{prefix}hf/") == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    assert same(_folder_model(client, f"{prefix}hf/"), _model(5))

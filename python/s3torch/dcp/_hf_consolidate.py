@@ -7,20 +7,25 @@ The pieces are found as :class:`~.s3_hf_storage_reader.S3HuggingFaceStorageReade
 shapes and dtypes of the checkpoint's metadata, then each tensor, assembled in host memory
 from its pieces (ranged GETs straight into the tensor where a piece is whole rows, the others
 copied in; ``safetensors/_into.py``) and uploaded before the next is read: the host holds one
-full tensor at a time. Then ``model.safetensors.index.json``.
+full tensor at a time per file being written (``thread_count_consolidation`` files at once).
+Then ``model.safetensors.index.json``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 
 from .._config import S3ClientConfig
+from .._notes import add_note
 from .._progress import Progress
+from ..safetensors._sharded_save import _delete_quietly
 from .s3_hf_storage_reader import DEFAULT_BATCH_BYTES, S3HuggingFaceStorageReader
 
 
@@ -35,9 +40,12 @@ def consolidate(
     mapping: Dict[str, int],
     progress: Progress,
     exclusive: bool = False,
+    threads: int = 1,
 ) -> None:
     """Write the full tensors of ``metadata`` into the files ``mapping`` numbers under
-    ``out_folder``, from the pieces under ``pieces_folder``; then the index."""
+    ``out_folder``, from the pieces under ``pieces_folder``, ``threads`` files at a time (each
+    holding one full tensor in host memory at a time); then the index. A failure deletes the
+    files written, and no index is written."""
     from .s3_hf_storage_writer import INDEX_NAME, file_name
 
     reader = S3HuggingFaceStorageReader(
@@ -56,13 +64,41 @@ def consolidate(
             raise ValueError(f"tensor {fqn!r}: no piece of it under s3://{bucket}/{pieces_folder}")
         files.setdefault(file_name(mapping[fqn], largest), []).append((fqn, md))
 
-    weight_map: Dict[str, str] = {}
+    weight_map = {fqn: name for name, tensors in sorted(files.items()) for fqn, _ in tensors}
     total = sum(_nbytes(md) for tensors in files.values() for _, md in tensors)
     progress.set_total(total)
-    with progress:
-        for name, tensors in sorted(files.items()):
-            _write_file(reader, saved, native, bucket, out_folder + name, tensors, progress, exclusive)
-            weight_map.update({fqn: name for fqn, _ in tensors})
+    written: List[str] = []  # output keys completed
+    failed = threading.Event()  # files not begun when one failed are not begun at all
+
+    def one(name: str) -> None:
+        if failed.is_set():
+            return
+        try:
+            _write_file(reader, saved, native, bucket, out_folder + name, files[name], progress, exclusive)
+        except BaseException:
+            failed.set()
+            raise
+        written.append(out_folder + name)  # list.append is atomic
+
+    try:
+        with (
+            progress,
+            ThreadPoolExecutor(max(1, min(threads, len(files))), thread_name_prefix="s3torch-hf-cons") as pool,
+        ):
+            futures = [pool.submit(one, name) for name in sorted(files)]
+            first: Optional[BaseException] = None
+            for f in futures:  # every upload ends (completes or aborts) before this returns
+                try:
+                    f.result()
+                except BaseException as e:
+                    first = first or e
+            if first is not None:
+                raise first
+    except BaseException as e:  # nothing of a failed consolidation stays behind but the pieces
+        left = _delete_quietly(reader.client, bucket, written)
+        if left:
+            add_note(e, f"s3torch: files this consolidation wrote could not be deleted: {', '.join(left)}")
+        raise
     body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
     reader.client.put(bucket, out_folder + INDEX_NAME, body, exclusive=exclusive)
 

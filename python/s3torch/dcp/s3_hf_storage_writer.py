@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,8 +37,10 @@ from torch.futures import Future
 
 from .._client import S3Client
 from .._config import S3ClientConfig
+from .._notes import add_note
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
+from ..safetensors._sharded_save import _delete, _delete_quietly
 from ..safetensors._source import _list
 from ._staged_save import caller_streams
 from .s3_file_system import S3FileSystem
@@ -46,6 +49,7 @@ from .s3_hf_storage_reader import SHARDING_INFO_KEY
 INDEX_NAME = "model.safetensors.index.json"
 _OURS = re.compile(r"(shard-\d{5}-)?model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json")
 _PIECE = re.compile(r"shard-\d{5}-model-\d{5}-of-\d{5}\.safetensors")
+_TOP = re.compile(r"model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json")  # a full checkpoint's
 SHARDED_DIR = "sharded"
 DCP_VERSION_KEY = "DCP_VERSION"
 DCP_VERSION = "1.0"
@@ -79,13 +83,17 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         save_distributed: every rank saves its own pieces (DTensor state dicts).
         enable_consolidation: with ``save_distributed``: pieces go under ``sharded/``, then the
             coordinator writes the full tensors at the top.
-        thread_count_consolidation: accepted for torch's signature; consolidation reads each
-            tensor's pieces concurrently whatever it is.
+        thread_count_consolidation: output files consolidated at once (each holding one full
+            tensor in host memory at a time; each tensor's pieces are read concurrently
+            whatever it is).
         s3client_config: an :class:`~s3torch.S3ClientConfig`.
         endpoint: the S3 endpoint (default as for :class:`~s3torch.S3Client`).
         progress: report each rank's save, and the consolidation: a live bar (bytes, GB/s,
             ETA) when stderr is a terminal, else a line every 5 s; then one summary line.
-        overwrite: False: refuse a folder holding a Hugging Face checkpoint already (its
+        overwrite: True: replace a checkpoint the folder holds so that it never loads as a
+            mix of two saves (the earlier files are deleted after the new index is written,
+            or, where the new files take their names, before the first is written, the index
+            first). False: refuse a folder holding a Hugging Face checkpoint already (its
             index, ``model-*`` or ``shard-*`` files: ``FileExistsError`` before anything is
             written), and write every file create-only (``If-None-Match: *``), so that a save
             racing this one is not replaced either.
@@ -123,11 +131,14 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         self.thread_count = thread_count
         self.save_distributed = bool(save_distributed)
         self.enable_consolidation = bool(enable_consolidation)
+        if not isinstance(thread_count_consolidation, int) or thread_count_consolidation < 1:
+            raise ValueError(f"thread_count_consolidation must be a positive int, got {thread_count_consolidation!r}")
         self.thread_count_consolidation = thread_count_consolidation
         self.is_coordinator = False
         self.progress = bool(progress)
         self.overwrite = bool(overwrite)
         self.save_id = uuid.uuid4().hex
+        self._replaced: List[str] = []  # the coordinator's: an earlier checkpoint's keys, deleted after the index
         self._set_path(path)
 
     @property
@@ -179,8 +190,9 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         """Each rank's plan with the file mapping, and its shard number when distributed (as
         torch). A distributed save first deletes the pieces an earlier one left in its folder
         (``shard-*-model-*.safetensors``): consolidation, and any reader, would take them for
-        pieces of this one. With ``overwrite=False`` a folder holding a checkpoint is refused
-        here instead (the coordinator lists it once, before anything is written)."""
+        pieces of this one; a save of full files makes room for them (``_make_room``). With
+        ``overwrite=False`` a folder holding a checkpoint is refused here instead (the
+        coordinator lists it once, before anything is written)."""
         if not self.overwrite:
             folders = {self._folder, self._pieces_folder}
             taken = [
@@ -196,9 +208,11 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 )
         if self.save_distributed and self.overwrite:  # overwrite=False found none, above
             listed = _list(self.client._get_native(), self._bucket, self._pieces_folder)
-            for key in listed:
-                if _PIECE.fullmatch(key[len(self._pieces_folder) :]):
-                    self.client.delete_object(self._bucket, key)
+            stale = [k for k in listed if _PIECE.fullmatch(k[len(self._pieces_folder) :])]
+            _delete(self.client, self._bucket, stale, "a piece of an earlier distributed save")
+        self._replaced = []
+        if self.overwrite and (self.enable_consolidation or not self.save_distributed):
+            self._replaced = self._make_room()
         out = []
         for i, plan in enumerate(plans, start=1):
             data: Dict[str, Any] = {}
@@ -208,6 +222,24 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 data["shard_index"] = i
             out.append(dataclasses.replace(plan, storage_data=data))
         return out
+
+    def _make_room(self) -> List[str]:
+        """Before a save that writes a full checkpoint (``model-*`` files and the index) into
+        a folder holding one: the earlier checkpoint's keys to delete once the new index is
+        written. Where the new files take the earlier ones' names (the same file count), the
+        earlier files are deleted now instead, the index first, as ``huggingface_hub`` deletes
+        them: replaced one by one, a save failing half-way would leave the earlier index over
+        a mix of the two saves' files, which loads without an error."""
+        mapping = self.fqn_to_index_mapping
+        largest = max(mapping.values()) if mapping else 1
+        new = {self._folder + file_name(i, largest) for i in (set(mapping.values()) if mapping else {1})}
+        listed = _list(self.client._get_native(), self._bucket, self._folder)
+        earlier = [k for k in listed if _TOP.fullmatch(k[len(self._folder) :])]
+        earlier.sort(key=lambda k: not k.endswith(INDEX_NAME))  # the index before its files
+        if any(k in new for k in earlier):
+            _delete(self.client, self._bucket, earlier, "a file of the earlier checkpoint this save replaces")
+            return []
+        return [k for k in earlier if not k.endswith(INDEX_NAME)]  # the new index replaces the earlier one
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> "Future[List[WriteResult]]":
         """Stream each of this rank's files; the future holds every item's result."""
@@ -242,18 +274,29 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         report = Progress("HF save to", self.path, self.progress, total=sum(file_size(j[3], j[2]) for j in jobs))
         streams = caller_streams()  # the pool's threads have current CUDA streams of their own
 
+        written: List[str] = []  # keys this rank completed
+        failed = threading.Event()  # files not begun when one failed are not begun at all
+
         def one(job: Any) -> List[WriteResult]:
             name, items, tensors, planned = job
-            write(
-                self.client,
-                self._bucket,
-                self._pieces_folder + name,
-                tensors,
-                planned,
-                exclusive=not self.overwrite,
-                on_bytes=report.add,
-                streams=streams,
-            )
+            if failed.is_set():
+                return []
+            key = self._pieces_folder + name
+            try:
+                write(
+                    self.client,
+                    self._bucket,
+                    key,
+                    tensors,
+                    planned,
+                    exclusive=not self.overwrite,
+                    on_bytes=report.add,
+                    streams=streams,
+                )
+            except BaseException:
+                failed.set()
+                raise
+            written.append(key)  # list.append is atomic
             results = []
             for item in items:
                 t = tensors[item.index.fqn]
@@ -262,12 +305,27 @@ class S3HuggingFaceStorageWriter(StorageWriter):
             return results
 
         results: List[WriteResult] = []
-        with (
-            report,
-            ThreadPoolExecutor(max(1, min(self.thread_count, len(jobs))), thread_name_prefix="s3torch-hf-save") as pool,
-        ):
-            for got in pool.map(one, jobs):
-                results += got
+        try:
+            with (
+                report,
+                ThreadPoolExecutor(
+                    max(1, min(self.thread_count, len(jobs))), thread_name_prefix="s3torch-hf-save"
+                ) as pool,
+            ):
+                futures = [pool.submit(one, job) for job in jobs]
+                first: Optional[BaseException] = None
+                for f in futures:  # every upload ends (completes or aborts) before this returns
+                    try:
+                        results += f.result()
+                    except BaseException as e:
+                        first = first or e
+                if first is not None:
+                    raise first
+        except BaseException as e:  # nothing of a failed save stays behind
+            left = _delete_quietly(self.client, self._bucket, written)
+            if left:
+                add_note(e, f"s3torch: files this save wrote could not be deleted: {', '.join(left)}")
+            raise
         fut: "Future[List[WriteResult]]" = Future()
         fut.set_result(results)
         return fut
@@ -292,7 +350,9 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 mapping,
                 Progress("HF consolidate into", self.path, self.progress),
                 exclusive=not self.overwrite,
+                threads=self.thread_count_consolidation,
             )
+            self._drop_replaced()
             return
         weight_map: Dict[str, str] = {}
         total = 0
@@ -302,6 +362,12 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 total += wr.storage_data.length
         body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
         self.client.put(self._bucket, self._folder + INDEX_NAME, body, exclusive=not self.overwrite)
+        self._drop_replaced()
+
+    def _drop_replaced(self) -> None:
+        """After the new index: delete the earlier checkpoint's files it does not name."""
+        _delete(self.client, self._bucket, self._replaced, "a file of an earlier checkpoint, not replaced by this save")
+        self._replaced = []
 
 
 __all__ = ["S3HuggingFaceStorageWriter"]
