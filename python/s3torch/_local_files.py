@@ -241,12 +241,7 @@ def get_files(
             sync_dirs(written)
         done = True
     except BaseException:
-        for h, _ in inflight:
-            h.cancel()
-            try:
-                h.wait()
-            except Exception:
-                pass
+        _cancel(inflight)
         raise
     finally:
         inflight.clear()
@@ -258,6 +253,18 @@ def get_files(
             for path in written:
                 if os.path.exists(path):
                     os.remove(path)
+
+
+def _cancel(inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]]) -> None:
+    """Cancel the GETs still in flight and wait for each to end. In a frame of its own: a
+    loop variable left holding a handle (and its slice of a file's map) would keep the map
+    from closing (BufferError, hiding the error being raised)."""
+    for h, _ in inflight:
+        h.cancel()
+        try:
+            h.wait()
+        except Exception:
+            pass
 
 
 def _finish(entry: Tuple[Any, Tuple[str, int, int, int, str]], progress: Counter) -> None:

@@ -1,4 +1,5 @@
-"""``s3torch cp``: copy a DCP checkpoint between a local directory and S3, either way.
+"""``s3torch cp``: copy a DCP checkpoint, or a folder of safetensors model weights (a Hugging
+Face model), between a local directory and S3, either way.
 
 Up: every file but the metadata streams into its own multipart upload, read a chunk at a
 time (``--jobs`` files at a time, each with its parts in flight), then the ``.metadata``
@@ -12,6 +13,12 @@ Both ways, every file is held to the version the listing saw: up its inode, size
 the copy (exit 4) before any ``.metadata`` goes, instead of leaving a checkpoint that mixes
 two saves. A disk that fills, or a local file that shrinks, is an error too, never a SIGBUS
 (``_local_files.py``).
+
+What "the metadata" is depends on what is copied (``_Kind``): a DCP checkpoint's ``.metadata``;
+a model folder's ``*.safetensors.index.json``. A model folder has readers that take any
+``*.safetensors`` file they find (vLLM without an index), so down every file of one is written
+under a partial name and renamed once whole and synced: a failed copy leaves no file that
+holds less than its object.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import functools
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from .. import _crt
 from .._client import S3Client
@@ -43,22 +51,28 @@ from ._common import (
     s3_uri,
 )
 
-HELP = "copy a DCP checkpoint between a local directory and S3"
+HELP = "copy a DCP checkpoint or a safetensors model folder between a local directory and S3"
 DESCRIPTION = """Copy the DCP checkpoint SRC to DST, one of them s3://bucket/prefix and the other
 a local directory (for example one written by torch's FileSystemWriter), byte for byte.
 Every file under SRC is copied to the same relative path under DST. Data files go first,
 many transfers in flight (multipart uploads, ranged GETs into memory-mapped files); the
 .metadata file(s) go last, so an interrupted copy leaves no loadable checkpoint at DST.
 
+SRC may be a model folder instead (no .metadata, and *.safetensors files: a Hugging Face
+model with its config and tokenizer files): then its *.safetensors.index.json files play
+the .metadata's part below, and the *.safetensors files with them are what "holds a model"
+means. Down, every file of a model folder is written under a partial name and renamed once
+whole and synced, so a failed copy leaves no file holding less than its object.
+
 Refuses (exit 2), before writing anything, an object whose key below the prefix would not
 stay under DST as a path: "..", ".", or empty segments, an absolute path, a backslash, NUL
 or another control character.
 
 Refuses (exit 2) when DST already holds a checkpoint (a .metadata), unless --overwrite:
-then DST's old .metadata is removed before anything else is written, and files DST holds
-that SRC does not are left in place. Up without --overwrite, the .metadata is written create
-only (If-None-Match): one that a save or another copy wrote to DST meanwhile is kept, and
-this copy fails (exit 2).
+then DST's old .metadata is removed before anything else is written (a model's index files,
+then its *.safetensors files), and files DST holds that SRC does not are left in place. Up
+without --overwrite, the .metadata is written create only (If-None-Match): one that a save
+or another copy wrote to DST meanwhile is kept, and this copy fails (exit 2).
 
 Down, every file is synced to disk (fsync, as torch's FileSystemWriter does) before the
 .metadata is written, and the .metadata before the copy reports success. Every file gets its
@@ -68,6 +82,48 @@ written; one the filesystem refuses anyway (a quota, a disk filling meanwhile) f
 with the files it had allocated removed."""
 
 PARTIAL = ".s3torch-partial"  # download: a .metadata's name until it is whole
+INDEX_SUFFIX = ".safetensors.index.json"
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What is copied: which files go last (markers), which at DST mean one is there already,
+    and whether down every file is written under a partial name until whole."""
+
+    noun: str
+    markers: Tuple[str, ...]  # name suffixes of the files that make the copy loadable, written last
+    holds: Tuple[str, ...]  # name suffixes of the files that make DST hold one (removed by --overwrite)
+    whole_files: bool
+
+    def is_marker(self, name: str) -> bool:
+        return os.path.basename(name).endswith(self.markers)
+
+    def held(self, names: Iterable[str]) -> List[str]:
+        """The names that make a copy of this kind; markers first (removed in this order)."""
+        found = [n for n in names if os.path.basename(n).endswith(self.holds)]
+        return sorted(found, key=lambda n: (not self.is_marker(n), n))
+
+
+DCP = _Kind("a checkpoint", (METADATA,), (METADATA,), whole_files=False)
+MODEL = _Kind("a safetensors model", (INDEX_SUFFIX,), (INDEX_SUFFIX, WEIGHTS_SUFFIX), whole_files=True)
+
+
+def _kind_of(names: Iterable[str]) -> Optional[_Kind]:
+    """DCP when a top-level .metadata is among ``names``; a model folder when a *.safetensors is."""
+    names = list(names)
+    if METADATA in names:
+        return DCP
+    if any(n.endswith(WEIGHTS_SUFFIX) for n in names):
+        return MODEL
+    return None
+
+
+def _nothing_at(where: str, what: str) -> CLIError:
+    return CLIError(
+        f"no DCP checkpoint or safetensors model at {where}: {what} holds no {METADATA} and no *{WEIGHTS_SUFFIX} file",
+        NOT_FOUND,
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,13 +137,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_connection_arguments(p)
 
 
-def _is_metadata(name: str) -> bool:
-    return os.path.basename(name).endswith(METADATA)
-
-
-def _ordered(files: Dict[str, int]) -> Tuple[List[str], List[str]]:
-    data = sorted(n for n in files if not _is_metadata(n))
-    meta = sorted(n for n in files if _is_metadata(n))
+def _ordered(files: Dict[str, int], kind: _Kind) -> Tuple[List[str], List[str]]:
+    data = sorted(n for n in files if not kind.is_marker(n))
+    meta = sorted(n for n in files if kind.is_marker(n))
     return data, meta
 
 
@@ -107,22 +159,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _upload(client: S3Client, args: argparse.Namespace) -> int:
     src = os.path.abspath(args.src)
-    if not os.path.isfile(os.path.join(src, METADATA)):
-        raise CLIError(f"no DCP checkpoint at {src}: {os.path.join(src, METADATA)} does not exist", NOT_FOUND)
+    if not os.path.isdir(src):
+        raise CLIError(f"no DCP checkpoint or safetensors model at {src}: not a directory", NOT_FOUND)
     bucket, key = s3_uri(args.dst)
     prefix = as_dir(key)
     dst = f"s3://{bucket}/{prefix}"
     if not prefix:
         raise CLIError(f"{args.dst}: give a key prefix to copy the checkpoint under, not a whole bucket", USAGE)
     files = local_files(src)
+    kind = _kind_of(files)
+    if kind is None:
+        raise _nothing_at(src, "the directory")
     # The version of each file the copy is held to, from before anything is read.
     stamps = {n: stamp(os.lstat(os.path.join(src, n))) for n in files}
-    existing = [o.key for o in list_all(client, bucket, prefix) if _is_metadata(o.key)]
+    existing = [prefix + n for n in kind.held(o.key[len(prefix) :] for o in list_all(client, bucket, prefix))]
     if existing and not args.overwrite:
-        raise CLIError(f"{dst} already holds a checkpoint ({existing[0]}); --overwrite replaces it", USAGE)
+        raise CLIError(f"{dst} already holds {kind.noun} ({existing[0]}); --overwrite replaces it", USAGE)
     for k in existing:  # first, so a copy that fails halfway never leaves old metadata over new files
         client.delete_object(bucket, k)
-    data, meta = _ordered(files)
+    data, meta = _ordered(files, kind)
 
     def put(n: str, progress: Progress, exclusive: bool = False) -> None:
         put_file(client, bucket, prefix + n, os.path.join(src, n), stamps[n], progress, exclusive)
@@ -174,27 +229,29 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     listed = list(list_all(client, bucket, prefix))
     files = {o.key[len(prefix) :]: o.size for o in listed}
     etags = {o.key[len(prefix) :]: o.etag for o in listed}
-    if METADATA not in files:
-        raise CLIError(f"no DCP checkpoint at {src}: {src}{METADATA} does not exist", NOT_FOUND)
+    kind = _kind_of(files)
+    if kind is None:
+        raise _nothing_at(src, "the prefix")
     dst = os.path.abspath(args.dst)
     try:  # every key, before anything is removed or written
         paths = {name: local_path(dst, name, prefix + name) for name in files}
     except UnsafeKeyError as e:
         raise CLIError(f"{src}: {e} (it would not stay under {dst})", USAGE) from e
-    existing = [n for n in local_files(dst) if _is_metadata(n)] if os.path.isdir(dst) else []
+    existing = kind.held(local_files(dst)) if os.path.isdir(dst) else []
     if existing and not args.overwrite:
-        raise CLIError(f"{dst} already holds a checkpoint ({existing[0]}); --overwrite replaces it", USAGE)
+        raise CLIError(f"{dst} already holds {kind.noun} ({existing[0]}); --overwrite replaces it", USAGE)
     total = sum(files.values())
     _check_room(dst, paths, total)
     for n in existing:
         os.remove(os.path.join(dst, n))
-    data, meta = _ordered(files)
+    data, meta = _ordered(files, kind)
     with progress_for("cp", f"{src} -> {dst}", total=total) as progress:
         try:
-            get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in data], progress)
-            # Each .metadata under a name of its own until whole: a copy that fails there
-            # leaves none that a load would take for a checkpoint.
-            partial = _partial_suffix(paths, meta)
+            # Each .metadata (each file of a model) under a name of its own until whole: a copy
+            # that fails there leaves none that a load would take for whole.
+            partial = _partial_suffix(paths, data + meta if kind.whole_files else meta)
+            whole = partial if kind.whole_files else ""
+            get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in data], progress, whole)
             get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in meta], progress, partial)
         except NoRoom as e:
             raise CLIError(
@@ -232,8 +289,8 @@ def _check_room(dst: str, paths: Dict[str, str], total: int) -> None:
 
 
 def _partial_suffix(paths: Dict[str, str], meta: List[str]) -> str:
-    """PARTIAL, lengthened until no ``.metadata``'s partial name is the path of a copied file
-    (a bucket may hold a key ``.metadata.s3torch-partial`` too)."""
+    """PARTIAL, lengthened until no partial name of a file in ``meta`` is the path of a copied
+    file (a bucket may hold a key ``.metadata.s3torch-partial`` too)."""
     taken = set(paths.values())
     suffix = PARTIAL
     while any(paths[n] + suffix in taken for n in meta):
