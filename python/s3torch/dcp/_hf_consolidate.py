@@ -13,19 +13,17 @@ Then ``model.safetensors.index.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 
+from .._batch_writes import BatchWrite
 from .._config import S3ClientConfig
-from .._notes import add_note
 from .._progress import Progress
-from ..safetensors._sharded_save import _delete_quietly
 from .s3_hf_storage_reader import DEFAULT_BATCH_BYTES, S3HuggingFaceStorageReader
 
 
@@ -67,40 +65,22 @@ def consolidate(
     weight_map = {fqn: name for name, tensors in sorted(files.items()) for fqn, _ in tensors}
     total = sum(_nbytes(md) for tensors in files.values() for _, md in tensors)
     progress.set_total(total)
-    written: List[str] = []  # output keys completed
-    failed = threading.Event()  # files not begun when one failed are not begun at all
-
-    def one(name: str) -> None:
-        if failed.is_set():
-            return
-        try:
-            _write_file(reader, saved, native, bucket, out_folder + name, files[name], progress, exclusive)
-        except BaseException:
-            failed.set()
-            raise
-        written.append(out_folder + name)  # list.append is atomic
-
-    try:
-        with (
-            progress,
-            ThreadPoolExecutor(max(1, min(threads, len(files))), thread_name_prefix="s3torch-hf-cons") as pool,
-        ):
-            futures = [pool.submit(one, name) for name in sorted(files)]
-            first: Optional[BaseException] = None
-            for f in futures:  # every upload ends (completes or aborts) before this returns
-                try:
-                    f.result()
-                except BaseException as e:
-                    first = first or e
-            if first is not None:
-                raise first
-    except BaseException as e:  # nothing of a failed consolidation stays behind but the pieces
-        left = _delete_quietly(reader.client, bucket, written)
-        if left:
-            add_note(e, f"s3torch: files this consolidation wrote could not be deleted: {', '.join(left)}")
-        raise
-    body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
-    reader.client.put(bucket, out_folder + INDEX_NAME, body, exclusive=exclusive)
+    # A failure deletes the files written, and writes no index (BatchWrite).
+    with progress, BatchWrite(reader.client, bucket, "s3torch-hf-cons") as batch:
+        batch.run(
+            [
+                (
+                    out_folder + name,
+                    functools.partial(
+                        _write_file, reader, saved, native, bucket, out_folder + name, files[name], progress, exclusive
+                    ),
+                )
+                for name in sorted(files)
+            ],
+            threads,
+        )
+        body = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode()
+        reader.client.put(bucket, out_folder + INDEX_NAME, body, exclusive=exclusive)
 
 
 def _write_file(

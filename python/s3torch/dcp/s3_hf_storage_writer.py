@@ -14,18 +14,17 @@ under ``s3://bucket/prefix/``, in torch's layout:
 
 Each file is streamed: its header from the tensors' dtypes and shapes, then each tensor's bytes
 from its own memory (a CUDA tensor's through a pinned staging ring, slot by slot), so a rank
-holds no copy of what it saves (torch's writer builds each file in memory, whole). Files are safetensors as
-the ``safetensors`` package writes them.
+holds no copy of what it saves (torch's writer builds each file in memory, whole). Files are
+safetensors as the ``safetensors`` package writes them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -35,12 +34,11 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
+from .._batch_writes import BatchWrite, delete_keys
 from .._client import S3Client
 from .._config import S3ClientConfig
-from .._notes import add_note
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
-from ..safetensors._sharded_save import _delete, _delete_quietly
 from ..safetensors._source import _list
 from ._staged_save import caller_streams
 from .s3_file_system import S3FileSystem
@@ -209,7 +207,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         if self.save_distributed and self.overwrite:  # overwrite=False found none, above
             listed = _list(self.client._get_native(), self._bucket, self._pieces_folder)
             stale = [k for k in listed if _PIECE.fullmatch(k[len(self._pieces_folder) :])]
-            _delete(self.client, self._bucket, stale, "a piece of an earlier distributed save")
+            delete_keys(self.client, self._bucket, stale, "a piece of an earlier distributed save")
         self._replaced = []
         if self.overwrite and (self.enable_consolidation or not self.save_distributed):
             self._replaced = self._make_room()
@@ -237,7 +235,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         earlier = [k for k in listed if _TOP.fullmatch(k[len(self._folder) :])]
         earlier.sort(key=lambda k: not k.endswith(INDEX_NAME))  # the index before its files
         if any(k in new for k in earlier):
-            _delete(self.client, self._bucket, earlier, "a file of the earlier checkpoint this save replaces")
+            delete_keys(self.client, self._bucket, earlier, "a file of the earlier checkpoint this save replaces")
             return []
         return [k for k in earlier if not k.endswith(INDEX_NAME)]  # the new index replaces the earlier one
 
@@ -274,29 +272,18 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         report = Progress("HF save to", self.path, self.progress, total=sum(file_size(j[3], j[2]) for j in jobs))
         streams = caller_streams()  # the pool's threads have current CUDA streams of their own
 
-        written: List[str] = []  # keys this rank completed
-        failed = threading.Event()  # files not begun when one failed are not begun at all
-
         def one(job: Any) -> List[WriteResult]:
             name, items, tensors, planned = job
-            if failed.is_set():
-                return []
-            key = self._pieces_folder + name
-            try:
-                write(
-                    self.client,
-                    self._bucket,
-                    key,
-                    tensors,
-                    planned,
-                    exclusive=not self.overwrite,
-                    on_bytes=report.add,
-                    streams=streams,
-                )
-            except BaseException:
-                failed.set()
-                raise
-            written.append(key)  # list.append is atomic
+            write(
+                self.client,
+                self._bucket,
+                self._pieces_folder + name,
+                tensors,
+                planned,
+                exclusive=not self.overwrite,
+                on_bytes=report.add,
+                streams=streams,
+            )
             results = []
             for item in items:
                 t = tensors[item.index.fqn]
@@ -304,28 +291,12 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                 results.append(WriteResult(index=item.index, size_in_bytes=n, storage_data=HFWrite(name, n)))
             return results
 
-        results: List[WriteResult] = []
-        try:
-            with (
-                report,
-                ThreadPoolExecutor(
-                    max(1, min(self.thread_count, len(jobs))), thread_name_prefix="s3torch-hf-save"
-                ) as pool,
-            ):
-                futures = [pool.submit(one, job) for job in jobs]
-                first: Optional[BaseException] = None
-                for f in futures:  # every upload ends (completes or aborts) before this returns
-                    try:
-                        results += f.result()
-                    except BaseException as e:
-                        first = first or e
-                if first is not None:
-                    raise first
-        except BaseException as e:  # nothing of a failed save stays behind
-            left = _delete_quietly(self.client, self._bucket, written)
-            if left:
-                add_note(e, f"s3torch: files this save wrote could not be deleted: {', '.join(left)}")
-            raise
+        # A failure deletes the files this rank wrote, and begins no other (BatchWrite).
+        with report, BatchWrite(self.client, self._bucket, "s3torch-hf-save") as batch:
+            done = batch.run(
+                [(self._pieces_folder + job[0], functools.partial(one, job)) for job in jobs], self.thread_count
+            )
+        results = [wr for got in done for wr in got]
         fut: "Future[List[WriteResult]]" = Future()
         fut.set_result(results)
         return fut
@@ -366,7 +337,9 @@ class S3HuggingFaceStorageWriter(StorageWriter):
 
     def _drop_replaced(self) -> None:
         """After the new index: delete the earlier checkpoint's files it does not name."""
-        _delete(self.client, self._bucket, self._replaced, "a file of an earlier checkpoint, not replaced by this save")
+        delete_keys(
+            self.client, self._bucket, self._replaced, "a file of an earlier checkpoint, not replaced by this save"
+        )
         self._replaced = []
 
 

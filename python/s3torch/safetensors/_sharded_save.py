@@ -20,22 +20,18 @@ the earlier save (or, in the case above, nothing of either), and raises.
 
 from __future__ import annotations
 
-import logging
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .. import _crt
+from .._batch_writes import BatchWrite, delete_keys
 from .._client import S3Client
-from .._notes import add_note
 from .._progress import Progress
 from ..dcp._staged_save import caller_streams
 from ._save import file_size, plan, write
 from ._shards import Split, index_name, written_by
 from ._source import _list
-
-log = logging.getLogger("s3torch")
 
 FILE_THREADS = 4  # files uploaded at once (each a multipart upload, its parts concurrent)
 
@@ -71,64 +67,26 @@ def save_folder(
     earlier.sort(key=lambda k: not k.endswith(".index.json"))  # an index before its shards
     new = set(planned) | ({index[0]} if index else set())
     if is_main_process and layout.sharded and any(k in planned for k in earlier):
-        _delete(s3, bucket, earlier, "an earlier save's file this save's shards replace")
+        delete_keys(s3, bucket, earlier, "an earlier save's file this save's shards replace")
         earlier = []
 
-    done: List[str] = []
     streams = caller_streams()  # the pool's threads have current CUDA streams of their own
     progress.set_total(sum(file_size(p, t) for t, p in planned.values()) + (len(index[1]) if index else 0))
-    try:
-        with (
-            progress,
-            ThreadPoolExecutor(max(1, min(FILE_THREADS, len(planned))), thread_name_prefix="s3torch-save") as pool,
-        ):
-            futures = {
-                key: pool.submit(write, s3, bucket, key, tensors, p, not overwrite, progress.add, streams)
+    # A failure before the index is written deletes the shards written (BatchWrite).
+    with progress, BatchWrite(s3, bucket, "s3torch-save") as batch:
+        batch.run(
+            [
+                (key, functools.partial(write, s3, bucket, key, tensors, p, not overwrite, progress.add, streams))
                 for key, (tensors, p) in planned.items()
-            }
-            first: Optional[BaseException] = None
-            for key, fut in futures.items():
-                try:
-                    fut.result()
-                    done.append(key)
-                except BaseException as e:  # every upload ends (completes or aborts) before this returns
-                    first = first or e
-            if first is not None:
-                raise first
-            if index is not None:
-                with s3.put_object(bucket, index[0], exclusive=not overwrite) as w:
-                    w.write(index[1])
-                progress.add(len(index[1]))
-    except BaseException as e:  # the progress stopped drawing, without a summary
-        left = _delete_quietly(s3, bucket, done)
-        if left:
-            add_note(e, f"s3torch: shards this save wrote could not be deleted: {', '.join(left)}")
-        raise
+            ],
+            FILE_THREADS,
+        )
+        if index is not None:
+            with s3.put_object(bucket, index[0], exclusive=not overwrite) as w:
+                w.write(index[1])
+            progress.add(len(index[1]))
     if is_main_process:
-        _delete(s3, bucket, [k for k in earlier if k not in new], "an earlier save's file, not replaced by this save")
+        delete_keys(
+            s3, bucket, [k for k in earlier if k not in new], "an earlier save's file, not replaced by this save"
+        )
     return sorted(new)
-
-
-def _delete(s3: S3Client, bucket: str, keys: List[str], what: str) -> None:
-    """Delete ``keys`` (gone already is fine); the first failure is raised, noting ``what`` the
-    object is."""
-    for key in keys:
-        try:
-            s3.delete_object(bucket, key)
-        except _crt.S3NotFoundError:
-            pass
-        except _crt.S3Exception as e:
-            add_note(e, f"s3torch: s3://{bucket}/{key} is {what}; delete it, or save again")
-            raise
-
-
-def _delete_quietly(s3: S3Client, bucket: str, keys: List[str]) -> List[str]:
-    """Delete ``keys`` after a failed save; log each that cannot be, and return them."""
-    left = []
-    for key in keys:
-        try:
-            _delete(s3, bucket, [key], "a shard of a failed save")
-        except _crt.S3Exception as e:
-            log.warning("s3torch: could not delete s3://%s/%s after a failed save: %s", bucket, key, e)
-            left.append(f"s3://{bucket}/{key}")
-    return left
