@@ -15,7 +15,7 @@ import errno
 import functools
 import mmap
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from . import _crt
 from ._progress import human
@@ -182,13 +182,17 @@ def get_files(
     progress: Counter,
     partial: str = "",
     durable: bool = True,
+    checks: Optional[Dict[str, Any]] = None,
 ) -> None:
     """Every file (name, size, ETag as listed; at ``paths[name]``, checked by ``local_path``),
     by pieces of PIECE bytes, WINDOW of them in flight, each GET writing straight into the
     file's memory map and held to the listed version. With a ``partial`` suffix, each file is
     written under its path plus that suffix and renamed once every file is whole (removed if
     the copy fails). ``durable``: the files and their directories are synced to disk before
-    this returns (a checkpoint's copy); without, they are as durable as any file written."""
+    this returns (a checkpoint's copy); without, they are as durable as any file written.
+    ``checks``: object key -> a ``FileCheck`` of its stored checksum, handed each piece as it
+    lands and verified once every file is whole, before any rename (a mismatch raises
+    ``ChecksumMismatchError``)."""
     native = client._get_native()
     maps: List[Tuple[Any, Any, Any]] = []  # (file, mmap, memoryview), closed at the end
     pieces: List[Tuple[str, int, int, int, str]] = []  # (key, offset, length, index in maps, ETag)
@@ -197,6 +201,16 @@ def get_files(
     inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
     written: List[str] = []  # under their partial names
     done = allocated = False
+
+    def landed(key: str, offset: int, length: int, i: int) -> None:
+        check = checks.get(key) if checks else None
+        if check is not None and length:
+            view = maps[i][2][offset : offset + length]
+            try:
+                check.add(offset, view)
+            finally:
+                view.release()
+
     try:
         for name, size, etag in files:
             path = paths[name] + partial
@@ -227,9 +241,11 @@ def get_files(
             inflight.append((handle, piece))
             del handle
             if len(inflight) >= WINDOW:
-                _finish(inflight.pop(0), progress)
+                _finish(inflight.pop(0), progress, landed)
         while inflight:
-            _finish(inflight.pop(0), progress)
+            _finish(inflight.pop(0), progress, landed)
+        for check in (checks or {}).values():
+            check.verify()
         # On disk before anything that names them (the .metadata, its rename) can be: as
         # torch's FileSystemWriter syncs its files, a copy that reports success survives a
         # power loss, and a crash never leaves a .metadata over files that were not written.
@@ -267,8 +283,12 @@ def _cancel(inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]]) -> None:
             pass
 
 
-def _finish(entry: Tuple[Any, Tuple[str, int, int, int, str]], progress: Counter) -> None:
-    handle, (key, offset, length, _, _) = entry
+def _finish(
+    entry: Tuple[Any, Tuple[str, int, int, int, str]],
+    progress: Counter,
+    landed: Callable[[str, int, int, int], None],
+) -> None:
+    handle, (key, offset, length, i, _) = entry
     try:
         got = handle.wait()
     finally:
@@ -279,4 +299,5 @@ def _finish(entry: Tuple[Any, Tuple[str, int, int, int, str]], progress: Counter
         raise _crt.S3Exception(
             f"{key}: expected {length} bytes at offset {offset}, got {got} (changed during the copy?)"
         )
+    landed(key, offset, length, i)
     progress.add(length)

@@ -18,6 +18,7 @@ from s3torch import _local_files
 from s3torch.cli import cp as cp_verb
 from s3torch.safetensors import load_file
 from tests.conftest import BUCKET, make_client
+from tests.faults.proxy import Fault
 from tests.integration.test_cli import cli
 
 
@@ -79,6 +80,7 @@ def test_a_model_folder_up_and_down_is_byte_exact_with_its_index_last(
     down = tmp_path / "down"
     code, out, err = cli(capsys, "cp", uri, str(down))
     assert code == 0, err
+    assert "checked 7 of 7 files against the checksum S3 stores for them (CRC32C)" in out
     names = _files(local)
     assert _files(down) == names
     match, mismatch, errors = filecmp.cmpfiles(local, down, names, shallow=False)
@@ -130,8 +132,8 @@ def test_a_failed_download_leaves_no_partial_file(env, tmp_path, prefix, capsys,
     calls: List[int] = []
     real = _local_files._finish
 
-    def failing(entry: Any, progress: Any) -> None:
-        real(entry, progress)
+    def failing(entry: Any, progress: Any, landed: Any) -> None:
+        real(entry, progress, landed)
         del entry  # the piece's handle holds a slice of the file's map: not kept by this frame
         calls.append(1)
         if len(calls) == fail_at:  # with the other files' GETs in flight, cancelled
@@ -176,3 +178,34 @@ def test_a_get_failing_with_others_in_flight_reports_its_error(env, tmp_path, pr
     assert code in (3, 4) and "BufferError" not in err and "model-00002-of-00003.safetensors" in err, err
     down = tmp_path / "down"
     assert not down.exists() or _files(down) == []  # every file was under a partial name
+
+
+def test_a_file_that_fails_its_stored_checksum_fails_the_copy(
+    env, proxy, tmp_path, prefix, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One byte of a shard flipped on its way down (the proxy's corrupt_response): exit 1
+    naming the file and both CRCs, no file of the copy left, the index never written. Without
+    a stored checksum (an object a client that sends none wrote), the file is copied and
+    reported as not checked; --no-verify sends no HEADs."""
+    _model_folder(tmp_path / "model", 1, 3)
+    uri = f"s3://{BUCKET}/{prefix}model"
+    assert cli(capsys, "cp", str(tmp_path / "model"), uri)[0] == 0
+    flip = proxy.add(Fault("corrupt_response", method="GET", path=r"model-00002-of-00003\.safetensors", times=1))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    down = tmp_path / "down"
+    code, out, err = cli(capsys, "cp", uri, str(down))
+    assert flip.injected == 1
+    assert code == 1, (out, err)
+    assert f"s3://{BUCKET}/{prefix}model/model-00002-of-00003.safetensors: the bytes read do not match" in err
+    assert "stored CRC32C" in err
+    assert not down.exists() or _files(down) == []
+
+    make_client(env, checksums="off").put(BUCKET, f"{prefix}model/notes.bin", b"no checksum sent")
+    code, out, err = cli(capsys, "cp", uri, str(tmp_path / "again"))
+    assert code == 0, err
+    assert "checked 7 of 8 files against the checksum S3 stores for them (CRC32C); 1 have none" in out
+    heads = proxy.requests_to(prefix, method="HEAD")
+    assert heads >= 8  # the copy above: one per object
+    code, out, err = cli(capsys, "cp", uri, str(tmp_path / "third"), "--no-verify")
+    assert code == 0, err
+    assert "checked" not in out and proxy.requests_to(prefix, method="HEAD") == heads

@@ -18,7 +18,8 @@ OK, CORRUPT, USAGE, NOT_FOUND, FAILED = 0, 1, 2, 3, 4
 
 EXIT_CODES = """exit codes:
   0  success
-  1  verify: the checkpoint is corrupt (tensor bytes fail their CRC32, truncated records)
+  1  verify: the checkpoint is corrupt (tensor bytes fail their CRC32, truncated records);
+     cp down: a file does not match the checksum S3 stores for it
   2  usage: bad arguments, or a destination that exists without --overwrite
   3  not found: no such bucket, prefix, object or checkpoint
   4  any other failure: access denied, network or server errors, a failed transfer,

@@ -37,8 +37,11 @@ from .._create_only import write_create_only
 from .._local_files import LocalFileChanged, NoRoom, check_stamp, get_files, put_file, stamp
 from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
+from ..safetensors._source import _stored as stored_of
+from ..safetensors._verify import ChecksumMismatchError, FileCheck
 from ._checkpoint import METADATA, local_files
 from ._common import (
+    CORRUPT,
     NOT_FOUND,
     OK,
     USAGE,
@@ -74,8 +77,12 @@ then its *.safetensors files), and files DST holds that SRC does not are left in
 without --overwrite, the .metadata is written create only (If-None-Match): one that a save
 or another copy wrote to DST meanwhile is kept, and this copy fails (exit 2).
 
-Down, every file is synced to disk (fsync, as torch's FileSystemWriter does) before the
-.metadata is written, and the .metadata before the copy reports success. Every file gets its
+Down, every file is checked against the checksum S3 stores for it (one HEAD each), where
+it has one that covers the object (a full-object CRC32, CRC32C or CRC64NVME, or a composite
+one with its part sizes): a file that does not match fails the copy (exit 1) before its
+.metadata is written; --no-verify skips this. Every file is synced to disk (fsync, as
+torch's FileSystemWriter does) before the .metadata is written, and the .metadata before the
+copy reports success. Every file gets its
 disk blocks before the first GET. A copy that does not fit in the
 free space of DST's filesystem is refused (exit 4) before anything at DST is removed or
 written; one the filesystem refuses anyway (a quota, a disk filling meanwhile) fails (exit 4)
@@ -83,6 +90,7 @@ with the files it had allocated removed."""
 
 PARTIAL = ".s3torch-partial"  # download: a .metadata's name until it is whole
 INDEX_SUFFIX = ".safetensors.index.json"
+HEAD_THREADS = 16  # download: HEADs for the stored checksums at once
 WEIGHTS_SUFFIX = ".safetensors"
 
 
@@ -133,6 +141,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already at DST")
     p.add_argument(
         "--jobs", type=int, default=8, metavar="N", help="upload: files uploaded at once, each multipart (default 8)"
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="download: do not check each file against the checksum S3 stores for it",
     )
     add_connection_arguments(p)
 
@@ -242,6 +256,7 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
         raise CLIError(f"{dst} already holds {kind.noun} ({existing[0]}); --overwrite replaces it", USAGE)
     total = sum(files.values())
     _check_room(dst, paths, total)
+    checks = _stored_checks(client, bucket, prefix, files, etags) if args.verify else {}
     for n in existing:
         os.remove(os.path.join(dst, n))
     data, meta = _ordered(files, kind)
@@ -251,8 +266,15 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
             # that fails there leaves none that a load would take for whole.
             partial = _partial_suffix(paths, data + meta if kind.whole_files else meta)
             whole = partial if kind.whole_files else ""
-            get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in data], progress, whole)
-            get_files(client, bucket, prefix, paths, [(n, files[n], etags[n]) for n in meta], progress, partial)
+            for names, suffix in ((data, whole), (meta, partial)):
+                todo = [(n, files[n], etags[n]) for n in names]
+                get_files(client, bucket, prefix, paths, todo, progress, suffix, checks=checks)
+        except ChecksumMismatchError as e:
+            raise CLIError(
+                f"{e}; the copy stopped before its .metadata"
+                + (", and removed its files" if kind.whole_files else f" ({dst} holds a copy nothing loads)"),
+                CORRUPT,
+            ) from e
         except NoRoom as e:
             raise CLIError(
                 f"{e.why()}; the copy stopped before its .metadata, and removed the files it had only allocated"
@@ -264,7 +286,38 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
                 "Copy again once the save is done"
             ) from e
     print(f"copied {len(files)} files, {human(total)} ({total:,} bytes): {src} -> {dst}")
+    if args.verify:
+        algorithms = sorted({c.stored.algorithm for c in checks.values()})
+        unchecked = len(files) - len(checks)
+        print(
+            f"checked {len(checks)} of {len(files)} files against the checksum S3 stores for them"
+            + (f" ({', '.join(algorithms)})" if algorithms else "")
+            + (f"; {unchecked} have none that covers the object, not checked" if unchecked else "")
+        )
     return OK
+
+
+def _stored_checks(
+    client: S3Client, bucket: str, prefix: str, files: Dict[str, int], etags: Dict[str, str]
+) -> Dict[str, FileCheck]:
+    """Object key -> a check of the file against the checksum S3 stores for it, for each file
+    that has one covering it (a HEAD each, HEAD_THREADS at once; a composite one with its part
+    sizes). An object whose HEAD answers another version than the listing saw fails the copy
+    before anything at DST is touched."""
+    native = client._get_native()
+    names = sorted(files)
+    with ThreadPoolExecutor(max(1, min(HEAD_THREADS, len(names))), thread_name_prefix="s3torch-cp-head") as pool:
+        answers = list(pool.map(lambda n: stored_of(native, bucket, prefix + n), names))
+    checks: Dict[str, FileCheck] = {}
+    for name, (stored, etag) in zip(names, answers):
+        if etag and etags[name] and etag != etags[name]:
+            raise CLIError(
+                f"s3://{bucket}/{prefix}{name}: replaced since it was listed (something is saving to "
+                f"s3://{bucket}/{prefix}); nothing was copied. Copy again once the save is done"
+            )
+        if stored.algorithm:
+            checks[prefix + name] = FileCheck(f"s3://{bucket}/{prefix}{name}", files[name], stored)
+    return checks
 
 
 def _check_room(dst: str, paths: Dict[str, str], total: int) -> None:
