@@ -37,8 +37,7 @@ from .._create_only import write_create_only
 from .._local_files import LocalFileChanged, NoRoom, check_stamp, get_files, put_file, stamp
 from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
-from ..safetensors._source import _stored as stored_of
-from ..safetensors._verify import ChecksumMismatchError, FileCheck
+from .._stored_checksum import ChecksumMismatch, FileCheck, stored_of
 from ._checkpoint import METADATA, local_files
 from ._common import (
     CORRUPT,
@@ -269,7 +268,7 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
             for names, suffix in ((data, whole), (meta, partial)):
                 todo = [(n, files[n], etags[n]) for n in names]
                 get_files(client, bucket, prefix, paths, todo, progress, suffix, checks=checks)
-        except ChecksumMismatchError as e:
+        except ChecksumMismatch as e:
             raise CLIError(
                 f"{e}; the copy stopped before its .metadata"
                 + (", and removed its files" if kind.whole_files else f" ({dst} holds a copy nothing loads)"),

@@ -20,9 +20,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _crt
 from .._listing import pages
+from .._stored_checksum import Stored
+from .._stored_checksum import stored_of as _stored
 from ._errors import FileChangedError, HeaderError, MissingShardError, TruncatedFileError, read_error
 from ._header import MAX_HEADER, PREFIX, Header, TensorInfo, header_length, parse_header
-from ._verify import Stored, stored_checksum, with_part_sizes
 
 HEAD_GUESS = 256 * 1024  # first GET of each file: most headers fit (MoE models' can be MBs)
 HEAD_THREADS = 8  # HEADs (stored checksums) in flight at once, beside the header GETs
@@ -126,22 +127,6 @@ def _get_headers(
                 h.cancel()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _stored(native: "_crt.NativeClient", bucket: str, key: str) -> Tuple[Stored, str]:
-    """The object's stored checksum (a HEAD in checksum mode), and the ETag of the version it
-    is of; for a composite one, with the part sizes it needs (GetObjectAttributes: when those
-    cannot be listed, e.g. without s3:GetObjectAttributes, the file is read unchecked and the
-    outcome says why)."""
-    info = native.head(bucket, key, False, True)
-    stored = stored_checksum(info)
-    if stored.parts:
-        try:
-            sizes = native.object_part_sizes(bucket, key)
-        except _crt.S3Exception as e:
-            return Stored(why_not=f"its composite {stored.algorithm} needs the part sizes, not listed: {e}"), info.etag
-        stored = with_part_sizes(stored, sizes, info.size)
-    return stored, info.etag
 
 
 def _named(e: "_crt.S3Exception", why: Optional[str]) -> "_crt.S3Exception":
