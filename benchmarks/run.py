@@ -690,8 +690,10 @@ def main() -> int:
                 ctx["endpoint"] = proxy.endpoint
                 log(f"{sc.name}: through a proxy adding {sizes['latency_ms']} ms at {proxy.endpoint}")
             try:
-                for _ in range(repeat):  # interleaved, so drift on a shared machine hits every peer alike
-                    for peer in peers:
+                for rnd in range(repeat):  # interleaved, so drift on a shared machine hits every peer alike
+                    # Each round starts with the next peer: a round's first run can be slowed by
+                    # what the last one left (cp_down's s3torch row, first, ran 12-20% slower).
+                    for peer in peers[rnd % len(peers) :] + peers[: rnd % len(peers)]:
                         if runs[peer] and "error" in runs[peer][-1]:
                             continue
                         r = run_one(py, {**ctx, "peer": peer}, args.timeout)

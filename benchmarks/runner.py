@@ -436,11 +436,14 @@ def setup_cp(ctx: Dict[str, Any], peer: str) -> Callable[[], Dict[str, float]]:
         "s3torch-2gbps": mine[:4] + ["--throughput-gbps", "2"] + mine[4:],
         "s3torch-noverify": mine[:4] + ["--no-verify"] + mine[4:],  # down: no stored checksums checked
         "s5cmd": s5,
+        "s5cmd-sync": s5,  # then sync(1), timed: on disk, as s3torch cp leaves its files
     }[peer]
 
     def op() -> Dict[str, float]:
         c0, t0 = cpu_seconds(), time.perf_counter()
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if peer == "s5cmd-sync":
+            os.sync()
         t1, c1 = time.perf_counter(), cpu_seconds()
         try:
             if r.returncode != 0:
@@ -455,6 +458,9 @@ def setup_cp(ctx: Dict[str, Any], peer: str) -> Callable[[], Dict[str, float]]:
                 raise RuntimeError(f"copied {len(got)} files, {sum(got.values())} bytes; expected {files}")
         finally:
             shutil.rmtree(out, ignore_errors=True)
+            # Untimed: the next run, whichever peer's, starts with no dirty pages or deletes
+            # of this one still being written back (s5cmd leaves its files unsynced).
+            os.sync()
         return {"units": float(n), "seconds": t1 - t0, "cpu_seconds": c1 - c0}
 
     return op

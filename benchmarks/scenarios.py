@@ -134,7 +134,7 @@ SCENARIOS: List[Scenario] = [
         "a DCP checkpoint copied from S3 to a local directory by a command line",
         "seaweed",
         "GB/s",
-        ["s3torch", "s3torch-2gbps", "s3torch-noverify", "s5cmd"],
+        ["s3torch", "s3torch-2gbps", "s3torch-noverify", "s5cmd", "s5cmd-sync"],
         {"layers": 14, "d_model": 1024, "vocab": 32000},
         {"layers": 2, "d_model": 512, "vocab": 8000},
     ),

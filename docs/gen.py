@@ -416,6 +416,12 @@ NOTES: Dict[str, str] = {
     "`S3HuggingFaceStorageWriter` to S3 against torch's `HuggingFaceStorageWriter` to local disk then s5cmd up "
     "(both timed). torch's writer builds each file in memory (`safetensors.torch.save`); s3torch's streams them, "
     "its peak RSS the CRT's part buffers.",
+    "benchmarks/results/cp-down-verify/results.json": "`s3torch cp` down with each file checked against the "
+    "checksum S3 stores for it (the default) and without (`--no-verify`), beside s5cmd and s5cmd then `sync` "
+    "(s3torch cp syncs its files; s5cmd does not), peers in a rotating order, the machine synced between runs. "
+    "The check's CRC takes ~0.05 CPU-s/GB; the rows' 10% gap did not show in a manual A/B with a sync between "
+    "runs, nor with `s3torch-noverify` first in every round (0.826 vs 0.820 GB/s), so read it as the VM's noise. "
+    "s5cmd's lead is partly durability: synced, it was 1.24x.",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "
