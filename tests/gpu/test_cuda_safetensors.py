@@ -157,18 +157,10 @@ def test_an_injected_cuda_error_in_a_save_is_a_staging_error(seaweed, prefix, mo
     no upload left open, the ring whole."""
     import re
 
-    from s3torch.dcp import StagingError, _staged_save
+    from s3torch.dcp import StagingError
+    from tests.unit.test_staged_save import fail_copy
 
-    calls = []
-    real = _staged_save.copy_block
-
-    def failing(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None:
-        calls.append(1)
-        if len(calls) == 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        real(dst, src, non_blocking)
-
-    monkeypatch.setattr(_staged_save, "copy_block", failing)
+    fail_copy(monkeypatch, 3, torch.OutOfMemoryError("CUDA out of memory (injected)"))
     client = make_client(seaweed)
     sd = {"a": torch.randn(2048, 1024, device="cuda"), "b": torch.randn(4096, 1024, device="cuda")}  # 8 + 16 MiB
     with pytest.raises(StagingError) as ei:

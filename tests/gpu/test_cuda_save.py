@@ -17,12 +17,12 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 
-from s3torch.dcp import _staged_save, _staging
+from s3torch.dcp import _staging
 from s3torch.dcp._errors import StagingError
 from tests.conftest import BUCKET, make_client
 from tests.integration.test_dcp import reader, writer
 from tests.integration.test_staged_save import as_bytes, every_kind, objects, rings_whole
-from tests.unit.test_staged_save import dtypes, views
+from tests.unit.test_staged_save import dtypes, fail_copy, views
 
 DEV = torch.device("cuda")
 MiB = 1024 * 1024
@@ -211,16 +211,7 @@ def test_an_injected_cuda_error_is_a_staging_error(seaweed, monkeypatch) -> None
     import uuid
 
     prefix = f"gpu-save-err/{uuid.uuid4().hex[:8]}/"
-    calls = []
-    real = _staged_save.copy_block
-
-    def failing(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None:
-        calls.append(1)
-        if len(calls) == 6:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        real(dst, src, non_blocking)
-
-    monkeypatch.setattr(_staged_save, "copy_block", failing)
+    fail_copy(monkeypatch, 6, torch.OutOfMemoryError("CUDA out of memory (injected)"))
     sd = {"a": torch.randn(1024, 1024, device=DEV), "b": torch.randn(2048, 1024, device=DEV)}  # 4 + 8 MiB
     with pytest.raises(CheckpointException) as ei:
         dcp.save(

@@ -14,11 +14,12 @@ import pytest
 import safetensors.torch as sts
 import torch
 
-from s3torch.dcp import StagingError, _staged_save, _staging
+from s3torch.dcp import StagingError, _staging
 from s3torch.safetensors import _save, save_file, save_torch_state_dict
 from tests.conftest import BUCKET, make_client
 from tests.integration.test_safetensors import _model
 from tests.integration.test_staged_save import objects, rings_whole
+from tests.unit.test_staged_save import fail_copy
 
 MiB = 1024 * 1024
 
@@ -87,18 +88,13 @@ def test_a_failed_copy_names_the_tensor_and_leaves_nothing(seaweed, prefix: str,
     no object, and the ring back in the pool with every slot free."""
     forced(3 * MiB, MiB)
     s3 = seaweed.boto3_client()
-    calls: List[int] = []
     uploads_then: List[Dict[str, Any]] = []
-    real = _staged_save.copy_block
-
-    def failing(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None:
-        calls.append(1)
-        if len(calls) == 12:
-            uploads_then.extend(s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", []))
-            raise error
-        real(dst, src, non_blocking)
-
-    monkeypatch.setattr(_staged_save, "copy_block", failing)
+    fail_copy(
+        monkeypatch,
+        12,
+        error,
+        lambda: uploads_then.extend(s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])),
+    )
     sd = {f"t{i}": torch.randn(1024, 1024) for i in range(6)}  # 4 MiB each: t2's last slot fails
     with pytest.raises(StagingError) as ei:
         save_file(sd, f"s3://{BUCKET}/{prefix}failed.safetensors", client=make_client(seaweed))

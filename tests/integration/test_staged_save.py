@@ -18,11 +18,11 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 
-from s3torch.dcp import S3StorageWriter, _save_mark, _staged_save, _staging
+from s3torch.dcp import S3StorageWriter, _save_mark, _staging
 from s3torch.dcp._errors import StagingError
 from tests.conftest import BUCKET, make_client
 from tests.integration.test_dcp import reader, writer
-from tests.unit.test_staged_save import dtypes, filled, views
+from tests.unit.test_staged_save import dtypes, fail_copy, filled, views
 
 MiB = 1024 * 1024
 
@@ -114,18 +114,14 @@ def test_a_failed_copy_names_the_tensor_and_leaves_nothing(seaweed, prefix: str,
     """The 12th slot's copy fails, after more than a part (8 MiB) of the file went to its
     multipart upload: a StagingError naming the item and the object, the upload aborted, no
     file and no .metadata, and the ring back in the pool with every slot free."""
-    calls, uploads_then = [], []
-    real = _staged_save.copy_block
-
-    def failing(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None:
-        calls.append(1)
-        if len(calls) == 12:
-            uploads_then.extend(s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", []))
-            raise error
-        real(dst, src, non_blocking)
-
+    uploads_then: list = []
     s3 = seaweed.boto3_client()
-    monkeypatch.setattr(_staged_save, "copy_block", failing)
+    fail_copy(
+        monkeypatch,
+        12,
+        error,
+        lambda: uploads_then.extend(s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])),
+    )
     _staging.release_staging_memory()
     sd = {f"t{i}": torch.randn(1024, 1024) for i in range(6)}  # 4 MiB each
     path = f"s3://{BUCKET}/{prefix}failed"

@@ -6,7 +6,7 @@ device tensor as ``.cpu()`` copies it)."""
 from __future__ import annotations
 
 import io
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pytest
 import torch
@@ -121,17 +121,28 @@ def test_dense_source_is_one_flat_span() -> None:
     assert src.dim() == 2  # not dense: streamed block by block
 
 
-def test_a_failed_copy_names_the_tensor_and_returns_every_slot(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
+def fail_copy(
+    monkeypatch: pytest.MonkeyPatch, at: int, error: BaseException, before: Optional[Callable[[], None]] = None
+) -> List[int]:
+    """Make the ``at``-th slot copy of the staged saves raise ``error`` (calling ``before``
+    first); the others copy. Returns the list the copies are counted in."""
+    calls: List[int] = []
     real = _staged_save.copy_block
 
     def failing(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None:
         calls.append(1)
-        if len(calls) == 3:
-            raise torch.OutOfMemoryError("out of memory (injected)")
+        if len(calls) == at:
+            if before is not None:
+                before()
+            raise error
         real(dst, src, non_blocking)
 
     monkeypatch.setattr(_staged_save, "copy_block", failing)
+    return calls
+
+
+def test_a_failed_copy_names_the_tensor_and_returns_every_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    fail_copy(monkeypatch, 3, torch.OutOfMemoryError("out of memory (injected)"))
     t = filled((64, 64), torch.float32)
     records = _torch_save.streamed_records(t)
     assert records is not None
