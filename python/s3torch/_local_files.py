@@ -234,7 +234,8 @@ def get_files(
             maps.append((f, m, memoryview(m)))
             pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1, etag) for a in range(0, size, PIECE)]
         allocated = True
-        populate = _Populate([m[2] for m in maps])  # stopped and joined before the maps close
+        if sum(len(m[2]) for m in maps) >= _crt.POPULATE_MIN_BYTES:  # else not worth a thread
+            populate = _Populate([m[2] for m in maps])  # stopped and joined before the maps close
         for piece in pieces:
             key, offset, length, i, etag = piece
             if i < 0:
@@ -285,7 +286,7 @@ class _Populate:
     page's contents, so racing a GET into the same page is harmless; before Linux 5.14 it
     does nothing."""
 
-    CHUNK = 8 << 20
+    CHUNK = 4 * _crt.POPULATE_CHUNK_BYTES
 
     def __init__(self, views: List[memoryview]) -> None:
         self._views = views
