@@ -113,9 +113,11 @@ def test_overwrite_replaces_the_earlier_model_whole(env, tmp_path, prefix, capsy
 
     down = tmp_path / "down"
     _model_folder(down, 3, 3)
+    _model_folder(down / "other", 4, 1)  # a model in a folder the copy does not write into: kept
     code, _, err = cli(capsys, "cp", uri, str(down), "--overwrite")
     assert code == 0, err
-    assert _files(down) == sorted(_files(tmp_path / "two") + ["README.md"])
+    theirs = ["other/" + n for n in _files(down / "other")]
+    assert _files(down) == sorted(_files(tmp_path / "two") + ["README.md"] + theirs) and len(theirs) == 5
 
 
 @pytest.mark.parametrize("fail_at", [1, 5, 7])

@@ -72,7 +72,8 @@ or another control character.
 
 Refuses (exit 2) when DST already holds a checkpoint (a .metadata), unless --overwrite:
 then DST's old .metadata is removed before anything else is written (a model's index files,
-then its *.safetensors files), and files DST holds that SRC does not are left in place. Up
+then its *.safetensors files, in the folders the copy writes into), and files DST holds that
+SRC does not are left in place. Up
 without --overwrite, the .metadata is written create only (If-None-Match): one that a save
 or another copy wrote to DST meanwhile is kept, and this copy fails (exit 2).
 
@@ -105,9 +106,12 @@ class _Kind:
     def is_marker(self, name: str) -> bool:
         return os.path.basename(name).endswith(self.markers)
 
-    def held(self, names: Iterable[str]) -> List[str]:
-        """The names that make a copy of this kind; markers first (removed in this order)."""
-        found = [n for n in names if os.path.basename(n).endswith(self.holds)]
+    def held(self, names: Iterable[str], copied: Iterable[str]) -> List[str]:
+        """Of ``names`` (at DST), those that make a copy of this kind, in the folders the
+        copy writes into (those of ``copied``): a model in a folder SRC does not have is not
+        this copy's to refuse or replace. Markers first (removed in this order)."""
+        folders = {os.path.dirname(n) for n in copied}
+        found = [n for n in names if os.path.basename(n).endswith(self.holds) and os.path.dirname(n) in folders]
         return sorted(found, key=lambda n: (not self.is_marker(n), n))
 
 
@@ -184,7 +188,7 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
         raise _nothing_at(src, "the directory")
     # The version of each file the copy is held to, from before anything is read.
     stamps = {n: stamp(os.lstat(os.path.join(src, n))) for n in files}
-    existing = [prefix + n for n in kind.held(o.key[len(prefix) :] for o in list_all(client, bucket, prefix))]
+    existing = [prefix + n for n in kind.held((o.key[len(prefix) :] for o in list_all(client, bucket, prefix)), files)]
     if existing and not args.overwrite:
         raise CLIError(f"{dst} already holds {kind.noun} ({existing[0]}); --overwrite replaces it", USAGE)
     for k in existing:  # first, so a copy that fails halfway never leaves old metadata over new files
@@ -249,7 +253,7 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
         paths = {name: local_path(dst, name, prefix + name) for name in files}
     except UnsafeKeyError as e:
         raise CLIError(f"{src}: {e} (it would not stay under {dst})", USAGE) from e
-    existing = kind.held(local_files(dst)) if os.path.isdir(dst) else []
+    existing = kind.held(local_files(dst), files) if os.path.isdir(dst) else []
     if existing and not args.overwrite:
         raise CLIError(f"{dst} already holds {kind.noun} ({existing[0]}); --overwrite replaces it", USAGE)
     total = sum(files.values())
