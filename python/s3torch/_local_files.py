@@ -301,7 +301,8 @@ class _Populate:
                     return
                 chunk = v[a : a + self.CHUNK]
                 try:
-                    _crt.prefault(chunk, False)
+                    if not _crt.prefault(chunk, False):
+                        return  # a kernel (before 5.14) or a filesystem that cannot populate
                 finally:
                     chunk.release()
 
