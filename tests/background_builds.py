@@ -14,6 +14,7 @@ tests/packaging``), a test starts its build in the foreground of that wait.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import tempfile
@@ -30,6 +31,11 @@ class Build:
     steps: List[List[str]]
     env: Dict[str, str] = field(default_factory=dict)
     cwd: Optional[str] = None
+    # The environment it runs in, but for ``env``: the process's when the build was queued
+    # (the session's start), not when it begins. A build that began while a test had changed
+    # os.environ (HOME and HTTPS_PROXY of a test's own, monkeypatched) ran in that test's
+    # environment: the fuzz build then found an empty CRT cache and a closed proxy.
+    base_env: Optional[Dict[str, str]] = None
 
 
 @dataclass
@@ -56,7 +62,8 @@ class _Runner:
 
     def start(self, builds: List[Build]) -> None:
         with self._lock:
-            self._queue.extend(b for b in builds if b.name not in self._outcomes)
+            now = dict(os.environ)
+            self._queue.extend(dataclasses.replace(b, base_env=now) for b in builds if b.name not in self._outcomes)
             if self._thread is None and self._queue:
                 self._thread = threading.Thread(target=self._run_queue, name="background-builds", daemon=True)
                 self._thread.start()
@@ -88,7 +95,7 @@ class _Runner:
 
 
 def _run(build: Build, nice: bool) -> Outcome:
-    env = {**os.environ, **build.env}
+    env = {**(os.environ if build.base_env is None else build.base_env), **build.env}
     rc = 0
     with tempfile.TemporaryFile(mode="w+") as log:
         for step in build.steps:
