@@ -15,10 +15,10 @@ import errno
 import functools
 import mmap
 import os
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from . import _crt
+from ._prefault import Prefaulter
 from ._progress import human
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def get_files(
     inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
     written: List[str] = []  # under their partial names
     done = allocated = False
-    populate: Optional[_Populate] = None
+    populate: Optional[Prefaulter] = None
 
     def landed(key: str, offset: int, length: int, i: int) -> None:
         check = checks.get(key) if checks else None
@@ -234,8 +234,11 @@ def get_files(
             maps.append((f, m, memoryview(m)))
             pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1, etag) for a in range(0, size, PIECE)]
         allocated = True
-        if sum(len(m[2]) for m in maps) >= _crt.POPULATE_MIN_BYTES:  # else not worth a thread
-            populate = _Populate([m[2] for m in maps])  # stopped and joined before the maps close
+        # The files' pages made resident ahead of the GETs, on a thread of its own, so that the
+        # event-loop threads copying each response into a map do not take the faults (and the
+        # page-cache allocations) one at a time: s3torch cp down of a 1 GB checkpoint 0.66-0.68
+        # -> 0.76 GB/s at 1.3 -> 1.05 CPU-s/GB (2 CPUs, SeaweedFS). Stopped before the maps close.
+        populate = Prefaulter([m[2] for m in maps])
         for piece in pieces:
             key, offset, length, i, etag = piece
             if i < 0:
@@ -275,40 +278,6 @@ def get_files(
             for path in written:
                 if os.path.exists(path):
                     os.remove(path)
-
-
-class _Populate:
-    """The files' pages made resident ahead of the GETs (``_crt.prefault``, as ``_prefault.py``
-    does for fresh tensors), in the order the GETs go, on a thread of its own, so that the
-    event-loop threads copying each response into a map do not take the page faults (and the
-    page-cache allocations) one at a time: ``s3torch cp`` down of a 1 GB checkpoint 0.66-0.68
-    -> 0.76 GB/s at 1.3 -> 1.05 CPU-s/GB (2 CPUs, SeaweedFS). Populating never changes a
-    page's contents, so racing a GET into the same page is harmless; before Linux 5.14 it
-    does nothing."""
-
-    CHUNK = 4 * _crt.POPULATE_CHUNK_BYTES
-
-    def __init__(self, views: List[memoryview]) -> None:
-        self._views = views
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="s3torch-cp-populate", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for v in self._views:
-            for a in range(0, len(v), self.CHUNK):
-                if self._stop.is_set():
-                    return
-                chunk = v[a : a + self.CHUNK]
-                try:
-                    if not _crt.prefault(chunk, False):
-                        return  # a kernel (before 5.14) or a filesystem that cannot populate
-                finally:
-                    chunk.release()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _cancel(inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]]) -> None:

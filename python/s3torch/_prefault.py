@@ -21,11 +21,16 @@ instead of 512 (``benchmarks/results/huge-pages/``).
 from __future__ import annotations
 
 import threading
-from typing import Callable, List, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from . import _crt
+
+if TYPE_CHECKING:
+    import torch
+
+    Buffer = Union[torch.Tensor, memoryview]
+else:
+    Buffer = Any
 
 # Per call, and the least worth a thread: the core's own (prefault.h says why).
 CHUNK_BYTES = _crt.POPULATE_CHUNK_BYTES
@@ -33,7 +38,7 @@ MIN_BYTES = _crt.POPULATE_MIN_BYTES
 
 
 class Prefaulter:
-    """Populates ``buffers`` (flat CPU uint8 tensors), in order, a chunk at a time, on a thread
+    """Populates ``buffers`` (flat CPU uint8 tensors, or byte memoryviews), in order, a chunk at a time, on a thread
     of its own until done or stopped; a thread that would only wait for a GET can lend a hand
     (``help_until``), taking the next chunks from the same queue. Those resident already are
     skipped, and where huge pages are enabled the rest are advised them here, before the
@@ -41,15 +46,15 @@ class Prefaulter:
     in small pages). No thread for less than ``MIN_BYTES`` in all. The thread holds the
     buffers until it ends; ``stop()`` joins it."""
 
-    def __init__(self, buffers: List[torch.Tensor]) -> None:
-        self._buffers = [b for b in buffers if b.numel() and not _crt.looks_resident(b)]
+    def __init__(self, buffers: Sequence[Buffer]) -> None:
+        self._buffers = [b for b in buffers if _nbytes(b) and not _crt.looks_resident(b)]
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._at = (0, 0)  # the next chunk: (buffer, offset)
         self.populated = 0  # bytes; read after stop()
         self.helped = 0  # of which by help_until
         self._thread: Optional[threading.Thread] = None
-        if sum(b.numel() for b in self._buffers) >= MIN_BYTES:
+        if sum(_nbytes(b) for b in self._buffers) >= MIN_BYTES:
             for b in self._buffers:
                 _crt.advise_huge_pages(b)
             self._thread = threading.Thread(target=self._run, name="s3torch-prefault", daemon=True)
@@ -57,23 +62,23 @@ class Prefaulter:
         else:
             self._buffers = []
 
-    def _next(self) -> Optional[torch.Tensor]:
+    def _next(self) -> Optional[Buffer]:
         with self._lock:
             i, at = self._at
             if self._stopped.is_set() or i >= len(self._buffers):
                 return None
             b = self._buffers[i]
-            self._at = (i, at + CHUNK_BYTES) if at + CHUNK_BYTES < b.numel() else (i + 1, 0)
+            self._at = (i, at + CHUNK_BYTES) if at + CHUNK_BYTES < _nbytes(b) else (i + 1, 0)
             return b[at : at + CHUNK_BYTES]
 
-    def _populate(self, piece: torch.Tensor, helping: bool = False) -> bool:
+    def _populate(self, piece: Buffer, helping: bool = False) -> bool:
         if not _crt.prefault(piece, write_fallback=False):
             self._stopped.set()  # this kernel cannot populate: the GETs fault their pages themselves
             return False
         with self._lock:
-            self.populated += piece.numel()
+            self.populated += _nbytes(piece)
             if helping:
-                self.helped += piece.numel()
+                self.helped += _nbytes(piece)
         return True
 
     def _run(self) -> None:
@@ -102,3 +107,9 @@ class Prefaulter:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _nbytes(b: Buffer) -> int:
+    """Bytes of a flat uint8 tensor or a byte memoryview (``s3torch cp``'s file maps: this
+    module imports no torch, which the command line never loads)."""
+    return b.numel() if hasattr(b, "numel") else len(b)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pathlib
 import subprocess
 import sys
 import threading
@@ -121,6 +122,23 @@ def test_the_thread_makes_every_buffer_resident(monkeypatch: pytest.MonkeyPatch)
     assert Prefaulter([torch.empty(0, dtype=torch.uint8)])._thread is None  # nothing to do, no thread
     small = [torch.empty(_prefault.MIN_BYTES // 2 - 1, dtype=torch.uint8)] * 2
     assert Prefaulter(small)._thread is None  # a load of small tensors pays for no thread
+
+
+def test_file_maps_are_populated_and_can_close_after_stop(tmp_path: pathlib.Path) -> None:
+    """s3torch cp's buffers: memoryviews of a shared file mapping (no torch), every byte
+    walked, no view of them kept once stopped (the maps then close without BufferError)."""
+    f = open(tmp_path / "f", "wb+")
+    f.truncate(9 * MiB + 3)
+    m = mmap.mmap(f.fileno(), 9 * MiB + 3)
+    view = memoryview(m)
+    p = Prefaulter([view])
+    assert p._thread is not None
+    p._thread.join()
+    p.stop()
+    assert p.populated == 9 * MiB + 3
+    view.release()
+    m.close()
+    f.close()
 
 
 def test_a_write_landing_meanwhile_is_never_undone() -> None:
