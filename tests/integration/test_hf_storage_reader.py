@@ -173,6 +173,59 @@ def test_pieces_of_a_tensor_over_several_files_are_assembled(seaweed_env, prefix
     assert torch.equal(got["w"], whole)
 
 
+def _save_pieces(env, base: str, whole: torch.Tensor, boxes: list) -> None:  # type: ignore[no-untyped-def]
+    """One file per piece (offsets, sizes) of ``whole``, each saying where it lies."""
+    for rank, (offsets, sizes) in enumerate(boxes):
+        piece = whole[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))].clone()
+        save_file(
+            {"w": piece},
+            f"{base}/shard-{rank:05d}-model-00001-of-00001.safetensors",
+            metadata={"DCP_SHARDING_INFO": json.dumps({"w": {"saved_offsets": list(offsets)}})},
+            endpoint=env.endpoint,
+            region=REGION,
+        )
+
+
+@pytest.mark.parametrize(
+    "boxes, error, match",
+    [
+        # A grid of 2 x 3 pieces (FSDP rows x tensor-parallel columns): loads whole.
+        ([((r, c), (4, 2)) for r in (0, 4) for c in (0, 2, 4)], None, ""),
+        # Rows 3..5 in no file: a rank's file missing. torch's planner would leave them as
+        # they were in the destination, with no error.
+        ([((0, 0), (3, 6)), ((5, 0), (3, 6))], MissingShardError, r"rows 3\.\.5 of 8 are in none of its files"),
+        ([((0, 0), (8, 3))], None, ""),  # the columns 3..6 missing make a 8x3 tensor: torch's size check
+        ([((0, 3), (8, 3))], MissingShardError, r"indexes of dimension 1 0\.\.3 of 6"),
+        ([((0, 0), (4, 2)), ((4, 4), (4, 2))], MissingShardError, r"32 of 48 elements are in none"),
+        # Pieces of two saves sharded differently: which bytes to load cannot be told.
+        (
+            [((0, 0), (5, 6)), ((4, 0), (4, 6))],
+            HeaderError,
+            r"shard-00000.* at \[0, 0\] and shard-00001.* at \[4, 0\] overlap",
+        ),
+    ],
+    ids=["grid", "rows-missing", "last-columns-missing", "first-columns-missing", "scattered", "overlap"],
+)
+def test_pieces_that_do_not_tile_a_tensor_are_refused(seaweed_env, prefix, boxes, error, match) -> None:  # type: ignore[no-untyped-def]
+    whole = torch.arange(8 * 6, dtype=torch.float32).reshape(8, 6)
+    base = f"s3://{BUCKET}/{prefix}pieces"
+    _save_pieces(seaweed_env, base, whole, boxes)
+    reader = S3HuggingFaceStorageReader(REGION, base, endpoint=seaweed_env.endpoint)
+    md = reader.read_metadata()
+    if error is None:
+        size = list(md.state_dict_metadata["w"].size)
+        got = {"w": torch.full(size, -1.0)}
+        if size == [8, 6]:
+            dcp.load(got, storage_reader=reader)
+            assert torch.equal(got["w"], whole)
+        with pytest.raises(CheckpointException, match="Size mismatch"):  # torch's planner, at another size
+            dcp.load({"w": torch.zeros(9, 6)}, storage_reader=reader)
+        return
+    with pytest.raises(error, match=match) as info:
+        reader.set_up_storage_reader(md, True)
+    assert f"{base}: tensor 'w'" in str(info.value)
+
+
 def test_what_cannot_be_loaded_is_named(seaweed_env, prefix) -> None:  # type: ignore[no-untyped-def]
     empty = f"s3://{BUCKET}/{prefix}nothing"
     with pytest.raises(CheckpointException) as info:

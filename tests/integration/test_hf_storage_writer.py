@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from s3torch._progress import Progress
 from s3torch.dcp import S3HuggingFaceStorageReader, S3HuggingFaceStorageWriter
+from s3torch.safetensors import MissingShardError
 from tests.conftest import BUCKET, REGION, make_client
 from tests.gloo_ranks import run_ranks
 
@@ -171,6 +172,15 @@ def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, t
     if not consolidate:
         assert "model.safetensors.index.json" not in names
         _consolidating_fails_cleanly(seaweed_env, prefix, whole)
+        # One rank's file gone (a rank whose save failed, a file not copied): the load names
+        # the rows no file holds instead of leaving them as they were.
+        client.delete_object(BUCKET, f"{prefix}hf/shard-00001-model-00001-of-00002.safetensors")
+        reader = S3HuggingFaceStorageReader(REGION, base + "/", **_kw(seaweed_env))
+        with pytest.raises(CheckpointException) as info:
+            dcp.load({k: torch.zeros_like(v) for k, v in whole.items()}, storage_reader=reader)
+        ((err, _tb),) = info.value.failures.values()
+        assert isinstance(err, MissingShardError), err
+        assert "tensor 'embed.weight' (64x24, in 1 piece): rows 0..32 of 64 are in none of its files" in str(err)
         return
     assert [n for n in names if "shard-" not in n] == [
         "model-00001-of-00002.safetensors",

@@ -187,9 +187,44 @@ class S3HuggingFaceStorageReader(StorageReader):
                 md.size = torch.Size([max(a, b) for a, b in zip(md.size, end)])
             self.storage_data[index] = HFStorageInfo(f.key, t.name)
             self._pieces[(f.key, t.name)] = (f, t)
+        self._check_tiled(state)
         metadata = Metadata(state_dict_metadata=state, storage_data=self.storage_data)  # type: ignore[arg-type]
         metadata.storage_meta = StorageMeta(checkpoint_id=self.path, load_id=self.load_id)
         return metadata
+
+    def _check_tiled(self, state: Dict[str, TensorStorageMetadata]) -> None:
+        """Every tensor saved in pieces has each element in exactly one (``_coverage``): a
+        piece missing is a ``MissingShardError``, pieces that overlap a ``HeaderError``, each
+        naming the tensor and its files. Before anything is read: torch's planner would load
+        what the pieces hold and leave the rest of the destination as it was."""
+        from ..safetensors._errors import HeaderError, MissingShardError
+        from ._coverage import TooManyPieces, missing, overlap
+
+        for name, md in state.items():
+            if len(md.chunks) == 1 and list(md.chunks[0].sizes) == list(md.size):
+                continue  # whole (its offsets are 0: its end is the size)
+            boxes = [(list(c.offsets), list(c.sizes)) for c in md.chunks]
+            files = [self.storage_data[MetadataIndex(fqn=name, offset=c.offsets)].key for c in md.chunks]
+            shape = "x".join(map(str, md.size)) or "0-dim"
+            label = f"{self.path}: tensor {name!r} ({shape}, in {len(boxes)} piece{'s' if len(boxes) > 1 else ''})"
+            try:
+                both = overlap(boxes)
+            except TooManyPieces as e:
+                raise HeaderError(f"{label}: cannot be checked: {e}") from None
+            if both is not None:
+                a, b = (f"{files[i].rsplit('/', 1)[-1]} at {boxes[i][0]}" for i in both)
+                raise HeaderError(
+                    f"{label}: the pieces in {a} and {b} overlap: pieces of two saves sharded differently? "
+                    "(which to load cannot be told; keep one save's files)"
+                )
+            gap = missing(md.size, boxes)
+            if gap is not None:
+                names = sorted({f.rsplit("/", 1)[-1] for f in files})
+                listed = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+                raise MissingShardError(
+                    f"{label}: {gap} are in none of its files ({listed}): a file of a distributed save is "
+                    "missing (a rank whose save failed, or a file not copied)"
+                )
 
     def _saved_pieces(self) -> List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]]:
         """Every saved piece: its file, where it lies there, and where in the whole tensor
