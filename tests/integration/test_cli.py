@@ -9,6 +9,7 @@ import filecmp
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -635,6 +636,48 @@ def test_info_and_verify_of_safetensors_weights(env, prefix, capsys) -> None:  #
     assert code == 0 and "metadata     format=pt" in out
     code, out, err = cli(capsys, "verify", f"s3://{BUCKET}/{prefix}nothing/")
     assert code == 3, (out, err)
+
+
+def test_info_and_verify_of_a_distributed_saves_pieces(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A folder of torch's save_distributed=True files (no index): info shows each tensor
+    whole, with its pieces; verify checks every file and that the pieces tile each tensor. A
+    rank's file gone: both exit 1 naming the rows no file holds."""
+    from s3torch.safetensors import save_file
+
+    client = make_client(env)
+    whole = torch.arange(8 * 6, dtype=torch.float32).reshape(8, 6)
+    folder = f"s3://{BUCKET}/{prefix}dist/"
+    for rank, (lo, hi) in enumerate([(0, 3), (3, 5), (5, 8)]):
+        info = json.dumps({"w": {"saved_offsets": [lo, 0]}})
+        tensors = {"w": whole[lo:hi].clone(), **({"bias": torch.ones(6)} if rank == 0 else {})}
+        name = f"shard-{rank + 1:05d}-model-00001-of-00001.safetensors"
+        save_file(tensors, folder + name, client=client, metadata={"DCP_SHARDING_INFO": info})
+    code, out, err = cli(capsys, "info", folder)
+    assert code == 0, err
+    assert "(safetensors, the pieces of a distributed save)" in out and "2 tensors (216 B), 3 files" in out
+    assert re.search(r"w +F32 +\(8, 6\) +192 B  in 3 pieces", out), out
+    code, out, err = cli(capsys, "info", "--json", folder)
+    d = json.loads(out)
+    (w,) = [t for t in d["tensors"] if t["name"] == "w"]
+    assert d["distributed"] and w["shape"] == [8, 6] and [p["offsets"] for p in w["pieces"]] == [[0, 0], [3, 0], [5, 0]]
+    code, out, err = cli(capsys, "verify", folder)
+    assert code == 0, err
+    assert "3 of 3 files match their stored checksums, every header valid, every tensor's pieces present" in out
+    client.delete_object(BUCKET, f"{prefix}dist/shard-00002-model-00001-of-00001.safetensors")
+    for verb in ("info", "verify"):
+        code, out, err = cli(capsys, verb, folder)
+        assert code == 1, (out, err)
+        assert "tensor 'w' (8x6, in 2 pieces): rows 3..5 of 8 are in none of its files" in err
+    # A piece of another save, sharded differently, in the same folder.
+    info = json.dumps({"w": {"saved_offsets": [2, 0]}})
+    save_file(
+        {"w": whole[2:5].clone()},
+        f"{folder}shard-00009-model-00001-of-00001.safetensors",
+        client=client,
+        metadata={"DCP_SHARDING_INFO": info},
+    )
+    code, out, err = cli(capsys, "verify", folder)
+    assert code == 1 and "overlap: pieces of two saves sharded differently?" in err, (out, err)
 
 
 def test_verify_of_safetensors_weights_names_bytes_that_fail_their_checksum(

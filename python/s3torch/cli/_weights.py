@@ -5,6 +5,7 @@ holds a DCP checkpoint's ``.metadata`` is the checkpoint's (the verbs describe t
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from .. import _crt
@@ -18,14 +19,29 @@ SUFFIXES = (".safetensors", ".json")
 STREAM_AHEAD = 64 << 20  # bytes a verify's streaming GET reads ahead
 
 
+@dataclass
+class PieceSource:
+    """A folder of a distributed save's files (no index): each tensor's pieces, checked to
+    tile it (``safetensors/_pieces.py``). What ``open_weights`` answers for one, beside a
+    ``Source``."""
+
+    uri: str
+    files: List[Any]  # ShardFile
+    pieces: Dict[str, Any]  # name -> Pieces, in file order
+    metadata: Optional[Dict[str, Any]] = None
+
+
 def open_weights(client: S3Client, location: str) -> Optional[Any]:
-    """The weights ``location`` names, every header read (a ``safetensors._source.Source``), or
-    None when it names none: not on S3, or a folder that holds a DCP ``.metadata`` or neither
-    ``*.safetensors`` nor an index (the checkpoint's verbs say what is there). A key ending in
-    ``.safetensors`` or ``.json`` is weights whatever is beside it."""
+    """The weights ``location`` names, every header read (a ``safetensors._source.Source``, or
+    a ``PieceSource`` for a folder of a distributed save's pieces), or None when it names
+    none: not on S3, or a folder that holds a DCP ``.metadata`` or neither ``*.safetensors``
+    nor an index (the checkpoint's verbs say what is there). A key ending in ``.safetensors``
+    or ``.json`` is weights whatever is beside it. Pieces that do not tile a tensor (a piece
+    missing, or overlapping another) exit CORRUPT, naming the tensor and the files."""
     from ..safetensors import SafetensorsError
     from ..safetensors._errors import MissingShardError
-    from ..safetensors._source import open_resolved, resolve
+    from ..safetensors._pieces import gather, has_pieces
+    from ..safetensors._source import _get_headers, open_resolved, resolve
 
     if not location.startswith("s3://"):
         return None
@@ -45,7 +61,15 @@ def open_weights(client: S3Client, location: str) -> Optional[Any]:
             found = resolve(native, uri, bucket, key)  # a folder is listed once, here
         except MissingShardError:
             return None  # a folder of neither (only a folder's resolve raises it)
-        return open_resolved(native, uri, bucket, *found, verify=True)
+        index_key, names = found
+        if index_key is None:
+            files = _get_headers(native, bucket, names, {}, True)
+            if has_pieces(files):
+                try:
+                    return PieceSource(uri, files, gather(uri, files))
+                except MissingShardError as e:  # no piece holds some elements: the folder is short of a file
+                    raise CLIError(f"{e}", CORRUPT) from e
+        return open_resolved(native, uri, bucket, index_key, names, verify=True)
     except MissingShardError as e:
         raise CLIError(str(e), NOT_FOUND) from e
     except SafetensorsError as e:  # a header or index that lies: what verify is for
@@ -65,7 +89,24 @@ def describe(src: Any) -> Dict[str, Any]:
     every tensor and the metadata: headers only."""
     per_file: Dict[str, int] = {}
     tensors: List[Dict[str, Any]] = []
-    for name, (f, t) in src.tensors.items():
+    if isinstance(src, PieceSource):  # a tensor in pieces: its whole shape, its pieces' files
+        for name, g in src.pieces.items():
+            f, t, _ = g.parts[0]
+            # The header's shape counts F4 elements, two a byte; the pieces' offsets torch's.
+            packed = t.shape[-1] // t.torch_shape(f.where)[-1] if t.shape and t.torch_shape(f.where)[-1] else 1
+            tensors.append(
+                {
+                    "name": name,
+                    "dtype": t.dtype.name,
+                    "shape": [*g.size[:-1], g.size[-1] * packed] if g.size else [],
+                    "bytes": sum(p.nbytes for _, p, _ in g.parts),
+                    "file": f.key,
+                    "pieces": [{"file": pf.key, "offsets": list(o), "shape": list(p.shape)} for pf, p, o in g.parts],
+                }
+            )
+            for pf, _, _ in g.parts:
+                per_file[pf.key] = per_file.get(pf.key, 0) + 1
+    for name, (f, t) in getattr(src, "tensors", {}).items():
         per_file[f.key] = per_file.get(f.key, 0) + 1
         tensors.append({"name": name, "dtype": t.dtype.name, "shape": list(t.shape), "bytes": t.nbytes, "file": f.key})
     files = [
@@ -80,6 +121,7 @@ def describe(src: Any) -> Dict[str, Any]:
     return {
         "weights": src.uri,
         "format": "safetensors",
+        "distributed": isinstance(src, PieceSource),  # a distributed save's pieces, no index
         "metadata": src.metadata,
         "files": files,
         "tensors": tensors,
@@ -95,7 +137,8 @@ def describe(src: Any) -> Dict[str, Any]:
 def print_description(d: Dict[str, Any], limit: int) -> None:
     """``describe``'s answer as ``s3torch info`` prints it (outside text shown escaped)."""
     t = d["totals"]
-    print(f"weights      {text(d['weights'])}  (safetensors)")
+    kind = "safetensors, the pieces of a distributed save" if d["distributed"] else "safetensors"
+    print(f"weights      {text(d['weights'])}  ({kind})")
     print(
         f"total        {t['tensors']} tensors ({human(t['tensor_bytes'])}), {t['files']} files, "
         f"{human(t['file_bytes'])} ({t['file_bytes']:,} bytes)"
@@ -109,7 +152,9 @@ def print_description(d: Dict[str, Any], limit: int) -> None:
     print("\ntensors:")
     width = max([len(text(x["name"])) for x in d["tensors"][:limit]] + [3])
     for x in d["tensors"][:limit]:
-        print(f"  {text(x['name']):<{width}}  {x['dtype']:<9} {str(tuple(x['shape'])):<20} {human(x['bytes']):>10}")
+        shape = str(tuple(x["shape"]))
+        pieces = f"  in {len(x['pieces'])} pieces" if len(x.get("pieces", ())) > 1 else ""
+        print(f"  {text(x['name']):<{width}}  {x['dtype']:<9} {shape:<20} {human(x['bytes']):>10}{pieces}")
     if len(d["tensors"]) > limit:
         print(f"  ... {len(d['tensors']) - limit} more (--tensors N, or --json)")
 
@@ -173,8 +218,9 @@ def verify(client: S3Client, src: Any) -> int:
         if unchecked
         else ""
     )
+    tiled = ", every tensor's pieces present" if isinstance(src, PieceSource) else ""
     print(
         f"OK  {text(src.uri)}: {len(src.files) - unchecked} of {len(src.files)} files match their stored checksums, "
-        f"every header valid{note}; {human(total)} in {secs:.2f}s ({total / 1e9 / secs:.2f} GB/s)"
+        f"every header valid{tiled}{note}; {human(total)} in {secs:.2f}s ({total / 1e9 / secs:.2f} GB/s)"
     )
     return OK

@@ -31,7 +31,10 @@ carry one (s3torch verify checks them).
 Model weights in the safetensors format (s3://bucket/model.safetensors, an index
 s3://bucket/llama/model.safetensors.index.json, or a folder of either with no DCP .metadata):
 their files (size, tensors, the checksum S3 stores with each), every tensor (name, dtype,
-shape, bytes) and the metadata, from the headers alone (one GET and one HEAD a file)."""
+shape, bytes) and the metadata, from the headers alone (one GET and one HEAD a file). A
+folder of a distributed save's pieces (torch's save_distributed=True files, no index) shows
+each tensor whole with its pieces, and exits 1 when they do not tile it (a rank's file
+missing: the rows no file holds are named)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -36,7 +36,9 @@ that lies exits 1), then every file is read whole, streamed (64 MiB ahead), and 
 against the checksum S3 stores with it (full-object or composite CRC32/CRC32C/CRC64NVME,
 held to the version its header came from). A file with no stored checksum is named
 UNCHECKED and does not fail the run; one that does not match, or changes or ends early
-while read, is named CORRUPT and exits 1."""
+while read, is named CORRUPT and exits 1. A folder of a distributed save's pieces (no index)
+exits 1 before any read when the pieces do not tile every tensor (a rank's file missing, or
+pieces of two saves), naming the tensor, what is missing and the files."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

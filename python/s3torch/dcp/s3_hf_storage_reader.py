@@ -18,7 +18,6 @@ after held to the version the header came from.
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -46,11 +45,10 @@ from .s3_file_system import S3FileSystem
 
 if TYPE_CHECKING:
     from ..safetensors._header import TensorInfo
+    from ..safetensors._pieces import Pieces
     from ..safetensors._source import ShardFile
 
 # torch's names (torch.distributed.checkpoint._hf_utils) for where a piece of a tensor lies.
-SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
-SAVED_OFFSETS_KEY = "saved_offsets"
 # Bytes of tensor rows read (and held on the host) before they are copied to their
 # destinations and the next batch starts.
 DEFAULT_BATCH_BYTES = 1 << 30
@@ -153,82 +151,28 @@ class S3HuggingFaceStorageReader(StorageReader):
             return UnreadableMetadata(e)  # type: ignore[return-value]  # raises on use
 
     def _read_metadata(self) -> Metadata:
-        from ..safetensors._errors import HeaderError
-
-        pieces = self._saved_pieces()
         state: Dict[str, TensorStorageMetadata] = {}
         self.storage_data, self._pieces = {}, {}
-        seen: Dict[MetadataIndex, "ShardFile"] = {}
-        for f, t, offsets in pieces:
-            label = f"{f.where} tensor {t.name!r}"
-            shape = t.torch_shape(label)
-            dtype = t.torch_dtype(label)
-            offsets = offsets or (0,) * len(shape)
-            if len(offsets) != len(shape) or any(not isinstance(o, int) or o < 0 for o in offsets):
-                raise HeaderError(f"{label}: {SHARDING_INFO_KEY} gives offsets {list(offsets)} for shape {list(shape)}")
-            index = MetadataIndex(fqn=t.name, offset=torch.Size(offsets))
-            if index in seen:
-                raise HeaderError(
-                    f"{self.path}: tensor {t.name!r} at offsets {list(offsets)} is in both {seen[index].where} and "
-                    f"{f.where}: which one to load cannot be told (keep one, or name an index)"
-                )
-            seen[index] = f
-            chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(shape))
-            end = [o + s for o, s in zip(offsets, shape)]
-            md = state.get(t.name)
-            if md is None:
-                state[t.name] = TensorStorageMetadata(
-                    properties=TensorProperties(dtype=dtype), size=torch.Size(end), chunks=[chunk]
-                )
-            else:
-                if md.properties.dtype != dtype or len(md.size) != len(end):
-                    raise HeaderError(f"{label}: its pieces disagree on the dtype or the number of dimensions")
-                md.chunks.append(chunk)
-                md.size = torch.Size([max(a, b) for a, b in zip(md.size, end)])
-            self.storage_data[index] = HFStorageInfo(f.key, t.name)
-            self._pieces[(f.key, t.name)] = (f, t)
-        self._check_tiled(state)
+        for name, g in self._saved_pieces().items():
+            chunks = []
+            for f, t, offsets in g.parts:
+                shape = t.torch_shape(f.where)
+                chunks.append(ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(shape)))
+                self.storage_data[MetadataIndex(fqn=name, offset=torch.Size(offsets))] = HFStorageInfo(f.key, name)
+                self._pieces[(f.key, name)] = (f, t)
+            dtype = g.parts[0][1].torch_dtype(g.parts[0][0].where)
+            state[name] = TensorStorageMetadata(
+                properties=TensorProperties(dtype=dtype), size=torch.Size(g.size), chunks=chunks
+            )
         metadata = Metadata(state_dict_metadata=state, storage_data=self.storage_data)  # type: ignore[arg-type]
         metadata.storage_meta = StorageMeta(checkpoint_id=self.path, load_id=self.load_id)
         return metadata
 
-    def _check_tiled(self, state: Dict[str, TensorStorageMetadata]) -> None:
-        """Every tensor saved in pieces has each element in exactly one (``_coverage``): a
-        piece missing is a ``MissingShardError``, pieces that overlap a ``HeaderError``, each
-        naming the tensor and its files. Before anything is read: torch's planner would load
-        what the pieces hold and leave the rest of the destination as it was."""
-        from ..safetensors._errors import HeaderError, MissingShardError
-        from ._coverage import TooManyPieces, missing, overlap
-
-        for name, md in state.items():
-            if len(md.chunks) == 1 and list(md.chunks[0].sizes) == list(md.size):
-                continue  # whole (its offsets are 0: its end is the size)
-            boxes = [(list(c.offsets), list(c.sizes)) for c in md.chunks]
-            files = [self.storage_data[MetadataIndex(fqn=name, offset=c.offsets)].key for c in md.chunks]
-            shape = "x".join(map(str, md.size)) or "0-dim"
-            label = f"{self.path}: tensor {name!r} ({shape}, in {len(boxes)} piece{'s' if len(boxes) > 1 else ''})"
-            try:
-                both = overlap(boxes)
-            except TooManyPieces as e:
-                raise HeaderError(f"{label}: cannot be checked: {e}") from None
-            if both is not None:
-                a, b = (f"{files[i].rsplit('/', 1)[-1]} at {boxes[i][0]}" for i in both)
-                raise HeaderError(
-                    f"{label}: the pieces in {a} and {b} overlap: pieces of two saves sharded differently? "
-                    "(which to load cannot be told; keep one save's files)"
-                )
-            gap = missing(md.size, boxes)
-            if gap is not None:
-                names = sorted({f.rsplit("/", 1)[-1] for f in files})
-                listed = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-                raise MissingShardError(
-                    f"{label}: {gap} are in none of its files ({listed}): a file of a distributed save is "
-                    "missing (a rank whose save failed, or a file not copied)"
-                )
-
-    def _saved_pieces(self) -> List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]]:
-        """Every saved piece: its file, where it lies there, and where in the whole tensor
-        (``()``: all of it). Headers of all files are read at once."""
+    def _saved_pieces(self) -> Dict[str, "Pieces"]:
+        """Every tensor's saved pieces (``safetensors/_pieces.py``: checked to tile it), from
+        the headers of all files, read at once: a folder's files (each may hold pieces of
+        tensors), or those its index names (each tensor whole in one)."""
+        from ..safetensors._pieces import Pieces, gather
         from ..safetensors._source import _get_headers, open_resolved, resolve
 
         native = self.client._get_native()
@@ -237,15 +181,13 @@ class S3HuggingFaceStorageReader(StorageReader):
             key = key.rstrip("/") + "/" if key else ""
         uri = f"s3://{bucket}/{key}"
         index_key, names = resolve(native, uri, bucket, key)
-        if index_key is None:  # files, each of which may hold pieces of tensors (no _assemble)
-            pieces: List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]] = []
-            for f in _get_headers(native, bucket, names, {}, self.verify_checksums):
-                offsets = _saved_offsets(f)
-                pieces += [(f, t, offsets.get(t.name, ())) for t in f.header.tensors.values()]
-            return pieces
-        # An index: the files it names, each tensor whole in one.
+        if index_key is None:
+            return gather(self.path, _get_headers(native, bucket, names, {}, self.verify_checksums))
         src = open_resolved(native, uri, bucket, index_key, names, verify=self.verify_checksums)
-        return [(f, t, ()) for f, t in src.tensors.values()]
+        return {
+            name: Pieces(name, list(t.torch_shape(f.where)), [(f, t, (0,) * len(t.torch_shape(f.where)))])
+            for name, (f, t) in src.tensors.items()
+        }
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         """Keep the metadata's storage data (where each saved piece lies)."""
@@ -310,21 +252,6 @@ class S3HuggingFaceStorageReader(StorageReader):
         fut: "Future[None]" = Future()
         fut.set_result(None)
         return fut
-
-
-def _saved_offsets(f: "ShardFile") -> Dict[str, Tuple[int, ...]]:
-    """Where each tensor of ``f`` lies in the whole, from ``DCP_SHARDING_INFO`` (torch's
-    ``HuggingFaceStorageWriter(save_distributed=True)``); {} when the file has none."""
-    from ..safetensors._errors import HeaderError
-
-    text = (f.header.metadata or {}).get(SHARDING_INFO_KEY)
-    if text is None:
-        return {}
-    try:
-        info = json.loads(text)
-        return {name: tuple(v[SAVED_OFFSETS_KEY]) for name, v in info.items()}
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:  # RecursionError: nested too deep
-        raise HeaderError(f"{f.where}: its {SHARDING_INFO_KEY} metadata is not what torch writes: {e!r}") from None
 
 
 __all__ = ["S3HuggingFaceStorageReader"]

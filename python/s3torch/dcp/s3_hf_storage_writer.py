@@ -39,10 +39,10 @@ from .._client import S3Client
 from .._config import S3ClientConfig
 from .._progress import Progress
 from .._uri import parse_s3_uri, s3_path
+from ..safetensors._pieces import SAVED_OFFSETS_KEY, SHARDING_INFO_KEY
 from ..safetensors._source import _list
 from ._staged_save import caller_streams
 from .s3_file_system import S3FileSystem
-from .s3_hf_storage_reader import SHARDING_INFO_KEY
 
 INDEX_NAME = "model.safetensors.index.json"
 _OURS = re.compile(r"(shard-\d{5}-)?model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json")
@@ -265,7 +265,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
                     raise ValueError(f"{fqn!r} is not a tensor: safetensors holds tensors only")
                 tensors[fqn] = t.detach().contiguous()
                 assert item.tensor_data is not None
-                offsets[fqn] = {"saved_offsets": list(item.tensor_data.chunk.offsets)}
+                offsets[fqn] = {SAVED_OFFSETS_KEY: list(item.tensor_data.chunk.offsets)}
             metadata = {SHARDING_INFO_KEY: json.dumps(offsets), DCP_VERSION_KEY: DCP_VERSION, "format": "pt"}
             jobs.append((name, items, tensors, plan_file(tensors, metadata)))  # every file checked first
 

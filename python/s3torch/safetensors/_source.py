@@ -24,6 +24,7 @@ from .._stored_checksum import Stored
 from .._stored_checksum import stored_of as _stored
 from ._errors import FileChangedError, HeaderError, MissingShardError, TruncatedFileError, read_error
 from ._header import MAX_HEADER, PREFIX, Header, TensorInfo, header_length, parse_header
+from ._pieces import has_pieces
 
 HEAD_GUESS = 256 * 1024  # first GET of each file: most headers fit (MoE models' can be MBs)
 HEAD_THREADS = 8  # HEADs (stored checksums) in flight at once, beside the header GETs
@@ -239,6 +240,12 @@ def _assemble(uri: str, files: List[ShardFile], metadata: Optional[Dict[str, Any
             infos = [t for t in infos if t.name in chosen]  # type: ignore[assignment]
         for t in infos:
             if t.name in src.tensors:
-                raise HeaderError(f"{uri}: tensor {t.name!r} is in both {src.tensors[t.name][0].where} and {f.where}")
+                other = src.tensors[t.name][0]
+                why = (
+                    ": pieces of a distributed save, which dcp.load with S3HuggingFaceStorageReader puts together"
+                    if has_pieces([other, f])
+                    else ""
+                )
+                raise HeaderError(f"{uri}: tensor {t.name!r} is in both {other.where} and {f.where}{why}")
             src.tensors[t.name] = (f, t)
     return src

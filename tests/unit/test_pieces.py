@@ -1,4 +1,4 @@
-"""dcp/_coverage.py: whether pieces (boxes) tile a tensor, checked against a brute-force
+"""safetensors/_pieces.py: whether pieces (boxes) tile a tensor, checked against a brute-force
 count of every element."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3torch.dcp._coverage import TooManyPieces, missing, overlap
+from s3torch.safetensors._pieces import TooManyPieces, missing, overlap
 
 Box = Tuple[Sequence[int], Sequence[int]]
 

@@ -1,0 +1,201 @@
+"""The pieces of a distributed save: safetensors files each holding pieces of tensors and
+saying where each lies in the whole (``DCP_SHARDING_INFO``, as torch's
+``HuggingFaceStorageWriter(save_distributed=True)`` writes it), grouped by tensor and checked
+to tile it: every element in exactly one piece.
+
+Such a save has no index listing its files. A rank whose save failed, a file not copied, or
+pieces of two saves sharded differently in one folder leave a tensor whose pieces miss or
+overlap elements; torch's load planner reads what the pieces cover and leaves the rest of the
+destination as it was (a fresh model's random weights), with no error. The DCP reader, and
+``s3torch info`` / ``verify``, check here first.
+
+Pieces are boxes (offsets, sizes) in the tensor's index space. Overlaps are found by a sweep
+along the dimension the pieces split most (pieces of a grid meet only the few beside them);
+with none, the pieces tile the tensor exactly when their volumes add up to its own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ._errors import HeaderError, MissingShardError
+
+if TYPE_CHECKING:
+    from ._header import TensorInfo
+    from ._source import ShardFile
+
+SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
+SAVED_OFFSETS_KEY = "saved_offsets"
+
+Box = Tuple[Sequence[int], Sequence[int]]  # (offsets, sizes)
+BUDGET = 10_000_000  # pairs of pieces compared, at most, for one tensor
+
+
+class TooManyPieces(ValueError):
+    """Pieces that would take more than ``BUDGET`` comparisons to check (no checkpoint that
+    torch writes: pieces of a grid meet a few others each)."""
+
+
+def overlap(boxes: Sequence[Box], budget: int = BUDGET) -> Optional[Tuple[int, int]]:
+    """The indexes of two boxes that share an element, or None. Empty boxes share none.
+    ``TooManyPieces`` past ``budget`` comparisons."""
+    if not boxes:
+        return None
+    ndim = len(boxes[0][0])
+    if ndim == 0:  # 0-dim: every piece is the one element
+        return (0, 1) if len(boxes) > 1 else None
+    d = max(range(ndim), key=lambda k: len({b[0][k] for b in boxes}))
+    order = sorted((i for i, b in enumerate(boxes) if all(boxes[i][1])), key=lambda i: boxes[i][0][d])
+    active: List[Tuple[int, int]] = []  # (end along d, index), a heap
+    for i in order:
+        off, size = boxes[i]
+        while active and active[0][0] <= off[d]:
+            heapq.heappop(active)
+        budget -= len(active)
+        if budget < 0:
+            raise TooManyPieces(f"{len(boxes)} pieces that overlap along every dimension")
+        for _, j in active:  # each begins before i along d and ends after i begins
+            o2, s2 = boxes[j]
+            if all(off[k] < o2[k] + s2[k] and o2[k] < off[k] + size[k] for k in range(ndim)):
+                return (j, i)
+        heapq.heappush(active, (off[d] + size[d], i))
+    return None
+
+
+def missing(size: Sequence[int], boxes: Sequence[Box]) -> Optional[str]:
+    """What of a tensor of ``size`` the non-overlapping ``boxes`` leave out ("rows 3..5 of
+    8", "12 of 48 elements"), or None when they cover it all."""
+    total = math.prod(size)
+    covered = sum(math.prod(s) for _, s in boxes)
+    if covered >= total:
+        return None
+    # Pieces that each span every dimension but one (a tensor split along one dimension): the
+    # ranges of that dimension none holds.
+    for d in range(len(size)):
+        if all(o[k] == 0 and s[k] == size[k] for o, s in boxes for k in range(len(size)) if k != d):
+            gaps, end = [], 0
+            for o, s in sorted((b[0][d], b[1][d]) for b in boxes):
+                if o > end:
+                    gaps.append(f"{end}..{o}")
+                end = max(end, o + s)
+            if end < size[d]:
+                gaps.append(f"{end}..{size[d]}")
+            what = "rows" if d == 0 else f"indexes of dimension {d}"
+            return f"{what} {', '.join(gaps[:5])}{' ...' if len(gaps) > 5 else ''} of {size[d]}"
+    return f"{total - covered} of {total} elements"
+
+
+def saved_offsets(f: "ShardFile") -> Dict[str, Tuple[int, ...]]:
+    """Where each tensor of ``f`` lies in the whole, from its ``DCP_SHARDING_INFO``; {} when
+    the file has none. What the file says is checked by :func:`gather`."""
+    text = (f.header.metadata or {}).get(SHARDING_INFO_KEY)
+    if text is None:
+        return {}
+    try:
+        info = json.loads(text)
+        return {name: tuple(v[SAVED_OFFSETS_KEY]) for name, v in info.items()}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:  # RecursionError: nested too deep
+        raise HeaderError(f"{f.where}: its {SHARDING_INFO_KEY} metadata is not what torch writes: {e!r}") from None
+
+
+def has_pieces(files: Iterable["ShardFile"]) -> bool:
+    """Whether any of ``files`` says where its tensors lie (a distributed save's)."""
+    return any(SHARDING_INFO_KEY in (f.header.metadata or {}) for f in files)
+
+
+@dataclass
+class Pieces:
+    """One tensor's saved pieces: each one's file, tensor in it, and offsets in the whole
+    (its shape is the torch shape), and the whole's size (where the pieces end)."""
+
+    name: str
+    size: List[int]
+    parts: List[Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def whole(self) -> bool:
+        """One piece holding all of the tensor."""
+        return len(self.parts) == 1 and list(self.parts[0][1].torch_shape(self.parts[0][0].where)) == self.size
+
+
+def gather(uri: str, files: Iterable["ShardFile"]) -> Dict[str, Pieces]:
+    """Every tensor of ``files`` (a folder's, no index), its pieces grouped, in file order.
+    A tensor is whole in its file unless the file's ``DCP_SHARDING_INFO`` places it. Raises
+    HeaderError for offsets that do not fit the piece, a piece in two files, pieces that
+    disagree on the dtype or overlap; MissingShardError for elements in no piece. Before
+    anything is allocated or read."""
+    out: Dict[str, Pieces] = {}
+    seen: Dict[Tuple[str, Tuple[int, ...]], "ShardFile"] = {}
+    for f in files:
+        placed = saved_offsets(f)
+        for t in f.header.tensors.values():
+            label = f"{f.where} tensor {t.name!r}"
+            shape = t.torch_shape(f.where)
+            offsets = placed.get(t.name, ()) or (0,) * len(shape)
+            if len(offsets) != len(shape) or any(type(o) is not int or o < 0 for o in offsets):
+                raise HeaderError(f"{label}: {SHARDING_INFO_KEY} gives offsets {list(offsets)} for shape {list(shape)}")
+            if (t.name, offsets) in seen:
+                raise HeaderError(
+                    f"{uri}: tensor {t.name!r} at offsets {list(offsets)} is in both {seen[t.name, offsets].where} "
+                    f"and {f.where}: which one to load cannot be told (keep one, or name an index)"
+                )
+            seen[t.name, offsets] = f
+            end = [o + n for o, n in zip(offsets, shape)]
+            g = out.get(t.name)
+            if g is None:
+                g = out[t.name] = Pieces(t.name, end)
+            else:
+                first = g.parts[0][1]
+                if first.dtype.name != t.dtype.name or len(g.size) != len(end):
+                    raise HeaderError(f"{label}: its pieces disagree on the dtype or the number of dimensions")
+                g.size = [max(a, b) for a, b in zip(g.size, end)]
+            g.parts.append((f, t, offsets))
+    for g in out.values():
+        _check_tiled(uri, g)
+    return out
+
+
+def _check_tiled(uri: str, g: Pieces) -> None:
+    """Every element of ``g``'s tensor in exactly one of its pieces."""
+    if g.whole:
+        return
+    boxes = [(list(o), list(t.torch_shape(f.where))) for f, t, o in g.parts]
+    wheres = [f"{f.key.rsplit('/', 1)[-1]}" for f, _, _ in g.parts]
+    shape = "x".join(map(str, g.size)) or "0-dim"
+    label = f"{uri}: tensor {g.name!r} ({shape}, in {len(boxes)} piece{'s' if len(boxes) > 1 else ''})"
+    try:
+        both = overlap(boxes)
+    except TooManyPieces as e:
+        raise HeaderError(f"{label}: cannot be checked: {e}") from None
+    if both is not None:
+        a, b = (f"{wheres[i]} at {boxes[i][0]}" for i in both)
+        raise HeaderError(
+            f"{label}: the pieces in {a} and {b} overlap: pieces of two saves sharded differently? "
+            "(which to load cannot be told; keep one save's files)"
+        )
+    gap = missing(g.size, boxes)
+    if gap is not None:
+        names = sorted(set(wheres))
+        listed = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+        raise MissingShardError(
+            f"{label}: {gap} are in none of its files ({listed}): a file of a distributed save is "
+            "missing (a rank whose save failed, or a file not copied)"
+        )
+
+
+__all__ = [
+    "BUDGET",
+    "SAVED_OFFSETS_KEY",
+    "SHARDING_INFO_KEY",
+    "Pieces",
+    "TooManyPieces",
+    "gather",
+    "has_pieces",
+    "missing",
+    "overlap",
+    "saved_offsets",
+]
