@@ -489,6 +489,28 @@ def test_verify_passes_then_names_every_flipped_tensor(env, prefix, capsys) -> N
     assert "2 of 6 items failed verification" in out
 
 
+def test_verify_names_a_tensor_whose_chunks_do_not_cover_it(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A .metadata that says "big" has 1200 rows while its one chunk holds 600 (written by
+    someone else, or tampered with): torch's planner loads the 600 and leaves the other rows of
+    the destination as they were, with no error. verify names the tensor and the rows."""
+    uri = f"s3://{BUCKET}/{prefix}short"
+    dcp.save(state(), storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
+    client = make_client(env)
+    md = pickle.loads(client._get_native().get_bytes(BUCKET, f"{prefix}short/.metadata"))
+    md.state_dict_metadata["big"].size = torch.Size([1200, 1000])
+    client.put(BUCKET, f"{prefix}short/.metadata", pickle.dumps(md))
+    dest = {**empty(), "big": torch.full((1200, 1000), -1.0)}
+    dcp.load(dest, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
+    assert bool((dest["big"][600:] == -1).all())  # what verify is there to find
+    code, out, err = cli(capsys, "verify", uri)
+    assert code == 1, out + err
+    assert out.startswith(
+        "CORRUPT  big: tensor of 1200x1000 in 1 chunk of the .metadata: rows 600..1200 of 1200 are in no piece "
+        "(a load would leave them as they were in its destination)"
+    ), out
+    assert "0 of 6 items failed verification; 1 of 4 tensors are not held whole by their chunks" in out
+
+
 def test_a_tensor_placed_past_its_storage_fails_verify_and_load(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     """A record whose data.pkl puts the tensor one element past the end of its storage (a
     checkpoint written by someone else; one byte, its .metadata consistent). Before, ``dcp.load``

@@ -26,7 +26,8 @@ the tensor's bytes against the CRC32 its record carries, many reads in parallel,
 model, and that each data file s3torch wrote ends with the mark of the save its .metadata
 describes (a file another save wrote is named, and its items fail). Exits 0 with a summary
 when all match; exits 1 naming every failing file and item (fqn, file, offset in the file)
-when any does not, or is missing or truncated; exits 3 when
+when any does not, or is missing or truncated, or when the .metadata's chunks of a tensor do
+not hold each of its elements once (a load would leave the rest as it was); exits 3 when
 there is no checkpoint there. Memory: at most --group-bytes of tensors at a time (one
 larger tensor is read alone).
 
@@ -119,6 +120,31 @@ def _check_marks(Verifier: Any, client: Any, ckpt: Any, planner: Any) -> Dict[st
     return bad
 
 
+def _untiled(md: Any) -> List[Tuple[str, str]]:
+    """(fqn, why) for each tensor whose chunks in the metadata do not hold each of its
+    elements exactly once (``_tiling``): torch's planner loads what the chunks cover and
+    leaves the rest of the destination as it was, with no error."""
+    from .._tiling import problem
+
+    out = []
+    for fqn, tmd in md.state_dict_metadata.items():
+        chunks = getattr(tmd, "chunks", None)
+        if chunks is None:  # a byte item
+            continue
+        size = list(tmd.size)
+        boxes = [(list(c.offsets), list(c.sizes)) for c in chunks]
+        if len(boxes) == 1 and boxes[0][1] == size and not any(boxes[0][0]):
+            continue  # whole
+        found = problem(size, boxes)
+        if found is not None:
+            kind, why = found
+            shape = "x".join(map(str, size)) or "0-dim"
+            tail = " (a load would leave them as they were in its destination)" if kind == "missing" else ""
+            chunks = f"{len(boxes)} chunk{'s' if len(boxes) > 1 else ''}"
+            out.append((fqn, f"tensor of {shape} in {chunks} of the .metadata: {why}{tail}"))
+    return out
+
+
 def _groups(items: List[Tuple[Any, str, int, int]], limit: int) -> List[List[Tuple[Any, str, int, int]]]:
     out: List[List[Tuple[Any, str, int, int]]] = []
     size = 0
@@ -163,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
             req = ReadItem(LoadItemType.TENSOR, idx, zeros, idx, zeros, torch.Size(r.shape or ()))
         items.append((req, ckpt.key(r.file), r.offset, r.length))
 
+    untiled = _untiled(md)
+    for fqn, why in untiled:
+        print(f"CORRUPT  {text(fqn)}: {text(why)}")
     Verifier = _loader_class()
     planner = _Planner(shapes)
     failures: List[Tuple[Record, str]] = []
@@ -201,10 +230,13 @@ def run(args: argparse.Namespace) -> int:
                     except CheckpointCorruptError as e:
                         failures.append((where_of[item[0].storage_index], str(e)))
     secs = max(time.perf_counter() - t0, 1e-9)
-    if failures or bad_files:
+    if failures or bad_files or untiled:
         for r, why in failures:
             print(f"CORRUPT  {text(r.fqn)}  file {text(ckpt.location(r.file))}  offset {r.offset}: {text(why)}")
-        print(f"{ckpt.where}: {len(failures) + failed_in_files} of {len(items)} items failed verification")
+        print(
+            f"{ckpt.where}: {len(failures) + failed_in_files} of {len(items)} items failed verification"
+            + (f"; {len(untiled)} of {len(shapes)} tensors are not held whole by their chunks" if untiled else "")
+        )
         return CORRUPT
     tensors = len(shapes)
     unchecked = stats["fallback"]

@@ -8,20 +8,15 @@ pieces of two saves sharded differently in one folder leave a tensor whose piece
 overlap elements; torch's load planner reads what the pieces cover and leaves the rest of the
 destination as it was (a fresh model's random weights), with no error. The DCP reader, and
 ``s3torch info`` / ``verify``, check here first.
-
-Pieces are boxes (offsets, sizes) in the tensor's index space. Overlaps are found by a sweep
-along the dimension the pieces split most (pieces of a grid meet only the few beside them);
-with none, the pieces tile the tensor exactly when their volumes add up to its own.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Tuple
 
+from .._tiling import TooManyPieces, missing, overlap
 from ._errors import HeaderError, MissingShardError
 
 if TYPE_CHECKING:
@@ -30,63 +25,6 @@ if TYPE_CHECKING:
 
 SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
 SAVED_OFFSETS_KEY = "saved_offsets"
-
-Box = Tuple[Sequence[int], Sequence[int]]  # (offsets, sizes)
-BUDGET = 10_000_000  # pairs of pieces compared, at most, for one tensor
-
-
-class TooManyPieces(ValueError):
-    """Pieces that would take more than ``BUDGET`` comparisons to check (no checkpoint that
-    torch writes: pieces of a grid meet a few others each)."""
-
-
-def overlap(boxes: Sequence[Box], budget: int = BUDGET) -> Optional[Tuple[int, int]]:
-    """The indexes of two boxes that share an element, or None. Empty boxes share none.
-    ``TooManyPieces`` past ``budget`` comparisons."""
-    if not boxes:
-        return None
-    ndim = len(boxes[0][0])
-    if ndim == 0:  # 0-dim: every piece is the one element
-        return (0, 1) if len(boxes) > 1 else None
-    d = max(range(ndim), key=lambda k: len({b[0][k] for b in boxes}))
-    order = sorted((i for i, b in enumerate(boxes) if all(boxes[i][1])), key=lambda i: boxes[i][0][d])
-    active: List[Tuple[int, int]] = []  # (end along d, index), a heap
-    for i in order:
-        off, size = boxes[i]
-        while active and active[0][0] <= off[d]:
-            heapq.heappop(active)
-        budget -= len(active)
-        if budget < 0:
-            raise TooManyPieces(f"{len(boxes)} pieces that overlap along every dimension")
-        for _, j in active:  # each begins before i along d and ends after i begins
-            o2, s2 = boxes[j]
-            if all(off[k] < o2[k] + s2[k] and o2[k] < off[k] + size[k] for k in range(ndim)):
-                return (j, i)
-        heapq.heappush(active, (off[d] + size[d], i))
-    return None
-
-
-def missing(size: Sequence[int], boxes: Sequence[Box]) -> Optional[str]:
-    """What of a tensor of ``size`` the non-overlapping ``boxes`` leave out ("rows 3..5 of
-    8", "12 of 48 elements"), or None when they cover it all."""
-    total = math.prod(size)
-    covered = sum(math.prod(s) for _, s in boxes)
-    if covered >= total:
-        return None
-    # Pieces that each span every dimension but one (a tensor split along one dimension): the
-    # ranges of that dimension none holds.
-    for d in range(len(size)):
-        if all(o[k] == 0 and s[k] == size[k] for o, s in boxes for k in range(len(size)) if k != d):
-            gaps, end = [], 0
-            for o, s in sorted((b[0][d], b[1][d]) for b in boxes):
-                if o > end:
-                    gaps.append(f"{end}..{o}")
-                end = max(end, o + s)
-            if end < size[d]:
-                gaps.append(f"{end}..{size[d]}")
-            what = "rows" if d == 0 else f"indexes of dimension {d}"
-            return f"{what} {', '.join(gaps[:5])}{' ...' if len(gaps) > 5 else ''} of {size[d]}"
-    return f"{total - covered} of {total} elements"
 
 
 def saved_offsets(f: "ShardFile") -> Dict[str, Tuple[int, ...]]:
@@ -187,15 +125,4 @@ def _check_tiled(uri: str, g: Pieces) -> None:
         )
 
 
-__all__ = [
-    "BUDGET",
-    "SAVED_OFFSETS_KEY",
-    "SHARDING_INFO_KEY",
-    "Pieces",
-    "TooManyPieces",
-    "gather",
-    "has_pieces",
-    "missing",
-    "overlap",
-    "saved_offsets",
-]
+__all__ = ["SAVED_OFFSETS_KEY", "SHARDING_INFO_KEY", "Pieces", "gather", "has_pieces", "saved_offsets"]

@@ -1,4 +1,4 @@
-"""safetensors/_pieces.py: whether pieces (boxes) tile a tensor, checked against a brute-force
+"""_tiling.py: whether pieces (boxes) tile a tensor, checked against a brute-force
 count of every element."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3torch.safetensors._pieces import TooManyPieces, missing, overlap
+from s3torch._tiling import TooManyPieces, missing, outside, overlap, problem
 
 Box = Tuple[Sequence[int], Sequence[int]]
 
@@ -37,7 +37,7 @@ def _boxes(draw):  # type: ignore[no-untyped-def]
     size = [draw(st.integers(1, 5)) for _ in range(ndim)]
     cuts = [draw(st.lists(st.integers(0, n), max_size=3)) for n in size]
     boxes = _grid(size, cuts)
-    change = draw(st.sampled_from(["none", "drop", "grow", "shift"]))
+    change = draw(st.sampled_from(["none", "drop", "grow", "shift", "past"]))
     i = draw(st.integers(0, len(boxes) - 1))
     d = draw(st.integers(0, ndim - 1))
     off, sz = list(boxes[i][0]), list(boxes[i][1])
@@ -50,6 +50,9 @@ def _boxes(draw):  # type: ignore[no-untyped-def]
     elif change == "shift" and off[d] + sz[d] < size[d]:  # over the next, leaving a gap
         off[d] += 1
         boxes[i] = (off, sz)
+    elif change == "past":  # beyond the end of the array
+        sz[d] += size[d]
+        boxes[i] = (off, sz)
     return size, boxes
 
 
@@ -58,6 +61,13 @@ def _boxes(draw):  # type: ignore[no-untyped-def]
 def test_agrees_with_counting_every_element(case) -> None:  # type: ignore[no-untyped-def]
     size, boxes = case
     counts = _counts(size, boxes)
+    found = problem(size, boxes)
+    beyond = outside(size, boxes)
+    assert (beyond is not None) == any(o + n > m for off, sz in boxes for o, n, m in zip(off, sz, size))
+    if beyond is not None:
+        assert found is not None and found[0] == "outside"
+        return
+    assert (found is None) == all(c == 1 for c in counts)
     both = overlap(boxes)
     assert (both is not None) == any(c > 1 for c in counts)
     if both is not None:
@@ -77,6 +87,11 @@ def test_what_is_missing_is_said_in_rows_where_it_can_be() -> None:
     assert missing((), [((), ())]) is None  # a 0-dim tensor, whole
     assert missing((0, 3), []) is None  # nothing to hold
     assert overlap([((), ()), ((), ())]) == (0, 1)
+    assert problem((4,), [((0,), (2,)), ((2,), (2,))]) is None
+    assert problem((4,), [((0,), (2,))]) == ("missing", "rows 2..4 of 4 are in no piece")
+    assert problem((4,), [((0,), (3,)), ((2,), (2,))]) == ("overlap", "the pieces at [0] and [2] overlap")
+    assert problem((4,), [((-1,), (2,))])[0] == "outside"  # type: ignore[index]
+    assert problem((4, 2), [((0,), (4,))])[0] == "outside"  # type: ignore[index]  # another rank
     assert overlap([((0,), (0,)), ((0,), (0,)), ((0,), (2,))]) is None  # empty pieces hold nothing
 
 
