@@ -489,10 +489,15 @@ def test_verify_passes_then_names_every_flipped_tensor(env, prefix, capsys) -> N
     assert "2 of 6 items failed verification" in out
 
 
-def test_verify_names_a_tensor_whose_chunks_do_not_cover_it(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_verify_names_a_tensor_whose_chunks_do_not_cover_it(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     """A .metadata that says "big" has 1200 rows while its one chunk holds 600 (written by
     someone else, or tampered with): torch's planner loads the 600 and leaves the other rows of
-    the destination as they were, with no error. verify names the tensor and the rows."""
+    the destination as they were, with no error. verify names the tensor and the rows; so
+    does dcp.load, before it reads anything."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from s3torch.dcp import CheckpointCorruptError
+
     uri = f"s3://{BUCKET}/{prefix}short"
     dcp.save(state(), storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
     client = make_client(env)
@@ -500,8 +505,16 @@ def test_verify_names_a_tensor_whose_chunks_do_not_cover_it(env, prefix, capsys)
     md.state_dict_metadata["big"].size = torch.Size([1200, 1000])
     client.put(BUCKET, f"{prefix}short/.metadata", pickle.dumps(md))
     dest = {**empty(), "big": torch.full((1200, 1000), -1.0)}
-    dcp.load(dest, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
-    assert bool((dest["big"][600:] == -1).all())  # what verify is there to find
+    with pytest.raises(CheckpointException) as info:
+        dcp.load(dest, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
+    ((err, _tb),) = info.value.failures.values()
+    assert isinstance(err, CheckpointCorruptError), err
+    assert f"{uri}: tensor 'big' (1200x1000): in the .metadata, rows 600..1200 of 1200 are in no piece" in str(err)
+    assert bool((dest["big"] == -1).all())  # nothing read
+    # torch's own reader, on a local copy: loads the 600 rows and leaves the rest, no error.
+    assert cli(capsys, "cp", uri, str(tmp_path / "down"))[0] == 0
+    dcp.load(dest, storage_reader=FileSystemReader(str(tmp_path / "down")))
+    assert bool((dest["big"][600:] == -1).all()) and not bool((dest["big"][:600] == -1).any())
     code, out, err = cli(capsys, "verify", uri)
     assert code == 1, out + err
     assert out.startswith(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+import math
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch.distributed as dist
 from torch.distributed.checkpoint.filesystem import FileSystemReader
@@ -22,10 +23,12 @@ from torch.futures import Future
 from .._config import S3ClientConfig
 from .._crt import S3Exception
 from .._progress import Progress
+from .._tiling import problem
 from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
 from . import _save_mark
+from ._errors import CheckpointCorruptError
 from ._metadata import raise_if_unreadable, rank_local_name, read_or_defer, read_rank_local_or_defer
 from ._parallel_load import ParallelLoader
 from ._safe_unpickle import SafeBytesPlanner, load_metadata
@@ -161,9 +164,13 @@ class S3StorageReader(FileSystemReader):
         """torch's set-up; raises here the error of a ``.metadata`` read that failed."""
         raise_if_unreadable(metadata)
         super().set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
+        self._tensors = metadata.state_dict_metadata
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
-        """Sort items by file and offset; hand the item ranges to a DCP-optimized reader."""
+        """Check that the metadata's chunks hold each tensor the plan loads whole
+        (``check_chunks``); sort items by file and offset; hand the item ranges to a
+        DCP-optimized reader."""
+        check_chunks(str(self.path), getattr(self, "_tensors", {}), {r.dest_index.fqn for r in plan.items})
         items = sorted(
             plan.items,
             key=lambda r: (self.storage_data[r.storage_index].relative_path, self.storage_data[r.storage_index].offset),
@@ -251,3 +258,30 @@ class S3StorageReader(FileSystemReader):
         fut: Future = Future()
         fut.set_result(None)
         return fut
+
+
+def check_chunks(where: str, tensors: Dict[str, Any], fqns: Iterable[str]) -> None:
+    """CheckpointCorruptError for the first of ``fqns`` whose chunks in the metadata
+    (``tensors``: its ``state_dict_metadata``) do not add up to the tensor, naming what they
+    miss, overlap or overrun (``_tiling``): torch's planner would load what they cover and
+    leave the rest of the destination as it was, with no error. A sum of volumes per tensor
+    (identical chunks counted once), so a large load pays little; ``s3torch verify`` checks
+    each tensor's chunks in full."""
+    for fqn in sorted(fqns):
+        md = tensors.get(fqn)
+        chunks = getattr(md, "chunks", None)
+        if md is None or not chunks:
+            continue  # a byte item, or a tensor the planner found elsewhere
+        total = math.prod(md.size)
+        if sum(math.prod(c.sizes) for c in chunks) == total:
+            continue
+        boxes = {(tuple(c.offsets), tuple(c.sizes)) for c in chunks}  # a chunk listed twice: once
+        if sum(math.prod(s) for _, s in boxes) == total:
+            continue
+        found = problem(list(md.size), [(list(o), list(s)) for o, s in sorted(boxes)])
+        why = found[1] if found else "its chunks do not add up to it"
+        shape = "x".join(map(str, md.size)) or "0-dim"
+        raise CheckpointCorruptError(
+            f"{where}: tensor {fqn!r} ({shape}): in the .metadata, {why}: the checkpoint is corrupt (a load "
+            "would leave elements of the destination as they were)"
+        )
