@@ -53,6 +53,7 @@ def missing(size: Sequence[int], boxes: Sequence[Box]) -> Optional[str]:
     """What of a tensor of ``size`` the non-overlapping ``boxes`` leave out ("rows 3..5 of
     8", "12 of 48 elements"), or None when they cover it all."""
     total = math.prod(size)
+    boxes = [b for b in boxes if all(b[1])]  # empty pieces hold nothing, wherever they lie
     covered = sum(math.prod(s) for _, s in boxes)
     if covered >= total:
         return None
@@ -74,11 +75,14 @@ def missing(size: Sequence[int], boxes: Sequence[Box]) -> Optional[str]:
 
 def outside(size: Sequence[int], boxes: Sequence[Box]) -> Optional[int]:
     """The index of a box that does not lie inside an array of ``size`` (or has another
-    number of dimensions, or a negative offset or size), or None."""
+    number of dimensions, or a negative offset or size), or None. An empty box (a rank's
+    shard of no rows, as uneven sharding gives) may lie anywhere: it holds nothing."""
     for i, (off, sz) in enumerate(boxes):
         if len(off) != len(size) or len(sz) != len(size):
             return i
-        if any(o < 0 or n < 0 or o + n > m for o, n, m in zip(off, sz, size)):
+        if any(o < 0 or n < 0 for o, n in zip(off, sz)):
+            return i
+        if all(sz) and any(o + n > m for o, n, m in zip(off, sz, size)):
             return i
     return None
 

@@ -222,6 +222,10 @@ def _full() -> torch.Tensor:
     return torch.arange(FULL_SHAPE[0] * FULL_SHAPE[1], dtype=torch.float32).reshape(FULL_SHAPE)
 
 
+def _one() -> torch.Tensor:
+    return torch.arange(5, dtype=torch.float32).reshape(1, 5)
+
+
 def _dist_worker(rank: int, world: int, port: int, mode: str, path: str, kw: dict) -> None:
     import torch.distributed as dist
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
@@ -234,16 +238,19 @@ def _dist_worker(rank: int, world: int, port: int, mode: str, path: str, kw: dic
             sd = {
                 "rows": distribute_tensor(_full(), mesh, [Shard(0)]),
                 "cols": distribute_tensor(_full() * 2, mesh, [Shard(1)]),
+                "one": distribute_tensor(_one(), mesh, [Shard(0)]),  # rank 1's shard: no rows
             }
             dcp.save(sd, storage_writer=S3StorageWriter(REGION, path, **kw))
         else:
             sd = {
                 "rows": distribute_tensor(torch.zeros(FULL_SHAPE), mesh, [Shard(0)]),
                 "cols": distribute_tensor(torch.zeros(FULL_SHAPE), mesh, [Shard(1)]),
+                "one": distribute_tensor(torch.zeros(1, 5), mesh, [Shard(0)]),
             }
             dcp.load(sd, storage_reader=S3StorageReader(REGION, path, **kw))
             assert torch.equal(sd["rows"].full_tensor(), _full())
             assert torch.equal(sd["cols"].full_tensor(), _full() * 2)
+            assert torch.equal(sd["one"].full_tensor(), _one())
     finally:
         dist.destroy_process_group()
     # Success: leave without interpreter finalization. torch's gloo worker thread can still
@@ -261,12 +268,16 @@ def test_reshard_world_2_to_1_and_1_to_2(seaweed, prefix: str) -> None:  # type:
     kw = {"s3client_config": make_client(seaweed).s3client_config, "endpoint": seaweed.endpoint}
     path2 = f"s3://{BUCKET}/{prefix}ws2"
     tmp.spawn(_dist_worker, args=(2, free_port(), "save", path2, kw), nprocs=2, join=True)
-    out = {"rows": torch.zeros(FULL_SHAPE), "cols": torch.zeros(FULL_SHAPE)}
-    dcp.load(out, storage_reader=S3StorageReader(REGION, path2, **kw))
+    out = {"rows": torch.zeros(FULL_SHAPE), "cols": torch.zeros(FULL_SHAPE), "one": torch.zeros(1, 5)}
+    reader = S3StorageReader(REGION, path2, **kw)
+    dcp.load(out, storage_reader=reader)  # its chunks add up, the empty one included
     assert torch.equal(out["rows"], _full()) and torch.equal(out["cols"], _full() * 2)
+    assert torch.equal(out["one"], _one())
+    assert [list(c.sizes) for c in reader.read_metadata().state_dict_metadata["one"].chunks] == [[1, 5], [0, 5]]
 
     path1 = f"s3://{BUCKET}/{prefix}ws1"
-    dcp.save({"rows": _full(), "cols": _full() * 2}, storage_writer=S3StorageWriter(REGION, path1, **kw))
+    full = {"rows": _full(), "cols": _full() * 2, "one": _one()}
+    dcp.save(full, storage_writer=S3StorageWriter(REGION, path1, **kw))
     tmp.spawn(_dist_worker, args=(2, free_port(), "load", path1, kw), nprocs=2, join=True)
 
 

@@ -63,7 +63,9 @@ def test_agrees_with_counting_every_element(case) -> None:  # type: ignore[no-un
     counts = _counts(size, boxes)
     found = problem(size, boxes)
     beyond = outside(size, boxes)
-    assert (beyond is not None) == any(o + n > m for off, sz in boxes for o, n, m in zip(off, sz, size))
+    assert (beyond is not None) == any(
+        all(sz) and any(o + n > m for o, n, m in zip(off, sz, size)) for off, sz in boxes
+    )
     if beyond is not None:
         assert found is not None and found[0] == "outside"
         return
@@ -92,6 +94,9 @@ def test_what_is_missing_is_said_in_rows_where_it_can_be() -> None:
     assert problem((4,), [((0,), (3,)), ((2,), (2,))]) == ("overlap", "the pieces at [0] and [2] overlap")
     assert problem((4,), [((-1,), (2,))])[0] == "outside"  # type: ignore[index]
     assert problem((4, 2), [((0,), (4,))])[0] == "outside"  # type: ignore[index]  # another rank
+    # Uneven sharding: a rank's shard of no rows, placed at (or past) the end.
+    assert problem((3, 2), [((0, 0), (2, 2)), ((2, 0), (1, 2)), ((3, 0), (0, 2)), ((4, 0), (0, 2))]) is None
+    assert missing((3, 2), [((0, 0), (2, 2)), ((9, 0), (0, 2))]) == "rows 2..3 of 3"
     assert overlap([((0,), (0,)), ((0,), (0,)), ((0,), (2,))]) is None  # empty pieces hold nothing
 
 
