@@ -191,6 +191,8 @@ def _save_pieces(env, base: str, whole: torch.Tensor, boxes: list) -> None:  # t
     [
         # A grid of 2 x 3 pieces (FSDP rows x tensor-parallel columns): loads whole.
         ([((r, c), (4, 2)) for r in (0, 4) for c in (0, 2, 4)], None, ""),
+        # Uneven sharding over 4 ranks: two of them hold no rows (at the end, both).
+        ([((0, 0), (5, 6)), ((5, 0), (3, 6)), ((8, 0), (0, 6)), ((8, 0), (0, 6))], None, ""),
         # Rows 3..5 in no file: a rank's file missing. torch's planner would leave them as
         # they were in the destination, with no error.
         ([((0, 0), (3, 6)), ((5, 0), (3, 6))], MissingShardError, r"rows 3\.\.5 of 8 are in none of its files"),
@@ -204,7 +206,7 @@ def _save_pieces(env, base: str, whole: torch.Tensor, boxes: list) -> None:  # t
             r"shard-00000.* at \[0, 0\] and shard-00001.* at \[4, 0\] overlap",
         ),
     ],
-    ids=["grid", "rows-missing", "last-columns-missing", "first-columns-missing", "scattered", "overlap"],
+    ids=["grid", "uneven", "rows-missing", "last-columns-missing", "first-columns-missing", "scattered", "overlap"],
 )
 def test_pieces_that_do_not_tile_a_tensor_are_refused(seaweed_env, prefix, boxes, error, match) -> None:  # type: ignore[no-untyped-def]
     whole = torch.arange(8 * 6, dtype=torch.float32).reshape(8, 6)

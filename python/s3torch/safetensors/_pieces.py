@@ -62,12 +62,14 @@ class Pieces:
 
 def gather(uri: str, files: Iterable["ShardFile"]) -> Dict[str, Pieces]:
     """Every tensor of ``files`` (a folder's, no index), its pieces grouped, in file order.
-    A tensor is whole in its file unless the file's ``DCP_SHARDING_INFO`` places it. Raises
+    A tensor is whole in its file unless the file's ``DCP_SHARDING_INFO`` places it; pieces
+    of no elements (ranks' shards of no rows) are left out, but for a tensor of none. Raises
     HeaderError for offsets that do not fit the piece, a piece in two files, pieces that
     disagree on the dtype or overlap; MissingShardError for elements in no piece. Before
     anything is allocated or read."""
     out: Dict[str, Pieces] = {}
     seen: Dict[Tuple[str, Tuple[int, ...]], "ShardFile"] = {}
+    empty: Dict[str, Tuple["ShardFile", "TensorInfo", Tuple[int, ...]]] = {}
     for f in files:
         placed = saved_offsets(f)
         for t in f.header.tensors.values():
@@ -76,6 +78,9 @@ def gather(uri: str, files: Iterable["ShardFile"]) -> Dict[str, Pieces]:
             offsets = placed.get(t.name, ()) or (0,) * len(shape)
             if len(offsets) != len(shape) or any(type(o) is not int or o < 0 for o in offsets):
                 raise HeaderError(f"{label}: {SHARDING_INFO_KEY} gives offsets {list(offsets)} for shape {list(shape)}")
+            if shape and not all(shape):  # a rank's shard of no rows (uneven sharding): holds nothing
+                empty.setdefault(t.name, (f, t, offsets))
+                continue
             if (t.name, offsets) in seen:
                 raise HeaderError(
                     f"{uri}: tensor {t.name!r} at offsets {list(offsets)} is in both {seen[t.name, offsets].where} "
@@ -92,6 +97,9 @@ def gather(uri: str, files: Iterable["ShardFile"]) -> Dict[str, Pieces]:
                     raise HeaderError(f"{label}: its pieces disagree on the dtype or the number of dimensions")
                 g.size = [max(a, b) for a, b in zip(g.size, end)]
             g.parts.append((f, t, offsets))
+    for name, (f, t, offsets) in empty.items():  # a tensor of no elements: one of its pieces
+        if name not in out:
+            out[name] = Pieces(name, [o + n for o, n in zip(offsets, t.torch_shape(f.where))], [(f, t, offsets)])
     for g in out.values():
         _check_tiled(uri, g)
     return out
