@@ -196,6 +196,31 @@ def test_two_ranks_save_their_pieces_and_consolidate_them(seaweed_env, prefix, t
     assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size() for v in whole.values())
 
 
+def _save_uneven(rank: int, base: str, kw: dict) -> dict:
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    mesh = init_device_mesh("cpu", (4,))
+    whole = {"w": torch.arange(10.0).reshape(2, 5), "big": torch.arange(27.0).reshape(9, 3)}
+    writer = S3HuggingFaceStorageWriter(REGION, base, save_distributed=True, enable_consolidation=True, **kw)
+    dcp.save({k: distribute_tensor(v, mesh, [Shard(0)]) for k, v in whole.items()}, storage_writer=writer)
+    exact = {}
+    for where in (base, base + "/sharded/"):  # the consolidated files, and the ranks' pieces
+        dest = {k: distribute_tensor(torch.zeros_like(v), mesh, [Shard(0)]) for k, v in whole.items()}
+        dcp.load(dest, storage_reader=S3HuggingFaceStorageReader(REGION, where, **kw))
+        exact[where] = all(torch.equal(dest[k].full_tensor(), whole[k]) for k in whole)
+    return exact
+
+
+def test_uneven_shards_save_and_load_on_four_ranks(seaweed_env, prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Uneven shards end to end: 2 rows of "w" and 9 of "big" over four ranks (torch's
+    DTensor shards 1, 1, 0, 0 and 3, 3, 3, 0 rows). The pieces of no rows are written (once:
+    torch's planner keeps one of identical chunks) and left out on load; each rank loads
+    the consolidated files and the pieces exactly."""
+    base = f"s3://{BUCKET}/{prefix}uneven"
+    ranks = run_ranks(_save_uneven, (base, _kw(seaweed_env)), tmp_path, world=4)
+    assert ranks == [{base: True, base + "/sharded/": True}] * 4, ranks
+
+
 def _consolidating_fails_cleanly(env, prefix: str, whole: Dict[str, torch.Tensor]) -> None:  # type: ignore[no-untyped-def]
     """The pieces at the top of hf/ consolidated into hf/out/ two files at once: a failure on
     the second file deletes the first and writes no index; the next run writes the whole."""
