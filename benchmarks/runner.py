@@ -1105,7 +1105,44 @@ def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     return put
 
 
+def setup_zarr(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """``zarr.open_array(url)[:]`` of a float32 array written (uncompressed) by s3torch before
+    measuring: ``s3torch://`` (zarr wraps the synchronous filesystem in fsspec's
+    AsyncFileSystemWrapper) or ``s3://`` through s3fs, both given s3fs's storage options."""
+    import numpy as np
+    import zarr  # type: ignore
+
+    from s3torch import S3ClientConfig
+
+    n, chunk = ctx["rows"], ctx["chunk_rows"]
+    options: Dict[str, Any] = {
+        "client_kwargs": {"endpoint_url": ctx["endpoint"], "region_name": "us-east-1"},
+        "key": ctx["access_key"],
+        "secret": ctx["secret_key"],
+    }
+    ours = {**options, "s3client_config": S3ClientConfig(force_path_style=True)}
+    fsspec_fs(ctx, "fsspec-s3torch")  # registers the s3torch protocol (an uninstalled tree has none)
+    base = f"{ctx['bucket']}/zarr-{peer}-{os.getpid()}.zarr"
+    z = zarr.create_array(
+        store=f"s3torch://{base}",
+        shape=(n, n),
+        chunks=(chunk, chunk),
+        dtype="f4",
+        compressors=None,
+        overwrite=True,
+        storage_options=ours,
+    )
+    z[:] = np.random.default_rng(0).random((n, n), dtype="f4")
+    url, opts = (f"s3://{base}", options) if peer == "zarr-s3fs" else (f"s3torch://{base}", ours)
+
+    def read() -> float:
+        return float(zarr.open_array(url, mode="r", storage_options=opts)[:].nbytes)
+
+    return read
+
+
 SETUPS = {
+    "zarr_read": setup_zarr,
     "get": setup_get,
     "fsspec_get_many": setup_fsspec_many,
     "fsspec_get_many_20ms": setup_fsspec_many,

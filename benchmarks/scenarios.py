@@ -361,6 +361,21 @@ for _name, _latency, _objects in (
         )
     )
 
+# zarr 3 (its FsspecStore over a store URL): s3torch's filesystem is synchronous, so zarr puts
+# fsspec's AsyncFileSystemWrapper around it (each call on a thread); s3fs's is async itself.
+SCENARIOS.append(
+    Scenario(
+        "zarr_read",
+        "zarr 3: read a 4,000 x 4,000 float32 array in 250 x 250 chunks (256 objects of 250 KB, uncompressed)",
+        "seaweed",
+        "GB/s",
+        ["zarr-s3torch", "zarr-s3fs"],
+        {"rows": 4000, "chunk_rows": 250},
+        {"rows": 1000, "chunk_rows": 250},
+        baseline="zarr-s3torch",
+    )
+)
+
 BY_NAME = {s.name: s for s in SCENARIOS}
 # Names --scenarios also accepts for a group of scenarios.
 GROUPS = {"prefetch": [s.name for s in PREFETCH]}

@@ -95,6 +95,36 @@ def test_found_by_protocol_with_s3fs_options(seaweed, root: str) -> None:  # typ
     assert fs.client.region == REGION and fs.client.endpoint == seaweed.endpoint
 
 
+def test_async_callers_through_fsspecs_wrapper(seaweed, root: str) -> None:  # type: ignore[no-untyped-def]
+    """zarr 3's path to a store URL: url_to_fs(..., asynchronous=True), then, for a
+    filesystem that is not async (as this one and fsspec's local one), fsspec's
+    AsyncFileSystemWrapper, each call on a thread. asynchronous was refused by name, so zarr
+    could not open an s3torch:// URL."""
+    import asyncio
+
+    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+    options = dict(
+        endpoint_url=seaweed.endpoint, key=ACCESS_KEY, secret=SECRET_KEY, client_kwargs={"region_name": REGION}
+    )
+    fs, path = fsspec.core.url_to_fs(f"s3torch://{root}/z.zarr", asynchronous=True, **options)
+    assert isinstance(fs, S3TorchFileSystem) and not fs.async_impl and path == f"{root}/z.zarr"
+    afs = AsyncFileSystemWrapper(fs, asynchronous=True)
+    chunks = {f"{path}/c/{i}": os.urandom(1000 + i) for i in range(40)}
+
+    async def run() -> None:
+        await asyncio.gather(*(afs._pipe_file(k, v) for k, v in chunks.items()))
+        got = await asyncio.gather(*(afs._cat_file(k) for k in chunks))
+        assert got == list(chunks.values())
+        first = next(iter(chunks))
+        assert await afs._cat_file(first, start=10, end=20) == chunks[first][10:20]
+        assert sorted(await afs._find(path)) == sorted(chunks)
+        await afs._rm(list(chunks))
+        assert not await afs._exists(first)
+
+    asyncio.run(run())
+
+
 def test_register_serves_s3_urls(seaweed, root: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     registered = sys.modules["fsspec.registry"]._registry  # type: ignore[attr-defined]
     for protocol in ("s3", "s3a"):  # put back whatever was registered once the test ends

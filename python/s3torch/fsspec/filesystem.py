@@ -65,6 +65,10 @@ _S3FS_TUNING = frozenset(
         "max_paths",
         "skip_instance_cache",
         "loop",
+        # fsspec's "use me from a running event loop": this filesystem is synchronous
+        # (async_impl False), as fsspec's local one, which takes it too. Callers that need
+        # coroutines wrap it in fsspec's AsyncFileSystemWrapper (zarr 3 does so itself).
+        "asynchronous",
     }
 )
 _CLIENT_KWARGS = frozenset({"region_name", "endpoint_url", "verify"})
