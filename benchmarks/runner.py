@@ -1106,9 +1106,9 @@ def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
 
 def setup_zarr(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
-    """``zarr.open_array(url)[:]`` of a float32 array written (uncompressed) by s3torch before
-    measuring: ``s3torch://`` (zarr wraps the synchronous filesystem in fsspec's
-    AsyncFileSystemWrapper) or ``s3://`` through s3fs, both given s3fs's storage options."""
+    """``zarr.open_array(...)[:]`` of a float32 array written (uncompressed) by s3torch before
+    measuring: a store URL, ``s3torch://`` or ``s3://`` through s3fs, both given s3fs's storage
+    options; or zarr's ObjectStore over obstore's S3Store."""
     import numpy as np
     import zarr  # type: ignore
 
@@ -1133,6 +1133,22 @@ def setup_zarr(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
         storage_options=ours,
     )
     z[:] = np.random.default_rng(0).random((n, n), dtype="f4")
+    if peer == "zarr-obstore":  # zarr's ObjectStore over obstore (Rust object_store, async itself)
+        from obstore.store import S3Store  # type: ignore
+
+        store = zarr.storage.ObjectStore(
+            S3Store(
+                ctx["bucket"],
+                prefix=base.split("/", 1)[1],
+                endpoint=ctx["endpoint"],
+                access_key_id=ctx["access_key"],
+                secret_access_key=ctx["secret_key"],
+                region="us-east-1",
+                client_options={"allow_http": True},
+            ),
+            read_only=True,
+        )
+        return lambda: float(zarr.open_array(store, mode="r")[:].nbytes)
     url, opts = (f"s3://{base}", options) if peer == "zarr-s3fs" else (f"s3torch://{base}", ours)
 
     def read() -> float:
@@ -1143,6 +1159,7 @@ def setup_zarr(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
 SETUPS = {
     "zarr_read": setup_zarr,
+    "zarr_read_20ms": setup_zarr,
     "get": setup_get,
     "fsspec_get_many": setup_fsspec_many,
     "fsspec_get_many_20ms": setup_fsspec_many,

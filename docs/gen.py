@@ -422,10 +422,10 @@ NOTES: Dict[str, str] = {
     "The check's CRC takes ~0.05 CPU-s/GB; the rows' 10% gap did not show in a manual A/B with a sync between "
     "runs, nor with `s3torch-noverify` first in every round (0.826 vs 0.820 GB/s), so read it as the VM's noise. "
     "s5cmd's lead is partly durability: synced, it was 1.24x.",
-    "benchmarks/results/zarr/results.json": "zarr 3 reading an array through its `FsspecStore` from a store URL: "
-    "`s3torch://` (a synchronous filesystem, which zarr wraps in fsspec's `AsyncFileSystemWrapper`, each call on a "
-    "thread) against `s3://` on s3fs (async itself), the same storage options; the array written by s3torch before "
-    "the runs. zarr's own work (its asyncio loop, decoding, assembling the array) is in both rows' CPU.",
+    "benchmarks/results/zarr/results.json": "zarr 3 reading an array: from a store URL through its `FsspecStore`, "
+    "`s3torch://` (`S3TorchAsyncFileSystem`: each call on a thread of its pool) against `s3://` on s3fs (async "
+    "itself), the same storage options, and zarr's `ObjectStore` over obstore (Rust, async); the array written by "
+    "s3torch before the runs. zarr's own work (its asyncio loop, assembling the array) is in every row's CPU.",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "

@@ -95,25 +95,50 @@ def test_found_by_protocol_with_s3fs_options(seaweed, root: str) -> None:  # typ
     assert fs.client.region == REGION and fs.client.endpoint == seaweed.endpoint
 
 
-def test_async_callers_through_fsspecs_wrapper(seaweed, root: str) -> None:  # type: ignore[no-untyped-def]
-    """zarr 3's path to a store URL: url_to_fs(..., asynchronous=True), then, for a
-    filesystem that is not async (as this one and fsspec's local one), fsspec's
-    AsyncFileSystemWrapper, each call on a thread. asynchronous was refused by name, so zarr
-    could not open an s3torch:// URL."""
+def test_async_callers_get_coroutines(seaweed, root: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """zarr 3's path to a store URL: url_to_fs(..., asynchronous=True), and an async
+    filesystem it uses as it is (asynchronous was refused by name, so zarr could not open an
+    s3torch:// URL). Its calls run on a pool of their own, all of zarr's at once, not on the
+    loop's default executor (6 threads on 2 CPUs)."""
     import asyncio
+    import threading
 
-    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+    from s3torch.fsspec import _async
 
     options = dict(
         endpoint_url=seaweed.endpoint, key=ACCESS_KEY, secret=SECRET_KEY, client_kwargs={"region_name": REGION}
     )
-    fs, path = fsspec.core.url_to_fs(f"s3torch://{root}/z.zarr", asynchronous=True, **options)
-    assert isinstance(fs, S3TorchFileSystem) and not fs.async_impl and path == f"{root}/z.zarr"
-    afs = AsyncFileSystemWrapper(fs, asynchronous=True)
+    afs, path = fsspec.core.url_to_fs(f"s3torch://{root}/z.zarr", asynchronous=True, **options)
+    assert isinstance(afs, _async.S3TorchAsyncFileSystem) and afs.async_impl and afs.asynchronous
+    assert isinstance(afs.sync_fs, S3TorchFileSystem) and path == f"{root}/z.zarr"
+    assert afs.sync_fs is fsspec.filesystem("s3torch", **options)  # the cached one, its client shared
+    again = pickle.loads(pickle.dumps(afs))  # as dask hands it to workers
+    assert isinstance(again, _async.S3TorchAsyncFileSystem) and again.sync_fs is afs.sync_fs
     chunks = {f"{path}/c/{i}": os.urandom(1000 + i) for i in range(40)}
+    # 16 calls held at once, on 16 threads of the pool.
+    held, release = threading.Barrier(17), threading.Event()
+    cat_file = afs.sync_fs.cat_file
+
+    def holding_cat_file(p, *a, **kw):  # type: ignore[no-untyped-def]
+        if p.endswith("/hold"):
+            held.wait(10)
+            release.wait(10)
+            return b""
+        return cat_file(p, *a, **kw)
+
+    monkeypatch.setattr(afs.sync_fs, "cat_file", holding_cat_file)
+    afs._wrap_all_sync_methods()
+
+    async def hold() -> None:
+        waiting = [asyncio.ensure_future(afs._cat_file(f"{path}/hold")) for _ in range(16)]
+        await asyncio.get_running_loop().run_in_executor(None, held.wait, 10)  # all 16 running
+        release.set()
+        await asyncio.gather(*waiting)
+
+    asyncio.run(hold())
 
     async def run() -> None:
-        await asyncio.gather(*(afs._pipe_file(k, v) for k, v in chunks.items()))
+        await asyncio.gather(*(afs._pipe_file(k, v) for k, v in chunks.items()))  # type: ignore[attr-defined]
         got = await asyncio.gather(*(afs._cat_file(k) for k in chunks))
         assert got == list(chunks.values())
         first = next(iter(chunks))

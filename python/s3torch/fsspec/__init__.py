@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from ._async import S3TorchAsyncFileSystem
 from .filesystem import S3TorchFileSystem
 
-__all__ = ["S3TorchFileSystem", "register"]
+__all__ = ["S3TorchAsyncFileSystem", "S3TorchFileSystem", "register"]
 
 
 def register(protocols: Iterable[str] = ("s3", "s3a")) -> None:

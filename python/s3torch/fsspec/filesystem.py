@@ -65,10 +65,6 @@ _S3FS_TUNING = frozenset(
         "max_paths",
         "skip_instance_cache",
         "loop",
-        # fsspec's "use me from a running event loop": this filesystem is synchronous
-        # (async_impl False), as fsspec's local one, which takes it too. Callers that need
-        # coroutines wrap it in fsspec's AsyncFileSystemWrapper (zarr 3 does so itself).
-        "asynchronous",
     }
 )
 _CLIENT_KWARGS = frozenset({"region_name", "endpoint_url", "verify"})
@@ -97,6 +93,10 @@ class _Cached(type(AbstractFileSystem)):  # type: ignore[misc]
             parts.append((type(constructor).__name__, sorted(vars(constructor).items())))
         if parts:
             kwargs["_config_digest"] = hashlib.sha256(repr(parts).encode()).hexdigest()
+        if kwargs.pop("asynchronous", False):  # an async caller's (zarr 3): coroutines, as s3fs gives
+            from ._async import S3TorchAsyncFileSystem
+
+            return S3TorchAsyncFileSystem(super().__call__(*args, **kwargs), asynchronous=True)
         return super().__call__(*args, **kwargs)
 
 
@@ -116,7 +116,9 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
     (``username``/``password``), ``profile``, ``endpoint_url``, ``requester_pays``, and
     ``client_kwargs`` ``region_name``, ``endpoint_url`` and ``verify`` (a CA bundle's path).
     s3fs's cache and concurrency settings are accepted and ignored; any other option is a
-    TypeError that names it.
+    TypeError that names it. ``asynchronous=True`` (an async caller's, as zarr 3 passes it)
+    gives an :class:`~s3torch.fsspec.S3TorchAsyncFileSystem` over the filesystem of the
+    other arguments: its calls as coroutines.
     """
 
     protocol = ("s3torch", "s3", "s3a")
