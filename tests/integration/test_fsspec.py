@@ -144,7 +144,13 @@ def test_async_callers_get_coroutines(seaweed, root: str, monkeypatch: pytest.Mo
         first = next(iter(chunks))
         assert await afs._cat_file(first, start=10, end=20) == chunks[first][10:20]
         assert sorted(await afs._find(path)) == sorted(chunks)
-        await afs._rm(list(chunks))
+        async with await afs.open_async(f"{path}/f", "wb") as f:
+            await f.write(b"written ")
+            await f.write(b"async")
+        async with await afs.open_async(f"{path}/f") as f:
+            f.seek(8)
+            assert await f.read() == b"async" and f.tell() == 13
+        await afs._rm(list(chunks) + [f"{path}/f"])
         assert not await afs._exists(first)
 
     asyncio.run(run())

@@ -57,10 +57,44 @@ def _on_pool(method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+class AsyncFile:
+    """A file of the synchronous filesystem (``open``'s) for async callers: ``read``,
+    ``write`` and ``close`` as coroutines on the pool; ``async with`` closes it."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    async def read(self, length: int = -1) -> bytes:
+        return await _on_pool(self.f.read)(length)
+
+    async def write(self, data: bytes) -> int:
+        return await _on_pool(self.f.write)(data)
+
+    async def close(self) -> None:
+        await _on_pool(self.f.close)()
+
+    def seek(self, loc: int, whence: int = 0) -> int:
+        return self.f.seek(loc, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    async def __aenter__(self) -> "AsyncFile":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
 class S3TorchAsyncFileSystem(AsyncFileSystemWrapper):  # type: ignore[misc]
     """A :class:`~s3torch.fsspec.S3TorchFileSystem` (``sync_fs``) for async callers: every
     public call as a coroutine (``_cat_file``, ``_pipe_file``, ``_ls``, ...) on the pool of
-    this module, and fsspec's async helpers (``_cat``, ``_walk``, ...) over them."""
+    this module, fsspec's async helpers (``_cat``, ``_walk``, ...) over them, and
+    ``open_async`` (an :class:`AsyncFile`)."""
+
+    async def open_async(self, path: str, mode: str = "rb", **kwargs: Any) -> AsyncFile:
+        """The file ``sync_fs.open`` opens, for async reads or writes."""
+        return AsyncFile(await _on_pool(self.sync_fs.open)(path, mode, **kwargs))
 
     def _wrap_all_sync_methods(self) -> None:
         for name in dir(self.sync_fs):
@@ -73,4 +107,4 @@ class S3TorchAsyncFileSystem(AsyncFileSystemWrapper):  # type: ignore[misc]
                 setattr(self, f"_{name}", _on_pool(method))
 
 
-__all__ = ["S3TorchAsyncFileSystem", "THREADS"]
+__all__ = ["AsyncFile", "S3TorchAsyncFileSystem", "THREADS"]
