@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from ..safetensors._pieces import Pieces
     from ..safetensors._source import ShardFile
 
-# torch's names (torch.distributed.checkpoint._hf_utils) for where a piece of a tensor lies.
 # Bytes of tensor rows read (and held on the host) before they are copied to their
 # destinations and the next batch starts.
 DEFAULT_BATCH_BYTES = 1 << 30

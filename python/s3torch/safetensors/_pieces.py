@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._header import TensorInfo
     from ._source import ShardFile
 
+# torch's names (torch.distributed.checkpoint._hf_utils) for where a piece of a tensor lies.
 SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
 SAVED_OFFSETS_KEY = "saved_offsets"
 
