@@ -426,6 +426,13 @@ NOTES: Dict[str, str] = {
     "`s3torch://` (`S3TorchAsyncFileSystem`: each call on a thread of its pool) against `s3://` on s3fs (async "
     "itself), the same storage options, and zarr's `ObjectStore` over obstore (Rust, async); the array written by "
     "s3torch before the runs. zarr's own work (its asyncio loop, assembling the array) is in every row's CPU.",
+    "benchmarks/results/cp-down-verify/run2.json": "The same rows again at 445193c (the populating thread now the "
+    "project's `Prefaulter`, 2 MiB a call, where the first run's had 8 MiB), 8 runs: s3torch 0.673 GB/s at "
+    "1.32 CPU-s/GB, s5cmd 1.170, s5cmd then `sync` 0.836. On this VM the first touch of a page costs ~1 us "
+    "(1 GiB of fresh memory written: 1.2-1.4 CPU-s), and every byte a copy down writes lands in fresh page "
+    "cache; a download written with pwrite from the CRT's part buffers (its `recv_filepath`) instead of into a "
+    "memory map ran 0.55-0.6 CPU-s of system time per GB in some runs and 1.3-2.1 in others (57% in the "
+    "kernel's copy into page cache), and was not kept.",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "
