@@ -1106,9 +1106,10 @@ def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
 
 def setup_zarr(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
-    """``zarr.open_array(...)[:]`` of a float32 array written (uncompressed) by s3torch before
-    measuring: a store URL, ``s3torch://`` or ``s3://`` through s3fs, both given s3fs's storage
-    options; or zarr's ObjectStore over obstore's S3Store."""
+    """zarr 3, a float32 array (uncompressed) through each peer: a store URL, ``s3torch://``
+    or ``s3://`` through s3fs, both given s3fs's storage options, or zarr's ObjectStore over
+    obstore's S3Store. ``zarr_read*``: ``open_array(...)[:]`` of an array s3torch wrote before
+    measuring; ``zarr_write``: ``create_array`` and one assignment of the whole array."""
     import numpy as np
     import zarr  # type: ignore
 
@@ -1123,21 +1124,14 @@ def setup_zarr(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     ours = {**options, "s3client_config": S3ClientConfig(force_path_style=True)}
     fsspec_fs(ctx, "fsspec-s3torch")  # registers the s3torch protocol (an uninstalled tree has none)
     base = f"{ctx['bucket']}/zarr-{peer}-{os.getpid()}.zarr"
-    z = zarr.create_array(
-        store=f"s3torch://{base}",
-        shape=(n, n),
-        chunks=(chunk, chunk),
-        dtype="f4",
-        compressors=None,
-        overwrite=True,
-        storage_options=ours,
-    )
-    z[:] = np.random.default_rng(0).random((n, n), dtype="f4")
-    if peer == "zarr-obstore":  # zarr's ObjectStore over obstore (Rust object_store, async itself)
-        from obstore.store import S3Store  # type: ignore
+    data = np.random.default_rng(0).random((n, n), dtype="f4")
+    writing = ctx["scenario"] == "zarr_write"
 
-        store = zarr.storage.ObjectStore(
-            S3Store(
+    def store_of(read_only: bool) -> Any:
+        if peer == "zarr-obstore":  # zarr's ObjectStore over obstore (Rust object_store, async itself)
+            from obstore.store import S3Store  # type: ignore
+
+            s3 = S3Store(
                 ctx["bucket"],
                 prefix=base.split("/", 1)[1],
                 endpoint=ctx["endpoint"],
@@ -1145,21 +1139,34 @@ def setup_zarr(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
                 secret_access_key=ctx["secret_key"],
                 region="us-east-1",
                 client_options={"allow_http": True},
-            ),
-            read_only=True,
-        )
-        return lambda: float(zarr.open_array(store, mode="r")[:].nbytes)
-    url, opts = (f"s3://{base}", options) if peer == "zarr-s3fs" else (f"s3torch://{base}", ours)
+            )
+            return zarr.storage.ObjectStore(s3, read_only=read_only)
+        url, opts = (f"s3://{base}", options) if peer == "zarr-s3fs" else (f"s3torch://{base}", ours)
+        return zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=read_only)
 
-    def read() -> float:
-        return float(zarr.open_array(url, mode="r", storage_options=opts)[:].nbytes)
+    def write(store: Any) -> float:
+        z = zarr.create_array(store, shape=(n, n), chunks=(chunk, chunk), dtype="f4", compressors=None, overwrite=True)
+        z[:] = data
+        return float(data.nbytes)
 
-    return read
+    if writing:
+        return lambda: write(store_of(False))
+    zarr.create_array(  # the array to read, written by s3torch
+        store=f"s3torch://{base}",
+        shape=(n, n),
+        chunks=(chunk, chunk),
+        dtype="f4",
+        compressors=None,
+        overwrite=True,
+        storage_options=ours,
+    )[:] = data
+    return lambda: float(zarr.open_array(store_of(True), mode="r")[:].nbytes)
 
 
 SETUPS = {
     "zarr_read": setup_zarr,
     "zarr_read_20ms": setup_zarr,
+    "zarr_write": setup_zarr,
     "get": setup_get,
     "fsspec_get_many": setup_fsspec_many,
     "fsspec_get_many_20ms": setup_fsspec_many,

@@ -379,6 +379,19 @@ for _name, _latency in (("zarr_read", 0), ("zarr_read_20ms", 20)):
         )
     )
 
+SCENARIOS.append(
+    Scenario(
+        "zarr_write",
+        "zarr 3: write a 4,000 x 4,000 float32 array in 250 x 250 chunks (256 objects of 250 KB, uncompressed)",
+        "seaweed",
+        "GB/s",
+        ["zarr-s3torch", "zarr-s3fs", "zarr-obstore"],
+        {"rows": 4000, "chunk_rows": 250},
+        {"rows": 1000, "chunk_rows": 250},
+        baseline="zarr-s3torch",
+    )
+)
+
 BY_NAME = {s.name: s for s in SCENARIOS}
 # Names --scenarios also accepts for a group of scenarios.
 GROUPS = {"prefetch": [s.name for s in PREFETCH]}

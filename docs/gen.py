@@ -426,6 +426,8 @@ NOTES: Dict[str, str] = {
     "`s3torch://` (`S3TorchAsyncFileSystem`: each call on a thread of its pool) against `s3://` on s3fs (async "
     "itself), the same storage options, and zarr's `ObjectStore` over obstore (Rust, async); the array written by "
     "s3torch before the runs. zarr's own work (its asyncio loop, assembling the array) is in every row's CPU.",
+    "benchmarks/results/zarr-write/results.json": "zarr 3 writing an array (`create_array`, then one assignment "
+    "of the whole array: 256 objects), through the same three stores as `zarr/results.json`.",
     "benchmarks/results/cp-down-verify/run2.json": "The same rows again at 445193c (the populating thread now the "
     "project's `Prefaulter`, 2 MiB a call, where the first run's had 8 MiB), 8 runs: s3torch 0.673 GB/s at "
     "1.32 CPU-s/GB, s5cmd 1.170, s5cmd then `sync` 0.836. On this VM the first touch of a page costs ~1 us "
