@@ -156,6 +156,16 @@ def test_async_callers_get_coroutines(seaweed, root: str, monkeypatch: pytest.Mo
     asyncio.run(run())
 
 
+def test_async_instances_need_fsspecs_wrapper_only_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsspec before 2024.12 has no AsyncFileSystemWrapper: the synchronous filesystem works
+    without it, and asynchronous=True says what it needs."""
+    monkeypatch.setitem(sys.modules, "fsspec.implementations.asyn_wrapper", None)  # import fails
+    monkeypatch.delitem(sys.modules, "s3torch.fsspec._async", raising=False)
+    S3TorchFileSystem(endpoint_url="http://127.0.0.1:9", skip_instance_cache=True)
+    with pytest.raises(ImportError, match="asynchronous=True. needs fsspec 2024.12 or later"):
+        S3TorchFileSystem(endpoint_url="http://127.0.0.1:9", asynchronous=True, skip_instance_cache=True)
+
+
 def test_register_serves_s3_urls(seaweed, root: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     registered = sys.modules["fsspec.registry"]._registry  # type: ignore[attr-defined]
     for protocol in ("s3", "s3a"):  # put back whatever was registered once the test ends

@@ -16,12 +16,21 @@ docs/migrating.md for what differs from s3fs.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
-from ._async import S3TorchAsyncFileSystem
 from .filesystem import S3TorchFileSystem
 
 __all__ = ["S3TorchAsyncFileSystem", "S3TorchFileSystem", "register"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported when asked for: it needs fsspec's AsyncFileSystemWrapper (fsspec 2024.12 and
+    # later), which the synchronous filesystem does not.
+    if name == "S3TorchAsyncFileSystem":
+        from ._async import S3TorchAsyncFileSystem
+
+        return S3TorchAsyncFileSystem
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(protocols: Iterable[str] = ("s3", "s3a")) -> None:

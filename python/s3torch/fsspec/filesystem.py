@@ -94,8 +94,10 @@ class _Cached(type(AbstractFileSystem)):  # type: ignore[misc]
         if parts:
             kwargs["_config_digest"] = hashlib.sha256(repr(parts).encode()).hexdigest()
         if kwargs.pop("asynchronous", False):  # an async caller's (zarr 3): coroutines, as s3fs gives
-            from ._async import S3TorchAsyncFileSystem
-
+            try:
+                from ._async import S3TorchAsyncFileSystem
+            except ImportError as e:  # fsspec before 2024.12: no AsyncFileSystemWrapper
+                raise ImportError(f"S3TorchFileSystem(asynchronous=True) needs fsspec 2024.12 or later ({e})") from e
             return S3TorchAsyncFileSystem(super().__call__(*args, **kwargs), asynchronous=True)
         return super().__call__(*args, **kwargs)
 
