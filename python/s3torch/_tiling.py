@@ -87,20 +87,21 @@ def outside(size: Sequence[int], boxes: Sequence[Box]) -> Optional[int]:
     return None
 
 
-def problem(size: Sequence[int], boxes: Sequence[Box]) -> Optional[Tuple[str, str]]:
+def problem(size: Sequence[int], boxes: Sequence[Box], noun: str = "piece") -> Optional[Tuple[str, str]]:
     """Why ``boxes`` do not tile an array of ``size`` (a kind: "outside", "overlap",
-    "missing" or "unchecked", and the reason in words), or None when they do."""
+    "missing" or "unchecked", and the reason in words, a box called a ``noun``), or None
+    when they do."""
     i = outside(size, boxes)
     if i is not None:
-        return "outside", f"the piece at {list(boxes[i][0])} of shape {list(boxes[i][1])} lies outside it"
+        return "outside", f"the {noun} at {list(boxes[i][0])} of shape {list(boxes[i][1])} lies outside it"
     try:
         both = overlap(boxes)
     except TooManyPieces as e:
         return "unchecked", f"cannot be checked: {e}"
     if both is not None:
-        return "overlap", f"the pieces at {list(boxes[both[0]][0])} and {list(boxes[both[1]][0])} overlap"
+        return "overlap", f"the {noun}s at {list(boxes[both[0]][0])} and {list(boxes[both[1]][0])} overlap"
     gap = missing(size, boxes)
-    return None if gap is None else ("missing", f"{gap} are in no piece")
+    return None if gap is None else ("missing", f"{gap} are in no {noun}")
 
 
 __all__ = ["BUDGET", "TooManyPieces", "missing", "outside", "overlap", "problem"]

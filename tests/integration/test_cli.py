@@ -509,7 +509,7 @@ def test_verify_names_a_tensor_whose_chunks_do_not_cover_it(env, tmp_path, prefi
         dcp.load(dest, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
     ((err, _tb),) = info.value.failures.values()
     assert isinstance(err, CheckpointCorruptError), err
-    assert f"{uri}: tensor 'big' (1200x1000): in the .metadata, rows 600..1200 of 1200 are in no piece" in str(err)
+    assert f"{uri}: tensor 'big' (1200x1000): in the .metadata, rows 600..1200 of 1200 are in no chunk" in str(err)
     assert bool((dest["big"] == -1).all())  # nothing read
     # torch's own reader, on a local copy: loads the 600 rows and leaves the rest, no error.
     assert cli(capsys, "cp", uri, str(tmp_path / "down"))[0] == 0
@@ -518,7 +518,7 @@ def test_verify_names_a_tensor_whose_chunks_do_not_cover_it(env, tmp_path, prefi
     code, out, err = cli(capsys, "verify", uri)
     assert code == 1, out + err
     assert out.startswith(
-        "CORRUPT  big: tensor of 1200x1000 in 1 chunk of the .metadata: rows 600..1200 of 1200 are in no piece "
+        "CORRUPT  big: tensor of 1200x1000 in 1 chunk of the .metadata: rows 600..1200 of 1200 are in no chunk "
         "(a load would leave them as they were in its destination)"
     ), out
     assert "0 of 6 items failed verification; 1 of 4 tensors are not held whole by their chunks" in out

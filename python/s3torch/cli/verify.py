@@ -135,7 +135,7 @@ def _untiled(md: Any) -> List[Tuple[str, str]]:
         boxes = [(list(c.offsets), list(c.sizes)) for c in chunks]
         if len(boxes) == 1 and boxes[0][1] == size and not any(boxes[0][0]):
             continue  # whole
-        found = problem(size, boxes)
+        found = problem(size, boxes, "chunk")
         if found is not None:
             kind, why = found
             shape = "x".join(map(str, size)) or "0-dim"

@@ -278,7 +278,7 @@ def check_chunks(where: str, tensors: Dict[str, Any], fqns: Iterable[str]) -> No
         boxes = {(tuple(c.offsets), tuple(c.sizes)) for c in chunks}  # a chunk listed twice: once
         if sum(math.prod(s) for _, s in boxes) == total:
             continue
-        found = problem(list(md.size), [(list(o), list(s)) for o, s in sorted(boxes)])
+        found = problem(list(md.size), [(list(o), list(s)) for o, s in sorted(boxes)], "chunk")
         why = found[1] if found else "its chunks do not add up to it"
         shape = "x".join(map(str, md.size)) or "0-dim"
         raise CheckpointCorruptError(
