@@ -364,12 +364,12 @@ for _name, _latency, _objects in (
 # zarr 3: s3torch's and s3fs's filesystems through zarr's FsspecStore (a store URL; s3torch's
 # asynchronous=True instance runs each call on a thread of its pool, s3fs is async itself),
 # and zarr's ObjectStore over obstore (Rust, async).
-for _name, _latency in (("zarr_read", 0), ("zarr_read_20ms", 20)):
+for _name, _verb, _latency in (("zarr_read", "read", 0), ("zarr_read_20ms", "read", 20), ("zarr_write", "write", 0)):
     SCENARIOS.append(
         Scenario(
             _name,
-            "zarr 3: read a 4,000 x 4,000 float32 array in 250 x 250 chunks (256 objects of 250 KB, uncompressed)"
-            + (f", {_latency} ms added first-byte latency" if _latency else ""),
+            f"zarr 3: {_verb} a 4,000 x 4,000 float32 array in 250 x 250 chunks (256 objects of 250 KB, "
+            "uncompressed)" + (f", {_latency} ms added first-byte latency" if _latency else ""),
             "seaweed",
             "GB/s",
             ["zarr-s3torch", "zarr-s3fs", "zarr-obstore"],
@@ -378,19 +378,6 @@ for _name, _latency in (("zarr_read", 0), ("zarr_read_20ms", 20)):
             baseline="zarr-s3torch",
         )
     )
-
-SCENARIOS.append(
-    Scenario(
-        "zarr_write",
-        "zarr 3: write a 4,000 x 4,000 float32 array in 250 x 250 chunks (256 objects of 250 KB, uncompressed)",
-        "seaweed",
-        "GB/s",
-        ["zarr-s3torch", "zarr-s3fs", "zarr-obstore"],
-        {"rows": 4000, "chunk_rows": 250},
-        {"rows": 1000, "chunk_rows": 250},
-        baseline="zarr-s3torch",
-    )
-)
 
 BY_NAME = {s.name: s for s in SCENARIOS}
 # Names --scenarios also accepts for a group of scenarios.
