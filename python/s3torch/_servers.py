@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 ACCESS_KEY = "s3torchtestkey"
 SECRET_KEY = "s3torchtestsecret"
@@ -31,9 +31,23 @@ REGION = "us-east-1"
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> List[int]:
+    """``n`` distinct ports free on loopback now: all held at once while they are chosen (one
+    at a time, a port let go could be handed out again: SeaweedFS given one port twice does
+    not start)."""
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
@@ -165,23 +179,10 @@ class SeaweedFS(_Server):
             '"actions":["Admin","Read","Write","List","Tagging"]}]}' % (ACCESS_KEY, SECRET_KEY)
         )
         self._ports: list = []
-        p = {
-            name: free_port()
-            for name in (
-                "s3",
-                "s3g",
-                "master",
-                "masterg",
-                "volume",
-                "volumeg",
-                "filer",
-                "filerg",
-                "debug",
-                "s3debug",
-                "admin",
-                "adming",
-            )
-        }
+        names = "s3 s3g master masterg volume volumeg filer filerg debug s3debug admin adming".split()
+        p = dict(zip(names, free_ports(len(names))))
+        while s3_port and s3_port in p.values():  # the S3 port asked for, free now: not for another
+            p = dict(zip(names, free_ports(len(names))))
         if s3_port:
             p["s3"] = s3_port
         self._ports = list(p.values())

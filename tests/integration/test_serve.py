@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+import pytest
+
 from s3torch import S3Client, S3ClientConfig
 
 
@@ -48,6 +50,10 @@ def test_serve_prints_working_settings_and_cleans_up_on_sigterm() -> None:
             if "SIGTERM stops the server" in line:
                 break
         text = "".join(printed)
+        if "SIGTERM stops the server" not in text:  # it ended before its banner: say why
+            proc.kill()
+            assert proc.stderr is not None
+            pytest.fail(f"s3torch serve exited {proc.wait()} before its banner:\n{text}{proc.stderr.read()}")
         exports: Dict[str, str] = dict(re.findall(r"^export (\w+)=(\S+)$", text, re.M))
         assert set(exports) == {"AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, text
         data_dir = re.search(r"data in (\S+), removed on exit", text)

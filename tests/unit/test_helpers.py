@@ -32,3 +32,18 @@ def test_storage_writer_docstring() -> None:
     from s3torch.dcp import S3StorageWriter
 
     assert S3StorageWriter.__doc__ and "Write DCP checkpoints" in S3StorageWriter.__doc__
+
+
+def test_free_ports_are_distinct_and_free() -> None:
+    """A local server's ports (SeaweedFS takes 12): chosen one at a time, a port let go could
+    be handed out twice, and the server then did not start (a CI run's `s3torch serve`)."""
+    import socket
+
+    from s3torch._servers import free_ports
+
+    for _ in range(20):
+        ports = free_ports(12)
+        assert len(set(ports)) == 12
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.filesystem import _StorageInfo
@@ -285,6 +285,7 @@ def test_fuzz_record_locator_central_directory(n: int, size: int, offset: int, j
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6))
+@example(edits=[(161, 148)])  # data.pkl calling the rebuild on a tuple: was an AttributeError
 def test_fuzz_mutated_tensor_record(edits: list) -> None:
     rec = bytearray(_record(torch.arange(3000, dtype=torch.int32)))
     for pos, val in edits:

@@ -149,6 +149,8 @@ class _StorageRef:
 
 class _Rebuilt:
     def __init__(self, storage: _StorageRef, storage_offset: int, size: Any, stride: Any, *rest: Any) -> None:
+        if not isinstance(storage, _StorageRef):  # bytes that call the rebuild on anything else
+            raise pickle.UnpicklingError("not a plain tensor record (its storage is not a storage)")
         self.storage, self.storage_offset = storage, int(storage_offset)
         self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
         self.requires_grad = rest[0] if rest else False
