@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 Box = Tuple[Sequence[int], Sequence[int]]  # (offsets, sizes)
@@ -87,21 +88,56 @@ def outside(size: Sequence[int], boxes: Sequence[Box]) -> Optional[int]:
     return None
 
 
+@dataclass(frozen=True)
+class Untiled:
+    """Why boxes do not tile an array: ``kind`` "outside" (``at``: that box), "overlap"
+    (``at``: the two), "missing" (``what``: what no box holds, "rows 3..5 of 8") or
+    "unchecked" (``what``: why)."""
+
+    kind: str
+    at: Tuple[int, ...] = ()
+    what: str = ""
+
+    def words(self, boxes: Sequence[Box], noun: str = "piece") -> str:
+        """The reason in words, a box called a ``noun``."""
+        if self.kind == "outside":
+            (i,) = self.at
+            return f"the {noun} at {list(boxes[i][0])} of shape {list(boxes[i][1])} lies outside it"
+        if self.kind == "overlap":
+            i, j = self.at
+            return f"the {noun}s at {list(boxes[i][0])} and {list(boxes[j][0])} overlap"
+        if self.kind == "missing":
+            return f"{self.what} are in no {noun}"
+        return f"cannot be checked: {self.what}"
+
+
+def find(size: Sequence[int], boxes: Sequence[Box]) -> Optional[Untiled]:
+    """Why ``boxes`` do not tile an array of ``size``, or None when they do: a box outside
+    it, then two that overlap, then elements in none."""
+    i = outside(size, boxes)
+    if i is not None:
+        return Untiled("outside", (i,))
+    try:
+        both = overlap(boxes)
+    except TooManyPieces as e:
+        return Untiled("unchecked", what=str(e))
+    if both is not None:
+        return Untiled("overlap", both)
+    gap = missing(size, boxes)
+    return None if gap is None else Untiled("missing", what=gap)
+
+
 def problem(size: Sequence[int], boxes: Sequence[Box], noun: str = "piece") -> Optional[Tuple[str, str]]:
     """Why ``boxes`` do not tile an array of ``size`` (a kind: "outside", "overlap",
     "missing" or "unchecked", and the reason in words, a box called a ``noun``), or None
     when they do."""
-    i = outside(size, boxes)
-    if i is not None:
-        return "outside", f"the {noun} at {list(boxes[i][0])} of shape {list(boxes[i][1])} lies outside it"
-    try:
-        both = overlap(boxes)
-    except TooManyPieces as e:
-        return "unchecked", f"cannot be checked: {e}"
-    if both is not None:
-        return "overlap", f"the {noun}s at {list(boxes[both[0]][0])} and {list(boxes[both[1]][0])} overlap"
-    gap = missing(size, boxes)
-    return None if gap is None else ("missing", f"{gap} are in no {noun}")
+    u = find(size, boxes)
+    return None if u is None else (u.kind, u.words(boxes, noun))
 
 
-__all__ = ["BUDGET", "TooManyPieces", "missing", "outside", "overlap", "problem"]
+def shape_text(size: Sequence[int]) -> str:
+    """``8x6``, as the checks name a tensor's shape ("0-dim" for a scalar)."""
+    return "x".join(map(str, size)) or "0-dim"
+
+
+__all__ = ["BUDGET", "TooManyPieces", "Untiled", "find", "missing", "outside", "overlap", "problem", "shape_text"]

@@ -124,24 +124,23 @@ def _untiled(md: Any) -> List[Tuple[str, str]]:
     """(fqn, why) for each tensor whose chunks in the metadata do not hold each of its
     elements exactly once (``_tiling``): torch's planner loads what the chunks cover and
     leaves the rest of the destination as it was, with no error."""
-    from .._tiling import problem
+    from .._tiling import find, shape_text
 
     out = []
     for fqn, tmd in md.state_dict_metadata.items():
-        chunks = getattr(tmd, "chunks", None)
-        if chunks is None:  # a byte item
+        if getattr(tmd, "chunks", None) is None:  # a byte item
             continue
         size = list(tmd.size)
-        boxes = [(list(c.offsets), list(c.sizes)) for c in chunks]
+        boxes = [(list(c.offsets), list(c.sizes)) for c in tmd.chunks]
         if len(boxes) == 1 and boxes[0][1] == size and not any(boxes[0][0]):
             continue  # whole
-        found = problem(size, boxes, "chunk")
-        if found is not None:
-            kind, why = found
-            shape = "x".join(map(str, size)) or "0-dim"
-            tail = " (a load would leave them as they were in its destination)" if kind == "missing" else ""
+        u = find(size, boxes)
+        if u is not None:
+            tail = " (a load would leave them as they were in its destination)" if u.kind == "missing" else ""
             chunks = f"{len(boxes)} chunk{'s' if len(boxes) > 1 else ''}"
-            out.append((fqn, f"tensor of {shape} in {chunks} of the .metadata: {why}{tail}"))
+            out.append(
+                (fqn, f"tensor of {shape_text(size)} in {chunks} of the .metadata: {u.words(boxes, 'chunk')}{tail}")
+            )
     return out
 
 

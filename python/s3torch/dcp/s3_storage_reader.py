@@ -23,7 +23,7 @@ from torch.futures import Future
 from .._config import S3ClientConfig
 from .._crt import S3Exception
 from .._progress import Progress
-from .._tiling import problem
+from .._tiling import problem, shape_text
 from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
@@ -280,8 +280,7 @@ def check_chunks(where: str, tensors: Dict[str, Any], fqns: Iterable[str]) -> No
             continue
         found = problem(list(md.size), [(list(o), list(s)) for o, s in sorted(boxes)], "chunk")
         why = found[1] if found else "its chunks do not add up to it"
-        shape = "x".join(map(str, md.size)) or "0-dim"
         raise CheckpointCorruptError(
-            f"{where}: tensor {fqn!r} ({shape}): in the .metadata, {why}: the checkpoint is corrupt (a load "
-            "would leave elements of the destination as they were)"
+            f"{where}: tensor {fqn!r} ({shape_text(md.size)}): in the .metadata, {why}: the checkpoint is corrupt "
+            "(a load would leave elements of the destination as they were)"
         )

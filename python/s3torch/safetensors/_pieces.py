@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterable, List, Tuple
 
-from .._tiling import TooManyPieces, missing, overlap
+from .._tiling import find, shape_text
 from ._errors import HeaderError, MissingShardError
 
 if TYPE_CHECKING:
@@ -107,31 +107,29 @@ def gather(uri: str, files: Iterable["ShardFile"]) -> Dict[str, Pieces]:
 
 
 def _check_tiled(uri: str, g: Pieces) -> None:
-    """Every element of ``g``'s tensor in exactly one of its pieces."""
+    """Every element of ``g``'s tensor in exactly one of its pieces (``_tiling.find``)."""
     if g.whole:
         return
     boxes = [(list(o), list(t.torch_shape(f.where))) for f, t, o in g.parts]
+    u = find(g.size, boxes)
+    if u is None:
+        return
     wheres = [f"{f.key.rsplit('/', 1)[-1]}" for f, _, _ in g.parts]
-    shape = "x".join(map(str, g.size)) or "0-dim"
-    label = f"{uri}: tensor {g.name!r} ({shape}, in {len(boxes)} piece{'s' if len(boxes) > 1 else ''})"
-    try:
-        both = overlap(boxes)
-    except TooManyPieces as e:
-        raise HeaderError(f"{label}: cannot be checked: {e}") from None
-    if both is not None:
-        a, b = (f"{wheres[i]} at {boxes[i][0]}" for i in both)
+    label = f"{uri}: tensor {g.name!r} ({shape_text(g.size)}, in {len(boxes)} piece{'s' if len(boxes) > 1 else ''})"
+    if u.kind == "missing":
+        names = sorted(set(wheres))
+        listed = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+        raise MissingShardError(
+            f"{label}: {u.what} are in none of its files ({listed}): a file of a distributed save is "
+            "missing (a rank whose save failed, or a file not copied)"
+        )
+    if u.kind == "overlap":
+        a, b = (f"{wheres[i]} at {boxes[i][0]}" for i in u.at)
         raise HeaderError(
             f"{label}: the pieces in {a} and {b} overlap: pieces of two saves sharded differently? "
             "(which to load cannot be told; keep one save's files)"
         )
-    gap = missing(g.size, boxes)
-    if gap is not None:
-        names = sorted(set(wheres))
-        listed = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-        raise MissingShardError(
-            f"{label}: {gap} are in none of its files ({listed}): a file of a distributed save is "
-            "missing (a rank whose save failed, or a file not copied)"
-        )
+    raise HeaderError(f"{label}: {u.words(boxes)}")
 
 
 __all__ = ["SAVED_OFFSETS_KEY", "SHARDING_INFO_KEY", "Pieces", "gather", "has_pieces", "saved_offsets"]
