@@ -187,77 +187,77 @@ def get_files(
 ) -> None:
     """Every file (name, size, ETag as listed; at ``paths[name]``, checked by ``local_path``),
     by pieces of PIECE bytes, WINDOW of them in flight, each GET writing straight into the
-    file's memory map and held to the listed version. With a ``partial`` suffix, each file is
-    written under its path plus that suffix and renamed once every file is whole (removed if
-    the copy fails). ``durable``: the files and their directories are synced to disk before
-    this returns (a checkpoint's copy); without, they are as durable as any file written.
-    ``checks``: object key -> a ``FileCheck`` of its stored checksum, handed each piece as it
-    lands and verified once every file is whole, before any rename (a mismatch raises
-    ``ChecksumMismatchError``)."""
+    file's memory map and held to the listed version. Every file gets its disk blocks before
+    the first GET; then a file is open and mapped only while a GET of it is in flight (``_Open``),
+    so that a copy of any number of files holds at most about WINDOW open. With a ``partial``
+    suffix, each file is written under its path plus that suffix and renamed once every file is
+    whole (removed if the copy fails). ``durable``: the files and their directories are synced to
+    disk before this returns (a checkpoint's copy), each piece's writeback started as soon as it
+    lands; without, they are as durable as any file written. ``checks``: object key ->
+    a ``FileCheck`` of its stored checksum, handed each piece as it lands and verified once every
+    file is whole, before any rename (a mismatch raises ``ChecksumMismatchError``)."""
     native = client._get_native()
-    maps: List[Tuple[Any, Any, Any]] = []  # (file, mmap, memoryview), closed at the end
-    pieces: List[Tuple[str, int, int, int, str]] = []  # (key, offset, length, index in maps, ETag)
+    pieces: List[Tuple[str, int, int, int, str]] = []  # (key, offset, length, index in files, ETag)
     # (handle, piece), oldest first. A handle holds its slice of the view (so the map stays
     # open) until the CRT is done with it; dropping the handle lets the slice go.
     inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
-    written: List[str] = []  # under their partial names
+    written: List[str] = []  # under their partial names, in the order of ``files``
     done = allocated = False
-    populate: Optional[Prefaulter] = None
+    populate = Prefaulter()
+    maps = _Open(written, [size for _, size, _ in files], populate, durable)
 
     def landed(key: str, offset: int, length: int, i: int) -> None:
         check = checks.get(key) if checks else None
         if check is not None and length:
-            view = maps[i][2][offset : offset + length]
+            view = maps.view(i)[offset : offset + length]
             try:
                 check.add(offset, view)
             finally:
                 view.release()
+        if length:
+            maps.landed(i, offset, length)
 
     try:
-        for name, size, etag in files:
+        for i, (name, size, etag) in enumerate(files):
             path = paths[name] + partial
             os.makedirs(os.path.dirname(path), exist_ok=True)
             written.append(path)
-            f = open(path, "wb+")
-            if size == 0:  # a GET of nothing all the same: held to the listed version too
-                f.close()
-                pieces.append((prefix + name, 0, 0, -1, etag))
-                continue
-            try:
-                allocate(f, size)
-            except OSError as e:
-                f.close()
-                if e.errno not in NO_ROOM:
-                    raise
-                raise NoRoom(e.errno, path, size) from e
-            m = mmap.mmap(f.fileno(), size)
-            maps.append((f, m, memoryview(m)))
-            pieces += [(prefix + name, a, min(PIECE, size - a), len(maps) - 1, etag) for a in range(0, size, PIECE)]
+            with open(path, "wb") as f:
+                try:
+                    allocate(f, size) if size else None
+                except OSError as e:
+                    if e.errno not in NO_ROOM:
+                        raise
+                    raise NoRoom(e.errno, path, size) from e
+            # A file of nothing gets a GET of nothing all the same: held to the listed version too.
+            pieces += [(prefix + name, a, min(PIECE, size - a), i, etag) for a in range(0, size, PIECE)] or [
+                (prefix + name, 0, 0, i, etag)
+            ]
+            maps.expect(i, -(-size // PIECE))
         allocated = True
-        # The files' pages made resident ahead of the GETs, on a thread of its own, so that the
-        # event-loop threads copying each response into a map do not take the faults (and the
-        # page-cache allocations) one at a time: s3torch cp down of a 1 GB checkpoint 0.66-0.68
-        # -> 0.76 GB/s at 1.3 -> 1.05 CPU-s/GB (2 CPUs, SeaweedFS). Stopped before the maps close.
-        populate = Prefaulter([m[2] for m in maps])
         for piece in pieces:
             key, offset, length, i, etag = piece
-            if i < 0:
+            if length == 0:
                 handle = native.start_get_into(bucket, key, _crt.HostBuffer(0), None, None, etag)
             else:
-                handle = native.start_get_into(bucket, key, maps[i][2][offset : offset + length], offset, length, etag)
+                handle = native.start_get_into(
+                    bucket, key, maps.view(i)[offset : offset + length], offset, length, etag
+                )
             inflight.append((handle, piece))
             del handle
             if len(inflight) >= WINDOW:
                 _finish(inflight.pop(0), progress, landed)
+                maps.close_whole()
         while inflight:
             _finish(inflight.pop(0), progress, landed)
+            maps.close_whole()
         for check in (checks or {}).values():
             check.verify()
         # On disk before anything that names them (the .metadata, its rename) can be: as
         # torch's FileSystemWriter syncs its files, a copy that reports success survives a
         # power loss, and a crash never leaves a .metadata over files that were not written.
-        for f, _, _ in maps if durable else ():
-            os.fsync(f.fileno())
+        for path in written if durable else ():
+            _fsync_path(path)
         for path in written if partial else ():
             os.replace(path, path[: -len(partial)])
         if durable:
@@ -268,16 +268,108 @@ def get_files(
         raise
     finally:
         inflight.clear()
-        if populate is not None:
-            populate.stop()
-        for f, m, view in maps:
-            view.release()
-            m.close()  # writes the pages back (MAP_SHARED) as the process ends at the latest
-            f.close()
+        populate.stop()
+        maps.close_all()
         if not done and (partial or not allocated):  # not allocated: no GET started, they hold nothing
             for path in written:
                 if os.path.exists(path):
                     os.remove(path)
+
+
+class _Open:
+    """The files a download writes, each open and memory-mapped from its first piece's GET
+    until its last piece lands: a copy of thousands of files (a checkpoint of as many ranks)
+    would otherwise hold them all open at once, past a process's file limit (often 1,024) and
+    the kernel's map limit (65,530). Each map is queued on the ``Prefaulter`` as it opens and
+    taken back before it closes. A ``durable`` copy starts the writeback of each piece as it
+    lands, so that the disk writes it while the rest downloads (the fsyncs at the end then
+    wait for little, and a copy larger than the kernel's dirty-page threshold is not throttled
+    all at once)."""
+
+    def __init__(self, paths: List[str], sizes: List[int], populate: Prefaulter, durable: bool) -> None:
+        self._paths, self._sizes, self._populate, self._durable = paths, sizes, populate, durable
+        self._left: Dict[int, int] = {}  # file index -> pieces not landed yet
+        self._whole: List[int] = []  # files every piece of which has landed, still open
+        self._open: Dict[int, Tuple[Any, Any, memoryview]] = {}  # file index -> (file, mmap, view)
+
+    def expect(self, i: int, pieces: int) -> None:
+        self._left[i] = pieces
+
+    def view(self, i: int) -> memoryview:
+        """File ``i``'s map, opened and queued for populating the first time."""
+        entry = self._open.get(i)
+        if entry is None:
+            f = open(self._paths[i], "r+b")
+            try:
+                m = mmap.mmap(f.fileno(), self._sizes[i])
+            except BaseException:
+                f.close()
+                raise
+            entry = self._open[i] = (f, m, memoryview(m))
+            self._populate.add([entry[2]])
+        return entry[2]
+
+    def landed(self, i: int, offset: int, length: int) -> None:
+        """A piece of file ``i`` is in: a durable copy starts its writeback; after the last
+        piece, ``close_whole`` closes the file."""
+        if self._durable:
+            _start_writeback(self._open[i][0].fileno(), offset, length)
+        self._left[i] -= 1
+        if self._left[i] == 0:
+            self._whole.append(i)
+
+    def close_whole(self) -> None:
+        """Close the files whose every piece has landed (called once the finished GETs' handles,
+        which hold slices of the maps, are gone)."""
+        while self._whole:
+            self._close(self._whole.pop())
+
+    def _close(self, i: int) -> None:
+        f, m, view = self._open.pop(i)
+        try:
+            self._populate.discard(view)
+            view.release()
+            m.close()
+        finally:
+            f.close()
+
+    def close_all(self) -> None:
+        """Those still open (a copy that failed)."""
+        for i in list(self._open):
+            self._close(i)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing those bytes of the file to disk, and return
+    (sync_file_range(2), SYNC_FILE_RANGE_WRITE); nothing where there is none (not Linux)."""
+    fn = _libc_sync_file_range()
+    if fn is not None:
+        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # advisory: the fsync at the end is the guarantee
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.lru_cache(maxsize=None)
+def _libc_sync_file_range() -> Any:
+    """libc's sync_file_range, looked up once."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _cancel(inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]]) -> None:

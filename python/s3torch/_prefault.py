@@ -20,8 +20,9 @@ instead of 512 (``benchmarks/results/huge-pages/``).
 
 from __future__ import annotations
 
+import collections
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
 
 from . import _crt
 
@@ -43,49 +44,101 @@ class Prefaulter:
     (``help_until``), taking the next chunks from the same queue. Those resident already are
     skipped, and where huge pages are enabled the rest are advised them here, before the
     caller's first GET can touch them (a 2 MiB range a GET has faulted one small page of stays
-    in small pages). No thread for less than ``MIN_BYTES`` in all. The thread holds the
-    buffers until it ends; ``stop()`` joins it."""
+    in small pages). No thread until ``MIN_BYTES`` in all are queued. A caller that maps its
+    destinations as it goes (``s3torch cp``, a file at a time) queues each with ``add`` and
+    takes it back with ``discard`` before unmapping it. The thread holds the queued buffers
+    until it ends (when the queue is empty: the next ``add`` starts another); ``stop()`` joins
+    it."""
 
-    def __init__(self, buffers: Sequence[Buffer]) -> None:
-        self._buffers = [b for b in buffers if _nbytes(b) and not _crt.looks_resident(b)]
+    def __init__(self, buffers: Sequence[Buffer] = ()) -> None:
+        self._queue: Deque[List[Any]] = collections.deque()  # [buffer, next offset], in order
         self._stopped = threading.Event()
         self._lock = threading.Lock()
-        self._at = (0, 0)  # the next chunk: (buffer, offset)
+        self._chunk_done = threading.Condition(self._lock)
+        self._busy: List[Buffer] = []  # the buffers a chunk of which is being populated now
+        self._queued = 0  # bytes ever queued: the thread starts at MIN_BYTES
         self.populated = 0  # bytes; read after stop()
         self.helped = 0  # of which by help_until
-        self._thread: Optional[threading.Thread] = None
-        if sum(_nbytes(b) for b in self._buffers) >= MIN_BYTES:
-            for b in self._buffers:
-                _crt.advise_huge_pages(b)
-            self._thread = threading.Thread(target=self._run, name="s3torch-prefault", daemon=True)
-            self._thread.start()
-        else:
-            self._buffers = []
+        self._thread: Optional[threading.Thread] = None  # the latest (the earlier ones ended)
+        self._running = False  # a thread is at work (or about to end, the queue empty)
+        self._active = False  # MIN_BYTES queued: until then nothing is populated
+        self.add(buffers)
 
-    def _next(self) -> Optional[Buffer]:
+    def add(self, buffers: Sequence[Buffer]) -> None:
+        """Queue more buffers, after those queued (they are populated in that order)."""
+        fresh = [b for b in buffers if _nbytes(b) and not _crt.looks_resident(b)]
         with self._lock:
-            i, at = self._at
-            if self._stopped.is_set() or i >= len(self._buffers):
-                return None
-            b = self._buffers[i]
-            self._at = (i, at + CHUNK_BYTES) if at + CHUNK_BYTES < _nbytes(b) else (i + 1, 0)
-            return b[at : at + CHUNK_BYTES]
+            if self._stopped.is_set():
+                return
+            self._queue.extend([b, 0] for b in fresh)
+            self._queued += sum(_nbytes(b) for b in fresh)
+            if self._queued < MIN_BYTES:  # a load of small tensors pays for no thread
+                return
+            for entry in self._queue if not self._active else ():  # the first time: all queued
+                _crt.advise_huge_pages(entry[0])
+            for b in fresh if self._active else ():
+                _crt.advise_huge_pages(b)
+            self._active = True
+            if self._queue and not self._running:
+                self._running = True
+                self._thread = threading.Thread(target=self._run, name="s3torch-prefault", daemon=True)
+                self._thread.start()
 
-    def _populate(self, piece: Buffer, helping: bool = False) -> bool:
-        if not _crt.prefault(piece, write_fallback=False):
+    def discard(self, buffer: Buffer) -> None:
+        """Take ``buffer`` out of the queue, waiting for a chunk of it in hand: once this
+        returns, nothing here holds it (a file's map can close)."""
+        with self._lock:
+            self._queue = collections.deque(e for e in self._queue if e[0] is not buffer)
+            while any(b is buffer for b in self._busy):
+                self._chunk_done.wait()
+
+    def _next(self) -> Optional[Tuple[Buffer, Buffer]]:
+        """The next chunk, as (its buffer, the chunk), marked in hand until ``_populate`` ends."""
+        with self._lock:
+            while self._active and not self._stopped.is_set() and self._queue:
+                entry = self._queue[0]
+                b, at = entry
+                if at >= _nbytes(b):
+                    self._queue.popleft()
+                    continue
+                entry[1] = at + CHUNK_BYTES
+                self._busy.append(b)
+                return b, b[at : at + CHUNK_BYTES]
+            return None
+
+    def _populate(self, chunk: Tuple[Buffer, Buffer], helping: bool = False) -> bool:
+        b, piece = chunk
+        n = _nbytes(piece)
+        try:
+            ok = _crt.prefault(piece, write_fallback=False)
+        finally:
+            if isinstance(piece, memoryview):
+                piece.release()  # a slice of a file's map: let the map close
+            del piece, chunk
+            with self._lock:
+                del self._busy[next(i for i, x in enumerate(self._busy) if x is b)]
+                self._chunk_done.notify_all()
+        if not ok:
             self._stopped.set()  # this kernel cannot populate: the GETs fault their pages themselves
             return False
         with self._lock:
-            self.populated += _nbytes(piece)
+            self.populated += n
             if helping:
-                self.helped += _nbytes(piece)
+                self.helped += n
         return True
 
     def _run(self) -> None:
-        while (piece := self._next()) is not None and self._populate(piece):
-            pass
-        with self._lock:
-            self._buffers = []  # done: let them go
+        while True:
+            chunk = self._next()
+            if chunk is not None and self._populate(chunk):
+                del chunk
+                continue
+            with self._lock:
+                if chunk is None and self._queue and not self._stopped.is_set():
+                    continue  # added since _next looked
+                self._running = False
+                self._queue.clear()  # done, stopped, or this kernel cannot: let them go
+            return
 
     def help_until(self, done: Callable[[], bool]) -> None:
         """Populate the next chunks on this thread until ``done()`` (a GET this thread would
@@ -93,14 +146,20 @@ class Prefaulter:
         thread gets its share of the cores beside two event-loop threads and the server, and
         falls behind them, which then take those faults themselves; the waiting thread's share
         keeps it ahead (``benchmarks/results/event-loops/README.md``)."""
-        while not done() and (piece := self._next()) is not None and self._populate(piece, helping=True):
-            pass
+        while not done() and (chunk := self._next()) is not None:
+            if not self._populate(chunk, helping=True):
+                return
+            del chunk
 
     def stop(self) -> None:
         self._stopped.set()
-        if self._thread is not None:
-            self._thread.join()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        with self._lock:
             self._thread = None
+            self._queue.clear()
 
     def __enter__(self) -> "Prefaulter":
         return self

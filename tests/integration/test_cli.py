@@ -318,6 +318,47 @@ def test_cp_up_keeps_a_checkpoint_written_to_dst_meanwhile(env, proxy, tmp_path,
     assert direct.get_object(BUCKET, key).read() == b"copied metadata"
 
 
+def test_cp_down_of_more_files_than_the_process_may_open(env, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint of more files than the process may hold open (a file a rank: 2,048 ranks
+    against the common limit of 1,024). Before, the copy opened and mapped every file at once
+    and failed ("Too many open files"); each file is now open only while a GET of it is in
+    flight, and the writeback of each piece starts as it lands, before the fsyncs at the end."""
+    import resource
+
+    from s3torch import _local_files
+
+    sizes = {f"__{r}_0.distcp": 1000 + r for r in range(150)} | {"sub/big.distcp": 3 << 20}
+    files = _checkpoint_of(make_client(env), f"{prefix}ckpt/", sizes)
+    down = tmp_path / "down"
+    events = []
+    real_writeback, real_fsync = _local_files._start_writeback, os.fsync
+
+    def writeback(fd: int, offset: int, length: int) -> None:
+        events.append(("writeback", os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), down)))
+        real_writeback(fd, offset, length)
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), down)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(_local_files, "_start_writeback", writeback)
+    monkeypatch.setattr(os, "fsync", fsync)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # What this process holds now, and room for the command's own client (its connections).
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+    try:
+        code, _, err = cli(capsys, "cp", f"s3://{BUCKET}/{prefix}ckpt", str(down))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert code == 0, err
+    for name, data in files.items():
+        assert (down / name).read_bytes() == data, name
+    kinds = [k for k, _ in events]
+    before_fsyncs = events[: kinds.index("fsync")]
+    assert {n for _, n in before_fsyncs} == set(sizes)  # every data file's writeback, first
+    assert ("writeback", ".metadata.s3torch-partial") in events
+
+
 def test_cp_down_holds_an_empty_file_to_its_listed_version(env, proxy, tmp_path, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A file listed empty and written after the listing: before, the copy wrote it empty
     without a request and succeeded, the one file not held to the listed version."""

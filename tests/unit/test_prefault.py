@@ -13,7 +13,7 @@ import pathlib
 import subprocess
 import sys
 import threading
-from typing import Callable, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import pytest
 import torch
@@ -405,3 +405,67 @@ def test_a_waiting_thread_populates_the_next_chunks_from_the_same_queue(monkeypa
     assert p.populated == 8 * MiB and p.helped == 3 * MiB
     p.help_until(lambda: False)  # nothing left: returns at once
     assert p.helped == 3 * MiB
+
+
+def test_buffers_added_later_are_populated_and_a_discarded_one_can_close(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s3torch cp maps a file as its first GET starts and unmaps it once its last lands: each
+    map is queued with ``add`` (a thread started again if the last one ended), and ``discard``
+    returns only once no chunk of it is in hand, so that the map closes (no BufferError)."""
+    monkeypatch.setattr(_prefault, "CHUNK_BYTES", MiB)
+    release, in_hand = threading.Event(), threading.Event()
+    real = _crt.prefault
+
+    def slow(piece: Any, write_fallback: bool = True) -> bool:
+        in_hand.set()
+        assert release.wait(5)
+        return bool(real(piece, write_fallback=write_fallback))
+
+    maps = []
+    for name in "ab":
+        f = open(tmp_path / name, "wb+")
+        f.truncate(_prefault.MIN_BYTES + 3 * MiB)
+        m = mmap.mmap(f.fileno(), _prefault.MIN_BYTES + 3 * MiB)
+        maps.append((f, m, memoryview(m)))
+    p = Prefaulter()
+    assert p._thread is None
+    p.add([maps[0][2]])
+    assert p._thread is not None
+    p._thread.join()  # every byte; the thread ended with the queue empty
+    assert p.populated == _prefault.MIN_BYTES + 3 * MiB
+    monkeypatch.setattr(_prefault._crt, "prefault", slow)
+    p.add([maps[1][2]])  # another thread
+    assert in_hand.wait(5)
+    discarded = threading.Event()
+    discarder = threading.Thread(target=lambda: (p.discard(maps[1][2]), discarded.set()))
+    discarder.start()
+    assert not discarded.wait(0.2)  # a chunk of it is in hand
+    release.set()
+    assert discarded.wait(5)
+    assert p._thread is not None
+    p._thread.join(5)
+    assert p.populated == _prefault.MIN_BYTES + 4 * MiB  # the chunk in hand, and none after
+    for f, m, view in maps:
+        view.release()
+        m.close()  # nothing of the prefaulter holds a slice
+        f.close()
+    p.stop()
+
+
+def test_small_buffers_added_one_by_one_start_the_thread_at_min_bytes() -> None:
+    """A copy of many small files: no thread until MIN_BYTES in all are queued, then every
+    buffer queued so far is populated."""
+    small = [_fresh(_prefault.MIN_BYTES // 4)[1] for _ in range(5)]
+    p = Prefaulter()
+    for t in small[:3]:
+        p.add([t])
+        assert p._thread is None
+    p.add([small[3]])
+    assert p._thread is not None
+    p._thread.join(5)
+    assert p.populated == _prefault.MIN_BYTES
+    p.add([small[4]])
+    p._thread.join(5)
+    assert p.populated == _prefault.MIN_BYTES * 5 // 4
+    p.stop()

@@ -82,7 +82,9 @@ it has one that covers the object (a full-object CRC32, CRC32C or CRC64NVME, or 
 one with its part sizes): a file that does not match fails the copy (exit 1) before its
 .metadata is written; --no-verify skips this. Every file is synced to disk (fsync, as
 torch's FileSystemWriter does) before the .metadata is written, and the .metadata before the
-copy reports success. Every file gets its disk blocks before the first GET. A copy that does
+copy reports success. Every file gets its disk blocks before the first GET, and is open only
+while a GET of it is in flight (a checkpoint of thousands of files copies under a limit of
+1,024 open files), its pieces written back to disk as they land. A copy that does
 not fit in the free space of DST's filesystem is refused (exit 4) before anything at DST is
 removed or written; one the filesystem refuses anyway (a quota, a disk filling meanwhile)
 fails (exit 4) with the files it had allocated removed."""
