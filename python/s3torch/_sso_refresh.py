@@ -28,9 +28,7 @@ import json
 import logging
 import os
 import re
-import ssl
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -211,6 +209,9 @@ class _Keeper:
                 "refreshToken": token["refreshToken"],
             }
         ).encode()
+        import ssl  # here: every client imports this module; few ever refresh (~30 ms a process)
+        import urllib.request
+
         request = urllib.request.Request(
             f"https://oidc.{self.region}.amazonaws.com/token",
             data=body,

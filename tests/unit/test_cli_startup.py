@@ -20,3 +20,18 @@ def test_no_verb_module_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_import_and_a_client_leave_the_http_stack_unimported() -> None:
+    """``import s3torch`` and a client of it (every DataLoader worker, every command line)
+    import no HTTP stack of Python's: urllib.request, ssl and http.client were imported for an
+    SSO refresh few processes make (~30 ms a process); a client of an ordinary profile needs
+    none of them."""
+    code = (
+        "import sys\n"
+        "import s3torch\n"
+        "s3torch.S3Client('us-east-1', endpoint='http://127.0.0.1:9')\n"
+        "print(sorted(m for m in ('urllib.request', 'ssl', 'http.client') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -19,13 +19,18 @@ from .._text import shown_lines
 from ._common import EXIT_CODES, CLIError, exit_code_for
 
 
-def _verbs() -> List[ModuleType]:
-    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+def _verb_names() -> List[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``s3torch`` argument parser, with a subcommand for every verb module."""
+def _verbs(only: Optional[str] = None) -> List[ModuleType]:
+    return [importlib.import_module(f"{__name__}.{name}") for name in _verb_names() if only in (None, name)]
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``s3torch`` argument parser, with a subcommand for every verb module (``only``: for
+    that verb alone, which is all ``main`` imports to run it: the others' modules cost a
+    command ~10 ms of start-up)."""
     parser = argparse.ArgumentParser(
         prog="s3torch",
         description="s3torch's command line: list, inspect, verify and copy DCP checkpoints on S3, "
@@ -35,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for module in _verbs():
+    for module in _verbs(only):
         name = module.__name__.rsplit(".", 1)[1]
         p = sub.add_parser(
             name,
@@ -51,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``s3torch`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = argv[0] if argv and argv[0] in _verb_names() else None  # else the whole list (help, errors)
+    args = build_parser(verb).parse_args(argv)
     try:
         return int(args.run(args))
     except KeyboardInterrupt:
