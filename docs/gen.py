@@ -435,6 +435,12 @@ NOTES: Dict[str, str] = {
     "cache; a download written with pwrite from the CRT's part buffers (its `recv_filepath`) instead of into a "
     "memory map ran 0.55-0.6 CPU-s of system time per GB in some runs and 1.3-2.1 in others (57% in the "
     "kernel's copy into page cache), and was not kept.",
+    "benchmarks/results/cp-down-verify/run3.json": "The same rows at 2cf0562 and the start-up trim after it "
+    "(each file open only while a GET of it is in flight; each piece's writeback started as it lands), 8 runs: "
+    "s3torch 0.660 GB/s at 1.31 CPU-s/GB, s5cmd then `sync` 0.753 (1.14x), s5cmd 1.154. An A/B of the file "
+    "module alone, 6 runs each in one loop: 1.65 s before, 1.48 s after, 1.53 s without the writeback; s5cmd "
+    "then `sync` 1.32 s. `perf` of the copy: a third of its samples zero the fresh page-cache pages a memory "
+    "map faults in (`zero_user_segments`), which a `pwrite` of whole pages skips.",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "
