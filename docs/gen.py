@@ -441,6 +441,12 @@ NOTES: Dict[str, str] = {
     "module alone, 6 runs each in one loop: 1.65 s before, 1.48 s after, 1.53 s without the writeback; s5cmd "
     "then `sync` 1.32 s. `perf` of the copy: a third of its samples zero the fresh page-cache pages a memory "
     "map faults in (`zero_user_segments`), which a `pwrite` of whole pages skips.",
+    "benchmarks/results/cp-down-verify/run4.json": "The same rows with the copy written straight to disk "
+    "(`_direct_writes`: each GET into a buffer of a ring, `O_DIRECT` writes from it on 4 threads), 8 runs: s3torch "
+    "0.954 GB/s at 0.75 CPU-s/GB, 1.22x s5cmd then `sync` (0.781 at 0.81), from 0.660 at 1.31 in run3; s5cmd "
+    "without `sync` (its files not on disk yet) 1.151. Peak RSS of the copying process (not in the table, which "
+    "measures the harness): 240 MB (the ring: 200 MiB at the default 10 Gbps target), against 981 MB of mapped "
+    "page cache before, and s5cmd's 20 MB.",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "

@@ -4,20 +4,23 @@ checkpoint that mixes two saves.
 
 Reading (up): a file is held to the version the copy listed (``stamp``: inode, size, mtime),
 and read, not memory-mapped (a file that shrinks under a map is a SIGBUS on the next page).
-Writing (down): a file is written through a memory map, so it gets its blocks first
-(``allocate``: a page the filesystem cannot back is a SIGBUS too), and what the copy wrote is
-synced directory by directory (``sync_dirs``) before anything that names it.
+Writing (down): every file gets its blocks first (``allocate``: through a memory map, a page
+the filesystem cannot back is a SIGBUS too), then a checkpoint's copy is written straight to
+disk (``_direct_writes``) and anything else through memory maps (``_get_mapped``), a file open
+only while a GET of it is in flight; what the copy wrote is synced directory by directory
+(``sync_dirs``) before anything that names it.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import mmap
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple
 
-from . import _crt
+from . import _crt, _direct_writes
 from ._prefault import Prefaulter
 from ._progress import human
 
@@ -42,22 +45,24 @@ class Counter(Protocol):
 
 
 class NoRoom(OSError):
-    """The filesystem refused the file at ``filename`` its ``size`` bytes of blocks (the copy
-    then removed the files it had only allocated)."""
+    """The filesystem refused the file at ``filename`` its ``size`` bytes of blocks, or (where
+    it allocates no blocks ahead) a write into it (the copy then removed its files).
+    ``removed``: what the copy had done with the files it removed (``allocated``, ``written``)."""
 
-    def __init__(self, err: int, path: str, size: int) -> None:
+    def __init__(self, err: int, path: str, size: int, removed: str = "allocated") -> None:
         super().__init__(err, os.strerror(err), path)
         self.size = size
+        self.removed = removed
 
     def __reduce__(self) -> Any:  # pickled with its own arguments (a worker's error crosses over)
-        return (NoRoom, (self.errno, self.filename, self.size))
+        return (NoRoom, (self.errno, self.filename, self.size, self.removed))
 
     def why(self) -> str:
         """``PATH: No space left on device (12.58 MB)``."""
         return f"{self.filename}: {self.strerror} ({human(self.size)})"
 
     def __str__(self) -> str:
-        return f"{self.why()}; the copy stopped, and removed the files it had only allocated"
+        return f"{self.why()}; the copy stopped, and removed the files it had {self.removed}"
 
 
 class LocalFileChanged(Exception):
@@ -186,39 +191,22 @@ def get_files(
     checks: Optional[Dict[str, Any]] = None,
 ) -> None:
     """Every file (name, size, ETag as listed; at ``paths[name]``, checked by ``local_path``),
-    by pieces of PIECE bytes, WINDOW of them in flight, each GET writing straight into the
-    file's memory map and held to the listed version. Every file gets its disk blocks before
-    the first GET; then a file is open and mapped only while a GET of it is in flight (``_Open``),
-    so that a copy of any number of files holds at most about WINDOW open. With a ``partial``
+    by ranged GETs held to the listed version. Every file gets its disk blocks before the first
+    GET; then a file is open only while a GET of it is in flight, so that a copy of any number of
+    files holds only a few open. ``durable`` (a checkpoint's copy): written straight to disk
+    (``_direct_writes``: no page cache), and the files and their directories synced before this
+    returns; without (or where there is no ``O_DIRECT``), each GET writes into the file's memory
+    map (``_get_mapped``), and the files are as durable as any file written. With a ``partial``
     suffix, each file is written under its path plus that suffix and renamed once every file is
-    whole (removed if the copy fails). ``durable``: the files and their directories are synced to
-    disk before this returns (a checkpoint's copy), each piece's writeback started as soon as it
-    lands; without, they are as durable as any file written. ``checks``: object key ->
-    a ``FileCheck`` of its stored checksum, handed each piece as it lands and verified once every
-    file is whole, before any rename (a mismatch raises ``ChecksumMismatchError``)."""
+    whole (removed if the copy fails). ``checks``: object key -> a ``FileCheck`` of its stored
+    checksum, handed each piece as it lands and verified once every file is whole, before any
+    rename (a mismatch raises ``ChecksumMismatchError``)."""
     native = client._get_native()
-    pieces: List[Tuple[str, int, int, int, str]] = []  # (key, offset, length, index in files, ETag)
-    # (handle, piece), oldest first. A handle holds its slice of the view (so the map stays
-    # open) until the CRT is done with it; dropping the handle lets the slice go.
-    inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
     written: List[str] = []  # under their partial names, in the order of ``files``
     done = allocated = False
-    populate = Prefaulter()
-    maps = _Open(written, [size for _, size, _ in files], populate, durable)
-
-    def landed(key: str, offset: int, length: int, i: int) -> None:
-        check = checks.get(key) if checks else None
-        if check is not None and length:
-            view = maps.view(i)[offset : offset + length]
-            try:
-                check.add(offset, view)
-            finally:
-                view.release()
-        if length:
-            maps.landed(i, offset, length)
-
+    full = False  # the filesystem refused room: whatever was written goes
     try:
-        for i, (name, size, etag) in enumerate(files):
+        for name, size, _ in files:
             path = paths[name] + partial
             os.makedirs(os.path.dirname(path), exist_ok=True)
             written.append(path)
@@ -229,12 +217,85 @@ def get_files(
                     if e.errno not in NO_ROOM:
                         raise
                     raise NoRoom(e.errno, path, size) from e
-            # A file of nothing gets a GET of nothing all the same: held to the listed version too.
-            pieces += [(prefix + name, a, min(PIECE, size - a), i, etag) for a in range(0, size, PIECE)] or [
-                (prefix + name, 0, 0, i, etag)
-            ]
-            maps.expect(i, -(-size // PIECE))
         allocated = True
+        keys = [(prefix + name, size, etag) for name, size, etag in files]
+        if durable and _direct_writes.supported():
+            ring = _direct_writes.ring_size(client._config.throughput_target_gbps)
+            try:
+                _direct_writes.stream(
+                    native, bucket, _pieces(keys, _direct_writes.PIECE), written, ring, progress.add, checks
+                )
+            except OSError as e:
+                if e.errno not in NO_ROOM or isinstance(e, NoRoom):
+                    raise
+                # A filesystem that allocates no blocks ahead (then the files are sparse) filled.
+                raise NoRoom(e.errno, e.filename, files[written.index(e.filename)][1], "written") from e
+        else:
+            _get_mapped(native, bucket, _pieces(keys, PIECE), written, [size for _, size, _ in files], progress, checks)
+        for check in (checks or {}).values():
+            check.verify()
+        # On disk before anything that names them (the .metadata, its rename) can be: as
+        # torch's FileSystemWriter syncs its files, a copy that reports success survives a
+        # power loss, and a crash never leaves a .metadata over files that were not written.
+        for path in written if durable else ():
+            _fsync_path(path)
+        for path in written if partial else ():
+            os.replace(path, path[: -len(partial)])
+        if durable:
+            sync_dirs(written)
+        done = True
+    except NoRoom:
+        full = True
+        raise
+    finally:
+        if not done and (partial or not allocated or full):  # not allocated: no GET started, they hold nothing
+            for path in written:
+                if os.path.exists(path):
+                    os.remove(path)
+
+
+def _pieces(keys: List[Tuple[str, int, str]], piece: int) -> List[Tuple[str, int, int, int, str]]:
+    """(key, offset, length, file index, ETag) of every piece of every file (key, size, ETag);
+    a file of nothing gets one piece of nothing (its GET holds it to the listed version too)."""
+    out: List[Tuple[str, int, int, int, str]] = []
+    for i, (key, size, etag) in enumerate(keys):
+        out += [(key, a, min(piece, size - a), i, etag) for a in range(0, size, piece)] or [(key, 0, 0, i, etag)]
+    return out
+
+
+def _get_mapped(
+    native: Any,
+    bucket: str,
+    pieces: List[Tuple[str, int, int, int, str]],
+    paths: List[str],
+    sizes: List[int],
+    progress: Counter,
+    checks: Optional[Dict[str, Any]],
+) -> None:
+    """The pieces, WINDOW in flight, each GET writing straight into its file's memory map
+    (a file open and mapped only while a GET of it is in flight: ``_Open``); the path of a copy
+    that is not durable (fsspec's ``get``: the file is read next, from the page cache), or
+    where there is no ``O_DIRECT``."""
+    # (handle, piece), oldest first. A handle holds its slice of the view (so the map stays
+    # open) until the CRT is done with it; dropping the handle lets the slice go.
+    inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
+    populate = Prefaulter()
+    maps = _Open(paths, sizes, populate)
+    for i, n in collections.Counter(p[3] for p in pieces if p[2]).items():
+        maps.expect(i, n)
+
+    def landed(key: str, offset: int, length: int, i: int) -> None:
+        check = checks.get(key) if checks else None
+        if check is not None and length:
+            view = maps.view(i)[offset : offset + length]
+            try:
+                check.add(offset, view)
+            finally:
+                view.release()
+        if length:
+            maps.landed(i)
+
+    try:
         for piece in pieces:
             key, offset, length, i, etag = piece
             if length == 0:
@@ -251,18 +312,6 @@ def get_files(
         while inflight:
             _finish(inflight.pop(0), progress, landed)
             maps.close_whole()
-        for check in (checks or {}).values():
-            check.verify()
-        # On disk before anything that names them (the .metadata, its rename) can be: as
-        # torch's FileSystemWriter syncs its files, a copy that reports success survives a
-        # power loss, and a crash never leaves a .metadata over files that were not written.
-        for path in written if durable else ():
-            _fsync_path(path)
-        for path in written if partial else ():
-            os.replace(path, path[: -len(partial)])
-        if durable:
-            sync_dirs(written)
-        done = True
     except BaseException:
         _cancel(inflight)
         raise
@@ -270,24 +319,17 @@ def get_files(
         inflight.clear()
         populate.stop()
         maps.close_all()
-        if not done and (partial or not allocated):  # not allocated: no GET started, they hold nothing
-            for path in written:
-                if os.path.exists(path):
-                    os.remove(path)
 
 
 class _Open:
-    """The files a download writes, each open and memory-mapped from its first piece's GET
-    until its last piece lands: a copy of thousands of files (a checkpoint of as many ranks)
-    would otherwise hold them all open at once, past a process's file limit (often 1,024) and
-    the kernel's map limit (65,530). Each map is queued on the ``Prefaulter`` as it opens and
-    taken back before it closes. A ``durable`` copy starts the writeback of each piece as it
-    lands, so that the disk writes it while the rest downloads (the fsyncs at the end then
-    wait for little, and a copy larger than the kernel's dirty-page threshold is not throttled
-    all at once)."""
+    """The files a download writes through memory maps, each open and mapped from its first
+    piece's GET until its last piece lands: a copy of thousands of files (a checkpoint of as
+    many ranks) would otherwise hold them all open at once, past a process's file limit (often
+    1,024) and the kernel's map limit (65,530). Each map is queued on the ``Prefaulter`` as it
+    opens and taken back before it closes."""
 
-    def __init__(self, paths: List[str], sizes: List[int], populate: Prefaulter, durable: bool) -> None:
-        self._paths, self._sizes, self._populate, self._durable = paths, sizes, populate, durable
+    def __init__(self, paths: List[str], sizes: List[int], populate: Prefaulter) -> None:
+        self._paths, self._sizes, self._populate = paths, sizes, populate
         self._left: Dict[int, int] = {}  # file index -> pieces not landed yet
         self._whole: List[int] = []  # files every piece of which has landed, still open
         self._open: Dict[int, Tuple[Any, Any, memoryview]] = {}  # file index -> (file, mmap, view)
@@ -309,11 +351,8 @@ class _Open:
             self._populate.add([entry[2]])
         return entry[2]
 
-    def landed(self, i: int, offset: int, length: int) -> None:
-        """A piece of file ``i`` is in: a durable copy starts its writeback; after the last
-        piece, ``close_whole`` closes the file."""
-        if self._durable:
-            _start_writeback(self._open[i][0].fileno(), offset, length)
+    def landed(self, i: int) -> None:
+        """A piece of file ``i`` is in: after the last, ``close_whole`` closes the file."""
         self._left[i] -= 1
         if self._left[i] == 0:
             self._whole.append(i)
@@ -347,31 +386,6 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing those bytes of the file to disk, and return
-    (sync_file_range(2), SYNC_FILE_RANGE_WRITE); nothing where there is none (not Linux)."""
-    fn = _libc_sync_file_range()
-    if fn is not None:
-        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # advisory: the fsync at the end is the guarantee
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-@functools.lru_cache(maxsize=None)
-def _libc_sync_file_range() -> Any:
-    """libc's sync_file_range, looked up once."""
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (AttributeError, OSError):  # not Linux
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
 def _cancel(inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]]) -> None:
     """Cancel the GETs still in flight and wait for each to end. In a frame of its own: a
     loop variable left holding a handle (and its slice of a file's map) would keep the map
@@ -397,8 +411,6 @@ def _finish(
         # traceback, so the caller can close the map (else BufferError hides the error).
         del entry, handle
     if got != length:
-        raise _crt.S3Exception(
-            f"{key}: expected {length} bytes at offset {offset}, got {got} (changed during the copy?)"
-        )
+        raise _direct_writes.short_read(key, offset, length, got)
     landed(key, offset, length, i)
     progress.add(length)

@@ -5,6 +5,7 @@ holds less than its object."""
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import json
 from pathlib import Path
@@ -120,11 +121,15 @@ def test_overwrite_replaces_the_earlier_model_whole(env, tmp_path, prefix, capsy
     assert _files(down) == sorted(_files(tmp_path / "two") + ["README.md"] + theirs) and len(theirs) == 5
 
 
+@pytest.mark.parametrize("path", ["direct", "mapped"])
 @pytest.mark.parametrize("fail_at", [1, 5, 7])
-def test_a_failed_download_leaves_no_partial_file(env, tmp_path, prefix, capsys, monkeypatch, fail_at) -> None:  # type: ignore[no-untyped-def]
-    """A GET fails: the first or the fifth of the 6 data files' (no file of the copy at DST,
+def test_a_failed_download_leaves_no_partial_file(env, tmp_path, prefix, capsys, monkeypatch, fail_at, path) -> None:  # type: ignore[no-untyped-def]
+    """A piece fails: the first or the fifth of the 6 data files' (no file of the copy at DST,
     under its name or a partial one, and nothing of the earlier model --overwrite replaced),
-    or the index's (every data file whole at DST, no index)."""
+    or the index's (every data file whole at DST, no index); written straight to disk, or
+    (where there is no O_DIRECT) through memory maps."""
+    from s3torch import _direct_writes
+
     _model_folder(tmp_path / "model", 1, 3)
     uri = f"s3://{BUCKET}/{prefix}model"
     assert cli(capsys, "cp", str(tmp_path / "model"), uri)[0] == 0
@@ -132,16 +137,28 @@ def test_a_failed_download_leaves_no_partial_file(env, tmp_path, prefix, capsys,
     _model_folder(down, 2, 2)
     (down / "notes.txt").write_text("mine")
     calls: List[int] = []
-    real = _local_files._finish
+    if path == "mapped":
+        monkeypatch.setattr(_direct_writes, "supported", lambda: False)
+        real = _local_files._finish
 
-    def failing(entry: Any, progress: Any, landed: Any) -> None:
-        real(entry, progress, landed)
-        del entry  # the piece's handle holds a slice of the file's map: not kept by this frame
-        calls.append(1)
-        if len(calls) == fail_at:  # with the other files' GETs in flight, cancelled
-            raise OSError("injected: the GET failed")
+        def failing(entry: Any, progress: Any, landed: Any) -> None:
+            real(entry, progress, landed)
+            del entry  # the piece's handle holds a slice of the file's map: not kept by this frame
+            calls.append(1)
+            if len(calls) == fail_at:  # with the other files' GETs in flight, cancelled
+                raise OSError("injected: the GET failed")
 
-    monkeypatch.setattr(_local_files, "_finish", failing)
+        monkeypatch.setattr(_local_files, "_finish", failing)
+    else:
+        real_write = _direct_writes._write
+
+        def failing_write(*args: Any) -> None:
+            calls.append(1)
+            if len(calls) == fail_at:  # with the other files' GETs in flight, cancelled
+                raise OSError(errno.EIO, "injected: the piece failed")
+            real_write(*args)
+
+        monkeypatch.setattr(_direct_writes, "_write", failing_write)
     code, _, err = cli(capsys, "cp", uri, str(down), "--overwrite")
     assert code == 4 and "injected" in err
     left = _files(down)

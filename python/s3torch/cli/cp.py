@@ -84,10 +84,12 @@ one with its part sizes): a file that does not match fails the copy (exit 1) bef
 torch's FileSystemWriter does) before the .metadata is written, and the .metadata before the
 copy reports success. Every file gets its disk blocks before the first GET, and is open only
 while a GET of it is in flight (a checkpoint of thousands of files copies under a limit of
-1,024 open files), its pieces written back to disk as they land. A copy that does
-not fit in the free space of DST's filesystem is refused (exit 4) before anything at DST is
-removed or written; one the filesystem refuses anyway (a quota, a disk filling meanwhile)
-fails (exit 4) with the files it had allocated removed."""
+1,024 open files). The bytes go straight to disk (O_DIRECT), past the page cache, from a ring
+of buffers sized for --throughput-gbps (200 MiB at the default 10); on a filesystem without
+O_DIRECT, through the page cache. A copy that does not fit in the free space of DST's
+filesystem is refused (exit 4) before anything at DST is removed or written; one the
+filesystem refuses anyway (a quota, a disk filling meanwhile) fails (exit 4) with the files it
+had allocated or written removed."""
 
 PARTIAL = ".s3torch-partial"  # download: a .metadata's name until it is whole
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -281,7 +283,8 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
             ) from e
         except NoRoom as e:
             raise CLIError(
-                f"{e.why()}; the copy stopped before its .metadata, and removed the files it had only allocated"
+                f"{e.why()}; the copy stopped before its .metadata, and removed the files it had "
+                + ("only allocated" if e.removed == "allocated" else "written")
             ) from e
         except _crt.S3ObjectChangedError as e:
             raise CLIError(
