@@ -50,6 +50,38 @@ def overlap(boxes: Sequence[Box], budget: int = BUDGET) -> Optional[Tuple[int, i
     return None
 
 
+def split_tiles(size: Sequence[int], boxes: Sequence[Box]) -> Optional[bool]:
+    """For boxes that each span every dimension but one (a tensor split along one dimension, as
+    torch's FSDP and tensor-parallel shards are): whether they tile it, a box listed twice
+    counted once (True, False); None for boxes of any other shape (``find`` checks those). A
+    sort of the split dimension's ranges: about twice a sum of the boxes' volumes."""
+    ndim = len(size)
+    if not boxes or ndim == 0:
+        return None
+    first_off, first_size = boxes[0]
+    if len(first_off) != ndim or len(first_size) != ndim:
+        return None
+    split = [k for k in range(ndim) if first_off[k] != 0 or first_size[k] != size[k]]
+    if len(split) > 1:
+        return None
+    d = split[0] if split else 0
+    whole = [k for k in range(ndim) if k != d]
+    spans = []
+    for off, sz in boxes:
+        if len(off) != ndim or len(sz) != ndim or any(off[k] != 0 or sz[k] != size[k] for k in whole):
+            return None
+        spans.append((off[d], sz[d]))
+    spans.sort()
+    end, last = 0, None
+    for span in spans:
+        if span[1] == 0 or span == last:  # an empty piece holds nothing; a piece again, nothing new
+            continue
+        if span[0] != end:
+            return False
+        end, last = span[0] + span[1], span
+    return end == size[d]
+
+
 def missing(size: Sequence[int], boxes: Sequence[Box]) -> Optional[str]:
     """What of a tensor of ``size`` the non-overlapping ``boxes`` leave out ("rows 3..5 of
     8", "12 of 48 elements"), or None when they cover it all."""
@@ -140,4 +172,15 @@ def shape_text(size: Sequence[int]) -> str:
     return "x".join(map(str, size)) or "0-dim"
 
 
-__all__ = ["BUDGET", "TooManyPieces", "Untiled", "find", "missing", "outside", "overlap", "problem", "shape_text"]
+__all__ = [
+    "BUDGET",
+    "TooManyPieces",
+    "Untiled",
+    "find",
+    "missing",
+    "outside",
+    "overlap",
+    "problem",
+    "shape_text",
+    "split_tiles",
+]

@@ -574,6 +574,33 @@ def test_verify_names_a_tensor_whose_chunks_do_not_cover_it(env, tmp_path, prefi
     assert "0 of 6 items failed verification; 1 of 4 tensors are not held whole by their chunks" in out
 
 
+def test_chunks_that_overlap_as_much_as_they_miss_are_refused_by_load(env, prefix) -> None:  # type: ignore[no-untyped-def]
+    """A .metadata whose two chunks of "big" hold rows 0..300 and 200..500 of 600: their volumes
+    add up to the tensor, so a sum of volumes passed them, and the load would have left rows
+    500..600 of the destination as they were. The load now checks the chunks' ranges."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    from s3torch.dcp import CheckpointCorruptError
+
+    uri = f"s3://{BUCKET}/{prefix}overlap"
+    dcp.save(state(), storage_writer=S3StorageWriter(REGION, uri, endpoint=env.endpoint))
+    client = make_client(env)
+    md = pickle.loads(client._get_native().get_bytes(BUCKET, f"{prefix}overlap/.metadata"))
+    md.state_dict_metadata["big"].chunks = [
+        ChunkStorageMetadata(offsets=torch.Size([0, 0]), sizes=torch.Size([300, 1000])),
+        ChunkStorageMetadata(offsets=torch.Size([200, 0]), sizes=torch.Size([300, 1000])),
+    ]
+    client.put(BUCKET, f"{prefix}overlap/.metadata", pickle.dumps(md))
+    dest = {**empty(), "big": torch.full((600, 1000), -1.0)}
+    with pytest.raises(CheckpointException) as info:
+        dcp.load(dest, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
+    ((err, _tb),) = info.value.failures.values()
+    assert isinstance(err, CheckpointCorruptError), err
+    assert "tensor 'big' (600x1000): in the .metadata, the chunks at [0, 0] and [200, 0] overlap" in str(err)
+    assert bool((dest["big"] == -1).all())  # nothing read
+
+
 def test_a_tensor_placed_past_its_storage_fails_verify_and_load(env, tmp_path, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     """A record whose data.pkl puts the tensor one element past the end of its storage (a
     checkpoint written by someone else; one byte, its .metadata consistent). Before, ``dcp.load``

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3torch._tiling import TooManyPieces, missing, outside, overlap, problem
+from s3torch._tiling import TooManyPieces, missing, outside, overlap, problem, split_tiles
 
 Box = Tuple[Sequence[int], Sequence[int]]
 
@@ -80,6 +80,39 @@ def test_agrees_with_counting_every_element(case) -> None:  # type: ignore[no-un
     assert (gap is None) == all(c == 1 for c in counts)
     if gap is not None and gap.endswith("elements"):
         assert gap == f"{counts.count(0)} of {math.prod(size)} elements"
+
+
+@settings(max_examples=300, deadline=None)
+@given(_boxes(), st.booleans(), st.booleans())
+def test_the_split_dimension_check_agrees_with_counting_every_element(case, twice, empty) -> None:  # type: ignore[no-untyped-def]
+    """split_tiles (a DCP load's check of a tensor split along one dimension): where it
+    answers, it says whether every element is in exactly one box, a box listed twice counted
+    once and an empty box holding nothing; boxes split along two dimensions it leaves to find."""
+    size, boxes = case
+    if twice and boxes:
+        boxes = boxes + [boxes[0]]
+    if empty:
+        boxes = boxes + [([size[0], *[0] * (len(size) - 1)], [0, *size[1:]])]
+    got = split_tiles(size, boxes)
+    once = sorted({(tuple(o), tuple(z)) for o, z in boxes})
+    split = {k for o, z in once for k in range(len(size)) if all(z) and (o[k] != 0 or z[k] != size[k])}
+    if len(split) > 1:
+        assert got is None
+    if got is None:
+        return
+    counts = _counts(size, [b for b in once if all(b[1])])
+    assert got == (all(c == 1 for c in counts) and outside(size, once) is None)
+
+
+def test_the_split_dimension_check_is_as_cheap_as_a_sum() -> None:
+    """400 tensors of 1,024 shards each (a 1,024-rank FSDP checkpoint): in a DCP load's
+    prepare step on every rank, so it must stay a sort, not a sweep."""
+    per = 8
+    boxes = [([i * per, 0], [per, 4096]) for i in range(1024)]
+    assert split_tiles([1024 * per, 4096], boxes) is True
+    assert split_tiles([1024 * per, 4096], boxes[:-1]) is False
+    assert split_tiles([1024 * per, 4096], boxes[:3] + [([20, 0], [8, 4096])] + boxes[4:]) is False
+    assert split_tiles([4, 4], [([0, 0], [2, 2]), ([0, 2], [2, 2]), ([2, 0], [2, 4])]) is None  # a grid
 
 
 def test_what_is_missing_is_said_in_rows_where_it_can_be() -> None:

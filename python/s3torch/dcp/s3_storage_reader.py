@@ -23,7 +23,7 @@ from torch.futures import Future
 from .._config import S3ClientConfig
 from .._crt import S3Exception
 from .._progress import Progress
-from .._tiling import problem, shape_text
+from .._tiling import find, shape_text, split_tiles
 from .._uri import parse_s3_uri, s3_path
 from ..s3reader import ItemRange
 from ..s3reader.constructor import DCPOptimizedConstructor, ReaderConstructor
@@ -262,24 +262,30 @@ class S3StorageReader(FileSystemReader):
 
 def check_chunks(where: str, tensors: Dict[str, Any], fqns: Iterable[str]) -> None:
     """CheckpointCorruptError for the first of ``fqns`` whose chunks in the metadata
-    (``tensors``: its ``state_dict_metadata``) do not add up to the tensor, naming what they
-    miss, overlap or overrun (``_tiling``): torch's planner would load what they cover and
-    leave the rest of the destination as it was, with no error. A sum of volumes per tensor
-    (identical chunks counted once), so a large load pays little; ``s3torch verify`` checks
-    each tensor's chunks in full."""
+    (``tensors``: its ``state_dict_metadata``) do not tile the tensor, naming what they miss,
+    overlap or overrun (``_tiling``): torch's planner would load what they cover and leave the
+    rest of the destination as it was, with no error. A tensor split along one dimension (as
+    torch's shards are) is checked by a sort of its chunks' ranges (0.05 s for 400 tensors x
+    1,024 chunks); any other, by a sweep for overlaps and a sum of volumes (identical chunks
+    counted once), or where the sweep would take too long, by the sum alone."""
     for fqn in sorted(fqns):
         md = tensors.get(fqn)
         chunks = getattr(md, "chunks", None)
         if md is None or not chunks:
             continue  # a byte item, or a tensor the planner found elsewhere
-        total = math.prod(md.size)
-        if sum(math.prod(c.sizes) for c in chunks) == total:
+        size = list(md.size)
+        if split_tiles(size, [(c.offsets, c.sizes) for c in chunks]):
             continue
-        boxes = {(tuple(c.offsets), tuple(c.sizes)) for c in chunks}  # a chunk listed twice: once
-        if sum(math.prod(s) for _, s in boxes) == total:
+        boxes = sorted({(tuple(c.offsets), tuple(c.sizes)) for c in chunks})  # a chunk listed twice: once
+        found = find(size, boxes)
+        if found is None:
             continue
-        found = problem(list(md.size), [(list(o), list(s)) for o, s in sorted(boxes)], "chunk")
-        why = found[1] if found else "its chunks do not add up to it"
+        if found.kind == "unchecked":  # too many to sweep: their volumes add up, or not
+            if sum(math.prod(s) for _, s in boxes) == math.prod(size):
+                continue
+            why = "its chunks do not add up to it"
+        else:
+            why = found.words(boxes, "chunk")
         raise CheckpointCorruptError(
             f"{where}: tensor {fqn!r} ({shape_text(md.size)}): in the .metadata, {why}: the checkpoint is corrupt "
             "(a load would leave elements of the destination as they were)"
