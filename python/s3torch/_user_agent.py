@@ -11,6 +11,7 @@ md/reader_type#...``, ``lightning; <version>``). The product token is ``s3torch`
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 from typing import List, Optional
@@ -18,7 +19,9 @@ from typing import List, Optional
 __all__ = ["UserAgent"]
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_version() -> str:
+    # Once a process (each client made reads torch's METADATA otherwise: ~2 ms).
     # Without importing torch (``import s3torch`` stays light), nor importlib.metadata until a
     # User-Agent is made (~12 ms a process: the command line, each DataLoader worker).
     version = getattr(sys.modules.get("torch"), "__version__", None)
