@@ -447,6 +447,9 @@ NOTES: Dict[str, str] = {
     "without `sync` (its files not on disk yet) 1.151. Peak RSS of the copying process (not in the table, which "
     "measures the harness): 240 MB (the ring: 200 MiB at the default 10 Gbps target), against 981 MB of mapped "
     "page cache before, and s5cmd's 20 MB.",
+    "benchmarks/results/cp/run3.json": "`s3torch cp` up again at 52405e2 (3 runs): 0.188 GB/s at 0.77 CPU-s/GB "
+    "against s5cmd's 0.172 at 2.30 (1.09x its rate at a third of its CPU; with `--throughput-gbps 2`, 0.207). "
+    "SeaweedFS on the same 2 cores bounds every row.",
     "benchmarks/results/cp/run2.json": "The `cp/results.json` run again, with `s3torch-2gbps` (`s3torch cp "
     "--throughput-gbps 2`: fewer connections to a server that shares the 2 cores). Up, it took the rate past "
     "s5cmd's at a third of its CPU. Down, s5cmd's three runs spread from 0.44 to 1.08 GB/s (0.54-1.01 in the first "
