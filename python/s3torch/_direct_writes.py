@@ -12,7 +12,7 @@ CPU (2 CPUs, SeaweedFS; ``benchmarks/results/cp-down-verify/``).
 
 ``O_DIRECT`` wants the buffer, the offset and the length aligned to the device's logical block:
 the buffers are page aligned (anonymous maps), pieces start at multiples of ``PIECE``, and a
-file's last piece, which ends where the file does, goes direct up to its last whole 4 KiB and
+file's last piece, which ends where the file does, goes direct up to its last whole page and
 through the page cache for the rest (an ordinary descriptor of the same file; the fsync at the
 end covers both). A filesystem without ``O_DIRECT`` (tmpfs, some FUSE) refuses the open with
 EINVAL, and a device with larger blocks refuses the write: that file is then written through the
@@ -37,7 +37,11 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import _crt
 
-ALIGN = 4096  # the largest logical block of common devices; a larger one is handled by fallback
+# What goes direct: whole pages, so that a file's tail, written through the page cache, never
+# shares a page with a direct write (whose page, read in for the tail meanwhile, would be written
+# back over it); 4 KiB at least, the largest logical block of common devices (a larger one is
+# handled by the fallback). 64 KiB on kernels of 64 KiB pages (some aarch64).
+ALIGN = max(4096, mmap.PAGESIZE)
 PIECE = 8 << 20  # bytes per GET and per buffer of the ring (a multiple of ALIGN)
 MIN_RING = 16
 MAX_RING_BYTES = 1 << 30

@@ -16,7 +16,7 @@ from tests.integration.test_cli import _checkpoint_of, cli
 
 KiB = 1024
 
-# Around every edge of a 4 KiB block and of a 64 KiB piece (PIECE in these tests).
+# Around every edge of a 4 KiB block (a page; ALIGN) and of a 64 KiB piece (PIECE in these tests).
 SIZES = {
     "empty.bin": 0,
     "one.bin": 1,
@@ -91,17 +91,17 @@ def test_every_size_is_byte_exact_through_a_ring_of_two(env, tmp_path, prefix, c
     if not _has_direct(tmp_path):  # DST's filesystem has none (tmpfs before Linux 6.6): all through the page cache
         assert not direct and {w[1] for w in writes} >= {"one.bin", "many.bin"}
         return
-    assert all(off % 4096 == 0 and n % 4096 == 0 for _, _, off, n in direct)
-    assert sorted((off, n) for d, name, off, n in writes if name == "many.bin") == [
-        (0, 64 * KiB),
-        (64 * KiB, 64 * KiB),
-        (128 * KiB, 64 * KiB),
-        (192 * KiB, 64 * KiB),
-        (256 * KiB, 44 * KiB),
-        (300 * KiB, 7),
-    ]
-    assert [(d, off, n) for d, name, off, n in writes if name == "over.bin"] == [(True, 0, 4096), (False, 4096, 1)]
-    assert [d for d, name, _, _ in writes if name in ("one.bin", "under.bin")] == [False, False]
+    align, piece = _direct_writes.ALIGN, _direct_writes.PIECE
+    assert all(off % align == 0 and n % align == 0 for _, _, off, n in direct)
+    for name, size in SIZES.items():  # each piece: its whole pages direct, the rest through the page cache
+        expected = []
+        for off in range(0, size, piece):
+            n = min(piece, size - off)
+            head = n - n % align
+            expected += [(True, off, head)] if head else []
+            expected += [(False, off + head, n - head)] if n > head else []
+        got = sorted(((d, off, n) for d, f, off, n in writes if f == os.path.basename(name)), key=lambda w: w[1])
+        assert got == expected, name
 
 
 def test_a_filesystem_without_o_direct_gets_the_same_bytes(
