@@ -62,6 +62,32 @@ def ring_size(throughput_gbps: float) -> int:
     return max(MIN_RING, min(MAX_RING_BYTES // PIECE, math.ceil(throughput_gbps / GBPS_PER_CONNECTION)))
 
 
+class FileReplaced(OSError):
+    """Another file is now at the path of one the copy allocated (a swap in DST during the
+    copy): nothing is written to it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ESTALE, "replaced by another file during the copy", path)
+
+    def __reduce__(self) -> Any:
+        return (FileReplaced, (self.filename,))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def reopen(path: str, flags: int, ident: Tuple[int, int]) -> int:
+    """The file the copy allocated at ``path`` (``ident``: its device and inode then), opened
+    again with ``flags``: FileReplaced where another file is there now (a file is open only
+    while a GET of it is in flight, so it is opened by its path again)."""
+    fd = os.open(path, flags)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != ident:
+        os.close(fd)
+        raise FileReplaced(path)
+    return fd
+
+
 def short_read(key: str, offset: int, length: int, got: int) -> Exception:
     """A ranged GET that brought other than the bytes asked for."""
     return _crt.S3Exception(f"{key}: expected {length} bytes at offset {offset}, got {got} (changed during the copy?)")
@@ -72,8 +98,8 @@ class _File:
     ordinary one for what cannot go direct, each opened when first needed (a file smaller
     than ALIGN never opens a direct one)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, ident: Tuple[int, int]) -> None:
+        self.path, self.ident = path, ident
         self._lock = threading.Lock()
         self._fds: Dict[bool, Optional[int]] = {}  # direct? -> its descriptor (None: no O_DIRECT here)
 
@@ -81,7 +107,7 @@ class _File:
         with self._lock:
             if direct not in self._fds:
                 try:
-                    self._fds[direct] = os.open(self.path, os.O_WRONLY | (_O_DIRECT if direct else 0))
+                    self._fds[direct] = reopen(self.path, os.O_WRONLY | (_O_DIRECT if direct else 0), self.ident)
                 except OSError as e:
                     if not direct or e.errno != errno.EINVAL:  # EINVAL: this filesystem has no O_DIRECT
                         raise
@@ -127,7 +153,7 @@ def _write(f: _File, buf: mmap.mmap, offset: int, length: int, check: Any) -> No
             check.add(offset, view)  # the CRC beside the write, on this thread (GIL released)
         f.write(view, offset)
     except OSError as e:
-        error = OSError(e.errno, e.strerror, f.path)
+        error = FileReplaced(f.path) if isinstance(e, FileReplaced) else OSError(e.errno, e.strerror, f.path)
     finally:
         view.release()
     if error is not None:  # raised here, not chained: the frames of the first held slices of the buffer
@@ -151,11 +177,13 @@ def stream(
     bucket: str,
     pieces: List[Piece],
     paths: List[str],
+    idents: List[Tuple[int, int]],
     ring: int,
     done_bytes: Callable[[int], None],
     checks: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """GET every piece (``paths[i]`` is file i, allocated at its full size) into the ring's
+    """GET every piece (``paths[i]`` is file i, allocated at its full size, ``idents[i]`` its
+    device and inode) into the ring's
     buffers and write each to its file, in order; ``done_bytes`` is called with each piece's
     length once it is on its way to disk. An error cancels the GETs in flight and waits for the
     writes in flight before it is raised (the buffers are theirs until then)."""
@@ -208,7 +236,7 @@ def stream(
                 continue
             buf = take()
             if i not in files:
-                files[i] = _File(paths[i])
+                files[i] = _File(paths[i], idents[i])
             handle = native.start_get_into(bucket, key, memoryview(buf)[:length], offset, length, etag)
             gets.append((handle, buf, piece))
             del handle

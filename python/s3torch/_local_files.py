@@ -203,6 +203,7 @@ def get_files(
     rename (a mismatch raises ``ChecksumMismatchError``)."""
     native = client._get_native()
     written: List[str] = []  # under their partial names, in the order of ``files``
+    idents: List[Tuple[int, int]] = []  # each one's device and inode: what a GET may write into
     done = allocated = False
     full = False  # the filesystem refused room: whatever was written goes
     try:
@@ -217,13 +218,15 @@ def get_files(
                     if e.errno not in NO_ROOM:
                         raise
                     raise NoRoom(e.errno, path, size) from e
+                st = os.fstat(f.fileno())
+                idents.append((st.st_dev, st.st_ino))
         allocated = True
         keys = [(prefix + name, size, etag) for name, size, etag in files]
         if durable and _direct_writes.supported():
             ring = _direct_writes.ring_size(client._config.throughput_target_gbps)
             try:
                 _direct_writes.stream(
-                    native, bucket, _pieces(keys, _direct_writes.PIECE), written, ring, progress.add, checks
+                    native, bucket, _pieces(keys, _direct_writes.PIECE), written, idents, ring, progress.add, checks
                 )
             except OSError as e:
                 if e.errno not in NO_ROOM or isinstance(e, NoRoom):
@@ -231,14 +234,15 @@ def get_files(
                 # A filesystem that allocates no blocks ahead (then the files are sparse) filled.
                 raise NoRoom(e.errno, e.filename, files[written.index(e.filename)][1], "written") from e
         else:
-            _get_mapped(native, bucket, _pieces(keys, PIECE), written, [size for _, size, _ in files], progress, checks)
+            sizes = [size for _, size, _ in files]
+            _get_mapped(native, bucket, _pieces(keys, PIECE), written, idents, sizes, progress, checks)
         for check in (checks or {}).values():
             check.verify()
         # On disk before anything that names them (the .metadata, its rename) can be: as
         # torch's FileSystemWriter syncs its files, a copy that reports success survives a
         # power loss, and a crash never leaves a .metadata over files that were not written.
-        for path in written if durable else ():
-            _fsync_path(path)
+        for path, ident in zip(written, idents) if durable else ():
+            _fsync_path(path, ident)
         for path in written if partial else ():
             os.replace(path, path[: -len(partial)])
         if durable:
@@ -268,6 +272,7 @@ def _get_mapped(
     bucket: str,
     pieces: List[Tuple[str, int, int, int, str]],
     paths: List[str],
+    idents: List[Tuple[int, int]],
     sizes: List[int],
     progress: Counter,
     checks: Optional[Dict[str, Any]],
@@ -280,7 +285,7 @@ def _get_mapped(
     # open) until the CRT is done with it; dropping the handle lets the slice go.
     inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
     populate = Prefaulter()
-    maps = _Open(paths, sizes, populate)
+    maps = _Open(paths, idents, sizes, populate)
     for i, n in collections.Counter(p[3] for p in pieces if p[2]).items():
         maps.expect(i, n)
 
@@ -328,11 +333,11 @@ class _Open:
     1,024) and the kernel's map limit (65,530). Each map is queued on the ``Prefaulter`` as it
     opens and taken back before it closes."""
 
-    def __init__(self, paths: List[str], sizes: List[int], populate: Prefaulter) -> None:
-        self._paths, self._sizes, self._populate = paths, sizes, populate
+    def __init__(self, paths: List[str], idents: List[Tuple[int, int]], sizes: List[int], populate: Prefaulter) -> None:
+        self._paths, self._idents, self._sizes, self._populate = paths, idents, sizes, populate
         self._left: Dict[int, int] = {}  # file index -> pieces not landed yet
         self._whole: List[int] = []  # files every piece of which has landed, still open
-        self._open: Dict[int, Tuple[Any, Any, memoryview]] = {}  # file index -> (file, mmap, view)
+        self._open: Dict[int, Tuple[int, Any, memoryview]] = {}  # file index -> (descriptor, mmap, view)
 
     def expect(self, i: int, pieces: int) -> None:
         self._left[i] = pieces
@@ -341,13 +346,13 @@ class _Open:
         """File ``i``'s map, opened and queued for populating the first time."""
         entry = self._open.get(i)
         if entry is None:
-            f = open(self._paths[i], "r+b")
+            fd = _direct_writes.reopen(self._paths[i], os.O_RDWR, self._idents[i])
             try:
-                m = mmap.mmap(f.fileno(), self._sizes[i])
+                m = mmap.mmap(fd, self._sizes[i])
             except BaseException:
-                f.close()
+                os.close(fd)
                 raise
-            entry = self._open[i] = (f, m, memoryview(m))
+            entry = self._open[i] = (fd, m, memoryview(m))
             self._populate.add([entry[2]])
         return entry[2]
 
@@ -364,13 +369,13 @@ class _Open:
             self._close(self._whole.pop())
 
     def _close(self, i: int) -> None:
-        f, m, view = self._open.pop(i)
+        fd, m, view = self._open.pop(i)
         try:
             self._populate.discard(view)
             view.release()
             m.close()
         finally:
-            f.close()
+            os.close(fd)
 
     def close_all(self) -> None:
         """Those still open (a copy that failed)."""
@@ -378,8 +383,8 @@ class _Open:
             self._close(i)
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync_path(path: str, ident: Tuple[int, int]) -> None:
+    fd = _direct_writes.reopen(path, os.O_RDONLY, ident)
     try:
         os.fsync(fd)
     finally:

@@ -170,3 +170,32 @@ def test_a_disk_that_fills_under_the_writes_fails_cleanly(
     assert "No space left on device" in err and "the copy stopped before its .metadata" in err, err
     assert "removed the files it had written" in err, err
     assert sorted(os.listdir(down)) == [], os.listdir(down)
+
+
+@pytest.mark.parametrize("path", ["direct", "mapped"])
+def test_a_file_swapped_after_its_allocation_is_not_written_through(
+    env, tmp_path, prefix, capsys, monkeypatch, path
+) -> None:  # type: ignore[no-untyped-def]
+    """Each file is opened again by its path when its first GET starts (a copy holds only the
+    files in flight open): another file put at that path meanwhile (a symlink to a file of the
+    user's, in a destination others can write to) fails the copy, exit 4, naming the path, and
+    the file it points to keeps its bytes."""
+    from s3torch import _local_files
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me" * 1000)
+    real = _local_files.allocate
+
+    def allocate_then_swap(f: Any, size: int) -> None:
+        real(f, size)
+        if f.name.endswith("b.bin"):  # once allocated: replaced by a link to the victim
+            os.remove(f.name)
+            os.symlink(victim, f.name)
+
+    monkeypatch.setattr(_local_files, "allocate", allocate_then_swap)
+    if path == "mapped":
+        monkeypatch.setattr(_direct_writes, "supported", lambda: False)
+    code, err, _, down = _copy(env, tmp_path, prefix, capsys, {"a.bin": 100 * KiB, "b.bin": 100 * KiB})
+    assert code == 4, err
+    assert f"{down / 'b.bin'}: replaced by another file during the copy" in err, err
+    assert victim.read_bytes() == b"keep me" * 1000
