@@ -147,16 +147,20 @@ def _pwrite_all(fd: Optional[int], view: memoryview, offset: int) -> None:
 
 def _write(f: _File, buf: mmap.mmap, offset: int, length: int, check: Any) -> None:
     view = memoryview(buf)[:length]
-    error: Optional[OSError] = None
+    error: Optional[BaseException] = None
     try:
         if check is not None:
             check.add(offset, view)  # the CRC beside the write, on this thread (GIL released)
         f.write(view, offset)
     except OSError as e:
         error = FileReplaced(f.path) if isinstance(e, FileReplaced) else OSError(e.errno, e.strerror, f.path)
+    except Exception as e:
+        error = e.with_traceback(None)
     finally:
         view.release()
-    if error is not None:  # raised here, not chained: the frames of the first held slices of the buffer
+    # Raised here, without the first traceback: its frames hold slices of the buffer, which
+    # could then not be unmapped (BufferError, hiding this error).
+    if error is not None:
         raise error
 
 
@@ -183,10 +187,10 @@ def stream(
     checks: Optional[Dict[str, Any]] = None,
 ) -> None:
     """GET every piece (``paths[i]`` is file i, allocated at its full size, ``idents[i]`` its
-    device and inode) into the ring's
-    buffers and write each to its file, in order; ``done_bytes`` is called with each piece's
-    length once it is on its way to disk. An error cancels the GETs in flight and waits for the
-    writes in flight before it is raised (the buffers are theirs until then)."""
+    device and inode) into the ring's buffers and write each to its file, in order;
+    ``done_bytes`` is called with each piece's length once it is written. An error cancels the
+    GETs in flight and waits for the writes in flight before it is raised (the buffers are
+    theirs until then)."""
     left: Dict[int, int] = collections.Counter(p[3] for p in pieces if p[2])
     files: Dict[int, _File] = {}
     free: List[mmap.mmap] = []

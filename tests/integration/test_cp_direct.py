@@ -199,3 +199,26 @@ def test_a_file_swapped_after_its_allocation_is_not_written_through(
     assert code == 4, err
     assert f"{down / 'b.bin'}: replaced by another file during the copy" in err, err
     assert victim.read_bytes() == b"keep me" * 1000
+
+
+def test_an_error_in_a_writer_thread_is_the_one_reported(
+    env, tmp_path, prefix, capsys, small_ring, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Any error of a writer thread (here the checksum's, of the second piece) ends the copy
+    with that error: its traceback held slices of a ring buffer, which then could not be
+    unmapped (a BufferError would have hidden it)."""
+    from s3torch import _stored_checksum
+
+    real = _stored_checksum.FileCheck.add
+    calls: List[int] = []
+
+    def failing(self: Any, offset: int, data: Any) -> None:
+        calls.append(offset)
+        if len(calls) == 2:
+            head = data[:10]  # a slice of the ring buffer, held by this frame in the traceback
+            raise RuntimeError(f"injected in a writer thread after {len(head)} bytes")
+        real(self, offset, data)
+
+    monkeypatch.setattr(_stored_checksum.FileCheck, "add", failing)
+    with pytest.raises(RuntimeError, match="injected in a writer thread"):
+        _copy(env, tmp_path, prefix, capsys, {"a.bin": 300 * KiB})
