@@ -33,7 +33,7 @@ import math
 import mmap
 import os
 import threading
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from . import _crt
 
@@ -50,6 +50,22 @@ GBPS_PER_CONNECTION = 0.4  # aws-c-s3's ideal connection count: target / 0.4
 _O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux's; 0 elsewhere
 
 Piece = Tuple[str, int, int, int, str]  # (key, offset, length, file index, ETag)
+
+
+def pieces(keys: List[Tuple[str, int, str]], piece: int) -> Iterator[Piece]:
+    """(key, offset, length, file index, ETag) of every piece of every file (key, size, ETag),
+    in order, made as they are taken (a copy of terabytes has millions); a file of nothing has
+    one piece of nothing (its GET holds it to the listed version too)."""
+    for i, (key, size, etag) in enumerate(keys):
+        if not size:
+            yield (key, 0, 0, i, etag)
+        for a in range(0, size, piece):
+            yield (key, a, min(piece, size - a), i, etag)
+
+
+def count(size: int, piece: int) -> int:
+    """How many pieces of data a file of ``size`` bytes has (none for an empty one)."""
+    return -(-size // piece)
 
 
 def supported() -> bool:
@@ -179,19 +195,19 @@ def _cancel(handles: List[Any]) -> None:
 def stream(
     native: Any,
     bucket: str,
-    pieces: List[Piece],
+    keys: List[Tuple[str, int, str]],
     paths: List[str],
     idents: List[Tuple[int, int]],
     ring: int,
     done_bytes: Callable[[int], None],
     checks: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """GET every piece (``paths[i]`` is file i, allocated at its full size, ``idents[i]`` its
-    device and inode) into the ring's buffers and write each to its file, in order;
+    """GET every piece of every file (``keys[i]``: key, size, ETag; at ``paths[i]``, allocated at
+    its full size, ``idents[i]`` its device and inode) into the ring's buffers and write each to its file, in order;
     ``done_bytes`` is called with each piece's length once it is written. An error cancels the
     GETs in flight and waits for the writes in flight before it is raised (the buffers are
     theirs until then)."""
-    left: Dict[int, int] = collections.Counter(p[3] for p in pieces if p[2])
+    left = {i: count(size, PIECE) for i, (_, size, _) in enumerate(keys)}
     files: Dict[int, _File] = {}
     free: List[mmap.mmap] = []
     buffers: List[mmap.mmap] = []
@@ -233,7 +249,7 @@ def stream(
         return free.pop()
 
     try:
-        for piece in pieces:
+        for piece in pieces(keys, PIECE):
             key, offset, length, i, etag = piece
             if not length:  # a file of nothing: a GET of nothing, held to the listed version too
                 gets.append((native.start_get_into(bucket, key, _crt.HostBuffer(0), None, None, etag), None, piece))

@@ -13,7 +13,6 @@ only while a GET of it is in flight; what the copy wrote is synced directory by 
 
 from __future__ import annotations
 
-import collections
 import errno
 import functools
 import mmap
@@ -225,17 +224,15 @@ def get_files(
         if durable and _direct_writes.supported():
             ring = _direct_writes.ring_size(client._config.throughput_target_gbps)
             try:
-                _direct_writes.stream(
-                    native, bucket, _pieces(keys, _direct_writes.PIECE), written, idents, ring, progress.add, checks
-                )
+                _direct_writes.stream(native, bucket, keys, written, idents, ring, progress.add, checks)
             except OSError as e:
                 if e.errno not in NO_ROOM or isinstance(e, NoRoom):
                     raise
                 # A filesystem that allocates no blocks ahead (then the files are sparse) filled.
-                raise NoRoom(e.errno, e.filename, files[written.index(e.filename)][1], "written") from e
+                size = files[written.index(e.filename)][1] if e.filename in written else 0
+                raise NoRoom(e.errno, e.filename, size, "written") from e
         else:
-            sizes = [size for _, size, _ in files]
-            _get_mapped(native, bucket, _pieces(keys, PIECE), written, idents, sizes, progress, checks)
+            _get_mapped(native, bucket, keys, written, idents, progress, checks)
         for check in (checks or {}).values():
             check.verify()
         # On disk before anything that names them (the .metadata, its rename) can be: as
@@ -258,36 +255,26 @@ def get_files(
                     os.remove(path)
 
 
-def _pieces(keys: List[Tuple[str, int, str]], piece: int) -> List[Tuple[str, int, int, int, str]]:
-    """(key, offset, length, file index, ETag) of every piece of every file (key, size, ETag);
-    a file of nothing gets one piece of nothing (its GET holds it to the listed version too)."""
-    out: List[Tuple[str, int, int, int, str]] = []
-    for i, (key, size, etag) in enumerate(keys):
-        out += [(key, a, min(piece, size - a), i, etag) for a in range(0, size, piece)] or [(key, 0, 0, i, etag)]
-    return out
-
-
 def _get_mapped(
     native: Any,
     bucket: str,
-    pieces: List[Tuple[str, int, int, int, str]],
+    keys: List[Tuple[str, int, str]],
     paths: List[str],
     idents: List[Tuple[int, int]],
-    sizes: List[int],
     progress: Counter,
     checks: Optional[Dict[str, Any]],
 ) -> None:
-    """The pieces, WINDOW in flight, each GET writing straight into its file's memory map
-    (a file open and mapped only while a GET of it is in flight: ``_Open``); the path of a copy
-    that is not durable (fsspec's ``get``: the file is read next, from the page cache), or
-    where there is no ``O_DIRECT``."""
+    """Each file (key, size, ETag; at ``paths[i]``) by pieces of PIECE bytes, WINDOW in
+    flight, each GET writing straight into its file's memory map (a file open and mapped only
+    while a GET of it is in flight: ``_Open``); the path of a copy that is not durable (fsspec's
+    ``get``: the file is read next, from the page cache), or where there is no ``O_DIRECT``."""
     # (handle, piece), oldest first. A handle holds its slice of the view (so the map stays
     # open) until the CRT is done with it; dropping the handle lets the slice go.
     inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
     populate = Prefaulter()
-    maps = _Open(paths, idents, sizes, populate)
-    for i, n in collections.Counter(p[3] for p in pieces if p[2]).items():
-        maps.expect(i, n)
+    maps = _Open(paths, idents, [size for _, size, _ in keys], populate)
+    for i, (_, size, _) in enumerate(keys):
+        maps.expect(i, _direct_writes.count(size, PIECE))
 
     def landed(key: str, offset: int, length: int, i: int) -> None:
         check = checks.get(key) if checks else None
@@ -301,7 +288,7 @@ def _get_mapped(
             maps.landed(i)
 
     try:
-        for piece in pieces:
+        for piece in _direct_writes.pieces(keys, PIECE):
             key, offset, length, i, etag = piece
             if length == 0:
                 handle = native.start_get_into(bucket, key, _crt.HostBuffer(0), None, None, etag)
