@@ -7,8 +7,8 @@ of ``s3torch cp`` down: a third of its samples in ``zero_user_segments``), and t
 page back. Here the ring's buffers are resident after their first use, the disk reads them
 where they are, nothing is zeroed, nothing is left dirty (the fsyncs at the end flush only
 metadata and the device's cache), and a checkpoint larger than memory does not evict the
-machine's page cache on its way to disk. A 1 GB checkpoint down: 1.48 -> 1.1 s at about half the
-CPU (2 CPUs, SeaweedFS; ``benchmarks/results/cp-down-verify/``).
+machine's page cache on its way to disk. A 1 GB checkpoint down: 0.660 -> 0.954 GB/s, 1.31 ->
+0.75 CPU-s/GB (2 CPUs, SeaweedFS; ``benchmarks/results/cp-down-verify/run4.md``).
 
 ``O_DIRECT`` wants the buffer, the offset and the length aligned to the device's logical block:
 the buffers are page aligned (anonymous maps), pieces start at multiples of ``PIECE``, and a
@@ -33,9 +33,10 @@ import math
 import mmap
 import os
 import threading
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import _crt
+from ._download_pieces import FileReplaced, Piece, cancel_all, count, pieces, reopen, short_read
 
 # What goes direct: whole pages, so that a file's tail, written through the page cache, never
 # shares a page with a direct write (whose page, read in for the tail meanwhile, would be written
@@ -49,24 +50,6 @@ WRITERS = 4  # threads writing to disk at once (a direct write waits for the dev
 GBPS_PER_CONNECTION = 0.4  # aws-c-s3's ideal connection count: target / 0.4
 _O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux's; 0 elsewhere
 
-Piece = Tuple[str, int, int, int, str]  # (key, offset, length, file index, ETag)
-
-
-def pieces(keys: List[Tuple[str, int, str]], piece: int) -> Iterator[Piece]:
-    """(key, offset, length, file index, ETag) of every piece of every file (key, size, ETag),
-    in order, made as they are taken (a copy of terabytes has millions); a file of nothing has
-    one piece of nothing (its GET holds it to the listed version too)."""
-    for i, (key, size, etag) in enumerate(keys):
-        if not size:
-            yield (key, 0, 0, i, etag)
-        for a in range(0, size, piece):
-            yield (key, a, min(piece, size - a), i, etag)
-
-
-def count(size: int, piece: int) -> int:
-    """How many pieces of data a file of ``size`` bytes has (none for an empty one)."""
-    return -(-size // piece)
-
 
 def supported() -> bool:
     """Whether this platform has ``O_DIRECT`` at all (Linux does)."""
@@ -76,37 +59,6 @@ def supported() -> bool:
 def ring_size(throughput_gbps: float) -> int:
     """Buffers of the ring for a client of that throughput target."""
     return max(MIN_RING, min(MAX_RING_BYTES // PIECE, math.ceil(throughput_gbps / GBPS_PER_CONNECTION)))
-
-
-class FileReplaced(OSError):
-    """Another file is now at the path of one the copy allocated (a swap in DST during the
-    copy): nothing is written to it."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(errno.ESTALE, "replaced by another file during the copy", path)
-
-    def __reduce__(self) -> Any:
-        return (FileReplaced, (self.filename,))
-
-    def __str__(self) -> str:
-        return f"{self.filename}: {self.strerror}"
-
-
-def reopen(path: str, flags: int, ident: Tuple[int, int]) -> int:
-    """The file the copy allocated at ``path`` (``ident``: its device and inode then), opened
-    again with ``flags``: FileReplaced where another file is there now (a file is open only
-    while a GET of it is in flight, so it is opened by its path again)."""
-    fd = os.open(path, flags)
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != ident:
-        os.close(fd)
-        raise FileReplaced(path)
-    return fd
-
-
-def short_read(key: str, offset: int, length: int, got: int) -> Exception:
-    """A ranged GET that brought other than the bytes asked for."""
-    return _crt.S3Exception(f"{key}: expected {length} bytes at offset {offset}, got {got} (changed during the copy?)")
 
 
 class _File:
@@ -180,18 +132,6 @@ def _write(f: _File, buf: mmap.mmap, offset: int, length: int, check: Any) -> No
         raise error
 
 
-def _cancel(handles: List[Any]) -> None:
-    """Cancel the GETs and wait for each to end (in a frame of its own: a loop variable left
-    holding a handle would hold its buffer's view, and the buffer could not be unmapped)."""
-    for h in handles:
-        h.cancel()
-    for h in handles:
-        try:
-            h.wait()
-        except Exception:
-            pass
-
-
 def stream(
     native: Any,
     bucket: str,
@@ -202,11 +142,11 @@ def stream(
     done_bytes: Callable[[int], None],
     checks: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """GET every piece of every file (``keys[i]``: key, size, ETag; at ``paths[i]``, allocated at
-    its full size, ``idents[i]`` its device and inode) into the ring's buffers and write each to its file, in order;
-    ``done_bytes`` is called with each piece's length once it is written. An error cancels the
-    GETs in flight and waits for the writes in flight before it is raised (the buffers are
-    theirs until then)."""
+    """GET every piece of every file (``keys[i]``: key, size, ETag; at ``paths[i]``, allocated
+    at its full size, ``idents[i]`` its device and inode) into the ring's buffers and write each
+    to its file, in order; ``done_bytes`` is called with each piece's length once it is written.
+    An error cancels the GETs in flight and waits for the writes in flight before it is raised
+    (the buffers are theirs until then)."""
     left = {i: count(size, PIECE) for i, (_, size, _) in enumerate(keys)}
     files: Dict[int, _File] = {}
     free: List[mmap.mmap] = []
@@ -265,7 +205,7 @@ def stream(
         while writes:
             collect_oldest()
     except BaseException:
-        _cancel([g[0] for g in gets])
+        cancel_all([g[0] for g in gets])
         gets.clear()
         concurrent.futures.wait([w[0] for w in writes])
         writes.clear()

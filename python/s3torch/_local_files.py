@@ -20,6 +20,7 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from . import _crt, _direct_writes
+from ._download_pieces import cancel_all, count, pieces, reopen, short_read
 from ._prefault import Prefaulter
 from ._progress import human
 
@@ -273,8 +274,6 @@ def _get_mapped(
     inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]] = []
     populate = Prefaulter()
     maps = _Open(paths, idents, [size for _, size, _ in keys], populate)
-    for i, (_, size, _) in enumerate(keys):
-        maps.expect(i, _direct_writes.count(size, PIECE))
 
     def landed(key: str, offset: int, length: int, i: int) -> None:
         check = checks.get(key) if checks else None
@@ -288,7 +287,7 @@ def _get_mapped(
             maps.landed(i)
 
     try:
-        for piece in _direct_writes.pieces(keys, PIECE):
+        for piece in pieces(keys, PIECE):
             key, offset, length, i, etag = piece
             if length == 0:
                 handle = native.start_get_into(bucket, key, _crt.HostBuffer(0), None, None, etag)
@@ -305,7 +304,7 @@ def _get_mapped(
             _finish(inflight.pop(0), progress, landed)
             maps.close_whole()
     except BaseException:
-        _cancel(inflight)
+        cancel_all([h for h, _ in inflight])
         raise
     finally:
         inflight.clear()
@@ -317,23 +316,20 @@ class _Open:
     """The files a download writes through memory maps, each open and mapped from its first
     piece's GET until its last piece lands: a copy of thousands of files (a checkpoint of as
     many ranks) would otherwise hold them all open at once, past a process's file limit (often
-    1,024) and the kernel's map limit (65,530). Each map is queued on the ``Prefaulter`` as it
-    opens and taken back before it closes."""
+    1,024) and the kernel's map limit (65,530). Each file's pieces are PIECE bytes. Each map is
+    queued on the ``Prefaulter`` as it opens and taken back before it closes."""
 
     def __init__(self, paths: List[str], idents: List[Tuple[int, int]], sizes: List[int], populate: Prefaulter) -> None:
         self._paths, self._idents, self._sizes, self._populate = paths, idents, sizes, populate
-        self._left: Dict[int, int] = {}  # file index -> pieces not landed yet
+        self._left = {i: count(size, PIECE) for i, size in enumerate(sizes)}  # pieces not landed yet
         self._whole: List[int] = []  # files every piece of which has landed, still open
         self._open: Dict[int, Tuple[int, Any, memoryview]] = {}  # file index -> (descriptor, mmap, view)
-
-    def expect(self, i: int, pieces: int) -> None:
-        self._left[i] = pieces
 
     def view(self, i: int) -> memoryview:
         """File ``i``'s map, opened and queued for populating the first time."""
         entry = self._open.get(i)
         if entry is None:
-            fd = _direct_writes.reopen(self._paths[i], os.O_RDWR, self._idents[i])
+            fd = reopen(self._paths[i], os.O_RDWR, self._idents[i])
             try:
                 m = mmap.mmap(fd, self._sizes[i])
             except BaseException:
@@ -371,23 +367,11 @@ class _Open:
 
 
 def _fsync_path(path: str, ident: Tuple[int, int]) -> None:
-    fd = _direct_writes.reopen(path, os.O_RDONLY, ident)
+    fd = reopen(path, os.O_RDONLY, ident)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _cancel(inflight: List[Tuple[Any, Tuple[str, int, int, int, str]]]) -> None:
-    """Cancel the GETs still in flight and wait for each to end. In a frame of its own: a
-    loop variable left holding a handle (and its slice of a file's map) would keep the map
-    from closing (BufferError, hiding the error being raised)."""
-    for h, _ in inflight:
-        h.cancel()
-        try:
-            h.wait()
-        except Exception:
-            pass
 
 
 def _finish(
@@ -403,6 +387,6 @@ def _finish(
         # traceback, so the caller can close the map (else BufferError hides the error).
         del entry, handle
     if got != length:
-        raise _direct_writes.short_read(key, offset, length, got)
+        raise short_read(key, offset, length, got)
     landed(key, offset, length, i)
     progress.add(length)
