@@ -74,9 +74,7 @@ class Prefaulter:
             self._queued += sum(_nbytes(b) for b in fresh)
             if self._queued < MIN_BYTES:  # a load of small tensors pays for no thread
                 return
-            for entry in self._queue if not self._active else ():  # the first time: all queued
-                _crt.advise_huge_pages(entry[0])
-            for b in fresh if self._active else ():
+            for b in fresh if self._active else [e[0] for e in self._queue]:  # the first time: all queued
                 _crt.advise_huge_pages(b)
             self._active = True
             if self._queue and not self._running:

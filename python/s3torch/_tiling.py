@@ -159,14 +159,6 @@ def find(size: Sequence[int], boxes: Sequence[Box]) -> Optional[Untiled]:
     return None if gap is None else Untiled("missing", what=gap)
 
 
-def problem(size: Sequence[int], boxes: Sequence[Box], noun: str = "piece") -> Optional[Tuple[str, str]]:
-    """Why ``boxes`` do not tile an array of ``size`` (a kind: "outside", "overlap",
-    "missing" or "unchecked", and the reason in words, a box called a ``noun``), or None
-    when they do."""
-    u = find(size, boxes)
-    return None if u is None else (u.kind, u.words(boxes, noun))
-
-
 def shape_text(size: Sequence[int]) -> str:
     """``8x6``, as the checks name a tensor's shape ("0-dim" for a scalar)."""
     return "x".join(map(str, size)) or "0-dim"
@@ -180,7 +172,6 @@ __all__ = [
     "missing",
     "outside",
     "overlap",
-    "problem",
     "shape_text",
     "split_tiles",
 ]

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3torch._tiling import TooManyPieces, missing, outside, overlap, problem, split_tiles
+from s3torch._tiling import TooManyPieces, find, missing, outside, overlap, split_tiles
 
 Box = Tuple[Sequence[int], Sequence[int]]
+
+
+def problem(size: Sequence[int], boxes: Sequence[Box]) -> Optional[Tuple[str, str]]:
+    """What the readers and verify make of ``find``: the kind, and the reason in words."""
+    u = find(size, boxes)
+    return None if u is None else (u.kind, u.words(boxes))
 
 
 def _counts(size: Sequence[int], boxes: Sequence[Box]) -> List[int]:
