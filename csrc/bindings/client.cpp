@@ -10,6 +10,7 @@
 #include "s3torch/get_stream.h"
 #include "s3torch/objects.h"
 #include "s3torch/prefault.h"
+#include "s3torch/presign.h"
 #include "s3torch/put.h"
 #include "s3torch/request.h"
 #include "s3torch/uploads.h"
@@ -174,6 +175,18 @@ class NativeClient {
         opts.storage_class = storage_class;
         opts.if_none_match = exclusive;
         return std::make_unique<UploadHandle>(std::make_unique<Upload>(client_, bucket, key, opts));
+    }
+
+    std::string presign(const std::string &bucket, const std::string &key, int64_t expires_s,
+                        std::optional<int64_t> at_s) {
+        std::shared_ptr<Presign> p;
+        {
+            py::gil_scoped_release nogil;  // may build the CRT client
+            p = Presign::start(client_, bucket, key, expires_s, at_s);
+        }
+        // Interrupted: the signer finishes on its own (its callback holds the Presign).
+        wait_until([&p](int64_t ms) { return p->wait_for(ms); }, [] {});
+        return p->url();
     }
 
     ObjectInfo head(const std::string &bucket, const std::string &key, bool for_read, bool checksum) {
@@ -389,6 +402,10 @@ void register_client(py::module_ &m) {
              py::arg("storage_class") = "", py::kw_only(), py::arg("exclusive") = false)
         .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "",
              py::kw_only(), py::arg("exclusive") = false)
+        .def("presign", &NativeClient::presign, py::arg("bucket"), py::arg("key"), py::arg("expires_s"),
+             py::arg("at_s") = py::none(),
+             "A presigned GET URL of the object, valid expires_s seconds from at_s (seconds since the "
+             "epoch; None: now). Signs locally; fetching credentials may take requests (GIL released).")
         .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"), py::arg("for_read") = false,
              py::arg("checksum") = false)
         .def("object_part_sizes", &NativeClient::object_part_sizes, py::arg("bucket"), py::arg("key"),

@@ -69,6 +69,10 @@ void wait_transfer(s3torch::Transfer &t) {
     wait_interruptible([&](int64_t ms) { return t.wait_for(ms); }, [&] { t.cancel_and_wait(); });
 }
 
+void wait_until(const std::function<bool(int64_t)> &step, const std::function<void()> &on_interrupt) {
+    wait_interruptible(step, on_interrupt);
+}
+
 std::optional<size_t> wait_any(const std::vector<GetHandle *> &handles, std::optional<double> timeout_s) {
     std::vector<s3torch::Transfer *> transfers;
     transfers.reserve(handles.size());

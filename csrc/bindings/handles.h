@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>  // std::optional results
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -22,6 +23,9 @@ namespace py = pybind11;
 
 // Wait until `t` has finished, GIL released; on a signal, cancel it, wait, and raise.
 void wait_transfer(s3torch::Transfer &t);
+// Wait, GIL released and interruptible, until `step(timeout_ms)` returns true; on a signal,
+// `on_interrupt` runs and the Python exception propagates.
+void wait_until(const std::function<bool(int64_t)> &step, const std::function<void()> &on_interrupt);
 
 // For a wait that runs with the GIL released: takes the GIL, logs the retry reports due, and
 // throws py::error_already_set (KeyboardInterrupt) if a signal is pending.

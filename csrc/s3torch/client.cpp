@@ -257,20 +257,30 @@ aws_s3_meta_request *Client::make_meta_request(aws_s3_meta_request_options &opti
     // Another algorithm, service or region than the client's (an access point in another
     // region, Object Lambda, SigV4A, S3 Express): a copy of its configuration, which the meta
     // request copies in turn.
-    std::unique_ptr<aws_signing_config_aws> own;
-    const bool other_region = !signing.region.empty() && signing.region != config_.region;
-    const bool other_name = !signing.name.empty() && signing.name != "s3";
-    if (signing.algorithm != SigningAlgorithm::V4 || other_region || other_name) {
-        own.reset(new aws_signing_config_aws(*signing_));
-        if (signing.algorithm == SigningAlgorithm::V4A) own->algorithm = AWS_SIGNING_ALGORITHM_V4_ASYMMETRIC;
-        if (signing.algorithm == SigningAlgorithm::S3Express) own->algorithm = AWS_SIGNING_ALGORITHM_V4_S3EXPRESS;
-        if (other_region) own->region = aws_byte_cursor_from_array(signing.region.data(), signing.region.size());
-        if (other_name) own->service = aws_byte_cursor_from_array(signing.name.data(), signing.name.size());
-        options.signing_config = own.get();
-    }
+    aws_signing_config_aws own = *signing_;
+    if (apply_signing(signing, own)) options.signing_config = &own;
     aws_s3_meta_request *mr = aws_s3_client_make_meta_request(c, &options);
     if (mr) in_flight_.fetch_add(1);
     return mr;
+}
+
+bool Client::apply_signing(const Signing &signing, aws_signing_config_aws &cfg) const {
+    const bool other_region = !signing.region.empty() && signing.region != config_.region;
+    const bool other_name = !signing.name.empty() && signing.name != "s3";
+    if (signing.algorithm == SigningAlgorithm::V4 && !other_region && !other_name) return false;
+    if (signing.algorithm == SigningAlgorithm::V4A) cfg.algorithm = AWS_SIGNING_ALGORITHM_V4_ASYMMETRIC;
+    if (signing.algorithm == SigningAlgorithm::S3Express) cfg.algorithm = AWS_SIGNING_ALGORITHM_V4_S3EXPRESS;
+    if (other_region) cfg.region = aws_byte_cursor_from_array(signing.region.data(), signing.region.size());
+    if (other_name) cfg.service = aws_byte_cursor_from_array(signing.name.data(), signing.name.size());
+    return true;
+}
+
+void Client::signing_config(const Signing &signing, aws_signing_config_aws &out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ensure_locked();
+    out = *signing_;
+    apply_signing(signing, out);
+    aws_credentials_provider_acquire(out.credentials_provider);
 }
 
 void Client::transfer_finished() { in_flight_.fetch_sub(1); }

@@ -54,6 +54,11 @@ class Client : public std::enable_shared_from_this<Client> {
     // (empty name and region: the client's own). Counts it in flight until
     // `transfer_finished()`. Returns nullptr with aws_last_error() set on failure.
     aws_s3_meta_request *make_meta_request(aws_s3_meta_request_options &options, const Signing &signing);
+    // The configuration a request addressed with `signing` is signed with, into `out`: the
+    // client's, with the algorithm, region and service `signing` names (its strings, which `out`
+    // points into, must outlive it). Its credentials provider is acquired for the caller, who
+    // releases it (aws_credentials_provider_release). Builds the aws_s3_client if need be.
+    void signing_config(const Signing &signing, aws_signing_config_aws &out);
     void transfer_finished();
     int64_t in_flight() const { return in_flight_.load(); }
     // A CRT part buffer (its ticket) outlives its transfer in a consumer's hands (a GetStream
@@ -100,6 +105,8 @@ class Client : public std::enable_shared_from_this<Client> {
     explicit Client(ClientConfig config);
     RetrySettings retry_settings() const;
     aws_s3_client *ensure_locked();
+    // Whether `signing` differs from the client's own configuration; if so, applies it to `cfg`.
+    bool apply_signing(const Signing &signing, aws_signing_config_aws &cfg) const;
     void release_locked(bool wait);
     // In a fork()ed child: forget (leak) the CRT objects built by the parent.
     void abandon_if_foreign_locked();

@@ -215,6 +215,17 @@ class S3Client:
         """Key, size, ETag and last-modified time of ``bucket/key`` (S3NotFoundError if missing)."""
         return self._get_native().head(bucket, key)
 
+    def presign(self, bucket: str, key: str, expires_in: int = 3600) -> str:
+        """A URL that GETs ``bucket/key`` without credentials for ``expires_in`` seconds (1 to
+        604,800: seven days), as boto3's ``generate_presigned_url("get_object", ...)`` and
+        ``aws s3 presign`` make it (SigV4 in the query string). Signed on this machine; the
+        object need not exist. Temporary credentials (a role, SSO) end the URL when they expire,
+        and it carries their session token. ``requester_pays`` is signed into it; a client with
+        ``sse_customer_key``, and S3 Express buckets, are refused (ValueError)."""
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int):
+            raise TypeError(f"expires_in must be whole seconds (an int), not {type(expires_in).__name__}")
+        return str(self._get_native().presign(bucket, key, expires_in))
+
     def list_objects(
         self, bucket: str, prefix: str = "", delimiter: str = "", max_keys: int = 1000
     ) -> Iterator["_crt.ListPage"]:

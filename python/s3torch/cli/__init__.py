@@ -34,7 +34,8 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3torch",
         description="s3torch's command line: list, inspect, verify and copy DCP checkpoints on S3, "
-        "show and check the configuration a client would use, and run a local S3 server.",
+        "share an object by a presigned URL, show and check the configuration a client would use, "
+        "and run a local S3 server.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -290,6 +290,18 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         page = next(self.client.list_objects(bucket, key + "/" if key else "", delimiter="/", max_keys=1))
         return bool(page.object_info or page.common_prefixes)
 
+    def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
+        """fsspec's ``sign`` (s3fs's): a presigned URL that GETs the object without credentials
+        for ``expiration`` seconds (:meth:`s3torch.S3Client.presign`). s3fs passes other
+        keyword arguments to boto3 as request parameters; s3torch signs plain GETs and refuses
+        them (TypeError) rather than leave them out of the URL."""
+        if kwargs:
+            raise TypeError(
+                f"sign() takes no request parameters (got {', '.join(sorted(kwargs))}): s3torch signs plain GETs"
+            )
+        bucket, key = self._object_path(path, "sign")
+        return self.client.presign(bucket, key, expiration)
+
     def info(self, path: str, **kwargs: Any) -> Info:
         """``name``, ``size``, ``type`` (``file`` or ``directory``), and for a file its ``ETag``,
         ``LastModified`` (a UTC datetime) and ``StorageClass``: a HEAD, then (a directory?) a

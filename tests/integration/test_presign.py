@@ -1,0 +1,188 @@
+"""Presigned URLs (``S3Client.presign``, fsspec's ``sign``, ``s3torch presign``): fetched with
+no credentials from a real server, and signed exactly as botocore signs them (the oracle: its
+``generate_presigned_url`` at the same instant gives the same URL, signature included)."""
+
+from __future__ import annotations
+
+import datetime
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Dict, List, Tuple
+from unittest import mock
+
+import fsspec
+import pytest
+
+from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
+from s3torch.cli import main
+from tests.conftest import BUCKET, make_client
+
+KEYS = ["plain.bin", "a b/ü+%#?=&;x.bin", "dir/~tilde!*'()"]
+DOTS = "deep/./../dots"  # signed as it is, not normalized (SeaweedFS refuses to store it)
+AT = 1_765_000_000  # a fixed signing time for the oracle
+
+
+def fetch(url: str) -> Tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def query(url: str) -> Dict[str, str]:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+
+
+def botocore_url(endpoint: str, region: str, bucket: str, key: str, expires: int, **creds: Any) -> str:
+    import botocore.config
+    import botocore.session
+
+    style = "path" if "127.0.0.1" in endpoint else "virtual"
+    client = botocore.session.get_session().create_client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint,
+        config=botocore.config.Config(signature_version="s3v4", s3={"addressing_style": style}),
+        **creds,
+    )
+    now = datetime.datetime.fromtimestamp(AT, datetime.timezone.utc).replace(tzinfo=None)
+    with mock.patch("botocore.auth.get_current_datetime", return_value=now):
+        return str(
+            client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+        )
+
+
+def test_a_url_reads_the_object_with_no_credentials(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    for key in KEYS:
+        data = key.encode() * 100
+        client.put(BUCKET, prefix + key, data)
+        url = client.presign(BUCKET, prefix + key, 60)
+        assert query(url)["X-Amz-Expires"] == "60" and query(url)["X-Amz-SignedHeaders"] == "host"
+        assert fetch(url) == (200, data), key
+
+
+def test_the_signature_is_botocores(seaweed) -> None:  # type: ignore[no-untyped-def]
+    """Same instant, same credentials: the same URL as botocore's, byte for byte in every
+    parameter (path encoding, credential scope, session token, signature)."""
+    for key in KEYS + [DOTS]:
+        ours = make_client(seaweed)._get_native().presign(BUCKET, key, 300, AT)
+        ref = botocore_url(
+            seaweed.endpoint, REGION, BUCKET, key, 300, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
+        )
+        a, b = urllib.parse.urlsplit(ours), urllib.parse.urlsplit(ref)
+        assert (a.scheme, a.netloc, a.path) == (b.scheme, b.netloc, b.path), key
+        assert query(ours) == query(ref), key
+    # AWS's own endpoint (virtual-hosted), with a session token: nothing is sent.
+    creds = dict(access_key_id="AKIDEXAMPLE", secret_access_key="SECRET/EXAMPLE+KEY", session_token="TOKEN/==")
+    ours = (
+        S3Client("us-west-2", s3client_config=S3ClientConfig(**creds))
+        ._get_native()
+        .presign(  # type: ignore[arg-type]
+            "my-bucket", "a b/c.bin", 604800, AT
+        )
+    )
+    ref = botocore_url(
+        "https://s3.us-west-2.amazonaws.com",
+        "us-west-2",
+        "my-bucket",
+        "a b/c.bin",
+        604800,
+        aws_access_key_id=creds["access_key_id"],
+        aws_secret_access_key=creds["secret_access_key"],
+        aws_session_token=creds["session_token"],
+    )
+    assert ours.startswith("https://my-bucket.s3.us-west-2.amazonaws.com/a%20b/c.bin?")
+    assert ref.split("?")[0] == ours.split("?")[0] and query(ours) == query(ref)
+    assert query(ours)["X-Amz-Security-Token"] == "TOKEN/=="
+
+
+def test_what_the_server_refuses(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    client.put(BUCKET, prefix + "k", b"secret")
+    client.put(BUCKET, prefix + "other", b"other")
+    native = client._get_native()
+    url = client.presign(BUCKET, prefix + "k", 60)
+    assert fetch(url.replace("/k?", "/other?"))[0] == 403  # signed for another key
+    signature = query(url)["X-Amz-Signature"]
+    assert fetch(url.replace(signature, signature[::-1]))[0] == 403
+    assert fetch(url.replace("X-Amz-Expires=60", "X-Amz-Expires=600"))[0] == 403
+    expired = native.presign(BUCKET, prefix + "k", 5, int(time.time()) - 60)
+    assert fetch(expired)[0] == 403
+    wrong = make_client(seaweed, secret_access_key="not-the-secret").presign(BUCKET, prefix + "k", 60)
+    assert fetch(wrong)[0] == 403
+
+
+def test_requester_pays_is_in_the_signed_query(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """S3 takes x-amz-request-payer as a query parameter of a signed URL: the URL's user need
+    send no header (botocore signs it as a header the user must send)."""
+    client = make_client(seaweed, requester_pays=True)
+    client.put(BUCKET, prefix + "k", b"paid")
+    url = client.presign(BUCKET, prefix + "k", 60)
+    assert query(url)["x-amz-request-payer"] == "requester" and query(url)["X-Amz-SignedHeaders"] == "host"
+    assert fetch(url) == (200, b"paid")
+
+
+def test_an_unsigned_client_gives_the_objects_plain_url(seaweed) -> None:  # type: ignore[no-untyped-def]
+    url = make_client(seaweed, unsigned=True, access_key_id=None, secret_access_key=None).presign(BUCKET, "a b", 60)
+    assert url == f"{seaweed.endpoint}/{BUCKET}/a%20b"
+
+
+@pytest.mark.parametrize(
+    "overrides, key, expires, error, words",
+    [
+        ({}, "k", 0, S3InvalidArgumentError, "1 to 604800 seconds (7 days) after it is made, not 0"),
+        ({}, "k", 604801, S3InvalidArgumentError, "not 604801"),
+        ({}, "k", -5, S3InvalidArgumentError, "not -5"),
+        ({}, "k", 60.0, TypeError, "whole seconds"),
+        ({}, "k", True, TypeError, "whole seconds"),
+        ({}, "", 60, S3InvalidArgumentError, "key is empty"),
+        ({"sse_customer_key": "A" * 43 + "="}, "k", 60, S3InvalidArgumentError, "SSE-C key"),
+    ],
+)
+def test_bad_arguments(seaweed, overrides: Dict[str, Any], key: str, expires: Any, error: type, words: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        make_client(seaweed, **overrides).presign(BUCKET, key, expires)
+
+
+def test_fsspec_sign(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    fs = fsspec.filesystem(
+        "s3torch",
+        endpoint_url=seaweed.endpoint,
+        key=ACCESS_KEY,
+        secret=SECRET_KEY,
+        client_kwargs={"region_name": REGION},
+        s3client_config=S3ClientConfig(force_path_style=True),
+    )
+    fs.pipe_file(f"{BUCKET}/{prefix}f", b"via fsspec")
+    url = fs.sign(f"s3torch://{BUCKET}/{prefix}f")
+    assert query(url)["X-Amz-Expires"] == "100"  # s3fs's default
+    assert fetch(url) == (200, b"via fsspec")
+    assert query(fs.sign(f"{BUCKET}/{prefix}f", expiration=7))["X-Amz-Expires"] == "7"
+    with pytest.raises(TypeError, match="ResponseContentType"):
+        fs.sign(f"{BUCKET}/{prefix}f", ResponseContentType="text/plain")
+    with pytest.raises(ValueError, match="bucket/key"):
+        fs.sign(BUCKET)
+
+
+def test_cli(seaweed_env, prefix: str, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    make_client(seaweed_env).put(BUCKET, prefix + "k", b"from the command line")
+
+    def cli(*argv: str) -> Tuple[int, List[str], str]:
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out.splitlines(), out.err
+
+    code, out, _ = cli("presign", f"s3://{BUCKET}/{prefix}k", "--expires-in", "120")
+    assert code == 0 and len(out) == 1 and query(out[0])["X-Amz-Expires"] == "120"
+    assert fetch(out[0]) == (200, b"from the command line")
+    code, out, _ = cli("presign", f"s3://{BUCKET}/{prefix}k")
+    assert code == 0 and query(out[0])["X-Amz-Expires"] == "3600"
+    code, out, err = cli("presign", f"s3://{BUCKET}/{prefix}k", "--expires-in", "999999")
+    assert code == 2 and out == [] and "not 999999" in err
+    code, out, err = cli("presign", f"s3://{BUCKET}")
+    assert code == 2 and "needs an object" in err
