@@ -15,7 +15,7 @@ from unittest import mock
 import fsspec
 import pytest
 
-from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError
+from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError, S3PermissionError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.cli import main
 from tests.conftest import BUCKET, make_client
@@ -147,6 +147,14 @@ def test_an_unsigned_client_gives_the_objects_plain_url(seaweed) -> None:  # typ
 def test_bad_arguments(seaweed, overrides: Dict[str, Any], key: str, expires: Any, error: type, words: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
         make_client(seaweed, **overrides).presign(BUCKET, key, expires)
+
+
+def test_no_credentials_is_a_permission_error(aws_home, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(
+        S3PermissionError, match="PresignGetObject s3://b/k: .*without credentials.*check the credentials"
+    ):
+        S3Client("us-east-1").presign("b", "k", 60)
 
 
 def test_fsspec_sign(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]

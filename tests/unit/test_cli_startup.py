@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+
 def test_no_verb_module_imports_torch() -> None:
     code = (
         "import importlib, sys\n"
