@@ -178,11 +178,11 @@ class NativeClient {
     }
 
     std::string presign(const std::string &bucket, const std::string &key, int64_t expires_s,
-                        std::optional<int64_t> at_s) {
+                        std::optional<int64_t> at_s, const std::string &method) {
         std::shared_ptr<Presign> p;
         {
             py::gil_scoped_release nogil;  // may build the CRT client
-            p = Presign::start(client_, bucket, key, expires_s, at_s);
+            p = Presign::start(client_, method, bucket, key, expires_s, at_s);
         }
         // Interrupted: the signer finishes on its own (its callback holds the Presign).
         wait_until([&p](int64_t ms) { return p->wait_for(ms); }, [] {});
@@ -403,9 +403,10 @@ void register_client(py::module_ &m) {
         .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "",
              py::kw_only(), py::arg("exclusive") = false)
         .def("presign", &NativeClient::presign, py::arg("bucket"), py::arg("key"), py::arg("expires_s"),
-             py::arg("at_s") = py::none(),
-             "A presigned GET URL of the object, valid expires_s seconds from at_s (seconds since the "
-             "epoch; None: now). Signs locally; fetching credentials may take requests (GIL released).")
+             py::arg("at_s") = py::none(), py::arg("method") = "GET",
+             "A presigned URL (method GET or PUT) of the object, valid expires_s seconds from at_s "
+             "(seconds since the epoch; None: now). Signs locally; fetching credentials may take "
+             "requests (GIL released).")
         .def("head", &NativeClient::head, py::arg("bucket"), py::arg("key"), py::arg("for_read") = false,
              py::arg("checksum") = false)
         .def("object_part_sizes", &NativeClient::object_part_sizes, py::arg("bucket"), py::arg("key"),

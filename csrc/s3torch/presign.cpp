@@ -15,9 +15,11 @@
 
 namespace s3torch {
 
-std::shared_ptr<Presign> Presign::start(std::shared_ptr<Client> client, const std::string &bucket,
-                                        const std::string &key, int64_t expires_s, std::optional<int64_t> at_s) {
-    const ErrorContext ctx{"PresignGetObject", bucket, key};
+std::shared_ptr<Presign> Presign::start(std::shared_ptr<Client> client, const std::string &method,
+                                        const std::string &bucket, const std::string &key, int64_t expires_s,
+                                        std::optional<int64_t> at_s) {
+    if (method != "GET" && method != "PUT") throw_invalid("a presigned URL is for GET or PUT, not '" + method + "'");
+    const ErrorContext ctx{method == "GET" ? "PresignGetObject" : "PresignPutObject", bucket, key};
     require_names(ctx);
     if (expires_s < 1 || expires_s > kMaxPresignSeconds)
         throw_invalid(
@@ -25,9 +27,11 @@ std::shared_ptr<Presign> Presign::start(std::shared_ptr<Client> client, const st
             ctx);
     const ClientConfig &config = client->config();
     if (!config.sse_customer_key.empty())
+        throw_invalid("a client with an SSE-C key cannot presign: the key would have to travel with the URL", ctx);
+    if (method == "PUT" && !config.sse.empty())
         throw_invalid(
-            "objects read with an SSE-C key cannot be presigned: the key would have to travel "
-            "with the URL",
+            "a presigned PUT cannot carry the client's sse: its headers would have to be sent with the upload "
+            "(without them the object gets the bucket's default encryption)",
             ctx);
     // Requester Pays: the URL's user pays, which S3 takes as a signed query parameter.
     const std::string query = config.requester_pays ? "x-amz-request-payer=requester" : "";
@@ -40,11 +44,12 @@ std::shared_ptr<Presign> Presign::start(std::shared_ptr<Client> client, const st
 
     std::shared_ptr<Presign> p(new Presign());
     p->client_ = std::move(client);
+    p->operation_ = ctx.operation;
     p->bucket_ = bucket;
     p->key_ = key;
     p->endpoint_uri_ = addr.endpoint_uri;
     aws_allocator *alloc = aws_default_allocator();
-    p->message_ = make_message("GET", addr);
+    p->message_ = make_message(method.c_str(), addr);
     p->signable_ = aws_signable_new_http_request(alloc, p->message_);
     if (!p->signable_) throw error_from_crt(aws_last_error(), ctx);
 
@@ -100,7 +105,7 @@ bool Presign::wait_for(int64_t ms) {
 
 std::string Presign::url() {
     std::lock_guard<std::mutex> lock(mu_);
-    const ErrorContext ctx{"PresignGetObject", bucket_, key_};
+    const ErrorContext ctx{operation_, bucket_, key_};
     if (!done_) throw_invalid("the URL is not signed yet", ctx);
     if (error_ != AWS_ERROR_SUCCESS) throw error_from_crt(error_, ctx);
     return endpoint_uri_ + path_;

@@ -1,5 +1,5 @@
-// Presigned URLs: a GET of one object that anyone holding the URL may make, until it expires,
-// signed with the client's credentials (SigV4 in the query string, as boto3's
+// Presigned URLs: a GET (or PUT) of one object that anyone holding the URL may make, until it
+// expires, signed with the client's credentials (SigV4 in the query string, as boto3's
 // generate_presigned_url and `aws s3 presign` make them).
 #pragma once
 
@@ -27,12 +27,14 @@ constexpr int64_t kMaxPresignSeconds = 7 * 24 * 3600;
 // signer's callback holds too: a caller that stops waiting (a signal) leaves it to the callback.
 class Presign {
   public:
-    // Starts signing a GET of (bucket, key) valid for `expires_s` seconds (1..kMaxPresignSeconds)
-    // from `at_s` (seconds since the epoch; none: now). Throws InvalidArgument for what cannot
-    // be presigned: an empty name, a client with an SSE-C key (the key would have to travel
-    // in the URL), S3 Express (whose session credentials last minutes).
-    static std::shared_ptr<Presign> start(std::shared_ptr<Client> client, const std::string &bucket,
-                                          const std::string &key, int64_t expires_s,
+    // Starts signing a `method` ("GET" or "PUT") of (bucket, key) valid for `expires_s` seconds
+    // (1..kMaxPresignSeconds) from `at_s` (seconds since the epoch; none: now). Only the Host
+    // header is signed: the URL's user sends no header of ours. Throws InvalidArgument for what
+    // cannot be presigned so: an empty name, a client with an SSE-C key (the key would have to
+    // travel with the URL), a PUT by a client with sse (its headers would have to be sent),
+    // S3 Express (whose session credentials last minutes).
+    static std::shared_ptr<Presign> start(std::shared_ptr<Client> client, const std::string &method,
+                                          const std::string &bucket, const std::string &key, int64_t expires_s,
                                           std::optional<int64_t> at_s = std::nullopt);
     ~Presign();
     Presign(const Presign &) = delete;
@@ -48,7 +50,7 @@ class Presign {
     static void on_signed(aws_signing_result *result, int error_code, void *user_data);
 
     std::shared_ptr<Client> client_;
-    std::string bucket_, key_, endpoint_uri_;
+    std::string operation_, bucket_, key_, endpoint_uri_;
     aws_http_message *message_ = nullptr;
     aws_signable *signable_ = nullptr;
     aws_credentials_provider *credentials_ = nullptr;  // held while the signer may use it

@@ -215,16 +215,18 @@ class S3Client:
         """Key, size, ETag and last-modified time of ``bucket/key`` (S3NotFoundError if missing)."""
         return self._get_native().head(bucket, key)
 
-    def presign(self, bucket: str, key: str, expires_in: int = 3600) -> str:
-        """A URL that GETs ``bucket/key`` without credentials for ``expires_in`` seconds (1 to
-        604,800: seven days), as boto3's ``generate_presigned_url("get_object", ...)`` and
-        ``aws s3 presign`` make it (SigV4 in the query string). Signed on this machine; the
-        object need not exist. Temporary credentials (a role, SSO) end the URL when they expire,
-        and it carries their session token. ``requester_pays`` is signed into it; a client with
-        ``sse_customer_key``, and S3 Express buckets, are refused (ValueError)."""
+    def presign(self, bucket: str, key: str, expires_in: int = 3600, method: str = "GET") -> str:
+        """A URL that GETs (``method="PUT"``: uploads) ``bucket/key`` without credentials for
+        ``expires_in`` seconds (1 to 604,800: seven days), as boto3's
+        ``generate_presigned_url`` and ``aws s3 presign`` make it (SigV4 in the query string,
+        only the Host header signed: its user sends no header). Signed on this machine; the
+        object need not exist. Temporary credentials (a role, SSO) end the URL when they
+        expire, and it carries their session token. ``requester_pays`` is signed into it.
+        Refused (S3InvalidArgumentError, a ValueError): a client with ``sse_customer_key``, a
+        PUT by a client with ``sse``, S3 Express buckets."""
         if isinstance(expires_in, bool) or not isinstance(expires_in, int):
             raise TypeError(f"expires_in must be whole seconds (an int), not {type(expires_in).__name__}")
-        return str(self._get_native().presign(bucket, key, expires_in))
+        return str(self._get_native().presign(bucket, key, expires_in, method=method))
 
     def list_objects(
         self, bucket: str, prefix: str = "", delimiter: str = "", max_keys: int = 1000

@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from unittest import mock
 
 import fsspec
@@ -25,9 +25,10 @@ DOTS = "deep/./../dots"  # signed as it is, not normalized (SeaweedFS refuses to
 AT = 1_765_000_000  # a fixed signing time for the oracle
 
 
-def fetch(url: str) -> Tuple[int, bytes]:
+def fetch(url: str, put: Optional[bytes] = None) -> Tuple[int, bytes]:
+    request = urllib.request.Request(url, data=put, method="PUT" if put is not None else "GET")
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(request, timeout=30) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -37,7 +38,9 @@ def query(url: str) -> Dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
 
 
-def botocore_url(endpoint: str, region: str, bucket: str, key: str, expires: int, **creds: Any) -> str:
+def botocore_url(
+    endpoint: str, region: str, bucket: str, key: str, expires: int, method: str = "get_object", **creds: Any
+) -> str:
     import botocore.config
     import botocore.session
 
@@ -51,9 +54,7 @@ def botocore_url(endpoint: str, region: str, bucket: str, key: str, expires: int
     )
     now = datetime.datetime.fromtimestamp(AT, datetime.timezone.utc).replace(tzinfo=None)
     with mock.patch("botocore.auth.get_current_datetime", return_value=now):
-        return str(
-            client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
-        )
+        return str(client.generate_presigned_url(method, Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires))
 
 
 def test_a_url_reads_the_object_with_no_credentials(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -69,10 +70,17 @@ def test_a_url_reads_the_object_with_no_credentials(seaweed, prefix: str) -> Non
 def test_the_signature_is_botocores(seaweed) -> None:  # type: ignore[no-untyped-def]
     """Same instant, same credentials: the same URL as botocore's, byte for byte in every
     parameter (path encoding, credential scope, session token, signature)."""
-    for key in KEYS + [DOTS]:
-        ours = make_client(seaweed)._get_native().presign(BUCKET, key, 300, AT)
+    for key, method in [(k, "GET") for k in KEYS + [DOTS]] + [(KEYS[1], "PUT")]:
+        ours = make_client(seaweed)._get_native().presign(BUCKET, key, 300, AT, method)
         ref = botocore_url(
-            seaweed.endpoint, REGION, BUCKET, key, 300, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
+            seaweed.endpoint,
+            REGION,
+            BUCKET,
+            key,
+            300,
+            method.lower() + "_object",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
         )
         a, b = urllib.parse.urlsplit(ours), urllib.parse.urlsplit(ref)
         assert (a.scheme, a.netloc, a.path) == (b.scheme, b.netloc, b.path), key
@@ -99,6 +107,16 @@ def test_the_signature_is_botocores(seaweed) -> None:  # type: ignore[no-untyped
     assert ours.startswith("https://my-bucket.s3.us-west-2.amazonaws.com/a%20b/c.bin?")
     assert ref.split("?")[0] == ours.split("?")[0] and query(ours) == query(ref)
     assert query(ours)["X-Amz-Security-Token"] == "TOKEN/=="
+
+
+def test_a_put_url_uploads_the_object(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(seaweed)
+    url = client.presign(BUCKET, prefix + "up.bin", 60, method="PUT")
+    assert fetch(url, put=b"uploaded with no credentials")[0] == 200
+    assert client.get_object(BUCKET, prefix + "up.bin").read() == b"uploaded with no credentials"
+    assert fetch(client.presign(BUCKET, prefix + "up.bin", 60), put=b"x")[0] == 403  # a GET URL
+    assert fetch(url)[0] == 403  # a PUT URL
+    assert client.get_object(BUCKET, prefix + "up.bin").read() == b"uploaded with no credentials"
 
 
 def test_what_the_server_refuses(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -142,11 +160,22 @@ def test_an_unsigned_client_gives_the_objects_plain_url(seaweed) -> None:  # typ
         ({}, "k", True, TypeError, "whole seconds"),
         ({}, "", 60, S3InvalidArgumentError, "key is empty"),
         ({"sse_customer_key": "A" * 43 + "="}, "k", 60, S3InvalidArgumentError, "SSE-C key"),
+        ({}, "k", ("PUT", "POST"), S3InvalidArgumentError, "for GET or PUT, not 'POST'"),
+        (
+            {"sse": "AES256"},
+            "k",
+            ("PUT", "PUT"),
+            S3InvalidArgumentError,
+            "PresignPutObject .*cannot carry the client's sse",
+        ),
     ],
 )
 def test_bad_arguments(seaweed, overrides: Dict[str, Any], key: str, expires: Any, error: type, words: str) -> None:  # type: ignore[no-untyped-def]
+    expires, method = (60, expires[1]) if isinstance(expires, tuple) else (expires, "GET")
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
-        make_client(seaweed, **overrides).presign(BUCKET, key, expires)
+        make_client(seaweed, **overrides).presign(BUCKET, key, expires, method)
+    if "sse" in overrides:  # a GET by the same client: its objects read as any other
+        assert "X-Amz-Signature=" in make_client(seaweed, **overrides).presign(BUCKET, key, 60)
 
 
 def test_no_credentials_is_a_permission_error(aws_home, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -173,6 +202,11 @@ def test_fsspec_sign(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-d
     assert query(fs.sign(f"{BUCKET}/{prefix}f", expiration=7))["X-Amz-Expires"] == "7"
     with pytest.raises(TypeError, match="ResponseContentType"):
         fs.sign(f"{BUCKET}/{prefix}f", ResponseContentType="text/plain")
+    assert query(fs.url(f"{BUCKET}/{prefix}f"))["X-Amz-Expires"] == "3600"  # s3fs's url
+    put = fs.url(f"{BUCKET}/{prefix}g", expires=60, client_method="put_object")
+    assert fetch(put, put=b"put by url")[0] == 200 and fs.cat_file(f"{BUCKET}/{prefix}g") == b"put by url"
+    with pytest.raises(ValueError, match="get_object or put_object, not 'delete_object'"):
+        fs.url(f"{BUCKET}/{prefix}f", client_method="delete_object")
     with pytest.raises(ValueError, match="bucket/key"):
         fs.sign(BUCKET)
 
@@ -190,6 +224,9 @@ def test_cli(seaweed_env, prefix: str, capsys: pytest.CaptureFixture) -> None:  
     assert fetch(out[0]) == (200, b"from the command line")
     code, out, _ = cli("presign", f"s3://{BUCKET}/{prefix}k")
     assert code == 0 and query(out[0])["X-Amz-Expires"] == "3600"
+    code, out, _ = cli("presign", "--method", "PUT", f"s3://{BUCKET}/{prefix}new")
+    assert code == 0 and fetch(out[0], put=b"curl -T")[0] == 200
+    assert make_client(seaweed_env).get_object(BUCKET, prefix + "new").read() == b"curl -T"
     code, out, err = cli("presign", f"s3://{BUCKET}/{prefix}k", "--expires-in", "999999")
     assert code == 2 and out == [] and "not 999999" in err
     code, out, err = cli("presign", f"s3://{BUCKET}")

@@ -290,17 +290,25 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         page = next(self.client.list_objects(bucket, key + "/" if key else "", delimiter="/", max_keys=1))
         return bool(page.object_info or page.common_prefixes)
 
-    def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
-        """fsspec's ``sign`` (s3fs's): a presigned URL that GETs the object without credentials
-        for ``expiration`` seconds (:meth:`s3torch.S3Client.presign`). s3fs passes other
-        keyword arguments to boto3 as request parameters; s3torch signs plain GETs and refuses
-        them (TypeError) rather than leave them out of the URL."""
+    def url(self, path: str, expires: int = 3600, client_method: str = "get_object", **kwargs: Any) -> str:
+        """s3fs's ``url``: a presigned URL that GETs (``client_method="put_object"``: uploads)
+        the object without credentials for ``expires`` seconds
+        (:meth:`s3torch.S3Client.presign`). s3fs passes other keyword arguments to boto3 as
+        request parameters; s3torch signs plain GETs and PUTs and refuses them (TypeError)
+        rather than leave them out of the URL."""
         if kwargs:
             raise TypeError(
-                f"sign() takes no request parameters (got {', '.join(sorted(kwargs))}): s3torch signs plain GETs"
+                f"url() takes no request parameters (got {', '.join(sorted(kwargs))}): s3torch signs plain requests"
             )
-        bucket, key = self._object_path(path, "sign")
-        return self.client.presign(bucket, key, expiration)
+        methods = {"get_object": "GET", "put_object": "PUT"}
+        if client_method not in methods:
+            raise ValueError(f"client_method must be get_object or put_object, not {client_method!r}")
+        bucket, key = self._object_path(path, "url")
+        return self.client.presign(bucket, key, expires, methods[client_method])
+
+    def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
+        """fsspec's ``sign`` (s3fs's): :meth:`url` of a GET, ``expiration`` seconds."""
+        return self.url(path, expires=expiration, **kwargs)
 
     def info(self, path: str, **kwargs: Any) -> Info:
         """``name``, ``size``, ``type`` (``file`` or ``directory``), and for a file its ``ETag``,
