@@ -48,7 +48,7 @@ def botocore_url(
     client = botocore.session.get_session().create_client(
         "s3",
         region_name=region,
-        endpoint_url=endpoint,
+        endpoint_url=endpoint or None,
         config=botocore.config.Config(signature_version="s3v4", s3={"addressing_style": style}),
         **creds,
     )
@@ -117,6 +117,31 @@ def test_a_put_url_uploads_the_object(seaweed, prefix: str) -> None:  # type: ig
     assert fetch(client.presign(BUCKET, prefix + "up.bin", 60), put=b"x")[0] == 403  # a GET URL
     assert fetch(url)[0] == 403  # a PUT URL
     assert client.get_object(BUCKET, prefix + "up.bin").read() == b"uploaded with no credentials"
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    [
+        "arn:aws:s3:us-west-2:123456789012:accesspoint/myap",
+        "arn:aws:s3:us-east-1:123456789012:accesspoint/other-region",
+        "arn:aws:s3-object-lambda:us-west-2:123456789012:accesspoint/myol",
+    ],
+)
+def test_access_points_are_signed_as_botocore_signs_them(bucket: str) -> None:
+    """An access point's URL (its own host, region and service), offline."""
+    client = S3Client("us-west-2", s3client_config=S3ClientConfig(access_key_id="AK", secret_access_key="SK"))
+    ours = client._get_native().presign(bucket, "a b", 60, AT)
+    ref = botocore_url("", "us-west-2", bucket, "a b", 60, aws_access_key_id="AK", aws_secret_access_key="SK")
+    assert ours.split("?")[0] == ref.split("?")[0] and query(ours) == query(ref)
+
+
+def test_multi_region_access_points_get_sigv4a_and_s3_express_is_refused() -> None:
+    client = S3Client("us-east-1", s3client_config=S3ClientConfig(access_key_id="AK", secret_access_key="SK"))
+    url = client.presign("arn:aws:s3::123456789012:accesspoint/mfzwi23gnjvgw.mrap", "k", 60)
+    assert url.startswith("https://mfzwi23gnjvgw.mrap.accesspoint.s3-global.amazonaws.com/k?")
+    assert query(url)["X-Amz-Algorithm"] == "AWS4-ECDSA-P256-SHA256" and query(url)["X-Amz-Region-Set"] == "*"
+    with pytest.raises(S3InvalidArgumentError, match="S3 Express One Zone"):
+        client.presign("my-bucket--usw2-az1--x-s3", "k", 60)
 
 
 def test_what_the_server_refuses(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
