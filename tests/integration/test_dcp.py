@@ -147,6 +147,28 @@ def test_torch_filesystemwriter_checkpoint_loads_from_s3(seaweed, prefix: str, t
         assert_same(sd, out)
 
 
+def test_compressed_checkpoints_load_by_default(seaweed, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint saved with torch's stream extensions (ZStandard: compressed records),
+    through torch's FileSystemWriter or s3torch's writer, loads with the default reader (torch's
+    own loop decodes it; the parallel loader refused it with NotImplementedError)."""
+    from torch.distributed.checkpoint._extension import ZStandard
+
+    sd = state_dict()
+    path = f"s3://{BUCKET}/{prefix}z"
+    dcp.save(sd, storage_writer=writer(seaweed, path, thread_count=2, _extensions=[ZStandard()]))
+    dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path / "z"), _extensions=[ZStandard()]))
+    client = make_client(seaweed)
+    for f in (tmp_path / "z").iterdir():
+        client.put(BUCKET, f"{prefix}fz/{f.name}", f.read_bytes())
+    raw = sum(v.nbytes for v in (sd["int64"], sd["fp32"]))
+    stored = sum(o.size for p in client.list_objects(BUCKET, prefix + "z/") for o in p.object_info)
+    assert stored < raw  # compressed (arange and the rest)
+    for p in (path, f"s3://{BUCKET}/{prefix}fz"):
+        out = empty_like_sd(sd)
+        dcp.load(out, storage_reader=reader(seaweed, p))
+        assert_same(sd, out)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_s3torch_checkpoint_loads_with_torch_filesystemreader(
     seaweed, prefix: str, tmp_path: Path, threads: int

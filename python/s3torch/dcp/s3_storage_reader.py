@@ -119,6 +119,7 @@ class S3StorageReader(FileSystemReader):
         self.last_load_stats: Dict[str, int] = {}
         self.share_reads, self.process_group, self.share_round_bytes = share_reads, process_group, share_round_bytes
         self.trust_checkpoint = bool(trust_checkpoint)
+        self._transformed = False  # set up from the metadata: see _generic
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
@@ -165,6 +166,13 @@ class S3StorageReader(FileSystemReader):
         raise_if_unreadable(metadata)
         super().set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
         self._tensors = metadata.state_dict_metadata
+        self._transformed = any(getattr(info, "transform_descriptors", None) for info in self.storage_data.values())
+
+    def _generic(self) -> bool:
+        """Whether torch's own read loop runs: a ``reader_constructor`` was given, or the
+        checkpoint's records are stream-transformed (saved with torch's ``_extensions``, e.g.
+        ``ZStandard``), which torch decodes and the parallel loader does not."""
+        return self.reader_constructor is not None or self._transformed
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
         """Check that the metadata's chunks hold each tensor the plan loads whole
@@ -187,7 +195,7 @@ class S3StorageReader(FileSystemReader):
 
     def prepare_global_plan(self, plans: List[LoadPlan]) -> List[LoadPlan]:
         """With share_reads: assign each record several ranks read to one of them."""
-        if not self.share_reads or self.reader_constructor is not None or len(plans) < 2:
+        if not self.share_reads or self._generic() or len(plans) < 2:
             return plans
         return plan_sharing(plans, self.storage_data, self.share_round_bytes)
 
@@ -206,7 +214,7 @@ class S3StorageReader(FileSystemReader):
         return fut
 
     def _read_data(self, plan: LoadPlan, planner: LoadPlanner) -> "Future[None]":
-        if self.reader_constructor is not None:
+        if self._generic():
             generic = super().read_data(plan, planner)
             for r in plan.items:
                 self._progress.add(self.storage_data[r.storage_index].length)
@@ -215,11 +223,6 @@ class S3StorageReader(FileSystemReader):
         work: List[Tuple[Any, str, int, int]] = []
         for r in plan.items:
             info = self.storage_data[r.storage_index]
-            if getattr(info, "transform_descriptors", None):
-                raise NotImplementedError(
-                    f"{self.path}: stream transforms {info.transform_descriptors} are not supported by the parallel "
-                    "loader; pass reader_constructor=S3ReaderConstructor.default()"
-                )
             work.append((r, self._key(info.relative_path), info.offset, info.length))
         marks: Dict[str, Tuple[int, bytes]] = {}
         if self.verify_checksums:  # the marks of the files this rank reads
