@@ -423,11 +423,21 @@ NOTES: Dict[str, str] = {
     "runs, nor with `s3torch-noverify` first in every round (0.826 vs 0.820 GB/s), so read it as the VM's noise. "
     "s5cmd's lead is partly durability: synced, it was 1.24x.",
     "benchmarks/results/zarr/results.json": "zarr 3 reading an array: from a store URL through its `FsspecStore`, "
-    "`s3torch://` (`S3TorchAsyncFileSystem`: each call on a thread of its pool) against `s3://` on s3fs (async "
-    "itself), the same storage options, and zarr's `ObjectStore` over obstore (Rust, async); the array written by "
-    "s3torch before the runs. zarr's own work (its asyncio loop, assembling the array) is in every row's CPU.",
+    "`s3torch://` (`S3TorchAsyncFileSystem`: each chunk's GET started from zarr's event loop, which an eventfd "
+    "tells when it finishes) against `s3://` on s3fs (async itself), the same storage options, and zarr's "
+    "`ObjectStore` over obstore (Rust, async); the array written by s3torch before the runs. zarr's own work (its "
+    "asyncio loop, assembling the array) is in every row's CPU.",
+    "benchmarks/results/zarr/pool-reads.json": "The same rows before reads ran on the loop (2026-12-07 03:24 UTC): "
+    "each chunk read a call of the "
+    "synchronous filesystem on a thread of the async filesystem's pool, two thread switches more per read than "
+    "on the loop. obstore then read 1.10x s3torch's rate at 0.80x its CPU.",
     "benchmarks/results/zarr-write/results.json": "zarr 3 writing an array (`create_array`, then one assignment "
-    "of the whole array: 256 objects), through the same three stores as `zarr/results.json`.",
+    "of the whole array: 256 objects), through the same three stores as `zarr/results.json`; s3torch's chunk "
+    "writes (a part or less each) are PutObjects started from zarr's event loop, which an eventfd tells when "
+    "each finishes.",
+    "benchmarks/results/zarr-write/pool-writes.json": "The same rows before writes ran on the loop (2026-12-07 "
+    "03:47 UTC): each chunk write a call of the synchronous filesystem on a thread of the pool. obstore then "
+    "wrote 1.02x s3torch's rate at 0.93x its CPU.",
     "benchmarks/results/cp-down-verify/run2.json": "The same rows again at 445193c (the populating thread now the "
     "project's `Prefaulter`, 2 MiB a call, where the first run's had 8 MiB), 8 runs: s3torch 0.673 GB/s at "
     "1.32 CPU-s/GB, s5cmd 1.170, s5cmd then `sync` 0.836. On this VM the first touch of a page costs ~1 us "

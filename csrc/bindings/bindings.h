@@ -11,6 +11,8 @@ void register_exceptions(py::module_ &m);  // exceptions.cpp
 void register_config(py::module_ &m);      // config.cpp: ClientConfig
 void register_handles(py::module_ &m);     // handles.cpp: GetHandle, GetStream, Upload, HostBuffer
 void register_client(py::module_ &m);      // client.cpp: NativeClient, ObjectInfo, ListPage
+void register_bytes_get(py::module_ &m);   // bytes_get.cpp: BytesGet, CompletionPipe
+void register_bytes_put(py::module_ &m);   // bytes_put.cpp: BytesPut
 
 }  // namespace s3torch_py
 

@@ -3,13 +3,14 @@
 // request (whole-object strategy, single or multipart PUT) is decided by the core.
 #include "bindings.h"
 #include "buffers.h"
+#include "bytes_get.h"
+#include "bytes_put.h"
 #include "handles.h"
 
 #include "s3torch/client.h"
 #include "s3torch/get.h"
 #include "s3torch/get_stream.h"
 #include "s3torch/objects.h"
-#include "s3torch/prefault.h"
 #include "s3torch/presign.h"
 #include "s3torch/put.h"
 #include "s3torch/request.h"
@@ -29,28 +30,9 @@ namespace {
 
 using namespace s3torch;
 
-// Whole-object reads of an object replaced between their probe and their rest: how many tries.
-constexpr int kWholeAttempts = 3;
-
 std::optional<ByteRange> make_range(std::optional<uint64_t> offset, std::optional<uint64_t> length, size_t capacity) {
     if (!offset && !length) return std::nullopt;
     return ByteRange{offset.value_or(0), length ? *length : capacity};
-}
-
-// A new bytes object of `n` bytes, not yet filled; `*dst` points at its storage. Filling it
-// before Python sees it is the one sanctioned way to write into a bytes object.
-py::object new_bytes(uint64_t n, char **dst, const ErrorContext &ctx) {
-    // A size from a server's answer (Content-Range, Content-Length): one past what a bytes
-    // object can hold is no object's, and Python would say only SystemError.
-    if (n > static_cast<uint64_t>(PY_SSIZE_T_MAX))
-        throw S3Error(ErrorKind::Generic,
-                      describe(ctx) + ": the server gives the object a size of " + std::to_string(n) +
-                          " bytes, more than any object has",
-                      ctx);
-    PyObject *raw = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(n));
-    if (!raw) throw py::error_already_set();
-    *dst = PyBytes_AS_STRING(raw);
-    return py::reinterpret_steal<py::object>(raw);
 }
 
 class NativeClient {
@@ -113,7 +95,8 @@ class NativeClient {
                         std::optional<uint64_t> length, std::optional<uint64_t> size_hint,
                         const std::string &if_match) {
         // A hint of 0 (an object listed empty) is read too: it may have been written since.
-        if (!length && (!size_hint || *size_hint == 0) && offset == 0) return get_whole(bucket, key, if_match);
+        if (!length && (!size_hint || *size_hint == 0) && offset == 0)
+            return run_to_end(*BytesGet::whole(client_, bucket, key, if_match));
         uint64_t n;
         if (length) {
             n = *length;
@@ -122,30 +105,25 @@ class NativeClient {
             n = size > offset ? size - offset : 0;
         }
         if (n == 0) return py::bytes();
-        char *dst = nullptr;
-        py::object holder = new_bytes(n, &dst, {"GetObject", bucket, key});
-        std::shared_ptr<GetInto> t;
-        {
-            py::gil_scoped_release nogil;
-            t = GetInto::start_get(client_, bucket, key, ByteRange{offset, n}, dst, n, if_match);
-            // Fresh memory, as in get_whole (prefault.h).
-            s3torch::populate_while(dst, n, [&t] { return !t->done(); });
+        return run_to_end(*BytesGet::range(client_, bucket, key, offset, n, !length, if_match));
+    }
+
+    // get_bytes of a whole object (offset 0, no length) or of `length` (> 0) bytes from
+    // `offset`, in steps for an event loop (BytesGet): nothing waits here.
+    std::unique_ptr<BytesGet> start_bytes(const std::string &bucket, const std::string &key, uint64_t offset,
+                                          std::optional<uint64_t> length, const std::string &if_match) {
+        if (!length) {
+            if (offset != 0) throw_invalid("start_bytes to the end needs offset 0", {"GetObject", bucket, key});
+            return BytesGet::whole(client_, bucket, key, if_match);
         }
-        wait_transfer(*t);
-        t->raise_if_failed();
-        if (!length) {  // to the end, of a size the hint (or a HEAD before the GET) gave
-            uint64_t size = t->object_size();
-            // Once: the length now comes from the answer, of the version it was (If-Match).
-            if (size != 0 && size != n + offset)
-                return get_bytes(bucket, key, offset, size > offset ? size - offset : 0, std::nullopt, t->etag());
-        }
-        size_t got = t->bytes_received();
-        if (got != n) {
-            PyObject *obj = holder.release().ptr();
-            if (_PyBytes_Resize(&obj, static_cast<py::ssize_t>(got)) != 0) throw py::error_already_set();
-            holder = py::reinterpret_steal<py::object>(obj);
-        }
-        return py::reinterpret_steal<py::bytes>(holder.release());
+        if (*length == 0) throw_invalid("start_bytes of 0 bytes", {"GetObject", bucket, key});
+        return BytesGet::range(client_, bucket, key, offset, *length, false, if_match);
+    }
+
+    // put of at most a part, started for an event loop (BytesPut); None for more.
+    std::unique_ptr<BytesPut> start_put(const std::string &bucket, const std::string &key, py::handle data,
+                                        bool exclusive) {
+        return BytesPut::start(client_, bucket, key, data, exclusive);
     }
 
     std::unique_ptr<StreamHandle> get_stream(const std::string &bucket, const std::string &key,
@@ -292,48 +270,6 @@ class NativeClient {
     std::shared_ptr<Client> client() const { return client_; }
 
   private:
-    // The whole object, size unknown (the core's WholeObjectGet), all of one version. An object
-    // replaced between the probe and the rest is read again from its new version (nothing of it
-    // was returned yet), up to kWholeAttempts times; held to the caller's `if_match`, never.
-    py::bytes get_whole(const std::string &bucket, const std::string &key, const std::string &if_match) {
-        for (int attempt = 1;; ++attempt) {
-            try {
-                return get_whole_once(bucket, key, if_match);
-            } catch (const S3Error &e) {
-                if (e.kind != ErrorKind::ObjectChanged || !if_match.empty() || attempt >= kWholeAttempts) throw;
-            }
-        }
-    }
-
-    // One try: the probe's bytes, or a bytes object of the object's size that the rest is
-    // fetched straight into.
-    py::bytes get_whole_once(const std::string &bucket, const std::string &key, const std::string &if_match) {
-        py::object holder;  // declared first: outlives `get`, which may still write into it
-        std::unique_ptr<WholeObjectGet> get;
-        {
-            py::gil_scoped_release nogil;
-            get = std::make_unique<WholeObjectGet>(client_, bucket, key, if_match);
-        }
-        wait_transfer(get->probe());
-        uint64_t size = get->size();
-        size_t first = get->first_size();
-        if (size <= first) return py::bytes(reinterpret_cast<const char *>(get->first()), size);
-        char *dst = nullptr;
-        holder = new_bytes(size, &dst, {"GetObject", bucket, key});
-        Transfer *rest;
-        {
-            py::gil_scoped_release nogil;
-            rest = &get->start_rest(dst);
-            // This thread would only wait while the rest lands in `dst`: fresh memory, whose
-            // pages would otherwise each fault inside the event-loop thread copying the bytes in
-            // (prefault.h). Made resident here first, ahead of the GETs.
-            s3torch::populate_while(dst + first, size - first, [rest] { return !rest->done(); });
-        }
-        wait_transfer(*rest);
-        get->finish();
-        return py::reinterpret_steal<py::bytes>(holder.release());
-    }
-
     static int64_t to_ms(double seconds) {
         if (!(seconds >= 0.0) || seconds > 86400.0) throw_invalid("wait_s must be between 0 and 86400");
         return static_cast<int64_t>(seconds * 1000.0);
@@ -396,6 +332,10 @@ void register_client(py::module_ &m) {
         .def("get_into_many", &NativeClient::get_into_many, py::arg("bucket"), py::arg("items"))
         .def("get_bytes", &NativeClient::get_bytes, py::arg("bucket"), py::arg("key"), py::arg("offset") = 0,
              py::arg("length") = py::none(), py::arg("size_hint") = py::none(), py::arg("if_match") = "")
+        .def("start_bytes", &NativeClient::start_bytes, py::arg("bucket"), py::arg("key"), py::arg("offset") = 0,
+             py::arg("length") = py::none(), py::arg("if_match") = "")
+        .def("start_put", &NativeClient::start_put, py::arg("bucket"), py::arg("key"), py::arg("data"), py::kw_only(),
+             py::arg("exclusive") = false)
         .def("get_stream", &NativeClient::get_stream, py::arg("bucket"), py::arg("key"), py::arg("offset") = py::none(),
              py::arg("length") = py::none(), py::arg("read_ahead") = 0, py::arg("if_match") = "")
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),

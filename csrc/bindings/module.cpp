@@ -44,6 +44,8 @@ PYBIND11_MODULE(_crt, m) {
     s3torch_py::register_exceptions(m);
     s3torch_py::register_config(m);
     s3torch_py::register_handles(m);
+    s3torch_py::register_bytes_get(m);
+    s3torch_py::register_bytes_put(m);
     s3torch_py::register_client(m);
 
     m.def(

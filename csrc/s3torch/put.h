@@ -94,6 +94,9 @@ class Upload : public ProcessOwner {
     // from that memory; more as the multipart upload, a part at a time through the window.
     void put_begin(const void *data, size_t len);
     bool wait_step(int64_t timeout_ms);
+    // After put_begin() of at most a part: the one PutObject that sends it, whose finish is the
+    // upload's (wait_step() then completes at once); nullptr for a multipart upload.
+    Transfer *single_put() const { return single_.get(); }
     std::string etag();
     // Cancel; blocks until the CRT has aborted the multipart upload.
     void abort();

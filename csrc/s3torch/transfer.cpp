@@ -1,6 +1,7 @@
 #include "s3torch/transfer.h"
 
 #include "s3torch/client.h"
+#include "s3torch/completions.h"
 #include "s3torch/credentials.h"
 #include "s3torch/endpoint_health.h"
 #include "s3torch/request.h"
@@ -361,8 +362,10 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
         op.assign(reinterpret_cast<const char *>(aws_string_bytes(result->error_response_operation_name)),
                   result->error_response_operation_name->len);
     aws_s3_meta_request *to_release = nullptr;
+    std::shared_ptr<CompletionPipe> notify;
     {
         std::lock_guard<std::mutex> lock(t->mu_);
+        notify = std::move(t->notify_);
         t->error_code_ = result->error_code;
         if (result->error_code != 0) {
             t->status_ = result->response_status;
@@ -387,6 +390,20 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
     }
     any.cv.notify_all();
     if (to_release) aws_s3_meta_request_release(to_release);
+    // Last: the loop may let go of the transfer's memory as soon as it knows.
+    if (notify) notify->post(t->notify_token_);
+}
+
+void Transfer::notify_when_finished(std::shared_ptr<CompletionPipe> pipe, uint64_t token) {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        notify_token_ = token;
+        if (!finished_) {
+            notify_ = std::move(pipe);
+            return;
+        }
+    }
+    pipe->post(token);
 }
 
 namespace {

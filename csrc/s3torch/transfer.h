@@ -39,6 +39,7 @@ struct aws_s3_meta_request_progress;
 namespace s3torch {
 
 class Client;
+class CompletionPipe;
 struct Address;
 struct ClientConfig;
 
@@ -59,6 +60,9 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     void cancel_and_wait();
     // After done(): throw the S3Error this transfer failed with, if any.
     void raise_if_failed();
+    // Post `token` to `pipe` once this transfer has finished (at once if it has): an event loop
+    // then learns of it without a thread waiting (completions.h). One pipe per transfer.
+    void notify_when_finished(std::shared_ptr<CompletionPipe> pipe, uint64_t token);
     const ErrorContext &context() const { return ctx_; }
 
     // Response headers of the (first) successful response, lower-cased names.
@@ -143,8 +147,10 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     static void s_on_telemetry(aws_s3_meta_request *, aws_s3_request_metrics *, void *);
     static void s_on_get_progress(aws_s3_meta_request *, const aws_s3_meta_request_progress *, void *);
 
-    aws_s3_meta_request *mr_ = nullptr;  // mu_; our reference, dropped at finish
-    std::shared_ptr<Transfer> self_;     // set by start(), dropped at shutdown
+    aws_s3_meta_request *mr_ = nullptr;       // mu_; our reference, dropped at finish
+    std::shared_ptr<CompletionPipe> notify_;  // mu_; posted notify_token_ at finish
+    uint64_t notify_token_ = 0;
+    std::shared_ptr<Transfer> self_;  // set by start(), dropped at shutdown
     bool want_body_ = false;
 };
 

@@ -99,7 +99,7 @@ def test_async_callers_get_coroutines(seaweed, root: str, monkeypatch: pytest.Mo
     """zarr 3's path to a store URL: url_to_fs(..., asynchronous=True), and an async
     filesystem it uses as it is (asynchronous was refused by name, so zarr could not open an
     s3torch:// URL). Its calls run on a pool of their own, all of zarr's at once, not on the
-    loop's default executor (6 threads on 2 CPUs)."""
+    loop's default executor (6 threads on 2 CPUs); reads, on the loop itself (the next test)."""
     import asyncio
     import threading
 
@@ -117,20 +117,20 @@ def test_async_callers_get_coroutines(seaweed, root: str, monkeypatch: pytest.Mo
     chunks = {f"{path}/c/{i}": os.urandom(1000 + i) for i in range(40)}
     # 16 calls held at once, on 16 threads of the pool.
     held, release = threading.Barrier(17), threading.Event()
-    cat_file = afs.sync_fs.cat_file
+    info = afs.sync_fs.info
 
-    def holding_cat_file(p, *a, **kw):  # type: ignore[no-untyped-def]
+    def holding_info(p, *a, **kw):  # type: ignore[no-untyped-def]
         if p.endswith("/hold"):
             held.wait(10)
             release.wait(10)
-            return b""
-        return cat_file(p, *a, **kw)
+            return {}
+        return info(p, *a, **kw)
 
-    monkeypatch.setattr(afs.sync_fs, "cat_file", holding_cat_file)
+    monkeypatch.setattr(afs.sync_fs, "info", holding_info)
     afs._wrap_all_sync_methods()
 
     async def hold() -> None:
-        waiting = [asyncio.ensure_future(afs._cat_file(f"{path}/hold")) for _ in range(16)]
+        waiting = [asyncio.ensure_future(afs._info(f"{path}/hold")) for _ in range(16)]
         await asyncio.get_running_loop().run_in_executor(None, held.wait, 10)  # all 16 running
         release.set()
         await asyncio.gather(*waiting)
@@ -154,6 +154,81 @@ def test_async_callers_get_coroutines(seaweed, root: str, monkeypatch: pytest.Mo
         assert not await afs._exists(first)
 
     asyncio.run(run())
+
+
+def test_async_reads_run_on_the_event_loop(seaweed, root: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """``_cat_file`` of a whole object or a plain range starts its GETs from the loop and is
+    told by the engine when they finish (a CompletionPipe the loop watches): no thread of the
+    pool runs them. Objects of one request, of a probe and a rest (larger than a part), missing
+    ones, ranges past the end, 64 at once, and a cancelled read; writes of up to a part too,
+    create-only ones included."""
+    import asyncio
+
+    from s3torch.fsspec import _async
+
+    options = dict(
+        endpoint_url=seaweed.endpoint,
+        key=ACCESS_KEY,
+        secret=SECRET_KEY,
+        client_kwargs={"region_name": REGION},
+        s3client_config=S3ClientConfig(part_size=5 << 20),
+    )
+    afs, path = fsspec.core.url_to_fs(f"s3torch://{root}/loop", asynchronous=True, **options)
+    small = {f"{path}/s/{i}": os.urandom(1000 * i) for i in range(64)}  # the first one empty
+    big = os.urandom((12 << 20) + 7)  # a probe of 5 MiB, then the rest
+    fs = afs.sync_fs
+    fs.pipe_file(f"{path}/big", big)
+
+    def no_pool() -> None:
+        raise AssertionError("a read or write went to the pool")
+
+    monkeypatch.setattr(_async, "_executor", no_pool)
+
+    async def run() -> None:
+        await asyncio.gather(*(afs._pipe_file(k, v) for k, v in small.items()))  # 64 at once
+        await afs._pipe_file(f"{path}/part", big[: 5 << 20])  # exactly a part: one PutObject
+        with pytest.raises(FileExistsError):
+            await afs._pipe_file(f"{path}/part", b"not this", mode="create")
+        await afs._pipe_file(f"{path}/new", b"created", mode="create")
+        got = await asyncio.gather(*(afs._cat_file(k) for k in small))  # 64 at once
+        assert got == list(small.values())
+        assert await afs._cat_file(f"{path}/big") == big
+        assert (
+            await afs._cat_file(f"{path}/big", start=(5 << 20) - 3, end=(6 << 20) + 9)
+            == big[(5 << 20) - 3 : (6 << 20) + 9]
+        )
+        last = f"{path}/s/63"
+        assert await afs._cat_file(last, start=10, end=70_000) == small[last][10:]  # short: what there is
+        assert await afs._cat_file(last, start=10**6, end=10**6 + 5) == b""  # past the end: 416
+        assert await afs._cat_file(last, start=5, end=5) == b""
+        with pytest.raises(FileNotFoundError):
+            await afs._cat_file(f"{path}/missing")
+        with pytest.raises(FileNotFoundError):
+            await afs._cat_file(f"{path}/missing", start=0, end=10)
+        slow = asyncio.ensure_future(afs._cat_file(f"{path}/big"))
+        await asyncio.sleep(0)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        ops = _async._loops[asyncio.get_running_loop()]
+        assert ops is not None
+        for _ in range(500):  # the cancelled GET finishes (cancelled) and is let go
+            if not ops.ops:
+                break
+            await asyncio.sleep(0.01)
+        assert not ops.ops
+        assert await afs._cat_file(f"{path}/big") == big  # the loop reads on
+
+    asyncio.run(run())
+    assert fs.cat_file(f"{path}/part") == big[: 5 << 20] and fs.cat_file(f"{path}/new") == b"created"
+    monkeypatch.undo()
+
+    async def pooled() -> None:  # a negative offset: a HEAD first; more than a part: multipart
+        assert await afs._cat_file(f"{path}/big", start=-10) == big[-10:]
+        await afs._pipe_file(f"{path}/big2", big)
+        assert await afs._cat_file(f"{path}/big2") == big
+
+    asyncio.run(pooled())
 
 
 def test_async_instances_need_fsspecs_wrapper_only_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
