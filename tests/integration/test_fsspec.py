@@ -223,6 +223,20 @@ def test_async_reads_run_on_the_event_loop(seaweed, root: str, monkeypatch: pyte
     assert fs.cat_file(f"{path}/part") == big[: 5 << 20] and fs.cat_file(f"{path}/new") == b"created"
     monkeypatch.undo()
 
+    # A loop's pipe goes with the loop: asyncio.run after asyncio.run leaves no fd behind.
+    import gc
+
+    async def one() -> None:
+        assert await afs._cat_file(f"{path}/new") == b"created"
+
+    asyncio.run(one())
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        asyncio.run(one())
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
+
     async def pooled() -> None:  # a negative offset: a HEAD first; more than a part: multipart
         assert await afs._cat_file(f"{path}/big", start=-10) == big[-10:]
         await afs._pipe_file(f"{path}/big2", big)

@@ -55,7 +55,8 @@ class _LoopOps:
     it settles."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # No reference to the loop: it is this one's key in _loops, and a closed loop (each
+        # asyncio.run makes one) must be able to go, and its pipe's fd with it.
         self.pipe = _crt.CompletionPipe()
         self.ops: Dict[int, Tuple[Any, "asyncio.Future[Any]"]] = {}
         self.tokens = 0
@@ -82,7 +83,7 @@ class _LoopOps:
 
     async def run(self, op: Any) -> Any:
         token, self.tokens = self.tokens, self.tokens + 1
-        fut: "asyncio.Future[Any]" = self.loop.create_future()
+        fut: "asyncio.Future[Any]" = asyncio.get_running_loop().create_future()
         self.ops[token] = (op, fut)  # kept until its last request has finished
         op.notify(self.pipe, token)
         try:
