@@ -430,7 +430,10 @@ NOTES: Dict[str, str] = {
     "benchmarks/results/zarr/pool-reads.json": "The same rows before reads ran on the loop (2026-12-07 03:24 UTC): "
     "each chunk read a call of the "
     "synchronous filesystem on a thread of the async filesystem's pool, two thread switches more per read than "
-    "on the loop. obstore then read 1.10x s3torch's rate at 0.80x its CPU.",
+    "on the loop. obstore then read 1.10x s3torch's rate at 0.80x its CPU. (Another VM: AMD EPYC; the results "
+    "beside it, Intel Xeon.)",
+    "benchmarks/results/zarr/pool-reads-intel.json": "The pool's reads again on the VM of `results.json` (Intel "
+    "Xeon), the same day, just before the change: obstore 1.09x s3torch's rate at 0.77x its CPU.",
     "benchmarks/results/zarr-write/results.json": "zarr 3 writing an array (`create_array`, then one assignment "
     "of the whole array: 256 objects), through the same three stores as `zarr/results.json`; s3torch's chunk "
     "writes (a part or less each) are PutObjects started from zarr's event loop, which an eventfd tells when "
