@@ -105,11 +105,24 @@ void BytesGet::populate() {
     auto fresh = fresh_;
     fresh_ = {nullptr, 0};
     if (!fresh.second) return;
+    // Held while the GIL is released: the loop's thread may step (and drop) this read meanwhile.
+    std::shared_ptr<Transfer> t = cur_->shared_from_this();
+    py::object memory = holder_;
     // The waiting thread would only wait; the pages would otherwise each fault inside the
     // event-loop thread copying the bytes in (prefault.h).
     py::gil_scoped_release nogil;
-    Transfer *t = cur_;
-    populate_while(fresh.first, fresh.second, [t] { return !t->done(); });
+    populate_while(fresh.first, fresh.second, [&t] { return !t->done(); });
+}
+
+bool BytesGet::wants_populate() const { return fresh_.second >= kPopulateMinBytes; }
+
+bool BytesGet::heavy_next() {
+    if (!whole_ || in_rest_ || !cur_->done()) return false;
+    try {
+        return whole_->size() > whole_->first_size();
+    } catch (const S3Error &) {
+        return false;  // the probe failed: step() raises it
+    }
 }
 
 std::optional<py::bytes> BytesGet::step_whole() {
@@ -119,10 +132,12 @@ std::optional<py::bytes> BytesGet::step_whole() {
         if (size <= first) return py::bytes(reinterpret_cast<const char *>(whole_->first()), size);
         char *dst = nullptr;
         holder_ = new_bytes(size, &dst, ctx_);
+        Transfer *rest;
         {
             py::gil_scoped_release nogil;
-            cur_ = &whole_->start_rest(dst);
+            rest = &whole_->start_rest(dst);
         }
+        cur_ = rest;  // with the GIL held: cancel() may read it from another thread
         in_rest_ = true;
         fresh_ = {dst + first, size - first};
         arm();
@@ -186,6 +201,11 @@ void register_bytes_get(py::module_ &m) {
         .def("step", &BytesGet::step)
         .def("notify", &BytesGet::notify, py::arg("pipe"), py::arg("token"))
         .def("cancel", &BytesGet::cancel)
+        .def("populate", &BytesGet::populate)
+        .def("wants_populate", &BytesGet::wants_populate)
+        .def("heavy_next", &BytesGet::heavy_next)
+        .def("detach", &BytesGet::detach)
+        .def("result", &run_to_end, "Drive the read to its bytes on this thread (GIL released while waiting).")
         .def("done", [](BytesGet &op) { return op.current().done(); });
 }
 

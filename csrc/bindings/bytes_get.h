@@ -53,8 +53,16 @@ class BytesGet {
     // the read's error.
     std::optional<py::bytes> step();
     // Make the memory the current request writes resident first (prefault.h), the GIL
-    // released, while it runs; nothing if that memory is not fresh (the probe's scratch).
+    // released, while it runs; nothing if that memory is not fresh (the probe's scratch). Any
+    // thread (an event loop's hands it to a pool thread): it holds what it uses.
     void populate();
+    // Whether populate() has memory to make resident: kPopulateMinBytes or more, fresh.
+    bool wants_populate() const;
+    // Whether the next step copies the probe into a new bytes object of more than a part and
+    // starts the rest: work for a thread that can wait (an event loop hands it to one).
+    bool heavy_next();
+    // No more notifications (the rest of the read is driven by run_to_end on another thread).
+    void detach() { pipe_.reset(); }
     // Post `token` to `pipe` as each request of this read finishes (the current one included).
     void notify(std::shared_ptr<s3torch::CompletionPipe> pipe, uint64_t token);
     void cancel() { cur_->cancel(); }

@@ -51,7 +51,9 @@ void register_bytes_put(py::module_ &m) {
                          "after its notification, step() completes it and gives its ETag.")
         .def("step", &BytesPut::step)
         .def("notify", &BytesPut::notify, py::arg("pipe"), py::arg("token"))
-        .def("cancel", &BytesPut::cancel);
+        .def("cancel", &BytesPut::cancel)
+        .def("wants_populate", [](BytesPut &) { return false; })  // reads only (BytesGet's)
+        .def("heavy_next", [](BytesPut &) { return false; });
 }
 
 }  // namespace s3torch_py

@@ -179,10 +179,13 @@ def test_async_reads_run_on_the_event_loop(seaweed, root: str, monkeypatch: pyte
     fs = afs.sync_fs
     fs.pipe_file(f"{path}/big", big)
 
-    def no_pool() -> None:
-        raise AssertionError("a read or write went to the pool")
+    def no_pool(method):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"{method.__name__} went to the pool")
 
-    monkeypatch.setattr(_async, "_executor", no_pool)
+    monkeypatch.setattr(_async, "_on_pool", no_pool)
+    populated = []
+    populate = _async._populate
+    monkeypatch.setattr(_async, "_populate", lambda op: (populated.append(op.wants_populate()), populate(op)))
 
     async def run() -> None:
         await asyncio.gather(*(afs._pipe_file(k, v) for k, v in small.items()))  # 64 at once
