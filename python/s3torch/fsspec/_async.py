@@ -76,7 +76,10 @@ class _LoopOps:
             if op.heavy_next():  # more than a part: the copy and the rest on a thread, as before
                 del self.ops[token]
                 op.detach()
-                _settle(fut, asyncio.get_running_loop().run_in_executor(_executor(), op.result))
+                try:
+                    _settle(fut, asyncio.get_running_loop().run_in_executor(_executor(), op.result))
+                except RuntimeError as e:  # the pool shut down (interpreter exit)
+                    fut.set_exception(e)
                 continue
             try:
                 got = op.step()  # the result; or None, the next request started (same token)
