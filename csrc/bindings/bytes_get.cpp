@@ -20,8 +20,7 @@ constexpr int kWholeAttempts = 3;
 
 py::bytes steal_bytes(py::object &holder) { return py::reinterpret_steal<py::bytes>(holder.release()); }
 
-}  // namespace
-
+// A new bytes object of `n` bytes, not yet filled; `*dst` points at its storage.
 py::object new_bytes(uint64_t n, char **dst, const ErrorContext &ctx) {
     // A size from a server's answer (Content-Range, Content-Length): one past what a bytes
     // object can hold is no object's, and Python would say only SystemError.
@@ -35,6 +34,8 @@ py::object new_bytes(uint64_t n, char **dst, const ErrorContext &ctx) {
     *dst = PyBytes_AS_STRING(raw);
     return py::reinterpret_steal<py::object>(raw);
 }
+
+}  // namespace
 
 BytesGet::BytesGet(std::shared_ptr<Client> client, const std::string &bucket, const std::string &key,
                    const std::string &if_match)
@@ -205,8 +206,7 @@ void register_bytes_get(py::module_ &m) {
         .def("wants_populate", &BytesGet::wants_populate)
         .def("heavy_next", &BytesGet::heavy_next)
         .def("detach", &BytesGet::detach)
-        .def("result", &run_to_end, "Drive the read to its bytes on this thread (GIL released while waiting).")
-        .def("done", [](BytesGet &op) { return op.current().done(); });
+        .def("result", &run_to_end, "Drive the read to its bytes on this thread (GIL released while waiting).");
 }
 
 }  // namespace s3torch_py

@@ -28,9 +28,6 @@ namespace s3torch_py {
 
 namespace py = pybind11;
 
-// A new bytes object of `n` bytes, not yet filled; `*dst` points at its storage.
-py::object new_bytes(uint64_t n, char **dst, const s3torch::ErrorContext &ctx);
-
 class BytesGet {
   public:
     // The whole object, its size learned by a probe of a part (WholeObjectGet); an object

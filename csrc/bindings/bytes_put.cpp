@@ -12,7 +12,7 @@ std::unique_ptr<BytesPut> BytesPut::start(std::shared_ptr<Client> client, const 
                                           const std::string &key, py::handle data, bool exclusive) {
     std::unique_ptr<BytesPut> op(new BytesPut());
     op->data_ = HeldBuffer::acquire(data, false, {"PutObject", bucket, key});
-    if (op->data_->size() > client->config().part_size) return nullptr;
+    if (!fits_one_put(client->config(), op->data_->size())) return nullptr;
     PutOptions opts;
     opts.if_none_match = exclusive;
     py::gil_scoped_release nogil;

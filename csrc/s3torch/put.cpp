@@ -253,7 +253,7 @@ bool Upload::write_begin(const void *data, size_t len) {
 void Upload::put_begin(const void *data, size_t len) {
     if (closed_ || written_ != 0 || phase_ != Phase::Idle) throw_invalid("put_begin on an upload already in use", ctx_);
     require_owner(ctx_);
-    if (len <= client_->config().part_size) {
+    if (fits_one_put(client_->config(), len)) {
         written_ = len;
         phase_ = Phase::Completing;
         single_data_ = data;
@@ -264,6 +264,8 @@ void Upload::put_begin(const void *data, size_t len) {
     write_begin(data, len);  // more than a part: the multipart upload, never done at once
     complete_after_write_ = true;
 }
+
+bool fits_one_put(const ClientConfig &config, size_t len) { return len <= config.part_size; }
 
 void Upload::send_slice() {
     size_t n = static_cast<size_t>(std::min<uint64_t>(slice_left_, client_->config().part_size));

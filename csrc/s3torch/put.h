@@ -69,6 +69,10 @@ class PutStream : public Transfer {
     std::string upload_id_;              // mu_, URI-encoded
 };
 
+// Whether a whole object of `len` bytes goes as one PutObject (at most a part), not as a
+// multipart upload (Upload::put_begin).
+bool fits_one_put(const ClientConfig &config, size_t len);
+
 // A streaming upload. Data is buffered in memory until it exceeds one part; an object that
 // never does is sent as a single PutObject on complete(). Otherwise a multipart upload starts
 // and parts upload concurrently as they fill. A write returns once its bytes are copied into

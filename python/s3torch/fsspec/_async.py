@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
 from .. import _crt
-from .filesystem import _create_only
+from .filesystem import _create_only, _starts_past_the_end
 
 THREADS = 64  # calls of async callers running at once (each mostly waiting, the GIL released)
 
@@ -219,7 +219,7 @@ class S3TorchAsyncFileSystem(AsyncFileSystemWrapper):  # type: ignore[misc]
         try:
             return await ops.run(native.start_bytes(bucket, key, start or 0, length))  # type: ignore[no-any-return]
         except _crt.S3Exception as e:
-            if e.http_status == 416 and not whole:  # the range starts at or past the end
+            if not whole and _starts_past_the_end(e):
                 return b""
             raise
 

@@ -452,7 +452,7 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         try:
             return native.get_bytes(bucket, key, start, None if end is None else end - start)
         except _crt.S3Exception as e:
-            if e.http_status == 416:  # the range starts at or past the end
+            if _starts_past_the_end(e):
                 return b""
             raise
 
@@ -807,6 +807,11 @@ class _Batch:
     def _note(self, f: "Future[None]") -> None:  # a done callback: failures in the order they came
         if not f.cancelled() and f.exception() is not None:
             self._failed.append(f.exception())  # type: ignore[arg-type]
+
+
+def _starts_past_the_end(e: "_crt.S3Exception") -> bool:
+    """A ranged GET's 416: the range starts at or past the object's end, which reads as b""."""
+    return bool(e.http_status == 416)
 
 
 def _create_only(mode: str) -> bool:
