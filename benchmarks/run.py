@@ -294,7 +294,7 @@ def prepare_cp_data(root: Path, sc: Scenario, sizes: Dict[str, int], endpoint: s
 def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[str, Any]:
     """Files under root/bench served by nginx; returns context keys for the runner."""
     bench = root / "bench"
-    if sc.name in ("get", "ranged"):
+    if sc.name in ("get", "ranged", "ranged_mid"):
         n = sizes["object_bytes"]
         key = f"obj-{n}"
         if not (bench / key).exists():

@@ -1172,6 +1172,7 @@ SETUPS = {
     "fsspec_get_many_20ms": setup_fsspec_many,
     "fsspec_put_many": setup_fsspec_many,
     "ranged": setup_ranged,
+    "ranged_mid": setup_ranged,
     "put": setup_put,
     "dataset0": setup_dataset,
     "dataset2": setup_dataset,

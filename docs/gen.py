@@ -422,6 +422,30 @@ NOTES: Dict[str, str] = {
     "The check's CRC takes ~0.05 CPU-s/GB; the rows' 10% gap did not show in a manual A/B with a sync between "
     "runs, nor with `s3torch-noverify` first in every round (0.826 vs 0.820 GB/s), so read it as the VM's noise. "
     "s5cmd's lead is partly durability: synced, it was 1.24x.",
+    "benchmarks/results/ranged-pieces/results.json": "Ranged reads from nginx capped at 90 MB/s per connection "
+    "(`--s3-like`); `ranged_mid` adds 20 ms to each first byte. s3torch's reads of more than a part go as pieces "
+    "started at once. `ranged-pieces/README.md` sets it beside the build before.",
+    "benchmarks/results/ranged-pieces/old.json": "The s3torch rows of `results.json` from the build before "
+    "(d667109), run just after it: a range of more than a part was aws-c-s3's ranged GET, its first part "
+    "alone, then the others.",
+    **_ab_runs(
+        "benchmarks/results/ranged-pieces/get-{build}-{r}.json",
+        2,
+        "d667109: a range of more than a part is aws-c-s3's ranged GET, its first part alone first",
+        "such a range goes as pieces started at once",
+    ),
+    **_ab_runs(
+        "benchmarks/results/ranged-pieces/loads-{build}-{r}.json",
+        2,
+        "d667109: a range of more than a part is aws-c-s3's ranged GET, its first part alone first",
+        "such a range goes as pieces started at once",
+    ),
+    **_ab_runs(
+        "benchmarks/results/ranged-pieces/loads-s3like-{build}-{r}.json",
+        1,
+        "d667109: a range of more than a part is aws-c-s3's ranged GET, its first part alone first",
+        "such a range goes as pieces started at once; nginx capped at 90 MB/s per connection (`--s3-like`)",
+    ),
     "benchmarks/results/zarr/results.json": "zarr 3 reading an array: from a store URL through its `FsspecStore`, "
     "`s3torch://` (`S3TorchAsyncFileSystem`: each chunk's GET started from zarr's event loop, which an eventfd "
     "tells when it finishes) against `s3://` on s3fs (async itself), the same storage options, and zarr's "

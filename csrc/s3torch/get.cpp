@@ -15,6 +15,11 @@ namespace {
 
 constexpr int kHttpRangeNotSatisfiable = 416;
 
+// The most pieces a range is split into (1 GiB at the default part size). A longer range is
+// aws-c-s3's, whose first part tells the object's size before the others start: a range far
+// past the end of a small object (a caller's guess) costs one request, not thousands of 416s.
+constexpr uint64_t kMaxPieces = 128;
+
 // Why a whole-object GET failed when the object does not fit the caller's buffer.
 std::string too_small(uint64_t capacity, uint64_t object_size) {
     return "destination buffer holds " + std::to_string(capacity) + " bytes but the object is " +
@@ -42,10 +47,129 @@ std::shared_ptr<GetInto> GetInto::start_get(std::shared_ptr<Client> client, cons
                               std::to_string(range->length) + " bytes",
                           ctx);
     }
+    const uint64_t part = client->config().part_size;
+    if (range && range->length > part && range->length <= kMaxPieces * part)
+        return start_split(std::move(client), std::move(ctx), *range, static_cast<uint8_t *>(dest), if_match);
     std::shared_ptr<GetInto> t(new GetInto(std::move(client), ctx));
     t->whole_ = !range;
     t->launch(range, dest, range ? static_cast<size_t>(range->length) : capacity, if_match);
     return t;
+}
+
+std::shared_ptr<GetInto> GetInto::start_split(std::shared_ptr<Client> client, ErrorContext ctx, ByteRange range,
+                                              uint8_t *dest, const std::string &if_match) {
+    const uint64_t part = client->config().part_size;
+    const uint64_t count = (range.length + part - 1) / part;
+    const uint64_t each = (range.length + count - 1) / count;  // <= part
+    std::shared_ptr<GetInto> whole(new GetInto(client, ctx));
+    // Every piece exists (and is counted) before the first starts: one may finish at once.
+    for (uint64_t off = 0; off < range.length; off += each) {
+        std::shared_ptr<GetInto> piece(new GetInto(client, ctx));
+        piece->split_ = whole;
+        piece->piece_index_ = whole->pieces_.size();
+        whole->pieces_.push_back(std::move(piece));
+        whole->piece_ranges_.push_back(ByteRange{range.start + off, std::min(each, range.length - off)});
+    }
+    whole->pieces_left_ = whole->pieces_.size();
+    size_t started = 0;
+    try {
+        for (; started < whole->pieces_.size(); ++started) {
+            const ByteRange &r = whole->piece_ranges_[started];
+            whole->pieces_[started]->launch(r, dest + (r.start - range.start), static_cast<size_t>(r.length), if_match);
+        }
+    } catch (...) {
+        // The pieces started write into the caller's memory: they end before it is given back.
+        for (size_t i = 0; i < started; ++i) whole->pieces_[i]->cancel_and_wait();
+        throw;
+    }
+    return whole;
+}
+
+void GetInto::after_finished() {
+    if (std::shared_ptr<GetInto> whole = split_.lock()) whole->piece_finished(piece_index_);
+}
+
+void GetInto::cancel_parts() {
+    for (const std::shared_ptr<GetInto> &piece : pieces_) piece->cancel();
+}
+
+namespace {
+
+// A finished GET answered 416: its range starts at or past the object's end.
+bool past_the_end(int error_code, int status) {
+    return error_code == AWS_ERROR_S3_INVALID_RESPONSE_STATUS && status == kHttpRangeNotSatisfiable;
+}
+
+}  // namespace
+
+void GetInto::piece_finished(size_t index) {
+    GetInto &piece = *pieces_[index];
+    bool failed;
+    {
+        std::lock_guard<std::mutex> lock(piece.mu_);
+        // A later piece wholly past the end is no error here (settle_pieces_locked decides).
+        failed = piece.error_code_ != 0 && !(index > 0 && past_the_end(piece.error_code_, piece.status_));
+    }
+    bool first_failure = false, finished = false;
+    std::shared_ptr<CompletionPipe> notify;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        // A piece cancelled because another failed (or the caller cancelled) is not the cause.
+        if (failed && !failed_piece_ && !cancelled_) {
+            failed_piece_ = index;
+            first_failure = true;
+        }
+        if (--pieces_left_ == 0) {
+            settle_pieces_locked();
+            notify = mark_finished_locked();
+            finished = true;
+        }
+    }
+    if (first_failure && !finished) cancel_parts();  // the others' bytes are of no use now
+    if (finished) announce_finished(std::move(notify));
+}
+
+void GetInto::settle_pieces_locked() {
+    if (failed_piece_) {
+        take_outcome_locked(*pieces_[*failed_piece_]);
+        return;
+    }
+    if (cancelled_) {
+        error_code_ = AWS_ERROR_S3_CANCELED;
+        return;
+    }
+    take_outcome_locked(*pieces_[0]);  // its headers: the object's size, ETag (object_size(), etag())
+    const uint64_t size = object_size_locked();
+    const std::string etag = header_locked("etag");
+    size_t total = 0;
+    std::string why;
+    bool replaced = false;
+    for (size_t i = 0; i < pieces_.size() && why.empty(); ++i) {
+        GetInto &piece = *pieces_[i];
+        const ByteRange &r = piece_ranges_[i];
+        std::lock_guard<std::mutex> lock(piece.mu_);
+        const bool beyond = past_the_end(piece.error_code_, piece.status_);
+        const uint64_t got = beyond ? 0 : piece.received_;
+        const uint64_t want = size == 0 ? r.length : size > r.start ? std::min(r.length, size - r.start) : 0;
+        if (!beyond && (piece.header_locked("etag") != etag || piece.object_size_locked() != size)) {
+            replaced = true;
+            why =
+                "the object was replaced while it was being read: the pieces of the range answered for "
+                "different versions";
+        } else if (got != want) {
+            why = "the server sent " + std::to_string(got) + " bytes for bytes " + std::to_string(r.start) + "-" +
+                  std::to_string(r.start + r.length - 1) + " of an object of " +
+                  (size ? std::to_string(size) + " bytes" : std::string("unknown size"));
+        }
+        total += got;
+    }
+    if (why.empty()) {
+        received_ = total;
+        return;
+    }
+    own_error_ = "GetObject s3://" + ctx_.bucket + "/" + ctx_.key + ": " + why;
+    own_kind_ = replaced ? ErrorKind::ObjectChanged : ErrorKind::Generic;
+    error_code_ = AWS_ERROR_S3_INVALID_RESPONSE_STATUS;
 }
 
 std::shared_ptr<GetInto> GetInto::start_probe(std::shared_ptr<Client> client, const std::string &bucket,

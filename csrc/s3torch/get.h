@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace s3torch {
 
@@ -19,7 +20,8 @@ class GetInto : public Transfer {
     // Start the GET. `dest` must stay valid and unaliased until done(); its size must hold the
     // range (or the whole object). Throws S3Error InvalidArgument for a bad range or buffer.
     // `if_match` (an ETag, or empty): fail with ObjectChanged unless the object is still that
-    // version (Transfer::start_get_object).
+    // version (Transfer::start_get_object). A range of more than a part goes as pieces
+    // (start_split).
     static std::shared_ptr<GetInto> start_get(std::shared_ptr<Client> client, const std::string &bucket,
                                               const std::string &key, std::optional<ByteRange> range, void *dest,
                                               size_t capacity, const std::string &if_match = {});
@@ -41,8 +43,29 @@ class GetInto : public Transfer {
   protected:
     using Transfer::Transfer;
     void on_finished_locked() override;
+    void after_finished() override;
+    void cancel_parts() override;
 
   private:
+    // A range of more than a part (up to kMaxPieces parts), as pieces of at most a part each (as
+    // many as the CRT's parts, of even sizes), every one a GET of its own started at once: the
+    // CRT would GET the first part alone, to learn the object's size, before the others. Pieces of one version: each
+    // carries `if_match`, and without it their ETags must agree (else ObjectChanged). A range
+    // past the object's end ends where the object does, as one GET's does.
+    static std::shared_ptr<GetInto> start_split(std::shared_ptr<Client> client, ErrorContext ctx, ByteRange range,
+                                                uint8_t *dest, const std::string &if_match);
+    // A piece has finished (from its after_finished; no lock of the piece's held).
+    void piece_finished(size_t index);
+    // Under mu_, every piece finished: this GET's outcome from theirs.
+    void settle_pieces_locked();
+    // A split GET's pieces and their ranges (fixed before the first starts).
+    std::vector<std::shared_ptr<GetInto>> pieces_;
+    std::vector<ByteRange> piece_ranges_;
+    size_t pieces_left_ = 0;              // mu_
+    std::optional<size_t> failed_piece_;  // mu_: the first piece that failed (not cancelled by us)
+    std::weak_ptr<GetInto> split_;        // a piece's split GET
+    size_t piece_index_ = 0;              // and its place there
+
     // Start the GET of `range` (else the whole object) into `capacity` bytes at `dest`.
     void launch(const std::optional<ByteRange> &range, void *dest, size_t capacity, const std::string &if_match);
     std::unique_ptr<aws_byte_buf> recv_;

@@ -214,6 +214,7 @@ void Transfer::cancel() {
         cancelled_ = true;
     }
     cancel_meta_request();
+    cancel_parts();
 }
 
 void Transfer::cancel_meta_request() {
@@ -365,7 +366,6 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
     std::shared_ptr<CompletionPipe> notify;
     {
         std::lock_guard<std::mutex> lock(t->mu_);
-        notify = std::move(t->notify_);
         t->error_code_ = result->error_code;
         if (result->error_code != 0) {
             t->status_ = result->response_status;
@@ -378,20 +378,47 @@ void Transfer::s_on_finish(aws_s3_meta_request *, const aws_s3_meta_request_resu
         }
         to_release = t->mr_;
         t->mr_ = nullptr;
-        t->finished_ = true;
+        notify = t->mark_finished_locked();
         t->client_->health().transfer_finished(t, result->error_code == 0);
         t->on_finished_locked();
     }
-    t->cv_.notify_all();
+    t->announce_finished(std::move(notify));
+    t->after_finished();
+    if (to_release) aws_s3_meta_request_release(to_release);
+}
+
+std::shared_ptr<CompletionPipe> Transfer::mark_finished_locked() {
+    finished_ = true;
+    return std::move(notify_);
+}
+
+void Transfer::announce_finished(std::shared_ptr<CompletionPipe> notify) {
+    cv_.notify_all();
     AnyFinished &any = any_finished();
     {
         std::lock_guard<std::mutex> lock(any.mu);
         ++any.finished;
     }
     any.cv.notify_all();
-    if (to_release) aws_s3_meta_request_release(to_release);
     // Last: the loop may let go of the transfer's memory as soon as it knows.
-    if (notify) notify->post(t->notify_token_);
+    if (notify) notify->post(notify_token_);
+}
+
+void Transfer::take_outcome_locked(Transfer &from) {
+    std::lock_guard<std::mutex> lock(from.mu_);
+    error_code_ = from.error_code_;
+    status_ = from.status_;
+    error_body_ = from.error_body_;
+    request_id_ = from.request_id_;
+    bucket_region_ = from.bucket_region_;
+    failed_operation_ = from.failed_operation_;
+    headers_ = from.headers_;
+    last_error_status_ = from.last_error_status_;
+    last_error_request_id_ = from.last_error_request_id_;
+    unanswered_ = from.unanswered_;
+    skewed_ = from.skewed_;
+    own_error_ = from.own_error_;
+    own_kind_ = from.own_kind_;
 }
 
 void Transfer::notify_when_finished(std::shared_ptr<CompletionPipe> pipe, uint64_t token) {

@@ -93,11 +93,22 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     void cancel_meta_request();
     // Open the read window by `bytes` (saturating), if still running.
     void increment_read_window(uint64_t bytes);
+    // Under mu_: finished_ set; the pipe to tell of it (announce_finished), if any.
+    std::shared_ptr<CompletionPipe> mark_finished_locked();
+    // After mark_finished_locked, mu_ released: wake the waiters, wait_any's and the pipe.
+    void announce_finished(std::shared_ptr<CompletionPipe> notify);
+    // Under mu_: this transfer ends as `from` did (error, status, headers), `from` finished.
+    void take_outcome_locked(Transfer &from);
 
     // Hooks, on CRT threads. on_body returns an aws error code to cancel, 0 to go on.
     virtual int on_body(const aws_byte_cursor &body, uint64_t range_start, void *ticket);
     // Under mu_, just before waiters are woken.
     virtual void on_finished_locked() {}
+    // Last of the finish, not under mu_ (a piece of a split GET tells its whole: get.h).
+    virtual void after_finished() {}
+    // After cancel() has marked this transfer cancelled and cancelled its meta request, not under
+    // mu_ (a split GET cancels its pieces).
+    virtual void cancel_parts() {}
     // After each attempt of each request of the meta request (its metrics), not under mu_.
     virtual void on_attempt(aws_s3_request_metrics *) {}
     // Whether the attempt (its metrics) was of the request that commits this transfer's work:
