@@ -143,6 +143,7 @@ def test_async_callers_get_coroutines(seaweed, root: str, monkeypatch: pytest.Mo
         assert got == list(chunks.values())
         first = next(iter(chunks))
         assert await afs._cat_file(first, start=10, end=20) == chunks[first][10:20]
+        assert await afs._cat_file(first, start=10, end=1 << 40) == chunks[first][10:]  # clipped on the pool
         assert sorted(await afs._find(path)) == sorted(chunks)
         async with await afs.open_async(f"{path}/f", "wb") as f:
             await f.write(b"written ")
@@ -379,6 +380,10 @@ def test_reads_ranges_and_seeks(fs: S3TorchFileSystem, root: str) -> None:
     assert fs.cat_file(path, 5, -5) == data[5:-5]
     assert fs.cat_file(path, len(data) - 3, len(data) + 100) == data[-3:]  # clipped at the end
     assert fs.cat_file(path, len(data) + 5, len(data) + 9) == b""  # past the end
+    # An end far past the object (a guess at "to the end"): clipped by a HEAD, not allocated
+    # (a TiB was MemoryError before; s3fs reads to the end).
+    assert fs.cat_file(path, 7, 1 << 40) == data[7:]
+    assert fs.cat_file(path, len(data), 1 << 40) == b""
     assert fs.head(path, 7) == data[:7] and fs.tail(path, 7) == data[-7:]
     starts = [0, 100, len(data) - 10, 7, len(data) + 1, 50, -20]
     ends = [10, 100, len(data) + 10, 1 << 20, len(data) + 2, None, None]

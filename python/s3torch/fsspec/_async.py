@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
 from .. import _crt
-from .filesystem import _create_only, _starts_past_the_end
+from .filesystem import _CLIP_ABOVE, _create_only, _starts_past_the_end
 
 THREADS = 64  # calls of async callers running at once (each mostly waiting, the GIL released)
 
@@ -209,6 +209,8 @@ class S3TorchAsyncFileSystem(AsyncFileSystemWrapper):  # type: ignore[misc]
         ops = _loop_ops()
         whole = start is None and end is None
         plain = start is not None and end is not None and 0 <= start
+        if plain and end - start > _CLIP_ABOVE:  # type: ignore[operator]
+            plain = False  # clipped by a HEAD first, as the synchronous call does
         if kwargs or ops is None or not (whole or plain):
             return await _on_pool(self.sync_fs.cat_file)(path, start, end, **kwargs)  # type: ignore[no-any-return]
         bucket, key = self.sync_fs._object_path(path, "cat_file")

@@ -73,6 +73,9 @@ _JOBS = 64  # get, copy, cat, pipe, rm: files (or deletes) in flight at once; th
 # released while each waits
 _PUT_JOBS = 16  # put: files uploaded at once (each holds a read buffer and its parts in flight)
 _RANGES_IN_FLIGHT = 64  # cat_ranges: GETs in flight
+# cat_file: a range longer than this (often a guess at "to the end") is clipped to the object
+# by a HEAD first, whose ETag then pins the GET: its bytes are allocated before any answer.
+_CLIP_ABOVE = 1 << 30
 
 
 class _Cached(type(AbstractFileSystem)):  # type: ignore[misc]
@@ -437,7 +440,9 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         return writer
 
     def cat_file(self, path: str, start: Optional[int] = None, end: Optional[int] = None, **kwargs: Any) -> bytes:
-        """The object's bytes ``[start, end)`` (negative: from its end) in one GET."""
+        """The object's bytes ``[start, end)`` (negative: from its end) in one GET; an ``end``
+        past the object's reads to its end (more than 1 GiB past ``start``: clipped by a HEAD
+        first, not allocated)."""
         bucket, key = self._object_path(path, "cat_file")
         native = self.client._get_native()
         if start is None and end is None:
@@ -449,8 +454,14 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             end = size + end if end is not None and end < 0 else end
         if end is not None and end <= start:
             return b""
+        etag = ""
+        if end is not None and end - start > _CLIP_ABOVE:
+            info = self.client.head_object(bucket, key)
+            end, etag = min(end, int(info.size)), info.etag
+            if end <= start:
+                return b""
         try:
-            return native.get_bytes(bucket, key, start, None if end is None else end - start)
+            return native.get_bytes(bucket, key, start, None if end is None else end - start, None, etag)
         except _crt.S3Exception as e:
             if _starts_past_the_end(e):
                 return b""
