@@ -16,11 +16,11 @@ from urllib.parse import unquote
 import pytest
 
 from s3torch import S3Client, S3ClientConfig, S3Exception, S3PermissionError
+from tests.faults.guards import guarded, guards_intact
 
 BUCKET = "lies"
 SIZE = 4096
 DATA = bytes((i * 7 + 3) & 0xFF for i in range(SIZE))
-GUARD = 64
 DEEP = b"<a>" * 20_000 + b"</a>" * 20_000
 
 
@@ -195,22 +195,13 @@ def liar() -> Iterator[S3Client]:
         srv.server_close()
 
 
-def _guarded(n: int) -> Tuple[bytearray, memoryview]:
-    buf = bytearray(b"\xab" * (GUARD + n + GUARD))
-    return buf, memoryview(buf)[GUARD : GUARD + n]
-
-
-def _guards_intact(buf: bytearray) -> bool:
-    return buf[:GUARD] == b"\xab" * GUARD and buf[-GUARD:] == b"\xab" * GUARD
-
-
 @pytest.mark.parametrize(
     "key", ["longer", "wrong_range", "mislabelled", "short_body", "cl_short_of_body", "head_lies", "whole_object"]
 )
 @pytest.mark.parametrize("offset,length", [(0, 1000), (100, 1000), (0, SIZE)])
 def test_get_into_caller_memory(liar: S3Client, key: str, offset: int, length: int) -> None:
     native = liar._get_native()
-    buf, view = _guarded(length)
+    buf, view = guarded(length)
     try:
         got = native.get_into(BUCKET, key, view, offset, length)
     except S3Exception as e:
@@ -218,7 +209,7 @@ def test_get_into_caller_memory(liar: S3Client, key: str, offset: int, length: i
     else:  # accepted: only if what landed is exactly the asked-for bytes
         assert got == length and bytes(view) == DATA[offset : offset + length], (key, got)
     view.release()
-    assert _guards_intact(buf), key
+    assert guards_intact(buf), key
 
 
 @pytest.mark.parametrize(
@@ -244,7 +235,7 @@ def test_get_bytes_and_streams(liar: S3Client, key: str) -> None:
 def test_head_disagreeing_with_get(liar: S3Client) -> None:
     info = liar._get_native().head(BUCKET, "head_lies")
     assert info.size == SIZE * 4
-    buf, view = _guarded(SIZE * 4)
+    buf, view = guarded(SIZE * 4)
     try:  # the range past the object's end: the bytes that exist, counted as such, or an error
         got = liar._get_native().get_into(BUCKET, "head_lies", view, 0, SIZE * 4)
     except S3Exception:
@@ -252,7 +243,7 @@ def test_head_disagreeing_with_get(liar: S3Client) -> None:
     else:
         assert got == SIZE and bytes(view[:SIZE]) == DATA
     view.release()
-    assert _guards_intact(buf)
+    assert guards_intact(buf)
     # A reader sized by the lying HEAD ends in an error or in the bytes that exist, never past them.
     try:
         data = liar.get_object(BUCKET, "head_lies").read()

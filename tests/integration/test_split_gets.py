@@ -18,12 +18,12 @@ from typing import Any, Iterator, List, Tuple
 import pytest
 
 from s3torch import S3Client, S3ClientConfig, S3Exception, S3ObjectChangedError
+from tests.faults.guards import guarded, guards_intact
 
 MiB = 1 << 20
 PART = 5 * MiB  # the client's part size (S3's minimum)
 SIZE = 17 * MiB + 12345  # four parts' worth
 DATA = bytes((i * 131 + 7) & 0xFF for i in range(SIZE))
-GUARD = 64
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -110,15 +110,6 @@ def client(server: _Server) -> S3Client:
     return S3Client("us-east-1", endpoint=f"http://127.0.0.1:{server.server_address[1]}", s3client_config=cfg)
 
 
-def _guarded(n: int) -> Tuple[bytearray, memoryview]:
-    buf = bytearray(b"\xab" * (GUARD + n + GUARD))
-    return buf, memoryview(buf)[GUARD : GUARD + n]
-
-
-def _guards_intact(buf: bytearray) -> bool:
-    return buf[:GUARD] == b"\xab" * GUARD and buf[-GUARD:] == b"\xab" * GUARD
-
-
 @pytest.mark.parametrize(
     "offset,length,pieces",
     [
@@ -133,11 +124,11 @@ def test_pieces_start_at_once_and_land_in_place(
     server: _Server, client: S3Client, offset: int, length: int, pieces: int
 ) -> None:
     server.expect = pieces
-    buf, view = _guarded(length)
+    buf, view = guarded(length)
     got = client._get_native().get_into("bkt", "whole", view, offset, length)
     want = DATA[offset : offset + length]
     assert got == len(want) and bytes(view[:got]) == want
-    assert _guards_intact(buf)
+    assert guards_intact(buf)
     assert server.all_arrived, "a piece was sent only after another was answered"
     starts = sorted(s for _, s in server.starts)
     assert len(starts) == pieces and starts[0] == offset
@@ -169,18 +160,18 @@ def test_a_range_far_past_a_small_objects_end_costs_no_storm_of_requests(server:
 
 @pytest.mark.parametrize("key", ["versions", "resized"])
 def test_pieces_of_different_versions_are_refused(client: S3Client, key: str) -> None:
-    buf, view = _guarded(3 * PART)
+    buf, view = guarded(3 * PART)
     with pytest.raises(S3ObjectChangedError, match=f"s3://bkt/{key}: the object was replaced .*different versions"):
         client._get_native().get_into("bkt", key, view, 0, 3 * PART)
-    assert _guards_intact(buf)
+    assert guards_intact(buf)
 
 
 def test_a_failed_piece_fails_the_get_with_its_error(client: S3Client) -> None:
-    buf, view = _guarded(3 * PART)
+    buf, view = guarded(3 * PART)
     with pytest.raises(S3Exception) as e:
         client._get_native().get_into("bkt", "fails", view, 0, 3 * PART)
     assert e.value.http_status == 403 and "s3://bkt/fails" in str(e.value)
-    assert _guards_intact(buf)
+    assert guards_intact(buf)
 
 
 def test_a_range_past_the_end_is_416_as_one_get_is(client: S3Client) -> None:
@@ -191,10 +182,10 @@ def test_a_range_past_the_end_is_416_as_one_get_is(client: S3Client) -> None:
 
 def test_cancelled_pieces_end_before_the_handle_does(server: _Server, client: S3Client) -> None:
     server.expect = 99  # held: no answer comes before the cancel
-    buf, view = _guarded(3 * PART)
+    buf, view = guarded(3 * PART)
     h = client._get_native().start_get_into("bkt", "whole", view, 0, 3 * PART)
     h.cancel()
     with pytest.raises(S3Exception, match="cancelled"):
         h.wait()
     assert h.done()
-    assert _guards_intact(buf)
+    assert guards_intact(buf)
