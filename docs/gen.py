@@ -440,6 +440,11 @@ NOTES: Dict[str, str] = {
         "d667109: a range of more than a part is aws-c-s3's ranged GET, its first part alone first",
         "such a range goes as pieces started at once",
     ),
+    **{
+        f"benchmarks/results/ranged-pieces/ckpt-{build}-3.json": f"A third A/B round of `ckpt_load` alone on "
+        f"loopback, 5 runs: the {build} build. `ranged-pieces/README.md` sets it beside the first two."
+        for build in ("old", "new")
+    },
     **_ab_runs(
         "benchmarks/results/ranged-pieces/loads-s3like-{build}-{r}.json",
         1,
