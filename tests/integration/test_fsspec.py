@@ -385,10 +385,10 @@ def test_reads_ranges_and_seeks(fs: S3TorchFileSystem, root: str) -> None:
     assert fs.cat_file(path, 7, 1 << 40) == data[7:]
     assert fs.cat_file(path, len(data), 1 << 40) == b""
     assert fs.head(path, 7) == data[:7] and fs.tail(path, 7) == data[-7:]
-    starts = [0, 100, len(data) - 10, 7, len(data) + 1, 50, -20]
-    ends = [10, 100, len(data) + 10, 1 << 20, len(data) + 2, None, None]
+    starts = [0, 100, len(data) - 10, 7, len(data) + 1, 50, -20, 3]
+    ends = [10, 100, len(data) + 10, 1 << 20, len(data) + 2, None, None, 1 << 40]
     got = fs.cat_ranges([path] * len(starts), starts, ends)
-    assert got == [data[0:10], b"", data[-10:], data[7 : 1 << 20], b"", data[50:], data[-20:]]
+    assert got == [data[0:10], b"", data[-10:], data[7 : 1 << 20], b"", data[50:], data[-20:], data[3:]]
     missing = fs.cat_ranges([path, f"{root}/nope", BUCKET], [0, 0, 0], [4, 4, 4])
     assert missing[0] == data[:4] and isinstance(missing[1], FileNotFoundError) and isinstance(missing[2], ValueError)
     with pytest.raises(FileNotFoundError):

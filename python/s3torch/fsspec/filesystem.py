@@ -476,8 +476,9 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         on_error: str = "return",
         **kwargs: Any,
     ) -> List[Union[bytes, Exception]]:
-        """Many ranges at once: every GET of a plain range (``0 <= start <= end``) in flight
-        together, each into a buffer of its own; the others one at a time."""
+        """Many ranges at once: every GET of a plain range (``0 <= start <= end``, up to 1 GiB)
+        in flight together, each into a buffer of its own; the others one at a time, as
+        ``cat_file`` reads them."""
         if max_gap is not None:
             raise NotImplementedError("max_gap")
         if not isinstance(paths, list):
@@ -504,7 +505,7 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
 
         try:
             for i, (p, s, e) in enumerate(zip(paths, starts_l, ends_l)):
-                if s is None or e is None or s < 0 or e < s:
+                if s is None or e is None or s < 0 or e < s or e - s > _CLIP_ABOVE:  # (clipped by cat_file)
                     settle(i, lambda p=p, s=s, e=e: self.cat_file(p, s, e))  # type: ignore[misc]
                     continue
                 if e == s:
