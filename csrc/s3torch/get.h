@@ -49,9 +49,10 @@ class GetInto : public Transfer {
   private:
     // A range of more than a part (up to kMaxPieces parts), as pieces of at most a part each (as
     // many as the CRT's parts, of even sizes), every one a GET of its own started at once: the
-    // CRT would GET the first part alone, to learn the object's size, before the others. Pieces of one version: each
-    // carries `if_match`, and without it their ETags must agree (else ObjectChanged). A range
-    // past the object's end ends where the object does, as one GET's does.
+    // CRT would GET the first part alone, to learn the object's size, before the others.
+    // Pieces of one version: each carries `if_match`, and without it their ETags must agree
+    // (else ObjectChanged). A range past the object's end ends where the object does, as one
+    // GET's does.
     static std::shared_ptr<GetInto> start_split(std::shared_ptr<Client> client, ErrorContext ctx, ByteRange range,
                                                 uint8_t *dest, const std::string &if_match);
     // A piece has finished (from its after_finished; no lock of the piece's held).
