@@ -384,6 +384,7 @@ def test_reads_ranges_and_seeks(fs: S3TorchFileSystem, root: str) -> None:
     # (a TiB was MemoryError before; s3fs reads to the end).
     assert fs.cat_file(path, 7, 1 << 40) == data[7:]
     assert fs.cat_file(path, len(data), 1 << 40) == b""
+    assert fs.cat_file(path, -10, 1 << 40) == data[-10:]  # the HEAD for -10 also clips the end
     assert fs.head(path, 7) == data[:7] and fs.tail(path, 7) == data[-7:]
     starts = [0, 100, len(data) - 10, 7, len(data) + 1, 50, -20, 3]
     ends = [10, 100, len(data) + 10, 1 << 20, len(data) + 2, None, None, 1 << 40]

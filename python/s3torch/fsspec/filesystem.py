@@ -448,15 +448,17 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         if start is None and end is None:
             return native.get_bytes(bucket, key)
         start, end = start or 0, end
+        info: Optional["_crt.ObjectInfo"] = None  # one HEAD, for whichever needs it
         if start < 0 or (end is not None and end < 0):
-            size = int(self.client.head_object(bucket, key).size)
+            info = self.client.head_object(bucket, key)
+            size = int(info.size)
             start = max(0, size + start) if start < 0 else start
             end = size + end if end is not None and end < 0 else end
         if end is not None and end <= start:
             return b""
         etag = ""
         if end is not None and end - start > _CLIP_ABOVE:
-            info = self.client.head_object(bucket, key)
+            info = info or self.client.head_object(bucket, key)
             end, etag = min(end, int(info.size)), info.etag
             if end <= start:
                 return b""
