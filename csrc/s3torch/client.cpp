@@ -121,6 +121,16 @@ aws_s3_client *Client::ensure_locked() {
     abandon_if_foreign_locked();
     if (client_) return client_;
     runtime_ = Runtime::acquire();
+    // Let go of the runtime again if anything below throws (a missing profile, a bad CA
+    // file): a client left holding it without an aws_s3_client would make every later fork()
+    // wait kClientShutdownWait for it in Runtime::shutdown, then keep the CRT threads running.
+    struct RuntimeGuard {
+        std::shared_ptr<Runtime> &runtime;
+        bool kept = false;
+        ~RuntimeGuard() {
+            if (!kept) Runtime::release(std::move(runtime));
+        }
+    } runtime_guard{runtime_};
     aws_allocator *alloc = runtime_->allocator();
 
     aws_retry_strategy *retry = nullptr;
@@ -220,6 +230,7 @@ aws_s3_client *Client::ensure_locked() {
     // user-data pointer we gave the CRT.
     shutdown_state_ = st;
     retry_.store(retry_guard.release());  // the aws_s3_client holds its own reference too
+    runtime_guard.kept = true;
     owner_ = ProcessOwner();
     return client_;
 }

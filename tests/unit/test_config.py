@@ -149,6 +149,19 @@ def test_missing_profile_is_reported(aws_home) -> None:  # type: ignore[no-untyp
         client.head_object("b", "k")
 
 
+def test_a_client_that_failed_to_start_lets_a_fork_shut_the_crt_down(aws_home) -> None:  # type: ignore[no-untyped-def]
+    # It held the CRT runtime after its start failed: every later fork() (a DataLoader's
+    # workers) waited 5 s for it to let go, then left the CRT threads running.
+    client = S3Client(
+        "us-east-1", endpoint="http://127.0.0.1:1", s3client_config=S3ClientConfig(profile="does-not-exist")
+    )
+    for _ in range(2):  # each failed start lets go of what it took
+        with pytest.raises(S3InvalidArgumentError, match="does-not-exist"):
+            client.head_object("b", "k")
+    assert _crt.prepare_fork() is True
+    del client
+
+
 SSO_CONFIG = """
 [profile dev]
 sso_session = corp
