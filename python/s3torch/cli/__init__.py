@@ -33,7 +33,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     command ~10 ms of start-up)."""
     parser = argparse.ArgumentParser(
         prog="s3torch",
-        description="s3torch's command line: list, inspect, verify and copy DCP checkpoints on S3, "
+        description="s3torch's command line: list, inspect, verify, copy and remove DCP checkpoints on S3, "
         "share an object by a presigned URL, show and check the configuration a client would use, "
         "and run a local S3 server.",
         epilog=EXIT_CODES,

@@ -14,7 +14,7 @@ the copy (exit 4) before any ``.metadata`` goes, instead of leaving a checkpoint
 two saves. A disk that fills, or a local file that shrinks, is an error too, never a SIGBUS
 (``_local_files.py``).
 
-What "the metadata" is depends on what is copied (``_Kind``): a DCP checkpoint's ``.metadata``;
+What "the metadata" is depends on what is copied (``Kind``): a DCP checkpoint's ``.metadata``;
 a model folder's ``*.safetensors.index.json``. A model folder has readers that take any
 ``*.safetensors`` file they find (vLLM without an index), so down every file of one is written
 under a partial name and renamed once whole and synced: a failed copy leaves no file that
@@ -28,8 +28,7 @@ import functools
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from .. import _crt
 from .._client import S3Client
@@ -38,7 +37,7 @@ from .._local_files import LocalFileChanged, NoRoom, check_stamp, get_files, put
 from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
 from .._stored_checksum import ChecksumMismatch, FileCheck, stored_of
-from ._checkpoint import METADATA, local_files
+from ._checkpoint import local_files
 from ._common import (
     CORRUPT,
     NOT_FOUND,
@@ -52,6 +51,7 @@ from ._common import (
     progress_for,
     s3_uri,
 )
+from ._kinds import Kind, kind_of, nothing_at
 
 HELP = "copy a DCP checkpoint or a safetensors model folder between a local directory and S3"
 DESCRIPTION = """Copy the DCP checkpoint SRC to DST, one of them s3://bucket/prefix and the other
@@ -92,52 +92,7 @@ filesystem refuses anyway (a quota, a disk filling meanwhile) fails (exit 4) wit
 had allocated or written removed."""
 
 PARTIAL = ".s3torch-partial"  # download: a .metadata's name until it is whole
-INDEX_SUFFIX = ".safetensors.index.json"
 HEAD_THREADS = 16  # download: HEADs for the stored checksums at once
-WEIGHTS_SUFFIX = ".safetensors"
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """What is copied: which files go last (markers), which at DST mean one is there already,
-    and whether down every file is written under a partial name until whole."""
-
-    noun: str
-    markers: Tuple[str, ...]  # name suffixes of the files that make the copy loadable, written last
-    holds: Tuple[str, ...]  # name suffixes of the files that make DST hold one (removed by --overwrite)
-    whole_files: bool
-
-    def is_marker(self, name: str) -> bool:
-        return os.path.basename(name).endswith(self.markers)
-
-    def held(self, names: Iterable[str], copied: Iterable[str]) -> List[str]:
-        """Of ``names`` (at DST), those that make a copy of this kind, in the folders the
-        copy writes into (those of ``copied``): a model in a folder SRC does not have is not
-        this copy's to refuse or replace. Markers first (removed in this order)."""
-        folders = {os.path.dirname(n) for n in copied}
-        found = [n for n in names if os.path.basename(n).endswith(self.holds) and os.path.dirname(n) in folders]
-        return sorted(found, key=lambda n: (not self.is_marker(n), n))
-
-
-DCP = _Kind("a checkpoint", (METADATA,), (METADATA,), whole_files=False)
-MODEL = _Kind("a safetensors model", (INDEX_SUFFIX,), (INDEX_SUFFIX, WEIGHTS_SUFFIX), whole_files=True)
-
-
-def _kind_of(names: Iterable[str]) -> Optional[_Kind]:
-    """DCP when a top-level .metadata is among ``names``; a model folder when a *.safetensors is."""
-    names = list(names)
-    if METADATA in names:
-        return DCP
-    if any(n.endswith(WEIGHTS_SUFFIX) for n in names):
-        return MODEL
-    return None
-
-
-def _nothing_at(where: str, what: str) -> CLIError:
-    return CLIError(
-        f"no DCP checkpoint or safetensors model at {where}: {what} holds no {METADATA} and no *{WEIGHTS_SUFFIX} file",
-        NOT_FOUND,
-    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -157,7 +112,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_connection_arguments(p)
 
 
-def _ordered(files: Dict[str, int], kind: _Kind) -> Tuple[List[str], List[str]]:
+def _ordered(files: Dict[str, int], kind: Kind) -> Tuple[List[str], List[str]]:
     data = sorted(n for n in files if not kind.is_marker(n))
     meta = sorted(n for n in files if kind.is_marker(n))
     return data, meta
@@ -187,9 +142,9 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
     if not prefix:
         raise CLIError(f"{args.dst}: give a key prefix to copy the checkpoint under, not a whole bucket", USAGE)
     files = local_files(src)
-    kind = _kind_of(files)
+    kind = kind_of(files)
     if kind is None:
-        raise _nothing_at(src, "the directory")
+        raise nothing_at(src, "the directory")
     # The version of each file the copy is held to, from before anything is read.
     stamps = {n: stamp(os.lstat(os.path.join(src, n))) for n in files}
     existing = [prefix + n for n in kind.held((o.key[len(prefix) :] for o in list_all(client, bucket, prefix)), files)]
@@ -249,9 +204,9 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     listed = list(list_all(client, bucket, prefix))
     files = {o.key[len(prefix) :]: o.size for o in listed}
     etags = {o.key[len(prefix) :]: o.etag for o in listed}
-    kind = _kind_of(files)
+    kind = kind_of(files)
     if kind is None:
-        raise _nothing_at(src, "the prefix")
+        raise nothing_at(src, "the prefix")
     dst = os.path.abspath(args.dst)
     try:  # every key, before anything is removed or written
         paths = {name: local_path(dst, name, prefix + name) for name in files}

@@ -1,0 +1,159 @@
+"""``s3torch rm`` against SeaweedFS: a checkpoint's .metadata goes before any data file, a
+removal that fails part way leaves no .metadata beside missing data, and prefixes that hold no
+checkpoint, or more than one, are refused with nothing removed."""
+
+from __future__ import annotations
+
+from typing import List
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from s3torch import S3Client, S3Exception
+from s3torch._servers import REGION
+from s3torch.dcp import S3StorageWriter
+from tests.conftest import BUCKET, make_client
+from tests.integration.test_cli import cli, state
+
+
+@pytest.fixture
+def env(seaweed_env):  # type: ignore[no-untyped-def]
+    return seaweed_env
+
+
+def keys(env, prefix: str) -> List[str]:  # type: ignore[no-untyped-def]
+    client = make_client(env)
+    return sorted(o.key[len(prefix) :] for page in client.list_objects(BUCKET, prefix) for o in page.object_info)
+
+
+def save(env, prefix: str) -> List[str]:  # type: ignore[no-untyped-def]
+    """A DCP checkpoint of two ranks' files at ``prefix``; its file names."""
+    writer = S3StorageWriter(REGION, f"s3://{BUCKET}/{prefix}", endpoint=env.endpoint)
+    dcp.save(state(), storage_writer=writer)
+    client = make_client(env)
+    client.put(BUCKET, prefix + "__1_0.distcp", b"x" * 1000)  # a second rank's file, as a 2-rank save leaves
+    return keys(env, prefix)
+
+
+def test_rm_removes_the_checkpoint_metadata_first_and_nothing_beside_it(env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    names = save(env, prefix + "ckpt/")
+    save(env, prefix + "ckpt2/")  # shares the string prefix "ckpt": not the checkpoint's
+    assert ".metadata" in names and len(names) >= 3
+    order: List[str] = []
+    delete = S3Client.delete_object
+
+    def recorded(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
+        order.append(key.rsplit("/", 1)[1])
+        delete(self, bucket, key)
+
+    monkeypatch.setattr(S3Client, "delete_object", recorded)
+    code, out, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}ckpt")
+    assert code == 0, err
+    assert f"removed {len(names)} objects" in out
+    assert keys(env, prefix + "ckpt/") == []
+    assert ".metadata" in keys(env, prefix + "ckpt2/")
+    assert order[0] == ".metadata" and sorted(order) == names
+
+
+def test_rm_that_cannot_remove_the_metadata_removes_no_data_file(env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    names = save(env, prefix)
+    delete = S3Client.delete_object
+
+    def refused(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
+        if key.endswith(".metadata"):
+            raise S3Exception("AccessDenied (HTTP 403)")
+        delete(self, bucket, key)
+
+    monkeypatch.setattr(S3Client, "delete_object", refused)
+    code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")
+    assert code == 4
+    assert ".metadata: not removed (AccessDenied (HTTP 403))" in err and "no data file was" in err
+    assert keys(env, prefix) == names  # the checkpoint is whole, as it was
+
+
+def test_rm_that_fails_part_way_leaves_no_metadata_and_finishes_when_run_again(
+    env, prefix, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    names = save(env, prefix)
+    delete = S3Client.delete_object
+
+    def flaky(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
+        if key.endswith("__1_0.distcp"):
+            raise S3Exception("InternalError (HTTP 500)")
+        delete(self, bucket, key)
+
+    monkeypatch.setattr(S3Client, "delete_object", flaky)
+    code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")
+    assert code == 4
+    assert "1 of" in err and "remain, none of them a .metadata" in err
+    assert keys(env, prefix) == ["__1_0.distcp"]
+    monkeypatch.setattr(S3Client, "delete_object", delete)
+    code, out, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")  # a data file without its .metadata
+    assert code == 0, err
+    assert "removed 1 objects" in out and keys(env, prefix) == []
+    assert len(names) > 2
+
+
+def test_rm_refuses_what_is_not_one_checkpoint_and_removes_nothing(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(env)
+    client.put(BUCKET, prefix + "notes/readme.txt", b"hello")
+    code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}notes")
+    assert code == 3 and "no DCP checkpoint or safetensors model" in err
+
+    save(env, prefix + "run/step-1/")
+    save(env, prefix + "run/step-2/")
+    code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}run")
+    assert code == 3 and "run/step-1/.metadata is in a folder below it" in err
+
+    client.put(BUCKET, prefix + "run/step-2/logs/x.txt", b"log")
+    code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}run/step-2")
+    assert code == 2 and "logs/x.txt" in err and "--recursive" in err
+
+    code, _, err = cli(capsys, "rm", f"s3://{BUCKET}")
+    assert code == 2 and "not a whole bucket" in err
+    assert len(keys(env, prefix + "run/")) == 2 * len(keys(env, prefix + "run/step-1/")) + 1
+
+
+def test_rm_recursive_removes_every_checkpoint_of_a_run_metadata_first(env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    save(env, prefix + "run/step-1/")
+    save(env, prefix + "run/step-2/")
+    all_keys = keys(env, prefix + "run/")
+    order: List[str] = []
+    delete = S3Client.delete_object
+
+    def recorded(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
+        order.append(key)
+        delete(self, bucket, key)
+
+    code, out, _ = cli(capsys, "rm", "--dry-run", "--recursive", f"s3://{BUCKET}/{prefix}run/")
+    assert code == 0 and f"would remove {len(all_keys)} objects" in out
+    assert keys(env, prefix + "run/") == all_keys  # a dry run removes nothing
+
+    monkeypatch.setattr(S3Client, "delete_object", recorded)
+    code, out, err = cli(capsys, "rm", "--recursive", f"s3://{BUCKET}/{prefix}run/")
+    assert code == 0, err
+    assert keys(env, prefix + "run/") == []
+    assert [k.endswith(".metadata") for k in order] == [True, True] + [False] * (len(all_keys) - 2)
+
+
+def test_rm_of_a_sharded_safetensors_model_removes_its_index_first(env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save as st_save
+
+    client = make_client(env)
+    for i in (1, 2):
+        client.put(BUCKET, f"{prefix}model-0000{i}-of-00002.safetensors", st_save({f"w{i}": torch.ones(4)}))
+    client.put(BUCKET, prefix + "model.safetensors.index.json", b'{"weight_map": {}}')
+    client.put(BUCKET, prefix + "config.json", b"{}")
+    order: List[str] = []
+    delete = S3Client.delete_object
+
+    def recorded(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
+        order.append(key.rsplit("/", 1)[1])
+        delete(self, bucket, key)
+
+    monkeypatch.setattr(S3Client, "delete_object", recorded)
+    code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")
+    assert code == 0, err
+    assert order[0] == "model.safetensors.index.json" and len(order) == 4
+    assert keys(env, prefix) == []
