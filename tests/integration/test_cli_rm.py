@@ -27,6 +27,27 @@ def keys(env, prefix: str) -> List[str]:  # type: ignore[no-untyped-def]
     return sorted(o.key[len(prefix) :] for page in client.list_objects(BUCKET, prefix) for o in page.object_info)
 
 
+def record_deletes(monkeypatch, fail=lambda key: None) -> List[str]:  # type: ignore[no-untyped-def]
+    """Every key S3Client.delete_object is asked to delete, in order; ``fail(key)`` may return
+    an exception to raise instead of deleting."""
+    order: List[str] = []
+    delete = S3Client.delete_object
+
+    def recorded(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
+        order.append(key)
+        e = fail(key)
+        if e is not None:
+            raise e
+        delete(self, bucket, key)
+
+    monkeypatch.setattr(S3Client, "delete_object", recorded)
+    return order
+
+
+def names_of(order: List[str]) -> List[str]:
+    return [k.rsplit("/", 1)[1] for k in order]
+
+
 def save(env, prefix: str) -> List[str]:  # type: ignore[no-untyped-def]
     """A DCP checkpoint of two ranks' files at ``prefix``; its file names."""
     writer = S3StorageWriter(REGION, f"s3://{BUCKET}/{prefix}", endpoint=env.endpoint)
@@ -40,32 +61,20 @@ def test_rm_removes_the_checkpoint_metadata_first_and_nothing_beside_it(env, pre
     names = save(env, prefix + "ckpt/")
     save(env, prefix + "ckpt2/")  # shares the string prefix "ckpt": not the checkpoint's
     assert ".metadata" in names and len(names) >= 3
-    order: List[str] = []
-    delete = S3Client.delete_object
-
-    def recorded(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
-        order.append(key.rsplit("/", 1)[1])
-        delete(self, bucket, key)
-
-    monkeypatch.setattr(S3Client, "delete_object", recorded)
+    order = record_deletes(monkeypatch)
     code, out, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}ckpt")
     assert code == 0, err
     assert f"removed {len(names)} objects" in out
     assert keys(env, prefix + "ckpt/") == []
     assert ".metadata" in keys(env, prefix + "ckpt2/")
-    assert order[0] == ".metadata" and sorted(order) == names
+    assert names_of(order)[0] == ".metadata" and sorted(names_of(order)) == names
 
 
 def test_rm_that_cannot_remove_the_metadata_removes_no_data_file(env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     names = save(env, prefix)
-    delete = S3Client.delete_object
-
-    def refused(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
-        if key.endswith(".metadata"):
-            raise S3Exception("AccessDenied (HTTP 403)")
-        delete(self, bucket, key)
-
-    monkeypatch.setattr(S3Client, "delete_object", refused)
+    record_deletes(
+        monkeypatch, lambda key: S3Exception("AccessDenied (HTTP 403)") if key.endswith(".metadata") else None
+    )
     code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")
     assert code == 4
     assert ".metadata: not removed (AccessDenied (HTTP 403))" in err and "no data file was" in err
@@ -77,13 +86,9 @@ def test_rm_that_fails_part_way_leaves_no_metadata_and_finishes_when_run_again(
 ) -> None:  # type: ignore[no-untyped-def]
     names = save(env, prefix)
     delete = S3Client.delete_object
-
-    def flaky(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
-        if key.endswith("__1_0.distcp"):
-            raise S3Exception("InternalError (HTTP 500)")
-        delete(self, bucket, key)
-
-    monkeypatch.setattr(S3Client, "delete_object", flaky)
+    record_deletes(
+        monkeypatch, lambda key: S3Exception("InternalError (HTTP 500)") if key.endswith("__1_0.distcp") else None
+    )
     code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")
     assert code == 4
     assert "1 of" in err and "remain, none of them a .metadata" in err
@@ -119,18 +124,11 @@ def test_rm_recursive_removes_every_checkpoint_of_a_run_metadata_first(env, pref
     save(env, prefix + "run/step-1/")
     save(env, prefix + "run/step-2/")
     all_keys = keys(env, prefix + "run/")
-    order: List[str] = []
-    delete = S3Client.delete_object
-
-    def recorded(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
-        order.append(key)
-        delete(self, bucket, key)
-
     code, out, _ = cli(capsys, "rm", "--dry-run", "--recursive", f"s3://{BUCKET}/{prefix}run/")
     assert code == 0 and f"would remove {len(all_keys)} objects" in out
     assert keys(env, prefix + "run/") == all_keys  # a dry run removes nothing
 
-    monkeypatch.setattr(S3Client, "delete_object", recorded)
+    order = record_deletes(monkeypatch)
     code, out, err = cli(capsys, "rm", "--recursive", f"s3://{BUCKET}/{prefix}run/")
     assert code == 0, err
     assert keys(env, prefix + "run/") == []
@@ -145,15 +143,8 @@ def test_rm_of_a_sharded_safetensors_model_removes_its_index_first(env, prefix, 
         client.put(BUCKET, f"{prefix}model-0000{i}-of-00002.safetensors", st_save({f"w{i}": torch.ones(4)}))
     client.put(BUCKET, prefix + "model.safetensors.index.json", b'{"weight_map": {}}')
     client.put(BUCKET, prefix + "config.json", b"{}")
-    order: List[str] = []
-    delete = S3Client.delete_object
-
-    def recorded(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
-        order.append(key.rsplit("/", 1)[1])
-        delete(self, bucket, key)
-
-    monkeypatch.setattr(S3Client, "delete_object", recorded)
+    order = record_deletes(monkeypatch)
     code, _, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")
     assert code == 0, err
-    assert order[0] == "model.safetensors.index.json" and len(order) == 4
+    assert names_of(order)[0] == "model.safetensors.index.json" and len(order) == 4
     assert keys(env, prefix) == []
