@@ -58,7 +58,9 @@ def save(env, prefix: str) -> List[str]:  # type: ignore[no-untyped-def]
 
 
 def test_rm_removes_the_checkpoint_metadata_first_and_nothing_beside_it(env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    names = save(env, prefix + "ckpt/")
+    save(env, prefix + "ckpt/")
+    make_client(env).put(BUCKET, prefix + "ckpt/notes a+b%é=?.txt", b"n")  # a key that needs encoding
+    names = keys(env, prefix + "ckpt/")
     save(env, prefix + "ckpt2/")  # shares the string prefix "ckpt": not the checkpoint's
     assert ".metadata" in names and len(names) >= 3
     order = record_deletes(monkeypatch)
