@@ -72,6 +72,19 @@ def test_rm_removes_the_checkpoint_metadata_first_and_nothing_beside_it(env, pre
     assert names_of(order)[0] == ".metadata" and sorted(names_of(order)) == names
 
 
+def test_rm_removes_the_data_files_a_prefix_strategy_put_in_folders(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    from s3torch.dcp import RoundRobinPrefixStrategy
+
+    strategy = RoundRobinPrefixStrategy(["shard-a", "shard-b"], epoch_num=3)
+    writer = S3StorageWriter(REGION, f"s3://{BUCKET}/{prefix}", endpoint=env.endpoint, prefix_strategy=strategy)
+    dcp.save(state(), storage_writer=writer)
+    names = keys(env, prefix)
+    assert any(n.startswith("shard-a/epoch_3/") and n.endswith(".distcp") for n in names), names
+    code, out, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")
+    assert code == 0, err
+    assert f"removed {len(names)} objects" in out and keys(env, prefix) == []
+
+
 def test_rm_that_cannot_remove_the_metadata_removes_no_data_file(env, prefix, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     names = save(env, prefix)
     record_deletes(

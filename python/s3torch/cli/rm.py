@@ -32,15 +32,16 @@ from ._kinds import DCP, INDEX_SUFFIX, MODEL, WEIGHTS_SUFFIX, kind_of, nothing_a
 
 HELP = "remove a DCP checkpoint or a safetensors model folder from S3, its metadata first"
 DESCRIPTION = """Remove the DCP checkpoint (or folder of safetensors model weights) at
-s3://bucket/prefix: every object directly under the prefix. The files that make it loadable
+s3://bucket/prefix: every object directly under the prefix, and the *.distcp data files in
+folders below it (where a prefix strategy puts them). The files that make it loadable
 go first, all of them (a checkpoint's .metadata, a sharded model's *.safetensors.index.json),
 and the data files only once they are gone, many at once: a removal that stops part way (an
 outage, Ctrl-C) never leaves a .metadata beside data files that are gone, and running it again
 removes what remains.
 
 Refused with nothing removed: a whole bucket; a prefix with no checkpoint or model directly
-under it (no .metadata, *.distcp or *.safetensors file: exit 3); one with objects in folders
-below it (exit 2, naming one), unless --recursive, which removes every object under the
+under it (no .metadata, *.distcp or *.safetensors file: exit 3); one with other objects in
+folders below it (exit 2, naming one), unless --recursive, which removes every object under the
 prefix at any depth (every checkpoint of a run, say), the .metadata and index files of all of
 them first. --dry-run lists what would be removed. Incomplete multipart uploads under the
 prefix are not objects: `s3torch uploads --abort` removes those. On a versioned bucket S3
@@ -92,14 +93,17 @@ def _chosen(src: str, sizes: Dict[str, int], recursive: bool) -> List[str]:
                 NOT_FOUND,
             )
         raise nothing_at(src, "the prefix")
-    if below:
+    # A prefix strategy (RoundRobinPrefixStrategy, ...) puts a checkpoint's data files in
+    # folders below its .metadata: those are the checkpoint's. Anything else there is not.
+    others = [n for n in below if not n.endswith(DATA_SUFFIX)]
+    if others:
         raise CLIError(
-            f"{src} holds objects in folders below the checkpoint ({src}{below[0]}"
-            + (f" and {len(below) - 1} more" if len(below) > 1 else "")
+            f"{src} holds objects in folders below the checkpoint ({src}{others[0]}"
+            + (f" and {len(others) - 1} more" if len(others) > 1 else "")
             + "); nothing was removed. --recursive removes those too",
             USAGE,
         )
-    return sorted(top)
+    return sorted(top + below)
 
 
 def _delete_all(
