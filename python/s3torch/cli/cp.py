@@ -33,6 +33,7 @@ from typing import Dict, List, Tuple
 from .. import _crt
 from .._client import S3Client
 from .._create_only import write_create_only
+from .._kinds import METADATA, WEIGHTS_SUFFIX, Kind, kind_of
 from .._local_files import LocalFileChanged, NoRoom, check_stamp, get_files, put_file, stamp
 from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
@@ -51,7 +52,6 @@ from ._common import (
     progress_for,
     s3_uri,
 )
-from ._kinds import Kind, kind_of, nothing_at
 
 HELP = "copy a DCP checkpoint or a safetensors model folder between a local directory and S3"
 DESCRIPTION = """Copy the DCP checkpoint SRC to DST, one of them s3://bucket/prefix and the other
@@ -93,6 +93,13 @@ had allocated or written removed."""
 
 PARTIAL = ".s3torch-partial"  # download: a .metadata's name until it is whole
 HEAD_THREADS = 16  # download: HEADs for the stored checksums at once
+
+
+def _nothing_at(where: str, what: str) -> CLIError:
+    return CLIError(
+        f"no DCP checkpoint or safetensors model at {where}: {what} holds no {METADATA} and no *{WEIGHTS_SUFFIX} file",
+        NOT_FOUND,
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,7 +151,7 @@ def _upload(client: S3Client, args: argparse.Namespace) -> int:
     files = local_files(src)
     kind = kind_of(files)
     if kind is None:
-        raise nothing_at(src, "the directory")
+        raise _nothing_at(src, "the directory")
     # The version of each file the copy is held to, from before anything is read.
     stamps = {n: stamp(os.lstat(os.path.join(src, n))) for n in files}
     existing = [prefix + n for n in kind.held((o.key[len(prefix) :] for o in list_all(client, bucket, prefix)), files)]
@@ -206,7 +213,7 @@ def _download(client: S3Client, args: argparse.Namespace) -> int:
     etags = {o.key[len(prefix) :]: o.etag for o in listed}
     kind = kind_of(files)
     if kind is None:
-        raise nothing_at(src, "the prefix")
+        raise _nothing_at(src, "the prefix")
     dst = os.path.abspath(args.dst)
     try:  # every key, before anything is removed or written
         paths = {name: local_path(dst, name, prefix + name) for name in files}

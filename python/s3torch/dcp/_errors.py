@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import _crt
+from .._carried import carry_request
 from .._text import message
 
 
@@ -38,9 +39,6 @@ class CheckpointConnectionError(CheckpointReadError, ConnectionError):
     """A CheckpointReadError whose cause was a connection that failed (reset, refused)."""
 
 
-_CARRIED = ("code", "s3_message", "http_status", "request_id", "crt_error", "operation", "bucket", "key")
-
-
 def read_error(where: str, e: "_crt.S3Exception") -> "_crt.S3Exception":
     """The error for a failed read of an item, named after the item it hit: access,
     timeout and cancellation errors as they are; a missing file or a range past its end
@@ -55,6 +53,5 @@ def read_error(where: str, e: "_crt.S3Exception") -> "_crt.S3Exception":
         return CheckpointCorruptError(f"{where}: cannot read its bytes: {e}{hint}")
     cls = CheckpointConnectionError if isinstance(e, ConnectionError) else CheckpointReadError
     out = cls(f"{where}: cannot read its bytes: {e} (the checkpoint itself may be intact)")
-    for name in _CARRIED:
-        setattr(out, name, getattr(e, name, None))
+    carry_request(out, e)
     return out

@@ -9,6 +9,7 @@ that failed for reasons outside the file (network, server, throttling) is
 from __future__ import annotations
 
 from .. import _crt
+from .._carried import carry_request
 
 
 class SafetensorsError(_crt.S3Exception, ValueError):
@@ -47,9 +48,6 @@ class FileChangedError(SafetensorsReadError):
     file itself may be whole: load again once its writer is done."""
 
 
-_CARRIED = ("code", "s3_message", "http_status", "request_id", "crt_error", "operation", "bucket", "key")
-
-
 def read_error(where: str, e: "_crt.S3Exception") -> "_crt.S3Exception":
     """The error for a failed GET of ``where`` ("s3://bucket/key" or "... tensor NAME"):
     access, timeout and cancellation errors as they are; a missing object is a
@@ -67,6 +65,5 @@ def read_error(where: str, e: "_crt.S3Exception") -> "_crt.S3Exception":
         return TruncatedFileError(f"{where}: the object is shorter than its header says (truncated?): {e}")
     else:
         out = SafetensorsReadError(f"{where}: cannot read its bytes: {e} (the file itself may be intact)")
-    for name in _CARRIED:
-        setattr(out, name, getattr(e, name, None))
+    carry_request(out, e)
     return out

@@ -1,7 +1,7 @@
-"""What a verb copies or removes: a DCP checkpoint (its ``.metadata`` makes it loadable) or a
-folder of safetensors model weights (its ``*.safetensors.index.json``). ``Kind`` says which
-files are the markers, written last by a copy and removed first by ``rm``, so that no reader
-takes a partial one for whole."""
+"""What a checkpoint on S3 or on disk is made of: a DCP checkpoint (its ``.metadata`` makes it
+loadable) or a folder of safetensors model weights (its ``*.safetensors.index.json``).
+``Kind`` says which files are the markers: written last by ``s3torch cp``, removed first by
+``remove_checkpoint``, so that no reader takes a partial one for whole."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Tuple
 
-from ._checkpoint import METADATA
-from ._common import NOT_FOUND, CLIError
-
+METADATA = ".metadata"  # a DCP checkpoint's metadata file
+DATA_SUFFIX = ".distcp"  # a DCP data file, as torch's writers and s3torch's name them
 INDEX_SUFFIX = ".safetensors.index.json"
 WEIGHTS_SUFFIX = ".safetensors"
 
@@ -50,10 +49,3 @@ def kind_of(names: Iterable[str]) -> Optional[Kind]:
     if any(n.endswith(WEIGHTS_SUFFIX) for n in names):
         return MODEL
     return None
-
-
-def nothing_at(where: str, what: str) -> CLIError:
-    return CLIError(
-        f"no DCP checkpoint or safetensors model at {where}: {what} holds no {METADATA} and no *{WEIGHTS_SUFFIX} file",
-        NOT_FOUND,
-    )

@@ -1,6 +1,7 @@
-"""``s3torch rm`` against SeaweedFS: a checkpoint's .metadata goes before any data file, a
-removal that fails part way leaves no .metadata beside missing data, and prefixes that hold no
-checkpoint, or more than one, are refused with nothing removed."""
+"""``s3torch.dcp.remove_checkpoint`` and ``s3torch rm`` against SeaweedFS: a checkpoint's
+.metadata goes before any data file, a removal that fails part way leaves no .metadata beside
+missing data, and prefixes that hold no checkpoint, or more than one, are refused with nothing
+removed."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3torch import S3Client, S3Exception
+from s3torch import S3Client, S3Exception, S3InvalidArgumentError, S3NotFoundError
 from s3torch._servers import REGION
-from s3torch.dcp import S3StorageWriter
+from s3torch.dcp import CheckpointRemovalError, S3StorageReader, S3StorageWriter, remove_checkpoint
 from tests.conftest import BUCKET, make_client
 from tests.integration.test_cli import cli, state
 
@@ -163,3 +164,28 @@ def test_rm_of_a_sharded_safetensors_model_removes_its_index_first(env, prefix, 
     assert code == 0, err
     assert names_of(order)[0] == "model.safetensors.index.json" and len(order) == 4
     assert keys(env, prefix) == []
+
+
+def test_remove_checkpoint_from_python(env, prefix, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    uri = f"s3://{BUCKET}/{prefix}ckpt"
+    names = save(env, prefix + "ckpt/")
+    with pytest.raises(S3InvalidArgumentError, match="not a whole bucket"):
+        remove_checkpoint(f"s3://{BUCKET}/", endpoint=env.endpoint)
+    with pytest.raises(S3NotFoundError, match="no DCP checkpoint"):
+        remove_checkpoint(uri + "-nothing", endpoint=env.endpoint)
+
+    delete = S3Client.delete_object
+    failure = S3Exception("SlowDown (HTTP 503)")
+    failure.http_status = 503  # type: ignore[attr-defined]
+    order = record_deletes(monkeypatch, lambda key: failure if key.endswith("__1_0.distcp") else None)
+    with pytest.raises(CheckpointRemovalError) as ei:
+        remove_checkpoint(uri, endpoint=env.endpoint)
+    assert ei.value.remaining == [f"{uri}/__1_0.distcp"] and ei.value.__cause__ is failure
+    assert ei.value.http_status == 503  # type: ignore[attr-defined]
+    assert names_of(order)[0] == ".metadata"
+    with pytest.raises(BaseException, match="no DCP checkpoint"):  # torch wraps it: what is left is none
+        dcp.load({"big": torch.zeros(1)}, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
+
+    monkeypatch.setattr(S3Client, "delete_object", delete)
+    assert remove_checkpoint(uri + "/", endpoint=env.endpoint) == [f"{uri}/__1_0.distcp"]
+    assert keys(env, prefix) == [] and len(names) > 2
