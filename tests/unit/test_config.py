@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
@@ -151,15 +153,23 @@ def test_missing_profile_is_reported(aws_home) -> None:  # type: ignore[no-untyp
 
 def test_a_client_that_failed_to_start_lets_a_fork_shut_the_crt_down(aws_home) -> None:  # type: ignore[no-untyped-def]
     # It held the CRT runtime after its start failed: every later fork() (a DataLoader's
-    # workers) waited 5 s for it to let go, then left the CRT threads running.
-    client = S3Client(
-        "us-east-1", endpoint="http://127.0.0.1:1", s3client_config=S3ClientConfig(profile="does-not-exist")
-    )
-    for _ in range(2):  # each failed start lets go of what it took
-        with pytest.raises(S3InvalidArgumentError, match="does-not-exist"):
-            client.head_object("b", "k")
-    assert _crt.prepare_fork() is True
-    del client
+    # workers) waited 5 s for it to let go, then left the CRT threads running. In a process of
+    # its own, so no client of another test can be what holds the CRT.
+    script = """
+from s3torch import S3Client, S3ClientConfig, S3InvalidArgumentError, _crt
+client = S3Client("us-east-1", endpoint="http://127.0.0.1:1", s3client_config=S3ClientConfig(profile="does-not-exist"))
+for _ in range(2):  # each failed start lets go of what it took
+    try:
+        client.head_object("b", "k")
+    except S3InvalidArgumentError as e:
+        assert "does-not-exist" in str(e), e
+    else:
+        raise AssertionError("started without its profile")
+print(_crt.prepare_fork(), client is not None)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"], done.stdout
 
 
 SSO_CONFIG = """
