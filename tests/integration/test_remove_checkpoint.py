@@ -189,3 +189,23 @@ def test_remove_checkpoint_from_python(env, prefix, monkeypatch) -> None:  # typ
     monkeypatch.setattr(S3Client, "delete_object", delete)
     assert remove_checkpoint(uri + "/", endpoint=env.endpoint) == [f"{uri}/__1_0.distcp"]
     assert keys(env, prefix) == [] and len(names) > 2
+
+
+def test_an_interrupted_removal_stops_without_running_the_deletes_queued(env, prefix, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import s3torch._remove
+
+    client = make_client(env)
+    save(env, prefix)
+    for i in range(2, 12):
+        client.put(BUCKET, f"{prefix}__{i}_0.distcp", b"x")
+    monkeypatch.setattr(s3torch._remove, "JOBS", 1)  # one delete at a time: the rest are queued
+    order = record_deletes(monkeypatch, lambda key: KeyboardInterrupt() if key.endswith("__1_0.distcp") else None)
+    with pytest.raises(KeyboardInterrupt):
+        remove_checkpoint(f"s3://{BUCKET}/{prefix}", endpoint=env.endpoint)
+    names = names_of(order)
+    # .metadata, then the data files in name order: __0_0, __10_0, __11_0, __1_0 (interrupted).
+    assert names[:5] == [".metadata", "__0_0.distcp", "__10_0.distcp", "__11_0.distcp", "__1_0.distcp"]
+    # The worker may start the next one or two before the interrupt reaches the pool; the
+    # other 8 queued after __1_0 never run (Executor.map cancels them as the error leaves it).
+    assert len(names) <= 7, names
+    assert len(keys(env, prefix)) >= 7

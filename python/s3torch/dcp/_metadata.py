@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata
 
+from .._carried import carry_request
 from .._crt import S3Exception, S3NotFoundError
 from ._errors import CheckpointCorruptError, read_error
 from ._safe_unpickle import CheckpointUnsafeError
@@ -56,8 +57,7 @@ def read_or_defer(
         if rank_local_exists(_rank()):
             raise
         err: S3Exception = S3NotFoundError(f"no DCP checkpoint at {path}: its metadata object does not exist ({e})")
-        for name in ("code", "http_status", "request_id", "bucket", "key"):
-            setattr(err, name, getattr(e, name, None))
+        carry_request(err, e)
         return UnreadableMetadata(err)
     except (CheckpointUnsafeError, CheckpointCorruptError) as e:  # the bytes, not the transfer: as they are
         return UnreadableMetadata(e)
