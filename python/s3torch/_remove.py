@@ -16,8 +16,8 @@ from . import _crt
 from ._carried import carry_request
 from ._client import S3Client
 from ._config import S3ClientConfig
-from ._kinds import DATA_SUFFIX, DCP, INDEX_SUFFIX, MODEL, WEIGHTS_SUFFIX, kind_of
-from ._uri import parse_s3_uri
+from ._kinds import DATA_SUFFIX, DCP, MODEL, WEIGHTS_SUFFIX
+from ._uri import as_dir, parse_s3_uri
 
 JOBS = 16  # deletes in flight at once
 
@@ -41,7 +41,7 @@ def _is_marker(name: str) -> bool:
 def _of_a_checkpoint(name: str) -> bool:
     """A file of a checkpoint or a model: a marker, a DCP data file (what a removal that
     stopped part way leaves) or weights."""
-    return _is_marker(name) or posixpath.basename(name).endswith((DATA_SUFFIX, WEIGHTS_SUFFIX, INDEX_SUFFIX))
+    return _is_marker(name) or posixpath.basename(name).endswith((DATA_SUFFIX, WEIGHTS_SUFFIX))
 
 
 def plan_removal(where: str, names: List[str], recursive: bool) -> Tuple[List[str], List[str]]:
@@ -56,7 +56,7 @@ def plan_removal(where: str, names: List[str], recursive: bool) -> Tuple[List[st
         if not any(_of_a_checkpoint(n) for n in names):
             raise _crt.S3NotFoundError(f"no DCP checkpoint or safetensors model under {where}, at any depth")
         chosen = sorted(names)
-    elif kind_of(top) is None and not any(_of_a_checkpoint(n) for n in top):
+    elif not any(_of_a_checkpoint(n) for n in top):
         nested = next((n for n in below if _of_a_checkpoint(n)), None)
         raise _crt.S3NotFoundError(
             f"no DCP checkpoint or safetensors model directly at {where}"
@@ -139,6 +139,15 @@ def remove_objects(
         )
 
 
+def removal_prefix(path: str, key: str) -> str:
+    """The key prefix a removal of ``path`` (whose key is ``key``) takes, as a directory;
+    ``S3InvalidArgumentError`` for a whole bucket."""
+    prefix = as_dir(key)
+    if not prefix:
+        raise _crt.S3InvalidArgumentError(f"{path}: name the checkpoint's prefix, not a whole bucket")
+    return prefix
+
+
 def listed(client: S3Client, bucket: str, prefix: str) -> Dict[str, int]:
     """Relative name -> size of every object under ``prefix``."""
     return {o.key[len(prefix) :]: o.size for page in client.list_objects(bucket, prefix) for o in page.object_info}
@@ -167,9 +176,7 @@ def remove_checkpoint(
     ``CheckpointRemovalError`` (with ``.remaining``) when a delete fails. On a versioned
     bucket S3 keeps the old versions. Nothing stops a save writing to ``path`` meanwhile."""
     bucket, key = parse_s3_uri(path)
-    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-    if not prefix:
-        raise _crt.S3InvalidArgumentError(f"{path}: name the checkpoint's prefix, not a whole bucket")
+    prefix = removal_prefix(path, key)
     client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
     where = f"s3://{bucket}/{prefix}"
     markers, data = plan_removal(where, list(listed(client, bucket, prefix)), recursive)

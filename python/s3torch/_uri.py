@@ -54,3 +54,8 @@ def parse_s3_uri(uri: Union[str, "os.PathLike[str]"], *, need_key: bool = False)
     if need_key and not key:
         raise S3InvalidArgumentError(f"S3 URI has no key: {uri!r} (expected s3://bucket/key)")
     return bucket, key
+
+
+def as_dir(prefix: str) -> str:
+    """A key prefix as a "directory": with one trailing slash (empty stays empty)."""
+    return prefix.rstrip("/") + "/" if prefix.strip("/") else ""

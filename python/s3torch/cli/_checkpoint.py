@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import _crt
 from .._client import S3Client
 from .._kinds import METADATA
-from ._common import FAILED, NOT_FOUND, CLIError, as_dir, list_all, s3_uri
+from .._uri import as_dir
+from ._common import FAILED, NOT_FOUND, CLIError, list_all, s3_uri
 
 
 @dataclass(frozen=True)

@@ -172,11 +172,6 @@ def s3_uri(uri: str) -> Tuple[str, str]:
         raise CLIError(str(e), USAGE) from e
 
 
-def as_dir(prefix: str) -> str:
-    """A key prefix as a "directory": with one trailing slash (empty stays empty)."""
-    return prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-
-
 def list_all(
     client: S3Client, bucket: str, prefix: str, progress: Optional[Progress] = None
 ) -> Iterator[_crt.ObjectInfo]:

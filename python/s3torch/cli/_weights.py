@@ -12,8 +12,9 @@ from .. import _crt
 from .._client import S3Client
 from .._progress import human
 from .._text import shown as text
+from .._uri import as_dir
 from ._checkpoint import METADATA
-from ._common import CORRUPT, NOT_FOUND, OK, CLIError, as_dir, progress_for, s3_uri
+from ._common import CORRUPT, NOT_FOUND, OK, CLIError, progress_for, s3_uri
 
 SUFFIXES = (".safetensors", ".json")
 STREAM_AHEAD = 64 << 20  # bytes a verify's streaming GET reads ahead

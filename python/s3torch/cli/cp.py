@@ -38,6 +38,7 @@ from .._local_files import LocalFileChanged, NoRoom, check_stamp, get_files, put
 from .._paths import UnsafeKeyError, local_path
 from .._progress import Progress, human
 from .._stored_checksum import ChecksumMismatch, FileCheck, stored_of
+from .._uri import as_dir
 from ._checkpoint import local_files
 from ._common import (
     CORRUPT,
@@ -46,7 +47,6 @@ from ._common import (
     USAGE,
     CLIError,
     add_connection_arguments,
-    as_dir,
     list_all,
     make_client,
     progress_for,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from .._progress import human
-from .._remove import listed, plan_removal, remove_objects
-from ._common import OK, USAGE, CLIError, add_connection_arguments, as_dir, make_client, progress_for, s3_uri
+from .._remove import listed, plan_removal, removal_prefix, remove_objects
+from ._common import OK, add_connection_arguments, make_client, progress_for, s3_uri
 
 HELP = "remove a DCP checkpoint or a safetensors model folder from S3, its metadata first"
 DESCRIPTION = """Remove the DCP checkpoint (or folder of safetensors model weights) at
@@ -43,9 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the verb with the parsed ``args``; returns the exit code."""
     bucket, key = s3_uri(args.uri)
-    prefix = as_dir(key)
-    if not prefix:
-        raise CLIError(f"{args.uri}: name the checkpoint's prefix, not a whole bucket", USAGE)
+    prefix = removal_prefix(args.uri, key)
     src = f"s3://{bucket}/{prefix}"
     client = make_client(args)
     sizes = listed(client, bucket, prefix)
