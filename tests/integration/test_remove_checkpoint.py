@@ -209,3 +209,12 @@ def test_an_interrupted_removal_stops_without_running_the_deletes_queued(env, pr
     # other 8 queued after __1_0 never run (Executor.map cancels them as the error leaves it).
     assert len(names) <= 7, names
     assert len(keys(env, prefix)) >= 7
+
+
+def test_rm_dry_run_shows_hostile_key_names_escaped(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    save(env, prefix)
+    make_client(env).put(BUCKET, prefix + "x\x1b]0;pwned\x07\u202e.distcp", b"x")  # a title escape, a bidi override
+    code, out, err = cli(capsys, "rm", "--dry-run", f"s3://{BUCKET}/{prefix}")
+    assert code == 0, err
+    assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
+    assert "\\u202e.distcp" in out  # (SeaweedFS stores the controls as U+FFFD, shown as is)

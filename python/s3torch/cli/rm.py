@@ -7,6 +7,7 @@ import argparse
 
 from .._progress import human
 from .._remove import listed, plan_removal, removal_prefix, remove_objects
+from .._text import shown as text
 from ._common import OK, add_connection_arguments, make_client, progress_for, s3_uri
 
 HELP = "remove a DCP checkpoint or a safetensors model folder from S3, its metadata first"
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     count, total = len(markers) + len(data), sum(sizes[n] for n in markers + data)
     if args.dry_run:
         for n in markers + data:
-            print(f"would remove {src}{n}")
+            print(f"would remove {text(src + n)}")  # keys are outside text: printed shown
         print(f"would remove {count} objects, {human(total)} ({total:,} bytes): {src}")
         return OK
     with progress_for("rm", src, unit="objects", total=count) as progress:
