@@ -5,6 +5,7 @@ try:
 except ImportError as e:  # a bare ModuleNotFoundError would not say what to do
     raise ImportError("s3torch.dcp needs PyTorch with torch.distributed (torch>=2.11,<2.14): pip install torch") from e
 
+from .._catalog import CheckpointInfo, latest_checkpoint, list_checkpoints
 from .._remove import CheckpointRemovalError, remove_checkpoint
 from ._errors import CheckpointConnectionError, CheckpointCorruptError, CheckpointReadError, StagingError
 from ._safe_unpickle import CheckpointUnsafeError
@@ -45,4 +46,7 @@ __all__ = [
     "release_staging_memory",
     "remove_checkpoint",
     "CheckpointRemovalError",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "CheckpointInfo",
 ]

@@ -1,0 +1,112 @@
+"""``list_checkpoints``, ``latest_checkpoint`` and ``s3torch ls --checkpoints`` against
+SeaweedFS: real saves of a run, one of them rolled back and one that died before its
+.metadata; resuming from the latest, keeping the last two."""
+
+from __future__ import annotations
+
+import time
+from typing import Dict
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from s3torch import S3NotFoundError
+from s3torch._servers import REGION
+from s3torch.dcp import S3StorageReader, S3StorageWriter, latest_checkpoint, list_checkpoints, remove_checkpoint
+from tests.conftest import BUCKET, make_client
+from tests.integration.test_cli import cli
+
+
+@pytest.fixture
+def env(seaweed_env):  # type: ignore[no-untyped-def]
+    return seaweed_env
+
+
+def model(step: int) -> Dict[str, torch.Tensor]:
+    return {"w": torch.full((64, 32), float(step)), "step": torch.tensor(step)}
+
+
+def save(env, path: str, step: int) -> None:  # type: ignore[no-untyped-def]
+    dcp.save(model(step), storage_writer=S3StorageWriter(REGION, path, endpoint=env.endpoint))
+
+
+@pytest.fixture
+def run(env, prefix):  # type: ignore[no-untyped-def]
+    """A run's checkpoints, saved in this order (a second apart: S3 dates to the second):
+    step9, step10, step2000, then, rolled back, step1100; then step3000's data file without a
+    .metadata (a save that died)."""
+    root = f"s3://{BUCKET}/{prefix}run/"
+    for step in (9, 10, 2000, 1100):
+        save(env, f"{root}step{step}", step)
+        time.sleep(1.05)
+    make_client(env).put(BUCKET, f"{prefix}run/step3000/__0_0.distcp", b"x" * 100)
+    return root
+
+
+def test_list_and_resume_from_the_latest_save_not_the_highest_step(env, run) -> None:  # type: ignore[no-untyped-def]
+    found = list_checkpoints(run, REGION, endpoint=env.endpoint)
+    assert [(c.path[len(run) :], c.complete) for c in found] == [
+        ("step9/", True),
+        ("step10/", True),
+        ("step2000/", True),
+        ("step1100/", True),
+        ("step3000/", False),
+    ]
+    assert all(c.kind == "dcp" and c.saved is not None for c in found)
+    assert found[3].files == 2 and found[3].bytes > 64 * 32 * 4 and found[4].bytes == 100
+    ckpt = latest_checkpoint(run, REGION, endpoint=env.endpoint)
+    assert ckpt == run + "step1100/"
+    loaded = model(0)
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, ckpt, endpoint=env.endpoint))
+    assert torch.equal(loaded["w"], model(1100)["w"]) and int(loaded["step"]) == 1100
+
+    # keep the last two complete ones, as docs/dcp.md shows
+    for c in [c for c in found if c.complete][:-2]:
+        remove_checkpoint(c.path, REGION, endpoint=env.endpoint)
+    left = list_checkpoints(run, REGION, endpoint=env.endpoint)
+    assert [c.path[len(run) :] for c in left] == ["step2000/", "step1100/", "step3000/"]
+
+
+def test_ls_checkpoints_lists_them_and_latest_prints_the_path(env, run, capsys) -> None:  # type: ignore[no-untyped-def]
+    ep = ("--endpoint", env.endpoint, "--region", REGION)
+    code, out, err = cli(capsys, "ls", "--checkpoints", "--summarize", run, *ep)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [ln.split()[-1][len(run) :] for ln in lines[:5]] == [
+        "step9/",
+        "step10/",
+        "step2000/",
+        "step1100/",
+        "step3000/",
+    ]
+    assert all(" dcp " in ln for ln in lines[:4]) and " incomplete " in lines[4]
+    assert lines[4].split()[2:4] == ["100", "1"]  # bytes, files
+    assert "Total: 5 (1 incomplete)" in out
+    code, out, err = cli(capsys, "ls", "--latest", run.rstrip("/"), *ep)  # the prefix is a folder either way
+    assert (code, out) == (0, run + "step1100/\n"), err
+
+
+def test_a_prefix_without_checkpoints(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    make_client(env).put(BUCKET, f"{prefix}data/a.bin", b"a")
+    where = f"s3://{BUCKET}/{prefix}"
+    assert list_checkpoints(where, REGION, endpoint=env.endpoint) == []
+    assert latest_checkpoint(where, REGION, endpoint=env.endpoint) is None
+    ep = ("--endpoint", env.endpoint, "--region", REGION)
+    code, _, err = cli(capsys, "ls", "--checkpoints", where, *ep)
+    assert code == 3 and "no DCP checkpoint or safetensors model under" in err
+    code, out, err = cli(capsys, "ls", "--latest", where, *ep)
+    assert (code, out) == (3, "") and "no complete DCP checkpoint under" in err
+    with pytest.raises(S3NotFoundError):
+        list_checkpoints("s3://no-such-bucket-s3torch/run/", REGION, endpoint=env.endpoint)
+
+
+def test_latest_refuses_to_print_a_path_a_terminal_would_act_on(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    make_client(env).put(BUCKET, f"{prefix}step\u202e1/.metadata", b"m")  # a bidi override in the key
+    where = f"s3://{BUCKET}/{prefix}"
+    assert latest_checkpoint(where, REGION, endpoint=env.endpoint) == f"{where}step\u202e1/"
+    ep = ("--endpoint", env.endpoint, "--region", REGION)
+    code, out, err = cli(capsys, "ls", "--latest", where, *ep)
+    assert (code, out) == (4, "") and "\\u202e" in err and "\u202e" not in err
+    code, out, err = cli(capsys, "ls", "--checkpoints", where, *ep)
+    assert code == 0 and "step\\u202e1/" in out and "\u202e" not in out
