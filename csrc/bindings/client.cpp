@@ -144,14 +144,15 @@ class NativeClient {
                     const std::string &storage_class, bool exclusive) {
         auto buf = HeldBuffer::acquire(data, false, {"PutObject", bucket, key});
         // The handle aborts the upload if this fails or is interrupted.
-        return upload(bucket, key, storage_class, exclusive)->put(*buf);
+        return upload(bucket, key, storage_class, exclusive, 0)->put(*buf);
     }
 
     std::unique_ptr<UploadHandle> upload(const std::string &bucket, const std::string &key,
-                                         const std::string &storage_class, bool exclusive) {
+                                         const std::string &storage_class, bool exclusive, uint64_t size_hint) {
         PutOptions opts;
         opts.storage_class = storage_class;
         opts.if_none_match = exclusive;
+        opts.size_hint = size_hint;
         return std::make_unique<UploadHandle>(std::make_unique<Upload>(client_, bucket, key, opts));
     }
 
@@ -341,7 +342,10 @@ void register_client(py::module_ &m) {
         .def("put", &NativeClient::put, py::arg("bucket"), py::arg("key"), py::arg("data"),
              py::arg("storage_class") = "", py::kw_only(), py::arg("exclusive") = false)
         .def("upload", &NativeClient::upload, py::arg("bucket"), py::arg("key"), py::arg("storage_class") = "",
-             py::kw_only(), py::arg("exclusive") = false)
+             py::kw_only(), py::arg("exclusive") = false, py::arg("size_hint") = 0,
+             "A streaming upload. size_hint: the object's size, or about it, when known ahead (0: not "
+             "known): one past what S3's 10,000 parts of the configured part size hold gets larger parts; "
+             "without it, a write past that limit raises S3InvalidArgumentError and aborts the upload.")
         .def("presign", &NativeClient::presign, py::arg("bucket"), py::arg("key"), py::arg("expires_s"),
              py::arg("at_s") = py::none(), py::arg("method") = "GET",
              "A presigned URL (method GET or PUT) of the object, valid expires_s seconds from at_s "

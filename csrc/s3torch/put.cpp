@@ -15,10 +15,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 
 namespace s3torch {
 
 namespace {
+
+std::string format_gib(double gib) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", gib);
+    return buf;
+}
 
 Headers put_headers(const PutOptions &opts) {
     Headers h;
@@ -48,14 +55,21 @@ std::shared_ptr<Transfer> start_single_put(std::shared_ptr<Client> client, const
 
 }  // namespace
 
+uint64_t upload_part_size(uint64_t configured, uint64_t size) {
+    if (size <= kMaxObjectParts * configured) return configured;
+    uint64_t need = (size + kMaxObjectParts - 1) / kMaxObjectParts;
+    return std::min(kMaxPartSize, (need + kMiB - 1) / kMiB * kMiB);
+}
+
 std::shared_ptr<PutStream> PutStream::start_stream(std::shared_ptr<Client> client, const std::string &bucket,
-                                                   const std::string &key, const PutOptions &opts) {
+                                                   const std::string &key, const PutOptions &opts, uint64_t part_size) {
     ErrorContext ctx{"PutObject", bucket, key};
     std::shared_ptr<PutStream> t(new PutStream(client, ctx));
     aws_s3_meta_request_options o;
     AWS_ZERO_STRUCT(o);
     o.type = AWS_S3_META_REQUEST_TYPE_PUT_OBJECT;
     o.send_using_async_writes = true;
+    o.part_size = part_size;  // the client's, or larger for an object past its 10,000 parts
     o.on_error_resume_token = s_on_error_token;
     o.progress_callback = s_on_progress;
     aws_s3_checksum_config checksum;  // copied by the meta request when start() makes it
@@ -208,9 +222,14 @@ Upload::Upload(std::shared_ptr<Client> client, std::string bucket, std::string k
       opts_(std::move(opts)),
       ctx_{"PutObject", bucket_, key_} {
     require_names(ctx_);
+    set_part_size(opts_.size_hint);
+}
+
+void Upload::set_part_size(uint64_t size) {
     const ClientConfig &cfg = client_->config();
+    part_size_ = upload_part_size(cfg.part_size, size);
     uint64_t connections = static_cast<uint64_t>(std::ceil(cfg.throughput_target_gbps / kGbpsPerConnection));
-    window_ = std::max<uint64_t>(connections + kExtraWindowParts, kMinWindowParts) * cfg.part_size;
+    window_ = std::max<uint64_t>(connections + kExtraWindowParts, kMinWindowParts) * part_size_;
 }
 
 Upload::~Upload() {
@@ -226,6 +245,7 @@ bool Upload::write_begin(const void *data, size_t len) {
     if (closed_) throw_invalid("write to a closed upload", ctx_);
     require_owner(ctx_);
     if (phase_ != Phase::Idle) throw_invalid("previous write still in progress", ctx_);
+    if (written_ + len > kMaxObjectParts * part_size_) refuse_past_last_part(len);
     written_ += len;
     if (!stream_) {
         if (pending_.size() + len <= client_->config().part_size) {
@@ -233,7 +253,7 @@ bool Upload::write_begin(const void *data, size_t len) {
             return true;
         }
         // More than one part: switch to a multipart upload, first handing over what we held.
-        stream_ = PutStream::start_stream(client_, bucket_, key_, opts_);
+        stream_ = PutStream::start_stream(client_, bucket_, key_, opts_, part_size_);
         if (!pending_.empty()) {
             stream_->write_begin(pending_.data(), pending_.size(), false);
             stream_->write_wait(-1);
@@ -253,6 +273,7 @@ bool Upload::write_begin(const void *data, size_t len) {
 void Upload::put_begin(const void *data, size_t len) {
     if (closed_ || written_ != 0 || phase_ != Phase::Idle) throw_invalid("put_begin on an upload already in use", ctx_);
     require_owner(ctx_);
+    set_part_size(std::max<uint64_t>(opts_.size_hint, len));
     if (fits_one_put(client_->config(), len)) {
         written_ = len;
         phase_ = Phase::Completing;
@@ -268,7 +289,7 @@ void Upload::put_begin(const void *data, size_t len) {
 bool fits_one_put(const ClientConfig &config, size_t len) { return len <= config.part_size; }
 
 void Upload::send_slice() {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(slice_left_, client_->config().part_size));
+    size_t n = static_cast<size_t>(std::min<uint64_t>(slice_left_, part_size_));
     stream_->write_begin(slice_, n, false);
     slice_ += n;
     slice_left_ -= n;
@@ -329,6 +350,20 @@ bool Upload::wait_step(int64_t timeout_ms) {
         fail_cleanup();
         throw;
     }
+}
+
+void Upload::refuse_past_last_part(size_t len) {
+    // The CRT would send part 10,001 and S3 refuse it (InvalidArgument) with everything before it
+    // uploaded for nothing; say so now, send nothing more, and abort what was.
+    std::string most = format_gib(double(kMaxObjectParts * part_size_) / double(kGiB));
+    std::string message = "this write would take the object past " + most + " GiB, the most S3's " +
+                          "10,000 parts of " + std::to_string(part_size_ >> 20) + " MiB hold (" +
+                          std::to_string(written_) + " bytes written, " + std::to_string(len) +
+                          " more), so the upload is aborted and the key left as it was. Give the size ahead " +
+                          "(size_hint=) so the parts are sized for it, or raise S3ClientConfig.part_size (at most " +
+                          "5 GiB: 64 MiB holds 625 GiB)";
+    abort();
+    throw_invalid(message, ctx_);
 }
 
 void Upload::fail_cleanup() {

@@ -24,13 +24,21 @@ struct PutOptions {
     // CompleteMultipartUpload, as S3 takes it), so it fails with ObjectExists, writing nothing,
     // if the key holds an object when it completes. A server that ignores the header overwrites.
     bool if_none_match = false;
+    // The object's size, or about it, when the writer knows it ahead (0: not known): a size past
+    // what S3's 10,000 parts of the configured part size hold gets larger parts (upload_part_size).
+    uint64_t size_hint = 0;
 };
+
+// The part size of an upload of `size` bytes (0: not known): `configured`, or, when `size` is
+// more than S3's 10,000 parts (kMaxObjectParts) of those hold, the smallest whole MiB that holds
+// it (at most kMaxPartSize).
+uint64_t upload_part_size(uint64_t configured, uint64_t size);
 
 // The multipart meta request behind an Upload (aws-c-s3 async writes).
 class PutStream : public Transfer {
   public:
     static std::shared_ptr<PutStream> start_stream(std::shared_ptr<Client> client, const std::string &bucket,
-                                                   const std::string &key, const PutOptions &opts);
+                                                   const std::string &key, const PutOptions &opts, uint64_t part_size);
     // Hand `len` bytes (which must stay valid until write_wait() returns true) to the CRT.
     void write_begin(const void *data, size_t len, bool eof);
     // Wait up to timeout_ms (< 0: forever) for the last write_begin; true when it is done.
@@ -126,10 +134,16 @@ class Upload : public ProcessOwner {
     // same size and stored checksum); else throws `e`, saying why it could not tell.
     bool settle_exists(const S3Error &e);
     void fail_cleanup();
+    // A write that would need part 10,001: abort the upload and throw InvalidArgument.
+    [[noreturn]] void refuse_past_last_part(size_t len);
     const void *single_data_ = nullptr;  // the single PutObject's body (valid until it finishes)
     size_t single_len_ = 0;
     std::string settled_etag_;  // settle_exists() found our object: its ETag
     uint64_t written_ = 0;
+    // The multipart upload's part size (upload_part_size of the size hint, or of put_begin's
+    // length); what it holds in S3's 10,000 parts is the most a write may reach.
+    uint64_t part_size_ = 0;
+    void set_part_size(uint64_t size);
     // Bytes written but not yet uploaded that a write may leave behind: enough parts to keep
     // every connection the throughput target calls for busy, plus a few being filled.
     uint64_t window_ = 0;

@@ -150,15 +150,29 @@ class S3Client:
         return constructor(bucket, key, native, lambda: native.head(bucket, key, for_read=True), object_info)
 
     def put_object(
-        self, bucket: str, key: str, storage_class: Optional[str] = None, *, exclusive: bool = False
+        self,
+        bucket: str,
+        key: str,
+        storage_class: Optional[str] = None,
+        *,
+        exclusive: bool = False,
+        size_hint: Optional[int] = None,
     ) -> S3Writer:
         """A writer that uploads the object; ``close()`` completes it.
 
         ``exclusive=True``: create only. ``close()`` raises :class:`S3ObjectExistsError` (a
         ``FileExistsError``) and writes nothing if the key holds an object by then, however
         many writers race for it: the PUT (a multipart upload's CompleteMultipartUpload)
-        carries ``If-None-Match: *`` (S3's conditional writes; docs/retries.md)."""
-        return S3Writer(self._get_native().upload(bucket, key, storage_class or "", exclusive=exclusive), bucket, key)
+        carries ``If-None-Match: *`` (S3's conditional writes; docs/retries.md).
+
+        ``size_hint``: the object's size in bytes, or about it, when known ahead. S3 takes at
+        most 10,000 parts, which at the default 8 MiB ``part_size`` hold 78.1 GiB; an object
+        hinted larger is uploaded in larger parts. Without it, a write past that limit raises
+        ``S3InvalidArgumentError`` and aborts the upload (nothing is stored)."""
+        native = self._get_native().upload(
+            bucket, key, storage_class or "", exclusive=exclusive, size_hint=_size_hint(size_hint)
+        )
+        return S3Writer(native, bucket, key)
 
     # --- GET ------------------------------------------------------------------------------
     def get_into(
@@ -205,10 +219,20 @@ class S3Client:
         ``exclusive=True``: create only, as :meth:`put_object`'s."""
         return self._get_native().put(bucket, key, data, storage_class, exclusive=exclusive) or None
 
-    def upload(self, bucket: str, key: str, storage_class: str = "", *, exclusive: bool = False) -> "_crt.Upload":
+    def upload(
+        self,
+        bucket: str,
+        key: str,
+        storage_class: str = "",
+        *,
+        exclusive: bool = False,
+        size_hint: Optional[int] = None,
+    ) -> "_crt.Upload":
         """A streaming upload: ``write(buffer)`` ..., then ``complete()`` or ``abort()``.
-        ``exclusive=True``: create only, as :meth:`put_object`'s."""
-        return self._get_native().upload(bucket, key, storage_class, exclusive=exclusive)
+        ``exclusive`` and ``size_hint`` as :meth:`put_object`'s."""
+        return self._get_native().upload(
+            bucket, key, storage_class, exclusive=exclusive, size_hint=_size_hint(size_hint)
+        )
 
     # --- metadata -------------------------------------------------------------------------
     def head_object(self, bucket: str, key: str) -> "_crt.ObjectInfo":
@@ -275,3 +299,12 @@ class S3Client:
         if self._native is None or self._pid != os.getpid():
             return []  # this process has sent nothing through this client
         return self._native.pending_aborts(retry, wait_s)
+
+
+def _size_hint(size: Optional[int]) -> int:
+    """``size_hint`` as the core takes it (0: not known)."""
+    if size is None:
+        return 0
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise _crt.S3InvalidArgumentError(f"size_hint must be a byte count (an int >= 0) or None, got {size!r}")
+    return size

@@ -41,6 +41,9 @@ class S3ClientConfig:
             keeps the value given. s3torchconnector accepts such a value as well; its uploads
             use 5 MiB parts (aws-c-s3 raises the part size), but its GETs use the small ranges
             as given, which s3torch does not do (tiny ranged GETs multiply requests for nothing).
+            S3 takes at most 10,000 parts per upload (78.1 GiB at 8 MiB): an upload given its
+            size (``size_hint``) gets larger parts when it needs them; one without is refused
+            at the write that would need part 10,001.
         unsigned: send unsigned requests (public buckets).
         force_path_style: address buckets as ``endpoint/bucket/key`` instead of
             ``bucket.endpoint/key``. IP-address and localhost endpoints always use path style.

@@ -164,7 +164,7 @@ def put_file(
             client.put(bucket, key, b"", exclusive=exclusive)
             return
         buf = memoryview(bytearray(min(CHUNK, size)))
-        upload = client.upload(bucket, key, exclusive=exclusive)
+        upload = client.upload(bucket, key, exclusive=exclusive, size_hint=size)
         try:
             for a in range(0, size, CHUNK):
                 n = min(CHUNK, size - a)

@@ -107,8 +107,10 @@ def _write_file(
             raise ValueError(f"tensor {fqn!r}: safetensors has no dtype for {md.properties.dtype}")
         entries.append((fqn, dtype, tuple(md.size)))
     placed = layout(entries)
-    with reader.client.put_object(bucket, key, exclusive=exclusive) as out:
-        out.write(build_header(placed, {"format": "pt"}))
+    header = build_header(placed, {"format": "pt"})
+    size = len(header) + (placed[-1][4] if placed else 0)  # the last tensor's end
+    with reader.client.put_object(bucket, key, exclusive=exclusive, size_hint=size) as out:
+        out.write(header)
         for fqn, _dtype, shape, _begin, _end in placed:
             full = torch.empty(shape, dtype=by_name[fqn].properties.dtype)
             pieces = saved.state_dict_metadata[fqn]

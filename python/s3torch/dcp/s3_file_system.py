@@ -80,10 +80,13 @@ class S3FileSystem(FileSystemBase):
         return self._client
 
     @contextmanager
-    def create_stream(self, path: PathLike, mode: str) -> Generator[Union[S3Reader, S3Writer], None, None]:
+    def create_stream(
+        self, path: PathLike, mode: str, *, size_hint: Optional[int] = None
+    ) -> Generator[Union[S3Reader, S3Writer], None, None]:
         """A reader (mode 'rb') or writer (mode 'wb') of the object at ``path``; a writer left by an exception is
         aborted. Mode 'xb' (exclusive creation, as ``open``'s): a writer whose close raises
-        ``S3ObjectExistsError`` (a ``FileExistsError``), writing nothing, if the key holds an object by then."""
+        ``S3ObjectExistsError`` (a ``FileExistsError``), writing nothing, if the key holds an object by then.
+        ``size_hint``: a writer's size, or about it (``S3Client.put_object``'s)."""
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
         if mode == "rb":
             reader = self._client.get_object(bucket, key, reader_constructor=self._reader_constructor)
@@ -92,7 +95,7 @@ class S3FileSystem(FileSystemBase):
             finally:
                 reader.close()
         elif mode in ("wb", "xb"):
-            writer = self._client.put_object(bucket, key, exclusive=mode == "xb")
+            writer = self._client.put_object(bucket, key, exclusive=mode == "xb", size_hint=size_hint)
             try:
                 yield writer
             except BaseException:

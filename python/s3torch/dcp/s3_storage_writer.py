@@ -66,6 +66,11 @@ def _where(path: Any, wi: Any) -> str:
     return f"{path} item {idx.fqn}" + (f" at {list(idx.offset)}" if idx.offset is not None and any(idx.offset) else "")
 
 
+# Bytes a file's size hint allows per item beyond its tensor's: a record's torch.save framing
+# (zip headers, pickle, alignment) and the small byte items, well over what they take.
+RECORD_ALLOWANCE = 64 << 10
+
+
 def _tensor_bytes(wi: Any) -> int:
     """The bytes of a write item's tensor (0 for byte items)."""
     td = getattr(wi, "tensor_data", None)
@@ -331,7 +336,9 @@ class S3StorageWriter(FileSystemWriter):
         # Exits in reverse: the ring gets its slots back (StagedSave), goes back to the pool,
         # then the upload completes, or is aborted after an error.
         with contextlib.ExitStack() as stack:
-            stream = stack.enter_context(self.fs.create_stream(path, "wb"))
+            # About the file's size, so that one past S3's 10,000 parts of part_size gets larger parts.
+            hint = sum(_tensor_bytes(wi) for wi in tensors) + RECORD_ALLOWANCE * len(items)
+            stream = stack.enter_context(self.fs.create_stream(path, "wb", size_hint=hint))
             staged: Optional[StagedSave] = None
             for wi in items:
                 if wi.type == WriteItemType.BYTE_IO:

@@ -126,7 +126,8 @@ def write(
     # Exits in reverse: the ring gets every slot back (StagedSave), goes back to the pool,
     # then the upload completes, or is aborted after an error.
     with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(s3.put_object(bucket, key, exclusive=exclusive))
+        size = file_size(planned, tensors)  # parts sized for it: past 78 GiB, larger than 8 MiB
+        writer = stack.enter_context(s3.put_object(bucket, key, exclusive=exclusive, size_hint=size))
         writer.write(header)
         if on_bytes is not None:
             on_bytes(len(header))
