@@ -86,6 +86,12 @@ def test_ls_checkpoints_lists_them_and_latest_prints_the_path(env, run, capsys) 
     code, out, err = cli(capsys, "ls", "--latest", run.rstrip("/"), *ep)  # the prefix is a folder either way
     assert (code, out) == (0, run + "step1100/\n"), err
 
+    # info and verify of a folder that holds none say where the checkpoints are
+    code, _, err = cli(capsys, "info", run, *ep)
+    assert code == 3 and f"4 checkpoints in folders below it, the newest {run}step1100/" in err
+    code, _, err = cli(capsys, "verify", run + "step3000", *ep)
+    assert code == 3 and "without a .metadata are a save that did not finish" in err
+
 
 def test_a_prefix_without_checkpoints(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     make_client(env).put(BUCKET, f"{prefix}data/a.bin", b"a")
