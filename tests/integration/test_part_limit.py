@@ -110,8 +110,8 @@ def test_a_size_hint_is_a_byte_count(seaweed, prefix, hint: Any) -> None:  # typ
 
 
 def test_writers_that_know_the_size_pass_it(seaweed_env, prefix, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A DCP save (about each file's size, never less), a safetensors save and a file copied up
-    by ``s3torch cp`` (exactly) hint each object's size."""
+    """A DCP save and a Lightning checkpoint (about each file's size, never less), a
+    safetensors save and a file copied up by ``s3torch cp`` (exactly) hint each object's size."""
     hints: Dict[str, Any] = {}
     put_object, upload = S3Client.put_object, S3Client.upload
 
@@ -141,6 +141,14 @@ def test_writers_that_know_the_size_pass_it(seaweed_env, prefix, tmp_path, monke
 
     save_file({"a": torch.randn(100, 7), "e": torch.zeros(0)}, f"s3://{BUCKET}/{prefix}m.safetensors", client=client)
     assert hints[f"{prefix}m.safetensors"] == size(f"{prefix}m.safetensors")
+
+    from s3torch.lightning import S3LightningCheckpoint
+
+    lightning_ckpt = {"state_dict": sd, "epoch": 2}
+    S3LightningCheckpoint(REGION, endpoint=seaweed_env.endpoint).save_checkpoint(
+        lightning_ckpt, f"s3://{BUCKET}/{prefix}last.ckpt"
+    )
+    assert size(f"{prefix}last.ckpt") <= hints[f"{prefix}last.ckpt"]
 
     from s3torch.cli import main
 

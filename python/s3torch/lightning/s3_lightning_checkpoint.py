@@ -11,6 +11,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from .._client import S3Client
 from .._config import S3ClientConfig
+from .._saved_size import saved_size
 from .._uri import parse_s3_uri, s3_path
 from .._user_agent import UserAgent
 from ..s3reader.constructor import ReaderConstructor
@@ -44,7 +45,11 @@ class S3LightningCheckpoint(CheckpointIO):
         if storage_options is not None:
             raise TypeError(f"S3LightningCheckpoint.save_checkpoint takes no storage_options, got {storage_options!r}")
         bucket, key = parse_s3_uri(s3_path(path), need_key=True)
-        with self._client.put_object(bucket, key) as writer:  # aborted, not completed, if torch.save fails
+        # About its size, so that a checkpoint past S3's 10,000 parts of part_size gets larger parts.
+        hint = saved_size(checkpoint)
+        with self._client.put_object(
+            bucket, key, size_hint=hint
+        ) as writer:  # aborted, not completed, if torch.save fails
             torch.save(checkpoint, cast(IO[bytes], writer))
 
     def load_checkpoint(
