@@ -5,6 +5,7 @@ SeaweedFS: real saves of a run, one of them rolled back and one that died before
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from typing import Dict
 
 import pytest
@@ -116,3 +117,20 @@ def test_latest_refuses_to_print_a_path_a_terminal_would_act_on(env, prefix, cap
     assert (code, out) == (4, "") and "\\u202e" in err and "\u202e" not in err
     code, out, err = cli(capsys, "ls", "--checkpoints", where, *ep)
     assert code == 0 and "step\\u202e1/" in out and "\u202e" not in out
+
+
+def test_every_server_dates_what_it_lists(server, prefix) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(server)
+    for name in ("a/.metadata", "a/__0_0.distcp", "b/model.safetensors", "c/__0_0.distcp"):
+        client.put(BUCKET, prefix + name, b"x" * 10)
+    found = list_checkpoints(
+        f"s3://{BUCKET}/{prefix}", REGION, endpoint=server.endpoint, s3client_config=client.s3client_config
+    )
+    assert sorted((c.path.rsplit("/", 2)[1], c.kind, c.complete, c.files) for c in found) == [
+        ("a", "dcp", True, 2),
+        ("b", "safetensors", True, 1),
+        ("c", "dcp", False, 1),
+    ]
+    for c in found:  # LastModified parsed, in UTC, around now
+        assert c.saved is not None and c.saved.tzinfo is not None
+        assert abs((c.saved - datetime.now(timezone.utc)).total_seconds()) < 600
