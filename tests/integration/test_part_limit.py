@@ -160,3 +160,19 @@ def test_writers_that_know_the_size_pass_it(seaweed_env, prefix, tmp_path, monke
     assert code == 0
     copied = [k for k in hints if k.startswith(f"{prefix}copy/") and k.endswith(".distcp")]
     assert copied and all(hints[k] == size(k) for k in copied)
+
+
+def test_fsspec_open_takes_block_size_as_the_least_part_size(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_fsspec import make_fs
+
+    fs = make_fs(seaweed)
+    client = make_client(seaweed)
+    data = os.urandom(40 * MiB)
+    for name, block in (("default", None), ("small", 1 * MiB), ("large", 16 * MiB), ("odd", 15 * MiB + 1)):
+        with fs.open(f"{BUCKET}/{prefix}{name}", "wb", block_size=block) as f:
+            f.write(data)
+    etags = {n: client.head_object(BUCKET, prefix + n).etag.strip('"') for n in ("default", "small", "large", "odd")}
+    # 8 MiB parts (5), at least 8 MiB (5), 16 MiB (3), 15 MiB + 1 rounded up to 16 MiB (3)
+    assert {n: int(e.rsplit("-", 1)[1]) for n, e in etags.items()} == {"default": 5, "small": 5, "large": 3, "odd": 3}
+    with pytest.raises(ValueError, match="block_size must be a byte count"):
+        fs.open(f"{BUCKET}/{prefix}bad", "wb", block_size="64MB")

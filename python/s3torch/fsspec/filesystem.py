@@ -68,6 +68,7 @@ _S3FS_TUNING = frozenset(
     }
 )
 _CLIENT_KWARGS = frozenset({"region_name", "endpoint_url", "verify"})
+MAX_PARTS = 10_000  # S3's most parts in one multipart upload
 _PARTIAL = ".s3torch-partial"  # get_file: the file's name until it is whole
 _JOBS = 64  # get, copy, cat, pipe, rm: files (or deletes) in flight at once; the GIL is
 # released while each waits
@@ -418,10 +419,13 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         exclusive = mode == "xb"
         if exclusive and self.exists(path):
             raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'xb')")
+        # block_size, s3fs's part size for a write: parts at least that large (in whole MiB),
+        # as many as S3 takes (10,000) then hold 10,000 block sizes. A size hint says just that.
+        hint = _write_block(block_size) * MAX_PARTS if block_size is not None else None
         writer = (
-            self.client.put_object(bucket, key, exclusive=exclusive)
+            self.client.put_object(bucket, key, exclusive=exclusive, size_hint=hint)
             if autocommit
-            else _DeferredWriter(self.client.upload(bucket, key, exclusive=exclusive), bucket, key)
+            else _DeferredWriter(self.client.upload(bucket, key, exclusive=exclusive, size_hint=hint), bucket, key)
         )
         if mode == "ab":
             # S3 has no append: the new object starts with the old one's bytes (one version of
@@ -907,3 +911,10 @@ class _DeferredWriter(S3Writer):
             self.discard()  # a transaction never committed: nothing appears
         except Exception:
             pass
+
+
+def _write_block(block_size: Any) -> int:
+    """``open``'s ``block_size`` for a write, checked: a byte count."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a byte count (an int > 0) or None, got {block_size!r}")
+    return block_size
