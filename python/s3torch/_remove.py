@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _crt
 from ._carried import carry_request
+from ._catalog import checkpoints_under
 from ._client import S3Client
 from ._config import S3ClientConfig
 from ._kinds import DATA_SUFFIX, DCP, MODEL, WEIGHTS_SUFFIX
@@ -146,6 +148,40 @@ def removal_prefix(path: str, key: str) -> str:
     if not prefix:
         raise _crt.S3InvalidArgumentError(f"{path}: name the checkpoint's prefix, not a whole bucket")
     return prefix
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One checkpoint's removal: its key prefix, markers and data files (relative to it), sizes."""
+
+    prefix: str
+    markers: List[str]
+    data: List[str]
+    sizes: Dict[str, int]
+
+
+def plan_pruning(client: S3Client, bucket: str, prefix: str, keep: int) -> List[Planned]:
+    """The removal of every complete DCP checkpoint in a folder directly under ``prefix`` (a
+    run's ``step100/``, ``step200/``, ...) but the ``keep`` newest (``list_checkpoints``'
+    order), oldest first, each planned as ``remove_checkpoint`` plans it. Deeper folders are
+    other runs' (``runs/a/step1/`` under ``runs/``), and incomplete saves and model folders
+    are not among them either. Raises what ``plan_removal`` raises for any of them (before
+    anything is removed)."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise _crt.S3InvalidArgumentError(f"keep must be at least 1 (the newest checkpoints kept), got {keep!r}")
+    where = f"s3://{bucket}/{prefix}"
+    done = [
+        c
+        for c in checkpoints_under(client, bucket, prefix)
+        if c.kind == "dcp" and c.complete and c.path.count("/") == where.count("/") + 1
+    ]
+    out = []
+    for c in done[: max(0, len(done) - keep)]:
+        key = c.path[len(f"s3://{bucket}/") :]
+        sizes = listed(client, bucket, key)
+        markers, data = plan_removal(c.path, list(sizes), recursive=False)
+        out.append(Planned(key, markers, data, sizes))
+    return out
 
 
 def listed(client: S3Client, bucket: str, prefix: str) -> Dict[str, int]:

@@ -93,6 +93,22 @@ def test_ls_checkpoints_lists_them_and_latest_prints_the_path(env, run, capsys) 
     code, _, err = cli(capsys, "verify", run + "step3000", *ep)
     assert code == 3 and "without a .metadata are a save that did not finish" in err
 
+    # rm --keep 2: the two oldest go; a checkpoint in a deeper folder (another run's), the
+    # incomplete save and what --keep is not given are left
+    bucket_prefix = run[len(f"s3://{BUCKET}/") :]
+    make_client(env).put(BUCKET, bucket_prefix + "other/step1/.metadata", b"m")
+    for bad in (("--keep", "0", run), ("--keep", "2", "--recursive", run), ("--keep", "2", f"s3://{BUCKET}")):
+        code, _, err = cli(capsys, "rm", *bad, *ep)
+        assert code == 2, (bad, err)
+    code, out, err = cli(capsys, "rm", "--keep", "2", "--dry-run", run, *ep)
+    assert code == 0, err
+    assert out.splitlines()[:2] == [f"would remove {run}step9/ (2 objects)", f"would remove {run}step10/ (2 objects)"]
+    assert "would remove 2 checkpoints, 4 objects" in out
+    code, out, err = cli(capsys, "rm", "--keep", "2", run, *ep)
+    assert code == 0, err
+    left = list_checkpoints(run, REGION, endpoint=env.endpoint)
+    assert sorted(c.path[len(run) :] for c in left) == ["other/step1/", "step1100/", "step2000/", "step3000/"]
+
 
 def test_a_prefix_without_checkpoints(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
     make_client(env).put(BUCKET, f"{prefix}data/a.bin", b"a")
