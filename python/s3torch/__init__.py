@@ -44,6 +44,10 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
         from ._checkpoint import S3Checkpoint
 
         return S3Checkpoint
+    if name == "saved_size":
+        from ._saved_size import saved_size
+
+        return saved_size
     raise AttributeError(f"module 's3torch' has no attribute {name!r}")
 
 
@@ -58,6 +62,7 @@ __all__ = [
     "S3TarDataset",
     "TarShardError",
     "S3Checkpoint",
+    "saved_size",
     "S3Exception",
     "S3NotFoundError",
     "S3PermissionError",

@@ -101,6 +101,12 @@ def test_a_size_hint_past_the_limit_gets_parts_that_hold_it(seaweed, prefix) -> 
     assert (parts("plain"), parts("small"), parts("large")) == (4, 4, 3)
     client.put(BUCKET, prefix + "put", data)  # a put's length is its hint: 8 MiB parts here
     assert parts("put") == 4
+    from s3torch import S3Checkpoint
+
+    checkpoint = S3Checkpoint(REGION, endpoint=seaweed.endpoint, s3client_config=client.s3client_config)
+    with checkpoint.writer(f"s3://{BUCKET}/{prefix}ckpt.pt", size_hint=100 * 10**9) as w:
+        w.write(data)
+    assert parts("ckpt.pt") == 3
 
 
 @pytest.mark.parametrize("hint", [-1, 1.5, True, "10"])

@@ -25,3 +25,9 @@ def test_saved_size_counts_each_storage_once_and_never_less_than_torch_save_writ
     storages = base.nbytes + 7 * 2 + 5000 * 4
     assert buf.tell() <= hint <= storages + 4 * ALLOWANCE  # the view adds nothing: its base is counted
     assert saved_size({"x": 1}) == ALLOWANCE
+
+
+def test_s3torch_exports_the_estimate() -> None:
+    import s3torch
+
+    assert s3torch.saved_size is saved_size
