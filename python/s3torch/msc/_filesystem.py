@@ -85,10 +85,12 @@ class MultiStorageFileSystem(FileSystemBase):
         return self.s3_file_system(r.target), r.url
 
     @contextmanager
-    def create_stream(self, path: PathLike, mode: str) -> Generator[Union[S3Reader, S3Writer], None, None]:
+    def create_stream(
+        self, path: PathLike, mode: str, *, size_hint: Optional[int] = None
+    ) -> Generator[Union[S3Reader, S3Writer], None, None]:
         """A reader (mode 'rb') or writer (mode 'wb') of ``path`` (``msc://`` or ``s3://``), as S3FileSystem's."""
         fs, url = self._bind(path)
-        with fs.create_stream(url, mode) as stream:
+        with fs.create_stream(url, mode, size_hint=size_hint) as stream:
             yield stream
 
     def concat_path(self, path: PathLike, suffix: str) -> str:
