@@ -143,11 +143,7 @@ def list_checkpoints(
 
     Incomplete ones are listed too (``complete=False``): ``*.distcp`` files that no
     ``.metadata`` claims, shards of a model without its index. That is a save that failed, or
-    one still being written. Keeping the last three of a run::
-
-        done = [c for c in list_checkpoints("s3://bucket/run7/") if c.complete]
-        for c in done[:-3]:
-            remove_checkpoint(c.path)
+    one still being written. (Keeping the last three of a run: ``prune_checkpoints``.)
 
     Raises ``S3InvalidArgumentError`` for a path that is not an s3:// URI, and what the
     listing raises (``S3NotFoundError`` for a bucket that does not exist). A prefix with no

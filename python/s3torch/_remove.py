@@ -218,3 +218,29 @@ def remove_checkpoint(
     markers, data = plan_removal(where, list(listed(client, bucket, prefix)), recursive)
     remove_objects(client, bucket, prefix, markers, data)
     return [where + n for n in markers + data]
+
+
+def prune_checkpoints(
+    path: str,
+    keep: int,
+    region: Optional[str] = None,
+    *,
+    endpoint: Optional[str] = None,
+    s3client_config: Optional[S3ClientConfig] = None,
+) -> List[str]:
+    """Remove every complete DCP checkpoint in a folder directly under the s3:// ``path`` (a
+    run's ``step100/``, ``step200/``, ...) but the ``keep`` newest, by when each ``.metadata``
+    was written (``list_checkpoints``' order); oldest first, each as ``remove_checkpoint``
+    removes it (its ``.metadata`` first). Returns the s3:// paths of the checkpoints removed.
+
+    Checkpoints in deeper folders (another run's, under a prefix of runs) are neither counted
+    nor removed, nor are incomplete saves (one that failed, or is still being written) and
+    model folders. Every removal is planned before any is made: if one would be refused
+    (``S3InvalidArgumentError``: other objects in folders below it), nothing is removed.
+    ``keep`` must be at least 1; a whole bucket is refused. ``s3torch rm --keep N`` runs this."""
+    bucket, key = parse_s3_uri(path)
+    client = S3Client(region, endpoint=endpoint, s3client_config=s3client_config)
+    plans = plan_pruning(client, bucket, removal_prefix(path, key), keep)
+    for p in plans:
+        remove_objects(client, bucket, p.prefix, p.markers, p.data)
+    return [f"s3://{bucket}/{p.prefix}" for p in plans]

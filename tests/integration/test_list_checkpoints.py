@@ -12,9 +12,16 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3torch import S3NotFoundError
+from s3torch import S3InvalidArgumentError, S3NotFoundError
 from s3torch._servers import REGION
-from s3torch.dcp import S3StorageReader, S3StorageWriter, latest_checkpoint, list_checkpoints, remove_checkpoint
+from s3torch.dcp import (
+    S3StorageReader,
+    S3StorageWriter,
+    latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    remove_checkpoint,
+)
 from tests.conftest import BUCKET, make_client
 from tests.integration.test_cli import cli
 
@@ -63,10 +70,16 @@ def test_list_and_resume_from_the_latest_save_not_the_highest_step(env, run) -> 
     assert torch.equal(loaded["w"], model(1100)["w"]) and int(loaded["step"]) == 1100
 
     # keep the last two complete ones, as docs/dcp.md shows
-    for c in [c for c in found if c.complete][:-2]:
-        remove_checkpoint(c.path, REGION, endpoint=env.endpoint)
+    with pytest.raises(S3InvalidArgumentError, match="keep must be at least 1"):
+        prune_checkpoints(run, 0, REGION, endpoint=env.endpoint)
+    with pytest.raises(S3InvalidArgumentError, match="not a whole bucket"):
+        prune_checkpoints(f"s3://{BUCKET}", 2, REGION, endpoint=env.endpoint)
+    assert prune_checkpoints(run, 2, REGION, endpoint=env.endpoint) == [run + "step9/", run + "step10/"]
     left = list_checkpoints(run, REGION, endpoint=env.endpoint)
     assert [c.path[len(run) :] for c in left] == ["step2000/", "step1100/", "step3000/"]
+    assert prune_checkpoints(run, 2, REGION, endpoint=env.endpoint) == []  # nothing more to remove
+    remove_checkpoint(run + "step2000", REGION, endpoint=env.endpoint)
+    assert latest_checkpoint(run, REGION, endpoint=env.endpoint) == run + "step1100/"
 
 
 def test_ls_checkpoints_lists_them_and_latest_prints_the_path(env, run, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ except ImportError as e:  # a bare ModuleNotFoundError would not say what to do
     raise ImportError("s3torch.dcp needs PyTorch with torch.distributed (torch>=2.11,<2.14): pip install torch") from e
 
 from .._catalog import CheckpointInfo, latest_checkpoint, list_checkpoints
-from .._remove import CheckpointRemovalError, remove_checkpoint
+from .._remove import CheckpointRemovalError, prune_checkpoints, remove_checkpoint
 from ._errors import CheckpointConnectionError, CheckpointCorruptError, CheckpointReadError, StagingError
 from ._safe_unpickle import CheckpointUnsafeError
 from ._shared_reads import SharedReadError
@@ -48,5 +48,6 @@ __all__ = [
     "CheckpointRemovalError",
     "list_checkpoints",
     "latest_checkpoint",
+    "prune_checkpoints",
     "CheckpointInfo",
 ]
