@@ -163,10 +163,14 @@ def checkpoints_under(client: S3Client, bucket: str, key: str) -> List[Checkpoin
     return catalog(f"s3://{bucket}/{prefix}", objects)
 
 
-def latest(found: List[CheckpointInfo], kind: Optional[str]) -> Optional[CheckpointInfo]:
-    """The newest complete one of ``found`` (of ``kind``, unless None) by :func:`order_key`."""
+def _check_kind(kind: Optional[str]) -> None:
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+
+
+def latest(found: List[CheckpointInfo], kind: Optional[str]) -> Optional[CheckpointInfo]:
+    """The newest complete one of ``found`` (of ``kind``, unless None) by :func:`order_key`."""
+    _check_kind(kind)
     done = [c for c in found if c.complete and (kind is None or c.kind == kind)]
     return max(done, key=order_key) if done else None
 
@@ -189,6 +193,9 @@ def latest_checkpoint(
             dcp.load(state_dict, storage_reader=S3StorageReader(region, ckpt))
 
     Newest by write time, not by the step in its name: a run rolled back to step 1000 whose
-    next save is step 1100 resumes from 1100, not from the step 2000 the abandoned run left."""
+    next save is step 1100 resumes from 1100, not from the step 2000 the abandoned run left.
+    Every checkpoint under ``path`` counts, in deeper folders too (``run7/eval/best/``): name
+    the folder that holds only the run's own."""
+    _check_kind(kind)  # before the listing
     found = latest(list_checkpoints(path, region, endpoint=endpoint, s3client_config=s3client_config), kind)
     return found.path if found is not None else None
