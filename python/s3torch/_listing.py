@@ -9,12 +9,19 @@ key one of the pages just before it listed: a server that hands out a fresh toke
 page but answers the same keys would list forever (and a dataset would hold keys twice).
 (Key order is not checked: S3 lists keys in binary order, but other servers do not; SeaweedFS
 walks its directories, listing ``a/b`` before ``a-c``.)
+
+Every key and common prefix a page lists must start with the prefix asked for, as S3's do:
+every caller takes ``key[len(prefix):]`` as the name below the prefix, and a key that is not
+under it would give a wrong name (a file copied down under another path, a checkpoint's file
+taken for missing). A server that normalises keys does that: SeaweedFS stores ``run//ckpt/x``
+as ``run/ckpt/x`` and lists it under the prefix ``run//``. Such a page is refused, saying so.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from typing import Deque, Iterator, Set, Tuple
+from typing import Deque, Iterator, List, Set, Tuple
 
 from . import _crt
 
@@ -41,6 +48,7 @@ def pages(
                 "ignore ListObjectsV2's continuation-token?), and following it would never end"
             )
         keys = {o.key for o in page.object_info}
+        _check_under(bucket, prefix, keys, page.common_prefixes)
         number = len(followed) + 1
         for before, seen in recent:
             again = keys & seen
@@ -55,3 +63,21 @@ def pages(
         if not token:
             return
         followed.add(token)
+
+
+def _check_under(bucket: str, prefix: str, keys: Set[str], common_prefixes: List[str]) -> None:
+    """S3Exception for a key or common prefix of a page that is not under ``prefix``."""
+    if not prefix:
+        return
+    for k in itertools.chain(keys, common_prefixes):
+        if not k.startswith(prefix):
+            why = (
+                ' (a server that normalises "//" in keys, as SeaweedFS does, lists them without it: name the '
+                'prefix without "//")'
+                if "//" in prefix
+                else ""
+            )
+            raise _crt.S3Exception(
+                f"ListObjectsV2 s3://{bucket}/{prefix}: the server listed {k[:200]!r}, which is not under the prefix "
+                f"asked for{why}"
+            )

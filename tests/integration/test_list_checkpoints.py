@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3torch import S3InvalidArgumentError, S3NotFoundError
-from s3torch._servers import REGION
+from s3torch import S3Exception, S3InvalidArgumentError, S3NotFoundError
+from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from s3torch.dcp import (
     S3StorageReader,
     S3StorageWriter,
@@ -163,3 +163,23 @@ def test_every_server_dates_what_it_lists(server, prefix) -> None:  # type: igno
     for c in found:  # LastModified parsed, in UTC, around now
         assert c.saved is not None and c.saved.tzinfo is not None
         assert abs((c.saved - datetime.now(timezone.utc)).total_seconds()) < 600
+
+
+def test_a_prefix_ending_in_a_double_slash_on_seaweedfs_is_refused_not_misnamed(seaweed, prefix, capsys) -> None:  # type: ignore[no-untyped-def]
+    """SeaweedFS (4.48) stores ``a//run/x`` as ``a/run/x`` and lists it under the prefix
+    ``a//``: taken as listed, every name below the prefix would lose its first character
+    (``un/x``). The listing is refused, saying why; ``ls`` exits 4 with that line."""
+    client = make_client(seaweed)
+    client.put(BUCKET, f"{prefix}a//run/step1/.metadata", b"m")
+    with pytest.raises(S3Exception, match=r"which is not under the prefix asked for \(a server that normalises \"//\""):
+        list(client.list_objects(BUCKET, f"{prefix}a//"))
+    ep = ("--endpoint", seaweed.endpoint, "--region", REGION)
+    monkey_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    with pytest.MonkeyPatch.context() as m:
+        for k, v in monkey_env.items():
+            m.setenv(k, v)
+        code, out, err = cli(capsys, "ls", "-r", f"s3://{BUCKET}/{prefix}a//", *ep)
+    assert (code, out) == (4, "") and "not under the prefix" in err
+    cfg = client.s3client_config
+    found = list_checkpoints(f"s3://{BUCKET}/{prefix}a/", REGION, endpoint=seaweed.endpoint, s3client_config=cfg)
+    assert [c.path for c in found] == [f"s3://{BUCKET}/{prefix}a/run/step1/"]

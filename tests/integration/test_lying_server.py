@@ -165,6 +165,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif p == "notoken":  # truncated, and no token to ask for the rest with
             body = head + "<IsTruncated>true</IsTruncated><Contents><Key>notoken/a</Key><Size>1</Size></Contents>"
             body += "</ListBucketResult>"
+        elif p == "outside":  # keys and a common prefix not under the prefix asked for
+            body = (
+                head + "<IsTruncated>false</IsTruncated><Contents><Key>elsewhere/secret</Key><Size>1</Size></Contents>"
+                "<CommonPrefixes><Prefix>elsewhere/</Prefix></CommonPrefixes></ListBucketResult>"
+            )
         elif p == "loop":  # ignores continuation-token: the first page again, the same token again
             body = (
                 head + "<IsTruncated>true</IsTruncated><NextContinuationToken>t1</NextContinuationToken>"
@@ -386,6 +391,14 @@ def test_outside_text_is_shown_escaped(liar: S3Client, monkeypatch: Any, capsys:
     assert "2026-12-01 00:00:00" in out and "[5m" not in out.replace("\\x1b[5m", "")
 
 
+def test_a_listing_of_keys_outside_the_prefix_is_refused(liar: S3Client) -> None:
+    """Every caller takes ``key[len(prefix):]`` as the name under the prefix: a key outside it
+    would be a wrong name (a file copied down under another path)."""
+    for delimiter in ("", "/"):
+        with pytest.raises(S3Exception, match="listed 'elsewhere/secret', which is not under the prefix"):
+            list(liar.list_objects(BUCKET, "outside/", delimiter))
+
+
 def test_huge_key_count(liar: S3Client) -> None:
     (page,) = list(liar.list_objects(BUCKET, "huge"))
     assert len(page.object_info) == 50_000
@@ -398,7 +411,7 @@ def test_cp_down_from_a_liar_writes_nothing(liar: S3Client, tmp_path: Any, monke
     monkeypatch.setenv("AWS_ENDPOINT_URL", liar.endpoint or "")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    for prefix in ("negative", "malformed"):
+    for prefix in ("negative", "malformed", "outside"):
         dst = tmp_path / prefix
         code = main(["cp", f"s3://{BUCKET}/{prefix}", str(dst)])
         assert code == 4, capsys.readouterr().err
