@@ -40,6 +40,7 @@ def test_every_example_is_tested() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
         "dataloader.py",
         "dcp_async_save.py",
+        "dcp_resume.py",
         "dcp_save_load.py",
         "lightning_checkpoint.py",
     }
