@@ -29,8 +29,12 @@ def saved_size(obj: Any) -> int:
         o = todo.pop()
         visited += 1
         if isinstance(o, torch.Tensor):
-            storage = o.untyped_storage()
-            key = (storage.device, storage.data_ptr(), storage.nbytes())
+            try:
+                storage = o.untyped_storage()
+                key = (storage.device, storage.data_ptr(), storage.nbytes())
+            except (RuntimeError, NotImplementedError):  # a DTensor, a sparse tensor: no storage of its own
+                todo.extend(_parts(o))
+                continue
             if key not in storages:
                 storages.add(key)
                 total += storage.nbytes() + ALLOWANCE
@@ -40,3 +44,19 @@ def saved_size(obj: Any) -> int:
             seen.add(id(o))
             todo.extend(o.values() if isinstance(o, dict) else o)
     return total
+
+
+def _parts(t: torch.Tensor) -> List[torch.Tensor]:
+    """The tensors holding what ``torch.save`` writes of a tensor without a storage: a DTensor's
+    local shard, a sparse tensor's indices and values; none for others (counted as nothing:
+    a low hint, never a high one, which would give a small object huge part buffers)."""
+    to_local = getattr(t, "to_local", None)
+    if callable(to_local):
+        return [to_local()]
+    if t.layout == torch.sparse_coo:
+        return [t._indices(), t._values()]
+    if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return [t.crow_indices(), t.col_indices(), t.values()]
+    if t.layout in (torch.sparse_csc, torch.sparse_bsc):
+        return [t.ccol_indices(), t.row_indices(), t.values()]
+    return []

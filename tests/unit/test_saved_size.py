@@ -31,3 +31,35 @@ def test_s3torch_exports_the_estimate() -> None:
     import s3torch
 
     assert s3torch.saved_size is saved_size
+
+
+def test_tensors_without_a_storage_of_their_own_count_what_torch_save_writes() -> None:
+    dense = torch.zeros(1000, 1000)
+    dense[3, 4] = 1.0
+    sparse = {"coo": dense.to_sparse(), "csr": dense.to_sparse_csr()}  # untyped_storage() raises for both
+    buf = io.BytesIO()
+    torch.save(sparse, buf)
+    hint = saved_size(sparse)
+    assert buf.tell() <= hint <= 8 * ALLOWANCE  # the non-zeros, not the 4 MB the dense size would say
+
+
+def test_a_dtensor_counts_its_local_shard(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        d = distribute_tensor(torch.randn(100, 10), init_device_mesh("cpu", (1,)), [Shard(0)])
+        buf = io.BytesIO()
+        torch.save({"d": d}, buf)
+        assert buf.tell() <= saved_size({"d": d}) <= 100 * 10 * 4 + 3 * ALLOWANCE
+    finally:
+        dist.destroy_process_group()
