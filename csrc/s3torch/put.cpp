@@ -253,7 +253,16 @@ bool Upload::write_begin(const void *data, size_t len) {
             return true;
         }
         // More than one part: switch to a multipart upload, first handing over what we held.
-        stream_ = PutStream::start_stream(client_, bucket_, key_, opts_, part_size_);
+        try {
+            stream_ = PutStream::start_stream(client_, bucket_, key_, opts_, part_size_);
+        } catch (const S3Error &e) {
+            if (part_size_ == client_->config().part_size) throw;
+            // AWS_ERROR_S3_PART_SIZE_EXCEEDS_MEMORY_LIMIT: aws-c-s3 takes parts of up to half its
+            // memory limit (which a low throughput target lowers to 256 MiB).
+            throw with_hint(e, "its parts were sized " + std::to_string(part_size_ >> 20) +
+                                   " MiB to hold the size given (size_hint) in S3's 10,000 parts; raise "
+                                   "S3ClientConfig.memory_limit_bytes to at least twice that");
+        }
         if (!pending_.empty()) {
             stream_->write_begin(pending_.data(), pending_.size(), false);
             stream_->write_wait(-1);

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3torch import S3Client, S3InvalidArgumentError, S3NotFoundError
+from s3torch import S3Client, S3Exception, S3InvalidArgumentError, S3NotFoundError
 from s3torch._servers import REGION
 from s3torch.dcp import S3StorageWriter
 from tests.conftest import BUCKET, make_client
@@ -182,3 +182,19 @@ def test_fsspec_open_takes_block_size_as_the_least_part_size(seaweed, prefix) ->
     assert {n: int(e.rsplit("-", 1)[1]) for n, e in etags.items()} == {"default": 5, "small": 5, "large": 3, "odd": 3}
     with pytest.raises(ValueError, match="block_size must be a byte count"):
         fs.open(f"{BUCKET}/{prefix}bad", "wb", block_size="64MB")
+
+
+def test_parts_larger_than_the_memory_limit_allows_say_which_setting_to_raise(seaweed, prefix) -> None:  # type: ignore[no-untyped-def]
+    """aws-c-s3 takes parts of up to half its memory limit, which a throughput target under
+    5 Gbps lowers to 256 MiB: a 2 TB hint's 191 MiB parts do not fit. It fails at once, before
+    anything is sent, naming the setting; with that setting raised, the same upload goes."""
+    data = os.urandom(9 * MiB)  # more than a part: the multipart upload starts
+    low = make_client(seaweed, throughput_target_gbps=2)
+    with pytest.raises(S3Exception, match=r"its parts were sized 191 MiB .* raise S3ClientConfig.memory_limit_bytes"):
+        with low.put_object(BUCKET, prefix + "big", size_hint=2 * 10**12) as w:
+            w.write(data)
+    assert _uploads(low, prefix) == []
+    raised = make_client(seaweed, throughput_target_gbps=2, memory_limit_bytes=1 << 30)
+    with raised.put_object(BUCKET, prefix + "big", size_hint=2 * 10**12) as w:
+        w.write(data)
+    assert raised.get_object(BUCKET, prefix + "big").read() == data
