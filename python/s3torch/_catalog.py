@@ -199,3 +199,41 @@ def latest_checkpoint(
     _check_kind(kind)  # before the listing
     found = latest(list_checkpoints(path, region, endpoint=endpoint, s3client_config=s3client_config), kind)
     return found.path if found is not None else None
+
+
+def what_is_there(where: str, objects: Dict[str, Tuple[int, str]]) -> str:
+    """For a message that found no DCP checkpoint at ``where`` (``s3://bucket/prefix/``), what
+    the listing ``objects`` of it shows instead, as a clause to append ("; ..."), or "": a save
+    that did not finish there, or the checkpoints in folders below it."""
+    found = catalog(where, objects)
+    if any(c.path == where and c.kind == "dcp" and not c.complete for c in found):
+        return "; its *.distcp files without a .metadata are a save that did not finish, or is still being written"
+    below = [c for c in found if c.kind == "dcp" and c.complete]
+    newest = latest(below, "dcp")
+    if newest is None:
+        return ""
+    if len(below) == 1:
+        return f"; a checkpoint in a folder below it: {newest.path}"
+    return (
+        f"; {len(below)} checkpoints in folders below it, the newest {newest.path}: "
+        f"`s3torch ls --checkpoints {where}` lists them"
+    )
+
+
+HINT_PAGES = 10  # pages (1,000 keys each) an error's hint lists before it gives up
+
+
+def what_is_there_now(client: S3Client, bucket: str, key: str) -> str:
+    """:func:`what_is_there` of a listing of ``key`` as a folder, for an error message: ""
+    when the listing fails or runs past ``HINT_PAGES`` pages (a hint must not cost more than
+    the error, nor hide it)."""
+    prefix = as_dir(key)
+    objects: Dict[str, Tuple[int, str]] = {}
+    try:
+        for n, page in enumerate(client.list_objects(bucket, prefix), 1):
+            if n > HINT_PAGES:
+                return ""
+            objects.update((o.key[len(prefix) :], (o.size, o.last_modified)) for o in page.object_info)
+    except Exception:  # noqa: BLE001 - the error being explained is the one to raise
+        return ""
+    return what_is_there(f"s3://{bucket}/{prefix}", objects)

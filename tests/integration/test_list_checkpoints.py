@@ -11,6 +11,7 @@ from typing import Dict
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from s3torch import S3Exception, S3InvalidArgumentError, S3NotFoundError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
@@ -68,6 +69,16 @@ def test_list_and_resume_from_the_latest_save_not_the_highest_step(env, run) -> 
     loaded = model(0)
     dcp.load(loaded, storage_reader=S3StorageReader(REGION, ckpt, endpoint=env.endpoint))
     assert torch.equal(loaded["w"], model(1100)["w"]) and int(loaded["step"]) == 1100
+
+    # a load pointed at the run folder says where its checkpoints are
+    with pytest.raises(CheckpointException) as info:
+        dcp.load(model(0), storage_reader=S3StorageReader(REGION, run, endpoint=env.endpoint))
+    ((err, _tb),) = info.value.failures.values()
+    assert isinstance(err, S3NotFoundError)
+    assert f"; 4 checkpoints in folders below it, the newest {run}step1100/" in str(err)
+    with pytest.raises(CheckpointException) as info:
+        dcp.load(model(0), storage_reader=S3StorageReader(REGION, run + "step3000", endpoint=env.endpoint))
+    assert "a save that did not finish" in str(next(iter(info.value.failures.values()))[0])
 
     # keep the last two complete ones, as docs/dcp.md shows
     with pytest.raises(S3InvalidArgumentError, match="keep must be at least 1"):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _crt
-from .._catalog import catalog, latest
+from .._catalog import what_is_there
 from .._client import S3Client
 from .._kinds import METADATA
 from .._text import shown as text
@@ -95,7 +95,7 @@ def open_s3(client: S3Client, uri: str, trust: bool = False) -> Checkpoint:
     if METADATA not in files:
         raise CLIError(
             f"no DCP checkpoint at {where}: {where}{METADATA} does not exist"
-            + (f" ({len(files)} other objects there{_below(where, listed)})" if files else ""),
+            + (f" ({len(files)} other objects there{text(what_is_there(where, listed))})" if files else ""),
             NOT_FOUND,
         )
     try:
@@ -104,24 +104,6 @@ def open_s3(client: S3Client, uri: str, trust: bool = False) -> Checkpoint:
         raise CLIError(f"no DCP checkpoint at {where}: {e}", NOT_FOUND) from e
     files.pop(METADATA)
     return Checkpoint(where, _load_metadata(data, where, trust), files, bucket, prefix)
-
-
-def _below(where: str, listed: Dict[str, Tuple[int, str]]) -> str:
-    """For a message that found no checkpoint at ``where``: what its listing shows instead (a
-    save that did not finish there, checkpoints in folders below it)."""
-    found = catalog(where, listed)
-    if any(c.path == where and c.kind == "dcp" and not c.complete for c in found):
-        return "; its *.distcp files without a .metadata are a save that did not finish, or is still being written"
-    below = [c for c in found if c.kind == "dcp" and c.complete]
-    newest = latest(below, "dcp")
-    if newest is None:
-        return ""
-    if len(below) == 1:
-        return f"; a checkpoint in a folder below it: {text(newest.path)}"
-    return (
-        f"; {len(below)} checkpoints in folders below it, the newest {text(newest.path)}: "
-        f"`s3torch ls --checkpoints {text(where)}` lists them"
-    )
 
 
 def open_local(path: str, trust: bool = False) -> Checkpoint:

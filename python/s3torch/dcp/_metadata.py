@@ -46,17 +46,23 @@ class UnreadableMetadata:
 
 
 def read_or_defer(
-    read: Callable[[], Metadata], path: str, rank_local_exists: Callable[[int], bool]
+    read: Callable[[], Metadata],
+    path: str,
+    rank_local_exists: Callable[[int], bool],
+    instead: Callable[[], str] = lambda: "",
 ) -> "Metadata | UnreadableMetadata":
     """``read()`` the global metadata; an S3 failure becomes an UnreadableMetadata (a missing
-    checkpoint: S3NotFoundError; server or network: the CheckpointReadError family), except a
-    missing ``.metadata`` beside an existing rank-local one (raised, for torch's fallback)."""
+    checkpoint: S3NotFoundError, with ``instead()``, what the path holds instead, appended;
+    server or network: the CheckpointReadError family), except a missing ``.metadata`` beside
+    an existing rank-local one (raised, for torch's fallback)."""
     try:
         return read()
     except S3NotFoundError as e:
         if rank_local_exists(_rank()):
             raise
-        err: S3Exception = S3NotFoundError(f"no DCP checkpoint at {path}: its metadata object does not exist ({e})")
+        err: S3Exception = S3NotFoundError(
+            f"no DCP checkpoint at {path}: its metadata object does not exist ({e}){instead()}"
+        )
         carry_request(err, e)
         return UnreadableMetadata(err)
     except (CheckpointUnsafeError, CheckpointCorruptError) as e:  # the bytes, not the transfer: as they are

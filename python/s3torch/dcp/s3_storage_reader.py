@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.futures import Future
 
+from .._catalog import what_is_there_now
 from .._config import S3ClientConfig
 from .._crt import S3Exception
 from .._progress import Progress
@@ -137,7 +138,7 @@ class S3StorageReader(FileSystemReader):
         if rank is not None:  # torch's fallback: only when a rank-local file exists
             path = str(self.fs.concat_path(self.path, rank_local_name(rank)))
             return read_rank_local_or_defer(lambda: self._read_metadata(rank), path)  # type: ignore[return-value]
-        got = read_or_defer(lambda: self._read_metadata(None), str(self.path), self._exists)
+        got = read_or_defer(lambda: self._read_metadata(None), str(self.path), self._exists, self._instead)
         return got  # type: ignore[return-value]  # an UnreadableMetadata raises on use
 
     def _read_metadata(self, rank: Optional[int]) -> Metadata:
@@ -151,6 +152,10 @@ class S3StorageReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+    def _instead(self) -> str:
+        """What the path holds instead of a checkpoint (the checkpoints below it), for the error."""
+        return what_is_there_now(self.fs.client, *parse_s3_uri(str(self.path)))
 
     def _exists(self, rank: int) -> bool:
         try:
