@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 from s3torch._saved_size import ALLOWANCE, saved_size
@@ -33,6 +34,7 @@ def test_s3torch_exports_the_estimate() -> None:
     assert s3torch.saved_size is saved_size
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_tensors_without_a_storage_of_their_own_count_what_torch_save_writes() -> None:
     dense = torch.zeros(1000, 1000)
     dense[3, 4] = 1.0
