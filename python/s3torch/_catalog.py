@@ -152,14 +152,24 @@ def list_checkpoints(
     return checkpoints_under(S3Client(region, endpoint=endpoint, s3client_config=s3client_config), bucket, key)
 
 
+def dated_listing(
+    client: S3Client, bucket: str, prefix: str, max_pages: Optional[int] = None
+) -> Optional[Dict[str, Tuple[int, str]]]:
+    """Relative name -> (size, LastModified) of every object under ``prefix``; None when the
+    listing runs past ``max_pages`` pages."""
+    objects: Dict[str, Tuple[int, str]] = {}
+    for n, page in enumerate(client.list_objects(bucket, prefix), 1):
+        if max_pages is not None and n > max_pages:
+            return None
+        objects.update((o.key[len(prefix) :], (o.size, o.last_modified)) for o in page.object_info)
+    return objects
+
+
 def checkpoints_under(client: S3Client, bucket: str, key: str) -> List[CheckpointInfo]:
     """:func:`catalog` of one listing of ``bucket``'s ``key`` as a folder."""
     prefix = as_dir(key)
-    objects = {
-        o.key[len(prefix) :]: (o.size, o.last_modified)
-        for page in client.list_objects(bucket, prefix)
-        for o in page.object_info
-    }
+    objects = dated_listing(client, bucket, prefix)
+    assert objects is not None  # no page bound
     return catalog(f"s3://{bucket}/{prefix}", objects)
 
 
@@ -228,12 +238,8 @@ def what_is_there_now(client: S3Client, bucket: str, key: str) -> str:
     when the listing fails or runs past ``HINT_PAGES`` pages (a hint must not cost more than
     the error, nor hide it)."""
     prefix = as_dir(key)
-    objects: Dict[str, Tuple[int, str]] = {}
     try:
-        for n, page in enumerate(client.list_objects(bucket, prefix), 1):
-            if n > HINT_PAGES:
-                return ""
-            objects.update((o.key[len(prefix) :], (o.size, o.last_modified)) for o in page.object_info)
+        objects = dated_listing(client, bucket, prefix, HINT_PAGES)
     except Exception:  # noqa: BLE001 - the error being explained is the one to raise
         return ""
-    return what_is_there(f"s3://{bucket}/{prefix}", objects)
+    return what_is_there(f"s3://{bucket}/{prefix}", objects) if objects is not None else ""

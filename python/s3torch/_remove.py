@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _crt
 from ._carried import carry_request
-from ._catalog import checkpoints_under
+from ._catalog import catalog, dated_listing
 from ._client import S3Client
 from ._config import S3ClientConfig
 from ._kinds import DATA_SUFFIX, DCP, MODEL, WEIGHTS_SUFFIX
@@ -170,17 +170,19 @@ def plan_pruning(client: S3Client, bucket: str, prefix: str, keep: int) -> List[
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise _crt.S3InvalidArgumentError(f"keep must be at least 1 (the newest checkpoints kept), got {keep!r}")
     where = f"s3://{bucket}/{prefix}"
+    objects = dated_listing(client, bucket, prefix)
+    assert objects is not None  # no page bound
     done = [
         c
-        for c in checkpoints_under(client, bucket, prefix)
+        for c in catalog(where, objects)
         if c.kind == "dcp" and c.complete and c.path.count("/") == where.count("/") + 1
     ]
     out = []
     for c in done[: max(0, len(done) - keep)]:
-        key = c.path[len(f"s3://{bucket}/") :]
-        sizes = listed(client, bucket, key)
+        folder = c.path[len(where) :]  # each checkpoint's objects, from the one listing of the prefix
+        sizes = {n[len(folder) :]: size for n, (size, _) in objects.items() if n.startswith(folder)}
         markers, data = plan_removal(c.path, list(sizes), recursive=False)
-        out.append(Planned(key, markers, data, sizes))
+        out.append(Planned(prefix + folder, markers, data, sizes))
     return out
 
 
