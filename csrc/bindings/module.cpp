@@ -11,6 +11,7 @@
 #include "s3torch/credentials.h"
 #include "s3torch/crt_compat.h"
 #include "s3torch/endpoint_health.h"
+#include "s3torch/objects.h"
 #include "s3torch/prefault.h"
 #include "s3torch/runtime.h"
 #include "s3torch/shared_config.h"
@@ -201,4 +202,5 @@ PYBIND11_MODULE(_crt, m) {
         "file, '' when it has none), sso ('yes' when it signs in through IAM Identity Center, else '')}.");
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
     m.attr("MAX_THROUGHPUT_GBPS") = s3torch::kMaxThroughputGbps;
+    m.attr("MAX_UPLOAD_PARTS") = s3torch::kMaxObjectParts;  // S3's most parts in one multipart upload
 }

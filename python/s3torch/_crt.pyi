@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 AWSCRT_VERSION: str
 MAX_THROUGHPUT_GBPS: float
+MAX_UPLOAD_PARTS: int
 POPULATE_CHUNK_BYTES: int
 POPULATE_MIN_BYTES: int
 

@@ -68,7 +68,6 @@ _S3FS_TUNING = frozenset(
     }
 )
 _CLIENT_KWARGS = frozenset({"region_name", "endpoint_url", "verify"})
-MAX_PARTS = 10_000  # S3's most parts in one multipart upload
 _PARTIAL = ".s3torch-partial"  # get_file: the file's name until it is whole
 _JOBS = 64  # get, copy, cat, pipe, rm: files (or deletes) in flight at once; the GIL is
 # released while each waits
@@ -421,7 +420,7 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             raise FileExistsError(f"s3://{bucket}/{key} exists (mode 'xb')")
         # block_size, s3fs's part size for a write: parts at least that large (in whole MiB),
         # as many as S3 takes (10,000) then hold 10,000 block sizes. A size hint says just that.
-        hint = _write_block(block_size) * MAX_PARTS if block_size is not None else None
+        hint = _write_block(block_size) * _crt.MAX_UPLOAD_PARTS if block_size is not None else None
         writer = (
             self.client.put_object(bucket, key, exclusive=exclusive, size_hint=hint)
             if autocommit
