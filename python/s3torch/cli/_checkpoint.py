@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _crt
-from .._catalog import what_is_there
+from .._catalog import dated_listing, what_is_there
 from .._client import S3Client
 from .._kinds import METADATA
 from .._text import shown as text
 from .._uri import as_dir
-from ._common import FAILED, NOT_FOUND, CLIError, list_all, s3_uri
+from ._common import FAILED, NOT_FOUND, CLIError, s3_uri
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ def open_s3(client: S3Client, uri: str, trust: bool = False) -> Checkpoint:
     bucket, key = s3_uri(uri)
     prefix = as_dir(key)
     where = f"s3://{bucket}/{prefix}"
-    listed = {o.key[len(prefix) :]: (o.size, o.last_modified) for o in list_all(client, bucket, prefix)}
+    listed = dated_listing(client, bucket, prefix)
+    assert listed is not None  # no page bound
     files = {name: size for name, (size, _) in listed.items()}
     if METADATA not in files:
         raise CLIError(
