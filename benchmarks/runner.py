@@ -1077,15 +1077,26 @@ def setup_hf_dcp_save(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
 def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """fsspec's bulk calls on many small objects: ``get`` of a prefix into a local directory
-    (``fsspec_get_many``) or ``put`` of a local directory under a prefix (``fsspec_put_many``).
-    The objects to get are written before measuring, by s3torch."""
+    (``fsspec_get_many``), ``put`` of a local directory under a prefix (``fsspec_put_many``),
+    ``rm`` of a prefix (``fsspec_rm_many``). The objects to get or remove are written before
+    measuring, by s3torch."""
     import tempfile
 
     n, size, b = ctx["objects"], ctx["object_bytes"], ctx["bucket"]
-    fs = fsspec_fs(ctx, peer)
+    fs = fsspec_fs(ctx, "fsspec-s3torch" if peer == "fsspec-s3torch-single" else peer)
+    if peer == "fsspec-s3torch-single":  # a DeleteObject per key: what a server without DeleteObjects gets
+        fs.client._single_deletes = True
     prefix = f"{b}/fsspec-many-{peer}-{os.getpid()}"
     data = os.urandom(size)
     local = tempfile.mkdtemp(prefix="s3torch-bench-")
+    if ctx["scenario"].startswith("fsspec_rm"):
+        fsspec_fs(ctx, "fsspec-s3torch").pipe({f"{prefix}/{i:06d}": data for i in range(n)})
+
+        def rm() -> float:
+            fs.rm(prefix, recursive=True)
+            return float(n)
+
+        return rm
     if ctx["scenario"].startswith("fsspec_get"):
         fsspec_fs(ctx, "fsspec-s3torch").pipe({f"{prefix}/{i:06d}": data for i in range(n)})
 
@@ -1171,6 +1182,8 @@ SETUPS = {
     "fsspec_get_many": setup_fsspec_many,
     "fsspec_get_many_20ms": setup_fsspec_many,
     "fsspec_put_many": setup_fsspec_many,
+    "fsspec_rm_many": setup_fsspec_many,
+    "fsspec_rm_many_20ms": setup_fsspec_many,
     "ranged": setup_ranged,
     "ranged_mid": setup_ranged,
     "put": setup_put,

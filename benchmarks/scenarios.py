@@ -353,20 +353,25 @@ SCENARIOS += PREFETCH
 # fsspec's bulk calls over many small objects (SeaweedFS: they list), the same calls on s3torch's
 # filesystem and on s3fs; get also through benchmarks/latency_proxy.py adding 20 ms. (s3fs's
 # uploads stall behind that proxy, so put is measured without it.)
+# rm of a prefix: the objects are written before measuring; both delete in batches (DeleteObjects).
 for _name, _latency, _objects in (
     ("fsspec_get_many", 0, 1_000),
     ("fsspec_get_many_20ms", 20, 400),
     ("fsspec_put_many", 0, 1_000),
+    ("fsspec_rm_many", 0, 4_000),
+    ("fsspec_rm_many_20ms", 20, 4_000),
 ):
-    _sizes = {"objects": _objects, "object_bytes": 100 * 1024, "latency_ms": _latency}
+    _verb = _name.split("_")[1]
+    _sizes = {"objects": _objects, "object_bytes": 1024 if _verb == "rm" else 100 * 1024, "latency_ms": _latency}
     SCENARIOS.append(
         Scenario(
             _name,
-            f"fsspec {'put' if 'put' in _name else 'get'} of {_objects:,} x 100 KiB objects"
+            f"fsspec {_verb} of {_objects:,} x {_sizes['object_bytes'] // 1024} KiB objects"
+            + (" (recursive, a prefix)" if _verb == "rm" else "")
             + (f", {_latency} ms added first-byte latency" if _latency else ""),
             "seaweed",
             "objects/s",
-            ["fsspec-s3torch", "fsspec-s3fs"],
+            ["fsspec-s3torch", "fsspec-s3fs"] + (["fsspec-s3torch-single"] if _verb == "rm" else []),
             _sizes,
             {**_sizes, "objects": _objects // 4},
             baseline="fsspec-s3torch",

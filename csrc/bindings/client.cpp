@@ -202,6 +202,21 @@ class NativeClient {
         req->raise_if_failed();
     }
 
+    // One DeleteObjects of up to MAX_DELETE_KEYS keys: the S3Exception of each key not deleted
+    // (its .key names it); raises the request's when the request itself failed.
+    py::list delete_objects(const std::string &bucket, const std::vector<std::string> &keys) {
+        auto req = start_delete_objects(client_, bucket, keys);
+        wait_transfer(*req);
+        std::vector<s3torch::S3Error> refused;
+        {
+            py::gil_scoped_release nogil;
+            refused = s3torch::delete_objects_result(*req, keys);
+        }
+        py::list out;
+        for (const auto &e : refused) out.append(exception_object(e));
+        return out;
+    }
+
     void copy_object(const std::string &src_bucket, const std::string &src_key, const std::string &dst_bucket,
                      const std::string &dst_key) {
         auto req = start_copy(client_, src_bucket, src_key, dst_bucket, dst_key);
@@ -361,6 +376,7 @@ void register_client(py::module_ &m) {
              py::arg("delimiter") = "", py::arg("max_keys") = 1000, py::arg("continuation_token") = "",
              py::arg("start_after") = "")
         .def("delete_object", &NativeClient::delete_object, py::arg("bucket"), py::arg("key"))
+        .def("delete_objects", &NativeClient::delete_objects, py::arg("bucket"), py::arg("keys"))
         .def("copy_object", &NativeClient::copy_object, py::arg("src_bucket"), py::arg("src_key"),
              py::arg("dst_bucket"), py::arg("dst_key"))
         .def("list_multipart_uploads", &NativeClient::list_multipart_uploads, py::arg("bucket"), py::arg("prefix") = "")

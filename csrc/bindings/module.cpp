@@ -16,6 +16,7 @@
 #include "s3torch/runtime.h"
 #include "s3torch/shared_config.h"
 #include "s3torch/transpose.h"
+#include "s3torch/xml.h"
 
 #include <cstdint>
 #include <map>
@@ -92,6 +93,15 @@ PYBIND11_MODULE(_crt, m) {
         "Ask the kernel for transparent huge pages (MADV_HUGEPAGE) on the whole huge pages inside a "
         "writable buffer (or CPU tensor) about to be made resident and filled, where huge_pages_enabled(). "
         "Returns whether advice was given; never raises for the setting. GIL released.");
+    m.def(
+        "xml_can_carry",
+        [](const std::string &text) {
+            std::string scratch;
+            return s3torch::xml_escape(text, scratch);
+        },
+        py::arg("text"),
+        "Whether `text` can go in an XML request body (a key of a DeleteObjects): UTF-8 without C0 controls but tab, "
+        "line feed and carriage return, nor U+FFFE/U+FFFF. S3 keys may hold what it cannot.");
     m.def("huge_page_bytes", &s3torch::huge_page_bytes,
           "This machine's transparent huge page size (hpage_pmd_size), or 0 where the kernel has none.");
     m.def("huge_pages_enabled", &s3torch::huge_pages_enabled,
@@ -203,4 +213,5 @@ PYBIND11_MODULE(_crt, m) {
     m.attr("AWSCRT_VERSION") = s3torch::crt_compat::awscrt_version();
     m.attr("MAX_THROUGHPUT_GBPS") = s3torch::kMaxThroughputGbps;
     m.attr("MAX_UPLOAD_PARTS") = s3torch::kMaxObjectParts;  // S3's most parts in one multipart upload
+    m.attr("MAX_DELETE_KEYS") = s3torch::kMaxDeleteKeys;    // S3's most keys in one DeleteObjects
 }

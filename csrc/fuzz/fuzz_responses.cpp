@@ -73,6 +73,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (e.kind != s3torch::ErrorKind::Generic) std::abort();
     }
 
+    // A DeleteObjects answer: the keys asked for that it does not say are gone, each once, or a
+    // typed S3Error; whatever keys the answer names.
+    try {
+        const std::vector<std::string> asked{"a", "b&c", "k0", "k0"};
+        std::vector<s3torch::S3Error> left = s3torch::parse_delete_body(body, asked, "req-id", ctx);
+        if (left.size() > 3) std::abort();
+        for (const auto &e : left)
+            if (e.context.key != "a" && e.context.key != "b&c" && e.context.key != "k0") std::abort();
+    } catch (const s3torch::S3Error &e) {
+        if (e.kind != s3torch::ErrorKind::Generic) std::abort();
+    }
+
     // Log lines carry server-sent text: the redaction pass must take any bytes.
     std::string redacted = s3torch::redact_log_text(body);
     if (redacted.size() > body.size() + 3 * (body.size() / 20 + 1)) std::abort();

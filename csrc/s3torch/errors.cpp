@@ -284,6 +284,54 @@ S3Error error_from_crt(int crt_error, const ErrorContext &ctx) {
     return err;
 }
 
+namespace {
+
+// The error for a server's `code` and `message` (what error_from_result read from a body, or
+// one item of a batch answer: http_status 0).
+S3Error compose_error(const std::string &code, const std::string &message, int http_status,
+                      const std::string &request_id, const std::string &failed_operation, int crt_error,
+                      const ErrorContext &ctx) {
+    ErrorKind kind = kind_for_s3(code, http_status);
+    // Only reads send If-Match (ours, or aws-c-s3's between the parts of one GET).
+    if (ctx.operation == "GetObject" && (http_status == 412 || code == "PreconditionFailed"))
+        kind = ErrorKind::ObjectChanged;
+    // Only create-only writes send a precondition (If-None-Match: *, on the PutObject or the
+    // CompleteMultipartUpload).
+    if (ctx.operation == "PutObject" && (http_status == 412 || code == "PreconditionFailed"))
+        kind = ErrorKind::ObjectExists;
+    // A copy whose object is missing: the source is (the destination is only written).
+    bool missing_source = kind == ErrorKind::NotFound && !ctx.source_key.empty() && code != "NoSuchBucket";
+    std::string msg = describe(ctx);
+    if (!failed_operation.empty() && failed_operation != ctx.operation) msg += " (" + failed_operation + ")";
+    if (!msg.empty()) msg += ": ";
+    msg += code.empty() ? ("HTTP " + std::to_string(http_status)) : code;
+    if (!message.empty()) msg += ": " + message;
+    if (http_status) {
+        msg += " (HTTP " + std::to_string(http_status);
+        if (!request_id.empty()) msg += ", request id " + request_id;
+        msg += ")";
+    } else if (!request_id.empty()) {
+        msg += " (request id " + request_id + ")";
+    }
+    if (missing_source) msg += "; the copy source s3://" + ctx.source_bucket + "/" + ctx.source_key + " does not exist";
+    else if (const char *hint = hint_for(kind, code)) msg += "; " + std::string(hint);
+    if (const char *phrase = peer_phrase(kind, code, ctx.operation)) msg += " (" + std::string(phrase) + ")";
+    S3Error err(kind, msg, ctx);
+    if (missing_source) {  // .bucket and .key name the object that is missing
+        err.context.bucket = ctx.source_bucket;
+        err.context.key = ctx.source_key;
+    }
+    err.s3_code = code;
+    err.s3_message = message;
+    err.request_id = request_id;
+    err.http_status = http_status;
+    err.crt_error = crt_error;
+    err.crt_error_name = crt_error_name(crt_error);
+    return err;
+}
+
+}  // namespace
+
 S3Error error_from_result(int crt_error, int http_status, const std::string &error_body, const std::string &request_id,
                           const std::string &failed_operation, const ErrorContext &ctx) {
     std::string code, message;
@@ -304,38 +352,13 @@ S3Error error_from_result(int crt_error, int http_status, const std::string &err
     // A 5xx whose retries ran out: the CRT keeps no body, only its classification.
     if (code.empty() && crt_error == AWS_ERROR_S3_SLOW_DOWN) code = "SlowDown";
     if (code.empty() && crt_error == AWS_ERROR_S3_INTERNAL_ERROR && http_status == 500) code = "InternalError";
-    ErrorKind kind = kind_for_s3(code, http_status);
-    // Only reads send If-Match (ours, or aws-c-s3's between the parts of one GET).
-    if (ctx.operation == "GetObject" && (http_status == 412 || code == "PreconditionFailed"))
-        kind = ErrorKind::ObjectChanged;
-    // Only create-only writes send a precondition (If-None-Match: *, on the PutObject or the
-    // CompleteMultipartUpload).
-    if (ctx.operation == "PutObject" && (http_status == 412 || code == "PreconditionFailed"))
-        kind = ErrorKind::ObjectExists;
-    // A copy whose object is missing: the source is (the destination is only written).
-    bool missing_source = kind == ErrorKind::NotFound && !ctx.source_key.empty() && code != "NoSuchBucket";
-    std::string msg = describe(ctx);
-    if (!failed_operation.empty() && failed_operation != ctx.operation) msg += " (" + failed_operation + ")";
-    if (!msg.empty()) msg += ": ";
-    msg += code.empty() ? ("HTTP " + std::to_string(http_status)) : code;
-    if (!message.empty()) msg += ": " + message;
-    msg += " (HTTP " + std::to_string(http_status);
-    if (!request_id.empty()) msg += ", request id " + request_id;
-    msg += ")";
-    if (missing_source) msg += "; the copy source s3://" + ctx.source_bucket + "/" + ctx.source_key + " does not exist";
-    else if (const char *hint = hint_for(kind, code)) msg += "; " + std::string(hint);
-    if (const char *phrase = peer_phrase(kind, code, ctx.operation)) msg += " (" + std::string(phrase) + ")";
-    S3Error err(kind, msg, ctx);
-    if (missing_source) {  // .bucket and .key name the object that is missing
-        err.context.bucket = ctx.source_bucket;
-        err.context.key = ctx.source_key;
-    }
-    err.s3_code = code;
-    err.s3_message = message;
-    err.request_id = request_id;
-    err.http_status = http_status;
-    err.crt_error = crt_error;
-    err.crt_error_name = crt_error_name(crt_error);
+    return compose_error(code, message, http_status, request_id, failed_operation, crt_error, ctx);
+}
+
+S3Error error_for_item(const std::string &code, const std::string &message, const std::string &request_id,
+                       const ErrorContext &ctx) {
+    S3Error err = compose_error(code, message, 0, request_id, "", 0, ctx);
+    err.crt_error_name.clear();  // no CRT error: the request succeeded
     return err;
 }
 

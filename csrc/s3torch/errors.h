@@ -65,6 +65,11 @@ class S3Error : public std::runtime_error {
 S3Error error_from_result(int crt_error, int http_status, const std::string &error_body, const std::string &request_id,
                           const std::string &failed_operation, const ErrorContext &ctx);
 
+// Build the error a server reported for one item of a batch whose request succeeded (an
+// <Error> of a DeleteObjects answer): typed by its code, as error_from_result types a request's.
+S3Error error_for_item(const std::string &code, const std::string &message, const std::string &request_id,
+                       const ErrorContext &ctx);
+
 // Build the error for a bare CRT error code (no HTTP response).
 S3Error error_from_crt(int crt_error, const ErrorContext &ctx);
 

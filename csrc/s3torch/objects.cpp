@@ -2,12 +2,14 @@
 
 #include "s3torch/client.h"
 #include "s3torch/request.h"
+#include "s3torch/request_headers.h"
 #include "s3torch/xml.h"
 
 #include <aws/s3/s3_client.h>
 
 #include <cstdint>
 #include <cstring>
+#include <unordered_map>
 
 namespace s3torch {
 
@@ -213,6 +215,96 @@ std::shared_ptr<SimpleRequest> start_delete(std::shared_ptr<Client> client, cons
     require_names(ctx);
     Address addr = address_of(client->config(), client->endpoint(), bucket, key);
     return SimpleRequest::start_request(client, ctx, "DELETE", "DeleteObject", addr, AWS_S3_META_REQUEST_TYPE_DEFAULT);
+}
+
+std::shared_ptr<SimpleRequest> start_delete_objects(std::shared_ptr<Client> client, const std::string &bucket,
+                                                    const std::vector<std::string> &keys) {
+    ErrorContext ctx{"DeleteObjects", bucket, ""};
+    require_names(ctx, false);
+    if (keys.empty() || keys.size() > kMaxDeleteKeys)
+        throw_invalid(
+            "DeleteObjects takes 1 to " + std::to_string(kMaxDeleteKeys) + " keys, not " + std::to_string(keys.size()),
+            ctx);
+    std::string doc =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+        "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>false</Quiet>";
+    for (const std::string &key : keys) {
+        if (key.empty()) throw_invalid("DeleteObjects: an empty key", ctx);
+        doc += "<Object><Key>";
+        if (!xml_escape(key, doc))
+            throw_invalid("the key " + printable(key) + " holds a character XML cannot carry; delete it alone", ctx);
+        doc += "</Key></Object>";
+    }
+    doc += "</Delete>";
+    std::optional<std::string> md5 = base64_md5(doc.data(), doc.size());
+    if (!md5) throw S3Error(ErrorKind::Generic, "DeleteObjects s3://" + bucket + ": cannot compute the MD5", ctx);
+    Address addr = address_of(client->config(), client->endpoint(), bucket, "", "delete=");
+    return SimpleRequest::start_with_body(client, ctx, "POST", "DeleteObjects", addr, std::move(doc),
+                                          {{"Content-MD5", *md5}, {"Content-Type", "application/xml"}});
+}
+
+std::vector<S3Error> delete_objects_result(SimpleRequest &req, const std::vector<std::string> &keys) {
+    req.wait();
+    req.raise_if_failed();
+    return parse_delete_body(req.body(), keys, req.header("x-amz-request-id"), req.context());
+}
+
+std::vector<S3Error> parse_delete_body(const std::string &body, const std::vector<std::string> &keys,
+                                       const std::string &request_id, const ErrorContext &ctx) {
+    struct Item {
+        bool refused = false;
+        std::string key, code, message;
+    };
+    std::vector<Item> items;
+    bool is_result = false;
+    bool ok = xml_walk(body, [&](const std::string &path, const std::string &text) {
+        if (path.compare(0, 12, "DeleteResult") == 0) is_result = true;
+        if (path == "DeleteResult/Deleted" || path == "DeleteResult/Error") {
+            items.emplace_back();
+            items.back().refused = path == "DeleteResult/Error";
+        } else if (items.empty()) {
+            return;
+        } else if (path == "DeleteResult/Deleted/Key" || path == "DeleteResult/Error/Key") {
+            items.back().key = text;
+        } else if (path == "DeleteResult/Error/Code") {
+            items.back().code = text;
+        } else if (path == "DeleteResult/Error/Message") {
+            items.back().message = text;
+        }
+    });
+    if (!ok || !is_result)
+        throw S3Error(ErrorKind::Generic,
+                      "DeleteObjects s3://" + ctx.bucket + ": the answer is not a DeleteResult XML document", ctx);
+    // Each key asked for: 0 not named yet, 1 deleted, 2 refused (the first word on it counts).
+    std::unordered_map<std::string, int> state;
+    for (const std::string &k : keys) state.emplace(k, 0);
+    std::vector<S3Error> out;
+    for (const Item &it : items) {
+        auto found = state.find(it.key);
+        if (found == state.end() || found->second != 0) continue;  // not asked for, or said already
+        // A key the server says is not there is gone, as a delete wants (S3 itself calls that Deleted).
+        const bool refused = it.refused && it.code != "NoSuchKey";
+        found->second = refused ? 2 : 1;
+        if (refused) {
+            ErrorContext one{ctx.operation, ctx.bucket, it.key};
+            out.push_back(error_for_item(it.code.empty() ? "InternalError" : it.code, it.message, request_id, one));
+        }
+    }
+    for (const std::string &k : keys) {
+        auto found = state.find(k);
+        if (found->second != 0) continue;
+        found->second = 2;  // a key asked for twice is reported once
+        ErrorContext one{ctx.operation, ctx.bucket, k};
+        S3Error e(ErrorKind::Generic,
+                  describe(one) +
+                      ": the server's DeleteObjects answer names this key neither deleted nor refused, so it may "
+                      "still be there" +
+                      (request_id.empty() ? std::string() : " (request id " + request_id + ")"),
+                  one);
+        e.request_id = request_id;
+        out.push_back(std::move(e));
+    }
+    return out;
 }
 
 std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const std::string &src_bucket,

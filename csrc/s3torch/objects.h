@@ -1,4 +1,4 @@
-// Object metadata operations: HEAD, ListObjectsV2, DELETE, COPY.
+// Object metadata operations: HEAD, ListObjectsV2, DELETE (one key, or many), COPY.
 #pragma once
 
 #include "s3torch/transfer.h"
@@ -78,6 +78,25 @@ bool parse_byte_count(const std::string &text, uint64_t &out);
 
 std::shared_ptr<SimpleRequest> start_delete(std::shared_ptr<Client> client, const std::string &bucket,
                                             const std::string &key);
+
+// DeleteObjects: up to kMaxDeleteKeys keys of one bucket removed by one request (a POST of an
+// XML list, with its Content-MD5). Every key must be one XML can carry (xml_escape); the
+// caller deletes the others one by one (InvalidArgument here). Not quiet: the answer names each
+// key, deleted or refused, so that a server that answered without deleting is caught.
+// delete_objects_result waits and returns the keys not deleted, each as its S3Error (operation
+// DeleteObjects, the key in its context): refused with the server's code and message, or not
+// named by the answer at all. Throws the request's S3Error when the request itself failed (a
+// server without DeleteObjects answers NotImplemented or 405), or S3Error (Generic) for an
+// answer that is not a DeleteResult.
+constexpr size_t kMaxDeleteKeys = 1000;  // S3's limit on one DeleteObjects
+std::shared_ptr<SimpleRequest> start_delete_objects(std::shared_ptr<Client> client, const std::string &bucket,
+                                                    const std::vector<std::string> &keys);
+std::vector<S3Error> delete_objects_result(SimpleRequest &req, const std::vector<std::string> &keys);
+
+// A DeleteObjects answer to a request for `keys`: the keys it does not say were deleted (see
+// delete_objects_result). The one parser of these bodies; fuzzed with the list bodies.
+std::vector<S3Error> parse_delete_body(const std::string &body, const std::vector<std::string> &keys,
+                                       const std::string &request_id, const ErrorContext &ctx);
 
 // Server-side copy; multipart (UploadPartCopy) for large objects.
 std::shared_ptr<SimpleRequest> start_copy(std::shared_ptr<Client> client, const std::string &src_bucket,

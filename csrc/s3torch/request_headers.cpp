@@ -18,6 +18,19 @@ bool is_one_of(const std::string &operation, std::initializer_list<const char *>
 
 }  // namespace
 
+std::optional<std::string> base64_md5(const void *data, size_t len) {
+    init_crt_libraries();  // the MD5 is aws-c-cal's
+    uint8_t digest[AWS_MD5_LEN];
+    aws_byte_buf md5 = aws_byte_buf_from_empty_array(digest, sizeof(digest));
+    aws_byte_cursor in = aws_byte_cursor_from_array(data, len);
+    if (aws_md5_compute(aws_default_allocator(), &in, &md5, 0) != AWS_OP_SUCCESS) return std::nullopt;
+    char text[32] = {0};
+    aws_byte_buf out = aws_byte_buf_from_empty_array(text, sizeof(text));
+    aws_byte_cursor digest_cur = aws_byte_cursor_from_buf(&md5);
+    if (aws_base64_encode(&digest_cur, &out)) return std::nullopt;
+    return std::string(text, out.len);
+}
+
 std::optional<std::string> customer_key_md5(const std::string &key_base64) {
     aws_byte_cursor in = aws_byte_cursor_from_array(key_base64.data(), key_base64.size());
     size_t decoded = 0;
@@ -25,18 +38,9 @@ std::optional<std::string> customer_key_md5(const std::string &key_base64) {
     uint8_t raw[32];
     aws_byte_buf key = aws_byte_buf_from_empty_array(raw, sizeof(raw));
     if (aws_base64_decode(&in, &key) || key.len != 32) return std::nullopt;
-    init_crt_libraries();  // the MD5 is aws-c-cal's
-    uint8_t digest[AWS_MD5_LEN];
-    aws_byte_buf md5 = aws_byte_buf_from_empty_array(digest, sizeof(digest));
-    aws_byte_cursor key_cur = aws_byte_cursor_from_buf(&key);
-    const bool ok = aws_md5_compute(aws_default_allocator(), &key_cur, &md5, 0) == AWS_OP_SUCCESS;
+    std::optional<std::string> md5 = base64_md5(raw, sizeof(raw));
     aws_secure_zero(raw, sizeof(raw));
-    if (!ok) return std::nullopt;
-    char text[32] = {0};
-    aws_byte_buf out = aws_byte_buf_from_empty_array(text, sizeof(text));
-    aws_byte_cursor digest_cur = aws_byte_cursor_from_buf(&md5);
-    if (aws_base64_encode(&digest_cur, &out)) return std::nullopt;
-    return std::string(text, out.len);
+    return md5;
 }
 
 std::string refusal_hint(const S3Error &e, const ClientConfig &config) {

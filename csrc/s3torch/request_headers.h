@@ -38,6 +38,10 @@ Headers configured_headers(const ClientConfig &config, const std::string &operat
 // - a 403 with expected_bucket_owner set: the bucket may belong to another account.
 std::string refusal_hint(const S3Error &e, const ClientConfig &config);
 
+// The base64 MD5 of `len` bytes at `data` (a Content-MD5 header's value); none if aws-c-cal
+// cannot compute it.
+std::optional<std::string> base64_md5(const void *data, size_t len);
+
 // The base64 MD5 of an SSE-C key given as base64; none unless it decodes to exactly 32 bytes.
 std::optional<std::string> customer_key_md5(const std::string &key_base64);
 

@@ -520,6 +520,21 @@ std::shared_ptr<SimpleRequest> SimpleRequest::start_request(std::shared_ptr<Clie
     return req;
 }
 
+std::shared_ptr<SimpleRequest> SimpleRequest::start_with_body(std::shared_ptr<Client> client, ErrorContext ctx,
+                                                              const char *method, const std::string &operation,
+                                                              const Address &addr, std::string body, Headers headers) {
+    std::shared_ptr<SimpleRequest> req(new SimpleRequest(std::move(client), std::move(ctx)));
+    req->sent_ = std::move(body);
+    headers.emplace_back("Content-Length", std::to_string(req->sent_.size()));
+    aws_s3_meta_request_options o;
+    AWS_ZERO_STRUCT(o);
+    o.type = AWS_S3_META_REQUEST_TYPE_DEFAULT;
+    o.operation_name = aws_byte_cursor_from_array(operation.data(), operation.size());
+    o.request_body = aws_byte_cursor_from_array(req->sent_.data(), req->sent_.size());
+    req->start(o, method, addr, headers);  // the Transfer (and sent_) lives until the CRT's shutdown
+    return req;
+}
+
 int SimpleRequest::on_body(const aws_byte_cursor &body, uint64_t, void *) {
     std::lock_guard<std::mutex> lock(mu_);
     body_.append(reinterpret_cast<const char *>(body.ptr), body.len);

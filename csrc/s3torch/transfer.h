@@ -185,12 +185,18 @@ class SimpleRequest : public Transfer {
                                                         const Address &addr, int meta_request_type,
                                                         const void *body = nullptr, size_t body_len = 0,
                                                         Headers headers = {}, const std::string &copy_source_uri = "");
+    // A DEFAULT meta request whose body the request keeps until the CRT is done with it (a
+    // DeleteObjects document).
+    static std::shared_ptr<SimpleRequest> start_with_body(std::shared_ptr<Client> client, ErrorContext ctx,
+                                                          const char *method, const std::string &operation,
+                                                          const Address &addr, std::string body, Headers headers);
     std::string body();
 
   protected:
     using Transfer::Transfer;
     int on_body(const aws_byte_cursor &body, uint64_t range_start, void *ticket) override;
     std::string body_;  // mu_
+    std::string sent_;  // start_with_body's body: set before the start, read only by the CRT
 };
 
 }  // namespace s3torch

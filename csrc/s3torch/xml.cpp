@@ -125,4 +125,34 @@ std::string xml_first_text(const std::string &doc, const char *name) {
     return found;
 }
 
+bool xml_escape(const std::string &text, std::string &out) {
+    aws_utf8_decoder_options none;
+    AWS_ZERO_STRUCT(none);
+    if (aws_decode_utf8(aws_byte_cursor_from_array(text.data(), text.size()), &none) != AWS_OP_SUCCESS) return false;
+    std::string escaped;
+    escaped.reserve(text.size() + 16);
+    for (size_t i = 0; i < text.size(); ++i) {
+        const unsigned char c = static_cast<unsigned char>(text[i]);
+        switch (c) {
+            case '&': escaped += "&amp;"; continue;
+            case '<': escaped += "&lt;"; continue;
+            case '>': escaped += "&gt;"; continue;
+            case '"': escaped += "&quot;"; continue;
+            case '\'': escaped += "&apos;"; continue;
+            case '\t': escaped += "&#9;"; continue;
+            case '\n': escaped += "&#10;"; continue;
+            case '\r': escaped += "&#13;"; continue;
+            default: break;
+        }
+        if (c < 0x20) return false;
+        // U+FFFE and U+FFFF (EF BF BE, EF BF BF): not characters XML allows.
+        if (c == 0xEF && i + 2 < text.size() && static_cast<unsigned char>(text[i + 1]) == 0xBF &&
+            (static_cast<unsigned char>(text[i + 2]) & 0xFE) == 0xBE)
+            return false;
+        escaped += static_cast<char>(c);
+    }
+    out += escaped;
+    return true;
+}
+
 }  // namespace s3torch

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Generator, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import _crt, _listing, _sso_refresh, _uploads
+from . import _crt, _deletes, _listing, _sso_refresh, _uploads
 from ._config import S3ClientConfig, default_region
 from ._user_agent import UserAgent, prefix_of
 from .s3reader import S3Reader
@@ -71,6 +71,7 @@ class S3Client:
         self._native: Optional[_crt.NativeClient] = None
         self._pid = -1
         self._lock = threading.Lock()
+        self._single_deletes = False  # set once the server answers that it has no DeleteObjects
         # Validate now, in the caller's process, so bad configuration fails at construction.
         self._get_native()
         _uploads.track(self)
@@ -262,6 +263,16 @@ class S3Client:
     def delete_object(self, bucket: str, key: str) -> None:
         """Delete the object ``bucket/key``."""
         self._get_native().delete_object(bucket, key)
+
+    def delete_objects(
+        self, bucket: str, keys: Sequence[str], removed: Optional[Callable[[int], None]] = None
+    ) -> List[Tuple[str, "_crt.S3Exception"]]:
+        """Delete ``keys`` of ``bucket``, 1,000 to a DeleteObjects request, several in flight
+        (a server without DeleteObjects: one DeleteObject each). ``removed(n)``, if given, is
+        called as ``n`` more are gone (from worker threads). Returns the ``(key, S3Exception)``
+        of each key not deleted; an empty list when all are gone. As with ``delete_object``, a
+        key that does not exist counts as deleted."""
+        return _deletes.delete_all(self, bucket, list(keys), removed or (lambda n: None))
 
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> None:
         """Server-side copy of ``src_bucket/src_key`` to ``dst_bucket/dst_key``."""

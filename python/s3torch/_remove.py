@@ -9,7 +9,6 @@ checkpoint at all, and removing again takes it.
 from __future__ import annotations
 
 import posixpath
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -20,8 +19,6 @@ from ._client import S3Client
 from ._config import S3ClientConfig
 from ._kinds import DATA_SUFFIX, DCP, MODEL, WEIGHTS_SUFFIX
 from ._uri import as_dir, parse_s3_uri
-
-JOBS = 16  # deletes in flight at once
 
 
 class CheckpointRemovalError(_crt.S3Exception):
@@ -86,20 +83,12 @@ def plan_removal(where: str, names: List[str], recursive: bool) -> Tuple[List[st
 def _delete_all(
     client: S3Client, bucket: str, prefix: str, names: List[str], removed: Callable[[int], None]
 ) -> List[Tuple[str, BaseException]]:
-    """Delete ``prefix + name`` for each name, JOBS at once; the (name, error) of each that failed."""
-
-    def one(name: str) -> Optional[Tuple[str, BaseException]]:
-        try:
-            client.delete_object(bucket, prefix + name)
-        except _crt.S3Exception as e:
-            return name, e
-        removed(1)
-        return None
-
+    """Delete ``prefix + name`` for each name (DeleteObjects, S3Client.delete_objects); the
+    (name, error) of each that failed."""
     if not names:
         return []
-    with ThreadPoolExecutor(min(JOBS, len(names)), thread_name_prefix="s3torch-rm") as pool:
-        return [r for r in pool.map(one, names) if r is not None]
+    failed = client.delete_objects(bucket, [prefix + n for n in names], removed)
+    return [(key[len(prefix) :], e) for key, e in failed]
 
 
 def _failure(where: str, failed: List[Tuple[str, BaseException]], what: str, remaining: List[str]) -> None:

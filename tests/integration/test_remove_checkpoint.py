@@ -29,19 +29,23 @@ def keys(env, prefix: str) -> List[str]:  # type: ignore[no-untyped-def]
 
 
 def record_deletes(monkeypatch, fail=lambda key: None) -> List[str]:  # type: ignore[no-untyped-def]
-    """Every key S3Client.delete_object is asked to delete, in order; ``fail(key)`` may return
-    an exception to raise instead of deleting."""
+    """Every key S3Client.delete_objects is asked to delete, in order; ``fail(key)`` may return
+    an exception: an S3Exception comes back as that key's failure (as a server's refusal does),
+    anything else is raised before the call deletes anything."""
     order: List[str] = []
-    delete = S3Client.delete_object
+    delete = S3Client.delete_objects
 
-    def recorded(self, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
-        order.append(key)
-        e = fail(key)
-        if e is not None:
-            raise e
-        delete(self, bucket, key)
+    def recorded(self, bucket: str, keys, removed=None):  # type: ignore[no-untyped-def]
+        keys = list(keys)
+        order.extend(keys)
+        errors = {k: fail(k) for k in keys}
+        for e in errors.values():
+            if e is not None and not isinstance(e, S3Exception):
+                raise e
+        refused = [(k, e) for k, e in errors.items() if e is not None]
+        return refused + delete(self, bucket, [k for k in keys if errors[k] is None], removed)
 
-    monkeypatch.setattr(S3Client, "delete_object", recorded)
+    monkeypatch.setattr(S3Client, "delete_objects", recorded)
     return order
 
 
@@ -101,7 +105,7 @@ def test_rm_that_fails_part_way_leaves_no_metadata_and_finishes_when_run_again(
     env, prefix, capsys, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     names = save(env, prefix)
-    delete = S3Client.delete_object
+    delete = S3Client.delete_objects
     record_deletes(
         monkeypatch, lambda key: S3Exception("InternalError (HTTP 500)") if key.endswith("__1_0.distcp") else None
     )
@@ -109,7 +113,7 @@ def test_rm_that_fails_part_way_leaves_no_metadata_and_finishes_when_run_again(
     assert code == 4
     assert "1 of" in err and "remain, none of them a .metadata" in err
     assert keys(env, prefix) == ["__1_0.distcp"]
-    monkeypatch.setattr(S3Client, "delete_object", delete)
+    monkeypatch.setattr(S3Client, "delete_objects", delete)
     code, out, err = cli(capsys, "rm", f"s3://{BUCKET}/{prefix}")  # a data file without its .metadata
     assert code == 0, err
     assert "removed 1 objects" in out and keys(env, prefix) == []
@@ -174,7 +178,7 @@ def test_remove_checkpoint_from_python(env, prefix, monkeypatch) -> None:  # typ
     with pytest.raises(S3NotFoundError, match="no DCP checkpoint"):
         remove_checkpoint(uri + "-nothing", endpoint=env.endpoint)
 
-    delete = S3Client.delete_object
+    delete = S3Client.delete_objects
     failure = S3Exception("SlowDown (HTTP 503)")
     failure.http_status = 503  # type: ignore[attr-defined]
     order = record_deletes(monkeypatch, lambda key: failure if key.endswith("__1_0.distcp") else None)
@@ -186,29 +190,44 @@ def test_remove_checkpoint_from_python(env, prefix, monkeypatch) -> None:  # typ
     with pytest.raises(BaseException, match="no DCP checkpoint"):  # torch wraps it: what is left is none
         dcp.load({"big": torch.zeros(1)}, storage_reader=S3StorageReader(REGION, uri, endpoint=env.endpoint))
 
-    monkeypatch.setattr(S3Client, "delete_object", delete)
+    monkeypatch.setattr(S3Client, "delete_objects", delete)
     assert remove_checkpoint(uri + "/", endpoint=env.endpoint) == [f"{uri}/__1_0.distcp"]
     assert keys(env, prefix) == [] and len(names) > 2
 
 
-def test_an_interrupted_removal_stops_without_running_the_deletes_queued(env, prefix, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import s3torch._remove
+def test_an_interrupted_removal_stops_without_sending_the_batches_queued(env, prefix, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import s3torch._deletes
+    from s3torch import _crt
 
     client = make_client(env)
     save(env, prefix)
     for i in range(2, 12):
         client.put(BUCKET, f"{prefix}__{i}_0.distcp", b"x")
-    monkeypatch.setattr(s3torch._remove, "JOBS", 1)  # one delete at a time: the rest are queued
-    order = record_deletes(monkeypatch, lambda key: KeyboardInterrupt() if key.endswith("__1_0.distcp") else None)
+    monkeypatch.setattr(_crt, "MAX_DELETE_KEYS", 2)  # batches of two keys
+    monkeypatch.setattr(s3torch._deletes, "JOBS", 1)  # one batch at a time: the rest are queued
+    sent: List[List[str]] = []
+    real = client._get_native()
+
+    class Native:  # a native client (on the same server) whose DeleteObjects is watched
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(real, name)
+
+        def delete_objects(self, bucket, keys):  # type: ignore[no-untyped-def]
+            sent.append(names_of(keys))
+            if any(k.endswith("__1_0.distcp") for k in keys):
+                raise KeyboardInterrupt
+            return real.delete_objects(bucket, keys)
+
+    monkeypatch.setattr(S3Client, "_get_native", lambda self: Native())
     with pytest.raises(KeyboardInterrupt):
         remove_checkpoint(f"s3://{BUCKET}/{prefix}", endpoint=env.endpoint)
-    names = names_of(order)
-    # .metadata, then the data files in name order: __0_0, __10_0, __11_0, __1_0 (interrupted).
-    assert names[:5] == [".metadata", "__0_0.distcp", "__10_0.distcp", "__11_0.distcp", "__1_0.distcp"]
-    # The worker may start the next one or two before the interrupt reaches the pool; the
-    # other 8 queued after __1_0 never run (Executor.map cancels them as the error leaves it).
-    assert len(names) <= 7, names
-    assert len(keys(env, prefix)) >= 7
+    # .metadata alone, then the data files two at a time in name order: __0_0 and __10_0,
+    # __11_0 and __1_0 (interrupted); the worker may take one more batch before the interrupt
+    # reaches the pool; the other three queued never go (Executor.map cancels them).
+    assert sent[:3] == [[".metadata"], ["__0_0.distcp", "__10_0.distcp"], ["__11_0.distcp", "__1_0.distcp"]]
+    assert len(sent) <= 4, sent
+    monkeypatch.undo()
+    assert len(keys(env, prefix)) >= 8
 
 
 def test_rm_dry_run_shows_hostile_key_names_escaped(env, prefix, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -69,7 +69,7 @@ _S3FS_TUNING = frozenset(
 )
 _CLIENT_KWARGS = frozenset({"region_name", "endpoint_url", "verify"})
 _PARTIAL = ".s3torch-partial"  # get_file: the file's name until it is whole
-_JOBS = 64  # get, copy, cat, pipe, rm: files (or deletes) in flight at once; the GIL is
+_JOBS = 64  # get, copy, cat, pipe: files in flight at once (rm: S3Client.delete_objects); the GIL is
 # released while each waits
 _PUT_JOBS = 16  # put: files uploaded at once (each holds a read buffer and its parts in flight)
 _RANGES_IN_FLIGHT = 64  # cat_ranges: GETs in flight
@@ -738,7 +738,9 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
 
     def rm(self, path: Union[str, List[str]], recursive: bool = False, maxdepth: Optional[int] = None) -> None:
         """Delete the objects ``path`` names (``recursive``: everything under it, directory
-        markers included), many deletes in flight; FileNotFoundError when it names nothing."""
+        markers included), 1,000 to a DeleteObjects request, several in flight;
+        FileNotFoundError when it names nothing. A key not deleted raises its S3Exception, once
+        the rest are gone."""
         if recursive and maxdepth is None and isinstance(path, str) and not has_magic(path):
             bucket, key = self.split_path(path)
             prefix = key + "/" if key else ""
@@ -757,7 +759,13 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
                     targets.append((bucket, key))
                     if recursive and listed.get(name, {}).get("type") == "directory":
                         targets.append((bucket, key + "/"))  # its marker, if it has one
-        _run_all([functools.partial(self.client.delete_object, b, k) for b, k in targets])
+        by_bucket: Dict[str, List[str]] = {}
+        for b, k in targets:
+            by_bucket.setdefault(b, []).append(k)
+        for b, ks in by_bucket.items():  # DeleteObjects: 1,000 keys a request (S3Client.delete_objects)
+            failed = self.client.delete_objects(b, ks)
+            if failed:
+                raise failed[0][1]
 
     def invalidate_cache(self, path: Optional[str] = None) -> None:
         """Nothing to do: nothing is cached."""
