@@ -10,7 +10,9 @@
 - a key refused for a passing reason (S3 answers each key of a batch: ``InternalError``,
   ``SlowDown``, ``ServiceUnavailable``) is deleted again alone, through the client's retries;
 - a server without DeleteObjects (``NotImplemented``, HTTP 501 or 405: some S3-compatible
-  stores) has every key deleted alone, then and for the rest of the client's life.
+  stores) has every key deleted alone, then and for the rest of the client's life; one that
+  refuses a request for its form (another 4xx, but for access, a missing bucket and
+  throttling) has that request's keys deleted alone.
 
 What comes back is the ``(key, S3Exception)`` of each key not deleted; a batch whose request
 failed gives its exception for each of its keys.
@@ -35,10 +37,15 @@ Failure = Tuple[str, _crt.S3Exception]
 
 def _no_batch_deletes(e: _crt.S3Exception) -> bool:
     """Whether the server answered that it has no DeleteObjects."""
-    return getattr(e, "code", None) in ("NotImplemented", "MethodNotAllowed") or getattr(e, "http_status", None) in (
-        501,
-        405,
-    )
+    code, status = getattr(e, "code", None), getattr(e, "http_status", None)
+    return code in ("NotImplemented", "MethodNotAllowed") or status in (501, 405)
+
+
+def _refused_as_asked(e: _crt.S3Exception) -> bool:
+    """Whether the server refused this DeleteObjects request for its form (a 4xx but for
+    access, a missing bucket and throttling): the keys may still go one by one."""
+    code, status = getattr(e, "code", None), getattr(e, "http_status", None) or 0
+    return 400 <= status < 500 and status not in (401, 403, 429) and code not in ("NoSuchBucket", "SlowDown")
 
 
 def _alone(client: "S3Client", bucket: str, keys: List[str], removed: Callable[[int], None]) -> List[Failure]:
@@ -77,9 +84,10 @@ def delete_all(
         try:
             refused = native.delete_objects(bucket, part)
         except _crt.S3Exception as e:
-            if not _no_batch_deletes(e):
+            if _no_batch_deletes(e):
+                client._single_deletes = True
+            elif not _refused_as_asked(e):
                 return [(k, e) for k in part]
-            client._single_deletes = True
             return _alone(client, bucket, part, removed)
         again = [str(e.key) for e in refused if getattr(e, "code", None) in PASSING]
         failed: List[Failure] = [(str(e.key), e) for e in refused if getattr(e, "code", None) not in PASSING]

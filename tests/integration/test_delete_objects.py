@@ -51,6 +51,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, b"<Error><Code>InvalidRequest</Code></Error>")
         if bucket == "nobatch":
             return self._send(501, b"<Error><Code>NotImplemented</Code><Message>no multi-delete</Message></Error>")
+        if bucket == "badrequest":  # a store that takes POST ?delete for something else
+            return self._send(400, b"<Error><Code>InvalidRequest</Code></Error>")
+        if bucket == "denied":
+            return self._send(403, b"<Error><Code>AccessDenied</Code></Error>")
         md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
         if self.headers.get("Content-MD5") != md5:
             return self._send(400, b"<Error><Code>BadDigest</Code></Error>")
@@ -135,6 +139,18 @@ def test_a_server_without_delete_objects_gets_single_deletes_from_then_on(fake: 
     SEEN.clear()
     assert fake.delete_objects("nobatch", ["d"]) == []
     assert SEEN == [("DELETE", "d")]  # no POST tried again
+
+
+def test_a_request_refused_for_its_form_has_its_keys_deleted_alone_and_access_is_not_retried(
+    fake: S3Client,
+) -> None:
+    assert fake.delete_objects("badrequest", ["a", "b"]) == []
+    assert sorted(SEEN) == [("DELETE", "a"), ("DELETE", "b")]
+    assert not fake._single_deletes  # the next request tries DeleteObjects again
+    SEEN.clear()
+    failed = fake.delete_objects("denied", ["a", "b"])
+    assert [k for k, _ in failed] == ["a", "b"] and all(isinstance(e, S3PermissionError) for _, e in failed)
+    assert SEEN == []  # refused for access: no key is tried alone
 
 
 def test_an_answer_that_is_no_delete_result_fails_every_key(fake: S3Client) -> None:
