@@ -1,5 +1,6 @@
 #include "s3torch/objects.h"
 
+#include "s3torch/checksum.h"
 #include "s3torch/client.h"
 #include "s3torch/request.h"
 #include "s3torch/request_headers.h"
@@ -236,11 +237,23 @@ std::shared_ptr<SimpleRequest> start_delete_objects(std::shared_ptr<Client> clie
         doc += "</Key></Object>";
     }
     doc += "</Delete>";
-    std::optional<std::string> md5 = base64_md5(doc.data(), doc.size());
-    if (!md5) throw S3Error(ErrorKind::Generic, "DeleteObjects s3://" + bucket + ": cannot compute the MD5", ctx);
+    // S3 wants the body's digest. Content-MD5 is what every S3-compatible store takes (several
+    // refuse a DeleteObjects without it); directory buckets (S3 Express, "--x-s3") refuse MD5
+    // and take a CRC32 instead.
+    Headers headers{{"Content-Type", "application/xml"}};
+    const std::string express_suffix = "--x-s3";
+    if (bucket.size() > express_suffix.size() &&
+        bucket.compare(bucket.size() - express_suffix.size(), express_suffix.size(), express_suffix) == 0) {
+        headers.emplace_back("x-amz-checksum-crc32",
+                             crc_base64(CrcAlgorithm::Crc32, crc(CrcAlgorithm::Crc32, doc.data(), doc.size())));
+    } else {
+        std::optional<std::string> md5 = base64_md5(doc.data(), doc.size());
+        if (!md5) throw S3Error(ErrorKind::Generic, "DeleteObjects s3://" + bucket + ": cannot compute the MD5", ctx);
+        headers.emplace_back("Content-MD5", *md5);
+    }
     Address addr = address_of(client->config(), client->endpoint(), bucket, "", "delete=");
     return SimpleRequest::start_with_body(client, ctx, "POST", "DeleteObjects", addr, std::move(doc),
-                                          {{"Content-MD5", *md5}, {"Content-Type", "application/xml"}});
+                                          std::move(headers));
 }
 
 std::vector<S3Error> delete_objects_result(SimpleRequest &req, const std::vector<std::string> &keys) {

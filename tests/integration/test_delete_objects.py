@@ -10,6 +10,7 @@ import hashlib
 import socketserver
 import threading
 import xml.etree.ElementTree as ET
+import zlib
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Dict, Iterator, List, Tuple
 from urllib.parse import unquote
@@ -55,8 +56,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, b"<Error><Code>InvalidRequest</Code></Error>")
         if bucket == "denied":
             return self._send(403, b"<Error><Code>AccessDenied</Code></Error>")
-        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
-        if self.headers.get("Content-MD5") != md5:
+        if bucket.endswith("--x-s3"):  # a directory bucket: a CRC32, never an MD5
+            crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+            if self.headers.get("x-amz-checksum-crc32") != crc or "Content-MD5" in self.headers:
+                return self._send(400, b"<Error><Code>InvalidRequest</Code></Error>")
+        elif self.headers.get("Content-MD5") != base64.b64encode(hashlib.md5(body).digest()).decode():
             return self._send(400, b"<Error><Code>BadDigest</Code></Error>")
         doc = ET.fromstring(body)
         keys = [o.find(NS + "Key").text or "" for o in doc.findall(NS + "Object")]
@@ -113,6 +117,11 @@ def test_keys_reach_the_server_as_they_are_in_batches_of_the_limit(fake: S3Clien
     assert [len(p) for p in sorted(posts, key=len, reverse=True)] == [3, 3, 2]
     assert sorted(k for p in posts for k in p) == sorted(keys)  # XML parsers keep \r, \t as sent
     assert sum(counted) == len(keys)
+
+
+def test_a_directory_bucket_gets_a_crc32_not_an_md5(fake: S3Client) -> None:
+    assert fake.delete_objects("dir--usw2-az1--x-s3", ["a", "b"]) == []
+    assert SEEN == [("POST", ["a", "b"])]  # taken as one request: no key went alone
 
 
 def test_a_key_xml_cannot_carry_is_deleted_alone(fake: S3Client) -> None:
