@@ -11,6 +11,7 @@ baseline when it is preallocated).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -1084,8 +1085,6 @@ def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
 
     n, size, b = ctx["objects"], ctx["object_bytes"], ctx["bucket"]
     fs = fsspec_fs(ctx, "fsspec-s3torch" if peer == "fsspec-s3torch-single" else peer)
-    if peer == "fsspec-s3torch-single":  # a DeleteObject per key: what a server without DeleteObjects gets
-        fs.client._single_deletes = True
     prefix = f"{b}/fsspec-many-{peer}-{os.getpid()}"
     data = os.urandom(size)
     local = tempfile.mkdtemp(prefix="s3torch-bench-")
@@ -1096,7 +1095,16 @@ def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             fs.rm(prefix, recursive=True)
             return float(n)
 
-        return rm
+        def rm_one_by_one() -> float:  # s3torch's fsspec rm before DeleteObjects: the listing, then
+            # one DeleteObject per key, 64 in flight
+            from s3torch.fsspec.filesystem import _run_all
+
+            bucket, key = fs.split_path(prefix)
+            keys = [o.key for page in fs.client.list_objects(bucket, key + "/") for o in page.object_info]
+            _run_all([functools.partial(fs.client.delete_object, bucket, k) for k in keys])
+            return float(n)
+
+        return rm_one_by_one if peer == "fsspec-s3torch-single" else rm
     if ctx["scenario"].startswith("fsspec_get"):
         fsspec_fs(ctx, "fsspec-s3torch").pipe({f"{prefix}/{i:06d}": data for i in range(n)})
 

@@ -269,9 +269,7 @@ std::vector<S3Error> parse_delete_body(const std::string &body, const std::vecto
         std::string key, code, message;
     };
     std::vector<Item> items;
-    bool is_result = false;
     bool ok = xml_walk(body, [&](const std::string &path, const std::string &text) {
-        if (path.compare(0, 12, "DeleteResult") == 0) is_result = true;
         if (path == "DeleteResult/Deleted" || path == "DeleteResult/Error") {
             items.emplace_back();
             items.back().refused = path == "DeleteResult/Error";
@@ -285,7 +283,7 @@ std::vector<S3Error> parse_delete_body(const std::string &body, const std::vecto
             items.back().message = text;
         }
     });
-    if (!ok || !is_result)
+    if (!ok || xml_root(body) != "DeleteResult")
         throw S3Error(ErrorKind::Generic,
                       "DeleteObjects s3://" + ctx.bucket + ": the answer is not a DeleteResult XML document", ctx);
     // Each key asked for: 0 not named yet, 1 deleted, 2 refused (the first word on it counts).

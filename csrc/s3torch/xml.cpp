@@ -100,6 +100,9 @@ bool xml_walk(const std::string &doc, const std::function<void(const std::string
     opts.on_root_encountered = [](struct aws_xml_node *root, void *ud) -> int {
         auto *s = static_cast<WalkState *>(ud);
         aws_byte_cursor name = aws_xml_node_get_name(root);
+        // A self-closing root (<DeleteResult/>): the parser keeps the '/' in its name, and it
+        // has no children to traverse (traversing fails).
+        if (name.len && name.ptr[name.len - 1] == '/') return AWS_OP_SUCCESS;
         s->path.emplace_back(reinterpret_cast<const char *>(name.ptr), name.len);
         int rc = aws_xml_node_traverse(root, on_node, ud);
         s->path.pop_back();
@@ -123,6 +126,22 @@ std::string xml_first_text(const std::string &doc, const char *name) {
         }
     });
     return found;
+}
+
+std::string xml_root(const std::string &doc) {
+    std::string name;
+    aws_xml_parser_options opts;
+    AWS_ZERO_STRUCT(opts);
+    opts.doc = aws_byte_cursor_from_array(doc.data(), doc.size());
+    opts.on_root_encountered = [](struct aws_xml_node *root, void *ud) -> int {
+        aws_byte_cursor n = aws_xml_node_get_name(root);
+        static_cast<std::string *>(ud)->assign(reinterpret_cast<const char *>(n.ptr), n.len);
+        return AWS_OP_SUCCESS;
+    };
+    opts.user_data = &name;
+    if (aws_xml_parse(aws_default_allocator(), &opts) != AWS_OP_SUCCESS) return std::string();
+    if (!name.empty() && name.back() == '/') name.pop_back();  // the parser keeps it on <Empty/>
+    return name;
 }
 
 bool xml_escape(const std::string &text, std::string &out) {

@@ -19,6 +19,9 @@ std::string xml_first_text(const std::string &doc, const char *name);
 bool xml_walk(const std::string &doc,
               const std::function<void(const std::string &path, const std::string &text)> &visit);
 
+// The name of `doc`'s root element; "" if `doc` does not parse.
+std::string xml_root(const std::string &doc);
+
 // Append `text` to `out` as XML character data (&amp; &lt; &gt; &quot; &apos;, and tab, line
 // feed and carriage return as character references, which a parser keeps as they are where it
 // would normalize them raw). False, `out` unchanged, for a text XML 1.0 cannot hold: not UTF-8,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Generator, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _crt, _deletes, _listing, _sso_refresh, _uploads
 from ._config import S3ClientConfig, default_region
@@ -265,14 +265,15 @@ class S3Client:
         self._get_native().delete_object(bucket, key)
 
     def delete_objects(
-        self, bucket: str, keys: Sequence[str], removed: Optional[Callable[[int], None]] = None
+        self, bucket: str, keys: Iterable[str], removed: Optional[Callable[[int], None]] = None
     ) -> List[Tuple[str, "_crt.S3Exception"]]:
         """Delete ``keys`` of ``bucket``, 1,000 to a DeleteObjects request, several in flight
-        (a server without DeleteObjects: one DeleteObject each). ``removed(n)``, if given, is
-        called as ``n`` more are gone (from worker threads). Returns the ``(key, S3Exception)``
-        of each key not deleted; an empty list when all are gone. As with ``delete_object``, a
-        key that does not exist counts as deleted."""
-        return _deletes.delete_all(self, bucket, list(keys), removed or (lambda n: None))
+        (a server without DeleteObjects: one DeleteObject each). ``keys`` may be an iterator,
+        a listing under way: each request goes as soon as it has its 1,000. ``removed(n)``, if
+        given, is called as ``n`` more are gone (from worker threads). Returns the
+        ``(key, S3Exception)`` of each key not deleted; an empty list when all are gone. As
+        with ``delete_object``, a key that does not exist counts as deleted."""
+        return _deletes.delete_all(self, bucket, keys, removed or (lambda n: None))
 
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> None:
         """Server-side copy of ``src_bucket/src_key`` to ``dst_bucket/dst_key``."""

@@ -4,7 +4,9 @@
 ``remove_checkpoint``, ``prune_checkpoints``, fsspec's ``rm``):
 
 - keys go in batches of ``_crt.MAX_DELETE_KEYS``, ``JOBS`` batches in flight, each answer
-  naming every key deleted or refused (the core refuses an answer that leaves one out);
+  naming every key deleted or refused (the core refuses an answer that leaves one out); keys
+  may come from a listing still under way (fsspec's ``rm`` of a prefix): each batch goes when
+  it is full;
 - a key XML cannot carry (a control character other than tab, line feed, carriage return) is
   deleted alone: a DeleteObject names it in the URL;
 - a key refused for a passing reason (S3 answers each key of a batch: ``InternalError``,
@@ -20,8 +22,9 @@ failed gives its exception for each of its keys.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, Deque, Iterable, List, Optional, Tuple
 
 from . import _crt
 
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     from ._client import S3Client
 
 JOBS = 8  # DeleteObjects requests in flight at once
-ALONE_JOBS = 64  # single deletes in flight at once (as many as fsspec's other bulk calls)
+ALONE_JOBS = 32  # single deletes in flight at once, per batch that falls back to them
 PASSING = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout"})
 
 Failure = Tuple[str, _crt.S3Exception]
@@ -68,15 +71,14 @@ def _alone(client: "S3Client", bucket: str, keys: List[str], removed: Callable[[
 
 
 def delete_all(
-    client: "S3Client", bucket: str, keys: List[str], removed: Callable[[int], None] = lambda n: None
+    client: "S3Client", bucket: str, keys: Iterable[str], removed: Callable[[int], None] = lambda n: None
 ) -> List[Failure]:
     """Delete ``keys`` of ``bucket`` (see the module); ``removed(n)`` as n more are gone. The
-    (key, error) of each key not deleted, in no particular order."""
+    (key, error) of each key not deleted, in no particular order. ``keys`` may be an iterator (a
+    listing): each batch goes as soon as it is full, while the iterator goes on, and at most
+    ``2 * JOBS`` batches wait, so the keys held stay bounded whatever its length."""
     native = client._get_native()
-    alone = [k for k in keys if not _crt.xml_can_carry(k)]
-    carried = [k for k in keys if _crt.xml_can_carry(k)] if alone else list(keys)
     size = _crt.MAX_DELETE_KEYS
-    batches = [carried[i : i + size] for i in range(0, len(carried), size)]
 
     def batch(part: List[str]) -> List[Failure]:
         if client._single_deletes:
@@ -94,11 +96,36 @@ def delete_all(
         removed(len(part) - len(refused))
         return failed + _alone(client, bucket, again, removed)
 
-    failures = _alone(client, bucket, alone, removed)
-    if len(batches) == 1:
-        return failures + batch(batches[0])
-    if batches:
-        with ThreadPoolExecutor(min(JOBS, len(batches)), thread_name_prefix="s3torch-delete") as pool:
-            for out in pool.map(batch, batches):
-                failures.extend(out)
-    return failures
+    failures: List[Failure] = []
+    alone: List[str] = []
+    part: List[str] = []
+    pool: Optional[ThreadPoolExecutor] = None
+    waiting: Deque["Future[List[Failure]]"] = deque()
+    try:
+        for key in keys:
+            if not key or not _crt.xml_can_carry(key):  # "" fails alone (a bad argument), not its batch
+                alone.append(key)
+                continue
+            part.append(key)
+            if len(part) < size:
+                continue
+            if pool is None:
+                pool = ThreadPoolExecutor(JOBS, thread_name_prefix="s3torch-delete")
+            waiting.append(pool.submit(batch, part))
+            part = []
+            while len(waiting) >= 2 * JOBS:
+                failures.extend(waiting.popleft().result())
+        if part and not waiting:  # one batch in all: no thread needed
+            failures.extend(batch(part))
+        elif part:
+            waiting.append(pool.submit(batch, part))  # type: ignore[union-attr]
+        while waiting:
+            failures.extend(waiting.popleft().result())
+    except BaseException:
+        for f in waiting:  # a failed listing, Ctrl-C: nothing more is sent
+            f.cancel()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return failures + _alone(client, bucket, alone, removed)

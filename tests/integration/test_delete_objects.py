@@ -9,6 +9,7 @@ import base64
 import hashlib
 import socketserver
 import threading
+import time
 import xml.etree.ElementTree as ET
 import zlib
 from http.server import BaseHTTPRequestHandler
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3torch import S3Client, S3ClientConfig, S3PermissionError, _crt
+from s3torch import S3Client, S3ClientConfig, S3Exception, S3InvalidArgumentError, S3PermissionError, _crt
 from tests.conftest import BUCKET, make_client
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -67,6 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
         SEEN.append(("POST", keys))
         if bucket == "garbage":
             return self._send(200, b"<Other><Deleted><Key>a</Key></Deleted></Other>")
+        if bucket == "quiet":  # answers as if asked to be quiet (naming no key), deleting nothing
+            return self._send(200, b'<?xml version="1.0" encoding="UTF-8"?>\n<DeleteResult/>')
         out = ET.Element("DeleteResult")
         for k in keys:
             if k.startswith("omitted"):
@@ -124,9 +127,40 @@ def test_a_directory_bucket_gets_a_crc32_not_an_md5(fake: S3Client) -> None:
     assert SEEN == [("POST", ["a", "b"])]  # taken as one request: no key went alone
 
 
+def test_keys_from_an_iterator_go_a_request_at_a_time_while_it_runs(fake: S3Client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(_crt, "MAX_DELETE_KEYS", 2)
+
+    def listing() -> Iterator[str]:
+        yield from ("a", "b")
+        deadline = time.monotonic() + 10
+        while not SEEN and time.monotonic() < deadline:  # the first request goes before the rest is listed
+            time.sleep(0.01)
+        assert SEEN == [("POST", ["a", "b"])]
+        yield from ("c", "d", "e")
+
+    assert fake.delete_objects("b", listing()) == []
+    assert sorted(k for _, p in SEEN for k in p) == ["a", "b", "c", "d", "e"]
+
+
+def test_a_listing_that_fails_part_way_stops_the_deletes(fake: S3Client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(_crt, "MAX_DELETE_KEYS", 2)
+
+    def listing() -> Iterator[str]:
+        yield from ("a", "b", "c")
+        raise S3Exception("ListObjectsV2: the connection dropped")
+
+    with pytest.raises(S3Exception, match="connection dropped"):
+        fake.delete_objects("b", listing())
+    # The full batch may have gone before the error (or been cancelled with it); "c" never goes.
+    assert [k for _, p in SEEN for k in p] in ([], ["a", "b"])
+
+
 def test_a_key_xml_cannot_carry_is_deleted_alone(fake: S3Client) -> None:
     assert fake.delete_objects("b", ["ctl\x01key", "fine", "ffff\uffff"]) == []
     assert sorted(SEEN) == [("DELETE", "ctl\x01key"), ("DELETE", "ffff\uffff"), ("POST", ["fine"])]
+    SEEN.clear()
+    ((key, error),) = fake.delete_objects("b", ["", "fine"])  # an empty key fails alone
+    assert key == "" and isinstance(error, S3InvalidArgumentError) and SEEN == [("POST", ["fine"])]
 
 
 def test_refused_omitted_and_passing_failures(fake: S3Client) -> None:
@@ -160,6 +194,12 @@ def test_a_request_refused_for_its_form_has_its_keys_deleted_alone_and_access_is
     failed = fake.delete_objects("denied", ["a", "b"])
     assert [k for k, _ in failed] == ["a", "b"] and all(isinstance(e, S3PermissionError) for _, e in failed)
     assert SEEN == []  # refused for access: no key is tried alone
+
+
+def test_an_answer_that_names_no_key_deletes_none_of_them(fake: S3Client) -> None:
+    failed = fake.delete_objects("quiet", ["a", "b"])
+    assert [k for k, _ in failed] == ["a", "b"]
+    assert all("names this key neither deleted nor refused, so it may still be there" in str(e) for _, e in failed)
 
 
 def test_an_answer_that_is_no_delete_result_fails_every_key(fake: S3Client) -> None:

@@ -147,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
         elif p == "deep":  # a listing whose one key nests 20,000 elements
             body = head + "<Contents><Key>deep/a</Key><Size>1</Size>" + DEEP.decode() + "</Contents></ListBucketResult>"
+        elif p == "selfclosing":  # an empty listing written as one self-closing element
+            body = '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult/>'
         elif p == "garbage":
             body = "\x00\xff not xml at all <<<>>>"
         elif p == "badutf8":  # a key that is not UTF-8 (S3 keys always are)
@@ -397,6 +399,11 @@ def test_a_listing_of_keys_outside_the_prefix_is_refused(liar: S3Client) -> None
     for delimiter in ("", "/"):
         with pytest.raises(S3Exception, match="listed 'elsewhere/secret', which is not under the prefix"):
             list(liar.list_objects(BUCKET, "outside/", delimiter))
+
+
+def test_a_self_closing_listing_is_an_empty_one(liar: S3Client) -> None:
+    (page,) = list(liar.list_objects(BUCKET, "selfclosing"))
+    assert page.object_info == [] and page.common_prefixes == []
 
 
 def test_huge_key_count(liar: S3Client) -> None:

@@ -39,7 +39,7 @@ from .._client import S3Client
 from .._config import S3ClientConfig
 from .._crt import S3Exception
 from .._progress import Progress
-from .._uri import parse_s3_uri, s3_path
+from .._uri import as_dir, parse_s3_uri, s3_path
 from ._metadata import UnreadableMetadata, raise_if_unreadable
 from .s3_file_system import S3FileSystem
 
@@ -177,7 +177,7 @@ class S3HuggingFaceStorageReader(StorageReader):
         native = self.client._get_native()
         bucket, key = parse_s3_uri(self.path)
         if not key.endswith(".json"):  # a folder: its index, else its files
-            key = key.rstrip("/") + "/" if key else ""
+            key = as_dir(key)
         uri = f"s3://{bucket}/{key}"
         index_key, names = resolve(native, uri, bucket, key)
         if index_key is None:

@@ -38,7 +38,7 @@ from .._batch_writes import BatchWrite, delete_keys
 from .._client import S3Client
 from .._config import S3ClientConfig
 from .._progress import Progress
-from .._uri import parse_s3_uri, s3_path
+from .._uri import as_dir, parse_s3_uri, s3_path
 from ..safetensors._pieces import SAVED_OFFSETS_KEY, SHARDING_INFO_KEY
 from ..safetensors._source import _list
 from ._staged_save import caller_streams
@@ -150,7 +150,7 @@ class S3HuggingFaceStorageWriter(StorageWriter):
         if key.endswith(".safetensors") or key.endswith(".json"):
             raise ValueError(f"{p} names a file: S3HuggingFaceStorageWriter writes into a folder (s3://bucket/folder)")
         self.path = p.rstrip("/")
-        folder = key.rstrip("/") + "/" if key.rstrip("/") else ""
+        folder = as_dir(key)
         self._bucket, self._folder = bucket, folder
         self._pieces_folder = folder + SHARDED_DIR + "/" if self.enable_consolidation else folder
 

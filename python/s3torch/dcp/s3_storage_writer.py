@@ -39,7 +39,7 @@ from .._create_only import write_create_only
 from .._crt import S3Exception, S3ObjectExistsError
 from .._notes import add_note
 from .._progress import Progress
-from .._uri import parse_s3_uri, s3_path
+from .._uri import as_dir, parse_s3_uri, s3_path
 from . import _save_mark, _torch_save
 from ._staged_save import (
     DEFAULT_SAVE_RING_BYTES,
@@ -431,7 +431,9 @@ class S3StorageWriter(FileSystemWriter):
 
     def _abort_stale_uploads(self) -> None:
         bucket, key = parse_s3_uri(str(self.path))
+        if not as_dir(key):  # at a bucket's root, other writers' uploads are under it too: leave them
+            return
         try:
-            _uploads.abort_uploads_under(self.fs.client, bucket, key.rstrip("/") + "/")
+            _uploads.abort_uploads_under(self.fs.client, bucket, as_dir(key))
         except S3Exception as e:  # the checkpoint is complete; this is housekeeping
             log.warning("s3torch: could not check %s for incomplete multipart uploads: %s", self.path, e)

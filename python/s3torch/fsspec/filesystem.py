@@ -742,23 +742,16 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
         FileNotFoundError when it names nothing. A key not deleted raises its S3Exception, once
         the rest are gone."""
         if recursive and maxdepth is None and isinstance(path, str) and not has_magic(path):
-            bucket, key = self.split_path(path)
-            prefix = key + "/" if key else ""
-            targets = [(bucket, o.key) for page in self.client.list_objects(bucket, prefix) for o in page.object_info]
-            if key and (targets or self._head_info(bucket, key) is not None):
+            return self._rm_tree(*self.split_path(path))
+        with self._remembering_listings() as listed:  # what the listings say of each name
+            names = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
+        targets = []
+        for name in names:
+            bucket, key = self.split_path(name)
+            if bucket and key:
                 targets.append((bucket, key))
-            if not targets and key:
-                raise FileNotFoundError(f"s3://{bucket}/{key}: no such object or prefix")
-        else:
-            with self._remembering_listings() as listed:  # what the listings say of each name
-                names = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
-            targets = []
-            for name in names:
-                bucket, key = self.split_path(name)
-                if bucket and key:
-                    targets.append((bucket, key))
-                    if recursive and listed.get(name, {}).get("type") == "directory":
-                        targets.append((bucket, key + "/"))  # its marker, if it has one
+                if recursive and listed.get(name, {}).get("type") == "directory":
+                    targets.append((bucket, key + "/"))  # its marker, if it has one
         by_bucket: Dict[str, List[str]] = {}
         for b, k in targets:
             by_bucket.setdefault(b, []).append(k)
@@ -766,6 +759,28 @@ class S3TorchFileSystem(AbstractFileSystem, metaclass=_Cached):  # type: ignore[
             failed = self.client.delete_objects(b, ks)
             if failed:
                 raise failed[0][1]
+
+    def _rm_tree(self, bucket: str, key: str) -> None:
+        """``rm(path, recursive=True)`` of one path: everything under it, deleted a request at a
+        time while the listing goes on (the keys held stay bounded), then the object ``key``
+        itself (a file, or a directory's marker)."""
+        prefix = key + "/" if key else ""
+        count = 0
+
+        def under() -> Iterator[str]:
+            nonlocal count
+            for page in self.client.list_objects(bucket, prefix):
+                for o in page.object_info:
+                    count += 1
+                    yield o.key
+
+        failed = self.client.delete_objects(bucket, under())
+        if key and (count or self._head_info(bucket, key) is not None):
+            failed += self.client.delete_objects(bucket, [key])
+        elif key:
+            raise FileNotFoundError(f"s3://{bucket}/{key}: no such object or prefix")
+        if failed:
+            raise failed[0][1]
 
     def invalidate_cache(self, path: Optional[str] = None) -> None:
         """Nothing to do: nothing is cached."""
