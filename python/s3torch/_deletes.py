@@ -23,12 +23,13 @@ failed gives its exception for each of its keys.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Deque, Iterable, List, Optional, Tuple
 
 from . import _crt
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # concurrent.futures is imported when a delete needs it: `import s3torch` stays lean
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from ._client import S3Client
 
 JOBS = 8  # DeleteObjects requests in flight at once
@@ -53,6 +54,7 @@ def _refused_as_asked(e: _crt.S3Exception) -> bool:
 
 def _alone(client: "S3Client", bucket: str, keys: List[str], removed: Callable[[int], None]) -> List[Failure]:
     """Delete each key with its own DeleteObject, ALONE_JOBS at once."""
+    from concurrent.futures import ThreadPoolExecutor
 
     def one(key: str) -> Optional[Failure]:
         try:
@@ -77,6 +79,8 @@ def delete_all(
     (key, error) of each key not deleted, in no particular order. ``keys`` may be an iterator (a
     listing): each batch goes as soon as it is full, while the iterator goes on, and at most
     ``2 * JOBS`` batches wait, so the keys held stay bounded whatever its length."""
+    from concurrent.futures import ThreadPoolExecutor
+
     native = client._get_native()
     size = _crt.MAX_DELETE_KEYS
 
