@@ -239,18 +239,18 @@ std::shared_ptr<SimpleRequest> start_delete_objects(std::shared_ptr<Client> clie
     doc += "</Delete>";
     // S3 wants the body's digest. Content-MD5 is what every S3-compatible store takes (several
     // refuse a DeleteObjects without it); directory buckets (S3 Express, "--x-s3") refuse MD5
-    // and take a CRC32 instead.
+    // and take a CRC32 instead, as does S3 where MD5 cannot be computed (a FIPS build).
     Headers headers{{"Content-Type", "application/xml"}};
     const std::string express_suffix = "--x-s3";
-    if (bucket.size() > express_suffix.size() &&
-        bucket.compare(bucket.size() - express_suffix.size(), express_suffix.size(), express_suffix) == 0) {
+    const bool directory_bucket =
+        bucket.size() > express_suffix.size() &&
+        bucket.compare(bucket.size() - express_suffix.size(), express_suffix.size(), express_suffix) == 0;
+    std::optional<std::string> md5;
+    if (!directory_bucket) md5 = base64_md5(doc.data(), doc.size());
+    if (md5) headers.emplace_back("Content-MD5", *md5);
+    else
         headers.emplace_back("x-amz-checksum-crc32",
                              crc_base64(CrcAlgorithm::Crc32, crc(CrcAlgorithm::Crc32, doc.data(), doc.size())));
-    } else {
-        std::optional<std::string> md5 = base64_md5(doc.data(), doc.size());
-        if (!md5) throw S3Error(ErrorKind::Generic, "DeleteObjects s3://" + bucket + ": cannot compute the MD5", ctx);
-        headers.emplace_back("Content-MD5", *md5);
-    }
     Address addr = address_of(client->config(), client->endpoint(), bucket, "", "delete=");
     return SimpleRequest::start_with_body(client, ctx, "POST", "DeleteObjects", addr, std::move(doc),
                                           std::move(headers));

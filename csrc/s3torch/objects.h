@@ -80,12 +80,14 @@ std::shared_ptr<SimpleRequest> start_delete(std::shared_ptr<Client> client, cons
                                             const std::string &key);
 
 // DeleteObjects: up to kMaxDeleteKeys keys of one bucket removed by one request (a POST of an
-// XML list, with its Content-MD5, or a CRC32 for a directory bucket). Every key must be one XML can carry (xml_escape);
-// the caller deletes the others one by one (InvalidArgument here). Not quiet: the answer names each key, deleted or
-// refused, so that a server that answered without deleting is caught. delete_objects_result waits and returns the keys
-// not deleted, each as its S3Error (operation DeleteObjects, the key in its context): refused with the server's code
-// and message, or not named by the answer at all. Throws the request's S3Error when the request itself failed (a server
-// without DeleteObjects answers NotImplemented or 405), or S3Error (Generic) for an answer that is not a DeleteResult.
+// XML list, with its Content-MD5; a CRC32 instead for a directory bucket, or where MD5 is not
+// available). Every key must be one XML can carry (xml_escape); the caller deletes the others
+// one by one (InvalidArgument here). Not quiet: the answer names each key, deleted or refused,
+// so that a server that answered without deleting is caught. delete_objects_result waits and
+// returns the keys not deleted, each as its S3Error (operation DeleteObjects, the key in its
+// context): refused with the server's code and message, or not named by the answer at all.
+// Throws the request's S3Error when the request itself failed (a server without DeleteObjects
+// answers NotImplemented or 405), or S3Error (Generic) for an answer that is not a DeleteResult.
 constexpr size_t kMaxDeleteKeys = 1000;  // S3's limit on one DeleteObjects
 std::shared_ptr<SimpleRequest> start_delete_objects(std::shared_ptr<Client> client, const std::string &bucket,
                                                     const std::vector<std::string> &keys);
