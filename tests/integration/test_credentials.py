@@ -16,7 +16,6 @@ import contextlib
 import http.server
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
@@ -27,6 +26,7 @@ from s3torch import S3Client, S3ClientConfig, S3PermissionError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 from tests.faults.proxy import FaultProxy
+from tests.faults.serving import serving
 from tests.faults.tls import PROXY_VARIABLES, ConnectProxy, TlsFront, make_ca
 
 
@@ -127,18 +127,6 @@ class _JsonEndpoint(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def _serving(handler: type) -> Iterator[str]:
-    """``handler`` served on loopback; yields its ``http://127.0.0.1:port``."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
 class _Credentials(_JsonEndpoint):
     """A container credentials endpoint: the keys, to a request that brings the token. No
     session token: SeaweedFS would look the key up among its temporary ones."""
@@ -155,7 +143,7 @@ class _Credentials(_JsonEndpoint):
 @pytest.fixture
 def container_endpoint() -> Iterator[Tuple[str, type]]:
     handler = type("Handler", (_Credentials,), {"seen": []})
-    with _serving(handler) as url:
+    with serving(handler) as url:
         yield f"{url}/v1/credentials", handler
 
 
@@ -299,7 +287,7 @@ def test_an_sso_profile_signed_in_with_aws_sso_login(
     if how.endswith("AWS_PROFILE"):
         monkeypatch.setenv("AWS_PROFILE", profile)
     handler = type("Portal", (_Portal,), {"seen": []})
-    with _serving(handler) as portal, TlsFront(portal, ca[1], ca[2]) as tls:
+    with serving(handler) as portal, TlsFront(portal, ca[1], ca[2]) as tls:
         with ConnectProxy(("127.0.0.1", tls.port)) as tunnel, FaultProxy.in_front_of(moto.endpoint) as s3:
             monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
             _round_trip(S3Client(REGION, endpoint=s3.endpoint, s3client_config=config), prefix + "sso")
@@ -382,7 +370,7 @@ def _sso_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chain: Path, 
     ca = make_ca(tmp_path / "ca", names=(SSO_HOST, OIDC_HOST))
     monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
     services = type("Sso", (_SsoServices,), {"issued": [], "oidc_seen": [], "portal_seen": []})
-    with _serving(services) as url, TlsFront(url, ca[1], ca[2]) as tls, ConnectProxy(("127.0.0.1", tls.port)) as tunnel:
+    with serving(services) as url, TlsFront(url, ca[1], ca[2]) as tls, ConnectProxy(("127.0.0.1", tls.port)) as tunnel:
         monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
         try:
             yield services, path

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socketserver
-import threading
 import time
 import xml.etree.ElementTree as ET
 import zlib
@@ -22,6 +20,7 @@ from hypothesis import strategies as st
 
 from s3torch import S3Client, S3ClientConfig, S3Exception, S3InvalidArgumentError, S3PermissionError, _crt
 from tests.conftest import BUCKET, make_client
+from tests.faults.serving import serving
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # Every key the server was asked about, by how: ("POST", [keys]) or ("DELETE", key).
@@ -88,20 +87,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, ET.tostring(out, encoding="utf-8"))
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
-    srv = _Server(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(_Handler) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ the destination buffer are intact, and the process is alive."""
 from __future__ import annotations
 
 import re
-import socketserver
-import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Iterator, Tuple
 from urllib.parse import unquote
@@ -17,6 +15,7 @@ import pytest
 
 from s3torch import S3Client, S3ClientConfig, S3Exception, S3PermissionError
 from tests.faults.guards import guarded, guards_intact
+from tests.faults.serving import serving
 
 BUCKET = "lies"
 SIZE = 4096
@@ -182,24 +181,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, body.encode("utf-8", "surrogateescape"), (("Content-Type", "application/xml"),))
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
 @pytest.fixture(scope="module")
 def liar() -> Iterator[S3Client]:
-    srv = _Server(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
     cfg = S3ClientConfig(
         force_path_style=True, access_key_id="k", secret_access_key="s", max_attempts=2, retry_timeout_s=0
     )
-    try:
-        yield S3Client("us-east-1", endpoint=f"http://127.0.0.1:{srv.server_address[1]}", s3client_config=cfg)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(_Handler) as url:
+        yield S3Client("us-east-1", endpoint=url, s3client_config=cfg)
 
 
 @pytest.mark.parametrize(
