@@ -269,21 +269,25 @@ std::vector<S3Error> parse_delete_body(const std::string &body, const std::vecto
         std::string key, code, message;
     };
     std::vector<Item> items;
-    bool ok = xml_walk(body, [&](const std::string &path, const std::string &text) {
-        if (path == "DeleteResult/Deleted" || path == "DeleteResult/Error") {
-            items.emplace_back();
-            items.back().refused = path == "DeleteResult/Error";
-        } else if (items.empty()) {
-            return;
-        } else if (path == "DeleteResult/Deleted/Key" || path == "DeleteResult/Error/Key") {
-            items.back().key = text;
-        } else if (path == "DeleteResult/Error/Code") {
-            items.back().code = text;
-        } else if (path == "DeleteResult/Error/Message") {
-            items.back().message = text;
-        }
-    });
-    if (!ok || xml_root(body) != "DeleteResult")
+    std::string root;
+    bool ok = xml_walk(
+        body,
+        [&](const std::string &path, const std::string &text) {
+            if (path == "DeleteResult/Deleted" || path == "DeleteResult/Error") {
+                items.emplace_back();
+                items.back().refused = path == "DeleteResult/Error";
+            } else if (items.empty()) {
+                return;
+            } else if (path == "DeleteResult/Deleted/Key" || path == "DeleteResult/Error/Key") {
+                items.back().key = text;
+            } else if (path == "DeleteResult/Error/Code") {
+                items.back().code = text;
+            } else if (path == "DeleteResult/Error/Message") {
+                items.back().message = text;
+            }
+        },
+        &root);
+    if (!ok || root != "DeleteResult")
         throw S3Error(ErrorKind::Generic,
                       "DeleteObjects s3://" + ctx.bucket + ": the answer is not a DeleteResult XML document", ctx);
     // Each key asked for: 0 not named yet, 1 deleted, 2 refused (the first word on it counts).

@@ -507,6 +507,22 @@ std::shared_ptr<SimpleRequest> SimpleRequest::start_request(std::shared_ptr<Clie
                                                             const void *body, size_t body_len, Headers headers,
                                                             const std::string &copy_source_uri) {
     std::shared_ptr<SimpleRequest> req(new SimpleRequest(std::move(client), std::move(ctx)));
+    req->launch(method, operation, addr, meta_request_type, body, body_len, std::move(headers), copy_source_uri);
+    return req;
+}
+
+std::shared_ptr<SimpleRequest> SimpleRequest::start_with_body(std::shared_ptr<Client> client, ErrorContext ctx,
+                                                              const char *method, const std::string &operation,
+                                                              const Address &addr, std::string body, Headers headers) {
+    std::shared_ptr<SimpleRequest> req(new SimpleRequest(std::move(client), std::move(ctx)));
+    req->sent_ = std::move(body);  // the Transfer (and sent_) lives until the CRT's shutdown
+    req->launch(method, operation, addr, AWS_S3_META_REQUEST_TYPE_DEFAULT, req->sent_.data(), req->sent_.size(),
+                std::move(headers), "");
+    return req;
+}
+
+void SimpleRequest::launch(const char *method, const std::string &operation, const Address &addr, int meta_request_type,
+                           const void *body, size_t body_len, Headers headers, const std::string &copy_source_uri) {
     if (body) headers.emplace_back("Content-Length", std::to_string(body_len));
     aws_s3_meta_request_options o;
     AWS_ZERO_STRUCT(o);
@@ -516,23 +532,7 @@ std::shared_ptr<SimpleRequest> SimpleRequest::start_request(std::shared_ptr<Clie
     if (body) o.request_body = aws_byte_cursor_from_array(body, body_len);
     if (!copy_source_uri.empty())
         o.copy_source_uri = aws_byte_cursor_from_array(copy_source_uri.data(), copy_source_uri.size());
-    req->start(o, method, addr, headers);
-    return req;
-}
-
-std::shared_ptr<SimpleRequest> SimpleRequest::start_with_body(std::shared_ptr<Client> client, ErrorContext ctx,
-                                                              const char *method, const std::string &operation,
-                                                              const Address &addr, std::string body, Headers headers) {
-    std::shared_ptr<SimpleRequest> req(new SimpleRequest(std::move(client), std::move(ctx)));
-    req->sent_ = std::move(body);
-    headers.emplace_back("Content-Length", std::to_string(req->sent_.size()));
-    aws_s3_meta_request_options o;
-    AWS_ZERO_STRUCT(o);
-    o.type = AWS_S3_META_REQUEST_TYPE_DEFAULT;
-    o.operation_name = aws_byte_cursor_from_array(operation.data(), operation.size());
-    o.request_body = aws_byte_cursor_from_array(req->sent_.data(), req->sent_.size());
-    req->start(o, method, addr, headers);  // the Transfer (and sent_) lives until the CRT's shutdown
-    return req;
+    start(o, method, addr, headers);
 }
 
 int SimpleRequest::on_body(const aws_byte_cursor &body, uint64_t, void *) {

@@ -194,6 +194,9 @@ class SimpleRequest : public Transfer {
 
   protected:
     using Transfer::Transfer;
+    // The meta request of either start: `body` (if any) with its Content-Length.
+    void launch(const char *method, const std::string &operation, const Address &addr, int meta_request_type,
+                const void *body, size_t body_len, Headers headers, const std::string &copy_source_uri);
     int on_body(const aws_byte_cursor &body, uint64_t range_start, void *ticket) override;
     std::string body_;  // mu_
     std::string sent_;  // start_with_body's body: set before the start, read only by the CRT

@@ -22,6 +22,7 @@ struct WalkState {
     std::vector<std::string> path;
     bool not_utf8 = false;  // a text was not UTF-8: the document is refused
     bool failed = false;    // too deep, or a container's body did not parse: refused too
+    std::string root;       // the root element's name
 };
 
 std::string join(const std::vector<std::string> &parts) {
@@ -92,7 +93,8 @@ int on_node(struct aws_xml_node *node, void *user_data) {
 
 }  // namespace
 
-bool xml_walk(const std::string &doc, const std::function<void(const std::string &, const std::string &)> &visit) {
+bool xml_walk(const std::string &doc, const std::function<void(const std::string &, const std::string &)> &visit,
+              std::string *root) {
     WalkState st{&visit, {}};
     aws_xml_parser_options opts;
     AWS_ZERO_STRUCT(opts);
@@ -102,14 +104,18 @@ bool xml_walk(const std::string &doc, const std::function<void(const std::string
         aws_byte_cursor name = aws_xml_node_get_name(root);
         // A self-closing root (<DeleteResult/>): the parser keeps the '/' in its name, and it
         // has no children to traverse (traversing fails).
-        if (name.len && name.ptr[name.len - 1] == '/') return AWS_OP_SUCCESS;
-        s->path.emplace_back(reinterpret_cast<const char *>(name.ptr), name.len);
+        const bool empty = name.len && name.ptr[name.len - 1] == '/';
+        s->root.assign(reinterpret_cast<const char *>(name.ptr), name.len - (empty ? 1 : 0));
+        if (empty) return AWS_OP_SUCCESS;
+        s->path.push_back(s->root);
         int rc = aws_xml_node_traverse(root, on_node, ud);
         s->path.pop_back();
         return rc;
     };
     opts.user_data = &st;
-    return aws_xml_parse(aws_default_allocator(), &opts) == AWS_OP_SUCCESS && !st.not_utf8 && !st.failed;
+    const bool ok = aws_xml_parse(aws_default_allocator(), &opts) == AWS_OP_SUCCESS && !st.not_utf8 && !st.failed;
+    if (root) *root = ok ? st.root : std::string();
+    return ok;
 }
 
 std::string xml_first_text(const std::string &doc, const char *name) {
@@ -126,22 +132,6 @@ std::string xml_first_text(const std::string &doc, const char *name) {
         }
     });
     return found;
-}
-
-std::string xml_root(const std::string &doc) {
-    std::string name;
-    aws_xml_parser_options opts;
-    AWS_ZERO_STRUCT(opts);
-    opts.doc = aws_byte_cursor_from_array(doc.data(), doc.size());
-    opts.on_root_encountered = [](struct aws_xml_node *root, void *ud) -> int {
-        aws_byte_cursor n = aws_xml_node_get_name(root);
-        static_cast<std::string *>(ud)->assign(reinterpret_cast<const char *>(n.ptr), n.len);
-        return AWS_OP_SUCCESS;
-    };
-    opts.user_data = &name;
-    if (aws_xml_parse(aws_default_allocator(), &opts) != AWS_OP_SUCCESS) return std::string();
-    if (!name.empty() && name.back() == '/') name.pop_back();  // the parser keeps it on <Empty/>
-    return name;
 }
 
 bool xml_escape(const std::string &text, std::string &out) {

@@ -15,12 +15,12 @@ std::string xml_first_text(const std::string &doc, const char *name);
 // Walk every element of `doc` depth-first. The visitor gets the element's path of names
 // ("ListBucketResult/Contents/Key") and its unescaped text (empty for elements with children).
 // Returns false if the document does not parse, nests elements deeper than 16 (no S3 answer
-// comes near), or a text in it is not UTF-8 (the visitor never sees one).
+// comes near), or a text in it is not UTF-8 (the visitor never sees one). A self-closing root
+// (<DeleteResult/>) is a document of no elements. `root`, if given, gets the root element's
+// name ("" when the walk fails).
 bool xml_walk(const std::string &doc,
-              const std::function<void(const std::string &path, const std::string &text)> &visit);
-
-// The name of `doc`'s root element; "" if `doc` does not parse.
-std::string xml_root(const std::string &doc);
+              const std::function<void(const std::string &path, const std::string &text)> &visit,
+              std::string *root = nullptr);
 
 // Append `text` to `out` as XML character data (&amp; &lt; &gt; &quot; &apos;, and tab, line
 // feed and carriage return as character references, which a parser keeps as they are where it

@@ -152,15 +152,19 @@ def list_checkpoints(
     return checkpoints_under(S3Client(region, endpoint=endpoint, s3client_config=s3client_config), bucket, key)
 
 
+class _PastBound(Exception):
+    """A listing ran past the pages it was allowed."""
+
+
 def dated_listing(
     client: S3Client, bucket: str, prefix: str, max_pages: Optional[int] = None
-) -> Optional[Dict[str, Tuple[int, str]]]:
-    """Relative name -> (size, LastModified) of every object under ``prefix``; None when the
-    listing runs past ``max_pages`` pages."""
+) -> Dict[str, Tuple[int, str]]:
+    """Relative name -> (size, LastModified) of every object under ``prefix``; ``_PastBound``
+    when the listing runs past ``max_pages`` pages."""
     objects: Dict[str, Tuple[int, str]] = {}
     for n, page in enumerate(client.list_objects(bucket, prefix), 1):
         if max_pages is not None and n > max_pages:
-            return None
+            raise _PastBound(f"s3://{bucket}/{prefix} lists more than {max_pages} pages")
         objects.update((o.key[len(prefix) :], (o.size, o.last_modified)) for o in page.object_info)
     return objects
 
@@ -168,9 +172,7 @@ def dated_listing(
 def checkpoints_under(client: S3Client, bucket: str, key: str) -> List[CheckpointInfo]:
     """:func:`catalog` of one listing of ``bucket``'s ``key`` as a folder."""
     prefix = as_dir(key)
-    objects = dated_listing(client, bucket, prefix)
-    assert objects is not None  # no page bound
-    return catalog(f"s3://{bucket}/{prefix}", objects)
+    return catalog(f"s3://{bucket}/{prefix}", dated_listing(client, bucket, prefix))
 
 
 def _check_kind(kind: Optional[str]) -> None:
@@ -240,6 +242,6 @@ def what_is_there_now(client: S3Client, bucket: str, key: str) -> str:
     prefix = as_dir(key)
     try:
         objects = dated_listing(client, bucket, prefix, HINT_PAGES)
-    except Exception:  # noqa: BLE001 - the error being explained is the one to raise
+    except Exception:  # noqa: BLE001 - the error being explained is the one to raise (_PastBound too)
         return ""
-    return what_is_there(f"s3://{bucket}/{prefix}", objects) if objects is not None else ""
+    return what_is_there(f"s3://{bucket}/{prefix}", objects)

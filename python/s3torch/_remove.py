@@ -160,7 +160,6 @@ def plan_pruning(client: S3Client, bucket: str, prefix: str, keep: int) -> List[
         raise _crt.S3InvalidArgumentError(f"keep must be at least 1 (the newest checkpoints kept), got {keep!r}")
     where = f"s3://{bucket}/{prefix}"
     objects = dated_listing(client, bucket, prefix)
-    assert objects is not None  # no page bound
     done = [
         c
         for c in catalog(where, objects)
@@ -177,7 +176,7 @@ def plan_pruning(client: S3Client, bucket: str, prefix: str, keep: int) -> List[
 
 def listed(client: S3Client, bucket: str, prefix: str) -> Dict[str, int]:
     """Relative name -> size of every object under ``prefix``."""
-    return {o.key[len(prefix) :]: o.size for page in client.list_objects(bucket, prefix) for o in page.object_info}
+    return {name: size for name, (size, _) in dated_listing(client, bucket, prefix).items()}
 
 
 def remove_checkpoint(

@@ -91,7 +91,6 @@ def open_s3(client: S3Client, uri: str, trust: bool = False) -> Checkpoint:
     prefix = as_dir(key)
     where = f"s3://{bucket}/{prefix}"
     listed = dated_listing(client, bucket, prefix)
-    assert listed is not None  # no page bound
     files = {name: size for name, (size, _) in listed.items()}
     if METADATA not in files:
         raise CLIError(
