@@ -1087,9 +1087,9 @@ def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     fs = fsspec_fs(ctx, "fsspec-s3torch" if peer == "fsspec-s3torch-single" else peer)
     prefix = f"{b}/fsspec-many-{peer}-{os.getpid()}"
     data = os.urandom(size)
-    local = tempfile.mkdtemp(prefix="s3torch-bench-")
-    if ctx["scenario"].startswith("fsspec_rm"):
+    if not ctx["scenario"].startswith("fsspec_put"):  # the objects to get or remove
         fsspec_fs(ctx, "fsspec-s3torch").pipe({f"{prefix}/{i:06d}": data for i in range(n)})
+    if ctx["scenario"].startswith("fsspec_rm"):
 
         def rm() -> float:
             fs.rm(prefix, recursive=True)
@@ -1105,8 +1105,8 @@ def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
             return float(n)
 
         return rm_one_by_one if peer == "fsspec-s3torch-single" else rm
+    local = tempfile.mkdtemp(prefix="s3torch-bench-")
     if ctx["scenario"].startswith("fsspec_get"):
-        fsspec_fs(ctx, "fsspec-s3torch").pipe({f"{prefix}/{i:06d}": data for i in range(n)})
 
         def get() -> float:
             fs.get(prefix, local + "/", recursive=True)
