@@ -294,8 +294,8 @@ def prepare_cp_data(root: Path, sc: Scenario, sizes: Dict[str, int], endpoint: s
 def prepare_nginx_data(root: Path, sc: Scenario, sizes: Dict[str, int]) -> Dict[str, Any]:
     """Files under root/bench served by nginx; returns context keys for the runner."""
     bench = root / "bench"
-    if sc.name in ("get", "ranged", "ranged_mid"):
-        n = sizes["object_bytes"]
+    if sc.name in ("get", "ranged", "ranged_mid", "new_client", "new_client_container"):
+        n = sizes.get("object_bytes", 1)
         key = f"obj-{n}"
         if not (bench / key).exists():
             write_random(bench / key, n)
@@ -513,7 +513,7 @@ def markdown(results: Dict[str, Any]) -> str:
     ]
     for sc_res in results["scenarios"]:
         sc = BY_NAME[sc_res["name"]]
-        cpu_unit = "CPU-s/GB" if sc.unit == "GB/s" else "CPU-s/1000 obj"
+        cpu_unit = "CPU-s/GB" if sc.unit == "GB/s" else f"CPU-s/1000 {sc.unit.split('/')[0]}"
         lines += [
             f"## {sc.title} ({sc_res['server']}; {sc_res['sizes']})",
             "",

@@ -1124,6 +1124,94 @@ def setup_fsspec_many(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     return put
 
 
+def _container_credentials(ctx: Dict[str, Any]) -> None:
+    """A container credentials endpoint on 127.0.0.1 (EKS Pod Identity's and ECS's kind, a thread
+    of this process) handing out keys with a session token, named to the default chain by the
+    environment; the keys themselves leave the environment."""
+    import http.server
+    import threading
+
+    body = json.dumps(
+        {
+            "AccessKeyId": ctx["access_key"],
+            "SecretAccessKey": ctx["secret_key"],
+            "Token": "bench-session-token",
+            "Expiration": "2099-01-01T00:00:00Z",
+        }
+    ).encode()
+
+    class Credentials(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Credentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"http://127.0.0.1:{server.server_port}/v1/credentials"
+    os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = "bench-token"
+
+
+def setup_new_client(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
+    """``clients`` new clients one after another in one process, each making one request (a HEAD
+    of a 1-byte object nginx serves, which takes any signature), as each DCP save and load,
+    Lightning save or safetensors load makes a client. Credentials come from the default chain,
+    as most users' do: from the environment (``new_client``), or from a container credentials
+    endpoint on 127.0.0.1 (``new_client_container``, EKS Pod Identity, ECS). One client is made
+    and used before measuring (the process's first save), so each row times the clients after it."""
+    b, key, n = ctx["bucket"], ctx["key"], ctx["clients"]
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):  # no file of the user's
+        os.environ[name] = os.devnull
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    if ctx["scenario"] == "new_client_container":
+        _container_credentials(ctx)
+    else:
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = ctx["access_key"], ctx["secret_key"]
+    if peer == "s3torch":
+        from s3torch import S3Client, S3ClientConfig
+
+        def head() -> None:
+            cfg = S3ClientConfig(force_path_style=True)
+            S3Client("us-east-1", endpoint=ctx["endpoint"], s3client_config=cfg).head_object(b, key)
+
+    elif peer == "s3torchconnector":
+        from s3torchconnector import S3ClientConfig as TcConfig
+        from s3torchconnector._s3client import S3Client as TcClient
+
+        def head() -> None:
+            TcClient(
+                "us-east-1", endpoint=ctx["endpoint"], s3client_config=TcConfig(force_path_style=True)
+            ).head_object(b, key)
+
+    elif peer == "boto3":
+        import boto3
+        from botocore.config import Config
+
+        def head() -> None:
+            config = Config(s3={"addressing_style": "path"})
+            boto3.client("s3", endpoint_url=ctx["endpoint"], region_name="us-east-1", config=config).head_object(
+                Bucket=b, Key=key
+            )
+
+    else:
+        raise KeyError(peer)
+    head()
+
+    def op() -> float:
+        for _ in range(n):
+            head()
+        return float(n)
+
+    return op
+
+
 def setup_zarr(ctx: Dict[str, Any], peer: str) -> Callable[[], float]:
     """zarr 3, a float32 array (uncompressed) through each peer: a store URL, ``s3torch://``
     or ``s3://`` through s3fs, both given s3fs's storage options, or zarr's ObjectStore over
@@ -1192,6 +1280,8 @@ SETUPS = {
     "fsspec_put_many": setup_fsspec_many,
     "fsspec_rm_many": setup_fsspec_many,
     "fsspec_rm_many_20ms": setup_fsspec_many,
+    "new_client": setup_new_client,
+    "new_client_container": setup_new_client,
     "ranged": setup_ranged,
     "ranged_mid": setup_ranged,
     "put": setup_put,

@@ -378,6 +378,23 @@ for _name, _latency, _objects in (
         )
     )
 
+# A new client's first request, 50 clients one after another in one process (each DCP save and
+# load, Lightning save, safetensors load makes one), credentials from the default chain. nginx
+# takes any signature, so the container endpoint can hand out a session token (SeaweedFS refuses
+# one it did not issue, and botocore and the CRT of s3torchconnector's require one there).
+for _name, _from in (("new_client", "the environment"), ("new_client_container", "a container credentials endpoint")):
+    SCENARIOS.append(
+        Scenario(
+            _name,
+            f"a new client's first request (a HEAD of a 1-byte object), credentials from {_from} (the default chain)",
+            "nginx",
+            "clients/s",
+            ["s3torch", "s3torchconnector", "boto3"],
+            {"clients": 50},
+            {"clients": 10},
+        )
+    )
+
 # zarr 3: s3torch's and s3fs's filesystems through zarr's FsspecStore (a store URL; s3torch's
 # asynchronous=True instance runs each call on a thread of its pool, s3fs is async itself),
 # and zarr's ObjectStore over obstore (Rust, async).

@@ -6,6 +6,7 @@
 #include "s3torch/request.h"
 #include "s3torch/retry.h"
 #include "s3torch/runtime.h"
+#include "s3torch/shared_providers.h"
 
 #include <aws/auth/credentials.h>
 #include <aws/auth/signing_config.h>
@@ -142,24 +143,13 @@ aws_s3_client *Client::ensure_locked() {
     std::unique_ptr<aws_retry_strategy, void (*)(aws_retry_strategy *)> retry_guard(
         retry, [](aws_retry_strategy *r) { aws_retry_strategy_release(r); });
 
+    // Shared with the runtime's other clients of the same settings (shared_providers.h).
+    SharedProviders &shared = runtime_->providers();
     CredentialsKind credentials = config_.credentials_kind();
-    if (endpoint_.tls || credentials == CredentialsKind::Default || credentials == CredentialsKind::Profile) {
-        aws_tls_ctx_options tls_options;
-        aws_tls_ctx_options_init_default_client(&tls_options, alloc);
-        if (!config_.ca_file.empty() && aws_tls_ctx_options_override_default_trust_store_from_path(
-                                            &tls_options, nullptr, config_.ca_file.c_str())) {
-            int err = aws_last_error();
-            aws_tls_ctx_options_clean_up(&tls_options);
-            throw_invalid("cannot use CA file '" + config_.ca_file +
-                          "' (ca_file, else $AWS_CA_BUNDLE, else the profile's ca_bundle): " + crt_error_name(err));
-        }
-        tls_ctx_ = aws_tls_client_ctx_new(alloc, &tls_options);
-        aws_tls_ctx_options_clean_up(&tls_options);
-        if (!tls_ctx_) throw error_from_crt(aws_last_error(), {"CreateTlsContext", "", ""});
-    }
-
+    if (endpoint_.tls || credentials == CredentialsKind::Default || credentials == CredentialsKind::Profile)
+        tls_ctx_ = shared.tls_context(config_);
     try {
-        credentials_ = make_credentials_provider(config_, runtime_->bootstrap(), tls_ctx_);
+        credentials_ = shared.credentials(config_, tls_ctx_);
     } catch (...) {
         if (tls_ctx_) aws_tls_ctx_release(tls_ctx_);
         tls_ctx_ = nullptr;
@@ -295,6 +285,11 @@ void Client::signing_config(const Signing &signing, aws_signing_config_aws &out)
 }
 
 void Client::transfer_finished() { in_flight_.fetch_sub(1); }
+
+void Client::credentials_refused() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (client_ && runtime_ && !owner_.foreign()) runtime_->providers().forget(credentials_);
+}
 
 bool Client::env_proxy() const { return config_.proxy_from_env && !is_loopback(endpoint_.host); }
 

@@ -60,6 +60,10 @@ class Client : public std::enable_shared_from_this<Client> {
     // releases it (aws_credentials_provider_release). Builds the aws_s3_client if need be.
     void signing_config(const Signing &signing, aws_signing_config_aws &out);
     void transfer_finished();
+    // S3 refused a request this client signed (403, 401: credentials expired, unknown, or the
+    // wrong secret, or a policy): clients made from now on do not share its credentials
+    // (shared_providers.h); they ask for them again.
+    void credentials_refused();
     int64_t in_flight() const { return in_flight_.load(); }
     // A CRT part buffer (its ticket) outlives its transfer in a consumer's hands (a GetStream
     // chunk). The buffer belongs to client_'s pool, which holds no count of its tickets, so

@@ -5,6 +5,7 @@
 #include "s3torch/fork.h"
 #include "s3torch/log_redact.h"
 #include "s3torch/prefault.h"
+#include "s3torch/shared_providers.h"
 
 #include <aws/auth/auth.h>
 #include <aws/common/logging.h>
@@ -139,9 +140,11 @@ Runtime::Runtime() : allocator_(aws_default_allocator()) {
     bootstrap_options.host_resolver = resolver_;
     bootstrap_ = aws_client_bootstrap_new(allocator_, &bootstrap_options);
     if (!bootstrap_) throw error_from_crt(aws_last_error(), {"CreateBootstrap", "", ""});
+    providers_.reset(new SharedProviders(bootstrap_));
 }
 
 Runtime::~Runtime() {
+    providers_.reset();
     aws_client_bootstrap_release(bootstrap_);
     aws_host_resolver_release(resolver_);
     aws_event_loop_group_release(elg_);

@@ -19,6 +19,8 @@ struct aws_client_bootstrap;
 
 namespace s3torch {
 
+class SharedProviders;
+
 // How many event-loop threads the runtime runs: S3TORCH_EVENT_LOOP_THREADS (1-256) if set,
 // else half the cores (aws-c-io's default: one a physical core) but at least two on a machine
 // with two cores or more. With aws-c-io's one on 2 cores, that thread was the bound of GETs
@@ -52,6 +54,8 @@ class Runtime {
     aws_allocator *allocator() const { return allocator_; }
     aws_client_bootstrap *bootstrap() const { return bootstrap_; }
     aws_event_loop_group *event_loop_group() const { return elg_; }
+    // The TLS contexts and credentials providers its clients share (shared_providers.h).
+    SharedProviders &providers() const { return *providers_; }
 
   private:
     Runtime();
@@ -59,6 +63,7 @@ class Runtime {
     aws_event_loop_group *elg_ = nullptr;
     aws_host_resolver *resolver_ = nullptr;
     aws_client_bootstrap *bootstrap_ = nullptr;
+    std::unique_ptr<SharedProviders> providers_;  // released before the bootstrap they use
 };
 
 }  // namespace s3torch

@@ -265,6 +265,9 @@ void Transfer::raise_if_failed() {
                         (error_code_ == AWS_ERROR_S3_INTERNAL_ERROR || error_code_ == AWS_ERROR_S3_SLOW_DOWN);
     S3Error err = error_from_result(error_code_, last_attempt ? last_error_status_ : status_, error_body_,
                                     last_attempt ? last_error_request_id_ : request_id_, failed_operation_, ctx_);
+    // Refused for its credentials (or a 403 that does not say why: a HEAD's has no body): the
+    // next client asks for them again.
+    if (err.kind == ErrorKind::AccessDenied) client_->credentials_refused();
     std::string hint = wrong_region_hint(err, bucket_region_, error_body_, client_->config().region);
     if (!hint.empty()) throw with_hint(err, hint);
     hint = refusal_hint(err, client_->config());

@@ -167,11 +167,57 @@ def test_container_credentials_with_a_token(
         monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-identity-token")
     _round_trip(S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig()), prefix + "pod")
     assert handler.seen and all(s == ("/v1/credentials", "pod-identity-token") for s in handler.seen), handler.seen
-    handler.secret = "not-the-secret"  # a new client asks again, and signs with what it is given
+    _shared_then_asked_again(seaweed, prefix + "pod", handler, monkeypatch)
+
+
+def test_checkpoints_share_the_processs_credentials(
+    seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, container_endpoint: Any
+) -> None:
+    """Every DCP save and load makes a client of its own; under EKS Pod Identity, ECS or EC2
+    each asked the metadata endpoint for credentials again (under IRSA, STS: a call per rank per
+    checkpoint, against a quota shared by the account). A training loop's saves and its restore
+    now ask once."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from s3torch.dcp import S3StorageReader, S3StorageWriter
+
+    url, handler = container_endpoint
+    handler.token, handler.secret = "pod-identity-token", SECRET_KEY
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", url)
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-identity-token")
+    path = f"s3://{BUCKET}/{prefix}ckpt"
+    for step in range(3):
+        state = {"w": torch.full((64,), float(step))}
+        dcp.save(state, storage_writer=S3StorageWriter(REGION, f"{path}/{step}", endpoint=seaweed.endpoint))
+    out = {"w": torch.zeros(64)}
+    dcp.load(out, storage_reader=S3StorageReader(REGION, f"{path}/2", endpoint=seaweed.endpoint))
+    assert torch.equal(out["w"], torch.full((64,), 2.0))
+    assert len(handler.seen) == 1, handler.seen
+
+
+def _new_head(seaweed: Any, key: str) -> None:
+    S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(max_attempts=1)).head_object(BUCKET, key)
+
+
+def _shared_then_asked_again(seaweed: Any, key: str, handler: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials from an endpoint are shared by the clients of a process whose environment
+    is the same (each DCP save makes a client: before, each asked the endpoint again); a
+    changed environment gets its own; credentials S3 refused are not given to the next client."""
+    asked = len(handler.seen)
+    for _ in range(3):
+        _new_head(seaweed, key)
+    assert len(handler.seen) == asked, handler.seen
+    handler.secret = "not-the-secret"
+    monkeypatch.setenv("AWS_S3TORCH_TEST_GENERATION", "2")  # any AWS_* variable: another provider
     with pytest.raises(S3PermissionError):
-        S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(max_attempts=1)).head_object(
-            BUCKET, prefix + "pod"
-        )
+        _new_head(seaweed, key)  # asked again, and signed with what it was given
+    assert len(handler.seen) == asked + 1, handler.seen
+    handler.secret = SECRET_KEY
+    _new_head(seaweed, key)  # the refused credentials were dropped: asked again
+    assert len(handler.seen) == asked + 2, handler.seen
+    _new_head(seaweed, key)
+    assert len(handler.seen) == asked + 2, handler.seen
 
 
 STS_HOST = "sts.us-east-1.amazonaws.com"

@@ -49,6 +49,21 @@ def test_ca_file_trusts_a_private_authority(tls: TlsFront, ca: Tuple[Path, Path,
     _round_trip(_client(tls.endpoint, ca_file=str(ca[0])), prefix + "ca-file")
 
 
+def test_a_ca_file_is_read_again_once_it_changes(
+    tls: TlsFront, ca: Tuple[Path, Path, Path], prefix: str, tmp_path: Path
+) -> None:
+    """Clients of a process share the TLS context of their CA file (parsing it took 10-15 ms of
+    every new client's first request), keyed by the file's bytes: a file replaced at the same
+    path is read again, never trusted as it was."""
+    pem = tmp_path / "ca.pem"
+    pem.write_bytes(ca[0].read_bytes())
+    for n in range(2):
+        _round_trip(_client(tls.endpoint, ca_file=str(pem)), prefix + f"shared-{n}")
+    pem.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ValueError, match="cannot use CA file"):
+        _client(tls.endpoint, ca_file=str(pem)).head_object(BUCKET, prefix + "shared-0")
+
+
 def test_an_untrusted_certificate_fails_once_and_says_why(seaweed: Any, ca: Tuple[Path, Path, Path]) -> None:
     """Without the authority, the system's trust store does not know the certificate. s2n
     reports a failed handshake only after a random 10-30 s delay (its blinding), so:
