@@ -2,6 +2,7 @@
 
 #include "s3torch/errors.h"
 #include "s3torch/request.h"
+#include "s3torch/retrying_credentials.h"
 #include "s3torch/shared_config.h"
 
 #include <aws/auth/credentials.h>
@@ -36,7 +37,8 @@ aws_credentials_provider *sso_provider(aws_byte_cursor profile_name, aws_client_
 }
 
 // The profile's keys, credential_process or role (assumed at STS through the proxy, unless
-// its credential_source is a metadata endpoint, which the same setting would send through it).
+// its credential_source is a metadata endpoint, which the same setting would send through it;
+// asked again when STS refuses it for a while: retrying_credentials.h).
 aws_credentials_provider *profile_provider(const SharedConfig &shared, aws_byte_cursor profile_name,
                                            aws_client_bootstrap *bootstrap, aws_tls_ctx *tls_ctx,
                                            const proxy_env_var_settings *to_sts) {
@@ -46,7 +48,8 @@ aws_credentials_provider *profile_provider(const SharedConfig &shared, aws_byte_
     o.tls_ctx = tls_ctx;
     o.profile_name_override = profile_name;
     if (!role_from_metadata(shared)) o.proxy_ev_settings = const_cast<proxy_env_var_settings *>(to_sts);
-    return aws_credentials_provider_new_profile(aws_default_allocator(), &o);
+    aws_credentials_provider *provider = aws_credentials_provider_new_profile(aws_default_allocator(), &o);
+    return shared.get("role_arn").empty() ? provider : with_retries(provider, bootstrap);
 }
 
 // The CRT's default chain (aws_credentials_provider_new_chain_default: the environment, the
@@ -87,7 +90,7 @@ aws_credentials_provider *default_chain(const ClientConfig &cfg, const SharedCon
         o.tls_ctx = tls_ctx;
         o.profile_name_override = profile_name;
         o.proxy_ev_settings = to_sts;
-        add(aws_credentials_provider_new_sts_web_identity(alloc, &o));
+        add(with_retries(aws_credentials_provider_new_sts_web_identity(alloc, &o), bootstrap));
     }
     // After web identity, as boto3's chain has it; only for a profile with SSO settings (the
     // CRT's provider logs an error for any other).

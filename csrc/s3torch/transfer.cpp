@@ -7,6 +7,7 @@
 #include "s3torch/request.h"
 #include "s3torch/request_headers.h"
 #include "s3torch/retry.h"
+#include "s3torch/retrying_credentials.h"
 
 #include <aws/common/uri.h>
 #include <aws/http/request_response.h>
@@ -137,23 +138,29 @@ void Transfer::start(aws_s3_meta_request_options &options, const char *method, c
         if (!finished_) mr_ = mr;
         else aws_s3_meta_request_release(mr);  // finished before we got here
     }
-    if (!client_->reached()) {
-        // An endpoint that accepts connections and never answers would hold this transfer
-        // for stall_timeout_s per attempt, then retry: give up sooner, while it has never
-        // answered at all, unless the user raised stall_timeout_s (retry.h).
-        std::weak_ptr<Transfer> weak = shared_from_this();
-        client_->run_after(unanswered_ms(client_->config().stall_timeout_s), [weak] {
-            std::shared_ptr<Transfer> t = weak.lock();
-            if (!t || t->client_->reached()) return;
-            {
-                std::lock_guard<std::mutex> lock(t->mu_);
-                // An attempt that ended (refused, reset) is the retry budget's to judge.
-                if (t->finished_ || t->attempted_) return;
-                t->unanswered_ = true;
-            }
-            t->cancel_meta_request();
-        });
-    }
+    // An endpoint that accepts connections and never answers would hold this transfer for
+    // stall_timeout_s per attempt, then retry: give up sooner, while it has never answered at
+    // all, unless the user raised stall_timeout_s (retry.h).
+    if (!client_->reached()) watch_unanswered();
+}
+
+void Transfer::watch_unanswered() {
+    std::weak_ptr<Transfer> weak = shared_from_this();
+    client_->run_after(unanswered_ms(client_->config().stall_timeout_s), [weak] {
+        std::shared_ptr<Transfer> t = weak.lock();
+        if (!t || t->client_->reached()) return;
+        if (credentials_retrying()) {  // still unsigned, waiting on STS: watch again
+            t->watch_unanswered();
+            return;
+        }
+        {
+            std::lock_guard<std::mutex> lock(t->mu_);
+            // An attempt that ended (refused, reset) is the retry budget's to judge.
+            if (t->finished_ || t->attempted_) return;
+            t->unanswered_ = true;
+        }
+        t->cancel_meta_request();
+    });
 }
 
 void Transfer::start_get_object(const std::optional<ByteRange> &range, aws_byte_buf *recv_buffer, uint64_t read_window,

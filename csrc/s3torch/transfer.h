@@ -91,6 +91,10 @@ class Transfer : public std::enable_shared_from_this<Transfer>, public ProcessOw
     // Cancel the meta request, if still running (whoever asks: the caller, the never-answered
     // watchdog, a skewed clock; each marks its reason first).
     void cancel_meta_request();
+    // Cancel the meta request if the endpoint has not answered it within unanswered_ms
+    // (retry.h), while the endpoint has never answered this process; a wait for credentials that
+    // STS keeps refusing (retrying_credentials.h) does not count.
+    void watch_unanswered();
     // Open the read window by `bytes` (saturating), if still running.
     void increment_read_window(uint64_t bytes);
     // Under mu_: finished_ set; the pipe to tell of it (announce_finished), if any.

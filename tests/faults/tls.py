@@ -127,14 +127,21 @@ class _LoopThread:
     def close(self) -> None:
         async def stop() -> None:
             self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            # Each cancelled task finished and its outcome taken here, and the loop closed below:
+            # none is left for the garbage collector, whose asyncio finalizers log tracebacks
+            # whenever it runs (inside an ast.parse, Python 3.11 then fails that parse:
+            # "AST constructor recursion depth mismatch").
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         if self._loop.is_running():
             self._call(stop())
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> Any:
         return self

@@ -267,6 +267,106 @@ def test_roles_are_assumed_through_the_proxy(
         assert key_id.startswith("ASIA") and h.get("x-amz-security-token"), h  # the role's temporary keys
 
 
+class _ThrottlingSts(http.server.BaseHTTPRequestHandler):
+    """STS refusing its first ``throttled`` calls as it refuses past the account's rate (400,
+    ``Throttling``), then handing out a role's temporary keys for AssumeRoleWithWebIdentity
+    (IRSA) or AssumeRole (a profile's role_arn). Records each call's action in ``seen``."""
+
+    throttled = 0
+    seen: List[str] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        action = dict(p.split("=", 1) for p in body.split("&") if "=" in p).get("Action", "")
+        type(self).seen.append(action)
+        if len(self.seen) <= self.throttled:
+            error = "<Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
+            self._send(400, f"<ErrorResponse>{error}<RequestId>t</RequestId></ErrorResponse>")
+            return
+        keys = (
+            "<Credentials><AccessKeyId>ASIATHROTTLEDROLE001</AccessKeyId><SecretAccessKey>"
+            + "s" * 40
+            + "</SecretAccessKey>"
+            "<SessionToken>role-session</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>"
+        )
+        self._send(200, f"<{action}Response><{action}Result>{keys}</{action}Result></{action}Response>")
+
+    def _send(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("role", ["web identity", "profile role_arn"])
+def test_a_throttling_sts_is_asked_again(
+    moto: Any, prefix: str, chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
+) -> None:
+    """STS refuses calls past the account's rate (400, Throttling): a job's ranks and their
+    DataLoader workers starting together under EKS IRSA meet it. boto3 asks again after a
+    backoff; the CRT's web identity provider did not (it retries two other codes), nor its
+    AssumeRole one (a 400 is not retried), so the first request failed for want of
+    credentials. Both are now asked again, with backoff, a bounded number of times."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    ca = make_ca(tmp_path / "ca", names=(STS_HOST,))
+    if role == "web identity":
+        token = tmp_path / "token"
+        token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0cmFpbmVyIn0.c2ln")
+        monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+        monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/trainer")
+        monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "s3torch-test")
+    else:
+        chain.write_text(
+            "[profile trainer]\nrole_arn = arn:aws:iam::123456789012:role/trainer\nsource_profile = base\n"
+            "[profile base]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n"
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+        )
+        monkeypatch.setenv("AWS_PROFILE", "trainer")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    handler = type("Sts", (_ThrottlingSts,), {"seen": [], "throttled": 2})
+    with serving(handler) as sts, TlsFront(sts, ca[1], ca[2]) as tls:
+        with ConnectProxy(("127.0.0.1", tls.port)) as tunnel, FaultProxy.in_front_of(moto.endpoint) as s3:
+            monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
+            client = S3Client("us-east-1", endpoint=s3.endpoint, s3client_config=S3ClientConfig(force_path_style=True))
+            _round_trip(client, prefix + "throttled")
+    action = "AssumeRoleWithWebIdentity" if role == "web identity" else "AssumeRole"
+    assert handler.seen == [action] * 3, handler.seen
+    assert s3.headers() and all("Credential=ASIATHROTTLEDROLE001/" in h["authorization"] for _, _, h in s3.headers())
+
+
+def test_a_role_sts_keeps_refusing_fails_after_five_attempts(
+    moto: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking again is bounded: a role STS refuses every time (here, throttled without end) is
+    asked 5 times by one fetch (about 7.5 s of backoff), then the request fails for want of
+    credentials, saying where they were looked for."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    ca = make_ca(tmp_path / "ca", names=(STS_HOST,))
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0cmFpbmVyIn0.c2ln")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/trainer")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    handler = type("Sts", (_ThrottlingSts,), {"seen": [], "throttled": 1_000})
+    with serving(handler) as sts, TlsFront(sts, ca[1], ca[2]) as tls, ConnectProxy(("127.0.0.1", tls.port)) as tunnel:
+        monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
+        client = S3Client("us-east-1", endpoint=moto.endpoint, s3client_config=S3ClientConfig(force_path_style=True))
+        with pytest.raises(S3PermissionError, match="AWS_AUTH_SIGNING_NO_CREDENTIALS.*web identity"):
+            client.head_object(BUCKET, prefix + "never")
+    assert handler.seen == ["AssumeRoleWithWebIdentity"] * 5, handler.seen
+
+
 SSO_HOST = "portal.sso.us-east-1.amazonaws.com"
 SSO_PROFILES = """
 [profile dev]
