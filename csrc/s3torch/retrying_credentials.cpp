@@ -5,8 +5,11 @@
 #include <aws/io/channel_bootstrap.h>
 #include <aws/io/event_loop.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <random>
 
 namespace s3torch {
@@ -16,8 +19,14 @@ namespace {
 // The most the first retry waits; each later one's bound doubles (1, 2, 4, 8 s).
 constexpr uint64_t kFirstBackoffMs = 1000;
 
-// Fetches of the process past their first attempt (credentials_retrying).
+// Fetches of the process past their first attempt (credentials_retrying). A fork()ed child has
+// none: those of its parent (a fork with requests in flight) are not its own.
 std::atomic<int> g_retrying{0};
+
+void forget_retrying_in_child() {
+    static std::once_flag once;
+    std::call_once(once, [] { pthread_atfork(nullptr, nullptr, [] { g_retrying.store(0); }); });
+}
 
 // What the delegate provider holds: the source and the event loops retries wait on. Freed when
 // the delegate is gone and no fetch is under way (each holds a reference).
@@ -104,6 +113,7 @@ bool credentials_retrying() { return g_retrying.load() > 0; }
 
 aws_credentials_provider *with_retries(aws_credentials_provider *source, aws_client_bootstrap *bootstrap) {
     if (!source) return nullptr;
+    forget_retrying_in_child();
     auto *s = new Source{source, aws_event_loop_group_acquire(bootstrap->event_loop_group)};
     aws_credentials_provider_delegate_options o;
     AWS_ZERO_STRUCT(o);
