@@ -201,6 +201,22 @@ std::string sso_hint(const std::string &profile) {
 
 }  // namespace
 
+namespace {
+
+// The role the credentials come from, as a message names it ("arn:... (...)"), or "" for none:
+// a web identity from the environment (EKS IRSA), else the profile's role_arn.
+std::string assumed_role(const ClientConfig &cfg, const SharedConfig &shared) {
+    const char *arn = std::getenv("AWS_ROLE_ARN");
+    const char *token = std::getenv("AWS_WEB_IDENTITY_TOKEN_FILE");
+    if (cfg.credentials_kind() == CredentialsKind::Default && arn && *arn && token && *token)
+        return std::string(arn) + " ($AWS_ROLE_ARN, with the web identity token in " + token + ")";
+    const std::string profile_role = shared.get("role_arn");
+    if (!profile_role.empty()) return profile_role + " (role_arn of " + shared.where() + ")";
+    return "";
+}
+
+}  // namespace
+
 std::string credentials_hint(const ClientConfig &cfg) {
     CredentialsKind kind = cfg.credentials_kind();
     if (kind != CredentialsKind::Default && kind != CredentialsKind::Profile) return "";
@@ -210,6 +226,12 @@ std::string credentials_hint(const ClientConfig &cfg) {
     std::string which = source.empty() ? "" : " (from " + source + ")";
     std::string profile = "profile '" + shared.profile_name() + "'" + which + " in " + shared.credentials_path() +
                           " and " + shared.path();
+    const std::string role = assumed_role(cfg, shared);
+    if (!role.empty())
+        return "the role " + role + " could not be assumed at STS in " + std::to_string(kCredentialsAttempts) +
+               " attempts over several seconds: STS refused it (past the account's request rate, or its trust "
+               "policy or ARN does not allow it) or could not be reached (through $HTTPS_PROXY where set); "
+               "S3TORCH_CRT_LOG=warn logs STS's answers";
     if (kind == CredentialsKind::Profile) return "they were looked for in " + profile;
     return "the default chain found none: it looks in the environment (AWS_ACCESS_KEY_ID, "
            "AWS_SECRET_ACCESS_KEY), " +

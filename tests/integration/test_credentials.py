@@ -362,7 +362,10 @@ def test_a_role_sts_keeps_refusing_fails_after_five_attempts(
     with serving(handler) as sts, TlsFront(sts, ca[1], ca[2]) as tls, ConnectProxy(("127.0.0.1", tls.port)) as tunnel:
         monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
         client = S3Client("us-east-1", endpoint=moto.endpoint, s3client_config=S3ClientConfig(force_path_style=True))
-        with pytest.raises(S3PermissionError, match="AWS_AUTH_SIGNING_NO_CREDENTIALS.*web identity"):
+        with pytest.raises(
+            S3PermissionError,
+            match=r"AWS_AUTH_SIGNING_NO_CREDENTIALS.*role/trainer \(\$AWS_ROLE_ARN.*could not be assumed at STS in 5",
+        ):
             client.head_object(BUCKET, prefix + "never")
     assert handler.seen == ["AssumeRoleWithWebIdentity"] * 5, handler.seen
 
