@@ -223,18 +223,11 @@ def _shared_then_asked_again(seaweed: Any, key: str, handler: Any, monkeypatch: 
 STS_HOST = "sts.us-east-1.amazonaws.com"
 
 
-@pytest.mark.parametrize("role", ["web identity", "profile role_arn"])
-def test_roles_are_assumed_through_the_proxy(
-    moto: Any, prefix: str, chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
-) -> None:
-    """A role assumed where the only way out is the proxy the environment names: EKS IRSA (a web
-    identity token and a role), or a profile's role_arn with a source profile's keys. It is
-    assumed at STS through the proxy, as boto3 assumes it. Before, the CRT's chain fetched
-    credentials directly, never through a proxy, and found none.
-
-    Offline: the CONNECT proxy tunnels STS's host to TLS (a certificate for it from a throwaway
-    authority, trusted through $AWS_CA_BUNDLE) in front of moto's STS; S3 is moto too, behind a
-    recording proxy, which shows each request signed with the role's temporary keys."""
+def _a_role(role: str, chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Tuple[Path, Path, Path]:
+    """An environment whose credentials come from a role assumed at STS (no proxy set yet, no
+    instance metadata): EKS IRSA's web identity (``role="web identity"``), or a profile's
+    role_arn with a source profile's keys. Returns the authority (ca.pem, server.pem,
+    server.key) STS's host is to be served with; $AWS_CA_BUNDLE trusts it."""
     for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     ca = make_ca(tmp_path / "ca", names=(STS_HOST,))
@@ -254,6 +247,22 @@ def test_roles_are_assumed_through_the_proxy(
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return ca
+
+
+@pytest.mark.parametrize("role", ["web identity", "profile role_arn"])
+def test_roles_are_assumed_through_the_proxy(
+    moto: Any, prefix: str, chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
+) -> None:
+    """A role assumed where the only way out is the proxy the environment names: EKS IRSA (a web
+    identity token and a role), or a profile's role_arn with a source profile's keys. It is
+    assumed at STS through the proxy, as boto3 assumes it. Before, the CRT's chain fetched
+    credentials directly, never through a proxy, and found none.
+
+    Offline: the CONNECT proxy tunnels STS's host to TLS (a certificate for it from a throwaway
+    authority, trusted through $AWS_CA_BUNDLE) in front of moto's STS; S3 is moto too, behind a
+    recording proxy, which shows each request signed with the role's temporary keys."""
+    ca = _a_role(role, chain, tmp_path, monkeypatch)
     with FaultProxy.in_front_of(moto.endpoint) as s3, TlsFront(moto.endpoint, ca[1], ca[2]) as tls:
         with ConnectProxy(("127.0.0.1", tls.port)) as tunnel:
             monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
@@ -312,25 +321,7 @@ def test_a_throttling_sts_is_asked_again(
     backoff; the CRT's web identity provider did not (it retries two other codes), nor its
     AssumeRole one (a 400 is not retried), so the first request failed for want of
     credentials. Both are now asked again, with backoff, a bounded number of times."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    ca = make_ca(tmp_path / "ca", names=(STS_HOST,))
-    if role == "web identity":
-        token = tmp_path / "token"
-        token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0cmFpbmVyIn0.c2ln")
-        monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
-        monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/trainer")
-        monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "s3torch-test")
-    else:
-        chain.write_text(
-            "[profile trainer]\nrole_arn = arn:aws:iam::123456789012:role/trainer\nsource_profile = base\n"
-            "[profile base]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n"
-            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
-        )
-        monkeypatch.setenv("AWS_PROFILE", "trainer")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    ca = _a_role(role, chain, tmp_path, monkeypatch)
     handler = type("Sts", (_ThrottlingSts,), {"seen": [], "throttled": 2})
     with serving(handler) as sts, TlsFront(sts, ca[1], ca[2]) as tls:
         with ConnectProxy(("127.0.0.1", tls.port)) as tunnel, FaultProxy.in_front_of(moto.endpoint) as s3:
@@ -343,21 +334,12 @@ def test_a_throttling_sts_is_asked_again(
 
 
 def test_a_role_sts_keeps_refusing_fails_after_five_attempts(
-    moto: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto: Any, prefix: str, chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asking again is bounded: a role STS refuses every time (here, throttled without end) is
     asked 5 times by one fetch (about 7.5 s of backoff), then the request fails for want of
     credentials, saying where they were looked for."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    ca = make_ca(tmp_path / "ca", names=(STS_HOST,))
-    token = tmp_path / "token"
-    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0cmFpbmVyIn0.c2ln")
-    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
-    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/trainer")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca[0]))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    ca = _a_role("web identity", chain, tmp_path, monkeypatch)
     handler = type("Sts", (_ThrottlingSts,), {"seen": [], "throttled": 1_000})
     with serving(handler) as sts, TlsFront(sts, ca[1], ca[2]) as tls, ConnectProxy(("127.0.0.1", tls.port)) as tunnel:
         monkeypatch.setenv("HTTPS_PROXY", tunnel.endpoint)
