@@ -143,18 +143,13 @@ aws_s3_client *Client::ensure_locked() {
     std::unique_ptr<aws_retry_strategy, void (*)(aws_retry_strategy *)> retry_guard(
         retry, [](aws_retry_strategy *r) { aws_retry_strategy_release(r); });
 
-    // Shared with the runtime's other clients of the same settings (shared_providers.h).
-    SharedProviders &shared = runtime_->providers();
+    // Shared with the runtime's other clients of the same settings (shared_providers.h). The
+    // default chain and a profile reach STS and SSO over TLS, whatever the endpoint.
     CredentialsKind credentials = config_.credentials_kind();
-    if (endpoint_.tls || credentials == CredentialsKind::Default || credentials == CredentialsKind::Profile)
-        tls_ctx_ = shared.tls_context(config_);
-    try {
-        credentials_ = shared.credentials(config_, tls_ctx_);
-    } catch (...) {
-        if (tls_ctx_) aws_tls_ctx_release(tls_ctx_);
-        tls_ctx_ = nullptr;
-        throw;
-    }
+    const SharedProviders::ForClient shared = runtime_->providers().for_client(
+        config_, endpoint_.tls || credentials == CredentialsKind::Default || credentials == CredentialsKind::Profile);
+    tls_ctx_ = shared.tls_ctx;
+    credentials_ = shared.credentials;
 
     signing_.reset(new aws_signing_config_aws());
     aws_s3_init_default_signing_config(

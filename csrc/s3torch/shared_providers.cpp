@@ -79,18 +79,19 @@ std::string sha256(const std::string &material) {
     return std::string(reinterpret_cast<const char *>(digest), out.len);
 }
 
-std::string tls_key(const ClientConfig &cfg) {
+// The key of a TLS context: the CA file's path and bytes.
+std::string ca_key(const ClientConfig &cfg) {
     std::string material = "tls";
     file_field(material, cfg.ca_file);
     return sha256(material);
 }
 
-std::string credentials_key(const ClientConfig &cfg) {
+std::string credentials_key(const ClientConfig &cfg, const std::string &ca_key) {
     std::string material = "credentials";
     field(material, std::to_string(static_cast<int>(cfg.credentials_kind())));
     field(material, cfg.profile);
     field(material, cfg.proxy_from_env ? "proxy" : "direct");
-    file_field(material, cfg.ca_file);  // STS and the SSO portal are reached with it
+    field(material, ca_key);  // STS and the SSO portal are reached with it
     environment_field(material);
     aws_allocator *alloc = aws_default_allocator();
     file_field(material, path_of(aws_get_config_file_path(alloc, nullptr)));
@@ -146,8 +147,23 @@ SharedProviders::~SharedProviders() {
     for (auto &e : credentials_) release(e.object);
 }
 
-aws_tls_ctx *SharedProviders::tls_context(const ClientConfig &cfg) {
-    const std::string key = tls_key(cfg);
+SharedProviders::ForClient SharedProviders::for_client(const ClientConfig &cfg, bool tls) {
+    const CredentialsKind kind = cfg.credentials_kind();
+    const bool shared = kind == CredentialsKind::Default || kind == CredentialsKind::Profile;
+    const std::string ca = tls || shared ? ca_key(cfg) : std::string();
+    ForClient out;
+    if (tls) out.tls_ctx = tls_context(cfg, ca);
+    try {
+        out.credentials =
+            shared ? credentials(cfg, out.tls_ctx, ca) : make_credentials_provider(cfg, bootstrap_, out.tls_ctx);
+    } catch (...) {
+        if (out.tls_ctx) release(out.tls_ctx);
+        throw;
+    }
+    return out;
+}
+
+aws_tls_ctx *SharedProviders::tls_context(const ClientConfig &cfg, const std::string &key) {
     {
         std::lock_guard<std::mutex> lock(mu_);
         if (aws_tls_ctx *ctx = find_locked(tls_, key, ++calls_)) return ctx;
@@ -172,11 +188,9 @@ aws_tls_ctx *SharedProviders::tls_context(const ClientConfig &cfg) {
     return keep_locked(tls_, key, ctx, ++calls_);
 }
 
-aws_credentials_provider *SharedProviders::credentials(const ClientConfig &cfg, aws_tls_ctx *tls_ctx) {
-    const CredentialsKind kind = cfg.credentials_kind();
-    if (kind != CredentialsKind::Default && kind != CredentialsKind::Profile)
-        return make_credentials_provider(cfg, bootstrap_, tls_ctx);
-    const std::string key = credentials_key(cfg);
+aws_credentials_provider *SharedProviders::credentials(const ClientConfig &cfg, aws_tls_ctx *tls_ctx,
+                                                       const std::string &ca_key) {
+    const std::string key = credentials_key(cfg, ca_key);
     {
         std::lock_guard<std::mutex> lock(mu_);
         if (aws_credentials_provider *p = find_locked(credentials_, key, ++calls_)) return p;

@@ -39,19 +39,25 @@ class SharedProviders {
     SharedProviders(const SharedProviders &) = delete;
     SharedProviders &operator=(const SharedProviders &) = delete;
 
-    // A client TLS context trusting cfg.ca_file (the system's trust store when empty): a new
-    // reference the caller releases. Throws S3InvalidArgumentError for a CA file the CRT cannot
-    // use, S3Error if the context cannot be made.
-    aws_tls_ctx *tls_context(const ClientConfig &cfg);
-    // The credentials provider for cfg (a new reference the caller releases): shared for the
-    // default chain and a profile, new for the kinds that fetch nothing (keys given, the
-    // environment alone, anonymous). `tls_ctx`: for the providers that reach STS or SSO.
-    // Throws as make_credentials_provider does.
-    aws_credentials_provider *credentials(const ClientConfig &cfg, aws_tls_ctx *tls_ctx);
+    // What a client of cfg signs and connects with, each a new reference the caller releases:
+    // `tls_ctx`, trusting cfg.ca_file (the system's trust store when empty), when `tls` (else
+    // nullptr); `credentials`, shared for the default chain and a profile (which reach STS or
+    // SSO with that context), new for the kinds that fetch nothing (keys given, the environment
+    // alone, anonymous). Throws S3InvalidArgumentError for a CA file the CRT cannot use, and as
+    // make_credentials_provider does (nothing is held then).
+    struct ForClient {
+        aws_tls_ctx *tls_ctx = nullptr;
+        aws_credentials_provider *credentials = nullptr;
+    };
+    ForClient for_client(const ClientConfig &cfg, bool tls);
     // S3 refused what `provider` signed with: later clients get a new one.
     void forget(aws_credentials_provider *provider);
 
   private:
+    // `ca_key`: the SHA-256 of the CA file's path and bytes, read once per client for both.
+    aws_tls_ctx *tls_context(const ClientConfig &cfg, const std::string &ca_key);
+    aws_credentials_provider *credentials(const ClientConfig &cfg, aws_tls_ctx *tls_ctx, const std::string &ca_key);
+
     template <typename T>
     struct Entry {
         std::string key;  // a SHA-256 of what decides the object (it holds secrets: never the text)
