@@ -1,5 +1,6 @@
 #include "s3torch/shared_providers.h"
 
+#include "s3torch/carried_credentials.h"
 #include "s3torch/credentials.h"
 #include "s3torch/errors.h"
 
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <utility>
 
 extern char **environ;
 
@@ -125,7 +127,7 @@ decltype(E::object) find_locked(std::vector<E> &entries, const std::string &key,
 // `object` released. Caller holds the lock.
 template <typename E>
 decltype(E::object) keep_locked(std::vector<E> &entries, const std::string &key, decltype(E::object) object,
-                                uint64_t now) {
+                                uint64_t now, std::shared_ptr<RememberedCredentials> memory = nullptr) {
     if (auto *theirs = find_locked(entries, key, now)) {
         release(object);
         return theirs;
@@ -136,7 +138,7 @@ decltype(E::object) keep_locked(std::vector<E> &entries, const std::string &key,
         release(oldest->object);
         entries.erase(oldest);
     }
-    entries.push_back({key, acquire(object), now});
+    entries.push_back({key, acquire(object), now, std::move(memory)});
     return object;
 }
 
@@ -144,7 +146,10 @@ decltype(E::object) keep_locked(std::vector<E> &entries, const std::string &key,
 
 SharedProviders::~SharedProviders() {
     for (auto &e : tls_) release(e.object);
-    for (auto &e : credentials_) release(e.object);
+    for (auto &e : credentials_) {
+        carry(*e.memory);
+        release(e.object);
+    }
 }
 
 SharedProviders::ForClient SharedProviders::for_client(const ClientConfig &cfg, bool tls) {
@@ -195,9 +200,11 @@ aws_credentials_provider *SharedProviders::credentials(const ClientConfig &cfg, 
         std::lock_guard<std::mutex> lock(mu_);
         if (aws_credentials_provider *p = find_locked(credentials_, key, ++calls_)) return p;
     }
-    aws_credentials_provider *p = make_credentials_provider(cfg, bootstrap_, tls_ctx);
+    std::shared_ptr<RememberedCredentials> memory;
+    aws_credentials_provider *p = remembering(make_credentials_provider(cfg, bootstrap_, tls_ctx), key, &memory);
+    if (!p) throw error_from_crt(aws_last_error(), {"CreateCredentialsProvider", "", ""});
     std::lock_guard<std::mutex> lock(mu_);
-    return keep_locked(credentials_, key, p, ++calls_);
+    return keep_locked(credentials_, key, p, ++calls_, std::move(memory));
 }
 
 void SharedProviders::forget(aws_credentials_provider *provider) {
@@ -205,6 +212,7 @@ void SharedProviders::forget(aws_credentials_provider *provider) {
     auto it = std::find_if(credentials_.begin(), credentials_.end(),
                            [&](const Entry<aws_credentials_provider> &e) { return e.object == provider; });
     if (it == credentials_.end()) return;
+    forget_refused(*it->memory);
     release(it->object);
     credentials_.erase(it);
 }

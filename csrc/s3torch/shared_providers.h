@@ -16,12 +16,14 @@
 // client that saw it (forget()): the next client asks again, as every new client did before.
 //
 // Owned by the Runtime (runtime.h) and torn down with it before a fork(); every client holds its
-// own references, released at its shutdown. Any thread.
+// own references, released at its shutdown. The credentials its providers last handed out are
+// carried into the next runtime, the parent's and the child's (carried_credentials.h). Any thread.
 #pragma once
 
 #include "s3torch/config.h"
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -32,10 +34,12 @@ struct aws_tls_ctx;
 
 namespace s3torch {
 
+class RememberedCredentials;
+
 class SharedProviders {
   public:
     explicit SharedProviders(aws_client_bootstrap *bootstrap) : bootstrap_(bootstrap) {}
-    ~SharedProviders();  // releases the cache's references; clients release theirs
+    ~SharedProviders();  // carries credentials over; releases the cache's references (clients release theirs)
     SharedProviders(const SharedProviders &) = delete;
     SharedProviders &operator=(const SharedProviders &) = delete;
 
@@ -62,7 +66,8 @@ class SharedProviders {
     struct Entry {
         std::string key;  // a SHA-256 of what decides the object (it holds secrets: never the text)
         T *object;
-        uint64_t used;  // when last handed out, in calls: the least recent goes first
+        uint64_t used;                                  // when last handed out, in calls: the least recent goes first
+        std::shared_ptr<RememberedCredentials> memory;  // a credentials provider's (carried_credentials.h)
     };
     aws_client_bootstrap *bootstrap_;
     std::mutex mu_;  // guards the fields below

@@ -16,18 +16,20 @@ import contextlib
 import http.server
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
 import boto3
 import pytest
 
-from s3torch import S3Client, S3ClientConfig, S3PermissionError
+from s3torch import S3Client, S3ClientConfig, S3NotFoundError, S3PermissionError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 from tests.faults.proxy import FaultProxy
 from tests.faults.serving import serving
 from tests.faults.tls import PROXY_VARIABLES, ConnectProxy, TlsFront, make_ca
+from tests.forking import fork_and_wait
 
 
 @pytest.fixture
@@ -132,12 +134,13 @@ class _Credentials(_JsonEndpoint):
     session token: SeaweedFS would look the key up among its temporary ones."""
 
     secret = ""
+    expiration = "2099-01-01T00:00:00Z"
 
     def brought(self) -> str:
         return self.headers.get("Authorization", "")
 
     def body(self) -> Any:
-        return {"AccessKeyId": ACCESS_KEY, "SecretAccessKey": self.secret, "Expiration": "2099-01-01T00:00:00Z"}
+        return {"AccessKeyId": ACCESS_KEY, "SecretAccessKey": self.secret, "Expiration": self.expiration}
 
 
 @pytest.fixture
@@ -170,6 +173,12 @@ def test_container_credentials_with_a_token(
     _shared_then_asked_again(seaweed, prefix + "pod", handler, monkeypatch)
 
 
+def _pod_identity(handler: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    handler.token, handler.secret = "pod-identity-token", SECRET_KEY
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", url)
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-identity-token")
+
+
 def test_checkpoints_share_the_processs_credentials(
     seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, container_endpoint: Any
 ) -> None:
@@ -183,9 +192,7 @@ def test_checkpoints_share_the_processs_credentials(
     from s3torch.dcp import S3StorageReader, S3StorageWriter
 
     url, handler = container_endpoint
-    handler.token, handler.secret = "pod-identity-token", SECRET_KEY
-    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", url)
-    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-identity-token")
+    _pod_identity(handler, url, monkeypatch)
     path = f"s3://{BUCKET}/{prefix}ckpt"
     for step in range(3):
         state = {"w": torch.full((64,), float(step))}
@@ -196,8 +203,14 @@ def test_checkpoints_share_the_processs_credentials(
     assert len(handler.seen) == 1, handler.seen
 
 
-def _new_head(seaweed: Any, key: str) -> None:
-    S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(max_attempts=1)).head_object(BUCKET, key)
+def _new_head(seaweed: Any, key: str, missing_ok: bool = False) -> None:
+    """A HEAD by a new client: signed with what the chain gave it (a missing key is an answer too)."""
+    client = S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig(max_attempts=1))
+    try:
+        client.head_object(BUCKET, key)
+    except S3NotFoundError:
+        if not missing_ok:
+            raise
 
 
 def _shared_then_asked_again(seaweed: Any, key: str, handler: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,6 +231,60 @@ def _shared_then_asked_again(seaweed: Any, key: str, handler: Any, monkeypatch: 
     assert len(handler.seen) == asked + 2, handler.seen
     _new_head(seaweed, key)
     assert len(handler.seen) == asked + 2, handler.seen
+
+
+def _size_read(reader: Any) -> int:
+    return len(reader.read())
+
+
+def test_dataloader_workers_and_their_parent_keep_the_processs_credentials(
+    seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, container_endpoint: Any
+) -> None:
+    """The CRT's threads are stopped before a fork(), and its providers with them: the parent
+    after the fork and every DataLoader worker (at every epoch, workers not being persistent)
+    asked for credentials again; under EKS IRSA, an STS call each. They now start from what the
+    process had fetched, as boto3's credentials live on in a forked process."""
+    from torch.utils.data import DataLoader
+
+    from s3torch import S3MapDataset
+
+    url, handler = container_endpoint
+    _pod_identity(handler, url, monkeypatch)
+    client = S3Client(REGION, endpoint=seaweed.endpoint, s3client_config=S3ClientConfig())
+    for i in range(4):
+        client.put(BUCKET, f"{prefix}data/{i}", b"x" * (i + 1))
+    assert len(handler.seen) == 1
+    uri = f"s3://{BUCKET}/{prefix}data/"
+    ds = S3MapDataset.from_prefix(uri, region=REGION, endpoint=seaweed.endpoint, transform=_size_read)
+    for _ in range(2):  # two epochs: the workers are forked again
+        loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+        assert sorted(loader) == [1, 2, 3, 4]
+        client.put(BUCKET, prefix + "after-epoch", b"saved")  # the parent, after the fork
+    assert len(handler.seen) == 1, handler.seen
+
+
+@pytest.mark.parametrize("why", ["expiring within 5 minutes", "refused"])
+def test_credentials_not_carried_across_a_fork(
+    seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, container_endpoint: Any, why: str
+) -> None:
+    """Credentials the CRT's cache would no longer hand out, and credentials S3 refused, are
+    fetched again by a forked child."""
+    url, handler = container_endpoint
+    _pod_identity(handler, url, monkeypatch)
+    key = prefix + "carried"
+    if why == "refused":
+        handler.secret = "not-the-secret"
+        with pytest.raises(S3PermissionError):
+            _new_head(seaweed, key)
+        handler.secret = SECRET_KEY
+    else:
+        soon = time.gmtime(time.time() + 4 * 60)
+        monkeypatch.setattr(handler, "expiration", time.strftime("%Y-%m-%dT%H:%M:%SZ", soon), raising=False)
+        _new_head(seaweed, key, missing_ok=True)
+    asked = len(handler.seen)
+    status, text = fork_and_wait(lambda: _new_head(seaweed, key, missing_ok=True), 30)
+    assert status == 0, text
+    assert len(handler.seen) == asked + 1, handler.seen
 
 
 STS_HOST = "sts.us-east-1.amazonaws.com"

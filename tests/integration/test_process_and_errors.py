@@ -15,6 +15,7 @@ import pytest
 from s3torch import S3Client, S3ClientConfig, S3Exception, S3PermissionError
 from s3torch._servers import REGION
 from tests.conftest import BUCKET, make_client, never_answered_endpoint
+from tests.forking import fork_and_wait
 
 
 def test_pickle_carries_configuration_only(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -178,34 +179,6 @@ def test_keyboard_interrupt_ends_an_upload_listing(sigint_raises) -> None:  # ty
         assert time.monotonic() - t0 < 3
 
 
-def _fork_and_wait(child, timeout_s: int = 60) -> tuple:  # type: ignore[no-untyped-def]
-    """Run ``child()`` in an os.fork()ed process; return (exit status, what it wrote).
-
-    The child leaves with os._exit (never through pytest) and is killed by SIGALRM if it
-    hangs, so a hang shows up as a failure, not a stuck suite."""
-    import signal
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        os.close(r)
-        code = 1
-        try:
-            signal.alarm(timeout_s)
-            out = child()
-            os.write(w, repr(out).encode())
-            code = 0
-        except BaseException as e:  # report it to the parent
-            os.write(w, ("child raised " + repr(e)).encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        text = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    return status, text
-
-
 def test_fork_while_transfers_are_in_flight(seaweed, prefix: str) -> None:  # type: ignore[no-untyped-def]
     """Forking while a GET stream and a multipart upload are running (so the at-fork hook
     cannot stop the CRT): the child must not hang or crash when it drops or touches the
@@ -244,11 +217,11 @@ def test_fork_while_transfers_are_in_flight(seaweed, prefix: str) -> None:  # ty
         client.get_into(BUCKET, prefix + "small", buf)
         out.append(bytes(buf))
         # And so does forking again from here (the CRT's thread bookkeeping was reset).
-        status, text = _fork_and_wait(lambda: bytes(client.get_object(BUCKET, prefix + "small").read()), 30)
+        status, text = fork_and_wait(lambda: bytes(client.get_object(BUCKET, prefix + "small").read()), 30)
         out.append((status, text))
         return out
 
-    status, text = _fork_and_wait(child)
+    status, text = fork_and_wait(child)
     assert status == 0, text
     assert text == repr(["refused", b"small", b"small", (0, repr(b"small"))])
 
@@ -260,7 +233,7 @@ def test_fork_while_transfers_are_in_flight(seaweed, prefix: str) -> None:  # ty
         gc.collect()
         return "ok"
 
-    status, text = _fork_and_wait(drop_everything)
+    status, text = fork_and_wait(drop_everything)
     assert status == 0, text
 
     # The parent's transfers were never disturbed by the children.
