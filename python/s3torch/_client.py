@@ -148,7 +148,9 @@ class S3Client:
         ``object_info`` (e.g. from a listing) saves the HEAD request for its size."""
         constructor = reader_constructor or S3ReaderConstructor.default()
         native = self._get_native()
-        return constructor(bucket, key, native, lambda: native.head(bucket, key, for_read=True), object_info)
+        reader = constructor(bucket, key, native, lambda: native.head(bucket, key, for_read=True), object_info)
+        reader._made_by = (self, reader_constructor)
+        return reader
 
     def put_object(
         self,

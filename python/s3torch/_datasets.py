@@ -184,6 +184,7 @@ class _Base:
         )
         try:
             for reader in window:
+                reader._made_by = (self._get_client(), None)
                 yield _apply(self._transform, reader)
         finally:
             window.close()  # on break, error or garbage collection: nothing left in flight

@@ -88,6 +88,18 @@ class PrefetchedS3Reader(SequentialS3Reader):
     def _size(self) -> int:
         return self._length
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Pickled with its bytes (S3Reader's docstring): nothing is fetched again.
+        client, _ = self._made_by_client()
+        return (_prefetched_again, (client, self._bucket, self._key, bytes(self._load()), self._pos))
+
+
+def _prefetched_again(client: Any, bucket: str, key: str, data: bytes, pos: int) -> PrefetchedS3Reader:
+    """A pickled PrefetchedS3Reader, over the bytes it took along."""
+    reader = PrefetchedS3Reader(bucket, key, client._get_native(), None, memoryview(data))
+    reader._made_by, reader._pos = (client, None), pos
+    return reader
+
 
 class ObjectSizes:
     """The sizes of the last ``SIZE_SAMPLES`` objects of unknown size a dataset fetched in this

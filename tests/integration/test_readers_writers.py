@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import pickle
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3torch import S3Client, S3ReaderConstructor, _crt
+from s3torch import S3Client, S3ObjectChangedError, S3ReaderConstructor, _crt
 from s3torch.s3reader import ItemRange
 from tests.conftest import BUCKET, make_client
 
@@ -320,3 +322,52 @@ def test_writer_memory_is_bounded_by_the_upload_window(seaweed, prefix: str, mod
     from tests.conftest import make_client
 
     assert make_client(seaweed).head_object(BUCKET, prefix + "bounded").size == 768 * 2**20
+
+
+@pytest.mark.parametrize("kind", ["default", "range_4KiB"])
+def test_a_pickled_reader_reads_on_where_it_was(client: S3Client, prefix: str, kind: str) -> None:
+    """A reader pickles (a process pool, a DataLoader worker returning it) as the same object
+    at the same position, held to the version it has read: one replaced since is refused."""
+    data = bytes(range(256)) * 40
+    client.put(BUCKET, prefix + "p", data)
+    reader = client.get_object(BUCKET, prefix + "p", reader_constructor=CONSTRUCTORS[kind])
+    fresh = pickle.loads(pickle.dumps(reader))  # nothing read yet: any version
+    assert fresh.read() == data
+    assert reader.read(1000) == data[:1000]
+    again = pickle.loads(pickle.dumps(reader))
+    assert (again.tell(), again.read(), again.key) == (1000, data[1000:], prefix + "p")
+    started = pickle.loads(pickle.dumps(reader))
+    client.put(BUCKET, prefix + "p", b"replaced")
+    with pytest.raises(S3ObjectChangedError):
+        started.read()
+    reader.close()
+    with pytest.raises(TypeError, match="closed"):
+        pickle.dumps(reader)
+
+
+@pytest.mark.parametrize("dataset, prefetch_count", [("map", 64), ("iterable", 0), ("iterable", 64)])
+def test_dataloader_workers_can_return_readers(seaweed, prefix: str, dataset: str, prefetch_count: int) -> None:  # type: ignore[no-untyped-def]
+    """Items returned by DataLoader workers are pickled to the main process: a dataset's
+    readers (its default transform) could not be, and the DataLoader waited forever. A
+    prefetched reader takes its bytes along."""
+    from torch.utils.data import DataLoader
+
+    from s3torch import S3IterableDataset, S3MapDataset
+
+    client = make_client(seaweed)
+    for i in range(4):
+        client.put(BUCKET, f"{prefix}d/{i}", bytes([i]) * (i + 1))
+    uri, cfg = f"s3://{BUCKET}/{prefix}d/", client.s3client_config
+    if dataset == "map":
+        ds: Any = S3MapDataset.from_prefix(uri, region=client.region, endpoint=seaweed.endpoint, s3client_config=cfg)
+    else:
+        ds = S3IterableDataset.from_prefix(
+            uri,
+            region=client.region,
+            endpoint=seaweed.endpoint,
+            s3client_config=cfg,
+            prefetch_count=prefetch_count,
+            enable_sharding=True,
+        )
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork", timeout=60)
+    assert sorted(r.read() for r in loader) == [bytes([i]) * (i + 1) for i in range(4)]

@@ -15,7 +15,7 @@ the answering version's and that first read is made again (``_first_read``).
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Tuple, TypeVar
 
 from .. import _crt
 from .._checks import is_int
@@ -40,7 +40,16 @@ class _StaleSize(Exception):
 
 
 class S3Reader(io.BufferedIOBase):
-    """A read-only, seekable stream over ``s3://bucket/key``. Not thread-safe."""
+    """A read-only, seekable stream over ``s3://bucket/key``. Not thread-safe.
+
+    A reader pickles (a DataLoader worker returning it, a process pool) as the same object at
+    the same position, held to the version it has read, and reads afresh in the process that
+    unpickles it, as fsspec's files pickle; a dataset's prefetched reader takes its bytes along.
+    Reading in the worker (a dataset's ``transform``) is what makes workers worth having."""
+
+    # The S3Client (and its reader constructor) that made this reader, which a pickled reader
+    # is opened again with; set by S3Client.get_object and the datasets.
+    _made_by: Optional[Tuple[Any, Any]] = None
 
     def __init__(self, bucket: str, key: str, get_object_info: GetObjectInfo) -> None:
         super().__init__()
@@ -236,6 +245,21 @@ class S3Reader(io.BufferedIOBase):
         if self.closed:
             raise ValueError(f"I/O operation on closed reader for {self.uri}")
 
+    # --- pickling (class docstring) -------------------------------------------------------
+    def __reduce__(self) -> Tuple[Any, ...]:
+        client, constructor = self._made_by_client()
+        pinned = self._etag if self._pinned else None
+        return (_opened_again, (client, constructor, self._bucket, self._key, pinned, self._known_size, self._pos))
+
+    def _made_by_client(self) -> Tuple[Any, Any]:
+        if self.closed:
+            raise TypeError(f"cannot pickle {self!r}: it is closed")
+        if self._made_by is None:
+            raise TypeError(
+                f"cannot pickle {self!r}: only a reader made by an S3Client (get_object, the datasets) can be"
+            )
+        return self._made_by
+
     # --- the fetch strategy ---------------------------------------------------------------
     def _read(self, size: Optional[int]) -> bytes:
         """Read `size` bytes (None: to the end) at self._pos and advance."""
@@ -243,3 +267,15 @@ class S3Reader(io.BufferedIOBase):
 
     def _readinto(self, mv: memoryview) -> int:
         raise NotImplementedError
+
+
+def _opened_again(
+    client: Any, constructor: Any, bucket: str, key: str, etag: Optional[str], size: Optional[int], pos: int
+) -> S3Reader:
+    """A pickled reader (``S3Reader.__reduce__``): the object opened again by ``client``, at
+    ``pos``, held to the version ``etag`` when the pickled reader had read one."""
+    reader: S3Reader = client.get_object(bucket, key, reader_constructor=constructor)
+    if etag is not None:
+        reader._pinned, reader._etag, reader._known_size = True, etag, size
+    reader._pos = pos
+    return reader
