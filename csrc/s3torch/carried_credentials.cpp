@@ -178,13 +178,7 @@ void on_delegate_gone(void *user_data) { delete static_cast<Memory *>(user_data)
 aws_credentials_provider *remembering(aws_credentials_provider *source, const std::string &key, Memory *memory) {
     if (!source) return nullptr;
     auto *held = new Memory(std::make_shared<RememberedCredentials>(source, key, take(key)));
-    aws_credentials_provider_delegate_options o;
-    AWS_ZERO_STRUCT(o);
-    o.get_credentials = get_credentials;
-    o.delegate_user_data = held;
-    o.shutdown_options.shutdown_callback = on_delegate_gone;
-    o.shutdown_options.shutdown_user_data = held;
-    aws_credentials_provider *p = aws_credentials_provider_new_delegate(aws_default_allocator(), &o);
+    aws_credentials_provider *p = new_delegate_provider(get_credentials, held, on_delegate_gone);
     if (!p) {
         delete held;  // no delegate to call on_delegate_gone; releases `source`
         return nullptr;

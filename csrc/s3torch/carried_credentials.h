@@ -5,12 +5,13 @@
 // DataLoader worker, every epoch, unless the workers are persistent) fetched credentials again,
 // under EKS IRSA an STS call each, against a quota the account shares. boto3's credentials are
 // plain memory and live on in both. Now each shared provider remembers the last credentials it
-// handed out; at the runtime's teardown they are kept under the provider's key (shared_providers.h:
-// the settings, the environment and the files they came from), and the next runtime's provider of
-// that key, in the parent or in a child whose key is still the same, answers with them while they
-// are as fresh as the CRT's cache would hold them (until 5 minutes before they expire, and for at
-// most kCredentialsRefreshMs after they were fetched), then fetches as before. Credentials S3
-// refused are forgotten: neither handed out again nor carried.
+// handed out; at the runtime's teardown (and when a provider leaves the cache of 8) they are
+// kept under the provider's key (shared_providers.h: the settings, the environment and the files
+// they came from), and the next provider of that key, in the parent or in a child whose key is
+// still the same, answers with them while they are as fresh as the CRT's cache would hold them
+// (until 5 minutes before they expire, and for at most kCredentialsRefreshMs after they were
+// fetched), then fetches as before. Credentials S3 refused are forgotten: neither handed out
+// again nor carried.
 //
 // A child whose runtime was abandoned (a fork with transfers in flight) carries nothing: its
 // parent's providers are never touched there. Any thread.
@@ -32,7 +33,8 @@ class RememberedCredentials;
 aws_credentials_provider *remembering(aws_credentials_provider *source, const std::string &key,
                                       std::shared_ptr<RememberedCredentials> *memory);
 
-// At a runtime's teardown: keep what `memory` holds, while fresh, for the next runtime.
+// At a runtime's teardown, or when its provider leaves the cache: keep what `memory` holds,
+// while fresh, for the next provider of its key.
 void carry(const RememberedCredentials &memory);
 
 // S3 refused what `memory`'s provider signed with: it hands out what its source fetches from now

@@ -217,6 +217,17 @@ std::string assumed_role(const ClientConfig &cfg, const SharedConfig &shared) {
 
 }  // namespace
 
+aws_credentials_provider *new_delegate_provider(aws_credentials_provider_delegate_get_credentials_fn *get_credentials,
+                                                void *user_data, void (*gone)(void *)) {
+    aws_credentials_provider_delegate_options o;
+    AWS_ZERO_STRUCT(o);
+    o.get_credentials = get_credentials;
+    o.delegate_user_data = user_data;
+    o.shutdown_options.shutdown_callback = gone;
+    o.shutdown_options.shutdown_user_data = user_data;
+    return aws_credentials_provider_new_delegate(aws_default_allocator(), &o);
+}
+
 std::string credentials_hint(const ClientConfig &cfg) {
     CredentialsKind kind = cfg.credentials_kind();
     if (kind != CredentialsKind::Default && kind != CredentialsKind::Profile) return "";

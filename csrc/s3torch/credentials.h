@@ -3,6 +3,8 @@
 
 #include "s3torch/config.h"
 
+#include <aws/auth/credentials.h>
+
 #include <cstdint>
 #include <string>
 
@@ -27,6 +29,12 @@ bool signs_in_with_sso(const SharedConfig &shared);
 // that does not exist.
 aws_credentials_provider *make_credentials_provider(const ClientConfig &cfg, aws_client_bootstrap *bootstrap,
                                                     aws_tls_ctx *tls_ctx);
+
+// A provider of our own (the CRT's delegate provider): `get_credentials(user_data, ...)` answers
+// each fetch, and `gone(user_data)` runs once the provider is destroyed. nullptr when it cannot
+// be made; `gone` is not called then (the caller frees `user_data`).
+aws_credentials_provider *new_delegate_provider(aws_credentials_provider_delegate_get_credentials_fn *get_credentials,
+                                                void *user_data, void (*gone)(void *));
 
 // What to add to the error of a request whose signing failed (no credentials): where they were
 // looked for, the profile and its files by name; for a profile that signs in through AWS IAM

@@ -1,5 +1,7 @@
 #include "s3torch/retrying_credentials.h"
 
+#include "s3torch/credentials.h"
+
 #include <aws/auth/credentials.h>
 #include <aws/common/task_scheduler.h>
 #include <aws/io/channel_bootstrap.h>
@@ -115,13 +117,7 @@ aws_credentials_provider *with_retries(aws_credentials_provider *source, aws_cli
     if (!source) return nullptr;
     forget_retrying_in_child();
     auto *s = new Source{source, aws_event_loop_group_acquire(bootstrap->event_loop_group)};
-    aws_credentials_provider_delegate_options o;
-    AWS_ZERO_STRUCT(o);
-    o.get_credentials = get_credentials;
-    o.delegate_user_data = s;
-    o.shutdown_options.shutdown_callback = on_delegate_gone;
-    o.shutdown_options.shutdown_user_data = s;
-    aws_credentials_provider *p = aws_credentials_provider_new_delegate(aws_default_allocator(), &o);
+    aws_credentials_provider *p = new_delegate_provider(get_credentials, s, on_delegate_gone);
     if (!p) unref(s);  // no delegate to call on_delegate_gone
     return p;
 }

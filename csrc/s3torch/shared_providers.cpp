@@ -135,6 +135,7 @@ decltype(E::object) keep_locked(std::vector<E> &entries, const std::string &key,
     if (entries.size() >= kMaxEntries) {
         auto oldest =
             std::min_element(entries.begin(), entries.end(), [](const E &a, const E &b) { return a.used < b.used; });
+        if (oldest->memory) carry(*oldest->memory);  // for the next provider of its key
         release(oldest->object);
         entries.erase(oldest);
     }

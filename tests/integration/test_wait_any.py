@@ -11,7 +11,7 @@ import pytest
 from s3torch import S3InvalidArgumentError, _crt
 from tests.conftest import BUCKET, make_client
 from tests.faults.proxy import Fault
-from tests.integration.test_process_and_errors import _fork_and_wait
+from tests.forking import fork_and_wait
 
 
 def test_the_first_to_finish_not_the_first_started(seaweed, proxy, prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +69,7 @@ def test_in_a_forked_child(seaweed, proxy, prefix: str) -> None:  # type: ignore
         out.append(mine.wait())
         return out
 
-    status, text = _fork_and_wait(child)
+    status, text = fork_and_wait(child)
     assert status == 0, text
     assert text == repr([True, 0, 50])
     assert held.wait() == 100
