@@ -263,6 +263,22 @@ def test_dataloader_workers_and_their_parent_keep_the_processs_credentials(
     assert len(handler.seen) == 1, handler.seen
 
 
+def test_credentials_outlive_their_provider_leaving_the_cache(
+    seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, container_endpoint: Any
+) -> None:
+    """A process keeps providers for 8 settings at once; the credentials of one that leaves
+    are handed to the next provider of its settings instead of being fetched again."""
+    url, handler = container_endpoint
+    _pod_identity(handler, url, monkeypatch)
+    for generation in range(9):  # 9 environments: the first one's provider leaves the cache
+        monkeypatch.setenv("AWS_S3TORCH_TEST_GENERATION", str(generation))
+        _new_head(seaweed, prefix + "x", missing_ok=True)
+    assert len(handler.seen) == 9, handler.seen
+    monkeypatch.setenv("AWS_S3TORCH_TEST_GENERATION", "0")
+    _new_head(seaweed, prefix + "x", missing_ok=True)
+    assert len(handler.seen) == 9, handler.seen
+
+
 @pytest.mark.parametrize("why", ["expiring within 5 minutes", "refused"])
 def test_credentials_not_carried_across_a_fork(
     seaweed: Any, prefix: str, chain: Path, monkeypatch: pytest.MonkeyPatch, container_endpoint: Any, why: str
