@@ -69,11 +69,16 @@ Carried &carried() {
     return *c;
 }
 
+// The entry of `key` in the store, or its end. Caller holds c.mu.
+auto find_locked(Carried &c, const std::string &key) {
+    return std::find_if(c.entries.begin(), c.entries.end(), [&](const auto &e) { return e.first == key; });
+}
+
 // What was carried under `key` (taken out of the store), if still fresh.
 Held take(const std::string &key) {
     Carried &c = carried();
     std::lock_guard<std::mutex> lock(c.mu);
-    auto it = std::find_if(c.entries.begin(), c.entries.end(), [&](const auto &e) { return e.first == key; });
+    auto it = find_locked(c, key);
     if (it == c.entries.end()) return {};
     Held h = it->second;
     c.entries.erase(it);
@@ -192,7 +197,7 @@ void carry(const RememberedCredentials &memory) {
     if (!h.credentials) return;
     Carried &c = carried();
     std::lock_guard<std::mutex> lock(c.mu);
-    auto it = std::find_if(c.entries.begin(), c.entries.end(), [&](const auto &e) { return e.first == memory.key(); });
+    auto it = find_locked(c, memory.key());
     if (it != c.entries.end()) {
         it->second.reset();
         it->second = h;

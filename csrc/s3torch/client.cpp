@@ -143,11 +143,8 @@ aws_s3_client *Client::ensure_locked() {
     std::unique_ptr<aws_retry_strategy, void (*)(aws_retry_strategy *)> retry_guard(
         retry, [](aws_retry_strategy *r) { aws_retry_strategy_release(r); });
 
-    // Shared with the runtime's other clients of the same settings (shared_providers.h). The
-    // default chain and a profile reach STS and SSO over TLS, whatever the endpoint.
-    CredentialsKind credentials = config_.credentials_kind();
-    const SharedProviders::ForClient shared = runtime_->providers().for_client(
-        config_, endpoint_.tls || credentials == CredentialsKind::Default || credentials == CredentialsKind::Profile);
+    // Shared with the runtime's other clients of the same settings (shared_providers.h).
+    const SharedProviders::ForClient shared = runtime_->providers().for_client(config_, endpoint_.tls);
     tls_ctx_ = shared.tls_ctx;
     credentials_ = shared.credentials;
 

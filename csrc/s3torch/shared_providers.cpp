@@ -156,9 +156,11 @@ SharedProviders::~SharedProviders() {
 SharedProviders::ForClient SharedProviders::for_client(const ClientConfig &cfg, bool tls) {
     const CredentialsKind kind = cfg.credentials_kind();
     const bool shared = kind == CredentialsKind::Default || kind == CredentialsKind::Profile;
-    const std::string ca = tls || shared ? ca_key(cfg) : std::string();
+    // The default chain and a profile reach STS and SSO over TLS, whatever the endpoint.
+    const bool with_tls = tls || shared;
+    const std::string ca = with_tls ? ca_key(cfg) : std::string();
     ForClient out;
-    if (tls) out.tls_ctx = tls_context(cfg, ca);
+    if (with_tls) out.tls_ctx = tls_context(cfg, ca);
     try {
         out.credentials =
             shared ? credentials(cfg, out.tls_ctx, ca) : make_credentials_provider(cfg, bootstrap_, out.tls_ctx);

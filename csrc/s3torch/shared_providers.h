@@ -44,10 +44,11 @@ class SharedProviders {
     SharedProviders &operator=(const SharedProviders &) = delete;
 
     // What a client of cfg signs and connects with, each a new reference the caller releases:
-    // `tls_ctx`, trusting cfg.ca_file (the system's trust store when empty), when `tls` (else
-    // nullptr); `credentials`, shared for the default chain and a profile (which reach STS or
-    // SSO with that context), new for the kinds that fetch nothing (keys given, the environment
-    // alone, anonymous). Throws S3InvalidArgumentError for a CA file the CRT cannot use, and as
+    // `tls_ctx`, trusting cfg.ca_file (the system's trust store when empty), when the endpoint
+    // speaks `tls` or the credentials are the default chain's or a profile's (which reach STS
+    // or SSO with it), else nullptr; `credentials`, shared for the default chain and a profile,
+    // new for the kinds that fetch nothing (keys given, the environment alone, anonymous).
+    // Throws S3InvalidArgumentError for a CA file the CRT cannot use, and as
     // make_credentials_provider does (nothing is held then).
     struct ForClient {
         aws_tls_ctx *tls_ctx = nullptr;

@@ -20,3 +20,13 @@ def serving(handler: type) -> Iterator[str]:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def reply(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes = b"", content_type: str = "") -> None:
+    """Answer the handler's request: ``status``, ``body`` with its length and, when given, its type."""
+    handler.send_response(status)
+    if content_type:
+        handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

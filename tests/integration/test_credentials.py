@@ -27,7 +27,7 @@ from s3torch import S3Client, S3ClientConfig, S3NotFoundError, S3PermissionError
 from s3torch._servers import ACCESS_KEY, REGION, SECRET_KEY
 from tests.conftest import BUCKET
 from tests.faults.proxy import FaultProxy
-from tests.faults.serving import serving
+from tests.faults.serving import reply, serving
 from tests.faults.tls import PROXY_VARIABLES, ConnectProxy, TlsFront, make_ca
 from tests.forking import fork_and_wait
 
@@ -114,16 +114,9 @@ class _JsonEndpoint(http.server.BaseHTTPRequestHandler):
         brought = self.brought()
         type(self).seen.append((self.path, brought))
         if brought != self.token:
-            self.send_response(self.refusal)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            reply(self, self.refusal)
             return
-        body = json.dumps(self.body()).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, 200, json.dumps(self.body()).encode(), "application/json")
 
     def log_message(self, *args: object) -> None:
         pass
@@ -384,12 +377,7 @@ class _ThrottlingSts(http.server.BaseHTTPRequestHandler):
         self._send(200, f"<{action}Response><{action}Result>{keys}</{action}Result></{action}Response>")
 
     def _send(self, status: int, text: str) -> None:
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/xml")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply(self, status, text.encode(), "text/xml")
 
     def log_message(self, *args: object) -> None:
         pass
@@ -531,12 +519,7 @@ class _SsoServices(http.server.BaseHTTPRequestHandler):
     portal_seen: List[str] = []
 
     def _answer(self, status: int, doc: Any) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, status, json.dumps(doc).encode(), "application/json")
 
     def do_GET(self) -> None:
         token = self.headers.get("x-amz-sso_bearer_token", "")
