@@ -226,6 +226,18 @@ def _shared_then_asked_again(seaweed: Any, key: str, handler: Any, monkeypatch: 
     assert len(handler.seen) == asked + 2, handler.seen
 
 
+def _settled() -> None:
+    """Stop the CRT as a fork() does, once no transfer is in flight. A transfer counts until the
+    CRT's shutdown callback, milliseconds after the call that made it returned; a fork in that
+    window keeps the runtime running and its child starts without the process's credentials."""
+    from s3torch import _crt
+
+    deadline = time.monotonic() + 10
+    while not _crt.prepare_fork():
+        assert time.monotonic() < deadline, "transfers still in flight after 10 s"
+        time.sleep(0.01)
+
+
 def _size_read(reader: Any) -> int:
     return len(reader.read())
 
@@ -249,7 +261,9 @@ def test_dataloader_workers_and_their_parent_keep_the_processs_credentials(
     assert len(handler.seen) == 1
     uri = f"s3://{BUCKET}/{prefix}data/"
     ds = S3MapDataset.from_prefix(uri, region=REGION, endpoint=seaweed.endpoint, transform=_size_read)
+    len(ds)  # listed here, before the workers are forked
     for _ in range(2):  # two epochs: the workers are forked again
+        _settled()
         loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
         assert sorted(loader) == [1, 2, 3, 4]
         client.put(BUCKET, prefix + "after-epoch", b"saved")  # the parent, after the fork
